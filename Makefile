@@ -1,0 +1,155 @@
+# kvshm — GNU Makefile.
+#
+#   make            library (static + shared) and tools, release flags
+#   make test       install missing Debian packages, build the test variant
+#                   (crash points compiled in) and run every test
+#   make check      the same tests under ASan + UBSan (-fno-sanitize-recover=all)
+#   make install    prefix=/usr/local DESTDIR= ; make uninstall
+#   make clean
+#
+# Variants: build/rel (release), build/tst (test: crash points, lock-order
+# asserts, hash injection), build/san (test + sanitizers). User CFLAGS and
+# LDFLAGS are appended, never replaced.
+
+VERSION      := 0.1.0
+SOVERSION    := 0
+
+prefix       ?= /usr/local
+exec_prefix  ?= $(prefix)
+bindir       ?= $(exec_prefix)/bin
+libdir       ?= $(exec_prefix)/lib
+includedir   ?= $(prefix)/include
+mandir       ?= $(prefix)/share/man
+pkgconfigdir ?= $(libdir)/pkgconfig
+DESTDIR      ?=
+
+CC           ?= cc
+AR           ?= ar
+PKG_CONFIG   ?= pkg-config
+PKGS         := libbsd-overlay tdb libxxhash
+TEST_PKGS    := cmocka
+
+# Recursively expanded: pkg-config runs after `deps` has installed it.
+DEP_CFLAGS    = $(shell $(PKG_CONFIG) --cflags $(PKGS))
+DEP_LIBS      = $(shell $(PKG_CONFIG) --libs $(PKGS))
+TEST_LIBS     = $(shell $(PKG_CONFIG) --libs $(TEST_PKGS))
+
+WARN         := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+                -Wpointer-arith -Wformat=2
+BASE_CFLAGS   = -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden -pthread \
+                -Iinclude -I. $(WARN) $(DEP_CFLAGS)
+REL_FLAGS    := -O2 -g -DNDEBUG
+TST_FLAGS    := -O1 -g -DKVSHM_TEST
+SAN_FLAGS    := -O1 -g -DKVSHM_TEST -fsanitize=address,undefined \
+                -fno-sanitize-recover=all -fno-omit-frame-pointer
+
+LIB_SRCS     := $(sort $(wildcard shm/*.c core/*.c))
+LIB_HDRS     := $(wildcard include/*.h shm/*.h core/*.h)
+TOOLS        := $(patsubst tools/%.c,%,$(wildcard tools/*.c))
+TESTS        := $(patsubst tests/%.c,%,$(wildcard tests/test_*.c))
+TEST_SUPPORT := $(filter-out $(wildcard tests/test_*.c),$(wildcard tests/*.c))
+
+B            := build
+REL_OBJS     := $(LIB_SRCS:%.c=$(B)/rel/%.o)
+TST_OBJS     := $(LIB_SRCS:%.c=$(B)/tst/%.o)
+SAN_OBJS     := $(LIB_SRCS:%.c=$(B)/san/%.o)
+
+.PHONY: all lib tools deps test check install uninstall clean crashpoints
+.DEFAULT_GOAL := all
+
+all: lib tools
+lib: $(B)/libkvshm.a $(B)/libkvshm.so.$(VERSION) $(B)/kvshm.pc
+tools: $(TOOLS:%=$(B)/bin/%)
+
+deps:
+	@sh scripts/deps.sh build
+
+# ---- objects, one rule per variant -------------------------------------------
+$(B)/rel/%.o: %.c $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) -c $< -o $@
+$(B)/tst/%.o: %.c $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(TST_FLAGS) $(CFLAGS) -c $< -o $@
+$(B)/san/%.o: %.c $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(CFLAGS) -c $< -o $@
+
+# ---- library -----------------------------------------------------------------
+$(B)/libkvshm.a: $(REL_OBJS)
+	$(AR) rcs $@ $^
+$(B)/libkvshm.so.$(VERSION): $(REL_OBJS)
+	$(CC) -shared -pthread -Wl,-soname,libkvshm.so.$(SOVERSION) $(LDFLAGS) -o $@ $^ $(DEP_LIBS)
+	ln -sf libkvshm.so.$(VERSION) $(B)/libkvshm.so.$(SOVERSION)
+	ln -sf libkvshm.so.$(VERSION) $(B)/libkvshm.so
+$(B)/libkvshm-tst.a: $(TST_OBJS)
+	$(AR) rcs $@ $^
+$(B)/libkvshm-san.a: $(SAN_OBJS)
+	$(AR) rcs $@ $^
+
+$(B)/kvshm.pc: Makefile
+	@mkdir -p $(@D)
+	printf '%s\n' 'prefix=$(prefix)' 'exec_prefix=$(exec_prefix)' \
+	  'libdir=$(libdir)' 'includedir=$(includedir)' '' \
+	  'Name: kvshm' 'Description: crash-proof shared-memory prefix cache' \
+	  'Version: $(VERSION)' 'Requires.private: $(PKGS)' \
+	  'Libs: -L$${libdir} -lkvshm' 'Cflags: -I$${includedir}' > $@
+
+# ---- tools (release) ---------------------------------------------------------
+$(B)/bin/%: tools/%.c $(B)/libkvshm.a $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< -o $@ $(B)/libkvshm.a $(DEP_LIBS) $(LDFLAGS)
+
+# ---- tests -------------------------------------------------------------------
+# Crash points are listed from the sources, so a new one is never forgotten by
+# the enumeration tests.
+$(B)/crashpoints.list: $(LIB_SRCS)
+	@mkdir -p $(@D)
+	grep -ho 'KVSHM_CRASH_POINT("[^"]*")' $(LIB_SRCS) | sed 's/.*("\(.*\)")/\1/' | sort -u > $@
+crashpoints: $(B)/crashpoints.list
+	@cat $<
+
+$(B)/tst/tests/%: tests/%.c $(TEST_SUPPORT) $(B)/libkvshm-tst.a tests/*.h
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(TST_FLAGS) $(CFLAGS) -Itests $< $(TEST_SUPPORT) -o $@ \
+	  $(B)/libkvshm-tst.a $(DEP_LIBS) $(TEST_LIBS) $(LDFLAGS)
+$(B)/san/tests/%: tests/%.c $(TEST_SUPPORT) $(B)/libkvshm-san.a tests/*.h
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(CFLAGS) -Itests $< $(TEST_SUPPORT) -o $@ \
+	  $(B)/libkvshm-san.a $(DEP_LIBS) $(TEST_LIBS) $(LDFLAGS)
+
+# The variant build runs after deps, so pkg-config finds what deps installed.
+test:
+	@sh scripts/deps.sh build
+	@$(MAKE) --no-print-directory all $(TESTS:%=$(B)/tst/tests/%) $(B)/crashpoints.list
+	@sh tests/run.sh $(B)/tst $(TESTS)
+
+check:
+	@sh scripts/deps.sh build
+	@$(MAKE) --no-print-directory $(TESTS:%=$(B)/san/tests/%) $(B)/crashpoints.list
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  sh tests/run.sh $(B)/san $(TESTS)
+
+# ---- install -----------------------------------------------------------------
+install: all
+	install -d $(DESTDIR)$(libdir) $(DESTDIR)$(includedir) $(DESTDIR)$(pkgconfigdir) \
+	  $(DESTDIR)$(bindir) $(DESTDIR)$(mandir)/man1 $(DESTDIR)$(mandir)/man8
+	install -m 644 $(B)/libkvshm.a $(DESTDIR)$(libdir)/
+	install -m 755 $(B)/libkvshm.so.$(VERSION) $(DESTDIR)$(libdir)/
+	ln -sf libkvshm.so.$(VERSION) $(DESTDIR)$(libdir)/libkvshm.so.$(SOVERSION)
+	ln -sf libkvshm.so.$(VERSION) $(DESTDIR)$(libdir)/libkvshm.so
+	install -m 644 include/kvshm.h $(DESTDIR)$(includedir)/
+	install -m 644 $(B)/kvshm.pc $(DESTDIR)$(pkgconfigdir)/
+	for t in $(TOOLS); do install -m 755 $(B)/bin/$$t $(DESTDIR)$(bindir)/; done
+	for m in $(wildcard man/*.1); do install -m 644 $$m $(DESTDIR)$(mandir)/man1/; done
+	for m in $(wildcard man/*.8); do install -m 644 $$m $(DESTDIR)$(mandir)/man8/; done
+
+uninstall:
+	rm -f $(DESTDIR)$(libdir)/libkvshm.a $(DESTDIR)$(libdir)/libkvshm.so*
+	rm -f $(DESTDIR)$(includedir)/kvshm.h $(DESTDIR)$(pkgconfigdir)/kvshm.pc
+	for t in $(TOOLS); do rm -f $(DESTDIR)$(bindir)/$$t; done
+	for m in $(notdir $(wildcard man/*.1)); do rm -f $(DESTDIR)$(mandir)/man1/$$m; done
+	for m in $(notdir $(wildcard man/*.8)); do rm -f $(DESTDIR)$(mandir)/man8/$$m; done
+
+clean:
+	rm -rf $(B)

@@ -1,0 +1,45 @@
+#!/bin/sh
+# Install what kvshm needs on Debian 12, and nothing that is already there.
+#   scripts/deps.sh build    compiler, pkg-config, libbsd, tdb, cmocka, xxhash
+#   scripts/deps.sh bench    the peers `make bench` runs beside kvshm
+#   scripts/deps.sh python   the Python binding's tests
+# Runs apt-get only when a package is missing; as root it installs, otherwise
+# it names the packages and fails.
+set -eu
+
+build_pkgs="gcc make pkg-config libbsd-dev libtdb-dev libcmocka-dev libxxhash-dev tdb-tools procps"
+bench_pkgs="redis-server memcached libhiredis-dev libmemcached-dev liblmdb-dev"
+python_pkgs="python3"
+
+want=""
+for group in "${@:-build}"; do
+	case "$group" in
+	build) want="$want $build_pkgs" ;;
+	bench) want="$want $bench_pkgs" ;;
+	python) want="$want $python_pkgs" ;;
+	*) echo "deps.sh: unknown group '$group' (build, bench, python)" >&2; exit 2 ;;
+	esac
+done
+
+missing=""
+for p in $want; do
+	st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+	case "$st" in
+	*"install ok installed"*) ;;
+	*) missing="$missing $p" ;;
+	esac
+done
+
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "deps.sh: missing packages:$missing" >&2
+	echo "deps.sh: run as root, or: sudo apt-get install -y$missing" >&2
+	exit 1
+fi
+
+echo "deps.sh: installing$missing" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q >&2 || true
+# shellcheck disable=SC2086
+apt-get install -y -q --no-install-recommends $missing >&2

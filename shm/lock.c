@@ -1,0 +1,271 @@
+/*
+ * shm/lock.c — robust locks, the undo journal and its rollback. See
+ * shm/lock.h for the protocol.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "shm/lock.h"
+
+/* ---- our pid, kept current across fork ----------------------------------- */
+
+static _Atomic uint32_t self_pid;
+static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
+
+static void pid_after_fork(void)
+{
+	atomic_store(&self_pid, (uint32_t)getpid());
+}
+
+static void pid_init(void)
+{
+	atomic_store(&self_pid, (uint32_t)getpid());
+	pthread_atfork(NULL, NULL, pid_after_fork);
+}
+
+uint32_t kvshm__self_pid(void)
+{
+	pthread_once(&pid_once, pid_init);
+	return atomic_load_explicit(&self_pid, memory_order_relaxed);
+}
+
+/* ---- ownership tracking and lock order (test builds) --------------------- */
+
+#ifdef KVSHM_TEST
+#define HELD_MAX 8
+static _Thread_local const struct kvshm__lock *held[HELD_MAX];
+static _Thread_local int nheld;
+
+static void order_check(const struct kvshm__lock *lk)
+{
+	for (int i = 0; i < nheld; i++) {
+		if (held[i] == lk || held[i]->rank >= lk->rank) {
+			fprintf(stderr, "kvshm: lock order violation: taking rank %u while holding rank %u\n",
+				lk->rank, held[i]->rank);
+			abort();
+		}
+	}
+	if (nheld >= HELD_MAX) {
+		fprintf(stderr, "kvshm: more than %d locks held at once\n", HELD_MAX);
+		abort();
+	}
+}
+
+static void note_held(const struct kvshm__lock *lk)
+{
+	held[nheld++] = lk;
+}
+
+static void note_released(const struct kvshm__lock *lk)
+{
+	for (int i = 0; i < nheld; i++) {
+		if (held[i] == lk) {
+			held[i] = held[--nheld];
+			return;
+		}
+	}
+	fprintf(stderr, "kvshm: releasing a lock this thread does not hold\n");
+	abort();
+}
+
+bool kvshm__lock_held(const struct kvshm__lock *lk)
+{
+	for (int i = 0; i < nheld; i++)
+		if (held[i] == lk)
+			return true;
+	return false;
+}
+#else
+static inline void order_check(const struct kvshm__lock *lk) { (void)lk; }
+static inline void note_held(const struct kvshm__lock *lk) { (void)lk; }
+static inline void note_released(const struct kvshm__lock *lk) { (void)lk; }
+bool kvshm__lock_held(const struct kvshm__lock *lk)
+{
+	(void)lk;
+	return true;
+}
+#endif
+
+/* ---- init ------------------------------------------------------------------ */
+
+int kvshm__lock_init(struct kvshm__lock *lk, uint16_t cls, uint16_t rank, uint32_t arg)
+{
+	pthread_mutexattr_t a;
+	int r;
+
+	memset(lk, 0, sizeof(*lk));
+	if ((r = pthread_mutexattr_init(&a)) != 0)
+		return kvshm__fail(-r, "mutexattr init");
+	if ((r = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED)) != 0 ||
+	    (r = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST)) != 0 ||
+	    (r = pthread_mutex_init(&lk->mu, &a)) != 0) {
+		pthread_mutexattr_destroy(&a);
+		return kvshm__fail(-r, "robust mutex init");
+	}
+	pthread_mutexattr_destroy(&a);
+	lk->cls = cls;
+	lk->rank = rank;
+	lk->arg = arg;
+	return 0;
+}
+
+void kvshm__lock_set_repair(struct kvshm__seg *s, uint16_t cls, kvshm__repair_fn fn, void *ctx)
+{
+	if (cls < KVSHM_LOCK_CLASSES) {
+		s->repair[cls].fn = fn;
+		s->repair[cls].ctx = ctx;
+	}
+}
+
+/* ---- journal ----------------------------------------------------------------- */
+
+static void jrecord(struct kvshm__seg *s, struct kvshm__lock *lk, void *p, unsigned width, uint64_t old)
+{
+	uint32_t n = atomic_load_explicit(&lk->jn, memory_order_relaxed);
+	if (kvshm_unlikely(n >= KVSHM_JOURNAL_MAX)) {
+		/* A critical section larger than the journal is a programming
+		 * error: its rollback could not be exact. */
+		fprintf(stderr, "kvshm: journal overflow (lock class %u)\n", lk->cls);
+		abort();
+	}
+	volatile struct kvshm__jrec *r = &lk->j[n];
+	r->off_w = (kvshm__off(s, p) << 4) | width;
+	r->old = old;
+	/* The record must be in memory before the count that makes it live,
+	 * and the count before the write it protects. A process killed at any
+	 * instruction has all its earlier stores visible to the next owner, so
+	 * only the compiler's order matters here. */
+	atomic_signal_fence(memory_order_seq_cst);
+	atomic_store_explicit(&lk->jn, n + 1, memory_order_relaxed);
+	atomic_signal_fence(memory_order_seq_cst);
+}
+
+void kvshm__jset32(struct kvshm__seg *s, struct kvshm__lock *lk, uint32_t *p, uint32_t v)
+{
+	jrecord(s, lk, p, 4, __atomic_load_n(p, __ATOMIC_RELAXED));
+	KVSHM_CRASH_POINT("lock.jset");
+	__atomic_store_n(p, v, __ATOMIC_RELAXED);
+}
+
+void kvshm__jset64(struct kvshm__seg *s, struct kvshm__lock *lk, uint64_t *p, uint64_t v)
+{
+	jrecord(s, lk, p, 8, __atomic_load_n(p, __ATOMIC_RELAXED));
+	KVSHM_CRASH_POINT("lock.jset");
+	__atomic_store_n(p, v, __ATOMIC_RELAXED);
+}
+
+int kvshm__lock_rollback(struct kvshm__seg *s, struct kvshm__lock *lk)
+{
+	uint32_t n = atomic_load_explicit(&lk->jn, memory_order_relaxed);
+	int err = 0;
+
+	if (n > KVSHM_JOURNAL_MAX) {
+		err = kvshm__fail(KVSHM_ECORRUPT, "lock class %u: journal count %u", lk->cls, n);
+		n = 0;
+	}
+	while (n-- > 0) {
+		uint64_t off = lk->j[n].off_w >> 4;
+		unsigned w = (unsigned)(lk->j[n].off_w & 15);
+		void *p = kvshm__at(s, off, w ? w : 1);
+		if (!p || (w != 4 && w != 8) || (off & (w - 1))) {
+			err = kvshm__fail(KVSHM_ECORRUPT, "lock class %u: journal record %u (offset %llu, width %u)",
+					  lk->cls, n, (unsigned long long)off, w);
+			continue;
+		}
+		if (w == 4)
+			__atomic_store_n((uint32_t *)p, (uint32_t)lk->j[n].old, __ATOMIC_RELAXED);
+		else
+			__atomic_store_n((uint64_t *)p, lk->j[n].old, __ATOMIC_RELAXED);
+		KVSHM_CRASH_POINT("lock.rollback.step");
+	}
+	atomic_signal_fence(memory_order_seq_cst);
+	atomic_store_explicit(&lk->jn, 0, memory_order_relaxed);
+	return err;
+}
+
+/* ---- acquire / release ---------------------------------------------------------- */
+
+static int recover(struct kvshm__seg *s, struct kvshm__lock *lk)
+{
+	int err = kvshm__lock_rollback(s, lk);
+	KVSHM_CRASH_POINT("lock.recover.rolled_back");
+	if (lk->cls < KVSHM_LOCK_CLASSES && s->repair[lk->cls].fn) {
+		int r = s->repair[lk->cls].fn(s, lk, s->repair[lk->cls].ctx);
+		if (r < 0 && err == 0)
+			err = r;
+		/* The repair's own writes are committed with the recovery. */
+		atomic_store_explicit(&lk->jn, 0, memory_order_relaxed);
+	}
+	KVSHM_CRASH_POINT("lock.recover.repaired");
+	atomic_fetch_add(&lk->repairs, 1);
+	int r = pthread_mutex_consistent(&lk->mu);
+	if (r != 0 && err == 0)
+		err = kvshm__fail(-r, "pthread_mutex_consistent");
+	return err;
+}
+
+static int after_lock(struct kvshm__seg *s, struct kvshm__lock *lk, int r, bool *repaired)
+{
+	if (repaired)
+		*repaired = false;
+	if (r == EOWNERDEAD) {
+		note_held(lk);
+		atomic_store_explicit(&lk->owner_pid, kvshm__self_pid(), memory_order_relaxed);
+		if (repaired)
+			*repaired = true;
+		return recover(s, lk);
+	}
+	if (r != 0)
+		return kvshm__fail(r == ENOTRECOVERABLE ? KVSHM_ECORRUPT : -r,
+				   "lock class %u rank %u", lk->cls, lk->rank);
+	note_held(lk);
+	atomic_store_explicit(&lk->owner_pid, kvshm__self_pid(), memory_order_relaxed);
+	if (kvshm_unlikely(atomic_load_explicit(&lk->jn, memory_order_relaxed) != 0)) {
+		/* Should be impossible: a journal left by a live owner. Roll it
+		 * back rather than build on it. */
+		return kvshm__lock_rollback(s, lk);
+	}
+	return 0;
+}
+
+int kvshm__lock_acquire(struct kvshm__seg *s, struct kvshm__lock *lk, bool *repaired)
+{
+	order_check(lk);
+	int r = pthread_mutex_trylock(&lk->mu);
+	if (r == EBUSY) {
+		atomic_fetch_add_explicit(&lk->contended, 1, memory_order_relaxed);
+		r = pthread_mutex_lock(&lk->mu);
+	}
+	return after_lock(s, lk, r, repaired);
+}
+
+int kvshm__lock_try(struct kvshm__seg *s, struct kvshm__lock *lk, bool *repaired)
+{
+	order_check(lk);
+	int r = pthread_mutex_trylock(&lk->mu);
+	if (r == EBUSY) {
+		if (repaired)
+			*repaired = false;
+		return -EBUSY;
+	}
+	return after_lock(s, lk, r, repaired);
+}
+
+void kvshm__lock_release(struct kvshm__seg *s, struct kvshm__lock *lk)
+{
+	(void)s;
+	atomic_signal_fence(memory_order_seq_cst);
+	atomic_store_explicit(&lk->jn, 0, memory_order_relaxed);
+	atomic_store_explicit(&lk->owner_pid, 0, memory_order_relaxed);
+	note_released(lk);
+	pthread_mutex_unlock(&lk->mu);
+}
+
+void kvshm__lock_abort(struct kvshm__seg *s, struct kvshm__lock *lk)
+{
+	kvshm__lock_rollback(s, lk);
+	kvshm__lock_release(s, lk);
+}

@@ -1,0 +1,331 @@
+/*
+ * shm/segment.c — segment files: create under a temporary name, publish by
+ * link(2), attach with verification, destroy. See shm/segment.h.
+ *
+ * Creation protocol (each step a crash point):
+ *   1. open "<dir>/.kvshm-init.<name>.<pid>" O_EXCL, size it, reserve its
+ *      pages (fallocate, so a full tmpfs fails here and not with SIGBUS
+ *      later), map it, write the header with magic 0.
+ *   2. the caller lays out and initialises its regions.
+ *   3. write magic and layout signature, then link() the temporary file to
+ *      "<dir>/kvshm.<name>" and unlink the temporary name. link fails with
+ *      EEXIST if another creator won; we discard ours.
+ * A creator killed before step 3 leaves only a temporary file, which later
+ * creators remove once its pid is gone.
+ */
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "shm/segment.h"
+
+static const char *shm_dir_or_default(const char *dir)
+{
+	if (dir && *dir)
+		return dir;
+	const char *env = getenv("KVSHM_SHM_DIR");
+	return (env && *env) ? env : KVSHM_DEFAULT_SHM_DIR;
+}
+
+bool kvshm__seg_name_ok(const char *name)
+{
+	if (!name || !*name || name[0] == '.')
+		return false;
+	size_t n = 0;
+	for (const char *p = name; *p; p++, n++) {
+		char c = *p;
+		bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+			  c == '.' || c == '_' || c == '-';
+		if (!ok || n >= KVSHM_NAME_MAX - 1)
+			return false;
+	}
+	return true;
+}
+
+int kvshm__seg_path(const char *name, const char *shm_dir, char *buf, size_t len)
+{
+	if (!kvshm__seg_name_ok(name))
+		return kvshm__fail(-EINVAL, "cache name '%s' is not 1..63 of [A-Za-z0-9._-]",
+				   name ? name : "(null)");
+	int n = snprintf(buf, len, "%s/kvshm.%s", shm_dir_or_default(shm_dir), name);
+	if (n < 0 || (size_t)n >= len)
+		return kvshm__fail(-ENAMETOOLONG, "shm path for '%s'", name);
+	return 0;
+}
+
+/* Remove temporary files left by creators that died mid-creation. */
+static void sweep_stale_temps(const char *dir, const char *name)
+{
+	char prefix[KVSHM_NAME_MAX + 16];
+	snprintf(prefix, sizeof(prefix), ".kvshm-init.%s.", name);
+	DIR *d = opendir(dir);
+	if (!d)
+		return;
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		if (strncmp(de->d_name, prefix, strlen(prefix)) != 0)
+			continue;
+		long pid = strtol(de->d_name + strlen(prefix), NULL, 10);
+		if (pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM))
+			continue; /* creator may still be working */
+		unlinkat(dirfd(d), de->d_name, 0);
+	}
+	closedir(d);
+}
+
+int kvshm__seg_create(const char *name, const struct kvshm__seg_opts *o, struct kvshm__seg **out)
+{
+	int err;
+	char tmp[256];
+	struct kvshm__seg *s;
+	const char *dir = shm_dir_or_default(o->shm_dir);
+
+	*out = NULL;
+	if (o->size < KVSHM_SEG_HDR_SIZE * 2)
+		return kvshm__fail(-EINVAL, "segment size %llu is below the minimum %u",
+				   (unsigned long long)o->size, KVSHM_SEG_HDR_SIZE * 2);
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return kvshm__fail(-ENOMEM, "create '%s'", name);
+	s->fd = -1;
+	if ((err = kvshm__seg_path(name, dir, s->path, sizeof(s->path))) < 0)
+		goto out_free;
+	strlcpy(s->name, name, sizeof(s->name));
+	sweep_stale_temps(dir, name);
+
+	snprintf(tmp, sizeof(tmp), "%s/.kvshm-init.%s.%ld", dir, name, (long)getpid());
+	s->fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, o->mode ? o->mode : 0600);
+	if (s->fd < 0) {
+		err = kvshm__fail(-errno, "create '%s' in %s", name, dir);
+		goto out_free;
+	}
+	KVSHM_CRASH_POINT("seg.create.opened");
+	if (ftruncate(s->fd, (off_t)o->size) < 0) {
+		err = kvshm__fail(-errno, "size '%s' to %llu bytes", name, (unsigned long long)o->size);
+		goto out_unlink;
+	}
+	if (!o->lazy) {
+		int r = posix_fallocate(s->fd, 0, (off_t)o->size);
+		if (r != 0) {
+			err = kvshm__fail(-r, "reserve %llu bytes for '%s' in %s",
+					  (unsigned long long)o->size, name, dir);
+			goto out_unlink;
+		}
+	}
+	s->base = mmap(NULL, o->size, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
+	if (s->base == MAP_FAILED) {
+		s->base = NULL;
+		err = kvshm__fail(-errno, "map '%s'", name);
+		goto out_unlink;
+	}
+	s->size = o->size;
+	KVSHM_CRASH_POINT("seg.create.mapped");
+
+	struct kvshm__seg_hdr *h = kvshm__seg_hdr(s);
+	h->magic = 0;
+	h->total_size = o->size;
+	h->created_ns = kvshm__wall_ns();
+	if (getrandom(&h->seed, sizeof(h->seed), 0) != sizeof(h->seed))
+		h->seed = kvshm__now_ns() ^ ((uint64_t)getpid() << 40);
+	h->uid = (uint32_t)geteuid();
+	h->creator_pid = (uint32_t)getpid();
+	h->abi = KVSHM_VERSION_MAJOR;
+	strlcpy(h->name, name, sizeof(h->name));
+	*out = s;
+	return 0;
+
+out_unlink:
+	unlink(tmp);
+	if (s->base)
+		munmap(s->base, o->size);
+	close(s->fd);
+out_free:
+	free(s);
+	return err;
+}
+
+int kvshm__seg_add_region(struct kvshm__seg *s, uint32_t id, uint64_t size, uint64_t align, uint64_t *off)
+{
+	struct kvshm__seg_hdr *h = kvshm__seg_hdr(s);
+	uint64_t end = KVSHM_SEG_HDR_SIZE;
+
+	if (!KVSHM_IS_POW2(align) || id == 0)
+		return kvshm__fail(-EINVAL, "region %u: bad id or alignment %llu", id,
+				   (unsigned long long)align);
+	if (h->nregions >= KVSHM_SEG_MAX_REGIONS)
+		return kvshm__fail(-ENOSPC, "region %u: region table full", id);
+	for (uint32_t i = 0; i < h->nregions; i++) {
+		if (h->regions[i].id == id)
+			return kvshm__fail(-EEXIST, "region %u already placed", id);
+		end = KVSHM_MAX(end, h->regions[i].off + h->regions[i].size);
+	}
+	uint64_t start = KVSHM_ALIGN_UP(end, align);
+	if (start > s->size || size > s->size - start)
+		return kvshm__fail(-ENOSPC, "region %u of %llu bytes does not fit in a %llu-byte segment",
+				   id, (unsigned long long)size, (unsigned long long)s->size);
+	h->regions[h->nregions] = (struct kvshm__region){.id = id, .off = start, .size = size};
+	h->nregions++;
+	*off = start;
+	return 0;
+}
+
+uint64_t kvshm__seg_unplaced(const struct kvshm__seg *s)
+{
+	const struct kvshm__seg_hdr *h = kvshm__seg_hdr(s);
+	uint64_t end = KVSHM_SEG_HDR_SIZE;
+	for (uint32_t i = 0; i < h->nregions; i++)
+		end = KVSHM_MAX(end, h->regions[i].off + h->regions[i].size);
+	return end >= s->size ? 0 : s->size - end;
+}
+
+int kvshm__seg_publish(struct kvshm__seg *s, uint64_t layout_sig)
+{
+	char tmp[256];
+	struct kvshm__seg_hdr *h = kvshm__seg_hdr(s);
+	const char *slash = strrchr(s->path, '/');
+	int err = 0;
+
+	snprintf(tmp, sizeof(tmp), "%.*s/.kvshm-init.%s.%ld", (int)(slash - s->path), s->path,
+		 s->name, (long)getpid());
+	h->layout_sig = layout_sig;
+	atomic_thread_fence(memory_order_release);
+	__atomic_store_n(&h->magic, KVSHM_SEG_MAGIC, __ATOMIC_RELEASE);
+	KVSHM_CRASH_POINT("seg.publish.stamped");
+	if (link(tmp, s->path) < 0) {
+		err = -errno;
+		unlink(tmp);
+		kvshm__seg_detach(s);
+		return err == -EEXIST ? err : kvshm__fail(err, "publish segment '%s'", h->name);
+	}
+	KVSHM_CRASH_POINT("seg.publish.linked");
+	unlink(tmp);
+	return 0;
+}
+
+int kvshm__seg_attach(const char *name, const char *shm_dir, uint64_t layout_sig, bool any_uid,
+		      struct kvshm__seg **out)
+{
+	int err;
+	struct stat st;
+	struct kvshm__seg *s = calloc(1, sizeof(*s));
+	struct kvshm__seg_hdr hdr;
+
+	*out = NULL;
+	if (!s)
+		return kvshm__fail(-ENOMEM, "attach '%s'", name);
+	if ((err = kvshm__seg_path(name, shm_dir, s->path, sizeof(s->path))) < 0)
+		goto out_free;
+	strlcpy(s->name, name, sizeof(s->name));
+	/* A creator killed between link and unlink leaves a second name on
+	 * the object; without this it would outlive a destroy. */
+	sweep_stale_temps(shm_dir_or_default(shm_dir), name);
+	s->fd = open(s->path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+	if (s->fd < 0) {
+		err = kvshm__fail(-errno, "attach cache '%s' (%s)", name, s->path);
+		goto out_free;
+	}
+	if (fstat(s->fd, &st) < 0) {
+		err = kvshm__fail(-errno, "stat '%s'", s->path);
+		goto out_close;
+	}
+	if (!any_uid && st.st_uid != geteuid()) {
+		err = kvshm__fail(KVSHM_EFOREIGN, "attach '%s': owned by uid %u, we are uid %u", name,
+				  (unsigned)st.st_uid, (unsigned)geteuid());
+		goto out_close;
+	}
+	if ((uint64_t)st.st_size < sizeof(hdr)) {
+		err = kvshm__fail(KVSHM_ETRUNCATED, "attach '%s': object is %lld bytes, a header needs %zu",
+				  name, (long long)st.st_size, sizeof(hdr));
+		goto out_close;
+	}
+	if (pread(s->fd, &hdr, sizeof(hdr), 0) != (ssize_t)sizeof(hdr)) {
+		err = kvshm__fail(errno ? -errno : -EIO, "read header of '%s'", name);
+		goto out_close;
+	}
+	if (hdr.magic != KVSHM_SEG_MAGIC) {
+		err = kvshm__fail(KVSHM_EBADMAGIC, "attach '%s': magic 0x%016llx, expected 0x%016llx", name,
+				  (unsigned long long)hdr.magic, (unsigned long long)KVSHM_SEG_MAGIC);
+		goto out_close;
+	}
+	if (hdr.layout_sig != layout_sig) {
+		err = kvshm__fail(KVSHM_ELAYOUT,
+				  "attach '%s': layout signature 0x%016llx (abi %u) != this build's 0x%016llx (abi %u)",
+				  name, (unsigned long long)hdr.layout_sig, hdr.abi,
+				  (unsigned long long)layout_sig, KVSHM_VERSION_MAJOR);
+		goto out_close;
+	}
+	if (hdr.total_size < KVSHM_SEG_HDR_SIZE * 2 || (uint64_t)st.st_size < hdr.total_size) {
+		err = kvshm__fail(KVSHM_ETRUNCATED, "attach '%s': object is %lld bytes, header says %llu",
+				  name, (long long)st.st_size, (unsigned long long)hdr.total_size);
+		goto out_close;
+	}
+	if (hdr.nregions > KVSHM_SEG_MAX_REGIONS) {
+		err = kvshm__fail(KVSHM_ECORRUPT, "attach '%s': %u regions", name, hdr.nregions);
+		goto out_close;
+	}
+	for (uint32_t i = 0; i < hdr.nregions; i++) {
+		const struct kvshm__region *r = &hdr.regions[i];
+		if (r->off < KVSHM_SEG_HDR_SIZE || r->off > hdr.total_size ||
+		    r->size > hdr.total_size - r->off) {
+			err = kvshm__fail(KVSHM_ECORRUPT, "attach '%s': region %u out of bounds", name, r->id);
+			goto out_close;
+		}
+	}
+	s->base = mmap(NULL, hdr.total_size, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
+	if (s->base == MAP_FAILED) {
+		s->base = NULL;
+		err = kvshm__fail(-errno, "map '%s' (%llu bytes)", name, (unsigned long long)hdr.total_size);
+		goto out_close;
+	}
+	s->size = hdr.total_size;
+	*out = s;
+	return 0;
+
+out_close:
+	close(s->fd);
+out_free:
+	free(s);
+	return err;
+}
+
+void kvshm__seg_detach(struct kvshm__seg *s)
+{
+	if (!s)
+		return;
+	if (s->base)
+		munmap(s->base, s->size);
+	if (s->fd >= 0)
+		close(s->fd);
+	free(s);
+}
+
+const struct kvshm__region *kvshm__seg_region(const struct kvshm__seg *s, uint32_t id)
+{
+	const struct kvshm__seg_hdr *h = kvshm__seg_hdr(s);
+	uint32_t n = KVSHM_MIN(h->nregions, KVSHM_SEG_MAX_REGIONS);
+	for (uint32_t i = 0; i < n; i++) {
+		const struct kvshm__region *r = &h->regions[i];
+		if (r->id == id)
+			return kvshm__at(s, r->off, r->size) ? r : NULL;
+	}
+	return NULL;
+}
+
+int kvshm__seg_destroy(const char *name, const char *shm_dir)
+{
+	char path[256];
+	int err = kvshm__seg_path(name, shm_dir, path, sizeof(path));
+	if (err < 0)
+		return err;
+	sweep_stale_temps(shm_dir_or_default(shm_dir), name);
+	if (unlink(path) < 0)
+		return kvshm__fail(-errno, "destroy cache '%s' (%s)", name, path);
+	return 0;
+}
