@@ -54,7 +54,7 @@ REL_OBJS     := $(LIB_SRCS:%.c=$(B)/rel/%.o)
 TST_OBJS     := $(LIB_SRCS:%.c=$(B)/tst/%.o)
 SAN_OBJS     := $(LIB_SRCS:%.c=$(B)/san/%.o)
 
-.PHONY: all lib tools deps test check install uninstall clean crashpoints
+.PHONY: all lib tools deps test check install uninstall clean crashpoints demo
 .DEFAULT_GOAL := all
 
 all: lib tools
@@ -123,6 +123,10 @@ test:
 	@sh scripts/deps.sh build
 	@$(MAKE) --no-print-directory all $(TESTS:%=$(B)/tst/tests/%) $(B)/crashpoints.list
 	@sh tests/run.sh $(B)/tst $(TESTS)
+
+# The pre-forked worker demo lands with the worker pool; until then the
+# README's first command builds everything and runs the tests.
+demo: test
 
 check:
 	@sh scripts/deps.sh build

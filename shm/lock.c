@@ -188,6 +188,11 @@ int kvshm__lock_rollback(struct kvshm__seg *s, struct kvshm__lock *lk)
 
 /* ---- acquire / release ---------------------------------------------------------- */
 
+/*
+ * Roll back, then run the class repair. A repair that fails leaves the lock
+ * marked damaged (sticky, in the segment): every later acquire retries the
+ * repair first and fails with KVSHM_ECORRUPT until one succeeds.
+ */
 static int recover(struct kvshm__seg *s, struct kvshm__lock *lk)
 {
 	int err = kvshm__lock_rollback(s, lk);
@@ -200,33 +205,41 @@ static int recover(struct kvshm__seg *s, struct kvshm__lock *lk)
 		atomic_store_explicit(&lk->jn, 0, memory_order_relaxed);
 	}
 	KVSHM_CRASH_POINT("lock.recover.repaired");
-	atomic_fetch_add(&lk->repairs, 1);
-	int r = pthread_mutex_consistent(&lk->mu);
-	if (r != 0 && err == 0)
-		err = kvshm__fail(-r, "pthread_mutex_consistent");
+	atomic_store_explicit(&lk->damaged, err < 0 ? 1u : 0u, memory_order_relaxed);
 	return err;
 }
 
 static int after_lock(struct kvshm__seg *s, struct kvshm__lock *lk, int r, bool *repaired)
 {
+	int err = 0;
 	if (repaired)
 		*repaired = false;
-	if (r == EOWNERDEAD) {
-		note_held(lk);
-		atomic_store_explicit(&lk->owner_pid, kvshm__self_pid(), memory_order_relaxed);
-		if (repaired)
-			*repaired = true;
-		return recover(s, lk);
-	}
-	if (r != 0)
-		return kvshm__fail(r == ENOTRECOVERABLE ? KVSHM_ECORRUPT : -r,
-				   "lock class %u rank %u", lk->cls, lk->rank);
+	if (r != 0 && r != EOWNERDEAD)
+		return kvshm__fail(r == ENOTRECOVERABLE ? KVSHM_ECORRUPT : -r, "lock class %u rank %u",
+				   lk->cls, lk->rank);
 	note_held(lk);
 	atomic_store_explicit(&lk->owner_pid, kvshm__self_pid(), memory_order_relaxed);
-	if (kvshm_unlikely(atomic_load_explicit(&lk->jn, memory_order_relaxed) != 0)) {
-		/* Should be impossible: a journal left by a live owner. Roll it
-		 * back rather than build on it. */
-		return kvshm__lock_rollback(s, lk);
+	if (r == EOWNERDEAD) {
+		if (repaired)
+			*repaired = true;
+		err = recover(s, lk);
+		atomic_fetch_add(&lk->repairs, 1);
+		/* Consistent even when the repair failed: `damaged` carries the
+		 * failure, so ENOTRECOVERABLE never arises. */
+		int c = pthread_mutex_consistent(&lk->mu);
+		if (c != 0 && err == 0)
+			err = kvshm__fail(-c, "pthread_mutex_consistent");
+	} else if (kvshm_unlikely(atomic_load_explicit(&lk->damaged, memory_order_relaxed))) {
+		err = recover(s, lk);
+	} else if (kvshm_unlikely(atomic_load_explicit(&lk->jn, memory_order_relaxed) != 0)) {
+		/* Impossible short of corruption: a journal left by a live owner.
+		 * Roll it back rather than build on it. */
+		err = kvshm__lock_rollback(s, lk);
+	}
+	if (err < 0) {
+		kvshm__lock_release(s, lk);
+		return kvshm__fail(KVSHM_ECORRUPT, "lock class %u rank %u: repair failed (%s)", lk->cls,
+				   lk->rank, kvshm_strerror(err));
 	}
 	return 0;
 }

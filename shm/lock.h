@@ -17,7 +17,8 @@
  * A repairer that dies mid-repair leaves the mutex inconsistent and the
  * journal intact, so the next locker simply repairs again (rollback is
  * idempotent). ENOTRECOVERABLE cannot arise: every EOWNERDEAD path ends in
- * pthread_mutex_consistent.
+ * pthread_mutex_consistent; a repair that fails marks the lock damaged
+ * instead, so callers get KVSHM_ECORRUPT (never a hang) until a repair works.
  *
  * Rules for critical sections:
  *   - every shared write goes through jset, except initialising fields of
@@ -53,7 +54,7 @@ struct kvshm__lock {
 	_Atomic uint32_t repairs;    /* EOWNERDEAD recoveries of this lock */
 	_Atomic uint64_t contended;  /* acquisitions that found it held */
 	_Atomic uint32_t jn;         /* journal records in use: holder only */
-	uint32_t pad;
+	_Atomic uint32_t damaged;    /* last repair failed: every acquire retries it */
 	struct kvshm__jrec j[KVSHM_JOURNAL_MAX]; /* holder only */
 } KVSHM_ALIGNED;
 
@@ -64,9 +65,10 @@ int kvshm__lock_init(struct kvshm__lock *lk, uint16_t cls, uint16_t rank, uint32
 void kvshm__lock_set_repair(struct kvshm__seg *s, uint16_t cls, kvshm__repair_fn fn, void *ctx);
 
 /*
- * Acquire, repairing first if the previous owner died. Returns 0, or
- * KVSHM_ECORRUPT if the lock or its journal is damaged beyond repair (the
- * lock is then held and consistent; the caller should release it and report).
+ * Acquire, repairing first if the previous owner died. Returns 0 with the
+ * lock held, or an error with it NOT held: KVSHM_ECORRUPT when the journal
+ * or the structure is damaged beyond repair (the lock is then marked
+ * damaged, and each later acquire tries the repair again).
  * *repaired (may be NULL) says whether a repair ran.
  */
 int kvshm__lock_acquire(struct kvshm__seg *s, struct kvshm__lock *lk, bool *repaired);
