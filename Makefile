@@ -31,7 +31,7 @@ TEST_PKGS    := cmocka
 
 # Recursively expanded: pkg-config runs after `deps` has installed it.
 DEP_CFLAGS    = $(shell $(PKG_CONFIG) --cflags $(PKGS))
-DEP_LIBS      = $(shell $(PKG_CONFIG) --libs $(PKGS))
+DEP_LIBS      = $(shell $(PKG_CONFIG) --libs $(PKGS)) -lm
 TEST_LIBS     = $(shell $(PKG_CONFIG) --libs $(TEST_PKGS))
 
 WARN         := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
@@ -93,7 +93,7 @@ $(B)/kvshm.pc: Makefile
 	  'libdir=$(libdir)' 'includedir=$(includedir)' '' \
 	  'Name: kvshm' 'Description: crash-proof shared-memory prefix cache' \
 	  'Version: $(VERSION)' 'Requires.private: $(PKGS)' \
-	  'Libs: -L$${libdir} -lkvshm' 'Cflags: -I$${includedir}' > $@
+	  'Libs: -L$${libdir} -lkvshm' 'Libs.private: -lm -pthread' 'Cflags: -I$${includedir}' > $@
 
 # ---- tools (release) ---------------------------------------------------------
 $(B)/bin/%: tools/%.c $(B)/libkvshm.a $(LIB_HDRS)

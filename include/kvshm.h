@@ -97,6 +97,342 @@ KVSHM_EXTERN const char *kvshm_err_name(int err);
  * Thread-local storage, valid until the thread's next failing call. */
 KVSHM_EXTERN const char *kvshm_last_error(void);
 
+
+/* ======================================================================
+ * Handles, configuration, open and close
+ * ====================================================================== */
+
+/* An attached cache. Opaque: the state lives in the segment. A handle is
+ * used by one thread at a time (give each thread its own handle; handles
+ * are cheap: one process-table slot each). After fork() a child's inherited
+ * handle binds itself to a new process slot on first use; pins and
+ * reservations made before the fork remain the parent's. */
+typedef struct kvshm kvshm;
+
+/* Storage tiers, fastest first. */
+typedef enum kvshm_tier {
+	KVSHM_TIER_RAM = 0,      /* slab memory inside the segment */
+	KVSHM_TIER_RAM_FILE = 1, /* files on tmpfs: survive the segment, not a reboot */
+	KVSHM_TIER_DISK = 2,     /* files in a cache directory with a TDB index */
+	KVSHM_NTIERS = 3
+} kvshm_tier;
+#define KVSHM_TIER_BIT(t) (1u << (t))
+#define KVSHM_TIERS_ALL 7u
+
+/* Why a save happened (counted per reason). */
+typedef enum kvshm_reason {
+	KVSHM_REASON_COLD = 0,      /* first save of a prompt's trimmed prefix */
+	KVSHM_REASON_CONTINUED = 1, /* every N generated tokens */
+	KVSHM_REASON_FINISH = 2,    /* end of stream */
+	KVSHM_REASON_EVICT = 3,     /* state leaving a worker's context */
+	KVSHM_REASON_SHUTDOWN = 4,  /* worker shutting down */
+	KVSHM_REASON_OTHER = 5,
+	KVSHM_NREASONS = 6
+} kvshm_reason;
+
+/* The save policy (see kvshm_policy_*): when a worker should save. */
+typedef struct kvshm_policy {
+	uint32_t min_tokens;            /* no continued/finish save below this (512) */
+	uint32_t cold_min_tokens;       /* cold save only for prompts of at least (512) */
+	uint32_t cold_max_tokens;       /* ... and at most this many tokens (30000) */
+	uint32_t continued_interval;    /* continued save every N new tokens (2048) */
+	uint32_t boundary_trim_tokens;  /* cold saves drop this many tail tokens (32) */
+	uint32_t boundary_align_tokens; /* ... then align down to a multiple of (2048) */
+} kvshm_policy;
+
+typedef struct kvshm_config {
+	uint64_t segment_bytes;   /* whole segment (512 MiB) */
+	uint32_t max_procs;       /* process-table slots = handles at once (256) */
+	uint32_t shards;          /* index shards, power of two, 1..64 (16) */
+	uint32_t max_entries;     /* entry capacity (segment_bytes / 64 KiB, >= 1024) */
+	uint32_t chunk_tokens;    /* prefix-lookup chunk, 1..4096 (64) */
+	uint32_t page_size;       /* slab page, power of two >= 4096 (4096) */
+	uint32_t writer_slots;    /* writer semaphore units (2 x CPUs + 1) */
+	uint32_t reservation_ttl_ms; /* a reservation expires after (60000) */
+	uint32_t wait_ms;         /* readers wait for an in-progress save up to (500) */
+	uint32_t mode;            /* segment file mode (0600) */
+	uint32_t lazy;            /* 1: do not reserve the segment's memory up front */
+	double score_halflife_s;  /* hit-score decay half-life, seconds (600) */
+	uint64_t quota[KVSHM_NTIERS]; /* byte quota per tier; 0 = default (ram: the data area) */
+	kvshm_policy policy;      /* save policy defaults */
+	const char *shm_dir;      /* where segments live (KVSHM_SHM_DIR or /dev/shm) */
+} kvshm_config;
+
+/* Fill cfg with the defaults above. */
+KVSHM_EXTERN void kvshm_config_init(kvshm_config *cfg);
+/* 0, or KVSHM_ECONFIG with kvshm_last_error() naming the field and value. */
+KVSHM_EXTERN int kvshm_config_validate(const kvshm_config *cfg);
+
+#define KVSHM_OPEN_CREATE 1u /* create the cache if it does not exist */
+#define KVSHM_OPEN_EXCL 2u   /* with CREATE: fail with -EEXIST if it exists */
+
+/*
+ * Attach the cache `name` (1..63 of [A-Za-z0-9._-]), creating it with cfg
+ * when flags has KVSHM_OPEN_CREATE. cfg may be NULL (defaults); when
+ * attaching, the segment's own configuration wins and cfg is only used for
+ * shm_dir. On success *out is a handle the caller closes with kvshm_close.
+ * Errors: -ENOENT (no such cache, no CREATE), KVSHM_ECONFIG, KVSHM_ELAYOUT,
+ * KVSHM_EBADMAGIC, KVSHM_ETRUNCATED, KVSHM_EFOREIGN, KVSHM_ECORRUPT,
+ * KVSHM_EPROCFULL (every slot held by a live process), -ENOSPC (tmpfs full).
+ */
+KVSHM_EXTERN int kvshm_open(const char *name, const kvshm_config *cfg, unsigned flags, kvshm **out);
+/* Release every pin and reservation this handle holds, free its slot,
+ * unmap. Always frees the handle; returns the first error met. */
+KVSHM_EXTERN int kvshm_close(kvshm *h);
+/* Remove the named segment. Refuses with -EBUSY while live processes are
+ * attached, unless force. Attached processes keep their mapping. */
+KVSHM_EXTERN int kvshm_destroy(const char *name, const char *shm_dir, int force);
+/* The configuration the cache was created with (copied out). */
+KVSHM_EXTERN int kvshm_get_config(kvshm *h, kvshm_config *out);
+
+/* ======================================================================
+ * Keys
+ * ====================================================================== */
+
+/* Which model state a token sequence belongs to. All fields are compared
+ * on every hit; two models never share an entry. */
+typedef struct kvshm_model {
+	uint8_t fingerprint[32]; /* caller's hash of the weights */
+	uint8_t quant;           /* quantisation type */
+	uint8_t ctx_hash[32];    /* hash of the context parameters */
+} kvshm_model;
+
+#define KVSHM_MAX_TOKENS (1u << 24) /* 16 Mi tokens per key */
+
+/* ======================================================================
+ * Lookup and pins (zero-copy reads)
+ * ====================================================================== */
+
+#define KVSHM_HIT_EXACT 1  /* the entry covers every token asked for */
+#define KVSHM_HIT_PREFIX 2 /* the entry covers a proper prefix */
+
+/* A pinned entry: its bytes stay valid and unchanged, and the entry is
+ * never evicted, until kvshm_unpin (or kvshm_close). */
+typedef struct kvshm_pin {
+	const void *data;  /* the saved blob, `len` bytes, read-only */
+	size_t len;
+	size_t ntokens;    /* tokens the entry covers: the matched prefix */
+	int kind;          /* KVSHM_HIT_EXACT or KVSHM_HIT_PREFIX */
+	int tier;          /* where it was found */
+	uint64_t ref[2];   /* opaque */
+} kvshm_pin;
+
+/* Wait (up to the cache's wait_ms) when a longer match is being saved by
+ * another process right now, instead of computing it a second time. */
+#define KVSHM_LOOKUP_WAIT 1u
+
+/*
+ * Find and pin the longest stored prefix of tokens[0..n) for model m (any
+ * stored length, not only chunk-aligned ones; the stored tokens and model
+ * are compared on every hit). Returns 0 with *pin filled, KVSHM_ENOTFOUND,
+ * KVSHM_EPINFULL (this handle holds too many pins), -EINVAL (n == 0 or
+ * n > KVSHM_MAX_TOKENS).
+ */
+KVSHM_EXTERN int kvshm_lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
+			      unsigned flags, kvshm_pin *pin);
+/* Like kvshm_lookup, but only an entry for exactly tokens[0..n). */
+KVSHM_EXTERN int kvshm_get(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
+			   unsigned flags, kvshm_pin *pin);
+/* Drop a pin. -ENOENT if this handle holds no such pin. */
+KVSHM_EXTERN int kvshm_unpin(kvshm *h, kvshm_pin *pin);
+
+/*
+ * Copy-out: like kvshm_lookup (flags, model, tokens) but copies the blob
+ * into buf (cap bytes) and pins nothing. *len and *ntokens (may be NULL)
+ * receive its size and the matched prefix length. -ENOBUFS when cap is too
+ * small (*len says how much is needed; nothing is copied).
+ */
+KVSHM_EXTERN int kvshm_lookup_copy(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
+				   unsigned flags, void *buf, size_t cap, size_t *len, size_t *ntokens);
+
+/* ======================================================================
+ * Saving: reserve, fill in place, publish
+ * ====================================================================== */
+
+typedef struct kvshm_reservation {
+	void *data;      /* write `len` bytes here, then publish */
+	size_t len;
+	uint64_t ref[3]; /* opaque */
+} kvshm_reservation;
+
+typedef struct kvshm_save_opts {
+	int tier;          /* KVSHM_TIER_RAM (only RAM until file tiers land) */
+	int reason;        /* kvshm_reason, counted */
+} kvshm_save_opts;
+
+/*
+ * Reserve the key (m, tokens[0..n)) for a value of len bytes. While
+ * reserved, readers do not see it; other writers of the same key get
+ * KVSHM_EINPROGRESS (or KVSHM_EEXISTS once it is published). Space is made
+ * by evicting the lowest-scored unpinned entries when the tier is over its
+ * quota. Errors: KVSHM_EEXISTS, KVSHM_EINPROGRESS, KVSHM_ETOOBIG (len
+ * exceeds the tier's quota or capacity), KVSHM_ENOSPACE (nothing more can
+ * be evicted), -EINVAL (len 0, n 0, n too large, bad tier or reason).
+ * opts may be NULL (RAM, OTHER).
+ */
+KVSHM_EXTERN int kvshm_reserve(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
+			       size_t len, const kvshm_save_opts *opts, kvshm_reservation *r);
+/* Make a filled reservation visible. KVSHM_EEXPIRED when it outlived the
+ * reservation TTL and was given up (the bytes are freed). */
+KVSHM_EXTERN int kvshm_publish(kvshm *h, kvshm_reservation *r);
+/* Give a reservation up; its memory is freed. */
+KVSHM_EXTERN int kvshm_cancel(kvshm *h, kvshm_reservation *r);
+/* reserve + copy + publish. */
+KVSHM_EXTERN int kvshm_put(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
+			   const void *data, size_t len, const kvshm_save_opts *opts);
+
+/* ======================================================================
+ * Eviction, deletion, listing
+ * ====================================================================== */
+
+/* Evict unpinned ready entries, lowest hit score first, from the tiers in
+ * tier_mask until `target` bytes are freed or nothing is left to evict.
+ * *freed and *count (may be NULL) say what was evicted. */
+KVSHM_EXTERN int kvshm_evict_bytes(kvshm *h, uint64_t target, unsigned tier_mask, uint64_t *freed,
+				   uint64_t *count);
+/* Bring every tier back under its quota and drop expired reservations. */
+KVSHM_EXTERN int kvshm_gc(kvshm *h, uint64_t *freed, uint64_t *count);
+
+/* Entry states as listed. */
+#define KVSHM_STATE_RESERVED 1
+#define KVSHM_STATE_READY 2
+#define KVSHM_STATE_EXPIRED 3
+
+/* What kvshm_list reports per entry (a snapshot). */
+typedef struct kvshm_entry_info {
+	uint8_t key[16];      /* 128-bit key hash (stable within this cache) */
+	kvshm_model model;
+	int tier;
+	int state;            /* KVSHM_STATE_* */
+	uint64_t len;         /* value bytes */
+	uint64_t footprint;   /* bytes charged to the tier */
+	uint32_t ntokens;
+	uint32_t refcount;    /* pins held now */
+	uint32_t hits;
+	int reason;
+	double score;         /* decayed hit score now */
+	uint64_t created_ns;  /* CLOCK_REALTIME */
+	uint64_t idle_ns;     /* since the last hit or the save */
+	uint32_t owner_pid;   /* reserved entries: the writer */
+} kvshm_entry_info;
+
+/* Selects entries; zeroed = everything. */
+typedef struct kvshm_filter {
+	unsigned tier_mask;          /* 0 = all tiers */
+	const uint8_t *fingerprint;  /* 32 bytes, or NULL for any model */
+	uint64_t min_len;            /* value bytes at least */
+	uint64_t min_idle_ns;        /* idle at least */
+} kvshm_filter;
+
+/* Call fn for every entry matching f (NULL = all), shard by shard; a
+ * non-zero return from fn stops the walk and is returned. */
+KVSHM_EXTERN int kvshm_list(kvshm *h, const kvshm_filter *f,
+			    int (*fn)(const kvshm_entry_info *e, void *ctx), void *ctx);
+/* Delete every unpinned ready entry matching f; *count says how many. */
+KVSHM_EXTERN int kvshm_delete(kvshm *h, const kvshm_filter *f, uint64_t *count);
+
+/* ======================================================================
+ * Counters, stats, checker
+ * ====================================================================== */
+
+/* Counters kept in the segment (atomics, striped). XX(name, help). */
+#define KVSHM_COUNTER_MAP(XX)                                                    \
+	XX(hits_exact, "lookups answered by an entry for every token")           \
+	XX(hits_prefix, "lookups answered by a proper prefix")                    \
+	XX(misses, "lookups with no stored prefix")                               \
+	XX(probes, "index probes made by lookups")                                \
+	XX(tokens_matched, "tokens covered by hits")                              \
+	XX(saves_cold, "saves published, reason cold")                            \
+	XX(saves_continued, "saves published, reason continued")                  \
+	XX(saves_finish, "saves published, reason finish")                        \
+	XX(saves_evict, "saves published, reason evict")                          \
+	XX(saves_shutdown, "saves published, reason shutdown")                    \
+	XX(saves_other, "saves published, other reasons")                         \
+	XX(saved_bytes, "value bytes published")                                  \
+	XX(dup_present, "reservations refused: key already present")              \
+	XX(dup_in_progress, "reservations refused: key being saved")              \
+	XX(cancels, "reservations given up by their writer")                      \
+	XX(expired, "reservations expired by the TTL")                            \
+	XX(evictions, "entries evicted")                                          \
+	XX(evicted_bytes, "bytes evicted")                                        \
+	XX(deletes, "entries deleted on request")                                 \
+	XX(reclaims, "dead processes reclaimed")                                  \
+	XX(reclaimed_pins, "pins released from dead processes")                   \
+	XX(reclaimed_reservations, "reservations cancelled for dead processes")   \
+	XX(reclaimed_allocs, "half-written allocations freed for dead processes") \
+	XX(reclaimed_sem, "writer-semaphore units taken back from dead processes") \
+	XX(waits, "lookups that waited for an in-progress save")                  \
+	XX(wait_hits, "waits that ended with the saved entry")                    \
+	XX(wait_timeouts, "waits that timed out")                                 \
+	XX(corrupt_rejected, "entries rejected as corrupt")                       \
+	XX(nospace, "saves refused for lack of space")
+
+typedef enum kvshm_counter {
+#define KVSHM_CTR_ENUM_(name, help) KVSHM_C_##name,
+	KVSHM_COUNTER_MAP(KVSHM_CTR_ENUM_)
+#undef KVSHM_CTR_ENUM_
+	KVSHM_NCOUNTERS
+} kvshm_counter;
+
+/* Name and help text of counter i (static). */
+KVSHM_EXTERN const char *kvshm_counter_name(int i);
+KVSHM_EXTERN const char *kvshm_counter_help(int i);
+
+typedef struct kvshm_stats {
+	uint64_t counters[KVSHM_NCOUNTERS];
+	uint64_t tier_bytes[KVSHM_NTIERS];    /* footprint of entries per tier */
+	uint64_t tier_quota[KVSHM_NTIERS];
+	uint64_t tier_entries[KVSHM_NTIERS];
+	uint64_t entries_reserved;
+	uint64_t entries_max;
+	uint64_t segment_bytes;
+	uint64_t data_bytes;                  /* slab data area */
+	uint64_t data_free_bytes;
+	uint64_t data_largest_free;
+	double data_ext_frag, data_int_frag;
+	uint32_t procs_live, procs_max;
+	uint32_t writer_slots_used, writer_slots_max;
+	uint64_t lock_repairs;                /* EOWNERDEAD recoveries, all locks */
+	uint64_t lock_contended;              /* acquisitions that found a lock held */
+	uint32_t shards;
+	uint32_t chunk_tokens;
+} kvshm_stats;
+
+KVSHM_EXTERN int kvshm_stats_get(kvshm *h, kvshm_stats *st);
+
+#define KVSHM_CHECK_QUICK 1u /* skip payload checksums */
+
+/*
+ * The consistency checker (DESIGN.md §7): every page free or owned exactly
+ * once; bytes per tier equal the sum of their entries; every refcount
+ * equals the pins recorded in slots; no slot of a dead process; no
+ * reservation without a live owner; every ready entry's checksum verifies;
+ * index chains and free lists exact; the writer semaphore's count equals
+ * its holders. Takes every lock (briefly stops the cache). Returns 0, or
+ * KVSHM_ECHECK with the first violation in kvshm_last_error().
+ */
+KVSHM_EXTERN int kvshm_check(kvshm *h, unsigned flags);
+
+/* ======================================================================
+ * Save policy: pure functions (seed 002)
+ * ====================================================================== */
+
+/* Defaults: 512, 512, 30000, 2048, 32, 2048. */
+KVSHM_EXTERN void kvshm_policy_init(kvshm_policy *p);
+/* 0, or KVSHM_ECONFIG naming the broken invariant (cold_min >= min,
+ * cold_max >= cold_min, interval > 0, align > 0). */
+KVSHM_EXTERN int kvshm_policy_validate(const kvshm_policy *p);
+/* Tokens to keep from n after trimming `trim` and aligning down to
+ * `align`; 0 when too short. */
+KVSHM_EXTERN size_t kvshm_policy_trim(size_t n, uint32_t trim, uint32_t align);
+/* Cold save of a prompt of n tokens: the prefix length to save (trimmed
+ * and aligned), or 0 for no save. The rest is prefilled live. */
+KVSHM_EXTERN size_t kvshm_policy_cold(const kvshm_policy *p, size_t n);
+/* Continued save due at live_tokens, last saved at last_saved? */
+KVSHM_EXTERN int kvshm_policy_continued(const kvshm_policy *p, size_t live_tokens, size_t last_saved);
+/* Finish save at end of stream? */
+KVSHM_EXTERN int kvshm_policy_finish(const kvshm_policy *p, size_t live_tokens);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,134 @@
+/*
+ * core/index.c — the sharded index: shard locks and their repair, entry
+ * chains, blob access, matching, removal and the hit score.
+ *
+ * Each shard owns a contiguous partition of the entry array, a bucket
+ * array of chain heads, and a free list. An entry chains in the bucket of
+ * its boundary hash `term` (see core/key.c); exact and prefix lookups both
+ * walk that chain and compare candidates in full (model and every token),
+ * so a hash collision costs a comparison, never a wrong answer.
+ *
+ * Every change happens under the shard's lock through the undo journal
+ * (shm/lock.h), including the writes to process-slot records (pins,
+ * reservations) that point into the shard, so a process killed mid-change
+ * is rolled back exactly by the next locker. The shard repair routine has
+ * nothing left to recompute; it only counts.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "core/internal.h"
+
+int kvshm__shard_lock(kvshm *h, uint32_t s)
+{
+	return kvshm__lock_acquire(h->seg, &h->shards[s].lk, NULL);
+}
+
+void kvshm__shard_unlock(kvshm *h, uint32_t s)
+{
+	kvshm__lock_release(h->seg, &h->shards[s].lk);
+}
+
+int kvshm__shard_repair(struct kvshm__seg *seg, struct kvshm__lock *lk, void *ctx)
+{
+	(void)seg;
+	kvshm *h = ctx;
+	if (!h || lk->arg >= h->cfg->shards)
+		return kvshm__fail(KVSHM_ECORRUPT, "shard lock %u", lk->arg);
+	/* Wake waiters: a reservation may have vanished with its writer. */
+	kvshm__futex_bump_wake(&h->shards[lk->arg].seq, INT32_MAX);
+	return 0;
+}
+
+struct kvshm__blob *kvshm__entry_blob(const kvshm *h, const struct kvshm__entry *e)
+{
+	uint64_t size = kvshm__slab_size(h->seg, h->slab, e->blob);
+	if (size < sizeof(struct kvshm__blob) || size != kvshm__blob_size(e->ntokens, e->len))
+		return NULL;
+	struct kvshm__blob *b = kvshm__at(h->seg, e->blob, size);
+	if (!b || b->magic != KVSHM_BLOB_MAGIC || b->ntokens != e->ntokens || b->len != e->len)
+		return NULL;
+	return b;
+}
+
+bool kvshm__entry_matches(const kvshm *h, const struct kvshm__entry *e, const kvshm_model *m,
+			  const uint32_t *tokens, size_t n)
+{
+	if (e->ntokens != n)
+		return false;
+	const struct kvshm__blob *b = kvshm__entry_blob(h, e);
+	if (!b) {
+		kvshm__count(h, KVSHM_C_corrupt_rejected, 1);
+		return false;
+	}
+	/* Cheapest differences first: the tail, the model, then the rest. */
+	size_t tail = n % h->cfg->chunk_tokens;
+	if (tail && memcmp(b->tokens + n - tail, tokens + n - tail, tail * sizeof(uint32_t)) != 0)
+		return false;
+	if (memcmp(&b->model, m, sizeof(*m)) != 0)
+		return false;
+	return memcmp(b->tokens, tokens, (n - tail) * sizeof(uint32_t)) == 0;
+}
+
+double kvshm__entry_score(const kvshm *h, const struct kvshm__entry *e, uint64_t now_ns)
+{
+	float s0;
+	memcpy(&s0, &e->score_bits, sizeof(s0));
+	if (!(s0 > 0.0f))
+		return 0.0;
+	double dt = now_ns > e->last_ns ? (double)(now_ns - e->last_ns) / 1e9 : 0.0;
+	return (double)s0 * exp2(-dt / h->cfg->score_halflife_s);
+}
+
+uint64_t kvshm__entry_remove_locked(kvshm *h, uint32_t s, uint32_t idx, uint32_t to)
+{
+	struct kvshm__seg *seg = h->seg;
+	struct kvshm__shard *sh = &h->shards[s];
+	struct kvshm__lock *lk = &sh->lk;
+	struct kvshm__entry *e = kvshm__entry_at(h, idx);
+	if (!e || e->state == KVSHM_E_FREE || idx - sh->first >= sh->cap)
+		return 0;
+	uint64_t blob = e->blob;
+	uint32_t gen = e->gen;
+
+	/* The blob first: if it cannot be taken, nothing changes. */
+	if (kvshm__slab_take_locked(seg, lk, h->slab, to, blob, KVSHM_OWNER_ENTRY(idx, gen)) < 0)
+		return 0;
+	KVSHM_CRASH_POINT("index.remove.blob_taken");
+
+	/* Unlink from its chain. */
+	kvshm__h128 term = {e->term[0], e->term[1]};
+	uint32_t *link = &h->buckets[(uint64_t)s * sh->nbuckets + (term.lo & (sh->nbuckets - 1))];
+	for (uint32_t guard = 0; *link && guard <= sh->cap; guard++) {
+		if (*link == idx + 1) {
+			kvshm__jset32(seg, lk, link, e->next);
+			break;
+		}
+		struct kvshm__entry *p = kvshm__entry_at(h, *link - 1);
+		if (!p)
+			break;
+		link = &p->next;
+	}
+	KVSHM_CRASH_POINT("index.remove.unlinked");
+
+	/* The writer's reservation record, if it still has one. */
+	if (e->state == KVSHM_E_RESERVED || e->state == KVSHM_E_EXPIRED) {
+		struct kvshm__slotx *x = kvshm__slotx(h, e->owner);
+		for (unsigned i = 0; x && i < KVSHM_MAX_RES; i++)
+			if (x->res[i].entry == idx + 1 && x->res[i].gen == gen)
+				kvshm__jset32(seg, lk, &x->res[i].entry, 0);
+		kvshm__jset32(seg, lk, &sh->reserved, sh->reserved - 1);
+	}
+	if (e->tier < KVSHM_NTIERS) {
+		kvshm__jset64(seg, lk, &sh->tier_bytes[e->tier], sh->tier_bytes[e->tier] - e->footprint);
+		kvshm__jset32(seg, lk, &sh->tier_entries[e->tier], sh->tier_entries[e->tier] - 1);
+	}
+	kvshm__jset32(seg, lk, &sh->used, sh->used - 1);
+	kvshm__jset32(seg, lk, &e->state, KVSHM_E_FREE);
+	kvshm__jset32(seg, lk, &e->gen, gen + 1);
+	kvshm__jset32(seg, lk, &e->refcount, 0);
+	kvshm__jset32(seg, lk, &e->next, sh->free_head);
+	kvshm__jset32(seg, lk, &sh->free_head, idx + 1);
+	KVSHM_CRASH_POINT("index.remove.freed");
+	return blob;
+}

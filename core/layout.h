@@ -1,0 +1,216 @@
+/*
+ * core/layout.h — what a cache's segment holds, field by field.
+ *
+ *   ┌──────────────┐ 0
+ *   │ seg header   │ shm/segment.h: magic, layout signature, region table
+ *   ├──────────────┤ region CORE
+ *   │ cache header │ config (immutable), striped counters, reaper record
+ *   ├──────────────┤ region PROC
+ *   │ process table│ slots + per-slot extension (pins, reservations)
+ *   ├──────────────┤ region SEM
+ *   │ writer sem   │
+ *   ├──────────────┤ region SHARDS
+ *   │ shard[0..S)  │ lock + journal, free list, tier bytes, futex seq
+ *   ├──────────────┤ region BUCKETS
+ *   │ u32 heads    │ S × nbuckets chain heads (entry index + 1)
+ *   ├──────────────┤ region ENTRIES
+ *   │ entry[0..E)  │ partitioned: shard s owns [s·E/S, (s+1)·E/S)
+ *   ├──────────────┤ region SLAB
+ *   │ slab + pages │ shm/slab.h: blobs (model, tokens, value)
+ *   └──────────────┘
+ *
+ * LOCK ORDER (ranks; a lock is only taken while holding lower ranks):
+ *   10  process table          (shm/proc.c)
+ *   20+i shard i               (never two shards at once, except the checker
+ *                               which takes them all in index order)
+ *   100 writer semaphore       (shm/sem.c)
+ *   110 slab                   (shm/slab.c)
+ *   120 reaper lock            (held for the reaper's whole life, never
+ *                               while taking another lock; try-locked)
+ * Nesting used: shard → slab is allowed by rank but not used: blobs move
+ * between an entry and a slot under the shard lock (ownership hand-over),
+ * and are freed under the slab lock afterwards (see core/index.c).
+ */
+#ifndef KVSHM_CORE_LAYOUT_H
+#define KVSHM_CORE_LAYOUT_H
+
+#include "shm/futex.h"
+#include "shm/lock.h"
+#include "shm/proc.h"
+#include "shm/sem.h"
+#include "shm/slab.h"
+
+/* Bump on any change to a struct below; part of the layout signature. */
+#define KVSHM_LAYOUT_VERSION 1u
+
+enum kvshm__region_id {
+	KVSHM_R_CORE = 1,
+	KVSHM_R_PROC = 2,
+	KVSHM_R_SEM = 3,
+	KVSHM_R_SHARDS = 4,
+	KVSHM_R_BUCKETS = 5,
+	KVSHM_R_ENTRIES = 6,
+	KVSHM_R_SLAB = 7,
+};
+
+enum kvshm__lock_class {
+	KVSHM_LC_PROC = 0,
+	KVSHM_LC_SEM = 1,
+	KVSHM_LC_SLAB = 2,
+	KVSHM_LC_SHARD = 3,
+	KVSHM_LC_REAPER = 4,
+};
+
+#define KVSHM_RANK_PROC 10u
+#define KVSHM_RANK_SHARD0 20u
+#define KVSHM_RANK_SEM 100u
+#define KVSHM_RANK_SLAB 110u
+#define KVSHM_RANK_REAPER 120u
+
+#define KVSHM_MAX_SHARDS 64u   /* ranks 20..83 stay below the semaphore's */
+#define KVSHM_MAX_PINS 64u     /* pins one handle may hold at once */
+#define KVSHM_MAX_RES 8u       /* reservations one handle may hold at once */
+#define KVSHM_CTR_STRIPES 8u   /* counter stripes: handles pick by slot index */
+#define KVSHM_MAX_CHUNK 4096u
+
+/* ---- the cache header (region CORE) ----------------------------------------- */
+
+/* Immutable after creation: copied from kvshm_config, normalised. */
+struct kvshm__cfg {
+	uint64_t segment_bytes;
+	uint64_t quota[KVSHM_NTIERS];  /* bytes per tier */
+	uint32_t max_procs;
+	uint32_t shards;               /* power of two */
+	uint32_t max_entries;          /* total; each shard owns max_entries / shards */
+	uint32_t entries_per_shard;
+	uint32_t buckets_per_shard;    /* power of two */
+	uint32_t chunk_tokens;
+	uint32_t page_size;
+	uint32_t writer_slots;         /* initial semaphore max */
+	uint32_t reservation_ttl_ms;
+	uint32_t wait_ms;
+	uint32_t mode;
+	uint32_t lazy;
+	double score_halflife_s;
+	kvshm_policy policy;
+	uint64_t seed;                 /* hash seed, random per cache */
+};
+
+struct kvshm__ctr_stripe {
+	_Atomic uint64_t c[KVSHM_NCOUNTERS]; /* event counters, relaxed atomics */
+} KVSHM_ALIGNED;
+
+struct kvshm__cache_hdr {
+	struct kvshm__cfg cfg;             /* immutable */
+	uint64_t shards_off, buckets_off, entries_off; /* regions, immutable */
+	uint64_t proc_off, sem_off, slab_off;          /* regions, immutable */
+	struct kvshm__ctr_stripe ctr[KVSHM_CTR_STRIPES]; /* counters */
+	/* The reaper: a robust lock it holds for its whole life proves it is
+	 * the only one; pid and slot for inspection. */
+	struct kvshm__lock reaper_lk;      /* rank 120, try-locked */
+	_Atomic uint32_t reaper_pid;       /* 0 when none: written by the reaper */
+	_Atomic uint32_t reaper_slot;      /* its process slot + 1 */
+	_Atomic uint64_t reaper_beat_ns;   /* CLOCK_MONOTONIC of its last loop */
+} KVSHM_ALIGNED;
+
+/* ---- process-slot extension (region PROC) -------------------------------------- */
+
+/* A pin: `count` pins of entry `entry` (index) in its life `gen`. Guarded
+ * by the lock of the entry's shard; count 0 = unused record. */
+struct kvshm__pinrec {
+	uint32_t entry;
+	uint32_t gen;
+	uint32_t count;
+	uint32_t pad;
+};
+
+/* A reservation held by this slot: entry index + 1 (0 = unused) and gen.
+ * Guarded by the lock of the entry's shard. */
+struct kvshm__resrec {
+	uint32_t entry;
+	uint32_t gen;
+};
+
+struct kvshm__slotx {
+	struct kvshm__pinrec pins[KVSHM_MAX_PINS];
+	struct kvshm__resrec res[KVSHM_MAX_RES];
+};
+
+/* ---- shards and entries --------------------------------------------------------- */
+
+struct kvshm__shard {
+	struct kvshm__lock lk;             /* guards everything below and the shard's
+					    * entries, buckets and the slot records
+					    * that point into this shard */
+	uint32_t first;                    /* first entry index owned: immutable */
+	uint32_t cap;                      /* entries owned: immutable */
+	uint32_t nbuckets;                 /* power of two: immutable */
+	uint32_t free_head;                /* free-entry list, index + 1: lk */
+	uint32_t used;                     /* entries not FREE: lk */
+	uint32_t reserved;                 /* entries RESERVED or EXPIRED: lk */
+	uint64_t tier_bytes[KVSHM_NTIERS]; /* footprint of entries per tier: lk */
+	uint32_t tier_entries[KVSHM_NTIERS]; /* entries per tier: lk */
+	_Atomic uint32_t seq;              /* futex: bumped when an entry here is
+					    * published, cancelled or removed */
+} KVSHM_ALIGNED;
+
+enum { KVSHM_E_FREE = 0, KVSHM_E_RESERVED = 1, KVSHM_E_READY = 2, KVSHM_E_EXPIRED = 3 };
+
+/*
+ * An entry. `term` is the hash of its model and first floor(n/C)·C tokens
+ * (C = chunk_tokens): the bucket it chains in, the key a prefix lookup
+ * probes at that chunk boundary. All fields are guarded by the shard lock.
+ */
+struct kvshm__entry {
+	uint64_t term[2];      /* chunk-boundary hash: chain key */
+	uint64_t key[2];       /* hash of the whole key (model + all tokens) */
+	uint32_t next;         /* bucket chain or free list: entry index + 1 */
+	uint32_t state;        /* KVSHM_E_* */
+	uint32_t gen;          /* bumped every time the entry is freed */
+	uint32_t refcount;     /* pins, = sum of live slots' pin records */
+	uint32_t ntokens;
+	uint8_t tier;          /* kvshm_tier */
+	uint8_t reason;        /* kvshm_reason */
+	uint16_t flags;
+	uint64_t blob;         /* slab offset of the blob (kvshm__blob) */
+	uint64_t len;          /* value bytes */
+	uint64_t footprint;    /* bytes charged to the tier */
+	uint32_t owner;        /* RESERVED/EXPIRED: writer's slot index */
+	uint32_t owner_gen;    /* ... and that slot's gen */
+	uint64_t token;        /* RESERVED: the writer's token */
+	uint64_t deadline_ns;  /* RESERVED: CLOCK_MONOTONIC expiry */
+	uint64_t created_ns;   /* CLOCK_REALTIME of the reservation */
+	uint64_t last_ns;      /* CLOCK_MONOTONIC of the last hit or the publish */
+	uint32_t hits;         /* lookups answered */
+	uint32_t score_bits;   /* float: decayed hit score at last_ns */
+	uint64_t csum;         /* XXH3-64 of the value, set at publish */
+} KVSHM_ALIGNED;
+
+/* The owner word of a blob allocation held by an entry. */
+#define KVSHM_OWNER_ENTRY_KIND 2u
+#define KVSHM_OWNER_ENTRY(idx, gen) \
+	(((uint64_t)KVSHM_OWNER_ENTRY_KIND << 56) | ((uint64_t)((idx) & 0xffffffu) << 32) | (uint32_t)(gen))
+
+/* A blob: what an entry's allocation holds. Written by the reserving
+ * process before the entry is published, immutable afterwards. */
+#define KVSHM_BLOB_MAGIC 0x31424b4bu /* "KKB1" */
+struct kvshm__blob {
+	uint32_t magic;
+	uint32_t ntokens;
+	uint64_t len;          /* value bytes */
+	kvshm_model model;     /* 65 bytes */
+	uint8_t pad[7];
+	uint32_t tokens[];     /* ntokens, then padding to 64, then the value */
+};
+
+static inline uint64_t kvshm__blob_value_off(uint32_t ntokens)
+{
+	return KVSHM_ALIGN_UP(sizeof(struct kvshm__blob) + 4ull * ntokens, 64);
+}
+
+static inline uint64_t kvshm__blob_size(uint32_t ntokens, uint64_t len)
+{
+	return kvshm__blob_value_off(ntokens) + len;
+}
+
+#endif

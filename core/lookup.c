@@ -1,0 +1,266 @@
+/*
+ * core/lookup.c — longest-prefix lookup, exact lookup, pins, copy-out, and
+ * the bounded wait for a save in progress (single-flight).
+ *
+ * HOW THE LONGEST PREFIX IS FOUND
+ *   For a query of n tokens with chunk size C, an entry of L <= n tokens is
+ *   a prefix match only if it chains under the boundary hash h[L/C] of the
+ *   query (core/key.c). So we probe j = n/C, n/C - 1, ..., 0: at each level
+ *   we lock the shard of h[j], walk its chain, and among the ready entries
+ *   whose term equals h[j] and whose model and tokens equal the query's
+ *   first L tokens, keep the longest. The first level with a match gives
+ *   the answer, since every entry at a higher level is longer than any at a
+ *   lower one. Cost: n/C + 1 probes at most, each a short chain walk; the
+ *   full comparison runs only on candidates whose 128-bit term matched.
+ *
+ * SINGLE-FLIGHT
+ *   With KVSHM_LOOKUP_WAIT, a reserved (being written) entry that would
+ *   match longer than the best ready one makes the reader wait on its
+ *   shard's futex sequence word, up to wait_ms in all, then look again.
+ */
+#include <string.h>
+
+#include "core/internal.h"
+
+struct cand {
+	uint32_t idx;   /* UINT32_MAX: none */
+	uint32_t shard;
+	uint32_t ntokens;
+	uint32_t seq;   /* shard seq seen (for waits) */
+};
+
+static int check_args(const kvshm_model *m, const uint32_t *tokens, size_t n)
+{
+	if (!m || !tokens)
+		return kvshm__fail(-EINVAL, "lookup: model or tokens is NULL");
+	if (n == 0)
+		return kvshm__fail(-EINVAL, "lookup: empty token list");
+	if (n > KVSHM_MAX_TOKENS)
+		return kvshm__fail(-EINVAL, "lookup: %zu tokens exceeds the maximum %u", n, KVSHM_MAX_TOKENS);
+	return 0;
+}
+
+/* Record one more pin of entry idx in our slot and on the entry, and bump
+ * its hit score (shard lock held). */
+static int pin_locked(kvshm *h, uint32_t s, uint32_t idx)
+{
+	struct kvshm__seg *seg = h->seg;
+	struct kvshm__lock *lk = &h->shards[s].lk;
+	struct kvshm__entry *e = &h->entries[idx];
+	struct kvshm__slotx *x = kvshm__slotx(h, h->me);
+	struct kvshm__pinrec *rec = NULL, *free_rec = NULL;
+
+	for (unsigned i = 0; i < KVSHM_MAX_PINS; i++) {
+		struct kvshm__pinrec *r = &x->pins[i];
+		if (r->count && r->entry == idx && r->gen == e->gen) {
+			rec = r;
+			break;
+		}
+		if (!r->count && !free_rec)
+			free_rec = r;
+	}
+	if (rec) {
+		kvshm__jset32(seg, lk, &rec->count, rec->count + 1);
+	} else if (free_rec) {
+		kvshm__jset32(seg, lk, &free_rec->entry, idx);
+		kvshm__jset32(seg, lk, &free_rec->gen, e->gen);
+		kvshm__jset32(seg, lk, &free_rec->count, 1);
+	} else {
+		return kvshm__fail(KVSHM_EPINFULL, "handle already holds %u pins", KVSHM_MAX_PINS);
+	}
+	KVSHM_CRASH_POINT("lookup.pin.recorded");
+	kvshm__jset32(seg, lk, &e->refcount, e->refcount + 1);
+	uint64_t now = kvshm__now_ns();
+	float sc = (float)(kvshm__entry_score(h, e, now) + 1.0);
+	uint32_t bits;
+	memcpy(&bits, &sc, sizeof(bits));
+	kvshm__jset32(seg, lk, &e->score_bits, bits);
+	kvshm__jset64(seg, lk, &e->last_ns, now);
+	kvshm__jset32(seg, lk, &e->hits, e->hits + 1);
+	return 0;
+}
+
+static void fill_pin(kvshm *h, uint32_t idx, size_t n, kvshm_pin *pin)
+{
+	const struct kvshm__entry *e = &h->entries[idx];
+	pin->data = h->seg->base + e->blob + kvshm__blob_value_off(e->ntokens);
+	pin->len = e->len;
+	pin->ntokens = e->ntokens;
+	pin->kind = e->ntokens == n ? KVSHM_HIT_EXACT : KVSHM_HIT_PREFIX;
+	pin->tier = e->tier;
+	pin->ref[0] = idx | ((uint64_t)e->gen << 32);
+	pin->ref[1] = (uint64_t)(uintptr_t)h;
+}
+
+/*
+ * One walk down the levels. On a ready match, pins it (pin != NULL) and
+ * returns 0. Otherwise returns KVSHM_ENOTFOUND, with *wait naming the
+ * longest matching reservation longer than anything ready (idx UINT32_MAX
+ * when there is none or want_wait is false).
+ */
+static int walk(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_model *m, const uint32_t *tokens,
+		size_t n, bool exact, bool want_wait, kvshm_pin *pin, struct cand *wait)
+{
+	const struct kvshm__cfg *c = h->cfg;
+	size_t top = n / c->chunk_tokens;
+	size_t low = exact ? top : 0;
+	uint64_t probes = 0;
+	int err = KVSHM_ENOTFOUND;
+
+	*wait = (struct cand){UINT32_MAX, 0, 0, 0};
+	for (size_t j = top + 1; j-- > low;) {
+		kvshm__h128 t = kh->h[j];
+		uint32_t s = kvshm__shard_of(h, t);
+		struct kvshm__shard *sh = &h->shards[s];
+		uint32_t best = UINT32_MAX, best_n = 0;
+
+		if ((err = kvshm__shard_lock(h, s)) < 0)
+			goto out;
+		uint32_t cur = h->buckets[(uint64_t)s * sh->nbuckets + (t.lo & (sh->nbuckets - 1))];
+		for (uint32_t guard = 0; cur && guard <= sh->cap; guard++) {
+			const struct kvshm__entry *e = kvshm__entry_at(h, cur - 1);
+			if (!e || cur - 1 - sh->first >= sh->cap)
+				break; /* corrupt link: stop here, the checker reports it */
+			uint32_t idx = cur - 1;
+			cur = e->next;
+			probes++;
+			if (e->term[0] != t.lo || e->term[1] != t.hi || e->ntokens > n ||
+			    e->ntokens / c->chunk_tokens != j || (exact && e->ntokens != n))
+				continue;
+			if (e->state == KVSHM_E_READY) {
+				if (e->ntokens > best_n && kvshm__entry_matches(h, e, m, tokens, e->ntokens)) {
+					best = idx;
+					best_n = e->ntokens;
+				}
+			} else if (e->state == KVSHM_E_RESERVED && want_wait && e->ntokens > best_n &&
+				   (wait->idx == UINT32_MAX || e->ntokens > wait->ntokens) &&
+				   kvshm__entry_matches(h, e, m, tokens, e->ntokens)) {
+				*wait = (struct cand){idx, s, e->ntokens,
+						      atomic_load_explicit(&sh->seq, memory_order_acquire)};
+			}
+		}
+		if (best != UINT32_MAX && (wait->idx == UINT32_MAX || wait->ntokens <= best_n)) {
+			wait->idx = UINT32_MAX;
+			err = pin ? pin_locked(h, s, best) : 0;
+			if (err == 0 && pin)
+				fill_pin(h, best, n, pin);
+			kvshm__shard_unlock(h, s);
+			if (err == 0) {
+				kvshm__count(h, pin->kind == KVSHM_HIT_EXACT ? KVSHM_C_hits_exact : KVSHM_C_hits_prefix, 1);
+				kvshm__count(h, KVSHM_C_tokens_matched, pin->ntokens);
+			}
+			goto out;
+		}
+		kvshm__shard_unlock(h, s);
+		if (best != UINT32_MAX)
+			break; /* a longer save is in progress: the caller waits */
+		err = KVSHM_ENOTFOUND;
+	}
+	err = KVSHM_ENOTFOUND;
+out:
+	kvshm__count(h, KVSHM_C_probes, probes);
+	return err;
+}
+
+static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, unsigned flags,
+		  bool exact, kvshm_pin *pin)
+{
+	struct kvshm__keyhash kh;
+	struct cand wait;
+	int err = kvshm__enter(h);
+	if (err < 0 || (err = check_args(m, tokens, n)) < 0)
+		return err;
+	if (!pin)
+		return kvshm__fail(-EINVAL, "lookup: pin is NULL");
+	if ((err = kvshm__keyhash(h->cfg, m, tokens, n, &kh)) < 0)
+		return err;
+	bool want_wait = (flags & KVSHM_LOOKUP_WAIT) && h->cfg->wait_ms > 0;
+	uint64_t deadline = kvshm__now_ns() + (uint64_t)h->cfg->wait_ms * 1000000ull;
+	bool waited = false;
+	for (;;) {
+		err = walk(h, &kh, m, tokens, n, exact, want_wait, pin, &wait);
+		if (err != KVSHM_ENOTFOUND || wait.idx == UINT32_MAX)
+			break;
+		/* A longer match is being written: wait for its shard to move. */
+		if (!waited) {
+			waited = true;
+			kvshm__count(h, KVSHM_C_waits, 1);
+		}
+		KVSHM_CRASH_POINT("lookup.wait");
+		if (kvshm__futex_wait(&h->shards[wait.shard].seq, wait.seq, deadline) == -ETIMEDOUT) {
+			kvshm__count(h, KVSHM_C_wait_timeouts, 1);
+			want_wait = false; /* one last look at what is ready */
+		}
+	}
+	if (waited && err == 0 && want_wait)
+		kvshm__count(h, KVSHM_C_wait_hits, 1);
+	if (err == KVSHM_ENOTFOUND)
+		kvshm__count(h, KVSHM_C_misses, 1);
+	kvshm__keyhash_free(&kh);
+	return err;
+}
+
+KVSHM_EXTERN int kvshm_lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, unsigned flags,
+			      kvshm_pin *pin)
+{
+	return lookup(h, m, tokens, n, flags, false, pin);
+}
+
+KVSHM_EXTERN int kvshm_get(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, unsigned flags,
+			   kvshm_pin *pin)
+{
+	return lookup(h, m, tokens, n, flags, true, pin);
+}
+
+KVSHM_EXTERN int kvshm_unpin(kvshm *h, kvshm_pin *pin)
+{
+	int err = kvshm__enter(h);
+	if (err < 0)
+		return err;
+	if (!pin)
+		return kvshm__fail(-EINVAL, "unpin: pin is NULL");
+	uint32_t idx = (uint32_t)pin->ref[0], gen = (uint32_t)(pin->ref[0] >> 32);
+	struct kvshm__entry *e = kvshm__entry_at(h, idx);
+	if (!e)
+		return kvshm__fail(-ENOENT, "unpin: entry %u does not exist", idx);
+	uint32_t s = idx / h->cfg->entries_per_shard;
+	struct kvshm__slotx *x = kvshm__slotx(h, h->me);
+	if ((err = kvshm__shard_lock(h, s)) < 0)
+		return err;
+	struct kvshm__lock *lk = &h->shards[s].lk;
+	err = kvshm__fail(-ENOENT, "unpin: this handle holds no pin of entry %u", idx);
+	for (unsigned i = 0; i < KVSHM_MAX_PINS; i++) {
+		struct kvshm__pinrec *r = &x->pins[i];
+		if (r->count && r->entry == idx && r->gen == gen) {
+			kvshm__jset32(h->seg, lk, &r->count, r->count - 1);
+			KVSHM_CRASH_POINT("lookup.unpin.unrecorded");
+			if (e->refcount && e->gen == gen)
+				kvshm__jset32(h->seg, lk, &e->refcount, e->refcount - 1);
+			err = 0;
+			break;
+		}
+	}
+	kvshm__shard_unlock(h, s);
+	if (err == 0)
+		memset(pin, 0, sizeof(*pin));
+	return err;
+}
+
+KVSHM_EXTERN int kvshm_lookup_copy(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
+				   unsigned flags, void *buf, size_t cap, size_t *len, size_t *ntokens)
+{
+	kvshm_pin pin;
+	int err = kvshm_lookup(h, m, tokens, n, flags, &pin);
+	if (err < 0)
+		return err;
+	if (len)
+		*len = pin.len;
+	if (ntokens)
+		*ntokens = pin.ntokens;
+	if (pin.len > cap || (!buf && pin.len)) {
+		kvshm_unpin(h, &pin);
+		return kvshm__fail(-ENOBUFS, "copy-out: value of %zu bytes, buffer of %zu", pin.len, cap);
+	}
+	memcpy(buf, pin.data, pin.len);
+	return kvshm_unpin(h, &pin);
+}

@@ -1,0 +1,127 @@
+/*
+ * core/reclaim.c — give back everything a dead process held.
+ *
+ * Called by kvshm__proc_sweep (inline, from any handle) or by the reaper,
+ * for one slot that kvshm__proc_take_dead handed to us; it may run again if
+ * we die midway, so every step is idempotent: each releases one resource
+ * under the lock that guards it and clears the record in the same journaled
+ * critical section.
+ *
+ *   1. pins: each pin record's count comes off its entry's refcount;
+ *   2. reservations: the RESERVED/EXPIRED entry is removed and its blob
+ *      handed to the dead slot's own allocation records;
+ *   3. allocations: every allocation the dead slot still owns is freed
+ *      (blobs it was filling, and those step 2 handed back);
+ *   4. writer-semaphore units go back to the semaphore.
+ * The caller then frees the slot itself.
+ */
+#include <limits.h>
+
+#include "core/internal.h"
+
+static int drop_pins(kvshm *h, uint32_t idx, uint32_t gen, struct kvshm__slotx *x)
+{
+	const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, idx);
+	for (unsigned i = 0; i < KVSHM_MAX_PINS; i++) {
+		struct kvshm__pinrec *r = &x->pins[i];
+		if (!__atomic_load_n(&r->count, __ATOMIC_RELAXED))
+			continue;
+		uint32_t e_idx = r->entry;
+		struct kvshm__entry *e = kvshm__entry_at(h, e_idx);
+		uint32_t s = e_idx / h->cfg->entries_per_shard;
+		if (!e || s >= h->cfg->shards) {
+			/* A record naming no entry: nothing to give back. */
+			__atomic_store_n(&r->count, 0, __ATOMIC_RELAXED);
+			continue;
+		}
+		int err = kvshm__shard_lock(h, s);
+		if (err < 0)
+			return err;
+		if (sl->state != KVSHM_SLOT_DEAD || sl->gen != gen) {
+			kvshm__shard_unlock(h, s);
+			return -ESTALE;
+		}
+		uint32_t n = r->count;
+		if (n) {
+			if (e->gen == r->gen && e->state != KVSHM_E_FREE)
+				kvshm__jset32(h->seg, &h->shards[s].lk, &e->refcount, e->refcount >= n ? e->refcount - n : 0);
+			KVSHM_CRASH_POINT("reclaim.pin.uncounted");
+			kvshm__jset32(h->seg, &h->shards[s].lk, &r->count, 0);
+		}
+		kvshm__shard_unlock(h, s);
+		kvshm__count(h, KVSHM_C_reclaimed_pins, n);
+	}
+	return 0;
+}
+
+static int drop_reservations(kvshm *h, uint32_t idx, uint32_t gen, struct kvshm__slotx *x)
+{
+	const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, idx);
+	for (unsigned i = 0; i < KVSHM_MAX_RES; i++) {
+		struct kvshm__resrec *r = &x->res[i];
+		uint32_t ent = __atomic_load_n(&r->entry, __ATOMIC_RELAXED);
+		if (!ent)
+			continue;
+		struct kvshm__entry *e = kvshm__entry_at(h, ent - 1);
+		uint32_t s = (ent - 1) / h->cfg->entries_per_shard;
+		if (!e || s >= h->cfg->shards) {
+			__atomic_store_n(&r->entry, 0, __ATOMIC_RELAXED);
+			continue;
+		}
+		for (int attempt = 0; attempt < 2; attempt++) {
+			int err = kvshm__shard_lock(h, s);
+			if (err < 0)
+				return err;
+			if (sl->state != KVSHM_SLOT_DEAD || sl->gen != gen) {
+				kvshm__shard_unlock(h, s);
+				return -ESTALE;
+			}
+			uint64_t blob = 0;
+			bool ours = r->entry == ent && e->gen == r->gen && e->owner == idx && e->owner_gen == gen &&
+				    (e->state == KVSHM_E_RESERVED || e->state == KVSHM_E_EXPIRED);
+			if (ours)
+				blob = kvshm__entry_remove_locked(h, s, ent - 1, idx);
+			else if (r->entry == ent)
+				kvshm__jset32(h->seg, &h->shards[s].lk, &r->entry, 0);
+			kvshm__shard_unlock(h, s);
+			if (!ours || blob) {
+				if (blob) {
+					kvshm__count(h, KVSHM_C_reclaimed_reservations, 1);
+					kvshm__futex_bump_wake(&h->shards[s].seq, INT32_MAX);
+				}
+				break;
+			}
+			/* The dead slot's allocation records are full: free what
+			 * they hold, then hand the blob over again. */
+			int n = kvshm__slab_reclaim(h->seg, h->slab, idx, gen);
+			if (n < 0)
+				return n;
+			kvshm__count(h, KVSHM_C_reclaimed_allocs, (uint64_t)n);
+		}
+	}
+	return 0;
+}
+
+int kvshm__reclaim_slot(struct kvshm__seg *seg, uint32_t idx, uint32_t gen, void *ctx)
+{
+	kvshm *h = ctx;
+	struct kvshm__slotx *x = kvshm__slotx(h, idx);
+	int err, n;
+	(void)seg;
+	if (!x)
+		return kvshm__fail(KVSHM_ECORRUPT, "reclaim: slot %u", idx);
+	if ((err = drop_pins(h, idx, gen, x)) < 0)
+		return err;
+	KVSHM_CRASH_POINT("reclaim.pins_done");
+	if ((err = drop_reservations(h, idx, gen, x)) < 0)
+		return err;
+	KVSHM_CRASH_POINT("reclaim.reservations_done");
+	if ((n = kvshm__slab_reclaim(h->seg, h->slab, idx, gen)) < 0)
+		return n;
+	kvshm__count(h, KVSHM_C_reclaimed_allocs, (uint64_t)n);
+	if ((n = kvshm__sem_reclaim(h->seg, h->sem, idx, gen)) < 0)
+		return n;
+	kvshm__count(h, KVSHM_C_reclaimed_sem, (uint64_t)n);
+	kvshm__count(h, KVSHM_C_reclaims, 1);
+	return 0;
+}

@@ -1,0 +1,90 @@
+/*
+ * core/stats.c — counters and the stats snapshot.
+ *
+ * Counters are relaxed atomics in KVSHM_CTR_STRIPES cache-line-padded
+ * stripes; a handle adds to the stripe of its slot index and readers sum
+ * the stripes. They are event counts: a process killed between an action
+ * and its count may leave one uncounted, which no invariant depends on.
+ */
+#include <string.h>
+
+#include "core/internal.h"
+
+static const char *const names[] = {
+#define KVSHM_CTR_NAME_(name, help) #name,
+	KVSHM_COUNTER_MAP(KVSHM_CTR_NAME_)
+#undef KVSHM_CTR_NAME_
+};
+
+static const char *const helps[] = {
+#define KVSHM_CTR_HELP_(name, help) help,
+	KVSHM_COUNTER_MAP(KVSHM_CTR_HELP_)
+#undef KVSHM_CTR_HELP_
+};
+
+KVSHM_EXTERN const char *kvshm_counter_name(int i)
+{
+	return i >= 0 && i < KVSHM_NCOUNTERS ? names[i] : "unknown";
+}
+
+KVSHM_EXTERN const char *kvshm_counter_help(int i)
+{
+	return i >= 0 && i < KVSHM_NCOUNTERS ? helps[i] : "unknown";
+}
+
+uint64_t kvshm__counter_sum(const kvshm *h, int c)
+{
+	uint64_t n = 0;
+	for (unsigned s = 0; s < KVSHM_CTR_STRIPES; s++)
+		n += atomic_load_explicit(&h->hdr->ctr[s].c[c], memory_order_relaxed);
+	return n;
+}
+
+static void add_lock(kvshm_stats *st, const struct kvshm__lock *lk)
+{
+	st->lock_repairs += atomic_load_explicit(&lk->repairs, memory_order_relaxed);
+	st->lock_contended += atomic_load_explicit(&lk->contended, memory_order_relaxed);
+}
+
+KVSHM_EXTERN int kvshm_stats_get(kvshm *h, kvshm_stats *st)
+{
+	int err = kvshm__enter(h);
+	if (err < 0)
+		return err;
+	if (!st)
+		return kvshm__fail(-EINVAL, "stats: NULL");
+	memset(st, 0, sizeof(*st));
+	for (int c = 0; c < KVSHM_NCOUNTERS; c++)
+		st->counters[c] = kvshm__counter_sum(h, c);
+	for (uint32_t s = 0; s < h->cfg->shards; s++) {
+		const struct kvshm__shard *sh = &h->shards[s];
+		for (int t = 0; t < KVSHM_NTIERS; t++) {
+			st->tier_bytes[t] += __atomic_load_n(&sh->tier_bytes[t], __ATOMIC_RELAXED);
+			st->tier_entries[t] += __atomic_load_n(&sh->tier_entries[t], __ATOMIC_RELAXED);
+		}
+		st->entries_reserved += __atomic_load_n(&sh->reserved, __ATOMIC_RELAXED);
+		add_lock(st, &sh->lk);
+	}
+	for (int t = 0; t < KVSHM_NTIERS; t++)
+		st->tier_quota[t] = h->cfg->quota[t];
+	st->entries_max = h->cfg->max_entries;
+	st->segment_bytes = h->seg->size;
+	struct kvshm__slab_stats ss;
+	kvshm__slab_stats(h->seg, h->slab, &ss);
+	st->data_bytes = ss.npages * ss.page_size;
+	st->data_free_bytes = ss.free_pages * ss.page_size;
+	st->data_largest_free = ss.largest_free;
+	st->data_ext_frag = ss.ext_frag;
+	st->data_int_frag = ss.int_frag;
+	st->procs_live = kvshm__proc_live(h->seg, h->tab);
+	st->procs_max = h->tab->nslots;
+	st->writer_slots_used = __atomic_load_n(&h->sem->count, __ATOMIC_RELAXED);
+	st->writer_slots_max = __atomic_load_n(&h->sem->max, __ATOMIC_RELAXED);
+	add_lock(st, &h->tab->lk);
+	add_lock(st, &h->sem->lk);
+	add_lock(st, &h->slab->lk);
+	add_lock(st, &h->hdr->reaper_lk);
+	st->shards = h->cfg->shards;
+	st->chunk_tokens = h->cfg->chunk_tokens;
+	return 0;
+}
