@@ -172,8 +172,7 @@ int kvshm__proc_claim(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32_t
 		return kvshm__fail(err, "read own start time");
 	if ((err = kvshm__lock_acquire(s, &tab->lk, NULL)) < 0)
 		return err;
-	err = kvshm__fail(KVSHM_EPROCFULL, "cache '%s': all %u process slots are taken", s->name,
-			  tab->nslots);
+	err = KVSHM_EPROCFULL;
 	for (uint32_t i = 0; i < tab->nslots; i++) {
 		struct kvshm__slot *sl = kvshm__proc_slot(s, tab, i);
 		if (!sl || sl->state != KVSHM_SLOT_FREE)
@@ -192,12 +191,15 @@ int kvshm__proc_claim(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32_t
 		break;
 	}
 	kvshm__lock_release(s, &tab->lk);
-	if (err == 0) {
-		KVSHM_CRASH_POINT("proc.claim.done");
-		atomic_fetch_add(&tab->claims, 1);
-		kvshm__futex_bump_wake(&tab->seq, INT32_MAX);
-	}
-	return err;
+	/* Report only a real failure: a successful claim must not overwrite
+	 * the thread's last error. */
+	if (err < 0)
+		return kvshm__fail(err, "cache '%s': all %u process slots are taken", s->name,
+				   tab->nslots);
+	KVSHM_CRASH_POINT("proc.claim.done");
+	atomic_fetch_add(&tab->claims, 1);
+	kvshm__futex_bump_wake(&tab->seq, INT32_MAX);
+	return 0;
 }
 
 int kvshm__proc_release(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32_t idx, uint32_t gen)
@@ -244,13 +246,14 @@ int kvshm__proc_take_dead(struct kvshm__seg *s, struct kvshm__proctab *tab, uint
 	 * confirm nothing changed under it. */
 	uint32_t state = __atomic_load_n(&sl->state, __ATOMIC_ACQUIRE);
 	uint32_t g = __atomic_load_n(&sl->gen, __ATOMIC_ACQUIRE);
+	uint32_t r = 0, rg = 0;
 	if (state == KVSHM_SLOT_FREE)
 		return 0;
 	if (state == KVSHM_SLOT_LIVE && slot_alive_racy(sl))
 		return 0;
 	if (state == KVSHM_SLOT_DEAD) {
-		uint32_t r = __atomic_load_n(&sl->reclaimer, __ATOMIC_RELAXED);
-		uint32_t rg = __atomic_load_n(&sl->reclaimer_gen, __ATOMIC_RELAXED);
+		r = __atomic_load_n(&sl->reclaimer, __ATOMIC_RELAXED);
+		rg = __atomic_load_n(&sl->reclaimer_gen, __ATOMIC_RELAXED);
 		if (r != 0 && r - 1 != me) {
 			struct kvshm__slot *rs = kvshm__proc_slot(s, tab, r - 1);
 			if (rs && __atomic_load_n(&rs->state, __ATOMIC_ACQUIRE) == KVSHM_SLOT_LIVE &&
@@ -262,7 +265,11 @@ int kvshm__proc_take_dead(struct kvshm__seg *s, struct kvshm__proctab *tab, uint
 	if (err < 0)
 		return err;
 	int took = 0;
-	if (sl->state == state && sl->gen == g) {
+	/* A DEAD slot's job is ours only if the reclaimer we judged gone is
+	 * still the one named: another sweeper may have taken it over while
+	 * we waited for the lock, and two reclaimers never share a slot. */
+	if (sl->state == state && sl->gen == g &&
+	    (state != KVSHM_SLOT_DEAD || (sl->reclaimer == r && sl->reclaimer_gen == rg))) {
 		if (state == KVSHM_SLOT_LIVE)
 			kvshm__jset32(s, &tab->lk, &sl->state, KVSHM_SLOT_DEAD);
 		kvshm__jset32(s, &tab->lk, &sl->reclaimer, me == UINT32_MAX ? 0 : me + 1);

@@ -10,6 +10,7 @@
 
 #define BACKOFF_START_NS 1000000ull  /* 1 ms */
 #define BACKOFF_MAX_NS 50000000ull   /* 50 ms, as the seed's writer */
+#define SWEEP_EVERY_NS 1000000000ull /* a waiter re-sweeps dead holders each second */
 
 static struct kvshm__proctab *sem_tab(const struct kvshm__seg *s, const struct kvshm__sem *sem)
 {
@@ -75,7 +76,7 @@ int kvshm__sem_acquire(struct kvshm__seg *s, struct kvshm__sem *sem, uint32_t me
 	struct kvshm__slot *sl = tab ? kvshm__proc_slot(s, tab, me) : NULL;
 	uint64_t deadline = kvshm__now_ns() + (uint64_t)timeout_ms * 1000000ull;
 	uint64_t backoff = BACKOFF_START_NS;
-	bool swept = false;
+	uint64_t next_sweep = 0;
 
 	if (!sl || sem->id >= KVSHM_MAX_SEMS)
 		return kvshm__fail(KVSHM_ECORRUPT, "semaphore: slot %u or id %u", me, sem->id);
@@ -95,12 +96,14 @@ int kvshm__sem_acquire(struct kvshm__seg *s, struct kvshm__sem *sem, uint32_t me
 		uint32_t seq = atomic_load_explicit(&sem->seq, memory_order_acquire);
 		kvshm__lock_release(s, &sem->lk);
 
-		if (!swept && sweep) {
-			swept = true;
+		uint64_t now = kvshm__now_ns();
+		/* Full: reclaim dead holders first, and again every second of
+		 * waiting, so holders that die while we wait are found too. */
+		if (sweep && now >= next_sweep) {
+			next_sweep = now + SWEEP_EVERY_NS;
 			sweep(sweep_ctx);
 			continue;
 		}
-		uint64_t now = kvshm__now_ns();
 		if (now >= deadline) {
 			atomic_fetch_add_explicit(&sem->timeouts, 1, memory_order_relaxed);
 			return kvshm__fail(KVSHM_EBUSY, "writer semaphore: %u of %u units held for %u ms",

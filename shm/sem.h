@@ -38,8 +38,9 @@ int kvshm__sem_init(struct kvshm__seg *s, struct kvshm__sem *sem, struct kvshm__
 int kvshm__sem_repair(struct kvshm__seg *s, struct kvshm__lock *lk, void *ctx);
 
 /*
- * Called once when the semaphore is found full, before waiting: it should
- * reclaim dead processes' slots (kvshm__proc_sweep). May be NULL.
+ * Called when the semaphore is found full, before waiting, and again each
+ * second while waiting: it should reclaim dead processes' slots
+ * (kvshm__proc_sweep). May be NULL.
  */
 typedef void (*kvshm__sweep_fn)(void *ctx);
 
