@@ -11,6 +11,7 @@
  *   bitmap scan. Both are O(1); the waste bound is the rounding of at most
  *   1/8 of the request, and the remainder goes back to a bin.
  */
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
@@ -234,7 +235,8 @@ static unsigned bin_search(const struct kvshm__slab *sl, unsigned b)
 	return KVSHM_SLAB_NBINS;
 }
 
-/* Take a run of n pages; returns its first page or UINT64_MAX. */
+/* Take a run of n pages; returns its first page, UINT64_MAX when no run
+ * fits, UINT64_MAX - 1 when its punched-out pages cannot be reserved again. */
 static uint64_t run_take(struct kvshm__seg *s, struct kvshm__slab *sl, uint64_t n)
 {
 	uint64_t page = UINT64_MAX;
@@ -248,6 +250,9 @@ static uint64_t run_take(struct kvshm__seg *s, struct kvshm__slab *sl, uint64_t 
 		page = sl->bins[b] - 1;
 	}
 	uint64_t have = pte(s, sl, page)->n;
+	if (kvshm_unlikely(atomic_load_explicit(&sl->holes, memory_order_relaxed)) &&
+	    fallocate(s->fd, 0, (off_t)(sl->data_off + (page << sl->page_shift)), (off_t)(n << sl->page_shift)) < 0)
+		return UINT64_MAX - 1; /* tmpfs full: pages punched out cannot come back */
 	bin_remove(s, sl, page);
 	KVSHM_CRASH_POINT("slab.run.unbinned");
 	if (have > n)
@@ -268,6 +273,9 @@ static void run_put(struct kvshm__seg *s, struct kvshm__slab *sl, uint64_t page,
 			start = page - l->n;
 			len += l->n;
 			bin_remove(s, sl, start);
+			/* Our head is now inside a run: clear its mark, so no stale
+			 * extent or slab head is ever taken for a live one. */
+			J32(&pte(s, sl, page)->kind, KVSHM_PTE_NONE);
 			KVSHM_CRASH_POINT("slab.run.merged_left");
 		}
 	}
@@ -276,6 +284,7 @@ static void run_put(struct kvshm__seg *s, struct kvshm__slab *sl, uint64_t page,
 		if (r->kind == KVSHM_PTE_FREE) {
 			len += r->n;
 			bin_remove(s, sl, page + n);
+			J32(&r->kind, KVSHM_PTE_NONE);
 			KVSHM_CRASH_POINT("slab.run.merged_right");
 		}
 	}
@@ -338,6 +347,14 @@ struct kvshm__ahdr *kvshm__slab_hdr(const struct kvshm__seg *s, const struct kvs
 		if (in_page < k->first || (in_page - k->first) % k->size ||
 		    (in_page - k->first) / k->size >= k->nobj)
 			return NULL;
+		/* The page's bitmap, not the object's own bytes, says whether it
+		 * is allocated: a header outlives its object's rolled-back
+		 * allocation (it is written unjournaled), and an object never
+		 * allocated holds whatever the page held before. */
+		const struct kvshm__slabpage *sp = (const struct kvshm__slabpage *)page_at(s, sl, page);
+		uint64_t o = (in_page - k->first) / k->size;
+		if (!((__atomic_load_n(&sp->bits[o / 64], __ATOMIC_RELAXED) >> (o % 64)) & 1))
+			return NULL;
 	} else {
 		return NULL;
 	}
@@ -385,7 +402,7 @@ int kvshm__slab_alloc(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me,
 		uint32_t head = sl->partial[c];
 		if (!head) {
 			uint64_t page = run_take(s, sl, 1);
-			if (page == UINT64_MAX)
+			if (page >= UINT64_MAX - 1)
 				goto nospace;
 			struct kvshm__pte *p = pte(s, sl, page);
 			J32(&p->kind, KVSHM_PTE_SLAB);
@@ -434,7 +451,7 @@ int kvshm__slab_alloc(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me,
 	} else {
 		uint64_t n = pages_for(sl, size);
 		uint64_t page = run_take(s, sl, n);
-		if (page == UINT64_MAX)
+		if (page >= UINT64_MAX - 1)
 			goto nospace;
 		struct kvshm__pte *p = pte(s, sl, page);
 		J32(&p->kind, KVSHM_PTE_EXT);
@@ -947,4 +964,31 @@ void kvshm__slab_stats(struct kvshm__seg *s, struct kvshm__slab *sl, struct kvsh
 	uint64_t free_bytes = st->free_pages * st->page_size;
 	st->ext_frag = free_bytes ? 1.0 - (double)st->largest_free / (double)free_bytes : 0.0;
 	st->int_frag = used ? 1.0 - (double)(st->req_bytes + st->nallocs * KVSHM_AHDR_SIZE) / (double)used : 0.0;
+}
+
+/* ---- giving memory back ---------------------------------------------------------- */
+
+uint64_t kvshm__slab_release_free(struct kvshm__seg *s, struct kvshm__slab *sl)
+{
+	uint64_t released = 0;
+	if (kvshm__lock_acquire(s, &sl->lk, NULL) < 0)
+		return 0;
+	/* Sticky and outside the journal: once any page may be a hole, every
+	 * run taken is reserved again first (run_take). Set before punching,
+	 * so no rollback can leave a hole unflagged. */
+	atomic_store(&sl->holes, 1);
+	for (unsigned b = 0; b < KVSHM_SLAB_NBINS; b++) {
+		uint64_t guard = 0;
+		for (uint32_t cur = sl->bins[b]; cur && guard++ < sl->npages; cur = pte(s, sl, cur - 1)->next) {
+			uint64_t n = pte(s, sl, cur - 1)->n;
+			uint64_t off = sl->data_off + ((uint64_t)(cur - 1) << sl->page_shift);
+			if ((n << sl->page_shift) < KVSHM_RELEASE_MIN)
+				continue;
+			if (fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+				      (off_t)(n << sl->page_shift)) == 0)
+				released += n << sl->page_shift;
+		}
+	}
+	kvshm__lock_release(s, &sl->lk);
+	return released;
 }

@@ -96,7 +96,11 @@ struct kvshm__slab {
 	uint64_t req_bytes;      /* sum of requested sizes of live allocations */
 	uint64_t nallocs;        /* live allocations */
 	uint64_t objs[KVSHM_SLAB_NCLASSES]; /* live objects per class */
+	_Atomic uint32_t holes;  /* some free pages were punched out: sticky, unjournaled */
 } KVSHM_ALIGNED;
+
+/* Free runs smaller than this are not worth punching out. */
+#define KVSHM_RELEASE_MIN (64u * 1024u)
 
 struct kvshm__slab_stats {
 	uint64_t page_size, npages, free_pages, ext_pages, slab_pages;
@@ -176,5 +180,14 @@ int kvshm__slab_rebuild_locked(struct kvshm__seg *s, struct kvshm__slab *sl);
 int kvshm__slab_repair(struct kvshm__seg *s, struct kvshm__lock *lk, void *ctx);
 
 void kvshm__slab_stats(struct kvshm__seg *s, struct kvshm__slab *sl, struct kvshm__slab_stats *st);
+
+/*
+ * Give the memory of free runs (of at least KVSHM_RELEASE_MIN) back to the
+ * system by punching them out of the segment file. From then on every run
+ * taken is reserved again with fallocate first, so a full tmpfs shows up
+ * as KVSHM_ENOSPACE at allocation, never as SIGBUS on first touch.
+ * Returns the bytes released.
+ */
+uint64_t kvshm__slab_release_free(struct kvshm__seg *s, struct kvshm__slab *sl);
 
 #endif
