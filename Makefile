@@ -45,7 +45,8 @@ SAN_FLAGS    := -O1 -g -DKVSHM_TEST -fsanitize=address,undefined \
 
 LIB_SRCS     := $(sort $(wildcard shm/*.c core/*.c))
 LIB_HDRS     := $(wildcard include/*.h shm/*.h core/*.h)
-TOOLS        := $(patsubst tools/%.c,%,$(wildcard tools/*.c))
+TOOL_UTIL    := tools/util.c
+TOOLS        := $(patsubst tools/%.c,%,$(filter-out $(TOOL_UTIL),$(wildcard tools/*.c)))
 TESTS        := $(patsubst tests/%.c,%,$(wildcard tests/test_*.c))
 TEST_SUPPORT := $(filter-out $(wildcard tests/test_*.c),$(wildcard tests/*.c))
 
@@ -54,7 +55,7 @@ REL_OBJS     := $(LIB_SRCS:%.c=$(B)/rel/%.o)
 TST_OBJS     := $(LIB_SRCS:%.c=$(B)/tst/%.o)
 SAN_OBJS     := $(LIB_SRCS:%.c=$(B)/san/%.o)
 
-.PHONY: all lib tools deps test check install uninstall clean crashpoints demo
+.PHONY: all lib tools deps test check install uninstall clean crashpoints demo bench
 .DEFAULT_GOAL := all
 
 all: lib tools
@@ -96,9 +97,14 @@ $(B)/kvshm.pc: Makefile
 	  'Libs: -L$${libdir} -lkvshm' 'Libs.private: -lm -pthread' 'Cflags: -I$${includedir}' > $@
 
 # ---- tools (release) ---------------------------------------------------------
-$(B)/bin/%: tools/%.c $(B)/libkvshm.a $(LIB_HDRS)
+$(B)/bin/%: tools/%.c $(TOOL_UTIL) tools/util.h $(B)/libkvshm.a $(LIB_HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< -o $@ $(B)/libkvshm.a $(DEP_LIBS) $(LDFLAGS)
+	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm.a $(DEP_LIBS) $(LDFLAGS)
+# Tools linked against the test library (crash points compiled in), for the
+# crash-injection runs.
+$(B)/tst/bin/%: tools/%.c $(TOOL_UTIL) tools/util.h $(B)/libkvshm-tst.a $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(TST_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm-tst.a $(DEP_LIBS) $(LDFLAGS)
 
 # ---- tests -------------------------------------------------------------------
 # Crash points are listed from the sources, so a new one is never forgotten by
@@ -133,6 +139,17 @@ check:
 	@$(MAKE) --no-print-directory $(TESTS:%=$(B)/san/tests/%) $(B)/crashpoints.list
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  sh tests/run.sh $(B)/san $(TESTS)
+
+# ---- benchmarks (release build) ----------------------------------------------
+$(B)/bench/%: bench/%.c $(B)/libkvshm.a $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< -o $@ $(B)/libkvshm.a $(DEP_LIBS) $(LDFLAGS)
+
+bench:
+	@sh scripts/deps.sh build
+	@$(MAKE) --no-print-directory $(B)/bench/micro $(B)/bench/reclaim
+	@$(B)/bench/micro
+	@$(B)/bench/reclaim
 
 # ---- install -----------------------------------------------------------------
 install: all

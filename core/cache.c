@@ -52,7 +52,7 @@ KVSHM_EXTERN void kvshm_config_init(kvshm_config *c)
 	c->max_procs = 256;
 	c->shards = 16;
 	c->max_entries = 0; /* derived from segment_bytes */
-	c->chunk_tokens = 64;
+	c->chunk_tokens = 256;
 	c->page_size = 4096;
 	c->writer_slots = (uint32_t)(2 * (cpus > 0 ? cpus : 1) + 1);
 	c->reservation_ttl_ms = 60000;
@@ -148,6 +148,19 @@ static void normalise(const kvshm_config *c, struct kvshm__cfg *n)
 		n->quota[t] = c->quota[t] ? c->quota[t] : UINT64_MAX;
 }
 
+/* Place a region of the cache being built. Running out of segment here
+ * means the configuration's tables do not fit its segment_bytes: a
+ * configuration error, not a full tmpfs (which -ENOSPC reports). */
+static int place(struct kvshm__seg *s, const kvshm_config *c, uint32_t id, uint64_t size, uint64_t align,
+		 uint64_t *off)
+{
+	int err = kvshm__seg_add_region(s, id, size, align, off);
+	if (err == -ENOSPC)
+		return kvshm__fail(KVSHM_ECONFIG, "segment_bytes %llu has no room for region %u (%llu bytes); raise it or lower max_procs/max_entries",
+				   (unsigned long long)c->segment_bytes, id, (unsigned long long)size);
+	return err;
+}
+
 static int create(const char *name, const kvshm_config *c, struct kvshm__seg **out)
 {
 	struct kvshm__seg *s;
@@ -162,15 +175,17 @@ static int create(const char *name, const kvshm_config *c, struct kvshm__seg **o
 		return err;
 	n.seed = kvshm__seg_hdr(s)->seed;
 
-	if ((err = kvshm__seg_add_region(s, KVSHM_R_CORE, sizeof(struct kvshm__cache_hdr), 4096, &off)) < 0)
+	if ((err = place(s, c, KVSHM_R_CORE, sizeof(struct kvshm__cache_hdr), 4096, &off)) < 0)
 		goto out_fail;
 	struct kvshm__cache_hdr *hdr = (struct kvshm__cache_hdr *)(s->base + off);
 	hdr->cfg = n;
 	if ((err = kvshm__lock_init(&hdr->reaper_lk, KVSHM_LC_REAPER, KVSHM_RANK_REAPER, 0)) < 0)
 		goto out_fail;
+	if ((err = kvshm__sched_init(&hdr->sched)) < 0)
+		goto out_fail;
 
 	uint64_t psize = kvshm__proc_region_size(n.max_procs, sizeof(struct kvshm__slotx));
-	if ((err = kvshm__seg_add_region(s, KVSHM_R_PROC, psize, 4096, &off)) < 0)
+	if ((err = place(s, c, KVSHM_R_PROC, psize, 4096, &off)) < 0)
 		goto out_fail;
 	struct kvshm__proctab *tab = (struct kvshm__proctab *)(s->base + off);
 	hdr->proc_off = off;
@@ -178,15 +193,14 @@ static int create(const char *name, const kvshm_config *c, struct kvshm__seg **o
 				    KVSHM_RANK_PROC)) < 0)
 		goto out_fail;
 
-	if ((err = kvshm__seg_add_region(s, KVSHM_R_SEM, sizeof(struct kvshm__sem), 64, &off)) < 0)
+	if ((err = place(s, c, KVSHM_R_SEM, sizeof(struct kvshm__sem), 64, &off)) < 0)
 		goto out_fail;
 	hdr->sem_off = off;
 	if ((err = kvshm__sem_init(s, (struct kvshm__sem *)(s->base + off), tab, 0, n.writer_slots,
 				   KVSHM_LC_SEM, KVSHM_RANK_SEM)) < 0)
 		goto out_fail;
 
-	if ((err = kvshm__seg_add_region(s, KVSHM_R_SHARDS, (uint64_t)n.shards * sizeof(struct kvshm__shard), 64,
-					 &off)) < 0)
+	if ((err = place(s, c, KVSHM_R_SHARDS, (uint64_t)n.shards * sizeof(struct kvshm__shard), 64, &off)) < 0)
 		goto out_fail;
 	hdr->shards_off = off;
 	struct kvshm__shard *sh = (struct kvshm__shard *)(s->base + off);
@@ -198,13 +212,13 @@ static int create(const char *name, const kvshm_config *c, struct kvshm__seg **o
 		sh[i].nbuckets = n.buckets_per_shard;
 	}
 
-	if ((err = kvshm__seg_add_region(s, KVSHM_R_BUCKETS,
-					 (uint64_t)n.shards * n.buckets_per_shard * sizeof(uint32_t), 64, &off)) < 0)
+	if ((err = place(s, c, KVSHM_R_BUCKETS, (uint64_t)n.shards * n.buckets_per_shard * sizeof(uint32_t), 64,
+			 &off)) < 0)
 		goto out_fail;
 	hdr->buckets_off = off;
 
-	if ((err = kvshm__seg_add_region(s, KVSHM_R_ENTRIES, (uint64_t)n.max_entries * sizeof(struct kvshm__entry),
-					 64, &off)) < 0)
+	if ((err = place(s, c, KVSHM_R_ENTRIES, (uint64_t)n.max_entries * sizeof(struct kvshm__entry), 64,
+			 &off)) < 0)
 		goto out_fail;
 	hdr->entries_off = off;
 	struct kvshm__entry *ent = (struct kvshm__entry *)(s->base + off);
@@ -224,7 +238,7 @@ static int create(const char *name, const kvshm_config *c, struct kvshm__seg **o
 		goto out_fail;
 	}
 	rest -= n.page_size; /* alignment slack */
-	if ((err = kvshm__seg_add_region(s, KVSHM_R_SLAB, rest, n.page_size, &off)) < 0)
+	if ((err = place(s, c, KVSHM_R_SLAB, rest, n.page_size, &off)) < 0)
 		goto out_fail;
 	hdr->slab_off = off;
 	struct kvshm__slab *sl = (struct kvshm__slab *)(s->base + off);
@@ -381,6 +395,7 @@ KVSHM_EXTERN int kvshm_open(const char *name, const kvshm_config *cfg_in, unsign
 	if ((err = map_cache(h)) < 0)
 		goto out_detach;
 	register_repairs(h);
+	kvshm__hash_secret(h->cfg->seed, h->secret);
 	if ((err = claim(h)) < 0)
 		goto out_detach;
 	KVSHM_CRASH_POINT("cache.open.claimed");
@@ -444,13 +459,16 @@ static int release_all(kvshm *h)
 		}
 		kvshm__futex_bump_wake(&h->shards[s].seq, INT32_MAX);
 	}
+	/* The copy-out record (the last) is never held between calls. */
 	for (unsigned i = 0; i < KVSHM_MAX_PINS; i++) {
 		struct kvshm__pinrec pr = x->pins[i];
-		if (!pr.count)
-			continue;
-		kvshm_pin p = {.ref = {pr.entry | ((uint64_t)pr.gen << 32), 0}};
-		while (x->pins[i].count && kvshm_unpin(h, &p) == 0)
-			;
+		/* kvshm_unpin zeroes the pin it drops: a fresh one each time, or
+		 * a record counting several pins would keep all but one. */
+		for (uint32_t k = pr.count; k > 0 && x->pins[i].count; k--) {
+			kvshm_pin p = {.ref = {(pr.entry + 1) | ((uint64_t)pr.gen << 32), 0}};
+			if (kvshm_unpin(h, &p) < 0)
+				break;
+		}
 	}
 	while (kvshm__sem_release(h->seg, h->sem, h->me) == 0)
 		;

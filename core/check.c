@@ -57,7 +57,7 @@ static int check_slots(kvshm *h, const uint8_t *alive, uint32_t *pins)
 			return V("slot %u: process %u is dead but still attached (not reclaimed)", i, sl->pid);
 		if (sl->state == KVSHM_SLOT_DEAD)
 			return V("slot %u: process %u died and its reclaim has not finished", i, sl->pid);
-		for (unsigned k = 0; k < KVSHM_MAX_PINS; k++) {
+		for (unsigned k = 0; k < KVSHM_PIN_RECORDS; k++) {
 			const struct kvshm__pinrec *r = &x->pins[k];
 			if (!r->count)
 				continue;
@@ -95,7 +95,6 @@ static int check_entry(kvshm *h, uint32_t s, uint32_t idx, unsigned flags, const
 		       uint64_t *tb, uint32_t *te, uint32_t *reserved)
 {
 	const struct kvshm__entry *e = &h->entries[idx];
-	const struct kvshm__cfg *c = h->cfg;
 	const struct kvshm__blob *b = kvshm__entry_blob(h, e);
 	if (!b)
 		return V("entry %u: blob at %llu is not a valid allocation of its size", idx,
@@ -107,8 +106,8 @@ static int check_entry(kvshm *h, uint32_t s, uint32_t idx, unsigned flags, const
 		return V("entry %u: tier %u", idx, e->tier);
 	if (e->footprint != kvshm__slab_footprint(h->slab, kvshm__blob_size(e->ntokens, e->len)))
 		return V("entry %u: footprint %llu does not match its blob", idx, (unsigned long long)e->footprint);
-	kvshm__h128 term = kvshm__term_of(c->seed, c->chunk_tokens, &b->model, b->tokens, b->ntokens);
-	kvshm__h128 key = kvshm__key_of(c->seed, &b->model, b->tokens, b->ntokens);
+	kvshm__h128 term = kvshm__term_of(h, &b->model, b->tokens, b->ntokens);
+	kvshm__h128 key = kvshm__key_of(h, &b->model, b->tokens, b->ntokens);
 	if (term.lo != e->term[0] || term.hi != e->term[1] || key.lo != e->key[0] || key.hi != e->key[1])
 		return V("entry %u: hashes do not match its model and tokens", idx);
 	if (kvshm__shard_of(h, term) != s)

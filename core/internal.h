@@ -9,6 +9,8 @@
 
 #include "core/layout.h"
 
+#define KVSHM_HASH_SECRET 192 /* XXH3's default secret size */
+
 struct kvshm {
 	struct kvshm__seg *seg;
 	struct kvshm__cache_hdr *hdr;
@@ -19,6 +21,7 @@ struct kvshm {
 	uint32_t *buckets;
 	struct kvshm__entry *entries;
 	const struct kvshm__cfg *cfg;
+	uint8_t secret[KVSHM_HASH_SECRET]; /* hash secret derived from cfg->seed */
 	uint32_t me, me_gen;       /* our process slot */
 	uint64_t fork_gen;         /* kvshm__fork_gen() when the slot was claimed */
 	bool closed;
@@ -43,25 +46,26 @@ typedef struct {
 } kvshm__h128;
 
 /*
- * Chunk-boundary hashes of a token sequence: h[j] = XXH3-128(seed,
- * model ‖ tokens[0 .. j·C)) for j = 0 .. n/C. Computed once per call with
- * one streaming pass; the key hash of the whole sequence too.
+ * Chunk-boundary hashes of a token sequence (see core/key.c): h[j] depends
+ * on the model and the first j·C tokens, for j = 0 .. n/C; and the key
+ * hash of the whole sequence.
  */
 struct kvshm__keyhash {
 	kvshm__h128 *h;      /* n/C + 1 boundary hashes */
 	size_t nb;           /* entries in h */
 	kvshm__h128 key;     /* hash of model ‖ all n tokens */
-	kvshm__h128 stack[64]; /* storage for short sequences */
+	kvshm__h128 stack[130]; /* storage up to 129 chunks (8k tokens at C = 64) */
 };
 
-int kvshm__keyhash(const struct kvshm__cfg *cfg, const kvshm_model *m, const uint32_t *tokens, size_t n,
+int kvshm__keyhash(const kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
 		   struct kvshm__keyhash *kh);
+/* Derive the per-cache hash secret from its seed (at open). */
+void kvshm__hash_secret(uint64_t seed, uint8_t secret[KVSHM_HASH_SECRET]);
 void kvshm__keyhash_free(struct kvshm__keyhash *kh);
-/* Hash of model ‖ tokens[0..n) alone. */
-kvshm__h128 kvshm__key_of(uint64_t seed, const kvshm_model *m, const uint32_t *tokens, size_t n);
-/* Boundary hash for exactly j chunks (for the checker). */
-kvshm__h128 kvshm__term_of(uint64_t seed, uint32_t chunk, const kvshm_model *m, const uint32_t *tokens,
-			   size_t n);
+/* Key hash of model + tokens[0..n) (as kvshm__keyhash's key). */
+kvshm__h128 kvshm__key_of(const kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n);
+/* Boundary hash h[n/chunk] of a sequence (its entry's chain key). */
+kvshm__h128 kvshm__term_of(const kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n);
 
 #ifdef KVSHM_TEST
 /* Test builds: force every hash to this value (0 = off), to prove that a
@@ -120,6 +124,11 @@ uint64_t kvshm__tier_bytes(const kvshm *h, int tier);
 int kvshm__evict(kvshm *h, uint64_t target, unsigned tier_mask, uint64_t *freed, uint64_t *count);
 /* Expire reservations past their deadline. */
 int kvshm__expire(kvshm *h, uint64_t *count);
+
+/* ---- scheduler (core/pressure.c) ------------------------------------------------------ */
+
+/* Initialise the control block with the defaults (creation time). */
+int kvshm__sched_init(struct kvshm__sched *sc);
 
 /* ---- reclaim (core/reclaim.c) ----------------------------------------------------------- */
 

@@ -23,10 +23,12 @@
  *   10  process table          (shm/proc.c)
  *   20+i shard i               (never two shards at once, except the checker
  *                               which takes them all in index order)
+ *   90  scheduler control      (core/pressure.c; never held while evicting)
  *   100 writer semaphore       (shm/sem.c)
  *   110 slab                   (shm/slab.c)
- *   120 reaper lock            (held for the reaper's whole life, never
- *                               while taking another lock; try-locked)
+ *   120 reaper lock            (a liveness token, not a data lock: held for
+ *                               the reaper's whole life, try-locked, guards
+ *                               no data, so it is outside the order checks)
  * Nesting used: shard → slab is allowed by rank but not used: blobs move
  * between an entry and a slot under the shard lock (ownership hand-over),
  * and are freed under the slab lock afterwards (see core/index.c).
@@ -59,19 +61,45 @@ enum kvshm__lock_class {
 	KVSHM_LC_SLAB = 2,
 	KVSHM_LC_SHARD = 3,
 	KVSHM_LC_REAPER = 4,
+	KVSHM_LC_SCHED = 5,
 };
 
 #define KVSHM_RANK_PROC 10u
 #define KVSHM_RANK_SHARD0 20u
+#define KVSHM_RANK_SCHED 90u
 #define KVSHM_RANK_SEM 100u
 #define KVSHM_RANK_SLAB 110u
 #define KVSHM_RANK_REAPER 120u
 
 #define KVSHM_MAX_SHARDS 64u   /* ranks 20..83 stay below the semaphore's */
 #define KVSHM_MAX_PINS 64u     /* pins one handle may hold at once */
+#define KVSHM_PIN_RECORDS (KVSHM_MAX_PINS + 1) /* + one kept for copy-out */
 #define KVSHM_MAX_RES 8u       /* reservations one handle may hold at once */
 #define KVSHM_CTR_STRIPES 8u   /* counter stripes: handles pick by slot index */
 #define KVSHM_MAX_CHUNK 4096u
+
+/* ---- the pressure scheduler's control block (in the cache header) ----------- */
+
+/* Configuration written by kvshm_sched_set (shmctl), status written by
+ * whoever runs a check (the reaper); both under `lk`, journaled. Doubles
+ * are stored as their bit patterns (u64) so the journal can restore them. */
+struct kvshm__sched {
+	struct kvshm__lock lk;          /* rank 90: never held while evicting */
+	uint32_t enabled;
+	uint32_t source;                /* kvshm_pressure_source */
+	char command[KVSHM_SCHED_COMMAND_MAX];
+	uint32_t interval_ms;
+	uint32_t tiers;
+	uint64_t high_bits, low_bits;   /* double */
+	uint64_t min_evict_bytes;
+	uint64_t last_used, last_total;
+	uint64_t sampled_ns, last_evicted_bytes, last_evicted_entries, last_evicted_ns;
+	uint64_t checks, evictions;
+	uint32_t last_result;
+	uint32_t pad;
+	char last_error[128];
+	_Atomic uint32_t force_seq;     /* bumped by kvshm_sched_force */
+} KVSHM_ALIGNED;
 
 /* ---- the cache header (region CORE) ----------------------------------------- */
 
@@ -105,6 +133,7 @@ struct kvshm__cache_hdr {
 	uint64_t shards_off, buckets_off, entries_off; /* regions, immutable */
 	uint64_t proc_off, sem_off, slab_off;          /* regions, immutable */
 	struct kvshm__ctr_stripe ctr[KVSHM_CTR_STRIPES]; /* counters */
+	struct kvshm__sched sched;         /* pressure scheduler control and status */
 	/* The reaper: a robust lock it holds for its whole life proves it is
 	 * the only one; pid and slot for inspection. */
 	struct kvshm__lock reaper_lk;      /* rank 120, try-locked */
@@ -132,7 +161,7 @@ struct kvshm__resrec {
 };
 
 struct kvshm__slotx {
-	struct kvshm__pinrec pins[KVSHM_MAX_PINS];
+	struct kvshm__pinrec pins[KVSHM_PIN_RECORDS]; /* the last is copy-out's own */
 	struct kvshm__resrec res[KVSHM_MAX_RES];
 };
 
@@ -184,7 +213,8 @@ struct kvshm__entry {
 	uint32_t hits;         /* lookups answered */
 	uint32_t score_bits;   /* float: decayed hit score at last_ns */
 	uint64_t csum;         /* XXH3-64 of the value, set at publish */
-} KVSHM_ALIGNED;
+	uint64_t moved_ns;     /* CLOCK_MONOTONIC of its last tier change, 0 = never */
+};
 
 /* The owner word of a blob allocation held by an entry. */
 #define KVSHM_OWNER_ENTRY_KIND 2u

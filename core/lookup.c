@@ -41,8 +41,9 @@ static int check_args(const kvshm_model *m, const uint32_t *tokens, size_t n)
 }
 
 /* Record one more pin of entry idx in our slot and on the entry, and bump
- * its hit score (shard lock held). */
-static int pin_locked(kvshm *h, uint32_t s, uint32_t idx)
+ * its hit score (shard lock held). Copy-out pins use the slot's last
+ * record, kept for it, so a copy never fails for lack of pin records. */
+static int pin_locked(kvshm *h, uint32_t s, uint32_t idx, bool copy)
 {
 	struct kvshm__seg *seg = h->seg;
 	struct kvshm__lock *lk = &h->shards[s].lk;
@@ -50,7 +51,8 @@ static int pin_locked(kvshm *h, uint32_t s, uint32_t idx)
 	struct kvshm__slotx *x = kvshm__slotx(h, h->me);
 	struct kvshm__pinrec *rec = NULL, *free_rec = NULL;
 
-	for (unsigned i = 0; i < KVSHM_MAX_PINS; i++) {
+	unsigned from = copy ? KVSHM_MAX_PINS : 0, to = copy ? KVSHM_PIN_RECORDS : KVSHM_MAX_PINS;
+	for (unsigned i = from; i < to; i++) {
 		struct kvshm__pinrec *r = &x->pins[i];
 		if (r->count && r->entry == idx && r->gen == e->gen) {
 			rec = r;
@@ -88,7 +90,9 @@ static void fill_pin(kvshm *h, uint32_t idx, size_t n, kvshm_pin *pin)
 	pin->ntokens = e->ntokens;
 	pin->kind = e->ntokens == n ? KVSHM_HIT_EXACT : KVSHM_HIT_PREFIX;
 	pin->tier = e->tier;
-	pin->ref[0] = idx | ((uint64_t)e->gen << 32);
+	/* Entry index + 1 (0 = none, so a pin zeroed by kvshm_unpin names
+	 * nothing) and the entry's gen. */
+	pin->ref[0] = (idx + 1) | ((uint64_t)e->gen << 32);
 	pin->ref[1] = (uint64_t)(uintptr_t)h;
 }
 
@@ -99,7 +103,7 @@ static void fill_pin(kvshm *h, uint32_t idx, size_t n, kvshm_pin *pin)
  * when there is none or want_wait is false).
  */
 static int walk(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_model *m, const uint32_t *tokens,
-		size_t n, bool exact, bool want_wait, kvshm_pin *pin, struct cand *wait)
+		size_t n, bool exact, bool copy, bool want_wait, kvshm_pin *pin, struct cand *wait)
 {
 	const struct kvshm__cfg *c = h->cfg;
 	size_t top = n / c->chunk_tokens;
@@ -141,7 +145,7 @@ static int walk(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_model *m,
 		}
 		if (best != UINT32_MAX && (wait->idx == UINT32_MAX || wait->ntokens <= best_n)) {
 			wait->idx = UINT32_MAX;
-			err = pin ? pin_locked(h, s, best) : 0;
+			err = pin ? pin_locked(h, s, best, copy) : 0;
 			if (err == 0 && pin)
 				fill_pin(h, best, n, pin);
 			kvshm__shard_unlock(h, s);
@@ -163,7 +167,7 @@ out:
 }
 
 static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, unsigned flags,
-		  bool exact, kvshm_pin *pin)
+		  bool exact, bool copy, kvshm_pin *pin)
 {
 	struct kvshm__keyhash kh;
 	struct cand wait;
@@ -172,15 +176,17 @@ static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t
 		return err;
 	if (!pin)
 		return kvshm__fail(-EINVAL, "lookup: pin is NULL");
-	if ((err = kvshm__keyhash(h->cfg, m, tokens, n, &kh)) < 0)
+	if ((err = kvshm__keyhash(h, m, tokens, n, &kh)) < 0)
 		return err;
 	bool want_wait = (flags & KVSHM_LOOKUP_WAIT) && h->cfg->wait_ms > 0;
 	uint64_t deadline = kvshm__now_ns() + (uint64_t)h->cfg->wait_ms * 1000000ull;
 	bool waited = false;
+	uint32_t awaited = 0; /* the longest save waited for */
 	for (;;) {
-		err = walk(h, &kh, m, tokens, n, exact, want_wait, pin, &wait);
+		err = walk(h, &kh, m, tokens, n, exact, copy, want_wait, pin, &wait);
 		if (err != KVSHM_ENOTFOUND || wait.idx == UINT32_MAX)
 			break;
+		awaited = KVSHM_MAX(awaited, wait.ntokens);
 		/* A longer match is being written: wait for its shard to move. */
 		if (!waited) {
 			waited = true;
@@ -192,7 +198,9 @@ static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t
 			want_wait = false; /* one last look at what is ready */
 		}
 	}
-	if (waited && err == 0 && want_wait)
+	/* A wait hit ended with what it waited for, not with a shorter entry
+	 * because the save was cancelled or its writer died. */
+	if (waited && err == 0 && want_wait && pin->ntokens >= awaited)
 		kvshm__count(h, KVSHM_C_wait_hits, 1);
 	if (err == KVSHM_ENOTFOUND)
 		kvshm__count(h, KVSHM_C_misses, 1);
@@ -203,23 +211,26 @@ static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t
 KVSHM_EXTERN int kvshm_lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, unsigned flags,
 			      kvshm_pin *pin)
 {
-	return lookup(h, m, tokens, n, flags, false, pin);
+	return lookup(h, m, tokens, n, flags, false, false, pin);
 }
 
 KVSHM_EXTERN int kvshm_get(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, unsigned flags,
 			   kvshm_pin *pin)
 {
-	return lookup(h, m, tokens, n, flags, true, pin);
+	return lookup(h, m, tokens, n, flags, true, false, pin);
 }
 
-KVSHM_EXTERN int kvshm_unpin(kvshm *h, kvshm_pin *pin)
+static int unpin(kvshm *h, kvshm_pin *pin, bool copy)
 {
 	int err = kvshm__enter(h);
 	if (err < 0)
 		return err;
 	if (!pin)
 		return kvshm__fail(-EINVAL, "unpin: pin is NULL");
-	uint32_t idx = (uint32_t)pin->ref[0], gen = (uint32_t)(pin->ref[0] >> 32);
+	uint32_t ref = (uint32_t)pin->ref[0], gen = (uint32_t)(pin->ref[0] >> 32);
+	if (!ref)
+		return kvshm__fail(-ENOENT, "unpin: the pin names no entry (already unpinned?)");
+	uint32_t idx = ref - 1;
 	struct kvshm__entry *e = kvshm__entry_at(h, idx);
 	if (!e)
 		return kvshm__fail(-ENOENT, "unpin: entry %u does not exist", idx);
@@ -228,8 +239,9 @@ KVSHM_EXTERN int kvshm_unpin(kvshm *h, kvshm_pin *pin)
 	if ((err = kvshm__shard_lock(h, s)) < 0)
 		return err;
 	struct kvshm__lock *lk = &h->shards[s].lk;
-	err = kvshm__fail(-ENOENT, "unpin: this handle holds no pin of entry %u", idx);
-	for (unsigned i = 0; i < KVSHM_MAX_PINS; i++) {
+	err = -ENOENT;
+	unsigned from = copy ? KVSHM_MAX_PINS : 0, to = copy ? KVSHM_PIN_RECORDS : KVSHM_MAX_PINS;
+	for (unsigned i = from; i < to; i++) {
 		struct kvshm__pinrec *r = &x->pins[i];
 		if (r->count && r->entry == idx && r->gen == gen) {
 			kvshm__jset32(h->seg, lk, &r->count, r->count - 1);
@@ -241,16 +253,22 @@ KVSHM_EXTERN int kvshm_unpin(kvshm *h, kvshm_pin *pin)
 		}
 	}
 	kvshm__shard_unlock(h, s);
-	if (err == 0)
-		memset(pin, 0, sizeof(*pin));
-	return err;
+	if (err < 0)
+		return kvshm__fail(err, "unpin: this handle holds no pin of entry %u", idx);
+	memset(pin, 0, sizeof(*pin));
+	return 0;
+}
+
+KVSHM_EXTERN int kvshm_unpin(kvshm *h, kvshm_pin *pin)
+{
+	return unpin(h, pin, false);
 }
 
 KVSHM_EXTERN int kvshm_lookup_copy(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
 				   unsigned flags, void *buf, size_t cap, size_t *len, size_t *ntokens)
 {
 	kvshm_pin pin;
-	int err = kvshm_lookup(h, m, tokens, n, flags, &pin);
+	int err = lookup(h, m, tokens, n, flags, false, true, &pin);
 	if (err < 0)
 		return err;
 	if (len)
@@ -258,9 +276,9 @@ KVSHM_EXTERN int kvshm_lookup_copy(kvshm *h, const kvshm_model *m, const uint32_
 	if (ntokens)
 		*ntokens = pin.ntokens;
 	if (pin.len > cap || (!buf && pin.len)) {
-		kvshm_unpin(h, &pin);
+		unpin(h, &pin, true);
 		return kvshm__fail(-ENOBUFS, "copy-out: value of %zu bytes, buffer of %zu", pin.len, cap);
 	}
 	memcpy(buf, pin.data, pin.len);
-	return kvshm_unpin(h, &pin);
+	return unpin(h, &pin, true);
 }

@@ -22,7 +22,7 @@
 static int drop_pins(kvshm *h, uint32_t idx, uint32_t gen, struct kvshm__slotx *x)
 {
 	const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, idx);
-	for (unsigned i = 0; i < KVSHM_MAX_PINS; i++) {
+	for (unsigned i = 0; i < KVSHM_PIN_RECORDS; i++) {
 		struct kvshm__pinrec *r = &x->pins[i];
 		if (!__atomic_load_n(&r->count, __ATOMIC_RELAXED))
 			continue;

@@ -126,7 +126,7 @@ KVSHM_EXTERN int kvshm_reserve(kvshm *h, const kvshm_model *m, const uint32_t *t
 		return kvshm__fail(KVSHM_ETOOBIG, "reserve: value of %zu bytes (%llu with tokens) exceeds the %s tier (quota %llu, capacity %llu)",
 				   len, (unsigned long long)fp, "ram", (unsigned long long)quota,
 				   (unsigned long long)kvshm__slab_max_alloc(h->slab));
-	if ((err = kvshm__keyhash(h->cfg, m, tokens, n, &kh)) < 0)
+	if ((err = kvshm__keyhash(h, m, tokens, n, &kh)) < 0)
 		return err;
 	kvshm__h128 term = kh.h[kh.nb - 1];
 	uint32_t s = kvshm__shard_of(h, term);
@@ -238,6 +238,7 @@ KVSHM_EXTERN int kvshm_reserve(kvshm *h, const kvshm_model *m, const uint32_t *t
 	e->hits = 0;
 	e->score_bits = 0;
 	e->csum = 0;
+	e->moved_ns = 0;
 	uint32_t *head = &h->buckets[(uint64_t)s * sh->nbuckets + (term.lo & (sh->nbuckets - 1))];
 	kvshm__jset32(seg, lk, &sh->free_head, e->next);
 	kvshm__jset32(seg, lk, &e->next, *head);

@@ -145,7 +145,7 @@ typedef struct kvshm_config {
 	uint32_t max_procs;       /* process-table slots = handles at once (256) */
 	uint32_t shards;          /* index shards, power of two, 1..64 (16) */
 	uint32_t max_entries;     /* entry capacity (segment_bytes / 64 KiB, >= 1024) */
-	uint32_t chunk_tokens;    /* prefix-lookup chunk, 1..4096 (64) */
+	uint32_t chunk_tokens;    /* prefix-lookup chunk, 1..4096 (256) */
 	uint32_t page_size;       /* slab page, power of two >= 4096 (4096) */
 	uint32_t writer_slots;    /* writer semaphore units (2 x CPUs + 1) */
 	uint32_t reservation_ttl_ms; /* a reservation expires after (60000) */
@@ -432,6 +432,167 @@ KVSHM_EXTERN size_t kvshm_policy_cold(const kvshm_policy *p, size_t n);
 KVSHM_EXTERN int kvshm_policy_continued(const kvshm_policy *p, size_t live_tokens, size_t last_saved);
 /* Finish save at end of stream? */
 KVSHM_EXTERN int kvshm_policy_finish(const kvshm_policy *p, size_t live_tokens);
+
+/* ======================================================================
+ * Administration: the reaper, the pressure scheduler, promotion
+ * (used by kvshm-reaper and shmctl; stable like the rest of this header)
+ * ====================================================================== */
+
+/* Pressure sources (seed 000). */
+typedef enum kvshm_pressure_source {
+	KVSHM_PRESSURE_NOOP = 0,   /* never under pressure */
+	KVSHM_PRESSURE_SYSTEM = 1, /* /proc/meminfo: MemTotal - MemAvailable */
+	KVSHM_PRESSURE_CGROUP = 2, /* cgroup v2 memory.current / memory.max */
+	KVSHM_PRESSURE_NVIDIA = 3, /* nvidia-smi used/total summed over GPUs */
+	KVSHM_PRESSURE_COMMAND = 4 /* a command printing "used total" */
+} kvshm_pressure_source;
+
+#define KVSHM_SCHED_COMMAND_MAX 256
+
+typedef struct kvshm_sched_config {
+	int enabled;              /* 0: checks are skipped (still forceable to sample) */
+	int source;               /* kvshm_pressure_source */
+	char command[KVSHM_SCHED_COMMAND_MAX]; /* COMMAND source; also nvidia-smi's path if set */
+	uint32_t interval_ms;     /* between checks (5000) */
+	double high_watermark;    /* evict when used/total >= this (0.85) */
+	double low_watermark;     /* ... (high - low) x total bytes (0.75) */
+	uint64_t min_evict_bytes; /* at least this much per eviction (1 MiB) */
+	unsigned tiers;           /* tiers to evict from (ram | ram_file) */
+} kvshm_sched_config;
+
+/* Result of the last check. */
+typedef enum kvshm_sched_result {
+	KVSHM_SCHED_NONE = 0,
+	KVSHM_SCHED_DISABLED,
+	KVSHM_SCHED_BELOW,         /* under the high watermark */
+	KVSHM_SCHED_EVICTED,
+	KVSHM_SCHED_NOTHING,       /* above, but nothing evictable */
+	KVSHM_SCHED_ERROR          /* the source could not be read */
+} kvshm_sched_result;
+
+typedef struct kvshm_sched_status {
+	kvshm_sched_config config;
+	uint64_t last_used, last_total; /* last sample */
+	double last_ratio;
+	uint64_t sampled_ns;           /* CLOCK_REALTIME of the last sample, 0 = never */
+	uint64_t last_evicted_bytes;
+	uint64_t last_evicted_entries;
+	uint64_t last_evicted_ns;      /* CLOCK_REALTIME of the last eviction, 0 = never */
+	int last_result;               /* kvshm_sched_result */
+	uint64_t checks, evictions;    /* totals */
+	char last_error[128];
+} kvshm_sched_status;
+
+/* Defaults: disabled, noop, 5000 ms, 0.85, 0.75, 1 MiB, ram|ram_file. */
+KVSHM_EXTERN void kvshm_sched_config_init(kvshm_sched_config *c);
+/* 0, or KVSHM_ECONFIG: "require 0.0 <= low < high <= 1.0", interval > 0,
+ * a known source, a command for the command source. */
+KVSHM_EXTERN int kvshm_sched_validate(const kvshm_sched_config *c);
+/* Read and change the scheduler's configuration in the segment (the
+ * reaper picks changes up on its next loop). */
+KVSHM_EXTERN int kvshm_sched_get(kvshm *h, kvshm_sched_status *st);
+KVSHM_EXTERN int kvshm_sched_set(kvshm *h, const kvshm_sched_config *c);
+/* Ask the reaper for a check now (it runs within its poll interval). */
+KVSHM_EXTERN int kvshm_sched_force(kvshm *h);
+/* Run one check in this process: sample; if enabled (or force) and at or
+ * above the high watermark, evict max((high-low) x total, min) bytes.
+ * Records the outcome in the segment's status; *st (may be NULL) gets it. */
+KVSHM_EXTERN int kvshm_sched_check(kvshm *h, int force, kvshm_sched_status *st);
+/* Sample a pressure source: used and total bytes. */
+KVSHM_EXTERN int kvshm_pressure_sample(int source, const char *command, uint64_t *used, uint64_t *total);
+
+/*
+ * Promotion (seed 003): a pluggable scorer rates entries in [0, 1]; an
+ * entry of a slower tier is promoted when the faster tier has room, or
+ * when the weakest resident there scores below `floor` and the candidate
+ * beats it by at least `gap`; an entry moved once is not moved again for
+ * `cooldown_s`. NULL scorer = the built-in one: 1 - 2^(-score), from the
+ * decayed hit score.
+ */
+typedef double (*kvshm_scorer_fn)(const kvshm_entry_info *e, void *ctx);
+typedef struct kvshm_promote_config {
+	double floor;       /* 0.5 */
+	double gap;         /* 0.2 */
+	double cooldown_s;  /* 300 */
+	kvshm_scorer_fn scorer;
+	void *scorer_ctx;
+} kvshm_promote_config;
+KVSHM_EXTERN void kvshm_promote_config_init(kvshm_promote_config *c);
+
+/* One promotion decision (pure: no segment). */
+typedef struct kvshm_promote_cand {
+	double score;        /* the scorer's rating */
+	uint64_t bytes;      /* footprint */
+	double since_move_s; /* seconds since it last changed tier; < 0 = never */
+	uint32_t id;         /* caller's reference */
+} kvshm_promote_cand;
+/*
+ * Given the faster tier's residents and the slower tier's candidates, and
+ * the bytes free in the faster tier, choose up to max_moves promotions:
+ * out_promote[i] (a candidate id) displaces out_demote[i] (a resident id,
+ * or UINT32_MAX when it fits in free space). Returns the number chosen.
+ */
+KVSHM_EXTERN size_t kvshm_promote_plan(const kvshm_promote_config *c, const kvshm_promote_cand *residents,
+				       size_t nres, const kvshm_promote_cand *cands, size_t ncand,
+				       uint64_t free_bytes, uint32_t *out_promote, uint32_t *out_demote,
+				       size_t max_moves);
+
+/*
+ * The writer semaphore (seed 001): bounded concurrency for file saves.
+ * Each unit held is recorded in the handle's process slot, so a holder that
+ * dies never leaks one. acquire waits with backoff up to timeout_ms
+ * (reclaiming dead holders when it finds the semaphore full) and returns
+ * KVSHM_EBUSY after it; release returns -ENOENT if the handle holds none.
+ */
+KVSHM_EXTERN int kvshm_writer_acquire(kvshm *h, uint32_t timeout_ms);
+KVSHM_EXTERN int kvshm_writer_release(kvshm *h);
+/* Units held now and the maximum; change the maximum at run time. */
+KVSHM_EXTERN int kvshm_writer_count(kvshm *h, uint32_t *held, uint32_t *max);
+KVSHM_EXTERN int kvshm_writer_set_max(kvshm *h, uint32_t max);
+
+/* The reaper: one per cache, proven by a robust lock in the segment. */
+typedef struct kvshm_reaper kvshm_reaper;
+
+typedef struct kvshm_reaper_opts {
+	uint32_t poll_ms;           /* longest sleep between table scans (50) */
+	uint32_t prune_interval_ms; /* prune pass period (30000) */
+	uint64_t max_age_s;         /* prune ready entries older than this (0: never) */
+	/* Log sink: level is a syslog priority (LOG_ERR .. LOG_DEBUG). */
+	void (*log)(int level, const char *msg, void *ctx);
+	void *log_ctx;
+} kvshm_reaper_opts;
+
+typedef struct kvshm_reaper_stats {
+	uint64_t loops, reclaims, prunes, sched_checks;
+	uint64_t last_reclaim_ns;   /* death noticed (pidfd readable) → slot free, ns */
+	uint32_t tracked;           /* processes with an open pidfd */
+} kvshm_reaper_stats;
+
+KVSHM_EXTERN void kvshm_reaper_opts_init(kvshm_reaper_opts *o);
+/*
+ * Become the reaper of h's cache: KVSHM_EREAPER when another live process
+ * already is (its pid in kvshm_last_error()). A reaper that died is taken
+ * over. Runs a prune pass at once (seed 004: prune at start).
+ */
+KVSHM_EXTERN int kvshm_reaper_start(kvshm *h, const kvshm_reaper_opts *o, kvshm_reaper **out);
+/* One loop: track new processes (pidfd), wait up to timeout_ms for a
+ * death, reclaim the dead, prune and run the scheduler when due. */
+KVSHM_EXTERN int kvshm_reaper_poll(kvshm_reaper *r, uint32_t timeout_ms);
+/* Loop until *stop becomes non-zero (set it from a signal handler). */
+KVSHM_EXTERN int kvshm_reaper_run(kvshm_reaper *r, volatile int *stop);
+KVSHM_EXTERN void kvshm_reaper_get_stats(const kvshm_reaper *r, kvshm_reaper_stats *st);
+/* Change poll, prune and max-age settings of a running reaper (SIGHUP). */
+KVSHM_EXTERN void kvshm_reaper_set_opts(kvshm_reaper *r, const kvshm_reaper_opts *o);
+/* Stop being the reaper (the handle stays open). */
+KVSHM_EXTERN void kvshm_reaper_stop(kvshm_reaper *r);
+/* The pid of the cache's live reaper, or 0. */
+KVSHM_EXTERN uint32_t kvshm_reaper_pid(kvshm *h);
+/* Prune now: expire reservations, drop entries older than max_age_s
+ * (0: none), bring tiers under quota. */
+KVSHM_EXTERN int kvshm_prune(kvshm *h, uint64_t max_age_s, uint64_t *expired, uint64_t *aged);
+/* Reclaim every dead process's slot now (what the reaper does on a death,
+ * for a worker when no reaper runs). Returns how many were reclaimed. */
+KVSHM_EXTERN int kvshm_sweep(kvshm *h);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,398 @@
+/*
+ * core/reaper.c — the reaper: reclaim dead processes within milliseconds,
+ * prune, and drive the pressure scheduler. kvshm-reaper is a thin main
+ * over these functions; a worker can call kvshm_sweep / kvshm_prune inline
+ * when no reaper runs.
+ *
+ * ONE REAPER PER CACHE
+ *   The cache header holds a robust mutex that the reaper try-locks and
+ *   keeps for its whole life. Held by a live process: another reaper is
+ *   refused (KVSHM_EREAPER). Its holder died: the kernel hands it to the
+ *   next try-locker (EOWNERDEAD), which takes over. The lock guards no
+ *   data, so a dead reaper leaves nothing torn; everything else it needs is
+ *   in the segment (the reaper is stateless), so a restarted one continues.
+ *
+ * THE LOOP
+ *   1. Scan the process table. A LIVE slot not yet tracked (or re-claimed
+ *      since, new gen) gets a pidfd — opened first, start time confirmed
+ *      second, so a reused pid is never tracked as the old process. A slot
+ *      whose process is already gone, or a DEAD slot left by a reclaimer
+ *      that died, is reclaimed at once. Slots that became FREE are dropped.
+ *   2. poll() every pidfd, up to poll_ms (50): a death makes its pidfd
+ *      readable within tens of microseconds; a new process is noticed on
+ *      the next scan, so within poll_ms.
+ *   3. Reclaim each dead slot (core/reclaim.c), log it, count it.
+ *   4. When due: a prune pass (at start, then every prune_interval_ms) and
+ *      a scheduler check (every interval_ms when enabled, or at once when
+ *      kvshm_sched_force bumped the force word).
+ * Where pidfd_open is missing (valgrind: ENOSYS) a slot is checked by pid
+ * and start time on every loop instead.
+ */
+#include <fcntl.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include "core/internal.h"
+
+struct track {
+	int fd;         /* pidfd, -1 when none */
+	bool polling;   /* no pidfd available: check by pid + start time */
+	uint32_t gen;   /* slot gen being tracked, 0 = none */
+	uint32_t pid;
+};
+
+struct kvshm_reaper {
+	kvshm *h;
+	kvshm_reaper_opts o;
+	struct track *t;
+	struct pollfd *pfd;
+	uint32_t *pfd_slot;
+	uint64_t next_prune_ns, next_sched_ns;
+	uint32_t seen_force;
+	kvshm_reaper_stats st;
+};
+
+static void rlog(const kvshm_reaper *r, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void rlog(const kvshm_reaper *r, int level, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	if (!r->o.log)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	r->o.log(level, msg, r->o.log_ctx);
+}
+
+KVSHM_EXTERN void kvshm_reaper_opts_init(kvshm_reaper_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->poll_ms = 50;
+	o->prune_interval_ms = 30000;
+}
+
+KVSHM_EXTERN uint32_t kvshm_reaper_pid(kvshm *h)
+{
+	if (kvshm__enter(h) < 0)
+		return 0;
+	uint32_t pid = atomic_load(&h->hdr->reaper_pid);
+	uint32_t slot = atomic_load(&h->hdr->reaper_slot);
+	if (!pid || !slot)
+		return 0;
+	const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, slot - 1);
+	if (!sl || sl->state != KVSHM_SLOT_LIVE || sl->pid != pid ||
+	    kvshm__proc_alive(sl->pid, sl->start_time, NULL) != 1)
+		return 0;
+	return pid;
+}
+
+KVSHM_EXTERN int kvshm_sweep(kvshm *h)
+{
+	int err = kvshm__enter(h);
+	if (err < 0)
+		return err;
+	return kvshm__sweep(h);
+}
+
+KVSHM_EXTERN int kvshm_prune(kvshm *h, uint64_t max_age_s, uint64_t *expired, uint64_t *aged)
+{
+	uint64_t n_aged = 0;
+	int err = kvshm__enter(h);
+	if (err < 0)
+		return err;
+	if ((err = kvshm__expire(h, expired)) < 0)
+		return err;
+	if (max_age_s) {
+		uint64_t now = kvshm__wall_ns(), age_ns = max_age_s * 1000000000ull;
+		for (uint32_t s = 0; s < h->cfg->shards; s++) {
+			struct kvshm__shard *sh = &h->shards[s];
+			for (uint32_t k = 0; k < sh->cap; k++) {
+				uint32_t idx = sh->first + k;
+				struct kvshm__entry *e = &h->entries[idx];
+				if (__atomic_load_n(&e->state, __ATOMIC_RELAXED) != KVSHM_E_READY)
+					continue;
+				if ((err = kvshm__shard_lock(h, s)) < 0)
+					return err;
+				uint64_t blob = 0;
+				if (e->state == KVSHM_E_READY && e->refcount == 0 && now > e->created_ns &&
+				    now - e->created_ns > age_ns)
+					blob = kvshm__entry_remove_locked(h, s, idx, h->me);
+				kvshm__shard_unlock(h, s);
+				if (blob) {
+					kvshm__slab_free(h->seg, h->slab, h->me, blob);
+					n_aged++;
+				}
+			}
+		}
+		kvshm__count(h, KVSHM_C_evictions, n_aged);
+	}
+	if (aged)
+		*aged = n_aged;
+	return kvshm_gc(h, NULL, NULL);
+}
+
+static void untrack(kvshm_reaper *r, uint32_t i)
+{
+	if (r->t[i].fd >= 0)
+		close(r->t[i].fd);
+	r->t[i] = (struct track){.fd = -1};
+}
+
+/* Reclaim slot i if its process is dead (or its reclaimer died). */
+static void reclaim(kvshm_reaper *r, uint32_t i, uint64_t noticed_ns)
+{
+	kvshm *h = r->h;
+	uint32_t gen;
+	uint32_t pid = r->t[i].pid;
+	int took = kvshm__proc_take_dead(h->seg, h->tab, i, h->me, h->me_gen, &gen);
+	if (took <= 0) {
+		if (took < 0)
+			rlog(r, LOG_ERR, "slot %u: %s", i, kvshm_last_error());
+		return;
+	}
+	const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, i);
+	pid = sl ? sl->pid : pid;
+	int err = kvshm__reclaim_slot(h->seg, i, gen, h);
+	if (err == 0)
+		err = kvshm__proc_release(h->seg, h->tab, i, gen);
+	untrack(r, i);
+	if (err < 0) {
+		rlog(r, LOG_ERR, "reclaim of slot %u (pid %u) failed: %s", i, pid, kvshm_last_error());
+		return;
+	}
+	uint64_t dt = kvshm__now_ns() - noticed_ns;
+	r->st.reclaims++;
+	r->st.last_reclaim_ns = dt;
+	rlog(r, LOG_NOTICE, "reclaimed slot %u of dead pid %u in %llu us", i, pid, (unsigned long long)(dt / 1000));
+}
+
+static void scan(kvshm_reaper *r)
+{
+	kvshm *h = r->h;
+	for (uint32_t i = 0; i < h->tab->nslots; i++) {
+		const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, i);
+		uint32_t state = __atomic_load_n(&sl->state, __ATOMIC_ACQUIRE);
+		uint32_t gen = __atomic_load_n(&sl->gen, __ATOMIC_RELAXED);
+		if (i == h->me)
+			continue;
+		if (state == KVSHM_SLOT_FREE) {
+			if (r->t[i].gen)
+				untrack(r, i);
+			continue;
+		}
+		if (state == KVSHM_SLOT_DEAD) {
+			reclaim(r, i, kvshm__now_ns());
+			continue;
+		}
+		if (r->t[i].gen == gen)
+			continue; /* tracked: by pidfd, or polled in kvshm_reaper_poll */
+		if (r->t[i].gen != gen)
+			untrack(r, i);
+		int fd = -1;
+		int alive = kvshm__proc_alive(sl->pid, sl->start_time, &fd);
+		if (alive == 0) {
+			r->t[i].pid = sl->pid;
+			reclaim(r, i, kvshm__now_ns());
+			continue;
+		}
+		if (alive < 0)
+			continue; /* cannot tell: look again next loop */
+		if (r->t[i].gen != gen)
+			rlog(r, LOG_INFO, "tracking pid %u in slot %u%s", sl->pid, i, fd < 0 ? " (no pidfd: polling)" : "");
+		r->t[i] = (struct track){.fd = fd, .polling = fd < 0, .gen = gen, .pid = sl->pid};
+	}
+}
+
+KVSHM_EXTERN int kvshm_reaper_start(kvshm *h, const kvshm_reaper_opts *o, kvshm_reaper **out)
+{
+	int err = kvshm__enter(h);
+	if (err < 0)
+		return err;
+	*out = NULL;
+	struct kvshm__lock *lk = &h->hdr->reaper_lk;
+	int r = pthread_mutex_trylock(&lk->mu);
+	if (r == EOWNERDEAD) {
+		pthread_mutex_consistent(&lk->mu);
+		atomic_fetch_add(&lk->repairs, 1);
+	} else if (r == EBUSY) {
+		return kvshm__fail(KVSHM_EREAPER, "cache '%s': reaper pid %u is running", h->name,
+				   atomic_load(&h->hdr->reaper_pid));
+	} else if (r != 0) {
+		return kvshm__fail(-r, "cache '%s': reaper lock", h->name);
+	}
+	atomic_store(&lk->owner_pid, kvshm__self_pid());
+	kvshm_reaper *rp = calloc(1, sizeof(*rp));
+	uint32_t n = h->tab->nslots;
+	if (!rp || !(rp->t = calloc(n, sizeof(*rp->t))) || !(rp->pfd = calloc(n, sizeof(*rp->pfd))) ||
+	    !(rp->pfd_slot = calloc(n, sizeof(uint32_t)))) {
+		if (rp) {
+			free(rp->t);
+			free(rp->pfd);
+			free(rp->pfd_slot);
+		}
+		free(rp);
+		atomic_store(&lk->owner_pid, 0);
+		pthread_mutex_unlock(&lk->mu);
+		return kvshm__fail(-ENOMEM, "reaper");
+	}
+	for (uint32_t i = 0; i < n; i++)
+		rp->t[i].fd = -1;
+	if (o)
+		rp->o = *o;
+	else
+		kvshm_reaper_opts_init(&rp->o);
+	if (rp->o.poll_ms == 0)
+		rp->o.poll_ms = 50;
+	/* One pidfd per attached process: make sure the table fits. */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < n + 64 && rl.rlim_max >= n + 64) {
+		rl.rlim_cur = n + 64;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	rp->h = h;
+	h->reaper = true;
+	atomic_store(&h->hdr->reaper_pid, kvshm__self_pid());
+	atomic_store(&h->hdr->reaper_slot, h->me + 1);
+	rp->seen_force = atomic_load(&h->hdr->sched.force_seq);
+	rlog(rp, LOG_NOTICE, "reaper of cache '%s' started (pid %u, %u slots)", h->name, kvshm__self_pid(), n);
+	/* Seed 004: a prune pass at start. */
+	uint64_t expired = 0, aged = 0;
+	if (kvshm_prune(h, rp->o.max_age_s, &expired, &aged) == 0 && (expired || aged))
+		rlog(rp, LOG_INFO, "prune: %llu reservations expired, %llu entries past max age",
+		     (unsigned long long)expired, (unsigned long long)aged);
+	rp->st.prunes++;
+	uint64_t now = kvshm__now_ns();
+	rp->next_prune_ns = now + (uint64_t)rp->o.prune_interval_ms * 1000000ull;
+	rp->next_sched_ns = now;
+	*out = rp;
+	return 0;
+}
+
+static void maybe_prune_and_schedule(kvshm_reaper *r)
+{
+	kvshm *h = r->h;
+	uint64_t now = kvshm__now_ns();
+	if (r->o.prune_interval_ms && now >= r->next_prune_ns) {
+		uint64_t expired = 0, aged = 0;
+		if (kvshm_prune(h, r->o.max_age_s, &expired, &aged) < 0)
+			rlog(r, LOG_ERR, "prune: %s", kvshm_last_error());
+		else if (expired || aged)
+			rlog(r, LOG_INFO, "prune: %llu reservations expired, %llu entries past max age",
+			     (unsigned long long)expired, (unsigned long long)aged);
+		r->st.prunes++;
+		r->next_prune_ns = now + (uint64_t)r->o.prune_interval_ms * 1000000ull;
+	}
+	uint32_t force = atomic_load(&h->hdr->sched.force_seq);
+	bool forced = force != r->seen_force;
+	uint32_t enabled = __atomic_load_n(&h->hdr->sched.enabled, __ATOMIC_RELAXED);
+	uint32_t interval = __atomic_load_n(&h->hdr->sched.interval_ms, __ATOMIC_RELAXED);
+	if (forced || (enabled && now >= r->next_sched_ns)) {
+		kvshm_sched_status st;
+		r->seen_force = force;
+		if (kvshm_sched_check(h, forced, &st) == 0) {
+			r->st.sched_checks++;
+			if (st.last_result == KVSHM_SCHED_EVICTED)
+				rlog(r, LOG_NOTICE, "pressure %.3f >= %.2f: evicted %llu bytes (%llu entries)", st.last_ratio,
+				     st.config.high_watermark, (unsigned long long)st.last_evicted_bytes,
+				     (unsigned long long)st.last_evicted_entries);
+			else if (st.last_result == KVSHM_SCHED_ERROR)
+				rlog(r, LOG_WARNING, "pressure source: %s", st.last_error);
+		}
+		r->next_sched_ns = now + (uint64_t)(interval ? interval : 5000) * 1000000ull;
+	}
+}
+
+KVSHM_EXTERN int kvshm_reaper_poll(kvshm_reaper *r, uint32_t timeout_ms)
+{
+	kvshm *h = r->h;
+	int err = kvshm__enter(h);
+	if (err < 0)
+		return err;
+	scan(r);
+	nfds_t n = 0;
+	bool polling = false;
+	for (uint32_t i = 0; i < h->tab->nslots; i++) {
+		if (r->t[i].fd >= 0) {
+			r->pfd[n] = (struct pollfd){.fd = r->t[i].fd, .events = POLLIN};
+			r->pfd_slot[n++] = i;
+		}
+		polling |= r->t[i].polling;
+	}
+	r->st.tracked = (uint32_t)n;
+	uint64_t now = kvshm__now_ns();
+	uint64_t due = KVSHM_MIN(r->next_prune_ns, r->next_sched_ns);
+	uint32_t wait = KVSHM_MIN(timeout_ms, r->o.poll_ms);
+	if (due > now)
+		wait = (uint32_t)KVSHM_MIN((uint64_t)wait, (due - now) / 1000000ull + 1);
+	else
+		wait = 0;
+	int ready = poll(r->pfd, n, (int)wait);
+	if (ready > 0) {
+		uint64_t noticed = kvshm__now_ns();
+		for (nfds_t k = 0; k < n; k++)
+			if (r->pfd[k].revents & (POLLIN | POLLHUP | POLLERR))
+				reclaim(r, r->pfd_slot[k], noticed);
+	}
+	if (polling) {
+		for (uint32_t i = 0; i < h->tab->nslots; i++) {
+			if (!r->t[i].polling)
+				continue;
+			const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, i);
+			if (sl->state == KVSHM_SLOT_LIVE && kvshm__proc_alive(sl->pid, sl->start_time, NULL) == 0)
+				reclaim(r, i, kvshm__now_ns());
+		}
+	}
+	maybe_prune_and_schedule(r);
+	atomic_store(&h->hdr->reaper_beat_ns, kvshm__now_ns());
+	r->st.loops++;
+	return 0;
+}
+
+KVSHM_EXTERN int kvshm_reaper_run(kvshm_reaper *r, volatile int *stop)
+{
+	int err = 0;
+	while (!*stop && (err = kvshm_reaper_poll(r, r->o.poll_ms)) == 0)
+		;
+	return err;
+}
+
+KVSHM_EXTERN void kvshm_reaper_get_stats(const kvshm_reaper *r, kvshm_reaper_stats *st)
+{
+	*st = r->st;
+}
+
+KVSHM_EXTERN void kvshm_reaper_set_opts(kvshm_reaper *r, const kvshm_reaper_opts *o)
+{
+	r->o = *o;
+	if (r->o.poll_ms == 0)
+		r->o.poll_ms = 50;
+	r->next_prune_ns = kvshm__now_ns() + (uint64_t)r->o.prune_interval_ms * 1000000ull;
+}
+
+KVSHM_EXTERN void kvshm_reaper_stop(kvshm_reaper *r)
+{
+	if (!r)
+		return;
+	kvshm *h = r->h;
+	for (uint32_t i = 0; i < h->tab->nslots; i++)
+		untrack(r, i);
+	if (!h->closed && h->fork_gen == kvshm__fork_gen()) {
+		atomic_store(&h->hdr->reaper_pid, 0);
+		atomic_store(&h->hdr->reaper_slot, 0);
+		atomic_store(&h->hdr->reaper_lk.owner_pid, 0);
+		pthread_mutex_unlock(&h->hdr->reaper_lk.mu);
+	}
+	h->reaper = false;
+	rlog(r, LOG_NOTICE, "reaper of cache '%s' stopped", h->name);
+	free(r->t);
+	free(r->pfd);
+	free(r->pfd_slot);
+	free(r);
+}
