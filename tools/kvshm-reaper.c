@@ -1,0 +1,383 @@
+/*
+ * kvshm-reaper — the daemon that makes crashes harmless: reclaims what dead
+ * processes held, prunes, and runs the memory-pressure scheduler for one
+ * cache. A thin main over kvshm_reaper_* (include/kvshm.h): option and
+ * config-file parsing, signals, pidfile, process title, logging.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <libutil.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include "kvshm.h"
+#include "tools/util.h"
+
+static volatile int stop_flag;
+static volatile sig_atomic_t reload_flag;
+
+static void on_term(int sig)
+{
+	(void)sig;
+	stop_flag = 1;
+}
+
+static void on_hup(int sig)
+{
+	(void)sig;
+	reload_flag = 1;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"Usage: kvshm-reaper [OPTIONS] NAME\n"
+		"\n"
+		"Serve the kvshm cache NAME: reclaim everything a dead process held (pins,\n"
+		"reservations, half-written memory, writer slots) within milliseconds of its\n"
+		"death, prune expired reservations, and evict under memory pressure.\n"
+		"Runs in the foreground (for systemd); stop it with SIGTERM, reload its\n"
+		"config file with SIGHUP. Only one reaper serves a cache at a time.\n"
+		"\n"
+		"Cache:\n"
+		"  -c, --create            create the cache if it does not exist\n"
+		"  -s, --size BYTES        segment size when creating (default 512M)\n"
+		"      --shm-dir DIR       where segments live (default /dev/shm)\n"
+		"\n"
+		"Reaper:\n"
+		"  -f, --config FILE       read settings from FILE (key = value; re-read on SIGHUP)\n"
+		"      --poll-ms MS        longest sleep between process-table scans (50)\n"
+		"      --prune-interval S  seconds between prune passes (30)\n"
+		"      --max-age S         prune ready entries older than S seconds (0: never)\n"
+		"\n"
+		"Pressure scheduler (disabled unless --scheduler):\n"
+		"      --scheduler         enable it\n"
+		"      --pressure SOURCE   noop | system | cgroup | nvidia-smi | command (noop)\n"
+		"      --pressure-command CMD  for 'command': prints \"used total\" in bytes\n"
+		"      --high F --low F    watermarks, 0 <= low < high <= 1 (0.85, 0.75)\n"
+		"      --interval MS       between checks (5000)\n"
+		"      --min-evict BYTES   at least this much per eviction (1M)\n"
+		"      --evict-tiers LIST  all, or a comma list of ram,ram_file,disk (ram,ram_file)\n"
+		"\n"
+		"Daemon:\n"
+		"  -p, --pidfile FILE      write our pid to FILE (and refuse if another holds it)\n"
+		"      --syslog            log to syslog instead of stderr\n"
+		"  -v, --verbose           log each tracked process (debug level)\n"
+		"  -q, --quiet             log warnings and errors only\n"
+		"  -h, --help              this help\n"
+		"  -V, --version           print the version\n"
+		"\n"
+		"Exit status: 0 after SIGTERM, 1 on a usage or configuration error, 2 when\n"
+		"another reaper already serves the cache, 3 on a runtime failure.\n"
+		"See kvshm-reaper(8).\n");
+}
+
+struct settings {
+	kvshm_reaper_opts ro;
+	kvshm_sched_config sc;
+	bool sched_given;
+	int log_level;
+};
+
+static int parse_source(const char *s, int *out)
+{
+	static const char *const names[] = {"noop", "system", "cgroup", "nvidia-smi", "command"};
+	for (int i = 0; i < 5; i++)
+		if (strcmp(s, names[i]) == 0) {
+			*out = i;
+			return 0;
+		}
+	fprintf(stderr, "invalid pressure source '%s': expected noop, system, cgroup, nvidia-smi or command\n", s);
+	return -1;
+}
+
+/* One "key = value" setting, from the config file or an option. */
+static int apply(struct settings *st, const char *key, const char *val)
+{
+	uint32_t u;
+	double d;
+	uint64_t z;
+	if (strcmp(key, "poll_ms") == 0)
+		return tu_parse_u32(val, key, 1, 10000, &st->ro.poll_ms);
+	if (strcmp(key, "prune_interval") == 0) {
+		if (tu_parse_u32(val, key, 0, 86400 * 7, &u) < 0)
+			return -1;
+		st->ro.prune_interval_ms = u * 1000;
+		return 0;
+	}
+	if (strcmp(key, "max_age") == 0) {
+		if (tu_parse_u32(val, key, 0, UINT32_MAX, &u) < 0)
+			return -1;
+		st->ro.max_age_s = u;
+		return 0;
+	}
+	st->sched_given = true;
+	if (strcmp(key, "scheduler") == 0) {
+		if (tu_parse_u32(val, key, 0, 1, &u) < 0)
+			return -1;
+		st->sc.enabled = (int)u;
+		return 0;
+	}
+	if (strcmp(key, "pressure") == 0)
+		return parse_source(val, &st->sc.source);
+	if (strcmp(key, "pressure_command") == 0) {
+		if (strlen(val) >= sizeof(st->sc.command)) {
+			fprintf(stderr, "pressure_command is longer than %zu bytes\n", sizeof(st->sc.command) - 1);
+			return -1;
+		}
+		strcpy(st->sc.command, val);
+		return 0;
+	}
+	if (strcmp(key, "high") == 0 || strcmp(key, "low") == 0) {
+		if (tu_parse_double(val, key, 0.0, 1.0, &d) < 0)
+			return -1;
+		*(key[0] == 'h' ? &st->sc.high_watermark : &st->sc.low_watermark) = d;
+		return 0;
+	}
+	if (strcmp(key, "interval") == 0)
+		return tu_parse_u32(val, key, 1, 86400000, &st->sc.interval_ms);
+	if (strcmp(key, "min_evict") == 0) {
+		if (tu_parse_size(val, key, &z) < 0)
+			return -1;
+		st->sc.min_evict_bytes = z;
+		return 0;
+	}
+	if (strcmp(key, "evict_tiers") == 0)
+		return tu_parse_tiers(val, &st->sc.tiers);
+	st->sched_given = false;
+	if (strcmp(key, "log_level") == 0) {
+		if (strcmp(val, "debug") == 0)
+			st->log_level = LOG_DEBUG;
+		else if (strcmp(val, "info") == 0)
+			st->log_level = LOG_INFO;
+		else if (strcmp(val, "warning") == 0)
+			st->log_level = LOG_WARNING;
+		else {
+			fprintf(stderr, "invalid log_level '%s': debug, info or warning\n", val);
+			return -1;
+		}
+		return 0;
+	}
+	fprintf(stderr, "unknown setting '%s'\n", key);
+	return -1;
+}
+
+static int read_config(const char *path, struct settings *st)
+{
+	char line[512];
+	int lineno = 0, err = 0;
+	FILE *f = fopen(path, "re");
+	if (!f) {
+		fprintf(stderr, "kvshm-reaper: config %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	while (fgets(line, sizeof(line), f)) {
+		lineno++;
+		char *p = line + strspn(line, " \t");
+		p[strcspn(p, "#\r\n")] = '\0';
+		if (!*p)
+			continue;
+		char *eq = strchr(p, '=');
+		if (!eq) {
+			fprintf(stderr, "kvshm-reaper: %s:%d: expected 'key = value'\n", path, lineno);
+			err = -1;
+			continue;
+		}
+		char *k = p, *v = eq + 1;
+		*eq = '\0';
+		for (char *e = eq - 1; e >= k && (*e == ' ' || *e == '\t'); e--)
+			*e = '\0';
+		v += strspn(v, " \t");
+		for (char *e = v + strlen(v) - 1; e >= v && (*e == ' ' || *e == '\t'); e--)
+			*e = '\0';
+		if (apply(st, k, v) < 0) {
+			fprintf(stderr, "kvshm-reaper: %s:%d: bad setting\n", path, lineno);
+			err = -1;
+		}
+	}
+	fclose(f);
+	return err;
+}
+
+int main(int argc, char **argv, char **envp)
+{
+	enum { O_SHMDIR = 256, O_POLL, O_PRUNE, O_MAXAGE, O_SCHED, O_PRESSURE, O_PCMD, O_HIGH, O_LOW, O_INTERVAL,
+	       O_MINEVICT, O_TIERS, O_SYSLOG };
+	static const struct option opts[] = {
+		{"create", no_argument, NULL, 'c'},       {"size", required_argument, NULL, 's'},
+		{"shm-dir", required_argument, NULL, O_SHMDIR}, {"config", required_argument, NULL, 'f'},
+		{"poll-ms", required_argument, NULL, O_POLL}, {"prune-interval", required_argument, NULL, O_PRUNE},
+		{"max-age", required_argument, NULL, O_MAXAGE}, {"scheduler", no_argument, NULL, O_SCHED},
+		{"pressure", required_argument, NULL, O_PRESSURE}, {"pressure-command", required_argument, NULL, O_PCMD},
+		{"high", required_argument, NULL, O_HIGH}, {"low", required_argument, NULL, O_LOW},
+		{"interval", required_argument, NULL, O_INTERVAL}, {"min-evict", required_argument, NULL, O_MINEVICT},
+		{"evict-tiers", required_argument, NULL, O_TIERS}, {"pidfile", required_argument, NULL, 'p'},
+		{"syslog", no_argument, NULL, O_SYSLOG}, {"verbose", no_argument, NULL, 'v'},
+		{"quiet", no_argument, NULL, 'q'},        {"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
+	};
+	struct settings st;
+	kvshm_config cfg;
+	const char *config_path = NULL, *pidfile_path = NULL;
+	bool create = false, use_syslog = false;
+	int c, rc = 0;
+
+	setproctitle_init(argc, argv, envp);
+	kvshm_config_init(&cfg);
+	memset(&st, 0, sizeof(st));
+	kvshm_reaper_opts_init(&st.ro);
+	kvshm_sched_config_init(&st.sc);
+	st.log_level = LOG_INFO;
+
+	/* Options are applied after the config file, so they win: collect
+	 * them first, remember which were given. */
+	struct kv {
+		const char *k, *v;
+	} given[32];
+	int ngiven = 0;
+	while ((c = getopt_long(argc, argv, "cs:f:p:vqhV", opts, NULL)) != -1) {
+		const char *key = NULL;
+		switch (c) {
+		case 'c': create = true; break;
+		case 's':
+			if (tu_parse_size(optarg, "--size", &cfg.segment_bytes) < 0)
+				return 1;
+			break;
+		case O_SHMDIR: cfg.shm_dir = optarg; break;
+		case 'f': config_path = optarg; break;
+		case 'p': pidfile_path = optarg; break;
+		case O_SYSLOG: use_syslog = true; break;
+		case 'v': st.log_level = LOG_DEBUG; break;
+		case 'q': st.log_level = LOG_WARNING; break;
+		case 'h': usage(stdout); return 0;
+		case 'V': printf("kvshm-reaper %s\n", KVSHM_VERSION_STRING); return 0;
+		case O_POLL: key = "poll_ms"; break;
+		case O_PRUNE: key = "prune_interval"; break;
+		case O_MAXAGE: key = "max_age"; break;
+		case O_SCHED: key = "scheduler"; optarg = (char *)"1"; break;
+		case O_PRESSURE: key = "pressure"; break;
+		case O_PCMD: key = "pressure_command"; break;
+		case O_HIGH: key = "high"; break;
+		case O_LOW: key = "low"; break;
+		case O_INTERVAL: key = "interval"; break;
+		case O_MINEVICT: key = "min_evict"; break;
+		case O_TIERS: key = "evict_tiers"; break;
+		default: usage(stderr); return 1;
+		}
+		if (key && ngiven < 32)
+			given[ngiven++] = (struct kv){key, optarg};
+	}
+	if (optind != argc - 1) {
+		fprintf(stderr, "kvshm-reaper: expected exactly one cache NAME (see --help)\n");
+		return 1;
+	}
+	const char *name = argv[optind];
+	if (config_path && read_config(config_path, &st) < 0)
+		return 1;
+	bool sched_from_args = false;
+	for (int i = 0; i < ngiven; i++) {
+		if (apply(&st, given[i].k, given[i].v) < 0)
+			return 1;
+		sched_from_args |= st.sched_given;
+	}
+	st.sched_given |= sched_from_args;
+	if (st.sched_given && kvshm_sched_validate(&st.sc) < 0) {
+		fprintf(stderr, "kvshm-reaper: refusing to start: %s\n", kvshm_last_error());
+		return 1;
+	}
+
+	if (use_syslog)
+		tu_log_syslog("kvshm-reaper");
+	tu_log_level(st.log_level);
+	st.ro.log = tu_log;
+
+	struct pidfh *pfh = NULL;
+	if (pidfile_path) {
+		pid_t other;
+		pfh = pidfile_open(pidfile_path, 0644, &other);
+		if (!pfh) {
+			if (errno == EEXIST)
+				tu_logf(LOG_ERR, "pidfile %s: held by running pid %ld", pidfile_path, (long)other);
+			else
+				tu_logf(LOG_ERR, "pidfile %s: %s", pidfile_path, strerror(errno));
+			return errno == EEXIST ? 2 : 1;
+		}
+	}
+
+	kvshm *h;
+	int err = kvshm_open(name, &cfg, create ? KVSHM_OPEN_CREATE : 0, &h);
+	if (err < 0) {
+		tu_logf(LOG_ERR, "%s", kvshm_last_error());
+		rc = err == KVSHM_ECONFIG ? 1 : 3;
+		goto out_pid;
+	}
+	if (st.sched_given && (err = kvshm_sched_set(h, &st.sc)) < 0) {
+		tu_logf(LOG_ERR, "refusing to start: %s", kvshm_last_error());
+		rc = 1;
+		goto out_close;
+	}
+	kvshm_reaper *r;
+	if ((err = kvshm_reaper_start(h, &st.ro, &r)) < 0) {
+		tu_logf(LOG_ERR, "%s", kvshm_last_error());
+		rc = err == KVSHM_EREAPER ? 2 : 3;
+		goto out_close;
+	}
+	if (pfh)
+		pidfile_write(pfh);
+
+	struct sigaction sa = {0};
+	sa.sa_handler = on_term;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sa.sa_handler = on_hup;
+	sigaction(SIGHUP, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	uint64_t last_title = UINT64_MAX;
+	while (!stop_flag) {
+		if ((err = kvshm_reaper_poll(r, st.ro.poll_ms)) < 0) {
+			tu_logf(LOG_ERR, "reaper loop: %s", kvshm_last_error());
+			rc = 3;
+			break;
+		}
+		kvshm_reaper_stats rs;
+		kvshm_reaper_get_stats(r, &rs);
+		if (rs.reclaims + rs.tracked * 1000003ull != last_title) {
+			last_title = rs.reclaims + rs.tracked * 1000003ull;
+			setproctitle("%s: %u processes, %llu reclaimed", name, rs.tracked,
+				     (unsigned long long)rs.reclaims);
+		}
+		if (reload_flag) {
+			reload_flag = 0;
+			if (!config_path) {
+				tu_logf(LOG_NOTICE, "SIGHUP: no config file to reload");
+				continue;
+			}
+			struct settings ns = st;
+			if (read_config(config_path, &ns) < 0 || (ns.sched_given && kvshm_sched_validate(&ns.sc) < 0)) {
+				tu_logf(LOG_ERR, "SIGHUP: %s not reloaded: %s", config_path, kvshm_last_error());
+				continue;
+			}
+			if (ns.sched_given && kvshm_sched_set(h, &ns.sc) < 0) {
+				tu_logf(LOG_ERR, "SIGHUP: scheduler: %s", kvshm_last_error());
+				continue;
+			}
+			st = ns;
+			kvshm_reaper_set_opts(r, &st.ro);
+			tu_log_level(st.log_level);
+			tu_logf(LOG_NOTICE, "SIGHUP: reloaded %s (scheduler %s, high %.2f low %.2f)", config_path,
+				st.sc.enabled ? "enabled" : "disabled", st.sc.high_watermark, st.sc.low_watermark);
+		}
+	}
+	kvshm_reaper_stop(r);
+out_close:
+	kvshm_close(h);
+out_pid:
+	if (pfh)
+		pidfile_remove(pfh);
+	return rc;
+}

@@ -1,0 +1,149 @@
+/*
+ * tools/util.c — see tools/util.h.
+ */
+#include <errno.h>
+#include <libutil.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+
+#include "kvshm.h"
+#include "tools/util.h"
+
+int tu_parse_size(const char *s, const char *what, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	if (!s || !*s || *s == '-')
+		goto bad;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || end == s)
+		goto bad;
+	unsigned shift = 0;
+	switch (*end) {
+	case '\0': break;
+	case 'k': case 'K': shift = 10; end++; break;
+	case 'm': case 'M': shift = 20; end++; break;
+	case 'g': case 'G': shift = 30; end++; break;
+	case 't': case 'T': shift = 40; end++; break;
+	default: goto bad;
+	}
+	if (*end == 'i' || *end == 'B')
+		end++;
+	if (*end == 'B')
+		end++;
+	if (*end || (shift && v > (UINT64_MAX >> shift)))
+		goto bad;
+	*out = (uint64_t)v << shift;
+	return 0;
+bad:
+	fprintf(stderr, "invalid %s '%s': expected a byte count like 4096, 512K, 64M, 2G\n", what, s ? s : "");
+	return -1;
+}
+
+int tu_parse_u32(const char *s, const char *what, uint32_t min, uint32_t max, uint32_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = s ? strtoull(s, &end, 10) : 0;
+	if (!s || !*s || *s == '-' || errno || *end || v < min || v > max) {
+		fprintf(stderr, "invalid %s '%s': expected an integer from %u to %u\n", what, s ? s : "", min, max);
+		return -1;
+	}
+	*out = (uint32_t)v;
+	return 0;
+}
+
+int tu_parse_double(const char *s, const char *what, double min, double max, double *out)
+{
+	char *end;
+	errno = 0;
+	double v = s ? strtod(s, &end) : 0;
+	if (!s || !*s || errno || *end || !(v >= min && v <= max)) {
+		fprintf(stderr, "invalid %s '%s': expected a number from %g to %g\n", what, s ? s : "", min, max);
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+static const char *const tier_names[KVSHM_NTIERS] = {"ram", "ram_file", "disk"};
+
+const char *tu_tier_name(int tier)
+{
+	return tier >= 0 && tier < KVSHM_NTIERS ? tier_names[tier] : "?";
+}
+
+int tu_parse_tiers(const char *s, unsigned *mask)
+{
+	char buf[128];
+	unsigned m = 0;
+	if (!s || strlen(s) >= sizeof(buf))
+		goto bad;
+	if (strcmp(s, "all") == 0) {
+		*mask = KVSHM_TIERS_ALL;
+		return 0;
+	}
+	strcpy(buf, s);
+	for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+		int k;
+		for (k = 0; k < KVSHM_NTIERS && strcmp(t, tier_names[k]) != 0; k++)
+			;
+		if (k == KVSHM_NTIERS)
+			goto bad;
+		m |= 1u << k;
+	}
+	if (!m)
+		goto bad;
+	*mask = m;
+	return 0;
+bad:
+	fprintf(stderr, "invalid tiers '%s': expected all, or a comma list of ram, ram_file, disk\n", s ? s : "");
+	return -1;
+}
+
+const char *tu_human(char *buf, size_t len, uint64_t bytes)
+{
+	if (humanize_number(buf, len, (int64_t)bytes, "", HN_AUTOSCALE, HN_DECIMAL | HN_NOSPACE | HN_B) < 0)
+		snprintf(buf, len, "%llu", (unsigned long long)bytes);
+	return buf;
+}
+
+static bool use_syslog;
+static int max_level = LOG_INFO;
+
+void tu_log_syslog(const char *ident)
+{
+	openlog(ident, LOG_PID | LOG_NDELAY, LOG_DAEMON);
+	use_syslog = true;
+}
+
+void tu_log_level(int level)
+{
+	max_level = level;
+}
+
+void tu_log(int level, const char *msg, void *ctx)
+{
+	static const char *const tags[] = {"emerg", "alert", "crit", "error", "warning", "notice", "info", "debug"};
+	(void)ctx;
+	if (level > max_level)
+		return;
+	if (use_syslog)
+		syslog(level, "%s", msg);
+	else
+		fprintf(stderr, "%s: %s\n", tags[level & 7], msg);
+}
+
+void tu_logf(int level, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	tu_log(level, msg, NULL);
+}

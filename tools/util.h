@@ -1,0 +1,32 @@
+/*
+ * tools/util.h — what the command-line tools share: number and size
+ * parsing with clear errors, human-readable sizes, and a log sink for
+ * stderr or syslog.
+ */
+#ifndef KVSHM_TOOLS_UTIL_H
+#define KVSHM_TOOLS_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* "4096", "512K", "64M", "2G", "1T" (powers of 1024). 0 or -1 with a
+ * message on stderr naming `what`. */
+int tu_parse_size(const char *s, const char *what, uint64_t *out);
+int tu_parse_u32(const char *s, const char *what, uint32_t min, uint32_t max, uint32_t *out);
+int tu_parse_double(const char *s, const char *what, double min, double max, double *out);
+/* "ram", "ram_file", "disk", "all", or a comma list → tier mask. */
+int tu_parse_tiers(const char *s, unsigned *mask);
+/* Tier name. */
+const char *tu_tier_name(int tier);
+/* Human-readable bytes ("1.5G") into buf (>= 8 bytes), via libbsd's
+ * humanize_number. */
+const char *tu_human(char *buf, size_t len, uint64_t bytes);
+
+/* Log sink: stderr with a level tag, or syslog after tu_log_syslog(). */
+void tu_log_syslog(const char *ident);
+void tu_log_level(int max_level);
+void tu_log(int level, const char *msg, void *ctx);
+void tu_logf(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif
