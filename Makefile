@@ -100,11 +100,14 @@ $(B)/kvshm.pc: Makefile
 $(B)/bin/%: tools/%.c $(TOOL_UTIL) tools/util.h $(B)/libkvshm.a $(LIB_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm.a $(DEP_LIBS) $(LDFLAGS)
-# Tools linked against the test library (crash points compiled in), for the
-# crash-injection runs.
+# Tools linked against the test libraries (crash points compiled in; and
+# sanitizers), which the tests run as real processes.
 $(B)/tst/bin/%: tools/%.c $(TOOL_UTIL) tools/util.h $(B)/libkvshm-tst.a $(LIB_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(TST_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm-tst.a $(DEP_LIBS) $(LDFLAGS)
+$(B)/san/bin/%: tools/%.c $(TOOL_UTIL) tools/util.h $(B)/libkvshm-san.a $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm-san.a $(DEP_LIBS) $(LDFLAGS)
 
 # ---- tests -------------------------------------------------------------------
 # Crash points are listed from the sources, so a new one is never forgotten by
@@ -127,7 +130,7 @@ $(B)/san/tests/%: tests/%.c $(TEST_SUPPORT) $(B)/libkvshm-san.a tests/*.h
 # The variant build runs after deps, so pkg-config finds what deps installed.
 test:
 	@sh scripts/deps.sh build
-	@$(MAKE) --no-print-directory all $(TESTS:%=$(B)/tst/tests/%) $(B)/crashpoints.list
+	@$(MAKE) --no-print-directory all $(TESTS:%=$(B)/tst/tests/%) $(TOOLS:%=$(B)/tst/bin/%) $(B)/crashpoints.list
 	@sh tests/run.sh $(B)/tst $(TESTS)
 
 # The pre-forked worker demo lands with the worker pool; until then the
@@ -136,7 +139,7 @@ demo: test
 
 check:
 	@sh scripts/deps.sh build
-	@$(MAKE) --no-print-directory $(TESTS:%=$(B)/san/tests/%) $(B)/crashpoints.list
+	@$(MAKE) --no-print-directory $(TESTS:%=$(B)/san/tests/%) $(TOOLS:%=$(B)/san/bin/%) $(B)/crashpoints.list
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  sh tests/run.sh $(B)/san $(TESTS)
 

@@ -60,6 +60,10 @@ KVSHM_EXTERN void kvshm_config_init(kvshm_config *c)
 	c->mode = 0600;
 	c->score_halflife_s = 600.0;
 	kvshm_policy_init(&c->policy);
+	c->demote_tier = -1;
+	c->writer_wait_ms = 0;
+	c->evict_wait_ms = 30000;
+	c->verify_reuse_ms = 1000;
 }
 
 #define CFG_FAIL(...) kvshm__fail(KVSHM_ECONFIG, __VA_ARGS__)
@@ -90,6 +94,17 @@ KVSHM_EXTERN int kvshm_config_validate(const kvshm_config *c)
 		return CFG_FAIL("score_halflife_s %g: must be > 0", c->score_halflife_s);
 	if (c->mode & ~0777u)
 		return CFG_FAIL("mode %o: only permission bits", c->mode);
+	const char *dirs[KVSHM_NTIERS] = {NULL, c->ram_file_dir, c->disk_dir};
+	for (int t = KVSHM_TIER_RAM_FILE; t < KVSHM_NTIERS; t++) {
+		if (dirs[t] && (dirs[t][0] != '/' || strlen(dirs[t]) >= 200))
+			return CFG_FAIL("%s_dir '%s': must be an absolute path shorter than 200 bytes",
+					t == KVSHM_TIER_DISK ? "disk" : "ram_file", dirs[t]);
+	}
+	if (c->demote_tier != -1 &&
+	    (c->demote_tier < KVSHM_TIER_RAM_FILE || c->demote_tier >= KVSHM_NTIERS || !dirs[c->demote_tier]))
+		return CFG_FAIL("demote_tier %d: must be -1 or a file tier that has a directory", c->demote_tier);
+	if (c->evict_wait_ms > 3600000 || c->writer_wait_ms > 3600000)
+		return CFG_FAIL("writer_wait_ms/evict_wait_ms must be <= 3600000");
 	int err = kvshm_policy_validate(&c->policy);
 	if (err < 0)
 		return err;
@@ -144,8 +159,16 @@ static void normalise(const kvshm_config *c, struct kvshm__cfg *n)
 	n->lazy = c->lazy;
 	n->score_halflife_s = c->score_halflife_s;
 	n->policy = c->policy;
-	for (int t = 0; t < KVSHM_NTIERS; t++)
-		n->quota[t] = c->quota[t] ? c->quota[t] : UINT64_MAX;
+	const char *dirs[KVSHM_NTIERS] = {NULL, c->ram_file_dir, c->disk_dir};
+	for (int t = 0; t < KVSHM_NTIERS; t++) {
+		if (dirs[t])
+			strlcpy(n->dir[t], dirs[t], sizeof(n->dir[t]));
+		n->quota[t] = c->quota[t] ? c->quota[t] : kvshm__tier_default_quota(t, c->segment_bytes, dirs[t]);
+	}
+	n->demote_tier = c->demote_tier;
+	n->writer_wait_ms = c->writer_wait_ms;
+	n->evict_wait_ms = c->evict_wait_ms;
+	n->verify_reuse_ms = c->verify_reuse_ms;
 }
 
 /* Place a region of the cache being built. Running out of segment here
@@ -174,6 +197,10 @@ static int create(const char *name, const kvshm_config *c, struct kvshm__seg **o
 	if ((err = kvshm__seg_create(name, &o, &s)) < 0)
 		return err;
 	n.seed = kvshm__seg_hdr(s)->seed;
+	/* Files outlive the segment: a tier directory that already has a hash
+	 * seed gives it to the new segment, so its files keep their names. */
+	if ((err = kvshm__tier_adopt_seed(&n)) < 0)
+		goto out_fail;
 
 	if ((err = place(s, c, KVSHM_R_CORE, sizeof(struct kvshm__cache_hdr), 4096, &off)) < 0)
 		goto out_fail;
@@ -358,6 +385,7 @@ KVSHM_EXTERN int kvshm_open(const char *name, const kvshm_config *cfg_in, unsign
 	kvshm_config cfg;
 	kvshm *h;
 	int err;
+	bool created = false;
 
 	if (!out)
 		return kvshm__fail(-EINVAL, "kvshm_open: out is NULL");
@@ -387,6 +415,7 @@ KVSHM_EXTERN int kvshm_open(const char *name, const kvshm_config *cfg_in, unsign
 		if (err != -ENOENT || !(flags & KVSHM_OPEN_CREATE))
 			break;
 		err = create(name, &cfg, &h->seg);
+		created = err == 0;
 		if (err != -EEXIST || attempt >= 3)
 			break;
 	}
@@ -400,9 +429,13 @@ KVSHM_EXTERN int kvshm_open(const char *name, const kvshm_config *cfg_in, unsign
 		goto out_detach;
 	KVSHM_CRASH_POINT("cache.open.claimed");
 	/* Heal without a reaper: reclaim whatever dead processes left. */
-	int swept = kvshm__sweep(h);
-	if (swept > 0)
-		kvshm__count(h, KVSHM_C_reclaims, 0); /* counted per slot in reclaim */
+	kvshm__sweep(h);
+	/* A new segment over existing file tiers: index what is on disk. */
+	for (int t = KVSHM_TIER_RAM_FILE; created && t < KVSHM_NTIERS; t++)
+		if (kvshm__tier_on(h, t) && (err = kvshm_reconcile(h, t, NULL)) < 0) {
+			kvshm_close(h);
+			return err;
+		}
 	*out = h;
 	return 0;
 
@@ -445,6 +478,13 @@ static int release_all(kvshm *h)
 			continue;
 		uint64_t blob = 0;
 		struct kvshm__entry *e = kvshm__entry_at(h, idx);
+		if (e && e->gen == rr.gen && e->tier != KVSHM_TIER_RAM && e->owner == h->me) {
+			/* An unpublished file save: as if we had died. */
+			kvshm__shard_unlock(h, s);
+			kvshm__file_reclaim(h, h->me, h->me_gen, idx);
+			if (kvshm__shard_lock(h, s) < 0)
+				continue;
+		}
 		if (e && e->gen == rr.gen && (e->state == KVSHM_E_RESERVED || e->state == KVSHM_E_EXPIRED) &&
 		    e->owner == h->me)
 			blob = kvshm__entry_remove_locked(h, s, idx, h->me);
@@ -494,6 +534,7 @@ KVSHM_EXTERN int kvshm_close(kvshm *h)
 		if (r < 0 && !err)
 			err = r;
 	}
+	kvshm__tier_close(h);
 	kvshm__seg_detach(h->seg);
 	h->closed = true;
 	free(h);
@@ -550,5 +591,11 @@ KVSHM_EXTERN int kvshm_get_config(kvshm *h, kvshm_config *out)
 		out->quota[t] = c->quota[t];
 	out->policy = c->policy;
 	out->shm_dir = NULL;
+	out->ram_file_dir = c->dir[KVSHM_TIER_RAM_FILE][0] ? c->dir[KVSHM_TIER_RAM_FILE] : NULL;
+	out->disk_dir = c->dir[KVSHM_TIER_DISK][0] ? c->dir[KVSHM_TIER_DISK] : NULL;
+	out->demote_tier = c->demote_tier;
+	out->writer_wait_ms = c->writer_wait_ms;
+	out->evict_wait_ms = c->evict_wait_ms;
+	out->verify_reuse_ms = c->verify_reuse_ms;
 	return 0;
 }

@@ -15,12 +15,20 @@
  *   - every reservation has a live owner slot that records it;
  *   - no slot belongs to a dead process; free slots hold nothing;
  *   - the writer semaphore's count equals its recorded holders;
- *   - every ready entry's checksum verifies (skipped with KVSHM_CHECK_QUICK).
+ *   - every ready entry's checksum verifies (skipped with KVSHM_CHECK_QUICK);
+ *   - file tiers (after the locks are released): every ready file entry's
+ *     file validates (its payload CRC too unless QUICK) and has a matching
+ *     index row; every index row has a valid file; no temporary file
+ *     outlives its writer.
  */
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
-#include "core/internal.h"
+#include "core/file.h"
 
 #define V(...) kvshm__fail(KVSHM_ECHECK, __VA_ARGS__)
 
@@ -28,6 +36,33 @@ struct ctx {
 	kvshm *h;
 	uint64_t entry_allocs;
 };
+
+/* A ready file entry, to check against its file once the locks are off. */
+struct fent {
+	uint64_t key[2];
+	uint64_t footprint, len, csum;
+	uint32_t idx;
+	uint8_t tier;
+};
+
+struct fents {
+	struct fent *v;
+	size_t n, cap;
+};
+
+static int fents_add(struct fents *f, const struct kvshm__entry *e, uint32_t idx)
+{
+	if (f->n == f->cap) {
+		size_t nc = f->cap ? f->cap * 2 : 256;
+		void *p = realloc(f->v, nc * sizeof(*f->v));
+		if (!p)
+			return kvshm__fail(-ENOMEM, "check");
+		f->v = p;
+		f->cap = nc;
+	}
+	f->v[f->n++] = (struct fent){{e->key[0], e->key[1]}, e->footprint, e->len, e->csum, idx, e->tier};
+	return 0;
+}
 
 static int alloc_owner_ok(uint64_t off, uint64_t owner, uint64_t size, void *p)
 {
@@ -92,7 +127,7 @@ static int check_slots(kvshm *h, const uint8_t *alive, uint32_t *pins)
 }
 
 static int check_entry(kvshm *h, uint32_t s, uint32_t idx, unsigned flags, const uint32_t *pins,
-		       uint64_t *tb, uint32_t *te, uint32_t *reserved)
+		       uint64_t *tb, uint32_t *te, uint32_t *reserved, struct fents *files)
 {
 	const struct kvshm__entry *e = &h->entries[idx];
 	const struct kvshm__blob *b = kvshm__entry_blob(h, e);
@@ -104,8 +139,11 @@ static int check_entry(kvshm *h, uint32_t s, uint32_t idx, unsigned flags, const
 		return V("entry %u: its blob is not owned by it", idx);
 	if (e->tier >= KVSHM_NTIERS)
 		return V("entry %u: tier %u", idx, e->tier);
-	if (e->footprint != kvshm__slab_footprint(h->slab, kvshm__blob_size(e->ntokens, e->len)))
+	if (e->tier == KVSHM_TIER_RAM &&
+	    e->footprint != kvshm__slab_footprint(h->slab, kvshm__blob_size(e->ntokens, e->len)))
 		return V("entry %u: footprint %llu does not match its blob", idx, (unsigned long long)e->footprint);
+	if (e->tier != KVSHM_TIER_RAM && !kvshm__tier_on(h, e->tier))
+		return V("entry %u: in tier %u, which has no directory", idx, e->tier);
 	kvshm__h128 term = kvshm__term_of(h, &b->model, b->tokens, b->ntokens);
 	kvshm__h128 key = kvshm__key_of(h, &b->model, b->tokens, b->ntokens);
 	if (term.lo != e->term[0] || term.hi != e->term[1] || key.lo != e->key[0] || key.hi != e->key[1])
@@ -127,6 +165,10 @@ static int check_entry(kvshm *h, uint32_t s, uint32_t idx, unsigned flags, const
 			recorded |= x->res[k].entry == idx + 1 && x->res[k].gen == e->gen;
 		if (!recorded)
 			return V("entry %u: reserved by slot %u, which has no record of it", idx, e->owner);
+	} else if (e->state == KVSHM_E_READY && e->tier != KVSHM_TIER_RAM) {
+		int err = fents_add(files, e, idx);
+		if (err < 0)
+			return err;
 	} else if (e->state == KVSHM_E_READY) {
 		if (!(flags & KVSHM_CHECK_QUICK)) {
 			const uint8_t *v = (const uint8_t *)b + kvshm__blob_value_off(b->ntokens);
@@ -141,7 +183,8 @@ static int check_entry(kvshm *h, uint32_t s, uint32_t idx, unsigned flags, const
 	return 0;
 }
 
-static int check_shard(kvshm *h, uint32_t s, unsigned flags, const uint32_t *pins, uint8_t *seen)
+static int check_shard(kvshm *h, uint32_t s, unsigned flags, const uint32_t *pins, uint8_t *seen,
+		       struct fents *files)
 {
 	const struct kvshm__shard *sh = &h->shards[s];
 	uint64_t tb[KVSHM_NTIERS] = {0};
@@ -171,7 +214,7 @@ static int check_shard(kvshm *h, uint32_t s, unsigned flags, const uint32_t *pin
 			if ((e->term[0] & (sh->nbuckets - 1)) != b)
 				return V("shard %u: entry %u chained in bucket %u, belongs in %llu", s, idx, b,
 					 (unsigned long long)(e->term[0] & (sh->nbuckets - 1)));
-			if ((err = check_entry(h, s, idx, flags, pins, tb, te, &reserved)) < 0)
+			if ((err = check_entry(h, s, idx, flags, pins, tb, te, &reserved, files)) < 0)
 				return err;
 			chained++;
 		}
@@ -187,6 +230,113 @@ static int check_shard(kvshm *h, uint32_t s, unsigned flags, const uint32_t *pin
 	return 0;
 }
 
+static int count_row(const uint8_t key[16], const struct kvshm__irow *row, void *p)
+{
+	(void)key;
+	(void)row;
+	(*(uint64_t *)p)++;
+	return 0;
+}
+
+struct rowchk {
+	kvshm *h;
+	int tier;
+	int err;
+};
+
+static int row_has_file(const uint8_t key[16], const struct kvshm__irow *row, void *p)
+{
+	struct rowchk *c = p;
+	char path[512];
+	struct kvshm__fmeta m;
+	kvshm__file_path(c->h->cfg->dir[c->tier], key, path, sizeof(path));
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int err = fd < 0 ? -errno : kvshm__file_read_meta(c->h, fd, path, &m);
+	if (fd >= 0)
+		close(fd);
+	if (err < 0) {
+		c->err = V("%s: index row without a valid file (%s)", path, kvshm_strerror(err));
+		return 1;
+	}
+	if (m.file_size != row->file_size || m.payload_crc != row->crc)
+		c->err = V("%s: index row disagrees with the file", path);
+	kvshm__fmeta_free(&m);
+	return c->err ? 1 : 0;
+}
+
+static int check_files(kvshm *h, unsigned flags, const struct fents *files)
+{
+	uint64_t per_tier[KVSHM_NTIERS] = {0};
+	int err;
+	for (size_t i = 0; i < files->n; i++) {
+		const struct fent *f = &files->v[i];
+		struct kvshm__idx *ix;
+		struct kvshm__irow row;
+		struct kvshm__fmeta m;
+		char path[512];
+		if ((err = kvshm__tier_idx(h, f->tier, &ix)) < 0)
+			return err;
+		kvshm__file_path(h->cfg->dir[f->tier], (const uint8_t *)f->key, path, sizeof(path));
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			return V("entry %u: its file %s is missing", f->idx, path);
+		err = kvshm__file_read_meta(h, fd, path, &m);
+		if (err == 0 && !(flags & KVSHM_CHECK_QUICK))
+			err = kvshm__file_check_payload(fd, path, &m);
+		close(fd);
+		if (err < 0)
+			return V("entry %u: its file does not validate (%s)", f->idx, kvshm_last_error());
+		bool same = memcmp(m.key, f->key, 16) == 0 && m.file_size == f->footprint && m.payload_len == f->len &&
+			    m.payload_crc == f->csum;
+		kvshm__fmeta_free(&m);
+		if (!same)
+			return V("entry %u: its file %s holds other sizes or checksum", f->idx, path);
+		if (kvshm__idx_get(ix, (const uint8_t *)f->key, &row) != 0 || row.file_size != f->footprint ||
+		    row.crc != f->csum)
+			return V("entry %u: no matching index row for %s", f->idx, path);
+		per_tier[f->tier]++;
+	}
+	for (int t = KVSHM_TIER_RAM_FILE; t < KVSHM_NTIERS; t++) {
+		struct kvshm__idx *ix;
+		uint64_t rows = 0;
+		if (!kvshm__tier_on(h, t))
+			continue;
+		if ((err = kvshm__tier_idx(h, t, &ix)) < 0)
+			return err;
+		struct rowchk rc = {h, t, 0};
+		if ((err = kvshm__idx_each(ix, row_has_file, &rc)) < 0)
+			return err;
+		if (rc.err)
+			return rc.err;
+		if ((err = kvshm__idx_each(ix, count_row, &rows)) < 0)
+			return err;
+		if (rows != per_tier[t])
+			return V("tier %s: %llu index rows, %llu ready entries (run a reconcile)", kvshm__tier_name(t),
+				 (unsigned long long)rows, (unsigned long long)per_tier[t]);
+		/* Temporary files only for writers alive in that life. */
+		char tdir[300];
+		snprintf(tdir, sizeof(tdir), "%s/tmp", h->cfg->dir[t]);
+		DIR *d = opendir(tdir);
+		struct dirent *de;
+		while (d && (de = readdir(d)) != NULL) {
+			unsigned slot, gen;
+			char hex[33];
+			if (de->d_name[0] == '.')
+				continue;
+			const struct kvshm__slot *sl = NULL;
+			if (sscanf(de->d_name, "%32[0-9a-f].%u-%u-", hex, &slot, &gen) == 3)
+				sl = kvshm__proc_slot(h->seg, h->tab, slot);
+			if (!sl || sl->state != KVSHM_SLOT_LIVE || sl->gen != gen) {
+				closedir(d);
+				return V("%s/%s: temporary file of a writer that is gone", tdir, de->d_name);
+			}
+		}
+		if (d)
+			closedir(d);
+	}
+	return 0;
+}
+
 KVSHM_EXTERN int kvshm_check(kvshm *h, unsigned flags)
 {
 	int err = kvshm__enter(h);
@@ -198,6 +348,7 @@ KVSHM_EXTERN int kvshm_check(kvshm *h, unsigned flags)
 	uint8_t *alive = calloc(h->tab->nslots, 1);
 	uint32_t held = 0;
 	bool tab_held = false, sem_held = false, slab_held = false;
+	struct fents files = {0};
 	if (!pins || !seen || !alive) {
 		err = kvshm__fail(-ENOMEM, "check");
 		goto out;
@@ -227,7 +378,7 @@ KVSHM_EXTERN int kvshm_check(kvshm *h, unsigned flags)
 		goto out;
 	uint64_t live_entries = 0;
 	for (uint32_t s = 0; s < c->shards; s++) {
-		if ((err = check_shard(h, s, flags, pins, seen)) < 0)
+		if ((err = check_shard(h, s, flags, pins, seen, &files)) < 0)
 			goto out;
 		live_entries += h->shards[s].used;
 	}
@@ -246,6 +397,9 @@ out:
 		kvshm__shard_unlock(h, held);
 	if (tab_held)
 		kvshm__lock_release(h->seg, &h->tab->lk);
+	if (err == 0)
+		err = check_files(h, flags, &files);
+	free(files.v);
 	free(pins);
 	free(seen);
 	free(alive);

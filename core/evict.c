@@ -61,17 +61,32 @@ static int by_score(const void *a, const void *b)
 static bool evictable(const struct kvshm__entry *e, unsigned mask)
 {
 	return e->state == KVSHM_E_READY && e->refcount == 0 && e->tier < KVSHM_NTIERS &&
-	       (mask & KVSHM_TIER_BIT(e->tier));
+	       (mask & KVSHM_TIER_BIT(e->tier)) && !(e->flags & KVSHM_EF_LOADING);
 }
 
-/* Remove entry idx of shard s if it is still (gen) evictable. Returns the
- * footprint freed, 0 if it was not. */
-static uint64_t remove_if(kvshm *h, uint32_t s, uint32_t idx, uint32_t gen, unsigned mask)
+int64_t kvshm__entry_drop(kvshm *h, uint32_t s, uint32_t idx, uint32_t gen, unsigned mask, bool demote)
 {
-	if (kvshm__shard_lock(h, s) < 0)
-		return 0;
 	struct kvshm__entry *e = &h->entries[idx];
+	int err;
+	int dt = h->cfg->demote_tier;
+	/* Demote first (a RAM entry evicted into a slower tier that is not
+	 * itself being evicted): pinned meanwhile, so it cannot vanish. */
+	if (demote && dt >= 0 && !(mask & KVSHM_TIER_BIT(dt))) {
+		if ((err = kvshm__shard_lock(h, s)) < 0)
+			return err;
+		bool go = e->gen == gen && evictable(e, mask) && e->tier == KVSHM_TIER_RAM &&
+			  kvshm__pin_locked(h, s, idx, true) == 0;
+		kvshm__shard_unlock(h, s);
+		if (go) {
+			kvshm__demote(h, idx);
+			kvshm__unpin_ref(h, idx, gen, true);
+		}
+	}
+	if ((err = kvshm__shard_lock(h, s)) < 0)
+		return err;
 	uint64_t fp = e->footprint, blob = 0;
+	int tier = e->tier;
+	uint64_t key[2] = {e->key[0], e->key[1]};
 	if (e->gen == gen && evictable(e, mask))
 		blob = kvshm__entry_remove_locked(h, s, idx, h->me);
 	kvshm__shard_unlock(h, s);
@@ -80,7 +95,9 @@ static uint64_t remove_if(kvshm *h, uint32_t s, uint32_t idx, uint32_t gen, unsi
 	KVSHM_CRASH_POINT("evict.removed");
 	kvshm__slab_free(h->seg, h->slab, h->me, blob);
 	kvshm__futex_bump_wake(&h->shards[s].seq, INT32_MAX);
-	return fp;
+	if (tier != KVSHM_TIER_RAM)
+		kvshm__file_forget(h, tier, key);
+	return (int64_t)fp;
 }
 
 int kvshm__evict(kvshm *h, uint64_t target, unsigned mask, uint64_t *freed_out, uint64_t *count_out)
@@ -111,9 +128,9 @@ int kvshm__evict(kvshm *h, uint64_t target, unsigned mask, uint64_t *freed_out, 
 		qsort(pool, (size_t)np, sizeof(pool[0]), by_score);
 		uint64_t round = 0;
 		for (int i = 0; i < np && freed < target; i++) {
-			uint64_t fp = remove_if(h, pool[i].shard, pool[i].idx, pool[i].gen, mask);
-			if (fp) {
-				freed += fp;
+			int64_t fp = kvshm__entry_drop(h, pool[i].shard, pool[i].idx, pool[i].gen, mask, true);
+			if (fp > 0) {
+				freed += (uint64_t)fp;
 				count++;
 				round++;
 			}
@@ -293,7 +310,7 @@ KVSHM_EXTERN int kvshm_delete(kvshm *h, const kvshm_filter *f, uint64_t *count)
 			bool ok = evictable(e, KVSHM_TIERS_ALL) && filter_ok(h, e, f, now);
 			uint32_t gen = e->gen;
 			kvshm__shard_unlock(h, s);
-			if (ok && remove_if(h, s, sh->first + k, gen, KVSHM_TIERS_ALL))
+			if (ok && kvshm__entry_drop(h, s, sh->first + k, gen, KVSHM_TIERS_ALL, false) > 0)
 				n++;
 		}
 	}

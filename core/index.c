@@ -40,15 +40,124 @@ int kvshm__shard_repair(struct kvshm__seg *seg, struct kvshm__lock *lk, void *ct
 	return 0;
 }
 
+const char *kvshm__tier_name(int tier)
+{
+	static const char *const names[KVSHM_NTIERS] = {"ram", "ram_file", "disk"};
+	return tier >= 0 && tier < KVSHM_NTIERS ? names[tier] : "?";
+}
+
 struct kvshm__blob *kvshm__entry_blob(const kvshm *h, const struct kvshm__entry *e)
 {
+	/* A file entry's blob holds its model and tokens; the value is in
+	 * the file. */
+	uint64_t vlen = e->tier == KVSHM_TIER_RAM ? e->len : 0;
 	uint64_t size = kvshm__slab_size(h->seg, h->slab, e->blob);
-	if (size < sizeof(struct kvshm__blob) || size != kvshm__blob_size(e->ntokens, e->len))
+	if (size < sizeof(struct kvshm__blob) || size != kvshm__blob_size(e->ntokens, vlen))
 		return NULL;
 	struct kvshm__blob *b = kvshm__at(h->seg, e->blob, size);
-	if (!b || b->magic != KVSHM_BLOB_MAGIC || b->ntokens != e->ntokens || b->len != e->len)
+	if (!b || b->magic != KVSHM_BLOB_MAGIC || b->ntokens != e->ntokens || b->len != vlen)
 		return NULL;
 	return b;
+}
+
+int kvshm__entry_new_locked(kvshm *h, uint32_t s, const struct kvshm__newentry *ne, uint32_t *idx_out,
+			    uint32_t *gen_out)
+{
+	struct kvshm__seg *seg = h->seg;
+	struct kvshm__shard *sh = &h->shards[s];
+	struct kvshm__lock *lk = &sh->lk;
+	struct kvshm__resrec *rec = NULL;
+	int err;
+
+	if (ne->state == KVSHM_E_RESERVED) {
+		struct kvshm__slotx *x = kvshm__slotx(h, h->me);
+		for (unsigned i = 0; i < KVSHM_MAX_RES && !rec; i++)
+			if (!x->res[i].entry)
+				rec = &x->res[i];
+		if (!rec)
+			return kvshm__fail(KVSHM_EBUSY, "reserve: this handle already holds %u reservations",
+					   KVSHM_MAX_RES);
+	}
+	uint32_t idx = sh->free_head - 1;
+	struct kvshm__entry *e = kvshm__entry_at(h, idx);
+	if (!sh->free_head || !e || idx - sh->first >= sh->cap || e->state != KVSHM_E_FREE)
+		return kvshm__fail(KVSHM_ECORRUPT, "shard %u: free list names entry %u", s, idx);
+	/* The entry is free: its fields are ours to fill before the state
+	 * change (journaled) makes it live. */
+	uint64_t now = kvshm__now_ns();
+	e->term[0] = ne->term.lo;
+	e->term[1] = ne->term.hi;
+	e->key[0] = ne->key.lo;
+	e->key[1] = ne->key.hi;
+	e->refcount = 0;
+	e->ntokens = ne->ntokens;
+	e->tier = ne->tier;
+	e->reason = ne->reason;
+	e->flags = ne->flags;
+	e->blob = ne->blob;
+	e->len = ne->len;
+	e->footprint = ne->footprint;
+	e->owner = h->me;
+	e->owner_gen = h->me_gen;
+	e->token = ne->token;
+	e->deadline_ns = now + (uint64_t)h->cfg->reservation_ttl_ms * 1000000ull;
+	e->created_ns = ne->created_ns;
+	e->last_ns = now;
+	e->hits = 0;
+	float one = 1.0f;
+	memcpy(&e->score_bits, &one, sizeof(one));
+	if (ne->state == KVSHM_E_RESERVED)
+		e->score_bits = 0;
+	e->csum = ne->csum;
+	e->moved_ns = 0;
+	e->vino = e->vctime_ns = e->vtime_ns = 0;
+	uint32_t *head = &h->buckets[(uint64_t)s * sh->nbuckets + (ne->term.lo & (sh->nbuckets - 1))];
+	kvshm__jset32(seg, lk, &sh->free_head, e->next);
+	kvshm__jset32(seg, lk, &e->next, *head);
+	kvshm__jset32(seg, lk, head, idx + 1);
+	kvshm__jset32(seg, lk, &e->state, ne->state);
+	KVSHM_CRASH_POINT("index.new.chained");
+	if ((err = kvshm__slab_give_locked(seg, lk, h->slab, h->me, ne->blob, KVSHM_OWNER_ENTRY(idx, e->gen))) < 0) {
+		kvshm__lock_rollback(seg, lk);
+		return err;
+	}
+	if (rec) {
+		kvshm__jset32(seg, lk, &rec->gen, e->gen);
+		kvshm__jset32(seg, lk, &rec->entry, idx + 1);
+		kvshm__jset32(seg, lk, &sh->reserved, sh->reserved + 1);
+	}
+	kvshm__jset64(seg, lk, &sh->tier_bytes[ne->tier], sh->tier_bytes[ne->tier] + ne->footprint);
+	kvshm__jset32(seg, lk, &sh->tier_entries[ne->tier], sh->tier_entries[ne->tier] + 1);
+	kvshm__jset32(seg, lk, &sh->used, sh->used + 1);
+	*idx_out = idx;
+	*gen_out = e->gen;
+	return 0;
+}
+
+void kvshm__mark_ready_locked(kvshm *h, uint32_t s, uint32_t idx, uint64_t csum, uint64_t footprint)
+{
+	struct kvshm__seg *seg = h->seg;
+	struct kvshm__shard *sh = &h->shards[s];
+	struct kvshm__lock *lk = &sh->lk;
+	struct kvshm__entry *e = &h->entries[idx];
+	struct kvshm__slotx *x = kvshm__slotx(h, e->owner);
+	float one = 1.0f;
+	uint32_t bits;
+	memcpy(&bits, &one, sizeof(bits));
+	kvshm__jset64(seg, lk, &e->csum, csum);
+	kvshm__jset32(seg, lk, &e->score_bits, bits);
+	kvshm__jset64(seg, lk, &e->last_ns, kvshm__now_ns());
+	if (footprint != e->footprint && e->tier < KVSHM_NTIERS) {
+		kvshm__jset64(seg, lk, &sh->tier_bytes[e->tier], sh->tier_bytes[e->tier] - e->footprint + footprint);
+		kvshm__jset64(seg, lk, &e->footprint, footprint);
+	}
+	for (unsigned i = 0; x && i < KVSHM_MAX_RES; i++)
+		if (x->res[i].entry == idx + 1 && x->res[i].gen == e->gen)
+			kvshm__jset32(seg, lk, &x->res[i].entry, 0);
+	kvshm__jset32(seg, lk, &sh->reserved, sh->reserved - 1);
+	KVSHM_CRASH_POINT("save.publish.unrecorded");
+	kvshm__jset32(seg, lk, &e->flags, e->flags & ~KVSHM_EF_STAGE_MASK);
+	kvshm__jset32(seg, lk, &e->state, KVSHM_E_READY);
 }
 
 bool kvshm__entry_matches(const kvshm *h, const struct kvshm__entry *e, const kvshm_model *m,

@@ -5,11 +5,15 @@
 #ifndef KVSHM_CORE_INTERNAL_H
 #define KVSHM_CORE_INTERNAL_H
 
+#include <pthread.h>
 #include <xxhash.h>
 
 #include "core/layout.h"
 
 #define KVSHM_HASH_SECRET 192 /* XXH3's default secret size */
+
+struct kvshm__idx;
+struct kvshm__fmeta;
 
 struct kvshm {
 	struct kvshm__seg *seg;
@@ -26,6 +30,7 @@ struct kvshm {
 	uint64_t fork_gen;         /* kvshm__fork_gen() when the slot was claimed */
 	bool closed;
 	bool reaper;               /* this handle is the reaper's */
+	struct kvshm__idx *idx[KVSHM_NTIERS]; /* file tiers' TDB indexes, opened on first use */
 	char name[KVSHM_NAME_MAX];
 };
 
@@ -105,6 +110,59 @@ bool kvshm__entry_matches(const kvshm *h, const struct kvshm__entry *e, const kv
  */
 uint64_t kvshm__entry_remove_locked(kvshm *h, uint32_t s, uint32_t idx, uint32_t to);
 
+/* A new entry to chain (kvshm__entry_new_locked). */
+struct kvshm__newentry {
+	kvshm__h128 term, key;
+	uint32_t ntokens;
+	uint8_t tier, reason;
+	uint32_t flags;
+	uint64_t blob;        /* slab offset, owned by our slot until handed over */
+	uint64_t len;         /* value bytes */
+	uint64_t footprint;   /* bytes charged to the tier */
+	uint32_t state;       /* KVSHM_E_RESERVED (recorded in our slot) or KVSHM_E_READY */
+	uint64_t token;
+	uint64_t created_ns;
+	uint64_t csum;        /* READY only */
+};
+/* Take a free entry of shard s (lock held, free_head != 0), fill and chain
+ * it, hand it the blob, charge the tier; a reservation is recorded in our
+ * slot (KVSHM_EBUSY when its records are full). One journaled section. */
+int kvshm__entry_new_locked(kvshm *h, uint32_t s, const struct kvshm__newentry *ne, uint32_t *idx, uint32_t *gen);
+/* RESERVED/EXPIRED → READY (lock held): checksum, score 1, the owner's
+ * reservation record dropped; footprint re-charged if it changed. */
+void kvshm__mark_ready_locked(kvshm *h, uint32_t s, uint32_t idx, uint64_t csum, uint64_t footprint);
+/* Find the entry of key (m, tokens[0..n)) in tier (lock held): returns
+ * KVSHM_EEXISTS (ready) or KVSHM_EINPROGRESS (reserved) with *idx, or 0. */
+int kvshm__find_locked(kvshm *h, uint32_t s, kvshm__h128 term, const kvshm_model *m, const uint32_t *tokens,
+		       size_t n, int tier, uint32_t *idx);
+/* Remove entry idx of shard s if it still has gen and is evictable in
+ * mask (ready, unpinned); with demote, a RAM entry is first saved to the
+ * demotion tier. Frees its blob, and a file entry's file and index row.
+ * Returns the footprint freed (0 when not removed), or a negative error. */
+int64_t kvshm__entry_drop(kvshm *h, uint32_t s, uint32_t idx, uint32_t gen, unsigned mask, bool demote);
+const char *kvshm__tier_name(int tier);
+
+/* A fresh reservation (kvshm__reserve_entry). */
+struct kvshm__resv {
+	uint32_t idx, gen, shard;
+	uint64_t token;
+	struct kvshm__blob *blob;
+	kvshm__h128 key;
+};
+/* Steps 1-4 of a save for any tier (core/save.c); file tiers pass the
+ * file's size as its footprint. */
+int kvshm__reserve_entry(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, uint64_t len, int tier,
+			 int reason, uint64_t file_size, struct kvshm__resv *out);
+uint64_t kvshm__token(kvshm *h);
+/* Our reservation's entry with its shard locked, or NULL (lock not held). */
+struct kvshm__entry *kvshm__own_entry(kvshm *h, const kvshm_reservation *r, uint32_t *s, int *err);
+/* Remove entry idx (lock held), unlock, wake, free its blob. */
+int kvshm__drop_locked_entry(kvshm *h, uint32_t s, uint32_t idx);
+/* Pin entry idx of shard s (lock held) in our slot; copy = the copy-out
+ * record. Unpin by index and gen. */
+int kvshm__pin_locked(kvshm *h, uint32_t s, uint32_t idx, bool copy);
+int kvshm__unpin_ref(kvshm *h, uint32_t idx, uint32_t gen, bool copy);
+
 /* Score of an entry now (decayed). */
 double kvshm__entry_score(const kvshm *h, const struct kvshm__entry *e, uint64_t now_ns);
 
@@ -125,10 +183,46 @@ int kvshm__evict(kvshm *h, uint64_t target, unsigned tier_mask, uint64_t *freed,
 /* Expire reservations past their deadline. */
 int kvshm__expire(kvshm *h, uint64_t *count);
 
+/* ---- CRC32C (core/crc32c.c) ------------------------------------------------------------ */
+
+/* CRC32C of buf continuing from crc (start with 0). Hardware when there. */
+uint32_t kvshm__crc32c(uint32_t crc, const void *buf, size_t len);
+uint32_t kvshm__crc32c_sw(uint32_t crc, const void *buf, size_t len);
+bool kvshm__crc32c_hw_available(void);
+
 /* ---- scheduler (core/pressure.c) ------------------------------------------------------ */
 
 /* Initialise the control block with the defaults (creation time). */
 int kvshm__sched_init(struct kvshm__sched *sc);
+
+/* ---- file tiers (core/tier.c) ---------------------------------------------------------- */
+
+/* Default quota of a tier when the config gives 0. */
+uint64_t kvshm__tier_default_quota(int tier, uint64_t segment_bytes, const char *dir);
+/* At creation: take the seed from an existing tier directory, or store ours. */
+int kvshm__tier_adopt_seed(struct kvshm__cfg *n);
+bool kvshm__tier_on(const kvshm *h, int tier);
+/* The tier's TDB index (opened on first use). */
+int kvshm__tier_idx(kvshm *h, int tier, struct kvshm__idx **out);
+void kvshm__tier_close(kvshm *h);
+int kvshm__file_reserve(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, size_t len, int tier,
+			int reason, kvshm_reservation *r);
+int kvshm__file_publish(kvshm *h, kvshm_reservation *r);
+int kvshm__file_cancel(kvshm *h, kvshm_reservation *r);
+/* Map and verify a pinned file entry into pin (after walk pinned it).
+ * KVSHM_EBADFILE: the file was bad and is gone; the pin is dropped. */
+int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy);
+void kvshm__file_unmap(kvshm_pin *pin);
+/* After a file entry left the index: delete its file and index row. */
+void kvshm__file_forget(kvshm *h, int tier, const uint64_t key[2]);
+/* Reclaim a dead writer's file reservation (entry idx, shard s): validate
+ * and adopt a linked file, or remove it and the temporary file. */
+int kvshm__file_reclaim(kvshm *h, uint32_t dead, uint32_t dead_gen, uint32_t idx);
+/* Save a pinned RAM entry's value to the demotion tier (reason EVICT). */
+int kvshm__demote(kvshm *h, uint32_t idx);
+/* Insert a READY file entry for a valid file (reconcile, adoption):
+ * 1 when inserted, 0 when the segment already had it. */
+int kvshm__file_adopt(kvshm *h, int tier, const struct kvshm__fmeta *m);
 
 /* ---- reclaim (core/reclaim.c) ----------------------------------------------------------- */
 

@@ -121,7 +121,12 @@ struct kvshm__cfg {
 	uint32_t lazy;
 	double score_halflife_s;
 	kvshm_policy policy;
-	uint64_t seed;                 /* hash seed, random per cache */
+	uint64_t seed;                 /* hash seed: random, or the disk tier's own */
+	char dir[KVSHM_NTIERS][256];   /* file tier directories ("" = tier off) */
+	int32_t demote_tier;           /* -1 or a file tier */
+	uint32_t writer_wait_ms;
+	uint32_t evict_wait_ms;
+	uint32_t verify_reuse_ms;
 };
 
 struct kvshm__ctr_stripe {
@@ -200,7 +205,9 @@ struct kvshm__entry {
 	uint32_t ntokens;
 	uint8_t tier;          /* kvshm_tier */
 	uint8_t reason;        /* kvshm_reason */
-	uint16_t flags;
+	uint16_t spare;
+	uint32_t flags;        /* KVSHM_EF_* (a whole word, so it can be journaled) */
+	uint32_t spare2;
 	uint64_t blob;         /* slab offset of the blob (kvshm__blob) */
 	uint64_t len;          /* value bytes */
 	uint64_t footprint;    /* bytes charged to the tier */
@@ -212,9 +219,20 @@ struct kvshm__entry {
 	uint64_t last_ns;      /* CLOCK_MONOTONIC of the last hit or the publish */
 	uint32_t hits;         /* lookups answered */
 	uint32_t score_bits;   /* float: decayed hit score at last_ns */
-	uint64_t csum;         /* XXH3-64 of the value, set at publish */
+	uint64_t csum;         /* RAM: XXH3-64 of the value; files: payload CRC32C */
 	uint64_t moved_ns;     /* CLOCK_MONOTONIC of its last tier change, 0 = never */
+	/* File tiers: the last full verification of the file (inode, ctime,
+	 * CLOCK_MONOTONIC time), shared by loads within verify_reuse_ms. */
+	uint64_t vino, vctime_ns, vtime_ns;
 };
+
+/* entry->flags */
+#define KVSHM_EF_STAGE_MASK 3u  /* file reservations: how far the writer got */
+#define KVSHM_EF_STAGE_RESERVED 0u
+#define KVSHM_EF_STAGE_TMP 1u    /* temporary file created */
+#define KVSHM_EF_STAGE_LINKED 2u /* linked into place (validate and adopt on death) */
+#define KVSHM_EF_LOADING 4u      /* a file load is verifying it: owner/owner_gen say who */
+#define KVSHM_EF_BAD 8u          /* failed verification: no new pins, removed at the last unpin */
 
 /* The owner word of a blob allocation held by an entry. */
 #define KVSHM_OWNER_ENTRY_KIND 2u

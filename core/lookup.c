@@ -43,7 +43,7 @@ static int check_args(const kvshm_model *m, const uint32_t *tokens, size_t n)
 /* Record one more pin of entry idx in our slot and on the entry, and bump
  * its hit score (shard lock held). Copy-out pins use the slot's last
  * record, kept for it, so a copy never fails for lack of pin records. */
-static int pin_locked(kvshm *h, uint32_t s, uint32_t idx, bool copy)
+int kvshm__pin_locked(kvshm *h, uint32_t s, uint32_t idx, bool copy)
 {
 	struct kvshm__seg *seg = h->seg;
 	struct kvshm__lock *lk = &h->shards[s].lk;
@@ -85,7 +85,9 @@ static int pin_locked(kvshm *h, uint32_t s, uint32_t idx, bool copy)
 static void fill_pin(kvshm *h, uint32_t idx, size_t n, kvshm_pin *pin)
 {
 	const struct kvshm__entry *e = &h->entries[idx];
-	pin->data = h->seg->base + e->blob + kvshm__blob_value_off(e->ntokens);
+	/* File entries get their data from kvshm__file_load (a mapping). */
+	pin->data = e->tier == KVSHM_TIER_RAM ? h->seg->base + e->blob + kvshm__blob_value_off(e->ntokens) : NULL;
+	pin->ref[2] = pin->ref[3] = 0;
 	pin->len = e->len;
 	pin->ntokens = e->ntokens;
 	pin->kind = e->ntokens == n ? KVSHM_HIT_EXACT : KVSHM_HIT_PREFIX;
@@ -129,10 +131,13 @@ static int walk(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_model *m,
 			cur = e->next;
 			probes++;
 			if (e->term[0] != t.lo || e->term[1] != t.hi || e->ntokens > n ||
-			    e->ntokens / c->chunk_tokens != j || (exact && e->ntokens != n))
+			    e->ntokens / c->chunk_tokens != j || (exact && e->ntokens != n) || (e->flags & KVSHM_EF_BAD))
 				continue;
 			if (e->state == KVSHM_E_READY) {
-				if (e->ntokens > best_n && kvshm__entry_matches(h, e, m, tokens, e->ntokens)) {
+				/* Longest first; at equal length, the fastest tier. */
+				bool better = e->ntokens > best_n ||
+					      (e->ntokens == best_n && best != UINT32_MAX && e->tier < h->entries[best].tier);
+				if (better && kvshm__entry_matches(h, e, m, tokens, e->ntokens)) {
 					best = idx;
 					best_n = e->ntokens;
 				}
@@ -145,7 +150,7 @@ static int walk(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_model *m,
 		}
 		if (best != UINT32_MAX && (wait->idx == UINT32_MAX || wait->ntokens <= best_n)) {
 			wait->idx = UINT32_MAX;
-			err = pin ? pin_locked(h, s, best, copy) : 0;
+			err = pin ? kvshm__pin_locked(h, s, best, copy) : 0;
 			if (err == 0 && pin)
 				fill_pin(h, best, n, pin);
 			kvshm__shard_unlock(h, s);
@@ -184,6 +189,14 @@ static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t
 	uint32_t awaited = 0; /* the longest save waited for */
 	for (;;) {
 		err = walk(h, &kh, m, tokens, n, exact, copy, want_wait, pin, &wait);
+		if (err == 0 && pin->tier != KVSHM_TIER_RAM) {
+			/* A file entry: map and verify it. A bad file is gone
+			 * now (counted); look again for the next best. */
+			err = kvshm__file_load(h, pin, copy);
+			if (err == KVSHM_EBADFILE)
+				continue;
+			break;
+		}
 		if (err != KVSHM_ENOTFOUND || wait.idx == UINT32_MAX)
 			break;
 		awaited = KVSHM_MAX(awaited, wait.ntokens);
@@ -220,23 +233,15 @@ KVSHM_EXTERN int kvshm_get(kvshm *h, const kvshm_model *m, const uint32_t *token
 	return lookup(h, m, tokens, n, flags, true, false, pin);
 }
 
-static int unpin(kvshm *h, kvshm_pin *pin, bool copy)
+int kvshm__unpin_ref(kvshm *h, uint32_t idx, uint32_t gen, bool copy)
 {
-	int err = kvshm__enter(h);
-	if (err < 0)
-		return err;
-	if (!pin)
-		return kvshm__fail(-EINVAL, "unpin: pin is NULL");
-	uint32_t ref = (uint32_t)pin->ref[0], gen = (uint32_t)(pin->ref[0] >> 32);
-	if (!ref)
-		return kvshm__fail(-ENOENT, "unpin: the pin names no entry (already unpinned?)");
-	uint32_t idx = ref - 1;
 	struct kvshm__entry *e = kvshm__entry_at(h, idx);
 	if (!e)
 		return kvshm__fail(-ENOENT, "unpin: entry %u does not exist", idx);
 	uint32_t s = idx / h->cfg->entries_per_shard;
 	struct kvshm__slotx *x = kvshm__slotx(h, h->me);
-	if ((err = kvshm__shard_lock(h, s)) < 0)
+	int err = kvshm__shard_lock(h, s);
+	if (err < 0)
 		return err;
 	struct kvshm__lock *lk = &h->shards[s].lk;
 	err = -ENOENT;
@@ -252,9 +257,27 @@ static int unpin(kvshm *h, kvshm_pin *pin, bool copy)
 			break;
 		}
 	}
+	if (err == 0 && e->gen == gen && (e->flags & KVSHM_EF_BAD) && e->refcount == 0 && e->state == KVSHM_E_READY)
+		return kvshm__drop_locked_entry(h, s, idx); /* the last pin of a bad file entry */
 	kvshm__shard_unlock(h, s);
 	if (err < 0)
 		return kvshm__fail(err, "unpin: this handle holds no pin of entry %u", idx);
+	return 0;
+}
+
+static int unpin(kvshm *h, kvshm_pin *pin, bool copy)
+{
+	int err = kvshm__enter(h);
+	if (err < 0)
+		return err;
+	if (!pin)
+		return kvshm__fail(-EINVAL, "unpin: pin is NULL");
+	uint32_t ref = (uint32_t)pin->ref[0], gen = (uint32_t)(pin->ref[0] >> 32);
+	if (!ref)
+		return kvshm__fail(-ENOENT, "unpin: the pin names no entry (already unpinned?)");
+	if ((err = kvshm__unpin_ref(h, ref - 1, gen, copy)) < 0)
+		return err;
+	kvshm__file_unmap(pin);
 	memset(pin, 0, sizeof(*pin));
 	return 0;
 }

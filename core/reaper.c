@@ -120,15 +120,12 @@ KVSHM_EXTERN int kvshm_prune(kvshm *h, uint64_t max_age_s, uint64_t *expired, ui
 					continue;
 				if ((err = kvshm__shard_lock(h, s)) < 0)
 					return err;
-				uint64_t blob = 0;
-				if (e->state == KVSHM_E_READY && e->refcount == 0 && now > e->created_ns &&
-				    now - e->created_ns > age_ns)
-					blob = kvshm__entry_remove_locked(h, s, idx, h->me);
+				bool old = e->state == KVSHM_E_READY && e->refcount == 0 && now > e->created_ns &&
+					   now - e->created_ns > age_ns;
+				uint32_t gen = e->gen;
 				kvshm__shard_unlock(h, s);
-				if (blob) {
-					kvshm__slab_free(h->seg, h->slab, h->me, blob);
+				if (old && kvshm__entry_drop(h, s, idx, gen, KVSHM_TIERS_ALL, false) > 0)
 					n_aged++;
-				}
 			}
 		}
 		kvshm__count(h, KVSHM_C_evictions, n_aged);
@@ -262,6 +259,20 @@ KVSHM_EXTERN int kvshm_reaper_start(kvshm *h, const kvshm_reaper_opts *o, kvshm_
 	atomic_store(&h->hdr->reaper_slot, h->me + 1);
 	rp->seen_force = atomic_load(&h->hdr->sched.force_seq);
 	rlog(rp, LOG_NOTICE, "reaper of cache '%s' started (pid %u, %u slots)", h->name, kvshm__self_pid(), n);
+	/* At start the index and the files are reconciled. */
+	for (int t = KVSHM_TIER_RAM_FILE; t < KVSHM_NTIERS; t++) {
+		kvshm_reconcile_report rep;
+		if (!kvshm__tier_on(h, t))
+			continue;
+		if (kvshm_reconcile(h, t, &rep) < 0)
+			rlog(rp, LOG_ERR, "reconcile %s: %s", kvshm__tier_name(t), kvshm_last_error());
+		else
+			rlog(rp, LOG_INFO,
+			     "reconcile %s: %llu files, %llu adopted, %llu invalid and %llu temporary removed, %llu rows dropped%s",
+			     kvshm__tier_name(t), (unsigned long long)rep.files, (unsigned long long)rep.adopted,
+			     (unsigned long long)rep.invalid_removed, (unsigned long long)rep.temps_removed,
+			     (unsigned long long)rep.rows_dropped, rep.repacked ? ", index repacked" : "");
+	}
 	/* Seed 004: a prune pass at start. */
 	uint64_t expired = 0, aged = 0;
 	if (kvshm_prune(h, rp->o.max_age_s, &expired, &aged) == 0 && (expired || aged))
@@ -326,13 +337,21 @@ KVSHM_EXTERN int kvshm_reaper_poll(kvshm_reaper *r, uint32_t timeout_ms)
 		polling |= r->t[i].polling;
 	}
 	r->st.tracked = (uint32_t)n;
+	/* Sleep until the next due job, if any: a prune pass only when prune
+	 * passes are on, a scheduler check only while the scheduler is enabled
+	 * (a forced check is noticed on the next loop). A job that never comes
+	 * due must not shorten the sleep, or the reaper spins. */
 	uint64_t now = kvshm__now_ns();
-	uint64_t due = KVSHM_MIN(r->next_prune_ns, r->next_sched_ns);
+	uint64_t due = UINT64_MAX;
+	if (r->o.prune_interval_ms)
+		due = r->next_prune_ns;
+	if (__atomic_load_n(&h->hdr->sched.enabled, __ATOMIC_RELAXED))
+		due = KVSHM_MIN(due, r->next_sched_ns);
 	uint32_t wait = KVSHM_MIN(timeout_ms, r->o.poll_ms);
-	if (due > now)
-		wait = (uint32_t)KVSHM_MIN((uint64_t)wait, (due - now) / 1000000ull + 1);
-	else
+	if (due <= now)
 		wait = 0;
+	else if (due != UINT64_MAX)
+		wait = (uint32_t)KVSHM_MIN((uint64_t)wait, (due - now) / 1000000ull + 1);
 	int ready = poll(r->pfd, n, (int)wait);
 	if (ready > 0) {
 		uint64_t noticed = kvshm__now_ns();

@@ -45,6 +45,9 @@ static int drop_pins(kvshm *h, uint32_t idx, uint32_t gen, struct kvshm__slotx *
 		if (n) {
 			if (e->gen == r->gen && e->state != KVSHM_E_FREE)
 				kvshm__jset32(h->seg, &h->shards[s].lk, &e->refcount, e->refcount >= n ? e->refcount - n : 0);
+			/* It died verifying a file load: let the next loader do it. */
+			if (e->gen == r->gen && (e->flags & KVSHM_EF_LOADING) && e->owner == idx && e->owner_gen == gen)
+				kvshm__jset32(h->seg, &h->shards[s].lk, &e->flags, e->flags & ~KVSHM_EF_LOADING);
 			KVSHM_CRASH_POINT("reclaim.pin.uncounted");
 			kvshm__jset32(h->seg, &h->shards[s].lk, &r->count, 0);
 		}
@@ -67,6 +70,20 @@ static int drop_reservations(kvshm *h, uint32_t idx, uint32_t gen, struct kvshm_
 		if (!e || s >= h->cfg->shards) {
 			__atomic_store_n(&r->entry, 0, __ATOMIC_RELAXED);
 			continue;
+		}
+		if (e->tier != KVSHM_TIER_RAM && e->gen == r->gen) {
+			/* A file save: validate and adopt a linked file, or remove
+			 * it and the temporary file (core/tier.c). */
+			int err = kvshm__file_reclaim(h, idx, gen, ent - 1);
+			if (err == -EAGAIN) {
+				int n = kvshm__slab_reclaim(h->seg, h->slab, idx, gen);
+				if (n < 0)
+					return n;
+				err = kvshm__file_reclaim(h, idx, gen, ent - 1);
+			}
+			if (err < 0)
+				return err;
+			kvshm__count(h, KVSHM_C_reclaimed_reservations, 1);
 		}
 		for (int attempt = 0; attempt < 2; attempt++) {
 			int err = kvshm__shard_lock(h, s);
@@ -102,6 +119,28 @@ static int drop_reservations(kvshm *h, uint32_t idx, uint32_t gen, struct kvshm_
 	return 0;
 }
 
+/*
+ * Settle every shard lock before reading the dead slot's records. The slot
+ * records (pins, reservations, and the allocs[] entries of blobs taken
+ * back from an entry) are written under a shard lock's journal, so a
+ * process that died inside a shard critical section left them in a state
+ * that the next locker of that shard rolls back. Read before that
+ * rollback, they lie: slab reclaim would free a blob that the rollback
+ * then gives back to its entry, and a half-done unpin or publish would
+ * hide a pin or a reservation from the racy pre-checks below. Taking each
+ * shard lock once rolls any such change back first.
+ */
+static int settle_shards(kvshm *h)
+{
+	for (uint32_t s = 0; s < h->cfg->shards; s++) {
+		int err = kvshm__shard_lock(h, s);
+		if (err < 0)
+			return err;
+		kvshm__shard_unlock(h, s);
+	}
+	return 0;
+}
+
 int kvshm__reclaim_slot(struct kvshm__seg *seg, uint32_t idx, uint32_t gen, void *ctx)
 {
 	kvshm *h = ctx;
@@ -110,6 +149,8 @@ int kvshm__reclaim_slot(struct kvshm__seg *seg, uint32_t idx, uint32_t gen, void
 	(void)seg;
 	if (!x)
 		return kvshm__fail(KVSHM_ECORRUPT, "reclaim: slot %u", idx);
+	if ((err = settle_shards(h)) < 0)
+		return err;
 	if ((err = drop_pins(h, idx, gen, x)) < 0)
 		return err;
 	KVSHM_CRASH_POINT("reclaim.pins_done");

@@ -1,32 +1,31 @@
 /*
- * core/save.c — saving to the RAM tier: reserve → fill in place → publish.
+ * core/save.c — saving: reserve → fill in place → publish.
  *
- *   1. reserve: validate; refuse a duplicate (present or in progress);
- *      make room under the tier quota by evicting; allocate the blob (owned
- *      by our process slot, so a death here frees it); write model and
- *      tokens into it; then under the shard lock take a free entry, chain
- *      it RESERVED with our slot, a token and a deadline, hand the blob to
- *      the entry, record the reservation in our slot, charge the tier.
- *   2. the caller writes the value into r->data (no lock held).
- *   3. publish: checksum the value; under the shard lock check the
- *      reservation is still ours (slot, gen, token) and RESERVED; mark it
- *      READY with its checksum; drop our reservation record; wake waiters.
- *      An EXPIRED reservation (the TTL passed and others were let through)
- *      is removed instead and KVSHM_EEXPIRED returned.
+ * Every tier starts with the same reservation (kvshm__reserve_entry):
+ *   1. validate; refuse a duplicate in the same tier (present or in
+ *      progress), counted;
+ *   2. make room under the tier's quota by evicting its lowest-scored
+ *      unpinned entries;
+ *   3. allocate the blob (owned by our process slot, so a death here frees
+ *      it) and write model and tokens into it — and, for the RAM tier, room
+ *      for the value after them;
+ *   4. under the shard lock take a free entry and chain it RESERVED with our
+ *      slot, a token and a deadline; hand the blob to the entry; record the
+ *      reservation in our slot; charge the tier. One journaled section.
+ * RAM tier: the caller writes the value into the blob; publish checksums it
+ * and, under the shard lock, checks the reservation is still ours (slot,
+ * gen, token) and marks it READY. File tiers continue in core/tier.c (the
+ * seed 001 pipeline: writer slot, temporary file, link, index).
  * A writer that dies at any step leaves either a slot-owned blob (freed by
- * reclaim) or a RESERVED entry naming its dead slot (removed by reclaim).
+ * reclaim) or a RESERVED entry naming its dead slot (removed, or for files
+ * validated and adopted, by reclaim).
  */
 #include <limits.h>
 #include <string.h>
 
 #include "core/internal.h"
 
-/* Reservation handle layout in kvshm_reservation.ref[]. */
-#define REF_IDX(r) ((uint32_t)(r)->ref[0])
-#define REF_GEN(r) ((uint32_t)((r)->ref[0] >> 32))
-#define REF_TOKEN(r) ((r)->ref[1])
-
-static uint64_t next_token(kvshm *h)
+uint64_t kvshm__token(kvshm *h)
 {
 	static _Thread_local uint64_t x;
 	if (x == 0)
@@ -38,10 +37,8 @@ static uint64_t next_token(kvshm *h)
 	return (z ^ (z >> 31)) | 1;
 }
 
-/* Look for key in its chain (shard lock held): READY → KVSHM_EEXISTS,
- * RESERVED → KVSHM_EINPROGRESS, else 0. */
-static int find_dup_locked(kvshm *h, uint32_t s, kvshm__h128 term, const kvshm_model *m, const uint32_t *tokens,
-			   size_t n)
+int kvshm__find_locked(kvshm *h, uint32_t s, kvshm__h128 term, const kvshm_model *m, const uint32_t *tokens,
+		       size_t n, int tier, uint32_t *idx)
 {
 	struct kvshm__shard *sh = &h->shards[s];
 	uint32_t cur = h->buckets[(uint64_t)s * sh->nbuckets + (term.lo & (sh->nbuckets - 1))];
@@ -49,20 +46,25 @@ static int find_dup_locked(kvshm *h, uint32_t s, kvshm__h128 term, const kvshm_m
 		const struct kvshm__entry *e = kvshm__entry_at(h, cur - 1);
 		if (!e)
 			break;
+		uint32_t i = cur - 1;
 		cur = e->next;
-		if (e->term[0] != term.lo || e->term[1] != term.hi || e->ntokens != n)
+		if (e->term[0] != term.lo || e->term[1] != term.hi || e->ntokens != n || e->tier != tier ||
+		    (e->flags & KVSHM_EF_BAD))
 			continue;
 		if ((e->state == KVSHM_E_READY || e->state == KVSHM_E_RESERVED) &&
-		    kvshm__entry_matches(h, e, m, tokens, n))
+		    kvshm__entry_matches(h, e, m, tokens, n)) {
+			if (idx)
+				*idx = i;
 			return e->state == KVSHM_E_READY ? KVSHM_EEXISTS : KVSHM_EINPROGRESS;
+		}
 	}
 	return 0;
 }
 
-static int dup_error(kvshm *h, int err, size_t n)
+static int dup_error(kvshm *h, int err, size_t n, int tier)
 {
 	kvshm__count(h, err == KVSHM_EEXISTS ? KVSHM_C_dup_present : KVSHM_C_dup_in_progress, 1);
-	return kvshm__fail(err, "reserve of a %zu-token key", n);
+	return kvshm__fail(err, "reserve of a %zu-token key in tier %d", n, tier);
 }
 
 /* Evict one unpinned ready entry of shard s, lowest score first, to free an
@@ -73,7 +75,7 @@ static int evict_one_in_shard(kvshm *h, uint32_t s)
 	uint64_t now = kvshm__now_ns();
 	if (kvshm__shard_lock(h, s) < 0)
 		return 0;
-	uint32_t victim = UINT32_MAX;
+	uint32_t victim = UINT32_MAX, gen = 0;
 	double vs = 0;
 	for (uint32_t k = 0; k < sh->cap; k++) {
 		const struct kvshm__entry *e = &h->entries[sh->first + k];
@@ -82,25 +84,132 @@ static int evict_one_in_shard(kvshm *h, uint32_t s)
 		double sc = kvshm__entry_score(h, e, now);
 		if (victim == UINT32_MAX || sc < vs) {
 			victim = sh->first + k;
+			gen = e->gen;
 			vs = sc;
 		}
 	}
-	uint64_t fp = victim != UINT32_MAX ? h->entries[victim].footprint : 0;
-	uint64_t blob = victim != UINT32_MAX ? kvshm__entry_remove_locked(h, s, victim, h->me) : 0;
 	kvshm__shard_unlock(h, s);
-	if (!blob)
+	int64_t fp = victim != UINT32_MAX ? kvshm__entry_drop(h, s, victim, gen, KVSHM_TIERS_ALL, true) : 0;
+	if (fp <= 0)
 		return 0;
-	kvshm__slab_free(h->seg, h->slab, h->me, blob);
 	kvshm__count(h, KVSHM_C_evictions, 1);
-	kvshm__count(h, KVSHM_C_evicted_bytes, fp);
-	kvshm__futex_bump_wake(&sh->seq, INT32_MAX);
+	kvshm__count(h, KVSHM_C_evicted_bytes, (uint64_t)fp);
 	return 1;
+}
+
+int kvshm__reserve_entry(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, uint64_t len, int tier,
+			 int reason, uint64_t file_size, struct kvshm__resv *out)
+{
+	struct kvshm__keyhash kh;
+	bool ram = tier == KVSHM_TIER_RAM;
+	uint64_t size = kvshm__blob_size((uint32_t)n, ram ? len : 0);
+	uint64_t fp = ram ? kvshm__slab_footprint(h->slab, size) : file_size;
+	uint64_t quota = h->cfg->quota[tier];
+	int err;
+
+	if ((ram && len > KVSHM_AHDR_SIZEMASK) || size > kvshm__slab_max_alloc(h->slab) || fp > quota)
+		return kvshm__fail(KVSHM_ETOOBIG, "reserve: value of %llu bytes (%llu charged) exceeds the %s tier (quota %llu, capacity %llu)",
+				   (unsigned long long)len, (unsigned long long)fp, kvshm__tier_name(tier),
+				   (unsigned long long)quota, (unsigned long long)kvshm__slab_max_alloc(h->slab));
+	if ((err = kvshm__keyhash(h, m, tokens, n, &kh)) < 0)
+		return err;
+	kvshm__h128 term = kh.h[kh.nb - 1];
+	uint32_t s = kvshm__shard_of(h, term);
+	struct kvshm__shard *sh = &h->shards[s];
+
+	/* Cheap duplicate check before evicting anything for it. */
+	if ((err = kvshm__shard_lock(h, s)) < 0)
+		goto out;
+	err = kvshm__find_locked(h, s, term, m, tokens, n, tier, NULL);
+	kvshm__shard_unlock(h, s);
+	if (err < 0) {
+		err = dup_error(h, err, n, tier);
+		goto out;
+	}
+
+	/* Room under the quota, then the blob. */
+	uint64_t used = kvshm__tier_bytes(h, tier);
+	if (used + fp > quota)
+		kvshm__evict(h, used + fp - quota, KVSHM_TIER_BIT(tier), NULL, NULL);
+	if (kvshm__tier_bytes(h, tier) + fp > quota) {
+		kvshm__count(h, KVSHM_C_nospace, 1);
+		err = kvshm__fail(KVSHM_ENOSPACE, "reserve: %llu bytes do not fit under the %s quota %llu (pinned or reserved entries hold the rest)",
+				  (unsigned long long)fp, kvshm__tier_name(tier), (unsigned long long)quota);
+		goto out;
+	}
+	uint64_t blob = 0;
+	for (int tries = 0; tries < 8; tries++) {
+		err = kvshm__slab_alloc(h->seg, h->slab, h->me, size, &blob);
+		if (err != KVSHM_ENOSPACE)
+			break;
+		uint64_t freed = 0;
+		kvshm__evict(h, kvshm__slab_footprint(h->slab, size), KVSHM_TIER_BIT(KVSHM_TIER_RAM), &freed, NULL);
+		if (freed == 0)
+			break;
+	}
+	if (err < 0) {
+		if (err == KVSHM_ENOSPACE)
+			kvshm__count(h, KVSHM_C_nospace, 1);
+		goto out;
+	}
+	KVSHM_CRASH_POINT("save.reserve.allocated");
+	struct kvshm__blob *b = kvshm__at(h->seg, blob, size);
+	b->magic = KVSHM_BLOB_MAGIC;
+	b->ntokens = (uint32_t)n;
+	b->len = ram ? len : 0;
+	b->model = *m;
+	memset(b->pad, 0, sizeof(b->pad));
+	memcpy(b->tokens, tokens, n * sizeof(uint32_t));
+
+	/* Chain a RESERVED entry. */
+	for (int tries = 0;; tries++) {
+		if ((err = kvshm__shard_lock(h, s)) < 0)
+			goto out_free;
+		if ((err = kvshm__find_locked(h, s, term, m, tokens, n, tier, NULL)) < 0) {
+			kvshm__shard_unlock(h, s);
+			err = dup_error(h, err, n, tier);
+			goto out_free;
+		}
+		if (sh->free_head)
+			break;
+		kvshm__shard_unlock(h, s);
+		if (tries >= 2 || !evict_one_in_shard(h, s)) {
+			kvshm__count(h, KVSHM_C_nospace, 1);
+			err = kvshm__fail(KVSHM_ENOSPACE, "reserve: shard %u's %u entries are all pinned or reserved",
+					  s, sh->cap);
+			goto out_free;
+		}
+	}
+	struct kvshm__newentry ne = {
+		.term = term, .key = kh.key, .ntokens = (uint32_t)n, .tier = (uint8_t)tier,
+		.reason = (uint8_t)reason, .blob = blob, .len = len, .footprint = fp,
+		.state = KVSHM_E_RESERVED, .token = kvshm__token(h), .created_ns = kvshm__wall_ns(),
+	};
+	uint32_t idx, gen;
+	err = kvshm__entry_new_locked(h, s, &ne, &idx, &gen);
+	kvshm__shard_unlock(h, s);
+	if (err < 0)
+		goto out_free;
+	KVSHM_CRASH_POINT("save.reserve.done");
+	out->idx = idx;
+	out->gen = gen;
+	out->shard = s;
+	out->token = ne.token;
+	out->blob = b;
+	out->key = kh.key;
+	err = 0;
+	goto out;
+
+out_free:
+	kvshm__slab_free(h->seg, h->slab, h->me, blob);
+out:
+	kvshm__keyhash_free(&kh);
+	return err;
 }
 
 KVSHM_EXTERN int kvshm_reserve(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, size_t len,
 			       const kvshm_save_opts *opts, kvshm_reservation *r)
 {
-	struct kvshm__keyhash kh;
 	int tier = opts ? opts->tier : KVSHM_TIER_RAM;
 	int reason = opts ? opts->reason : KVSHM_REASON_OTHER;
 	int err = kvshm__enter(h);
@@ -114,181 +223,37 @@ KVSHM_EXTERN int kvshm_reserve(kvshm *h, const kvshm_model *m, const uint32_t *t
 		return kvshm__fail(-EINVAL, "reserve: zero-length value");
 	if (reason < 0 || reason >= KVSHM_NREASONS)
 		return kvshm__fail(-EINVAL, "reserve: save reason %d", reason);
-	if (tier != KVSHM_TIER_RAM)
-		return kvshm__fail(tier > 0 && tier < KVSHM_NTIERS ? -EOPNOTSUPP : -EINVAL,
-				   "reserve: tier %d (this cache has no file tier configured)", tier);
+	if (tier < 0 || tier >= KVSHM_NTIERS)
+		return kvshm__fail(-EINVAL, "reserve: tier %d", tier);
 	memset(r, 0, sizeof(*r));
+	if (tier != KVSHM_TIER_RAM)
+		return kvshm__file_reserve(h, m, tokens, n, len, tier, reason, r);
 
-	uint64_t size = kvshm__blob_size((uint32_t)n, len);
-	uint64_t fp = kvshm__slab_footprint(h->slab, size);
-	uint64_t quota = h->cfg->quota[tier];
-	if (len > KVSHM_AHDR_SIZEMASK || size > kvshm__slab_max_alloc(h->slab) || fp > quota)
-		return kvshm__fail(KVSHM_ETOOBIG, "reserve: value of %zu bytes (%llu with tokens) exceeds the %s tier (quota %llu, capacity %llu)",
-				   len, (unsigned long long)fp, "ram", (unsigned long long)quota,
-				   (unsigned long long)kvshm__slab_max_alloc(h->slab));
-	if ((err = kvshm__keyhash(h, m, tokens, n, &kh)) < 0)
+	struct kvshm__resv rv;
+	if ((err = kvshm__reserve_entry(h, m, tokens, n, len, tier, reason, 0, &rv)) < 0)
 		return err;
-	kvshm__h128 term = kh.h[kh.nb - 1];
-	uint32_t s = kvshm__shard_of(h, term);
-	struct kvshm__shard *sh = &h->shards[s];
-
-	/* Cheap duplicate check before evicting anything for it. */
-	if ((err = kvshm__shard_lock(h, s)) < 0)
-		goto out;
-	err = find_dup_locked(h, s, term, m, tokens, n);
-	kvshm__shard_unlock(h, s);
-	if (err < 0) {
-		err = dup_error(h, err, n);
-		goto out;
-	}
-
-	/* Room under the quota, then the blob. */
-	uint64_t used = kvshm__tier_bytes(h, tier);
-	if (used + fp > quota)
-		kvshm__evict(h, used + fp - quota, KVSHM_TIER_BIT(tier), NULL, NULL);
-	if (kvshm__tier_bytes(h, tier) + fp > quota) {
-		kvshm__count(h, KVSHM_C_nospace, 1);
-		err = kvshm__fail(KVSHM_ENOSPACE, "reserve: %llu bytes do not fit under the ram quota %llu (pinned or reserved entries hold the rest)",
-				  (unsigned long long)fp, (unsigned long long)quota);
-		goto out;
-	}
-	uint64_t blob = 0;
-	for (int tries = 0; tries < 8; tries++) {
-		err = kvshm__slab_alloc(h->seg, h->slab, h->me, size, &blob);
-		if (err != KVSHM_ENOSPACE)
-			break;
-		uint64_t freed = 0;
-		kvshm__evict(h, fp, KVSHM_TIERS_ALL, &freed, NULL);
-		if (freed == 0)
-			break;
-	}
-	if (err < 0) {
-		if (err == KVSHM_ENOSPACE)
-			kvshm__count(h, KVSHM_C_nospace, 1);
-		goto out;
-	}
-	KVSHM_CRASH_POINT("save.reserve.allocated");
-	struct kvshm__blob *b = kvshm__at(h->seg, blob, size);
-	b->magic = KVSHM_BLOB_MAGIC;
-	b->ntokens = (uint32_t)n;
-	b->len = len;
-	b->model = *m;
-	memset(b->pad, 0, sizeof(b->pad));
-	memcpy(b->tokens, tokens, n * sizeof(uint32_t));
-
-	/* Chain a RESERVED entry. */
-	for (int tries = 0;; tries++) {
-		if ((err = kvshm__shard_lock(h, s)) < 0)
-			goto out_free;
-		if ((err = find_dup_locked(h, s, term, m, tokens, n)) < 0) {
-			kvshm__shard_unlock(h, s);
-			err = dup_error(h, err, n);
-			goto out_free;
-		}
-		if (sh->free_head)
-			break;
-		kvshm__shard_unlock(h, s);
-		if (tries >= 2 || !evict_one_in_shard(h, s)) {
-			kvshm__count(h, KVSHM_C_nospace, 1);
-			err = kvshm__fail(KVSHM_ENOSPACE, "reserve: shard %u's %u entries are all pinned or reserved",
-					  s, sh->cap);
-			goto out_free;
-		}
-	}
-	struct kvshm__slotx *x = kvshm__slotx(h, h->me);
-	struct kvshm__resrec *rec = NULL;
-	for (unsigned i = 0; i < KVSHM_MAX_RES && !rec; i++)
-		if (!x->res[i].entry)
-			rec = &x->res[i];
-	if (!rec) {
-		kvshm__shard_unlock(h, s);
-		err = kvshm__fail(KVSHM_EBUSY, "reserve: this handle already holds %u reservations", KVSHM_MAX_RES);
-		goto out_free;
-	}
-	struct kvshm__seg *seg = h->seg;
-	struct kvshm__lock *lk = &sh->lk;
-	uint32_t idx = sh->free_head - 1;
-	struct kvshm__entry *e = kvshm__entry_at(h, idx);
-	if (!e || idx - sh->first >= sh->cap || e->state != KVSHM_E_FREE) {
-		kvshm__shard_unlock(h, s);
-		err = kvshm__fail(KVSHM_ECORRUPT, "shard %u: free list names entry %u", s, idx);
-		goto out_free;
-	}
-	uint64_t token = next_token(h);
-	/* The entry is free: its fields are ours to fill before the state
-	 * change (journaled) makes it live. */
-	e->term[0] = term.lo;
-	e->term[1] = term.hi;
-	e->key[0] = kh.key.lo;
-	e->key[1] = kh.key.hi;
-	e->refcount = 0;
-	e->ntokens = (uint32_t)n;
-	e->tier = (uint8_t)tier;
-	e->reason = (uint8_t)reason;
-	e->flags = 0;
-	e->blob = blob;
-	e->len = len;
-	e->footprint = fp;
-	e->owner = h->me;
-	e->owner_gen = h->me_gen;
-	e->token = token;
-	e->deadline_ns = kvshm__now_ns() + (uint64_t)h->cfg->reservation_ttl_ms * 1000000ull;
-	e->created_ns = kvshm__wall_ns();
-	e->last_ns = kvshm__now_ns();
-	e->hits = 0;
-	e->score_bits = 0;
-	e->csum = 0;
-	e->moved_ns = 0;
-	uint32_t *head = &h->buckets[(uint64_t)s * sh->nbuckets + (term.lo & (sh->nbuckets - 1))];
-	kvshm__jset32(seg, lk, &sh->free_head, e->next);
-	kvshm__jset32(seg, lk, &e->next, *head);
-	kvshm__jset32(seg, lk, head, idx + 1);
-	kvshm__jset32(seg, lk, &e->state, KVSHM_E_RESERVED);
-	KVSHM_CRASH_POINT("save.reserve.chained");
-	if ((err = kvshm__slab_give_locked(seg, lk, h->slab, h->me, blob, KVSHM_OWNER_ENTRY(idx, e->gen))) < 0) {
-		kvshm__lock_abort(seg, lk);
-		goto out_free;
-	}
-	kvshm__jset32(seg, lk, &rec->gen, e->gen);
-	kvshm__jset32(seg, lk, &rec->entry, idx + 1);
-	kvshm__jset64(seg, lk, &sh->tier_bytes[tier], sh->tier_bytes[tier] + fp);
-	kvshm__jset32(seg, lk, &sh->tier_entries[tier], sh->tier_entries[tier] + 1);
-	kvshm__jset32(seg, lk, &sh->used, sh->used + 1);
-	kvshm__jset32(seg, lk, &sh->reserved, sh->reserved + 1);
-	uint32_t gen = e->gen;
-	kvshm__shard_unlock(h, s);
-	KVSHM_CRASH_POINT("save.reserve.done");
-
-	r->data = (uint8_t *)b + kvshm__blob_value_off((uint32_t)n);
+	r->data = (uint8_t *)rv.blob + kvshm__blob_value_off((uint32_t)n);
 	r->len = len;
-	r->ref[0] = idx | ((uint64_t)gen << 32);
-	r->ref[1] = token;
-	r->ref[2] = (uint64_t)reason;
-	err = 0;
-	goto out;
-
-out_free:
-	kvshm__slab_free(h->seg, h->slab, h->me, blob);
-out:
-	kvshm__keyhash_free(&kh);
-	return err;
+	r->ref[0] = (rv.idx + 1) | ((uint64_t)rv.gen << 32);
+	r->ref[1] = rv.token;
+	r->ref[2] = (uint64_t)reason | ((uint64_t)tier << 8);
+	return 0;
 }
 
-/* Our reservation's entry, shard lock taken; NULL (lock not held) with
- * *err set when r is not a live reservation of this handle. */
-static struct kvshm__entry *own_entry(kvshm *h, const kvshm_reservation *r, uint32_t *s, int *err)
+struct kvshm__entry *kvshm__own_entry(kvshm *h, const kvshm_reservation *r, uint32_t *s, int *err)
 {
-	uint32_t idx = REF_IDX(r);
-	struct kvshm__entry *e = kvshm__entry_at(h, idx);
+	uint32_t ref = (uint32_t)r->ref[0];
+	struct kvshm__entry *e = ref ? kvshm__entry_at(h, ref - 1) : NULL;
 	if (!e) {
-		*err = kvshm__fail(-EINVAL, "reservation names entry %u", idx);
+		*err = kvshm__fail(-EINVAL, "reservation names no entry (already published or cancelled?)");
 		return NULL;
 	}
+	uint32_t idx = ref - 1;
 	*s = idx / h->cfg->entries_per_shard;
 	if ((*err = kvshm__shard_lock(h, *s)) < 0)
 		return NULL;
-	if (e->gen != REF_GEN(r) || e->token != REF_TOKEN(r) || e->owner != h->me || e->owner_gen != h->me_gen ||
-	    (e->state != KVSHM_E_RESERVED && e->state != KVSHM_E_EXPIRED)) {
+	if (e->gen != (uint32_t)(r->ref[0] >> 32) || e->token != r->ref[1] || e->owner != h->me ||
+	    e->owner_gen != h->me_gen || (e->state != KVSHM_E_RESERVED && e->state != KVSHM_E_EXPIRED)) {
 		kvshm__shard_unlock(h, *s);
 		*err = kvshm__fail(KVSHM_EEXPIRED, "reservation of entry %u is no longer ours", idx);
 		return NULL;
@@ -296,7 +261,7 @@ static struct kvshm__entry *own_entry(kvshm *h, const kvshm_reservation *r, uint
 	return e;
 }
 
-static int drop_reservation(kvshm *h, uint32_t s, uint32_t idx)
+int kvshm__drop_locked_entry(kvshm *h, uint32_t s, uint32_t idx)
 {
 	uint64_t blob = kvshm__entry_remove_locked(h, s, idx, h->me);
 	kvshm__shard_unlock(h, s);
@@ -314,37 +279,25 @@ KVSHM_EXTERN int kvshm_publish(kvshm *h, kvshm_reservation *r)
 		return err;
 	if (!r || !r->data)
 		return kvshm__fail(-EINVAL, "publish: reservation is NULL or already used");
+	int tier = (int)((r->ref[2] >> 8) & 0xff);
+	if (tier != KVSHM_TIER_RAM)
+		return kvshm__file_publish(h, r);
 	uint64_t csum = XXH3_64bits(r->data, r->len);
 	KVSHM_CRASH_POINT("save.publish.summed");
-	struct kvshm__entry *e = own_entry(h, r, &s, &err);
+	struct kvshm__entry *e = kvshm__own_entry(h, r, &s, &err);
 	if (!e)
 		return err;
-	uint32_t idx = REF_IDX(r);
+	uint32_t idx = (uint32_t)r->ref[0] - 1;
 	if (e->state == KVSHM_E_EXPIRED) {
-		drop_reservation(h, s, idx);
+		kvshm__drop_locked_entry(h, s, idx);
 		memset(r, 0, sizeof(*r));
 		return kvshm__fail(KVSHM_EEXPIRED, "publish: reservation expired after %u ms", h->cfg->reservation_ttl_ms);
 	}
-	struct kvshm__seg *seg = h->seg;
-	struct kvshm__shard *sh = &h->shards[s];
-	struct kvshm__lock *lk = &sh->lk;
-	struct kvshm__slotx *x = kvshm__slotx(h, h->me);
-	float one = 1.0f;
-	uint32_t bits;
-	memcpy(&bits, &one, sizeof(bits));
-	kvshm__jset64(seg, lk, &e->csum, csum);
-	kvshm__jset32(seg, lk, &e->score_bits, bits);
-	kvshm__jset64(seg, lk, &e->last_ns, kvshm__now_ns());
-	for (unsigned i = 0; i < KVSHM_MAX_RES; i++)
-		if (x->res[i].entry == idx + 1)
-			kvshm__jset32(seg, lk, &x->res[i].entry, 0);
-	kvshm__jset32(seg, lk, &sh->reserved, sh->reserved - 1);
-	KVSHM_CRASH_POINT("save.publish.unrecorded");
-	kvshm__jset32(seg, lk, &e->state, KVSHM_E_READY);
+	kvshm__mark_ready_locked(h, s, idx, csum, e->footprint);
 	kvshm__shard_unlock(h, s);
-	kvshm__futex_bump_wake(&sh->seq, INT32_MAX);
-	int reason = (int)r->ref[2];
-	kvshm__count(h, KVSHM_C_saves_cold + (reason >= 0 && reason < KVSHM_NREASONS ? reason : KVSHM_REASON_OTHER), 1);
+	kvshm__futex_bump_wake(&h->shards[s].seq, INT32_MAX);
+	int reason = (int)(r->ref[2] & 0xff);
+	kvshm__count(h, KVSHM_C_saves_cold + (reason < KVSHM_NREASONS ? reason : KVSHM_REASON_OTHER), 1);
 	kvshm__count(h, KVSHM_C_saved_bytes, r->len);
 	memset(r, 0, sizeof(*r));
 	return 0;
@@ -358,9 +311,12 @@ KVSHM_EXTERN int kvshm_cancel(kvshm *h, kvshm_reservation *r)
 		return err;
 	if (!r || !r->data)
 		return kvshm__fail(-EINVAL, "cancel: reservation is NULL or already used");
-	if (!own_entry(h, r, &s, &err))
+	int tier = (int)((r->ref[2] >> 8) & 0xff);
+	if (tier != KVSHM_TIER_RAM)
+		return kvshm__file_cancel(h, r);
+	if (!kvshm__own_entry(h, r, &s, &err))
 		return err;
-	err = drop_reservation(h, s, REF_IDX(r));
+	err = kvshm__drop_locked_entry(h, s, (uint32_t)r->ref[0] - 1);
 	kvshm__count(h, KVSHM_C_cancels, 1);
 	memset(r, 0, sizeof(*r));
 	return err;

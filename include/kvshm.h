@@ -156,6 +156,18 @@ typedef struct kvshm_config {
 	uint64_t quota[KVSHM_NTIERS]; /* byte quota per tier; 0 = default (ram: the data area) */
 	kvshm_policy policy;      /* save policy defaults */
 	const char *shm_dir;      /* where segments live (KVSHM_SHM_DIR or /dev/shm) */
+	/* File tiers: a tier is enabled by giving it a directory (created if
+	 * missing). ram_file wants a tmpfs (e.g. /dev/shm/kvshm-files.NAME),
+	 * disk a real filesystem; each holds a TDB index (index.tdb). */
+	const char *ram_file_dir; /* NULL: no ram_file tier */
+	const char *disk_dir;     /* NULL: no disk tier */
+	int demote_tier;          /* RAM evictions are saved here first: -1 none (default),
+				   * KVSHM_TIER_RAM_FILE or KVSHM_TIER_DISK */
+	uint32_t writer_wait_ms;  /* file saves (cold/continued/finish/other) wait this long
+				   * for a writer slot, then are dropped (0: try once) */
+	uint32_t evict_wait_ms;   /* evict and shutdown saves wait up to (30000) */
+	uint32_t verify_reuse_ms; /* a file load within this long of a verified one that saw
+				   * the same file skips the payload CRC (1000; 0 = always) */
 } kvshm_config;
 
 /* Fill cfg with the defaults above. */
@@ -213,8 +225,8 @@ typedef struct kvshm_pin {
 	size_t len;
 	size_t ntokens;    /* tokens the entry covers: the matched prefix */
 	int kind;          /* KVSHM_HIT_EXACT or KVSHM_HIT_PREFIX */
-	int tier;          /* where it was found */
-	uint64_t ref[2];   /* opaque */
+	int tier;          /* where it was found (file tiers: data is a read-only mapping) */
+	uint64_t ref[4];   /* opaque */
 } kvshm_pin;
 
 /* Wait (up to the cache's wait_ms) when a longer match is being saved by
@@ -250,14 +262,15 @@ KVSHM_EXTERN int kvshm_lookup_copy(kvshm *h, const kvshm_model *m, const uint32_
  * ====================================================================== */
 
 typedef struct kvshm_reservation {
-	void *data;      /* write `len` bytes here, then publish */
+	void *data;      /* write `len` bytes here, then publish (file tiers: a
+			  * writable mapping of the file being written) */
 	size_t len;
-	uint64_t ref[3]; /* opaque */
+	uint64_t ref[4]; /* opaque */
 } kvshm_reservation;
 
 typedef struct kvshm_save_opts {
-	int tier;          /* KVSHM_TIER_RAM (only RAM until file tiers land) */
-	int reason;        /* kvshm_reason, counted */
+	int tier;          /* kvshm_tier (default RAM) */
+	int reason;        /* kvshm_reason, counted (default OTHER) */
 } kvshm_save_opts;
 
 /*
@@ -365,7 +378,13 @@ KVSHM_EXTERN int kvshm_delete(kvshm *h, const kvshm_filter *f, uint64_t *count);
 	XX(wait_hits, "waits that ended with the saved entry")                    \
 	XX(wait_timeouts, "waits that timed out")                                 \
 	XX(corrupt_rejected, "entries rejected as corrupt")                       \
-	XX(nospace, "saves refused for lack of space")
+	XX(nospace, "saves refused for lack of space")                            \
+	XX(saves_dropped, "file saves dropped: every writer slot busy")           \
+	XX(load_waits, "file loads that waited for a concurrent load of the same entry") \
+	XX(demotions, "RAM entries saved to a file tier on eviction")             \
+	XX(promotions, "file entries copied up into RAM")                         \
+	XX(adopted, "valid files adopted into the index")                         \
+	XX(files_removed, "invalid or orphaned files removed")
 
 typedef enum kvshm_counter {
 #define KVSHM_CTR_ENUM_(name, help) KVSHM_C_##name,
@@ -549,6 +568,28 @@ KVSHM_EXTERN int kvshm_writer_release(kvshm *h);
 /* Units held now and the maximum; change the maximum at run time. */
 KVSHM_EXTERN int kvshm_writer_count(kvshm *h, uint32_t *held, uint32_t *max);
 KVSHM_EXTERN int kvshm_writer_set_max(kvshm *h, uint32_t max);
+
+/* What a reconciliation of a file tier found and did. */
+typedef struct kvshm_reconcile_report {
+	uint64_t files;           /* cache files examined */
+	uint64_t adopted;         /* valid files given a segment entry */
+	uint64_t rows_added;      /* valid files given (or re-given) an index row */
+	uint64_t invalid_removed; /* files that failed validation, removed */
+	uint64_t temps_removed;   /* temporary files of dead writers, removed */
+	uint64_t rows_dropped;    /* index rows without a valid file, dropped */
+	uint64_t entries_dropped; /* segment entries without a valid file, dropped */
+	int repacked;             /* the index failed tdb_check at open and was repacked */
+} kvshm_reconcile_report;
+
+/*
+ * Make a file tier's files, its TDB index and the segment agree: remove
+ * temporary files of dead writers and files that fail validation (header,
+ * tags, key recomputed from the stored model and tokens; payload CRCs are
+ * checked on load), adopt valid unindexed files, drop index rows and
+ * entries without a valid file. Runs when a segment is created over
+ * existing directories and at reaper start. rep may be NULL.
+ */
+KVSHM_EXTERN int kvshm_reconcile(kvshm *h, int tier, kvshm_reconcile_report *rep);
 
 /* The reaper: one per cache, proven by a robust lock in the segment. */
 typedef struct kvshm_reaper kvshm_reaper;

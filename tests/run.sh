@@ -4,6 +4,10 @@
 # summary and exits non-zero if any program failed, crashed or hung.
 dir=$1
 shift
+# Tests that run the tools as real processes find them here (the same
+# variant as the tests: crash points compiled in, sanitizers for check).
+KVSHM_BIN_DIR=$(cd "$dir/bin" 2>/dev/null && pwd)
+export KVSHM_BIN_DIR
 failed=""
 for t in "$@"; do
 	printf '\n===== %s =====\n' "$t" >&2

@@ -1,0 +1,146 @@
+/*
+ * core/file.h — the file tiers' internals: the cache-file format, the TDB
+ * index, paths, and the file-tier operations core/ files share.
+ *
+ * A CACHE FILE (little-endian):
+ *
+ *   0        64                         payload_off (64-aligned)   file_size
+ *   ┌────────┬─────────────────────────┬──────────────────────────┐
+ *   │ header │ tagged fields (8-aligned)│ payload (the saved value) │
+ *   └────────┴─────────────────────────┴──────────────────────────┘
+ *
+ *   header: magic "KVSHMF\1\0", version, header size, save reason, tier,
+ *           token count, hit count, tag bytes, payload CRC32C, payload
+ *           length, created and saved times (CLOCK_REALTIME ns), and a
+ *           CRC32C over the header (this field zeroed) and the tags.
+ *   tags:   {u16 tag, u16 flags, u32 len, len bytes, pad to 8}: the
+ *           fingerprint, quantisation, context hash, tokens, key, host and
+ *           kvshm version. Unknown tags are skipped unless flagged
+ *           critical, so later versions can add fields.
+ * A file is valid when its header and tags check, its size is exactly
+ * payload_off + payload_len, the key recomputed from its model and tokens
+ * equals both its KEY tag and its name, and (for a full check) its payload
+ * CRC32C matches. Files are named by key: <dir>/<2 hex>/<32 hex>.kvc, so no
+ * directory holds more than 1/256 of them; writes go through
+ * <dir>/tmp/<32 hex>.<slot>-<gen>-<token>.tmp.
+ */
+#ifndef KVSHM_CORE_FILE_H
+#define KVSHM_CORE_FILE_H
+
+#include "core/internal.h"
+
+#define KVSHM_FILE_MAGIC "KVSHMF\1"  /* 8 bytes with the NUL */
+#define KVSHM_FILE_VERSION 1u
+#define KVSHM_FILE_HDR 64u
+
+enum kvshm__tag {
+	KVSHM_TAG_FINGERPRINT = 1,
+	KVSHM_TAG_QUANT = 2,
+	KVSHM_TAG_CTX = 3,
+	KVSHM_TAG_TOKENS = 4,
+	KVSHM_TAG_KEY = 5,
+	KVSHM_TAG_HOST = 6,
+	KVSHM_TAG_VERSION = 7,
+};
+#define KVSHM_TAGF_CRITICAL 1u /* a reader that does not know this tag must refuse the file */
+
+struct kvshm__fhdr {
+	uint8_t magic[8];
+	uint16_t version;
+	uint16_t hdr_size;
+	uint8_t reason;
+	uint8_t tier;
+	uint16_t flags;
+	uint32_t ntokens;
+	uint32_t hits;
+	uint32_t tags_len;
+	uint32_t payload_crc;
+	uint64_t payload_len;
+	uint64_t created_ns;
+	uint64_t saved_ns;
+	uint32_t meta_crc;
+	uint32_t pad;
+};
+_Static_assert(sizeof(struct kvshm__fhdr) == KVSHM_FILE_HDR, "file header is 64 bytes");
+
+/* What a file's header and tags say. tokens is malloc'd (kvshm__fmeta_free). */
+struct kvshm__fmeta {
+	kvshm_model model;
+	uint32_t ntokens;
+	uint32_t *tokens;
+	uint8_t key[16];
+	uint8_t reason, tier;
+	uint32_t hits;
+	uint32_t payload_crc;
+	uint64_t payload_len, payload_off, file_size;
+	uint64_t created_ns, saved_ns;
+};
+
+/* Sizes of a file holding n tokens and a payload of len bytes. */
+void kvshm__file_geometry(uint32_t n, uint64_t len, uint64_t *tags_len, uint64_t *payload_off, uint64_t *file_size);
+/* Write header and tags at buf (payload_off bytes; the payload follows). */
+void kvshm__file_encode(void *buf, const kvshm_model *m, const uint32_t *tokens, uint32_t n, const uint8_t key[16],
+			uint64_t len, uint32_t payload_crc, uint8_t reason, uint8_t tier, uint64_t created_ns);
+/*
+ * Read and check the header and tags of an open file. With h, also
+ * recompute the key from model and tokens and compare it with the KEY tag.
+ * KVSHM_EBADFILE (with the reason in kvshm_last_error()) or -errno.
+ */
+int kvshm__file_read_meta(const kvshm *h, int fd, const char *path, struct kvshm__fmeta *out);
+/* CRC32C the payload of an open file (pread in 1 MiB blocks) against meta. */
+int kvshm__file_check_payload(int fd, const char *path, const struct kvshm__fmeta *m);
+void kvshm__fmeta_free(struct kvshm__fmeta *m);
+
+/* Paths. */
+void kvshm__key_hex(const uint8_t key[16], char out[33]);
+int kvshm__hex_key(const char *hex, uint8_t key[16]);
+int kvshm__file_path(const char *dir, const uint8_t key[16], char *buf, size_t len);
+int kvshm__tmp_path(const char *dir, const uint8_t key[16], uint32_t slot, uint32_t gen, uint64_t token, char *buf,
+		    size_t len);
+
+/* ---- the TDB index (core/tdbindex.c) ----------------------------------------------- */
+
+/* One row per file: key (16 bytes) → this. */
+struct kvshm__irow {
+	uint32_t version;     /* row format, 1 */
+	uint8_t tier, reason;
+	uint16_t pad;
+	uint32_t ntokens;
+	uint32_t crc;         /* payload CRC32C */
+	uint64_t payload_len;
+	uint64_t file_size;
+	uint64_t created_ns, saved_ns;
+	uint32_t hits;
+	uint32_t pad2;
+	uint8_t fingerprint[32];
+};
+
+struct kvshm__idx;
+
+/*
+ * Open (creating) <dir>/index.tdb, shared by every handle of this process
+ * (TDB's fcntl locks are per process): ordinary fcntl locking (robust-mutex
+ * mode would wipe a persistent index at first open), a hash size fit for
+ * millions of rows, tdb_check at open and tdb_repack when it fails, and
+ * tdb_reopen in a child after fork. sync: fdatasync at commit (disk).
+ */
+int kvshm__idx_open(const char *dir, bool sync, struct kvshm__idx **out);
+void kvshm__idx_close(struct kvshm__idx *ix);
+int kvshm__idx_get(struct kvshm__idx *ix, const uint8_t key[16], struct kvshm__irow *row);
+/* Store or delete one row in its own transaction. */
+int kvshm__idx_put(struct kvshm__idx *ix, const uint8_t key[16], const struct kvshm__irow *row);
+int kvshm__idx_del(struct kvshm__idx *ix, const uint8_t key[16]);
+/* Batch: begin; put/del many (no transaction each); commit. */
+int kvshm__idx_begin(struct kvshm__idx *ix);
+int kvshm__idx_commit(struct kvshm__idx *ix);
+void kvshm__idx_cancel(struct kvshm__idx *ix);
+/* Every row (read-only traverse). fn returns non-zero to stop. */
+int kvshm__idx_each(struct kvshm__idx *ix, int (*fn)(const uint8_t key[16], const struct kvshm__irow *row, void *ctx),
+		    void *ctx);
+/* The directory's hash seed (created with `seed` when absent). */
+int kvshm__idx_seed(struct kvshm__idx *ix, uint64_t seed, uint64_t *out);
+/* Rows, and whether the open found the file damaged and repacked it. */
+int kvshm__idx_count(struct kvshm__idx *ix, uint64_t *rows);
+bool kvshm__idx_was_repacked(const struct kvshm__idx *ix);
+
+#endif
