@@ -55,7 +55,7 @@ REL_OBJS     := $(LIB_SRCS:%.c=$(B)/rel/%.o)
 TST_OBJS     := $(LIB_SRCS:%.c=$(B)/tst/%.o)
 SAN_OBJS     := $(LIB_SRCS:%.c=$(B)/san/%.o)
 
-.PHONY: all lib tools deps test check install uninstall clean crashpoints demo bench
+.PHONY: all lib tools deps test check install uninstall clean crashpoints demo bench fuzz
 .DEFAULT_GOAL := all
 
 all: lib tools
@@ -153,6 +153,28 @@ bench:
 	@$(MAKE) --no-print-directory $(B)/bench/micro $(B)/bench/reclaim
 	@$(B)/bench/micro
 	@$(B)/bench/reclaim
+
+# ---- fuzzing (clang's libFuzzer + ASan/UBSan) -----------------------------------
+FUZZ_SECONDS ?= 60
+FUZZ_CFLAGS   = -std=c11 -D_GNU_SOURCE -Iinclude -I. -g -O1 -DKVSHM_TEST -DKVSHM_FUZZ $(DEP_CFLAGS) \
+                -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+FUZZ_SRCS    := core/fileformat.c core/crc32c.c core/key.c shm/error.c shm/crash.c
+
+$(B)/fuzz/fuzz_file: tests/fuzz/fuzz_file.c $(FUZZ_SRCS) $(LIB_HDRS)
+	@mkdir -p $(@D)
+	clang $(FUZZ_CFLAGS) $< $(FUZZ_SRCS) -o $@ $(DEP_LIBS)
+$(B)/fuzz/seed: tests/fuzz/seed.c $(B)/libkvshm-tst.a $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(TST_FLAGS) $< -o $@ $(B)/libkvshm-tst.a $(DEP_LIBS)
+
+# Bounded: FUZZ_SECONDS of libFuzzer on the file parser; fails on a crash.
+fuzz:
+	@sh scripts/deps.sh build fuzz
+	@$(MAKE) --no-print-directory $(B)/fuzz/fuzz_file $(B)/fuzz/seed
+	@mkdir -p $(B)/fuzz/corpus
+	@$(B)/fuzz/seed $(B)/fuzz/corpus/valid.kvc
+	$(B)/fuzz/fuzz_file -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10 \
+	  -artifact_prefix=$(B)/fuzz/ $(B)/fuzz/corpus
 
 # ---- install -----------------------------------------------------------------
 install: all

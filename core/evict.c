@@ -235,7 +235,7 @@ static bool filter_ok(const kvshm *h, const struct kvshm__entry *e, const kvshm_
 	return true;
 }
 
-static void info_of(const kvshm *h, const struct kvshm__entry *e, uint64_t now, kvshm_entry_info *i)
+void kvshm__info_of(const kvshm *h, const struct kvshm__entry *e, uint64_t now, kvshm_entry_info *i)
 {
 	memset(i, 0, sizeof(*i));
 	memcpy(i->key, e->key, 16);
@@ -280,7 +280,7 @@ KVSHM_EXTERN int kvshm_list(kvshm *h, const kvshm_filter *f, int (*fn)(const kvs
 			for (; k < sh->cap && nb < BATCH; k++) {
 				const struct kvshm__entry *e = &h->entries[sh->first + k];
 				if (e->state != KVSHM_E_FREE && filter_ok(h, e, f, now))
-					info_of(h, e, now, &batch[nb++]);
+					kvshm__info_of(h, e, now, &batch[nb++]);
 			}
 			kvshm__shard_unlock(h, s);
 			for (int i = 0; i < nb; i++)

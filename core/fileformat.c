@@ -136,10 +136,14 @@ int kvshm__file_read_meta(const kvshm *hd, int fd, const char *path, struct kvsh
 	h.meta_crc = 0;
 	uint32_t crc = kvshm__crc32c(kvshm__crc32c(0, &h, sizeof(h)), tags, h.tags_len);
 	h.meta_crc = want;
+#ifndef KVSHM_FUZZ /* the fuzzer reaches the tag parser only past this check */
 	if (crc != want) {
 		err = BAD("%s: header/tag checksum mismatch", path);
 		goto out;
 	}
+#else
+	(void)crc;
+#endif
 	unsigned seen = 0;
 	for (uint64_t p = 0; p < h.tags_len;) {
 		uint16_t tag, flags;

@@ -141,6 +141,8 @@ int kvshm__find_locked(kvshm *h, uint32_t s, kvshm__h128 term, const kvshm_model
  * Returns the footprint freed (0 when not removed), or a negative error. */
 int64_t kvshm__entry_drop(kvshm *h, uint32_t s, uint32_t idx, uint32_t gen, unsigned mask, bool demote);
 const char *kvshm__tier_name(int tier);
+/* The listing view of an entry (shard lock held). */
+void kvshm__info_of(const kvshm *h, const struct kvshm__entry *e, uint64_t now, kvshm_entry_info *i);
 
 /* A fresh reservation (kvshm__reserve_entry). */
 struct kvshm__resv {

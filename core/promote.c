@@ -13,6 +13,8 @@
  * it the residents and candidates of adjacent tiers and carries out the
  * moves (file tiers: core/tier.c).
  */
+#include <limits.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -95,4 +97,182 @@ out:
 	free(ci);
 	free(used);
 	return moves;
+}
+
+/* ---- carrying a plan out ------------------------------------------------------------------ */
+
+static double default_scorer(const kvshm_entry_info *e, void *ctx)
+{
+	(void)ctx;
+	return 1.0 - exp2(-e->score);
+}
+
+struct item {
+	uint32_t idx, gen, shard;
+	uint64_t key[2];
+};
+
+struct side {
+	kvshm_promote_cand *c;
+	struct item *it;
+	size_t n, cap;
+};
+
+static int side_add(struct side *s, const kvshm_promote_cand *c, const struct item *it)
+{
+	if (s->n == s->cap) {
+		size_t nc = s->cap ? s->cap * 2 : 256;
+		void *a = realloc(s->c, nc * sizeof(*s->c)), *b = a ? realloc(s->it, nc * sizeof(*s->it)) : NULL;
+		if (a)
+			s->c = a;
+		if (!a || !b)
+			return -ENOMEM;
+		s->it = b;
+		s->cap = nc;
+	}
+	s->c[s->n] = *c;
+	s->c[s->n].id = (uint32_t)s->n;
+	s->it[s->n++] = *it;
+	return 0;
+}
+
+static int cmp_key(const void *a, const void *b)
+{
+	return memcmp(((const struct item *)a)->key, ((const struct item *)b)->key, 16);
+}
+
+/* Copy pinned file entry idx into a new RAM entry. */
+static int copy_up(kvshm *h, const struct item *it)
+{
+	kvshm_pin pin = {0};
+	struct kvshm__entry *e = &h->entries[it->idx];
+	int err = kvshm__shard_lock(h, it->shard);
+	if (err < 0)
+		return err;
+	if (e->gen != it->gen || e->state != KVSHM_E_READY || (e->flags & KVSHM_EF_BAD) ||
+	    (err = kvshm__pin_locked(h, it->shard, it->idx, true)) < 0) {
+		kvshm__shard_unlock(h, it->shard);
+		return err < 0 ? err : -ESTALE;
+	}
+	pin.ref[0] = (it->idx + 1) | ((uint64_t)it->gen << 32);
+	pin.tier = e->tier;
+	pin.len = e->len;
+	kvshm__shard_unlock(h, it->shard);
+	if ((err = kvshm__file_load(h, &pin, true)) < 0)
+		return err; /* a bad file was removed; the pin is gone */
+	const struct kvshm__blob *b = kvshm__entry_blob(h, e);
+	struct kvshm__resv rv;
+	err = b ? kvshm__reserve_entry(h, &b->model, b->tokens, b->ntokens, pin.len, KVSHM_TIER_RAM, e->reason, 0, &rv)
+		: KVSHM_ECORRUPT;
+	if (err == 0) {
+		uint8_t *dst = (uint8_t *)rv.blob + kvshm__blob_value_off(b->ntokens);
+		memcpy(dst, pin.data, pin.len);
+		uint64_t csum = XXH3_64bits(dst, pin.len);
+		if ((err = kvshm__shard_lock(h, rv.shard)) == 0) {
+			struct kvshm__entry *ne = &h->entries[rv.idx];
+			kvshm__mark_ready_locked(h, rv.shard, rv.idx, csum, ne->footprint);
+			kvshm__jset64(h->seg, &h->shards[rv.shard].lk, &ne->moved_ns, kvshm__now_ns());
+			kvshm__shard_unlock(h, rv.shard);
+			kvshm__futex_bump_wake(&h->shards[rv.shard].seq, INT32_MAX);
+		}
+	}
+	kvshm__unpin_ref(h, it->idx, it->gen, true);
+	kvshm__file_unmap(&pin);
+	if (err == 0 && kvshm__shard_lock(h, it->shard) == 0) {
+		if (e->gen == it->gen)
+			kvshm__jset64(h->seg, &h->shards[it->shard].lk, &e->moved_ns, kvshm__now_ns());
+		kvshm__shard_unlock(h, it->shard);
+	}
+	return err;
+}
+
+KVSHM_EXTERN int kvshm_promote(kvshm *h, const kvshm_promote_config *pc, size_t max_moves, size_t *moved)
+{
+	kvshm_promote_config dc;
+	struct side res = {0}, cand = {0};
+	uint32_t *prom = NULL, *dem = NULL;
+	size_t done = 0;
+	int err = kvshm__enter(h);
+	if (err < 0)
+		return err;
+	if (!pc) {
+		kvshm_promote_config_init(&dc);
+		pc = &dc;
+	}
+	kvshm_scorer_fn scorer = pc->scorer ? pc->scorer : default_scorer;
+	bool any_file = kvshm__tier_on(h, KVSHM_TIER_RAM_FILE) || kvshm__tier_on(h, KVSHM_TIER_DISK);
+	if (!any_file || max_moves == 0)
+		goto out;
+
+	/* Rate everything ready, shard by shard. */
+	for (uint32_t s = 0; s < h->cfg->shards; s++) {
+		struct kvshm__shard *sh = &h->shards[s];
+		uint64_t now = kvshm__now_ns();
+		if ((err = kvshm__shard_lock(h, s)) < 0)
+			goto out;
+		for (uint32_t k = 0; k < sh->cap && err == 0; k++) {
+			const struct kvshm__entry *e = &h->entries[sh->first + k];
+			if (e->state != KVSHM_E_READY || (e->flags & (KVSHM_EF_BAD | KVSHM_EF_LOADING)))
+				continue;
+			kvshm_entry_info info;
+			kvshm__info_of(h, e, now, &info);
+			kvshm_promote_cand c = {
+				.score = scorer(&info, pc->scorer_ctx),
+				.bytes = kvshm__slab_footprint(h->slab, kvshm__blob_size(e->ntokens, e->len)),
+				.since_move_s = e->moved_ns ? (double)(now - e->moved_ns) / 1e9 : -1.0,
+			};
+			struct item it = {sh->first + k, e->gen, s, {e->key[0], e->key[1]}};
+			err = side_add(e->tier == KVSHM_TIER_RAM ? &res : &cand, &c, &it);
+		}
+		kvshm__shard_unlock(h, s);
+		if (err < 0) {
+			err = kvshm__fail(err, "promote");
+			goto out;
+		}
+	}
+	if (cand.n == 0)
+		goto out;
+	/* A file entry already copied up is no candidate. */
+	struct item *keys = malloc((res.n + 1) * sizeof(*keys));
+	if (!keys) {
+		err = kvshm__fail(-ENOMEM, "promote");
+		goto out;
+	}
+	memcpy(keys, res.it, res.n * sizeof(*keys));
+	qsort(keys, res.n, sizeof(*keys), cmp_key);
+	for (size_t i = 0; i < cand.n; i++)
+		if (res.n && bsearch(&cand.it[i], keys, res.n, sizeof(*keys), cmp_key))
+			cand.c[i].since_move_s = 0.0; /* cooling: never a candidate */
+	free(keys);
+
+	uint64_t used = kvshm__tier_bytes(h, KVSHM_TIER_RAM), quota = h->cfg->quota[KVSHM_TIER_RAM];
+	uint64_t free_bytes = used < quota ? quota - used : 0;
+	prom = malloc(max_moves * sizeof(uint32_t));
+	dem = malloc(max_moves * sizeof(uint32_t));
+	if (!prom || !dem) {
+		err = kvshm__fail(-ENOMEM, "promote");
+		goto out;
+	}
+	size_t nm = kvshm_promote_plan(pc, res.c, res.n, cand.c, cand.n, free_bytes, prom, dem, max_moves);
+	for (size_t i = 0; i < nm; i++) {
+		if (dem[i] != UINT32_MAX) {
+			const struct item *r = &res.it[dem[i]];
+			kvshm__entry_drop(h, r->shard, r->idx, r->gen, KVSHM_TIER_BIT(KVSHM_TIER_RAM), true);
+		}
+		KVSHM_CRASH_POINT("promote.copying");
+		if (copy_up(h, &cand.it[prom[i]]) == 0)
+			done++;
+	}
+	kvshm__count(h, KVSHM_C_promotions, done);
+	err = 0;
+out:
+	free(res.c);
+	free(res.it);
+	free(cand.c);
+	free(cand.it);
+	free(prom);
+	free(dem);
+	if (moved)
+		*moved = done;
+	return err;
 }

@@ -591,6 +591,16 @@ typedef struct kvshm_reconcile_report {
  */
 KVSHM_EXTERN int kvshm_reconcile(kvshm *h, int tier, kvshm_reconcile_report *rep);
 
+/*
+ * One promotion pass: rate RAM residents and file-tier candidates with the
+ * scorer, plan with kvshm_promote_plan (at most max_moves), and carry the
+ * moves out: a displaced resident is evicted (demoted if configured), the
+ * candidate's file is loaded and verified and copied into a new RAM entry
+ * (the file stays). Both are stamped so the cooldown applies. c may be
+ * NULL (defaults). *moved (may be NULL) counts promotions.
+ */
+KVSHM_EXTERN int kvshm_promote(kvshm *h, const kvshm_promote_config *c, size_t max_moves, size_t *moved);
+
 /* The reaper: one per cache, proven by a robust lock in the segment. */
 typedef struct kvshm_reaper kvshm_reaper;
 
@@ -598,6 +608,7 @@ typedef struct kvshm_reaper_opts {
 	uint32_t poll_ms;           /* longest sleep between table scans (50) */
 	uint32_t prune_interval_ms; /* prune pass period (30000) */
 	uint64_t max_age_s;         /* prune ready entries older than this (0: never) */
+	uint32_t promote_interval_ms; /* promotion pass period when file tiers exist (10000; 0: off) */
 	/* Log sink: level is a syslog priority (LOG_ERR .. LOG_DEBUG). */
 	void (*log)(int level, const char *msg, void *ctx);
 	void *log_ctx;

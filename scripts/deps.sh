@@ -3,6 +3,7 @@
 #   scripts/deps.sh build    compiler, pkg-config, libbsd, tdb, cmocka, xxhash
 #   scripts/deps.sh bench    the peers `make bench` runs beside kvshm
 #   scripts/deps.sh python   the Python binding's tests
+#   scripts/deps.sh fuzz     clang and libFuzzer for `make fuzz`
 # Runs apt-get only when a package is missing; as root it installs, otherwise
 # it names the packages and fails.
 set -eu
@@ -10,6 +11,7 @@ set -eu
 build_pkgs="gcc make pkg-config libbsd-dev libtdb-dev libcmocka-dev libxxhash-dev tdb-tools procps"
 bench_pkgs="redis-server memcached libhiredis-dev libmemcached-dev liblmdb-dev"
 python_pkgs="python3"
+fuzz_pkgs="clang libclang-rt-14-dev"
 
 want=""
 for group in "${@:-build}"; do
@@ -17,7 +19,8 @@ for group in "${@:-build}"; do
 	build) want="$want $build_pkgs" ;;
 	bench) want="$want $bench_pkgs" ;;
 	python) want="$want $python_pkgs" ;;
-	*) echo "deps.sh: unknown group '$group' (build, bench, python)" >&2; exit 2 ;;
+	fuzz) want="$want $fuzz_pkgs" ;;
+	*) echo "deps.sh: unknown group '$group' (build, bench, python, fuzz)" >&2; exit 2 ;;
 	esac
 done
 
