@@ -429,7 +429,8 @@ KVSHM_EXTERN int kvshm_open(const char *name, const kvshm_config *cfg_in, unsign
 		goto out_detach;
 	KVSHM_CRASH_POINT("cache.open.claimed");
 	/* Heal without a reaper: reclaim whatever dead processes left. */
-	kvshm__sweep(h);
+	if (!(flags & KVSHM_OPEN_INSPECT))
+		kvshm__sweep(h);
 	/* A new segment over existing file tiers: index what is on disk. */
 	for (int t = KVSHM_TIER_RAM_FILE; created && t < KVSHM_NTIERS; t++)
 		if (kvshm__tier_on(h, t) && (err = kvshm_reconcile(h, t, NULL)) < 0) {

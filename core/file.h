@@ -139,6 +139,12 @@ int kvshm__idx_each(struct kvshm__idx *ix, int (*fn)(const uint8_t key[16], cons
 		    void *ctx);
 /* The directory's hash seed (created with `seed` when absent). */
 int kvshm__idx_seed(struct kvshm__idx *ix, uint64_t seed, uint64_t *out);
+/* A named u64 setting of the directory (the chunk size its keys use):
+ * created with dflt when absent. get_u64: KVSHM_ENOTFOUND when absent. */
+int kvshm__idx_u64(struct kvshm__idx *ix, const char *name, uint64_t dflt, uint64_t *out);
+int kvshm__idx_get_u64(struct kvshm__idx *ix, const char *name, uint64_t *out);
+#define KVSHM_IDX_CHUNK "kvshm-chunk"
+#define KVSHM_IDX_SEED "kvshm-seed"
 /* Rows, and whether the open found the file damaged and repacked it. */
 int kvshm__idx_count(struct kvshm__idx *ix, uint64_t *rows);
 bool kvshm__idx_was_repacked(const struct kvshm__idx *ix);

@@ -323,7 +323,9 @@ KVSHM_EXTERN int kvshm_sched_set(kvshm *h, const kvshm_sched_config *c)
 	KVSHM_CRASH_POINT("sched.set.half");
 	kvshm__jset64(h->seg, lk, &sc->min_evict_bytes, c->min_evict_bytes);
 	kvshm__lock_release(h->seg, lk);
-	kvshm__futex_bump_wake(&sc->force_seq, INT32_MAX);
+	/* No bump of force_seq: the reaper reads the settings on every loop,
+	 * and a forced check evicts even when disabled, so a change (say,
+	 * disabling the scheduler under pressure) must not force one. */
 	return 0;
 }
 
@@ -364,9 +366,16 @@ static void record(kvshm *h, const uint64_t *u, const uint64_t *t, int result, u
 	kvshm__lock_release(h->seg, lk);
 }
 
+/*
+ * A source that cannot be read is an outcome of the check (recorded as
+ * KVSHM_SCHED_ERROR with its reason in last_error), not a failure of the
+ * call: the return value is the same whether or not st is given, and only
+ * a failure to run the check (a lock, the eviction) is returned.
+ */
 KVSHM_EXTERN int kvshm_sched_check(kvshm *h, int force, kvshm_sched_status *st)
 {
 	kvshm_sched_config c;
+	int ret = 0;
 	int err = kvshm__enter(h);
 	if (err < 0)
 		return err;
@@ -390,13 +399,13 @@ KVSHM_EXTERN int kvshm_sched_check(kvshm *h, int force, kvshm_sched_status *st)
 			uint64_t freed = 0, count = 0;
 			target = KVSHM_MAX(target, c.min_evict_bytes);
 			KVSHM_CRASH_POINT("sched.check.evicting");
-			err = kvshm__evict(h, target, c.tiers, &freed, &count);
-			if (err == 0 && freed)
+			ret = kvshm__evict(h, target, c.tiers, &freed, &count);
+			if (ret == 0 && freed)
 				kvshm__slab_release_free(h->seg, h->slab);
 			record(h, &used, &total, freed ? KVSHM_SCHED_EVICTED : KVSHM_SCHED_NOTHING, freed, count, NULL);
 		}
 	}
-	if (st)
-		return kvshm_sched_get(h, st);
-	return err < 0 ? err : 0;
+	if (st && (err = kvshm_sched_get(h, st)) < 0 && ret == 0)
+		ret = err;
+	return ret;
 }

@@ -53,7 +53,8 @@ struct kvshm_reaper {
 	struct track *t;
 	struct pollfd *pfd;
 	uint32_t *pfd_slot;
-	uint64_t next_prune_ns, next_sched_ns;
+	uint64_t next_prune_ns, last_sched_ns, next_promote_ns;
+	bool sched_ran;       /* a scheduler check has run, at last_sched_ns */
 	uint32_t seen_force;
 	kvshm_reaper_stats st;
 };
@@ -76,6 +77,7 @@ KVSHM_EXTERN void kvshm_reaper_opts_init(kvshm_reaper_opts *o)
 	memset(o, 0, sizeof(*o));
 	o->poll_ms = 50;
 	o->prune_interval_ms = 30000;
+	o->promote_interval_ms = 10000;
 }
 
 KVSHM_EXTERN uint32_t kvshm_reaper_pid(kvshm *h)
@@ -281,9 +283,20 @@ KVSHM_EXTERN int kvshm_reaper_start(kvshm *h, const kvshm_reaper_opts *o, kvshm_
 	rp->st.prunes++;
 	uint64_t now = kvshm__now_ns();
 	rp->next_prune_ns = now + (uint64_t)rp->o.prune_interval_ms * 1000000ull;
-	rp->next_sched_ns = now;
+	rp->next_promote_ns = now + (uint64_t)rp->o.promote_interval_ms * 1000000ull;
 	*out = rp;
 	return 0;
+}
+
+/* When the next scheduler check is due: at once before the first one,
+ * then interval_ms after the last, the interval read afresh each time so
+ * that one changed at run time (kvshm_sched_set) counts at once. */
+static uint64_t sched_due_ns(const kvshm_reaper *r)
+{
+	uint32_t interval = __atomic_load_n(&r->h->hdr->sched.interval_ms, __ATOMIC_RELAXED);
+	if (!r->sched_ran)
+		return 0;
+	return r->last_sched_ns + (uint64_t)(interval ? interval : 5000) * 1000000ull;
 }
 
 static void maybe_prune_and_schedule(kvshm_reaper *r)
@@ -300,11 +313,18 @@ static void maybe_prune_and_schedule(kvshm_reaper *r)
 		r->st.prunes++;
 		r->next_prune_ns = now + (uint64_t)r->o.prune_interval_ms * 1000000ull;
 	}
+	if (r->o.promote_interval_ms && now >= r->next_promote_ns) {
+		size_t moved = 0;
+		if (kvshm_promote(h, NULL, 8, &moved) < 0)
+			rlog(r, LOG_ERR, "promote: %s", kvshm_last_error());
+		else if (moved)
+			rlog(r, LOG_INFO, "promoted %zu hot file entries into ram", moved);
+		r->next_promote_ns = now + (uint64_t)r->o.promote_interval_ms * 1000000ull;
+	}
 	uint32_t force = atomic_load(&h->hdr->sched.force_seq);
 	bool forced = force != r->seen_force;
 	uint32_t enabled = __atomic_load_n(&h->hdr->sched.enabled, __ATOMIC_RELAXED);
-	uint32_t interval = __atomic_load_n(&h->hdr->sched.interval_ms, __ATOMIC_RELAXED);
-	if (forced || (enabled && now >= r->next_sched_ns)) {
+	if (forced || (enabled && now >= sched_due_ns(r))) {
 		kvshm_sched_status st;
 		r->seen_force = force;
 		if (kvshm_sched_check(h, forced, &st) == 0) {
@@ -316,7 +336,8 @@ static void maybe_prune_and_schedule(kvshm_reaper *r)
 			else if (st.last_result == KVSHM_SCHED_ERROR)
 				rlog(r, LOG_WARNING, "pressure source: %s", st.last_error);
 		}
-		r->next_sched_ns = now + (uint64_t)(interval ? interval : 5000) * 1000000ull;
+		r->last_sched_ns = now;
+		r->sched_ran = true;
 	}
 }
 
@@ -346,7 +367,7 @@ KVSHM_EXTERN int kvshm_reaper_poll(kvshm_reaper *r, uint32_t timeout_ms)
 	if (r->o.prune_interval_ms)
 		due = r->next_prune_ns;
 	if (__atomic_load_n(&h->hdr->sched.enabled, __ATOMIC_RELAXED))
-		due = KVSHM_MIN(due, r->next_sched_ns);
+		due = KVSHM_MIN(due, sched_due_ns(r));
 	uint32_t wait = KVSHM_MIN(timeout_ms, r->o.poll_ms);
 	if (due <= now)
 		wait = 0;

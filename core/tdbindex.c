@@ -29,7 +29,7 @@
 #include "core/file.h"
 
 #define HASH_SIZE 100003 /* prime; ~0.4 MiB of chain heads; fit for millions of rows */
-static const char SEED_KEY[] = "kvshm-seed";
+static const char SEED_KEY[] = KVSHM_IDX_SEED;
 
 struct kvshm__idx {
 	struct kvshm__idx *next;
@@ -291,17 +291,19 @@ int kvshm__idx_each(struct kvshm__idx *ix, int (*fn)(const uint8_t key[16], cons
 	return err < 0 ? err : c.stop;
 }
 
+static int count_one(const uint8_t key[16], const struct kvshm__irow *row, void *ctx)
+{
+	(void)key;
+	(void)row;
+	(*(uint64_t *)ctx)++;
+	return 0;
+}
+
 int kvshm__idx_count(struct kvshm__idx *ix, uint64_t *rows)
 {
-	int err = enter(ix);
-	if (err < 0)
-		return err;
-	int n = tdb_traverse_read(ix->tdb, NULL, NULL);
-	leave(ix);
-	if (n < 0)
-		return terr(ix, "count of");
-	*rows = n > 0 ? (uint64_t)n - 1 : 0; /* minus the seed record */
-	return 0;
+	*rows = 0;
+	int err = kvshm__idx_each(ix, count_one, rows); /* rows only: not the settings */
+	return err < 0 ? err : 0;
 }
 
 int kvshm__idx_seed(struct kvshm__idx *ix, uint64_t seed, uint64_t *out)
@@ -329,6 +331,51 @@ int kvshm__idx_seed(struct kvshm__idx *ix, uint64_t seed, uint64_t *out)
 			*out = seed;
 		}
 	}
+	free(v.dptr);
+	leave(ix);
+	return err;
+}
+
+int kvshm__idx_u64(struct kvshm__idx *ix, const char *name, uint64_t dflt, uint64_t *out)
+{
+	int err = enter(ix);
+	if (err < 0)
+		return err;
+	TDB_DATA k = {(unsigned char *)name, strlen(name)};
+	TDB_DATA v = tdb_fetch(ix->tdb, k);
+	if (v.dptr && v.dsize == 8) {
+		memcpy(out, v.dptr, 8);
+	} else {
+		TDB_DATA nv = {(unsigned char *)&dflt, 8};
+		if (tdb_transaction_start(ix->tdb) != 0 || tdb_store(ix->tdb, k, nv, TDB_INSERT) != 0 ||
+		    tdb_transaction_commit(ix->tdb) != 0) {
+			tdb_transaction_cancel(ix->tdb);
+			TDB_DATA again = tdb_fetch(ix->tdb, k);
+			if (again.dptr && again.dsize == 8)
+				memcpy(out, again.dptr, 8);
+			else
+				err = terr(ix, "store setting in");
+			free(again.dptr);
+		} else {
+			*out = dflt;
+		}
+	}
+	free(v.dptr);
+	leave(ix);
+	return err;
+}
+
+int kvshm__idx_get_u64(struct kvshm__idx *ix, const char *name, uint64_t *out)
+{
+	int err = enter(ix);
+	if (err < 0)
+		return err;
+	TDB_DATA k = {(unsigned char *)name, strlen(name)};
+	TDB_DATA v = tdb_fetch(ix->tdb, k);
+	if (v.dptr && v.dsize == 8)
+		memcpy(out, v.dptr, 8);
+	else
+		err = KVSHM_ENOTFOUND;
 	free(v.dptr);
 	leave(ix);
 	return err;

@@ -105,11 +105,18 @@ int kvshm__tier_adopt_seed(struct kvshm__cfg *n)
 		int err = prepare_dir(n->dir[t]);
 		if (err < 0 || (err = kvshm__idx_open(n->dir[t], t == KVSHM_TIER_DISK, &ix)) < 0)
 			return err;
+		uint64_t chunk = n->chunk_tokens;
 		err = kvshm__idx_seed(ix, n->seed, &seed);
+		if (err == 0)
+			err = kvshm__idx_u64(ix, KVSHM_IDX_CHUNK, n->chunk_tokens, &chunk);
 		kvshm__idx_close(ix);
 		if (err < 0)
 			return err;
+		/* Keys depend on both: a cache made over this directory uses the
+		 * directory's, so its files keep their names. */
 		n->seed = seed;
+		if (chunk >= 1 && chunk <= KVSHM_MAX_CHUNK)
+			n->chunk_tokens = (uint32_t)chunk;
 		break;
 	}
 	return 0;
@@ -128,8 +135,9 @@ int kvshm__tier_idx(kvshm *h, int tier, struct kvshm__idx **out)
 		int err = prepare_dir(h->cfg->dir[tier]);
 		if (err < 0 || (err = kvshm__idx_open(h->cfg->dir[tier], tier == KVSHM_TIER_DISK, &h->idx[tier])) < 0)
 			return err;
-		uint64_t seed;
-		if ((err = kvshm__idx_seed(h->idx[tier], h->cfg->seed, &seed)) < 0)
+		uint64_t seed, chunk;
+		if ((err = kvshm__idx_seed(h->idx[tier], h->cfg->seed, &seed)) < 0 ||
+		    (err = kvshm__idx_u64(h->idx[tier], KVSHM_IDX_CHUNK, h->cfg->chunk_tokens, &chunk)) < 0)
 			return err;
 		/* A directory seeded by another cache: its files are re-keyed
 		 * by reconciliation, which recomputes every key. */

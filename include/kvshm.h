@@ -177,6 +177,7 @@ KVSHM_EXTERN int kvshm_config_validate(const kvshm_config *cfg);
 
 #define KVSHM_OPEN_CREATE 1u /* create the cache if it does not exist */
 #define KVSHM_OPEN_EXCL 2u   /* with CREATE: fail with -EEXIST if it exists */
+#define KVSHM_OPEN_INSPECT 4u /* do not sweep dead processes on attach (inspection tools) */
 
 /*
  * Attach the cache `name` (1..63 of [A-Za-z0-9._-]), creating it with cfg
@@ -600,6 +601,49 @@ KVSHM_EXTERN int kvshm_reconcile(kvshm *h, int tier, kvshm_reconcile_report *rep
  * NULL (defaults). *moved (may be NULL) counts promotions.
  */
 KVSHM_EXTERN int kvshm_promote(kvshm *h, const kvshm_promote_config *c, size_t max_moves, size_t *moved);
+
+/* ---- inspection (shmctl) ---- */
+
+/* One process-table slot, as kvshm_procs reports it. */
+typedef struct kvshm_proc_info {
+	uint32_t slot;
+	uint32_t pid;
+	uint64_t start_time;   /* clock ticks since boot (/proc/PID/stat field 22) */
+	uint64_t attach_ns;    /* CLOCK_REALTIME */
+	int state;             /* 1 live, 2 dead and being reclaimed */
+	int alive;             /* the process is running (pidfd + start time) */
+	int reaper;            /* the slot is the reaper's */
+	uint32_t pins;         /* pins held */
+	uint32_t writer_units; /* writer-semaphore units held */
+	uint32_t reservations; /* unpublished saves */
+	uint32_t allocs;       /* allocations being filled */
+} kvshm_proc_info;
+
+/* Call fn for every slot in use (a snapshot per slot). */
+KVSHM_EXTERN int kvshm_procs(kvshm *h, int (*fn)(const kvshm_proc_info *p, void *ctx), void *ctx);
+
+/* The entry whose 128-bit key hash is key (as kvshm_list shows it), any
+ * tier; its tokens (up to max_tokens, may be NULL) copied out. -ENOENT. */
+KVSHM_EXTERN int kvshm_find_key(kvshm *h, const uint8_t key[16], int tier, kvshm_entry_info *out, uint32_t *tokens,
+				size_t max_tokens);
+
+/* Offline check of a file-tier directory, with no segment. */
+typedef struct kvshm_fsck_report {
+	uint64_t files, valid, invalid, temps, rows, rows_without_file, files_without_row;
+	uint64_t removed, adopted, rows_dropped;
+	int index_damaged;        /* tdb_check failed (repacked when repairing) */
+	int keys_checked;         /* the directory names its hash seed and chunk size */
+	char first_problem[256];
+} kvshm_fsck_report;
+/*
+ * Verify every cache file (header, tags, payload CRC32C, key against its
+ * name and, when the index records the seed and chunk size, recomputed from
+ * its model and tokens) and the TDB index of dir. With repair: remove
+ * invalid and temporary files, add rows for valid unindexed files, drop
+ * rows without a file, repack a damaged index. Returns 0 when everything
+ * was valid (or repaired), KVSHM_ECHECK when problems remain.
+ */
+KVSHM_EXTERN int kvshm_fsck(const char *dir, int repair, kvshm_fsck_report *rep);
 
 /* The reaper: one per cache, proven by a robust lock in the segment. */
 typedef struct kvshm_reaper kvshm_reaper;

@@ -101,6 +101,7 @@ static int apply(struct settings *st, const char *key, const char *val)
 	uint32_t u;
 	double d;
 	uint64_t z;
+	bool sched_given = st->sched_given;
 	if (strcmp(key, "poll_ms") == 0)
 		return tu_parse_u32(val, key, 1, 10000, &st->ro.poll_ms);
 	if (strcmp(key, "prune_interval") == 0) {
@@ -148,7 +149,8 @@ static int apply(struct settings *st, const char *key, const char *val)
 	}
 	if (strcmp(key, "evict_tiers") == 0)
 		return tu_parse_tiers(val, &st->sc.tiers);
-	st->sched_given = false;
+	/* Not a scheduler key: the scheduler settings given so far stand. */
+	st->sched_given = sched_given;
 	if (strcmp(key, "log_level") == 0) {
 		if (strcmp(val, "debug") == 0)
 			st->log_level = LOG_DEBUG;
@@ -203,6 +205,23 @@ static int read_config(const char *path, struct settings *st)
 	return err;
 }
 
+/* A setting given on the command line. */
+struct kv {
+	const char *k, *v;
+};
+
+/* The config file (if any), then the command-line settings over it: at
+ * start and again on every SIGHUP, so options always win over the file. */
+static int load(const char *config_path, const struct kv *given, int ngiven, struct settings *st)
+{
+	if (config_path && read_config(config_path, st) < 0)
+		return -1;
+	for (int i = 0; i < ngiven; i++)
+		if (apply(st, given[i].k, given[i].v) < 0)
+			return -1;
+	return 0;
+}
+
 int main(int argc, char **argv, char **envp)
 {
 	enum { O_SHMDIR = 256, O_POLL, O_PRUNE, O_MAXAGE, O_SCHED, O_PRESSURE, O_PCMD, O_HIGH, O_LOW, O_INTERVAL,
@@ -235,9 +254,7 @@ int main(int argc, char **argv, char **envp)
 
 	/* Options are applied after the config file, so they win: collect
 	 * them first, remember which were given. */
-	struct kv {
-		const char *k, *v;
-	} given[32];
+	struct kv given[32];
 	int ngiven = 0;
 	while ((c = getopt_long(argc, argv, "cs:f:p:vqhV", opts, NULL)) != -1) {
 		const char *key = NULL;
@@ -251,8 +268,8 @@ int main(int argc, char **argv, char **envp)
 		case 'f': config_path = optarg; break;
 		case 'p': pidfile_path = optarg; break;
 		case O_SYSLOG: use_syslog = true; break;
-		case 'v': st.log_level = LOG_DEBUG; break;
-		case 'q': st.log_level = LOG_WARNING; break;
+		case 'v': key = "log_level"; optarg = (char *)"debug"; break;
+		case 'q': key = "log_level"; optarg = (char *)"warning"; break;
 		case 'h': usage(stdout); return 0;
 		case 'V': printf("kvshm-reaper %s\n", KVSHM_VERSION_STRING); return 0;
 		case O_POLL: key = "poll_ms"; break;
@@ -276,15 +293,8 @@ int main(int argc, char **argv, char **envp)
 		return 1;
 	}
 	const char *name = argv[optind];
-	if (config_path && read_config(config_path, &st) < 0)
+	if (load(config_path, given, ngiven, &st) < 0)
 		return 1;
-	bool sched_from_args = false;
-	for (int i = 0; i < ngiven; i++) {
-		if (apply(&st, given[i].k, given[i].v) < 0)
-			return 1;
-		sched_from_args |= st.sched_given;
-	}
-	st.sched_given |= sched_from_args;
 	if (st.sched_given && kvshm_sched_validate(&st.sc) < 0) {
 		fprintf(stderr, "kvshm-reaper: refusing to start: %s\n", kvshm_last_error());
 		return 1;
@@ -294,6 +304,17 @@ int main(int argc, char **argv, char **envp)
 		tu_log_syslog("kvshm-reaper");
 	tu_log_level(st.log_level);
 	st.ro.log = tu_log;
+
+	/* Handlers first: a SIGTERM or SIGHUP that comes while we start (a
+	 * client sees us as the reaper as soon as kvshm_reaper_start returns)
+	 * must not kill us with the default action. */
+	struct sigaction sa = {0};
+	sa.sa_handler = on_term;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sa.sa_handler = on_hup;
+	sigaction(SIGHUP, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
 
 	struct pidfh *pfh = NULL;
 	if (pidfile_path) {
@@ -315,27 +336,21 @@ int main(int argc, char **argv, char **envp)
 		rc = err == KVSHM_ECONFIG ? 1 : 3;
 		goto out_pid;
 	}
-	if (st.sched_given && (err = kvshm_sched_set(h, &st.sc)) < 0) {
-		tu_logf(LOG_ERR, "refusing to start: %s", kvshm_last_error());
-		rc = 1;
-		goto out_close;
-	}
 	kvshm_reaper *r;
 	if ((err = kvshm_reaper_start(h, &st.ro, &r)) < 0) {
 		tu_logf(LOG_ERR, "%s", kvshm_last_error());
 		rc = err == KVSHM_EREAPER ? 2 : 3;
 		goto out_close;
 	}
+	/* Only the cache's reaper writes the scheduler settings: a refused
+	 * second reaper must leave the running one's untouched. */
+	if (st.sched_given && (err = kvshm_sched_set(h, &st.sc)) < 0) {
+		tu_logf(LOG_ERR, "refusing to start: %s", kvshm_last_error());
+		rc = 1;
+		goto out_stop;
+	}
 	if (pfh)
 		pidfile_write(pfh);
-
-	struct sigaction sa = {0};
-	sa.sa_handler = on_term;
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGINT, &sa, NULL);
-	sa.sa_handler = on_hup;
-	sigaction(SIGHUP, &sa, NULL);
-	signal(SIGPIPE, SIG_IGN);
 
 	uint64_t last_title = UINT64_MAX;
 	while (!stop_flag) {
@@ -358,7 +373,12 @@ int main(int argc, char **argv, char **envp)
 				continue;
 			}
 			struct settings ns = st;
-			if (read_config(config_path, &ns) < 0 || (ns.sched_given && kvshm_sched_validate(&ns.sc) < 0)) {
+			if (load(config_path, given, ngiven, &ns) < 0) {
+				tu_logf(LOG_ERR, "SIGHUP: %s not reloaded (see above): keeping the running settings",
+					config_path);
+				continue;
+			}
+			if (ns.sched_given && kvshm_sched_validate(&ns.sc) < 0) {
 				tu_logf(LOG_ERR, "SIGHUP: %s not reloaded: %s", config_path, kvshm_last_error());
 				continue;
 			}
@@ -373,6 +393,7 @@ int main(int argc, char **argv, char **envp)
 				st.sc.enabled ? "enabled" : "disabled", st.sc.high_watermark, st.sc.low_watermark);
 		}
 	}
+out_stop:
 	kvshm_reaper_stop(r);
 out_close:
 	kvshm_close(h);

@@ -107,7 +107,9 @@ bad:
 
 const char *tu_human(char *buf, size_t len, uint64_t bytes)
 {
-	if (humanize_number(buf, len, (int64_t)bytes, "", HN_AUTOSCALE, HN_DECIMAL | HN_NOSPACE | HN_B) < 0)
+	/* humanize_number picks the scale that fits the buffer: give it 6
+	 * bytes ("1023K", "1.5G") whatever the caller's buffer holds. */
+	if (len < 7 || humanize_number(buf, 6, (int64_t)bytes, "", HN_AUTOSCALE, HN_DECIMAL | HN_NOSPACE | HN_B) < 0)
 		snprintf(buf, len, "%llu", (unsigned long long)bytes);
 	return buf;
 }

@@ -1,0 +1,297 @@
+/*
+ * core/admin.c — inspection for operators (shmctl): the process table,
+ * one entry by key, and the offline check of a file-tier directory.
+ */
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/file.h"
+
+KVSHM_EXTERN int kvshm_procs(kvshm *h, int (*fn)(const kvshm_proc_info *p, void *ctx), void *ctx)
+{
+	int err = kvshm__enter(h);
+	if (err < 0)
+		return err;
+	if (!fn)
+		return kvshm__fail(-EINVAL, "procs: callback is NULL");
+	for (uint32_t i = 0; i < h->tab->nslots; i++) {
+		const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, i);
+		const struct kvshm__slotx *x = kvshm__slotx(h, i);
+		uint32_t state = __atomic_load_n(&sl->state, __ATOMIC_ACQUIRE);
+		if (state == KVSHM_SLOT_FREE)
+			continue;
+		kvshm_proc_info p = {
+			.slot = i, .pid = sl->pid, .start_time = sl->start_time, .attach_ns = sl->attach_ns,
+			.state = state == KVSHM_SLOT_LIVE ? 1 : 2,
+			.reaper = (sl->flags & KVSHM_SLOT_F_REAPER) != 0,
+		};
+		p.alive = kvshm__proc_alive(sl->pid, sl->start_time, NULL) == 1;
+		for (unsigned k = 0; k < KVSHM_PIN_RECORDS; k++)
+			p.pins += __atomic_load_n(&x->pins[k].count, __ATOMIC_RELAXED);
+		for (unsigned k = 0; k < KVSHM_MAX_SEMS; k++)
+			p.writer_units += __atomic_load_n(&sl->sem_held[k], __ATOMIC_RELAXED);
+		for (unsigned k = 0; k < KVSHM_MAX_RES; k++)
+			p.reservations += __atomic_load_n(&x->res[k].entry, __ATOMIC_RELAXED) != 0;
+		for (unsigned k = 0; k < KVSHM_SLOT_ALLOCS; k++)
+			p.allocs += __atomic_load_n(&sl->allocs[k], __ATOMIC_RELAXED) != 0;
+		if ((err = fn(&p, ctx)) != 0)
+			return err;
+	}
+	return 0;
+}
+
+KVSHM_EXTERN int kvshm_find_key(kvshm *h, const uint8_t key[16], int tier, kvshm_entry_info *out, uint32_t *tokens,
+				size_t max_tokens)
+{
+	int err = kvshm__enter(h);
+	if (err < 0)
+		return err;
+	for (uint32_t s = 0; s < h->cfg->shards; s++) {
+		struct kvshm__shard *sh = &h->shards[s];
+		if ((err = kvshm__shard_lock(h, s)) < 0)
+			return err;
+		for (uint32_t k = 0; k < sh->cap; k++) {
+			const struct kvshm__entry *e = &h->entries[sh->first + k];
+			if (e->state == KVSHM_E_FREE || memcmp(e->key, key, 16) != 0 || (tier >= 0 && e->tier != tier))
+				continue;
+			kvshm__info_of(h, e, kvshm__now_ns(), out);
+			const struct kvshm__blob *b = kvshm__entry_blob(h, e);
+			if (tokens && b)
+				memcpy(tokens, b->tokens, 4 * KVSHM_MIN((size_t)b->ntokens, max_tokens));
+			kvshm__shard_unlock(h, s);
+			return 0;
+		}
+		kvshm__shard_unlock(h, s);
+	}
+	return kvshm__fail(-ENOENT, "no entry with that key");
+}
+
+/* ---- offline check of a file-tier directory --------------------------------------------- */
+
+struct fsck {
+	const char *dir;
+	int repair;
+	kvshm_fsck_report *rep;
+	struct kvshm__idx *ix;
+	kvshm *hk;            /* a key-only handle: cfg (seed, chunk) and secret */
+	uint8_t (*seen)[16];  /* valid files' keys */
+	size_t nseen, capseen;
+};
+
+static void problem(struct fsck *f, const char *msg)
+{
+	if (!f->rep->first_problem[0])
+		strlcpy(f->rep->first_problem, msg, sizeof(f->rep->first_problem));
+}
+
+static int cmp16(const void *a, const void *b)
+{
+	return memcmp(a, b, 16);
+}
+
+static int row_check(const uint8_t key[16], const struct kvshm__irow *row, void *p)
+{
+	struct fsck *f = p;
+	(void)row;
+	f->rep->rows++;
+	if (!f->nseen || !bsearch(key, f->seen, f->nseen, 16, cmp16)) {
+		char hx[33];
+		kvshm__key_hex(key, hx);
+		f->rep->rows_without_file++;
+		char msg[128];
+		snprintf(msg, sizeof(msg), "index row %s has no valid file", hx);
+		problem(f, msg);
+	}
+	return 0;
+}
+
+struct drop {
+	uint8_t (*k)[16];
+	size_t n, cap;
+	const struct fsck *f;
+};
+
+static int row_collect(const uint8_t key[16], const struct kvshm__irow *row, void *p)
+{
+	struct drop *d = p;
+	(void)row;
+	if (d->f->nseen && bsearch(key, d->f->seen, d->f->nseen, 16, cmp16))
+		return 0;
+	if (d->n == d->cap) {
+		size_t nc = d->cap ? d->cap * 2 : 64;
+		void *q = realloc(d->k, nc * 16);
+		if (!q)
+			return 1;
+		d->k = q;
+		d->cap = nc;
+	}
+	memcpy(d->k[d->n++], key, 16);
+	return 0;
+}
+
+static void check_file(struct fsck *f, const char *path, const char *name, int bucket)
+{
+	kvshm_fsck_report *rep = f->rep;
+	uint8_t key[16];
+	struct kvshm__fmeta m = {0};
+	char msg[700];
+	rep->files++;
+	size_t len = strlen(name);
+	bool named = len == 36 && strcmp(name + 32, ".kvc") == 0 && kvshm__hex_key(name, key) == 0 && key[0] == bucket;
+	int fd = named ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+	int err = fd < 0 ? KVSHM_EBADFILE : kvshm__file_read_meta(f->hk, fd, path, &m);
+	if (err == 0 && memcmp(m.key, key, 16) != 0)
+		err = kvshm__fail(KVSHM_EBADFILE, "%s: holds another key than its name", path);
+	if (err == 0)
+		err = kvshm__file_check_payload(fd, path, &m);
+	if (fd >= 0)
+		close(fd);
+	if (err < 0) {
+		rep->invalid++;
+		snprintf(msg, sizeof(msg), "%s", named ? kvshm_last_error() : path);
+		problem(f, msg);
+		if (f->repair && unlink(path) == 0) {
+			rep->removed++;
+			if (named && f->ix)
+				kvshm__idx_del(f->ix, key);
+		}
+		kvshm__fmeta_free(&m);
+		return;
+	}
+	rep->valid++;
+	struct kvshm__irow row;
+	if (f->ix && kvshm__idx_get(f->ix, key, &row) != 0) {
+		rep->files_without_row++;
+		snprintf(msg, sizeof(msg), "%s: valid but not indexed", path);
+		problem(f, msg);
+		if (f->repair) {
+			memset(&row, 0, sizeof(row));
+			row.version = 1;
+			row.tier = m.tier;
+			row.reason = m.reason;
+			row.ntokens = m.ntokens;
+			row.crc = m.payload_crc;
+			row.payload_len = m.payload_len;
+			row.file_size = m.file_size;
+			row.created_ns = m.created_ns;
+			row.saved_ns = m.saved_ns;
+			memcpy(row.fingerprint, m.model.fingerprint, 32);
+			if (kvshm__idx_put(f->ix, key, &row) == 0)
+				rep->adopted++;
+		}
+	}
+	kvshm__fmeta_free(&m);
+	if (f->nseen == f->capseen) {
+		size_t nc = f->capseen ? f->capseen * 2 : 1024;
+		void *q = realloc(f->seen, nc * 16);
+		if (!q)
+			return;
+		f->seen = q;
+		f->capseen = nc;
+	}
+	memcpy(f->seen[f->nseen++], key, 16);
+}
+
+KVSHM_EXTERN int kvshm_fsck(const char *dir, int repair, kvshm_fsck_report *rep_out)
+{
+	kvshm_fsck_report rep;
+	struct kvshm__cfg cfg;
+	kvshm hk;
+	char path[600], sub[300];
+	struct fsck f = {.dir = dir, .repair = repair, .rep = &rep};
+	int err;
+
+	memset(&rep, 0, sizeof(rep));
+	memset(&cfg, 0, sizeof(cfg));
+	memset(&hk, 0, sizeof(hk));
+	if (!dir || access(dir, F_OK) < 0) {
+		err = kvshm__fail(-ENOENT, "fsck: no directory %s", dir ? dir : "(null)");
+		goto out;
+	}
+	/* The index: opening it runs tdb_check, and repacks when it fails. */
+	snprintf(path, sizeof(path), "%s/index.tdb", dir);
+	if (access(path, F_OK) == 0 || repair) {
+		if ((err = kvshm__idx_open(dir, true, &f.ix)) < 0) {
+			rep.index_damaged = 1;
+			problem(&f, kvshm_last_error());
+			f.ix = NULL;
+		} else if (kvshm__idx_was_repacked(f.ix)) {
+			rep.index_damaged = 1;
+			problem(&f, "index failed tdb_check (repacked)");
+		}
+	}
+	/* With the directory's seed and chunk size, keys are recomputed. */
+	uint64_t seed, chunk;
+	if (f.ix && kvshm__idx_get_u64(f.ix, KVSHM_IDX_SEED, &seed) == 0 &&
+	    kvshm__idx_get_u64(f.ix, KVSHM_IDX_CHUNK, &chunk) == 0 && chunk >= 1 && chunk <= KVSHM_MAX_CHUNK) {
+		cfg.seed = seed;
+		cfg.chunk_tokens = (uint32_t)chunk;
+		hk.cfg = &cfg;
+		kvshm__hash_secret(seed, hk.secret);
+		f.hk = &hk;
+		rep.keys_checked = 1;
+	}
+	if (f.ix && kvshm__idx_begin(f.ix) < 0)
+		goto index_fail;
+	/* Temporary files: with no segment there is no live writer to ask, so
+	 * fsck (offline) reports them all and removes them when repairing. */
+	snprintf(sub, sizeof(sub), "%s/tmp", dir);
+	DIR *d = opendir(sub);
+	struct dirent *de;
+	while (d && (de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		rep.temps++;
+		snprintf(path, sizeof(path), "%s/%s", sub, de->d_name);
+		problem(&f, "temporary files remain");
+		if (repair && unlink(path) == 0)
+			rep.removed++;
+	}
+	if (d)
+		closedir(d);
+	for (int b = 0; b < 256; b++) {
+		snprintf(sub, sizeof(sub), "%s/%02x", dir, b);
+		d = opendir(sub);
+		while (d && (de = readdir(d)) != NULL) {
+			if (de->d_name[0] == '.')
+				continue;
+			snprintf(path, sizeof(path), "%s/%s", sub, de->d_name);
+			check_file(&f, path, de->d_name, b);
+		}
+		if (d)
+			closedir(d);
+	}
+	if (f.nseen)
+		qsort(f.seen, f.nseen, 16, cmp16);
+	if (f.ix) {
+		kvshm__idx_each(f.ix, row_check, &f);
+		if (repair) {
+			struct drop dr = {NULL, 0, 0, &f};
+			kvshm__idx_each(f.ix, row_collect, &dr);
+			for (size_t i = 0; i < dr.n; i++)
+				if (kvshm__idx_del(f.ix, dr.k[i]) == 0)
+					rep.rows_dropped++;
+			free(dr.k);
+		}
+		if (kvshm__idx_commit(f.ix) < 0)
+			goto index_fail;
+	}
+	bool bad = rep.invalid || rep.temps || rep.rows_without_file || rep.files_without_row || rep.index_damaged;
+	bool fixed = repair && rep.removed == rep.invalid + rep.temps && rep.rows_dropped == rep.rows_without_file &&
+		     rep.adopted == rep.files_without_row;
+	err = (!bad || fixed) ? 0 : kvshm__fail(KVSHM_ECHECK, "fsck %s: %s", dir, rep.first_problem);
+	goto out;
+index_fail:
+	err = kvshm__fail(KVSHM_ETDB, "fsck %s: index: %s", dir, kvshm_last_error());
+out:
+	if (f.ix)
+		kvshm__idx_close(f.ix);
+	free(f.seen);
+	if (rep_out)
+		*rep_out = rep;
+	return err;
+}
