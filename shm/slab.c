@@ -148,7 +148,7 @@ int kvshm__slab_check_geometry(const struct kvshm__seg *s, const struct kvshm__s
 
 uint64_t kvshm__slab_max_alloc(const struct kvshm__slab *sl)
 {
-	return (sl->npages << sl->page_shift) - KVSHM_AHDR_SIZE;
+	return (sl->npages << sl->page_shift) - KVSHM_EXT_DATA;
 }
 
 static int class_for(const struct kvshm__slab *sl, uint64_t size)
@@ -164,7 +164,7 @@ static int class_for(const struct kvshm__slab *sl, uint64_t size)
 
 static uint64_t pages_for(const struct kvshm__slab *sl, uint64_t size)
 {
-	return (size + KVSHM_AHDR_SIZE + sl->page_size - 1) >> sl->page_shift;
+	return (size + KVSHM_EXT_DATA + sl->page_size - 1) >> sl->page_shift;
 }
 
 uint64_t kvshm__slab_footprint(const struct kvshm__slab *sl, uint64_t size)
@@ -337,7 +337,7 @@ struct kvshm__ahdr *kvshm__slab_hdr(const struct kvshm__seg *s, const struct kvs
 	const struct kvshm__pte *p = pte(s, sl, page);
 	uint32_t kind = __atomic_load_n(&p->kind, __ATOMIC_RELAXED);
 	if (kind == KVSHM_PTE_EXT) {
-		if (in_page != 0)
+		if (in_page != KVSHM_EXT_DATA - KVSHM_AHDR_SIZE)
 			return NULL;
 	} else if (kind == KVSHM_PTE_SLAB) {
 		uint32_t c = __atomic_load_n(&p->n, __ATOMIC_RELAXED);
@@ -465,7 +465,7 @@ int kvshm__slab_alloc(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me,
 		}
 		J64(&sl->ext_pages, sl->ext_pages + n);
 		KVSHM_CRASH_POINT("slab.ext.taken");
-		hoff = kvshm__off(s, page_at(s, sl, page));
+		hoff = kvshm__off(s, page_at(s, sl, page)) + KVSHM_EXT_DATA - KVSHM_AHDR_SIZE;
 	}
 	/* Fresh memory: the header is ours to initialise. */
 	struct kvshm__ahdr *a = (struct kvshm__ahdr *)(s->base + hoff);
@@ -689,7 +689,7 @@ int kvshm__slab_verify_locked(struct kvshm__seg *s, struct kvshm__slab *sl, kvsh
 					return VIOLATION("page %llu: extent of %llu has a bad tail",
 							 (unsigned long long)i, (unsigned long long)n);
 			}
-			uint64_t off = sl->data_off + (i << sl->page_shift) + KVSHM_AHDR_SIZE;
+			uint64_t off = sl->data_off + (i << sl->page_shift) + KVSHM_EXT_DATA;
 			struct kvshm__ahdr *a = kvshm__slab_hdr(s, sl, off);
 			if (!a || KVSHM_OWNER_KIND(a->owner) == 0)
 				return VIOLATION("page %llu: extent without a valid owned header",
@@ -880,7 +880,8 @@ int kvshm__slab_rebuild_locked(struct kvshm__seg *s, struct kvshm__slab *sl)
 		if (!p)
 			break;
 		if (p->kind == KVSHM_PTE_EXT) {
-			struct kvshm__ahdr *a = (struct kvshm__ahdr *)page_at(s, sl, i);
+			struct kvshm__ahdr *a =
+				(struct kvshm__ahdr *)(page_at(s, sl, i) + KVSHM_EXT_DATA - KVSHM_AHDR_SIZE);
 			ext_pages += n;
 			nallocs++;
 			req += a->size & KVSHM_AHDR_SIZEMASK;
@@ -947,9 +948,11 @@ void kvshm__slab_stats(struct kvshm__seg *s, struct kvshm__slab *sl, struct kvsh
 	st->slab_pages = sl->slab_pages;
 	st->req_bytes = sl->req_bytes;
 	st->nallocs = sl->nallocs;
-	uint64_t used = sl->ext_pages << sl->page_shift;
-	for (unsigned c = 0; c < KVSHM_SLAB_NCLASSES; c++)
+	uint64_t used = sl->ext_pages << sl->page_shift, objs = 0;
+	for (unsigned c = 0; c < KVSHM_SLAB_NCLASSES; c++) {
 		used += sl->objs[c] * sl->cls[c].size;
+		objs += sl->objs[c];
+	}
 	st->used_bytes = used;
 	for (int b = (int)KVSHM_SLAB_NBINS - 1; b >= 0; b--) {
 		if (!sl->bins[b])
@@ -963,7 +966,10 @@ void kvshm__slab_stats(struct kvshm__seg *s, struct kvshm__slab *sl, struct kvsh
 	kvshm__lock_release(s, &sl->lk);
 	uint64_t free_bytes = st->free_pages * st->page_size;
 	st->ext_frag = free_bytes ? 1.0 - (double)st->largest_free / (double)free_bytes : 0.0;
-	st->int_frag = used ? 1.0 - (double)(st->req_bytes + st->nallocs * KVSHM_AHDR_SIZE) / (double)used : 0.0;
+	/* Headers are overhead the caller asked for implicitly: 16 bytes per
+	 * object, 64 per extent (its data starts 64 bytes in). */
+	uint64_t overhead = objs * KVSHM_AHDR_SIZE + (st->nallocs - objs) * KVSHM_EXT_DATA;
+	st->int_frag = used ? 1.0 - (double)(st->req_bytes + overhead) / (double)used : 0.0;
 }
 
 /* ---- giving memory back ---------------------------------------------------------- */

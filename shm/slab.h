@@ -13,7 +13,9 @@
  * carved into objects of one size class, with a free bitmap at its start;
  * pages with free objects sit on the class's partial list.
  *
- * Every allocation starts with a 16-byte header naming its owner:
+ * Every allocation is preceded by a 16-byte header naming its owner (for
+ * extents it sits at byte 48 of the first page, so the caller's bytes are
+ * 64-byte aligned):
  *   owner: (kind << 56) | ...  — KVSHM_OWNER_SLOT(idx, gen) while a process
  *          fills it, or a caller-defined owner (e.g. a cache entry) once
  *          handed over;
@@ -37,6 +39,10 @@
 #define KVSHM_SLAB_NCLASSES 13u  /* 32 B .. 2 KiB objects, ×1.5 steps */
 #define KVSHM_SLAB_NBINS 256u    /* 16 exact + 8 per power of two up to 2^32 pages */
 #define KVSHM_AHDR_SIZE 16u      /* allocation header */
+#define KVSHM_EXT_DATA 64u       /* an extent's bytes start 64 B into its first page
+				  * (header just before), so big values are cache-line
+				  * aligned for memcpy and for structures with 64-byte
+				  * members; small objects are 16-byte aligned */
 
 /* Owner words. Kind 0 is free; SLOT is known here; others belong to callers. */
 #define KVSHM_OWNER_KIND(o) ((uint32_t)((o) >> 56))

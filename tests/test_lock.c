@@ -48,7 +48,8 @@ static int setup(void **st)
 	uint64_t off;
 	if (kvshm__proc_claim(f.t.seg, f.t.tab, 0, &f.t.me, &f.t.me_gen) < 0)
 		return -1;
-	if (kvshm__slab_alloc(f.t.seg, f.t.slab, f.t.me, sizeof(struct guarded), &off) < 0)
+	/* An extent (over 2 KiB): 64-byte aligned, as the lock needs. */
+	if (kvshm__slab_alloc(f.t.seg, f.t.slab, f.t.me, KVSHM_MAX(sizeof(struct guarded), 4000), &off) < 0)
 		return -1;
 	f.g = kvshm__at(f.t.seg, off, sizeof(struct guarded));
 	memset(f.g, 0, sizeof(*f.g));

@@ -22,6 +22,7 @@
 
 #define PAGE 4096u
 #define HDR KVSHM_AHDR_SIZE
+#define XHDR KVSHM_EXT_DATA /* an extent's bytes start this far into its first page */
 /* Owners that are not slots: kept by the test process, or handed over by a
  * crashing child (so the parent can tell its own from the child's). */
 #define OWNER_KEEP(i) (((uint64_t)2 << 56) | (uint64_t)(i))
@@ -239,8 +240,12 @@ static const struct arec *alist_find(const struct alist *l, uint64_t off)
 static void assert_disjoint(struct tseg *t, const struct alist *l)
 {
 	for (size_t i = 0; i + 1 < l->n; i++) {
-		uint64_t end = l->v[i].off - HDR + kvshm__slab_footprint(t->slab, l->v[i].size);
-		if (l->v[i].off >= l->v[i + 1].off || end > l->v[i + 1].off - HDR)
+		/* An extent starts at its page, XHDR before its bytes; an
+		 * object HDR before them. */
+		uint64_t next = l->v[i + 1].off - (kvshm__slab_footprint(t->slab, l->v[i + 1].size) >= PAGE ? XHDR : HDR);
+		uint64_t start = l->v[i].off - (kvshm__slab_footprint(t->slab, l->v[i].size) >= PAGE ? XHDR : HDR);
+		uint64_t end = start + kvshm__slab_footprint(t->slab, l->v[i].size);
+		if (l->v[i].off >= l->v[i + 1].off || end > next)
 			fail_msg("allocations at %llu (%llu bytes) and %llu overlap",
 				 (unsigned long long)l->v[i].off, (unsigned long long)l->v[i].size,
 				 (unsigned long long)l->v[i + 1].off);
@@ -384,15 +389,15 @@ static void test_extent_sizes(void **st)
 	uint64_t offs[N], sizes[N], npg[N], ext = 0, req = 0;
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(pages); i++) {
 		uint64_t n = pages[i];
-		sizes[2 * i] = n == 1 ? class_size[KVSHM_SLAB_NCLASSES - 1] - HDR + 1 : (n - 1) * PAGE - HDR + 1;
-		sizes[2 * i + 1] = n * PAGE - HDR;
+		sizes[2 * i] = n == 1 ? class_size[KVSHM_SLAB_NCLASSES - 1] - HDR + 1 : (n - 1) * PAGE - XHDR + 1;
+		sizes[2 * i + 1] = n * PAGE - XHDR;
 		for (int k = 0; k < 2; k++) {
 			size_t j = 2 * i + (size_t)k;
 			npg[j] = n;
 			assert_int_equal(kvshm__slab_footprint(t->slab, sizes[j]), n * PAGE);
 			offs[j] = alloc_ok(t, sizes[j]);
 			verify_ok(t);
-			assert_int_equal((offs[j] - HDR - t->slab->data_off) % PAGE, 0);
+			assert_int_equal((offs[j] - XHDR - t->slab->data_off) % PAGE, 0);
 			assert_int_equal(kvshm__slab_size(t->seg, t->slab, offs[j]), sizes[j]);
 			struct kvshm__pte *p = pte_of(t, page_of(t, offs[j]));
 			assert_int_equal(p->kind, KVSHM_PTE_EXT);
@@ -443,7 +448,7 @@ static void test_max_alloc_takes_everything(void **st)
 	fix_up(&f, "maxalloc", 1 << 20, false);
 	struct tseg *t = &f.t;
 	uint64_t max = kvshm__slab_max_alloc(t->slab);
-	assert_int_equal(max, t->slab->npages * PAGE - HDR);
+	assert_int_equal(max, t->slab->npages * PAGE - XHDR);
 	uint64_t off = alloc_ok(t, max);
 	verify_ok(t);
 	struct kvshm__slab_stats s = stats_of(t);
@@ -653,7 +658,7 @@ static void test_full_data_area(void **st)
 	 * single pages, until nothing is left. */
 	offs[n] = alloc_kept(t, 10, OWNER_KEEP(n));
 	sizes[n++] = 10;
-	uint64_t try_sizes[] = {16 * PAGE - HDR, PAGE - HDR};
+	uint64_t try_sizes[] = {16 * PAGE - XHDR, PAGE - XHDR};
 	for (size_t k = 0; k < KVSHM_ARRAY_LEN(try_sizes); k++) {
 		for (;;) {
 			uint64_t off;
@@ -674,7 +679,7 @@ static void test_full_data_area(void **st)
 	assert_int_equal(full.largest_free, 0);
 	verify_ok(t);
 
-	uint64_t refused[] = {PAGE - HDR, 100, 2000, 5 * PAGE, kvshm__slab_max_alloc(t->slab)};
+	uint64_t refused[] = {PAGE - XHDR, 100, 2000, 5 * PAGE, kvshm__slab_max_alloc(t->slab)};
 	for (size_t k = 0; k < KVSHM_ARRAY_LEN(refused); k++) {
 		uint64_t off = 0;
 		uint64_t size = refused[k];
@@ -696,7 +701,7 @@ static void test_full_data_area(void **st)
 		check_fill(t, offs[i], sizes[i], (uint64_t)i);
 	/* Freeing one extent makes room again. */
 	free_kept(t, offs[n - 1], OWNER_KEEP(n - 1));
-	uint64_t again = alloc_ok(t, PAGE - HDR);
+	uint64_t again = alloc_ok(t, PAGE - XHDR);
 	assert_int_equal(again, offs[n - 1]);
 	free_ok(t, again);
 	for (int i = 0; i < n - 1; i++) {
@@ -757,20 +762,20 @@ static void test_bogus_free(void **st)
 	/* Page 0 first holds a value whose bytes look like an allocation
 	 * header where object 3 of a 128-byte slab page will lie; freed, it
 	 * becomes that slab page (the object is never allocated). */
-	uint64_t x = alloc_ok(t, PAGE - HDR);
-	struct kvshm__ahdr *fake = kvshm__at(t->seg, x - HDR + sl->cls[4].first + 3 * 128, HDR);
+	uint64_t x = alloc_ok(t, PAGE - XHDR);
+	struct kvshm__ahdr *fake = kvshm__at(t->seg, x - XHDR + sl->cls[4].first + 3 * 128, HDR);
 	fake->owner = OWNER_KEEP(1);
 	fake->size = 100 | KVSHM_AHDR_MAGIC;
 	free_ok(t, x);
 	uint64_t obj = alloc_ok(t, 100);              /* 128-byte class */
 	assert_int_equal(sl->cls[4].size, 128);
-	assert_int_equal(obj, x + sl->cls[4].first);  /* object 0 of page 0 */
-	uint64_t ext = alloc_ok(t, 3 * PAGE - HDR);   /* 3 pages */
+	assert_int_equal(obj, x - XHDR + HDR + sl->cls[4].first);  /* object 0 of page 0 */
+	uint64_t ext = alloc_ok(t, 3 * PAGE - XHDR);   /* 3 pages */
 	uint64_t gone_obj = alloc_ok(t, 100);
 	uint64_t gone_ext = alloc_ok(t, 2 * PAGE);
 	free_ok(t, gone_obj);
 	free_ok(t, gone_ext);
-	fill(t, ext, 3 * PAGE - HDR, 1);
+	fill(t, ext, 3 * PAGE - XHDR, 1);
 	fill(t, obj, 100, 2);
 	uint64_t obj_page = sl->data_off + page_of(t, obj) * PAGE;
 	uint64_t end = sl->data_off + sl->npages * PAGE;
@@ -832,7 +837,7 @@ static void test_bogus_free(void **st)
 	free_ok(t, obj);
 	assert_int_equal(kvshm__slab_free(t->seg, sl, t->me, obj), KVSHM_ECORRUPT);
 	assert_null(kvshm__slab_hdr(t->seg, sl, obj));
-	check_fill(t, ext, 3 * PAGE - HDR, 1);
+	check_fill(t, ext, 3 * PAGE - XHDR, 1);
 	free_ok(t, ext);
 	assert_int_equal(kvshm__slab_free(t->seg, sl, t->me, ext), KVSHM_ECORRUPT);
 	assert_null(kvshm__slab_hdr(t->seg, sl, ext));
@@ -1250,14 +1255,14 @@ static void test_fragmentation_stats(void **st)
 	bool freed[MAXN] = {false};
 	int n = 0, nk, err;
 	/* Fill the area: extents of K pages, then single pages. */
-	while ((err = kvshm__slab_alloc(t->seg, t->slab, t->me, K * PAGE - HDR, &off)) == 0) {
+	while ((err = kvshm__slab_alloc(t->seg, t->slab, t->me, K * PAGE - XHDR, &off)) == 0) {
 		assert_true(n < MAXN);
 		assert_int_equal(give(t, off, OWNER_KEEP(n)), 0);
 		offs[n++] = off;
 	}
 	assert_int_equal(err, KVSHM_ENOSPACE);
 	nk = n;
-	while ((err = kvshm__slab_alloc(t->seg, t->slab, t->me, PAGE - HDR, &off)) == 0) {
+	while ((err = kvshm__slab_alloc(t->seg, t->slab, t->me, PAGE - XHDR, &off)) == 0) {
 		assert_true(n < MAXN);
 		assert_int_equal(give(t, off, OWNER_KEEP(n)), 0);
 		offs[n++] = off;
@@ -1299,16 +1304,16 @@ static void test_fragmentation_stats(void **st)
 	assert_pristine(t);
 
 	/* Internal fragmentation: exact fits waste nothing, odd sizes do. */
-	uint64_t a = alloc_ok(t, 32 - HDR), b = alloc_ok(t, 2 * PAGE - HDR);
+	uint64_t a = alloc_ok(t, 32 - HDR), b = alloc_ok(t, 2 * PAGE - XHDR);
 	s = stats_of(t);
 	assert_true(s.int_frag == 0.0);
 	assert_int_equal(s.used_bytes, 32 + 2 * PAGE);
 	uint64_t c = alloc_ok(t, 17), d = alloc_ok(t, PAGE + 1);
 	s = stats_of(t);
 	assert_int_equal(s.used_bytes, 32 + 2 * PAGE + 48 + 2 * PAGE);
-	assert_int_equal(s.req_bytes, 16 + 2 * PAGE - HDR + 17 + PAGE + 1);
+	assert_int_equal(s.req_bytes, 16 + 2 * PAGE - XHDR + 17 + PAGE + 1);
 	assert_true(s.int_frag > 0.0);
-	double wi = 1.0 - (double)(s.req_bytes + 4 * HDR) / (double)s.used_bytes;
+	double wi = 1.0 - (double)(s.req_bytes + 2 * HDR + 2 * XHDR) / (double)s.used_bytes;
 	assert_true(s.int_frag > wi - 1e-9 && s.int_frag < wi + 1e-9);
 	free_ok(t, a);
 	free_ok(t, b);
@@ -1329,12 +1334,12 @@ static void test_largest_free_is_largest_run(void **st)
 	enum { MAXN = 300 };
 	uint64_t offs[MAXN], off;
 	int n = 0, err;
-	const uint64_t first[] = {17 * PAGE - HDR, PAGE - HDR, 16 * PAGE - HDR};
+	const uint64_t first[] = {17 * PAGE - XHDR, PAGE - XHDR, 16 * PAGE - XHDR};
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(first); i++) {
 		offs[n] = alloc_kept(t, first[i], OWNER_KEEP(n));
 		n++;
 	}
-	while ((err = kvshm__slab_alloc(t->seg, t->slab, t->me, PAGE - HDR, &off)) == 0) {
+	while ((err = kvshm__slab_alloc(t->seg, t->slab, t->me, PAGE - XHDR, &off)) == 0) {
 		assert_true(n < MAXN);
 		assert_int_equal(give(t, off, OWNER_KEEP(n)), 0);
 		offs[n++] = off;
@@ -1376,7 +1381,7 @@ static int crash_grandchild(void *p)
 	if (kvshm__proc_claim(t->seg, t->tab, 0, &idx, &gen) < 0)
 		return 1;
 	if (kvshm__slab_alloc(t->seg, t->slab, idx, 1500, &a) < 0 ||
-	    kvshm__slab_alloc(t->seg, t->slab, idx, 5 * PAGE - HDR, &b) < 0)
+	    kvshm__slab_alloc(t->seg, t->slab, idx, 5 * PAGE - XHDR, &b) < 0)
 		return 2;
 	return 0; /* exits owning both */
 }
@@ -1410,9 +1415,9 @@ static int crash_scenario(void *p)
 	A(1500, o1);
 	A(1500, o2);
 	A(1500, o3);
-	A(2 * PAGE - HDR, e1);
-	A(3 * PAGE - HDR, e2);
-	A(2 * PAGE - HDR, e3);
+	A(2 * PAGE - XHDR, e1);
+	A(3 * PAGE - XHDR, e2);
+	A(2 * PAGE - XHDR, e3);
 	if (give(&t, o2, OWNER_CHILD(2)) < 0 || give(&t, e2, OWNER_CHILD(5)) < 0)
 		return 13;
 	F(o3);
@@ -1562,9 +1567,9 @@ static void test_crash_enumeration(void **st)
 	if (npoints <= 0)
 		fail_msg("no slab.* crash points listed: run `make build/crashpoints.list`");
 	/* The parent's own allocations, which must come through untouched. */
-	uint64_t p0 = alloc_kept(t, 2 * PAGE - HDR, OWNER_KEEP(0));
+	uint64_t p0 = alloc_kept(t, 2 * PAGE - XHDR, OWNER_KEEP(0));
 	uint64_t p1 = alloc_kept(t, 10, OWNER_KEEP(1));
-	fill(t, p0, 2 * PAGE - HDR, 100);
+	fill(t, p0, 2 * PAGE - XHDR, 100);
 	fill(t, p1, 10, 101);
 	struct kvshm__slab_stats base = stats_of(t);
 	struct alist base_list = {0};
@@ -1599,7 +1604,7 @@ static void test_crash_enumeration(void **st)
 			break;
 		kills++;
 	}
-	check_fill(t, p0, 2 * PAGE - HDR, 100);
+	check_fill(t, p0, 2 * PAGE - XHDR, 100);
 	check_fill(t, p1, 10, 101);
 	int hit = 0;
 	for (int i = 0; i < npoints; i++) {
