@@ -19,7 +19,9 @@ exec_prefix  ?= $(prefix)
 bindir       ?= $(exec_prefix)/bin
 libdir       ?= $(exec_prefix)/lib
 includedir   ?= $(prefix)/include
-mandir       ?= $(prefix)/share/man
+datadir      ?= $(prefix)/share
+mandir       ?= $(datadir)/man
+systemdunitdir ?= $(prefix)/lib/systemd/system
 pkgconfigdir ?= $(libdir)/pkgconfig
 DESTDIR      ?=
 
@@ -88,13 +90,16 @@ $(B)/libkvshm-tst.a: $(TST_OBJS)
 $(B)/libkvshm-san.a: $(SAN_OBJS)
 	$(AR) rcs $@ $^
 
-$(B)/kvshm.pc: Makefile
-	@mkdir -p $(@D)
-	printf '%s\n' 'prefix=$(prefix)' 'exec_prefix=$(exec_prefix)' \
+# The .pc names the install prefix: written again by `install` for the
+# prefix given there.
+PC_LINES = 'prefix=$(prefix)' 'exec_prefix=$(exec_prefix)' \
 	  'libdir=$(libdir)' 'includedir=$(includedir)' '' \
 	  'Name: kvshm' 'Description: crash-proof shared-memory prefix cache' \
 	  'Version: $(VERSION)' 'Requires.private: $(PKGS)' \
-	  'Libs: -L$${libdir} -lkvshm' 'Libs.private: -lm -pthread' 'Cflags: -I$${includedir}' > $@
+	  'Libs: -L$${libdir} -lkvshm' 'Libs.private: -lm -pthread' 'Cflags: -I$${includedir}'
+$(B)/kvshm.pc: Makefile
+	@mkdir -p $(@D)
+	printf '%s\n' $(PC_LINES) > $@
 
 # ---- tools (release) ---------------------------------------------------------
 $(B)/bin/%: tools/%.c $(TOOL_UTIL) tools/util.h $(B)/libkvshm.a $(LIB_HDRS)
@@ -185,10 +190,13 @@ install: all
 	ln -sf libkvshm.so.$(VERSION) $(DESTDIR)$(libdir)/libkvshm.so.$(SOVERSION)
 	ln -sf libkvshm.so.$(VERSION) $(DESTDIR)$(libdir)/libkvshm.so
 	install -m 644 include/kvshm.h $(DESTDIR)$(includedir)/
-	install -m 644 $(B)/kvshm.pc $(DESTDIR)$(pkgconfigdir)/
+	printf '%s\n' $(PC_LINES) > $(DESTDIR)$(pkgconfigdir)/kvshm.pc
 	for t in $(TOOLS); do install -m 755 $(B)/bin/$$t $(DESTDIR)$(bindir)/; done
 	for m in $(wildcard man/*.1); do install -m 644 $$m $(DESTDIR)$(mandir)/man1/; done
 	for m in $(wildcard man/*.8); do install -m 644 $$m $(DESTDIR)$(mandir)/man8/; done
+	install -d $(DESTDIR)$(datadir)/bash-completion/completions $(DESTDIR)$(systemdunitdir)
+	install -m 644 dist/shmctl.bash-completion $(DESTDIR)$(datadir)/bash-completion/completions/shmctl
+	sed 's|/usr/local/bin|$(bindir)|' dist/kvshm-reaper@.service > $(DESTDIR)$(systemdunitdir)/kvshm-reaper@.service
 
 uninstall:
 	rm -f $(DESTDIR)$(libdir)/libkvshm.a $(DESTDIR)$(libdir)/libkvshm.so*
@@ -196,6 +204,7 @@ uninstall:
 	for t in $(TOOLS); do rm -f $(DESTDIR)$(bindir)/$$t; done
 	for m in $(notdir $(wildcard man/*.1)); do rm -f $(DESTDIR)$(mandir)/man1/$$m; done
 	for m in $(notdir $(wildcard man/*.8)); do rm -f $(DESTDIR)$(mandir)/man8/$$m; done
+	rm -f $(DESTDIR)$(datadir)/bash-completion/completions/shmctl $(DESTDIR)$(systemdunitdir)/kvshm-reaper@.service
 
 clean:
 	rm -rf $(B)
