@@ -95,7 +95,7 @@ $(B)/libkvshm-san.a: $(SAN_OBJS)
 PC_LINES = 'prefix=$(prefix)' 'exec_prefix=$(exec_prefix)' \
 	  'libdir=$(libdir)' 'includedir=$(includedir)' '' \
 	  'Name: kvshm' 'Description: crash-proof shared-memory prefix cache' \
-	  'Version: $(VERSION)' 'Requires.private: $(PKGS)' \
+	  'Version: $(VERSION)' 'Requires.private: libbsd tdb libxxhash' \
 	  'Libs: -L$${libdir} -lkvshm' 'Libs.private: -lm -pthread' 'Cflags: -I$${includedir}'
 $(B)/kvshm.pc: Makefile
 	@mkdir -p $(@D)
