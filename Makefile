@@ -137,6 +137,7 @@ test:
 	@sh scripts/deps.sh build
 	@$(MAKE) --no-print-directory all $(TESTS:%=$(B)/tst/tests/%) $(TOOLS:%=$(B)/tst/bin/%) $(B)/crashpoints.list
 	@sh tests/run.sh $(B)/tst $(TESTS)
+	@sh tests/install_test.sh
 
 # The README's first command: a pre-forked worker pool on a fresh cache.
 demo:
