@@ -18,6 +18,10 @@ KVSHM_EXTERN int kvshm_procs(kvshm *h, int (*fn)(const kvshm_proc_info *p, void 
 		return err;
 	if (!fn)
 		return kvshm__fail(-EINVAL, "procs: callback is NULL");
+	/* The reaper's slot is the one the header names (kvshm_reaper_start
+	 * records it there; a slot claimed after a fork carries the flag). */
+	uint32_t reaper_pid = atomic_load(&h->hdr->reaper_pid);
+	uint32_t reaper_slot = atomic_load(&h->hdr->reaper_slot);
 	for (uint32_t i = 0; i < h->tab->nslots; i++) {
 		const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, i);
 		const struct kvshm__slotx *x = kvshm__slotx(h, i);
@@ -27,7 +31,8 @@ KVSHM_EXTERN int kvshm_procs(kvshm *h, int (*fn)(const kvshm_proc_info *p, void 
 		kvshm_proc_info p = {
 			.slot = i, .pid = sl->pid, .start_time = sl->start_time, .attach_ns = sl->attach_ns,
 			.state = state == KVSHM_SLOT_LIVE ? 1 : 2,
-			.reaper = (sl->flags & KVSHM_SLOT_F_REAPER) != 0,
+			.reaper = (sl->flags & KVSHM_SLOT_F_REAPER) != 0 ||
+				  (reaper_pid && reaper_slot == i + 1 && sl->pid == reaper_pid),
 		};
 		p.alive = kvshm__proc_alive(sl->pid, sl->start_time, NULL) == 1;
 		for (unsigned k = 0; k < KVSHM_PIN_RECORDS; k++)
@@ -72,6 +77,18 @@ KVSHM_EXTERN int kvshm_find_key(kvshm *h, const uint8_t key[16], int tier, kvshm
 
 /* ---- offline check of a file-tier directory --------------------------------------------- */
 
+/* A row to add for a valid unindexed file (repair). */
+struct adopt {
+	uint8_t key[16];
+	struct kvshm__irow row;
+};
+
+/*
+ * The index is only read while the files and then its rows are counted,
+ * so that the report describes the directory as found, the same with or
+ * without repair; the repairs of the index (rows dropped, rows added) come
+ * after, and are counted as they succeed.
+ */
 struct fsck {
 	const char *dir;
 	int repair;
@@ -80,6 +97,8 @@ struct fsck {
 	kvshm *hk;            /* a key-only handle: cfg (seed, chunk) and secret */
 	uint8_t (*seen)[16];  /* valid files' keys */
 	size_t nseen, capseen;
+	struct adopt *add;    /* rows to add when repairing */
+	size_t nadd, capadd;
 };
 
 static void problem(struct fsck *f, const char *msg)
@@ -133,6 +152,17 @@ static int row_collect(const uint8_t key[16], const struct kvshm__irow *row, voi
 	return 0;
 }
 
+static int grow_adopt(struct fsck *f)
+{
+	size_t nc = f->capadd ? f->capadd * 2 : 64;
+	void *q = realloc(f->add, nc * sizeof(*f->add));
+	if (!q)
+		return -ENOMEM;
+	f->add = q;
+	f->capadd = nc;
+	return 0;
+}
+
 static void check_file(struct fsck *f, const char *path, const char *name, int bucket)
 {
 	kvshm_fsck_report *rep = f->rep;
@@ -154,11 +184,10 @@ static void check_file(struct fsck *f, const char *path, const char *name, int b
 		rep->invalid++;
 		snprintf(msg, sizeof(msg), "%s", named ? kvshm_last_error() : path);
 		problem(f, msg);
-		if (f->repair && unlink(path) == 0) {
+		/* Its row, if any, is one without a valid file: the row pass
+		 * counts and drops it. */
+		if (f->repair && unlink(path) == 0)
 			rep->removed++;
-			if (named && f->ix)
-				kvshm__idx_del(f->ix, key);
-		}
 		kvshm__fmeta_free(&m);
 		return;
 	}
@@ -168,20 +197,20 @@ static void check_file(struct fsck *f, const char *path, const char *name, int b
 		rep->files_without_row++;
 		snprintf(msg, sizeof(msg), "%s: valid but not indexed", path);
 		problem(f, msg);
-		if (f->repair) {
-			memset(&row, 0, sizeof(row));
-			row.version = 1;
-			row.tier = m.tier;
-			row.reason = m.reason;
-			row.ntokens = m.ntokens;
-			row.crc = m.payload_crc;
-			row.payload_len = m.payload_len;
-			row.file_size = m.file_size;
-			row.created_ns = m.created_ns;
-			row.saved_ns = m.saved_ns;
-			memcpy(row.fingerprint, m.model.fingerprint, 32);
-			if (kvshm__idx_put(f->ix, key, &row) == 0)
-				rep->adopted++;
+		if (f->repair && (f->nadd < f->capadd || grow_adopt(f) == 0)) {
+			struct adopt *a = &f->add[f->nadd++];
+			memset(a, 0, sizeof(*a));
+			memcpy(a->key, key, 16);
+			a->row.version = 1;
+			a->row.tier = m.tier;
+			a->row.reason = m.reason;
+			a->row.ntokens = m.ntokens;
+			a->row.crc = m.payload_crc;
+			a->row.payload_len = m.payload_len;
+			a->row.file_size = m.file_size;
+			a->row.created_ns = m.created_ns;
+			a->row.saved_ns = m.saved_ns;
+			memcpy(a->row.fingerprint, m.model.fingerprint, 32);
 		}
 	}
 	kvshm__fmeta_free(&m);
@@ -276,6 +305,9 @@ KVSHM_EXTERN int kvshm_fsck(const char *dir, int repair, kvshm_fsck_report *rep_
 				if (kvshm__idx_del(f.ix, dr.k[i]) == 0)
 					rep.rows_dropped++;
 			free(dr.k);
+			for (size_t i = 0; i < f.nadd; i++)
+				if (kvshm__idx_put(f.ix, f.add[i].key, &f.add[i].row) == 0)
+					rep.adopted++;
 		}
 		if (kvshm__idx_commit(f.ix) < 0)
 			goto index_fail;
@@ -291,6 +323,7 @@ out:
 	if (f.ix)
 		kvshm__idx_close(f.ix);
 	free(f.seen);
+	free(f.add);
 	if (rep_out)
 		*rep_out = rep;
 	return err;

@@ -115,6 +115,8 @@ static int check_slots(kvshm *h, const uint8_t *alive, uint32_t *pins)
 				return V("slot %u records a reservation of entry %u that it does not hold", i, r->entry - 1);
 		}
 		if (sl->state == KVSHM_SLOT_FREE) {
+			if (x->reconciling)
+				return V("free slot %u is marked reconciling", i);
 			for (unsigned k = 0; k < KVSHM_MAX_SEMS; k++)
 				if (sl->sem_held[k])
 					return V("free slot %u holds writer-semaphore units", i);
@@ -284,8 +286,10 @@ static int check_files(kvshm *h, unsigned flags, const struct fents *files)
 		if (err == 0 && !(flags & KVSHM_CHECK_QUICK))
 			err = kvshm__file_check_payload(fd, path, &m);
 		close(fd);
-		if (err < 0)
+		if (err < 0) {
+			kvshm__fmeta_free(&m); /* the meta read, the payload did not check */
 			return V("entry %u: its file does not validate (%s)", f->idx, kvshm_last_error());
+		}
 		bool same = memcmp(m.key, f->key, 16) == 0 && m.file_size == f->footprint && m.payload_len == f->len &&
 			    m.payload_crc == f->csum;
 		kvshm__fmeta_free(&m);

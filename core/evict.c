@@ -87,16 +87,31 @@ int64_t kvshm__entry_drop(kvshm *h, uint32_t s, uint32_t idx, uint32_t gen, unsi
 	uint64_t fp = e->footprint, blob = 0;
 	int tier = e->tier;
 	uint64_t key[2] = {e->key[0], e->key[1]};
-	if (e->gen == gen && evictable(e, mask))
-		blob = kvshm__entry_remove_locked(h, s, idx, h->me);
+	bool hidden = false;
+	if (e->gen == gen && evictable(e, mask)) {
+		if (tier == KVSHM_TIER_RAM)
+			blob = kvshm__entry_remove_locked(h, s, idx, h->me);
+		else
+			hidden = kvshm__file_hide_locked(h, s, idx);
+	}
 	kvshm__shard_unlock(h, s);
+	if (hidden) {
+		/* A file entry goes after its index row and file, as a
+		 * reservation of ours meanwhile (core/tier.c). */
+		KVSHM_CRASH_POINT("file.drop.hidden");
+		kvshm__file_forget(h, tier, key);
+		if ((err = kvshm__shard_lock(h, s)) < 0)
+			return err;
+		if (e->gen == gen && e->owner == h->me && e->owner_gen == h->me_gen &&
+		    (e->state == KVSHM_E_RESERVED || e->state == KVSHM_E_EXPIRED))
+			blob = kvshm__entry_remove_locked(h, s, idx, h->me);
+		kvshm__shard_unlock(h, s);
+	}
 	if (!blob)
 		return 0;
 	KVSHM_CRASH_POINT("evict.removed");
 	kvshm__slab_free(h->seg, h->slab, h->me, blob);
 	kvshm__futex_bump_wake(&h->shards[s].seq, INT32_MAX);
-	if (tier != KVSHM_TIER_RAM)
-		kvshm__file_forget(h, tier, key);
 	return (int64_t)fp;
 }
 

@@ -90,6 +90,10 @@ int kvshm__file_read_meta(const kvshm *h, int fd, const char *path, struct kvshm
 /* CRC32C the payload of an open file (pread in 1 MiB blocks) against meta. */
 int kvshm__file_check_payload(int fd, const char *path, const struct kvshm__fmeta *m);
 void kvshm__fmeta_free(struct kvshm__fmeta *m);
+/* Rewrite the KEY tag of a file that read_meta accepted (and its meta CRC):
+ * re-keying under another hash seed. Two writes, not atomic: a crash
+ * between them leaves a file that fails validation. */
+int kvshm__file_rekey(int fd, const char *path, const uint8_t key[16]);
 
 /* Paths. */
 void kvshm__key_hex(const uint8_t key[16], char out[33]);

@@ -3,6 +3,7 @@
  * The format is described in core/file.h.
  */
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -259,6 +260,44 @@ int kvshm__file_check_payload(int fd, const char *path, const struct kvshm__fmet
 	if (crc != m->payload_crc)
 		return BAD("%s: payload checksum mismatch (CRC32C %08x, header %08x)", path, crc, m->payload_crc);
 	return 0;
+}
+
+int kvshm__file_rekey(int fd, const char *path, const uint8_t key[16])
+{
+	struct kvshm__fhdr h;
+	uint8_t *tags = NULL;
+	int err = BAD("%s: no KEY tag to rewrite", path);
+	if (pread(fd, &h, sizeof(h), 0) != sizeof(h) || h.tags_len > MAX_TAGS_LEN || (h.tags_len & 7))
+		return BAD("%s: header unreadable", path);
+	if (!(tags = malloc(h.tags_len ? h.tags_len : 1)))
+		return kvshm__fail(-ENOMEM, "tags of %s", path);
+	if (pread(fd, tags, h.tags_len, KVSHM_FILE_HDR) != (ssize_t)h.tags_len) {
+		err = BAD("%s: tags unreadable", path);
+		goto out;
+	}
+	for (uint64_t p = 0; p + TAG_HDR <= h.tags_len;) {
+		uint16_t tag;
+		uint32_t len;
+		memcpy(&tag, tags + p, 2);
+		memcpy(&len, tags + p + 4, 4);
+		if (len > h.tags_len - p - TAG_HDR)
+			break;
+		if (tag == KVSHM_TAG_KEY && len == 16) {
+			memcpy(tags + p + TAG_HDR, key, 16);
+			h.meta_crc = 0;
+			h.meta_crc = kvshm__crc32c(kvshm__crc32c(0, &h, sizeof(h)), tags, h.tags_len);
+			if (pwrite(fd, tags + p + TAG_HDR, 16, (off_t)(KVSHM_FILE_HDR + p + TAG_HDR)) != 16 ||
+			    pwrite(fd, &h.meta_crc, 4, offsetof(struct kvshm__fhdr, meta_crc)) != 4)
+				err = kvshm__fail(errno ? -errno : -EIO, "rewrite the key of %s", path);
+			else
+				err = 0;
+			break;
+		}
+		p += tag_size(len);
+	}
+out:
+	free(tags);
+	return err;
 }
 
 /* ---- paths ------------------------------------------------------------------------------ */

@@ -217,13 +217,18 @@ int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy);
 void kvshm__file_unmap(kvshm_pin *pin);
 /* After a file entry left the index: delete its file and index row. */
 void kvshm__file_forget(kvshm *h, int tier, const uint64_t key[2]);
+/* Turn ready file entry idx (shard lock held, unpinned) into a reservation
+ * of ours while its row and file are deleted: false when our reservation
+ * records are full (then nothing changed). */
+bool kvshm__file_hide_locked(kvshm *h, uint32_t s, uint32_t idx);
 /* Reclaim a dead writer's file reservation (entry idx, shard s): validate
  * and adopt a linked file, or remove it and the temporary file. */
 int kvshm__file_reclaim(kvshm *h, uint32_t dead, uint32_t dead_gen, uint32_t idx);
 /* Save a pinned RAM entry's value to the demotion tier (reason EVICT). */
 int kvshm__demote(kvshm *h, uint32_t idx);
 /* Insert a READY file entry for a valid file (reconcile, adoption):
- * 1 when inserted, 0 when the segment already had it. */
+ * 1 when inserted, 0 when the segment already had it, KVSHM_EINPROGRESS
+ * when its key is being saved or dropped, -ENOENT when the file is gone. */
 int kvshm__file_adopt(kvshm *h, int tier, const struct kvshm__fmeta *m);
 
 /* ---- reclaim (core/reclaim.c) ----------------------------------------------------------- */

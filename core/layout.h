@@ -168,6 +168,9 @@ struct kvshm__resrec {
 struct kvshm__slotx {
 	struct kvshm__pinrec pins[KVSHM_PIN_RECORDS]; /* the last is copy-out's own */
 	struct kvshm__resrec res[KVSHM_MAX_RES];
+	uint32_t reconciling; /* tier bits of reconciliations in progress: a dead
+			       * reconciler's are finished by its reclaimer */
+	uint32_t pad;
 };
 
 /* ---- shards and entries --------------------------------------------------------- */

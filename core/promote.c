@@ -232,17 +232,20 @@ KVSHM_EXTERN int kvshm_promote(kvshm *h, const kvshm_promote_config *pc, size_t 
 	}
 	if (cand.n == 0)
 		goto out;
-	/* A file entry already copied up is no candidate. */
+	/* A file entry already copied up is no candidate, whatever the
+	 * cooldown: it leaves the list (ids still name cand.it). */
 	struct item *keys = malloc((res.n + 1) * sizeof(*keys));
 	if (!keys) {
 		err = kvshm__fail(-ENOMEM, "promote");
 		goto out;
 	}
-	memcpy(keys, res.it, res.n * sizeof(*keys));
+	if (res.n) /* res.it is NULL when RAM holds nothing */
+		memcpy(keys, res.it, res.n * sizeof(*keys));
 	qsort(keys, res.n, sizeof(*keys), cmp_key);
+	size_t ncand = 0;
 	for (size_t i = 0; i < cand.n; i++)
-		if (res.n && bsearch(&cand.it[i], keys, res.n, sizeof(*keys), cmp_key))
-			cand.c[i].since_move_s = 0.0; /* cooling: never a candidate */
+		if (!res.n || !bsearch(&cand.it[i], keys, res.n, sizeof(*keys), cmp_key))
+			cand.c[ncand++] = cand.c[i];
 	free(keys);
 
 	uint64_t used = kvshm__tier_bytes(h, KVSHM_TIER_RAM), quota = h->cfg->quota[KVSHM_TIER_RAM];
@@ -253,7 +256,7 @@ KVSHM_EXTERN int kvshm_promote(kvshm *h, const kvshm_promote_config *pc, size_t 
 		err = kvshm__fail(-ENOMEM, "promote");
 		goto out;
 	}
-	size_t nm = kvshm_promote_plan(pc, res.c, res.n, cand.c, cand.n, free_bytes, prom, dem, max_moves);
+	size_t nm = kvshm_promote_plan(pc, res.c, res.n, cand.c, ncand, free_bytes, prom, dem, max_moves);
 	for (size_t i = 0; i < nm; i++) {
 		if (dem[i] != UINT32_MAX) {
 			const struct item *r = &res.it[dem[i]];

@@ -12,7 +12,8 @@
  *      handed to the dead slot's own allocation records;
  *   3. allocations: every allocation the dead slot still owns is freed
  *      (blobs it was filling, and those step 2 handed back);
- *   4. writer-semaphore units go back to the semaphore.
+ *   4. writer-semaphore units go back to the semaphore;
+ *   5. a reconciliation it was running is run again to the end.
  * The caller then frees the slot itself.
  */
 #include <limits.h>
@@ -141,6 +142,31 @@ static int settle_shards(kvshm *h)
 	return 0;
 }
 
+/*
+ * It died reconciling a file tier: that left adopted entries without their
+ * (uncommitted) rows, or committed rows without entries, recorded nowhere
+ * else. Run the reconciliation again, as ourselves, to the end. Last, so
+ * that what the dead slot held (a dropped entry it had reserved, blobs) is
+ * settled first.
+ */
+static int finish_reconciles(kvshm *h, struct kvshm__slotx *x)
+{
+	uint32_t bits = __atomic_load_n(&x->reconciling, __ATOMIC_ACQUIRE);
+	for (int t = KVSHM_TIER_RAM_FILE; bits && t < KVSHM_NTIERS; t++) {
+		if (!(bits & KVSHM_TIER_BIT(t)))
+			continue;
+		if (kvshm__tier_on(h, t)) {
+			if (h->me == UINT32_MAX) /* a sweep before our own slot: the next one does it */
+				return kvshm__fail(-EAGAIN, "reclaim: a reconciliation to finish needs a slot");
+			int err = kvshm_reconcile(h, t, NULL);
+			if (err < 0)
+				return err;
+		}
+		__atomic_fetch_and(&x->reconciling, ~KVSHM_TIER_BIT(t), __ATOMIC_ACQ_REL);
+	}
+	return 0;
+}
+
 int kvshm__reclaim_slot(struct kvshm__seg *seg, uint32_t idx, uint32_t gen, void *ctx)
 {
 	kvshm *h = ctx;
@@ -163,6 +189,8 @@ int kvshm__reclaim_slot(struct kvshm__seg *seg, uint32_t idx, uint32_t gen, void
 	if ((n = kvshm__sem_reclaim(h->seg, h->sem, idx, gen)) < 0)
 		return n;
 	kvshm__count(h, KVSHM_C_reclaimed_sem, (uint64_t)n);
+	if ((err = finish_reconciles(h, x)) < 0)
+		return err;
 	kvshm__count(h, KVSHM_C_reclaims, 1);
 	return 0;
 }

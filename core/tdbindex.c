@@ -319,13 +319,16 @@ int kvshm__idx_seed(struct kvshm__idx *ix, uint64_t seed, uint64_t *out)
 		TDB_DATA nv = {(unsigned char *)&seed, 8};
 		if (tdb_transaction_start(ix->tdb) != 0 || tdb_store(ix->tdb, k, nv, TDB_INSERT) != 0 ||
 		    tdb_transaction_commit(ix->tdb) != 0) {
+			/* Why it failed, before the cancel and the fetch below
+			 * replace TDB's error ("does not exist"). */
+			const char *why = tdb_errorstr(ix->tdb); /* a static string */
 			tdb_transaction_cancel(ix->tdb);
 			/* Another process may have stored it first. */
 			TDB_DATA again = tdb_fetch(ix->tdb, k);
 			if (again.dptr && again.dsize == 8)
 				memcpy(out, again.dptr, 8);
 			else
-				err = terr(ix, "store seed in");
+				err = kvshm__fail(KVSHM_ETDB, "store seed in %s: %s", ix->path, why);
 			free(again.dptr);
 		} else {
 			*out = seed;

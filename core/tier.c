@@ -16,8 +16,8 @@
  *   5. check the reservation is still ours (an expired one is given up);
  *   6. link the temporary file to its final name (EEXIST: a valid existing
  *      file is kept, an invalid one replaced), fsync the directory;
- *   7. mark the entry LINKED; 8. store its index row (TDB); 9. mark it
- *      READY; 10. unlink the temporary name and release the writer unit.
+ *   7. mark the entry LINKED; 8. store its index row (TDB); 9. unlink the
+ *      temporary name; 10. mark it READY and release the writer unit.
  *
  * A WRITER THAT DIES is cleaned up by stage, by the reaper or any sweeping
  * process (kvshm__file_reclaim): if the final file exists and validates
@@ -186,6 +186,17 @@ static int validate(kvshm *h, const char *path, const uint8_t key[16], bool full
 		kvshm__fmeta_free(m);
 	close(fd);
 	return err;
+}
+
+/* A file reservation becomes READY describing the file in place: ours, or
+ * a valid copy of the key that was there first, whose value may have
+ * another length than the one reserved (shard lock held). */
+static void mark_file_ready_locked(kvshm *h, uint32_t s, uint32_t idx, const struct kvshm__fmeta *m)
+{
+	struct kvshm__entry *e = &h->entries[idx];
+	if (e->len != m->payload_len)
+		kvshm__jset64(h->seg, &h->shards[s].lk, &e->len, m->payload_len);
+	kvshm__mark_ready_locked(h, s, idx, m->payload_crc, m->file_size);
 }
 
 static int fsync_dir_of(const char *path)
@@ -448,14 +459,18 @@ int kvshm__file_publish(kvshm *h, kvshm_reservation *r)
 	fill_row(&row, &meta, tier);
 	err = kvshm__idx_put(ix, key, &row);
 	KVSHM_CRASH_POINT("file.publish.indexed");
+	/* 9. The temporary name goes while the reservation still names it: a
+	 * READY entry records no writer, so a death after the mark would
+	 * leave it behind for good. */
+	unlink(tmp);
+	KVSHM_CRASH_POINT("file.publish.unlinked");
 	if (err == 0 && (e = kvshm__own_entry(h, r, &s, &err)) != NULL) {
-		kvshm__mark_ready_locked(h, s, idx, meta.payload_crc, meta.file_size);
+		mark_file_ready_locked(h, s, idx, &meta);
 		kvshm__shard_unlock(h, s);
 		kvshm__futex_bump_wake(&h->shards[s].seq, INT32_MAX);
 	}
 	kvshm__fmeta_free(&meta);
-	/* 10. Done with the temporary name and the writer unit. */
-	unlink(tmp);
+	/* 10. Done with the writer unit. */
 	close(fd);
 	kvshm__sem_release(h->seg, h->sem, h->me);
 	if (err < 0)
@@ -515,7 +530,7 @@ int kvshm__file_reclaim(kvshm *h, uint32_t dead, uint32_t dead_gen, uint32_t idx
 	if (e->gen == gen && e->owner == dead && e->owner_gen == dead_gen &&
 	    (e->state == KVSHM_E_RESERVED || e->state == KVSHM_E_EXPIRED)) {
 		if (adopt) {
-			kvshm__mark_ready_locked(h, s, idx, meta.payload_crc, meta.file_size);
+			mark_file_ready_locked(h, s, idx, &meta);
 		} else if (!kvshm__entry_remove_locked(h, s, idx, dead)) {
 			err = -EAGAIN; /* the dead slot's records are full: the caller frees them first */
 		}
@@ -549,6 +564,42 @@ void kvshm__file_forget(kvshm *h, int tier, const uint64_t key[2])
 	KVSHM_CRASH_POINT("file.forget.unindexed");
 	if (kvshm__file_path(h->cfg->dir[tier], k, path, sizeof(path)) == 0)
 		unlink(path);
+}
+
+/*
+ * DROPPING A FILE ENTRY (eviction, deletion, reconciliation) deletes its
+ * index row and file outside the shard lock. Meanwhile the entry must not
+ * be free: a writer of the same key would link over the file being deleted
+ * (or keep it on EEXIST) and lose it, and a remover that dies would leave a
+ * row and a file that no entry describes. So it first becomes a
+ * reservation of ours at stage LINKED, which readers skip and writers of
+ * the key wait for (KVSHM_EINPROGRESS), and only then is it removed. A
+ * remover that dies midway is reclaimed like a writer at that stage: a
+ * file still valid is adopted again (the drop is undone), else it goes.
+ */
+bool kvshm__file_hide_locked(kvshm *h, uint32_t s, uint32_t idx)
+{
+	struct kvshm__seg *seg = h->seg;
+	struct kvshm__shard *sh = &h->shards[s];
+	struct kvshm__lock *lk = &sh->lk;
+	struct kvshm__entry *e = &h->entries[idx];
+	struct kvshm__slotx *x = kvshm__slotx(h, h->me);
+	struct kvshm__resrec *rec = NULL;
+	for (unsigned i = 0; x && i < KVSHM_MAX_RES && !rec; i++)
+		if (!x->res[i].entry)
+			rec = &x->res[i];
+	if (!rec || e->state != KVSHM_E_READY || e->tier == KVSHM_TIER_RAM || e->refcount)
+		return false;
+	kvshm__jset32(seg, lk, &e->owner, h->me);
+	kvshm__jset32(seg, lk, &e->owner_gen, h->me_gen);
+	kvshm__jset64(seg, lk, &e->token, kvshm__token(h));
+	kvshm__jset64(seg, lk, &e->deadline_ns, kvshm__now_ns() + (uint64_t)h->cfg->reservation_ttl_ms * 1000000ull);
+	kvshm__jset32(seg, lk, &e->flags, (e->flags & ~KVSHM_EF_STAGE_MASK) | KVSHM_EF_STAGE_LINKED);
+	kvshm__jset32(seg, lk, &rec->gen, e->gen);
+	kvshm__jset32(seg, lk, &rec->entry, idx + 1);
+	kvshm__jset32(seg, lk, &sh->reserved, sh->reserved + 1);
+	kvshm__jset32(seg, lk, &e->state, KVSHM_E_RESERVED);
+	return true;
 }
 
 /* A pinned file entry failed verification: remove the file and its row;
@@ -683,6 +734,15 @@ int kvshm__file_adopt(kvshm *h, int tier, const struct kvshm__fmeta *m)
 	kvshm__shard_unlock(h, s);
 	if (err < 0) {
 		err = err == KVSHM_EEXISTS ? 0 : err; /* already indexed */
+		goto out;
+	}
+	/* No entry: a remover of the key, if any, has finished, its unlink
+	 * included (the entry goes last). Is the file, read before, still
+	 * there? Only a new entry's owner could remove it from now on. */
+	char path[512];
+	kvshm__file_path(h->cfg->dir[tier], m->key, path, sizeof(path));
+	if (access(path, F_OK) < 0) {
+		err = -ENOENT;
 		goto out;
 	}
 	if ((err = kvshm__slab_alloc(h->seg, h->slab, h->me, size, &blob)) < 0)
