@@ -138,6 +138,12 @@ test:
 	@$(MAKE) --no-print-directory all $(TESTS:%=$(B)/tst/tests/%) $(TOOLS:%=$(B)/tst/bin/%) $(B)/crashpoints.list
 	@sh tests/run.sh $(B)/tst $(TESTS)
 	@sh tests/install_test.sh
+	@$(MAKE) --no-print-directory test-python
+
+# The Python binding (bindings/python, ctypes) against the shared library.
+.PHONY: test-python
+test-python: all
+	KVSHM_LIB=$(CURDIR)/$(B)/libkvshm.so python3 -m unittest discover -s bindings/python -v
 
 # The README's first command: a pre-forked worker pool on a fresh cache.
 demo:

@@ -59,7 +59,7 @@ struct kvshm__keyhash {
 	kvshm__h128 *h;      /* n/C + 1 boundary hashes */
 	size_t nb;           /* entries in h */
 	kvshm__h128 key;     /* hash of model ‖ all n tokens */
-	kvshm__h128 stack[130]; /* storage up to 129 chunks (8k tokens at C = 64) */
+	kvshm__h128 stack[160]; /* storage for sequences up to ~38k tokens at C = 256 */
 };
 
 int kvshm__keyhash(const kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
@@ -67,6 +67,10 @@ int kvshm__keyhash(const kvshm *h, const kvshm_model *m, const uint32_t *tokens,
 /* Derive the per-cache hash secret from its seed (at open). */
 void kvshm__hash_secret(uint64_t seed, uint8_t secret[KVSHM_HASH_SECRET]);
 void kvshm__keyhash_free(struct kvshm__keyhash *kh);
+/* Boundaries of the hash chain (core/key.c): the k-th boundary, and the
+ * index of the largest boundary <= L (an entry of L tokens chains there). */
+size_t kvshm__bound(const struct kvshm__cfg *cfg, size_t k);
+size_t kvshm__bidx(const struct kvshm__cfg *cfg, size_t L);
 /* Key hash of model + tokens[0..n) (as kvshm__keyhash's key). */
 kvshm__h128 kvshm__key_of(const kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n);
 /* Boundary hash h[n/chunk] of a sequence (its entry's chain key). */

@@ -6,14 +6,18 @@
  * across versions and processes), seeded with the cache's random seed so
  * that crafted prompts cannot aim at one bucket.
  *
- * For prefix lookup, a sequence of n tokens has boundary hashes, chained
- * chunk by chunk (C = chunk_tokens), all under the cache's secret S (192
- * bytes derived once from its random seed):
+ * For prefix lookup, a sequence of n tokens has hashes at its boundaries
+ * b_0 = 0, then the powers of two below the chunk size C (1, 2, 4, ...,
+ * 128 for C = 256), then every multiple of C; chained segment by segment,
+ * all under the cache's secret S (192 bytes derived once from its seed):
  *   h[0]   = XXH3-128_S(model)
- *   h[j+1] = XXH3-128_S(h[j] ‖ XXH3-128_S(tokens[j·C .. (j+1)·C)))
- * so h[j] depends on the model and exactly the first j·C tokens. An entry
- * of L tokens chains in the bucket of h[L/C]; a lookup of n tokens probes
- * h[n/C], h[n/C − 1], …, h[0] and compares candidates in full. Each chunk
+ *   h[j+1] = XXH3-128_S(h[j] ‖ XXH3-128_S(tokens[b_j .. b_{j+1})))
+ * so h[j] depends on the model and exactly the first b_j tokens. An entry of
+ * L tokens chains in the bucket of h[j] for the largest b_j <= L; a lookup of
+ * n tokens probes its boundaries from the largest down and compares
+ * candidates in full: at most log2(C) + n/C + 1 probes. The short,
+ * doubling boundaries keep short keys apart (with only multiples of C, every
+ * key shorter than C would share the bucket of the bare model). Each chunk
  * is hashed in place with a precomputed secret (a seeded hash of more than
  * 240 bytes would derive its secret again on every call, and a streaming
  * digest at every boundary is slower still), at libxxhash's dispatched
@@ -81,19 +85,49 @@ static kvshm__h128 step(kvshm__h128 prev, const uint32_t *tokens, size_t n, cons
 	return h128(b, sizeof(b), secret);
 }
 
+/* Powers of two below C (1, 2, 4, ...): the short boundaries. */
+static size_t npow(size_t C)
+{
+	size_t p = 0;
+	while (((size_t)1 << p) < C)
+		p++;
+	return p;
+}
+
+size_t kvshm__bound(const struct kvshm__cfg *cfg, size_t k)
+{
+	size_t C = cfg->chunk_tokens, P = npow(C);
+	if (k == 0)
+		return 0;
+	if (k <= P)
+		return (size_t)1 << (k - 1);
+	return (k - P) * C;
+}
+
+size_t kvshm__bidx(const struct kvshm__cfg *cfg, size_t L)
+{
+	size_t C = cfg->chunk_tokens, P = npow(C);
+	if (L == 0)
+		return 0;
+	if (L < C)
+		return (size_t)(64 - __builtin_clzll((unsigned long long)L)); /* floor(log2 L) + 1 */
+	return P + L / C;
+}
+
 int kvshm__keyhash(const kvshm *hd, const kvshm_model *m, const uint32_t *tokens, size_t n, struct kvshm__keyhash *kh)
 {
-	size_t C = hd->cfg->chunk_tokens;
-	size_t nb = n / C + 1;
+	size_t nb = kvshm__bidx(hd->cfg, n) + 1;
 
 	kh->nb = nb;
 	kh->h = nb <= KVSHM_ARRAY_LEN(kh->stack) ? kh->stack : malloc(nb * sizeof(kvshm__h128));
 	if (!kh->h)
 		return kvshm__fail(-ENOMEM, "boundary hashes for %zu tokens", n);
 	kh->h[0] = h128(m, sizeof(*m), hd->secret);
-	for (size_t j = 1; j < nb; j++)
-		kh->h[j] = step(kh->h[j - 1], tokens + (j - 1) * C, C, hd->secret);
-	size_t done = (nb - 1) * C;
+	for (size_t j = 1; j < nb; j++) {
+		size_t a = kvshm__bound(hd->cfg, j - 1), b = kvshm__bound(hd->cfg, j);
+		kh->h[j] = step(kh->h[j - 1], tokens + a, b - a, hd->secret);
+	}
+	size_t done = kvshm__bound(hd->cfg, nb - 1);
 	kvshm__h128 t = kh->h[nb - 1];
 	t.lo ^= KEY_DOMAIN;
 	kh->key = step(t, tokens + done, n - done, hd->secret);
@@ -109,18 +143,19 @@ void kvshm__keyhash_free(struct kvshm__keyhash *kh)
 
 kvshm__h128 kvshm__term_of(const kvshm *hd, const kvshm_model *m, const uint32_t *tokens, size_t n)
 {
-	size_t C = hd->cfg->chunk_tokens;
 	kvshm__h128 h = h128(m, sizeof(*m), hd->secret);
-	for (size_t j = 0; j + C <= n; j += C)
-		h = step(h, tokens + j, C, hd->secret);
+	size_t top = kvshm__bidx(hd->cfg, n);
+	for (size_t j = 1; j <= top; j++) {
+		size_t a = kvshm__bound(hd->cfg, j - 1), b = kvshm__bound(hd->cfg, j);
+		h = step(h, tokens + a, b - a, hd->secret);
+	}
 	return h;
 }
 
 kvshm__h128 kvshm__key_of(const kvshm *hd, const kvshm_model *m, const uint32_t *tokens, size_t n)
 {
-	size_t C = hd->cfg->chunk_tokens;
 	kvshm__h128 t = kvshm__term_of(hd, m, tokens, n);
-	size_t done = (n / C) * C;
+	size_t done = kvshm__bound(hd->cfg, kvshm__bidx(hd->cfg, n));
 	t.lo ^= KEY_DOMAIN;
 	return step(t, tokens + done, n - done, hd->secret);
 }

@@ -3,15 +3,17 @@
  * the bounded wait for a save in progress (single-flight).
  *
  * HOW THE LONGEST PREFIX IS FOUND
- *   For a query of n tokens with chunk size C, an entry of L <= n tokens is
- *   a prefix match only if it chains under the boundary hash h[L/C] of the
- *   query (core/key.c). So we probe j = n/C, n/C - 1, ..., 0: at each level
- *   we lock the shard of h[j], walk its chain, and among the ready entries
- *   whose term equals h[j] and whose model and tokens equal the query's
- *   first L tokens, keep the longest. The first level with a match gives
- *   the answer, since every entry at a higher level is longer than any at a
- *   lower one. Cost: n/C + 1 probes at most, each a short chain walk; the
- *   full comparison runs only on candidates whose 128-bit term matched.
+ *   An entry of L <= n tokens is a prefix match of a query of n tokens only
+ *   if it chains under the query's hash at the largest chain boundary b_j <=
+ *   L (core/key.c: boundaries 0, 1, 2, 4, ... below the chunk size C, then
+ *   every multiple of C). So we probe the query's boundaries from the
+ *   largest down: at each we lock the shard of h[j], walk its chain, and
+ *   among the ready entries whose term equals h[j] and whose model and tokens
+ *   equal the query's first L tokens, keep the longest. The first boundary
+ *   with a match gives the answer, since every entry at a higher one is
+ *   longer than any at a lower one. Cost: at most log2(C) + n/C + 1 probes,
+ *   each a short chain walk; the full comparison runs only on candidates
+ *   whose 128-bit term matched.
  *
  * SINGLE-FLIGHT
  *   With KVSHM_LOOKUP_WAIT, a reserved (being written) entry that would
@@ -108,7 +110,7 @@ static int walk(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_model *m,
 		size_t n, bool exact, bool copy, bool want_wait, kvshm_pin *pin, struct cand *wait)
 {
 	const struct kvshm__cfg *c = h->cfg;
-	size_t top = n / c->chunk_tokens;
+	size_t top = kvshm__bidx(c, n);
 	size_t low = exact ? top : 0;
 	uint64_t probes = 0;
 	int err = KVSHM_ENOTFOUND;
@@ -131,7 +133,7 @@ static int walk(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_model *m,
 			cur = e->next;
 			probes++;
 			if (e->term[0] != t.lo || e->term[1] != t.hi || e->ntokens > n ||
-			    e->ntokens / c->chunk_tokens != j || (exact && e->ntokens != n) || (e->flags & KVSHM_EF_BAD))
+			    kvshm__bidx(c, e->ntokens) != j || (exact && e->ntokens != n) || (e->flags & KVSHM_EF_BAD))
 				continue;
 			if (e->state == KVSHM_E_READY) {
 				/* Longest first; at equal length, the fastest tier. */

@@ -1,6 +1,8 @@
 #!/bin/sh
 # Install what kvshm needs on Debian 12, and nothing that is already there.
-#   scripts/deps.sh build    compiler, pkg-config, libbsd, tdb, cmocka, xxhash
+#   scripts/deps.sh build    compiler, pkg-config, libbsd, tdb, cmocka, xxhash; tmux
+#                            (test_shmctl drives `shmctl top` in it); python3
+#                            (make test runs the Python binding's tests)
 #   scripts/deps.sh bench    the peers `make bench` runs beside kvshm
 #   scripts/deps.sh python   the Python binding's tests
 #   scripts/deps.sh fuzz     clang and libFuzzer for `make fuzz`
@@ -8,7 +10,7 @@
 # it names the packages and fails.
 set -eu
 
-build_pkgs="gcc make pkg-config libbsd-dev libtdb-dev libcmocka-dev libxxhash-dev tdb-tools procps"
+build_pkgs="gcc make pkg-config libbsd-dev libtdb-dev libcmocka-dev libxxhash-dev tdb-tools procps tmux python3"
 bench_pkgs="redis-server memcached libhiredis-dev libmemcached-dev liblmdb-dev"
 python_pkgs="python3"
 fuzz_pkgs="clang libclang-rt-14-dev"

@@ -244,9 +244,16 @@ static int cmd_status(kvshm *h)
 		printf(" (used %s of %s, %.1f%%)", tu_human(a, sizeof(a), ss.last_used), tu_human(b, sizeof(b), ss.last_total),
 		       100.0 * ss.last_ratio);
 	printf("\n");
-	if (ss.last_evicted_ns)
+	if (ss.last_evicted_ns) {
+		/* CLOCK_REALTIME ns, like the record: time(NULL) would truncate
+		 * to the second and an eviction within it would wrap around. */
+		struct timespec now;
+		clock_gettime(CLOCK_REALTIME, &now);
+		uint64_t now_ns = (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
+		uint64_t age = now_ns > ss.last_evicted_ns ? now_ns - ss.last_evicted_ns : 0;
 		printf("  last evict   %s (%" PRIu64 " entries), %.0f s ago\n", tu_human(a, sizeof(a), ss.last_evicted_bytes),
-		       ss.last_evicted_entries, (double)((uint64_t)time(NULL) * 1000000000ull - ss.last_evicted_ns) / 1e9);
+		       ss.last_evicted_entries, (double)age / 1e9);
+	}
 	printf("  lock repairs %" PRIu64 "\n", st.lock_repairs);
 	return EX_OK;
 }
@@ -381,6 +388,10 @@ static int parse_filter(int argc, char **argv, kvshm_filter *f, uint8_t *fpbuf, 
 			f->min_idle_ns = (uint64_t)u * 1000000000ull;
 			break;
 		case O_SORT:
+			if (!limit) {
+				fprintf(stderr, "shmctl: --sort is an option of ls\n");
+				return -1;
+			}
 			if (!strcmp(optarg, "size")) sort_key = 1;
 			else if (!strcmp(optarg, "hits")) sort_key = 2;
 			else if (!strcmp(optarg, "age")) sort_key = 3;
@@ -392,13 +403,20 @@ static int parse_filter(int argc, char **argv, kvshm_filter *f, uint8_t *fpbuf, 
 			}
 			break;
 		case O_LIMIT:
-			if (!limit || tu_parse_u32(optarg, "--limit", 1, UINT32_MAX, &u) < 0)
+			if (!limit) {
+				fprintf(stderr, "shmctl: --limit is an option of ls\n");
+				return -1;
+			}
+			if (tu_parse_u32(optarg, "--limit", 1, INT32_MAX, &u) < 0)
 				return -1;
 			*limit = (int)u;
 			break;
 		case O_YES:
-			if (yes)
-				*yes = true;
+			if (!yes) {
+				fprintf(stderr, "shmctl: --yes is an option of delete\n");
+				return -1;
+			}
+			*yes = true;
 			break;
 		default:
 			return -1;
@@ -424,7 +442,8 @@ static int cmd_ls(kvshm *h, int argc, char **argv)
 		free(es.v);
 		return fail("ls");
 	}
-	qsort(es.v, es.n, sizeof(*es.v), by_sort);
+	if (es.n) /* es.v is NULL when nothing matched */
+		qsort(es.v, es.n, sizeof(*es.v), by_sort);
 	size_t n = es.n < (size_t)limit ? es.n : (size_t)limit;
 	if (json) {
 		printf("[");
@@ -459,9 +478,8 @@ static int cmd_show(kvshm *h, int argc, char **argv)
 		fprintf(stderr, "shmctl: show wants one KEY of 32 hex digits (as ls prints it)\n");
 		return EX_USAGE;
 	}
-	uint32_t *tok = malloc(sizeof(uint32_t) * 16);
+	uint32_t tok[16];
 	if (kvshm_find_key(h, key, -1, &e, tok, 16) < 0) {
-		free(tok);
 		fprintf(stderr, "shmctl: cache '%s': no entry with key %s\n", cache_name, argv[1]);
 		return EX_FAIL;
 	}
@@ -491,7 +509,6 @@ static int cmd_show(kvshm *h, int argc, char **argv)
 		if (e.owner_pid)
 			printf("writer       pid %u\n", e.owner_pid);
 	}
-	free(tok);
 	return EX_OK;
 }
 
@@ -627,6 +644,12 @@ static int cmd_fsck(int argc, char **argv)
 		return EX_USAGE;
 	}
 	int err = kvshm_fsck(dir, repair, &r);
+	if (err < 0 && err != KVSHM_ECHECK) {
+		/* It could not run (no directory, an index it cannot open or
+		 * write): no report, which would read as an empty directory. */
+		fprintf(stderr, "shmctl: %s\n", kvshm_last_error());
+		return EX_FAIL;
+	}
 	if (json) {
 		printf("{\"dir\":");
 		jstr(dir);
@@ -653,9 +676,7 @@ static int cmd_fsck(int argc, char **argv)
 		if (err)
 			printf("first problem: %s\n", r.first_problem[0] ? r.first_problem : kvshm_last_error());
 	}
-	if (err == 0)
-		return EX_OK;
-	return err == KVSHM_ECHECK ? EX_CHECK : EX_FAIL;
+	return err == 0 ? EX_OK : EX_CHECK;
 }
 
 static int cmd_reconcile(kvshm *h, int argc, char **argv)
@@ -705,7 +726,11 @@ static int cmd_evict(kvshm *h, int argc, char **argv)
 	uint64_t target, freed = 0, count = 0;
 	unsigned mask = KVSHM_TIERS_ALL;
 	char a[16];
-	if (argc < 2 || tu_parse_size(argv[1], "BYTES", &target) < 0)
+	if (argc < 2) {
+		fprintf(stderr, "shmctl: evict BYTES [--tiers LIST]\n");
+		return EX_USAGE;
+	}
+	if (tu_parse_size(argv[1], "BYTES", &target) < 0)
 		return EX_USAGE;
 	if (argc == 4 && !strcmp(argv[2], "--tiers")) {
 		if (tu_parse_tiers(argv[3], &mask) < 0)
@@ -954,13 +979,18 @@ int main(int argc, char **argv)
 		usage(stdout);
 		return EX_OK;
 	}
-	static const char *const known[] = {"status", "procs", "ls", "show", "stats", "metrics", "check", "evict",
-					    "gc", "delete", "scheduler", "top", "reconcile"};
-	bool ok = false;
-	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
-		ok |= !strcmp(cmd, known[i]);
-	if (!ok) {
+	/* The first five take no arguments. */
+	static const char *const known[] = {"status", "procs", "stats", "metrics", "gc", "ls", "show", "check",
+					    "evict", "delete", "scheduler", "top", "reconcile"};
+	size_t k = 0;
+	while (k < sizeof(known) / sizeof(known[0]) && strcmp(cmd, known[k]) != 0)
+		k++;
+	if (k == sizeof(known) / sizeof(known[0])) {
 		fprintf(stderr, "shmctl: unknown command '%s' (see shmctl --help)\n", cmd);
+		return EX_USAGE;
+	}
+	if (k < 5 && ac != 1) {
+		fprintf(stderr, "shmctl: %s takes no arguments\n", cmd);
 		return EX_USAGE;
 	}
 	kvshm *h;
@@ -968,23 +998,23 @@ int main(int argc, char **argv)
 	if (rc)
 		return rc;
 	if (!strcmp(cmd, "status"))
-		rc = ac == 1 ? cmd_status(h) : EX_USAGE;
+		rc = cmd_status(h);
 	else if (!strcmp(cmd, "procs"))
-		rc = ac == 1 ? cmd_procs(h) : EX_USAGE;
+		rc = cmd_procs(h);
 	else if (!strcmp(cmd, "ls"))
 		rc = cmd_ls(h, ac, av);
 	else if (!strcmp(cmd, "show"))
 		rc = cmd_show(h, ac, av);
 	else if (!strcmp(cmd, "stats"))
-		rc = ac == 1 ? cmd_stats(h) : EX_USAGE;
+		rc = cmd_stats(h);
 	else if (!strcmp(cmd, "metrics"))
-		rc = ac == 1 ? cmd_metrics(h) : EX_USAGE;
+		rc = cmd_metrics(h);
 	else if (!strcmp(cmd, "check"))
 		rc = cmd_check(h, ac, av);
 	else if (!strcmp(cmd, "evict"))
 		rc = cmd_evict(h, ac, av);
 	else if (!strcmp(cmd, "gc"))
-		rc = ac == 1 ? cmd_gc(h) : EX_USAGE;
+		rc = cmd_gc(h);
 	else if (!strcmp(cmd, "delete"))
 		rc = cmd_delete(h, ac, av);
 	else if (!strcmp(cmd, "scheduler"))
@@ -993,8 +1023,6 @@ int main(int argc, char **argv)
 		rc = cmd_top(h, ac, av);
 	else if (!strcmp(cmd, "reconcile"))
 		rc = cmd_reconcile(h, ac, av);
-	if (rc == EX_USAGE && ac == 1)
-		fprintf(stderr, "shmctl: %s takes no arguments\n", cmd);
 	kvshm_close(h);
 	return rc;
 }
