@@ -57,7 +57,7 @@ REL_OBJS     := $(LIB_SRCS:%.c=$(B)/rel/%.o)
 TST_OBJS     := $(LIB_SRCS:%.c=$(B)/tst/%.o)
 SAN_OBJS     := $(LIB_SRCS:%.c=$(B)/san/%.o)
 
-.PHONY: all lib tools deps test check install uninstall clean crashpoints demo bench fuzz
+.PHONY: all lib tools deps test check install uninstall clean crashpoints demo bench fuzz crashtest
 .DEFAULT_GOAL := all
 
 all: lib tools
@@ -132,13 +132,33 @@ $(B)/san/tests/%: tests/%.c $(TEST_SUPPORT) $(B)/libkvshm-san.a tests/*.h
 	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(CFLAGS) -Itests $< $(TEST_SUPPORT) -o $@ \
 	  $(B)/libkvshm-san.a $(DEP_LIBS) $(TEST_LIBS) $(LDFLAGS)
 
+# The crash-injection tool (docs/crash-testing.md): the test variant, crash
+# points compiled in; it reads $(B)/crashpoints.list at run time.
+$(B)/tst/crash/kvshm-crash: tests/crash/kvshm-crash.c $(B)/libkvshm-tst.a $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(TST_FLAGS) $(CFLAGS) $< -o $@ $(B)/libkvshm-tst.a $(DEP_LIBS) $(LDFLAGS)
+CRASH_RUN = KVSHM_BIN_DIR=$(CURDIR)/$(B)/tst/bin $(B)/tst/crash/kvshm-crash --points $(B)/crashpoints.list
+
 # The variant build runs after deps, so pkg-config finds what deps installed.
+# After the cmocka tests, a short crash-injection run: every crash point
+# (the most frequent ones at a stride) and a few hundred random kills.
 test:
 	@sh scripts/deps.sh build
-	@$(MAKE) --no-print-directory all $(TESTS:%=$(B)/tst/tests/%) $(TOOLS:%=$(B)/tst/bin/%) $(B)/crashpoints.list
+	@$(MAKE) --no-print-directory all $(TESTS:%=$(B)/tst/tests/%) $(TOOLS:%=$(B)/tst/bin/%) $(B)/crashpoints.list \
+	  $(B)/tst/crash/kvshm-crash
 	@sh tests/run.sh $(B)/tst $(TESTS)
+	@$(CRASH_RUN) --quick --kills 0 --random-kills 300 --seconds 120
 	@sh tests/install_test.sh
 	@$(MAKE) --no-print-directory test-python
+
+# The long crash-injection campaign: systematic over every crash point and
+# every hit, then random kills until 10,000 kills in all. CRASH_ARGS adds
+# options (e.g. CRASH_ARGS="--seed 1234" to repeat a run).
+crashtest:
+	@sh scripts/deps.sh build
+	@$(MAKE) --no-print-directory $(B)/libkvshm-tst.a $(TOOLS:%=$(B)/tst/bin/%) $(B)/tst/crash/kvshm-crash \
+	  $(B)/crashpoints.list
+	@$(CRASH_RUN) --mode both --kills 10000 --seconds 3600 $(CRASH_ARGS)
 
 # The Python binding (bindings/python, ctypes) against the shared library.
 .PHONY: test-python
@@ -158,15 +178,40 @@ check:
 	  sh tests/run.sh $(B)/san $(TESTS)
 
 # ---- benchmarks (release build) ----------------------------------------------
+# `make bench` installs the peers (scripts/deps.sh bench), then runs, in one
+# invocation: micro, reclaim, peers (kvshm against redis, memcached, lmdb and
+# memcpy on the same workload, as ratios) and figures (kvshm only: prefix
+# length, disk tier, index rebuild, memory overhead). Tables go to stdout,
+# every row to $(B)/bench/results.csv and $(B)/bench/kvshm-figures.csv.
+# BENCH_MS: milliseconds per peers measurement; BENCH_REBUILD: entries of the
+# rebuild figure.
+BENCH_MS      ?= 1000
+BENCH_REBUILD ?= 100000
+# Recursively expanded: evaluated after deps.sh has installed the packages.
+# liblmdb-dev ships lmdb.pc on Debian 12; -llmdb if it ever does not.
+BENCH_CFLAGS   = $(shell $(PKG_CONFIG) --cflags hiredis libmemcached) $(shell $(PKG_CONFIG) --cflags lmdb 2>/dev/null)
+BENCH_LIBS     = $(shell $(PKG_CONFIG) --libs hiredis libmemcached) $(shell $(PKG_CONFIG) --libs lmdb 2>/dev/null || echo -llmdb)
+
 $(B)/bench/%: bench/%.c $(B)/libkvshm.a $(LIB_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< -o $@ $(B)/libkvshm.a $(DEP_LIBS) $(LDFLAGS)
+$(B)/bench/figures: bench/figures.c bench/common.h $(B)/libkvshm.a $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< -o $@ $(B)/libkvshm.a $(DEP_LIBS) $(LDFLAGS)
+$(B)/bench/peers: bench/peers.c bench/common.h $(B)/libkvshm.a $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(BENCH_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< -o $@ $(B)/libkvshm.a $(DEP_LIBS) \
+	  $(BENCH_LIBS) $(LDFLAGS)
 
 bench:
-	@sh scripts/deps.sh build
-	@$(MAKE) --no-print-directory $(B)/bench/micro $(B)/bench/reclaim
-	@$(B)/bench/micro
-	@$(B)/bench/reclaim
+	@sh scripts/deps.sh build bench
+	@$(MAKE) --no-print-directory $(B)/bench/micro $(B)/bench/reclaim $(B)/bench/peers $(B)/bench/figures
+	@start=$$(date +%s); \
+	$(B)/bench/micro && $(B)/bench/reclaim && \
+	$(B)/bench/peers -t $(BENCH_MS) -o $(B)/bench/results.csv && \
+	$(B)/bench/figures -n $(BENCH_REBUILD) -o $(B)/bench/kvshm-figures.csv && \
+	echo && echo "bench: $$(( $$(date +%s) - start )) s in all (micro, reclaim, peers, figures)" && \
+	echo "bench: every row in $(B)/bench/results.csv (peers) and $(B)/bench/kvshm-figures.csv (kvshm only)"
 
 # ---- fuzzing (clang's libFuzzer + ASan/UBSan) -----------------------------------
 FUZZ_SECONDS ?= 60
