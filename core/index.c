@@ -160,12 +160,21 @@ void kvshm__mark_ready_locked(kvshm *h, uint32_t s, uint32_t idx, uint64_t csum,
 	kvshm__jset32(seg, lk, &e->state, KVSHM_E_READY);
 }
 
+const struct kvshm__blob *kvshm__entry_blob_quick(const kvshm *h, const struct kvshm__entry *e)
+{
+	uint64_t vlen = e->tier == KVSHM_TIER_RAM ? e->len : 0;
+	const struct kvshm__blob *b = kvshm__at(h->seg, e->blob, kvshm__blob_size(e->ntokens, vlen));
+	if (!b || b->magic != KVSHM_BLOB_MAGIC || b->ntokens != e->ntokens || b->len != vlen)
+		return NULL;
+	return b;
+}
+
 bool kvshm__entry_matches(const kvshm *h, const struct kvshm__entry *e, const kvshm_model *m,
 			  const uint32_t *tokens, size_t n)
 {
 	if (e->ntokens != n)
 		return false;
-	const struct kvshm__blob *b = kvshm__entry_blob(h, e);
+	const struct kvshm__blob *b = kvshm__entry_blob_quick(h, e);
 	if (!b) {
 		kvshm__count(h, KVSHM_C_corrupt_rejected, 1);
 		return false;

@@ -94,8 +94,13 @@ static inline struct kvshm__entry *kvshm__entry_at(const kvshm *h, uint32_t idx)
 	return idx < h->cfg->max_entries ? &h->entries[idx] : NULL;
 }
 
-/* The blob of an entry, bounds- and magic-checked; NULL if corrupt. */
+/* The blob of an entry, validated as the entry's own allocation (slab page
+ * table and header); NULL if corrupt. */
 struct kvshm__blob *kvshm__entry_blob(const kvshm *h, const struct kvshm__entry *e);
+/* The hot path's check: inside the segment, with the blob's magic, token
+ * count and length; enough to never read out of bounds or compare the wrong
+ * bytes. The full ownership check is the checker's (and the writers'). */
+const struct kvshm__blob *kvshm__entry_blob_quick(const kvshm *h, const struct kvshm__entry *e);
 int kvshm__shard_lock(kvshm *h, uint32_t s);
 void kvshm__shard_unlock(kvshm *h, uint32_t s);
 int kvshm__shard_repair(struct kvshm__seg *seg, struct kvshm__lock *lk, void *ctx);

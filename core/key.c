@@ -11,7 +11,8 @@
  * 128 for C = 256), then every multiple of C; chained segment by segment,
  * all under the cache's secret S (192 bytes derived once from its seed):
  *   h[0]   = XXH3-128_S(model)
- *   h[j+1] = XXH3-128_S(h[j] ‖ XXH3-128_S(tokens[b_j .. b_{j+1})))
+ *   h[j+1] = XXH3-128_S(h[j] ‖ tokens[b_j .. b_{j+1}))       (short segments)
+ *   h[j+1] = XXH3-128_S(h[j] ‖ XXH3-128_S(tokens[b_j .. b_{j+1})))  (long)
  * so h[j] depends on the model and exactly the first b_j tokens. An entry of
  * L tokens chains in the bucket of h[j] for the largest b_j <= L; a lookup of
  * n tokens probes its boundaries from the largest down and compares
@@ -76,10 +77,19 @@ static inline kvshm__h128 h128(const void *p, size_t len, const uint8_t *secret)
 	return h;
 }
 
-/* XXH3-128_S(prev ‖ XXH3-128_S(tokens[0..n))): the chunk is hashed where
- * it lies (no copy), then combined with the chain so far. */
+/* The next link of the chain: XXH3-128_S(prev ‖ tokens[0..n)) for a short
+ * segment (copied after prev: one call), XXH3-128_S(prev ‖
+ * XXH3-128_S(tokens)) for a long one (hashed where it lies: no copy). */
+#define SHORT_SEGMENT 64 /* tokens: 272 bytes with prev, a cheap copy */
 static kvshm__h128 step(kvshm__h128 prev, const uint32_t *tokens, size_t n, const uint8_t *secret)
 {
+	if (n <= SHORT_SEGMENT) {
+		uint64_t b[2 + SHORT_SEGMENT / 2];
+		b[0] = prev.lo;
+		b[1] = prev.hi;
+		memcpy(b + 2, tokens, n * sizeof(uint32_t));
+		return h128(b, 16 + n * sizeof(uint32_t), secret);
+	}
 	XXH128_hash_t c = XXH3_128bits_withSecret(tokens, n * sizeof(uint32_t), secret, KVSHM_HASH_SECRET);
 	uint64_t b[4] = {prev.lo, prev.hi, c.low64, c.high64};
 	return h128(b, sizeof(b), secret);

@@ -74,13 +74,15 @@ int kvshm__pin_locked(kvshm *h, uint32_t s, uint32_t idx, bool copy)
 	}
 	KVSHM_CRASH_POINT("lookup.pin.recorded");
 	kvshm__jset32(seg, lk, &e->refcount, e->refcount + 1);
+	/* Hit statistics only order eviction: no invariant rests on them, so
+	 * they are plain stores (under the lock) rather than journaled. */
 	uint64_t now = kvshm__now_ns();
 	float sc = (float)(kvshm__entry_score(h, e, now) + 1.0);
 	uint32_t bits;
 	memcpy(&bits, &sc, sizeof(bits));
-	kvshm__jset32(seg, lk, &e->score_bits, bits);
-	kvshm__jset64(seg, lk, &e->last_ns, now);
-	kvshm__jset32(seg, lk, &e->hits, e->hits + 1);
+	__atomic_store_n(&e->score_bits, bits, __ATOMIC_RELAXED);
+	__atomic_store_n(&e->last_ns, now, __ATOMIC_RELAXED);
+	__atomic_store_n(&e->hits, e->hits + 1, __ATOMIC_RELAXED);
 	return 0;
 }
 
