@@ -125,8 +125,11 @@ struct kvshm__idx;
  * Open (creating) <dir>/index.tdb, shared by every handle of this process
  * (TDB's fcntl locks are per process): ordinary fcntl locking (robust-mutex
  * mode would wipe a persistent index at first open), a hash size fit for
- * millions of rows, tdb_check at open and tdb_repack when it fails, and
- * tdb_reopen in a child after fork. sync: fdatasync at commit (disk).
+ * millions of rows, tdb_check at open and tdb_repack when it fails (an index
+ * beyond repair is set aside as index.tdb.damaged.TIME and started empty:
+ * it is derived from the files), and tdb_reopen in a child after fork.
+ * sync: fdatasync at commit; kvshm passes false (the files are durable,
+ * the index is rebuilt from them), offline repair passes true.
  */
 int kvshm__idx_open(const char *dir, bool sync, struct kvshm__idx **out);
 void kvshm__idx_close(struct kvshm__idx *ix);

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
 #include <tdb.h>
 #include <unistd.h>
 
@@ -40,6 +41,7 @@ struct kvshm__idx {
 	uint64_t fork_gen;    /* reopened in this fork generation */
 	bool in_batch;
 	bool repacked;
+	bool recreated;       /* damaged beyond repack: set aside, started empty */
 };
 
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -102,8 +104,24 @@ int kvshm__idx_open(const char *dir, bool sync, struct kvshm__idx **out)
 	}
 	strlcpy(ix->path, path, sizeof(ix->path));
 	pthread_mutex_init(&ix->mu, NULL);
+	/* The files are what is durable (each is fdatasync'd and its
+	 * directory fsync'd before a save is acknowledged); the index is
+	 * derived from them, and reconciliation rebuilds whatever it lacks. So
+	 * commits are atomic (TDB's transactions survive a killed process) but
+	 * not synced: a synced commit costs four fdatasyncs, three times the
+	 * cost of the file itself. `sync` forces them (offline repair). */
 	int flags = TDB_DEFAULT | TDB_INCOMPATIBLE_HASH | TDB_DISALLOW_NESTING | (sync ? 0 : TDB_NOSYNC);
 	ix->tdb = tdb_open(path, HASH_SIZE, flags, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (!ix->tdb && errno != ENOENT && errno != EACCES && errno != ENOSPC && errno != EROFS) {
+		/* Not a TDB any more (torn by a power loss without sync): keep
+		 * it aside and start an empty index; reconciliation refills it. */
+		char aside[600];
+		snprintf(aside, sizeof(aside), "%s.damaged.%lld", path, (long long)time(NULL));
+		if (rename(path, aside) == 0) {
+			ix->recreated = true;
+			ix->tdb = tdb_open(path, HASH_SIZE, flags, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+		}
+	}
 	if (!ix->tdb) {
 		int err = kvshm__fail(errno ? -errno : KVSHM_ETDB, "open index %s", path);
 		pthread_mutex_unlock(&reg_mu);
@@ -117,11 +135,21 @@ int kvshm__idx_open(const char *dir, bool sync, struct kvshm__idx **out)
 		 * structure is not clean. Repack rewrites it from the data. */
 		ix->repacked = true;
 		if (tdb_repack(ix->tdb) != 0 || tdb_check(ix->tdb, check_cb, NULL) != 0) {
-			int err = terr(ix, "repair (tdb_repack) of");
+			/* Beyond repair: set it aside, start empty (see above). */
+			char aside[600];
 			tdb_close(ix->tdb);
-			pthread_mutex_unlock(&reg_mu);
-			free(ix);
-			return err;
+			snprintf(aside, sizeof(aside), "%s.damaged.%lld", path, (long long)time(NULL));
+			ix->tdb = rename(path, aside) == 0
+					  ? tdb_open(path, HASH_SIZE, flags, O_RDWR | O_CREAT | O_CLOEXEC, 0600)
+					  : NULL;
+			ix->recreated = ix->tdb != NULL;
+			if (!ix->tdb) {
+				int err = kvshm__fail(KVSHM_ETDB, "index %s is damaged beyond tdb_repack and could not be replaced",
+						      path);
+				pthread_mutex_unlock(&reg_mu);
+				free(ix);
+				return err;
+			}
 		}
 	}
 	ix->refs = 1;
@@ -157,7 +185,7 @@ void kvshm__idx_close(struct kvshm__idx *ix)
 
 bool kvshm__idx_was_repacked(const struct kvshm__idx *ix)
 {
-	return ix->repacked;
+	return ix->repacked || ix->recreated;
 }
 
 int kvshm__idx_get(struct kvshm__idx *ix, const uint8_t key[16], struct kvshm__irow *row)
