@@ -7,6 +7,10 @@
 
 #include <pthread.h>
 #include <xxhash.h>
+#if defined(__x86_64__)
+/* libxxhash's run-time dispatch to AVX2/AVX-512 for every XXH3 call. */
+#include <xxh_x86dispatch.h>
+#endif
 
 #include "core/layout.h"
 

@@ -20,6 +20,7 @@
  * reclaim) or a RESERVED entry naming its dead slot (removed, or for files
  * validated and adopted, by reclaim).
  */
+#define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack */
 #include <limits.h>
 #include <string.h>
 
@@ -271,18 +272,14 @@ int kvshm__drop_locked_entry(kvshm *h, uint32_t s, uint32_t idx)
 	return kvshm__slab_free(h->seg, h->slab, h->me, blob);
 }
 
-KVSHM_EXTERN int kvshm_publish(kvshm *h, kvshm_reservation *r)
+/* RAM publish with the value's checksum already known (have_csum) or
+ * computed here. */
+static int publish_ram(kvshm *h, kvshm_reservation *r, bool have_csum, uint64_t csum)
 {
 	uint32_t s;
-	int err = kvshm__enter(h);
-	if (err < 0)
-		return err;
-	if (!r || !r->data)
-		return kvshm__fail(-EINVAL, "publish: reservation is NULL or already used");
-	int tier = (int)((r->ref[2] >> 8) & 0xff);
-	if (tier != KVSHM_TIER_RAM)
-		return kvshm__file_publish(h, r);
-	uint64_t csum = XXH3_64bits(r->data, r->len);
+	int err;
+	if (!have_csum)
+		csum = XXH3_64bits(r->data, r->len);
 	KVSHM_CRASH_POINT("save.publish.summed");
 	struct kvshm__entry *e = kvshm__own_entry(h, r, &s, &err);
 	if (!e)
@@ -301,6 +298,19 @@ KVSHM_EXTERN int kvshm_publish(kvshm *h, kvshm_reservation *r)
 	kvshm__count(h, KVSHM_C_saved_bytes, r->len);
 	memset(r, 0, sizeof(*r));
 	return 0;
+}
+
+KVSHM_EXTERN int kvshm_publish(kvshm *h, kvshm_reservation *r)
+{
+	int err = kvshm__enter(h);
+	if (err < 0)
+		return err;
+	if (!r || !r->data)
+		return kvshm__fail(-EINVAL, "publish: reservation is NULL or already used");
+	int tier = (int)((r->ref[2] >> 8) & 0xff);
+	if (tier != KVSHM_TIER_RAM)
+		return kvshm__file_publish(h, r);
+	return publish_ram(h, r, false, 0);
 }
 
 KVSHM_EXTERN int kvshm_cancel(kvshm *h, kvshm_reservation *r)
@@ -331,7 +341,23 @@ KVSHM_EXTERN int kvshm_put(kvshm *h, const kvshm_model *m, const uint32_t *token
 	int err = kvshm_reserve(h, m, tokens, n, len, opts, &r);
 	if (err < 0)
 		return err;
-	memcpy(r.data, data, len);
+	if ((opts ? opts->tier : KVSHM_TIER_RAM) != KVSHM_TIER_RAM) {
+		memcpy(r.data, data, len);
+		KVSHM_CRASH_POINT("save.put.copied");
+		return kvshm_publish(h, &r);
+	}
+	/* Copy and checksum in one pass, block by block, while the block is
+	 * still in cache: one trip through memory instead of two. */
+	enum { BLOCK = 64 * 1024 };
+	XXH3_state_t st;
+	XXH3_INITSTATE(&st);
+	XXH3_64bits_reset(&st);
+	for (size_t done = 0; done < len;) {
+		size_t n_ = KVSHM_MIN((size_t)BLOCK, len - done);
+		memcpy((uint8_t *)r.data + done, (const uint8_t *)data + done, n_);
+		XXH3_64bits_update(&st, (uint8_t *)r.data + done, n_);
+		done += n_;
+	}
 	KVSHM_CRASH_POINT("save.put.copied");
-	return kvshm_publish(h, &r);
+	return publish_ram(h, &r, true, XXH3_64bits_digest(&st));
 }
