@@ -152,13 +152,13 @@ test:
 	@$(MAKE) --no-print-directory test-python
 
 # The long crash-injection campaign: systematic over every crash point and
-# every hit, then random kills until 10,000 kills in all. CRASH_ARGS adds
+# every hit, then random kills until 25,000 kills in all. CRASH_ARGS adds
 # options (e.g. CRASH_ARGS="--seed 1234" to repeat a run).
 crashtest:
 	@sh scripts/deps.sh build
 	@$(MAKE) --no-print-directory $(B)/libkvshm-tst.a $(TOOLS:%=$(B)/tst/bin/%) $(B)/tst/crash/kvshm-crash \
 	  $(B)/crashpoints.list
-	@$(CRASH_RUN) --mode both --kills 10000 --seconds 3600 $(CRASH_ARGS)
+	@$(CRASH_RUN) --mode both --kills 25000 --seconds 3600 $(CRASH_ARGS)
 
 # The Python binding (bindings/python, ctypes) against the shared library.
 .PHONY: test-python

@@ -183,10 +183,16 @@ int kvshm__expire(kvshm *h, uint64_t *count)
 		if (err < 0)
 			return err;
 		uint32_t here = 0;
-		/* Bounded by the journal: expire a batch, come back for more. */
+		/* Bounded by the journal: expire a batch, come back for more. A
+		 * file save that is committing (or an entry being removed) is past
+		 * the point where another writer could take its key over: it
+		 * finishes, or its death is reclaimed (core/tier.c). */
 		for (uint32_t k = 0; k < sh->cap && here < KVSHM_JOURNAL_MAX / 2; k++) {
 			struct kvshm__entry *e = &h->entries[sh->first + k];
-			if (e->state == KVSHM_E_RESERVED && e->deadline_ns < now) {
+			uint32_t stage = e->flags & KVSHM_EF_STAGE_MASK;
+			bool committing = e->tier != KVSHM_TIER_RAM &&
+					  (stage == KVSHM_EF_STAGE_COMMIT || stage == KVSHM_EF_STAGE_LINKED);
+			if (e->state == KVSHM_E_RESERVED && e->deadline_ns < now && !committing) {
 				kvshm__jset32(h->seg, &sh->lk, &e->state, KVSHM_E_EXPIRED);
 				here++;
 			}

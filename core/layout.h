@@ -233,7 +233,10 @@ struct kvshm__entry {
 #define KVSHM_EF_STAGE_MASK 3u  /* file reservations: how far the writer got */
 #define KVSHM_EF_STAGE_RESERVED 0u
 #define KVSHM_EF_STAGE_TMP 1u    /* temporary file created */
-#define KVSHM_EF_STAGE_LINKED 2u /* linked into place (validate and adopt on death) */
+#define KVSHM_EF_STAGE_LINKED 2u /* linked into place (validate and adopt on death); also an
+				  * entry being removed (core/tier.c) */
+#define KVSHM_EF_STAGE_COMMIT 3u /* past the expiry check, being linked: a save at this stage
+				  * or LINKED finishes (or dies); it never expires */
 #define KVSHM_EF_LOADING 4u      /* a file load is verifying it: owner/owner_gen say who */
 #define KVSHM_EF_BAD 8u          /* failed verification: no new pins, removed at the last unpin */
 

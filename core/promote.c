@@ -170,10 +170,20 @@ static int copy_up(kvshm *h, const struct item *it)
 		uint64_t csum = XXH3_64bits(dst, pin.len);
 		if ((err = kvshm__shard_lock(h, rv.shard)) == 0) {
 			struct kvshm__entry *ne = &h->entries[rv.idx];
-			kvshm__mark_ready_locked(h, rv.shard, rv.idx, csum, ne->footprint);
-			kvshm__jset64(h->seg, &h->shards[rv.shard].lk, &ne->moved_ns, kvshm__now_ns());
-			kvshm__shard_unlock(h, rv.shard);
-			kvshm__futex_bump_wake(&h->shards[rv.shard].seq, INT32_MAX);
+			if (ne->gen != rv.gen || ne->token != rv.token || ne->owner != h->me) {
+				kvshm__shard_unlock(h, rv.shard);
+				err = kvshm__fail(KVSHM_EEXPIRED, "promote: the copy's reservation is gone");
+			} else if (ne->state == KVSHM_E_EXPIRED) {
+				/* Expired while copying: another writer may have saved
+				 * the key since; like a publish, give the copy up. */
+				kvshm__drop_locked_entry(h, rv.shard, rv.idx);
+				err = kvshm__fail(KVSHM_EEXPIRED, "promote: the copy's reservation expired");
+			} else {
+				kvshm__mark_ready_locked(h, rv.shard, rv.idx, csum, ne->footprint);
+				kvshm__jset64(h->seg, &h->shards[rv.shard].lk, &ne->moved_ns, kvshm__now_ns());
+				kvshm__shard_unlock(h, rv.shard);
+				kvshm__futex_bump_wake(&h->shards[rv.shard].seq, INT32_MAX);
+			}
 		}
 	}
 	kvshm__unpin_ref(h, it->idx, it->gen, true);

@@ -13,7 +13,10 @@
  *      straight into the page cache (stage TMP);
  *   4. publish: checksum the value (CRC32C), write header and tags, and on
  *      disk fdatasync;
- *   5. check the reservation is still ours (an expired one is given up);
+ *   5. check the reservation is still ours (an expired one is given up) and,
+ *      in the same critical section, mark it COMMIT: from here it cannot
+ *      expire (kvshm__expire skips it), so no other writer can take the
+ *      key over while this one links and indexes its file;
  *   6. link the temporary file to its final name (EEXIST: a valid existing
  *      file is kept, an invalid one replaced), fsync the directory;
  *   7. mark the entry LINKED; 8. store its index row (TDB); 9. unlink the
@@ -23,7 +26,10 @@
  * process (kvshm__file_reclaim): if the final file exists and validates
  * fully, it is adopted (index row, entry READY) — this covers the window
  * between link and mark-published; otherwise the final file (if invalid)
- * and the temporary file are removed and the reservation goes.
+ * and the temporary file are removed and the reservation goes. An EXPIRED
+ * reservation never reached step 5, so the file at its final path, if any,
+ * is another writer's (who took the key over): only its temporary file and
+ * its entry go, and an entry is never made READY beside another writer's.
  *
  * LOADING (a pin of a file entry): open, check header and tags against the
  * entry (key, model, tokens, length), CRC32C the payload, map it read-only.
@@ -103,7 +109,7 @@ int kvshm__tier_adopt_seed(struct kvshm__cfg *n)
 		if (!n->dir[t][0])
 			continue;
 		int err = prepare_dir(n->dir[t]);
-		if (err < 0 || (err = kvshm__idx_open(n->dir[t], t == KVSHM_TIER_DISK, &ix)) < 0)
+		if (err < 0 || (err = kvshm__idx_open(n->dir[t], false, &ix)) < 0)
 			return err;
 		uint64_t chunk = n->chunk_tokens;
 		err = kvshm__idx_seed(ix, n->seed, &seed);
@@ -133,7 +139,7 @@ int kvshm__tier_idx(kvshm *h, int tier, struct kvshm__idx **out)
 		return kvshm__fail(-EOPNOTSUPP, "tier %s has no directory in this cache", kvshm__tier_name(tier));
 	if (!h->idx[tier]) {
 		int err = prepare_dir(h->cfg->dir[tier]);
-		if (err < 0 || (err = kvshm__idx_open(h->cfg->dir[tier], tier == KVSHM_TIER_DISK, &h->idx[tier])) < 0)
+		if (err < 0 || (err = kvshm__idx_open(h->cfg->dir[tier], false, &h->idx[tier])) < 0)
 			return err;
 		uint64_t seed, chunk;
 		if ((err = kvshm__idx_seed(h->idx[tier], h->cfg->seed, &seed)) < 0 ||
@@ -409,15 +415,21 @@ int kvshm__file_publish(kvshm *h, kvshm_reservation *r)
 	map = NULL;
 	KVSHM_CRASH_POINT("file.publish.synced");
 
-	/* 5. Still ours? */
+	/* 5. Still ours, and not expired? Then committing: from here the
+	 * reservation does not expire, so no other writer can take the key
+	 * over while we link and index (they would both become READY). */
 	if (!(e = kvshm__own_entry(h, r, &s, &err)))
 		goto fail;
 	bool expired = e->state == KVSHM_E_EXPIRED;
+	if (!expired)
+		kvshm__jset32(h->seg, &h->shards[s].lk, &e->flags,
+			      (e->flags & ~KVSHM_EF_STAGE_MASK) | KVSHM_EF_STAGE_COMMIT);
 	kvshm__shard_unlock(h, s);
 	if (expired) {
 		err = kvshm__fail(KVSHM_EEXPIRED, "publish: reservation expired after %u ms", h->cfg->reservation_ttl_ms);
 		goto fail;
 	}
+	KVSHM_CRASH_POINT("file.publish.committed");
 
 	/* 6. Link into place. */
 	struct kvshm__fmeta meta;
@@ -499,6 +511,9 @@ int kvshm__file_reclaim(kvshm *h, uint32_t dead, uint32_t dead_gen, uint32_t idx
 		return err;
 	bool ours = e->owner == dead && e->owner_gen == dead_gen &&
 		    (e->state == KVSHM_E_RESERVED || e->state == KVSHM_E_EXPIRED) && e->tier != KVSHM_TIER_RAM;
+	/* Expired: it never linked (publish's step 5), and the key may be
+	 * another writer's now, file included. */
+	bool expired = e->state == KVSHM_E_EXPIRED;
 	int tier = e->tier;
 	uint32_t gen = e->gen;
 	uint64_t token = e->token;
@@ -515,7 +530,7 @@ int kvshm__file_reclaim(kvshm *h, uint32_t dead, uint32_t dead_gen, uint32_t idx
 	/* Linked (or a valid file for this key was there): validate and adopt. */
 	struct kvshm__fmeta meta;
 	bool adopt = false;
-	int v = validate(h, final, key, true, &meta);
+	int v = expired ? -ENOENT : validate(h, final, key, true, &meta);
 	if (v == 0) {
 		struct kvshm__irow row;
 		fill_row(&row, &meta, tier);
@@ -529,6 +544,13 @@ int kvshm__file_reclaim(kvshm *h, uint32_t dead, uint32_t dead_gen, uint32_t idx
 		goto out;
 	if (e->gen == gen && e->owner == dead && e->owner_gen == dead_gen &&
 	    (e->state == KVSHM_E_RESERVED || e->state == KVSHM_E_EXPIRED)) {
+		/* Expired since we looked: adopted only if no other writer has
+		 * taken the key over meanwhile (find_locked skips ours). */
+		const struct kvshm__blob *b = kvshm__entry_blob(h, e);
+		kvshm__h128 term = {e->term[0], e->term[1]};
+		if (adopt && e->state == KVSHM_E_EXPIRED &&
+		    (!b || kvshm__find_locked(h, s, term, &b->model, b->tokens, b->ntokens, tier, NULL) < 0))
+			adopt = false;
 		if (adopt) {
 			mark_file_ready_locked(h, s, idx, &meta);
 		} else if (!kvshm__entry_remove_locked(h, s, idx, dead)) {

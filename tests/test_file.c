@@ -1331,6 +1331,215 @@ static void test_expiry(void **state)
 	finish(f);
 }
 
+/* ---- expiry against a file save's commit, an entry's removal, a reclaim ------ */
+
+struct estates {
+	int n, ready, reserved, expired;
+};
+
+static int estate_cb(const kvshm_entry_info *e, void *p)
+{
+	struct estates *s = p;
+	s->n++;
+	s->ready += e->state == KVSHM_STATE_READY;
+	s->reserved += e->state == KVSHM_STATE_RESERVED;
+	s->expired += e->state == KVSHM_STATE_EXPIRED;
+	return 0;
+}
+
+/* The entries of model m in tier, by state. */
+static struct estates states_of(kvshm *h, const kvshm_model *m, int tier)
+{
+	struct estates s = {0};
+	kvshm_filter f = {.tier_mask = KVSHM_TIER_BIT(tier), .fingerprint = m->fingerprint};
+	OK(kvshm_list(h, &f, estate_cb, &s));
+	return s;
+}
+
+enum { STALL_SAVE, STALL_DELETE };
+struct stall_arg {
+	kvshm *h;
+	int to_parent, from_parent;
+	int what;
+	const kvshm_model *m;
+	const uint32_t *t;
+};
+
+/* Saves (or deletes) one disk key when told; the parent holds the disk
+ * index's transaction lock by then, so the child stalls at its index
+ * change: a save with its file linked, a removal with its entry hidden. */
+static int stall_child(void *p)
+{
+	struct stall_arg *a = p;
+	struct kvshm__idx *ix;
+	struct kvshm__irow row;
+	uint8_t key[16] = {0};
+	uint64_t n = 0;
+	/* Reopen the inherited index now, before the parent's transaction. */
+	if (kvshm__tier_idx(a->h, KVSHM_TIER_DISK, &ix) < 0 || kvshm__idx_get(ix, key, &row) != KVSHM_ENOTFOUND)
+		return 1;
+	wr1(a->to_parent, 'r');
+	if (rd1(a->from_parent, 60000) != 'g')
+		return 2;
+	if (a->what == STALL_SAVE) {
+		if (put_val(a->h, a->m, a->t, 32, 7000, 5, KVSHM_TIER_DISK, KVSHM_REASON_OTHER) != 0)
+			return 3;
+	} else {
+		kvshm_filter f = {.tier_mask = KVSHM_TIER_BIT(KVSHM_TIER_DISK), .fingerprint = a->m->fingerprint};
+		if (kvshm_delete(a->h, &f, &n) != 0 || n != 1)
+			return 4;
+	}
+	return kvshm_close(a->h) == 0 ? 0 : 5;
+}
+
+/*
+ * A file save past its expiry check (its file linked, its index row still
+ * to be written) and a file entry being removed (hidden, its row and file
+ * being deleted) do not expire: gc leaves them reserved and another writer
+ * of the key is told the save is in progress. Before, both expired there:
+ * a second writer saved the key meanwhile, and the first save's publish
+ * then made its expired entry ready beside the second's (two entries, one
+ * file, one row), or the removal deleted the file the second had kept.
+ */
+static void test_no_expiry_while_committing(void **state)
+{
+	struct fx *f = *state;
+	kvshm_config c;
+	cfg_files(&c, f, false, true);
+	c.reservation_ttl_ms = 20;
+	kvshm *h = open_fx(f, &c);
+	struct kvshm__idx *ix;
+	char path[512];
+	OK(kvshm__tier_idx(h, KVSHM_TIER_DISK, &ix));
+	for (int what = STALL_SAVE; what <= STALL_DELETE; what++) {
+		kvshm_model m = model_of(20 + (unsigned)what);
+		uint32_t t[32];
+		int c2p[2], p2c[2];
+		toks_of(t, 32, 20 + (unsigned)what);
+		path_of(h, f, KVSHM_TIER_DISK, &m, t, 32, path, sizeof(path));
+		if (what == STALL_DELETE)
+			OK(put_val(h, &m, t, 32, 7000, 5, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+		assert_int_equal(pipe(c2p), 0);
+		assert_int_equal(pipe(p2c), 0);
+		struct stall_arg a = {h, c2p[1], p2c[0], what, &m, t};
+		pid_t pid = th_fork(stall_child, &a);
+		assert_true(pid > 0);
+		if (rd1(c2p[0], 60000) != 'r') {
+			print_error("child exited with %d\n", th_wait(pid));
+			fail();
+		}
+		OK(kvshm__idx_begin(ix));
+		wr1(p2c[1], 'g');
+		/* Until the child is past its expiry check and stalled. */
+		for (int i = 0;; i++) {
+			struct estates s = states_of(h, &m, KVSHM_TIER_DISK);
+			if (what == STALL_SAVE ? exists(path) : s.reserved == 1)
+				break;
+			assert_true(i < 10000);
+			sleep_ms(1);
+		}
+		sleep_ms(60); /* three times the TTL */
+		OK(kvshm_gc(h, NULL, NULL));
+		struct estates s = states_of(h, &m, KVSHM_TIER_DISK);
+		assert_int_equal(s.n, 1);
+		assert_int_equal(s.expired, 0);
+		assert_int_equal(s.reserved, 1);
+		kvshm_reservation r;
+		kvshm_save_opts o = {KVSHM_TIER_DISK, KVSHM_REASON_OTHER};
+		FAILS(kvshm_reserve(h, &m, t, 32, 7000, &o, &r), KVSHM_EINPROGRESS);
+		OK(kvshm__idx_commit(ix));
+		assert_int_equal(th_wait(pid), 0);
+		s = states_of(h, &m, KVSHM_TIER_DISK);
+		if (what == STALL_SAVE) {
+			assert_int_equal(s.n, 1);
+			assert_int_equal(s.ready, 1);
+			expect_get(h, &m, t, 32, 7000, 5, KVSHM_TIER_DISK);
+		} else {
+			assert_int_equal(s.n, 0);
+			assert_false(exists(path));
+			expect_missing(h, &m, t, 32);
+		}
+		check_ok(h);
+		close(c2p[0]);
+		close(c2p[1]);
+		close(p2c[0]);
+		close(p2c[1]);
+	}
+	assert_int_equal(ctr(h, KVSHM_C_expired), 0);
+	finish(f);
+}
+
+/* Reserves a disk key, half-fills it, and waits: killed, or told to close. */
+static int expired_child(void *p)
+{
+	struct stall_arg *a = p;
+	kvshm_reservation r;
+	kvshm_save_opts o = {KVSHM_TIER_DISK, KVSHM_REASON_COLD};
+	if (kvshm_reserve(a->h, a->m, a->t, 32, 7000, &o, &r) < 0)
+		return 1;
+	val_fill(r.data, r.len / 2, 9);
+	wr1(a->to_parent, 'r');
+	if (rd1(a->from_parent, 60000) != 'c')
+		return 2;
+	return kvshm_close(a->h) == 0 ? 0 : 3;
+}
+
+/*
+ * A writer whose reservation expired, and whose key another writer has
+ * saved since, dies (or closes its handle): the cleanup removes its entry
+ * and its temporary file and leaves the file at the final path, which is
+ * the other writer's. Before, it validated that file, took it for its own
+ * and made its expired entry ready beside the other's.
+ */
+static void test_expired_writer_cleaned_up(void **state)
+{
+	struct fx *f = *state;
+	kvshm_config c;
+	cfg_files(&c, f, false, true);
+	c.reservation_ttl_ms = 20;
+	kvshm *h = open_fx(f, &c);
+	for (int closes = 0; closes < 2; closes++) {
+		kvshm_model m = model_of(30 + (unsigned)closes);
+		uint32_t t[32];
+		int c2p[2], p2c[2];
+		toks_of(t, 32, 30 + (unsigned)closes);
+		assert_int_equal(pipe(c2p), 0);
+		assert_int_equal(pipe(p2c), 0);
+		struct stall_arg a = {h, c2p[1], p2c[0], 0, &m, t};
+		pid_t pid = th_fork(expired_child, &a);
+		assert_true(pid > 0);
+		if (rd1(c2p[0], 60000) != 'r') {
+			print_error("child exited with %d\n", th_wait(pid));
+			fail();
+		}
+		sleep_ms(60);
+		OK(kvshm_gc(h, NULL, NULL));
+		assert_int_equal(states_of(h, &m, KVSHM_TIER_DISK).expired, 1);
+		/* The key is free for another writer: us. */
+		OK(put_val(h, &m, t, 32, 7000, 5, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+		if (closes) {
+			wr1(p2c[1], 'c');
+			assert_int_equal(th_wait(pid), 0);
+		} else {
+			assert_int_equal(kill(pid, SIGKILL), 0);
+			assert_int_equal(th_wait(pid), 128 + SIGKILL);
+			assert_int_equal(kvshm_sweep(h), 1);
+		}
+		struct estates s = states_of(h, &m, KVSHM_TIER_DISK);
+		assert_int_equal(s.n, 1);
+		assert_int_equal(s.ready, 1);
+		expect_get(h, &m, t, 32, 7000, 5, KVSHM_TIER_DISK);
+		assert_int_equal(tmp_files(f->disk), 0);
+		assert_int_equal(stats_of(h).entries_reserved, 0);
+		check_ok(h);
+		close(c2p[0]);
+		close(c2p[1]);
+		close(p2c[0]);
+		close(p2c[1]);
+	}
+	finish(f);
+}
+
 /* The writer semaphore: a child holds the only unit. */
 struct hold_arg {
 	kvshm *h;
@@ -2495,6 +2704,8 @@ int main(void)
 		T(test_duplicates_and_tier_preference),
 		T(test_existing_file_at_final_path),
 		T(test_expiry),
+		T(test_no_expiry_while_committing),
+		T(test_expired_writer_cleaned_up),
 		T(test_writer_semaphore),
 		T(test_corrupt_file_rejected_on_load),
 		T(test_corrupt_after_verified_load),
