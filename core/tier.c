@@ -696,13 +696,24 @@ int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy)
 		    memcmp(m.tokens, b->tokens, 4ull * m.ntokens) != 0)
 			err = kvshm__fail(KVSHM_EBADFILE, "%s: does not hold this entry's key", path);
 	}
-	if (err == 0 && !fresh)
-		err = kvshm__file_check_payload(fd, path, &m);
+	/* Map first, then checksum the mapping: the payload is read once,
+	 * into the page cache the caller will use, with no bounce buffer. */
 	void *map = MAP_FAILED;
 	if (err == 0) {
 		map = mmap(NULL, m.file_size, PROT_READ, MAP_SHARED, fd, 0);
 		if (map == MAP_FAILED)
 			err = kvshm__fail(-errno, "map %s", path);
+	}
+	if (err == 0 && !fresh) {
+		madvise(map, m.file_size, MADV_WILLNEED); /* read ahead while we checksum */
+		uint32_t crc = kvshm__crc32c(0, (const uint8_t *)map + m.payload_off, m.payload_len);
+		if (crc != m.payload_crc) {
+			err = kvshm__fail(KVSHM_EBADFILE, "%s: payload checksum mismatch (CRC32C %08x, header %08x)", path,
+					  crc, m.payload_crc);
+			munmap(map, m.file_size);
+			map = MAP_FAILED;
+		}
+		KVSHM_CRASH_POINT("file.load.verified");
 	}
 	if (mine && kvshm__shard_lock(h, s) == 0) {
 		if (e->gen == gen) {
