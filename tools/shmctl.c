@@ -878,8 +878,11 @@ static int cmd_top(kvshm *h, int argc, char **argv)
 			return EX_USAGE;
 		}
 	}
+	/* Ctrl-C, kill, or the terminal going away (tmux kill, ssh drop):
+	 * leave cleanly, giving the process slot back. */
 	signal(SIGINT, on_int);
 	signal(SIGTERM, on_int);
+	signal(SIGHUP, on_int);
 	kvshm_stats prev, cur;
 	if (kvshm_stats_get(h, &prev) < 0)
 		return fail("top");
