@@ -174,29 +174,26 @@ static BENCH_UNUSED int bench_cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* Percentile q (0..1) of sorted samples (nearest rank). */
-static BENCH_UNUSED uint32_t bench_pct_u32(const uint32_t *sorted, size_t n, double q)
+/* Index of percentile q (0..1) among n > 0 sorted samples (nearest rank). */
+static BENCH_UNUSED size_t bench_pct_rank(size_t n, double q)
 {
-	if (n == 0)
-		return 0;
 	size_t i = (size_t)ceil(q * (double)n);
 	if (i > 0)
 		i--;
 	if (i >= n)
 		i = n - 1;
-	return sorted[i];
+	return i;
+}
+
+/* Percentile q (0..1) of sorted samples; 0 when there are none. */
+static BENCH_UNUSED uint32_t bench_pct_u32(const uint32_t *sorted, size_t n, double q)
+{
+	return n ? sorted[bench_pct_rank(n, q)] : 0;
 }
 
 static BENCH_UNUSED uint64_t bench_pct_u64(const uint64_t *sorted, size_t n, double q)
 {
-	if (n == 0)
-		return 0;
-	size_t i = (size_t)ceil(q * (double)n);
-	if (i > 0)
-		i--;
-	if (i >= n)
-		i = n - 1;
-	return sorted[i];
+	return n ? sorted[bench_pct_rank(n, q)] : 0;
 }
 
 /* "1.23", "45.6", "789" — three significant-ish digits, fixed width by caller. */

@@ -155,6 +155,19 @@ static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *
 	return 0;
 }
 
+/* Close our kvshm handle and destroy the cache, if there are any. */
+static void drop_kvshm(void)
+{
+	if (W.kv) {
+		kvshm_close(W.kv);
+		W.kv = NULL;
+	}
+	if (W.kv_live) {
+		kvshm_destroy(W.kv_name, NULL, 1);
+		W.kv_live = false;
+	}
+}
+
 static void stop_server(pid_t *pid)
 {
 	if (*pid <= 0)
@@ -186,14 +199,7 @@ static void cleanup(void)
 		}
 	stop_server(&W.redis_pid);
 	stop_server(&W.mc_pid);
-	if (W.kv) {
-		kvshm_close(W.kv);
-		W.kv = NULL;
-	}
-	if (W.kv_live) {
-		kvshm_destroy(W.kv_name, NULL, 1);
-		W.kv_live = false;
-	}
+	drop_kvshm();
 	if (W.tmpdir[0])
 		nftw(W.tmpdir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
 	if (W.lmdbroot[0])
@@ -778,14 +784,7 @@ static void teardown_size(void)
 		munmap(W.region, W.region_len);
 		W.region = NULL;
 	}
-	if (W.kv) {
-		kvshm_close(W.kv);
-		W.kv = NULL;
-	}
-	if (W.kv_live) {
-		kvshm_destroy(W.kv_name, NULL, 1);
-		W.kv_live = false;
-	}
+	drop_kvshm();
 	if (W.lmdb_dir[0]) {
 		nftw(W.lmdb_dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
 		W.lmdb_dir[0] = 0;

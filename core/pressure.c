@@ -266,13 +266,21 @@ static void read_config(const struct kvshm__sched *sc, kvshm_sched_config *c)
 	c->tiers = sc->tiers;
 }
 
-KVSHM_EXTERN int kvshm_sched_get(kvshm *h, kvshm_sched_status *st)
+/* Enter the handle and take the lock of its scheduler block (*sc). */
+static int enter_sched_locked(kvshm *h, struct kvshm__sched **sc)
 {
 	int err = kvshm__enter(h);
 	if (err < 0)
 		return err;
-	struct kvshm__sched *sc = &h->hdr->sched;
-	if ((err = kvshm__lock_acquire(h->seg, &sc->lk, NULL)) < 0)
+	*sc = &h->hdr->sched;
+	return kvshm__lock_acquire(h->seg, &(*sc)->lk, NULL);
+}
+
+KVSHM_EXTERN int kvshm_sched_get(kvshm *h, kvshm_sched_status *st)
+{
+	struct kvshm__sched *sc;
+	int err = enter_sched_locked(h, &sc);
+	if (err < 0)
 		return err;
 	memset(st, 0, sizeof(*st));
 	read_config(sc, &st->config);
@@ -375,12 +383,10 @@ static void record(kvshm *h, const uint64_t *u, const uint64_t *t, int result, u
 KVSHM_EXTERN int kvshm_sched_check(kvshm *h, int force, kvshm_sched_status *st)
 {
 	kvshm_sched_config c;
+	struct kvshm__sched *sc;
 	int ret = 0;
-	int err = kvshm__enter(h);
+	int err = enter_sched_locked(h, &sc);
 	if (err < 0)
-		return err;
-	struct kvshm__sched *sc = &h->hdr->sched;
-	if ((err = kvshm__lock_acquire(h->seg, &sc->lk, NULL)) < 0)
 		return err;
 	read_config(sc, &c);
 	kvshm__lock_release(h->seg, &sc->lk);

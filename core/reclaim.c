@@ -20,6 +20,21 @@
 
 #include "core/internal.h"
 
+/* Lock shard s, then make sure the slot sl is still the dead one of
+ * generation gen that we were handed: -ESTALE, with the shard unlocked,
+ * when it is not. */
+static int lock_shard_dead(kvshm *h, uint32_t s, const struct kvshm__slot *sl, uint32_t gen)
+{
+	int err = kvshm__shard_lock(h, s);
+	if (err < 0)
+		return err;
+	if (sl->state != KVSHM_SLOT_DEAD || sl->gen != gen) {
+		kvshm__shard_unlock(h, s);
+		return -ESTALE;
+	}
+	return 0;
+}
+
 static int drop_pins(kvshm *h, uint32_t idx, uint32_t gen, struct kvshm__slotx *x)
 {
 	const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, idx);
@@ -35,13 +50,9 @@ static int drop_pins(kvshm *h, uint32_t idx, uint32_t gen, struct kvshm__slotx *
 			__atomic_store_n(&r->count, 0, __ATOMIC_RELAXED);
 			continue;
 		}
-		int err = kvshm__shard_lock(h, s);
+		int err = lock_shard_dead(h, s, sl, gen);
 		if (err < 0)
 			return err;
-		if (sl->state != KVSHM_SLOT_DEAD || sl->gen != gen) {
-			kvshm__shard_unlock(h, s);
-			return -ESTALE;
-		}
 		uint32_t n = r->count;
 		if (n) {
 			if (e->gen == r->gen && e->state != KVSHM_E_FREE)
@@ -87,13 +98,9 @@ static int drop_reservations(kvshm *h, uint32_t idx, uint32_t gen, struct kvshm_
 			kvshm__count(h, KVSHM_C_reclaimed_reservations, 1);
 		}
 		for (int attempt = 0; attempt < 2; attempt++) {
-			int err = kvshm__shard_lock(h, s);
+			int err = lock_shard_dead(h, s, sl, gen);
 			if (err < 0)
 				return err;
-			if (sl->state != KVSHM_SLOT_DEAD || sl->gen != gen) {
-				kvshm__shard_unlock(h, s);
-				return -ESTALE;
-			}
 			uint64_t blob = 0;
 			bool ours = r->entry == ent && e->gen == r->gen && e->owner == idx && e->owner_gen == gen &&
 				    (e->state == KVSHM_E_RESERVED || e->state == KVSHM_E_EXPIRED);

@@ -13,7 +13,6 @@
  * deadline has passed on the monotonic clock.
  */
 #include <math.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,164 +23,20 @@
 #define XXH_STATIC_LINKING_ONLY /* XXH3_state_t's layout, for test_hash_stale_stack */
 #include "core/internal.h"      /* kvshm__test_force_hash, kvshm__key_of (test builds) */
 
-#define MIB (1024ull * 1024ull)
 
 /* ---- helpers ------------------------------------------------------------------------ */
-
-#define OK(expr)                                                                                 \
-	do {                                                                                     \
-		int r_ = (expr);                                                                 \
-		if (r_ != 0)                                                                     \
-			print_error("%s:%d: %s -> %s (%d): %s\n", __FILE__, __LINE__, #expr,     \
-				    kvshm_err_name(r_), r_, kvshm_last_error());                 \
-		assert_int_equal(r_, 0);                                                         \
-	} while (0)
-
-#define FAILS(expr, want)                                                                        \
-	do {                                                                                     \
-		int r_ = (expr), w_ = (want);                                                    \
-		if (r_ != w_)                                                                    \
-			print_error("%s:%d: %s -> %s (%d), want %s: %s\n", __FILE__, __LINE__,   \
-				    #expr, kvshm_err_name(r_), r_, kvshm_err_name(w_),           \
-				    kvshm_last_error());                                         \
-		assert_int_equal(r_, w_);                                                        \
-	} while (0)
-
-static void cfg_small(kvshm_config *c)
-{
-	kvshm_config_init(c);
-	c->segment_bytes = 16 * MIB;
-	c->lazy = 1;
-	c->max_procs = 64;
-	c->shards = 4;
-	c->chunk_tokens = 16;
-}
-
-static kvshm *create_cache(char *name, size_t len, const char *what, const kvshm_config *c)
-{
-	kvshm *h = NULL;
-	th_name(name, len, what);
-	OK(kvshm_open(name, c, KVSHM_OPEN_CREATE | KVSHM_OPEN_EXCL, &h));
-	assert_non_null(h);
-	return h;
-}
-
-static void check_ok(kvshm *h)
-{
-	int r = kvshm_check(h, 0);
-	if (r != 0)
-		print_error("kvshm_check: %s\n", kvshm_last_error());
-	assert_int_equal(r, 0);
-}
-
-/* Check, close, destroy. */
-static void finish(kvshm *h, const char *name)
-{
-	check_ok(h);
-	OK(kvshm_close(h));
-	OK(kvshm_destroy(name, NULL, 1));
-}
-
-static kvshm_model model_of(unsigned k)
-{
-	kvshm_model m;
-	for (unsigned i = 0; i < 32; i++) {
-		m.fingerprint[i] = (uint8_t)(k * 7u + i);
-		m.ctx_hash[i] = (uint8_t)(k * 13u + 3u * i + 1u);
-	}
-	m.quant = (uint8_t)(k + 1);
-	return m;
-}
-
-/* Token sequence of a family: families differ from the first token on. */
-static void toks_of(uint32_t *t, size_t n, unsigned fam)
-{
-	for (size_t i = 0; i < n; i++)
-		t[i] = fam * 1000003u + (uint32_t)i * 7u + 1u;
-}
-
-static void val_fill(uint8_t *v, size_t len, uint32_t seed)
-{
-	uint32_t x = seed * 2654435761u + 0x12345u;
-	for (size_t i = 0; i < len; i++) {
-		x ^= x << 13;
-		x ^= x >> 17;
-		x ^= x << 5;
-		v[i] = (uint8_t)(x >> 11);
-	}
-}
-
-static bool val_ok(const void *p, size_t len, uint32_t seed)
-{
-	uint8_t *v = malloc(len ? len : 1);
-	if (!v)
-		return false;
-	val_fill(v, len, seed);
-	bool ok = memcmp(p, v, len) == 0;
-	free(v);
-	return ok;
-}
-
-static int put_val(kvshm *h, const kvshm_model *m, const uint32_t *t, size_t n, size_t len, uint32_t seed,
-		   int reason)
-{
-	uint8_t *v = malloc(len);
-	if (!v)
-		return -ENOMEM;
-	val_fill(v, len, seed);
-	kvshm_save_opts o = {KVSHM_TIER_RAM, reason};
-	int r = kvshm_put(h, m, t, n, v, len, &o);
-	free(v);
-	return r;
-}
-
-/* The exact entry of (m, t[0..n)) holds len bytes made from seed. */
-static void expect_get(kvshm *h, const kvshm_model *m, const uint32_t *t, size_t n, size_t len, uint32_t seed)
-{
-	kvshm_pin p;
-	OK(kvshm_get(h, m, t, n, 0, &p));
-	assert_int_equal(p.kind, KVSHM_HIT_EXACT);
-	assert_int_equal(p.ntokens, n);
-	assert_int_equal(p.len, len);
-	assert_int_equal(p.tier, KVSHM_TIER_RAM);
-	assert_true(val_ok(p.data, len, seed));
-	OK(kvshm_unpin(h, &p));
-}
-
-static void expect_missing(kvshm *h, const kvshm_model *m, const uint32_t *t, size_t n)
-{
-	kvshm_pin p;
-	FAILS(kvshm_get(h, m, t, n, 0, &p), KVSHM_ENOTFOUND);
-}
 
 /* One hit: raises the entry's score. */
 static void hit(kvshm *h, const kvshm_model *m, const uint32_t *t, size_t n)
 {
 	kvshm_pin p;
-	OK(kvshm_get(h, m, t, n, 0, &p));
-	OK(kvshm_unpin(h, &p));
-}
-
-static kvshm_stats stats_of(kvshm *h)
-{
-	kvshm_stats st;
-	OK(kvshm_stats_get(h, &st));
-	return st;
+	TH_OK(kvshm_get(h, m, t, n, 0, &p));
+	TH_OK(kvshm_unpin(h, &p));
 }
 
 static uint64_t ram_bytes(kvshm *h)
 {
-	return stats_of(h).tier_bytes[KVSHM_TIER_RAM];
-}
-
-static uint64_t ram_entries(kvshm *h)
-{
-	return stats_of(h).tier_entries[KVSHM_TIER_RAM];
-}
-
-static uint64_t ctr(kvshm *h, int c)
-{
-	return stats_of(h).counters[c];
+	return th_stats_of(h).tier_bytes[KVSHM_TIER_RAM];
 }
 
 /* Bytes charged to the tier for one value of len bytes under n tokens. */
@@ -190,76 +45,23 @@ static uint64_t footprint_of(size_t n, size_t len)
 	char name[64];
 	kvshm_config c;
 	uint32_t t[64];
-	cfg_small(&c);
-	kvshm *h = create_cache(name, sizeof(name), "fp", &c);
-	kvshm_model m = model_of(0);
-	toks_of(t, n, 0);
-	OK(put_val(h, &m, t, n, len, 1, KVSHM_REASON_OTHER));
+	th_cfg_small(&c, 0);
+	kvshm *h = th_create_cache(name, sizeof(name), "fp", &c);
+	kvshm_model m = th_model_of(0);
+	th_toks_of(t, n, 0);
+	TH_OK(th_put_val(h, &m, t, n, len, 1, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 	uint64_t fp = ram_bytes(h);
-	finish(h, name);
+	th_finish(h, name);
 	assert_true(fp >= len);
 	return fp;
 }
 
-struct coll {
-	int n;
-	kvshm_entry_info e[160];
-};
-
-static int collect(const kvshm_entry_info *e, void *ctx)
-{
-	struct coll *c = ctx;
-	if (c->n < (int)KVSHM_ARRAY_LEN(c->e))
-		c->e[c->n++] = *e;
-	return 0;
-}
-
-static void list_all(kvshm *h, const kvshm_filter *f, struct coll *c)
-{
-	c->n = 0;
-	OK(kvshm_list(h, f, collect, c));
-}
-
-static const kvshm_entry_info *find_ntok(const struct coll *c, uint32_t ntok)
+static const kvshm_entry_info *find_ntok(const struct th_coll *c, uint32_t ntok)
 {
 	for (int i = 0; i < c->n; i++)
 		if (c->e[i].ntokens == ntok)
 			return &c->e[i];
 	return NULL;
-}
-
-static void sleep_ms(long ms)
-{
-	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
-}
-
-/* One byte over a pipe; reads give up after timeout_ms (-1 then), so a
- * child never outlives a parent that failed. */
-static void wr1(int fd, char c)
-{
-	ssize_t n;
-	do
-		n = write(fd, &c, 1);
-	while (n < 0 && errno == EINTR);
-}
-
-static int rd1(int fd, int timeout_ms)
-{
-	struct pollfd p = {fd, POLLIN, 0};
-	int r;
-	do
-		r = poll(&p, 1, timeout_ms);
-	while (r < 0 && errno == EINTR);
-	if (r <= 0)
-		return -1;
-	char c;
-	ssize_t n;
-	do
-		n = read(fd, &c, 1);
-	while (n < 0 && errno == EINTR);
-	return n == 1 ? (unsigned char)c : -1;
 }
 
 /* ---- open, close, configuration, destroy ----------------------------------------------- */
@@ -272,13 +74,13 @@ static void test_open_defaults(void **st)
 	kvshm *h2 = NULL, *h3 = NULL;
 	kvshm_config_init(&def);
 	c = def;
-	c.segment_bytes = 16 * MIB; /* the defaults, small and lazy */
+	c.segment_bytes = 16 * TH_MIB; /* the defaults, small and lazy */
 	c.lazy = 1;
-	kvshm *h = create_cache(name, sizeof(name), "open", &c);
+	kvshm *h = th_create_cache(name, sizeof(name), "open", &c);
 
 	/* The defaults documented in kvshm.h. */
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-	assert_int_equal(def.segment_bytes, 512 * MIB);
+	assert_int_equal(def.segment_bytes, 512 * TH_MIB);
 	assert_int_equal(def.max_procs, 256);
 	assert_int_equal(def.shards, 16);
 	assert_int_equal(def.max_entries, 0); /* derived */
@@ -293,10 +95,10 @@ static void test_open_defaults(void **st)
 	for (int t = 0; t < KVSHM_NTIERS; t++)
 		assert_int_equal(def.quota[t], 0);
 	assert_null(def.shm_dir);
-	OK(kvshm_config_validate(&def));
+	TH_OK(kvshm_config_validate(&def));
 	/* A cache created with them reports them. */
-	OK(kvshm_get_config(h, &got));
-	assert_int_equal(got.segment_bytes, 16 * MIB);
+	TH_OK(kvshm_get_config(h, &got));
+	assert_int_equal(got.segment_bytes, 16 * TH_MIB);
 	assert_int_equal(got.max_procs, def.max_procs);
 	assert_int_equal(got.shards, def.shards);
 	assert_int_equal(got.max_entries, 1024); /* max(1024, 16 MiB / 64 KiB) */
@@ -310,62 +112,62 @@ static void test_open_defaults(void **st)
 	assert_true(got.score_halflife_s == def.score_halflife_s);
 	assert_memory_equal(&got.policy, &def.policy, sizeof(def.policy));
 	assert_null(got.shm_dir);
-	kvshm_stats s = stats_of(h);
+	kvshm_stats s = th_stats_of(h);
 	assert_int_equal(got.quota[KVSHM_TIER_RAM], s.data_bytes); /* default: the data area */
 	assert_int_equal(s.tier_quota[KVSHM_TIER_RAM], s.data_bytes);
-	assert_true(s.data_bytes > 8 * MIB && s.data_bytes < 16 * MIB);
+	assert_true(s.data_bytes > 8 * TH_MIB && s.data_bytes < 16 * TH_MIB);
 
 	/* A second handle attaches the same cache; the segment's config wins. */
 	kvshm_config other;
-	cfg_small(&other);
+	th_cfg_small(&other, 0);
 	other.chunk_tokens = 8;
-	OK(kvshm_open(name, &other, 0, &h2));
-	OK(kvshm_get_config(h2, &got));
+	TH_OK(kvshm_open(name, &other, 0, &h2));
+	TH_OK(kvshm_get_config(h2, &got));
 	assert_int_equal(got.chunk_tokens, def.chunk_tokens);
 	assert_int_equal(got.shards, def.shards);
 	/* CREATE without EXCL attaches an existing cache too. */
-	OK(kvshm_open(name, &other, KVSHM_OPEN_CREATE, &h3));
-	OK(kvshm_get_config(h3, &got));
+	TH_OK(kvshm_open(name, &other, KVSHM_OPEN_CREATE, &h3));
+	TH_OK(kvshm_get_config(h3, &got));
 	assert_int_equal(got.chunk_tokens, def.chunk_tokens);
-	assert_int_equal(stats_of(h).procs_live, 3);
+	assert_int_equal(th_stats_of(h).procs_live, 3);
 
 	/* What one handle saves, the others read. */
-	kvshm_model m = model_of(1);
+	kvshm_model m = th_model_of(1);
 	uint32_t t[100];
-	toks_of(t, 100, 1);
-	OK(put_val(h, &m, t, 100, 5000, 42, KVSHM_REASON_OTHER));
-	expect_get(h2, &m, t, 100, 5000, 42);
-	expect_get(h3, &m, t, 100, 5000, 42);
-	OK(kvshm_close(h3));
-	OK(kvshm_close(h2));
-	assert_int_equal(stats_of(h).procs_live, 1);
+	th_toks_of(t, 100, 1);
+	TH_OK(th_put_val(h, &m, t, 100, 5000, 42, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	th_expect_get(h2, &m, t, 100, 5000, 42, KVSHM_TIER_RAM);
+	th_expect_get(h3, &m, t, 100, 5000, 42, KVSHM_TIER_RAM);
+	TH_OK(kvshm_close(h3));
+	TH_OK(kvshm_close(h2));
+	assert_int_equal(th_stats_of(h).procs_live, 1);
 
 	/* EXCL on an existing cache. */
 	kvshm *hx = (kvshm *)&hx;
-	FAILS(kvshm_open(name, &c, KVSHM_OPEN_CREATE | KVSHM_OPEN_EXCL, &hx), -EEXIST);
+	TH_FAILS(kvshm_open(name, &c, KVSHM_OPEN_CREATE | KVSHM_OPEN_EXCL, &hx), -EEXIST);
 	assert_null(hx);
 	assert_non_null(strstr(kvshm_last_error(), name));
 	/* Missing cache without CREATE. */
 	char missing[64];
 	th_name(missing, sizeof(missing), "missing");
 	hx = (kvshm *)&hx;
-	FAILS(kvshm_open(missing, &c, 0, &hx), -ENOENT);
+	TH_FAILS(kvshm_open(missing, &c, 0, &hx), -ENOENT);
 	assert_null(hx);
-	FAILS(kvshm_open(missing, NULL, 0, &hx), -ENOENT);
+	TH_FAILS(kvshm_open(missing, NULL, 0, &hx), -ENOENT);
 	/* Bad names and a NULL out. */
-	FAILS(kvshm_open("bad/name", &c, KVSHM_OPEN_CREATE, &hx), -EINVAL);
-	FAILS(kvshm_open("", &c, KVSHM_OPEN_CREATE, &hx), -EINVAL);
-	FAILS(kvshm_open(NULL, &c, KVSHM_OPEN_CREATE, &hx), -EINVAL);
-	FAILS(kvshm_open(name, &c, 0, NULL), -EINVAL);
+	TH_FAILS(kvshm_open("bad/name", &c, KVSHM_OPEN_CREATE, &hx), -EINVAL);
+	TH_FAILS(kvshm_open("", &c, KVSHM_OPEN_CREATE, &hx), -EINVAL);
+	TH_FAILS(kvshm_open(NULL, &c, KVSHM_OPEN_CREATE, &hx), -EINVAL);
+	TH_FAILS(kvshm_open(name, &c, 0, NULL), -EINVAL);
 	/* A NULL handle is refused, not dereferenced; closing it is a no-op. */
 	kvshm_stats sx;
-	FAILS(kvshm_stats_get(NULL, &sx), KVSHM_ECLOSED);
-	FAILS(kvshm_check(NULL, 0), KVSHM_ECLOSED);
+	TH_FAILS(kvshm_stats_get(NULL, &sx), KVSHM_ECLOSED);
+	TH_FAILS(kvshm_check(NULL, 0), KVSHM_ECLOSED);
 	kvshm_pin p;
-	FAILS(kvshm_lookup(NULL, &m, t, 10, 0, &p), KVSHM_ECLOSED);
-	OK(kvshm_close(NULL));
-	expect_get(h, &m, t, 100, 5000, 42);
-	finish(h, name);
+	TH_FAILS(kvshm_lookup(NULL, &m, t, 10, 0, &p), KVSHM_ECLOSED);
+	TH_OK(kvshm_close(NULL));
+	th_expect_get(h, &m, t, 100, 5000, 42, KVSHM_TIER_RAM);
+	th_finish(h, name);
 }
 
 static void test_config_invalid(void **st)
@@ -385,9 +187,9 @@ static void test_config_invalid(void **st)
 	};
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(cases); i++) {
 		kvshm_config c;
-		cfg_small(&c);
+		th_cfg_small(&c, 0);
 		switch (cases[i].which) {
-		case 0: c.segment_bytes = 1 * MIB; break;
+		case 0: c.segment_bytes = 1 * TH_MIB; break;
 		case 1: c.segment_bytes = (1ull << 40) + 1; break;
 		case 2: c.max_procs = 1; break;
 		case 3: c.shards = 3; break;
@@ -412,7 +214,7 @@ static void test_config_invalid(void **st)
 		case 22: c.max_procs = 65537; break;
 		case 23: c.page_size = 32u << 20; break;
 		}
-		FAILS(kvshm_config_validate(&c), KVSHM_ECONFIG);
+		TH_FAILS(kvshm_config_validate(&c), KVSHM_ECONFIG);
 		if (!strstr(kvshm_last_error(), cases[i].field))
 			print_error("case %zu: '%s' does not name %s\n", i, kvshm_last_error(), cases[i].field);
 		assert_non_null(strstr(kvshm_last_error(), cases[i].field));
@@ -420,18 +222,18 @@ static void test_config_invalid(void **st)
 		char name[64];
 		kvshm *h = (kvshm *)&h;
 		th_name(name, sizeof(name), "badcfg");
-		FAILS(kvshm_open(name, &c, KVSHM_OPEN_CREATE, &h), KVSHM_ECONFIG);
+		TH_FAILS(kvshm_open(name, &c, KVSHM_OPEN_CREATE, &h), KVSHM_ECONFIG);
 		assert_null(h);
 		assert_non_null(strstr(kvshm_last_error(), cases[i].field));
-		FAILS(kvshm_open(name, &c, 0, &h), -ENOENT);
+		TH_FAILS(kvshm_open(name, &c, 0, &h), -ENOENT);
 	}
-	FAILS(kvshm_config_validate(NULL), KVSHM_ECONFIG);
+	TH_FAILS(kvshm_config_validate(NULL), KVSHM_ECONFIG);
 
 	/* The edges of every range are valid. */
 	kvshm_config c;
-	cfg_small(&c);
-	OK(kvshm_config_validate(&c));
-	c.segment_bytes = 4 * MIB;
+	th_cfg_small(&c, 0);
+	TH_OK(kvshm_config_validate(&c));
+	c.segment_bytes = 4 * TH_MIB;
 	c.max_procs = 2;
 	c.shards = 1;
 	c.chunk_tokens = 1;
@@ -440,12 +242,12 @@ static void test_config_invalid(void **st)
 	c.wait_ms = 0;
 	c.policy.cold_min_tokens = c.policy.min_tokens;
 	c.policy.cold_max_tokens = c.policy.cold_min_tokens;
-	OK(kvshm_config_validate(&c));
+	TH_OK(kvshm_config_validate(&c));
 	c.shards = 64;
 	c.chunk_tokens = 4096;
 	c.page_size = 16u << 20;
 	c.max_entries = 64;
-	OK(kvshm_config_validate(&c));
+	TH_OK(kvshm_config_validate(&c));
 }
 
 /* A configuration whose tables do not fit its segment is a configuration
@@ -456,21 +258,21 @@ static void test_config_too_small_for_tables(void **st)
 	char name[64];
 	kvshm_config c;
 	kvshm *h = (kvshm *)&h;
-	cfg_small(&c);
-	c.segment_bytes = 4 * MIB;
+	th_cfg_small(&c, 0);
+	c.segment_bytes = 4 * TH_MIB;
 	c.max_procs = 8192; /* process table alone is several MiB */
 	th_name(name, sizeof(name), "tables");
-	OK(kvshm_config_validate(&c)); /* each field is in range */
-	FAILS(kvshm_open(name, &c, KVSHM_OPEN_CREATE, &h), KVSHM_ECONFIG);
+	TH_OK(kvshm_config_validate(&c)); /* each field is in range */
+	TH_FAILS(kvshm_open(name, &c, KVSHM_OPEN_CREATE, &h), KVSHM_ECONFIG);
 	assert_null(h);
 	assert_non_null(strstr(kvshm_last_error(), "segment_bytes"));
-	FAILS(kvshm_open(name, &c, 0, &h), -ENOENT);
+	TH_FAILS(kvshm_open(name, &c, 0, &h), -ENOENT);
 	/* The same with entries instead of slots. */
-	cfg_small(&c);
-	c.segment_bytes = 4 * MIB;
+	th_cfg_small(&c, 0);
+	c.segment_bytes = 4 * TH_MIB;
 	c.max_entries = 1u << 20;
-	FAILS(kvshm_open(name, &c, KVSHM_OPEN_CREATE, &h), KVSHM_ECONFIG);
-	FAILS(kvshm_open(name, &c, 0, &h), -ENOENT);
+	TH_FAILS(kvshm_open(name, &c, KVSHM_OPEN_CREATE, &h), KVSHM_ECONFIG);
+	TH_FAILS(kvshm_open(name, &c, 0, &h), -ENOENT);
 }
 
 static void test_get_config_roundtrip(void **st)
@@ -479,7 +281,7 @@ static void test_get_config_roundtrip(void **st)
 	char name[64];
 	kvshm_config c, got;
 	kvshm_config_init(&c);
-	c.segment_bytes = 24 * MIB;
+	c.segment_bytes = 24 * TH_MIB;
 	c.max_procs = 40;
 	c.shards = 8;
 	c.max_entries = 2048;
@@ -491,22 +293,22 @@ static void test_get_config_roundtrip(void **st)
 	c.mode = 0640;
 	c.lazy = 1;
 	c.score_halflife_s = 123.5;
-	c.quota[KVSHM_TIER_RAM] = 4 * MIB;
-	c.quota[KVSHM_TIER_RAM_FILE] = 5 * MIB;
-	c.quota[KVSHM_TIER_DISK] = 6 * MIB;
+	c.quota[KVSHM_TIER_RAM] = 4 * TH_MIB;
+	c.quota[KVSHM_TIER_RAM_FILE] = 5 * TH_MIB;
+	c.quota[KVSHM_TIER_DISK] = 6 * TH_MIB;
 	c.policy = (kvshm_policy){100, 200, 3000, 400, 8, 64};
-	OK(kvshm_config_validate(&c));
-	kvshm *h = create_cache(name, sizeof(name), "cfg", &c);
+	TH_OK(kvshm_config_validate(&c));
+	kvshm *h = th_create_cache(name, sizeof(name), "cfg", &c);
 	for (int pass = 0; pass < 2; pass++) {
 		kvshm *hh = h, *h2 = NULL;
 		if (pass == 1) {
 			kvshm_config other;
-			cfg_small(&other);
-			OK(kvshm_open(name, &other, 0, &h2));
+			th_cfg_small(&other, 0);
+			TH_OK(kvshm_open(name, &other, 0, &h2));
 			hh = h2;
 		}
 		memset(&got, 0xa5, sizeof(got));
-		OK(kvshm_get_config(hh, &got));
+		TH_OK(kvshm_get_config(hh, &got));
 		assert_int_equal(got.segment_bytes, c.segment_bytes);
 		assert_int_equal(got.max_procs, c.max_procs);
 		assert_int_equal(got.shards, c.shards);
@@ -523,21 +325,21 @@ static void test_get_config_roundtrip(void **st)
 			assert_int_equal(got.quota[t], c.quota[t]);
 		assert_memory_equal(&got.policy, &c.policy, sizeof(c.policy));
 		assert_null(got.shm_dir);
-		OK(kvshm_config_validate(&got)); /* what comes out is valid input */
+		TH_OK(kvshm_config_validate(&got)); /* what comes out is valid input */
 		if (h2) {
-			check_ok(h2);
-			OK(kvshm_close(h2));
+			th_check_ok(h2);
+			TH_OK(kvshm_close(h2));
 		}
 	}
-	kvshm_stats s = stats_of(h);
+	kvshm_stats s = th_stats_of(h);
 	assert_int_equal(s.entries_max, 2048);
 	assert_int_equal(s.shards, 8);
 	assert_int_equal(s.chunk_tokens, 32);
-	assert_int_equal(s.segment_bytes, 24 * MIB);
+	assert_int_equal(s.segment_bytes, 24 * TH_MIB);
 	assert_int_equal(s.procs_max, 40);
 	assert_int_equal(s.writer_slots_max, 3);
-	assert_int_equal(s.tier_quota[KVSHM_TIER_RAM], 4 * MIB);
-	finish(h, name);
+	assert_int_equal(s.tier_quota[KVSHM_TIER_RAM], 4 * TH_MIB);
+	th_finish(h, name);
 }
 
 struct attach_arg {
@@ -550,11 +352,11 @@ static int attach_child(void *p)
 	struct attach_arg *a = p;
 	kvshm *h;
 	if (kvshm_open(a->name, NULL, 0, &h) < 0) {
-		wr1(a->to_parent, 'x');
+		th_write_byte(a->to_parent, 'x');
 		return 1;
 	}
-	wr1(a->to_parent, 'o');
-	int c = rd1(a->from_parent, 60000);
+	th_write_byte(a->to_parent, 'o');
+	int c = th_read_byte(a->from_parent, 60000);
 	int err = kvshm_close(h);
 	return c == 'g' && err == 0 ? 0 : 2;
 }
@@ -565,12 +367,12 @@ static void test_destroy_busy(void **st)
 	char name[64];
 	kvshm_config c;
 	int c2p[2], p2c[2];
-	cfg_small(&c);
-	kvshm *h = create_cache(name, sizeof(name), "busy", &c);
+	th_cfg_small(&c, 0);
+	kvshm *h = th_create_cache(name, sizeof(name), "busy", &c);
 	/* Our own live handle counts. */
-	FAILS(kvshm_destroy(name, NULL, 0), -EBUSY);
-	check_ok(h);
-	OK(kvshm_close(h));
+	TH_FAILS(kvshm_destroy(name, NULL, 0), -EBUSY);
+	th_check_ok(h);
+	TH_OK(kvshm_close(h));
 
 	struct attach_arg a;
 	memcpy(a.name, name, sizeof(a.name));
@@ -580,32 +382,32 @@ static void test_destroy_busy(void **st)
 	a.from_parent = p2c[0];
 	pid_t pid = th_fork(attach_child, &a);
 	assert_true(pid > 0);
-	assert_int_equal(rd1(c2p[0], 60000), 'o');
+	assert_int_equal(th_read_byte(c2p[0], 60000), 'o');
 	/* Only the child is attached now. */
-	FAILS(kvshm_destroy(name, NULL, 0), -EBUSY);
+	TH_FAILS(kvshm_destroy(name, NULL, 0), -EBUSY);
 	assert_non_null(strstr(kvshm_last_error(), "live"));
 	kvshm *h2;
-	OK(kvshm_open(name, NULL, 0, &h2)); /* still there */
-	assert_int_equal(stats_of(h2).procs_live, 2);
-	check_ok(h2);
-	OK(kvshm_close(h2));
+	TH_OK(kvshm_open(name, NULL, 0, &h2)); /* still there */
+	assert_int_equal(th_stats_of(h2).procs_live, 2);
+	th_check_ok(h2);
+	TH_OK(kvshm_close(h2));
 	/* force removes it under the attached child. */
-	OK(kvshm_destroy(name, NULL, 1));
-	FAILS(kvshm_open(name, NULL, 0, &h2), -ENOENT);
-	wr1(p2c[1], 'g');
+	TH_OK(kvshm_destroy(name, NULL, 1));
+	TH_FAILS(kvshm_open(name, NULL, 0, &h2), -ENOENT);
+	th_write_byte(p2c[1], 'g');
 	assert_int_equal(th_wait(pid), 0);
-	FAILS(kvshm_destroy(name, NULL, 0), -ENOENT);
+	TH_FAILS(kvshm_destroy(name, NULL, 0), -ENOENT);
 	close(c2p[0]);
 	close(c2p[1]);
 	close(p2c[0]);
 	close(p2c[1]);
 
 	/* With nobody attached, destroy needs no force. */
-	h = create_cache(name, sizeof(name), "idle", &c);
-	check_ok(h);
-	OK(kvshm_close(h));
-	OK(kvshm_destroy(name, NULL, 0));
-	FAILS(kvshm_destroy(name, NULL, 0), -ENOENT);
+	h = th_create_cache(name, sizeof(name), "idle", &c);
+	th_check_ok(h);
+	TH_OK(kvshm_close(h));
+	TH_OK(kvshm_destroy(name, NULL, 0));
+	TH_FAILS(kvshm_destroy(name, NULL, 0), -ENOENT);
 }
 
 /* ---- bad input ----------------------------------------------------------------------------- */
@@ -615,95 +417,95 @@ static void test_bad_input(void **st)
 	(void)st;
 	char name[64];
 	kvshm_config c;
-	cfg_small(&c);
-	kvshm *h = create_cache(name, sizeof(name), "badin", &c);
-	kvshm_model m = model_of(1);
+	th_cfg_small(&c, 0);
+	kvshm *h = th_create_cache(name, sizeof(name), "badin", &c);
+	kvshm_model m = th_model_of(1);
 	uint32_t t[64];
 	uint8_t buf[64];
 	kvshm_pin p;
 	kvshm_reservation r;
 	size_t len = 0, ntok = 0;
-	toks_of(t, 64, 1);
-	OK(put_val(h, &m, t, 20, 1000, 7, KVSHM_REASON_OTHER));
-	OK(put_val(h, &m, t, 40, 3000, 8, KVSHM_REASON_OTHER));
-	kvshm_stats before = stats_of(h);
+	th_toks_of(t, 64, 1);
+	TH_OK(th_put_val(h, &m, t, 20, 1000, 7, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	TH_OK(th_put_val(h, &m, t, 40, 3000, 8, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	kvshm_stats before = th_stats_of(h);
 	memset(buf, 0, sizeof(buf));
 
 	/* Lookups. */
-	FAILS(kvshm_lookup(h, &m, t, 0, 0, &p), -EINVAL);
-	FAILS(kvshm_get(h, &m, t, 0, 0, &p), -EINVAL);
-	FAILS(kvshm_lookup(h, &m, t, (size_t)KVSHM_MAX_TOKENS + 1, 0, &p), -EINVAL);
-	FAILS(kvshm_get(h, &m, t, (size_t)KVSHM_MAX_TOKENS + 1, 0, &p), -EINVAL);
-	FAILS(kvshm_lookup(h, NULL, t, 20, 0, &p), -EINVAL);
-	FAILS(kvshm_lookup(h, &m, NULL, 20, 0, &p), -EINVAL);
-	FAILS(kvshm_get(h, NULL, t, 20, 0, &p), -EINVAL);
-	FAILS(kvshm_lookup(h, &m, t, 20, 0, NULL), -EINVAL);
-	FAILS(kvshm_lookup_copy(h, &m, t, 0, 0, buf, sizeof(buf), &len, &ntok), -EINVAL);
-	FAILS(kvshm_lookup_copy(h, NULL, t, 20, 0, buf, sizeof(buf), &len, &ntok), -EINVAL);
-	FAILS(kvshm_unpin(h, NULL), -EINVAL);
+	TH_FAILS(kvshm_lookup(h, &m, t, 0, 0, &p), -EINVAL);
+	TH_FAILS(kvshm_get(h, &m, t, 0, 0, &p), -EINVAL);
+	TH_FAILS(kvshm_lookup(h, &m, t, (size_t)KVSHM_MAX_TOKENS + 1, 0, &p), -EINVAL);
+	TH_FAILS(kvshm_get(h, &m, t, (size_t)KVSHM_MAX_TOKENS + 1, 0, &p), -EINVAL);
+	TH_FAILS(kvshm_lookup(h, NULL, t, 20, 0, &p), -EINVAL);
+	TH_FAILS(kvshm_lookup(h, &m, NULL, 20, 0, &p), -EINVAL);
+	TH_FAILS(kvshm_get(h, NULL, t, 20, 0, &p), -EINVAL);
+	TH_FAILS(kvshm_lookup(h, &m, t, 20, 0, NULL), -EINVAL);
+	TH_FAILS(kvshm_lookup_copy(h, &m, t, 0, 0, buf, sizeof(buf), &len, &ntok), -EINVAL);
+	TH_FAILS(kvshm_lookup_copy(h, NULL, t, 20, 0, buf, sizeof(buf), &len, &ntok), -EINVAL);
+	TH_FAILS(kvshm_unpin(h, NULL), -EINVAL);
 
 	/* Saves. */
-	FAILS(kvshm_reserve(h, &m, t, 0, 100, NULL, &r), -EINVAL);
-	FAILS(kvshm_reserve(h, &m, t, (size_t)KVSHM_MAX_TOKENS + 1, 100, NULL, &r), -EINVAL);
-	FAILS(kvshm_reserve(h, NULL, t, 10, 100, NULL, &r), -EINVAL);
-	FAILS(kvshm_reserve(h, &m, NULL, 10, 100, NULL, &r), -EINVAL);
-	FAILS(kvshm_reserve(h, &m, t, 10, 100, NULL, NULL), -EINVAL);
-	FAILS(kvshm_reserve(h, &m, t, 10, 0, NULL, &r), -EINVAL);
-	FAILS(kvshm_put(h, &m, t, 10, buf, 0, NULL), -EINVAL);
-	FAILS(kvshm_put(h, &m, t, 10, NULL, 10, NULL), -EINVAL);
-	FAILS(kvshm_put(h, &m, t, 0, buf, 10, NULL), -EINVAL);
-	FAILS(kvshm_put(h, NULL, t, 10, buf, 10, NULL), -EINVAL);
-	FAILS(kvshm_put(h, &m, NULL, 10, buf, 10, NULL), -EINVAL);
+	TH_FAILS(kvshm_reserve(h, &m, t, 0, 100, NULL, &r), -EINVAL);
+	TH_FAILS(kvshm_reserve(h, &m, t, (size_t)KVSHM_MAX_TOKENS + 1, 100, NULL, &r), -EINVAL);
+	TH_FAILS(kvshm_reserve(h, NULL, t, 10, 100, NULL, &r), -EINVAL);
+	TH_FAILS(kvshm_reserve(h, &m, NULL, 10, 100, NULL, &r), -EINVAL);
+	TH_FAILS(kvshm_reserve(h, &m, t, 10, 100, NULL, NULL), -EINVAL);
+	TH_FAILS(kvshm_reserve(h, &m, t, 10, 0, NULL, &r), -EINVAL);
+	TH_FAILS(kvshm_put(h, &m, t, 10, buf, 0, NULL), -EINVAL);
+	TH_FAILS(kvshm_put(h, &m, t, 10, NULL, 10, NULL), -EINVAL);
+	TH_FAILS(kvshm_put(h, &m, t, 0, buf, 10, NULL), -EINVAL);
+	TH_FAILS(kvshm_put(h, NULL, t, 10, buf, 10, NULL), -EINVAL);
+	TH_FAILS(kvshm_put(h, &m, NULL, 10, buf, 10, NULL), -EINVAL);
 	/* Larger than the RAM quota (here the data area), or absurd. */
-	FAILS(kvshm_reserve(h, &m, t, 10, (size_t)(before.tier_quota[KVSHM_TIER_RAM] + 1), NULL, &r),
+	TH_FAILS(kvshm_reserve(h, &m, t, 10, (size_t)(before.tier_quota[KVSHM_TIER_RAM] + 1), NULL, &r),
 	      KVSHM_ETOOBIG);
-	FAILS(kvshm_reserve(h, &m, t, 10, 32 * MIB, NULL, &r), KVSHM_ETOOBIG);
-	FAILS(kvshm_reserve(h, &m, t, 10, SIZE_MAX, NULL, &r), KVSHM_ETOOBIG);
-	FAILS(kvshm_reserve(h, &m, t, 10, SIZE_MAX - 40, NULL, &r), KVSHM_ETOOBIG);
+	TH_FAILS(kvshm_reserve(h, &m, t, 10, 32 * TH_MIB, NULL, &r), KVSHM_ETOOBIG);
+	TH_FAILS(kvshm_reserve(h, &m, t, 10, SIZE_MAX, NULL, &r), KVSHM_ETOOBIG);
+	TH_FAILS(kvshm_reserve(h, &m, t, 10, SIZE_MAX - 40, NULL, &r), KVSHM_ETOOBIG);
 	/* Tiers and reasons. */
 	kvshm_save_opts o = {KVSHM_TIER_RAM_FILE, KVSHM_REASON_OTHER};
-	FAILS(kvshm_reserve(h, &m, t, 10, 100, &o, &r), -EOPNOTSUPP);
-	FAILS(kvshm_put(h, &m, t, 10, buf, 10, &o), -EOPNOTSUPP);
+	TH_FAILS(kvshm_reserve(h, &m, t, 10, 100, &o, &r), -EOPNOTSUPP);
+	TH_FAILS(kvshm_put(h, &m, t, 10, buf, 10, &o), -EOPNOTSUPP);
 	o.tier = KVSHM_TIER_DISK;
-	FAILS(kvshm_reserve(h, &m, t, 10, 100, &o, &r), -EOPNOTSUPP);
+	TH_FAILS(kvshm_reserve(h, &m, t, 10, 100, &o, &r), -EOPNOTSUPP);
 	o.tier = KVSHM_NTIERS;
-	FAILS(kvshm_reserve(h, &m, t, 10, 100, &o, &r), -EINVAL);
+	TH_FAILS(kvshm_reserve(h, &m, t, 10, 100, &o, &r), -EINVAL);
 	o.tier = -1;
-	FAILS(kvshm_put(h, &m, t, 10, buf, 10, &o), -EINVAL);
+	TH_FAILS(kvshm_put(h, &m, t, 10, buf, 10, &o), -EINVAL);
 	o.tier = KVSHM_TIER_RAM;
 	o.reason = -1;
-	FAILS(kvshm_reserve(h, &m, t, 10, 100, &o, &r), -EINVAL);
+	TH_FAILS(kvshm_reserve(h, &m, t, 10, 100, &o, &r), -EINVAL);
 	o.reason = KVSHM_NREASONS;
-	FAILS(kvshm_put(h, &m, t, 10, buf, 10, &o), -EINVAL);
+	TH_FAILS(kvshm_put(h, &m, t, 10, buf, 10, &o), -EINVAL);
 	/* Publish and cancel of nothing. */
-	FAILS(kvshm_publish(h, NULL), -EINVAL);
-	FAILS(kvshm_cancel(h, NULL), -EINVAL);
+	TH_FAILS(kvshm_publish(h, NULL), -EINVAL);
+	TH_FAILS(kvshm_cancel(h, NULL), -EINVAL);
 	memset(&r, 0, sizeof(r));
-	FAILS(kvshm_publish(h, &r), -EINVAL);
-	FAILS(kvshm_cancel(h, &r), -EINVAL);
+	TH_FAILS(kvshm_publish(h, &r), -EINVAL);
+	TH_FAILS(kvshm_cancel(h, &r), -EINVAL);
 	/* Forged handles name nothing that exists. */
 	r.data = buf;
 	r.len = 10;
 	r.ref[0] = 0xffffffffu;
-	FAILS(kvshm_publish(h, &r), -EINVAL);
-	FAILS(kvshm_cancel(h, &r), -EINVAL);
+	TH_FAILS(kvshm_publish(h, &r), -EINVAL);
+	TH_FAILS(kvshm_cancel(h, &r), -EINVAL);
 	memset(&p, 0, sizeof(p));
 	p.ref[0] = 0xfffffff0u;
-	FAILS(kvshm_unpin(h, &p), -ENOENT);
+	TH_FAILS(kvshm_unpin(h, &p), -ENOENT);
 	/* Others. */
-	FAILS(kvshm_evict_bytes(h, 1, 8u, NULL, NULL), -EINVAL);
-	FAILS(kvshm_list(h, NULL, NULL, NULL), -EINVAL);
-	FAILS(kvshm_stats_get(h, NULL), -EINVAL);
+	TH_FAILS(kvshm_evict_bytes(h, 1, 8u, NULL, NULL), -EINVAL);
+	TH_FAILS(kvshm_list(h, NULL, NULL, NULL), -EINVAL);
+	TH_FAILS(kvshm_stats_get(h, NULL), -EINVAL);
 
 	/* Nothing stored was damaged, nothing leaked. */
-	kvshm_stats after = stats_of(h);
+	kvshm_stats after = th_stats_of(h);
 	assert_int_equal(after.tier_bytes[KVSHM_TIER_RAM], before.tier_bytes[KVSHM_TIER_RAM]);
 	assert_int_equal(after.tier_entries[KVSHM_TIER_RAM], 2);
 	assert_int_equal(after.entries_reserved, 0);
 	assert_int_equal(after.data_free_bytes, before.data_free_bytes);
-	expect_get(h, &m, t, 20, 1000, 7);
-	expect_get(h, &m, t, 40, 3000, 8);
-	finish(h, name);
+	th_expect_get(h, &m, t, 20, 1000, 7, KVSHM_TIER_RAM);
+	th_expect_get(h, &m, t, 40, 3000, 8, KVSHM_TIER_RAM);
+	th_finish(h, name);
 }
 
 /* ---- keys ----------------------------------------------------------------------------------- */
@@ -727,42 +529,43 @@ static size_t longest_stored(size_t n)
 static void store_prefixes(kvshm *h, const kvshm_model *m, const uint32_t *t)
 {
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(stored_lens); i++)
-		OK(put_val(h, m, t, stored_lens[i], vlen_of(stored_lens[i]), stored_lens[i], KVSHM_REASON_OTHER));
+		TH_OK(th_put_val(h, m, t, stored_lens[i], vlen_of(stored_lens[i]), stored_lens[i], KVSHM_TIER_RAM,
+				 KVSHM_REASON_OTHER));
 }
 
 static void prefix_lengths_with_chunk(uint32_t chunk)
 {
 	char name[64];
 	kvshm_config c;
-	cfg_small(&c);
+	th_cfg_small(&c, 0);
 	c.chunk_tokens = chunk;
-	kvshm *h = create_cache(name, sizeof(name), "prefix", &c);
-	kvshm_model m = model_of(3);
+	kvshm *h = th_create_cache(name, sizeof(name), "prefix", &c);
+	kvshm_model m = th_model_of(3);
 	uint32_t t[100];
 	uint8_t buf[1024];
-	toks_of(t, 100, 7);
+	th_toks_of(t, 100, 7);
 	store_prefixes(h, &m, t);
 
-	kvshm_stats s0 = stats_of(h);
+	kvshm_stats s0 = th_stats_of(h);
 	uint64_t exact = 0, prefix = 0, miss = 0, matched = 0;
 	for (size_t n = 1; n <= 100; n++) {
 		kvshm_pin p;
 		size_t want = longest_stored(n);
 		int r = kvshm_lookup(h, &m, t, n, 0, &p);
 		if (want == 0) {
-			FAILS(r, KVSHM_ENOTFOUND);
+			TH_FAILS(r, KVSHM_ENOTFOUND);
 			miss++;
 			continue;
 		}
 		if (r != 0 || p.ntokens != want)
 			print_error("chunk %u query %zu: r=%d ntokens %zu, want %zu\n", chunk, n, r,
 				    r == 0 ? p.ntokens : 0, want);
-		OK(r);
+		TH_OK(r);
 		assert_int_equal(p.ntokens, want);
 		assert_int_equal(p.kind, want == n ? KVSHM_HIT_EXACT : KVSHM_HIT_PREFIX);
 		assert_int_equal(p.len, vlen_of((uint32_t)want));
-		assert_true(val_ok(p.data, p.len, (uint32_t)want));
-		OK(kvshm_unpin(h, &p));
+		assert_true(th_val_ok(p.data, p.len, (uint32_t)want));
+		TH_OK(kvshm_unpin(h, &p));
 		if (want == n)
 			exact++;
 		else
@@ -770,18 +573,18 @@ static void prefix_lengths_with_chunk(uint32_t chunk)
 		matched += want;
 		/* Copy-out answers the same. */
 		size_t len = 0, nt = 0;
-		OK(kvshm_lookup_copy(h, &m, t, n, 0, buf, sizeof(buf), &len, &nt));
+		TH_OK(kvshm_lookup_copy(h, &m, t, n, 0, buf, sizeof(buf), &len, &nt));
 		assert_int_equal(nt, want);
 		assert_int_equal(len, vlen_of((uint32_t)want));
-		assert_true(val_ok(buf, len, (uint32_t)want));
+		assert_true(th_val_ok(buf, len, (uint32_t)want));
 		/* An exact get only for stored lengths. */
 		if (want == n)
-			expect_get(h, &m, t, n, vlen_of((uint32_t)n), (uint32_t)n);
+			th_expect_get(h, &m, t, n, vlen_of((uint32_t)n), (uint32_t)n, KVSHM_TIER_RAM);
 		else
-			expect_missing(h, &m, t, n);
+			th_expect_missing(h, &m, t, n);
 	}
 	assert_int_equal(exact, 5);
-	kvshm_stats s1 = stats_of(h);
+	kvshm_stats s1 = th_stats_of(h);
 	/* Each lookup_copy counts like a lookup; gets count too. */
 	assert_int_equal(s1.counters[KVSHM_C_hits_exact] - s0.counters[KVSHM_C_hits_exact], 3 * exact);
 	assert_int_equal(s1.counters[KVSHM_C_hits_prefix] - s0.counters[KVSHM_C_hits_prefix], 2 * prefix);
@@ -790,7 +593,7 @@ static void prefix_lengths_with_chunk(uint32_t chunk)
 	assert_int_equal(s1.counters[KVSHM_C_misses] - s0.counters[KVSHM_C_misses], miss + prefix);
 	assert_int_equal(s1.counters[KVSHM_C_tokens_matched] - s0.counters[KVSHM_C_tokens_matched],
 			 2 * matched + (5 + 16 + 17 + 33 + 40));
-	finish(h, name);
+	th_finish(h, name);
 }
 
 static void test_prefix_lengths(void **st)
@@ -807,13 +610,13 @@ static void test_model_identity(void **st)
 	(void)st;
 	char name[64];
 	kvshm_config c;
-	cfg_small(&c);
-	kvshm *h = create_cache(name, sizeof(name), "model", &c);
-	kvshm_model m = model_of(4);
+	th_cfg_small(&c, 0);
+	kvshm *h = th_create_cache(name, sizeof(name), "model", &c);
+	kvshm_model m = th_model_of(4);
 	uint32_t t[64];
-	toks_of(t, 64, 2);
-	OK(put_val(h, &m, t, 40, 2000, 1, KVSHM_REASON_OTHER));
-	OK(put_val(h, &m, t, 7, 500, 2, KVSHM_REASON_OTHER));
+	th_toks_of(t, 64, 2);
+	TH_OK(th_put_val(h, &m, t, 40, 2000, 1, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	TH_OK(th_put_val(h, &m, t, 7, 500, 2, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 
 	kvshm_model v[6];
 	for (int i = 0; i < 6; i++)
@@ -828,26 +631,26 @@ static void test_model_identity(void **st)
 		kvshm_pin p;
 		uint8_t buf[4096];
 		size_t len, nt;
-		FAILS(kvshm_get(h, &v[i], t, 40, 0, &p), KVSHM_ENOTFOUND);
-		FAILS(kvshm_lookup(h, &v[i], t, 40, 0, &p), KVSHM_ENOTFOUND);
-		FAILS(kvshm_lookup(h, &v[i], t, 64, 0, &p), KVSHM_ENOTFOUND);
-		FAILS(kvshm_lookup(h, &v[i], t, 7, 0, &p), KVSHM_ENOTFOUND);
-		FAILS(kvshm_lookup_copy(h, &v[i], t, 64, 0, buf, sizeof(buf), &len, &nt), KVSHM_ENOTFOUND);
+		TH_FAILS(kvshm_get(h, &v[i], t, 40, 0, &p), KVSHM_ENOTFOUND);
+		TH_FAILS(kvshm_lookup(h, &v[i], t, 40, 0, &p), KVSHM_ENOTFOUND);
+		TH_FAILS(kvshm_lookup(h, &v[i], t, 64, 0, &p), KVSHM_ENOTFOUND);
+		TH_FAILS(kvshm_lookup(h, &v[i], t, 7, 0, &p), KVSHM_ENOTFOUND);
+		TH_FAILS(kvshm_lookup_copy(h, &v[i], t, 64, 0, buf, sizeof(buf), &len, &nt), KVSHM_ENOTFOUND);
 	}
 	/* Each variant is a key of its own: storable, and reads its own. */
 	for (int i = 0; i < 6; i++)
-		OK(put_val(h, &v[i], t, 40, 2000, 100 + (uint32_t)i, KVSHM_REASON_OTHER));
+		TH_OK(th_put_val(h, &v[i], t, 40, 2000, 100 + (uint32_t)i, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 	for (int i = 0; i < 6; i++)
-		expect_get(h, &v[i], t, 40, 2000, 100 + (uint32_t)i);
-	expect_get(h, &m, t, 40, 2000, 1);
+		th_expect_get(h, &v[i], t, 40, 2000, 100 + (uint32_t)i, KVSHM_TIER_RAM);
+	th_expect_get(h, &m, t, 40, 2000, 1, KVSHM_TIER_RAM);
 	/* The short entry of m never answers for a variant. */
 	kvshm_pin p;
-	OK(kvshm_lookup(h, &v[2], t, 30, 0, &p) == KVSHM_ENOTFOUND ? 0 : -1);
-	OK(kvshm_lookup(h, &m, t, 30, 0, &p));
+	TH_OK(kvshm_lookup(h, &v[2], t, 30, 0, &p) == KVSHM_ENOTFOUND ? 0 : -1);
+	TH_OK(kvshm_lookup(h, &m, t, 30, 0, &p));
 	assert_int_equal(p.ntokens, 7);
-	OK(kvshm_unpin(h, &p));
-	FAILS(kvshm_reserve(h, &v[3], t, 40, 10, NULL, &(kvshm_reservation){0}), KVSHM_EEXISTS);
-	finish(h, name);
+	TH_OK(kvshm_unpin(h, &p));
+	TH_FAILS(kvshm_reserve(h, &v[3], t, 40, 10, NULL, &(kvshm_reservation){0}), KVSHM_EEXISTS);
+	th_finish(h, name);
 }
 
 static void test_token_mismatch(void **st)
@@ -855,11 +658,11 @@ static void test_token_mismatch(void **st)
 	(void)st;
 	char name[64];
 	kvshm_config c;
-	cfg_small(&c);
-	kvshm *h = create_cache(name, sizeof(name), "tokdiff", &c);
-	kvshm_model m = model_of(5);
+	th_cfg_small(&c, 0);
+	kvshm *h = th_create_cache(name, sizeof(name), "tokdiff", &c);
+	kvshm_model m = th_model_of(5);
 	uint32_t t[64], q[64];
-	toks_of(t, 64, 3);
+	th_toks_of(t, 64, 3);
 	store_prefixes(h, &m, t);
 	static const size_t pos[] = {0, 2, 4, 5, 10, 15, 16, 17, 20, 31, 32, 33, 35, 39, 40, 50, 63};
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(pos); i++) {
@@ -869,29 +672,29 @@ static void test_token_mismatch(void **st)
 		size_t want = longest_stored(pos[i]); /* entries shorter than pos never saw it */
 		int r = kvshm_lookup(h, &m, q, 64, 0, &p);
 		if (want == 0) {
-			FAILS(r, KVSHM_ENOTFOUND);
+			TH_FAILS(r, KVSHM_ENOTFOUND);
 		} else {
 			if (r != 0 || p.ntokens != want)
 				print_error("changed token %zu: r=%d ntokens %zu, want %zu\n", pos[i], r,
 					    r == 0 ? p.ntokens : 0, want);
-			OK(r);
+			TH_OK(r);
 			assert_int_equal(p.ntokens, want);
 			assert_int_equal(p.kind, KVSHM_HIT_PREFIX);
-			assert_true(val_ok(p.data, p.len, (uint32_t)want));
-			OK(kvshm_unpin(h, &p));
+			assert_true(th_val_ok(p.data, p.len, (uint32_t)want));
+			TH_OK(kvshm_unpin(h, &p));
 		}
 		/* An exact get of a stored length with the change inside it misses. */
 		for (size_t k = 0; k < KVSHM_ARRAY_LEN(stored_lens); k++)
 			if (stored_lens[k] > pos[i])
-				expect_missing(h, &m, q, stored_lens[k]);
+				th_expect_missing(h, &m, q, stored_lens[k]);
 	}
 	/* The last token of each stored key. */
 	for (size_t k = 0; k < KVSHM_ARRAY_LEN(stored_lens); k++) {
 		memcpy(q, t, sizeof(q));
 		q[stored_lens[k] - 1]++;
-		expect_missing(h, &m, q, stored_lens[k]);
+		th_expect_missing(h, &m, q, stored_lens[k]);
 	}
-	finish(h, name);
+	th_finish(h, name);
 }
 
 /* ---- forced hash collisions ----------------------------------------------------------------- */
@@ -914,22 +717,22 @@ static void test_forced_collision(void **st)
 	char name[64];
 	kvshm_config c;
 	static const uint32_t lens[] = {5, 16, 20};
-	cfg_small(&c);
+	th_cfg_small(&c, 0);
 	kvshm__test_force_hash(0x1234);
-	kvshm *h = create_cache(name, sizeof(name), "collide", &c);
+	kvshm *h = th_create_cache(name, sizeof(name), "collide", &c);
 	uint32_t t[64];
 	/* 4 token families × 3 models × 3 lengths, every hash the same. */
 	for (unsigned fam = 0; fam < 4; fam++)
 		for (unsigned k = 0; k < 3; k++) {
-			kvshm_model m = model_of(k);
-			toks_of(t, 64, fam);
+			kvshm_model m = th_model_of(k);
+			th_toks_of(t, 64, fam);
 			for (size_t l = 0; l < 3; l++)
-				OK(put_val(h, &m, t, lens[l], 300 + lens[l], coll_seed(fam, k, lens[l]),
+				TH_OK(th_put_val(h, &m, t, lens[l], 300 + lens[l], coll_seed(fam, k, lens[l]), KVSHM_TIER_RAM,
 					   KVSHM_REASON_OTHER));
 		}
-	struct coll *cl = malloc(sizeof(*cl));
+	struct th_coll *cl = malloc(sizeof(*cl));
 	assert_non_null(cl);
-	list_all(h, NULL, cl);
+	th_list(h, NULL, cl);
 	assert_int_equal(cl->n, 36);
 	for (int i = 1; i < cl->n; i++) /* the collision is real */
 		assert_memory_equal(cl->e[i].key, cl->e[0].key, 16);
@@ -937,18 +740,18 @@ static void test_forced_collision(void **st)
 
 	for (unsigned fam = 0; fam < 5; fam++)
 		for (unsigned k = 0; k < 4; k++) {
-			kvshm_model m = model_of(k);
+			kvshm_model m = th_model_of(k);
 			bool stored = fam < 4 && k < 3;
-			toks_of(t, 64, fam);
+			th_toks_of(t, 64, fam);
 			for (size_t l = 0; l < 3; l++) {
 				if (stored)
-					expect_get(h, &m, t, lens[l], 300 + lens[l], coll_seed(fam, k, lens[l]));
+					th_expect_get(h, &m, t, lens[l], 300 + lens[l], coll_seed(fam, k, lens[l]), KVSHM_TIER_RAM);
 				else
-					expect_missing(h, &m, t, lens[l]);
+					th_expect_missing(h, &m, t, lens[l]);
 			}
 			/* Lengths never stored miss under an exact get. */
-			expect_missing(h, &m, t, 18);
-			expect_missing(h, &m, t, 4);
+			th_expect_missing(h, &m, t, 18);
+			th_expect_missing(h, &m, t, 4);
 			/* Prefix lookups find exactly their own longest entry. */
 			static const size_t q[] = {3, 5, 15, 16, 19, 20, 33, 64};
 			for (size_t i = 0; i < KVSHM_ARRAY_LEN(q); i++) {
@@ -956,40 +759,40 @@ static void test_forced_collision(void **st)
 				int r = kvshm_lookup(h, &m, t, q[i], 0, &p);
 				size_t want = q[i] >= 20 ? 20 : q[i] >= 16 ? 16 : q[i] >= 5 ? 5 : 0;
 				if (!stored || want == 0) {
-					FAILS(r, KVSHM_ENOTFOUND);
+					TH_FAILS(r, KVSHM_ENOTFOUND);
 					continue;
 				}
-				OK(r);
+				TH_OK(r);
 				assert_int_equal(p.ntokens, want);
 				assert_int_equal(p.len, 300 + want);
-				assert_true(val_ok(p.data, p.len, coll_seed(fam, k, (uint32_t)want)));
-				OK(kvshm_unpin(h, &p));
+				assert_true(th_val_ok(p.data, p.len, coll_seed(fam, k, (uint32_t)want)));
+				TH_OK(kvshm_unpin(h, &p));
 			}
 		}
 	/* A same-hash key of another model or tokens is not a duplicate. */
 	kvshm_reservation r;
-	kvshm_model m3 = model_of(3);
-	toks_of(t, 64, 0);
-	OK(kvshm_reserve(h, &m3, t, 20, 64, NULL, &r));
-	OK(kvshm_cancel(h, &r));
-	kvshm_model m0 = model_of(0);
-	FAILS(kvshm_reserve(h, &m0, t, 20, 64, NULL, &r), KVSHM_EEXISTS);
+	kvshm_model m3 = th_model_of(3);
+	th_toks_of(t, 64, 0);
+	TH_OK(kvshm_reserve(h, &m3, t, 20, 64, NULL, &r));
+	TH_OK(kvshm_cancel(h, &r));
+	kvshm_model m0 = th_model_of(0);
+	TH_FAILS(kvshm_reserve(h, &m0, t, 20, 64, NULL, &r), KVSHM_EEXISTS);
 	/* Deleting one model's entries leaves the others' intact. */
 	uint64_t n = 0;
 	kvshm_filter f = {0};
-	kvshm_model m1 = model_of(1);
+	kvshm_model m1 = th_model_of(1);
 	f.fingerprint = m1.fingerprint;
-	OK(kvshm_delete(h, &f, &n));
+	TH_OK(kvshm_delete(h, &f, &n));
 	assert_int_equal(n, 12);
 	for (unsigned fam = 0; fam < 4; fam++) {
-		toks_of(t, 64, fam);
-		expect_missing(h, &m1, t, 20);
-		expect_get(h, &m0, t, 20, 320, coll_seed(fam, 0, 20));
+		th_toks_of(t, 64, fam);
+		th_expect_missing(h, &m1, t, 20);
+		th_expect_get(h, &m0, t, 20, 320, coll_seed(fam, 0, 20), KVSHM_TIER_RAM);
 	}
-	check_ok(h); /* hashes recomputed under the forced value */
+	th_check_ok(h); /* hashes recomputed under the forced value */
 	kvshm__test_force_hash(0);
-	OK(kvshm_close(h));
-	OK(kvshm_destroy(name, NULL, 1));
+	TH_OK(kvshm_close(h));
+	TH_OK(kvshm_destroy(name, NULL, 1));
 }
 
 /* ---- hashes do not depend on what the stack held ------------------------------------------ */
@@ -1021,36 +824,36 @@ static void test_hash_stale_stack(void **st)
 	(void)st;
 	char name[64];
 	kvshm_config c;
-	kvshm_model m = model_of(90);
+	kvshm_model m = th_model_of(90);
 	uint32_t t[100];
 	assert_int_not_equal(offsetof(XXH3_state_t, seed) % 64, offsetof(XXH3_state_t, extSecret) % 64);
-	toks_of(t, 100, 9);
-	cfg_small(&c);
-	kvshm *h = create_cache(name, sizeof(name), "stack", &c);
+	th_toks_of(t, 100, 9);
+	th_cfg_small(&c, 0);
+	kvshm *h = th_create_cache(name, sizeof(name), "stack", &c);
 	uint64_t seed = h->cfg->seed;
 	static const size_t lens[] = {5, 16, 40, 100};
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(lens); i++) {
 		poison_stack(~seed);
-		OK(put_val(h, &m, t, lens[i], 500, (uint32_t)lens[i], KVSHM_REASON_OTHER));
+		TH_OK(th_put_val(h, &m, t, lens[i], 500, (uint32_t)lens[i], KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 	}
 	for (int k = 0; k < 4; k++) {
 		for (size_t i = 0; i < KVSHM_ARRAY_LEN(lens); i++) {
 			kvshm_pin p;
 			poison_stack(seed);
-			OK(kvshm_get(h, &m, t, lens[i], 0, &p));
-			assert_true(val_ok(p.data, 500, (uint32_t)lens[i]));
-			OK(kvshm_unpin(h, &p));
+			TH_OK(kvshm_get(h, &m, t, lens[i], 0, &p));
+			assert_true(th_val_ok(p.data, 500, (uint32_t)lens[i]));
+			TH_OK(kvshm_unpin(h, &p));
 			poison_stack(seed);
-			OK(kvshm_lookup(h, &m, t, lens[i] + 3 < 100 ? lens[i] + 3 : 100, 0, &p));
+			TH_OK(kvshm_lookup(h, &m, t, lens[i] + 3 < 100 ? lens[i] + 3 : 100, 0, &p));
 			assert_int_equal(p.ntokens, lens[i]);
-			OK(kvshm_unpin(h, &p));
+			TH_OK(kvshm_unpin(h, &p));
 			poison_stack(seed);
-			FAILS(put_val(h, &m, t, lens[i], 500, 0, KVSHM_REASON_OTHER), KVSHM_EEXISTS);
+			TH_FAILS(th_put_val(h, &m, t, lens[i], 500, 0, KVSHM_TIER_RAM, KVSHM_REASON_OTHER), KVSHM_EEXISTS);
 		}
 		poison_stack(seed);
-		check_ok(h);
+		th_check_ok(h);
 	}
-	finish(h, name);
+	th_finish(h, name);
 }
 
 /* ---- pins ------------------------------------------------------------------------------------ */
@@ -1062,44 +865,44 @@ static void test_pin_survives_eviction(void **st)
 	kvshm_config c;
 	const size_t len = 12000;
 	uint64_t fp = footprint_of(8, len);
-	cfg_small(&c);
+	th_cfg_small(&c, 0);
 	c.quota[KVSHM_TIER_RAM] = 4 * fp + fp / 2;
-	kvshm *h = create_cache(name, sizeof(name), "pinev", &c);
-	kvshm_model m = model_of(1);
+	kvshm *h = th_create_cache(name, sizeof(name), "pinev", &c);
+	kvshm_model m = th_model_of(1);
 	uint32_t t[8];
 	kvshm_pin pa;
-	toks_of(t, 8, 0);
-	OK(put_val(h, &m, t, 8, len, 1000, KVSHM_REASON_OTHER));
-	OK(kvshm_get(h, &m, t, 8, 0, &pa));
+	th_toks_of(t, 8, 0);
+	TH_OK(th_put_val(h, &m, t, 8, len, 1000, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	TH_OK(kvshm_get(h, &m, t, 8, 0, &pa));
 	const void *data = pa.data;
 	/* Many more saves than the quota holds: everything else churns. */
 	for (unsigned fam = 1; fam <= 20; fam++) {
-		toks_of(t, 8, fam);
-		OK(put_val(h, &m, t, 8, len, 1000 + fam, KVSHM_REASON_OTHER));
+		th_toks_of(t, 8, fam);
+		TH_OK(th_put_val(h, &m, t, 8, len, 1000 + fam, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 		assert_true(ram_bytes(h) <= c.quota[KVSHM_TIER_RAM]);
-		assert_true(val_ok(pa.data, len, 1000));
+		assert_true(th_val_ok(pa.data, len, 1000));
 	}
-	assert_true(ctr(h, KVSHM_C_evictions) >= 16);
+	assert_true(th_counter(h, KVSHM_C_evictions) >= 16);
 	assert_ptr_equal(pa.data, data);
-	assert_true(val_ok(pa.data, len, 1000));
-	toks_of(t, 8, 0);
-	expect_get(h, &m, t, 8, len, 1000);
+	assert_true(th_val_ok(pa.data, len, 1000));
+	th_toks_of(t, 8, 0);
+	th_expect_get(h, &m, t, 8, len, 1000, KVSHM_TIER_RAM);
 	/* Evict everything: the pinned entry stays. */
 	uint64_t freed = 0, count = 0;
-	OK(kvshm_evict_bytes(h, UINT64_MAX, 0, &freed, &count));
+	TH_OK(kvshm_evict_bytes(h, UINT64_MAX, 0, &freed, &count));
 	assert_int_equal(count, 3);
 	assert_int_equal(freed, 3 * fp);
-	assert_int_equal(ram_entries(h), 1);
-	assert_true(val_ok(pa.data, len, 1000));
-	expect_get(h, &m, t, 8, len, 1000);
-	check_ok(h);
-	OK(kvshm_unpin(h, &pa));
-	OK(kvshm_evict_bytes(h, UINT64_MAX, KVSHM_TIER_BIT(KVSHM_TIER_RAM), &freed, &count));
+	assert_int_equal(th_ram_entries(h), 1);
+	assert_true(th_val_ok(pa.data, len, 1000));
+	th_expect_get(h, &m, t, 8, len, 1000, KVSHM_TIER_RAM);
+	th_check_ok(h);
+	TH_OK(kvshm_unpin(h, &pa));
+	TH_OK(kvshm_evict_bytes(h, UINT64_MAX, KVSHM_TIER_BIT(KVSHM_TIER_RAM), &freed, &count));
 	assert_int_equal(count, 1);
 	assert_int_equal(freed, fp);
 	assert_int_equal(ram_bytes(h), 0);
-	expect_missing(h, &m, t, 8);
-	finish(h, name);
+	th_expect_missing(h, &m, t, 8);
+	th_finish(h, name);
 }
 
 static void test_evict_skips_pinned(void **st)
@@ -1107,48 +910,48 @@ static void test_evict_skips_pinned(void **st)
 	(void)st;
 	char name[64];
 	kvshm_config c;
-	cfg_small(&c);
-	kvshm *h = create_cache(name, sizeof(name), "evpin", &c);
-	kvshm_model m = model_of(2);
+	th_cfg_small(&c, 0);
+	kvshm *h = th_create_cache(name, sizeof(name), "evpin", &c);
+	kvshm_model m = th_model_of(2);
 	uint32_t t[8];
 	kvshm_pin p2, p4;
 	for (unsigned fam = 0; fam < 6; fam++) {
-		toks_of(t, 8, fam);
-		OK(put_val(h, &m, t, 8, 3000, fam, KVSHM_REASON_OTHER));
+		th_toks_of(t, 8, fam);
+		TH_OK(th_put_val(h, &m, t, 8, 3000, fam, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 	}
 	uint64_t fp = ram_bytes(h) / 6;
-	toks_of(t, 8, 2);
-	OK(kvshm_get(h, &m, t, 8, 0, &p2));
-	toks_of(t, 8, 4);
-	OK(kvshm_get(h, &m, t, 8, 0, &p4));
+	th_toks_of(t, 8, 2);
+	TH_OK(kvshm_get(h, &m, t, 8, 0, &p2));
+	th_toks_of(t, 8, 4);
+	TH_OK(kvshm_get(h, &m, t, 8, 0, &p4));
 	/* Tiers that hold nothing evict nothing. */
 	uint64_t freed = 1, count = 1;
-	OK(kvshm_evict_bytes(h, UINT64_MAX, KVSHM_TIER_BIT(KVSHM_TIER_DISK), &freed, &count));
+	TH_OK(kvshm_evict_bytes(h, UINT64_MAX, KVSHM_TIER_BIT(KVSHM_TIER_DISK), &freed, &count));
 	assert_int_equal(count, 0);
 	assert_int_equal(freed, 0);
-	OK(kvshm_evict_bytes(h, 0, 0, &freed, &count));
+	TH_OK(kvshm_evict_bytes(h, 0, 0, &freed, &count));
 	assert_int_equal(count, 0);
-	OK(kvshm_evict_bytes(h, UINT64_MAX, 0, &freed, &count));
+	TH_OK(kvshm_evict_bytes(h, UINT64_MAX, 0, &freed, &count));
 	assert_int_equal(count, 4);
 	assert_int_equal(freed, 4 * fp);
-	assert_int_equal(ram_entries(h), 2);
-	OK(kvshm_evict_bytes(h, UINT64_MAX, 0, &freed, &count));
+	assert_int_equal(th_ram_entries(h), 2);
+	TH_OK(kvshm_evict_bytes(h, UINT64_MAX, 0, &freed, &count));
 	assert_int_equal(count, 0);
-	assert_true(val_ok(p2.data, 3000, 2));
-	assert_true(val_ok(p4.data, 3000, 4));
-	check_ok(h);
-	OK(kvshm_unpin(h, &p2));
-	OK(kvshm_evict_bytes(h, UINT64_MAX, 0, &freed, &count));
+	assert_true(th_val_ok(p2.data, 3000, 2));
+	assert_true(th_val_ok(p4.data, 3000, 4));
+	th_check_ok(h);
+	TH_OK(kvshm_unpin(h, &p2));
+	TH_OK(kvshm_evict_bytes(h, UINT64_MAX, 0, &freed, &count));
 	assert_int_equal(count, 1);
-	toks_of(t, 8, 2);
-	expect_missing(h, &m, t, 8);
-	toks_of(t, 8, 4);
-	expect_get(h, &m, t, 8, 3000, 4);
-	OK(kvshm_unpin(h, &p4));
-	OK(kvshm_evict_bytes(h, 1, 0, &freed, &count)); /* one is enough for 1 byte */
+	th_toks_of(t, 8, 2);
+	th_expect_missing(h, &m, t, 8);
+	th_toks_of(t, 8, 4);
+	th_expect_get(h, &m, t, 8, 3000, 4, KVSHM_TIER_RAM);
+	TH_OK(kvshm_unpin(h, &p4));
+	TH_OK(kvshm_evict_bytes(h, 1, 0, &freed, &count)); /* one is enough for 1 byte */
 	assert_int_equal(count, 1);
 	assert_int_equal(ram_bytes(h), 0);
-	finish(h, name);
+	th_finish(h, name);
 }
 
 static void test_pin_limit(void **st)
@@ -1156,28 +959,28 @@ static void test_pin_limit(void **st)
 	(void)st;
 	char name[64];
 	kvshm_config c;
-	cfg_small(&c);
-	kvshm *h = create_cache(name, sizeof(name), "pinfull", &c);
-	kvshm_model m = model_of(3);
+	th_cfg_small(&c, 0);
+	kvshm *h = th_create_cache(name, sizeof(name), "pinfull", &c);
+	kvshm_model m = th_model_of(3);
 	uint32_t t[8];
 	kvshm_pin pins[66];
 	for (unsigned fam = 0; fam < 66; fam++) {
-		toks_of(t, 8, fam);
-		OK(put_val(h, &m, t, 8, 100, fam, KVSHM_REASON_OTHER));
+		th_toks_of(t, 8, fam);
+		TH_OK(th_put_val(h, &m, t, 8, 100, fam, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 	}
 	for (unsigned fam = 0; fam < KVSHM_MAX_PINS; fam++) {
-		toks_of(t, 8, fam);
-		OK(kvshm_get(h, &m, t, 8, 0, &pins[fam]));
+		th_toks_of(t, 8, fam);
+		TH_OK(kvshm_get(h, &m, t, 8, 0, &pins[fam]));
 	}
-	toks_of(t, 8, 64);
-	FAILS(kvshm_get(h, &m, t, 8, 0, &pins[64]), KVSHM_EPINFULL);
-	FAILS(kvshm_lookup(h, &m, t, 8, 0, &pins[64]), KVSHM_EPINFULL);
+	th_toks_of(t, 8, 64);
+	TH_FAILS(kvshm_get(h, &m, t, 8, 0, &pins[64]), KVSHM_EPINFULL);
+	TH_FAILS(kvshm_lookup(h, &m, t, 8, 0, &pins[64]), KVSHM_EPINFULL);
 	/* Another pin of an entry already pinned shares its record. */
-	toks_of(t, 8, 5);
-	OK(kvshm_get(h, &m, t, 8, 0, &pins[65]));
-	struct coll *cl = malloc(sizeof(*cl));
+	th_toks_of(t, 8, 5);
+	TH_OK(kvshm_get(h, &m, t, 8, 0, &pins[65]));
+	struct th_coll *cl = malloc(sizeof(*cl));
 	assert_non_null(cl);
-	list_all(h, NULL, cl);
+	th_list(h, NULL, cl);
 	assert_non_null(find_ntok(cl, 8));
 	int pinned = 0, twice = 0;
 	for (int i = 0; i < cl->n; i++) {
@@ -1187,20 +990,20 @@ static void test_pin_limit(void **st)
 	assert_int_equal(pinned, 64);
 	assert_int_equal(twice, 1);
 	free(cl);
-	check_ok(h);
+	th_check_ok(h);
 	/* Nothing evictable but the two unpinned entries. */
 	uint64_t count = 0;
-	OK(kvshm_evict_bytes(h, UINT64_MAX, 0, NULL, &count));
+	TH_OK(kvshm_evict_bytes(h, UINT64_MAX, 0, NULL, &count));
 	assert_int_equal(count, 2);
 	for (unsigned i = 0; i < KVSHM_MAX_PINS; i++) {
-		assert_true(val_ok(pins[i].data, 100, i));
-		OK(kvshm_unpin(h, &pins[i]));
+		assert_true(th_val_ok(pins[i].data, 100, i));
+		TH_OK(kvshm_unpin(h, &pins[i]));
 	}
-	OK(kvshm_unpin(h, &pins[65]));
-	toks_of(t, 8, 63);
-	OK(kvshm_get(h, &m, t, 8, 0, &pins[0])); /* room again */
-	OK(kvshm_unpin(h, &pins[0]));
-	finish(h, name);
+	TH_OK(kvshm_unpin(h, &pins[65]));
+	th_toks_of(t, 8, 63);
+	TH_OK(kvshm_get(h, &m, t, 8, 0, &pins[0])); /* room again */
+	TH_OK(kvshm_unpin(h, &pins[0]));
+	th_finish(h, name);
 }
 
 /* Unpinning a pin twice must not drop some other pin of the handle. With
@@ -1210,49 +1013,49 @@ static void test_unpin_twice(void **st)
 	(void)st;
 	char name[64];
 	kvshm_config c;
-	cfg_small(&c);
+	th_cfg_small(&c, 0);
 	c.shards = 1;
-	kvshm *h = create_cache(name, sizeof(name), "unpin2", &c);
+	kvshm *h = th_create_cache(name, sizeof(name), "unpin2", &c);
 	kvshm *h2;
-	OK(kvshm_open(name, NULL, 0, &h2));
-	kvshm_model m = model_of(4);
+	TH_OK(kvshm_open(name, NULL, 0, &h2));
+	kvshm_model m = th_model_of(4);
 	uint32_t ta[8], tb[8];
 	kvshm_pin pa, pb, pb_copy, pz, p2;
-	toks_of(ta, 8, 1);
-	toks_of(tb, 8, 2);
-	OK(put_val(h, &m, ta, 8, 1000, 1, KVSHM_REASON_OTHER));
-	OK(put_val(h, &m, tb, 8, 1000, 2, KVSHM_REASON_OTHER));
-	OK(kvshm_get(h, &m, ta, 8, 0, &pa));
-	OK(kvshm_get(h, &m, tb, 8, 0, &pb));
+	th_toks_of(ta, 8, 1);
+	th_toks_of(tb, 8, 2);
+	TH_OK(th_put_val(h, &m, ta, 8, 1000, 1, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	TH_OK(th_put_val(h, &m, tb, 8, 1000, 2, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	TH_OK(kvshm_get(h, &m, ta, 8, 0, &pa));
+	TH_OK(kvshm_get(h, &m, tb, 8, 0, &pb));
 	pb_copy = pb;
-	OK(kvshm_unpin(h, &pb));
-	FAILS(kvshm_unpin(h, &pb), -ENOENT);      /* the zeroed pin */
-	FAILS(kvshm_unpin(h, &pb_copy), -ENOENT); /* a stale copy */
+	TH_OK(kvshm_unpin(h, &pb));
+	TH_FAILS(kvshm_unpin(h, &pb), -ENOENT);      /* the zeroed pin */
+	TH_FAILS(kvshm_unpin(h, &pb_copy), -ENOENT); /* a stale copy */
 	memset(&pz, 0, sizeof(pz));
-	FAILS(kvshm_unpin(h, &pz), -ENOENT);
+	TH_FAILS(kvshm_unpin(h, &pz), -ENOENT);
 	/* Another handle's pin is not ours to drop, nor ours its. */
-	OK(kvshm_get(h2, &m, tb, 8, 0, &p2));
-	FAILS(kvshm_unpin(h, &p2), -ENOENT);
-	FAILS(kvshm_unpin(h2, &pa), -ENOENT);
+	TH_OK(kvshm_get(h2, &m, tb, 8, 0, &p2));
+	TH_FAILS(kvshm_unpin(h, &p2), -ENOENT);
+	TH_FAILS(kvshm_unpin(h2, &pa), -ENOENT);
 	/* A is still pinned exactly once: eviction cannot take it. */
-	struct coll cl;
-	list_all(h, NULL, &cl);
+	struct th_coll cl;
+	th_list(h, NULL, &cl);
 	assert_int_equal(cl.n, 2);
 	for (int i = 0; i < 2; i++)
 		assert_int_equal(cl.e[i].refcount, 1);
-	check_ok(h);
+	th_check_ok(h);
 	uint64_t count = 0;
-	OK(kvshm_evict_bytes(h, UINT64_MAX, 0, NULL, &count));
+	TH_OK(kvshm_evict_bytes(h, UINT64_MAX, 0, NULL, &count));
 	assert_int_equal(count, 0);
-	assert_true(val_ok(pa.data, 1000, 1));
-	OK(kvshm_unpin(h2, &p2));
-	OK(kvshm_unpin(h, &pa));
-	FAILS(kvshm_unpin(h, &pa), -ENOENT);
-	OK(kvshm_evict_bytes(h, UINT64_MAX, 0, NULL, &count));
+	assert_true(th_val_ok(pa.data, 1000, 1));
+	TH_OK(kvshm_unpin(h2, &p2));
+	TH_OK(kvshm_unpin(h, &pa));
+	TH_FAILS(kvshm_unpin(h, &pa), -ENOENT);
+	TH_OK(kvshm_evict_bytes(h, UINT64_MAX, 0, NULL, &count));
 	assert_int_equal(count, 2);
-	check_ok(h2);
-	OK(kvshm_close(h2));
-	finish(h, name);
+	th_check_ok(h2);
+	TH_OK(kvshm_close(h2));
+	th_finish(h, name);
 }
 
 static void test_copy_out(void **st)
@@ -1260,48 +1063,48 @@ static void test_copy_out(void **st)
 	(void)st;
 	char name[64];
 	kvshm_config c;
-	cfg_small(&c);
-	kvshm *h = create_cache(name, sizeof(name), "copy", &c);
-	kvshm_model m = model_of(5);
+	th_cfg_small(&c, 0);
+	kvshm *h = th_create_cache(name, sizeof(name), "copy", &c);
+	kvshm_model m = th_model_of(5);
 	uint32_t t[64];
 	uint8_t buf[2000];
 	size_t len = 0, nt = 0;
-	toks_of(t, 64, 9);
-	OK(put_val(h, &m, t, 30, 1000, 77, KVSHM_REASON_OTHER));
+	th_toks_of(t, 64, 9);
+	TH_OK(th_put_val(h, &m, t, 30, 1000, 77, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 
 	memset(buf, 0xee, sizeof(buf));
-	FAILS(kvshm_lookup_copy(h, &m, t, 30, 0, buf, 999, &len, &nt), -ENOBUFS);
+	TH_FAILS(kvshm_lookup_copy(h, &m, t, 30, 0, buf, 999, &len, &nt), -ENOBUFS);
 	assert_int_equal(len, 1000);
 	assert_int_equal(nt, 30);
 	for (size_t i = 0; i < sizeof(buf); i++)
 		assert_int_equal(buf[i], 0xee); /* nothing copied */
 	len = 0;
-	FAILS(kvshm_lookup_copy(h, &m, t, 30, 0, NULL, 0, &len, NULL), -ENOBUFS);
+	TH_FAILS(kvshm_lookup_copy(h, &m, t, 30, 0, NULL, 0, &len, NULL), -ENOBUFS);
 	assert_int_equal(len, 1000);
-	OK(kvshm_lookup_copy(h, &m, t, 30, 0, buf, 1000, &len, &nt));
-	assert_true(val_ok(buf, 1000, 77));
+	TH_OK(kvshm_lookup_copy(h, &m, t, 30, 0, buf, 1000, &len, &nt));
+	assert_true(th_val_ok(buf, 1000, 77));
 	assert_int_equal(buf[1000], 0xee);
 	memset(buf, 0, sizeof(buf));
-	OK(kvshm_lookup_copy(h, &m, t, 64, 0, buf, sizeof(buf), &len, &nt)); /* a prefix */
+	TH_OK(kvshm_lookup_copy(h, &m, t, 64, 0, buf, sizeof(buf), &len, &nt)); /* a prefix */
 	assert_int_equal(len, 1000);
 	assert_int_equal(nt, 30);
-	assert_true(val_ok(buf, 1000, 77));
-	OK(kvshm_lookup_copy(h, &m, t, 30, 0, buf, sizeof(buf), NULL, NULL));
-	FAILS(kvshm_lookup_copy(h, &m, t, 29, 0, buf, sizeof(buf), &len, &nt), KVSHM_ENOTFOUND);
+	assert_true(th_val_ok(buf, 1000, 77));
+	TH_OK(kvshm_lookup_copy(h, &m, t, 30, 0, buf, sizeof(buf), NULL, NULL));
+	TH_FAILS(kvshm_lookup_copy(h, &m, t, 29, 0, buf, sizeof(buf), &len, &nt), KVSHM_ENOTFOUND);
 
 	/* Copy-out pins nothing: the entry is evictable right away. Every
 	 * copy that found it counts a hit, also those refused for size. */
-	struct coll cl;
-	list_all(h, NULL, &cl);
+	struct th_coll cl;
+	th_list(h, NULL, &cl);
 	assert_int_equal(cl.n, 1);
 	assert_int_equal(cl.e[0].refcount, 0);
 	assert_int_equal(cl.e[0].hits, 5);
-	check_ok(h);
+	th_check_ok(h);
 	uint64_t count = 0;
-	OK(kvshm_evict_bytes(h, UINT64_MAX, 0, NULL, &count));
+	TH_OK(kvshm_evict_bytes(h, UINT64_MAX, 0, NULL, &count));
 	assert_int_equal(count, 1);
-	FAILS(kvshm_lookup_copy(h, &m, t, 30, 0, buf, sizeof(buf), &len, &nt), KVSHM_ENOTFOUND);
-	finish(h, name);
+	TH_FAILS(kvshm_lookup_copy(h, &m, t, 30, 0, buf, sizeof(buf), &len, &nt), KVSHM_ENOTFOUND);
+	th_finish(h, name);
 }
 
 /* ---- reserve, publish, cancel ------------------------------------------------------------------ */
@@ -1311,28 +1114,28 @@ static void test_reserve_publish_cancel(void **st)
 	(void)st;
 	char name[64];
 	kvshm_config c;
-	cfg_small(&c);
-	kvshm *h = create_cache(name, sizeof(name), "resv", &c);
+	th_cfg_small(&c, 0);
+	kvshm *h = th_create_cache(name, sizeof(name), "resv", &c);
 	kvshm *h2;
-	OK(kvshm_open(name, NULL, 0, &h2));
-	kvshm_model m = model_of(6);
+	TH_OK(kvshm_open(name, NULL, 0, &h2));
+	kvshm_model m = th_model_of(6);
 	uint32_t t[64];
 	kvshm_pin p;
 	kvshm_reservation r, r2, copy;
-	toks_of(t, 64, 4);
-	OK(put_val(h, &m, t, 10, 700, 10, KVSHM_REASON_OTHER));
-	kvshm_stats s0 = stats_of(h);
+	th_toks_of(t, 64, 4);
+	TH_OK(th_put_val(h, &m, t, 10, 700, 10, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	kvshm_stats s0 = th_stats_of(h);
 
 	kvshm_save_opts cold = {KVSHM_TIER_RAM, KVSHM_REASON_COLD};
-	OK(kvshm_reserve(h, &m, t, 40, 5000, &cold, &r));
+	TH_OK(kvshm_reserve(h, &m, t, 40, 5000, &cold, &r));
 	assert_non_null(r.data);
 	assert_int_equal(r.len, 5000);
-	val_fill(r.data, 5000, 40);
-	kvshm_stats s1 = stats_of(h);
+	th_val_fill(r.data, 5000, 40);
+	kvshm_stats s1 = th_stats_of(h);
 	assert_int_equal(s1.entries_reserved, 1);
 	assert_true(s1.tier_bytes[KVSHM_TIER_RAM] > s0.tier_bytes[KVSHM_TIER_RAM] + 5000);
-	struct coll cl;
-	list_all(h, NULL, &cl);
+	struct th_coll cl;
+	th_list(h, NULL, &cl);
 	const kvshm_entry_info *ei = find_ntok(&cl, 40);
 	assert_non_null(ei);
 	assert_int_equal(ei->state, KVSHM_STATE_RESERVED);
@@ -1340,86 +1143,86 @@ static void test_reserve_publish_cancel(void **st)
 	assert_int_equal(ei->reason, KVSHM_REASON_COLD);
 
 	/* Invisible to readers until published. */
-	FAILS(kvshm_get(h2, &m, t, 40, 0, &p), KVSHM_ENOTFOUND);
-	FAILS(kvshm_get(h, &m, t, 40, 0, &p), KVSHM_ENOTFOUND);
-	OK(kvshm_lookup(h2, &m, t, 40, 0, &p));
+	TH_FAILS(kvshm_get(h2, &m, t, 40, 0, &p), KVSHM_ENOTFOUND);
+	TH_FAILS(kvshm_get(h, &m, t, 40, 0, &p), KVSHM_ENOTFOUND);
+	TH_OK(kvshm_lookup(h2, &m, t, 40, 0, &p));
 	assert_int_equal(p.ntokens, 10);
 	assert_int_equal(p.kind, KVSHM_HIT_PREFIX);
-	OK(kvshm_unpin(h2, &p));
+	TH_OK(kvshm_unpin(h2, &p));
 	/* Other writers of the key are refused. */
-	FAILS(kvshm_reserve(h2, &m, t, 40, 5000, NULL, &r2), KVSHM_EINPROGRESS);
-	FAILS(kvshm_reserve(h, &m, t, 40, 100, NULL, &r2), KVSHM_EINPROGRESS);
-	FAILS(put_val(h2, &m, t, 40, 5000, 1, KVSHM_REASON_OTHER), KVSHM_EINPROGRESS);
-	assert_int_equal(ctr(h, KVSHM_C_dup_in_progress) - s0.counters[KVSHM_C_dup_in_progress], 3);
+	TH_FAILS(kvshm_reserve(h2, &m, t, 40, 5000, NULL, &r2), KVSHM_EINPROGRESS);
+	TH_FAILS(kvshm_reserve(h, &m, t, 40, 100, NULL, &r2), KVSHM_EINPROGRESS);
+	TH_FAILS(th_put_val(h2, &m, t, 40, 5000, 1, KVSHM_TIER_RAM, KVSHM_REASON_OTHER), KVSHM_EINPROGRESS);
+	assert_int_equal(th_counter(h, KVSHM_C_dup_in_progress) - s0.counters[KVSHM_C_dup_in_progress], 3);
 	/* Another handle cannot publish or cancel it. */
-	FAILS(kvshm_publish(h2, &r), KVSHM_EEXPIRED);
-	FAILS(kvshm_cancel(h2, &r), KVSHM_EEXPIRED);
-	check_ok(h);
+	TH_FAILS(kvshm_publish(h2, &r), KVSHM_EEXPIRED);
+	TH_FAILS(kvshm_cancel(h2, &r), KVSHM_EEXPIRED);
+	th_check_ok(h);
 	/* Eviction never takes a reservation: only the ready prefix goes. */
 	uint64_t count = 0;
-	OK(kvshm_evict_bytes(h, UINT64_MAX, 0, NULL, &count));
+	TH_OK(kvshm_evict_bytes(h, UINT64_MAX, 0, NULL, &count));
 	assert_int_equal(count, 1);
-	assert_int_equal(stats_of(h).entries_reserved, 1);
-	OK(kvshm_delete(h, NULL, &count));
+	assert_int_equal(th_stats_of(h).entries_reserved, 1);
+	TH_OK(kvshm_delete(h, NULL, &count));
 	assert_int_equal(count, 0);
 
 	copy = r;
-	OK(kvshm_publish(h, &r));
+	TH_OK(kvshm_publish(h, &r));
 	assert_null(r.data);
-	FAILS(kvshm_publish(h, &r), -EINVAL);
-	expect_get(h2, &m, t, 40, 5000, 40);
-	OK(kvshm_lookup(h2, &m, t, 64, 0, &p));
+	TH_FAILS(kvshm_publish(h, &r), -EINVAL);
+	th_expect_get(h2, &m, t, 40, 5000, 40, KVSHM_TIER_RAM);
+	TH_OK(kvshm_lookup(h2, &m, t, 64, 0, &p));
 	assert_int_equal(p.ntokens, 40);
-	OK(kvshm_unpin(h2, &p));
-	kvshm_stats s2 = stats_of(h);
+	TH_OK(kvshm_unpin(h2, &p));
+	kvshm_stats s2 = th_stats_of(h);
 	assert_int_equal(s2.entries_reserved, 0);
 	assert_int_equal(s2.counters[KVSHM_C_saves_cold] - s0.counters[KVSHM_C_saves_cold], 1);
 	assert_int_equal(s2.counters[KVSHM_C_saved_bytes] - s0.counters[KVSHM_C_saved_bytes], 5000);
-	FAILS(kvshm_reserve(h2, &m, t, 40, 5000, NULL, &r2), KVSHM_EEXISTS);
-	FAILS(put_val(h, &m, t, 40, 5000, 1, KVSHM_REASON_OTHER), KVSHM_EEXISTS);
-	assert_int_equal(ctr(h, KVSHM_C_dup_present) - s0.counters[KVSHM_C_dup_present], 2);
+	TH_FAILS(kvshm_reserve(h2, &m, t, 40, 5000, NULL, &r2), KVSHM_EEXISTS);
+	TH_FAILS(th_put_val(h, &m, t, 40, 5000, 1, KVSHM_TIER_RAM, KVSHM_REASON_OTHER), KVSHM_EEXISTS);
+	assert_int_equal(th_counter(h, KVSHM_C_dup_present) - s0.counters[KVSHM_C_dup_present], 2);
 	/* A stale copy of the published reservation neither publishes nor
 	 * cancels, and does not take the entry down. */
-	FAILS(kvshm_cancel(h, &copy), KVSHM_EEXPIRED);
-	FAILS(kvshm_publish(h, &copy), KVSHM_EEXPIRED);
-	expect_get(h, &m, t, 40, 5000, 40);
+	TH_FAILS(kvshm_cancel(h, &copy), KVSHM_EEXPIRED);
+	TH_FAILS(kvshm_publish(h, &copy), KVSHM_EEXPIRED);
+	th_expect_get(h, &m, t, 40, 5000, 40, KVSHM_TIER_RAM);
 
 	/* Cancel frees its bytes; the key can be reserved again. */
 	uint64_t b0 = ram_bytes(h);
-	uint64_t free0 = stats_of(h).data_free_bytes;
-	OK(kvshm_reserve(h, &m, t, 50, 3000, NULL, &r));
+	uint64_t free0 = th_stats_of(h).data_free_bytes;
+	TH_OK(kvshm_reserve(h, &m, t, 50, 3000, NULL, &r));
 	assert_true(ram_bytes(h) > b0);
 	memset(r.data, 0x5a, 3000);
-	OK(kvshm_cancel(h, &r));
+	TH_OK(kvshm_cancel(h, &r));
 	assert_null(r.data);
-	FAILS(kvshm_cancel(h, &r), -EINVAL);
+	TH_FAILS(kvshm_cancel(h, &r), -EINVAL);
 	assert_int_equal(ram_bytes(h), b0);
-	assert_int_equal(stats_of(h).data_free_bytes, free0);
-	assert_int_equal(stats_of(h).entries_reserved, 0);
-	assert_int_equal(ctr(h, KVSHM_C_cancels) - s0.counters[KVSHM_C_cancels], 1);
-	FAILS(kvshm_get(h, &m, t, 50, 0, &p), KVSHM_ENOTFOUND);
+	assert_int_equal(th_stats_of(h).data_free_bytes, free0);
+	assert_int_equal(th_stats_of(h).entries_reserved, 0);
+	assert_int_equal(th_counter(h, KVSHM_C_cancels) - s0.counters[KVSHM_C_cancels], 1);
+	TH_FAILS(kvshm_get(h, &m, t, 50, 0, &p), KVSHM_ENOTFOUND);
 	kvshm_save_opts fin = {KVSHM_TIER_RAM, KVSHM_REASON_FINISH};
-	OK(kvshm_reserve(h2, &m, t, 50, 3000, &fin, &r2));
-	val_fill(r2.data, 3000, 50);
-	OK(kvshm_publish(h2, &r2));
-	expect_get(h, &m, t, 50, 3000, 50);
+	TH_OK(kvshm_reserve(h2, &m, t, 50, 3000, &fin, &r2));
+	th_val_fill(r2.data, 3000, 50);
+	TH_OK(kvshm_publish(h2, &r2));
+	th_expect_get(h, &m, t, 50, 3000, 50, KVSHM_TIER_RAM);
 
 	/* Every reason is counted under its own counter. */
-	kvshm_stats s3 = stats_of(h);
+	kvshm_stats s3 = th_stats_of(h);
 	for (int why = 0; why < KVSHM_NREASONS; why++)
-		OK(put_val(h, &m, t, 51 + (size_t)why, 100, (uint32_t)why, why));
-	kvshm_stats s4 = stats_of(h);
+		TH_OK(th_put_val(h, &m, t, 51 + (size_t)why, 100, (uint32_t)why, KVSHM_TIER_RAM, why));
+	kvshm_stats s4 = th_stats_of(h);
 	for (int why = 0; why < KVSHM_NREASONS; why++)
 		assert_int_equal(s4.counters[KVSHM_C_saves_cold + why] - s3.counters[KVSHM_C_saves_cold + why], 1);
 	assert_int_equal(s4.counters[KVSHM_C_saved_bytes] - s3.counters[KVSHM_C_saved_bytes], 600);
 	/* opts NULL: RAM, OTHER. */
-	OK(kvshm_reserve(h, &m, t, 60, 10, NULL, &r));
+	TH_OK(kvshm_reserve(h, &m, t, 60, 10, NULL, &r));
 	memset(r.data, 1, 10);
-	OK(kvshm_publish(h, &r));
-	assert_int_equal(ctr(h, KVSHM_C_saves_other) - s4.counters[KVSHM_C_saves_other], 1);
-	check_ok(h2);
-	OK(kvshm_close(h2));
-	finish(h, name);
+	TH_OK(kvshm_publish(h, &r));
+	assert_int_equal(th_counter(h, KVSHM_C_saves_other) - s4.counters[KVSHM_C_saves_other], 1);
+	th_check_ok(h2);
+	TH_OK(kvshm_close(h2));
+	th_finish(h, name);
 }
 
 static void test_reservation_limit(void **st)
@@ -1427,43 +1230,43 @@ static void test_reservation_limit(void **st)
 	(void)st;
 	char name[64];
 	kvshm_config c;
-	cfg_small(&c);
-	kvshm *h = create_cache(name, sizeof(name), "reslim", &c);
-	kvshm_model m = model_of(7);
+	th_cfg_small(&c, 0);
+	kvshm *h = th_create_cache(name, sizeof(name), "reslim", &c);
+	kvshm_model m = th_model_of(7);
 	uint32_t t[8];
 	kvshm_reservation r[KVSHM_MAX_RES + 1];
 	for (unsigned i = 0; i < KVSHM_MAX_RES; i++) {
-		toks_of(t, 8, i);
-		OK(kvshm_reserve(h, &m, t, 8, 4000, NULL, &r[i]));
-		val_fill(r[i].data, 4000, i);
+		th_toks_of(t, 8, i);
+		TH_OK(kvshm_reserve(h, &m, t, 8, 4000, NULL, &r[i]));
+		th_val_fill(r[i].data, 4000, i);
 	}
-	uint64_t b = ram_bytes(h), free0 = stats_of(h).data_free_bytes;
-	toks_of(t, 8, 100);
-	FAILS(kvshm_reserve(h, &m, t, 8, 4000, NULL, &r[KVSHM_MAX_RES]), KVSHM_EBUSY);
+	uint64_t b = ram_bytes(h), free0 = th_stats_of(h).data_free_bytes;
+	th_toks_of(t, 8, 100);
+	TH_FAILS(kvshm_reserve(h, &m, t, 8, 4000, NULL, &r[KVSHM_MAX_RES]), KVSHM_EBUSY);
 	assert_int_equal(ram_bytes(h), b);
-	assert_int_equal(stats_of(h).data_free_bytes, free0);
-	assert_int_equal(stats_of(h).entries_reserved, KVSHM_MAX_RES);
-	check_ok(h);
+	assert_int_equal(th_stats_of(h).data_free_bytes, free0);
+	assert_int_equal(th_stats_of(h).entries_reserved, KVSHM_MAX_RES);
+	th_check_ok(h);
 	/* Another handle is not limited by ours. */
 	kvshm *h2;
-	OK(kvshm_open(name, NULL, 0, &h2));
-	OK(put_val(h2, &m, t, 8, 4000, 100, KVSHM_REASON_OTHER));
-	OK(kvshm_close(h2));
+	TH_OK(kvshm_open(name, NULL, 0, &h2));
+	TH_OK(th_put_val(h2, &m, t, 8, 4000, 100, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	TH_OK(kvshm_close(h2));
 	for (unsigned i = 0; i < KVSHM_MAX_RES; i++) {
 		if (i % 2)
-			OK(kvshm_cancel(h, &r[i]));
+			TH_OK(kvshm_cancel(h, &r[i]));
 		else
-			OK(kvshm_publish(h, &r[i]));
+			TH_OK(kvshm_publish(h, &r[i]));
 	}
 	for (unsigned i = 0; i < KVSHM_MAX_RES; i++) {
-		toks_of(t, 8, i);
+		th_toks_of(t, 8, i);
 		if (i % 2)
-			expect_missing(h, &m, t, 8);
+			th_expect_missing(h, &m, t, 8);
 		else
-			expect_get(h, &m, t, 8, 4000, i);
+			th_expect_get(h, &m, t, 8, 4000, i, KVSHM_TIER_RAM);
 	}
-	assert_int_equal(stats_of(h).entries_reserved, 0);
-	finish(h, name);
+	assert_int_equal(th_stats_of(h).entries_reserved, 0);
+	th_finish(h, name);
 }
 
 /* Closing a handle gives back its pins (also a pin taken twice) and its
@@ -1473,45 +1276,45 @@ static void test_close_releases(void **st)
 	(void)st;
 	char name[64];
 	kvshm_config c;
-	cfg_small(&c);
-	kvshm *h = create_cache(name, sizeof(name), "close", &c);
+	th_cfg_small(&c, 0);
+	kvshm *h = th_create_cache(name, sizeof(name), "close", &c);
 	kvshm *h2;
-	OK(kvshm_open(name, NULL, 0, &h2));
-	kvshm_model m = model_of(8);
+	TH_OK(kvshm_open(name, NULL, 0, &h2));
+	kvshm_model m = th_model_of(8);
 	uint32_t t[8];
 	kvshm_pin p1, p2, p3;
 	kvshm_reservation r;
 	for (unsigned fam = 0; fam < 3; fam++) {
-		toks_of(t, 8, fam);
-		OK(put_val(h, &m, t, 8, 2000, fam, KVSHM_REASON_OTHER));
+		th_toks_of(t, 8, fam);
+		TH_OK(th_put_val(h, &m, t, 8, 2000, fam, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 	}
-	toks_of(t, 8, 0);
-	OK(kvshm_get(h2, &m, t, 8, 0, &p1));
-	OK(kvshm_get(h2, &m, t, 8, 0, &p2)); /* the same entry again */
-	toks_of(t, 8, 1);
-	OK(kvshm_lookup(h2, &m, t, 8, 0, &p3));
-	toks_of(t, 8, 9);
-	OK(kvshm_reserve(h2, &m, t, 8, 2000, NULL, &r));
-	check_ok(h);
-	assert_int_equal(stats_of(h).procs_live, 2);
-	OK(kvshm_close(h2));
-	assert_int_equal(stats_of(h).procs_live, 1);
-	check_ok(h);
-	struct coll cl;
-	list_all(h, NULL, &cl);
+	th_toks_of(t, 8, 0);
+	TH_OK(kvshm_get(h2, &m, t, 8, 0, &p1));
+	TH_OK(kvshm_get(h2, &m, t, 8, 0, &p2)); /* the same entry again */
+	th_toks_of(t, 8, 1);
+	TH_OK(kvshm_lookup(h2, &m, t, 8, 0, &p3));
+	th_toks_of(t, 8, 9);
+	TH_OK(kvshm_reserve(h2, &m, t, 8, 2000, NULL, &r));
+	th_check_ok(h);
+	assert_int_equal(th_stats_of(h).procs_live, 2);
+	TH_OK(kvshm_close(h2));
+	assert_int_equal(th_stats_of(h).procs_live, 1);
+	th_check_ok(h);
+	struct th_coll cl;
+	th_list(h, NULL, &cl);
 	assert_int_equal(cl.n, 3);
 	for (int i = 0; i < cl.n; i++) {
 		assert_int_equal(cl.e[i].refcount, 0);
 		assert_int_equal(cl.e[i].state, KVSHM_STATE_READY);
 	}
-	assert_int_equal(stats_of(h).entries_reserved, 0);
+	assert_int_equal(th_stats_of(h).entries_reserved, 0);
 	assert_int_equal(ram_bytes(h), 3 * (ram_bytes(h) / 3));
 	/* The reserved key is free again; all three are evictable. */
-	OK(put_val(h, &m, t, 8, 2000, 9, KVSHM_REASON_OTHER));
+	TH_OK(th_put_val(h, &m, t, 8, 2000, 9, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 	uint64_t count = 0;
-	OK(kvshm_evict_bytes(h, UINT64_MAX, 0, NULL, &count));
+	TH_OK(kvshm_evict_bytes(h, UINT64_MAX, 0, NULL, &count));
 	assert_int_equal(count, 4);
-	finish(h, name);
+	th_finish(h, name);
 }
 
 /* ---- expiry ---------------------------------------------------------------------------------- */
@@ -1521,75 +1324,75 @@ static void test_expiry(void **st)
 	(void)st;
 	char name[64];
 	kvshm_config c;
-	cfg_small(&c);
+	th_cfg_small(&c, 0);
 	c.reservation_ttl_ms = 50;
-	kvshm *h = create_cache(name, sizeof(name), "expire", &c);
+	kvshm *h = th_create_cache(name, sizeof(name), "expire", &c);
 	kvshm *h2;
-	OK(kvshm_open(name, NULL, 0, &h2));
-	kvshm_model m = model_of(9);
+	TH_OK(kvshm_open(name, NULL, 0, &h2));
+	kvshm_model m = th_model_of(9);
 	uint32_t t[32];
 	kvshm_reservation r1, r2, r3;
 	kvshm_pin p;
-	toks_of(t, 32, 1);
-	uint64_t free0 = stats_of(h).data_free_bytes;
+	th_toks_of(t, 32, 1);
+	uint64_t free0 = th_stats_of(h).data_free_bytes;
 
-	OK(kvshm_reserve(h, &m, t, 32, 4000, NULL, &r1));
-	val_fill(r1.data, 4000, 1);
+	TH_OK(kvshm_reserve(h, &m, t, 32, 4000, NULL, &r1));
+	th_val_fill(r1.data, 4000, 1);
 	uint64_t fp = ram_bytes(h);
 	/* gc before the deadline expires nothing. */
-	OK(kvshm_gc(h, NULL, NULL));
-	assert_int_equal(ctr(h, KVSHM_C_expired), 0);
-	FAILS(kvshm_reserve(h2, &m, t, 32, 4000, NULL, &r2), KVSHM_EINPROGRESS);
-	sleep_ms(120);
+	TH_OK(kvshm_gc(h, NULL, NULL));
+	assert_int_equal(th_counter(h, KVSHM_C_expired), 0);
+	TH_FAILS(kvshm_reserve(h2, &m, t, 32, 4000, NULL, &r2), KVSHM_EINPROGRESS);
+	th_sleep_ms(120);
 	uint64_t freed = 1, count = 1;
-	OK(kvshm_gc(h2, &freed, &count));
+	TH_OK(kvshm_gc(h2, &freed, &count));
 	assert_int_equal(freed, 0);
 	assert_int_equal(count, 0);
-	assert_int_equal(ctr(h, KVSHM_C_expired), 1);
-	struct coll cl;
-	list_all(h, NULL, &cl);
+	assert_int_equal(th_counter(h, KVSHM_C_expired), 1);
+	struct th_coll cl;
+	th_list(h, NULL, &cl);
 	assert_int_equal(cl.n, 1);
 	assert_int_equal(cl.e[0].state, KVSHM_STATE_EXPIRED);
 	/* The slow writer's bytes stay allocated: it may still be writing. */
 	assert_int_equal(ram_bytes(h), fp);
-	assert_int_equal(stats_of(h).entries_reserved, 1);
-	FAILS(kvshm_get(h2, &m, t, 32, 0, &p), KVSHM_ENOTFOUND);
-	FAILS(kvshm_lookup(h2, &m, t, 32, KVSHM_LOOKUP_WAIT, &p), KVSHM_ENOTFOUND);
-	assert_int_equal(ctr(h, KVSHM_C_waits), 0); /* expired saves are not waited for */
-	check_ok(h);
+	assert_int_equal(th_stats_of(h).entries_reserved, 1);
+	TH_FAILS(kvshm_get(h2, &m, t, 32, 0, &p), KVSHM_ENOTFOUND);
+	TH_FAILS(kvshm_lookup(h2, &m, t, 32, KVSHM_LOOKUP_WAIT, &p), KVSHM_ENOTFOUND);
+	assert_int_equal(th_counter(h, KVSHM_C_waits), 0); /* expired saves are not waited for */
+	th_check_ok(h);
 
 	/* Another writer takes the key over. */
-	OK(kvshm_reserve(h2, &m, t, 32, 4000, NULL, &r2));
-	val_fill(r2.data, 4000, 2);
+	TH_OK(kvshm_reserve(h2, &m, t, 32, 4000, NULL, &r2));
+	th_val_fill(r2.data, 4000, 2);
 	memset(r1.data, 0x11, 100); /* the slow writer is still writing */
-	FAILS(kvshm_publish(h, &r1), KVSHM_EEXPIRED);
+	TH_FAILS(kvshm_publish(h, &r1), KVSHM_EEXPIRED);
 	assert_null(r1.data);
 	assert_int_equal(ram_bytes(h), fp); /* only the new reservation */
-	assert_int_equal(stats_of(h).entries_reserved, 1);
-	OK(kvshm_publish(h2, &r2));
-	expect_get(h, &m, t, 32, 4000, 2);
-	FAILS(kvshm_reserve(h, &m, t, 32, 4000, NULL, &r1), KVSHM_EEXISTS);
+	assert_int_equal(th_stats_of(h).entries_reserved, 1);
+	TH_OK(kvshm_publish(h2, &r2));
+	th_expect_get(h, &m, t, 32, 4000, 2, KVSHM_TIER_RAM);
+	TH_FAILS(kvshm_reserve(h, &m, t, 32, 4000, NULL, &r1), KVSHM_EEXISTS);
 
 	/* An expired reservation can be cancelled, or dropped by close. */
-	toks_of(t, 32, 2);
-	OK(kvshm_reserve(h, &m, t, 32, 4000, NULL, &r3));
-	toks_of(t, 32, 3);
-	OK(kvshm_reserve(h2, &m, t, 32, 4000, NULL, &r2));
-	sleep_ms(120);
-	OK(kvshm_gc(h, NULL, NULL));
-	assert_int_equal(ctr(h, KVSHM_C_expired), 3);
-	check_ok(h);
-	OK(kvshm_cancel(h, &r3));
-	OK(kvshm_close(h2));
+	th_toks_of(t, 32, 2);
+	TH_OK(kvshm_reserve(h, &m, t, 32, 4000, NULL, &r3));
+	th_toks_of(t, 32, 3);
+	TH_OK(kvshm_reserve(h2, &m, t, 32, 4000, NULL, &r2));
+	th_sleep_ms(120);
+	TH_OK(kvshm_gc(h, NULL, NULL));
+	assert_int_equal(th_counter(h, KVSHM_C_expired), 3);
+	th_check_ok(h);
+	TH_OK(kvshm_cancel(h, &r3));
+	TH_OK(kvshm_close(h2));
 	assert_int_equal(ram_bytes(h), fp);
-	assert_int_equal(stats_of(h).entries_reserved, 0);
-	toks_of(t, 32, 1);
+	assert_int_equal(th_stats_of(h).entries_reserved, 0);
+	th_toks_of(t, 32, 1);
 	uint64_t count2 = 0;
-	OK(kvshm_evict_bytes(h, UINT64_MAX, 0, NULL, &count2));
+	TH_OK(kvshm_evict_bytes(h, UINT64_MAX, 0, NULL, &count2));
 	assert_int_equal(count2, 1);
 	assert_int_equal(ram_bytes(h), 0);
-	assert_int_equal(stats_of(h).data_free_bytes, free0);
-	finish(h, name);
+	assert_int_equal(th_stats_of(h).data_free_bytes, free0);
+	th_finish(h, name);
 }
 
 /* ---- quotas and eviction order -------------------------------------------------------------- */
@@ -1601,37 +1404,37 @@ static void test_quota_never_exceeded(void **st)
 	kvshm_config c;
 	const size_t len = 12000;
 	uint64_t fp = footprint_of(8, len);
-	cfg_small(&c);
+	th_cfg_small(&c, 0);
 	c.quota[KVSHM_TIER_RAM] = 5 * fp + fp / 2;
-	kvshm *h = create_cache(name, sizeof(name), "quota", &c);
-	kvshm_model m = model_of(10);
+	kvshm *h = th_create_cache(name, sizeof(name), "quota", &c);
+	kvshm_model m = th_model_of(10);
 	uint32_t t[8];
 	kvshm_reservation r;
 	for (unsigned fam = 0; fam < 30; fam++) {
-		toks_of(t, 8, fam);
-		OK(put_val(h, &m, t, 8, len, fam, KVSHM_REASON_OTHER));
-		kvshm_stats s = stats_of(h);
+		th_toks_of(t, 8, fam);
+		TH_OK(th_put_val(h, &m, t, 8, len, fam, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+		kvshm_stats s = th_stats_of(h);
 		assert_true(s.tier_bytes[KVSHM_TIER_RAM] <= c.quota[KVSHM_TIER_RAM]);
 		assert_int_equal(s.tier_bytes[KVSHM_TIER_RAM], s.tier_entries[KVSHM_TIER_RAM] * fp);
 		assert_int_equal(s.tier_entries[KVSHM_TIER_RAM], fam < 5 ? fam + 1 : 5);
-		expect_get(h, &m, t, 8, len, fam);
+		th_expect_get(h, &m, t, 8, len, fam, KVSHM_TIER_RAM);
 	}
-	assert_int_equal(ctr(h, KVSHM_C_evictions), 25);
-	assert_int_equal(ctr(h, KVSHM_C_evicted_bytes), 25 * fp);
+	assert_int_equal(th_counter(h, KVSHM_C_evictions), 25);
+	assert_int_equal(th_counter(h, KVSHM_C_evicted_bytes), 25 * fp);
 	/* Reservations count against the quota too. */
-	toks_of(t, 8, 100);
-	OK(kvshm_reserve(h, &m, t, 8, len, NULL, &r));
+	th_toks_of(t, 8, 100);
+	TH_OK(kvshm_reserve(h, &m, t, 8, len, NULL, &r));
 	assert_true(ram_bytes(h) <= c.quota[KVSHM_TIER_RAM]);
-	OK(kvshm_cancel(h, &r));
+	TH_OK(kvshm_cancel(h, &r));
 	/* A value the quota can never hold, though the slab could. */
-	FAILS(kvshm_reserve(h, &m, t, 8, (size_t)c.quota[KVSHM_TIER_RAM], NULL, &r), KVSHM_ETOOBIG);
-	FAILS(kvshm_reserve(h, &m, t, 8, 6 * len, NULL, &r), KVSHM_ETOOBIG);
-	assert_int_equal(ram_entries(h), 4);
+	TH_FAILS(kvshm_reserve(h, &m, t, 8, (size_t)c.quota[KVSHM_TIER_RAM], NULL, &r), KVSHM_ETOOBIG);
+	TH_FAILS(kvshm_reserve(h, &m, t, 8, 6 * len, NULL, &r), KVSHM_ETOOBIG);
+	assert_int_equal(th_ram_entries(h), 4);
 	/* gc has nothing to do under the quota. */
 	uint64_t freed = 1, count = 1;
-	OK(kvshm_gc(h, &freed, &count));
+	TH_OK(kvshm_gc(h, &freed, &count));
 	assert_int_equal(count, 0);
-	finish(h, name);
+	th_finish(h, name);
 }
 
 /* Frecency, not FIFO: hit entries outlive never-hit ones. */
@@ -1642,50 +1445,50 @@ static void test_eviction_order(void **st)
 	kvshm_config c;
 	const size_t len = 12000;
 	uint64_t fp = footprint_of(8, len);
-	cfg_small(&c);
+	th_cfg_small(&c, 0);
 	c.quota[KVSHM_TIER_RAM] = 4 * fp + fp / 2;
-	kvshm *h = create_cache(name, sizeof(name), "order", &c);
-	kvshm_model m = model_of(11);
+	kvshm *h = th_create_cache(name, sizeof(name), "order", &c);
+	kvshm_model m = th_model_of(11);
 	uint32_t ta[8], tb[8], tc[8], td[8], te[8], tf[8], tg[8];
-	toks_of(ta, 8, 'A');
-	toks_of(tb, 8, 'B');
-	toks_of(tc, 8, 'C');
-	toks_of(td, 8, 'D');
-	toks_of(te, 8, 'E');
-	toks_of(tf, 8, 'F');
-	toks_of(tg, 8, 'G');
-	OK(put_val(h, &m, ta, 8, len, 'A', KVSHM_REASON_OTHER));
-	OK(put_val(h, &m, tb, 8, len, 'B', KVSHM_REASON_OTHER));
-	OK(put_val(h, &m, tc, 8, len, 'C', KVSHM_REASON_OTHER));
-	OK(put_val(h, &m, td, 8, len, 'D', KVSHM_REASON_OTHER));
+	th_toks_of(ta, 8, 'A');
+	th_toks_of(tb, 8, 'B');
+	th_toks_of(tc, 8, 'C');
+	th_toks_of(td, 8, 'D');
+	th_toks_of(te, 8, 'E');
+	th_toks_of(tf, 8, 'F');
+	th_toks_of(tg, 8, 'G');
+	TH_OK(th_put_val(h, &m, ta, 8, len, 'A', KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	TH_OK(th_put_val(h, &m, tb, 8, len, 'B', KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	TH_OK(th_put_val(h, &m, tc, 8, len, 'C', KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	TH_OK(th_put_val(h, &m, td, 8, len, 'D', KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 	for (int i = 0; i < 3; i++)
 		hit(h, &m, ta, 8);
 	hit(h, &m, tc, 8);
 	/* Two entries' worth: B and D go, though A is the oldest. */
 	uint64_t freed = 0, count = 0;
-	OK(kvshm_evict_bytes(h, 2 * fp, KVSHM_TIER_BIT(KVSHM_TIER_RAM), &freed, &count));
+	TH_OK(kvshm_evict_bytes(h, 2 * fp, KVSHM_TIER_BIT(KVSHM_TIER_RAM), &freed, &count));
 	assert_int_equal(count, 2);
 	assert_int_equal(freed, 2 * fp);
-	struct coll cl;
-	list_all(h, NULL, &cl);
+	struct th_coll cl;
+	th_list(h, NULL, &cl);
 	assert_int_equal(cl.n, 2);
 	for (int i = 0; i < 2; i++)
 		assert_true(cl.e[i].hits == 3 || cl.e[i].hits == 1);
-	expect_missing(h, &m, tb, 8);
-	expect_missing(h, &m, td, 8);
+	th_expect_missing(h, &m, tb, 8);
+	th_expect_missing(h, &m, td, 8);
 
 	/* Quota-driven: E, F fill the tier; E is hit; G pushes F out. */
-	OK(put_val(h, &m, te, 8, len, 'E', KVSHM_REASON_OTHER));
-	OK(put_val(h, &m, tf, 8, len, 'F', KVSHM_REASON_OTHER));
+	TH_OK(th_put_val(h, &m, te, 8, len, 'E', KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	TH_OK(th_put_val(h, &m, tf, 8, len, 'F', KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 	hit(h, &m, te, 8);
-	OK(put_val(h, &m, tg, 8, len, 'G', KVSHM_REASON_OTHER));
-	assert_int_equal(ram_entries(h), 4);
-	expect_missing(h, &m, tf, 8);
-	expect_get(h, &m, ta, 8, len, 'A');
-	expect_get(h, &m, tc, 8, len, 'C');
-	expect_get(h, &m, te, 8, len, 'E');
-	expect_get(h, &m, tg, 8, len, 'G');
-	finish(h, name);
+	TH_OK(th_put_val(h, &m, tg, 8, len, 'G', KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	assert_int_equal(th_ram_entries(h), 4);
+	th_expect_missing(h, &m, tf, 8);
+	th_expect_get(h, &m, ta, 8, len, 'A', KVSHM_TIER_RAM);
+	th_expect_get(h, &m, tc, 8, len, 'C', KVSHM_TIER_RAM);
+	th_expect_get(h, &m, te, 8, len, 'E', KVSHM_TIER_RAM);
+	th_expect_get(h, &m, tg, 8, len, 'G', KVSHM_TIER_RAM);
+	th_finish(h, name);
 }
 
 static void test_nospace_when_pinned(void **st)
@@ -1695,34 +1498,34 @@ static void test_nospace_when_pinned(void **st)
 	kvshm_config c;
 	const size_t len = 12000;
 	uint64_t fp = footprint_of(8, len);
-	cfg_small(&c);
+	th_cfg_small(&c, 0);
 	c.quota[KVSHM_TIER_RAM] = 3 * fp + fp / 2;
-	kvshm *h = create_cache(name, sizeof(name), "nospace", &c);
-	kvshm_model m = model_of(12);
+	kvshm *h = th_create_cache(name, sizeof(name), "nospace", &c);
+	kvshm_model m = th_model_of(12);
 	uint32_t t[8];
 	kvshm_pin p[3];
 	for (unsigned fam = 0; fam < 3; fam++) {
-		toks_of(t, 8, fam);
-		OK(put_val(h, &m, t, 8, len, fam, KVSHM_REASON_OTHER));
-		OK(kvshm_get(h, &m, t, 8, 0, &p[fam]));
+		th_toks_of(t, 8, fam);
+		TH_OK(th_put_val(h, &m, t, 8, len, fam, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+		TH_OK(kvshm_get(h, &m, t, 8, 0, &p[fam]));
 	}
-	uint64_t free0 = stats_of(h).data_free_bytes;
-	toks_of(t, 8, 3);
-	FAILS(put_val(h, &m, t, 8, len, 3, KVSHM_REASON_OTHER), KVSHM_ENOSPACE);
-	assert_int_equal(ctr(h, KVSHM_C_nospace), 1);
+	uint64_t free0 = th_stats_of(h).data_free_bytes;
+	th_toks_of(t, 8, 3);
+	TH_FAILS(th_put_val(h, &m, t, 8, len, 3, KVSHM_TIER_RAM, KVSHM_REASON_OTHER), KVSHM_ENOSPACE);
+	assert_int_equal(th_counter(h, KVSHM_C_nospace), 1);
 	assert_int_equal(ram_bytes(h), 3 * fp);
-	assert_int_equal(stats_of(h).data_free_bytes, free0);
-	check_ok(h);
-	OK(kvshm_unpin(h, &p[1]));
-	OK(put_val(h, &m, t, 8, len, 3, KVSHM_REASON_OTHER));
+	assert_int_equal(th_stats_of(h).data_free_bytes, free0);
+	th_check_ok(h);
+	TH_OK(kvshm_unpin(h, &p[1]));
+	TH_OK(th_put_val(h, &m, t, 8, len, 3, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 	assert_int_equal(ram_bytes(h), 3 * fp);
-	toks_of(t, 8, 1);
-	expect_missing(h, &m, t, 8);
-	assert_true(val_ok(p[0].data, len, 0));
-	assert_true(val_ok(p[2].data, len, 2));
-	OK(kvshm_unpin(h, &p[0]));
-	OK(kvshm_unpin(h, &p[2]));
-	finish(h, name);
+	th_toks_of(t, 8, 1);
+	th_expect_missing(h, &m, t, 8);
+	assert_true(th_val_ok(p[0].data, len, 0));
+	assert_true(th_val_ok(p[2].data, len, 2));
+	TH_OK(kvshm_unpin(h, &p[0]));
+	TH_OK(kvshm_unpin(h, &p[2]));
+	th_finish(h, name);
 }
 
 /* Entry slots run out before bytes: the lowest-scored entry of the shard
@@ -1732,43 +1535,43 @@ static void test_entry_capacity(void **st)
 	(void)st;
 	char name[64];
 	kvshm_config c;
-	cfg_small(&c);
+	th_cfg_small(&c, 0);
 	c.shards = 1;
 	c.max_entries = 16;
-	kvshm *h = create_cache(name, sizeof(name), "entries", &c);
-	assert_int_equal(stats_of(h).entries_max, 16);
-	kvshm_model m = model_of(13);
+	kvshm *h = th_create_cache(name, sizeof(name), "entries", &c);
+	assert_int_equal(th_stats_of(h).entries_max, 16);
+	kvshm_model m = th_model_of(13);
 	uint32_t t[8];
 	kvshm_pin p[17];
 	for (unsigned fam = 0; fam < 16; fam++) {
-		toks_of(t, 8, fam);
-		OK(put_val(h, &m, t, 8, 100, fam, KVSHM_REASON_OTHER));
+		th_toks_of(t, 8, fam);
+		TH_OK(th_put_val(h, &m, t, 8, 100, fam, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 	}
 	for (unsigned fam = 0; fam < 16; fam++)
 		if (fam != 5) {
-			toks_of(t, 8, fam);
+			th_toks_of(t, 8, fam);
 			hit(h, &m, t, 8);
 		}
-	toks_of(t, 8, 16);
-	OK(put_val(h, &m, t, 8, 100, 16, KVSHM_REASON_OTHER));
-	assert_int_equal(ram_entries(h), 16);
-	assert_int_equal(ctr(h, KVSHM_C_evictions), 1);
-	toks_of(t, 8, 5);
-	expect_missing(h, &m, t, 8);
+	th_toks_of(t, 8, 16);
+	TH_OK(th_put_val(h, &m, t, 8, 100, 16, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	assert_int_equal(th_ram_entries(h), 16);
+	assert_int_equal(th_counter(h, KVSHM_C_evictions), 1);
+	th_toks_of(t, 8, 5);
+	th_expect_missing(h, &m, t, 8);
 	int k = 0;
 	for (unsigned fam = 0; fam <= 16; fam++)
 		if (fam != 5) {
-			toks_of(t, 8, fam);
-			OK(kvshm_get(h, &m, t, 8, 0, &p[k++]));
+			th_toks_of(t, 8, fam);
+			TH_OK(kvshm_get(h, &m, t, 8, 0, &p[k++]));
 		}
-	toks_of(t, 8, 17);
-	FAILS(put_val(h, &m, t, 8, 100, 17, KVSHM_REASON_OTHER), KVSHM_ENOSPACE);
-	check_ok(h);
+	th_toks_of(t, 8, 17);
+	TH_FAILS(th_put_val(h, &m, t, 8, 100, 17, KVSHM_TIER_RAM, KVSHM_REASON_OTHER), KVSHM_ENOSPACE);
+	th_check_ok(h);
 	for (int i = 0; i < k; i++)
-		OK(kvshm_unpin(h, &p[i]));
-	OK(put_val(h, &m, t, 8, 100, 17, KVSHM_REASON_OTHER));
-	expect_get(h, &m, t, 8, 100, 17);
-	finish(h, name);
+		TH_OK(kvshm_unpin(h, &p[i]));
+	TH_OK(th_put_val(h, &m, t, 8, 100, 17, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	th_expect_get(h, &m, t, 8, 100, 17, KVSHM_TIER_RAM);
+	th_finish(h, name);
 }
 
 /* ---- list, delete, gc ---------------------------------------------------------------------------- */
@@ -1785,9 +1588,9 @@ static void test_list(void **st)
 	(void)st;
 	char name[64];
 	kvshm_config c;
-	cfg_small(&c);
-	kvshm *h = create_cache(name, sizeof(name), "list", &c);
-	kvshm_model ma = model_of(20), mb = model_of(21);
+	th_cfg_small(&c, 0);
+	kvshm *h = th_create_cache(name, sizeof(name), "list", &c);
+	kvshm_model ma = th_model_of(20), mb = th_model_of(21);
 	uint32_t t[64];
 	kvshm_pin p;
 	kvshm_reservation r;
@@ -1799,21 +1602,21 @@ static void test_list(void **st)
 	};
 	uint64_t wall0 = kvshm__wall_ns();
 	for (size_t i = 0; i < 4; i++) {
-		toks_of(t, 64, (unsigned)i);
-		OK(put_val(h, &L[i].m, t, L[i].ntok, L[i].len, L[i].ntok, L[i].reason));
+		th_toks_of(t, 64, (unsigned)i);
+		TH_OK(th_put_val(h, &L[i].m, t, L[i].ntok, L[i].len, L[i].ntok, KVSHM_TIER_RAM, L[i].reason));
 	}
-	toks_of(t, 64, 1);
+	th_toks_of(t, 64, 1);
 	hit(h, &ma, t, 20);
 	hit(h, &ma, t, 20);
-	toks_of(t, 64, 2);
-	OK(kvshm_get(h, &mb, t, 30, 0, &p));
-	toks_of(t, 64, 4);
+	th_toks_of(t, 64, 2);
+	TH_OK(kvshm_get(h, &mb, t, 30, 0, &p));
+	th_toks_of(t, 64, 4);
 	kvshm_save_opts o = {KVSHM_TIER_RAM, KVSHM_REASON_EVICT};
-	OK(kvshm_reserve(h, &ma, t, 50, 300, &o, &r));
+	TH_OK(kvshm_reserve(h, &ma, t, 50, 300, &o, &r));
 	uint64_t wall1 = kvshm__wall_ns();
 
-	struct coll cl;
-	list_all(h, NULL, &cl);
+	struct th_coll cl;
+	th_list(h, NULL, &cl);
 	assert_int_equal(cl.n, 5);
 	uint64_t sum = 0;
 	for (int i = 0; i < cl.n; i++) {
@@ -1846,7 +1649,7 @@ static void test_list(void **st)
 		assert_int_equal(e->refcount, e->ntokens == 30 ? 1 : 0);
 		assert_true(e->score > (e->ntokens == 20 ? 2.5 : e->ntokens == 30 ? 1.5 : 0.5));
 	}
-	kvshm_stats s = stats_of(h);
+	kvshm_stats s = th_stats_of(h);
 	assert_int_equal(s.tier_bytes[KVSHM_TIER_RAM], sum);
 	assert_int_equal(s.tier_entries[KVSHM_TIER_RAM], 5);
 	assert_int_equal(s.entries_reserved, 1);
@@ -1855,48 +1658,48 @@ static void test_list(void **st)
 	kvshm_filter f;
 	memset(&f, 0, sizeof(f));
 	f.fingerprint = ma.fingerprint;
-	list_all(h, &f, &cl);
+	th_list(h, &f, &cl);
 	assert_int_equal(cl.n, 3);
 	assert_non_null(find_ntok(&cl, 10));
 	assert_non_null(find_ntok(&cl, 20));
 	assert_non_null(find_ntok(&cl, 50));
 	f.fingerprint = mb.fingerprint;
-	list_all(h, &f, &cl);
+	th_list(h, &f, &cl);
 	assert_int_equal(cl.n, 2);
 	assert_non_null(find_ntok(&cl, 30));
 	assert_non_null(find_ntok(&cl, 40));
 	f.min_len = 5001;
-	list_all(h, &f, &cl);
+	th_list(h, &f, &cl);
 	assert_int_equal(cl.n, 1);
 	assert_non_null(find_ntok(&cl, 40));
 	memset(&f, 0, sizeof(f));
 	f.min_len = 2000;
-	list_all(h, &f, &cl);
+	th_list(h, &f, &cl);
 	assert_int_equal(cl.n, 3);
 	assert_null(find_ntok(&cl, 10));
 	assert_null(find_ntok(&cl, 50));
 	memset(&f, 0, sizeof(f));
 	f.tier_mask = KVSHM_TIER_BIT(KVSHM_TIER_RAM);
-	list_all(h, &f, &cl);
+	th_list(h, &f, &cl);
 	assert_int_equal(cl.n, 5);
 	f.tier_mask = KVSHM_TIER_BIT(KVSHM_TIER_DISK) | KVSHM_TIER_BIT(KVSHM_TIER_RAM_FILE);
-	list_all(h, &f, &cl);
+	th_list(h, &f, &cl);
 	assert_int_equal(cl.n, 0);
 	memset(&f, 0, sizeof(f));
 	f.min_idle_ns = 3600ull * 1000000000ull;
-	list_all(h, &f, &cl);
+	th_list(h, &f, &cl);
 	assert_int_equal(cl.n, 0);
 	uint8_t other[32] = {0};
 	memset(&f, 0, sizeof(f));
 	f.fingerprint = other;
-	list_all(h, &f, &cl);
+	th_list(h, &f, &cl);
 	assert_int_equal(cl.n, 0);
 
-	OK(kvshm_unpin(h, &p));
-	OK(kvshm_cancel(h, &r));
-	list_all(h, NULL, &cl);
+	TH_OK(kvshm_unpin(h, &p));
+	TH_OK(kvshm_cancel(h, &r));
+	th_list(h, NULL, &cl);
 	assert_int_equal(cl.n, 4);
-	finish(h, name);
+	th_finish(h, name);
 }
 
 static int stop_after_one(const kvshm_entry_info *e, void *ctx)
@@ -1912,21 +1715,21 @@ static void test_list_stops(void **st)
 	(void)st;
 	char name[64];
 	kvshm_config c;
-	cfg_small(&c);
-	kvshm *h = create_cache(name, sizeof(name), "liststop", &c);
-	kvshm_model m = model_of(22);
+	th_cfg_small(&c, 0);
+	kvshm *h = th_create_cache(name, sizeof(name), "liststop", &c);
+	kvshm_model m = th_model_of(22);
 	uint32_t t[8];
 	for (unsigned fam = 0; fam < 10; fam++) {
-		toks_of(t, 8, fam);
-		OK(put_val(h, &m, t, 8, 100, fam, KVSHM_REASON_OTHER));
+		th_toks_of(t, 8, fam);
+		TH_OK(th_put_val(h, &m, t, 8, 100, fam, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 	}
 	int calls = 0;
-	FAILS(kvshm_list(h, NULL, stop_after_one, &calls), 7);
+	TH_FAILS(kvshm_list(h, NULL, stop_after_one, &calls), 7);
 	assert_int_equal(calls, 1);
-	struct coll cl;
-	list_all(h, NULL, &cl);
+	struct th_coll cl;
+	th_list(h, NULL, &cl);
 	assert_int_equal(cl.n, 10);
-	finish(h, name);
+	th_finish(h, name);
 }
 
 static void test_delete_filter(void **st)
@@ -1934,64 +1737,64 @@ static void test_delete_filter(void **st)
 	(void)st;
 	char name[64];
 	kvshm_config c;
-	cfg_small(&c);
-	kvshm *h = create_cache(name, sizeof(name), "delete", &c);
-	kvshm_model ma = model_of(30), mb = model_of(31);
+	th_cfg_small(&c, 0);
+	kvshm *h = th_create_cache(name, sizeof(name), "delete", &c);
+	kvshm_model ma = th_model_of(30), mb = th_model_of(31);
 	uint32_t t[64];
 	kvshm_pin p;
 	kvshm_reservation r;
-	toks_of(t, 64, 1);
-	OK(put_val(h, &ma, t, 10, 100, 10, KVSHM_REASON_OTHER));
-	OK(put_val(h, &ma, t, 20, 2000, 20, KVSHM_REASON_OTHER));
-	OK(put_val(h, &ma, t, 25, 2500, 25, KVSHM_REASON_OTHER));
-	OK(put_val(h, &mb, t, 30, 5000, 30, KVSHM_REASON_OTHER));
-	OK(put_val(h, &mb, t, 40, 8000, 40, KVSHM_REASON_OTHER));
-	OK(kvshm_get(h, &ma, t, 25, 0, &p));
-	OK(kvshm_reserve(h, &ma, t, 50, 300, NULL, &r));
-	val_fill(r.data, 300, 50);
+	th_toks_of(t, 64, 1);
+	TH_OK(th_put_val(h, &ma, t, 10, 100, 10, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	TH_OK(th_put_val(h, &ma, t, 20, 2000, 20, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	TH_OK(th_put_val(h, &ma, t, 25, 2500, 25, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	TH_OK(th_put_val(h, &mb, t, 30, 5000, 30, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	TH_OK(th_put_val(h, &mb, t, 40, 8000, 40, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	TH_OK(kvshm_get(h, &ma, t, 25, 0, &p));
+	TH_OK(kvshm_reserve(h, &ma, t, 50, 300, NULL, &r));
+	th_val_fill(r.data, 300, 50);
 
 	kvshm_filter f;
 	uint64_t n = 99;
 	memset(&f, 0, sizeof(f));
 	f.fingerprint = ma.fingerprint;
-	OK(kvshm_delete(h, &f, &n));
+	TH_OK(kvshm_delete(h, &f, &n));
 	assert_int_equal(n, 2); /* 10 and 20; 25 is pinned, 50 reserved */
-	assert_int_equal(ctr(h, KVSHM_C_deletes), 2);
-	struct coll cl;
-	list_all(h, NULL, &cl);
+	assert_int_equal(th_counter(h, KVSHM_C_deletes), 2);
+	struct th_coll cl;
+	th_list(h, NULL, &cl);
 	assert_int_equal(cl.n, 4);
 	assert_non_null(find_ntok(&cl, 25));
 	assert_non_null(find_ntok(&cl, 30));
 	assert_non_null(find_ntok(&cl, 40));
 	assert_non_null(find_ntok(&cl, 50));
-	expect_missing(h, &ma, t, 10);
-	expect_missing(h, &ma, t, 20);
-	assert_true(val_ok(p.data, 2500, 25));
-	check_ok(h);
+	th_expect_missing(h, &ma, t, 10);
+	th_expect_missing(h, &ma, t, 20);
+	assert_true(th_val_ok(p.data, 2500, 25));
+	th_check_ok(h);
 
 	memset(&f, 0, sizeof(f));
 	f.min_len = 6000;
-	OK(kvshm_delete(h, &f, &n));
+	TH_OK(kvshm_delete(h, &f, &n));
 	assert_int_equal(n, 1);
-	expect_missing(h, &mb, t, 40);
-	expect_get(h, &mb, t, 30, 5000, 30);
+	th_expect_missing(h, &mb, t, 40);
+	th_expect_get(h, &mb, t, 30, 5000, 30, KVSHM_TIER_RAM);
 	f.min_len = 0;
 	f.tier_mask = KVSHM_TIER_BIT(KVSHM_TIER_DISK);
-	OK(kvshm_delete(h, &f, &n));
+	TH_OK(kvshm_delete(h, &f, &n));
 	assert_int_equal(n, 0);
-	OK(kvshm_delete(h, NULL, &n));
+	TH_OK(kvshm_delete(h, NULL, &n));
 	assert_int_equal(n, 1); /* 30 */
-	OK(kvshm_unpin(h, &p));
-	OK(kvshm_publish(h, &r));
-	OK(kvshm_delete(h, NULL, NULL));
+	TH_OK(kvshm_unpin(h, &p));
+	TH_OK(kvshm_publish(h, &r));
+	TH_OK(kvshm_delete(h, NULL, NULL));
 	assert_int_equal(ram_bytes(h), 0);
-	assert_int_equal(ram_entries(h), 0);
-	assert_int_equal(ctr(h, KVSHM_C_deletes), 6);
+	assert_int_equal(th_ram_entries(h), 0);
+	assert_int_equal(th_counter(h, KVSHM_C_deletes), 6);
 	uint64_t freed = 1, count = 1;
-	OK(kvshm_gc(h, &freed, &count));
+	TH_OK(kvshm_gc(h, &freed, &count));
 	assert_int_equal(count, 0);
 	assert_int_equal(freed, 0);
-	finish(h, name);
+	th_finish(h, name);
 }
 
 /* ---- stats -------------------------------------------------------------------------------------- */
@@ -2001,12 +1804,12 @@ static void test_stats(void **st)
 	(void)st;
 	char name[64];
 	kvshm_config c;
-	cfg_small(&c);
-	kvshm *h = create_cache(name, sizeof(name), "stats", &c);
+	th_cfg_small(&c, 0);
+	kvshm *h = th_create_cache(name, sizeof(name), "stats", &c);
 	kvshm *h2, *h3;
-	OK(kvshm_open(name, NULL, 0, &h2));
-	OK(kvshm_open(name, NULL, 0, &h3));
-	kvshm_stats s = stats_of(h);
+	TH_OK(kvshm_open(name, NULL, 0, &h2));
+	TH_OK(kvshm_open(name, NULL, 0, &h3));
+	kvshm_stats s = th_stats_of(h);
 	assert_int_equal(s.procs_live, 3);
 	assert_int_equal(s.procs_max, 64);
 	assert_int_equal(s.tier_bytes[KVSHM_TIER_RAM], 0);
@@ -2014,22 +1817,22 @@ static void test_stats(void **st)
 	for (int i = 0; i < KVSHM_NCOUNTERS; i++)
 		assert_int_equal(s.counters[i], 0);
 	assert_int_equal(s.data_free_bytes, s.data_bytes);
-	OK(kvshm_close(h3));
-	assert_int_equal(stats_of(h2).procs_live, 2);
+	TH_OK(kvshm_close(h3));
+	assert_int_equal(th_stats_of(h2).procs_live, 2);
 
-	kvshm_model m = model_of(40);
+	kvshm_model m = th_model_of(40);
 	uint32_t t[64];
 	size_t lens[] = {1, 100, 2000, 2048, 5000, 70000};
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(lens); i++) {
-		toks_of(t, 64, (unsigned)i);
-		OK(put_val(i % 2 ? h : h2, &m, t, 3 + i * 10, lens[i], (uint32_t)i, KVSHM_REASON_OTHER));
+		th_toks_of(t, 64, (unsigned)i);
+		TH_OK(th_put_val(i % 2 ? h : h2, &m, t, 3 + i * 10, lens[i], (uint32_t)i, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 	}
-	struct coll cl;
-	list_all(h, NULL, &cl);
+	struct th_coll cl;
+	th_list(h, NULL, &cl);
 	uint64_t sum = 0;
 	for (int i = 0; i < cl.n; i++)
 		sum += cl.e[i].footprint;
-	s = stats_of(h2);
+	s = th_stats_of(h2);
 	assert_int_equal(cl.n, 6);
 	assert_int_equal(s.tier_bytes[KVSHM_TIER_RAM], sum);
 	assert_int_equal(s.tier_entries[KVSHM_TIER_RAM], 6);
@@ -2047,10 +1850,10 @@ static void test_stats(void **st)
 	assert_string_equal(kvshm_counter_name(-1), "unknown");
 	for (int i = 0; i < KVSHM_NCOUNTERS; i++)
 		assert_true(strlen(kvshm_counter_help(i)) > 5);
-	check_ok(h2);
-	OK(kvshm_close(h2));
-	assert_int_equal(stats_of(h).procs_live, 1);
-	finish(h, name);
+	th_check_ok(h2);
+	TH_OK(kvshm_close(h2));
+	assert_int_equal(th_stats_of(h).procs_live, 1);
+	th_finish(h, name);
 }
 
 /* ---- single-flight ----------------------------------------------------------------------------------- */
@@ -2070,15 +1873,15 @@ static int sf_child(void *p)
 	kvshm *h;
 	kvshm_reservation r;
 	uint32_t t[64];
-	kvshm_model m = model_of(50);
-	toks_of(t, 64, 1);
+	kvshm_model m = th_model_of(50);
+	th_toks_of(t, 64, 1);
 	if (kvshm_open(a->name, NULL, 0, &h) < 0)
 		return 10;
 	if (kvshm_reserve(h, &m, t, SF_N, SF_LEN, NULL, &r) < 0)
 		return 11;
-	val_fill(r.data, SF_LEN, 77);
-	wr1(a->to_parent, 'r');
-	if (rd1(a->from_parent, 60000) != 'g')
+	th_val_fill(r.data, SF_LEN, 77);
+	th_write_byte(a->to_parent, 'r');
+	if (th_read_byte(a->from_parent, 60000) != 'g')
 		return 12;
 	/* Publish only once the parent is waiting (it counts the wait first). */
 	int i;
@@ -2088,11 +1891,11 @@ static int sf_child(void *p)
 			return 13;
 		if (s.counters[KVSHM_C_waits] > a->waits0)
 			break;
-		sleep_ms(5);
+		th_sleep_ms(5);
 	}
 	if (i == 6000)
 		return 14;
-	sleep_ms(100);
+	th_sleep_ms(100);
 	if ((a->cancel ? kvshm_cancel(h, &r) : kvshm_publish(h, &r)) < 0)
 		return 15;
 	return kvshm_close(h) < 0 ? 16 : 0;
@@ -2103,17 +1906,17 @@ static void single_flight(int cancel)
 	char name[64];
 	kvshm_config c;
 	int c2p[2], p2c[2];
-	cfg_small(&c);
+	th_cfg_small(&c, 0);
 	c.wait_ms = 20000;
-	kvshm *h = create_cache(name, sizeof(name), "flight", &c);
-	kvshm_model m = model_of(50);
+	kvshm *h = th_create_cache(name, sizeof(name), "flight", &c);
+	kvshm_model m = th_model_of(50);
 	uint32_t t[64];
 	kvshm_pin p;
 	uint8_t buf[16];
 	size_t len, nt;
-	toks_of(t, 64, 1);
+	th_toks_of(t, 64, 1);
 	if (cancel)
-		OK(put_val(h, &m, t, 20, 500, 20, KVSHM_REASON_OTHER));
+		TH_OK(th_put_val(h, &m, t, 20, 500, 20, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 
 	struct sf_arg a;
 	memcpy(a.name, name, sizeof(a.name));
@@ -2122,52 +1925,52 @@ static void single_flight(int cancel)
 	a.to_parent = c2p[1];
 	a.from_parent = p2c[0];
 	a.cancel = cancel;
-	a.waits0 = ctr(h, KVSHM_C_waits);
+	a.waits0 = th_counter(h, KVSHM_C_waits);
 	pid_t pid = th_fork(sf_child, &a);
 	assert_true(pid > 0);
-	assert_int_equal(rd1(c2p[0], 60000), 'r');
+	assert_int_equal(th_read_byte(c2p[0], 60000), 'r');
 
 	/* Without the flag: no waiting, the reservation is invisible. */
-	FAILS(kvshm_get(h, &m, t, SF_N, 0, &p), KVSHM_ENOTFOUND);
-	FAILS(kvshm_lookup_copy(h, &m, t, SF_N, 0, buf, sizeof(buf), &len, &nt),
+	TH_FAILS(kvshm_get(h, &m, t, SF_N, 0, &p), KVSHM_ENOTFOUND);
+	TH_FAILS(kvshm_lookup_copy(h, &m, t, SF_N, 0, buf, sizeof(buf), &len, &nt),
 	      cancel ? -ENOBUFS : KVSHM_ENOTFOUND);
 	int r = kvshm_lookup(h, &m, t, SF_N, 0, &p);
 	if (cancel) {
-		OK(r);
+		TH_OK(r);
 		assert_int_equal(p.ntokens, 20);
-		OK(kvshm_unpin(h, &p));
+		TH_OK(kvshm_unpin(h, &p));
 	} else {
-		FAILS(r, KVSHM_ENOTFOUND);
+		TH_FAILS(r, KVSHM_ENOTFOUND);
 	}
-	assert_int_equal(ctr(h, KVSHM_C_waits), 0);
+	assert_int_equal(th_counter(h, KVSHM_C_waits), 0);
 
-	wr1(p2c[1], 'g');
+	th_write_byte(p2c[1], 'g');
 	r = kvshm_lookup(h, &m, t, SF_N, KVSHM_LOOKUP_WAIT, &p);
 	int code = th_wait(pid);
 	assert_int_equal(code, 0);
-	OK(r);
-	kvshm_stats s = stats_of(h);
+	TH_OK(r);
+	kvshm_stats s = th_stats_of(h);
 	assert_int_equal(s.counters[KVSHM_C_waits], 1);
 	assert_int_equal(s.counters[KVSHM_C_wait_timeouts], 0);
 	if (cancel) {
 		/* The awaited save was given up: the shorter entry answers. */
 		assert_int_equal(p.kind, KVSHM_HIT_PREFIX);
 		assert_int_equal(p.ntokens, 20);
-		assert_true(val_ok(p.data, 500, 20));
+		assert_true(th_val_ok(p.data, 500, 20));
 		assert_int_equal(s.counters[KVSHM_C_wait_hits], 0);
 	} else {
 		assert_int_equal(p.kind, KVSHM_HIT_EXACT);
 		assert_int_equal(p.ntokens, SF_N);
 		assert_int_equal(p.len, SF_LEN);
-		assert_true(val_ok(p.data, SF_LEN, 77));
+		assert_true(th_val_ok(p.data, SF_LEN, 77));
 		assert_int_equal(s.counters[KVSHM_C_wait_hits], 1);
 	}
-	OK(kvshm_unpin(h, &p));
+	TH_OK(kvshm_unpin(h, &p));
 	close(c2p[0]);
 	close(c2p[1]);
 	close(p2c[0]);
 	close(p2c[1]);
-	finish(h, name);
+	th_finish(h, name);
 }
 
 static void test_single_flight(void **st)
@@ -2187,35 +1990,35 @@ static void test_wait_timeout(void **st)
 	(void)st;
 	char name[64];
 	kvshm_config c;
-	cfg_small(&c);
+	th_cfg_small(&c, 0);
 	c.wait_ms = 30;
-	kvshm *h = create_cache(name, sizeof(name), "waitto", &c);
+	kvshm *h = th_create_cache(name, sizeof(name), "waitto", &c);
 	kvshm *h2;
-	OK(kvshm_open(name, NULL, 0, &h2));
-	kvshm_model m = model_of(51);
+	TH_OK(kvshm_open(name, NULL, 0, &h2));
+	kvshm_model m = th_model_of(51);
 	uint32_t t[64];
 	kvshm_pin p;
 	kvshm_reservation r;
-	toks_of(t, 64, 2);
-	OK(kvshm_reserve(h2, &m, t, 40, 1000, NULL, &r));
-	FAILS(kvshm_lookup(h, &m, t, 64, KVSHM_LOOKUP_WAIT, &p), KVSHM_ENOTFOUND);
-	kvshm_stats s = stats_of(h);
+	th_toks_of(t, 64, 2);
+	TH_OK(kvshm_reserve(h2, &m, t, 40, 1000, NULL, &r));
+	TH_FAILS(kvshm_lookup(h, &m, t, 64, KVSHM_LOOKUP_WAIT, &p), KVSHM_ENOTFOUND);
+	kvshm_stats s = th_stats_of(h);
 	assert_int_equal(s.counters[KVSHM_C_waits], 1);
 	assert_int_equal(s.counters[KVSHM_C_wait_timeouts], 1);
 	assert_int_equal(s.counters[KVSHM_C_wait_hits], 0);
 	assert_int_equal(s.counters[KVSHM_C_misses], 1);
 	/* A shorter reservation than what is ready is not waited for. */
-	val_fill(r.data, 1000, 40);
-	OK(kvshm_publish(h2, &r));
-	OK(kvshm_reserve(h2, &m, t, 30, 1000, NULL, &r));
-	OK(kvshm_lookup(h, &m, t, 64, KVSHM_LOOKUP_WAIT, &p));
+	th_val_fill(r.data, 1000, 40);
+	TH_OK(kvshm_publish(h2, &r));
+	TH_OK(kvshm_reserve(h2, &m, t, 30, 1000, NULL, &r));
+	TH_OK(kvshm_lookup(h, &m, t, 64, KVSHM_LOOKUP_WAIT, &p));
 	assert_int_equal(p.ntokens, 40);
-	OK(kvshm_unpin(h, &p));
-	assert_int_equal(ctr(h, KVSHM_C_waits), 1);
-	OK(kvshm_cancel(h2, &r));
-	check_ok(h2);
-	OK(kvshm_close(h2));
-	finish(h, name);
+	TH_OK(kvshm_unpin(h, &p));
+	assert_int_equal(th_counter(h, KVSHM_C_waits), 1);
+	TH_OK(kvshm_cancel(h2, &r));
+	th_check_ok(h2);
+	TH_OK(kvshm_close(h2));
+	th_finish(h, name);
 }
 
 /* ---- fork ------------------------------------------------------------------------------------------ */
@@ -2232,20 +2035,20 @@ static int fork_child(void *p)
 {
 	struct fork_arg *a = p;
 	kvshm *h = a->h;
-	kvshm_model m = model_of(60);
+	kvshm_model m = th_model_of(60);
 	uint32_t t[16];
 	kvshm_pin pin;
 	/* The inherited handle works, on a slot of its own. */
-	toks_of(t, 16, 2);
-	if (put_val(h, &m, t, 16, 3000, 2, KVSHM_REASON_OTHER) < 0)
+	th_toks_of(t, 16, 2);
+	if (th_put_val(h, &m, t, 16, 3000, 2, KVSHM_TIER_RAM, KVSHM_REASON_OTHER) < 0)
 		return 2;
-	toks_of(t, 16, 1);
-	if (kvshm_get(h, &m, t, 16, 0, &pin) < 0 || pin.len != 3000 || !val_ok(pin.data, 3000, 1))
+	th_toks_of(t, 16, 1);
+	if (kvshm_get(h, &m, t, 16, 0, &pin) < 0 || pin.len != 3000 || !th_val_ok(pin.data, 3000, 1))
 		return 3;
 	if (kvshm_unpin(h, &pin) < 0)
 		return 4;
-	toks_of(t, 16, 2);
-	if (kvshm_get(h, &m, t, 16, 0, &pin) < 0 || !val_ok(pin.data, 3000, 2))
+	th_toks_of(t, 16, 2);
+	if (kvshm_get(h, &m, t, 16, 0, &pin) < 0 || !th_val_ok(pin.data, 3000, 2))
 		return 5;
 	if (kvshm_unpin(h, &pin) < 0)
 		return 6;
@@ -2257,17 +2060,17 @@ static int fork_child(void *p)
 	if (a->exit_without_close) {
 		/* Die holding a pin and a reservation. */
 		kvshm_reservation r;
-		toks_of(t, 16, 2);
+		th_toks_of(t, 16, 2);
 		if (kvshm_get(h, &m, t, 16, 0, &pin) < 0)
 			return 9;
-		toks_of(t, 16, 3);
+		th_toks_of(t, 16, 3);
 		if (kvshm_reserve(h, &m, t, 16, 3000, NULL, &r) < 0)
 			return 10;
-		wr1(a->to_parent, 'k');
-		return rd1(a->from_parent, 60000) == 'g' ? 0 : 11;
+		th_write_byte(a->to_parent, 'k');
+		return th_read_byte(a->from_parent, 60000) == 'g' ? 0 : 11;
 	}
-	wr1(a->to_parent, 'k');
-	if (rd1(a->from_parent, 60000) != 'g')
+	th_write_byte(a->to_parent, 'k');
+	if (th_read_byte(a->from_parent, 60000) != 'g')
 		return 12;
 	return kvshm_close(h) == 0 ? 0 : 13;
 }
@@ -2277,18 +2080,18 @@ static void fork_case(int exit_without_close)
 	char name[64];
 	kvshm_config c;
 	int c2p[2], p2c[2];
-	cfg_small(&c);
-	kvshm *h = create_cache(name, sizeof(name), "fork", &c);
-	kvshm_model m = model_of(60);
+	th_cfg_small(&c, 0);
+	kvshm *h = th_create_cache(name, sizeof(name), "fork", &c);
+	kvshm_model m = th_model_of(60);
 	uint32_t t[16];
 	struct fork_arg a;
 	memset(&a, 0, sizeof(a));
-	toks_of(t, 16, 1);
-	OK(put_val(h, &m, t, 16, 3000, 1, KVSHM_REASON_OTHER));
-	OK(kvshm_get(h, &m, t, 16, 0, &a.pin));
-	toks_of(t, 16, 4);
-	OK(kvshm_reserve(h, &m, t, 16, 3000, NULL, &a.res));
-	val_fill(a.res.data, 3000, 4);
+	th_toks_of(t, 16, 1);
+	TH_OK(th_put_val(h, &m, t, 16, 3000, 1, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	TH_OK(kvshm_get(h, &m, t, 16, 0, &a.pin));
+	th_toks_of(t, 16, 4);
+	TH_OK(kvshm_reserve(h, &m, t, 16, 3000, NULL, &a.res));
+	th_val_fill(a.res.data, 3000, 4);
 	a.h = h;
 	a.exit_without_close = exit_without_close;
 	assert_int_equal(pipe(c2p), 0);
@@ -2297,16 +2100,16 @@ static void fork_case(int exit_without_close)
 	a.from_parent = p2c[0];
 	pid_t pid = th_fork(fork_child, &a);
 	assert_true(pid > 0);
-	int got = rd1(c2p[0], 60000);
+	int got = th_read_byte(c2p[0], 60000);
 	if (got != 'k') {
 		print_error("child exited with %d\n", th_wait(pid));
 		fail();
 	}
-	assert_int_equal(stats_of(h).procs_live, 2);
-	toks_of(t, 16, 2);
-	expect_get(h, &m, t, 16, 3000, 2); /* the child's save */
-	check_ok(h);
-	wr1(p2c[1], 'g');
+	assert_int_equal(th_stats_of(h).procs_live, 2);
+	th_toks_of(t, 16, 2);
+	th_expect_get(h, &m, t, 16, 3000, 2, KVSHM_TIER_RAM); /* the child's save */
+	th_check_ok(h);
+	th_write_byte(p2c[1], 'g');
 	assert_int_equal(th_wait(pid), 0);
 	close(c2p[0]);
 	close(c2p[1]);
@@ -2315,31 +2118,31 @@ static void fork_case(int exit_without_close)
 	if (exit_without_close) {
 		/* The dead child's slot is reclaimed by the next attach. */
 		kvshm *h2;
-		OK(kvshm_open(name, NULL, 0, &h2));
-		kvshm_stats s = stats_of(h);
+		TH_OK(kvshm_open(name, NULL, 0, &h2));
+		kvshm_stats s = th_stats_of(h);
 		assert_int_equal(s.procs_live, 2);
 		assert_int_equal(s.counters[KVSHM_C_reclaims], 1);
 		assert_int_equal(s.counters[KVSHM_C_reclaimed_pins], 1);
 		assert_int_equal(s.counters[KVSHM_C_reclaimed_reservations], 1);
-		check_ok(h2);
-		OK(kvshm_close(h2));
-		toks_of(t, 16, 3);
-		OK(put_val(h, &m, t, 16, 3000, 3, KVSHM_REASON_OTHER)); /* its key is free */
+		th_check_ok(h2);
+		TH_OK(kvshm_close(h2));
+		th_toks_of(t, 16, 3);
+		TH_OK(th_put_val(h, &m, t, 16, 3000, 3, KVSHM_TIER_RAM, KVSHM_REASON_OTHER)); /* its key is free */
 	}
-	assert_int_equal(stats_of(h).procs_live, 1);
-	check_ok(h);
+	assert_int_equal(th_stats_of(h).procs_live, 1);
+	th_check_ok(h);
 	/* The parent's handle, pin and reservation are intact. */
-	assert_true(val_ok(a.pin.data, 3000, 1));
-	OK(kvshm_unpin(h, &a.pin));
-	OK(kvshm_publish(h, &a.res));
-	toks_of(t, 16, 4);
-	expect_get(h, &m, t, 16, 3000, 4);
-	toks_of(t, 16, 5);
-	OK(put_val(h, &m, t, 16, 3000, 5, KVSHM_REASON_OTHER));
+	assert_true(th_val_ok(a.pin.data, 3000, 1));
+	TH_OK(kvshm_unpin(h, &a.pin));
+	TH_OK(kvshm_publish(h, &a.res));
+	th_toks_of(t, 16, 4);
+	th_expect_get(h, &m, t, 16, 3000, 4, KVSHM_TIER_RAM);
+	th_toks_of(t, 16, 5);
+	TH_OK(th_put_val(h, &m, t, 16, 3000, 5, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 	uint64_t count = 0;
-	OK(kvshm_evict_bytes(h, UINT64_MAX, 0, NULL, &count));
+	TH_OK(kvshm_evict_bytes(h, UINT64_MAX, 0, NULL, &count));
 	assert_int_equal(count, exit_without_close ? 5 : 4);
-	finish(h, name);
+	th_finish(h, name);
 }
 
 static int close_unused_child(void *p)
@@ -2354,27 +2157,27 @@ static void test_fork_close_unused(void **st)
 	(void)st;
 	char name[64];
 	kvshm_config c;
-	cfg_small(&c);
-	kvshm *h = create_cache(name, sizeof(name), "forkclose", &c);
-	kvshm_model m = model_of(61);
+	th_cfg_small(&c, 0);
+	kvshm *h = th_create_cache(name, sizeof(name), "forkclose", &c);
+	kvshm_model m = th_model_of(61);
 	uint32_t t[16];
 	kvshm_pin p;
-	toks_of(t, 16, 1);
-	OK(put_val(h, &m, t, 16, 3000, 1, KVSHM_REASON_OTHER));
-	OK(kvshm_get(h, &m, t, 16, 0, &p));
+	th_toks_of(t, 16, 1);
+	TH_OK(th_put_val(h, &m, t, 16, 3000, 1, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	TH_OK(kvshm_get(h, &m, t, 16, 0, &p));
 	assert_int_equal(th_wait(th_fork(close_unused_child, h)), 0);
-	kvshm_stats s = stats_of(h);
+	kvshm_stats s = th_stats_of(h);
 	assert_int_equal(s.procs_live, 1);
-	check_ok(h);
-	struct coll cl;
-	list_all(h, NULL, &cl);
+	th_check_ok(h);
+	struct th_coll cl;
+	th_list(h, NULL, &cl);
 	assert_int_equal(cl.n, 1);
 	assert_int_equal(cl.e[0].refcount, 1);
-	assert_true(val_ok(p.data, 3000, 1));
-	OK(kvshm_unpin(h, &p));
-	toks_of(t, 16, 2);
-	OK(put_val(h, &m, t, 16, 3000, 2, KVSHM_REASON_OTHER));
-	finish(h, name);
+	assert_true(th_val_ok(p.data, 3000, 1));
+	TH_OK(kvshm_unpin(h, &p));
+	th_toks_of(t, 16, 2);
+	TH_OK(th_put_val(h, &m, t, 16, 3000, 2, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	th_finish(h, name);
 }
 
 static void test_fork_child(void **st)
@@ -2426,7 +2229,7 @@ static bool cc_len_ok(size_t n)
 static bool cc_pin_ok(const kvshm_pin *p, unsigned fam)
 {
 	return cc_len_ok(p->ntokens) && p->len == cc_vlen(fam, (uint32_t)p->ntokens) &&
-	       val_ok(p->data, p->len, cc_seed(fam, (uint32_t)p->ntokens));
+	       th_val_ok(p->data, p->len, cc_seed(fam, (uint32_t)p->ntokens));
 }
 
 #define CC_FAIL(code, ...)                                                                 \
@@ -2449,7 +2252,7 @@ static int cc_child(void *p)
 	int op = -1;
 	if (a->own_handle && kvshm_open(a->name, NULL, 0, &h) < 0)
 		CC_FAIL(1, "open");
-	kvshm_model m = model_of(70);
+	kvshm_model m = th_model_of(70);
 	uint32_t t[CC_QUERY];
 	kvshm_pin held[6];
 	unsigned held_fam[6];
@@ -2468,12 +2271,12 @@ static int cc_child(void *p)
 		size_t len = cc_vlen(fam, L);
 		kvshm_pin pin;
 		int r;
-		toks_of(t, CC_QUERY, fam);
+		th_toks_of(t, CC_QUERY, fam);
 		switch (what) {
 		case 0:
 		case 1:
 		case 2:
-			r = put_val(h, &m, t, L, len, cc_seed(fam, L), KVSHM_REASON_OTHER);
+			r = th_put_val(h, &m, t, L, len, cc_seed(fam, L), KVSHM_TIER_RAM, KVSHM_REASON_OTHER);
 			if (!cc_save_err_ok(r))
 				CC_FAIL(3, "put %u/%u: %s", fam, L, kvshm_err_name(r));
 			break;
@@ -2518,7 +2321,7 @@ static int cc_child(void *p)
 			if (r < 0)
 				CC_FAIL(11, "copy %u: %s", fam, kvshm_err_name(r));
 			if (!cc_len_ok(nt) || got != cc_vlen(fam, (uint32_t)nt) ||
-			    !val_ok(buf, got, cc_seed(fam, (uint32_t)nt)))
+			    !th_val_ok(buf, got, cc_seed(fam, (uint32_t)nt)))
 				CC_FAIL(12, "copy %u: wrong entry or bytes (ntokens %zu)", fam, nt);
 			break;
 		}
@@ -2529,7 +2332,7 @@ static int cc_child(void *p)
 				CC_FAIL(13, "reserve %u/%u: %s", fam, L, kvshm_err_name(r));
 			if (r < 0)
 				break;
-			val_fill(res.data, len, cc_seed(fam, L));
+			th_val_fill(res.data, len, cc_seed(fam, L));
 			r = (x >> 32) % 4 == 0 ? kvshm_cancel(h, &res) : kvshm_publish(h, &res);
 			if (r < 0)
 				CC_FAIL(14, "publish/cancel %u/%u: %s", fam, L, kvshm_err_name(r));
@@ -2561,10 +2364,10 @@ static void test_concurrency(void **st)
 	(void)st;
 	char name[64];
 	kvshm_config c;
-	cfg_small(&c);
+	th_cfg_small(&c, 0);
 	c.quota[KVSHM_TIER_RAM] = 64 * 1024; /* about a dozen values: constant eviction */
 	c.wait_ms = 50;
-	kvshm *h = create_cache(name, sizeof(name), "conc", &c);
+	kvshm *h = th_create_cache(name, sizeof(name), "conc", &c);
 	struct cc_arg a[4];
 	pid_t pid[4];
 	for (int i = 0; i < 4; i++) {
@@ -2584,29 +2387,29 @@ static void test_concurrency(void **st)
 			print_error("child %d exited with %d\n", i, codes[i]);
 		assert_int_equal(codes[i], 0);
 	}
-	assert_int_equal(stats_of(h).procs_live, 1);
-	check_ok(h);
-	kvshm_stats s = stats_of(h);
+	assert_int_equal(th_stats_of(h).procs_live, 1);
+	th_check_ok(h);
+	kvshm_stats s = th_stats_of(h);
 	assert_int_equal(s.entries_reserved, 0);
 	assert_true(s.counters[KVSHM_C_evictions] > 0);
 	/* In-flight reservations may overshoot; gc brings the tier back. */
-	OK(kvshm_gc(h, NULL, NULL));
+	TH_OK(kvshm_gc(h, NULL, NULL));
 	assert_true(ram_bytes(h) <= c.quota[KVSHM_TIER_RAM]);
-	kvshm_model m = model_of(70);
+	kvshm_model m = th_model_of(70);
 	uint32_t t[CC_QUERY];
 	for (unsigned fam = 0; fam < CC_FAMS; fam++) {
-		toks_of(t, CC_QUERY, fam);
+		th_toks_of(t, CC_QUERY, fam);
 		for (unsigned l = 0; l < CC_NL; l++) {
 			kvshm_pin p;
 			int r = kvshm_get(h, &m, t, cc_lens[l], 0, &p);
 			if (r == KVSHM_ENOTFOUND)
 				continue;
-			OK(r);
+			TH_OK(r);
 			assert_true(cc_pin_ok(&p, fam));
-			OK(kvshm_unpin(h, &p));
+			TH_OK(kvshm_unpin(h, &p));
 		}
 	}
-	finish(h, name);
+	th_finish(h, name);
 }
 
 int main(void)

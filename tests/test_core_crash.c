@@ -33,7 +33,6 @@
 #include "harness.h"
 #include "core/internal.h"
 
-#define MIB (1024ull * 1024ull)
 #define MAXTOK 256
 #define VAL_MAX 16384
 #define PARENT_TAG 0xA1
@@ -49,13 +48,7 @@ struct kspec {
 
 static kvshm_model model_of(uint8_t tag)
 {
-	kvshm_model m;
-	memset(&m, 0, sizeof(m));
-	memset(m.fingerprint, tag, sizeof(m.fingerprint));
-	m.quant = 2;
-	m.ctx_hash[0] = 7;
-	m.ctx_hash[31] = tag;
-	return m;
+	return th_model_tagged(tag, 2, 7);
 }
 
 static void key_tokens(uint32_t *t, const struct kspec *k)
@@ -64,46 +57,17 @@ static void key_tokens(uint32_t *t, const struct kspec *k)
 		t[i] = i < 48 ? k->fam * 100003u + i + 1 : k->fam * 100003u + k->var * 1009u + i + 1;
 }
 
-/* Everything about a value follows from its key (model and tokens). */
-static uint64_t key_seed(const kvshm_model *m, const uint32_t *t, size_t n)
-{
-	uint64_t x = 0xcbf29ce484222325ull;
-	for (size_t i = 0; i < sizeof(m->fingerprint); i++)
-		x = (x ^ m->fingerprint[i]) * 0x100000001b3ull;
-	x = (x ^ m->quant) * 0x100000001b3ull;
-	for (size_t i = 0; i < n; i++)
-		x = (x ^ t[i]) * 0x100000001b3ull;
-	return (x ^ (x >> 31)) * 0x9e3779b97f4a7c15ull;
-}
-
 /* 200 .. 9199 bytes: some blobs are slab objects, most are extents. */
 static size_t val_len(uint64_t seed)
 {
 	return 200 + (size_t)(seed % 9000);
 }
 
-static uint8_t val_byte(uint64_t seed, size_t i)
-{
-	return (uint8_t)((seed >> (8 * (i % 8))) ^ (i * 31u) ^ (i >> 8));
-}
-
-static void fill_val(uint8_t *b, size_t from, size_t to, uint64_t seed)
-{
-	for (size_t i = from; i < to; i++)
-		b[i] = val_byte(seed, i);
-}
-
 /* Is (data, len) exactly the value of key (m, t[0..n))? */
 static bool val_ok(const void *data, size_t len, const kvshm_model *m, const uint32_t *t, size_t n)
 {
-	uint64_t seed = key_seed(m, t, n);
-	const uint8_t *d = data;
-	if (!d || len != val_len(seed))
-		return false;
-	for (size_t i = 0; i < len; i++)
-		if (d[i] != val_byte(seed, i))
-			return false;
-	return true;
+	uint64_t seed = th_key_seed(m, t, n);
+	return th_bytes_are(data, len, val_len(seed), seed);
 }
 
 static int put_key(kvshm *h, const kvshm_model *m, const struct kspec *k)
@@ -111,9 +75,9 @@ static int put_key(kvshm *h, const kvshm_model *m, const struct kspec *k)
 	uint32_t t[MAXTOK];
 	static uint8_t buf[VAL_MAX];
 	key_tokens(t, k);
-	uint64_t seed = key_seed(m, t, k->n);
+	uint64_t seed = th_key_seed(m, t, k->n);
 	size_t len = val_len(seed);
-	fill_val(buf, 0, len, seed);
+	th_fill_val(buf, 0, len, seed);
 	return kvshm_put(h, m, t, k->n, buf, len, NULL);
 }
 
@@ -134,14 +98,9 @@ static int get_verify(kvshm *h, const kvshm_model *m, const struct kspec *k)
 
 static void test_cfg(kvshm_config *c, uint32_t wait_ms, uint64_t ram_quota)
 {
-	kvshm_config_init(c);
-	c->segment_bytes = 16 * MIB;
-	c->lazy = 1;
+	th_cfg_small(c, 4);
 	c->max_procs = 32;
-	c->shards = 4;
 	c->max_entries = 256;
-	c->chunk_tokens = 16;
-	c->writer_slots = 4;
 	c->wait_ms = wait_ms;
 	c->quota[KVSHM_TIER_RAM] = ram_quota;
 }
@@ -267,10 +226,10 @@ static int grandchild(void *p)
 	if (kvshm_lookup(g, &pm, t, q1.n, 0, &p2) < 0 || !val_ok(p2.data, p2.len, &pm, t, p2.ntokens))
 		return 3;
 	key_tokens(t, &ckeys[CK_GRES]);
-	uint64_t seed = key_seed(&cm, t, ckeys[CK_GRES].n);
+	uint64_t seed = th_key_seed(&cm, t, ckeys[CK_GRES].n);
 	if (kvshm_reserve(g, &cm, t, ckeys[CK_GRES].n, val_len(seed), NULL, &r) < 0)
 		return 4;
-	fill_val(r.data, 0, r.len / 2, seed);
+	th_fill_val(r.data, 0, r.len / 2, seed);
 	kill(getpid(), SIGKILL);
 	return 5;
 }
@@ -301,10 +260,10 @@ static int scenario(void *p)
 
 	/* reserve → fill → publish */
 	key_tokens(t, &ckeys[CK1]);
-	seed = key_seed(&cm, t, ckeys[CK1].n);
+	seed = th_key_seed(&cm, t, ckeys[CK1].n);
 	if (kvshm_reserve(h, &cm, t, ckeys[CK1].n, val_len(seed), NULL, &r) < 0)
 		return 13;
-	fill_val(r.data, 0, r.len, seed);
+	th_fill_val(r.data, 0, r.len, seed);
 	if (kvshm_publish(h, &r) < 0)
 		return 14;
 
@@ -344,10 +303,10 @@ static int scenario(void *p)
 
 	/* reserve, half-fill, cancel */
 	key_tokens(t, &ckeys[CK3]);
-	seed = key_seed(&cm, t, ckeys[CK3].n);
+	seed = th_key_seed(&cm, t, ckeys[CK3].n);
 	if (kvshm_reserve(h, &cm, t, ckeys[CK3].n, val_len(seed), NULL, &r) < 0)
 		return 24;
-	fill_val(r.data, 0, r.len / 2, seed);
+	th_fill_val(r.data, 0, r.len / 2, seed);
 	if (kvshm_cancel(h, &r) < 0)
 		return 25;
 
@@ -355,10 +314,10 @@ static int scenario(void *p)
 	 * 100 tokens waits for it (lookup.wait), times out after the cache's
 	 * wait_ms (1 ms) and answers with the ready CK2 (64 tokens). */
 	key_tokens(t, &ckeys[CK4]);
-	seed = key_seed(&cm, t, ckeys[CK4].n);
+	seed = th_key_seed(&cm, t, ckeys[CK4].n);
 	if (kvshm_reserve(h, &cm, t, ckeys[CK4].n, val_len(seed), NULL, &r) < 0)
 		return 26;
-	fill_val(r.data, 0, r.len, seed);
+	th_fill_val(r.data, 0, r.len, seed);
 	key_tokens(t, &q11);
 	if (kvshm_lookup(h, &cm, t, q11.n, KVSHM_LOOKUP_WAIT, &pin) < 0 || pin.ntokens != ckeys[CK2].n ||
 	    !val_ok(pin.data, pin.len, &cm, t, pin.ntokens) || kvshm_unpin(h, &pin) < 0)
@@ -667,10 +626,10 @@ static int reserve_and_wait(void *p)
 	if (kvshm_open(c->name, NULL, 0, &h) < 0)
 		return 1;
 	key_tokens(t, &c->keys[0]);
-	uint64_t seed = key_seed(&m, t, c->keys[0].n);
+	uint64_t seed = th_key_seed(&m, t, c->keys[0].n);
 	if (kvshm_reserve(h, &m, t, c->keys[0].n, val_len(seed), NULL, &r) < 0)
 		return 2;
-	fill_val(r.data, 0, r.len / 3, seed);
+	th_fill_val(r.data, 0, r.len / 3, seed);
 	tell(c->fd);
 	for (;;)
 		pause();
@@ -868,10 +827,10 @@ static int dying_writer(void *p)
 	if (kvshm_open(c->name, NULL, 0, &h) < 0)
 		return 1;
 	key_tokens(t, &wkey);
-	uint64_t seed = key_seed(&m, t, wkey.n);
+	uint64_t seed = th_key_seed(&m, t, wkey.n);
 	if (kvshm_reserve(h, &m, t, wkey.n, val_len(seed), NULL, &r) < 0)
 		return 2;
-	fill_val(r.data, 0, r.len / 2, seed);
+	th_fill_val(r.data, 0, r.len / 2, seed);
 	tell(c->fd);
 	for (;;)
 		pause();
@@ -986,20 +945,6 @@ struct cctx {
 	struct shared *sh;
 };
 
-static uint64_t rnd(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static int bad_err(const char *what, int err)
-{
-	fprintf(stderr, "worker %d: %s: %s (%s)\n", (int)getpid(), what, kvshm_err_name(err), kvshm_last_error());
-	return 3;
-}
-
 struct held {
 	kvshm_pin pin;
 	uint32_t t[MAXTOK];
@@ -1019,34 +964,34 @@ static int worker(void *p)
 	int err;
 	memset(held, 0, sizeof(held));
 	if ((err = kvshm_open(c->name, NULL, 0, &h)) < 0)
-		return bad_err("open", err);
+		return th_bad_err("open", err);
 	while (!atomic_load(&c->sh->stop)) {
-		unsigned op = (unsigned)(rnd(&s) % 100);
-		int mi = (int)(rnd(&s) % 2);
+		unsigned op = (unsigned)(th_rnd(&s) % 100);
+		int mi = (int)(th_rnd(&s) % 2);
 		const kvshm_model *m = &models[mi];
-		struct kspec k = {(uint32_t)(rnd(&s) % NFAM), (uint32_t)(rnd(&s) % NVAR),
-				  campaign_lens[rnd(&s) % NLENS]};
+		struct kspec k = {(uint32_t)(th_rnd(&s) % NFAM), (uint32_t)(th_rnd(&s) % NVAR),
+				  campaign_lens[th_rnd(&s) % NLENS]};
 		key_tokens(t, &k);
 		atomic_fetch_add(&c->sh->ops, 1);
 		if (op < 35) {
 			/* lookup + pin, held for a while */
 			kvshm_pin pin;
-			err = kvshm_lookup(h, m, t, k.n, rnd(&s) % 4 == 0 ? KVSHM_LOOKUP_WAIT : 0, &pin);
+			err = kvshm_lookup(h, m, t, k.n, th_rnd(&s) % 4 == 0 ? KVSHM_LOOKUP_WAIT : 0, &pin);
 			if (err == KVSHM_ENOTFOUND)
 				continue;
 			if (err < 0)
-				return bad_err("lookup", err);
+				return th_bad_err("lookup", err);
 			if (pin.ntokens > k.n || !val_ok(pin.data, pin.len, m, t, pin.ntokens))
 				return 2;
 			atomic_fetch_add(&c->sh->hits, 1);
 			atomic_fetch_add(&c->sh->verified, 1);
-			int slot = (int)(rnd(&s) % 4);
+			int slot = (int)(th_rnd(&s) % 4);
 			if (held[slot].on) {
 				struct held *o = &held[slot];
 				if (!val_ok(o->pin.data, o->pin.len, &models[o->model], o->t, o->pin.ntokens))
 					return 2;
 				if ((err = kvshm_unpin(h, &o->pin)) < 0)
-					return bad_err("unpin", err);
+					return th_bad_err("unpin", err);
 				o->on = false;
 			}
 			held[slot].pin = pin;
@@ -1059,7 +1004,7 @@ static int worker(void *p)
 			if (err == KVSHM_ENOTFOUND)
 				continue;
 			if (err < 0)
-				return bad_err("lookup_copy", err);
+				return th_bad_err("lookup_copy", err);
 			if (nt > k.n || !val_ok(buf, len, m, t, nt))
 				return 2;
 			atomic_fetch_add(&c->sh->verified, 1);
@@ -1068,42 +1013,42 @@ static int worker(void *p)
 			if (err == 0)
 				atomic_fetch_add(&c->sh->saves, 1);
 			else if (err != KVSHM_EEXISTS && err != KVSHM_EINPROGRESS && err != KVSHM_ENOSPACE)
-				return bad_err("put", err);
+				return th_bad_err("put", err);
 		} else if (op < 80) {
 			/* reserve, fill in two halves, publish (or cancel) */
 			kvshm_reservation r;
-			uint64_t seed = key_seed(m, t, k.n);
+			uint64_t seed = th_key_seed(m, t, k.n);
 			err = kvshm_reserve(h, m, t, k.n, val_len(seed), NULL, &r);
 			if (err == KVSHM_EEXISTS || err == KVSHM_EINPROGRESS || err == KVSHM_ENOSPACE)
 				continue;
 			if (err < 0)
-				return bad_err("reserve", err);
-			fill_val(r.data, 0, r.len / 2, seed);
+				return th_bad_err("reserve", err);
+			th_fill_val(r.data, 0, r.len / 2, seed);
 			sched_yield();
-			fill_val(r.data, r.len / 2, r.len, seed);
-			if (rnd(&s) % 8 == 0)
+			th_fill_val(r.data, r.len / 2, r.len, seed);
+			if (th_rnd(&s) % 8 == 0)
 				err = kvshm_cancel(h, &r);
 			else if ((err = kvshm_publish(h, &r)) == 0)
 				atomic_fetch_add(&c->sh->saves, 1);
 			if (err < 0)
-				return bad_err("publish/cancel", err);
+				return th_bad_err("publish/cancel", err);
 		} else if (op < 86) {
 			uint64_t n = 0;
-			if ((err = kvshm_evict_bytes(h, 1 + rnd(&s) % 40000, 0, NULL, &n)) < 0)
-				return bad_err("evict", err);
+			if ((err = kvshm_evict_bytes(h, 1 + th_rnd(&s) % 40000, 0, NULL, &n)) < 0)
+				return th_bad_err("evict", err);
 			atomic_fetch_add(&c->sh->evicted, n);
 		} else if (op < 88) {
 			if ((err = kvshm_gc(h, NULL, NULL)) < 0)
-				return bad_err("gc", err);
+				return th_bad_err("gc", err);
 		} else {
 			/* re-verify and drop a held pin: its bytes never moved */
-			struct held *o = &held[rnd(&s) % 4];
+			struct held *o = &held[th_rnd(&s) % 4];
 			if (!o->on)
 				continue;
 			if (!val_ok(o->pin.data, o->pin.len, &models[o->model], o->t, o->pin.ntokens))
 				return 2;
 			if ((err = kvshm_unpin(h, &o->pin)) < 0)
-				return bad_err("unpin", err);
+				return th_bad_err("unpin", err);
 			o->on = false;
 		}
 	}
@@ -1113,10 +1058,10 @@ static int worker(void *p)
 		if (!val_ok(held[i].pin.data, held[i].pin.len, &models[held[i].model], held[i].t, held[i].pin.ntokens))
 			return 2;
 		if ((err = kvshm_unpin(h, &held[i].pin)) < 0)
-			return bad_err("unpin", err);
+			return th_bad_err("unpin", err);
 	}
 	if ((err = kvshm_close(h)) < 0)
-		return bad_err("close", err);
+		return th_bad_err("close", err);
 	return 0;
 }
 
@@ -1127,21 +1072,14 @@ static pid_t campaign_pids[NWORKERS];
 static int campaign_teardown(void **st)
 {
 	(void)st;
-	for (int w = 0; w < NWORKERS; w++) {
-		if (campaign_pids[w] > 0) {
-			kill(campaign_pids[w], SIGKILL);
-			th_wait(campaign_pids[w]);
-			campaign_pids[w] = 0;
-		}
-	}
+	th_kill_all(campaign_pids, NWORKERS);
 	return 0;
 }
 
 static void test_random_campaign(void **st)
 {
 	(void)st;
-	const char *env = getenv("KVSHM_TEST_SEED");
-	uint64_t seed = env ? strtoull(env, NULL, 0) : ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid();
+	uint64_t seed = th_test_seed();
 	printf("random campaign seed: %llu (rerun with KVSHM_TEST_SEED=%llu)\n", (unsigned long long)seed,
 	       (unsigned long long)seed);
 	uint64_t rs = seed;
@@ -1168,7 +1106,7 @@ static void test_random_campaign(void **st)
 	}
 	const int kills = 36;
 	for (int k = 0; k < kills; k++) {
-		usleep((useconds_t)(5000 + rnd(&rs) % 40000));
+		usleep((useconds_t)(5000 + th_rnd(&rs) % 40000));
 		/* A worker that ended by itself found something wrong. */
 		for (int w = 0; w < NWORKERS; w++) {
 			int ws;
@@ -1180,7 +1118,7 @@ static void test_random_campaign(void **st)
 					 (unsigned long long)seed);
 			}
 		}
-		int w = (int)(rnd(&rs) % NWORKERS);
+		int w = (int)(th_rnd(&rs) % NWORKERS);
 		assert_int_equal(kill(pid[w], SIGKILL), 0);
 		int r = th_wait(pid[w]);
 		pid[w] = 0;

@@ -16,9 +16,7 @@
  */
 #include <dirent.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,102 +30,8 @@
 #include "harness.h"
 #include "core/file.h" /* the format, paths and TDB index (tests link the internal library) */
 
-#define MIB (1024ull * 1024ull)
 
 /* ---- helpers ------------------------------------------------------------------------ */
-
-#define OK(expr)                                                                                 \
-	do {                                                                                     \
-		int r_ = (expr);                                                                 \
-		if (r_ != 0)                                                                     \
-			print_error("%s:%d: %s -> %s (%d): %s\n", __FILE__, __LINE__, #expr,     \
-				    kvshm_err_name(r_), r_, kvshm_last_error());                 \
-		assert_int_equal(r_, 0);                                                         \
-	} while (0)
-
-#define FAILS(expr, want)                                                                        \
-	do {                                                                                     \
-		int r_ = (expr), w_ = (want);                                                    \
-		if (r_ != w_)                                                                    \
-			print_error("%s:%d: %s -> %s (%d), want %s: %s\n", __FILE__, __LINE__,   \
-				    #expr, kvshm_err_name(r_), r_, kvshm_err_name(w_),           \
-				    kvshm_last_error());                                         \
-		assert_int_equal(r_, w_);                                                        \
-	} while (0)
-
-static kvshm_model model_of(unsigned k)
-{
-	kvshm_model m;
-	for (unsigned i = 0; i < 32; i++) {
-		m.fingerprint[i] = (uint8_t)(k * 7u + i);
-		m.ctx_hash[i] = (uint8_t)(k * 13u + 3u * i + 1u);
-	}
-	m.quant = (uint8_t)(k + 1);
-	return m;
-}
-
-/* Token sequence of a family: families differ from the first token on. */
-static void toks_of(uint32_t *t, size_t n, unsigned fam)
-{
-	for (size_t i = 0; i < n; i++)
-		t[i] = fam * 1000003u + (uint32_t)i * 7u + 1u;
-}
-
-static void val_fill(uint8_t *v, size_t len, uint32_t seed)
-{
-	uint32_t x = seed * 2654435761u + 0x12345u;
-	for (size_t i = 0; i < len; i++) {
-		x ^= x << 13;
-		x ^= x >> 17;
-		x ^= x << 5;
-		v[i] = (uint8_t)(x >> 11);
-	}
-}
-
-static bool val_ok(const void *p, size_t len, uint32_t seed)
-{
-	uint8_t *v = malloc(len ? len : 1);
-	if (!v)
-		return false;
-	val_fill(v, len, seed);
-	bool ok = memcmp(p, v, len) == 0;
-	free(v);
-	return ok;
-}
-
-static void sleep_ms(long ms)
-{
-	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
-}
-
-/* One byte over a pipe; reads give up after timeout_ms (-1 then), so a
- * child never outlives a parent that failed. */
-static void wr1(int fd, char c)
-{
-	ssize_t n;
-	do
-		n = write(fd, &c, 1);
-	while (n < 0 && errno == EINTR);
-}
-
-static int rd1(int fd, int timeout_ms)
-{
-	struct pollfd p = {fd, POLLIN, 0};
-	int r;
-	do
-		r = poll(&p, 1, timeout_ms);
-	while (r < 0 && errno == EINTR);
-	if (r <= 0)
-		return -1;
-	char c;
-	ssize_t n;
-	do
-		n = read(fd, &c, 1);
-	while (n < 0 && errno == EINTR);
-	return n == 1 ? (unsigned char)c : -1;
-}
 
 static uint64_t rng_next(uint64_t *x)
 {
@@ -135,21 +39,6 @@ static uint64_t rng_next(uint64_t *x)
 	*x ^= *x >> 7;
 	*x ^= *x << 17;
 	return *x;
-}
-
-static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	(void)sb;
-	(void)flag;
-	(void)ftw;
-	remove(path);
-	return 0;
-}
-
-static void rmrf(const char *path)
-{
-	if (path[0])
-		nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 static bool exists(const char *path)
@@ -170,36 +59,6 @@ static int count_dir(const char *dir)
 		n += strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0;
 	closedir(d);
 	return n;
-}
-
-static int write_file(const char *path, const void *buf, size_t len)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return -errno;
-	ssize_t w = write(fd, buf, len);
-	int err = w == (ssize_t)len ? 0 : -EIO;
-	close(fd);
-	return err;
-}
-
-/* The whole file at path (malloc'd), or NULL. */
-static uint8_t *read_all(const char *path, size_t *len)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return NULL;
-	struct stat st;
-	uint8_t *buf = NULL;
-	if (fstat(fd, &st) == 0 && (buf = malloc((size_t)st.st_size + 1)) != NULL) {
-		if (pread(fd, buf, (size_t)st.st_size, 0) != st.st_size) {
-			free(buf);
-			buf = NULL;
-		}
-		*len = (size_t)st.st_size;
-	}
-	close(fd);
-	return buf;
 }
 
 /* XOR mask into the byte at off of the file at path. */
@@ -231,8 +90,7 @@ static int fx_setup(void **state)
 	struct fx *f = calloc(1, sizeof(*f));
 	if (!f)
 		return -1;
-	strcpy(f->base, "/tmp/kvshm-test-file-XXXXXX");
-	if (!mkdtemp(f->base)) {
+	if (th_mkdtemp(f->base, sizeof(f->base), "test-file") < 0) {
 		free(f);
 		return -1;
 	}
@@ -251,21 +109,16 @@ static int fx_teardown(void **state)
 	if (f->mnt[0] && umount2(f->mnt, 0) < 0)
 		umount2(f->mnt, MNT_DETACH);
 	kvshm_destroy(f->name, NULL, 1);
-	rmrf(f->base);
-	rmrf(f->rf);
+	th_rm_rf(f->base);
+	th_rm_rf(f->rf);
 	free(f);
 	return 0;
 }
 
 static void cfg_files(kvshm_config *c, const struct fx *f, bool ram_file, bool disk)
 {
-	kvshm_config_init(c);
-	c->segment_bytes = 32 * MIB;
-	c->lazy = 1;
-	c->max_procs = 64;
-	c->shards = 4;
-	c->chunk_tokens = 16;
-	c->writer_slots = 4;
+	th_cfg_small(c, 4);
+	c->segment_bytes = 32 * TH_MIB;
 	c->ram_file_dir = ram_file ? f->rf : NULL;
 	c->disk_dir = disk ? f->disk : NULL;
 }
@@ -273,84 +126,29 @@ static void cfg_files(kvshm_config *c, const struct fx *f, bool ram_file, bool d
 static kvshm *open_fx(struct fx *f, const kvshm_config *c)
 {
 	kvshm *h = NULL;
-	OK(kvshm_open(f->name, c, KVSHM_OPEN_CREATE | KVSHM_OPEN_EXCL, &h));
+	TH_OK(kvshm_open(f->name, c, KVSHM_OPEN_CREATE | KVSHM_OPEN_EXCL, &h));
 	f->h = h;
 	return h;
-}
-
-static void check_ok(kvshm *h)
-{
-	int r = kvshm_check(h, 0);
-	if (r != 0)
-		print_error("kvshm_check: %s\n", kvshm_last_error());
-	assert_int_equal(r, 0);
 }
 
 /* Check, close, destroy the segment (the teardown removes the directories). */
 static void finish(struct fx *f)
 {
-	check_ok(f->h);
-	OK(kvshm_close(f->h));
+	th_finish(f->h, f->name);
 	f->h = NULL;
-	OK(kvshm_destroy(f->name, NULL, 1));
 }
 
 /* Close and destroy the segment, leaving the tier directories. */
 static void drop_segment(struct fx *f)
 {
-	OK(kvshm_close(f->h));
+	TH_OK(kvshm_close(f->h));
 	f->h = NULL;
-	OK(kvshm_destroy(f->name, NULL, 1));
+	TH_OK(kvshm_destroy(f->name, NULL, 1));
 }
 
 static const char *tier_dir(const struct fx *f, int tier)
 {
 	return tier == KVSHM_TIER_DISK ? f->disk : f->rf;
-}
-
-static int put_val(kvshm *h, const kvshm_model *m, const uint32_t *t, size_t n, size_t len, uint32_t seed,
-		   int tier, int reason)
-{
-	uint8_t *v = malloc(len);
-	if (!v)
-		return -ENOMEM;
-	val_fill(v, len, seed);
-	kvshm_save_opts o = {tier, reason};
-	int r = kvshm_put(h, m, t, n, v, len, &o);
-	free(v);
-	return r;
-}
-
-/* The exact entry of (m, t[0..n)) is found in tier with len bytes from seed. */
-static void expect_get(kvshm *h, const kvshm_model *m, const uint32_t *t, size_t n, size_t len, uint32_t seed,
-		       int tier)
-{
-	kvshm_pin p;
-	OK(kvshm_get(h, m, t, n, 0, &p));
-	assert_int_equal(p.kind, KVSHM_HIT_EXACT);
-	assert_int_equal(p.ntokens, n);
-	assert_int_equal(p.len, len);
-	assert_int_equal(p.tier, tier);
-	assert_true(val_ok(p.data, len, seed));
-	OK(kvshm_unpin(h, &p));
-}
-
-static void expect_missing(kvshm *h, const kvshm_model *m, const uint32_t *t, size_t n)
-{
-	kvshm_pin p;
-	FAILS(kvshm_get(h, m, t, n, 0, &p), KVSHM_ENOTFOUND);
-}
-
-static kvshm_stats stats_of(kvshm *h)
-{
-	kvshm_stats st;
-	OK(kvshm_stats_get(h, &st));
-	return st;
-}
-
-static uint64_t ctr(kvshm *h, int c)
-{
-	return stats_of(h).counters[c];
 }
 
 static void key_of(kvshm *h, const kvshm_model *m, const uint32_t *t, size_t n, uint8_t key[16])
@@ -365,7 +163,7 @@ static void path_of(kvshm *h, const struct fx *f, int tier, const kvshm_model *m
 {
 	uint8_t key[16];
 	key_of(h, m, t, n, key);
-	OK(kvshm__file_path(tier_dir(f, tier), key, buf, len));
+	TH_OK(kvshm__file_path(tier_dir(f, tier), key, buf, len));
 }
 
 static int row_of(const char *dir, const uint8_t key[16], struct kvshm__irow *row)
@@ -383,8 +181,8 @@ static uint64_t rows_in(const char *dir)
 {
 	struct kvshm__idx *ix;
 	uint64_t n = UINT64_MAX;
-	OK(kvshm__idx_open(dir, false, &ix));
-	OK(kvshm__idx_count(ix, &n));
+	TH_OK(kvshm__idx_open(dir, false, &ix));
+	TH_OK(kvshm__idx_count(ix, &n));
 	kvshm__idx_close(ix);
 	return n;
 }
@@ -416,27 +214,34 @@ static bool mapping_perms(const void *addr, char perms[5])
 	return found;
 }
 
-/* Bytes charged to RAM for one value of len bytes under n tokens. */
-static uint64_t ram_footprint(size_t n, size_t len)
+/* A small RAM-only cache, named th_name(name, len, what). */
+static kvshm *ram_cache(char *name, size_t len, const char *what)
 {
-	char name[64];
 	kvshm_config c;
 	kvshm *h;
-	uint32_t t[64];
 	kvshm_config_init(&c);
-	c.segment_bytes = 16 * MIB;
+	c.segment_bytes = 16 * TH_MIB;
 	c.lazy = 1;
 	c.max_procs = 8;
 	c.shards = 4;
 	c.chunk_tokens = 16;
-	th_name(name, sizeof(name), "fp");
-	OK(kvshm_open(name, &c, KVSHM_OPEN_CREATE | KVSHM_OPEN_EXCL, &h));
-	kvshm_model m = model_of(0);
-	toks_of(t, n, 0);
-	OK(put_val(h, &m, t, n, len, 1, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
-	uint64_t fp = stats_of(h).tier_bytes[KVSHM_TIER_RAM];
-	OK(kvshm_close(h));
-	OK(kvshm_destroy(name, NULL, 1));
+	th_name(name, len, what);
+	TH_OK(kvshm_open(name, &c, KVSHM_OPEN_CREATE | KVSHM_OPEN_EXCL, &h));
+	return h;
+}
+
+/* Bytes charged to RAM for one value of len bytes under n tokens. */
+static uint64_t ram_footprint(size_t n, size_t len)
+{
+	char name[64];
+	kvshm *h = ram_cache(name, sizeof(name), "fp");
+	uint32_t t[64];
+	kvshm_model m = th_model_of(0);
+	th_toks_of(t, n, 0);
+	TH_OK(th_put_val(h, &m, t, n, len, 1, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	uint64_t fp = th_stats_of(h).tier_bytes[KVSHM_TIER_RAM];
+	TH_OK(kvshm_close(h));
+	TH_OK(kvshm_destroy(name, NULL, 1));
 	return fp;
 }
 
@@ -457,7 +262,7 @@ static uint8_t *encode(const kvshm_model *m, const uint32_t *t, uint32_t n, cons
 	uint8_t *b = malloc(fsize);
 	assert_non_null(b);
 	memset(b, 0xee, off); /* encode must write every byte before the payload */
-	val_fill(b + off, len, seed);
+	th_val_fill(b + off, len, seed);
 	uint32_t crc = kvshm__crc32c(0, b + off, len);
 	kvshm__file_encode(b, m, t, n, key, len, crc, KVSHM_REASON_FINISH, KVSHM_TIER_DISK, 123456789ull);
 	*size = fsize;
@@ -533,7 +338,7 @@ static uint8_t *with_tag(const uint8_t *src, uint16_t tag, uint16_t flags, const
  * read_meta (with h: the key check too), then the payload CRC. */
 static int check_buf(const kvshm *h, const char *path, const uint8_t *buf, size_t size, struct kvshm__fmeta *out)
 {
-	OK(write_file(path, buf, size));
+	TH_OK(th_write_file(path, buf, size));
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	assert_true(fd >= 0);
 	struct kvshm__fmeta m;
@@ -567,26 +372,11 @@ static void expect_meta(const struct kvshm__fmeta *m, const kvshm_model *mo, con
 	assert_true(m->saved_ns > 0);
 }
 
-static kvshm *ram_cache(char *name, size_t len)
-{
-	kvshm_config c;
-	kvshm *h;
-	kvshm_config_init(&c);
-	c.segment_bytes = 16 * MIB;
-	c.lazy = 1;
-	c.max_procs = 8;
-	c.shards = 4;
-	c.chunk_tokens = 16;
-	th_name(name, len, "fmt");
-	OK(kvshm_open(name, &c, KVSHM_OPEN_CREATE | KVSHM_OPEN_EXCL, &h));
-	return h;
-}
-
 static void test_format_roundtrip(void **state)
 {
 	struct fx *f = *state;
 	char name[64], path[400];
-	kvshm *h = ram_cache(name, sizeof(name));
+	kvshm *h = ram_cache(name, sizeof(name), "fmt");
 	static const uint32_t ns[] = {1, 2, 7, 16, 17, 255, 1000, 30000};
 	static const size_t lens[] = {1, 63, 64, 65, 4096, (1u << 20) + 3, (3u << 20) + 1};
 	uint32_t *t = malloc(30000 * sizeof(uint32_t));
@@ -597,19 +387,19 @@ static void test_format_roundtrip(void **state)
 			uint32_t n = ns[i];
 			size_t len = lens[j], size;
 			uint64_t off;
-			kvshm_model m = model_of((unsigned)(i * 10 + j));
+			kvshm_model m = th_model_of((unsigned)(i * 10 + j));
 			uint8_t key[16];
 			struct kvshm__fmeta meta;
-			toks_of(t, n, (unsigned)j);
+			th_toks_of(t, n, (unsigned)j);
 			key_of(h, &m, t, n, key);
 			uint8_t *b = encode(&m, t, n, key, len, (uint32_t)(i * 100 + j), &size, &off);
-			OK(check_buf(h, path, b, size, &meta));
+			TH_OK(check_buf(h, path, b, size, &meta));
 			expect_meta(&meta, &m, t, n, key, len, off, size);
 			assert_int_equal(meta.payload_crc, kvshm__crc32c(0, b + off, len));
 			kvshm__fmeta_free(&meta);
 			assert_null(meta.tokens);
 			/* Without a handle the key is taken as written. */
-			OK(check_buf(NULL, path, b, size, &meta));
+			TH_OK(check_buf(NULL, path, b, size, &meta));
 			kvshm__fmeta_free(&meta);
 			/* A KEY tag that is not this cache's key of the model and
 			 * tokens (CRC fixed): a file of another seed or a forgery. */
@@ -618,18 +408,18 @@ static void test_format_roundtrip(void **state)
 				assert_true(kt > 0);
 				b[kt + 8] ^= 1;
 				fix_crc(b);
-				FAILS(check_buf(h, path, b, size, NULL), KVSHM_EBADFILE);
-				OK(check_buf(NULL, path, b, size, NULL));
+				TH_FAILS(check_buf(h, path, b, size, NULL), KVSHM_EBADFILE);
+				TH_OK(check_buf(NULL, path, b, size, NULL));
 				/* Re-keying rewrites the tag and the meta CRC. */
 				int fd = open(path, O_RDWR | O_CLOEXEC);
 				assert_true(fd >= 0);
-				OK(kvshm__file_rekey(fd, path, key));
+				TH_OK(kvshm__file_rekey(fd, path, key));
 				close(fd);
 				size_t s2;
-				uint8_t *back = read_all(path, &s2);
+				uint8_t *back = th_read_file(path, &s2);
 				assert_non_null(back);
 				assert_int_equal(s2, size);
-				OK(check_buf(h, path, back, s2, &meta));
+				TH_OK(check_buf(h, path, back, s2, &meta));
 				assert_memory_equal(meta.key, key, 16);
 				kvshm__fmeta_free(&meta);
 				free(back);
@@ -638,31 +428,31 @@ static void test_format_roundtrip(void **state)
 		}
 	}
 	free(t);
-	check_ok(h);
-	OK(kvshm_close(h));
-	OK(kvshm_destroy(name, NULL, 1));
+	th_check_ok(h);
+	TH_OK(kvshm_close(h));
+	TH_OK(kvshm_destroy(name, NULL, 1));
 }
 
 static void test_format_corruption(void **state)
 {
 	struct fx *f = *state;
 	char name[64], path[400];
-	kvshm *h = ram_cache(name, sizeof(name));
-	kvshm_model m = model_of(3);
+	kvshm *h = ram_cache(name, sizeof(name), "fmt");
+	kvshm_model m = th_model_of(3);
 	uint32_t t[37];
 	uint8_t key[16];
 	size_t size, len = 4099;
 	uint64_t off;
-	toks_of(t, 37, 5);
+	th_toks_of(t, 37, 5);
 	key_of(h, &m, t, 37, key);
 	uint8_t *b = encode(&m, t, 37, key, len, 77, &size, &off);
 	struct kvshm__fhdr h0 = hdr_of(b);
 	size_t meta_end = KVSHM_FILE_HDR + h0.tags_len;
 	snprintf(path, sizeof(path), "%s/corrupt.kvc", f->base);
-	OK(check_buf(h, path, b, size, NULL));
+	TH_OK(check_buf(h, path, b, size, NULL));
 
 	/* Truncated at every length. */
-	OK(write_file(path, b, size));
+	TH_OK(th_write_file(path, b, size));
 	int fd = open(path, O_RDWR | O_CLOEXEC);
 	assert_true(fd >= 0);
 	for (size_t l = 0; l < size; l++) {
@@ -682,7 +472,7 @@ static void test_format_corruption(void **state)
 		struct kvshm__fmeta mm;
 		assert_int_equal(pwrite(fd, b, size, 0), (ssize_t)size);
 		assert_int_equal(ftruncate(fd, (off_t)(size + extra[i])), 0);
-		FAILS(kvshm__file_read_meta(h, fd, path, &mm), KVSHM_EBADFILE);
+		TH_FAILS(kvshm__file_read_meta(h, fd, path, &mm), KVSHM_EBADFILE);
 	}
 
 	/* Every byte of header and tags, flipped three ways: the meta CRC (or
@@ -706,12 +496,12 @@ static void test_format_corruption(void **state)
 	/* Every payload byte with one bit flipped: the header still reads,
 	 * the payload CRC refuses it. */
 	struct kvshm__fmeta good;
-	OK(kvshm__file_read_meta(h, fd, path, &good));
+	TH_OK(kvshm__file_read_meta(h, fd, path, &good));
 	for (size_t i = 0; i < len; i++) {
 		struct kvshm__fmeta mm;
 		uint8_t x = b[off + i] ^ (uint8_t)(1u << (i % 8));
 		assert_int_equal(pwrite(fd, &x, 1, (off_t)(off + i)), 1);
-		OK(kvshm__file_read_meta(h, fd, path, &mm));
+		TH_OK(kvshm__file_read_meta(h, fd, path, &mm));
 		kvshm__fmeta_free(&mm);
 		int r = kvshm__file_check_payload(fd, path, &good);
 		if (r != KVSHM_EBADFILE)
@@ -719,7 +509,7 @@ static void test_format_corruption(void **state)
 		assert_int_equal(r, KVSHM_EBADFILE);
 		assert_int_equal(pwrite(fd, &b[off + i], 1, (off_t)(off + i)), 1);
 	}
-	OK(kvshm__file_check_payload(fd, path, &good));
+	TH_OK(kvshm__file_check_payload(fd, path, &good));
 	kvshm__fmeta_free(&good);
 	close(fd);
 
@@ -736,35 +526,35 @@ static void test_format_corruption(void **state)
 		fix_crc(c);                        \
 	} while (0)
 	EDIT(hh.magic[0] = 'X');
-	FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
+	TH_FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
 	assert_non_null(strstr(kvshm_last_error(), "magic"));
 	EDIT(hh.magic[7] = 1);
-	FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
+	TH_FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
 	EDIT(hh.version = KVSHM_FILE_VERSION + 1);
-	FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
+	TH_FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
 	assert_non_null(strstr(kvshm_last_error(), "version"));
 	EDIT(hh.version = 0);
-	FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
+	TH_FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
 	EDIT(hh.hdr_size = KVSHM_FILE_HDR + 8);
-	FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
+	TH_FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
 	EDIT(hh.tags_len -= 4); /* not a multiple of 8 */
-	FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
+	TH_FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
 	EDIT(hh.payload_len += 1);
-	FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
+	TH_FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
 	EDIT(hh.payload_len = UINT64_MAX - 8);
-	FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
+	TH_FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
 	EDIT(hh.ntokens = 36); /* the TOKENS tag holds 37 */
-	FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
+	TH_FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
 	EDIT(hh.ntokens = 0);
-	FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
+	TH_FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
 	EDIT(hh.payload_crc ^= 1);
-	FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
+	TH_FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
 	/* The header is fine, the meta CRC alone is wrong. */
 	memcpy(c, b, size);
 	hh = hdr_of(c);
 	hh.meta_crc ^= 0x80000000u;
 	hdr_set(c, &hh);
-	FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
+	TH_FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
 	assert_non_null(strstr(kvshm_last_error(), "checksum"));
 
 	/* Tags overrunning the tag area: the last tag, and the first. */
@@ -775,23 +565,23 @@ static void test_format_corruption(void **state)
 		memcpy(c, b, size);
 		memcpy(c + last + 4, &big[i], 4);
 		fix_crc(c);
-		FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
+		TH_FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
 		memcpy(c, b, size);
 		memcpy(c + first + 4, &big[i], 4);
 		fix_crc(c);
-		FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
+		TH_FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
 	}
 	/* A known tag of the wrong size, and a required tag missing. */
 	memcpy(c, b, size);
 	uint32_t thirtyone = 31;
 	memcpy(c + first + 4, &thirtyone, 4);
 	fix_crc(c);
-	FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
+	TH_FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
 	memcpy(c, b, size);
 	uint16_t other = 200;
 	memcpy(c + tag_at(b, KVSHM_TAG_QUANT), &other, 2);
 	fix_crc(c);
-	FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
+	TH_FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
 	assert_non_null(strstr(kvshm_last_error(), "missing"));
 #undef EDIT
 	free(c);
@@ -801,25 +591,25 @@ static void test_format_corruption(void **state)
 	size_t s2;
 	uint8_t *u = with_tag(b, 300, 0, future, sizeof(future), &s2);
 	struct kvshm__fmeta mu;
-	OK(check_buf(h, path, u, s2, &mu));
+	TH_OK(check_buf(h, path, u, s2, &mu));
 	expect_meta(&mu, &m, t, 37, key, len, KVSHM_ALIGN_UP(KVSHM_FILE_HDR + hdr_of(u).tags_len, 64), s2);
 	kvshm__fmeta_free(&mu);
 	free(u);
 	u = with_tag(b, 300, 0x8000, future, 0, &s2); /* unknown flags, empty value */
-	OK(check_buf(h, path, u, s2, NULL));
+	TH_OK(check_buf(h, path, u, s2, NULL));
 	free(u);
 	u = with_tag(b, 301, KVSHM_TAGF_CRITICAL, future, sizeof(future), &s2);
-	FAILS(check_buf(h, path, u, s2, NULL), KVSHM_EBADFILE);
+	TH_FAILS(check_buf(h, path, u, s2, NULL), KVSHM_EBADFILE);
 	assert_non_null(strstr(kvshm_last_error(), "critical"));
 	free(u);
 	/* A critical flag on a tag this version knows changes nothing. */
 	memcpy(b + first + 2, &(uint16_t){KVSHM_TAGF_CRITICAL}, 2);
 	fix_crc(b);
-	OK(check_buf(h, path, b, size, NULL));
+	TH_OK(check_buf(h, path, b, size, NULL));
 	free(b);
-	check_ok(h);
-	OK(kvshm_close(h));
-	OK(kvshm_destroy(name, NULL, 1));
+	th_check_ok(h);
+	TH_OK(kvshm_close(h));
+	TH_OK(kvshm_destroy(name, NULL, 1));
 }
 
 static void test_crc32c(void **state)
@@ -896,10 +686,10 @@ static void test_paths_stay_inside(void **state)
 			kvshm__key_hex(key, hx);
 			assert_int_equal(strlen(hx), 32);
 			assert_true(all_in(hx, 32, "0123456789abcdef"));
-			OK(kvshm__hex_key(hx, back));
+			TH_OK(kvshm__hex_key(hx, back));
 			assert_memory_equal(back, key, 16);
 
-			OK(kvshm__file_path(dir, key, buf, sizeof(buf)));
+			TH_OK(kvshm__file_path(dir, key, buf, sizeof(buf)));
 			assert_int_equal(strncmp(buf, dir, dl), 0);
 			const char *rest = buf + dl;
 			assert_int_equal(rest[0], '/');
@@ -913,7 +703,7 @@ static void test_paths_stay_inside(void **state)
 
 			uint32_t slot = (uint32_t)rng_next(&x), gen = (uint32_t)rng_next(&x);
 			uint64_t token = rng_next(&x);
-			OK(kvshm__tmp_path(dir, key, slot, gen, token, buf, sizeof(buf)));
+			TH_OK(kvshm__tmp_path(dir, key, slot, gen, token, buf, sizeof(buf)));
 			assert_int_equal(strncmp(buf, dir, dl), 0);
 			rest = buf + dl;
 			assert_int_equal(strncmp(rest, "/tmp/", 5), 0);
@@ -936,11 +726,11 @@ static void test_paths_stay_inside(void **state)
 				    "0123456789abcdef"};
 	uint8_t k[16];
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(bad); i++)
-		FAILS(kvshm__hex_key(bad[i], k), -EINVAL);
+		TH_FAILS(kvshm__hex_key(bad[i], k), -EINVAL);
 	/* A buffer too small is refused, never truncated into another name. */
 	memset(k, 0xab, 16);
-	FAILS(kvshm__file_path("/tmp/kvshm-x", k, buf, 40), -ENAMETOOLONG);
-	FAILS(kvshm__tmp_path("/tmp/kvshm-x", k, 1, 2, 3, buf, 50), -ENAMETOOLONG);
+	TH_FAILS(kvshm__file_path("/tmp/kvshm-x", k, buf, 40), -ENAMETOOLONG);
+	TH_FAILS(kvshm__tmp_path("/tmp/kvshm-x", k, 1, 2, 3, buf, 50), -ENAMETOOLONG);
 }
 
 /* ======================================================================
@@ -953,24 +743,24 @@ static void test_put_get_both_tiers(void **state)
 	kvshm_config c;
 	cfg_files(&c, f, true, true);
 	kvshm *h = open_fx(f, &c);
-	kvshm_model m = model_of(1);
+	kvshm_model m = th_model_of(1);
 	uint32_t t[100];
 	static const int tiers[] = {KVSHM_TIER_RAM_FILE, KVSHM_TIER_DISK};
-	static const size_t lens[] = {1, 4096, 100000, 3 * MIB + 5};
+	static const size_t lens[] = {1, 4096, 100000, 3 * TH_MIB + 5};
 	static const size_t ns[] = {1, 16, 33, 100};
 	for (size_t ti = 0; ti < 2; ti++) {
 		int tier = tiers[ti];
 		for (size_t i = 0; i < 4; i++) {
 			unsigned fam = (unsigned)(ti * 10 + i);
 			uint32_t seed = fam + 1;
-			toks_of(t, ns[i], fam);
-			OK(put_val(h, &m, t, ns[i], lens[i], seed, tier, KVSHM_REASON_FINISH));
-			expect_get(h, &m, t, ns[i], lens[i], seed, tier);
+			th_toks_of(t, ns[i], fam);
+			TH_OK(th_put_val(h, &m, t, ns[i], lens[i], seed, tier, KVSHM_REASON_FINISH));
+			th_expect_get(h, &m, t, ns[i], lens[i], seed, tier);
 
 			/* The pin is a read-only shared mapping of the file. */
 			kvshm_pin p;
 			char perms[5];
-			OK(kvshm_lookup(h, &m, t, ns[i], 0, &p));
+			TH_OK(kvshm_lookup(h, &m, t, ns[i], 0, &p));
 			assert_int_equal(p.tier, tier);
 			assert_true(mapping_perms(p.data, perms));
 			assert_int_equal(perms[0], 'r');
@@ -978,19 +768,19 @@ static void test_put_get_both_tiers(void **state)
 			assert_int_equal(perms[3], 's');
 			/* A second pin of the same entry sees the same bytes. */
 			kvshm_pin p2;
-			OK(kvshm_get(h, &m, t, ns[i], 0, &p2));
+			TH_OK(kvshm_get(h, &m, t, ns[i], 0, &p2));
 			assert_memory_equal(p.data, p2.data, lens[i] < 4096 ? lens[i] : 4096);
-			OK(kvshm_unpin(h, &p2));
-			OK(kvshm_unpin(h, &p));
+			TH_OK(kvshm_unpin(h, &p2));
+			TH_OK(kvshm_unpin(h, &p));
 
 			/* Copy-out reads the same bytes. */
 			uint8_t *buf = malloc(lens[i]);
 			size_t got = 0, ntok = 0;
 			assert_non_null(buf);
-			OK(kvshm_lookup_copy(h, &m, t, ns[i], 0, buf, lens[i], &got, &ntok));
+			TH_OK(kvshm_lookup_copy(h, &m, t, ns[i], 0, buf, lens[i], &got, &ntok));
 			assert_int_equal(got, lens[i]);
 			assert_int_equal(ntok, ns[i]);
-			assert_true(val_ok(buf, got, seed));
+			assert_true(th_val_ok(buf, got, seed));
 			free(buf);
 
 			/* The file sits at its key's path and has its index row. */
@@ -999,12 +789,12 @@ static void test_put_get_both_tiers(void **state)
 			struct kvshm__irow row;
 			struct stat st;
 			key_of(h, &m, t, ns[i], key);
-			OK(kvshm__file_path(tier_dir(f, tier), key, path, sizeof(path)));
+			TH_OK(kvshm__file_path(tier_dir(f, tier), key, path, sizeof(path)));
 			assert_int_equal(stat(path, &st), 0);
 			uint64_t fsize;
 			kvshm__file_geometry((uint32_t)ns[i], lens[i], NULL, NULL, &fsize);
 			assert_int_equal((uint64_t)st.st_size, fsize);
-			OK(row_of(tier_dir(f, tier), key, &row));
+			TH_OK(row_of(tier_dir(f, tier), key, &row));
 			assert_int_equal(row.tier, tier);
 			assert_int_equal(row.reason, KVSHM_REASON_FINISH);
 			assert_int_equal(row.ntokens, ns[i]);
@@ -1014,7 +804,7 @@ static void test_put_get_both_tiers(void **state)
 		}
 		assert_int_equal(tmp_files(tier_dir(f, tier)), 0);
 	}
-	kvshm_stats s = stats_of(h);
+	kvshm_stats s = th_stats_of(h);
 	assert_int_equal(s.tier_entries[KVSHM_TIER_RAM_FILE], 4);
 	assert_int_equal(s.tier_entries[KVSHM_TIER_DISK], 4);
 	assert_int_equal(s.tier_entries[KVSHM_TIER_RAM], 0);
@@ -1024,27 +814,27 @@ static void test_put_get_both_tiers(void **state)
 	assert_int_equal(rows_in(f->disk), 4);
 
 	/* A prefix lookup reaches into the file tiers. */
-	toks_of(t, 100, 13);
+	th_toks_of(t, 100, 13);
 	kvshm_pin p;
-	OK(kvshm_lookup(h, &m, t, 100, 0, &p));
+	TH_OK(kvshm_lookup(h, &m, t, 100, 0, &p));
 	assert_int_equal(p.kind, KVSHM_HIT_EXACT);
-	OK(kvshm_unpin(h, &p));
-	toks_of(t, 100, 12);
-	OK(kvshm_lookup(h, &m, t, 100, 0, &p)); /* family 12 has 33 tokens, on disk */
+	TH_OK(kvshm_unpin(h, &p));
+	th_toks_of(t, 100, 12);
+	TH_OK(kvshm_lookup(h, &m, t, 100, 0, &p)); /* family 12 has 33 tokens, on disk */
 	assert_int_equal(p.kind, KVSHM_HIT_PREFIX);
 	assert_int_equal(p.ntokens, 33);
 	assert_int_equal(p.tier, KVSHM_TIER_DISK);
-	assert_true(val_ok(p.data, 100000, 13));
-	OK(kvshm_unpin(h, &p));
+	assert_true(th_val_ok(p.data, 100000, 13));
+	TH_OK(kvshm_unpin(h, &p));
 
 	/* Another model never sees them. */
-	kvshm_model m2 = model_of(2);
-	expect_missing(h, &m2, t, 33);
+	kvshm_model m2 = th_model_of(2);
+	th_expect_missing(h, &m2, t, 33);
 
 	/* Delete removes files and rows. */
 	uint64_t count = 0;
 	kvshm_filter flt = {.tier_mask = KVSHM_TIER_BIT(KVSHM_TIER_RAM_FILE)};
-	OK(kvshm_delete(h, &flt, &count));
+	TH_OK(kvshm_delete(h, &flt, &count));
 	assert_int_equal(count, 4);
 	assert_int_equal(rows_in(f->rf), 0);
 	char sub[400];
@@ -1065,67 +855,67 @@ static void test_reserve_publish_cancel(void **state)
 	cfg_files(&c, f, true, true);
 	kvshm *h = open_fx(f, &c);
 	kvshm *h2;
-	OK(kvshm_open(f->name, NULL, 0, &h2));
-	kvshm_model m = model_of(4);
+	TH_OK(kvshm_open(f->name, NULL, 0, &h2));
+	kvshm_model m = th_model_of(4);
 	uint32_t t[40];
 	kvshm_save_opts o = {KVSHM_TIER_DISK, KVSHM_REASON_COLD};
 	kvshm_reservation r, r2;
 	uint32_t held = 9;
-	toks_of(t, 40, 1);
+	th_toks_of(t, 40, 1);
 
-	OK(kvshm_reserve(h, &m, t, 40, 70000, &o, &r));
+	TH_OK(kvshm_reserve(h, &m, t, 40, 70000, &o, &r));
 	assert_non_null(r.data);
 	assert_int_equal(r.len, 70000);
 	assert_int_equal(tmp_files(f->disk), 1);
-	OK(kvshm_writer_count(h, &held, NULL));
+	TH_OK(kvshm_writer_count(h, &held, NULL));
 	assert_int_equal(held, 1);
 	/* Being written: not visible, a second writer is told so. */
-	expect_missing(h2, &m, t, 40);
-	FAILS(kvshm_reserve(h2, &m, t, 40, 70000, &o, &r2), KVSHM_EINPROGRESS);
-	assert_int_equal(stats_of(h).entries_reserved, 1);
-	val_fill(r.data, 70000, 5);
+	th_expect_missing(h2, &m, t, 40);
+	TH_FAILS(kvshm_reserve(h2, &m, t, 40, 70000, &o, &r2), KVSHM_EINPROGRESS);
+	assert_int_equal(th_stats_of(h).entries_reserved, 1);
+	th_val_fill(r.data, 70000, 5);
 	char final[512];
 	path_of(h, f, KVSHM_TIER_DISK, &m, t, 40, final, sizeof(final));
 	assert_false(exists(final));
-	OK(kvshm_publish(h, &r));
+	TH_OK(kvshm_publish(h, &r));
 	assert_null(r.data);
 	assert_true(exists(final));
 	assert_int_equal(tmp_files(f->disk), 0);
-	expect_get(h2, &m, t, 40, 70000, 5, KVSHM_TIER_DISK);
-	FAILS(kvshm_publish(h, &r), -EINVAL);
-	OK(kvshm_writer_count(h, &held, NULL));
+	th_expect_get(h2, &m, t, 40, 70000, 5, KVSHM_TIER_DISK);
+	TH_FAILS(kvshm_publish(h, &r), -EINVAL);
+	TH_OK(kvshm_writer_count(h, &held, NULL));
 	assert_int_equal(held, 0);
-	assert_int_equal(ctr(h, KVSHM_C_saves_cold), 1);
-	assert_int_equal(ctr(h, KVSHM_C_saved_bytes), 70000);
+	assert_int_equal(th_counter(h, KVSHM_C_saves_cold), 1);
+	assert_int_equal(th_counter(h, KVSHM_C_saved_bytes), 70000);
 
 	/* Cancel: the temporary file, the entry and the writer unit go. */
 	o.tier = KVSHM_TIER_RAM_FILE;
-	toks_of(t, 40, 2);
-	OK(kvshm_reserve(h, &m, t, 40, 5000, &o, &r));
+	th_toks_of(t, 40, 2);
+	TH_OK(kvshm_reserve(h, &m, t, 40, 5000, &o, &r));
 	assert_int_equal(tmp_files(f->rf), 1);
 	memset(r.data, 0x5a, 5000);
-	OK(kvshm_cancel(h, &r));
+	TH_OK(kvshm_cancel(h, &r));
 	assert_int_equal(tmp_files(f->rf), 0);
 	path_of(h, f, KVSHM_TIER_RAM_FILE, &m, t, 40, final, sizeof(final));
 	assert_false(exists(final));
-	expect_missing(h, &m, t, 40);
-	OK(kvshm_writer_count(h, &held, NULL));
+	th_expect_missing(h, &m, t, 40);
+	TH_OK(kvshm_writer_count(h, &held, NULL));
 	assert_int_equal(held, 0);
-	assert_int_equal(ctr(h, KVSHM_C_cancels), 1);
-	assert_int_equal(stats_of(h).entries_reserved, 0);
-	assert_int_equal(stats_of(h).tier_bytes[KVSHM_TIER_RAM_FILE], 0);
+	assert_int_equal(th_counter(h, KVSHM_C_cancels), 1);
+	assert_int_equal(th_stats_of(h).entries_reserved, 0);
+	assert_int_equal(th_stats_of(h).tier_bytes[KVSHM_TIER_RAM_FILE], 0);
 	/* The key is free again. */
-	OK(put_val(h, &m, t, 40, 5000, 6, KVSHM_TIER_RAM_FILE, KVSHM_REASON_OTHER));
-	expect_get(h, &m, t, 40, 5000, 6, KVSHM_TIER_RAM_FILE);
+	TH_OK(th_put_val(h, &m, t, 40, 5000, 6, KVSHM_TIER_RAM_FILE, KVSHM_REASON_OTHER));
+	th_expect_get(h, &m, t, 40, 5000, 6, KVSHM_TIER_RAM_FILE);
 
 	/* Closing a handle with a file reservation open gives it up too. */
-	toks_of(t, 40, 3);
-	OK(kvshm_reserve(h2, &m, t, 40, 5000, &o, &r2));
+	th_toks_of(t, 40, 3);
+	TH_OK(kvshm_reserve(h2, &m, t, 40, 5000, &o, &r2));
 	assert_int_equal(tmp_files(f->rf), 1);
-	OK(kvshm_close(h2));
+	TH_OK(kvshm_close(h2));
 	assert_int_equal(tmp_files(f->rf), 0);
-	expect_missing(h, &m, t, 40);
-	OK(kvshm_writer_count(h, &held, NULL));
+	th_expect_missing(h, &m, t, 40);
+	TH_OK(kvshm_writer_count(h, &held, NULL));
 	assert_int_equal(held, 0);
 
 	/* A tier without a directory. */
@@ -1134,15 +924,15 @@ static void test_reserve_publish_cancel(void **state)
 	char name2[64];
 	kvshm *h3;
 	th_name(name2, sizeof(name2), "nofile");
-	OK(kvshm_open(name2, &c2, KVSHM_OPEN_CREATE | KVSHM_OPEN_EXCL, &h3));
+	TH_OK(kvshm_open(name2, &c2, KVSHM_OPEN_CREATE | KVSHM_OPEN_EXCL, &h3));
 	o.tier = KVSHM_TIER_DISK;
-	FAILS(kvshm_reserve(h3, &m, t, 40, 5000, &o, &r2), -EOPNOTSUPP);
+	TH_FAILS(kvshm_reserve(h3, &m, t, 40, 5000, &o, &r2), -EOPNOTSUPP);
 	kvshm_reconcile_report rep;
-	FAILS(kvshm_reconcile(h3, KVSHM_TIER_DISK, &rep), -EOPNOTSUPP);
-	FAILS(kvshm_reconcile(h3, KVSHM_TIER_RAM, &rep), -EOPNOTSUPP);
-	check_ok(h3);
-	OK(kvshm_close(h3));
-	OK(kvshm_destroy(name2, NULL, 1));
+	TH_FAILS(kvshm_reconcile(h3, KVSHM_TIER_DISK, &rep), -EOPNOTSUPP);
+	TH_FAILS(kvshm_reconcile(h3, KVSHM_TIER_RAM, &rep), -EOPNOTSUPP);
+	th_check_ok(h3);
+	TH_OK(kvshm_close(h3));
+	TH_OK(kvshm_destroy(name2, NULL, 1));
 	finish(f);
 }
 
@@ -1152,49 +942,49 @@ static void test_duplicates_and_tier_preference(void **state)
 	kvshm_config c;
 	cfg_files(&c, f, true, true);
 	kvshm *h = open_fx(f, &c);
-	kvshm_model m = model_of(5);
+	kvshm_model m = th_model_of(5);
 	uint32_t t[64];
 	kvshm_pin p;
-	toks_of(t, 64, 1);
+	th_toks_of(t, 64, 1);
 
-	OK(put_val(h, &m, t, 48, 3000, 1, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
-	FAILS(put_val(h, &m, t, 48, 3000, 2, KVSHM_TIER_DISK, KVSHM_REASON_OTHER), KVSHM_EEXISTS);
-	assert_int_equal(ctr(h, KVSHM_C_dup_present), 1);
+	TH_OK(th_put_val(h, &m, t, 48, 3000, 1, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+	TH_FAILS(th_put_val(h, &m, t, 48, 3000, 2, KVSHM_TIER_DISK, KVSHM_REASON_OTHER), KVSHM_EEXISTS);
+	assert_int_equal(th_counter(h, KVSHM_C_dup_present), 1);
 	assert_int_equal(tmp_files(f->disk), 0);
-	assert_int_equal(stats_of(h).writer_slots_used, 0);
-	expect_get(h, &m, t, 48, 3000, 1, KVSHM_TIER_DISK);
+	assert_int_equal(th_stats_of(h).writer_slots_used, 0);
+	th_expect_get(h, &m, t, 48, 3000, 1, KVSHM_TIER_DISK);
 
 	/* The same key in ram_file and RAM at once; the fastest tier wins at
 	 * equal length. */
-	OK(put_val(h, &m, t, 48, 3000, 1, KVSHM_TIER_RAM_FILE, KVSHM_REASON_OTHER));
-	expect_get(h, &m, t, 48, 3000, 1, KVSHM_TIER_RAM_FILE);
-	OK(put_val(h, &m, t, 48, 3000, 1, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
-	expect_get(h, &m, t, 48, 3000, 1, KVSHM_TIER_RAM);
-	OK(kvshm_lookup(h, &m, t, 64, 0, &p));
+	TH_OK(th_put_val(h, &m, t, 48, 3000, 1, KVSHM_TIER_RAM_FILE, KVSHM_REASON_OTHER));
+	th_expect_get(h, &m, t, 48, 3000, 1, KVSHM_TIER_RAM_FILE);
+	TH_OK(th_put_val(h, &m, t, 48, 3000, 1, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	th_expect_get(h, &m, t, 48, 3000, 1, KVSHM_TIER_RAM);
+	TH_OK(kvshm_lookup(h, &m, t, 64, 0, &p));
 	assert_int_equal(p.tier, KVSHM_TIER_RAM);
 	assert_int_equal(p.ntokens, 48);
-	OK(kvshm_unpin(h, &p));
-	kvshm_stats s = stats_of(h);
+	TH_OK(kvshm_unpin(h, &p));
+	kvshm_stats s = th_stats_of(h);
 	for (int tier = 0; tier < KVSHM_NTIERS; tier++)
 		assert_int_equal(s.tier_entries[tier], 1);
 
 	/* Longer beats faster: a longer prefix on disk wins over RAM. */
-	OK(put_val(h, &m, t, 60, 3000, 7, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
-	OK(kvshm_lookup(h, &m, t, 64, 0, &p));
+	TH_OK(th_put_val(h, &m, t, 60, 3000, 7, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+	TH_OK(kvshm_lookup(h, &m, t, 64, 0, &p));
 	assert_int_equal(p.tier, KVSHM_TIER_DISK);
 	assert_int_equal(p.ntokens, 60);
-	assert_true(val_ok(p.data, 3000, 7));
-	OK(kvshm_unpin(h, &p));
+	assert_true(th_val_ok(p.data, 3000, 7));
+	TH_OK(kvshm_unpin(h, &p));
 
 	/* Taking the faster copies away falls back to the slower ones. */
 	kvshm_filter flt = {.tier_mask = KVSHM_TIER_BIT(KVSHM_TIER_RAM)};
 	uint64_t n = 0;
-	OK(kvshm_delete(h, &flt, &n));
+	TH_OK(kvshm_delete(h, &flt, &n));
 	assert_int_equal(n, 1);
-	expect_get(h, &m, t, 48, 3000, 1, KVSHM_TIER_RAM_FILE);
+	th_expect_get(h, &m, t, 48, 3000, 1, KVSHM_TIER_RAM_FILE);
 	flt.tier_mask = KVSHM_TIER_BIT(KVSHM_TIER_RAM_FILE);
-	OK(kvshm_delete(h, &flt, &n));
-	expect_get(h, &m, t, 48, 3000, 1, KVSHM_TIER_DISK);
+	TH_OK(kvshm_delete(h, &flt, &n));
+	th_expect_get(h, &m, t, 48, 3000, 1, KVSHM_TIER_DISK);
 	finish(f);
 }
 
@@ -1207,64 +997,64 @@ static void test_existing_file_at_final_path(void **state)
 	kvshm_config c;
 	cfg_files(&c, f, false, true);
 	kvshm *h = open_fx(f, &c);
-	kvshm_model m = model_of(6);
+	kvshm_model m = th_model_of(6);
 	uint32_t t[32];
 	char path[512];
-	toks_of(t, 32, 1);
-	OK(put_val(h, &m, t, 32, 10000, 1, KVSHM_TIER_DISK, KVSHM_REASON_FINISH));
+	th_toks_of(t, 32, 1);
+	TH_OK(th_put_val(h, &m, t, 32, 10000, 1, KVSHM_TIER_DISK, KVSHM_REASON_FINISH));
 	path_of(h, f, KVSHM_TIER_DISK, &m, t, 32, path, sizeof(path));
 
 	/* The segment goes; a new one adopts the file at creation. */
 	drop_segment(f);
 	h = open_fx(f, &c);
-	assert_int_equal(ctr(h, KVSHM_C_adopted), 1);
-	expect_get(h, &m, t, 32, 10000, 1, KVSHM_TIER_DISK);
-	FAILS(put_val(h, &m, t, 32, 10000, 1, KVSHM_TIER_DISK, KVSHM_REASON_OTHER), KVSHM_EEXISTS);
-	check_ok(h);
+	assert_int_equal(th_counter(h, KVSHM_C_adopted), 1);
+	th_expect_get(h, &m, t, 32, 10000, 1, KVSHM_TIER_DISK);
+	TH_FAILS(th_put_val(h, &m, t, 32, 10000, 1, KVSHM_TIER_DISK, KVSHM_REASON_OTHER), KVSHM_EEXISTS);
+	th_check_ok(h);
 
 	/* The entry goes, its file is put back behind the cache's back: a
 	 * save of the same value keeps that file. */
 	size_t len;
-	uint8_t *copy = read_all(path, &len);
+	uint8_t *copy = th_read_file(path, &len);
 	assert_non_null(copy);
 	uint64_t n;
-	OK(kvshm_delete(h, NULL, &n));
+	TH_OK(kvshm_delete(h, NULL, &n));
 	assert_int_equal(n, 1);
 	assert_false(exists(path));
-	OK(write_file(path, copy, len));
-	OK(put_val(h, &m, t, 32, 10000, 1, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
-	expect_get(h, &m, t, 32, 10000, 1, KVSHM_TIER_DISK);
+	TH_OK(th_write_file(path, copy, len));
+	TH_OK(th_put_val(h, &m, t, 32, 10000, 1, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+	th_expect_get(h, &m, t, 32, 10000, 1, KVSHM_TIER_DISK);
 	assert_int_equal(tmp_files(f->disk), 0);
-	check_ok(h);
+	th_check_ok(h);
 
 	/* ... and a save of another value of the same key (another length)
 	 * must leave an entry that describes the file in place. */
-	OK(kvshm_delete(h, NULL, &n));
-	OK(write_file(path, copy, len));
-	OK(put_val(h, &m, t, 32, 12345, 2, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
-	check_ok(h);
+	TH_OK(kvshm_delete(h, NULL, &n));
+	TH_OK(th_write_file(path, copy, len));
+	TH_OK(th_put_val(h, &m, t, 32, 12345, 2, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+	th_check_ok(h);
 	kvshm_pin p;
-	OK(kvshm_get(h, &m, t, 32, 0, &p));
-	assert_true((p.len == 12345 && val_ok(p.data, p.len, 2)) || (p.len == 10000 && val_ok(p.data, p.len, 1)));
-	OK(kvshm_unpin(h, &p));
-	assert_int_equal(ctr(h, KVSHM_C_corrupt_rejected), 0);
+	TH_OK(kvshm_get(h, &m, t, 32, 0, &p));
+	assert_true((p.len == 12345 && th_val_ok(p.data, p.len, 2)) || (p.len == 10000 && th_val_ok(p.data, p.len, 1)));
+	TH_OK(kvshm_unpin(h, &p));
+	assert_int_equal(th_counter(h, KVSHM_C_corrupt_rejected), 0);
 	free(copy);
 
 	/* An invalid file at the final path is replaced at publish. */
-	toks_of(t, 32, 2);
+	th_toks_of(t, 32, 2);
 	kvshm_reservation r;
 	kvshm_save_opts o = {KVSHM_TIER_DISK, KVSHM_REASON_OTHER};
-	OK(kvshm_reserve(h, &m, t, 32, 8000, &o, &r));
-	val_fill(r.data, 8000, 3);
+	TH_OK(kvshm_reserve(h, &m, t, 32, 8000, &o, &r));
+	th_val_fill(r.data, 8000, 3);
 	path_of(h, f, KVSHM_TIER_DISK, &m, t, 32, path, sizeof(path));
 	char sub[520];
 	snprintf(sub, sizeof(sub), "%s", path);
 	*strrchr(sub, '/') = '\0';
 	mkdir(sub, 0700);
 	static const char junk[] = "not a cache file, planted at the final path";
-	OK(write_file(path, junk, sizeof(junk)));
-	OK(kvshm_publish(h, &r));
-	expect_get(h, &m, t, 32, 8000, 3, KVSHM_TIER_DISK);
+	TH_OK(th_write_file(path, junk, sizeof(junk)));
+	TH_OK(kvshm_publish(h, &r));
+	th_expect_get(h, &m, t, 32, 8000, 3, KVSHM_TIER_DISK);
 	struct stat st;
 	assert_int_equal(stat(path, &st), 0);
 	uint64_t fsize;
@@ -1272,18 +1062,18 @@ static void test_existing_file_at_final_path(void **state)
 	assert_int_equal((uint64_t)st.st_size, fsize);
 
 	/* A valid file of the key with a damaged payload is replaced too. */
-	toks_of(t, 32, 3);
-	OK(put_val(h, &m, t, 32, 8000, 4, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+	th_toks_of(t, 32, 3);
+	TH_OK(th_put_val(h, &m, t, 32, 8000, 4, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
 	path_of(h, f, KVSHM_TIER_DISK, &m, t, 32, path, sizeof(path));
-	copy = read_all(path, &len);
+	copy = th_read_file(path, &len);
 	assert_non_null(copy);
-	OK(kvshm_delete(h, NULL, &n));
+	TH_OK(kvshm_delete(h, NULL, &n));
 	copy[len - 1] ^= 0x40;
-	OK(write_file(path, copy, len));
+	TH_OK(th_write_file(path, copy, len));
 	free(copy);
-	OK(put_val(h, &m, t, 32, 8000, 4, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
-	expect_get(h, &m, t, 32, 8000, 4, KVSHM_TIER_DISK);
-	assert_int_equal(ctr(h, KVSHM_C_corrupt_rejected), 0);
+	TH_OK(th_put_val(h, &m, t, 32, 8000, 4, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+	th_expect_get(h, &m, t, 32, 8000, 4, KVSHM_TIER_DISK);
+	assert_int_equal(th_counter(h, KVSHM_C_corrupt_rejected), 0);
 	assert_int_equal(tmp_files(f->disk), 0);
 	finish(f);
 }
@@ -1295,7 +1085,7 @@ static void test_expiry(void **state)
 	cfg_files(&c, f, true, true);
 	c.reservation_ttl_ms = 20;
 	kvshm *h = open_fx(f, &c);
-	kvshm_model m = model_of(7);
+	kvshm_model m = th_model_of(7);
 	uint32_t t[32];
 	char path[512];
 	static const int tiers[] = {KVSHM_TIER_RAM_FILE, KVSHM_TIER_DISK};
@@ -1303,12 +1093,12 @@ static void test_expiry(void **state)
 		int tier = tiers[i];
 		kvshm_save_opts o = {tier, KVSHM_REASON_OTHER};
 		kvshm_reservation r;
-		toks_of(t, 32, (unsigned)i);
-		OK(kvshm_reserve(h, &m, t, 32, 20000, &o, &r));
-		val_fill(r.data, 20000, 1);
-		sleep_ms(60);
-		OK(kvshm_gc(h, NULL, NULL));
-		FAILS(kvshm_publish(h, &r), KVSHM_EEXPIRED);
+		th_toks_of(t, 32, (unsigned)i);
+		TH_OK(kvshm_reserve(h, &m, t, 32, 20000, &o, &r));
+		th_val_fill(r.data, 20000, 1);
+		th_sleep_ms(60);
+		TH_OK(kvshm_gc(h, NULL, NULL));
+		TH_FAILS(kvshm_publish(h, &r), KVSHM_EEXPIRED);
 		assert_null(r.data);
 		assert_int_equal(tmp_files(tier_dir(f, tier)), 0);
 		path_of(h, f, tier, &m, t, 32, path, sizeof(path));
@@ -1316,18 +1106,18 @@ static void test_expiry(void **state)
 		uint8_t key[16];
 		struct kvshm__irow row;
 		key_of(h, &m, t, 32, key);
-		FAILS(row_of(tier_dir(f, tier), key, &row), KVSHM_ENOTFOUND);
-		expect_missing(h, &m, t, 32);
-		kvshm_stats s = stats_of(h);
+		TH_FAILS(row_of(tier_dir(f, tier), key, &row), KVSHM_ENOTFOUND);
+		th_expect_missing(h, &m, t, 32);
+		kvshm_stats s = th_stats_of(h);
 		assert_int_equal(s.entries_reserved, 0);
 		assert_int_equal(s.tier_bytes[tier], 0);
 		assert_int_equal(s.writer_slots_used, 0);
-		check_ok(h);
+		th_check_ok(h);
 		/* The key can be saved again. */
-		OK(put_val(h, &m, t, 32, 20000, 2, tier, KVSHM_REASON_OTHER));
-		expect_get(h, &m, t, 32, 20000, 2, tier);
+		TH_OK(th_put_val(h, &m, t, 32, 20000, 2, tier, KVSHM_REASON_OTHER));
+		th_expect_get(h, &m, t, 32, 20000, 2, tier);
 	}
-	assert_int_equal(ctr(h, KVSHM_C_expired), 2);
+	assert_int_equal(th_counter(h, KVSHM_C_expired), 2);
 	finish(f);
 }
 
@@ -1352,7 +1142,7 @@ static struct estates states_of(kvshm *h, const kvshm_model *m, int tier)
 {
 	struct estates s = {0};
 	kvshm_filter f = {.tier_mask = KVSHM_TIER_BIT(tier), .fingerprint = m->fingerprint};
-	OK(kvshm_list(h, &f, estate_cb, &s));
+	TH_OK(kvshm_list(h, &f, estate_cb, &s));
 	return s;
 }
 
@@ -1378,11 +1168,11 @@ static int stall_child(void *p)
 	/* Reopen the inherited index now, before the parent's transaction. */
 	if (kvshm__tier_idx(a->h, KVSHM_TIER_DISK, &ix) < 0 || kvshm__idx_get(ix, key, &row) != KVSHM_ENOTFOUND)
 		return 1;
-	wr1(a->to_parent, 'r');
-	if (rd1(a->from_parent, 60000) != 'g')
+	th_write_byte(a->to_parent, 'r');
+	if (th_read_byte(a->from_parent, 60000) != 'g')
 		return 2;
 	if (a->what == STALL_SAVE) {
-		if (put_val(a->h, a->m, a->t, 32, 7000, 5, KVSHM_TIER_DISK, KVSHM_REASON_OTHER) != 0)
+		if (th_put_val(a->h, a->m, a->t, 32, 7000, 5, KVSHM_TIER_DISK, KVSHM_REASON_OTHER) != 0)
 			return 3;
 	} else {
 		kvshm_filter f = {.tier_mask = KVSHM_TIER_BIT(KVSHM_TIER_DISK), .fingerprint = a->m->fingerprint};
@@ -1410,62 +1200,59 @@ static void test_no_expiry_while_committing(void **state)
 	kvshm *h = open_fx(f, &c);
 	struct kvshm__idx *ix;
 	char path[512];
-	OK(kvshm__tier_idx(h, KVSHM_TIER_DISK, &ix));
+	TH_OK(kvshm__tier_idx(h, KVSHM_TIER_DISK, &ix));
 	for (int what = STALL_SAVE; what <= STALL_DELETE; what++) {
-		kvshm_model m = model_of(20 + (unsigned)what);
+		kvshm_model m = th_model_of(20 + (unsigned)what);
 		uint32_t t[32];
 		int c2p[2], p2c[2];
-		toks_of(t, 32, 20 + (unsigned)what);
+		th_toks_of(t, 32, 20 + (unsigned)what);
 		path_of(h, f, KVSHM_TIER_DISK, &m, t, 32, path, sizeof(path));
 		if (what == STALL_DELETE)
-			OK(put_val(h, &m, t, 32, 7000, 5, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+			TH_OK(th_put_val(h, &m, t, 32, 7000, 5, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
 		assert_int_equal(pipe(c2p), 0);
 		assert_int_equal(pipe(p2c), 0);
 		struct stall_arg a = {h, c2p[1], p2c[0], what, &m, t};
 		pid_t pid = th_fork(stall_child, &a);
 		assert_true(pid > 0);
-		if (rd1(c2p[0], 60000) != 'r') {
-			print_error("child exited with %d\n", th_wait(pid));
-			fail();
-		}
-		OK(kvshm__idx_begin(ix));
-		wr1(p2c[1], 'g');
+		th_expect_byte(c2p[0], 'r', 60000, pid, "child");
+		TH_OK(kvshm__idx_begin(ix));
+		th_write_byte(p2c[1], 'g');
 		/* Until the child is past its expiry check and stalled. */
 		for (int i = 0;; i++) {
 			struct estates s = states_of(h, &m, KVSHM_TIER_DISK);
 			if (what == STALL_SAVE ? exists(path) : s.reserved == 1)
 				break;
 			assert_true(i < 10000);
-			sleep_ms(1);
+			th_sleep_ms(1);
 		}
-		sleep_ms(60); /* three times the TTL */
-		OK(kvshm_gc(h, NULL, NULL));
+		th_sleep_ms(60); /* three times the TTL */
+		TH_OK(kvshm_gc(h, NULL, NULL));
 		struct estates s = states_of(h, &m, KVSHM_TIER_DISK);
 		assert_int_equal(s.n, 1);
 		assert_int_equal(s.expired, 0);
 		assert_int_equal(s.reserved, 1);
 		kvshm_reservation r;
 		kvshm_save_opts o = {KVSHM_TIER_DISK, KVSHM_REASON_OTHER};
-		FAILS(kvshm_reserve(h, &m, t, 32, 7000, &o, &r), KVSHM_EINPROGRESS);
-		OK(kvshm__idx_commit(ix));
+		TH_FAILS(kvshm_reserve(h, &m, t, 32, 7000, &o, &r), KVSHM_EINPROGRESS);
+		TH_OK(kvshm__idx_commit(ix));
 		assert_int_equal(th_wait(pid), 0);
 		s = states_of(h, &m, KVSHM_TIER_DISK);
 		if (what == STALL_SAVE) {
 			assert_int_equal(s.n, 1);
 			assert_int_equal(s.ready, 1);
-			expect_get(h, &m, t, 32, 7000, 5, KVSHM_TIER_DISK);
+			th_expect_get(h, &m, t, 32, 7000, 5, KVSHM_TIER_DISK);
 		} else {
 			assert_int_equal(s.n, 0);
 			assert_false(exists(path));
-			expect_missing(h, &m, t, 32);
+			th_expect_missing(h, &m, t, 32);
 		}
-		check_ok(h);
+		th_check_ok(h);
 		close(c2p[0]);
 		close(c2p[1]);
 		close(p2c[0]);
 		close(p2c[1]);
 	}
-	assert_int_equal(ctr(h, KVSHM_C_expired), 0);
+	assert_int_equal(th_counter(h, KVSHM_C_expired), 0);
 	finish(f);
 }
 
@@ -1477,9 +1264,9 @@ static int expired_child(void *p)
 	kvshm_save_opts o = {KVSHM_TIER_DISK, KVSHM_REASON_COLD};
 	if (kvshm_reserve(a->h, a->m, a->t, 32, 7000, &o, &r) < 0)
 		return 1;
-	val_fill(r.data, r.len / 2, 9);
-	wr1(a->to_parent, 'r');
-	if (rd1(a->from_parent, 60000) != 'c')
+	th_val_fill(r.data, r.len / 2, 9);
+	th_write_byte(a->to_parent, 'r');
+	if (th_read_byte(a->from_parent, 60000) != 'c')
 		return 2;
 	return kvshm_close(a->h) == 0 ? 0 : 3;
 }
@@ -1499,26 +1286,23 @@ static void test_expired_writer_cleaned_up(void **state)
 	c.reservation_ttl_ms = 20;
 	kvshm *h = open_fx(f, &c);
 	for (int closes = 0; closes < 2; closes++) {
-		kvshm_model m = model_of(30 + (unsigned)closes);
+		kvshm_model m = th_model_of(30 + (unsigned)closes);
 		uint32_t t[32];
 		int c2p[2], p2c[2];
-		toks_of(t, 32, 30 + (unsigned)closes);
+		th_toks_of(t, 32, 30 + (unsigned)closes);
 		assert_int_equal(pipe(c2p), 0);
 		assert_int_equal(pipe(p2c), 0);
 		struct stall_arg a = {h, c2p[1], p2c[0], 0, &m, t};
 		pid_t pid = th_fork(expired_child, &a);
 		assert_true(pid > 0);
-		if (rd1(c2p[0], 60000) != 'r') {
-			print_error("child exited with %d\n", th_wait(pid));
-			fail();
-		}
-		sleep_ms(60);
-		OK(kvshm_gc(h, NULL, NULL));
+		th_expect_byte(c2p[0], 'r', 60000, pid, "child");
+		th_sleep_ms(60);
+		TH_OK(kvshm_gc(h, NULL, NULL));
 		assert_int_equal(states_of(h, &m, KVSHM_TIER_DISK).expired, 1);
 		/* The key is free for another writer: us. */
-		OK(put_val(h, &m, t, 32, 7000, 5, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+		TH_OK(th_put_val(h, &m, t, 32, 7000, 5, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
 		if (closes) {
-			wr1(p2c[1], 'c');
+			th_write_byte(p2c[1], 'c');
 			assert_int_equal(th_wait(pid), 0);
 		} else {
 			assert_int_equal(kill(pid, SIGKILL), 0);
@@ -1528,10 +1312,10 @@ static void test_expired_writer_cleaned_up(void **state)
 		struct estates s = states_of(h, &m, KVSHM_TIER_DISK);
 		assert_int_equal(s.n, 1);
 		assert_int_equal(s.ready, 1);
-		expect_get(h, &m, t, 32, 7000, 5, KVSHM_TIER_DISK);
+		th_expect_get(h, &m, t, 32, 7000, 5, KVSHM_TIER_DISK);
 		assert_int_equal(tmp_files(f->disk), 0);
-		assert_int_equal(stats_of(h).entries_reserved, 0);
-		check_ok(h);
+		assert_int_equal(th_stats_of(h).entries_reserved, 0);
+		th_check_ok(h);
 		close(c2p[0]);
 		close(c2p[1]);
 		close(p2c[0]);
@@ -1551,9 +1335,9 @@ static int hold_child(void *p)
 	struct hold_arg *a = p;
 	if (kvshm_writer_acquire(a->h, 0) != 0)
 		return 1;
-	wr1(a->to_parent, 'k');
-	int go = rd1(a->from_parent, 60000);
-	sleep_ms(100); /* the parent's evict save is (most likely) waiting now */
+	th_write_byte(a->to_parent, 'k');
+	int go = th_read_byte(a->from_parent, 60000);
+	th_sleep_ms(100); /* the parent's evict save is (most likely) waiting now */
 	if (kvshm_writer_release(a->h) != 0)
 		return 2;
 	if (kvshm_close(a->h) != 0)
@@ -1570,7 +1354,7 @@ static void test_writer_semaphore(void **state)
 	c.writer_wait_ms = 0;
 	c.evict_wait_ms = 60000;
 	kvshm *h = open_fx(f, &c);
-	kvshm_model m = model_of(8);
+	kvshm_model m = th_model_of(8);
 	uint32_t t[32];
 	int c2p[2], p2c[2];
 	assert_int_equal(pipe(c2p), 0);
@@ -1578,12 +1362,9 @@ static void test_writer_semaphore(void **state)
 	struct hold_arg a = {h, c2p[1], p2c[0]};
 	pid_t pid = th_fork(hold_child, &a);
 	assert_true(pid > 0);
-	if (rd1(c2p[0], 60000) != 'k') {
-		print_error("holder exited with %d\n", th_wait(pid));
-		fail();
-	}
+	th_expect_byte(c2p[0], 'k', 60000, pid, "holder");
 	uint32_t held = 0, max = 0;
-	OK(kvshm_writer_count(h, &held, &max));
+	TH_OK(kvshm_writer_count(h, &held, &max));
 	assert_int_equal(held, 1);
 	assert_int_equal(max, 1);
 
@@ -1591,31 +1372,31 @@ static void test_writer_semaphore(void **state)
 	static const int dropped[] = {KVSHM_REASON_COLD, KVSHM_REASON_CONTINUED, KVSHM_REASON_FINISH,
 				      KVSHM_REASON_OTHER};
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(dropped); i++) {
-		toks_of(t, 32, (unsigned)i);
-		FAILS(put_val(h, &m, t, 32, 5000, 1, KVSHM_TIER_DISK, dropped[i]), KVSHM_EBUSY);
-		expect_missing(h, &m, t, 32);
+		th_toks_of(t, 32, (unsigned)i);
+		TH_FAILS(th_put_val(h, &m, t, 32, 5000, 1, KVSHM_TIER_DISK, dropped[i]), KVSHM_EBUSY);
+		th_expect_missing(h, &m, t, 32);
 	}
-	assert_int_equal(ctr(h, KVSHM_C_saves_dropped), 4);
+	assert_int_equal(th_counter(h, KVSHM_C_saves_dropped), 4);
 	assert_int_equal(tmp_files(f->disk), 0);
-	assert_int_equal(stats_of(h).entries_reserved, 0);
+	assert_int_equal(th_stats_of(h).entries_reserved, 0);
 	/* RAM saves need no writer unit. */
-	toks_of(t, 32, 10);
-	OK(put_val(h, &m, t, 32, 5000, 1, KVSHM_TIER_RAM, KVSHM_REASON_COLD));
+	th_toks_of(t, 32, 10);
+	TH_OK(th_put_val(h, &m, t, 32, 5000, 1, KVSHM_TIER_RAM, KVSHM_REASON_COLD));
 
 	/* An evict save waits for the unit and gets it. */
-	wr1(p2c[1], 'g');
-	toks_of(t, 32, 11);
-	OK(put_val(h, &m, t, 32, 5000, 11, KVSHM_TIER_DISK, KVSHM_REASON_EVICT));
+	th_write_byte(p2c[1], 'g');
+	th_toks_of(t, 32, 11);
+	TH_OK(th_put_val(h, &m, t, 32, 5000, 11, KVSHM_TIER_DISK, KVSHM_REASON_EVICT));
 	assert_int_equal(th_wait(pid), 0);
-	expect_get(h, &m, t, 32, 5000, 11, KVSHM_TIER_DISK);
-	assert_int_equal(ctr(h, KVSHM_C_saves_evict), 1);
-	assert_int_equal(ctr(h, KVSHM_C_saves_dropped), 4);
-	OK(kvshm_writer_count(h, &held, NULL));
+	th_expect_get(h, &m, t, 32, 5000, 11, KVSHM_TIER_DISK);
+	assert_int_equal(th_counter(h, KVSHM_C_saves_evict), 1);
+	assert_int_equal(th_counter(h, KVSHM_C_saves_dropped), 4);
+	TH_OK(kvshm_writer_count(h, &held, NULL));
 	assert_int_equal(held, 0);
 	/* Free again: a cold save goes through. */
-	toks_of(t, 32, 0);
-	OK(put_val(h, &m, t, 32, 5000, 12, KVSHM_TIER_DISK, KVSHM_REASON_COLD));
-	expect_get(h, &m, t, 32, 5000, 12, KVSHM_TIER_DISK);
+	th_toks_of(t, 32, 0);
+	TH_OK(th_put_val(h, &m, t, 32, 5000, 12, KVSHM_TIER_DISK, KVSHM_REASON_COLD));
+	th_expect_get(h, &m, t, 32, 5000, 12, KVSHM_TIER_DISK);
 	close(c2p[0]);
 	close(c2p[1]);
 	close(p2c[0]);
@@ -1633,62 +1414,62 @@ static void test_corrupt_file_rejected_on_load(void **state)
 	kvshm_config c;
 	cfg_files(&c, f, true, true);
 	kvshm *h = open_fx(f, &c);
-	kvshm_model m = model_of(9);
+	kvshm_model m = th_model_of(9);
 	uint32_t t[64];
 	char pa[512], pb[512];
 	uint8_t ka[16];
 	struct kvshm__irow row;
 	kvshm_pin p;
 	uint64_t off;
-	toks_of(t, 64, 1);
-	OK(put_val(h, &m, t, 64, 50000, 1, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
-	OK(put_val(h, &m, t, 32, 40000, 2, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+	th_toks_of(t, 64, 1);
+	TH_OK(th_put_val(h, &m, t, 64, 50000, 1, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+	TH_OK(th_put_val(h, &m, t, 32, 40000, 2, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
 	path_of(h, f, KVSHM_TIER_DISK, &m, t, 64, pa, sizeof(pa));
 	path_of(h, f, KVSHM_TIER_DISK, &m, t, 32, pb, sizeof(pb));
 	key_of(h, &m, t, 64, ka);
-	OK(row_of(f->disk, ka, &row));
+	TH_OK(row_of(f->disk, ka, &row));
 
 	/* One payload byte of the longer entry flipped on disk. */
 	kvshm__file_geometry(64, 50000, NULL, &off, NULL);
 	flip_in_file(pa, off + 12345, 0x10);
-	OK(kvshm_lookup(h, &m, t, 64, 0, &p));
+	TH_OK(kvshm_lookup(h, &m, t, 64, 0, &p));
 	assert_int_equal(p.ntokens, 32);
 	assert_int_equal(p.kind, KVSHM_HIT_PREFIX);
 	assert_int_equal(p.tier, KVSHM_TIER_DISK);
-	assert_true(val_ok(p.data, 40000, 2));
-	OK(kvshm_unpin(h, &p));
-	assert_int_equal(ctr(h, KVSHM_C_corrupt_rejected), 1);
+	assert_true(th_val_ok(p.data, 40000, 2));
+	TH_OK(kvshm_unpin(h, &p));
+	assert_int_equal(th_counter(h, KVSHM_C_corrupt_rejected), 1);
 	assert_false(exists(pa));
-	FAILS(row_of(f->disk, ka, &row), KVSHM_ENOTFOUND);
-	expect_missing(h, &m, t, 64);
-	assert_int_equal(stats_of(h).tier_entries[KVSHM_TIER_DISK], 1);
-	check_ok(h);
+	TH_FAILS(row_of(f->disk, ka, &row), KVSHM_ENOTFOUND);
+	th_expect_missing(h, &m, t, 64);
+	assert_int_equal(th_stats_of(h).tier_entries[KVSHM_TIER_DISK], 1);
+	th_check_ok(h);
 	/* The key can be saved again. */
-	OK(put_val(h, &m, t, 64, 50000, 3, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
-	expect_get(h, &m, t, 64, 50000, 3, KVSHM_TIER_DISK);
+	TH_OK(th_put_val(h, &m, t, 64, 50000, 3, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+	th_expect_get(h, &m, t, 64, 50000, 3, KVSHM_TIER_DISK);
 
 	/* A header byte of the shorter one: not found at all now. */
 	flip_in_file(pb, 20, 0x01);
-	FAILS(kvshm_lookup(h, &m, t, 40, 0, &p), KVSHM_ENOTFOUND);
-	assert_int_equal(ctr(h, KVSHM_C_corrupt_rejected), 2);
+	TH_FAILS(kvshm_lookup(h, &m, t, 40, 0, &p), KVSHM_ENOTFOUND);
+	assert_int_equal(th_counter(h, KVSHM_C_corrupt_rejected), 2);
 	assert_false(exists(pb));
 
 	/* A ram_file file removed behind the cache's back; and one whose
 	 * last payload byte changed, read through copy-out. */
-	toks_of(t, 64, 2);
-	OK(put_val(h, &m, t, 20, 3000, 4, KVSHM_TIER_RAM_FILE, KVSHM_REASON_OTHER));
-	OK(put_val(h, &m, t, 30, 3000, 5, KVSHM_TIER_RAM_FILE, KVSHM_REASON_OTHER));
+	th_toks_of(t, 64, 2);
+	TH_OK(th_put_val(h, &m, t, 20, 3000, 4, KVSHM_TIER_RAM_FILE, KVSHM_REASON_OTHER));
+	TH_OK(th_put_val(h, &m, t, 30, 3000, 5, KVSHM_TIER_RAM_FILE, KVSHM_REASON_OTHER));
 	path_of(h, f, KVSHM_TIER_RAM_FILE, &m, t, 20, pa, sizeof(pa));
 	path_of(h, f, KVSHM_TIER_RAM_FILE, &m, t, 30, pb, sizeof(pb));
 	assert_int_equal(unlink(pa), 0);
-	expect_missing(h, &m, t, 20);
+	th_expect_missing(h, &m, t, 20);
 	kvshm__file_geometry(30, 3000, NULL, &off, NULL);
 	flip_in_file(pb, off + 2999, 0x80);
 	uint8_t buf[3000];
 	size_t len;
-	FAILS(kvshm_lookup_copy(h, &m, t, 64, 0, buf, sizeof(buf), &len, NULL), KVSHM_ENOTFOUND);
-	assert_int_equal(ctr(h, KVSHM_C_corrupt_rejected), 4);
-	assert_int_equal(stats_of(h).tier_entries[KVSHM_TIER_RAM_FILE], 0);
+	TH_FAILS(kvshm_lookup_copy(h, &m, t, 64, 0, buf, sizeof(buf), &len, NULL), KVSHM_ENOTFOUND);
+	assert_int_equal(th_counter(h, KVSHM_C_corrupt_rejected), 4);
+	assert_int_equal(th_stats_of(h).tier_entries[KVSHM_TIER_RAM_FILE], 0);
 	assert_int_equal(rows_in(f->rf), 0);
 	finish(f);
 }
@@ -1702,19 +1483,19 @@ static void test_corrupt_after_verified_load(void **state)
 	cfg_files(&c, f, false, true);
 	c.verify_reuse_ms = 0;
 	kvshm *h = open_fx(f, &c);
-	kvshm_model m = model_of(10);
+	kvshm_model m = th_model_of(10);
 	uint32_t t[16];
 	char path[512];
 	uint64_t off;
-	toks_of(t, 16, 1);
-	OK(put_val(h, &m, t, 16, 9000, 1, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
-	expect_get(h, &m, t, 16, 9000, 1, KVSHM_TIER_DISK);
-	expect_get(h, &m, t, 16, 9000, 1, KVSHM_TIER_DISK);
+	th_toks_of(t, 16, 1);
+	TH_OK(th_put_val(h, &m, t, 16, 9000, 1, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+	th_expect_get(h, &m, t, 16, 9000, 1, KVSHM_TIER_DISK);
+	th_expect_get(h, &m, t, 16, 9000, 1, KVSHM_TIER_DISK);
 	path_of(h, f, KVSHM_TIER_DISK, &m, t, 16, path, sizeof(path));
 	kvshm__file_geometry(16, 9000, NULL, &off, NULL);
 	flip_in_file(path, off, 0x01);
-	expect_missing(h, &m, t, 16);
-	assert_int_equal(ctr(h, KVSHM_C_corrupt_rejected), 1);
+	th_expect_missing(h, &m, t, 16);
+	assert_int_equal(th_counter(h, KVSHM_C_corrupt_rejected), 1);
 	assert_false(exists(path));
 	finish(f);
 }
@@ -1732,15 +1513,15 @@ static int load_child(void *p)
 {
 	struct load_arg *a = p;
 	kvshm_pin pin;
-	wr1(a->ready, 'r');
-	if (rd1(a->go, 60000) != 'g')
+	th_write_byte(a->ready, 'r');
+	if (th_read_byte(a->go, 60000) != 'g')
 		return 10;
 	int r = kvshm_get(a->h, &a->m, a->t, a->n, 0, &pin);
 	if (r != 0) {
 		fprintf(stderr, "load child: %s: %s\n", kvshm_err_name(r), kvshm_last_error());
 		return 1;
 	}
-	int code = pin.len == a->len && pin.tier == KVSHM_TIER_DISK && val_ok(pin.data, pin.len, a->seed) ? 0 : 2;
+	int code = pin.len == a->len && pin.tier == KVSHM_TIER_DISK && th_val_ok(pin.data, pin.len, a->seed) ? 0 : 2;
 	if (kvshm_unpin(a->h, &pin) != 0)
 		code = 3;
 	if (kvshm_close(a->h) != 0)
@@ -1754,11 +1535,11 @@ static void test_concurrent_loads(void **state)
 	kvshm_config c;
 	cfg_files(&c, f, false, true);
 	kvshm *h = open_fx(f, &c);
-	kvshm_model m = model_of(11);
+	kvshm_model m = th_model_of(11);
 	uint32_t t[48];
-	const size_t len = 24 * MIB;
-	toks_of(t, 48, 1);
-	OK(put_val(h, &m, t, 48, len, 42, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+	const size_t len = 24 * TH_MIB;
+	th_toks_of(t, 48, 1);
+	TH_OK(th_put_val(h, &m, t, 48, len, 42, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
 	for (int round = 0; round < 3; round++) {
 		int r2p[2], p2c[2];
 		pid_t pid[2];
@@ -1770,9 +1551,9 @@ static void test_concurrent_loads(void **state)
 			assert_true(pid[i] > 0);
 		}
 		for (int i = 0; i < 2; i++)
-			assert_int_equal(rd1(r2p[0], 60000), 'r');
-		wr1(p2c[1], 'g');
-		wr1(p2c[1], 'g');
+			assert_int_equal(th_read_byte(r2p[0], 60000), 'r');
+		th_write_byte(p2c[1], 'g');
+		th_write_byte(p2c[1], 'g');
 		for (int i = 0; i < 2; i++)
 			assert_int_equal(th_wait(pid[i]), 0);
 		close(r2p[0]);
@@ -1780,13 +1561,13 @@ static void test_concurrent_loads(void **state)
 		close(p2c[0]);
 		close(p2c[1]);
 	}
-	kvshm_stats s = stats_of(h);
+	kvshm_stats s = th_stats_of(h);
 	/* How often a loader waited for the other depends on timing: shown,
 	 * not asserted. */
 	print_message("concurrent loads: load_waits %" PRIu64 "\n", s.counters[KVSHM_C_load_waits]);
 	assert_int_equal(s.counters[KVSHM_C_corrupt_rejected], 0);
 	assert_int_equal(s.procs_live, 1);
-	expect_get(h, &m, t, 48, len, 42, KVSHM_TIER_DISK);
+	th_expect_get(h, &m, t, 48, len, 42, KVSHM_TIER_DISK);
 	finish(f);
 }
 
@@ -1801,7 +1582,7 @@ static void plant(const char *dir, const char *rel, const void *data, size_t len
 	snprintf(sub, sizeof(sub), "%s", path);
 	*strrchr(sub, '/') = '\0';
 	mkdir(sub, 0700);
-	OK(write_file(path, data, len));
+	TH_OK(th_write_file(path, data, len));
 }
 
 static void test_reconcile_temps_and_invalid(void **state)
@@ -1810,21 +1591,21 @@ static void test_reconcile_temps_and_invalid(void **state)
 	kvshm_config c;
 	cfg_files(&c, f, false, true);
 	kvshm *h = open_fx(f, &c);
-	kvshm_model m = model_of(12);
+	kvshm_model m = th_model_of(12);
 	uint32_t t[32];
 	char hx[33], rel[128], live_tmp[700] = "";
 	uint8_t key[16];
 	kvshm_reconcile_report rep;
 	for (unsigned i = 1; i <= 3; i++) {
-		toks_of(t, 32, i);
-		OK(put_val(h, &m, t, 16 + 4 * i, 4000 + i, i, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+		th_toks_of(t, 32, i);
+		TH_OK(th_put_val(h, &m, t, 16 + 4 * i, 4000 + i, i, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
 	}
 	/* A live writer's save in progress. */
 	kvshm_reservation r;
 	kvshm_save_opts o = {KVSHM_TIER_DISK, KVSHM_REASON_OTHER};
-	toks_of(t, 32, 4);
-	OK(kvshm_reserve(h, &m, t, 32, 6000, &o, &r));
-	val_fill(r.data, 6000, 4);
+	th_toks_of(t, 32, 4);
+	TH_OK(kvshm_reserve(h, &m, t, 32, 6000, &o, &r));
+	th_val_fill(r.data, 6000, 4);
 	assert_int_equal(tmp_files(f->disk), 1);
 	{
 		char tdir[400];
@@ -1839,7 +1620,7 @@ static void test_reconcile_temps_and_invalid(void **state)
 	}
 
 	/* Temporary files of writers that are gone, and junk. */
-	toks_of(t, 32, 1);
+	th_toks_of(t, 32, 1);
 	key_of(h, &m, t, 20, key);
 	kvshm__key_hex(key, hx);
 	snprintf(rel, sizeof(rel), "tmp/%s.999-1-0000000000000001.tmp", hx);
@@ -1851,8 +1632,8 @@ static void test_reconcile_temps_and_invalid(void **state)
 	/* Invalid and misnamed files. */
 	char p1[512];
 	size_t len1;
-	OK(kvshm__file_path(f->disk, key, p1, sizeof(p1)));
-	uint8_t *valid = read_all(p1, &len1);
+	TH_OK(kvshm__file_path(f->disk, key, p1, sizeof(p1)));
+	uint8_t *valid = th_read_file(p1, &len1);
 	assert_non_null(valid);
 	static const char junk[] = "junk, not a cache file";
 	uint8_t k2[16];
@@ -1878,7 +1659,7 @@ static void test_reconcile_temps_and_invalid(void **state)
 	int planted_bad = 4 + (strcmp(upper, hx) != 0);
 	free(valid);
 
-	OK(kvshm_reconcile(h, KVSHM_TIER_DISK, &rep));
+	TH_OK(kvshm_reconcile(h, KVSHM_TIER_DISK, &rep));
 	assert_int_equal(rep.temps_removed, 3);
 	assert_int_equal(rep.invalid_removed, (uint64_t)planted_bad);
 	assert_int_equal(rep.files, 3 + (uint64_t)planted_bad);
@@ -1887,21 +1668,21 @@ static void test_reconcile_temps_and_invalid(void **state)
 	assert_int_equal(rep.rows_dropped, 0);
 	assert_int_equal(rep.entries_dropped, 0);
 	assert_int_equal(rep.repacked, 0);
-	assert_int_equal(ctr(h, KVSHM_C_files_removed), 3 + (uint64_t)planted_bad);
+	assert_int_equal(th_counter(h, KVSHM_C_files_removed), 3 + (uint64_t)planted_bad);
 	assert_true(exists(live_tmp));
 	assert_int_equal(tmp_files(f->disk), 1);
 	assert_int_equal(rows_in(f->disk), 3);
 
 	/* The save in progress goes on; the three entries are intact. */
-	OK(kvshm_publish(h, &r));
-	toks_of(t, 32, 4);
-	expect_get(h, &m, t, 32, 6000, 4, KVSHM_TIER_DISK);
+	TH_OK(kvshm_publish(h, &r));
+	th_toks_of(t, 32, 4);
+	th_expect_get(h, &m, t, 32, 6000, 4, KVSHM_TIER_DISK);
 	for (unsigned i = 1; i <= 3; i++) {
-		toks_of(t, 32, i);
-		expect_get(h, &m, t, 16 + 4 * i, 4000 + i, i, KVSHM_TIER_DISK);
+		th_toks_of(t, 32, i);
+		th_expect_get(h, &m, t, 16 + 4 * i, 4000 + i, i, KVSHM_TIER_DISK);
 	}
 	/* A second pass finds nothing to do. */
-	OK(kvshm_reconcile(h, KVSHM_TIER_DISK, &rep));
+	TH_OK(kvshm_reconcile(h, KVSHM_TIER_DISK, &rep));
 	assert_int_equal(rep.files, 4);
 	assert_int_equal(rep.temps_removed + rep.invalid_removed + rep.adopted + rep.rows_added +
 				 rep.rows_dropped + rep.entries_dropped,
@@ -1912,19 +1693,19 @@ static void test_reconcile_temps_and_invalid(void **state)
 static void put_three(kvshm *h, const kvshm_model *m, uint32_t *t, int tier)
 {
 	for (unsigned i = 1; i <= 3; i++) {
-		toks_of(t, 32, i);
-		OK(put_val(h, m, t, 32, 3000 * i, i, tier, KVSHM_REASON_FINISH));
+		th_toks_of(t, 32, i);
+		TH_OK(th_put_val(h, m, t, 32, 3000 * i, i, tier, KVSHM_REASON_FINISH));
 	}
 }
 
 static void expect_three(kvshm *h, const kvshm_model *m, uint32_t *t, int tier, unsigned skip)
 {
 	for (unsigned i = 1; i <= 3; i++) {
-		toks_of(t, 32, i);
+		th_toks_of(t, 32, i);
 		if (i == skip)
-			expect_missing(h, m, t, 32);
+			th_expect_missing(h, m, t, 32);
 		else
-			expect_get(h, m, t, 32, 3000 * i, i, tier);
+			th_expect_get(h, m, t, 32, 3000 * i, i, tier);
 	}
 }
 
@@ -1934,7 +1715,7 @@ static void test_reconcile_rows_and_entries(void **state)
 	kvshm_config c;
 	cfg_files(&c, f, true, true);
 	kvshm *h = open_fx(f, &c);
-	kvshm_model ms[2] = {model_of(13), model_of(14)}; /* one per tier */
+	kvshm_model ms[2] = {th_model_of(13), th_model_of(14)}; /* one per tier */
 	uint32_t t[32];
 	char path[512];
 	uint8_t key[16];
@@ -1948,59 +1729,59 @@ static void test_reconcile_rows_and_entries(void **state)
 		put_three(h, &m, t, tier);
 
 		/* A file deleted behind the cache's back: its row and entry go. */
-		toks_of(t, 32, 2);
+		th_toks_of(t, 32, 2);
 		path_of(h, f, tier, &m, t, 32, path, sizeof(path));
 		assert_int_equal(unlink(path), 0);
-		OK(kvshm_reconcile(h, tier, &rep));
+		TH_OK(kvshm_reconcile(h, tier, &rep));
 		assert_int_equal(rep.files, 2);
 		assert_int_equal(rep.rows_dropped, 1);
 		assert_int_equal(rep.entries_dropped, 1);
 		assert_int_equal(rep.rows_added + rep.adopted + rep.invalid_removed + rep.temps_removed, 0);
 		expect_three(h, &m, t, tier, 2);
 		assert_int_equal(rows_in(dir), 2);
-		check_ok(h);
+		th_check_ok(h);
 
 		/* A row deleted behind the cache's back: given again. */
 		struct kvshm__idx *ix;
-		toks_of(t, 32, 3);
+		th_toks_of(t, 32, 3);
 		key_of(h, &m, t, 32, key);
-		OK(kvshm__idx_open(dir, false, &ix));
-		OK(kvshm__idx_del(ix, key));
+		TH_OK(kvshm__idx_open(dir, false, &ix));
+		TH_OK(kvshm__idx_del(ix, key));
 		kvshm__idx_close(ix);
-		OK(kvshm_reconcile(h, tier, &rep));
+		TH_OK(kvshm_reconcile(h, tier, &rep));
 		assert_int_equal(rep.files, 2);
 		assert_int_equal(rep.rows_added, 1);
 		assert_int_equal(rep.adopted + rep.rows_dropped + rep.entries_dropped + rep.invalid_removed, 0);
-		OK(row_of(dir, key, &row));
+		TH_OK(row_of(dir, key, &row));
 		assert_int_equal(row.ntokens, 32);
 		assert_int_equal(row.payload_len, 9000);
 		assert_int_equal(row.reason, KVSHM_REASON_FINISH);
-		check_ok(h);
+		th_check_ok(h);
 
 		/* A row that disagrees with its file is rewritten. */
 		row.crc ^= 1;
 		row.file_size += 64;
-		OK(kvshm__idx_open(dir, false, &ix));
-		OK(kvshm__idx_put(ix, key, &row));
+		TH_OK(kvshm__idx_open(dir, false, &ix));
+		TH_OK(kvshm__idx_put(ix, key, &row));
 		kvshm__idx_close(ix);
-		OK(kvshm_reconcile(h, tier, &rep));
+		TH_OK(kvshm_reconcile(h, tier, &rep));
 		assert_int_equal(rep.rows_added, 1);
-		check_ok(h);
+		th_check_ok(h);
 	}
 
 	/* The segment goes: a new one adopts every valid file, with its row. */
 	drop_segment(f);
 	h = open_fx(f, &c);
-	assert_int_equal(ctr(h, KVSHM_C_adopted), 4);
-	kvshm_stats s = stats_of(h);
+	assert_int_equal(th_counter(h, KVSHM_C_adopted), 4);
+	kvshm_stats s = th_stats_of(h);
 	assert_int_equal(s.tier_entries[KVSHM_TIER_RAM_FILE], 2);
 	assert_int_equal(s.tier_entries[KVSHM_TIER_DISK], 2);
 	expect_three(h, &ms[0], t, KVSHM_TIER_RAM_FILE, 2);
 	expect_three(h, &ms[1], t, KVSHM_TIER_DISK, 2);
-	OK(kvshm_reconcile(h, KVSHM_TIER_DISK, &rep));
+	TH_OK(kvshm_reconcile(h, KVSHM_TIER_DISK, &rep));
 	assert_int_equal(rep.files, 2);
 	assert_int_equal(rep.adopted + rep.rows_added + rep.rows_dropped + rep.entries_dropped, 0);
-	check_ok(h);
+	th_check_ok(h);
 
 	/* The disk index, which held the hash seed, is lost with the segment:
 	 * the new segment has another seed, and the files of both tiers are
@@ -2009,17 +1790,17 @@ static void test_reconcile_rows_and_entries(void **state)
 	snprintf(path, sizeof(path), "%s/index.tdb", f->disk);
 	assert_int_equal(unlink(path), 0);
 	h = open_fx(f, &c);
-	assert_int_equal(ctr(h, KVSHM_C_adopted), 4);
-	assert_int_equal(ctr(h, KVSHM_C_files_removed), 0);
+	assert_int_equal(th_counter(h, KVSHM_C_adopted), 4);
+	assert_int_equal(th_counter(h, KVSHM_C_files_removed), 0);
 	assert_int_equal(rows_in(f->disk), 2);
 	assert_int_equal(rows_in(f->rf), 2);
 	expect_three(h, &ms[0], t, KVSHM_TIER_RAM_FILE, 2);
 	expect_three(h, &ms[1], t, KVSHM_TIER_DISK, 2);
-	toks_of(t, 32, 1);
+	th_toks_of(t, 32, 1);
 	key_of(h, &ms[1], t, 32, key);
-	OK(row_of(f->disk, key, &row));
+	TH_OK(row_of(f->disk, key, &row));
 	assert_int_equal(row.payload_len, 3000);
-	OK(kvshm_reconcile(h, KVSHM_TIER_DISK, &rep));
+	TH_OK(kvshm_reconcile(h, KVSHM_TIER_DISK, &rep));
 	assert_int_equal(rep.files, 2);
 	assert_int_equal(rep.invalid_removed + rep.adopted + rep.rows_added + rep.rows_dropped, 0);
 	finish(f);
@@ -2035,7 +1816,7 @@ static void test_reconcile_rekeys_foreign_files(void **state)
 	char name2[64], dir2[400], from[512], to[512], rel[128], hx[33];
 	cfg_files(&c, f, false, true);
 	kvshm *h = open_fx(f, &c);
-	kvshm_model m = model_of(21);
+	kvshm_model m = th_model_of(21);
 	uint32_t t[32];
 	kvshm_reconcile_report rep;
 	uint8_t k2[16], k1[16];
@@ -2047,47 +1828,47 @@ static void test_reconcile_rekeys_foreign_files(void **state)
 	snprintf(dir2, sizeof(dir2), "%s/other", f->base);
 	c2.disk_dir = dir2;
 	th_name(name2, sizeof(name2), "other");
-	OK(kvshm_open(name2, &c2, KVSHM_OPEN_CREATE | KVSHM_OPEN_EXCL, &h2));
+	TH_OK(kvshm_open(name2, &c2, KVSHM_OPEN_CREATE | KVSHM_OPEN_EXCL, &h2));
 	for (unsigned i = 1; i <= 2; i++) {
-		toks_of(t, 32, i);
-		OK(put_val(h2, &m, t, 32, 7000, 70 + i, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+		th_toks_of(t, 32, i);
+		TH_OK(th_put_val(h2, &m, t, 32, 7000, 70 + i, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
 	}
-	toks_of(t, 32, 2);
-	OK(put_val(h, &m, t, 32, 7000, 72, KVSHM_TIER_DISK, KVSHM_REASON_OTHER)); /* ours has key 2 too */
+	th_toks_of(t, 32, 2);
+	TH_OK(th_put_val(h, &m, t, 32, 7000, 72, KVSHM_TIER_DISK, KVSHM_REASON_OTHER)); /* ours has key 2 too */
 	for (unsigned i = 1; i <= 2; i++) {
-		toks_of(t, 32, i);
+		th_toks_of(t, 32, i);
 		key_of(h2, &m, t, 32, k2);
 		key_of(h, &m, t, 32, k1);
 		assert_memory_not_equal(k1, k2, 16); /* two seeds */
-		OK(kvshm__file_path(dir2, k2, from, sizeof(from)));
+		TH_OK(kvshm__file_path(dir2, k2, from, sizeof(from)));
 		size_t len;
-		uint8_t *b = read_all(from, &len);
+		uint8_t *b = th_read_file(from, &len);
 		assert_non_null(b);
 		kvshm__key_hex(k2, hx);
 		snprintf(rel, sizeof(rel), "%02x/%s.kvc", k2[0], hx);
 		plant(f->disk, rel, b, len);
 		free(b);
 	}
-	check_ok(h2);
-	OK(kvshm_close(h2));
-	OK(kvshm_destroy(name2, NULL, 1));
+	th_check_ok(h2);
+	TH_OK(kvshm_close(h2));
+	TH_OK(kvshm_destroy(name2, NULL, 1));
 
-	OK(kvshm_reconcile(h, KVSHM_TIER_DISK, &rep));
+	TH_OK(kvshm_reconcile(h, KVSHM_TIER_DISK, &rep));
 	assert_int_equal(rep.files, 3);
 	assert_int_equal(rep.adopted, 1);
 	assert_int_equal(rep.rows_added, 1);
 	assert_int_equal(rep.invalid_removed, 1); /* the second copy of key 2 */
 	assert_int_equal(rep.rows_dropped + rep.entries_dropped, 0);
 	for (unsigned i = 1; i <= 2; i++) {
-		toks_of(t, 32, i);
+		th_toks_of(t, 32, i);
 		key_of(h, &m, t, 32, k1);
-		OK(kvshm__file_path(f->disk, k1, to, sizeof(to)));
+		TH_OK(kvshm__file_path(f->disk, k1, to, sizeof(to)));
 		assert_true(exists(to));
-		expect_get(h, &m, t, 32, 7000, 70 + i, KVSHM_TIER_DISK);
+		th_expect_get(h, &m, t, 32, 7000, 70 + i, KVSHM_TIER_DISK);
 	}
 	assert_int_equal(rows_in(f->disk), 2);
-	check_ok(h);
-	OK(kvshm_reconcile(h, KVSHM_TIER_DISK, &rep));
+	th_check_ok(h);
+	TH_OK(kvshm_reconcile(h, KVSHM_TIER_DISK, &rep));
 	assert_int_equal(rep.files, 2);
 	assert_int_equal(rep.adopted + rep.rows_added + rep.invalid_removed, 0);
 	finish(f);
@@ -2105,17 +1886,17 @@ struct saver_arg {
 static int saver_child(void *p)
 {
 	struct saver_arg *a = p;
-	kvshm_model m = model_of(22);
+	kvshm_model m = th_model_of(22);
 	uint32_t t[24];
 	for (unsigned i = 0; i < a->count; i++) {
-		toks_of(t, 24, i);
-		int r = put_val(a->h, &m, t, 24, 2000 + i, i, a->tier, KVSHM_REASON_OTHER);
+		th_toks_of(t, 24, i);
+		int r = th_put_val(a->h, &m, t, 24, 2000 + i, i, a->tier, KVSHM_REASON_OTHER);
 		if (r != 0) {
 			fprintf(stderr, "saver: put %u: %s\n", i, kvshm_last_error());
 			return 1;
 		}
 	}
-	wr1(a->done, 'd');
+	th_write_byte(a->done, 'd');
 	return kvshm_close(a->h) == 0 ? 0 : 2;
 }
 
@@ -2125,7 +1906,7 @@ static void test_reconcile_while_saving(void **state)
 	kvshm_config c;
 	cfg_files(&c, f, true, true);
 	kvshm *h = open_fx(f, &c);
-	kvshm_model m = model_of(22);
+	kvshm_model m = th_model_of(22);
 	uint32_t t[24];
 	static const int tiers[] = {KVSHM_TIER_RAM_FILE, KVSHM_TIER_DISK};
 	for (size_t ti = 0; ti < 2; ti++) {
@@ -2137,22 +1918,22 @@ static void test_reconcile_while_saving(void **state)
 		kvshm_reconcile_report rep;
 		uint64_t dropped = 0, passes = 0;
 		do {
-			OK(kvshm_reconcile(h, tier, &rep));
+			TH_OK(kvshm_reconcile(h, tier, &rep));
 			dropped += rep.entries_dropped + rep.rows_dropped + rep.invalid_removed;
 			passes++;
-		} while (rd1(done[0], 0) != 'd');
+		} while (th_read_byte(done[0], 0) != 'd');
 		assert_int_equal(th_wait(pid), 0);
 		print_message("reconcile while saving to %s: %" PRIu64 " passes, %" PRIu64 " dropped\n",
 			      tier == KVSHM_TIER_DISK ? "disk" : "ram_file", passes, dropped);
 		for (unsigned i = 0; i < a.count; i++) {
-			toks_of(t, 24, i);
-			expect_get(h, &m, t, 24, 2000 + i, i, tier);
+			th_toks_of(t, 24, i);
+			th_expect_get(h, &m, t, 24, 2000 + i, i, tier);
 		}
 		assert_int_equal(dropped, 0);
 		assert_int_equal(rows_in(tier_dir(f, tier)), a.count);
-		check_ok(h);
+		th_check_ok(h);
 		kvshm_filter flt = {.tier_mask = KVSHM_TIER_BIT(tier)};
-		OK(kvshm_delete(h, &flt, NULL));
+		TH_OK(kvshm_delete(h, &flt, NULL));
 		close(done[0]);
 		close(done[1]);
 	}
@@ -2167,11 +1948,11 @@ static void test_reconcile_repacks_index(void **state)
 	kvshm_config c;
 	cfg_files(&c, f, false, true);
 	kvshm *h = open_fx(f, &c);
-	kvshm_model m = model_of(14);
+	kvshm_model m = th_model_of(14);
 	uint32_t t[32];
 	char path[512];
 	put_three(h, &m, t, KVSHM_TIER_DISK);
-	OK(kvshm_close(h));
+	TH_OK(kvshm_close(h));
 	f->h = NULL;
 
 	snprintf(path, sizeof(path), "%s/index.tdb", f->disk);
@@ -2187,22 +1968,22 @@ static void test_reconcile_repacks_index(void **state)
 	assert_int_not_equal(tdb_check(tdb, NULL, NULL), 0);
 	tdb_close(tdb);
 
-	OK(kvshm_open(f->name, NULL, 0, &h));
+	TH_OK(kvshm_open(f->name, NULL, 0, &h));
 	f->h = h;
 	kvshm_reconcile_report rep;
-	OK(kvshm_reconcile(h, KVSHM_TIER_DISK, &rep));
+	TH_OK(kvshm_reconcile(h, KVSHM_TIER_DISK, &rep));
 	assert_int_equal(rep.repacked, 1);
 	assert_int_equal(rep.files, 3);
 	assert_int_equal(rep.rows_added + rep.rows_dropped + rep.entries_dropped + rep.invalid_removed, 0);
 	assert_int_equal(rows_in(f->disk), 3);
 	expect_three(h, &m, t, KVSHM_TIER_DISK, 0);
-	OK(kvshm_close(h));
+	TH_OK(kvshm_close(h));
 	f->h = NULL;
 	tdb = tdb_open(path, 0, TDB_DEFAULT, O_RDONLY, 0);
 	assert_non_null(tdb);
 	assert_int_equal(tdb_check(tdb, NULL, NULL), 0);
 	tdb_close(tdb);
-	OK(kvshm_open(f->name, NULL, 0, &h));
+	TH_OK(kvshm_open(f->name, NULL, 0, &h));
 	f->h = h;
 	finish(f);
 }
@@ -2236,33 +2017,33 @@ static void test_index_killed_mid_transaction(void **state)
 	kvshm_config c;
 	cfg_files(&c, f, false, true);
 	kvshm *h = open_fx(f, &c);
-	kvshm_model m = model_of(15);
+	kvshm_model m = th_model_of(15);
 	uint32_t t[32];
 	char path[512];
 	put_three(h, &m, t, KVSHM_TIER_DISK);
-	OK(kvshm_close(h));
+	TH_OK(kvshm_close(h));
 	f->h = NULL;
 	snprintf(path, sizeof(path), "%s/index.tdb", f->disk);
 	assert_int_equal(th_wait(th_fork(tdb_killer, path)), 128 + SIGKILL);
 
 	struct kvshm__idx *ix;
-	OK(kvshm__idx_open(f->disk, true, &ix));
+	TH_OK(kvshm__idx_open(f->disk, true, &ix));
 	uint64_t rows = 0;
-	OK(kvshm__idx_count(ix, &rows));
+	TH_OK(kvshm__idx_count(ix, &rows));
 	assert_int_equal(rows, 3);
 	print_message("index after a kill mid-transaction: repacked %d\n", (int)kvshm__idx_was_repacked(ix));
 	kvshm__idx_close(ix);
 
-	OK(kvshm_open(f->name, NULL, 0, &h));
+	TH_OK(kvshm_open(f->name, NULL, 0, &h));
 	f->h = h;
 	kvshm_reconcile_report rep;
-	OK(kvshm_reconcile(h, KVSHM_TIER_DISK, &rep));
+	TH_OK(kvshm_reconcile(h, KVSHM_TIER_DISK, &rep));
 	assert_int_equal(rep.files, 3);
 	assert_int_equal(rep.rows_added + rep.rows_dropped + rep.entries_dropped + rep.invalid_removed, 0);
 	expect_three(h, &m, t, KVSHM_TIER_DISK, 0);
 	/* And the index takes new rows. */
-	toks_of(t, 32, 9);
-	OK(put_val(h, &m, t, 32, 1000, 9, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+	th_toks_of(t, 32, 9);
+	TH_OK(th_put_val(h, &m, t, 32, 1000, 9, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
 	assert_int_equal(rows_in(f->disk), 4);
 	finish(f);
 }
@@ -2281,13 +2062,13 @@ static void test_demotion(void **state)
 	c.demote_tier = KVSHM_TIER_DISK;
 	c.quota[KVSHM_TIER_RAM] = 3 * fp;
 	kvshm *h = open_fx(f, &c);
-	kvshm_model m = model_of(16);
+	kvshm_model m = th_model_of(16);
 	uint32_t t[16];
 	for (unsigned i = 0; i < 6; i++) {
-		toks_of(t, n, i);
-		OK(put_val(h, &m, t, n, len, 100 + i, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+		th_toks_of(t, n, i);
+		TH_OK(th_put_val(h, &m, t, n, len, 100 + i, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 	}
-	kvshm_stats s = stats_of(h);
+	kvshm_stats s = th_stats_of(h);
 	assert_int_equal(s.tier_entries[KVSHM_TIER_RAM], 3);
 	assert_int_equal(s.tier_entries[KVSHM_TIER_DISK], 3);
 	assert_int_equal(s.counters[KVSHM_C_demotions], 3);
@@ -2300,34 +2081,34 @@ static void test_demotion(void **state)
 	} where = {0, 0};
 	for (unsigned i = 0; i < 6; i++) {
 		kvshm_pin p;
-		toks_of(t, n, i);
-		OK(kvshm_get(h, &m, t, n, 0, &p));
+		th_toks_of(t, n, i);
+		TH_OK(kvshm_get(h, &m, t, n, 0, &p));
 		assert_int_equal(p.len, len);
-		assert_true(val_ok(p.data, len, 100 + i));
+		assert_true(th_val_ok(p.data, len, 100 + i));
 		where.ram += p.tier == KVSHM_TIER_RAM;
 		where.disk += p.tier == KVSHM_TIER_DISK;
-		OK(kvshm_unpin(h, &p));
+		TH_OK(kvshm_unpin(h, &p));
 	}
 	assert_int_equal(where.ram, 3);
 	assert_int_equal(where.disk, 3);
 
 	/* An explicit eviction of RAM demotes too. */
 	uint64_t count = 0;
-	OK(kvshm_evict_bytes(h, UINT64_MAX, KVSHM_TIER_BIT(KVSHM_TIER_RAM), NULL, &count));
+	TH_OK(kvshm_evict_bytes(h, UINT64_MAX, KVSHM_TIER_BIT(KVSHM_TIER_RAM), NULL, &count));
 	assert_int_equal(count, 3);
-	s = stats_of(h);
+	s = th_stats_of(h);
 	assert_int_equal(s.tier_entries[KVSHM_TIER_RAM], 0);
 	assert_int_equal(s.tier_entries[KVSHM_TIER_DISK], 6);
 	assert_int_equal(s.counters[KVSHM_C_demotions], 6);
 	for (unsigned i = 0; i < 6; i++) {
-		toks_of(t, n, i);
-		expect_get(h, &m, t, n, len, 100 + i, KVSHM_TIER_DISK);
+		th_toks_of(t, n, i);
+		th_expect_get(h, &m, t, n, len, 100 + i, KVSHM_TIER_DISK);
 	}
 	/* Evicting the disk tier itself drops, never demotes. */
-	OK(kvshm_evict_bytes(h, UINT64_MAX, KVSHM_TIER_BIT(KVSHM_TIER_DISK), NULL, &count));
+	TH_OK(kvshm_evict_bytes(h, UINT64_MAX, KVSHM_TIER_BIT(KVSHM_TIER_DISK), NULL, &count));
 	assert_int_equal(count, 6);
 	assert_int_equal(rows_in(f->disk), 0);
-	assert_int_equal(ctr(h, KVSHM_C_demotions), 6);
+	assert_int_equal(th_counter(h, KVSHM_C_demotions), 6);
 	finish(f);
 }
 
@@ -2338,33 +2119,33 @@ static void test_promote_hot_not_cold(void **state)
 	kvshm_config c;
 	cfg_files(&c, f, true, true);
 	kvshm *h = open_fx(f, &c);
-	kvshm_model m = model_of(17);
+	kvshm_model m = th_model_of(17);
 	uint32_t t[32];
 	size_t moved = 9;
-	OK(kvshm_promote(h, NULL, 4, &moved)); /* nothing to promote */
+	TH_OK(kvshm_promote(h, NULL, 4, &moved)); /* nothing to promote */
 	assert_int_equal(moved, 0);
-	toks_of(t, 32, 1);
-	OK(put_val(h, &m, t, 32, 30000, 1, KVSHM_TIER_DISK, KVSHM_REASON_OTHER)); /* hot */
+	th_toks_of(t, 32, 1);
+	TH_OK(th_put_val(h, &m, t, 32, 30000, 1, KVSHM_TIER_DISK, KVSHM_REASON_OTHER)); /* hot */
 	for (int i = 0; i < 6; i++)
-		expect_get(h, &m, t, 32, 30000, 1, KVSHM_TIER_DISK);
-	toks_of(t, 32, 2);
-	OK(put_val(h, &m, t, 32, 30000, 2, KVSHM_TIER_RAM_FILE, KVSHM_REASON_OTHER)); /* cold */
+		th_expect_get(h, &m, t, 32, 30000, 1, KVSHM_TIER_DISK);
+	th_toks_of(t, 32, 2);
+	TH_OK(th_put_val(h, &m, t, 32, 30000, 2, KVSHM_TIER_RAM_FILE, KVSHM_REASON_OTHER)); /* cold */
 
-	OK(kvshm_promote(h, NULL, 1, &moved));
+	TH_OK(kvshm_promote(h, NULL, 1, &moved));
 	assert_int_equal(moved, 1);
-	assert_int_equal(ctr(h, KVSHM_C_promotions), 1);
-	toks_of(t, 32, 1);
-	expect_get(h, &m, t, 32, 30000, 1, KVSHM_TIER_RAM);
-	kvshm_stats s = stats_of(h);
+	assert_int_equal(th_counter(h, KVSHM_C_promotions), 1);
+	th_toks_of(t, 32, 1);
+	th_expect_get(h, &m, t, 32, 30000, 1, KVSHM_TIER_RAM);
+	kvshm_stats s = th_stats_of(h);
 	assert_int_equal(s.tier_entries[KVSHM_TIER_RAM], 1);
 	assert_int_equal(s.tier_entries[KVSHM_TIER_DISK], 1); /* the file stays */
 	assert_int_equal(s.tier_entries[KVSHM_TIER_RAM_FILE], 1);
 	kvshm_filter flt = {.tier_mask = KVSHM_TIER_BIT(KVSHM_TIER_RAM)};
 	uint64_t n;
-	OK(kvshm_delete(h, &flt, &n));
+	TH_OK(kvshm_delete(h, &flt, &n));
 	assert_int_equal(n, 1);
-	toks_of(t, 32, 2);
-	expect_get(h, &m, t, 32, 30000, 2, KVSHM_TIER_RAM_FILE);
+	th_toks_of(t, 32, 2);
+	th_expect_get(h, &m, t, 32, 30000, 2, KVSHM_TIER_RAM_FILE);
 	finish(f);
 }
 
@@ -2392,11 +2173,11 @@ static int tiers_cb(const kvshm_entry_info *e, void *ctx)
 	return 0;
 }
 
-/* Tiers holding a ready entry of model_of(k). */
+/* Tiers holding a ready entry of th_model_of(k). */
 static unsigned tiers_of(kvshm *h, unsigned k)
 {
 	struct tiers_of c = {k * 7u, 0};
-	OK(kvshm_list(h, NULL, tiers_cb, &c));
+	TH_OK(kvshm_list(h, NULL, tiers_cb, &c));
 	return c.mask;
 }
 
@@ -2411,11 +2192,11 @@ static void test_promote_scorer_gap_cooldown(void **state)
 	c.demote_tier = KVSHM_TIER_DISK;
 	kvshm *h = open_fx(f, &c);
 	uint32_t t[16];
-	kvshm_model mr = model_of(1), mh = model_of(2), mc = model_of(3);
-	toks_of(t, n, 1);
-	OK(put_val(h, &mr, t, n, len, 1, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));  /* resident */
-	OK(put_val(h, &mh, t, n, len, 2, KVSHM_TIER_DISK, KVSHM_REASON_OTHER)); /* candidate */
-	OK(put_val(h, &mc, t, n, len, 3, KVSHM_TIER_DISK, KVSHM_REASON_OTHER)); /* candidate */
+	kvshm_model mr = th_model_of(1), mh = th_model_of(2), mc = th_model_of(3);
+	th_toks_of(t, n, 1);
+	TH_OK(th_put_val(h, &mr, t, n, len, 1, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));  /* resident */
+	TH_OK(th_put_val(h, &mh, t, n, len, 2, KVSHM_TIER_DISK, KVSHM_REASON_OTHER)); /* candidate */
+	TH_OK(th_put_val(h, &mc, t, n, len, 3, KVSHM_TIER_DISK, KVSHM_REASON_OTHER)); /* candidate */
 
 	struct scores sc = {{0}};
 	kvshm_promote_config pc;
@@ -2428,12 +2209,12 @@ static void test_promote_scorer_gap_cooldown(void **state)
 	sc.s[1] = 0.2;
 	sc.s[2] = 0.35;
 	sc.s[3] = 0.1;
-	OK(kvshm_promote(h, &pc, 4, &moved));
+	TH_OK(kvshm_promote(h, &pc, 4, &moved));
 	assert_int_equal(moved, 0);
 	/* A resident at or above the floor is never displaced. */
 	sc.s[1] = 0.5;
 	sc.s[2] = 1.0;
-	OK(kvshm_promote(h, &pc, 4, &moved));
+	TH_OK(kvshm_promote(h, &pc, 4, &moved));
 	assert_int_equal(moved, 0);
 	assert_int_equal(tiers_of(h, 1), KVSHM_TIER_BIT(KVSHM_TIER_RAM));
 
@@ -2442,31 +2223,31 @@ static void test_promote_scorer_gap_cooldown(void **state)
 	sc.s[1] = 0.1;
 	sc.s[2] = 0.9;
 	sc.s[3] = 0.25;
-	OK(kvshm_promote(h, &pc, 4, &moved));
+	TH_OK(kvshm_promote(h, &pc, 4, &moved));
 	assert_int_equal(moved, 1);
 	assert_int_equal(tiers_of(h, 2), KVSHM_TIER_BIT(KVSHM_TIER_RAM) | KVSHM_TIER_BIT(KVSHM_TIER_DISK));
 	assert_int_equal(tiers_of(h, 1), KVSHM_TIER_BIT(KVSHM_TIER_DISK));
 	assert_int_equal(tiers_of(h, 3), KVSHM_TIER_BIT(KVSHM_TIER_DISK));
-	assert_int_equal(ctr(h, KVSHM_C_promotions), 1);
-	assert_int_equal(ctr(h, KVSHM_C_demotions), 1);
-	expect_get(h, &mh, t, n, len, 2, KVSHM_TIER_RAM);
-	expect_get(h, &mr, t, n, len, 1, KVSHM_TIER_DISK);
-	check_ok(h);
+	assert_int_equal(th_counter(h, KVSHM_C_promotions), 1);
+	assert_int_equal(th_counter(h, KVSHM_C_demotions), 1);
+	th_expect_get(h, &mh, t, n, len, 2, KVSHM_TIER_RAM);
+	th_expect_get(h, &mr, t, n, len, 1, KVSHM_TIER_DISK);
+	th_check_ok(h);
 
 	/* Cooldown: the resident just moved cannot be displaced, however
 	 * strong the candidate. */
 	sc.s[2] = 0.05;
 	sc.s[3] = 1.0;
-	OK(kvshm_promote(h, &pc, 4, &moved));
+	TH_OK(kvshm_promote(h, &pc, 4, &moved));
 	assert_int_equal(moved, 0);
 	assert_int_equal(tiers_of(h, 3), KVSHM_TIER_BIT(KVSHM_TIER_DISK));
 	/* Without a cooldown it can. */
 	pc.cooldown_s = 0;
-	OK(kvshm_promote(h, &pc, 4, &moved));
+	TH_OK(kvshm_promote(h, &pc, 4, &moved));
 	assert_int_equal(moved, 1);
 	assert_int_equal(tiers_of(h, 3), KVSHM_TIER_BIT(KVSHM_TIER_RAM) | KVSHM_TIER_BIT(KVSHM_TIER_DISK));
 	assert_int_equal(tiers_of(h, 2), KVSHM_TIER_BIT(KVSHM_TIER_DISK));
-	expect_get(h, &mc, t, n, len, 3, KVSHM_TIER_RAM);
+	th_expect_get(h, &mc, t, n, len, 3, KVSHM_TIER_RAM);
 	finish(f);
 }
 
@@ -2480,10 +2261,10 @@ static void test_promote_skips_copied_up(void **state)
 	cfg_files(&c, f, false, true);
 	kvshm *h = open_fx(f, &c);
 	uint32_t t[16];
-	kvshm_model m2 = model_of(2), m3 = model_of(3);
-	toks_of(t, n, 1);
-	OK(put_val(h, &m2, t, n, len, 2, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
-	OK(put_val(h, &m3, t, n, len, 3, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+	kvshm_model m2 = th_model_of(2), m3 = th_model_of(3);
+	th_toks_of(t, n, 1);
+	TH_OK(th_put_val(h, &m2, t, n, len, 2, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+	TH_OK(th_put_val(h, &m3, t, n, len, 3, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
 	struct scores sc = {{0}};
 	sc.s[2] = 0.9;
 	sc.s[3] = 0.5;
@@ -2493,18 +2274,18 @@ static void test_promote_skips_copied_up(void **state)
 	pc.scorer_ctx = &sc;
 	pc.cooldown_s = 0;
 	size_t moved = 9;
-	OK(kvshm_promote(h, &pc, 1, &moved));
+	TH_OK(kvshm_promote(h, &pc, 1, &moved));
 	assert_int_equal(moved, 1);
 	assert_int_equal(tiers_of(h, 2), KVSHM_TIER_BIT(KVSHM_TIER_RAM) | KVSHM_TIER_BIT(KVSHM_TIER_DISK));
 	assert_int_equal(tiers_of(h, 3), KVSHM_TIER_BIT(KVSHM_TIER_DISK));
-	OK(kvshm_promote(h, &pc, 1, &moved));
+	TH_OK(kvshm_promote(h, &pc, 1, &moved));
 	assert_int_equal(moved, 1);
 	assert_int_equal(tiers_of(h, 3), KVSHM_TIER_BIT(KVSHM_TIER_RAM) | KVSHM_TIER_BIT(KVSHM_TIER_DISK));
-	OK(kvshm_promote(h, &pc, 4, &moved));
+	TH_OK(kvshm_promote(h, &pc, 4, &moved));
 	assert_int_equal(moved, 0);
-	assert_int_equal(ctr(h, KVSHM_C_promotions), 2);
-	expect_get(h, &m2, t, n, len, 2, KVSHM_TIER_RAM);
-	expect_get(h, &m3, t, n, len, 3, KVSHM_TIER_RAM);
+	assert_int_equal(th_counter(h, KVSHM_C_promotions), 2);
+	th_expect_get(h, &m2, t, n, len, 2, KVSHM_TIER_RAM);
+	th_expect_get(h, &m3, t, n, len, 3, KVSHM_TIER_RAM);
 	finish(f);
 }
 
@@ -2534,15 +2315,15 @@ static void test_directories_created(void **state)
 		assert_true(exists(p));
 	}
 	kvshm_config got;
-	OK(kvshm_get_config(h, &got));
+	TH_OK(kvshm_get_config(h, &got));
 	assert_string_equal(got.disk_dir, f->disk);
 	assert_string_equal(got.ram_file_dir, f->rf);
-	kvshm_model m = model_of(18);
+	kvshm_model m = th_model_of(18);
 	uint32_t t[16];
-	toks_of(t, 16, 1);
-	OK(put_val(h, &m, t, 16, 1000, 1, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
-	OK(put_val(h, &m, t, 16, 1000, 1, KVSHM_TIER_RAM_FILE, KVSHM_REASON_OTHER));
-	check_ok(h);
+	th_toks_of(t, 16, 1);
+	TH_OK(th_put_val(h, &m, t, 16, 1000, 1, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+	TH_OK(th_put_val(h, &m, t, 16, 1000, 1, KVSHM_TIER_RAM_FILE, KVSHM_REASON_OTHER));
+	th_check_ok(h);
 	finish(f);
 
 	/* Bad directories: refused at configuration or open, clearly, and no
@@ -2550,20 +2331,20 @@ static void test_directories_created(void **state)
 	kvshm *h2 = NULL;
 	cfg_files(&c, f, false, false);
 	c.disk_dir = "relative/dir";
-	FAILS(kvshm_open(f->name, &c, KVSHM_OPEN_CREATE, &h2), KVSHM_ECONFIG);
+	TH_FAILS(kvshm_open(f->name, &c, KVSHM_OPEN_CREATE, &h2), KVSHM_ECONFIG);
 	assert_non_null(strstr(kvshm_last_error(), "disk_dir"));
 	cfg_files(&c, f, false, false);
 	c.demote_tier = KVSHM_TIER_DISK;
-	FAILS(kvshm_open(f->name, &c, KVSHM_OPEN_CREATE, &h2), KVSHM_ECONFIG);
+	TH_FAILS(kvshm_open(f->name, &c, KVSHM_OPEN_CREATE, &h2), KVSHM_ECONFIG);
 	cfg_files(&c, f, false, false);
 	snprintf(p, sizeof(p), "%s/regular-file", f->base);
-	OK(write_file(p, "x", 1));
+	TH_OK(th_write_file(p, "x", 1));
 	c.disk_dir = p; /* a file where the directory should be */
 	int r = kvshm_open(f->name, &c, KVSHM_OPEN_CREATE, &h2);
 	assert_true(r < 0);
 	print_message("disk_dir is a regular file: %s\n", kvshm_last_error());
 	assert_non_null(strstr(kvshm_last_error(), p));
-	FAILS(kvshm_open(f->name, NULL, 0, &h2), -ENOENT);
+	TH_FAILS(kvshm_open(f->name, NULL, 0, &h2), -ENOENT);
 }
 
 static bool mount_tmpfs(const char *dir, const char *opts)
@@ -2578,7 +2359,7 @@ static void test_read_only_directory(void **state)
 	kvshm_config c;
 	cfg_files(&c, f, false, true);
 	kvshm *h = open_fx(f, &c);
-	kvshm_model m = model_of(19);
+	kvshm_model m = th_model_of(19);
 	uint32_t t[32];
 	char tdir[400];
 	put_three(h, &m, t, KVSHM_TIER_DISK);
@@ -2602,30 +2383,30 @@ static void test_read_only_directory(void **state)
 		assert_int_equal(chmod(tdir, 0500), 0);
 		chmodded = true;
 	}
-	toks_of(t, 32, 5);
-	int r = put_val(h, &m, t, 32, 5000, 5, KVSHM_TIER_DISK, KVSHM_REASON_OTHER);
+	th_toks_of(t, 32, 5);
+	int r = th_put_val(h, &m, t, 32, 5000, 5, KVSHM_TIER_DISK, KVSHM_REASON_OTHER);
 	print_message("save into a read-only directory: %s\n", kvshm_last_error());
 	assert_int_equal(r, bound ? -EROFS : -EACCES);
 	assert_non_null(strstr(kvshm_last_error(), tdir));
-	expect_missing(h, &m, t, 32);
-	kvshm_stats s = stats_of(h);
+	th_expect_missing(h, &m, t, 32);
+	kvshm_stats s = th_stats_of(h);
 	assert_int_equal(s.entries_reserved, 0);
 	assert_int_equal(s.writer_slots_used, 0);
 	assert_int_equal(s.tier_entries[KVSHM_TIER_DISK], 3);
 	/* Nothing stored is lost, and RAM saves go on. */
 	expect_three(h, &m, t, KVSHM_TIER_DISK, 0);
-	toks_of(t, 32, 5);
-	OK(put_val(h, &m, t, 32, 5000, 5, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	th_toks_of(t, 32, 5);
+	TH_OK(th_put_val(h, &m, t, 32, 5000, 5, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 
 	if (bound) {
-		OK(umount2(f->disk, 0));
+		TH_OK(umount2(f->disk, 0));
 		f->mnt[0] = '\0';
 	}
 	if (chmodded)
 		assert_int_equal(chmod(tdir, 0700), 0);
-	toks_of(t, 32, 5);
-	OK(put_val(h, &m, t, 32, 5000, 5, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
-	expect_get(h, &m, t, 32, 5000, 5, KVSHM_TIER_RAM);
+	th_toks_of(t, 32, 5);
+	TH_OK(th_put_val(h, &m, t, 32, 5000, 5, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+	th_expect_get(h, &m, t, 32, 5000, 5, KVSHM_TIER_RAM);
 	expect_three(h, &m, t, KVSHM_TIER_DISK, 0);
 	finish(f);
 }
@@ -2642,7 +2423,7 @@ static void test_enospc(void **state)
 	snprintf(f->mnt, sizeof(f->mnt), "%s", f->disk);
 	kvshm_config c;
 	cfg_files(&c, f, false, true);
-	c.quota[KVSHM_TIER_DISK] = 64 * MIB; /* the quota would allow it: the filesystem does not */
+	c.quota[KVSHM_TIER_DISK] = 64 * TH_MIB; /* the quota would allow it: the filesystem does not */
 	kvshm *h = NULL;
 
 	/* Too small even for the index: the open fails, naming it, and
@@ -2651,8 +2432,8 @@ static void test_enospc(void **state)
 	print_message("open over a full filesystem: %s\n", kvshm_last_error());
 	assert_true(r < 0);
 	assert_non_null(strstr(kvshm_last_error(), "index.tdb"));
-	FAILS(kvshm_open(f->name, NULL, 0, &h), -ENOENT);
-	OK(umount2(f->disk, 0));
+	TH_FAILS(kvshm_open(f->name, NULL, 0, &h), -ENOENT);
+	TH_OK(umount2(f->disk, 0));
 	if (!mount_tmpfs(f->disk, "size=4m")) {
 		f->mnt[0] = '\0';
 		print_message("skipped: cannot mount a small tmpfs again (%s)\n", strerror(errno));
@@ -2660,32 +2441,32 @@ static void test_enospc(void **state)
 	}
 
 	h = open_fx(f, &c);
-	kvshm_model m = model_of(20);
+	kvshm_model m = th_model_of(20);
 	uint32_t t[32];
-	toks_of(t, 32, 1);
-	OK(put_val(h, &m, t, 32, 100000, 1, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
-	toks_of(t, 32, 2);
-	r = put_val(h, &m, t, 32, 8 * MIB, 2, KVSHM_TIER_DISK, KVSHM_REASON_OTHER);
+	th_toks_of(t, 32, 1);
+	TH_OK(th_put_val(h, &m, t, 32, 100000, 1, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+	th_toks_of(t, 32, 2);
+	r = th_put_val(h, &m, t, 32, 8 * TH_MIB, 2, KVSHM_TIER_DISK, KVSHM_REASON_OTHER);
 	print_message("save larger than the filesystem: %s\n", kvshm_last_error());
 	assert_int_equal(r, -ENOSPC);
 	assert_non_null(strstr(kvshm_last_error(), f->disk));
 	assert_int_equal(tmp_files(f->disk), 0);
-	expect_missing(h, &m, t, 32);
-	kvshm_stats s = stats_of(h);
+	th_expect_missing(h, &m, t, 32);
+	kvshm_stats s = th_stats_of(h);
 	assert_int_equal(s.entries_reserved, 0);
 	assert_int_equal(s.writer_slots_used, 0);
 	assert_int_equal(s.tier_entries[KVSHM_TIER_DISK], 1);
 	/* The earlier save is intact and a small one still fits. */
-	toks_of(t, 32, 1);
-	expect_get(h, &m, t, 32, 100000, 1, KVSHM_TIER_DISK);
-	toks_of(t, 32, 3);
-	OK(put_val(h, &m, t, 32, 50000, 3, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
-	expect_get(h, &m, t, 32, 50000, 3, KVSHM_TIER_DISK);
+	th_toks_of(t, 32, 1);
+	th_expect_get(h, &m, t, 32, 100000, 1, KVSHM_TIER_DISK);
+	th_toks_of(t, 32, 3);
+	TH_OK(th_put_val(h, &m, t, 32, 50000, 3, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+	th_expect_get(h, &m, t, 32, 50000, 3, KVSHM_TIER_DISK);
 	/* A reservation too large for the filesystem fails at reserve. */
 	kvshm_reservation res;
 	kvshm_save_opts o = {KVSHM_TIER_DISK, KVSHM_REASON_EVICT};
-	toks_of(t, 32, 4);
-	FAILS(kvshm_reserve(h, &m, t, 32, 6 * MIB, &o, &res), -ENOSPC);
+	th_toks_of(t, 32, 4);
+	TH_FAILS(kvshm_reserve(h, &m, t, 32, 6 * TH_MIB, &o, &res), -ENOSPC);
 	assert_int_equal(tmp_files(f->disk), 0);
 	finish(f);
 }

@@ -41,7 +41,6 @@
  */
 #include <dirent.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -59,7 +58,6 @@
 #include "core/file.h"
 
 #define KIB 1024u
-#define MIB (1024ull * 1024ull)
 #define MAXTOK 256
 #define VAL_MAX (80 * KIB)
 #define PARENT_TAG 0xA1
@@ -81,13 +79,7 @@ struct fkey {
 
 static kvshm_model model_of(uint8_t tag)
 {
-	kvshm_model m;
-	memset(&m, 0, sizeof(m));
-	memset(m.fingerprint, tag, sizeof(m.fingerprint));
-	m.quant = 3;
-	m.ctx_hash[0] = 9;
-	m.ctx_hash[31] = tag;
-	return m;
+	return th_model_tagged(tag, 3, 9);
 }
 
 /* Every key of one model is a prefix of the longer ones. */
@@ -95,39 +87,6 @@ static void key_tokens(uint32_t *t, uint8_t tag, uint32_t n)
 {
 	for (uint32_t i = 0; i < n; i++)
 		t[i] = (uint32_t)tag * 1000003u + i * 13u + 1;
-}
-
-static uint64_t key_seed(const kvshm_model *m, const uint32_t *t, size_t n)
-{
-	uint64_t x = 0xcbf29ce484222325ull;
-	for (size_t i = 0; i < sizeof(m->fingerprint); i++)
-		x = (x ^ m->fingerprint[i]) * 0x100000001b3ull;
-	x = (x ^ m->quant) * 0x100000001b3ull;
-	for (size_t i = 0; i < n; i++)
-		x = (x ^ t[i]) * 0x100000001b3ull;
-	return (x ^ (x >> 31)) * 0x9e3779b97f4a7c15ull;
-}
-
-static uint8_t val_byte(uint64_t seed, size_t i)
-{
-	return (uint8_t)((seed >> (8 * (i % 8))) ^ (i * 31u) ^ (i >> 8));
-}
-
-static void fill_val(uint8_t *b, size_t from, size_t to, uint64_t seed)
-{
-	for (size_t i = from; i < to; i++)
-		b[i] = val_byte(seed, i);
-}
-
-static bool bytes_are(const void *data, size_t len, size_t want_len, uint64_t seed)
-{
-	const uint8_t *d = data;
-	if (!d || len != want_len)
-		return false;
-	for (size_t i = 0; i < len; i++)
-		if (d[i] != val_byte(seed, i))
-			return false;
-	return true;
 }
 
 /* The child's keys. */
@@ -184,7 +143,7 @@ static bool val_ok(const void *data, size_t len, uint8_t tag, uint32_t n)
 		return false;
 	kvshm_model m = model_of(tag);
 	key_tokens(t, tag, n);
-	return bytes_are(data, len, k->len, key_seed(&m, t, n));
+	return th_bytes_are(data, len, k->len, th_key_seed(&m, t, n));
 }
 
 static int put_key(kvshm *h, uint8_t tag, const struct fkey *k, int tier)
@@ -193,7 +152,7 @@ static int put_key(kvshm *h, uint8_t tag, const struct fkey *k, int tier)
 	uint32_t t[MAXTOK];
 	kvshm_model m = model_of(tag);
 	key_tokens(t, tag, k->n);
-	fill_val(buf, 0, k->len, key_seed(&m, t, k->n));
+	th_fill_val(buf, 0, k->len, th_key_seed(&m, t, k->n));
 	kvshm_save_opts o = {.tier = tier, .reason = KVSHM_REASON_OTHER};
 	return kvshm_put(h, &m, t, k->n, buf, k->len, &o);
 }
@@ -205,13 +164,13 @@ static int publish_key(kvshm *h, uint8_t tag, const struct fkey *k, int tier)
 	kvshm_reservation r;
 	kvshm_model m = model_of(tag);
 	key_tokens(t, tag, k->n);
-	uint64_t seed = key_seed(&m, t, k->n);
+	uint64_t seed = th_key_seed(&m, t, k->n);
 	kvshm_save_opts o = {.tier = tier, .reason = KVSHM_REASON_COLD};
 	int err = kvshm_reserve(h, &m, t, k->n, k->len, &o, &r);
 	if (err < 0)
 		return err;
-	fill_val(r.data, 0, r.len / 2, seed);
-	fill_val(r.data, r.len / 2, r.len, seed);
+	th_fill_val(r.data, 0, r.len / 2, seed);
+	th_fill_val(r.data, r.len / 2, r.len, seed);
 	return kvshm_publish(h, &r);
 }
 
@@ -235,51 +194,6 @@ static int get_verify(kvshm *h, uint8_t tag, uint32_t n, int *tier)
 
 /* ---- files ---------------------------------------------------------------------------- */
 
-static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	(void)sb;
-	(void)flag;
-	(void)ftw;
-	return remove(path) < 0 && errno != ENOENT ? -1 : 0;
-}
-
-static void rm_rf(const char *dir)
-{
-	nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static int write_file(const char *path, const void *data, size_t len)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return -errno;
-	ssize_t w = write(fd, data, len);
-	close(fd);
-	return w == (ssize_t)len ? 0 : -EIO;
-}
-
-static int read_file(const char *path, uint8_t **out, size_t *len)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	struct stat st;
-	if (fd < 0)
-		return -errno;
-	if (fstat(fd, &st) < 0) {
-		close(fd);
-		return -errno;
-	}
-	uint8_t *b = malloc((size_t)st.st_size + 1);
-	ssize_t r = b ? pread(fd, b, (size_t)st.st_size, 0) : -1;
-	close(fd);
-	if (r != st.st_size) {
-		free(b);
-		return -EIO;
-	}
-	*out = b;
-	*len = (size_t)st.st_size;
-	return 0;
-}
-
 /* Put a whole file at dir/rel atomically (a dotted name beside it, then
  * rename), creating its 2-hex subdirectory. */
 static int plant(const char *dir, const char *rel, const void *data, size_t len)
@@ -290,7 +204,7 @@ static int plant(const char *dir, const char *rel, const void *data, size_t len)
 	snprintf(tmp, sizeof(tmp), "%s/.plant-%d", sub, (int)getpid());
 	if (mkdir(sub, 0700) < 0 && errno != EEXIST)
 		return -errno;
-	int err = write_file(tmp, data, len);
+	int err = th_write_file(tmp, data, len);
 	if (err == 0 && rename(tmp, path) < 0)
 		err = -errno;
 	return err;
@@ -312,8 +226,8 @@ static int plant_junk(const char *dir)
 	snprintf(sub, sizeof(sub), "%s/ab", dir);
 	if (mkdir(sub, 0700) < 0 && errno != EEXIST)
 		return -errno;
-	int err = write_file(final, junk, sizeof(junk));
-	return err < 0 ? err : write_file(tmp, junk, sizeof(junk));
+	int err = th_write_file(final, junk, sizeof(junk));
+	return err < 0 ? err : th_write_file(tmp, junk, sizeof(junk));
 }
 
 static int unlink_junk(const char *dir)
@@ -414,7 +328,7 @@ static int file_exact(kvshm *h, const char *path, value_fn value_ok, uint8_t *ta
 	const char *base = strrchr(path, '/');
 	bool named = base && strncmp(base + 1, hex, 32) == 0;
 	uint8_t tag = m.model.fingerprint[0];
-	bool ok = named && read_file(path, &buf, &len) == 0 && len == m.file_size &&
+	bool ok = named && (buf = th_read_file(path, &len)) != NULL && len == m.file_size &&
 		  value_ok(&m.model, m.tokens, m.ntokens, buf + m.payload_off, m.payload_len);
 	if (!ok)
 		snprintf(why, wlen, "%s: does not hold its key's exact bytes (tag %02x, %u tokens, %llu bytes)", path, tag,
@@ -474,14 +388,9 @@ static void assert_tdb_ok(kvshm *h, const char *d1, const char *d2, const char *
 
 static void test_cfg(kvshm_config *c, const char *disk, const char *rf)
 {
-	kvshm_config_init(c);
-	c->segment_bytes = 16 * MIB;
-	c->lazy = 1;
+	th_cfg_small(c, 4);
 	c->max_procs = 32;
-	c->shards = 4;
 	c->max_entries = 256;
-	c->chunk_tokens = 16;
-	c->writer_slots = 4;
 	c->wait_ms = 1;
 	c->writer_wait_ms = 2000;
 	c->evict_wait_ms = 5000;
@@ -575,7 +484,7 @@ static int grandchild_half(void *p)
 	kvshm_save_opts o = {.tier = k->tier, .reason = KVSHM_REASON_CONTINUED};
 	if (kvshm_reserve(g, &m, t, k->n, k->len, &o, &r) < 0)
 		return 2;
-	fill_val(r.data, 0, r.len / 2, key_seed(&m, t, k->n));
+	th_fill_val(r.data, 0, r.len / 2, th_key_seed(&m, t, k->n));
 	kill(getpid(), SIGKILL);
 	return 3;
 }
@@ -665,7 +574,7 @@ static int scenario(void *p)
 		key_tokens(t, CHILD_TAG, k->n);
 		if (kvshm_reserve(h, &m, t, k->n, k->len, &o, &r) < 0)
 			return 19;
-		fill_val(r.data, 0, r.len / 2, key_seed(&m, t, k->n));
+		th_fill_val(r.data, 0, r.len / 2, th_key_seed(&m, t, k->n));
 		if (kvshm_cancel(h, &r) < 0)
 			return 20;
 	}
@@ -933,7 +842,7 @@ static void verify_and_reset(struct fstate *fs, const char *spec, int iter, bool
 		uint8_t *b = NULL;
 		size_t blen = 0;
 		snprintf(path, sizeof(path), "%s/%s", c->disk, c->tpl_d2.rel);
-		if (read_file(path, &b, &blen) == 0 && blen == c->tpl_d2.len && memcmp(b, c->tpl_d2.data, blen) == 0)
+		if ((b = th_read_file(path, &blen)) != NULL && blen == c->tpl_d2.len && memcmp(b, c->tpl_d2.data, blen) == 0)
 			fs->eexist_seen++;
 		free(b);
 	}
@@ -972,7 +881,7 @@ static void verify_and_reset(struct fstate *fs, const char *spec, int iter, bool
 	for (int i = 0; i < NCK; i++)
 		atomic_store(&c->acks->st[i], ST_NONE);
 	kvshm__seg_destroy(c->scratch, NULL);
-	rm_rf(c->scratch_dir);
+	th_rm_rf(c->scratch_dir);
 }
 
 /* A valid file for each of two keys, written by another cache sharing the
@@ -994,18 +903,19 @@ static int tpl_cb(const kvshm_entry_info *e, void *p)
 
 static void make_templates(struct fstate *fs)
 {
-	char dir[] = "/tmp/kvshm-fcrash-tpl-XXXXXX", name[64], from[300], to[300];
+	char dir[64], name[64], from[300], to[300];
 	uint8_t *b;
 	size_t blen;
 	kvshm_config cfg;
 	kvshm *t;
 	struct tpl tp[3];
 	memset(tp, 0, sizeof(tp));
-	assert_non_null(mkdtemp(dir));
+	assert_int_equal(th_mkdtemp(dir, sizeof(dir), "fcrash-tpl"), 0);
 	snprintf(from, sizeof(from), "%s/index.tdb", fs->c.disk);
 	snprintf(to, sizeof(to), "%s/index.tdb", dir);
-	assert_int_equal(read_file(from, &b, &blen), 0);
-	assert_int_equal(write_file(to, b, blen), 0);
+	b = th_read_file(from, &blen);
+	assert_non_null(b);
+	assert_int_equal(th_write_file(to, b, blen), 0);
 	free(b);
 	th_name(name, sizeof(name), "fcrash-tpl");
 	test_cfg(&cfg, dir, NULL);
@@ -1018,24 +928,30 @@ static void make_templates(struct fstate *fs)
 		char path[512];
 		assert_true(tp[i].rel[0] != '\0');
 		snprintf(path, sizeof(path), "%s/%s", dir, tp[i].rel);
-		assert_int_equal(read_file(path, &tp[i].data, &tp[i].len), 0);
+		tp[i].data = th_read_file(path, &tp[i].len);
+		assert_non_null(tp[i].data);
 	}
 	fs->c.tpl_d2 = tp[0];
 	fs->c.tpl_ad = tp[1];
 	fs->c.tpl_a2 = tp[2];
 	assert_int_equal(kvshm_close(t), 0);
 	assert_int_equal(kvshm_destroy(name, NULL, 0), 0);
-	rm_rf(dir);
+	th_rm_rf(dir);
+}
+
+/* The test's tier directories: disk under /tmp, ram_file on /dev/shm. */
+static void make_dirs(struct fstate *fs, const char *what)
+{
+	assert_int_equal(th_mkdtemp(fs->c.disk, sizeof(fs->c.disk), what), 0);
+	snprintf(fs->c.rf, sizeof(fs->c.rf), "/dev/shm/kvshm-test-%s-XXXXXX", what);
+	assert_non_null(mkdtemp(fs->c.rf));
 }
 
 static void setup_cache(struct fstate *fs, const char *what)
 {
 	kvshm_config cfg;
 	memset(fs, 0, sizeof(*fs));
-	snprintf(fs->c.disk, sizeof(fs->c.disk), "/tmp/kvshm-%s-XXXXXX", what);
-	snprintf(fs->c.rf, sizeof(fs->c.rf), "/dev/shm/kvshm-test-%s-XXXXXX", what);
-	assert_non_null(mkdtemp(fs->c.disk));
-	assert_non_null(mkdtemp(fs->c.rf));
+	make_dirs(fs, what);
 	snprintf(fs->c.scratch_dir, sizeof(fs->c.scratch_dir), "%s-scratch", fs->c.rf);
 	th_name(fs->c.name, sizeof(fs->c.name), what);
 	test_cfg(&cfg, fs->c.disk, fs->c.rf);
@@ -1069,11 +985,11 @@ static void release_fs(struct fstate *fs, bool strict)
 	if (fs->c.scratch[0])
 		kvshm__seg_destroy(fs->c.scratch, NULL);
 	if (fs->c.disk[0])
-		rm_rf(fs->c.disk);
+		th_rm_rf(fs->c.disk);
 	if (fs->c.rf[0])
-		rm_rf(fs->c.rf);
+		th_rm_rf(fs->c.rf);
 	if (fs->c.scratch_dir[0])
-		rm_rf(fs->c.scratch_dir);
+		th_rm_rf(fs->c.scratch_dir);
 	free(fs->c.tpl_d2.data);
 	free(fs->c.tpl_ad.data);
 	free(fs->c.tpl_a2.data);
@@ -1133,12 +1049,6 @@ static int run_one(struct fstate *fs, struct pointset *ps, const char *spec, con
 		fail_msg("scenario under %s ended with %d, not a kill", spec, r);
 	verify_and_reset(fs, spec, iter, r == 0);
 	return r != 0;
-}
-
-static uint64_t test_seed(void)
-{
-	const char *env = getenv("KVSHM_TEST_SEED");
-	return env ? strtoull(env, NULL, 0) : ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid();
 }
 
 static double now_s(void)
@@ -1233,7 +1143,7 @@ static void test_every_file_crash_point(void **st)
 	int stride = senv ? atoi(senv) : (hits + budget - 1) / budget;
 	if (stride < 1)
 		stride = 1;
-	uint64_t seed = test_seed();
+	uint64_t seed = th_test_seed();
 	int first = 1 + (int)(seed % (uint64_t)stride);
 	int any_kills = 0, n;
 	for (n = first; n < 1000000; n += stride) {
@@ -1310,8 +1220,8 @@ static size_t camp_len(uint64_t seed)
 
 static bool camp_ok(const void *data, size_t len, const kvshm_model *m, const uint32_t *t, size_t n)
 {
-	uint64_t seed = key_seed(m, t, n);
-	return bytes_are(data, len, camp_len(seed), seed);
+	uint64_t seed = th_key_seed(m, t, n);
+	return th_bytes_are(data, len, camp_len(seed), seed);
 }
 
 static bool camp_value_ok(const kvshm_model *m, const uint32_t *t, uint32_t n, const void *data, size_t len)
@@ -1331,20 +1241,6 @@ struct cctx {
 	int w;
 	struct cshared *sh;
 };
-
-static uint64_t rnd(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static int bad_err(const char *what, int err)
-{
-	fprintf(stderr, "worker %d: %s: %s (%s)\n", (int)getpid(), what, kvshm_err_name(err), kvshm_last_error());
-	return 3;
-}
 
 struct held {
 	kvshm_pin pin;
@@ -1367,7 +1263,7 @@ static int drop_held(kvshm *h, struct held *o)
 		return 2;
 	int err = kvshm_unpin(h, &o->pin);
 	o->on = false;
-	return err < 0 ? bad_err("unpin", err) : 0;
+	return err < 0 ? th_bad_err("unpin", err) : 0;
 }
 
 static int worker(void *p)
@@ -1383,7 +1279,7 @@ static int worker(void *p)
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	memset(held, 0, sizeof(held));
 	if ((err = kvshm_open(c->name, NULL, 0, &h)) < 0)
-		return bad_err("open", err);
+		return th_bad_err("open", err);
 	while (!atomic_load(&c->sh->stop)) {
 		if (atomic_load(&c->sh->pause)) {
 			/* A safe point: no reservation, no writer unit held. */
@@ -1393,30 +1289,30 @@ static int worker(void *p)
 			atomic_store(&c->sh->paused[c->w], 0);
 			continue;
 		}
-		unsigned op = (unsigned)(rnd(&s) % 100);
-		const kvshm_model *m = &models[rnd(&s) % 2];
-		uint32_t fam = (uint32_t)(rnd(&s) % NFAM), var = (uint32_t)(rnd(&s) % NVAR);
-		uint32_t n = campaign_lens[rnd(&s) % NLENS];
-		unsigned tr = (unsigned)(rnd(&s) % 10);
+		unsigned op = (unsigned)(th_rnd(&s) % 100);
+		const kvshm_model *m = &models[th_rnd(&s) % 2];
+		uint32_t fam = (uint32_t)(th_rnd(&s) % NFAM), var = (uint32_t)(th_rnd(&s) % NVAR);
+		uint32_t n = campaign_lens[th_rnd(&s) % NLENS];
+		unsigned tr = (unsigned)(th_rnd(&s) % 10);
 		int tier = tr < 4 ? DISK : tr < 8 ? RFILE : RAM;
-		kvshm_save_opts o = {.tier = tier, .reason = (int)(rnd(&s) % KVSHM_NREASONS)};
+		kvshm_save_opts o = {.tier = tier, .reason = (int)(th_rnd(&s) % KVSHM_NREASONS)};
 		camp_tokens(t, fam, var, n);
-		uint64_t seed = key_seed(m, t, n);
+		uint64_t seed = th_key_seed(m, t, n);
 		size_t len = camp_len(seed);
 		atomic_fetch_add(&c->sh->ops, 1);
 		if (op < 28) {
 			/* lookup + pin, held for a while (verified again at the drop) */
 			kvshm_pin pin;
-			err = kvshm_lookup(h, m, t, n, rnd(&s) % 4 == 0 ? KVSHM_LOOKUP_WAIT : 0, &pin);
+			err = kvshm_lookup(h, m, t, n, th_rnd(&s) % 4 == 0 ? KVSHM_LOOKUP_WAIT : 0, &pin);
 			if (err == KVSHM_ENOTFOUND)
 				continue;
 			if (err < 0)
-				return bad_err("lookup", err);
+				return th_bad_err("lookup", err);
 			if (pin.ntokens > n || !camp_ok(pin.data, pin.len, m, t, pin.ntokens))
 				return 2;
 			atomic_fetch_add(&c->sh->loads, 1);
 			atomic_fetch_add(&c->sh->verified, 1);
-			struct held *slot = &held[rnd(&s) % 4];
+			struct held *slot = &held[th_rnd(&s) % 4];
 			if ((err = drop_held(h, slot)) != 0)
 				return err;
 			slot->pin = pin;
@@ -1429,18 +1325,18 @@ static int worker(void *p)
 			if (err == KVSHM_ENOTFOUND)
 				continue;
 			if (err < 0)
-				return bad_err("lookup_copy", err);
+				return th_bad_err("lookup_copy", err);
 			if (nt > n || !camp_ok(buf, got, m, t, nt))
 				return 2;
 			atomic_fetch_add(&c->sh->verified, 1);
 		} else if (op < 58) {
-			fill_val(buf, 0, len, seed);
+			th_fill_val(buf, 0, len, seed);
 			err = kvshm_put(h, m, t, n, buf, len, &o);
 			if (err == 0) {
 				atomic_fetch_add(&c->sh->saves, 1);
 				atomic_fetch_add(&c->sh->file_saves, tier != RAM);
 			} else if (!save_refusal(err)) {
-				return bad_err("put", err);
+				return th_bad_err("put", err);
 			}
 		} else if (op < 80) {
 			/* reserve, fill in two halves, publish (or cancel) */
@@ -1449,31 +1345,31 @@ static int worker(void *p)
 			if (save_refusal(err))
 				continue;
 			if (err < 0)
-				return bad_err("reserve", err);
-			fill_val(r.data, 0, r.len / 2, seed);
+				return th_bad_err("reserve", err);
+			th_fill_val(r.data, 0, r.len / 2, seed);
 			sched_yield();
-			fill_val(r.data, r.len / 2, r.len, seed);
-			if (rnd(&s) % 8 == 0) {
+			th_fill_val(r.data, r.len / 2, r.len, seed);
+			if (th_rnd(&s) % 8 == 0) {
 				if ((err = kvshm_cancel(h, &r)) < 0)
-					return bad_err("cancel", err);
+					return th_bad_err("cancel", err);
 				atomic_fetch_add(&c->sh->cancels, 1);
 			} else if ((err = kvshm_publish(h, &r)) == 0) {
 				atomic_fetch_add(&c->sh->saves, 1);
 				atomic_fetch_add(&c->sh->file_saves, tier != RAM);
 			} else if (err != KVSHM_EEXPIRED) {
-				return bad_err("publish", err);
+				return th_bad_err("publish", err);
 			}
 		} else if (op < 87) {
 			uint64_t cnt = 0;
-			unsigned mask = rnd(&s) % 3 == 0 ? 0 : FILE_MASK;
-			if ((err = kvshm_evict_bytes(h, 1 + rnd(&s) % 60000, mask, NULL, &cnt)) < 0)
-				return bad_err("evict", err);
+			unsigned mask = th_rnd(&s) % 3 == 0 ? 0 : FILE_MASK;
+			if ((err = kvshm_evict_bytes(h, 1 + th_rnd(&s) % 60000, mask, NULL, &cnt)) < 0)
+				return th_bad_err("evict", err);
 			atomic_fetch_add(&c->sh->evicted, cnt);
 		} else if (op < 88) {
-			if ((err = kvshm_reconcile(h, rnd(&s) % 2 ? DISK : RFILE, NULL)) < 0)
-				return bad_err("reconcile", err);
+			if ((err = kvshm_reconcile(h, th_rnd(&s) % 2 ? DISK : RFILE, NULL)) < 0)
+				return th_bad_err("reconcile", err);
 		} else {
-			if ((err = drop_held(h, &held[rnd(&s) % 4])) != 0)
+			if ((err = drop_held(h, &held[th_rnd(&s) % 4])) != 0)
 				return err;
 		}
 	}
@@ -1481,7 +1377,7 @@ static int worker(void *p)
 		if ((err = drop_held(h, &held[i])) != 0)
 			return err;
 	if ((err = kvshm_close(h)) < 0)
-		return bad_err("close", err);
+		return th_bad_err("close", err);
 	return 0;
 }
 
@@ -1490,13 +1386,7 @@ static pid_t campaign_pids[NWORKERS];
 
 static int campaign_teardown(void **st)
 {
-	for (int w = 0; w < NWORKERS; w++) {
-		if (campaign_pids[w] > 0) {
-			kill(campaign_pids[w], SIGKILL);
-			th_wait(campaign_pids[w]);
-			campaign_pids[w] = 0;
-		}
-	}
+	th_kill_all(campaign_pids, NWORKERS);
 	return fs_teardown(st);
 }
 
@@ -1596,7 +1486,7 @@ static void diagnose(kvshm *h, const char *disk, const char *rf)
 static void test_random_campaign(void **st)
 {
 	(void)st;
-	uint64_t seed = test_seed();
+	uint64_t seed = th_test_seed();
 	printf("file campaign seed: %llu (rerun with KVSHM_TEST_SEED=%llu)\n", (unsigned long long)seed,
 	       (unsigned long long)seed);
 	uint64_t rs = seed;
@@ -1609,10 +1499,7 @@ static void test_random_campaign(void **st)
 	assert_true(sh != MAP_FAILED);
 	memset(sh, 0, sizeof(*sh));
 	memset(fs, 0, sizeof(*fs));
-	snprintf(fs->c.disk, sizeof(fs->c.disk), "/tmp/kvshm-fcamp-XXXXXX");
-	snprintf(fs->c.rf, sizeof(fs->c.rf), "/dev/shm/kvshm-test-fcamp-XXXXXX");
-	assert_non_null(mkdtemp(fs->c.disk));
-	assert_non_null(mkdtemp(fs->c.rf));
+	make_dirs(fs, "fcamp");
 	th_name(fs->c.name, sizeof(fs->c.name), "fcamp");
 	/* Tight quotas in every tier: saves evict, RAM evictions demote. */
 	test_cfg(&cfg, fs->c.disk, fs->c.rf);
@@ -1637,7 +1524,7 @@ static void test_random_campaign(void **st)
 	const int kills = 36;
 	double t0 = now_s();
 	for (int k = 0; k < kills; k++) {
-		usleep((useconds_t)(3000 + rnd(&rs) % 30000));
+		usleep((useconds_t)(3000 + th_rnd(&rs) % 30000));
 		for (int w = 0; w < NWORKERS; w++) {
 			int ws;
 			if (waitpid(pid[w], &ws, WNOHANG) == pid[w]) {
@@ -1645,7 +1532,7 @@ static void test_random_campaign(void **st)
 				worker_ended(ws, w, seed);
 			}
 		}
-		int w = (int)(rnd(&rs) % NWORKERS);
+		int w = (int)(th_rnd(&rs) % NWORKERS);
 		assert_int_equal(kill(pid[w], SIGKILL), 0);
 		int r = th_wait(pid[w]);
 		pid[w] = 0;
@@ -1750,50 +1637,22 @@ static void test_random_campaign(void **st)
  * 3. The real reaper cleans up after a writer killed mid file-save
  * ====================================================================== */
 
-static const char *reaper_bin(void)
-{
-	static char path[PATH_MAX];
-	const char *dir = getenv("KVSHM_BIN_DIR");
-	snprintf(path, sizeof(path), "%s/kvshm-reaper", dir && *dir ? dir : "build/tst/bin");
-	return path;
-}
-
-static pid_t reaper_pid;
-
+/* The reaper, if the test ended before stopping it. */
 static int reaper_teardown(void **st)
 {
-	if (reaper_pid > 0) {
-		kill(reaper_pid, SIGKILL);
-		th_wait(reaper_pid);
-		reaper_pid = 0;
-	}
+	th_kill_tracked();
 	return fs_teardown(st);
 }
 
 /* The daemon, its output in out, its crash-point hits in hits (no kill:
- * KVSHM_CRASH unset, KVSHM_CRASH_LOG only records). Dies with us. */
+ * KVSHM_CRASH unset, KVSHM_CRASH_LOG only records). Dies with us; tracked. */
 static pid_t spawn_reaper(const char *name, const char *out, const char *hits)
 {
-	const char *bin = reaper_bin();
-	if (access(bin, X_OK) != 0)
-		fail_msg("%s: %s (build it, or set KVSHM_BIN_DIR)", bin, strerror(errno));
-	pid_t parent = getpid();
-	fflush(stdout);
-	fflush(stderr);
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (getppid() != parent)
-			_exit(126);
-		int fd = open(out, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-		if (fd < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
-			_exit(125);
-		unsetenv("KVSHM_CRASH");
-		setenv("KVSHM_CRASH_LOG", hits, 1);
-		execl(bin, bin, "--poll-ms", "10", name, (char *)NULL);
-		_exit(127);
-	}
+	char bin[PATH_MAX];
+	th_tool_path(bin, sizeof(bin), "kvshm-reaper");
+	const char *argv[] = {bin, "--poll-ms", "10", name, NULL};
+	pid_t pid = th_spawn(argv, out, out, NULL, hits);
+	th_track(pid);
 	return pid;
 }
 
@@ -1815,31 +1674,6 @@ static int saving_worker(void *p)
 	return 3; /* not killed */
 }
 
-/* Hits of a crash point in a KVSHM_CRASH_LOG file. */
-static int count_hits(const char *log, const char *name)
-{
-	FILE *f = fopen(log, "r");
-	char line[160];
-	int n = 0;
-	while (f && fgets(line, sizeof(line), f)) {
-		line[strcspn(line, "\n")] = '\0';
-		n += strlen(line) > 4 && strcmp(line + 4, name) == 0;
-	}
-	if (f)
-		fclose(f);
-	return n;
-}
-
-static void dump(const char *path)
-{
-	uint8_t *b;
-	size_t len;
-	if (read_file(path, &b, &len) == 0) {
-		fprintf(stderr, "---- %s ----\n%.*s\n", path, (int)len, (const char *)b);
-		free(b);
-	}
-}
-
 static void test_reaper_cleans_file_saves(void **st)
 {
 	(void)st;
@@ -1850,27 +1684,14 @@ static void test_reaper_cleans_file_saves(void **st)
 	kvshm *h = fs->h;
 	snprintf(out, sizeof(out), "%s.reaper.out", fs->c.disk);
 	snprintf(hits, sizeof(hits), "%s.reaper.hits", fs->c.disk);
-	reaper_pid = spawn_reaper(fs->c.name, out, hits);
-	double t0 = now_s();
-	while (kvshm_reaper_pid(h) != (uint32_t)reaper_pid) {
-		int ws;
-		if (waitpid(reaper_pid, &ws, WNOHANG) == reaper_pid) {
-			reaper_pid = 0;
-			dump(out);
-			fail_msg("the reaper exited (%d) before serving", ws);
-		}
-		if (now_s() - t0 > 10) {
-			dump(out);
-			fail_msg("the reaper does not serve after 10 s");
-		}
-		usleep(2000);
-	}
+	pid_t reaper_pid = spawn_reaper(fs->c.name, out, hits);
+	th_wait_reaper(h, reaper_pid, out, 10000);
 
 	/* (i) Killed just after linking its file: the reaper adopts it. */
 	struct rwctx w = {.tier = DISK, .k = &ckeys[K_D2]};
 	snprintf(w.name, sizeof(w.name), "%s", fs->c.name);
 	assert_int_equal(th_run_crashing(saving_worker, &w, "file.publish.linked@1", NULL), 128 + SIGKILL);
-	t0 = now_s();
+	double t0 = now_s();
 	int tier = -1;
 	for (;;) {
 		/* No sweep here: only the reaper reclaims. */
@@ -1880,7 +1701,7 @@ static void test_reaper_cleans_file_saves(void **st)
 		if (r == 1)
 			fail_msg("the adopted file reads back wrong bytes");
 		if (now_s() - t0 > 10) {
-			dump(out);
+			th_dump_file(out);
 			fail_msg("after 10 s the reaper has not adopted the linked file (get: %s; check: %s)",
 				 kvshm_err_name(r), kvshm_last_error());
 		}
@@ -1889,7 +1710,7 @@ static void test_reaper_cleans_file_saves(void **st)
 	double adopt_ms = (now_s() - t0) * 1000;
 	assert_no_temps(fs, "reaper adoption", 0);
 	/* The reaper did it (it passed the file-reclaim step), not us. */
-	assert_int_equal(count_hits(hits, "file.reclaim.decided"), 1);
+	assert_int_equal(th_log_count(hits, "file.reclaim.decided"), 1);
 
 	/* (ii) Killed with its temporary file created and mapped: the reaper
 	 * removes it and the key can be saved again. */
@@ -1910,29 +1731,28 @@ static void test_reaper_cleans_file_saves(void **st)
 		if (err != KVSHM_EINPROGRESS)
 			fail_msg("reserve after the writer died: %s", kvshm_err_name(err));
 		if (now_s() - t0 > 10) {
-			dump(out);
+			th_dump_file(out);
 			fail_msg("after 10 s the dead writer's temporary file (%d) or reservation is still there", n);
 		}
 		usleep(2000);
 	}
 	double clean_ms = (now_s() - t0) * 1000;
-	fill_val(r.data, 0, r.len, key_seed(&cm, t, w.k->n));
+	th_fill_val(r.data, 0, r.len, th_key_seed(&cm, t, w.k->n));
 	assert_int_equal(kvshm_publish(h, &r), 0);
 	assert_int_equal(get_verify(h, CHILD_TAG, w.k->n, &tier), 0);
 	assert_int_equal(tier, RFILE);
 	if (kvshm_check(h, 0) != 0)
 		fail_msg("check after the reaper's cleanup: %s", kvshm_last_error());
 	assert_no_temps(fs, "reaper cleanup", 0);
-	assert_int_equal(count_hits(hits, "file.reclaim.decided"), 2);
+	assert_int_equal(th_log_count(hits, "file.reclaim.decided"), 2);
 	kvshm_stats s;
 	assert_int_equal(kvshm_stats_get(h, &s), 0);
 	assert_true(s.counters[KVSHM_C_reclaims] >= 2);
 
 	assert_int_equal(kill(reaper_pid, SIGTERM), 0);
-	int code = th_wait(reaper_pid);
-	reaper_pid = 0;
+	int code = th_reap(reaper_pid);
 	if (code != 0)
-		dump(out);
+		th_dump_file(out);
 	assert_int_equal(code, 0);
 	printf("reaper as cleaner: linked file adopted in %.1f ms, temporary file removed and key free in %.1f ms\n",
 	       adopt_ms, clean_ms);

@@ -6,8 +6,6 @@
  * takeover racing another), and a process killed at every crash point of
  * the table.
  */
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,13 +18,9 @@
 
 /* ---- fixture: a bare segment, and the children a test forked -------------------- */
 
-#define MAX_KIDS 16
-
 struct fx {
 	char name[64];
 	struct tseg t;
-	pid_t kids[MAX_KIDS]; /* forked and not yet reaped */
-	int nkids;
 };
 
 static int setup_n(void **state, uint32_t nslots)
@@ -57,12 +51,7 @@ static int teardown(void **state)
 {
 	struct fx *fx = *state;
 	/* A failed assertion may leave children blocked: end them. */
-	for (int i = 0; i < fx->nkids; i++) {
-		if (fx->kids[i] > 0) {
-			kill(fx->kids[i], SIGKILL);
-			th_wait(fx->kids[i]);
-		}
-	}
+	th_kill_tracked();
 	tseg_detach(&fx->t);
 	kvshm__seg_destroy(fx->name, NULL);
 	free(fx);
@@ -84,99 +73,8 @@ static struct kvshm__slot *slot(struct fx *fx, uint32_t idx)
 
 /* ---- children that talk to the parent over two pipes ------------------------------ */
 
-struct kid {
-	struct fx *fx;
-	int (*fn)(struct kid *k);
-	pid_t pid;
-	int up[2];    /* child → parent */
-	int down[2];  /* parent → child */
-	uint32_t arg; /* the child's parameter */
-	uint32_t idx, gen; /* the slot the child claimed (parent's copy: from kid_hear) */
-};
-
-static int kid_trampoline(void *p)
-{
-	struct kid *k = p;
-	close(k->up[0]);
-	close(k->down[1]);
-	return k->fn(k);
-}
-
-static void kid_start(struct fx *fx, struct kid *k, int (*fn)(struct kid *), uint32_t arg)
-{
-	memset(k, 0, sizeof(*k));
-	k->fx = fx;
-	k->fn = fn;
-	k->arg = arg;
-	assert_int_equal(pipe2(k->up, O_CLOEXEC), 0);
-	assert_int_equal(pipe2(k->down, O_CLOEXEC), 0);
-	k->pid = th_fork(kid_trampoline, k);
-	assert_true(k->pid > 0);
-	assert_true(fx->nkids < MAX_KIDS);
-	fx->kids[fx->nkids++] = k->pid;
-	close(k->up[1]);
-	close(k->down[0]);
-}
-
-/* Child: tell the parent one word. */
-static void kid_say(struct kid *k, uint32_t v)
-{
-	(void)!write(k->up[1], &v, sizeof(v));
-}
-
-/* Child: block until the parent says go (or 60 s pass: never hang forever
- * if the parent is gone). */
-static void kid_wait_go(struct kid *k)
-{
-	struct pollfd pfd = {.fd = k->down[0], .events = POLLIN};
-	char c;
-	if (poll(&pfd, 1, 60000) == 1)
-		(void)!read(k->down[0], &c, 1);
-}
-
-/* Parent: read one word the child said; fails the test on EOF. */
-static uint32_t kid_hear(struct kid *k)
-{
-	uint32_t v = 0;
-	ssize_t n;
-	do {
-		n = read(k->up[0], &v, sizeof(v));
-	} while (n < 0 && errno == EINTR);
-	assert_int_equal(n, (ssize_t)sizeof(v));
-	return v;
-}
-
-static void kid_go(struct kid *k)
-{
-	assert_int_equal(write(k->down[1], "g", 1), 1);
-}
-
-static void kid_forget(struct fx *fx, pid_t pid)
-{
-	for (int i = 0; i < fx->nkids; i++)
-		if (fx->kids[i] == pid)
-			fx->kids[i] = 0;
-}
-
-/* Parent: wait for the child's exit code (128 + signal when killed). */
-static int kid_reap(struct kid *k)
-{
-	int r = th_wait(k->pid);
-	kid_forget(k->fx, k->pid);
-	close(k->up[0]);
-	close(k->down[1]);
-	return r;
-}
-
-/* Parent: SIGKILL the child and reap it. */
-static void kid_kill(struct kid *k)
-{
-	assert_int_equal(kill(k->pid, SIGKILL), 0);
-	assert_int_equal(kid_reap(k), 128 + SIGKILL);
-}
-
 /* Parent: SIGKILL the child and wait until it is a zombie, without reaping. */
-static void kid_kill_to_zombie(struct kid *k)
+static void kid_kill_to_zombie(struct th_kid *k)
 {
 	siginfo_t si;
 	assert_int_equal(kill(k->pid, SIGKILL), 0);
@@ -187,44 +85,51 @@ static void kid_kill_to_zombie(struct kid *k)
 	assert_int_equal(si.si_code, CLD_KILLED);
 }
 
+/* Child: claim a slot and tell the parent (idx, gen); false when the
+ * claim fails. */
+static bool kid_claim_and_say(struct th_kid *k, uint32_t *idx, uint32_t *gen)
+{
+	struct fx *fx = k->ctx;
+	if (kvshm__proc_claim(fx->t.seg, fx->t.tab, 0, idx, gen) < 0)
+		return false;
+	th_kid_say(k, *idx);
+	th_kid_say(k, *gen);
+	return true;
+}
+
 /* Child body: claim a slot, report (idx, gen), hold it until told, then
  * exit without releasing (a process that vanished). */
-static int kid_claim_and_hold(struct kid *k)
+static int kid_claim_and_hold(struct th_kid *k)
 {
-	struct fx *fx = k->fx;
 	uint32_t idx, gen;
-	if (kvshm__proc_claim(fx->t.seg, fx->t.tab, 0, &idx, &gen) < 0)
+	if (!kid_claim_and_say(k, &idx, &gen))
 		return 10;
-	kid_say(k, idx);
-	kid_say(k, gen);
-	kid_wait_go(k);
+	th_kid_wait_go(k);
 	return 0;
 }
 
 /* Child body: claim a slot, report it, take the reclaim job of slot k->arg
  * (whose process is dead) and report the result, then stay alive — a
  * reclaimer in the middle of its work — until told or killed. */
-static int kid_take_and_hold(struct kid *k)
+static int kid_take_and_hold(struct th_kid *k)
 {
-	struct fx *fx = k->fx;
+	struct fx *fx = k->ctx;
 	uint32_t idx, gen, g = 0;
-	if (kvshm__proc_claim(fx->t.seg, fx->t.tab, 0, &idx, &gen) < 0)
+	if (!kid_claim_and_say(k, &idx, &gen))
 		return 10;
-	kid_say(k, idx);
-	kid_say(k, gen);
 	int r = kvshm__proc_take_dead(fx->t.seg, fx->t.tab, k->arg, idx, gen, &g);
-	kid_say(k, (uint32_t)r);
-	kid_say(k, g);
-	kid_wait_go(k);
+	th_kid_say(k, (uint32_t)r);
+	th_kid_say(k, g);
+	th_kid_wait_go(k);
 	return 0;
 }
 
 /* Parent: start a child that claims a slot, and learn the slot. */
-static void kid_start_claimed(struct fx *fx, struct kid *k, int (*fn)(struct kid *), uint32_t arg)
+static void kid_start_claimed(struct fx *fx, struct th_kid *k, int (*fn)(struct th_kid *), uint32_t arg)
 {
-	kid_start(fx, k, fn, arg);
-	k->idx = kid_hear(k);
-	k->gen = kid_hear(k);
+	th_kid_start(fx, k, fn, arg);
+	k->idx = th_kid_hear(k);
+	k->gen = th_kid_hear(k);
 	assert_true(k->idx < fx->t.tab->nslots);
 	assert_int_equal(slot(fx, k->idx)->state, KVSHM_SLOT_LIVE);
 	assert_int_equal(slot(fx, k->idx)->pid, (uint32_t)k->pid);
@@ -423,7 +328,7 @@ static void test_full_table_then_dead_child_reclaimed(void **state)
 	claim_me(fx);
 	for (uint32_t i = 0; i < n - 2; i++)
 		assert_int_equal(kvshm__proc_claim(fx->t.seg, fx->t.tab, 0, &idx[i], &gen[i]), 0);
-	struct kid k;
+	struct th_kid k;
 	kid_start_claimed(fx, &k, kid_claim_and_hold, 0);
 	assert_int_equal(kvshm__proc_live(fx->t.seg, fx->t.tab), n);
 	uint32_t x = 77, y = 77;
@@ -435,7 +340,7 @@ static void test_full_table_then_dead_child_reclaimed(void **state)
 	assert_int_equal(slot(fx, k.idx)->state, KVSHM_SLOT_LIVE);
 	assert_int_equal(kvshm__proc_claim(fx->t.seg, fx->t.tab, 0, &x, &y), KVSHM_EPROCFULL);
 
-	kid_kill(&k);
+	th_kid_kill(&k);
 	uint64_t reclaims0 = fx->t.tab->reclaims;
 	assert_int_equal(tseg_sweep(&fx->t), 1);
 	assert_int_equal(slot(fx, k.idx)->state, KVSHM_SLOT_FREE);
@@ -453,12 +358,12 @@ static void test_sweep_reclaims_zombie(void **state)
 {
 	struct fx *fx = *state;
 	claim_me(fx);
-	struct kid k;
+	struct th_kid k;
 	kid_start_claimed(fx, &k, kid_claim_and_hold, 0);
 	kid_kill_to_zombie(&k); /* exited, not yet waited for */
 	assert_int_equal(tseg_sweep(&fx->t), 1);
 	assert_int_equal(slot(fx, k.idx)->state, KVSHM_SLOT_FREE);
-	assert_int_equal(kid_reap(&k), 128 + SIGKILL);
+	assert_int_equal(th_kid_reap(&k), 128 + SIGKILL);
 	assert_table_clean(fx, fx->t.me);
 }
 
@@ -490,19 +395,19 @@ static void test_alive_self(void **state)
 	assert_int_equal(close(fd), 0);
 }
 
-static int kid_block(struct kid *k)
+static int kid_block(struct th_kid *k)
 {
-	kid_say(k, 1);
-	kid_wait_go(k);
+	th_kid_say(k, 1);
+	th_kid_wait_go(k);
 	return 0;
 }
 
 static void test_alive_zombie_is_dead(void **state)
 {
 	struct fx *fx = *state;
-	struct kid k;
-	kid_start(fx, &k, kid_block, 0);
-	assert_int_equal(kid_hear(&k), 1);
+	struct th_kid k;
+	th_kid_start(fx, &k, kid_block, 0);
+	assert_int_equal(th_kid_hear(&k), 1);
 	uint64_t st = 0;
 	assert_int_equal(kvshm__proc_starttime((uint32_t)k.pid, &st), 0);
 	assert_int_equal(kvshm__proc_alive((uint32_t)k.pid, st, NULL), 1);
@@ -514,18 +419,18 @@ static void test_alive_zombie_is_dead(void **state)
 	assert_int_equal(fd, -1);
 	uint64_t st2 = 0;
 	assert_int_equal(kvshm__proc_starttime((uint32_t)k.pid, &st2), -ESRCH);
-	assert_int_equal(kid_reap(&k), 128 + SIGKILL);
+	assert_int_equal(th_kid_reap(&k), 128 + SIGKILL);
 }
 
 static void test_alive_reaped_is_dead(void **state)
 {
 	struct fx *fx = *state;
-	struct kid k;
-	kid_start(fx, &k, kid_block, 0);
-	assert_int_equal(kid_hear(&k), 1);
+	struct th_kid k;
+	th_kid_start(fx, &k, kid_block, 0);
+	assert_int_equal(th_kid_hear(&k), 1);
 	uint64_t st = 0;
 	assert_int_equal(kvshm__proc_starttime((uint32_t)k.pid, &st), 0);
-	kid_kill(&k);
+	th_kid_kill(&k);
 	assert_int_equal(kvshm__proc_alive((uint32_t)k.pid, st, NULL), 0);
 	int fd = -2;
 	assert_int_equal(kvshm__proc_alive((uint32_t)k.pid, st, &fd), 0);
@@ -555,12 +460,12 @@ static void test_alive_pid_zero_is_dead(void **state)
 
 /* ---- the /proc/PID/stat parser --------------------------------------------------------- */
 
-static int kid_odd_name(struct kid *k)
+static int kid_odd_name(struct th_kid *k)
 {
 	if (prctl(PR_SET_NAME, "a b) c", 0, 0, 0) != 0)
 		return 10;
-	kid_say(k, 1);
-	kid_wait_go(k);
+	th_kid_say(k, 1);
+	th_kid_wait_go(k);
 	return 0;
 }
 
@@ -575,9 +480,9 @@ static void test_starttime_self_matches_stat(void **state)
 static void test_starttime_odd_comm(void **state)
 {
 	struct fx *fx = *state;
-	struct kid k;
-	kid_start(fx, &k, kid_odd_name, 0);
-	assert_int_equal(kid_hear(&k), 1);
+	struct th_kid k;
+	th_kid_start(fx, &k, kid_odd_name, 0);
+	assert_int_equal(th_kid_hear(&k), 1);
 	/* The name really is the awkward one. */
 	char path[64], comm[64] = {0};
 	snprintf(path, sizeof(path), "/proc/%d/comm", (int)k.pid);
@@ -592,8 +497,8 @@ static void test_starttime_odd_comm(void **state)
 	assert_int_equal(st, stat_starttime(k.pid));
 	/* And the liveness test built on it agrees. */
 	assert_int_equal(kvshm__proc_alive((uint32_t)k.pid, st, NULL), 1);
-	kid_go(&k);
-	assert_int_equal(kid_reap(&k), 0);
+	th_kid_go(&k);
+	assert_int_equal(th_kid_reap(&k), 0);
 }
 
 static void test_starttime_gone(void **state)
@@ -611,7 +516,7 @@ static void test_take_dead_alive_changes_nothing(void **state)
 {
 	struct fx *fx = *state;
 	claim_me(fx);
-	struct kid k;
+	struct th_kid k;
 	kid_start_claimed(fx, &k, kid_claim_and_hold, 0);
 	struct kvshm__slot before_kid, before_me;
 	memcpy(&before_kid, slot(fx, k.idx), sizeof(before_kid));
@@ -637,17 +542,17 @@ static void test_take_dead_alive_changes_nothing(void **state)
 	/* Out of range. */
 	assert_int_equal(kvshm__proc_take_dead(fx->t.seg, fx->t.tab, fx->t.tab->nslots, UINT32_MAX, 0, &gen),
 			 KVSHM_ECORRUPT);
-	kid_go(&k);
-	assert_int_equal(kid_reap(&k), 0);
+	th_kid_go(&k);
+	assert_int_equal(th_kid_reap(&k), 0);
 }
 
 static void test_take_dead_dead_slot(void **state)
 {
 	struct fx *fx = *state;
 	claim_me(fx);
-	struct kid k;
+	struct th_kid k;
 	kid_start_claimed(fx, &k, kid_claim_and_hold, 0);
-	kid_kill(&k);
+	th_kid_kill(&k);
 	uint32_t seq0 = fx->t.tab->seq, gen = 0;
 	assert_int_equal(kvshm__proc_take_dead(fx->t.seg, fx->t.tab, k.idx, fx->t.me, fx->t.me_gen, &gen), 1);
 	assert_int_equal(gen, k.gen);
@@ -676,29 +581,29 @@ static void test_take_dead_dead_slot(void **state)
  * killed; reclaimer: a child that took the victim's job and stays alive.
  * Returns with the victim's slot DEAD, naming the reclaimer.
  */
-static int kid_claim_unit_and_hold(struct kid *k)
+static int kid_claim_unit_and_hold(struct th_kid *k)
 {
-	struct fx *fx = k->fx;
+	struct fx *fx = k->ctx;
 	uint32_t idx, gen;
 	if (kvshm__proc_claim(fx->t.seg, fx->t.tab, 0, &idx, &gen) < 0)
 		return 10;
 	if (kvshm__sem_acquire(fx->t.seg, fx->t.sem, idx, 0, NULL, NULL) < 0)
 		return 11;
-	kid_say(k, idx);
-	kid_say(k, gen);
-	kid_wait_go(k);
+	th_kid_say(k, idx);
+	th_kid_say(k, gen);
+	th_kid_wait_go(k);
 	return 0;
 }
 
-static void make_dead_with_reclaimer(struct fx *fx, struct kid *victim, struct kid *rec)
+static void make_dead_with_reclaimer(struct fx *fx, struct th_kid *victim, struct th_kid *rec)
 {
 	kid_start_claimed(fx, victim, kid_claim_unit_and_hold, 0);
-	kid_kill(victim);
-	kid_start(fx, rec, kid_take_and_hold, victim->idx);
-	rec->idx = kid_hear(rec);
-	rec->gen = kid_hear(rec);
-	assert_int_equal(kid_hear(rec), 1); /* took the job */
-	assert_int_equal(kid_hear(rec), victim->gen);
+	th_kid_kill(victim);
+	th_kid_start(fx, rec, kid_take_and_hold, victim->idx);
+	rec->idx = th_kid_hear(rec);
+	rec->gen = th_kid_hear(rec);
+	assert_int_equal(th_kid_hear(rec), 1); /* took the job */
+	assert_int_equal(th_kid_hear(rec), victim->gen);
 	struct kvshm__slot *sl = slot(fx, victim->idx);
 	assert_int_equal(sl->state, KVSHM_SLOT_DEAD);
 	assert_int_equal(sl->reclaimer, rec->idx + 1);
@@ -710,7 +615,7 @@ static void make_dead_with_reclaimer(struct fx *fx, struct kid *victim, struct k
 static void test_live_reclaimer_left_alone(void **state)
 {
 	struct fx *fx = *state;
-	struct kid victim, rec;
+	struct th_kid victim, rec;
 	claim_me(fx);
 	make_dead_with_reclaimer(fx, &victim, &rec);
 	struct kvshm__slot before;
@@ -728,8 +633,8 @@ static void test_live_reclaimer_left_alone(void **state)
 	assert_int_equal(slot(fx, victim.idx)->state, KVSHM_SLOT_DEAD);
 	assert_int_equal(slot(fx, victim.idx)->reclaimer, rec.idx + 1);
 
-	kid_go(&rec);
-	assert_int_equal(kid_reap(&rec), 0);
+	th_kid_go(&rec);
+	assert_int_equal(th_kid_reap(&rec), 0);
 	/* Its reclaimer gone (exited without releasing), the job is free. */
 	assert_int_equal(tseg_sweep(&fx->t), 2);
 	assert_int_equal(fx->t.sem->count, 0);
@@ -739,10 +644,10 @@ static void test_live_reclaimer_left_alone(void **state)
 static void test_dead_reclaimer_taken_over(void **state)
 {
 	struct fx *fx = *state;
-	struct kid victim, rec;
+	struct th_kid victim, rec;
 	claim_me(fx);
 	make_dead_with_reclaimer(fx, &victim, &rec);
-	kid_kill(&rec); /* died mid-reclaim */
+	th_kid_kill(&rec); /* died mid-reclaim */
 	uint64_t reclaimed0 = fx->t.sem->reclaimed;
 	/* Victim's slot and the reclaimer's own slot. */
 	assert_int_equal(tseg_sweep(&fx->t), 2);
@@ -759,10 +664,10 @@ static void test_dead_reclaimer_taken_over(void **state)
 static void test_reclaimer_slot_reused_taken_over(void **state)
 {
 	struct fx *fx = *state;
-	struct kid victim, rec;
+	struct th_kid victim, rec;
 	claim_me(fx);
 	make_dead_with_reclaimer(fx, &victim, &rec);
-	kid_kill(&rec);
+	th_kid_kill(&rec);
 	/* Free the reclaimer's slot by hand and claim it again (new gen). */
 	uint32_t g = 0;
 	assert_int_equal(kvshm__proc_take_dead(fx->t.seg, fx->t.tab, rec.idx, fx->t.me, fx->t.me_gen, &g), 1);
@@ -781,15 +686,13 @@ static void test_reclaimer_slot_reused_taken_over(void **state)
 
 /* Child body: claim a slot, say ready, and on go try to take slot k->arg's
  * job; exit 1 if it was taken, 0 if not, 2 on error. */
-static int kid_try_take(struct kid *k)
+static int kid_try_take(struct th_kid *k)
 {
-	struct fx *fx = k->fx;
+	struct fx *fx = k->ctx;
 	uint32_t idx, gen, g = 0;
-	if (kvshm__proc_claim(fx->t.seg, fx->t.tab, 0, &idx, &gen) < 0)
+	if (!kid_claim_and_say(k, &idx, &gen))
 		return 10;
-	kid_say(k, idx);
-	kid_say(k, gen);
-	kid_wait_go(k);
+	th_kid_wait_go(k);
 	int r = kvshm__proc_take_dead(fx->t.seg, fx->t.tab, k->arg, idx, gen, &g);
 	if (r < 0)
 		return 2;
@@ -808,16 +711,16 @@ static int kid_try_take(struct kid *k)
 static void test_take_dead_rechecks_reclaimer_under_lock(void **state)
 {
 	struct fx *fx = *state;
-	struct kid victim, rec, late;
+	struct th_kid victim, rec, late;
 	claim_me(fx);
 	make_dead_with_reclaimer(fx, &victim, &rec);
-	kid_kill(&rec);
+	th_kid_kill(&rec);
 	kid_start_claimed(fx, &late, kid_try_take, victim.idx);
 
 	/* Hold the table lock, let the late sweeper run into it. */
 	assert_int_equal(kvshm__lock_acquire(fx->t.seg, &fx->t.tab->lk, NULL), 0);
 	uint64_t c0 = atomic_load(&fx->t.tab->lk.contended);
-	kid_go(&late);
+	th_kid_go(&late);
 	for (int i = 0; i < 30000 && atomic_load(&fx->t.tab->lk.contended) == c0; i++)
 		usleep(1000);
 	bool blocked = atomic_load(&fx->t.tab->lk.contended) != c0;
@@ -829,7 +732,7 @@ static void test_take_dead_rechecks_reclaimer_under_lock(void **state)
 	kvshm__lock_release(fx->t.seg, &fx->t.tab->lk);
 	assert_true(blocked);
 
-	assert_int_equal(kid_reap(&late), 0); /* not taken */
+	assert_int_equal(th_kid_reap(&late), 0); /* not taken */
 	assert_int_equal(sl->state, KVSHM_SLOT_DEAD);
 	assert_int_equal(sl->reclaimer, fx->t.me + 1);
 	assert_int_equal(sl->reclaimer_gen, fx->t.me_gen);
@@ -858,32 +761,12 @@ static int crash_claim_release(void *p)
 	return 0;
 }
 
-/* Grandchild: claim a slot and a semaphore unit, then vanish. */
-static int grandchild_vanish(void *p)
-{
-	struct fx *fx = p;
-	uint32_t idx, gen;
-	if (kvshm__proc_claim(fx->t.seg, fx->t.tab, 0, &idx, &gen) < 0)
-		return 10;
-	if (kvshm__sem_acquire(fx->t.seg, fx->t.sem, idx, 0, NULL, NULL) < 0)
-		return 11;
-	return 0;
-}
-
-/* Child: claim a slot, let a grandchild die holding a slot, sweep it. */
+/* Child: claim a slot, let a grandchild die holding a slot and a
+ * semaphore unit, sweep it. */
 static int crash_sweep_grandchild(void *p)
 {
 	struct fx *fx = p;
-	struct tseg mine = fx->t;
-	if (kvshm__proc_claim(mine.seg, mine.tab, 0, &mine.me, &mine.me_gen) < 0)
-		return 10;
-	if (th_wait(th_fork(grandchild_vanish, fx)) != 0)
-		return 11;
-	if (tseg_sweep(&mine) != 1)
-		return 12;
-	if (kvshm__proc_release(mine.seg, mine.tab, mine.me, mine.me_gen) < 0)
-		return 13;
-	return 0;
+	return tseg_sweep_vanished(&fx->t, 1, true);
 }
 
 static void test_crash_points(void **state)
@@ -922,48 +805,10 @@ static void test_crash_points(void **state)
 /* Every crash point of proc.c is in the list above: a new one is not
  * left untested. The list comes from build/crashpoints.list or, when it
  * was not built, from the source. */
-static int points_from_source(const char *path, const char *prefix, char names[][64], int max)
-{
-	FILE *f = fopen(path, "r");
-	if (!f)
-		return -1;
-	char line[512];
-	int n = 0;
-	while (fgets(line, sizeof(line), f) && n < max) {
-		const char *p = strstr(line, "KVSHM_CRASH_POINT(\"");
-		if (!p)
-			continue;
-		p += strlen("KVSHM_CRASH_POINT(\"");
-		size_t len = strcspn(p, "\"");
-		if (len == 0 || len >= 64 || strncmp(p, prefix, strlen(prefix)) != 0)
-			continue;
-		memcpy(names[n], p, len);
-		names[n][len] = '\0';
-		n++;
-	}
-	fclose(f);
-	return n;
-}
-
 static void test_crash_points_all_listed(void **state)
 {
 	(void)state;
-	char names[32][64];
-	int n = th_crashpoints("proc.", names, 32);
-	if (n < 0)
-		n = points_from_source("shm/proc.c", "proc.", names, 32);
-	if (n < 0) {
-		skip(); /* neither the list nor the source is reachable from here */
-		return;
-	}
-	assert_int_equal(n, (int)KVSHM_ARRAY_LEN(proc_points));
-	for (int i = 0; i < n; i++) {
-		bool found = false;
-		for (size_t j = 0; j < KVSHM_ARRAY_LEN(proc_points); j++)
-			found = found || strcmp(names[i], proc_points[j]) == 0;
-		if (!found)
-			fail_msg("crash point %s has no test", names[i]);
-	}
+	th_assert_points_listed("proc.", "shm/proc.c", proc_points, KVSHM_ARRAY_LEN(proc_points));
 }
 
 int main(void)

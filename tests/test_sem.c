@@ -6,8 +6,6 @@
  * slot records after a holder dies at every crash point, and concurrent
  * holders never exceeding max (with and without random kills).
  */
-#include <fcntl.h>
-#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -23,13 +21,9 @@
 
 /* ---- fixture: a bare segment with a semaphore of max 2; we hold a slot -------------- */
 
-#define MAX_KIDS 16
-
 struct fx {
 	char name[64];
 	struct tseg t;
-	pid_t kids[MAX_KIDS]; /* forked and not yet reaped */
-	int nkids;
 	unsigned sweeps; /* calls of sweep_cb */
 };
 
@@ -51,12 +45,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	struct fx *fx = *state;
-	for (int i = 0; i < fx->nkids; i++) {
-		if (fx->kids[i] > 0) {
-			kill(fx->kids[i], SIGKILL);
-			th_wait(fx->kids[i]);
-		}
-	}
+	th_kill_tracked();
 	/* Give back what the test still holds, then the slot. */
 	for (int i = 0; i < 64 && kvshm__sem_release(fx->t.seg, fx->t.sem, fx->t.me) == 0; i++)
 		;
@@ -116,85 +105,9 @@ static void assert_consistent(struct fx *fx)
 
 /* ---- children that talk to the parent over two pipes ------------------------------ */
 
-struct kid {
-	struct fx *fx;
-	int (*fn)(struct kid *k);
-	pid_t pid;
-	int up[2];    /* child → parent */
-	int down[2];  /* parent → child */
-	uint32_t arg; /* the child's parameter */
-	uint32_t idx; /* the slot the child claimed (from kid_hear) */
-};
-
-static int kid_trampoline(void *p)
-{
-	struct kid *k = p;
-	close(k->up[0]);
-	close(k->down[1]);
-	return k->fn(k);
-}
-
-static void kid_start(struct fx *fx, struct kid *k, int (*fn)(struct kid *), uint32_t arg)
-{
-	memset(k, 0, sizeof(*k));
-	k->fx = fx;
-	k->fn = fn;
-	k->arg = arg;
-	assert_int_equal(pipe2(k->up, O_CLOEXEC), 0);
-	assert_int_equal(pipe2(k->down, O_CLOEXEC), 0);
-	k->pid = th_fork(kid_trampoline, k);
-	assert_true(k->pid > 0);
-	assert_true(fx->nkids < MAX_KIDS);
-	fx->kids[fx->nkids++] = k->pid;
-	close(k->up[1]);
-	close(k->down[0]);
-}
-
-static void kid_say(struct kid *k, uint32_t v)
-{
-	(void)!write(k->up[1], &v, sizeof(v));
-}
-
-/* Child: block until the parent says go (60 s at most). */
-static void kid_wait_go(struct kid *k)
-{
-	struct pollfd pfd = {.fd = k->down[0], .events = POLLIN};
-	char c;
-	if (poll(&pfd, 1, 60000) == 1)
-		(void)!read(k->down[0], &c, 1);
-}
-
-static uint32_t kid_hear(struct kid *k)
-{
-	uint32_t v = 0;
-	ssize_t n;
-	do {
-		n = read(k->up[0], &v, sizeof(v));
-	} while (n < 0 && errno == EINTR);
-	assert_int_equal(n, (ssize_t)sizeof(v));
-	return v;
-}
-
-static int kid_reap(struct kid *k)
-{
-	int r = th_wait(k->pid);
-	for (int i = 0; i < k->fx->nkids; i++)
-		if (k->fx->kids[i] == k->pid)
-			k->fx->kids[i] = 0;
-	close(k->up[0]);
-	close(k->down[1]);
-	return r;
-}
-
-static void kid_kill(struct kid *k)
-{
-	assert_int_equal(kill(k->pid, SIGKILL), 0);
-	assert_int_equal(kid_reap(k), 128 + SIGKILL);
-}
-
 /* Parent: wait (bounded, no assertion on it) until the child sleeps —
  * e.g. on the semaphore's futex — so a wake-up really is a wake-up. */
-static void kid_wait_sleeping(struct kid *k)
+static void kid_wait_sleeping(struct th_kid *k)
 {
 	char path[64], buf[512];
 	snprintf(path, sizeof(path), "/proc/%d/stat", (int)k->pid);
@@ -214,29 +127,29 @@ static void kid_wait_sleeping(struct kid *k)
 
 /* Child body: claim a slot, take k->arg units, report the slot, hold them
  * until told, then exit without giving anything back. */
-static int kid_hold_units(struct kid *k)
+static int kid_hold_units(struct th_kid *k)
 {
-	struct fx *fx = k->fx;
+	struct fx *fx = k->ctx;
 	uint32_t idx, gen;
 	if (kvshm__proc_claim(fx->t.seg, fx->t.tab, 0, &idx, &gen) < 0)
 		return 10;
 	for (uint32_t i = 0; i < k->arg; i++)
 		if (kvshm__sem_acquire(fx->t.seg, fx->t.sem, idx, 0, NULL, NULL) < 0)
 			return 11;
-	kid_say(k, idx);
-	kid_wait_go(k);
+	th_kid_say(k, idx);
+	th_kid_wait_go(k);
 	return 0;
 }
 
 /* Child body: claim a slot, report it, then wait up to k->arg ms for a
  * unit. Exit 0 once it has one (given back), 1 on timeout, 2+ on errors. */
-static int kid_wait_for_unit(struct kid *k)
+static int kid_wait_for_unit(struct th_kid *k)
 {
-	struct fx *fx = k->fx;
+	struct fx *fx = k->ctx;
 	uint32_t idx, gen;
 	if (kvshm__proc_claim(fx->t.seg, fx->t.tab, 0, &idx, &gen) < 0)
 		return 10;
-	kid_say(k, idx);
+	th_kid_say(k, idx);
 	int r = kvshm__sem_acquire(fx->t.seg, fx->t.sem, idx, k->arg, NULL, NULL);
 	if (r == KVSHM_EBUSY)
 		return 1;
@@ -247,6 +160,15 @@ static int kid_wait_for_unit(struct kid *k)
 	if (kvshm__proc_release(fx->t.seg, fx->t.tab, idx, gen) < 0)
 		return 4;
 	return 0;
+}
+
+/* Parent: start a child waiting (10 s at most) for a unit, learn its slot,
+ * and return once it sleeps. */
+static void start_waiter(struct fx *fx, struct th_kid *k)
+{
+	th_kid_start(fx, k, kid_wait_for_unit, 10000);
+	k->idx = th_kid_hear(k);
+	kid_wait_sleeping(k);
 }
 
 /* ---- acquire / release ------------------------------------------------------------------ */
@@ -365,12 +287,10 @@ static void test_set_max_wakes_waiter(void **state)
 	struct fx *fx = *state;
 	for (uint32_t i = 0; i < SEM_MAX; i++)
 		assert_int_equal(acquire(fx, 0), 0);
-	struct kid k;
-	kid_start(fx, &k, kid_wait_for_unit, 10000);
-	k.idx = kid_hear(&k);
-	kid_wait_sleeping(&k);
+	struct th_kid k;
+	start_waiter(fx, &k);
 	assert_int_equal(kvshm__sem_set_max(fx->t.seg, fx->t.sem, SEM_MAX + 1), 0);
-	assert_int_equal(kid_reap(&k), 0);
+	assert_int_equal(th_kid_reap(&k), 0);
 	assert_int_equal(fx->t.sem->count, SEM_MAX);
 	assert_consistent(fx);
 }
@@ -380,10 +300,10 @@ static void test_set_max_wakes_waiter(void **state)
 static void test_dead_holder_reclaimed_by_sweep(void **state)
 {
 	struct fx *fx = *state;
-	struct kid k;
-	kid_start(fx, &k, kid_hold_units, 2);
-	k.idx = kid_hear(&k);
-	kid_kill(&k);
+	struct th_kid k;
+	th_kid_start(fx, &k, kid_hold_units, 2);
+	k.idx = th_kid_hear(&k);
+	th_kid_kill(&k);
 	/* Full, and the units are the dead child's. */
 	assert_int_equal(fx->t.sem->count, SEM_MAX);
 	assert_int_equal(held(fx, k.idx), 2);
@@ -410,13 +330,13 @@ static void test_dead_holder_reclaimed_by_sweep(void **state)
 static void test_reclaim_only_dead_slot_of_that_gen(void **state)
 {
 	struct fx *fx = *state;
-	struct kid k;
-	kid_start(fx, &k, kid_hold_units, 1);
-	k.idx = kid_hear(&k);
+	struct th_kid k;
+	th_kid_start(fx, &k, kid_hold_units, 1);
+	k.idx = th_kid_hear(&k);
 	uint32_t gen = slot(fx, k.idx)->gen;
 	/* Alive: not reclaimable. */
 	assert_int_equal(kvshm__sem_reclaim(fx->t.seg, fx->t.sem, k.idx, gen), -ESTALE);
-	kid_kill(&k);
+	th_kid_kill(&k);
 	/* Dead but still LIVE in the table (nobody took the job): no. */
 	assert_int_equal(kvshm__sem_reclaim(fx->t.seg, fx->t.sem, k.idx, gen), -ESTALE);
 	uint32_t g = 0;
@@ -439,13 +359,11 @@ static void test_waiter_wakes_on_release(void **state)
 	struct fx *fx = *state;
 	for (uint32_t i = 0; i < SEM_MAX; i++)
 		assert_int_equal(acquire(fx, 0), 0);
-	struct kid k;
-	kid_start(fx, &k, kid_wait_for_unit, 10000);
-	k.idx = kid_hear(&k);
-	kid_wait_sleeping(&k);
+	struct th_kid k;
+	start_waiter(fx, &k);
 	assert_int_equal(held(fx, k.idx), 0); /* still waiting */
 	assert_int_equal(release(fx), 0);
-	assert_int_equal(kid_reap(&k), 0);
+	assert_int_equal(th_kid_reap(&k), 0);
 	assert_int_equal(fx->t.sem->count, SEM_MAX - 1);
 	assert_consistent(fx);
 }
@@ -455,17 +373,17 @@ static void test_two_waiters_wake_on_two_releases(void **state)
 	struct fx *fx = *state;
 	for (uint32_t i = 0; i < SEM_MAX; i++)
 		assert_int_equal(acquire(fx, 0), 0);
-	struct kid a, b;
-	kid_start(fx, &a, kid_wait_for_unit, 10000);
-	kid_start(fx, &b, kid_wait_for_unit, 10000);
-	a.idx = kid_hear(&a);
-	b.idx = kid_hear(&b);
+	struct th_kid a, b;
+	th_kid_start(fx, &a, kid_wait_for_unit, 10000);
+	th_kid_start(fx, &b, kid_wait_for_unit, 10000);
+	a.idx = th_kid_hear(&a);
+	b.idx = th_kid_hear(&b);
 	kid_wait_sleeping(&a);
 	kid_wait_sleeping(&b);
 	assert_int_equal(release(fx), 0);
 	assert_int_equal(release(fx), 0);
-	assert_int_equal(kid_reap(&a), 0);
-	assert_int_equal(kid_reap(&b), 0);
+	assert_int_equal(th_kid_reap(&a), 0);
+	assert_int_equal(th_kid_reap(&b), 0);
 	assert_int_equal(fx->t.sem->count, 0);
 	assert_consistent(fx);
 }
@@ -492,32 +410,12 @@ static int crash_acquire_release(void *p)
 	return 0;
 }
 
-/* Grandchild: claim a slot, take every unit, vanish. */
-static int grandchild_take_all(void *p)
-{
-	struct fx *fx = p;
-	uint32_t idx, gen;
-	if (kvshm__proc_claim(fx->t.seg, fx->t.tab, 0, &idx, &gen) < 0)
-		return 10;
-	for (uint32_t i = 0; i < SEM_MAX; i++)
-		if (kvshm__sem_acquire(fx->t.seg, fx->t.sem, idx, 0, NULL, NULL) < 0)
-			return 11;
-	return 0;
-}
-
 /* Child: claim a slot, let a grandchild die holding every unit, sweep it
  * (and die reclaiming). */
 static int crash_reclaim_grandchild(void *p)
 {
 	struct fx *fx = p;
-	struct tseg mine = fx->t;
-	if (kvshm__proc_claim(mine.seg, mine.tab, 0, &mine.me, &mine.me_gen) < 0)
-		return 10;
-	if (th_wait(th_fork(grandchild_take_all, fx)) != 0)
-		return 11;
-	if (tseg_sweep(&mine) != 1)
-		return 12;
-	return 0;
+	return tseg_sweep_vanished(&fx->t, SEM_MAX, false);
 }
 
 /* The child died holding the semaphore's lock with count and records
@@ -633,49 +531,11 @@ static void test_dead_after_acquire_done(void **state)
 	assert_consistent(fx);
 }
 
-static int points_from_source(const char *path, const char *prefix, char names[][64], int max)
-{
-	FILE *f = fopen(path, "r");
-	if (!f)
-		return -1;
-	char line[512];
-	int n = 0;
-	while (fgets(line, sizeof(line), f) && n < max) {
-		const char *p = strstr(line, "KVSHM_CRASH_POINT(\"");
-		if (!p)
-			continue;
-		p += strlen("KVSHM_CRASH_POINT(\"");
-		size_t len = strcspn(p, "\"");
-		if (len == 0 || len >= 64 || strncmp(p, prefix, strlen(prefix)) != 0)
-			continue;
-		memcpy(names[n], p, len);
-		names[n][len] = '\0';
-		n++;
-	}
-	fclose(f);
-	return n;
-}
-
 /* Every crash point of sem.c has a test above. */
 static void test_crash_points_all_listed(void **state)
 {
 	(void)state;
-	char names[32][64];
-	int n = th_crashpoints("sem.", names, 32);
-	if (n < 0)
-		n = points_from_source("shm/sem.c", "sem.", names, 32);
-	if (n < 0) {
-		skip();
-		return;
-	}
-	assert_int_equal(n, (int)KVSHM_ARRAY_LEN(sem_points));
-	for (int i = 0; i < n; i++) {
-		bool found = false;
-		for (size_t j = 0; j < KVSHM_ARRAY_LEN(sem_points); j++)
-			found = found || strcmp(names[i], sem_points[j]) == 0;
-		if (!found)
-			fail_msg("crash point %s has no test", names[i]);
-	}
+	th_assert_points_listed("sem.", "shm/sem.c", sem_points, KVSHM_ARRAY_LEN(sem_points));
 }
 
 /* ---- concurrency ------------------------------------------------------------------------- */
@@ -768,11 +628,10 @@ static void test_concurrent_never_over_max(void **state)
 	for (int i = 0; i < NWORKERS; i++) {
 		pids[i] = th_fork(worker, &w);
 		assert_true(pids[i] > 0);
-		fx->kids[fx->nkids++] = pids[i];
+		th_track(pids[i]);
 	}
 	for (int i = 0; i < NWORKERS; i++) {
-		int r = th_wait(pids[i]);
-		fx->kids[i] = 0;
+		int r = th_reap(pids[i]);
 		assert_int_equal(r, 0);
 	}
 	assert_int_equal(fx->t.sem->count, 0);
@@ -804,12 +663,11 @@ static void test_concurrent_with_random_kills(void **state)
 	for (int i = 0; i < NWORKERS; i++) {
 		pids[i] = th_fork(worker_random_kill, &w);
 		assert_true(pids[i] > 0);
-		fx->kids[fx->nkids++] = pids[i];
+		th_track(pids[i]);
 	}
 	int killed = 0;
 	for (int i = 0; i < NWORKERS; i++) {
-		int r = th_wait(pids[i]);
-		fx->kids[i] = 0;
+		int r = th_reap(pids[i]);
 		/* Died at a crash point, or finished cleanly; nothing else.
 		 * (A killed holder leaves `inside` raised: not checked here.) */
 		if (r == 128 + SIGKILL)

@@ -29,12 +29,9 @@
  * process, cache, directory and tmux server a test starts is removed by the
  * teardown, even when the test fails.
  */
-#include <dirent.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <math.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,7 +45,6 @@
 #include "harness.h"
 #include "core/file.h" /* corrupting the segment for check; index rows for fsck */
 
-#define MIB (1024ull * 1024ull)
 #define MAXTOK 64         /* tokens of the longest key */
 #define DEADLINE_MS 20000 /* generous: a shared 2-core machine, sanitizers */
 #define RUN_MS 60000      /* one shmctl run */
@@ -56,22 +52,9 @@
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
-#define OK(expr)                                                                                 \
-	do {                                                                                     \
-		int r_ = (expr);                                                                 \
-		if (r_ != 0)                                                                     \
-			print_error("%s:%d: %s -> %s (%d): %s\n", __FILE__, __LINE__, #expr,     \
-				    kvshm_err_name(r_), r_, kvshm_last_error());                 \
-		assert_int_equal(r_, 0);                                                         \
-	} while (0)
-
-/* What every test started or created, for the teardown. */
-#define MAX_PIDS 32
+/* What every test made, for the teardown (the harness tracks processes
+ * and caches). */
 static struct {
-	pid_t pids[MAX_PIDS];
-	int npids;
-	char caches[4][64];
-	int ncaches;
 	char dir[64];         /* temporary directory: disk tiers, outputs, logs */
 	char rfdirs[4][PLEN]; /* ram_file directories under /dev/shm */
 	int nrfdirs;
@@ -79,109 +62,6 @@ static struct {
 	char tmux_sock[PATH_MAX]; /* ... and its socket file, which outlives the server */
 	bool passed;
 } G;
-
-static void track(pid_t pid)
-{
-	if (pid > 0 && G.npids < MAX_PIDS)
-		G.pids[G.npids++] = pid;
-}
-
-static void untrack(pid_t pid)
-{
-	for (int i = 0; i < G.npids; i++)
-		if (G.pids[i] == pid) {
-			G.pids[i] = G.pids[--G.npids];
-			return;
-		}
-}
-
-static int reap(pid_t pid)
-{
-	int code = th_wait(pid);
-	untrack(pid);
-	return code;
-}
-
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static void sleep_ms(long ms)
-{
-	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
-}
-
-/* Wait up to timeout_ms for a child to exit: its code (as reap), or -1. */
-static int reap_within(pid_t pid, int timeout_ms)
-{
-	uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
-	for (;;) {
-		int st;
-		pid_t w = waitpid(pid, &st, WNOHANG);
-		if (w == pid) {
-			untrack(pid);
-			return WIFSIGNALED(st) ? 128 + WTERMSIG(st) : WEXITSTATUS(st);
-		}
-		if (w < 0 && errno != EINTR)
-			return -1;
-		if (now_ms() > deadline)
-			return -1;
-		sleep_ms(5);
-	}
-}
-
-/* The whole file as a string (malloc'd; "" when missing). */
-static char *slurp(const char *path)
-{
-	FILE *f = fopen(path, "re");
-	size_t cap = 4096, n = 0;
-	char *buf = malloc(cap);
-	assert_non_null(buf);
-	buf[0] = '\0';
-	if (!f)
-		return buf;
-	for (;;) {
-		if (cap - n < 1024) {
-			char *nb = realloc(buf, cap * 2);
-			assert_non_null(nb);
-			buf = nb;
-			cap *= 2;
-		}
-		size_t got = fread(buf + n, 1, cap - n - 1, f);
-		n += got;
-		buf[n] = '\0';
-		if (got == 0)
-			break;
-	}
-	fclose(f);
-	return buf;
-}
-
-static void dump_file(const char *path)
-{
-	char *s = slurp(path);
-	print_error("----- %s -----\n%s----- end of %s -----\n", path, s, path);
-	free(s);
-}
-
-static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	(void)sb;
-	(void)flag;
-	(void)ftw;
-	remove(path);
-	return 0;
-}
-
-static void rm_rf(const char *path)
-{
-	nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-}
 
 static int count_of(const char *hay, const char *needle)
 {
@@ -571,26 +451,6 @@ static void test_json_reader(void **st)
 
 /* ---- running the tools ------------------------------------------------------------------ */
 
-static const char *bin_dir(void)
-{
-	static char dir[PATH_MAX];
-	const char *d = getenv("KVSHM_BIN_DIR");
-	if (!d || !*d)
-		d = "build/tst/bin";
-	if (!realpath(d, dir))
-		snprintf(dir, sizeof(dir), "%s", d);
-	return dir;
-}
-
-static void tool_path(char *buf, size_t len, const char *tool)
-{
-	snprintf(buf, len, "%s/%s", bin_dir(), tool);
-	if (access(buf, X_OK) != 0) {
-		print_error("%s: %s (build it, or set KVSHM_BIN_DIR)\n", buf, strerror(errno));
-		fail();
-	}
-}
-
 struct run {
 	char cmd[1024];
 	pid_t pid;
@@ -624,32 +484,16 @@ static struct run run_argv(const char *const *argv)
 		used += (size_t)snprintf(r.cmd + used, sizeof(r.cmd) - used, "%s%s", i ? " " : "", argv[i]);
 	snprintf(out, sizeof(out), "%s/run%d.out", G.dir, seq);
 	snprintf(err, sizeof(err), "%s/run%d.err", G.dir, seq++);
-	pid_t parent = getpid();
-	fflush(stdout);
-	fflush(stderr);
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (getppid() != parent)
-			_exit(126);
-		int fo = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-		int fe = open(err, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-		int fi = open("/dev/null", O_RDONLY | O_CLOEXEC);
-		if (fo < 0 || fe < 0 || fi < 0 || dup2(fi, 0) < 0 || dup2(fo, 1) < 0 || dup2(fe, 2) < 0)
-			_exit(125);
-		execvp(argv[0], (char *const *)argv);
-		_exit(127);
-	}
-	track(pid);
+	pid_t pid = th_spawn(argv, out, err, NULL, NULL);
+	th_track(pid);
 	r.pid = pid;
-	r.code = reap_within(pid, RUN_MS);
+	r.code = th_reap_within(pid, RUN_MS);
 	if (r.code < 0) {
 		kill(pid, SIGKILL);
-		reap(pid);
+		th_reap(pid);
 	}
-	r.out = slurp(out);
-	r.err = slurp(err);
+	r.out = th_slurp(out);
+	r.err = th_slurp(err);
 	unlink(out);
 	unlink(err);
 	if (r.code < 0) {
@@ -666,7 +510,7 @@ static struct run shmctlv(const char *const *args)
 	char bin[PATH_MAX];
 	const char *argv[40];
 	int n = 0;
-	tool_path(bin, sizeof(bin), "shmctl");
+	th_tool_path(bin, sizeof(bin), "shmctl");
 	argv[n++] = bin;
 	for (int i = 0; args[i] && n < 39; i++)
 		argv[n++] = args[i];
@@ -752,8 +596,7 @@ static int setup(void **st)
 {
 	(void)st;
 	memset(&G, 0, sizeof(G));
-	snprintf(G.dir, sizeof(G.dir), "/tmp/kvshm-shmctl-XXXXXX");
-	return mkdtemp(G.dir) ? 0 : -1;
+	return th_mkdtemp(G.dir, sizeof(G.dir), "shmctl");
 }
 
 static void tmux_kill(void)
@@ -773,65 +616,18 @@ static int teardown(void **st)
 {
 	(void)st;
 	tmux_kill();
-	while (G.npids > 0) {
-		pid_t pid = G.pids[0];
-		kill(pid, SIGKILL);
-		reap(pid);
-	}
-	for (int i = 0; i < G.ncaches; i++)
-		kvshm_destroy(G.caches[i], NULL, 1);
-	if (!G.passed) {
-		DIR *d = opendir(G.dir);
-		struct dirent *de;
-		char path[PATH_MAX];
-		while (d && (de = readdir(d)) != NULL)
-			if (strstr(de->d_name, ".log")) {
-				snprintf(path, sizeof(path), "%s/%s", G.dir, de->d_name);
-				dump_file(path);
-			}
-		if (d)
-			closedir(d);
-	}
-	rm_rf(G.dir);
+	th_cleanup(G.dir, !G.passed);
 	for (int i = 0; i < G.nrfdirs; i++)
-		rm_rf(G.rfdirs[i]);
+		th_rm_rf(G.rfdirs[i]);
 	return 0;
 }
 
 /* ---- the populated cache ------------------------------------------------------------------ */
 
-static kvshm_model model_of(unsigned k)
-{
-	kvshm_model m;
-	for (unsigned i = 0; i < 32; i++) {
-		m.fingerprint[i] = (uint8_t)(k * 7u + i);
-		m.ctx_hash[i] = (uint8_t)(k * 13u + 3u * i + 1u);
-	}
-	m.quant = (uint8_t)(k + 1);
-	return m;
-}
-
 /* Every family has its own token count, so --sort tokens is total. */
 static size_t ntok_of(unsigned fam)
 {
 	return 16u + fam;
-}
-
-static void toks_of(uint32_t *t, size_t n, unsigned fam)
-{
-	for (size_t i = 0; i < n; i++)
-		t[i] = fam * 1000003u + (uint32_t)i * 7u + 1u;
-}
-
-static void val_fill(uint8_t *v, size_t len, uint32_t seed)
-{
-	uint32_t x = seed * 2654435761u + 0x12345u;
-	for (size_t i = 0; i < len; i++) {
-		x ^= x << 13;
-		x ^= x >> 17;
-		x ^= x << 5;
-		v[i] = (uint8_t)(x >> 11);
-	}
 }
 
 /* What the saver publishes: distinct sizes (so --sort size is total). */
@@ -878,22 +674,22 @@ static const struct fam *fam_info(unsigned fam)
 static kvshm_model model_of_fam(unsigned fam)
 {
 	const struct fam *f = fam_info(fam);
-	return model_of(f ? f->model : 1);
+	return th_model_of(f ? f->model : 1);
 }
 
 static int get_fam(kvshm *h, unsigned fam, kvshm_pin *p)
 {
 	kvshm_model m = model_of_fam(fam);
 	uint32_t t[MAXTOK];
-	toks_of(t, ntok_of(fam), fam);
+	th_toks_of(t, ntok_of(fam), fam);
 	return kvshm_get(h, &m, t, ntok_of(fam), 0, p);
 }
 
 static int reserve_fam(kvshm *h, unsigned fam, size_t len, kvshm_reservation *r)
 {
-	kvshm_model m = model_of(1);
+	kvshm_model m = th_model_of(1);
 	uint32_t t[MAXTOK];
-	toks_of(t, ntok_of(fam), fam);
+	th_toks_of(t, ntok_of(fam), fam);
 	if (kvshm_reserve(h, &m, t, ntok_of(fam), len, NULL, r) < 0)
 		return -1;
 	memset(r->data, 0x5a, len / 2); /* half-written */
@@ -905,8 +701,8 @@ static kvshm__h128 key_of_fam(kvshm *h, unsigned fam)
 	kvshm_model m = model_of_fam(fam);
 	uint32_t t[MAXTOK];
 	if (fam == FAM_RES_KILLED || fam == FAM_RES_LIVE)
-		m = model_of(1);
-	toks_of(t, ntok_of(fam), fam);
+		m = th_model_of(1);
+	th_toks_of(t, ntok_of(fam), fam);
 	return kvshm__key_of(h, &m, t, ntok_of(fam));
 }
 
@@ -922,13 +718,13 @@ static int saver(kvshm *h)
 {
 	for (int i = 0; i < NFAMS; i++) {
 		const struct fam *f = &FAMS[i];
-		kvshm_model m = model_of(f->model);
+		kvshm_model m = th_model_of(f->model);
 		uint32_t t[MAXTOK];
 		uint8_t *v = malloc(f->len);
 		if (!v)
 			return 20;
-		toks_of(t, ntok_of(f->fam), f->fam);
-		val_fill(v, f->len, f->fam);
+		th_toks_of(t, ntok_of(f->fam), f->fam);
+		th_val_fill(v, f->len, f->fam);
 		kvshm_save_opts o = {f->tier, f->reason};
 		int r = kvshm_put(h, &m, t, ntok_of(f->fam), v, f->len, &o);
 		free(v);
@@ -946,16 +742,16 @@ static int saver(kvshm *h)
 
 static int hitter(kvshm *h)
 {
-	kvshm_model m = model_of(9);
+	kvshm_model m = th_model_of(9);
 	uint32_t t[MAXTOK];
-	toks_of(t, 20, 99);
+	th_toks_of(t, 20, 99);
 	for (;;) {
 		kvshm_pin p;
 		if (get_fam(h, 3, &p) < 0 || kvshm_unpin(h, &p) < 0)
 			return 30;
 		if (kvshm_get(h, &m, t, 20, 0, &p) != KVSHM_ENOTFOUND)
 			return 31;
-		sleep_ms(2);
+		th_sleep_ms(2);
 	}
 }
 
@@ -1000,23 +796,6 @@ static int worker(void *arg)
 		pause();
 }
 
-static int rd1(int fd, int timeout_ms)
-{
-	struct pollfd p = {fd, POLLIN, 0};
-	int r;
-	do
-		r = poll(&p, 1, timeout_ms);
-	while (r < 0 && errno == EINTR);
-	if (r <= 0)
-		return -1;
-	char c;
-	ssize_t n;
-	do
-		n = read(fd, &c, 1);
-	while (n < 0 && errno == EINTR);
-	return n == 1 ? (unsigned char)c : -1;
-}
-
 /* Start a worker of the given kind; holders are waited for until they hold
  * everything, a saver until it has exited 0, a hitter not at all. */
 static pid_t start_worker(const char *name, int kind)
@@ -1027,23 +806,22 @@ static pid_t start_worker(const char *name, int kind)
 	w.fd = fds[1];
 	pid_t pid = th_fork(worker, &w);
 	assert_true(pid > 0);
-	track(pid);
+	th_track(pid);
 	close(fds[1]);
 	if (kind == W_SAVER) {
 		close(fds[0]);
-		int code = reap_within(pid, DEADLINE_MS * 3);
+		int code = th_reap_within(pid, DEADLINE_MS * 3);
 		if (code != 0)
 			print_error("saver exited %d\n", code);
 		assert_int_equal(code, 0);
 		return pid;
 	}
-	int c = kind == W_HITTER ? 'r' : rd1(fds[0], DEADLINE_MS * 3);
-	close(fds[0]);
-	if (c != 'r') {
-		kill(pid, SIGKILL);
-		print_error("worker (kind %d) did not get ready: exit %d\n", kind, reap(pid));
-		fail();
+	if (kind != W_HITTER) {
+		char who[32];
+		snprintf(who, sizeof(who), "worker (kind %d)", kind);
+		th_expect_byte(fds[0], 'r', DEADLINE_MS * 3, pid, who);
 	}
+	close(fds[0]);
 	return pid;
 }
 
@@ -1056,36 +834,6 @@ struct pop {
 	bool destroyed;
 };
 
-static void cfg_small(kvshm_config *c)
-{
-	kvshm_config_init(c);
-	c->segment_bytes = 16 * MIB;
-	c->lazy = 1;
-	c->max_procs = 64;
-	c->shards = 4;
-	c->chunk_tokens = 16;
-	c->writer_slots = 8;
-}
-
-static kvshm *create_cache(char *name, size_t len, const char *what, const kvshm_config *c)
-{
-	kvshm *h = NULL;
-	th_name(name, len, what);
-	OK(kvshm_open(name, c, KVSHM_OPEN_CREATE | KVSHM_OPEN_EXCL, &h));
-	assert_non_null(h);
-	if (G.ncaches < (int)KVSHM_ARRAY_LEN(G.caches))
-		snprintf(G.caches[G.ncaches++], sizeof(G.caches[0]), "%s", name);
-	return h;
-}
-
-static void check_ok(kvshm *h)
-{
-	int r = kvshm_check(h, 0);
-	if (r != 0)
-		print_error("kvshm_check: %s\n", kvshm_last_error());
-	assert_int_equal(r, 0);
-}
-
 /*
  * A cache with FAMS saved by a worker that has exited, a live worker
  * (pins LIVE_PINS, reserves FAM_RES_LIVE, holds a writer unit), and a
@@ -1096,22 +844,22 @@ static void populate(struct pop *p, const char *what)
 {
 	kvshm_config c;
 	memset(p, 0, sizeof(*p));
-	cfg_small(&c);
+	th_cfg_small(&c, 8);
 	snprintf(p->disk, sizeof(p->disk), "%s/%s-disk", G.dir, what);
 	snprintf(p->rfile, sizeof(p->rfile), "/dev/shm/kvshm-t-%s-files-%d", what, (int)getpid());
 	assert_true(G.nrfdirs < (int)KVSHM_ARRAY_LEN(G.rfdirs));
 	snprintf(G.rfdirs[G.nrfdirs++], sizeof(G.rfdirs[0]), "%s", p->rfile);
-	rm_rf(p->rfile);
+	th_rm_rf(p->rfile);
 	c.disk_dir = p->disk;
 	c.ram_file_dir = p->rfile;
-	c.quota[KVSHM_TIER_RAM_FILE] = 4 * MIB;
-	c.quota[KVSHM_TIER_DISK] = 8 * MIB;
-	p->h = create_cache(p->name, sizeof(p->name), what, &c);
+	c.quota[KVSHM_TIER_RAM_FILE] = 4 * TH_MIB;
+	c.quota[KVSHM_TIER_DISK] = 8 * TH_MIB;
+	p->h = th_create_cache(p->name, sizeof(p->name), what, &c);
 	start_worker(p->name, W_SAVER);
 	p->live = start_worker(p->name, W_LIVE);
 	pid_t k = start_worker(p->name, W_KILLED);
 	assert_int_equal(kill(k, SIGKILL), 0);
-	assert_int_equal(reap(k), 128 + SIGKILL);
+	assert_int_equal(th_reap(k), 128 + SIGKILL);
 	p->killed = (uint32_t)k;
 }
 
@@ -1119,7 +867,7 @@ static void populate(struct pop *p, const char *what)
 static void heal(struct pop *p)
 {
 	assert_int_equal(kvshm_sweep(p->h), 1);
-	check_ok(p->h);
+	th_check_ok(p->h);
 }
 
 /* Stop the live worker, check the cache, close and destroy it. */
@@ -1127,54 +875,30 @@ static void depopulate(struct pop *p)
 {
 	if (p->live > 0) {
 		assert_int_equal(kill(p->live, SIGKILL), 0);
-		assert_int_equal(reap(p->live), 128 + SIGKILL);
+		assert_int_equal(th_reap(p->live), 128 + SIGKILL);
 		p->live = 0;
 	}
 	if (!p->destroyed) {
-		kvshm_sweep(p->h);
-		check_ok(p->h);
+		/* A process we just stopped (the worker, or `shmctl top` whose tmux
+		 * went away) may die a moment after the sweep: sweep again until the
+		 * cache checks clean or the deadline passes, then insist. */
+		uint64_t deadline = th_now_ms() + 5000;
+		while (kvshm_sweep(p->h), kvshm_check(p->h, 0) != 0 && th_now_ms() < deadline)
+			th_sleep_ms(20);
+		th_check_ok(p->h);
 	}
-	OK(kvshm_close(p->h));
+	TH_OK(kvshm_close(p->h));
 	if (!p->destroyed)
-		OK(kvshm_destroy(p->name, NULL, 1));
+		TH_OK(kvshm_destroy(p->name, NULL, 1));
 }
 
-static kvshm_stats stats_of(kvshm *h)
-{
-	kvshm_stats st;
-	OK(kvshm_stats_get(h, &st));
-	return st;
-}
-
-struct coll {
-	int n;
-	kvshm_entry_info e[64];
-};
-
-static int collect(const kvshm_entry_info *e, void *ctx)
-{
-	struct coll *c = ctx;
-	if (c->n < (int)KVSHM_ARRAY_LEN(c->e))
-		c->e[c->n++] = *e;
-	return 0;
-}
-
-static void list_of(kvshm *h, const kvshm_filter *f, struct coll *c)
-{
-	c->n = 0;
-	OK(kvshm_list(h, f, collect, c));
-}
-
-static const kvshm_entry_info *find_fam(kvshm *h, const struct coll *c, unsigned fam)
+static const kvshm_entry_info *find_fam(kvshm *h, const struct th_coll *c, unsigned fam)
 {
 	kvshm__h128 k = key_of_fam(h, fam);
-	for (int i = 0; i < c->n; i++)
-		if (memcmp(c->e[i].key, &k, 16) == 0)
-			return &c->e[i];
-	return NULL;
+	return th_coll_find_key(c, &k);
 }
 
-static const kvshm_entry_info *find_key(const struct coll *c, const char *hex)
+static const kvshm_entry_info *find_key(const struct th_coll *c, const char *hex)
 {
 	char k[33];
 	for (int i = 0; i < c->n; i++) {
@@ -1194,7 +918,7 @@ static void fam_hex(kvshm *h, unsigned fam, char out[33])
 static void fam_file(kvshm *h, const char *dir, unsigned fam, char *buf, size_t len)
 {
 	kvshm__h128 k = key_of_fam(h, fam);
-	OK(kvshm__file_path(dir, (const uint8_t *)&k, buf, len));
+	TH_OK(kvshm__file_path(dir, (const uint8_t *)&k, buf, len));
 }
 
 static const char *tier_name(int t)
@@ -1234,7 +958,7 @@ static void same_entry(const jv *o, const kvshm_entry_info *e)
 }
 
 /* shmctl's ls output equals the library's listing (same set, any order). */
-static void same_list(const jv *a, const struct coll *c)
+static void same_list(const jv *a, const struct th_coll *c)
 {
 	assert_int_equal(a->t, J_ARR);
 	if (a->n != (size_t)c->n)
@@ -1268,7 +992,7 @@ static int proc_collect(const kvshm_proc_info *p, void *ctx)
 static void procs_of(kvshm *h, struct procs *ps)
 {
 	ps->n = 0;
-	OK(kvshm_procs(h, proc_collect, ps));
+	TH_OK(kvshm_procs(h, proc_collect, ps));
 }
 
 /* shmctl procs --json against kvshm_procs; its own row (pid self) is the
@@ -1324,10 +1048,10 @@ static const jv *check_procs(const jv *a, const struct procs *in, pid_t self, ui
 static void check_status(const struct pop *p, const jv *s, const kvshm_stats *st, uint32_t reaper)
 {
 	kvshm_sched_status ss;
-	OK(kvshm_sched_get(p->h, &ss));
+	TH_OK(kvshm_sched_get(p->h, &ss));
 	assert_string_equal(jstr(s, "cache"), p->name);
 	assert_int_equal(ju64(s, "segment_bytes"), st->segment_bytes);
-	assert_int_equal(ju64(s, "segment_bytes"), 16 * MIB);
+	assert_int_equal(ju64(s, "segment_bytes"), 16 * TH_MIB);
 	assert_int_equal(ju64(s, "data_bytes"), st->data_bytes);
 	assert_int_equal(ju64(s, "data_free_bytes"), st->data_free_bytes);
 	assert_int_equal(ju64(s, "data_largest_free"), st->data_largest_free);
@@ -1350,8 +1074,8 @@ static void check_status(const struct pop *p, const jv *s, const kvshm_stats *st
 		else
 			assert_string_equal(jstr(o, "dir"), t == KVSHM_TIER_DISK ? p->disk : p->rfile);
 	}
-	assert_int_equal(ju64(jat(tiers, 1), "quota"), 4 * MIB);
-	assert_int_equal(ju64(jat(tiers, 2), "quota"), 8 * MIB);
+	assert_int_equal(ju64(jat(tiers, 1), "quota"), 4 * TH_MIB);
+	assert_int_equal(ju64(jat(tiers, 2), "quota"), 8 * TH_MIB);
 	assert_int_equal(ju64(s, "procs_live"), st->procs_live + 1);
 	assert_int_equal(ju64(s, "procs_max"), st->procs_max);
 	assert_int_equal(ju64(s, "writer_slots_used"), st->writer_slots_used);
@@ -1377,9 +1101,9 @@ static void check_status(const struct pop *p, const jv *s, const kvshm_stats *st
  * fields, that is: nothing changes the cache meanwhile). */
 static void status_matches(const struct pop *p, uint32_t reaper)
 {
-	kvshm_stats a = stats_of(p->h);
+	kvshm_stats a = th_stats_of(p->h);
 	jv *s = JSON(0, "-n", p->name, "status", "--json");
-	kvshm_stats b = stats_of(p->h);
+	kvshm_stats b = th_stats_of(p->h);
 	assert_memory_equal(a.tier_bytes, b.tier_bytes, sizeof(a.tier_bytes));
 	assert_int_equal(a.procs_live, b.procs_live);
 	check_status(p, s, &b, reaper);
@@ -1395,49 +1119,19 @@ static const char *log_path(char *buf, size_t len)
 static pid_t start_reaper(kvshm *h, const char *name)
 {
 	char bin[PATH_MAX], log[PLEN];
-	tool_path(bin, sizeof(bin), "kvshm-reaper");
+	th_tool_path(bin, sizeof(bin), "kvshm-reaper");
 	log_path(log, sizeof(log));
 	const char *argv[] = {bin, "--poll-ms", "20", name, NULL};
-	pid_t parent = getpid();
-	fflush(stdout);
-	fflush(stderr);
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (getppid() != parent)
-			_exit(126);
-		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-		if (fd < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
-			_exit(125);
-		execv(bin, (char *const *)argv);
-		_exit(127);
-	}
-	track(pid);
-	uint64_t deadline = now_ms() + DEADLINE_MS;
-	while (kvshm_reaper_pid(h) != (uint32_t)pid) {
-		int code = reap_within(pid, 0);
-		if (code >= 0 || now_ms() > deadline) {
-			print_error("reaper %d: exit %d before serving\n", (int)pid, code);
-			dump_file(log);
-			fail();
-		}
-		sleep_ms(10);
-	}
+	pid_t pid = th_spawn(argv, log, log, NULL, NULL);
+	th_track(pid);
+	th_wait_reaper(h, pid, log, DEADLINE_MS);
 	return pid;
 }
 
 static void stop_reaper(kvshm *h, pid_t pid)
 {
 	char log[PLEN];
-	assert_int_equal(kill(pid, SIGTERM), 0);
-	int code = reap_within(pid, DEADLINE_MS);
-	if (code != 0) {
-		print_error("reaper: SIGTERM -> %d, want exit 0\n", code);
-		dump_file(log_path(log, sizeof(log)));
-	}
-	assert_int_equal(code, 0);
-	assert_int_equal(kvshm_reaper_pid(h), 0);
+	th_stop_reaper(h, pid, log_path(log, sizeof(log)), DEADLINE_MS);
 }
 
 static void test_status_procs(void **st)
@@ -1480,7 +1174,7 @@ static void test_status_procs(void **st)
 	run_free(&r);
 
 	/* status: one reservation outstanding (the dead writer's and the live one's). */
-	kvshm_stats s = stats_of(p.h);
+	kvshm_stats s = th_stats_of(p.h);
 	assert_int_equal(s.entries_reserved, 2);
 	assert_int_equal(s.writer_slots_used, 1);
 	assert_int_equal(s.procs_live, 3);
@@ -1503,14 +1197,14 @@ static void test_status_procs(void **st)
 
 	/* The real reaper: it reclaims the dead worker and shows in status. */
 	pid_t rp = start_reaper(p.h, p.name);
-	uint64_t deadline = now_ms() + DEADLINE_MS;
-	while (s = stats_of(p.h), s.procs_live != 3 || s.entries_reserved != 1) {
-		if (now_ms() > deadline) {
+	uint64_t deadline = th_now_ms() + DEADLINE_MS;
+	while (s = th_stats_of(p.h), s.procs_live != 3 || s.entries_reserved != 1) {
+		if (th_now_ms() > deadline) {
 			print_error("the reaper did not reclaim the killed worker: %u procs, %llu reserved\n", s.procs_live,
 				    (unsigned long long)s.entries_reserved);
 			fail();
 		}
-		sleep_ms(10);
+		th_sleep_ms(10);
 	}
 	status_matches(&p, (uint32_t)rp);
 	procs_of(p.h, &in);
@@ -1556,8 +1250,8 @@ static int by_tokens(const void *a, const void *b)
 /* ls ARGS --json against kvshm_list(f). */
 static void ls_matches(kvshm *h, const kvshm_filter *f, const char *const *args)
 {
-	struct coll c;
-	list_of(h, f, &c);
+	struct th_coll c;
+	th_list(h, f, &c);
 	jv *a = json_run(0, args);
 	same_list(a, &c);
 	jfree(a);
@@ -1568,8 +1262,8 @@ static void ls_matches(kvshm *h, const kvshm_filter *f, const char *const *args)
 /* The first n of the listing sorted by cmp, in that order, are ls's. */
 static void ls_sorted(kvshm *h, int (*cmp)(const void *, const void *), size_t n, const char *const *args)
 {
-	struct coll c;
-	list_of(h, NULL, &c);
+	struct th_coll c;
+	th_list(h, NULL, &c);
 	qsort(c.e, (size_t)c.n, sizeof(c.e[0]), cmp);
 	jv *a = json_run(0, args);
 	assert_int_equal(a->t, J_ARR);
@@ -1589,15 +1283,15 @@ static void test_ls_show(void **st)
 {
 	(void)st;
 	struct pop p;
-	struct coll c;
+	struct th_coll c;
 	char fp2[65], arg[80], hex[33];
 	populate(&p, "ls");
 	kvshm *h = p.h;
-	kvshm_model m2 = model_of(2);
+	kvshm_model m2 = th_model_of(2);
 	hexs(m2.fingerprint, 32, fp2);
 
 	/* Everything: the saved families and the two reservations. */
-	list_of(h, NULL, &c);
+	th_list(h, NULL, &c);
 	assert_int_equal(c.n, NFAMS + 2);
 	LS_MATCHES(h, NULL, "-n", p.name, "--json", "ls");
 	assert_non_null(find_fam(h, &c, FAM_RES_KILLED));
@@ -1608,34 +1302,34 @@ static void test_ls_show(void **st)
 	/* Each filter, and all of them at once. */
 	kvshm_filter f = {.tier_mask = KVSHM_TIER_BIT(KVSHM_TIER_DISK)};
 	LS_MATCHES(h, &f, "-n", p.name, "ls", "--tier", "disk", "--json");
-	list_of(h, &f, &c);
+	th_list(h, &f, &c);
 	assert_int_equal(c.n, 6);
 	f.tier_mask = KVSHM_TIER_BIT(KVSHM_TIER_RAM) | KVSHM_TIER_BIT(KVSHM_TIER_RAM_FILE);
 	LS_MATCHES(h, &f, "-n", p.name, "--json", "ls", "--tier", "ram,ram_file");
 	memset(&f, 0, sizeof(f));
 	f.fingerprint = m2.fingerprint;
 	LS_MATCHES(h, &f, "-n", p.name, "--json", "ls", "--model", fp2);
-	list_of(h, &f, &c);
+	th_list(h, &f, &c);
 	assert_int_equal(c.n, 5);
 	memset(&f, 0, sizeof(f));
 	f.min_len = 40 * 1024;
 	LS_MATCHES(h, &f, "-n", p.name, "--json", "ls", "--min-size", "40K");
-	list_of(h, &f, &c);
+	th_list(h, &f, &c);
 	assert_int_equal(c.n, 5); /* 90000, 70000, 60000, 50000, 45000 */
-	kvshm_model m1 = model_of(1);
+	kvshm_model m1 = th_model_of(1);
 	f.min_len = 12000;
 	f.tier_mask = KVSHM_TIER_BIT(KVSHM_TIER_RAM);
 	f.fingerprint = m1.fingerprint;
 	hexs(m1.fingerprint, 32, arg);
 	LS_MATCHES(h, &f, "-n", p.name, "--json", "ls", "--tier", "ram", "--model", arg, "--min-size", "12000");
-	list_of(h, &f, &c);
+	th_list(h, &f, &c);
 	assert_int_equal(c.n, 4); /* families 2, 3, 4 and the killed worker's 20000-byte reservation */
 
 	/* Sorting and limits. */
 	LS_SORTED(h, by_len, 3, "-n", p.name, "--json", "ls", "--sort", "size", "--limit", "3");
 	LS_SORTED(h, by_tokens, 4, "-n", p.name, "--json", "ls", "--sort", "tokens", "--limit", "4");
 	LS_SORTED(h, by_len, (size_t)NFAMS + 2, "-n", p.name, "--json", "ls", "--sort", "size");
-	list_of(h, NULL, &c);
+	th_list(h, NULL, &c);
 	const kvshm_entry_info *most = &c.e[0];
 	for (int i = 1; i < c.n; i++)
 		if (c.e[i].hits > most->hits)
@@ -1688,7 +1382,7 @@ static void test_ls_show(void **st)
 	jfree(a);
 	fam_hex(h, 22, arg);
 	assert_string_equal(hex, arg);
-	list_of(h, NULL, &c);
+	th_list(h, NULL, &c);
 	const kvshm_entry_info *e = find_key(&c, hex);
 	assert_non_null(e);
 	a = JSON(0, "-n", p.name, "--json", "show", hex);
@@ -1708,7 +1402,7 @@ static void test_ls_show(void **st)
 		uint32_t t[MAXTOK];
 		char want[400];
 		size_t n = (size_t)snprintf(want, sizeof(want), "tokens       %zu:", ntok_of(22));
-		toks_of(t, ntok_of(22), 22);
+		th_toks_of(t, ntok_of(22), 22);
 		for (int i = 0; i < 16; i++)
 			n += (size_t)snprintf(want + n, sizeof(want) - n, " %u", t[i]);
 		snprintf(want + n, sizeof(want) - n, " ...\n");
@@ -1946,14 +1640,14 @@ static void test_stats_metrics(void **st)
 	struct pop p;
 	populate(&p, "stats");
 	kvshm *h = p.h;
-	kvshm_stats a = stats_of(h);
+	kvshm_stats a = th_stats_of(h);
 	/* The workers left something in the counters worth comparing. */
 	assert_int_equal(a.counters[KVSHM_C_saves_cold], 3);
 	assert_true(a.counters[KVSHM_C_hits_exact] >= 12 + 4);
 	assert_true(a.counters[KVSHM_C_saved_bytes] > 0);
 
 	jv *o = JSON(0, "-n", p.name, "--json", "stats");
-	kvshm_stats b = stats_of(h);
+	kvshm_stats b = th_stats_of(h);
 	stable_stats(&a, &b);
 	assert_int_equal(o->t, J_OBJ);
 	assert_int_equal(o->n, KVSHM_NCOUNTERS + 2);
@@ -1983,9 +1677,9 @@ static void test_stats_metrics(void **st)
 
 	/* metrics, also with --json (ignored: Prometheus text either way). */
 	for (int j = 0; j < 2; j++) {
-		a = stats_of(h);
+		a = th_stats_of(h);
 		r = j ? SHMCTL("-n", p.name, "metrics", "--json") : SHMCTL("-n", p.name, "metrics");
-		b = stats_of(h);
+		b = th_stats_of(h);
 		stable_stats(&a, &b);
 		want_code(&r, 0);
 		assert_string_equal(r.err, "");
@@ -2060,12 +1754,12 @@ static void test_check(void **st)
 
 	/* A shard that miscounts its tier's bytes. */
 	entry_of(h, 5, &s, &idx);
-	OK(kvshm__shard_lock(h, s));
+	TH_OK(kvshm__shard_lock(h, s));
 	h->shards[s].tier_bytes[KVSHM_TIER_RAM] += 4096;
 	kvshm__shard_unlock(h, s);
 	snprintf(needle, sizeof(needle), "shard %u tier 0: ", s);
 	check_violation(&p, needle);
-	OK(kvshm__shard_lock(h, s));
+	TH_OK(kvshm__shard_lock(h, s));
 	h->shards[s].tier_bytes[KVSHM_TIER_RAM] -= 4096;
 	kvshm__shard_unlock(h, s);
 	check_healthy(&p);
@@ -2074,12 +1768,12 @@ static void test_check(void **st)
 	const unsigned fams[] = {5, 23};
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(fams); i++) {
 		entry_of(h, fams[i], &s, &idx);
-		OK(kvshm__shard_lock(h, s));
+		TH_OK(kvshm__shard_lock(h, s));
 		h->entries[idx].refcount++;
 		kvshm__shard_unlock(h, s);
 		snprintf(needle, sizeof(needle), "entry %u: refcount 1 but 0 pins recorded", idx);
 		check_violation(&p, needle);
-		OK(kvshm__shard_lock(h, s));
+		TH_OK(kvshm__shard_lock(h, s));
 		h->entries[idx].refcount--;
 		kvshm__shard_unlock(h, s);
 		check_healthy(&p);
@@ -2117,15 +1811,15 @@ static void test_evict_delete_gc(void **st)
 {
 	(void)st;
 	struct pop p;
-	struct coll c;
+	struct th_coll c;
 	populate(&p, "evict");
 	kvshm *h = p.h;
 	heal(&p);
 
 	/* evict from RAM only, lowest score first; pinned entries stay. */
-	kvshm_stats a = stats_of(h);
+	kvshm_stats a = th_stats_of(h);
 	jv *o = JSON(0, "-n", p.name, "--json", "evict", "50000", "--tiers", "ram");
-	kvshm_stats b = stats_of(h);
+	kvshm_stats b = th_stats_of(h);
 	uint64_t freed = ju64(o, "freed"), n = ju64(o, "entries");
 	jfree(o);
 	assert_true(freed >= 50000);
@@ -2138,7 +1832,7 @@ static void test_evict_delete_gc(void **st)
 		assert_int_equal(a.tier_bytes[t], b.tier_bytes[t]);
 		assert_int_equal(a.tier_entries[t], b.tier_entries[t]);
 	}
-	list_of(h, NULL, &c);
+	th_list(h, NULL, &c);
 	assert_non_null(find_fam(h, &c, 1)); /* pinned by the live worker */
 	/* Text; then more than there is: everything unpinned in RAM goes. */
 	struct run r = SHMCTL("-n", p.name, "evict", "1G", "--tiers", "ram");
@@ -2146,11 +1840,11 @@ static void test_evict_delete_gc(void **st)
 	want_in(&r, r.out, "evicted ");
 	run_free(&r);
 	kvshm_filter f = {.tier_mask = KVSHM_TIER_BIT(KVSHM_TIER_RAM)};
-	list_of(h, &f, &c);
+	th_list(h, &f, &c);
 	for (int i = 0; i < c.n; i++)
 		assert_true(c.e[i].refcount > 0 || c.e[i].state != KVSHM_STATE_READY);
 	assert_non_null(find_fam(h, &c, 1));
-	check_ok(h);
+	th_check_ok(h);
 	EXPECT(1, "BYTES", "-n", p.name, "evict");
 	EXPECT(1, "invalid BYTES", "-n", p.name, "evict", "lots");
 	EXPECT(1, "invalid tiers", "-n", p.name, "evict", "1K", "--tiers", "tape");
@@ -2158,12 +1852,12 @@ static void test_evict_delete_gc(void **st)
 
 	/* delete: refused without --yes (nothing deleted), then done. */
 	f = (kvshm_filter){.tier_mask = KVSHM_TIER_BIT(KVSHM_TIER_DISK), .min_len = 20000};
-	list_of(h, &f, &c);
+	th_list(h, &f, &c);
 	assert_int_equal(c.n, 4); /* 21 (pinned), 24, 25, 26 */
-	a = stats_of(h);
+	a = th_stats_of(h);
 	EXPECT(1, "--yes", "-n", p.name, "delete", "--tier", "disk", "--min-size", "20000");
 	EXPECT(1, "--yes", "-n", p.name, "--json", "delete");
-	b = stats_of(h);
+	b = th_stats_of(h);
 	assert_memory_equal(a.tier_entries, b.tier_entries, sizeof(a.tier_entries));
 	assert_int_equal(b.counters[KVSHM_C_deletes], a.counters[KVSHM_C_deletes]);
 	char files[3][PLEN];
@@ -2175,21 +1869,21 @@ static void test_evict_delete_gc(void **st)
 	o = JSON(0, "-n", p.name, "--json", "delete", "--tier", "disk", "--min-size", "20000", "--yes");
 	assert_int_equal(ju64(o, "deleted"), 3);
 	jfree(o);
-	b = stats_of(h);
+	b = th_stats_of(h);
 	assert_int_equal(b.counters[KVSHM_C_deletes] - a.counters[KVSHM_C_deletes], 3);
 	assert_int_equal(a.tier_entries[KVSHM_TIER_DISK] - b.tier_entries[KVSHM_TIER_DISK], 3);
-	list_of(h, &f, &c);
+	th_list(h, &f, &c);
 	assert_int_equal(c.n, 1);
 	assert_non_null(find_fam(h, &c, 21));
 	for (int i = 0; i < 3; i++)
 		assert_int_equal(access(files[i], F_OK), -1);
 	/* By model, across tiers (text). */
-	kvshm_model m2 = model_of(2);
+	kvshm_model m2 = th_model_of(2);
 	char fp2[65];
 	hexs(m2.fingerprint, 32, fp2);
 	memset(&f, 0, sizeof(f));
 	f.fingerprint = m2.fingerprint;
-	list_of(h, &f, &c);
+	th_list(h, &f, &c);
 	int want = 0;
 	for (int i = 0; i < c.n; i++)
 		want += c.e[i].refcount == 0 && c.e[i].state == KVSHM_STATE_READY;
@@ -2197,16 +1891,16 @@ static void test_evict_delete_gc(void **st)
 	char line[64];
 	snprintf(line, sizeof(line), "deleted %d entries\n", want);
 	EXPECT(0, line, "-n", p.name, "delete", "--model", fp2, "--yes");
-	list_of(h, &f, &c);
+	th_list(h, &f, &c);
 	assert_int_equal(c.n, 0);
 	EXPECT(1, "invalid tiers", "-n", p.name, "delete", "--tier", "tape", "--yes");
 	EXPECT(1, "--min-idle", "-n", p.name, "delete", "--min-idle", "-1", "--yes");
-	check_ok(h);
+	th_check_ok(h);
 
 	/* gc with nothing over quota and no expired reservation: a no-op. */
-	a = stats_of(h);
+	a = th_stats_of(h);
 	o = JSON(0, "-n", p.name, "--json", "gc");
-	b = stats_of(h);
+	b = th_stats_of(h);
 	assert_int_equal(ju64(o, "expired"), 0);
 	assert_int_equal(ju64(o, "freed"), 0);
 	assert_int_equal(ju64(o, "entries"), 0);
@@ -2219,15 +1913,15 @@ static void test_evict_delete_gc(void **st)
 	/* gc expires a reservation past its TTL whose writer is alive. */
 	char name[64];
 	kvshm_config cfg;
-	cfg_small(&cfg);
+	th_cfg_small(&cfg, 8);
 	cfg.reservation_ttl_ms = 200;
-	kvshm *h2 = create_cache(name, sizeof(name), "gc", &cfg);
+	kvshm *h2 = th_create_cache(name, sizeof(name), "gc", &cfg);
 	pid_t w = start_worker(name, W_RESERVER);
-	sleep_ms(400); /* past the deadline */
-	a = stats_of(h2);
+	th_sleep_ms(400); /* past the deadline */
+	a = th_stats_of(h2);
 	assert_int_equal(a.entries_reserved, 1);
 	o = JSON(0, "-n", name, "--json", "gc");
-	b = stats_of(h2);
+	b = th_stats_of(h2);
 	assert_int_equal(ju64(o, "expired"), 1);
 	jfree(o);
 	assert_int_equal(b.counters[KVSHM_C_expired] - a.counters[KVSHM_C_expired], 1);
@@ -2235,16 +1929,16 @@ static void test_evict_delete_gc(void **st)
 	assert_int_equal(o->n, 1);
 	assert_string_equal(jstr(jat(o, 0), "state"), "expired");
 	jfree(o);
-	check_ok(h2);
+	th_check_ok(h2);
 	assert_int_equal(kill(w, SIGKILL), 0);
-	assert_int_equal(reap(w), 128 + SIGKILL);
+	assert_int_equal(th_reap(w), 128 + SIGKILL);
 	assert_int_equal(kvshm_sweep(h2), 1);
-	check_ok(h2);
+	th_check_ok(h2);
 	o = JSON(0, "-n", name, "--json", "ls");
 	assert_int_equal(o->n, 0);
 	jfree(o);
-	OK(kvshm_close(h2));
-	OK(kvshm_destroy(name, NULL, 1));
+	TH_OK(kvshm_close(h2));
+	TH_OK(kvshm_destroy(name, NULL, 1));
 	G.passed = true;
 }
 
@@ -2268,13 +1962,6 @@ static void same_sched(const jv *o, const kvshm_sched_status *ss)
 	assert_string_equal(jstr(o, "last_error"), ss->last_error);
 }
 
-static kvshm_sched_status sched_of(kvshm *h)
-{
-	kvshm_sched_status ss;
-	OK(kvshm_sched_get(h, &ss));
-	return ss;
-}
-
 static void test_scheduler(void **st)
 {
 	(void)st;
@@ -2283,29 +1970,29 @@ static void test_scheduler(void **st)
 	kvshm *h = p.h;
 	heal(&p);
 
-	kvshm_sched_status ss = sched_of(h);
+	kvshm_sched_status ss = th_sched_of(h);
 	assert_false(ss.config.enabled);
 	jv *o = JSON(0, "-n", p.name, "--json", "scheduler");
 	same_sched(o, &ss);
 	assert_string_equal(jstr(o, "last_result"), "none");
-	assert_int_equal(ju64(o, "min_evict_bytes"), MIB);
+	assert_int_equal(ju64(o, "min_evict_bytes"), TH_MIB);
 	jfree(o);
 	o = JSON(0, "-n", p.name, "--json", "scheduler", "status");
 	same_sched(o, &ss);
 	jfree(o);
 
 	o = JSON(0, "-n", p.name, "--json", "scheduler", "enable");
-	ss = sched_of(h);
+	ss = th_sched_of(h);
 	assert_true(ss.config.enabled);
 	same_sched(o, &ss);
 	jfree(o);
 	status_matches(&p, 0);
 	EXPECT(0, "scheduler disabled: source noop", "-n", p.name, "scheduler", "disable");
-	ss = sched_of(h);
+	ss = th_sched_of(h);
 	assert_false(ss.config.enabled);
 
 	o = JSON(0, "-n", p.name, "--json", "scheduler", "set", "0.9", "0.8");
-	ss = sched_of(h);
+	ss = th_sched_of(h);
 	assert_true(fabs(ss.config.high_watermark - 0.9) < 1e-9);
 	assert_true(fabs(ss.config.low_watermark - 0.8) < 1e-9);
 	same_sched(o, &ss);
@@ -2318,7 +2005,7 @@ static void test_scheduler(void **st)
 	EXPECT(1, "invalid LOW", "-n", p.name, "scheduler", "set", "0.5", "x");
 	EXPECT(1, "scheduler set HIGH LOW", "-n", p.name, "scheduler", "set", "0.9");
 	EXPECT(1, "status|enable|disable|force|set", "-n", p.name, "scheduler", "reboot");
-	kvshm_sched_status s2 = sched_of(h);
+	kvshm_sched_status s2 = th_sched_of(h);
 	assert_true(s2.config.high_watermark == ss.config.high_watermark);
 	assert_true(s2.config.low_watermark == ss.config.low_watermark);
 	assert_int_equal(s2.config.enabled, ss.config.enabled);
@@ -2329,23 +2016,23 @@ static void test_scheduler(void **st)
 	want_in(&r, r.err, "no reaper is running");
 	want_in(&r, r.out, "last check: none");
 	run_free(&r);
-	assert_int_equal(sched_of(h).checks, 0);
+	assert_int_equal(th_sched_of(h).checks, 0);
 	/* ... which runs it (both requests, the one before it started too). */
 	pid_t rp = start_reaper(h, p.name);
 	r = SHMCTL("-n", p.name, "scheduler", "force");
 	want_code(&r, 0);
 	assert_string_equal(r.err, "");
 	run_free(&r);
-	uint64_t deadline = now_ms() + DEADLINE_MS;
-	while ((ss = sched_of(h)).checks == 0) {
-		if (now_ms() > deadline) {
+	uint64_t deadline = th_now_ms() + DEADLINE_MS;
+	while ((ss = th_sched_of(h)).checks == 0) {
+		if (th_now_ms() > deadline) {
 			print_error("the reaper never ran the forced check\n");
 			fail();
 		}
-		sleep_ms(10);
+		th_sleep_ms(10);
 	}
 	stop_reaper(h, rp);
-	ss = sched_of(h);
+	ss = th_sched_of(h);
 	assert_true(ss.sampled_ns > 0);
 	o = JSON(0, "-n", p.name, "--json", "scheduler");
 	same_sched(o, &ss);
@@ -2355,15 +2042,15 @@ static void test_scheduler(void **st)
 
 	/* An eviction under pressure (a command source says 95 of 100 used),
 	 * run here; status shows how long ago it was, start of a second or not. */
-	kvshm_sched_config sc = sched_of(h).config;
+	kvshm_sched_config sc = th_sched_of(h).config;
 	sc.source = KVSHM_PRESSURE_COMMAND;
 	snprintf(sc.command, sizeof(sc.command), "echo 95 100");
-	OK(kvshm_sched_set(h, &sc));
+	TH_OK(kvshm_sched_set(h, &sc));
 	struct timespec t0;
 	do /* early in a second: the eviction and the status most likely share it */
 		clock_gettime(CLOCK_REALTIME, &t0);
-	while (t0.tv_nsec > 200000000L && (sleep_ms(20), true));
-	OK(kvshm_sched_check(h, 1, &ss));
+	while (t0.tv_nsec > 200000000L && (th_sleep_ms(20), true));
+	TH_OK(kvshm_sched_check(h, 1, &ss));
 	assert_int_equal(ss.last_result, KVSHM_SCHED_EVICTED);
 	r = SHMCTL("-n", p.name, "status");
 	struct timespec t1;
@@ -2452,9 +2139,9 @@ static void test_reconcile(void **st)
 	want_code(&r, 3); /* the checker sees it too */
 	run_free(&r);
 
-	kvshm_stats s0 = stats_of(h);
+	kvshm_stats s0 = th_stats_of(h);
 	a = JSON(0, "-n", p.name, "reconcile", "--json");
-	kvshm_stats s1 = stats_of(h);
+	kvshm_stats s1 = th_stats_of(h);
 	assert_int_equal(a->n, 2);
 	const jv *rf = jat(a, 0), *dk = jat(a, 1);
 	assert_string_equal(jstr(rf, "tier"), "ram_file");
@@ -2478,7 +2165,7 @@ static void test_reconcile(void **st)
 	assert_int_equal(access(temp, F_OK), -1);
 	assert_int_equal(access(junk, F_OK), -1);
 	assert_false(kvshm_sweep(h) < 0);
-	check_ok(h);
+	th_check_ok(h);
 	check_healthy(&p);
 
 	/* One tier, text; errors. */
@@ -2557,8 +2244,8 @@ static void test_fsck(void **st)
 	assert_int_equal(stat(path[2], &sb), 0);
 	assert_int_equal(truncate(path[2], sb.st_size - 100), 0);
 	struct kvshm__idx *ix;
-	OK(kvshm__idx_open(d, true, &ix));
-	OK(kvshm__idx_del(ix, (const uint8_t *)&keys[3]));
+	TH_OK(kvshm__idx_open(d, true, &ix));
+	TH_OK(kvshm__idx_del(ix, (const uint8_t *)&keys[3]));
 	kvshm__idx_close(ix);
 	assert_int_equal(unlink(path[4]), 0);
 	snprintf(temp, sizeof(temp), "%s/tmp", d);
@@ -2622,14 +2309,14 @@ static void test_fsck(void **st)
 	/* A cache made over the repaired directory takes its three files. */
 	char name[64];
 	kvshm_config c;
-	cfg_small(&c);
+	th_cfg_small(&c, 8);
 	c.disk_dir = d;
-	kvshm *h2 = create_cache(name, sizeof(name), "fsck2", &c);
-	kvshm_stats s = stats_of(h2);
+	kvshm *h2 = th_create_cache(name, sizeof(name), "fsck2", &c);
+	kvshm_stats s = th_stats_of(h2);
 	assert_int_equal(s.tier_entries[KVSHM_TIER_DISK], 3);
-	check_ok(h2);
-	OK(kvshm_close(h2));
-	OK(kvshm_destroy(name, NULL, 1));
+	th_check_ok(h2);
+	TH_OK(kvshm_close(h2));
+	TH_OK(kvshm_destroy(name, NULL, 1));
 
 	EXPECT(1, "fsck needs the file-tier DIR", "fsck");
 	EXPECT(1, "fsck takes one DIR", "fsck", d, d);
@@ -2695,10 +2382,10 @@ static void test_destroy_usage(void **st)
 	/* The live process is the only one: with it gone, destroy is allowed. */
 	char name[64];
 	kvshm_config c;
-	cfg_small(&c);
-	kvshm *h = create_cache(name, sizeof(name), "destroy2", &c);
+	th_cfg_small(&c, 8);
+	kvshm *h = th_create_cache(name, sizeof(name), "destroy2", &c);
 	EXPECT(4, "1 live processes", "-n", name, "destroy");
-	OK(kvshm_close(h));
+	TH_OK(kvshm_close(h));
 	snprintf(msg, sizeof(msg), "cache %s destroyed\n", name);
 	EXPECT(0, msg, "-n", name, "destroy");
 	G.passed = true;
@@ -2710,8 +2397,8 @@ static void test_usage_messages(void **st)
 	(void)st;
 	char name[64];
 	kvshm_config c;
-	cfg_small(&c);
-	kvshm *h = create_cache(name, sizeof(name), "usage", &c);
+	th_cfg_small(&c, 8);
+	kvshm *h = th_create_cache(name, sizeof(name), "usage", &c);
 	const char *const noargs[] = {"status", "procs", "stats", "metrics", "gc"};
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(noargs); i++) {
 		char msg[64];
@@ -2746,8 +2433,8 @@ static void test_usage_messages(void **st)
 	EXPECT(1, "unrecognized option", "-n", name, "ls", "--colour");
 	/* Usage errors need no cache. */
 	EXPECT(1, "status takes no arguments", "-n", "no-such-cache-at-all", "status", "extra");
-	OK(kvshm_close(h));
-	OK(kvshm_destroy(name, NULL, 1));
+	TH_OK(kvshm_close(h));
+	TH_OK(kvshm_destroy(name, NULL, 1));
 	G.passed = true;
 }
 
@@ -2804,7 +2491,7 @@ static void test_top_tmux(void **st)
 	char bin[PATH_MAX], cmd[PATH_MAX + 256], sess[64];
 	populate(&p, "top");
 	heal(&p);
-	tool_path(bin, sizeof(bin), "shmctl");
+	th_tool_path(bin, sizeof(bin), "shmctl");
 	/* Our own server (-L): nothing of anyone else's tmux is touched. */
 	snprintf(G.tmux, sizeof(G.tmux), "kvshm-test-%d", (int)getpid());
 	snprintf(sess, sizeof(sess), "top-%d", (int)getpid());
@@ -2823,8 +2510,8 @@ static void test_top_tmux(void **st)
 	pid_t hit[2] = {start_worker(p.name, W_HITTER), start_worker(p.name, W_HITTER)};
 
 	/* Poll the screen until it shows everything (or the deadline). */
-	kvshm_stats s = stats_of(p.h);
-	uint64_t deadline = now_ms() + DEADLINE_MS;
+	kvshm_stats s = th_stats_of(p.h);
+	uint64_t deadline = th_now_ms() + DEADLINE_MS;
 	const char *why = "";
 	char *screen = NULL;
 	for (;;) {
@@ -2836,18 +2523,18 @@ static void test_top_tmux(void **st)
 		run_free(&r);
 		if ((why = top_screen_ok(screen, p.name, &s)) == NULL)
 			break;
-		if (strstr(screen, "shmctl exited") || now_ms() > deadline) {
+		if (strstr(screen, "shmctl exited") || th_now_ms() > deadline) {
 			print_error("top in tmux: %s\n----- screen -----\n%s------------------\n", why, screen);
 			fail();
 		}
-		sleep_ms(100);
+		th_sleep_ms(100);
 	}
 	/* A terminal: the screen is redrawn in place, one frame at a time. */
 	assert_int_equal(count_of(screen, "kvshm top — cache"), 1);
 	free(screen);
 	for (int i = 0; i < 2; i++) {
 		assert_int_equal(kill(hit[i], SIGKILL), 0);
-		assert_int_equal(reap(hit[i]), 128 + SIGKILL);
+		assert_int_equal(th_reap(hit[i]), 128 + SIGKILL);
 	}
 	char sock[PATH_MAX];
 	snprintf(sock, sizeof(sock), "%s", G.tmux_sock);

@@ -121,8 +121,13 @@ static uint64_t my_owner(struct tseg *t)
 	return KVSHM_OWNER_SLOT(t->me, t->me_gen);
 }
 
-/* Hand over / take back under the process-table lock (rank 10). */
-static int give(struct tseg *t, uint64_t off, uint64_t owner)
+/* kvshm__slab_give_locked or kvshm__slab_take_locked. */
+typedef int (*handover_fn)(struct kvshm__seg *s, struct kvshm__lock *lk, struct kvshm__slab *sl, uint32_t me,
+			   uint64_t off, uint64_t owner);
+
+/* A hand-over or take-back under the process-table lock (rank 10),
+ * aborted when it fails. */
+static int under_tab_lock(struct tseg *t, uint64_t off, uint64_t owner, handover_fn fn)
 {
 	struct kvshm__lock *lk = &t->tab->lk;
 	int err = kvshm__lock_acquire(t->seg, lk, NULL);
@@ -131,7 +136,7 @@ static int give(struct tseg *t, uint64_t off, uint64_t owner)
 			kvshm__lock_release(t->seg, lk);
 		return err;
 	}
-	err = kvshm__slab_give_locked(t->seg, lk, t->slab, t->me, off, owner);
+	err = fn(t->seg, lk, t->slab, t->me, off, owner);
 	if (err < 0)
 		kvshm__lock_abort(t->seg, lk);
 	else
@@ -139,21 +144,15 @@ static int give(struct tseg *t, uint64_t off, uint64_t owner)
 	return err;
 }
 
+/* Hand over to owner / take back from expect. */
+static int give(struct tseg *t, uint64_t off, uint64_t owner)
+{
+	return under_tab_lock(t, off, owner, kvshm__slab_give_locked);
+}
+
 static int take(struct tseg *t, uint64_t off, uint64_t expect)
 {
-	struct kvshm__lock *lk = &t->tab->lk;
-	int err = kvshm__lock_acquire(t->seg, lk, NULL);
-	if (err < 0) {
-		if (kvshm__lock_held(lk))
-			kvshm__lock_release(t->seg, lk);
-		return err;
-	}
-	err = kvshm__slab_take_locked(t->seg, lk, t->slab, t->me, off, expect);
-	if (err < 0)
-		kvshm__lock_abort(t->seg, lk);
-	else
-		kvshm__lock_release(t->seg, lk);
-	return err;
+	return under_tab_lock(t, off, expect, kvshm__slab_take_locked);
 }
 
 static uint64_t alloc_ok(struct tseg *t, uint64_t size)
