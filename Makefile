@@ -149,6 +149,7 @@ test:
 	@sh tests/run.sh $(B)/tst $(TESTS)
 	@$(CRASH_RUN) --quick --kills 0 --random-kills 300 --seconds 120
 	@sh tests/install_test.sh
+	@sh tests/demo_test.sh $(B)/bin
 	@$(MAKE) --no-print-directory test-python
 
 # The long crash-injection campaign: systematic over every crash point and
