@@ -533,13 +533,38 @@ static void test_second_reaper_refused(void **st)
 	th_wait_reaper(h, ra, loga, START_MS);
 	TH_OK(kvshm_sched_get(h, &ss0));
 
-	pid_t rb = SPAWN(logb, NULL, "--poll-ms", "20", name);
+	/* The name given as -n NAME works like the argument. */
+	pid_t rb = SPAWN(logb, NULL, "--poll-ms", "20", "-n", name);
 	int code = th_reap_within(rb, START_MS);
 	if (code != 2)
 		th_dump_file(logb);
 	assert_int_equal(code, 2);
 	snprintf(needle, sizeof(needle), "reaper pid %d", (int)ra);
 	assert_int_equal(file_count(logb, needle), 1);
+
+	/* Usage errors exit 1 with the reason, and touch no cache. */
+	static const struct {
+		const char *args[4];
+		const char *says;
+	} bad[] = {
+		{{"--bogus", NULL}, "Try 'kvshm-reaper --help'"},
+		{{"--poll-ms", "20", NULL}, "expected exactly one cache NAME"},
+		{{"-n", "x", "y", NULL}, "expected exactly one cache NAME"},
+		{{"--size", "12Q", "x", NULL}, "invalid --size '12Q'"},
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char logx[PLEN];
+		char fn[32];
+		snprintf(fn, sizeof(fn), "reaper-usage-%zu.log", i);
+		tmp_path(logx, sizeof(logx), fn);
+		pid_t rx = spawn_reaperv(logx, NULL, bad[i].args);
+		code = th_reap_within(rx, START_MS);
+		if (code != 1 || file_count(logx, bad[i].says) != 1)
+			th_dump_file(logx);
+		assert_int_equal(code, 1);
+		assert_int_equal(file_count(logx, bad[i].says), 1);
+	}
+	assert_int_equal(kvshm_reaper_pid(h), (uint32_t)ra);
 
 	/* A refused reaper changes nothing, not even the scheduler settings it
 	 * was given. */

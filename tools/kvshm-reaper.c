@@ -36,6 +36,7 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"Usage: kvshm-reaper [OPTIONS] NAME\n"
+		"       kvshm-reaper [OPTIONS] -n NAME\n"
 		"\n"
 		"Serve the kvshm cache NAME: reclaim everything a dead process held (pins,\n"
 		"reservations, half-written memory, writer slots) within milliseconds of its\n"
@@ -44,6 +45,7 @@ static void usage(FILE *f)
 		"config file with SIGHUP. Only one reaper serves a cache at a time.\n"
 		"\n"
 		"Cache:\n"
+		"  -n, --name NAME         the cache (or give NAME as the argument)\n"
 		"  -c, --create            create the cache if it does not exist\n"
 		"  -s, --size BYTES        segment size when creating (default 512M)\n"
 		"      --shm-dir DIR       where segments live (default /dev/shm)\n"
@@ -227,7 +229,8 @@ int main(int argc, char **argv, char **envp)
 	enum { O_SHMDIR = 256, O_POLL, O_PRUNE, O_MAXAGE, O_SCHED, O_PRESSURE, O_PCMD, O_HIGH, O_LOW, O_INTERVAL,
 	       O_MINEVICT, O_TIERS, O_SYSLOG };
 	static const struct option opts[] = {
-		{"create", no_argument, NULL, 'c'},       {"size", required_argument, NULL, 's'},
+		{"name", required_argument, NULL, 'n'},  {"create", no_argument, NULL, 'c'},
+		{"size", required_argument, NULL, 's'},
 		{"shm-dir", required_argument, NULL, O_SHMDIR}, {"config", required_argument, NULL, 'f'},
 		{"poll-ms", required_argument, NULL, O_POLL}, {"prune-interval", required_argument, NULL, O_PRUNE},
 		{"max-age", required_argument, NULL, O_MAXAGE}, {"scheduler", no_argument, NULL, O_SCHED},
@@ -241,7 +244,7 @@ int main(int argc, char **argv, char **envp)
 	};
 	struct settings st;
 	kvshm_config cfg;
-	const char *config_path = NULL, *pidfile_path = NULL;
+	const char *config_path = NULL, *pidfile_path = NULL, *name = NULL;
 	bool create = false, use_syslog = false;
 	int c, rc = 0;
 
@@ -254,11 +257,12 @@ int main(int argc, char **argv, char **envp)
 
 	/* Options are applied after the config file, so they win: collect
 	 * them first, remember which were given. */
-	struct kv given[32];
+	struct kv given[64];
 	int ngiven = 0;
-	while ((c = getopt_long(argc, argv, "cs:f:p:vqhV", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "n:cs:f:p:vqhV", opts, NULL)) != -1) {
 		const char *key = NULL;
 		switch (c) {
+		case 'n': name = optarg; break;
 		case 'c': create = true; break;
 		case 's':
 			if (tu_parse_size(optarg, "--size", &cfg.segment_bytes) < 0)
@@ -283,16 +287,26 @@ int main(int argc, char **argv, char **envp)
 		case O_INTERVAL: key = "interval"; break;
 		case O_MINEVICT: key = "min_evict"; break;
 		case O_TIERS: key = "evict_tiers"; break;
-		default: usage(stderr); return 1;
+		default:
+			/* getopt has named the option. */
+			fprintf(stderr, "Try 'kvshm-reaper --help' for more information.\n");
+			return 1;
 		}
-		if (key && ngiven < 32)
+		if (key) {
+			if (ngiven == (int)(sizeof(given) / sizeof(given[0]))) {
+				fprintf(stderr, "kvshm-reaper: more than %zu settings on the command line\n",
+					(sizeof(given) / sizeof(given[0])));
+				return 1;
+			}
 			given[ngiven++] = (struct kv){key, optarg};
+		}
 	}
-	if (optind != argc - 1) {
-		fprintf(stderr, "kvshm-reaper: expected exactly one cache NAME (see --help)\n");
+	if (optind < argc && !name)
+		name = argv[optind++];
+	if (!name || optind != argc) {
+		fprintf(stderr, "kvshm-reaper: expected exactly one cache NAME, as -n NAME or an argument (see --help)\n");
 		return 1;
 	}
-	const char *name = argv[optind];
 	if (load(config_path, given, ngiven, &st) < 0)
 		return 1;
 	if (st.sched_given && kvshm_sched_validate(&st.sc) < 0) {

@@ -40,7 +40,7 @@ int tu_parse_size(const char *s, const char *what, uint64_t *out)
 	*out = (uint64_t)v << shift;
 	return 0;
 bad:
-	fprintf(stderr, "invalid %s '%s': expected a byte count like 4096, 512K, 64M, 2G\n", what, s ? s : "");
+	fprintf(stderr, "%s: invalid %s '%s': expected a byte count like 4096, 512K, 64M, 2G\n", getprogname(), what, s ? s : "");
 	return -1;
 }
 
@@ -50,7 +50,7 @@ int tu_parse_u32(const char *s, const char *what, uint32_t min, uint32_t max, ui
 	errno = 0;
 	unsigned long long v = s ? strtoull(s, &end, 10) : 0;
 	if (!s || !*s || *s == '-' || errno || *end || v < min || v > max) {
-		fprintf(stderr, "invalid %s '%s': expected an integer from %u to %u\n", what, s ? s : "", min, max);
+		fprintf(stderr, "%s: invalid %s '%s': expected an integer from %u to %u\n", getprogname(), what, s ? s : "", min, max);
 		return -1;
 	}
 	*out = (uint32_t)v;
@@ -63,7 +63,7 @@ int tu_parse_double(const char *s, const char *what, double min, double max, dou
 	errno = 0;
 	double v = s ? strtod(s, &end) : 0;
 	if (!s || !*s || errno || *end || !(v >= min && v <= max)) {
-		fprintf(stderr, "invalid %s '%s': expected a number from %g to %g\n", what, s ? s : "", min, max);
+		fprintf(stderr, "%s: invalid %s '%s': expected a number from %g to %g\n", getprogname(), what, s ? s : "", min, max);
 		return -1;
 	}
 	*out = v;
@@ -101,7 +101,7 @@ int tu_parse_tiers(const char *s, unsigned *mask)
 	*mask = m;
 	return 0;
 bad:
-	fprintf(stderr, "invalid tiers '%s': expected all, or a comma list of ram, ram_file, disk\n", s ? s : "");
+	fprintf(stderr, "%s: invalid tiers '%s': expected all, or a comma list of ram, ram_file, disk\n", getprogname(), s ? s : "");
 	return -1;
 }
 
