@@ -31,7 +31,7 @@ static void usage(FILE *f)
 		"\n"
 		"Inspect and control the kvshm cache NAME (default: $KVSHM_CACHE, else \"default\").\n"
 		"\n"
-		"Reading (each takes --json):\n"
+		"Reading (all but metrics and top take --json):\n"
 		"  status                   segment, tiers, entries, processes, reaper, scheduler\n"
 		"  procs                    attached processes: pid, alive, pins, writer slots, reservations\n"
 		"  ls [--tier T] [--model HEX] [--min-size BYTES] [--sort size|hits|age|score|tokens] [--limit N]\n"
