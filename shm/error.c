@@ -15,13 +15,17 @@ int kvshm__fail(int err, const char *fmt, ...)
 	int saved = errno;
 	va_list ap;
 
+	/* Format into a local buffer first: callers may pass kvshm_last_error()
+	 * itself as an argument, and vsnprintf's source and destination must not
+	 * overlap. */
+	char msg[sizeof(last_error)];
 	va_start(ap, fmt);
-	int n = vsnprintf(last_error, sizeof(last_error), fmt, ap);
+	int n = vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	if (n >= 0 && (size_t)n < sizeof(last_error) - 2) {
-		snprintf(last_error + n, sizeof(last_error) - (size_t)n, ": %s",
-			 kvshm_strerror(err));
+	if (n >= 0 && (size_t)n < sizeof(msg) - 2) {
+		snprintf(msg + n, sizeof(msg) - (size_t)n, ": %s", kvshm_strerror(err));
 	}
+	memcpy(last_error, msg, sizeof(msg));
 	errno = saved;
 	return err;
 }

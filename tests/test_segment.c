@@ -4,6 +4,7 @@
  * a truncated object, a foreign owner, a corrupt region table; offsets
  * out of bounds; names; creation races and creators killed midway.
  */
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -252,6 +253,22 @@ static void test_creator_killed(void **st)
 	}
 }
 
+/* An error that wraps the previous one (kvshm_last_error() passed as an
+ * argument) keeps both texts intact: the formatting must not read the
+ * buffer it writes. */
+static void test_error_wraps_previous(void **st)
+{
+	(void)st;
+	assert_int_equal(kvshm__fail(-ENOENT, "inner %s", "cause"), -ENOENT);
+	char inner[512];
+	snprintf(inner, sizeof(inner), "%s", kvshm_last_error());
+	assert_int_equal(kvshm__fail(-EINVAL, "outer (%s) tail", kvshm_last_error()), -EINVAL);
+	char want[1200];
+	snprintf(want, sizeof(want), "outer (%s) tail: %s", inner, kvshm_strerror(-EINVAL));
+	assert_string_equal(kvshm_last_error(), want);
+	assert_non_null(strstr(kvshm_last_error(), "inner cause"));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -265,6 +282,7 @@ int main(void)
 		cmocka_unit_test(test_names),
 		cmocka_unit_test(test_create_race_loser),
 		cmocka_unit_test(test_creator_killed),
+		cmocka_unit_test(test_error_wraps_previous),
 	};
 	return cmocka_run_group_tests_name("segment", tests, NULL, NULL);
 }
