@@ -2471,6 +2471,34 @@ static void test_enospc(void **state)
 	finish(f);
 }
 
+/* The disk tier's default quota is half the free space of the filesystem
+ * the directory is on, also when the directory does not exist yet (it is
+ * measured on its nearest existing ancestor, not guessed). */
+static void test_default_disk_quota(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(mkdir(f->disk, 0700), 0);
+	if (!mount_tmpfs(f->disk, "size=64m")) {
+		print_message("skipped: cannot mount a small tmpfs (%s)\n", strerror(errno));
+		skip();
+	}
+	snprintf(f->mnt, sizeof(f->mnt), "%s", f->disk);
+	char sub[320];
+	snprintf(sub, sizeof(sub), "%s/not/yet", f->mnt);
+	assert_false(exists(sub));
+	kvshm_config c;
+	cfg_files(&c, f, false, true);
+	c.disk_dir = sub;
+	kvshm *h = open_fx(f, &c);
+	kvshm_stats s;
+	TH_OK(kvshm_stats_get(h, &s));
+	uint64_t q = s.tier_quota[KVSHM_TIER_DISK];
+	print_message("default disk quota on a 64 MiB tmpfs: %llu bytes\n", (unsigned long long)q);
+	assert_true(q > 24 * TH_MIB && q <= 32 * TH_MIB);
+	th_finish(h, f->name);
+	f->h = NULL;
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, fx_setup, fx_teardown)
 
 int main(void)
@@ -2504,6 +2532,7 @@ int main(void)
 		T(test_directories_created),
 		T(test_read_only_directory),
 		T(test_enospc),
+		T(test_default_disk_quota),
 	};
 	/* KVSHM_TEST_FILTER=test_expiry (a cmocka pattern) runs a subset. */
 	const char *filter = getenv("KVSHM_TEST_FILTER");
