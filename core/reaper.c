@@ -204,7 +204,7 @@ static void scan(kvshm_reaper *r)
 		if (alive < 0)
 			continue; /* cannot tell: look again next loop */
 		if (r->t[i].gen != gen)
-			rlog(r, LOG_INFO, "tracking pid %u in slot %u%s", sl->pid, i, fd < 0 ? " (no pidfd: polling)" : "");
+			rlog(r, LOG_DEBUG, "tracking pid %u in slot %u%s", sl->pid, i, fd < 0 ? " (no pidfd: polling)" : "");
 		r->t[i] = (struct track){.fd = fd, .polling = fd < 0, .gen = gen, .pid = sl->pid};
 	}
 }

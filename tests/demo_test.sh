@@ -10,7 +10,7 @@ name="tdemo-$$"
 out=$(mktemp /tmp/kvshm-demo-test.XXXXXX)
 cleanup() {
 	"$bin/shmctl" -n "$name" destroy --force >/dev/null 2>&1 || true
-	rm -rf "/var/tmp/kvshm-demo.$name" "/dev/shm/kvshm-files.$name" "$out"
+	rm -rf "/var/tmp/kvshm-demo.$name" "/dev/shm/kvshm-files.$name" "/tmp/kvshm-demo-reaper.$name.log" "$out"
 }
 trap cleanup EXIT
 if ! "$bin/kvshm-demo" -n "$name" -c 12 --prefill-us 20 --decode-us 50 --no-baseline -q >"$out" 2>&1; then

@@ -34,6 +34,7 @@
  * Every started process is tracked and killed in the teardown, even when a
  * test fails; every cache is destroyed there too.
  */
+#include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
@@ -42,6 +43,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -63,6 +66,10 @@ static struct {
 	char dir[64];
 	bool passed;
 } G;
+
+/* Set when test_syslog bound /dev/log itself (the machine has no syslog
+ * daemon); the teardown removes it even when the test fails. */
+static bool devlog_made;
 
 static void tmp_path(char *buf, size_t len, const char *leaf)
 {
@@ -120,6 +127,10 @@ static int setup(void **st)
 static int teardown(void **st)
 {
 	(void)st;
+	if (devlog_made) {
+		unlink("/dev/log");
+		devlog_made = false;
+	}
 	th_cleanup(G.dir, !G.passed);
 	return 0;
 }
@@ -1469,6 +1480,34 @@ static void test_sighup_reload(void **st)
 	wait_sched(h, 1, 0.7, 0.6, 777, log);
 	wait_log(log, "SIGHUP: reloaded", 1);
 
+	/* At log_level info a new process is tracked silently. */
+	kvshm *h2 = NULL;
+	TH_OK(kvshm_open(name, NULL, 0, &h2));
+	th_sleep_ms(300); /* many poll_ms: the reaper has tracked it */
+	kvshm_close(h2);
+	assert_int_equal(file_count(log, "tracking pid"), 0);
+
+	/* Keys deleted from the file go back to their defaults (0.85/0.75),
+	 * the option still wins (777); log_level debug logs each process. */
+	write_file(conf, "poll_ms = 20\nscheduler = 1\nlog_level = debug\n", 0644);
+	assert_int_equal(kill(rp, SIGHUP), 0);
+	wait_sched(h, 1, 0.85, 0.75, 777, log);
+	wait_log(log, "SIGHUP: reloaded", 2);
+	TH_OK(kvshm_open(name, NULL, 0, &h2));
+	wait_log(log, "tracking pid", 1);
+	kvshm_close(h2);
+	write_file(conf,
+		   "poll_ms = 20\n"
+		   "scheduler = 1\n"
+		   "high = 0.7\n"
+		   "low = 0.6\n"
+		   "interval = 5000\n"
+		   "log_level = info\n",
+		   0644);
+	assert_int_equal(kill(rp, SIGHUP), 0);
+	wait_sched(h, 1, 0.7, 0.6, 777, log);
+	wait_log(log, "SIGHUP: reloaded", 3);
+
 	/* Broken files keep the running settings: invalid watermarks, a line
 	 * that is not a setting, an unknown key. */
 	const char *broken[] = {
@@ -1557,6 +1596,99 @@ static void test_idle_reaper_sleeps(void **st)
 	G.passed = true;
 }
 
+/* ---- --syslog: every message, config errors included, goes to syslog ------------------------------------------- */
+
+
+/* Read syslog datagrams from fd into acc (appending) until it holds
+ * needle, or fail after the deadline. */
+static void wait_syslog(int fd, char *acc, size_t cap, const char *needle)
+{
+	uint64_t deadline = th_now_ms() + DEADLINE_MS;
+	while (!strstr(acc, needle)) {
+		if (th_now_ms() > deadline) {
+			print_error("'%s' not seen in syslog; got:\n%s\n", needle, acc);
+			fail();
+		}
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		if (poll(&p, 1, 100) <= 0)
+			continue;
+		char buf[1024];
+		ssize_t n = recv(fd, buf, sizeof(buf) - 1, 0);
+		if (n <= 0)
+			continue;
+		buf[n] = '\0';
+		size_t len = strlen(acc);
+		snprintf(acc + len, cap - len, "%s\n", buf);
+	}
+}
+
+/*
+ * With --syslog the reaper's config-file errors on SIGHUP go to syslog like
+ * its other logs (not to a stderr nobody reads); while it starts, they go to
+ * stderr as well, so a refused start by hand still says why. The test binds
+ * /dev/log itself, so it runs only where no syslog daemon owns it (as on
+ * a fresh Debian container; skipped elsewhere).
+ */
+static void test_syslog(void **st)
+{
+	(void)st;
+	struct stat sb;
+	if (lstat("/dev/log", &sb) == 0) {
+		print_message("skipped: /dev/log exists (a syslog daemon runs here)\n");
+		skip();
+	}
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	assert_true(fd >= 0);
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	strcpy(sa.sun_path, "/dev/log");
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		print_message("skipped: cannot bind /dev/log (%s)\n", strerror(errno));
+		close(fd);
+		skip();
+	}
+	devlog_made = true;
+	static char got[64 * 1024];
+	got[0] = '\0';
+
+	char name[64], conf[PLEN], log[PLEN], log2[PLEN];
+	kvshm_config c;
+	th_cfg_small(&c, 8);
+	kvshm *h = th_create_cache(name, sizeof(name), "syslog", &c);
+	tmp_path(conf, sizeof(conf), "reaper.conf");
+	tmp_path(log, sizeof(log), "reaper.log");
+	tmp_path(log2, sizeof(log2), "refused.log");
+
+	/* A refused start: the reason on stderr and in syslog. */
+	write_file(conf, "poll_ms = 20\nno_such_key = 1\n", 0644);
+	pid_t bad = SPAWN(log2, NULL, "--syslog", "-f", conf, name);
+	assert_int_equal(th_reap_within(bad, START_MS), 1);
+	assert_int_equal(file_count(log2, "unknown setting 'no_such_key'"), 1);
+	wait_syslog(fd, got, sizeof(got), "unknown setting 'no_such_key'");
+
+	write_file(conf, "poll_ms = 20\nlog_level = info\n", 0644);
+	pid_t rp = SPAWN(log, NULL, "--syslog", "-f", conf, name);
+	th_wait_reaper(h, rp, log, START_MS);
+	wait_syslog(fd, got, sizeof(got), "started");
+
+	/* A broken file on SIGHUP: both the reason and the refusal in syslog,
+	 * nothing on stderr. */
+	write_file(conf, "poll_ms = 20\nhigh = lots\n", 0644);
+	assert_int_equal(kill(rp, SIGHUP), 0);
+	wait_syslog(fd, got, sizeof(got), "not reloaded");
+	wait_syslog(fd, got, sizeof(got), "invalid high 'lots'");
+	th_stop_reaper(h, rp, log, START_MS);
+	/* stderr had the start (while starting, messages go to both), then
+	 * nothing. */
+	assert_int_equal(file_count(log, "started"), 1);
+	assert_int_equal(file_count(log, "invalid high"), 0);
+	assert_int_equal(file_count(log, "not reloaded"), 0);
+	close(fd);
+	unlink("/dev/log");
+	devlog_made = false;
+	th_finish(h, name);
+	G.passed = true;
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -1576,6 +1708,7 @@ int main(void)
 		T(test_promote_plan),
 		T(test_sighup_reload),
 		T(test_idle_reaper_sleeps),
+		T(test_syslog),
 	};
 #undef T
 	/* KVSHM_TEST_FILTER=test_sighup_reload (a cmocka pattern) runs a subset. */

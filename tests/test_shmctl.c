@@ -2368,7 +2368,13 @@ static void test_destroy_usage(void **st)
 	want_code(&r, 2);
 	want_in(&r, r.err, msg);
 	run_free(&r);
-	EXPECT(2, "no cache named 'no-such-cache-at-all'", "-n", "no-such-cache-at-all", "status");
+	EXPECT(2, "no cache named 'no-such-cache-at-all' in /dev/shm", "-n", "no-such-cache-at-all", "status");
+	/* The message names where it looked: $KVSHM_SHM_DIR, or --shm-dir over it. */
+	setenv("KVSHM_SHM_DIR", "/tmp", 1);
+	EXPECT(2, "no cache named 'no-such-cache-at-all' in /tmp (", "-n", "no-such-cache-at-all", "status");
+	EXPECT(2, "no cache named 'no-such-cache-at-all' in /var/tmp (", "--shm-dir", "/var/tmp", "-n",
+	       "no-such-cache-at-all", "status");
+	unsetenv("KVSHM_SHM_DIR");
 
 	/* Usage. */
 	EXPECT(1, "unknown command 'frobnicate'", "-n", p.name, "frobnicate");

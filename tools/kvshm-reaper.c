@@ -93,7 +93,7 @@ static int parse_source(const char *s, int *out)
 			*out = i;
 			return 0;
 		}
-	fprintf(stderr, "invalid pressure source '%s': expected noop, system, cgroup, nvidia-smi or command\n", s);
+	tu_err("invalid pressure source '%s': expected noop, system, cgroup, nvidia-smi or command", s);
 	return -1;
 }
 
@@ -129,7 +129,7 @@ static int apply(struct settings *st, const char *key, const char *val)
 		return parse_source(val, &st->sc.source);
 	if (strcmp(key, "pressure_command") == 0) {
 		if (strlen(val) >= sizeof(st->sc.command)) {
-			fprintf(stderr, "pressure_command is longer than %zu bytes\n", sizeof(st->sc.command) - 1);
+			tu_err("pressure_command is longer than %zu bytes", sizeof(st->sc.command) - 1);
 			return -1;
 		}
 		strcpy(st->sc.command, val);
@@ -161,12 +161,12 @@ static int apply(struct settings *st, const char *key, const char *val)
 		else if (strcmp(val, "warning") == 0)
 			st->log_level = LOG_WARNING;
 		else {
-			fprintf(stderr, "invalid log_level '%s': debug, info or warning\n", val);
+			tu_err("invalid log_level '%s': debug, info or warning", val);
 			return -1;
 		}
 		return 0;
 	}
-	fprintf(stderr, "unknown setting '%s'\n", key);
+	tu_err("unknown setting '%s'", key);
 	return -1;
 }
 
@@ -176,7 +176,7 @@ static int read_config(const char *path, struct settings *st)
 	int lineno = 0, err = 0;
 	FILE *f = fopen(path, "re");
 	if (!f) {
-		fprintf(stderr, "kvshm-reaper: config %s: %s\n", path, strerror(errno));
+		tu_err("config %s: %s", path, strerror(errno));
 		return -1;
 	}
 	while (fgets(line, sizeof(line), f)) {
@@ -187,7 +187,7 @@ static int read_config(const char *path, struct settings *st)
 			continue;
 		char *eq = strchr(p, '=');
 		if (!eq) {
-			fprintf(stderr, "kvshm-reaper: %s:%d: expected 'key = value'\n", path, lineno);
+			tu_err("%s:%d: expected 'key = value'", path, lineno);
 			err = -1;
 			continue;
 		}
@@ -199,12 +199,22 @@ static int read_config(const char *path, struct settings *st)
 		for (char *e = v + strlen(v) - 1; e >= v && (*e == ' ' || *e == '\t'); e--)
 			*e = '\0';
 		if (apply(st, k, v) < 0) {
-			fprintf(stderr, "kvshm-reaper: %s:%d: bad setting\n", path, lineno);
+			tu_err("%s:%d: bad setting", path, lineno);
 			err = -1;
 		}
 	}
 	fclose(f);
 	return err;
+}
+
+/* The built-in settings, before the config file and options. */
+static void defaults(struct settings *st)
+{
+	memset(st, 0, sizeof(*st));
+	kvshm_reaper_opts_init(&st->ro);
+	kvshm_sched_config_init(&st->sc);
+	st->log_level = LOG_INFO;
+	st->ro.log = tu_log;
 }
 
 /* A setting given on the command line. */
@@ -250,10 +260,7 @@ int main(int argc, char **argv, char **envp)
 
 	setproctitle_init(argc, argv, envp);
 	kvshm_config_init(&cfg);
-	memset(&st, 0, sizeof(st));
-	kvshm_reaper_opts_init(&st.ro);
-	kvshm_sched_config_init(&st.sc);
-	st.log_level = LOG_INFO;
+	defaults(&st);
 
 	/* Options are applied after the config file, so they win: collect
 	 * them first, remember which were given. */
@@ -307,17 +314,17 @@ int main(int argc, char **argv, char **envp)
 		fprintf(stderr, "kvshm-reaper: expected exactly one cache NAME, as -n NAME or an argument (see --help)\n");
 		return 1;
 	}
+	/* Syslog before the config file, so its errors go where the rest of
+	 * the daemon's logs go (and, until the reaper runs, to stderr too). */
+	if (use_syslog)
+		tu_log_syslog("kvshm-reaper", true);
 	if (load(config_path, given, ngiven, &st) < 0)
 		return 1;
 	if (st.sched_given && kvshm_sched_validate(&st.sc) < 0) {
-		fprintf(stderr, "kvshm-reaper: refusing to start: %s\n", kvshm_last_error());
+		tu_err("refusing to start: %s", kvshm_last_error());
 		return 1;
 	}
-
-	if (use_syslog)
-		tu_log_syslog("kvshm-reaper");
 	tu_log_level(st.log_level);
-	st.ro.log = tu_log;
 
 	/* Handlers first: a SIGTERM or SIGHUP that comes while we start (a
 	 * client sees us as the reaper as soon as kvshm_reaper_start returns)
@@ -365,6 +372,8 @@ int main(int argc, char **argv, char **envp)
 	}
 	if (pfh)
 		pidfile_write(pfh);
+	if (use_syslog)
+		tu_log_syslog("kvshm-reaper", false); /* serving: syslog only */
 
 	uint64_t last_title = UINT64_MAX;
 	while (!stop_flag) {
@@ -386,7 +395,10 @@ int main(int argc, char **argv, char **envp)
 				tu_logf(LOG_NOTICE, "SIGHUP: no config file to reload");
 				continue;
 			}
-			struct settings ns = st;
+			/* From the defaults, not the running settings: a key deleted
+			 * from the file goes back to its default. */
+			struct settings ns;
+			defaults(&ns);
 			if (load(config_path, given, ngiven, &ns) < 0) {
 				tu_logf(LOG_ERR, "SIGHUP: %s not reloaded (see above): keeping the running settings",
 					config_path);

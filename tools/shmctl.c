@@ -118,9 +118,12 @@ static int open_cache(kvshm **h)
 	int err = kvshm_open(cache_name, &c, KVSHM_OPEN_INSPECT, h);
 	if (err == 0)
 		return 0;
-	if (err == -ENOENT)
+	if (err == -ENOENT) {
+		/* Where the library looked: --shm-dir, else $KVSHM_SHM_DIR, else /dev/shm. */
+		const char *dir = shm_dir && *shm_dir ? shm_dir : getenv("KVSHM_SHM_DIR");
 		fprintf(stderr, "shmctl: no cache named '%s' in %s (create it with: kvshm-reaper --create %s)\n",
-			cache_name, shm_dir ? shm_dir : "/dev/shm", cache_name);
+			cache_name, dir && *dir ? dir : "/dev/shm", cache_name);
+	}
 	else if (err == KVSHM_ELAYOUT)
 		fprintf(stderr, "shmctl: cache '%s' was made by another build of kvshm: %s\n", cache_name,
 			kvshm_last_error());

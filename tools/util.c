@@ -40,7 +40,7 @@ int tu_parse_size(const char *s, const char *what, uint64_t *out)
 	*out = (uint64_t)v << shift;
 	return 0;
 bad:
-	fprintf(stderr, "%s: invalid %s '%s': expected a byte count like 4096, 512K, 64M, 2G\n", getprogname(), what, s ? s : "");
+	tu_err("invalid %s '%s': expected a byte count like 4096, 512K, 64M, 2G", what, s ? s : "");
 	return -1;
 }
 
@@ -50,7 +50,7 @@ int tu_parse_u32(const char *s, const char *what, uint32_t min, uint32_t max, ui
 	errno = 0;
 	unsigned long long v = s ? strtoull(s, &end, 10) : 0;
 	if (!s || !*s || *s == '-' || errno || *end || v < min || v > max) {
-		fprintf(stderr, "%s: invalid %s '%s': expected an integer from %u to %u\n", getprogname(), what, s ? s : "", min, max);
+		tu_err("invalid %s '%s': expected an integer from %u to %u", what, s ? s : "", min, max);
 		return -1;
 	}
 	*out = (uint32_t)v;
@@ -63,7 +63,7 @@ int tu_parse_double(const char *s, const char *what, double min, double max, dou
 	errno = 0;
 	double v = s ? strtod(s, &end) : 0;
 	if (!s || !*s || errno || *end || !(v >= min && v <= max)) {
-		fprintf(stderr, "%s: invalid %s '%s': expected a number from %g to %g\n", getprogname(), what, s ? s : "", min, max);
+		tu_err("invalid %s '%s': expected a number from %g to %g", what, s ? s : "", min, max);
 		return -1;
 	}
 	*out = v;
@@ -101,7 +101,7 @@ int tu_parse_tiers(const char *s, unsigned *mask)
 	*mask = m;
 	return 0;
 bad:
-	fprintf(stderr, "%s: invalid tiers '%s': expected all, or a comma list of ram, ram_file, disk\n", getprogname(), s ? s : "");
+	tu_err("invalid tiers '%s': expected all, or a comma list of ram, ram_file, disk", s ? s : "");
 	return -1;
 }
 
@@ -117,9 +117,24 @@ const char *tu_human(char *buf, size_t len, uint64_t bytes)
 static bool use_syslog;
 static int max_level = LOG_INFO;
 
-void tu_log_syslog(const char *ident)
+void tu_err(const char *fmt, ...)
 {
-	openlog(ident, LOG_PID | LOG_NDELAY, LOG_DAEMON);
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (use_syslog)
+		syslog(LOG_ERR, "%s", msg);
+	else
+		fprintf(stderr, "%s: %s\n", getprogname(), msg);
+}
+
+void tu_log_syslog(const char *ident, bool also_stderr)
+{
+	if (use_syslog)
+		closelog();
+	openlog(ident, LOG_PID | LOG_NDELAY | (also_stderr ? LOG_PERROR : 0), LOG_DAEMON);
 	use_syslog = true;
 }
 
