@@ -259,7 +259,7 @@ KVSHM_EXTERN int kvshm_reaper_start(kvshm *h, const kvshm_reaper_opts *o, kvshm_
 	h->reaper = true;
 	atomic_store(&h->hdr->reaper_pid, kvshm__self_pid());
 	atomic_store(&h->hdr->reaper_slot, h->me + 1);
-	rp->seen_force = atomic_load(&h->hdr->sched.force_seq);
+	rp->seen_force = kvshm__futex_seq(&h->hdr->sched.force_seq);
 	rlog(rp, LOG_NOTICE, "reaper of cache '%s' started (pid %u, %u slots)", h->name, kvshm__self_pid(), n);
 	/* At start the index and the files are reconciled. */
 	for (int t = KVSHM_TIER_RAM_FILE; t < KVSHM_NTIERS; t++) {
@@ -321,7 +321,7 @@ static void maybe_prune_and_schedule(kvshm_reaper *r)
 			rlog(r, LOG_INFO, "promoted %zu hot file entries into ram", moved);
 		r->next_promote_ns = now + (uint64_t)r->o.promote_interval_ms * 1000000ull;
 	}
-	uint32_t force = atomic_load(&h->hdr->sched.force_seq);
+	uint32_t force = kvshm__futex_seq(&h->hdr->sched.force_seq);
 	bool forced = force != r->seen_force;
 	uint32_t enabled = __atomic_load_n(&h->hdr->sched.enabled, __ATOMIC_RELAXED);
 	if (forced || (enabled && now >= sched_due_ns(r))) {

@@ -4,7 +4,8 @@
  * No pthread condition variables live in the segment: glibc condvars are not
  * robust, and a waiter that dies can wedge them. Instead a waiter reads a
  * sequence word, re-checks its condition, and sleeps on the word with a
- * timeout; a waker bumps the word and wakes. A dead waiter leaves nothing
+ * timeout; a waker bumps the word and wakes (with no system call when
+ * nobody sleeps: see shm/futex.c). A dead waiter leaves nothing
  * behind, and a dead waker only costs the waiters their timeout.
  */
 #ifndef KVSHM_SHM_FUTEX_H
@@ -20,7 +21,18 @@
  */
 int kvshm__futex_wait(_Atomic uint32_t *word, uint32_t expected, uint64_t deadline_ns);
 
-/* Bump *word and wake up to n waiters (INT32_MAX for all). */
+/*
+ * Bump *word and wake its waiters. The system call is made only when a
+ * waiter has marked the word (KVSHM_FUTEX_WAITERS); then every waiter is
+ * woken whatever n is (n: how many the caller needs; the rest re-check and
+ * sleep again).
+ */
 void kvshm__futex_bump_wake(_Atomic uint32_t *word, int n);
+
+/* The word's top bit marks sleepers; the count is the other 31 bits. */
+#define KVSHM_FUTEX_WAITERS 0x80000000u
+
+/* The count alone (without the waiters bit), for comparing two reads. */
+uint32_t kvshm__futex_seq(_Atomic uint32_t *word);
 
 #endif

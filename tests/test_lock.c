@@ -334,6 +334,50 @@ static void test_futex_wake_across_processes(void **st)
 	assert_int_equal(th_wait(pid), 0);
 }
 
+static int sleeper(void *p)
+{
+	struct fix *f = p;
+	uint32_t v = kvshm__futex_seq(&f->g->seq);
+	return kvshm__futex_wait(&f->g->seq, v, kvshm__now_ns() + 30000000000ull) == 0 ? 0 : 1;
+}
+
+/*
+ * The waiters bit: a bump with nobody asleep changes only the count (no
+ * system call); a sleeper marks the word; one bump, even one asking for a
+ * single wake, wakes every sleeper (the bit is cleared for all of them, so
+ * one left asleep would miss the next bump and sleep to its deadline).
+ */
+static void test_futex_waiters_bit(void **st)
+{
+	struct fix *f = *st;
+	_Atomic uint32_t *w = &f->g->seq;
+	uint32_t v = atomic_load(w);
+	assert_int_equal(v & KVSHM_FUTEX_WAITERS, 0);
+	kvshm__futex_bump_wake(w, 1);
+	assert_int_equal(atomic_load(w), v + 1);
+	/* The count wraps inside its 31 bits. */
+	atomic_store(w, 0x7fffffffu);
+	kvshm__futex_bump_wake(w, INT32_MAX);
+	assert_int_equal(atomic_load(w), 0);
+	assert_int_equal(kvshm__futex_seq(w), 0);
+
+	pid_t a = th_fork(sleeper, f), b = th_fork(sleeper, f);
+	uint64_t deadline = kvshm__now_ns() + 10000000000ull;
+	while (!(atomic_load(w) & KVSHM_FUTEX_WAITERS)) {
+		assert_true(kvshm__now_ns() < deadline);
+		usleep(1000);
+	}
+	assert_int_equal(kvshm__futex_seq(w), 0); /* the mark is not a change */
+	usleep(100000); /* both asleep, most likely; one still awake sees the bump anyway */
+	uint64_t t0 = kvshm__now_ns();
+	kvshm__futex_bump_wake(w, 1);
+	assert_int_equal(atomic_load(w), 1);
+	assert_int_equal(th_wait(a), 0);
+	assert_int_equal(th_wait(b), 0);
+	/* Woken, not timed out: far below the sleepers' 30 s deadline. */
+	assert_true(kvshm__now_ns() - t0 < 20000000000ull);
+}
+
 static void test_errors_have_names(void **st)
 {
 	(void)st;
@@ -360,6 +404,7 @@ int main(void)
 		cmocka_unit_test(test_lock_order_enforced),
 		cmocka_unit_test(test_futex_timeout_and_changed),
 		cmocka_unit_test(test_futex_wake_across_processes),
+		cmocka_unit_test(test_futex_waiters_bit),
 		cmocka_unit_test(test_errors_have_names),
 	};
 	return cmocka_run_group_tests_name("lock", tests, setup, teardown);
