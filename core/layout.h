@@ -42,8 +42,11 @@
 #include "shm/sem.h"
 #include "shm/slab.h"
 
-/* Bump on any change to a struct below; part of the layout signature. */
-#define KVSHM_LAYOUT_VERSION 1u
+/* Bump on any change to a struct below, or to the meaning of a shared
+ * word (2: futex words carry a waiters bit, shm/futex.c — a build that
+ * sleeps without setting it must not share a segment with one that wakes
+ * only marked words); part of the layout signature. */
+#define KVSHM_LAYOUT_VERSION 2u
 
 enum kvshm__region_id {
 	KVSHM_R_CORE = 1,

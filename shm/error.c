@@ -19,6 +19,7 @@ int kvshm__fail(int err, const char *fmt, ...)
 	 * itself as an argument, and vsnprintf's source and destination must not
 	 * overlap. */
 	char msg[sizeof(last_error)];
+	msg[0] = '\0'; /* stays a string if vsnprintf fails */
 	va_start(ap, fmt);
 	int n = vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);

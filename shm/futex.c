@@ -57,16 +57,14 @@ int kvshm__futex_wait(_Atomic uint32_t *word, uint32_t expected, uint64_t deadli
 
 void kvshm__futex_bump_wake(_Atomic uint32_t *word, int n)
 {
+	/* Waking all clears the bit: nobody is left asleep. Waking n keeps it,
+	 * since sleepers may remain and the next bump must wake them too. */
 	uint32_t old = atomic_load_explicit(word, memory_order_relaxed), nw;
 	do
-		nw = (old + 1) & ~KVSHM_FUTEX_WAITERS;
+		nw = ((old + 1) & ~KVSHM_FUTEX_WAITERS) | (n == INT32_MAX ? 0 : (old & KVSHM_FUTEX_WAITERS));
 	while (!atomic_compare_exchange_weak_explicit(word, &old, nw, memory_order_acq_rel, memory_order_relaxed));
-	/* The bit is cleared for everyone: wake everyone, or a waiter left
-	 * asleep would not be woken by the next bump. Each re-checks its
-	 * condition and sleeps again (setting the bit) if it must. */
-	(void)n;
 	if (old & KVSHM_FUTEX_WAITERS)
-		syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+		syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, n, NULL, NULL, 0);
 }
 
 uint32_t kvshm__futex_seq(_Atomic uint32_t *word)

@@ -22,10 +22,9 @@
 int kvshm__futex_wait(_Atomic uint32_t *word, uint32_t expected, uint64_t deadline_ns);
 
 /*
- * Bump *word and wake its waiters. The system call is made only when a
- * waiter has marked the word (KVSHM_FUTEX_WAITERS); then every waiter is
- * woken whatever n is (n: how many the caller needs; the rest re-check and
- * sleep again).
+ * Bump *word and wake up to n waiters (INT32_MAX: all). The system call is
+ * made only when a waiter has marked the word (KVSHM_FUTEX_WAITERS); waking
+ * all clears the mark, waking fewer keeps it for the sleepers left.
  */
 void kvshm__futex_bump_wake(_Atomic uint32_t *word, int n);
 

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -334,18 +336,50 @@ static void test_futex_wake_across_processes(void **st)
 	assert_int_equal(th_wait(pid), 0);
 }
 
+/* A sleeper waits for the word to leave 0 (the parent sets it to 0 before
+ * forking, so one that starts late does not wait for a later count). */
 static int sleeper(void *p)
 {
 	struct fix *f = p;
-	uint32_t v = kvshm__futex_seq(&f->g->seq);
-	return kvshm__futex_wait(&f->g->seq, v, kvshm__now_ns() + 30000000000ull) == 0 ? 0 : 1;
+	return kvshm__futex_wait(&f->g->seq, 0, kvshm__now_ns() + 30000000000ull) == 0 ? 0 : 1;
+}
+
+/* Poll until pid is inside the futex system call (/proc/PID/syscall). */
+static void wait_in_futex(pid_t pid)
+{
+	char path[64], buf[64], want[16];
+	snprintf(path, sizeof(path), "/proc/%d/syscall", (int)pid);
+	snprintf(want, sizeof(want), "%d ", (int)SYS_futex);
+	uint64_t deadline = kvshm__now_ns() + 10000000000ull;
+	for (;;) {
+		FILE *fp = fopen(path, "re");
+		bool in = false;
+		if (fp) {
+			in = fgets(buf, sizeof(buf), fp) && strncmp(buf, want, strlen(want)) == 0;
+			fclose(fp);
+		}
+		if (in)
+			return;
+		assert_true(kvshm__now_ns() < deadline);
+		usleep(1000);
+	}
+}
+
+/* Has pid exited (reaped here)? Its status in *code. */
+static bool exited(pid_t pid, int *code)
+{
+	int st;
+	if (waitpid(pid, &st, WNOHANG) != pid)
+		return false;
+	*code = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+	return true;
 }
 
 /*
  * The waiters bit: a bump with nobody asleep changes only the count (no
- * system call); a sleeper marks the word; one bump, even one asking for a
- * single wake, wakes every sleeper (the bit is cleared for all of them, so
- * one left asleep would miss the next bump and sleep to its deadline).
+ * system call); a sleeper marks the word; a bump that wakes one keeps the
+ * mark, so the next bump wakes the sleeper left (clearing it would leave
+ * that one asleep to its deadline); a bump that wakes all clears it.
  */
 static void test_futex_waiters_bit(void **st)
 {
@@ -361,21 +395,44 @@ static void test_futex_waiters_bit(void **st)
 	assert_int_equal(atomic_load(w), 0);
 	assert_int_equal(kvshm__futex_seq(w), 0);
 
-	pid_t a = th_fork(sleeper, f), b = th_fork(sleeper, f);
-	uint64_t deadline = kvshm__now_ns() + 10000000000ull;
-	while (!(atomic_load(w) & KVSHM_FUTEX_WAITERS)) {
+	/* Wake one, then the other. */
+	pid_t kid[2] = {th_fork(sleeper, f), th_fork(sleeper, f)};
+	wait_in_futex(kid[0]);
+	wait_in_futex(kid[1]);
+	assert_int_equal(atomic_load(w), KVSHM_FUTEX_WAITERS); /* marked; the count unchanged */
+	assert_int_equal(kvshm__futex_seq(w), 0);
+	kvshm__futex_bump_wake(w, 1);
+	assert_int_equal(atomic_load(w), 1 | KVSHM_FUTEX_WAITERS); /* still marked: one sleeps on */
+	int code, woken = -1;
+	uint64_t deadline = kvshm__now_ns() + 20000000000ull;
+	while (woken < 0) {
+		for (int i = 0; i < 2 && woken < 0; i++)
+			if (exited(kid[i], &code))
+				woken = i;
 		assert_true(kvshm__now_ns() < deadline);
 		usleep(1000);
 	}
-	assert_int_equal(kvshm__futex_seq(w), 0); /* the mark is not a change */
-	usleep(100000); /* both asleep, most likely; one still awake sees the bump anyway */
-	uint64_t t0 = kvshm__now_ns();
+	assert_int_equal(code, 0);
+	usleep(100000);
+	assert_false(exited(kid[1 - woken], &code)); /* one wake woke one */
 	kvshm__futex_bump_wake(w, 1);
+	assert_int_equal(th_wait(kid[1 - woken]), 0); /* woken well before its 30 s deadline */
+	assert_int_equal(atomic_load(w), 2 | KVSHM_FUTEX_WAITERS);
+	kvshm__futex_bump_wake(w, INT32_MAX); /* nobody asleep: clears the mark */
+	assert_int_equal(atomic_load(w), 3);
+
+	/* Wake all: both sleepers, and the mark is gone. */
+	atomic_store(w, 0);
+	kid[0] = th_fork(sleeper, f);
+	kid[1] = th_fork(sleeper, f);
+	wait_in_futex(kid[0]);
+	wait_in_futex(kid[1]);
+	uint64_t t0 = kvshm__now_ns();
+	kvshm__futex_bump_wake(w, INT32_MAX);
 	assert_int_equal(atomic_load(w), 1);
-	assert_int_equal(th_wait(a), 0);
-	assert_int_equal(th_wait(b), 0);
-	/* Woken, not timed out: far below the sleepers' 30 s deadline. */
-	assert_true(kvshm__now_ns() - t0 < 20000000000ull);
+	assert_int_equal(th_wait(kid[0]), 0);
+	assert_int_equal(th_wait(kid[1]), 0);
+	assert_true(kvshm__now_ns() - t0 < 20000000000ull); /* woken, not timed out */
 }
 
 static void test_errors_have_names(void **st)

@@ -2368,6 +2368,7 @@ static void test_destroy_usage(void **st)
 	want_code(&r, 2);
 	want_in(&r, r.err, msg);
 	run_free(&r);
+	unsetenv("KVSHM_SHM_DIR");
 	EXPECT(2, "no cache named 'no-such-cache-at-all' in /dev/shm", "-n", "no-such-cache-at-all", "status");
 	/* The message names where it looked: $KVSHM_SHM_DIR, or --shm-dir over it. */
 	setenv("KVSHM_SHM_DIR", "/tmp", 1);

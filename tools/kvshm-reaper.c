@@ -315,7 +315,8 @@ int main(int argc, char **argv, char **envp)
 		return 1;
 	}
 	/* Syslog before the config file, so its errors go where the rest of
-	 * the daemon's logs go (and, until the reaper runs, to stderr too). */
+	 * the daemon's logs go (and, until the reaper runs, errors to stderr
+	 * too). */
 	if (use_syslog)
 		tu_log_syslog("kvshm-reaper", true);
 	if (load(config_path, given, ngiven, &st) < 0)
@@ -404,19 +405,29 @@ int main(int argc, char **argv, char **envp)
 					config_path);
 				continue;
 			}
-			if (ns.sched_given && kvshm_sched_validate(&ns.sc) < 0) {
+			/* Scheduler settings are written when the file or options
+			 * give any, and also when the last ones were just removed
+			 * (they go back to the defaults); otherwise the segment's
+			 * (e.g. set by shmctl scheduler) stand. */
+			bool write_sched = ns.sched_given || st.sched_given;
+			if (write_sched && kvshm_sched_validate(&ns.sc) < 0) {
 				tu_logf(LOG_ERR, "SIGHUP: %s not reloaded: %s", config_path, kvshm_last_error());
 				continue;
 			}
-			if (ns.sched_given && kvshm_sched_set(h, &ns.sc) < 0) {
+			if (write_sched && kvshm_sched_set(h, &ns.sc) < 0) {
 				tu_logf(LOG_ERR, "SIGHUP: scheduler: %s", kvshm_last_error());
 				continue;
 			}
 			st = ns;
 			kvshm_reaper_set_opts(r, &st.ro);
 			tu_log_level(st.log_level);
-			tu_logf(LOG_NOTICE, "SIGHUP: reloaded %s (scheduler %s, high %.2f low %.2f)", config_path,
-				st.sc.enabled ? "enabled" : "disabled", st.sc.high_watermark, st.sc.low_watermark);
+			if (write_sched)
+				tu_logf(LOG_NOTICE, "SIGHUP: reloaded %s (scheduler %s, high %.2f low %.2f)", config_path,
+					st.sc.enabled ? "enabled" : "disabled", st.sc.high_watermark,
+					st.sc.low_watermark);
+			else
+				tu_logf(LOG_NOTICE, "SIGHUP: reloaded %s (scheduler settings left as they are)",
+					config_path);
 		}
 	}
 out_stop:

@@ -114,7 +114,7 @@ const char *tu_human(char *buf, size_t len, uint64_t bytes)
 	return buf;
 }
 
-static bool use_syslog;
+static bool use_syslog, errs_too;
 static int max_level = LOG_INFO;
 
 void tu_err(const char *fmt, ...)
@@ -126,16 +126,16 @@ void tu_err(const char *fmt, ...)
 	va_end(ap);
 	if (use_syslog)
 		syslog(LOG_ERR, "%s", msg);
-	else
+	if (!use_syslog || errs_too)
 		fprintf(stderr, "%s: %s\n", getprogname(), msg);
 }
 
-void tu_log_syslog(const char *ident, bool also_stderr)
+void tu_log_syslog(const char *ident, bool errors_to_stderr)
 {
-	if (use_syslog)
-		closelog();
-	openlog(ident, LOG_PID | LOG_NDELAY | (also_stderr ? LOG_PERROR : 0), LOG_DAEMON);
+	if (!use_syslog)
+		openlog(ident, LOG_PID | LOG_NDELAY, LOG_DAEMON);
 	use_syslog = true;
+	errs_too = errors_to_stderr;
 }
 
 void tu_log_level(int level)
@@ -151,7 +151,7 @@ void tu_log(int level, const char *msg, void *ctx)
 		return;
 	if (use_syslog)
 		syslog(level, "%s", msg);
-	else
+	if (!use_syslog || (errs_too && level <= LOG_ERR))
 		fprintf(stderr, "%s: %s\n", tags[level & 7], msg);
 }
 

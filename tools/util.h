@@ -28,9 +28,10 @@ const char *tu_human(char *buf, size_t len, uint64_t bytes);
  * "PROG: message" on stderr, or LOG_ERR to syslog after tu_log_syslog(),
  * so a daemon's reload errors land where its other logs go. */
 void tu_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* also_stderr: copy each message to stderr too (while a daemon starts, so
- * whoever started it by hand sees why it refused). */
-void tu_log_syslog(const char *ident, bool also_stderr);
+/* errors_to_stderr: copy errors to stderr too (while a daemon starts, so
+ * whoever started it by hand sees why it refused); may be called again to
+ * change that. */
+void tu_log_syslog(const char *ident, bool errors_to_stderr);
 void tu_log_level(int max_level);
 void tu_log(int level, const char *msg, void *ctx);
 void tu_logf(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
