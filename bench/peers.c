@@ -39,11 +39,12 @@
  * split into 3 rounds: the figure runs every store in turn, three times,
  * and adds the rounds up, so that drift of this shared machine (memory
  * bandwidth moved by +-25% between back-to-back runs) hits every store
- * alike. A round stops at its time or 5M ops per process; each client
+ * alike. A round stops at its time or 5M ops per process. Each store's
+ * client processes start once per figure and serve all its rounds: each
  * warms up first (up to 30 ms of ops; in-process stores also fault their
- * whole mapping in, as a long-running worker has it). Each figure starts
- * with an unrecorded 200 ms run (the first measurement after a population
- * ran slower than the same one repeated).
+ * whole mapping in and touch every page, as a long-running worker has
+ * it). Each figure starts with an unrecorded 200 ms round (the first
+ * measurement after a population ran slower than the same one repeated).
  * Latency: clock_gettime around each op, every op for values >= 64 KiB,
  * every 8th op for 4 KiB values (so the clock does not tax the fast stores).
  *
@@ -113,7 +114,8 @@ static struct {
 	char lmdbroot[128];  /* LMDB environments (on /dev/shm) */
 	char redis_sock[100], mc_sock[100]; /* fit sockaddr_un.sun_path */
 	pid_t redis_pid, mc_pid;
-	pid_t clients[MAX_PROCS];
+	pid_t clients[NKINDS][MAX_PROCS]; /* live clients of each store, during a figure */
+	int go_w[NKINDS], done_r[NKINDS];  /* their pipes (parent ends); -1 when none */
 	char kv_name[64];
 	bool kv_live;
 	kvshm *kv;           /* the parent's handle (populates) */
@@ -191,12 +193,13 @@ static void cleanup(void)
 {
 	if (getpid() != parent_pid)
 		return;
-	for (int i = 0; i < MAX_PROCS; i++)
-		if (W.clients[i] > 0) {
-			kill(W.clients[i], SIGKILL);
-			waitpid(W.clients[i], NULL, 0);
-			W.clients[i] = 0;
-		}
+	for (int k = 0; k < NKINDS; k++)
+		for (int i = 0; i < MAX_PROCS; i++)
+			if (W.clients[k][i] > 0) {
+				kill(W.clients[k][i], SIGKILL);
+				waitpid(W.clients[k][i], NULL, 0);
+				W.clients[k][i] = 0;
+			}
 	stop_server(&W.redis_pid);
 	stop_server(&W.mc_pid);
 	drop_kvshm();
@@ -210,9 +213,10 @@ static void cleanup(void)
 static void on_signal(int sig)
 {
 	/* Async-signal-safe part first: no server outlives us. */
-	for (int i = 0; i < MAX_PROCS; i++)
-		if (W.clients[i] > 0)
-			kill(W.clients[i], SIGKILL);
+	for (int k = 0; k < NKINDS; k++)
+		for (int i = 0; i < MAX_PROCS; i++)
+			if (W.clients[k][i] > 0)
+				kill(W.clients[k][i], SIGKILL);
 	if (W.redis_pid > 0)
 		kill(W.redis_pid, SIGTERM);
 	if (W.mc_pid > 0)
@@ -827,9 +831,16 @@ struct op {
 	uint32_t put;
 };
 
-static void client_main(enum kind k, const struct mix *mx, int p, uint64_t seed, int ready_fd, int go_fd)
+/*
+ * A client process: opens its store, warms up, says ready on done_fd, then
+ * runs one round per duration read from go_fd (8 bytes, ns; 0 = quit),
+ * leaving each round's counts and samples in its RES slot and saying done.
+ * One process serves every round of a figure, so its warm-up (and its
+ * first touch of every page, see prefault) is paid once, not per round.
+ */
+static void client_main(enum kind k, const struct mix *mx, int p, uint64_t seed, int done_fd, int go_fd)
 {
-	struct presult *res = &RES[p];
+	struct presult *res = &RES[k * MAX_PROCS + p];
 	struct client c;
 	struct bench_zipf z;
 	struct op *ops = malloc(sizeof(struct op) * OPS_LIST);
@@ -857,58 +868,64 @@ static void client_main(enum kind k, const struct mix *mx, int p, uint64_t seed,
 	c.misses = c.refused = c.bad = 0;
 
 	char ch = 'r';
-	if (write(ready_fd, &ch, 1) != 1)
+	if (write(done_fd, &ch, 1) != 1)
 		_exit(3);
-	close(ready_fd);
-	if (read(go_fd, &ch, 1) < 0)
-		_exit(3);
-
-	uint64_t n = 0, gets = 0, puts = 0, bytes = 0;
-	uint32_t ngs = 0, nps = 0;
-	uint64_t t0 = bench_now_ns(), deadline = t0 + W.dur_ns, t = t0;
-	for (uint32_t i = 0;; i = (i + 1) & (OPS_LIST - 1)) {
-		const struct op *o = &ops[i];
-		bool sample = n % every == 0;
-		uint64_t a = sample ? bench_now_ns() : 0;
-		if (o->put) {
-			client_put(&c, o->key);
-			puts++;
-			bytes += W.sz;
-		} else {
-			if (client_get(&c, o->key))
-				bytes += W.sz;
-			else
-				c.misses++;
-			gets++;
-		}
-		n++;
-		if (sample) {
-			t = bench_now_ns();
-			uint64_t d = t - a;
-			uint32_t d32 = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
+	uint32_t i = 0;
+	for (;;) {
+		uint64_t dur;
+		if (read(go_fd, &dur, sizeof(dur)) != (ssize_t)sizeof(dur) || dur == 0)
+			break;
+		c.misses = c.refused = c.bad = 0;
+		uint64_t n = 0, gets = 0, puts = 0, bytes = 0;
+		uint32_t ngs = 0, nps = 0;
+		uint64_t t0 = bench_now_ns(), deadline = t0 + dur, t = t0;
+		for (;; i = (i + 1) & (OPS_LIST - 1)) {
+			const struct op *o = &ops[i];
+			bool sample = n % every == 0;
+			uint64_t a = sample ? bench_now_ns() : 0;
 			if (o->put) {
-				if (nps < W.max_ps)
-					res->ps[nps++] = d32;
-			} else if (ngs < W.max_gs) {
-				res->gs[ngs++] = d32;
+				client_put(&c, o->key);
+				puts++;
+				bytes += W.sz;
+			} else {
+				if (client_get(&c, o->key))
+					bytes += W.sz;
+				else
+					c.misses++;
+				gets++;
 			}
-			if (t >= deadline)
+			n++;
+			if (sample) {
+				t = bench_now_ns();
+				uint64_t d = t - a;
+				uint32_t d32 = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
+				if (o->put) {
+					if (nps < W.max_ps)
+						res->ps[nps++] = d32;
+				} else if (ngs < W.max_gs) {
+					res->gs[ngs++] = d32;
+				}
+				if (t >= deadline)
+					break;
+			}
+			if (n >= MAX_OPS)
 				break;
 		}
-		if (n >= MAX_OPS)
-			break;
+		t = bench_now_ns();
+		res->ops = n;
+		res->gets = gets;
+		res->puts = puts;
+		res->bytes = bytes;
+		res->misses = c.misses;
+		res->refused = c.refused;
+		res->bad = c.bad;
+		res->t_ns = t - t0;
+		res->ngs = ngs;
+		res->nps = nps;
+		i = (i + 1) & (OPS_LIST - 1);
+		if (write(done_fd, &ch, 1) != 1)
+			_exit(3);
 	}
-	t = bench_now_ns();
-	res->ops = n;
-	res->gets = gets;
-	res->puts = puts;
-	res->bytes = bytes;
-	res->misses = c.misses;
-	res->refused = c.refused;
-	res->bad = c.bad;
-	res->t_ns = t - t0;
-	res->ngs = ngs;
-	res->nps = nps;
 	bench_consume(c.sink);
 	client_close(&c);
 	free(ops);
@@ -947,59 +964,92 @@ static void pct_us(uint32_t *v, size_t n, double *p50, double *p99)
 	*p99 = bench_pct_u32(v, n, 0.99) / 1e3;
 }
 
-/* One round: nprocs clients of store k run the mix for W.dur_ns; their
- * counts and samples are added to a. */
-static void measure(enum kind k, const struct mix *mx, int nprocs, uint64_t run_id, struct acc *a)
+/* Start nprocs clients of store k for a figure; returns when all are ready. */
+static void start_clients(enum kind k, const struct mix *mx, int nprocs, uint64_t run_id)
 {
-	int ready[2], go[2];
-	if (pipe(ready) < 0 || pipe(go) < 0)
+	int done[2], go[2];
+	if (pipe(done) < 0 || pipe(go) < 0)
 		bench_die("pipe: %s", strerror(errno));
-	memset(RES, 0, sizeof(struct presult) * MAX_PROCS);
 	fflush(NULL);
 	for (int p = 0; p < nprocs; p++) {
 		pid_t pid = fork();
 		if (pid < 0)
 			bench_die("fork: %s", strerror(errno));
 		if (pid == 0) {
-			close(ready[0]);
+			/* Only this store's pipes: the other stores' clients
+			 * must see EOF when the parent closes theirs. */
+			for (int j = 0; j < NKINDS; j++) {
+				if (W.go_w[j] >= 0)
+					close(W.go_w[j]);
+				if (W.done_r[j] >= 0)
+					close(W.done_r[j]);
+			}
+			close(done[0]);
 			close(go[1]);
-			client_main(k, mx, p, run_id * 16 + (uint64_t)p, ready[1], go[0]);
+			client_main(k, mx, p, run_id * 16 + (uint64_t)p, done[1], go[0]);
 			_exit(0);
 		}
-		W.clients[p] = pid;
+		W.clients[k][p] = pid;
 	}
-	close(ready[1]);
+	close(done[1]);
 	close(go[0]);
+	W.go_w[k] = go[1];
+	W.done_r[k] = done[0];
 	for (int p = 0; p < nprocs; p++) {
 		char ch;
-		if (read(ready[0], &ch, 1) != 1)
+		if (read(W.done_r[k], &ch, 1) != 1)
 			bench_die("a %s client died before starting", KIND_ID[k]);
 	}
-	close(go[1]); /* every client's read returns: go */
-	close(ready[0]);
+}
+
+/* One round: the clients of store k run the mix for dur ns at once; their
+ * counts and samples are added to a (NULL: an unrecorded round). */
+static void run_round(enum kind k, int nprocs, uint64_t dur, struct acc *a)
+{
+	uint64_t msg[MAX_PROCS];
+	memset(RES + k * MAX_PROCS, 0, sizeof(struct presult) * MAX_PROCS);
+	for (int p = 0; p < nprocs; p++)
+		msg[p] = dur;
+	/* One write: every client's 8-byte read returns at once: go. */
+	if (write(W.go_w[k], msg, sizeof(uint64_t) * (size_t)nprocs) != (ssize_t)(sizeof(uint64_t) * (size_t)nprocs))
+		bench_die("go %s: %s", KIND_ID[k], strerror(errno));
 	for (int p = 0; p < nprocs; p++) {
-		int st;
-		waitpid(W.clients[p], &st, 0);
-		W.clients[p] = 0;
-		if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-			bench_die("a %s client failed (status 0x%x)", KIND_ID[k], st);
+		char ch;
+		if (read(W.done_r[k], &ch, 1) != 1)
+			bench_die("a %s client died during a round", KIND_ID[k]);
 	}
 	if (!a)
 		return;
 	for (int p = 0; p < nprocs; p++) {
-		a->ops[p] += RES[p].ops;
-		a->bytes[p] += RES[p].bytes;
-		a->t_ns[p] += RES[p].t_ns;
-		a->misses += RES[p].misses;
-		a->refused += RES[p].refused;
-		a->bad += RES[p].bad;
-		memcpy(a->gs + a->ngs, RES[p].gs, sizeof(uint32_t) * RES[p].ngs);
-		a->ngs += RES[p].ngs;
-		memcpy(a->ps + a->nps, RES[p].ps, sizeof(uint32_t) * RES[p].nps);
-		a->nps += RES[p].nps;
+		const struct presult *r = &RES[k * MAX_PROCS + p];
+		a->ops[p] += r->ops;
+		a->bytes[p] += r->bytes;
+		a->t_ns[p] += r->t_ns;
+		a->misses += r->misses;
+		a->refused += r->refused;
+		a->bad += r->bad;
+		memcpy(a->gs + a->ngs, r->gs, sizeof(uint32_t) * r->ngs);
+		a->ngs += r->ngs;
+		memcpy(a->ps + a->nps, r->ps, sizeof(uint32_t) * r->nps);
+		a->nps += r->nps;
 	}
 	if (a->bad)
 		bench_die("%s returned %llu wrong values", KIND_ID[k], (unsigned long long)a->bad);
+}
+
+/* Tell the clients of store k to quit (EOF on their pipe) and reap them. */
+static void stop_clients(enum kind k, int nprocs)
+{
+	close(W.go_w[k]);
+	close(W.done_r[k]);
+	W.go_w[k] = W.done_r[k] = -1;
+	for (int p = 0; p < nprocs; p++) {
+		int st;
+		waitpid(W.clients[k][p], &st, 0);
+		W.clients[k][p] = 0;
+		if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+			bench_die("a %s client failed (status 0x%x)", KIND_ID[k], st);
+	}
 }
 
 static void finish_row(enum kind k, int nprocs, struct acc *a, struct row *out)
@@ -1168,7 +1218,10 @@ int main(int argc, char **argv)
 	signal(SIGHUP, on_signal);
 	signal(SIGPIPE, SIG_IGN);
 
-	RES = mmap(NULL, sizeof(struct presult) * MAX_PROCS, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	RES = mmap(NULL, sizeof(struct presult) * MAX_PROCS * NKINDS, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+		   -1, 0);
+	for (int k = 0; k < NKINDS; k++)
+		W.go_w[k] = W.done_r[k] = -1;
 	merge_buf = malloc(sizeof(uint32_t) * (GET_SAMPLES + PUT_SAMPLES) * MAX_PROCS);
 	if (RES == MAP_FAILED || !merge_buf)
 		bench_die("out of memory");
@@ -1235,25 +1288,31 @@ int main(int argc, char **argv)
 				f->sz = W.sz;
 				f->mix = mi;
 				f->procs = procs;
-				/* An unrecorded 200 ms run first: the first measurement
-				 * after a population ran slower than the same one repeated. */
+				/* Every store's clients start (open, warm up, touch
+				 * their pages) and stay for the whole figure. */
 				uint64_t dur = W.dur_ns;
-				W.dur_ns = 200000000ull;
+				for (int k = 0; k < NKINDS; k++)
+					if (W.use[k])
+						start_clients((enum kind)k, &MIXES[mi], procs, run_id++);
+				/* An unrecorded 200 ms round first: the first measurement
+				 * after a population ran slower than the same one repeated. */
 				for (int k = 0; k < NKINDS; k++)
 					if (W.use[k]) {
-						measure((enum kind)k, &MIXES[mi], procs, run_id++, NULL);
+						run_round((enum kind)k, procs, 200000000ull, NULL);
 						break;
 					}
 				/* Rounds: every store in turn for dur / ROUNDS, ROUNDS
 				 * times, so drift of the shared machine (memory
 				 * bandwidth, other jobs) hits every store alike. */
-				W.dur_ns = dur / ROUNDS;
 				for (int k = 0; k < NKINDS; k++)
 					acc_reset(&ACC[k]);
 				for (int r = 0; r < ROUNDS; r++)
 					for (int k = 0; k < NKINDS; k++)
 						if (W.use[k])
-							measure((enum kind)k, &MIXES[mi], procs, run_id++, &ACC[k]);
+							run_round((enum kind)k, procs, dur / ROUNDS, &ACC[k]);
+				for (int k = 0; k < NKINDS; k++)
+					if (W.use[k])
+						stop_clients((enum kind)k, procs);
 				W.dur_ns = dur;
 				for (int k = 0; k < NKINDS; k++)
 					if (W.use[k]) {
