@@ -65,24 +65,17 @@ uint64_t kvshm__tier_default_quota(int tier, uint64_t segment_bytes, const char 
 	/* Disk: half of what is free on its filesystem when the cache is made.
 	 * The directory may not exist yet (it is made after the configuration
 	 * is settled): measure its nearest existing ancestor, the filesystem
-	 * it will be created on. */
-	char buf[300];
-	if (strlcpy(buf, dir, sizeof(buf)) < sizeof(buf)) {
+	 * it will be created on. kvshm_config_validate has checked that dir is
+	 * absolute and shorter than 200 bytes. */
+	char buf[256];
+	if (dir[0] == '/' && strlcpy(buf, dir, sizeof(buf)) < sizeof(buf)) {
 		for (;;) {
-			if (statvfs(buf[0] ? buf : "/", &sv) == 0)
+			if (statvfs(buf, &sv) == 0)
 				return (uint64_t)sv.f_bavail * sv.f_frsize / 2;
 			char *slash = strrchr(buf, '/');
-			if (!slash)
-				break; /* a relative name: its ancestor is "." */
 			if (slash == buf && !buf[1])
 				break; /* "/" itself failed */
-			*slash = '\0';
-			if (slash == buf)
-				buf[0] = '\0'; /* "/x" -> "/" */
-		}
-		if (dir[0] != '/') {
-			if (statvfs(".", &sv) == 0)
-				return (uint64_t)sv.f_bavail * sv.f_frsize / 2;
+			slash[slash == buf] = '\0'; /* "/a/b" -> "/a", "/a" -> "/" */
 		}
 	}
 	return 10ull << 30;
