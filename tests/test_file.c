@@ -2411,16 +2411,23 @@ static void test_read_only_directory(void **state)
 	finish(f);
 }
 
-/* A full filesystem: the save fails clearly and leaves no temporary file. */
-static void test_enospc(void **state)
+/* Make the disk tier's directory a tmpfs of the given size (unmounted by
+ * the teardown); skips the test where mounting is not allowed. */
+static void mount_small_disk(struct fx *f, const char *opts)
 {
-	struct fx *f = *state;
 	assert_int_equal(mkdir(f->disk, 0700), 0);
-	if (!mount_tmpfs(f->disk, "size=256k")) {
+	if (!mount_tmpfs(f->disk, opts)) {
 		print_message("skipped: cannot mount a small tmpfs (%s)\n", strerror(errno));
 		skip();
 	}
 	snprintf(f->mnt, sizeof(f->mnt), "%s", f->disk);
+}
+
+/* A full filesystem: the save fails clearly and leaves no temporary file. */
+static void test_enospc(void **state)
+{
+	struct fx *f = *state;
+	mount_small_disk(f, "size=256k");
 	kvshm_config c;
 	cfg_files(&c, f, false, true);
 	c.quota[KVSHM_TIER_DISK] = 64 * TH_MIB; /* the quota would allow it: the filesystem does not */
@@ -2477,12 +2484,7 @@ static void test_enospc(void **state)
 static void test_default_disk_quota(void **state)
 {
 	struct fx *f = *state;
-	assert_int_equal(mkdir(f->disk, 0700), 0);
-	if (!mount_tmpfs(f->disk, "size=64m")) {
-		print_message("skipped: cannot mount a small tmpfs (%s)\n", strerror(errno));
-		skip();
-	}
-	snprintf(f->mnt, sizeof(f->mnt), "%s", f->disk);
+	mount_small_disk(f, "size=64m");
 	char sub[320];
 	snprintf(sub, sizeof(sub), "%s/not/yet", f->mnt);
 	assert_false(exists(sub));

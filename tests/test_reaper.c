@@ -1468,14 +1468,14 @@ static void test_sighup_reload(void **st)
 	th_wait_reaper(h, rp, log, START_MS);
 	wait_sched(h, 1, 0.9, 0.8, 777, log);
 
-	write_file(conf,
-		   "poll_ms = 20\n"
-		   "scheduler = 1\n"
-		   "high = 0.7\n"
-		   "low = 0.6\n"
-		   "interval = 5000\n"
-		   "log_level = info\n",
-		   0644);
+	/* The file that sets 0.7/0.6 (the option's 777 wins over its 5000). */
+	static const char conf_07[] = "poll_ms = 20\n"
+				      "scheduler = 1\n"
+				      "high = 0.7\n"
+				      "low = 0.6\n"
+				      "interval = 5000\n"
+				      "log_level = info\n";
+	write_file(conf, conf_07, 0644);
 	assert_int_equal(kill(rp, SIGHUP), 0);
 	wait_sched(h, 1, 0.7, 0.6, 777, log);
 	wait_log(log, "SIGHUP: reloaded", 1);
@@ -1496,14 +1496,7 @@ static void test_sighup_reload(void **st)
 	TH_OK(kvshm_open(name, NULL, 0, &h2));
 	wait_log(log, "tracking pid", 1);
 	kvshm_close(h2);
-	write_file(conf,
-		   "poll_ms = 20\n"
-		   "scheduler = 1\n"
-		   "high = 0.7\n"
-		   "low = 0.6\n"
-		   "interval = 5000\n"
-		   "log_level = info\n",
-		   0644);
+	write_file(conf, conf_07, 0644);
 	assert_int_equal(kill(rp, SIGHUP), 0);
 	wait_sched(h, 1, 0.7, 0.6, 777, log);
 	wait_log(log, "SIGHUP: reloaded", 3);
