@@ -59,6 +59,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -964,6 +965,34 @@ static void pct_us(uint32_t *v, size_t n, double *p50, double *p99)
 	*p99 = bench_pct_u32(v, n, 0.99) / 1e3;
 }
 
+/* Read one byte from each of store k's nprocs clients (ready, or a round
+ * done). A client that dies leaves its siblings' ends of the pipe open, so
+ * no EOF comes: poll, and look for a dead client each second instead of
+ * waiting for ever. */
+static void wait_done(enum kind k, int nprocs, const char *what)
+{
+	for (int got = 0; got < nprocs;) {
+		struct pollfd pfd = {.fd = W.done_r[k], .events = POLLIN};
+		int r = poll(&pfd, 1, 1000);
+		if (r < 0 && errno != EINTR)
+			bench_die("poll: %s", strerror(errno));
+		if (r > 0) {
+			char ch;
+			if (read(W.done_r[k], &ch, 1) != 1)
+				bench_die("a %s client died %s", KIND_ID[k], what);
+			got++;
+			continue;
+		}
+		for (int p = 0; p < nprocs; p++) {
+			int st;
+			if (W.clients[k][p] > 0 && waitpid(W.clients[k][p], &st, WNOHANG) == W.clients[k][p]) {
+				W.clients[k][p] = 0;
+				bench_die("a %s client died %s (status 0x%x)", KIND_ID[k], what, st);
+			}
+		}
+	}
+}
+
 /* Start nprocs clients of store k for a figure; returns when all are ready. */
 static void start_clients(enum kind k, const struct mix *mx, int nprocs, uint64_t run_id)
 {
@@ -995,11 +1024,7 @@ static void start_clients(enum kind k, const struct mix *mx, int nprocs, uint64_
 	close(go[0]);
 	W.go_w[k] = go[1];
 	W.done_r[k] = done[0];
-	for (int p = 0; p < nprocs; p++) {
-		char ch;
-		if (read(W.done_r[k], &ch, 1) != 1)
-			bench_die("a %s client died before starting", KIND_ID[k]);
-	}
+	wait_done(k, nprocs, "before starting");
 }
 
 /* One round: the clients of store k run the mix for dur ns at once; their
@@ -1013,11 +1038,7 @@ static void run_round(enum kind k, int nprocs, uint64_t dur, struct acc *a)
 	/* One write: every client's 8-byte read returns at once: go. */
 	if (write(W.go_w[k], msg, sizeof(uint64_t) * (size_t)nprocs) != (ssize_t)(sizeof(uint64_t) * (size_t)nprocs))
 		bench_die("go %s: %s", KIND_ID[k], strerror(errno));
-	for (int p = 0; p < nprocs; p++) {
-		char ch;
-		if (read(W.done_r[k], &ch, 1) != 1)
-			bench_die("a %s client died during a round", KIND_ID[k]);
-	}
+	wait_done(k, nprocs, "during a round");
 	if (!a)
 		return;
 	for (int p = 0; p < nprocs; p++) {
@@ -1290,7 +1311,6 @@ int main(int argc, char **argv)
 				f->procs = procs;
 				/* Every store's clients start (open, warm up, touch
 				 * their pages) and stay for the whole figure. */
-				uint64_t dur = W.dur_ns;
 				for (int k = 0; k < NKINDS; k++)
 					if (W.use[k])
 						start_clients((enum kind)k, &MIXES[mi], procs, run_id++);
@@ -1301,7 +1321,7 @@ int main(int argc, char **argv)
 						run_round((enum kind)k, procs, 200000000ull, NULL);
 						break;
 					}
-				/* Rounds: every store in turn for dur / ROUNDS, ROUNDS
+				/* Rounds: every store in turn for -t / ROUNDS, ROUNDS
 				 * times, so drift of the shared machine (memory
 				 * bandwidth, other jobs) hits every store alike. */
 				for (int k = 0; k < NKINDS; k++)
@@ -1309,11 +1329,10 @@ int main(int argc, char **argv)
 				for (int r = 0; r < ROUNDS; r++)
 					for (int k = 0; k < NKINDS; k++)
 						if (W.use[k])
-							run_round((enum kind)k, procs, dur / ROUNDS, &ACC[k]);
+							run_round((enum kind)k, procs, W.dur_ns / ROUNDS, &ACC[k]);
 				for (int k = 0; k < NKINDS; k++)
 					if (W.use[k])
 						stop_clients((enum kind)k, procs);
-				W.dur_ns = dur;
 				for (int k = 0; k < NKINDS; k++)
 					if (W.use[k]) {
 						finish_row((enum kind)k, procs, &ACC[k], &f->rows[k]);
