@@ -90,7 +90,11 @@ static void fill_pin(kvshm *h, uint32_t idx, size_t n, kvshm_pin *pin)
 {
 	const struct kvshm__entry *e = &h->entries[idx];
 	/* File entries get their data from kvshm__file_load (a mapping). */
-	pin->data = e->tier == KVSHM_TIER_RAM ? h->seg->base + e->blob + kvshm__blob_value_off(e->ntokens) : NULL;
+	/* RAM: the read-only view (a write through the pin faults). The blob
+	 * was validated by the match (kvshm__entry_blob_quick). */
+	pin->data = e->tier == KVSHM_TIER_RAM
+			    ? kvshm__view(h->seg, e->blob + ((const struct kvshm__blob *)(h->seg->base + e->blob))->voff)
+			    : NULL;
 	pin->ref[2] = pin->ref[3] = 0;
 	pin->len = e->len;
 	pin->ntokens = e->ntokens;

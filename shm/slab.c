@@ -167,6 +167,11 @@ static uint64_t pages_for(const struct kvshm__slab *sl, uint64_t size)
 	return (size + KVSHM_EXT_DATA + sl->page_size - 1) >> sl->page_shift;
 }
 
+bool kvshm__slab_is_extent(const struct kvshm__slab *sl, uint64_t size)
+{
+	return class_for(sl, size) < 0;
+}
+
 uint64_t kvshm__slab_footprint(const struct kvshm__slab *sl, uint64_t size)
 {
 	int c = class_for(sl, size);

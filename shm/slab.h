@@ -130,6 +130,9 @@ int kvshm__slab_check_geometry(const struct kvshm__seg *s, const struct kvshm__s
 
 /* Largest request kvshm__slab_alloc can ever satisfy. */
 uint64_t kvshm__slab_max_alloc(const struct kvshm__slab *sl);
+/* Is an allocation of `size` an extent (whole pages of its own, its bytes
+ * starting KVSHM_EXT_DATA into its first page)? */
+bool kvshm__slab_is_extent(const struct kvshm__slab *sl, uint64_t size);
 /* Bytes an allocation of `size` occupies (header and rounding included). */
 uint64_t kvshm__slab_footprint(const struct kvshm__slab *sl, uint64_t size);
 
