@@ -282,9 +282,13 @@ int kvshm__file_reserve(kvshm *h, const kvshm_model *m, const uint32_t *tokens, 
 			int reason, struct kvshm__hres *hr, kvshm_reservation *r);
 int kvshm__file_publish(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r);
 int kvshm__file_cancel(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r);
-/* Map and verify a pinned file entry into pin (after walk pinned it).
+/* Map and verify a pinned file entry into pin (after walk pinned it);
+ * verify: checksum the payload even if a load within verify_reuse_ms did.
  * KVSHM_EBADFILE: the file was bad and is gone; the pin is dropped. */
-int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy);
+int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy, bool verify);
+/* A pinned file entry failed verification: its file and row go, the entry
+ * is flagged bad, our pin is dropped. Returns KVSHM_EBADFILE. */
+int kvshm__file_reject(kvshm *h, uint32_t idx, uint32_t gen, int tier, const uint64_t key[2], bool copy);
 void kvshm__file_unmap(kvshm_pin *pin);
 /* After a file entry left the index: delete its file and index row. */
 void kvshm__file_forget(kvshm *h, int tier, const uint64_t key[2]);

@@ -158,7 +158,7 @@ static int copy_up(kvshm *h, const struct item *it)
 	pin.tier = e->tier;
 	pin.len = e->len;
 	kvshm__shard_unlock(h, it->shard);
-	if ((err = kvshm__file_load(h, &pin, true)) < 0)
+	if ((err = kvshm__file_load(h, &pin, true, false)) < 0)
 		return err; /* a bad file was removed; the pin is gone */
 	const struct kvshm__blob *b = kvshm__entry_blob(h, e);
 	struct kvshm__resv rv;

@@ -159,7 +159,9 @@ int kvshm__reserve_entry(kvshm *h, const kvshm_model *m, const uint32_t *tokens,
 	uint64_t blob = 0;
 	for (int tries = 0; tries < 8; tries++) {
 		err = kvshm__slab_alloc(h->seg, h->slab, h->me, size, &blob);
-		if (err != KVSHM_ENOSPACE)
+		/* No run, or none the filesystem can back: what eviction frees
+		 * is backed already. */
+		if (err != KVSHM_ENOSPACE && err != -ENOSPC)
 			break;
 		uint64_t freed = 0;
 		kvshm__evict(h, kvshm__slab_footprint(h->slab, size), KVSHM_TIER_BIT(KVSHM_TIER_RAM), &freed, NULL);
@@ -167,7 +169,7 @@ int kvshm__reserve_entry(kvshm *h, const kvshm_model *m, const uint32_t *tokens,
 			break;
 	}
 	if (err < 0) {
-		if (err == KVSHM_ENOSPACE)
+		if (err == KVSHM_ENOSPACE || err == -ENOSPC)
 			kvshm__count(h, KVSHM_C_nospace, 1);
 		goto out;
 	}

@@ -636,7 +636,7 @@ bool kvshm__file_hide_locked(kvshm *h, uint32_t s, uint32_t idx)
 /* A pinned file entry failed verification: remove the file and its row;
  * flag the entry so no one pins it again; drop our pin (the last one
  * removes the entry). */
-static int reject(kvshm *h, uint32_t idx, uint32_t gen, int tier, const uint64_t key[2], bool copy)
+int kvshm__file_reject(kvshm *h, uint32_t idx, uint32_t gen, int tier, const uint64_t key[2], bool copy)
 {
 	uint32_t s = idx / h->cfg->entries_per_shard;
 	kvshm__count(h, KVSHM_C_corrupt_rejected, 1);
@@ -651,7 +651,7 @@ static int reject(kvshm *h, uint32_t idx, uint32_t gen, int tier, const uint64_t
 	return KVSHM_EBADFILE;
 }
 
-int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy)
+int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy, bool verify)
 {
 	char path[512];
 	uint32_t idx = (uint32_t)pin->ref[0] - 1, gen = (uint32_t)(pin->ref[0] >> 32);
@@ -665,7 +665,7 @@ int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy)
 	kvshm__file_path(h->cfg->dir[tier], (const uint8_t *)key, path, sizeof(path));
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return reject(h, idx, gen, tier, key, copy);
+		return kvshm__file_reject(h, idx, gen, tier, key, copy);
 	struct stat st;
 	fstat(fd, &st);
 	uint64_t ctime_ns = (uint64_t)st.st_ctim.tv_sec * 1000000000ull + (uint64_t)st.st_ctim.tv_nsec;
@@ -676,7 +676,7 @@ int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy)
 		if ((err = kvshm__shard_lock(h, s)) < 0)
 			goto out_close;
 		uint64_t now = kvshm__now_ns();
-		fresh = h->cfg->verify_reuse_ms && e->vino == (uint64_t)st.st_ino && e->vctime_ns == ctime_ns &&
+		fresh = !verify && h->cfg->verify_reuse_ms && e->vino == (uint64_t)st.st_ino && e->vctime_ns == ctime_ns &&
 			now - e->vtime_ns < (uint64_t)h->cfg->verify_reuse_ms * 1000000ull;
 		if (fresh || !(e->flags & KVSHM_EF_LOADING) || now > deadline) {
 			if (!fresh) {
@@ -740,7 +740,7 @@ int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy)
 	fd = -1;
 	if (err == KVSHM_EBADFILE) {
 		kvshm__fmeta_free(&m);
-		return reject(h, idx, gen, tier, key, copy);
+		return kvshm__file_reject(h, idx, gen, tier, key, copy);
 	}
 	if (err < 0) {
 		kvshm__fmeta_free(&m);

@@ -401,14 +401,17 @@ int kvshm__slab_alloc(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me,
 	}
 	uint64_t owner = KVSHM_OWNER_SLOT(me, slot->gen);
 	uint64_t hoff;
+	bool unbacked = false; /* a run was free but the filesystem could not back it */
 	int c = class_for(sl, size);
 	if (c >= 0) {
 		const struct kvshm__slabclass *k = &sl->cls[c];
 		uint32_t head = sl->partial[c];
 		if (!head) {
 			uint64_t page = run_take(s, sl, 1);
-			if (page >= UINT64_MAX - 1)
+			if (page >= UINT64_MAX - 1) {
+				unbacked = page == UINT64_MAX - 1;
 				goto nospace;
+			}
 			struct kvshm__pte *p = pte(s, sl, page);
 			J32(&p->kind, KVSHM_PTE_SLAB);
 			J32(&p->n, (uint32_t)c);
@@ -456,8 +459,10 @@ int kvshm__slab_alloc(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me,
 	} else {
 		uint64_t n = pages_for(sl, size);
 		uint64_t page = run_take(s, sl, n);
-		if (page >= UINT64_MAX - 1)
+		if (page >= UINT64_MAX - 1) {
+			unbacked = page == UINT64_MAX - 1;
 			goto nospace;
+		}
 		struct kvshm__pte *p = pte(s, sl, page);
 		J32(&p->kind, KVSHM_PTE_EXT);
 		J32(&p->n, (uint32_t)n);
@@ -486,6 +491,9 @@ int kvshm__slab_alloc(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me,
 
 nospace:
 	kvshm__lock_abort(s, &sl->lk);
+	if (unbacked)
+		return kvshm__fail(-ENOSPC, "the filesystem of '%s' is full: no memory behind a free run for %llu bytes",
+				   s->path, (unsigned long long)size);
 	return kvshm__fail(KVSHM_ENOSPACE, "no free run for %llu bytes (%llu of %llu pages free)",
 			   (unsigned long long)size, (unsigned long long)sl->free_pages,
 			   (unsigned long long)sl->npages);

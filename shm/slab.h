@@ -139,8 +139,9 @@ uint64_t kvshm__slab_footprint(const struct kvshm__slab *sl, uint64_t size);
 /*
  * Allocate `size` bytes owned by slot me (recorded in its allocs[]).
  * *off is the offset of the caller's bytes (after the header). Returns 0,
- * KVSHM_ENOSPACE (no room now), KVSHM_ETOOBIG (never fits), -EAGAIN (the
- * slot's allocs[] is full), -EINVAL (size 0).
+ * KVSHM_ENOSPACE (no room now), -ENOSPC (a run is free but the filesystem
+ * cannot back it: a lazy or released area on a full tmpfs), KVSHM_ETOOBIG
+ * (never fits), -EAGAIN (the slot's allocs[] is full), -EINVAL (size 0).
  */
 int kvshm__slab_alloc(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me, uint64_t size,
 		      uint64_t *off);

@@ -191,13 +191,28 @@ static const struct kspec pkeys[] = {
 #define NPK (sizeof(pkeys) / sizeof(pkeys[0]))
 
 /* The child's keys (model CHILD_TAG, so a filter finds them). */
-enum { CK1, CK2, CK3, CK4, CK5, CK6, CK7, CK8, CK9, CK_GPIN, CK_GRES, CK_BIG, CK_BIG2, NCK };
+enum { CK1, CK2, CK3, CK4, CK5, CK6, CK7, CK8, CK9, CK_GPIN, CK_GRES, CK_BIG, CK_BIG2, CK_BAD, NCK };
 static const struct kspec ckeys[NCK] = {
 	[CK1] = {10, 0, 50},  [CK2] = {11, 0, 64},  [CK3] = {12, 0, 70},  [CK4] = {11, 0, 90},
 	[CK5] = {13, 0, 20},  [CK6] = {14, 0, 37},  [CK7] = {15, 1, 77},  [CK8] = {16, 2, 120},
 	[CK9] = {17, 0, 45},  [CK_GPIN] = {18, 0, 60}, [CK_GRES] = {19, 0, 99},
-	[CK_BIG] = {BIG_FAM + 1, 0, 30}, [CK_BIG2] = {BIG_FAM + 2, 0, 31},
+	[CK_BIG] = {BIG_FAM + 1, 0, 30}, [CK_BIG2] = {BIG_FAM + 2, 0, 31}, [CK_BAD] = {20, 0, 41},
 };
+
+/* Flip a byte of k's stored value behind the library's back (through its
+ * own writable mapping: what a stray write or a bit flip would do). */
+static int corrupt_key(kvshm *h, const kvshm_model *m, const struct kspec *k)
+{
+	uint32_t t[MAXTOK];
+	kvshm_pin pin;
+	key_tokens(t, k);
+	int err = kvshm_get(h, m, t, k->n, 0, &pin);
+	if (err < 0)
+		return err;
+	uint64_t off = (uint64_t)((const uint8_t *)pin.data - h->seg->view) + h->seg->view_off;
+	h->seg->base[off + pin.len / 2] ^= 0x40;
+	return kvshm_unpin(h, &pin);
+}
 /* A query extending CK2 and CK4 (family 11, variant 0). */
 static const struct kspec q11 = {11, 0, 100};
 /* A query whose longest stored prefix is the parent's (1,0,33). */
@@ -323,6 +338,14 @@ static int scenario(void *p)
 	    nt != ckeys[CK1].n || !val_ok(buf, len, &cm, t, nt))
 		return 23;
 
+	/* a value corrupted behind the library's back: copy-out rejects it
+	 * (never returned) and the entry goes */
+	if (put_key(h, &cm, &ckeys[CK_BAD]) < 0 || corrupt_key(h, &cm, &ckeys[CK_BAD]) < 0)
+		return 47;
+	key_tokens(t, &ckeys[CK_BAD]);
+	if (kvshm_lookup_copy(h, &cm, t, ckeys[CK_BAD].n, 0, buf, sizeof(buf), &len, &nt) != KVSHM_ENOTFOUND)
+		return 48;
+
 	/* reserve, half-fill, cancel */
 	key_tokens(t, &ckeys[CK3]);
 	seed = th_key_seed(&cm, t, ckeys[CK3].n);
@@ -409,6 +432,19 @@ static void take_baseline(kvshm *h, struct baseline *b)
 static void verify_and_reset(kvshm *h, const struct baseline *b, int iter)
 {
 	kvshm_model cm = model_of(CHILD_TAG), pm = model_of(PARENT_TAG);
+	/* The child may have died between corrupting CK_BAD and its rejection:
+	 * a verifying lookup finishes the job (never serving the bytes). */
+	kvshm__sweep(h);
+	{
+		uint32_t t[MAXTOK];
+		kvshm_pin pin;
+		key_tokens(t, &ckeys[CK_BAD]);
+		int r = kvshm_get(h, &cm, t, ckeys[CK_BAD].n, KVSHM_LOOKUP_VERIFY, &pin);
+		if (r == 0 && (!val_ok(pin.data, pin.len, &cm, t, pin.ntokens) || kvshm_unpin(h, &pin) < 0))
+			fail_msg("run %d: a verifying lookup served wrong bytes", iter);
+		if (r < 0 && r != KVSHM_ENOTFOUND)
+			fail_msg("run %d: verifying lookup: %s", iter, kvshm_err_name(r));
+	}
 	sweep_check(h, "enumeration run", iter);
 
 	/* The parent's entries: there, exact to the byte, pinned once (by us). */
