@@ -131,9 +131,7 @@ static uint64_t layout_sig(void)
 	return XXH3_64bits(parts, sizeof(parts)) | 1; /* never 0 */
 }
 
-/* The checksum of the cache header's immutable part: the configuration
- * and the region offsets. */
-static uint64_t imm_csum(const struct kvshm__cache_hdr *hdr)
+uint64_t kvshm__cache_imm_csum(const struct kvshm__cache_hdr *hdr)
 {
 	XXH3_state_t st;
 	XXH3_INITSTATE(&st);
@@ -302,7 +300,7 @@ static int create(const char *name, const kvshm_config *c, struct kvshm__seg **o
 		}
 		atomic_store(&sl->holes, 1);
 	}
-	hdr->imm_csum = imm_csum(hdr);
+	hdr->imm_csum = kvshm__cache_imm_csum(hdr);
 
 	KVSHM_CRASH_POINT("cache.create.built");
 	if ((err = kvshm__seg_publish(s, layout_sig())) < 0)
@@ -333,7 +331,7 @@ static int map_cache(kvshm *h)
 	h->hdr = (struct kvshm__cache_hdr *)(s->base + r->off);
 	const struct kvshm__cfg *c = &h->hdr->cfg;
 	h->cfg = c;
-	if (h->hdr->imm_csum != imm_csum(h->hdr))
+	if (h->hdr->imm_csum != kvshm__cache_imm_csum(h->hdr))
 		return kvshm__fail(KVSHM_ECORRUPT, "cache '%s': the cache header's configuration is damaged (checksum mismatch)",
 				   h->name);
 	if (!KVSHM_IS_POW2(c->shards) || c->shards > KVSHM_MAX_SHARDS || c->entries_per_shard == 0 ||
@@ -547,16 +545,12 @@ static int release_all(kvshm *h)
 	}
 	/* The copy-out record (the last) is never held between calls. */
 	for (unsigned i = 0; i < KVSHM_MAX_PINS; i++) {
-		struct kvshm__pinrec pr = x->pins[i];
-		/* kvshm_unpin zeroes the pin it drops: a fresh one each time, or
-		 * a record counting several pins would keep all but one. */
-		for (uint32_t k = pr.count; k > 0 && x->pins[i].count; k--) {
-			kvshm_pin p = {.ref = {(pr.entry + 1) | ((uint64_t)pr.gen << 32), 0}};
-			if (kvshm_unpin(h, &p) < 0)
-				break;
-		}
+		int r = kvshm__unpin_record(h, i);
+		if (r < 0 && !first)
+			first = r;
 	}
-	while (kvshm__sem_release(h->seg, h->sem, h->me) == 0)
+	/* Bounded by the semaphore's size: a damaged count cannot spin us. */
+	for (uint32_t k = 0; k <= h->sem->max && kvshm__sem_release(h->seg, h->sem, h->me) == 0; k++)
 		;
 	struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, h->me);
 	for (unsigned i = 0; sl && i < KVSHM_SLOT_ALLOCS; i++) {

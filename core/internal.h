@@ -72,6 +72,9 @@ struct kvshm {
 
 /* ---- handles (core/cache.c) ------------------------------------------------------- */
 
+/* The checksum of the cache header's immutable part (its imm_csum): the
+ * configuration and the region offsets. */
+uint64_t kvshm__cache_imm_csum(const struct kvshm__cache_hdr *hdr);
 /* Entry guard of every public call: closed handle, fork rebinding. */
 int kvshm__enter(kvshm *h);
 /* Bumped in every child after fork. */
@@ -233,6 +236,8 @@ int kvshm__drop_locked_entry(kvshm *h, uint32_t s, uint32_t idx);
  * record. Unpin by index and gen. */
 int kvshm__pin_locked(kvshm *h, uint32_t s, uint32_t idx, bool copy);
 int kvshm__unpin_ref(kvshm *h, uint32_t idx, uint32_t gen, bool copy);
+/* Drop every pin our pin record i counts, in one section (close). */
+int kvshm__unpin_record(kvshm *h, unsigned i);
 
 /* Score of an entry now (decayed). */
 double kvshm__entry_score(const kvshm *h, const struct kvshm__entry *e, uint64_t now_ns);

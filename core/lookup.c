@@ -323,6 +323,33 @@ int kvshm__unpin_ref(kvshm *h, uint32_t idx, uint32_t gen, bool copy)
 	return 0;
 }
 
+int kvshm__unpin_record(kvshm *h, unsigned i)
+{
+	struct kvshm__slotx *x = kvshm__slotx(h, h->me);
+	struct kvshm__pinrec *r = &x->pins[i];
+	uint32_t idx = __atomic_load_n(&r->entry, __ATOMIC_RELAXED);
+	struct kvshm__entry *e = kvshm__entry_at(h, idx);
+	if (!__atomic_load_n(&r->count, __ATOMIC_RELAXED))
+		return 0;
+	if (!e) {
+		__atomic_store_n(&r->count, 0, __ATOMIC_RELAXED); /* names no entry: nothing to give back */
+		return kvshm__fail(KVSHM_ECORRUPT, "pin record %u names entry %u, which does not exist", i, idx);
+	}
+	uint32_t s = idx / h->cfg->entries_per_shard;
+	int err = kvshm__shard_lock(h, s);
+	if (err < 0)
+		return err;
+	struct kvshm__lock *lk = &h->shards[s].lk;
+	uint32_t n = r->count;
+	if (n && e->gen == r->gen && e->state != KVSHM_E_FREE)
+		kvshm__jset32(h->seg, lk, &e->refcount, e->refcount >= n ? e->refcount - n : 0);
+	kvshm__jset32(h->seg, lk, &r->count, 0);
+	if (n && e->gen == r->gen && (e->flags & KVSHM_EF_BAD) && e->refcount == 0 && e->state == KVSHM_E_READY)
+		return kvshm__drop_locked_entry(h, s, idx);
+	kvshm__shard_unlock(h, s);
+	return 0;
+}
+
 static int unpin(kvshm *h, kvshm_pin *pin, bool copy)
 {
 	int err = kvshm__enter(h);

@@ -94,6 +94,44 @@ bool kvshm__lock_held(const struct kvshm__lock *lk)
 
 /* ---- init ------------------------------------------------------------------ */
 
+/* Make mu a robust, process-shared mutex. */
+static int mutex_init(pthread_mutex_t *mu)
+{
+	pthread_mutexattr_t a;
+	int r;
+	if ((r = pthread_mutexattr_init(&a)) != 0)
+		return kvshm__fail(-r, "mutexattr init");
+	if ((r = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED)) != 0 ||
+	    (r = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST)) != 0 || (r = pthread_mutex_init(mu, &a)) != 0)
+		r = kvshm__fail(-r, "robust mutex init");
+	pthread_mutexattr_destroy(&a);
+	return r;
+}
+
+/*
+ * The type word glibc keeps in every one of our mutexes (robust,
+ * process-shared), learned once from a mutex made here. glibc asserts —
+ * aborting the process — on a robust mutex whose type word is damaged, so
+ * every acquire compares it first and refuses a damaged lock.
+ */
+static int kind_want = -1;
+static pthread_once_t kind_once = PTHREAD_ONCE_INIT;
+
+static void kind_init(void)
+{
+	pthread_mutex_t m;
+	if (mutex_init(&m) == 0) {
+		kind_want = m.__data.__kind;
+		pthread_mutex_destroy(&m);
+	}
+}
+
+static bool kind_ok(const struct kvshm__lock *lk)
+{
+	pthread_once(&kind_once, kind_init);
+	return __atomic_load_n(&lk->mu.__data.__kind, __ATOMIC_RELAXED) == kind_want;
+}
+
 int kvshm__lock_init(struct kvshm__lock *lk, uint16_t cls, uint16_t rank, uint32_t arg)
 {
 	pthread_mutexattr_t a;
@@ -303,8 +341,16 @@ static int wait_lock(struct kvshm__lock *lk)
 	}
 }
 
+static int damaged_kind(const struct kvshm__lock *lk)
+{
+	return kvshm__fail(KVSHM_ECORRUPT, "lock class %u rank %u: its mutex is damaged (type word %d, want %d)",
+			   lk->cls, lk->rank, lk->mu.__data.__kind, kind_want);
+}
+
 int kvshm__lock_acquire(struct kvshm__seg *s, struct kvshm__lock *lk, bool *repaired)
 {
+	if (kvshm_unlikely(!kind_ok(lk)))
+		return damaged_kind(lk);
 	order_check(lk);
 	int r = pthread_mutex_trylock(&lk->mu);
 	if (r == EBUSY) {
@@ -316,6 +362,8 @@ int kvshm__lock_acquire(struct kvshm__seg *s, struct kvshm__lock *lk, bool *repa
 
 int kvshm__lock_try(struct kvshm__seg *s, struct kvshm__lock *lk, bool *repaired)
 {
+	if (kvshm_unlikely(!kind_ok(lk)))
+		return damaged_kind(lk);
 	order_check(lk);
 	int r = pthread_mutex_trylock(&lk->mu);
 	if (r == EBUSY) {
