@@ -326,7 +326,7 @@ static int map_cache(kvshm *h)
 {
 	struct kvshm__seg *s = h->seg;
 	const struct kvshm__region *r = kvshm__seg_region(s, KVSHM_R_CORE);
-	if (!r || r->size < sizeof(struct kvshm__cache_hdr))
+	if (!r || r->size < sizeof(struct kvshm__cache_hdr) || r->off % KVSHM_CACHELINE)
 		return kvshm__fail(KVSHM_ECORRUPT, "cache '%s': no cache header region", h->name);
 	h->hdr = (struct kvshm__cache_hdr *)(s->base + r->off);
 	const struct kvshm__cfg *c = &h->hdr->cfg;
@@ -356,7 +356,7 @@ static int map_cache(kvshm *h)
 	};
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(regions); i++) {
 		const struct kvshm__region *rr = kvshm__seg_region(s, regions[i].id);
-		if (!rr || rr->off != regions[i].off || rr->size < regions[i].need)
+		if (!rr || rr->off != regions[i].off || rr->size < regions[i].need || rr->off % KVSHM_CACHELINE)
 			return kvshm__fail(KVSHM_ECORRUPT, "cache '%s': region %u missing or too small", h->name,
 					   regions[i].id);
 		*regions[i].dst = s->base + rr->off;

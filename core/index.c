@@ -165,6 +165,8 @@ void kvshm__mark_ready_locked(kvshm *h, uint32_t s, uint32_t idx, uint64_t csum,
 const struct kvshm__blob *kvshm__entry_blob_quick(const kvshm *h, const struct kvshm__entry *e)
 {
 	uint64_t vlen = e->tier == KVSHM_TIER_RAM ? e->len : 0;
+	if (e->blob % 16) /* every allocation is 16-byte aligned */
+		return NULL;
 	const struct kvshm__blob *b = kvshm__at(h->seg, e->blob, kvshm__blob_size(e->ntokens, vlen));
 	if (!b || b->magic != KVSHM_BLOB_MAGIC || b->ntokens != e->ntokens || b->len != vlen ||
 	    !kvshm__blob_voff_ok(b->ntokens, b->voff) || !kvshm__in_view(h->seg, e->blob, b->voff + vlen))

@@ -41,7 +41,8 @@ int kvshm__proc_init(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32_t 
 
 int kvshm__proc_verify(const struct kvshm__seg *s, const struct kvshm__proctab *tab)
 {
-	if (tab->nslots == 0 || tab->stride < sizeof(struct kvshm__slot) ||
+	if (tab->nslots == 0 || tab->stride < sizeof(struct kvshm__slot) || tab->stride % KVSHM_CACHELINE ||
+	    tab->slots_off % KVSHM_CACHELINE ||
 	    !kvshm__at(s, tab->slots_off, (uint64_t)tab->stride * tab->nslots))
 		return kvshm__fail(KVSHM_ECORRUPT, "process table geometry (%u slots of %u bytes at %llu)",
 				   tab->nslots, tab->stride, (unsigned long long)tab->slots_off);

@@ -151,10 +151,11 @@ int kvshm__slab_init(struct kvshm__seg *s, struct kvshm__slab *sl, uint64_t regi
 int kvshm__slab_check_geometry(const struct kvshm__seg *s, const struct kvshm__slab *sl)
 {
 	if (!KVSHM_IS_POW2(sl->page_size) || sl->page_size < 4096 ||
-	    (1u << sl->page_shift) != sl->page_size || sl->npages < 2 || sl->npages > UINT32_MAX - 1 ||
+	    sl->page_shift >= 32 || (1u << sl->page_shift) != sl->page_size || sl->npages < 2 || sl->npages > UINT32_MAX - 1 ||
 	    !kvshm__at(s, sl->pte_off, sl->npages * sizeof(struct kvshm__pte)) ||
 	    !kvshm__at(s, sl->data_off, sl->npages << sl->page_shift) ||
-	    (sl->data_off & (sl->page_size - 1)) || !slab_tab(s, sl))
+	    (sl->data_off & (sl->page_size - 1)) || (sl->pte_off % sizeof(struct kvshm__pte)) ||
+	    (sl->proctab_off % KVSHM_CACHELINE) || !slab_tab(s, sl))
 		return kvshm__fail(KVSHM_ECORRUPT, "slab geometry (%llu pages of %u bytes)",
 				   (unsigned long long)sl->npages, sl->page_size);
 	for (unsigned c = 0; c < KVSHM_SLAB_NCLASSES; c++) {
