@@ -166,24 +166,25 @@ static void mark_put(kvshm *h, kvshm__h128 t, uint32_t idx, uint32_t gen)
 	uint64_t want = mark_of(t, idx, gen), key = key_of(t);
 	/* Two tries: a racing insert into the same way costs one more pass. */
 	for (int pass = 0; pass < 2; pass++) {
-		unsigned pick = 0, rank = 3;
-		uint64_t old = 0;
+		uint64_t v[KVSHM_MARK_WAYS];
+		unsigned pick = KVSHM_MARK_WAYS, same = KVSHM_MARK_WAYS;
 		for (unsigned w = 0; w < KVSHM_MARK_WAYS; w++) {
-			uint64_t v = atomic_load_explicit(&set->way[w], memory_order_relaxed);
-			if (v == want)
+			v[w] = atomic_load_explicit(&set->way[w], memory_order_relaxed);
+			if (v[w] == want)
 				return;
-			unsigned r = !v || stale(h, v) ? 0 : (v & MARK_KEY_MASK) == key ? 1 : 2;
-			if (r < rank) {
-				rank = r;
+			if (!v[w] && pick == KVSHM_MARK_WAYS)
 				pick = w;
-				old = v;
-			}
+			else if (v[w] && (v[w] & MARK_KEY_MASK) == key && same == KVSHM_MARK_WAYS)
+				same = w;
 		}
-		if (rank == 2) {
-			pick = rotor++ % KVSHM_MARK_WAYS;
-			old = atomic_load_explicit(&set->way[pick], memory_order_relaxed);
-		}
-		if (atomic_compare_exchange_strong_explicit(&set->way[pick], &old, want, memory_order_relaxed,
+		/* A full set: the first stale way (each test reads an entry,
+		 * so only now), else the same prefix's, else in rotation. */
+		for (unsigned w = 0; w < KVSHM_MARK_WAYS && pick == KVSHM_MARK_WAYS; w++)
+			if (stale(h, v[w]))
+				pick = w;
+		if (pick == KVSHM_MARK_WAYS)
+			pick = same < KVSHM_MARK_WAYS ? same : rotor++ % KVSHM_MARK_WAYS;
+		if (atomic_compare_exchange_strong_explicit(&set->way[pick], &v[pick], want, memory_order_relaxed,
 							    memory_order_relaxed))
 			return;
 	}
