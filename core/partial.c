@@ -278,7 +278,7 @@ static void from_markers(kvshm *h, kvshm__h128 t, const kvshm_model *m, const ui
 	const struct kvshm__cfg *c = h->cfg;
 	struct kvshm__markset *set = set_of(h, t);
 	uint64_t key = key_of(t);
-	uint32_t seen[KVSHM_MARK_WAYS];
+	uint64_t seen[KVSHM_MARK_WAYS]; /* markers followed: one entry may have several (its lives) */
 	unsigned nseen = 0;
 	for (unsigned w = 0; w < KVSHM_MARK_WAYS; w++) {
 		uint64_t v = atomic_load_explicit(&set->way[w], memory_order_relaxed);
@@ -287,10 +287,10 @@ static void from_markers(kvshm *h, kvshm__h128 t, const kvshm_model *m, const ui
 		uint32_t idx = (uint32_t)(v & MARK_IDX_MASK), g = (uint32_t)(v >> MARK_GEN_SHIFT) & MARK_GEN_MASK;
 		bool dup = idx >= c->max_entries; /* a marker is untrusted input */
 		for (unsigned i = 0; i < nseen && !dup; i++)
-			dup = seen[i] == idx;
+			dup = seen[i] == v;
 		if (dup)
 			continue;
-		seen[nseen++] = idx;
+		seen[nseen++] = v;
 		uint32_t s = idx / c->entries_per_shard;
 		(*probes)++;
 		if (kvshm__shard_lock(h, s) < 0)

@@ -531,6 +531,38 @@ static void test_garbage_markers(void **st)
 	TH_OK(kvshm_destroy(name, NULL, 1));
 }
 
+/* An entry freed and made again in the same slot has markers of both
+ * lives in one set (all hashes forced equal): the stale one comes first
+ * and must not hide the live one. */
+static void test_marker_of_reused_entry(void **st)
+{
+	(void)st;
+	char name[64];
+	kvshm_config c;
+	uint32_t e[MAXT];
+	th_cfg_small(&c, 0);
+	kvshm__test_force_hash(0x9abc);
+	kvshm *h = th_create_cache(name, sizeof(name), "preuse", &c);
+	kvshm_model m = th_model_of(19);
+	th_toks_of(e, MAXT, 1);
+	put(h, &m, e, 200, 75, RAM);
+	expect_hit(h, &m, e, 100, P, KVSHM_HIT_PARTIAL, 100, 200, 75, RAM);
+	kvshm_filter all = {0};
+	uint64_t n = 0;
+	TH_OK(kvshm_delete(h, &all, &n));
+	assert_int_equal(n, 1);
+	put(h, &m, e, 200, 76, RAM); /* the same slot, its next life */
+	unsigned lives = 0;
+	for (unsigned w = 0; w < KVSHM_MARK_WAYS; w++)
+		lives += atomic_load(&h->marks[0].way[w]) != 0;
+	assert_int_equal(lives, 2);
+	expect_hit(h, &m, e, 100, P, KVSHM_HIT_PARTIAL, 100, 200, 76, RAM);
+	th_check_ok(h);
+	kvshm__test_force_hash(0);
+	TH_OK(kvshm_close(h));
+	TH_OK(kvshm_destroy(name, NULL, 1));
+}
+
 /* ---- copy-out --------------------------------------------------------------------------- */
 
 static void test_copy_out(void **st)
@@ -764,6 +796,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_forced_collision, force_off),
 		cmocka_unit_test(test_stale_markers),
 		cmocka_unit_test_teardown(test_garbage_markers, force_off),
+		cmocka_unit_test_teardown(test_marker_of_reused_entry, force_off),
 		cmocka_unit_test(test_copy_out),
 		cmocka_unit_test(test_flags),
 		cmocka_unit_test(test_wait),
