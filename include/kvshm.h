@@ -7,7 +7,8 @@
  *   header (magic, a layout signature computed from the build, the
  *   configuration), a process table (one slot per attached handle), the
  *   index shards (robust-mutex-guarded hash tables of entries), the slab
- *   tables (pages, size classes, extents) and the writer semaphore. Every
+ *   tables (pages, size classes, extents), the writer semaphore, and the
+ *   marker table of partial-prefix lookup (hints only, checked on use). Every
  *   reference inside the segment is an offset from its base, never a
  *   pointer, and every offset is bounds-checked before use.
  *
