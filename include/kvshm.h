@@ -21,6 +21,16 @@
  *   written) is recorded against its process slot, so it can be released
  *   by whoever notices the death.
  *
+ * WHAT A MISBEHAVING PROCESS CANNOT DO
+ *   Pins point into a read-only mapping of the data area (between guard
+ *   pages): a write through one, or past its end, kills the process that
+ *   made it (SIGSEGV) and cannot change what others read. A reservation's
+ *   writable bytes are its own (a private buffer, or the value's own
+ *   pages). Copy-out, KVSHM_LOOKUP_VERIFY and kvshm_pin_verify check the
+ *   value's checksum; a corrupt value is dropped and never served. Damaged
+ *   headers are refused at attach (KVSHM_ECORRUPT), and a lock is never
+ *   waited for forever (KVSHM_EBUSY after 60 s of a live holder).
+ *
  * WHAT THE REAPER DOES
  *   kvshm-reaper holds a pidfd for every attached process and reclaims a
  *   dead one's resources within milliseconds. Without it the cache still
@@ -152,7 +162,10 @@ typedef struct kvshm_config {
 	uint32_t reservation_ttl_ms; /* a reservation expires after (60000) */
 	uint32_t wait_ms;         /* readers wait for an in-progress save up to (500) */
 	uint32_t mode;            /* segment file mode (0600) */
-	uint32_t lazy;            /* 1: do not reserve the segment's memory up front */
+	uint32_t lazy;            /* 1: do not reserve the segment's memory up front: the tables
+				   * are reserved at creation and each run of the data area when
+				   * it is allocated, so a tmpfs that fills up makes kvshm_reserve
+				   * fail with -ENOSPC (after trying eviction), never SIGBUS */
 	double score_halflife_s;  /* hit-score decay half-life, seconds (600) */
 	uint64_t quota[KVSHM_NTIERS]; /* byte quota per tier; 0 = default (ram: the data area) */
 	kvshm_policy policy;      /* save policy defaults */
@@ -195,7 +208,11 @@ KVSHM_EXTERN int kvshm_config_validate(const kvshm_config *cfg);
  */
 KVSHM_EXTERN int kvshm_open(const char *name, const kvshm_config *cfg, unsigned flags, kvshm **out);
 /* Release every pin and reservation this handle holds, free its slot,
- * unmap. Always frees the handle; returns the first error met. */
+ * unmap. Always closes the handle; returns the first error met. Using a
+ * closed handle — a second kvshm_close included — returns KVSHM_ECLOSED:
+ * the library keeps the last 256 closed handles of the process marked
+ * before freeing their memory; beyond that, a closed handle is as invalid
+ * as any freed pointer. */
 KVSHM_EXTERN int kvshm_close(kvshm *h);
 /* Remove the named segment. Refuses with -EBUSY while live processes are
  * attached, unless force. Attached processes keep their mapping. */
@@ -311,8 +328,11 @@ KVSHM_EXTERN int kvshm_lookup_copy(kvshm *h, const kvshm_model *m, const uint32_
  * ====================================================================== */
 
 typedef struct kvshm_reservation {
-	void *data;      /* write `len` bytes here, then publish (file tiers: a
-			  * writable mapping of the file being written) */
+	void *data;      /* write `len` bytes here, then publish. RAM, below 64 KiB: a
+			  * private buffer copied in at publish; from 64 KiB: the
+			  * value's own pages, writable for this handle until publish
+			  * or cancel (a write past either end faults). File tiers: a
+			  * writable mapping of the file being written. */
 	size_t len;
 	uint64_t ref[4]; /* opaque */
 } kvshm_reservation;
@@ -335,9 +355,13 @@ typedef struct kvshm_save_opts {
 KVSHM_EXTERN int kvshm_reserve(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
 			       size_t len, const kvshm_save_opts *opts, kvshm_reservation *r);
 /* Make a filled reservation visible. KVSHM_EEXPIRED when it outlived the
- * reservation TTL and was given up (the bytes are freed). */
+ * reservation TTL and was given up (the bytes are freed). A publish always
+ * consumes the reservation (r is zeroed), success or not; r->data is no
+ * longer writable afterwards. -EINVAL when r is not a reservation this
+ * handle holds (never reserved here, already used, altered, another
+ * handle's or another process's): nothing happens then. */
 KVSHM_EXTERN int kvshm_publish(kvshm *h, kvshm_reservation *r);
-/* Give a reservation up; its memory is freed. */
+/* Give a reservation up; its memory is freed. -EINVAL as for publish. */
 KVSHM_EXTERN int kvshm_cancel(kvshm *h, kvshm_reservation *r);
 /* reserve + copy + publish. */
 KVSHM_EXTERN int kvshm_put(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,

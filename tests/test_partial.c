@@ -609,7 +609,7 @@ static void test_flags(void **st)
 	put(h, &m, e, 200, 90, RAM);
 	TH_FAILS(kvshm_get(h, &m, e, 200, P, &p), -EINVAL);
 	assert_non_null(strstr(kvshm_last_error(), "PARTIAL"));
-	TH_FAILS(kvshm_lookup(h, &m, e, 100, 4, &p), -EINVAL);
+	TH_FAILS(kvshm_lookup(h, &m, e, 100, 16, &p), -EINVAL);
 	assert_non_null(strstr(kvshm_last_error(), "flags"));
 	TH_FAILS(kvshm_lookup_copy(h, &m, e, 100, 8 | P, NULL, 0, &len, NULL), -EINVAL);
 	TH_FAILS(kvshm_lookup(h, &m, e, 0, P, &p), -EINVAL);
