@@ -45,8 +45,10 @@
 /* Bump on any change to a struct below, or to the meaning of a shared
  * word (2: futex words carry a waiters bit, shm/futex.c — a build that
  * sleeps without setting it must not share a segment with one that wakes
- * only marked words); part of the layout signature. */
-#define KVSHM_LAYOUT_VERSION 2u
+ * only marked words; 3: a slot records its owner's identity, shm/ident.h —
+ * a build that judges liveness by start time alone would reclaim a LOCK
+ * slot's live owner, or keep a reused pid's); part of the layout signature. */
+#define KVSHM_LAYOUT_VERSION 3u
 
 enum kvshm__region_id {
 	KVSHM_R_CORE = 1,

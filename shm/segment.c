@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "shm/ident.h"
 #include "shm/segment.h"
 
 static const char *shm_dir_or_default(const char *dir)
@@ -299,6 +300,7 @@ void kvshm__seg_detach(struct kvshm__seg *s)
 {
 	if (!s)
 		return;
+	kvshm__slotlock_drop_all(s); /* claims made through this view end with it */
 	if (s->base)
 		munmap(s->base, s->size);
 	if (s->fd >= 0)
