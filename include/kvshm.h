@@ -24,6 +24,12 @@
  *   kvshm-reaper holds a pidfd for every attached process and reclaims a
  *   dead one's resources within milliseconds. Without it the cache still
  *   heals: attaching, and running out of a resource, sweep for dead owners.
+ *   Whoever judges a process dead compares the identity its slot recorded
+ *   at attach, which a reused pid cannot pass: the inode of a pidfd for it
+ *   on kernels with pidfs (6.9+), else an OFD lock it holds on its slot's
+ *   byte of the segment file (released by its death; a fork child closes
+ *   its copy, so do not close descriptors you did not open, and fork with
+ *   fork(), not a raw clone, while a handle is open).
  *
  * ERRORS
  *   Every function returning int returns 0 on success and a negative code
