@@ -38,7 +38,7 @@ struct kvshm__slot {
 	uint32_t reclaimer;   /* DEAD only: 1 + index of the reclaiming slot: table lock */
 	uint32_t reclaimer_gen; /* DEAD only: that slot's gen: table lock */
 	uint32_t ident;       /* KVSHM_IDENT_*: how the owner is told from a pid reuser: table lock */
-	uint32_t pad;
+	uint32_t pad;         /* keeps pidfs_ino 8-aligned; always 0 */
 	uint64_t pidfs_ino;   /* IDENT_PIDFS: inode of a pidfd for the owner (unique per boot),
 			       * else 0: table lock */
 	uint32_t sem_held[KVSHM_MAX_SEMS];  /* units held per semaphore: that semaphore's lock */
