@@ -199,26 +199,35 @@ static int alive_pidfs(const struct kvshm__ident *id, int *pidfd_out)
 	return 1;
 }
 
+/*
+ * The pid first: an owner whose pid names no process, or a thread, or a
+ * process that has exited, is dead, whoever still holds its lock (a
+ * descriptor of it sent to another process). Then the lock: held after the
+ * pidfd was opened, it proves that pid was the owner's when it was.
+ */
 static int alive_lock(const struct kvshm__seg *s, uint32_t idx, const struct kvshm__ident *id, int *pidfd_out)
 {
-	int fd = -1;
-	if (pidfd_out) {
-		/* The pidfd first: the lock still held after it is open proves
-		 * the pid was the owner's when it was opened. */
-		fd = kvshm__pidfd_open(id->pid);
-		if (no_such_owner(fd))
+	int fd = kvshm__pidfd_open(id->pid);
+	if (no_such_owner(fd))
+		return 0;
+	if (fd == -ENOSYS || fd == -EPERM) {
+		if (kill((pid_t)id->pid, 0) < 0 && errno == ESRCH)
 			return 0;
-		if (fd < 0 && fd != -ENOSYS && fd != -EPERM)
-			return fd;
+	} else if (fd < 0) {
+		return fd;
 	}
 	int r = s ? kvshm__slotlock_held(s, idx) : -EINVAL;
+	if (r == 1 && fd >= 0 && pidfd_exited(fd))
+		r = 0;
 	if (r != 1) {
 		if (fd >= 0)
 			close(fd);
 		return r;
 	}
 	if (pidfd_out)
-		*pidfd_out = fd < 0 ? -1 : fd;
+		*pidfd_out = fd;
+	else if (fd >= 0)
+		close(fd);
 	return 1;
 }
 

@@ -21,7 +21,9 @@
  *          for a process that dies, at its exit, whatever killed it. A fork
  *          child would inherit the descriptor and keep the lock, so a
  *          pthread_atfork child handler closes every one in the child.
- *          Alive means: F_OFD_GETLK finds the byte locked.
+ *          Alive means: the pid still names a running process (a
+ *          descriptor leaked to another process keeps the lock, not the
+ *          owner's pid) and F_OFD_GETLK finds the byte locked.
  *
  * Which one: PIDFS when a pidfd of our own lives on pidfs (statfs f_type
  * PID_FS_MAGIC), else LOCK. Test builds take LOCK when KVSHM_TEST_IDENTITY

@@ -112,7 +112,8 @@ bool th_can_pick_pid(void);
  * An impostor at pid `want`, a pid the caller has just reaped: a new
  * process (thread false) or a new thread of a new process (thread true),
  * given that number by writing want - 1 to ns_last_pid just before the fork
- * (or pthread_create). It sits until killed, and dies with us. Returns the
+ * (or pthread_create). It closes every descriptor it inherited but the
+ * standard ones, sits until killed, and dies with us. Returns the
  * impostor's process (tracked; th_kill_tracked ends it), 0 when another
  * process on the host took the pid first (try again), -errno when
  * ns_last_pid cannot be written. Parent only.

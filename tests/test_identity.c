@@ -13,6 +13,11 @@
  *   - Without pid reuse: workers killed right after attaching are reclaimed
  *     by the reaper every time.
  *   - A worker's fork child, alive, never keeps the worker's slot.
+ *   - A worker's slot-lock descriptor leaked to another process (what keeps
+ *     a dead owner's lock): the reaper reclaims the slot at once when the
+ *     pid names no one; when the pid was reused meanwhile it waits for the
+ *     lock without spinning on the dead worker's readable pidfd, and
+ *     reclaims once the descriptor is closed.
  *   - `shmctl status` names the identity the slots use.
  *
  * Every test runs twice: with the kernel's identity (the pidfs inode on
@@ -29,9 +34,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "harness.h"
+#include "core/internal.h" /* a handle's segment descriptor */
 
 #define NTOK 24
 #define FAM 7u
@@ -451,7 +459,206 @@ static void test_fork_child_does_not_keep_slot(void **st)
 	G.passed = true;
 }
 
-/* ---- 4. status and procs name the identity ----------------------------------------------- */
+/* ---- 4. a leaked slot-lock descriptor ----------------------------------------------- */
+
+struct leak {
+	const char *name;
+	int sock; /* the child's end of a socketpair */
+};
+
+/* Send fd (or, when fd < 0, no descriptor) with one byte. */
+static int send_fd(int sock, int fd)
+{
+	char byte = fd >= 0 ? 'f' : 'n';
+	struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} u;
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+	if (fd >= 0) {
+		memset(&u, 0, sizeof(u));
+		msg.msg_control = u.buf;
+		msg.msg_controllen = sizeof(u.buf);
+		struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &fd, sizeof(int));
+	}
+	return sendmsg(sock, &msg, 0) == 1 ? 0 : -1;
+}
+
+/* Receive what send_fd sent: the descriptor, -1 for none, -2 on error. */
+static int recv_fd(int sock)
+{
+	char byte;
+	struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} u;
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
+	if (recvmsg(sock, &msg, MSG_CMSG_CLOEXEC) != 1)
+		return -2;
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	int fd = -1;
+	if (byte == 'f' && c && c->cmsg_type == SCM_RIGHTS)
+		memcpy(&fd, CMSG_DATA(c), sizeof(int));
+	return byte == 'f' && fd < 0 ? -2 : fd;
+}
+
+/* The worker that leaks: attach, pin, send its slot-lock descriptor (the
+ * descriptor of the segment file whose description holds its slot's lock:
+ * locking the byte again through it succeeds; none for a pidfs slot) to
+ * the parent, say 1, wait to be killed. */
+static int leaking_worker(struct th_kid *k)
+{
+	const struct leak *l = k->ctx;
+	kvshm *h;
+	kvshm_pin pin;
+	kvshm_model m = th_model_of(1);
+	uint32_t t[NTOK];
+	struct stat seg, st;
+	int lockfd = -1;
+	th_toks_of(t, NTOK, FAM);
+	if (kvshm_open(l->name, NULL, 0, &h) < 0 || kvshm_get(h, &m, t, NTOK, 0, &pin) < 0)
+		return th_bad_err("open and pin", -1);
+	if (fstat(h->seg->fd, &seg) < 0)
+		return 4;
+	bool lock = kvshm__proc_slot(h->seg, h->tab, h->me)->ident == KVSHM_IDENT_LOCK;
+	for (int fd = 3; lock && fd < 1024; fd++) {
+		struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = (off_t)h->me, .l_len = 1};
+		if (fd != h->seg->fd && fstat(fd, &st) == 0 && st.st_dev == seg.st_dev && st.st_ino == seg.st_ino &&
+		    fcntl(fd, F_OFD_SETLK, &fl) == 0)
+			lockfd = fd;
+	}
+	if (send_fd(l->sock, lockfd) < 0)
+		return 5;
+	th_kid_say(k, 1);
+	th_kid_wait_go(k);
+	return 0;
+}
+
+/* CPU time (user + system clock ticks) process pid has used. */
+static uint64_t cpu_ticks(pid_t pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	FILE *f = fopen(path, "r");
+	assert_non_null(f);
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	unsigned long long ut = 0, stm = 0;
+	const char *p = strrchr(buf, ')');
+	assert_non_null(p);
+	/* Fields 14 and 15 (utime, stime), counted from field 3 after ')'. */
+	assert_int_equal(sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &stm), 2);
+	return ut + stm;
+}
+
+/* Start a leaking worker: its slot-lock descriptor (-1 for a pidfs slot),
+ * once the reaper (run with -v) has logged that it tracks it. */
+static int start_leaking(struct th_kid *k, struct leak *l, int sock, const char *log)
+{
+	char needle[64];
+	th_kid_start(l, k, leaking_worker, 0);
+	int fd = recv_fd(sock);
+	assert_int_equal(th_kid_hear(k), 1);
+	assert_true(fd >= -1);
+	snprintf(needle, sizeof(needle), "tracking pid %d in slot", (int)k->pid);
+	uint64_t deadline = th_now_ms() + DEADLINE_MS;
+	for (;;) {
+		char *text = th_slurp(log);
+		bool seen = strstr(text, needle) != NULL;
+		free(text);
+		if (seen)
+			break;
+		if (th_now_ms() > deadline) {
+			th_dump_file(log);
+			fail_msg("the reaper never tracked pid %d", (int)k->pid);
+		}
+		th_sleep_ms(5);
+	}
+	return fd;
+}
+
+static void test_reaper_leaked_lock_descriptor(void **st)
+{
+	(void)st;
+	char name[64], log[PLEN], bin[PATH_MAX];
+	int sv[2];
+	kvshm *h = make_cache(name, sizeof(name), "leak");
+	log_path(log, sizeof(log), "reaper.log");
+	th_tool_path(bin, sizeof(bin), "kvshm-reaper");
+	const char *argv[] = {bin, "-v", name, NULL};
+	pid_t rp = th_spawn(argv, log, log, NULL, NULL);
+	th_track(rp);
+	th_wait_reaper(h, rp, log, DEADLINE_MS);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	struct leak l = {name, sv[1]};
+	struct th_kid k;
+	uint64_t reclaimed = th_counter(h, KVSHM_C_reclaimed_pins);
+
+	/* The worker dies; its lock lives on in our copy, its pid names no
+	 * one: dead all the same, reclaimed at once. */
+	int fd = start_leaking(&k, &l, sv[0], log);
+	kvshm_proc_info p;
+	assert_true(proc_of(h, k.pid, &p));
+	assert_int_equal(fd >= 0, p.identity == KVSHM_IDENTITY_LOCK);
+	th_kid_kill(&k);
+	wait_pin_reclaimed(h, ++reclaimed, log, k.pid);
+	assert_false(proc_of(h, k.pid, NULL));
+	if (fd >= 0)
+		close(fd);
+
+	/* Again, and another process takes the pid while the reaper is
+	 * stopped: pid in use and lock held, the slot is alive by its
+	 * identity although the pidfd the reaper tracked is readable. The
+	 * reaper waits, without spinning on that pidfd, until we close the
+	 * lock's last descriptor. */
+	if (p.identity == KVSHM_IDENTITY_LOCK && th_can_pick_pid()) {
+		pid_t imp = 0;
+		for (int a = 0; a < ATTEMPTS && imp == 0; a++) {
+			fd = start_leaking(&k, &l, sv[0], log);
+			assert_true(fd >= 0);
+			assert_int_equal(kill(rp, SIGSTOP), 0);
+			th_kid_kill(&k);
+			imp = th_impostor(k.pid, false);
+			assert_true(imp >= 0);
+			assert_int_equal(kill(rp, SIGCONT), 0);
+			if (imp == 0) { /* another process took the pid: try again */
+				close(fd);
+				wait_pin_reclaimed(h, ++reclaimed, log, k.pid);
+			}
+		}
+		assert_true(imp > 0);
+		uint64_t cpu0 = cpu_ticks(rp), t0 = th_now_ms();
+		th_sleep_ms(1000);
+		uint64_t cpu = cpu_ticks(rp) - cpu0, ms = th_now_ms() - t0;
+		long hz = sysconf(_SC_CLK_TCK);
+		print_message("  reaper CPU while a dead worker's pid and lock live on: %llu ticks of %ld/s in %llu ms\n",
+			      (unsigned long long)cpu, hz, (unsigned long long)ms);
+		assert_true(cpu * 1000 < (uint64_t)hz * ms / 4); /* under a quarter of a CPU: no spin */
+		assert_int_equal(refcount(h), 1);
+		assert_true(proc_of(h, k.pid, NULL));
+		close(fd);
+		wait_pin_reclaimed(h, ++reclaimed, log, k.pid);
+		assert_int_equal(kill(imp, SIGKILL), 0);
+		th_reap(imp);
+	} else if (p.identity == KVSHM_IDENTITY_LOCK) {
+		print_message("  ns_last_pid is not writable (needs root): the reused pid half is skipped\n");
+	}
+	close(sv[0]);
+	close(sv[1]);
+	th_check_ok(h);
+	th_stop_reaper(h, rp, log, DEADLINE_MS);
+	th_finish(h, name);
+	G.passed = true;
+}
+
+/* ---- 5. status and procs name the identity ----------------------------------------------- */
 
 static void test_status_names_identity(void **st)
 {
@@ -523,6 +730,7 @@ int main(void)
 		T(test_reaper_reused_pid),
 		T(test_reaper_killed_before_first_scan),
 		T(test_fork_child_does_not_keep_slot),
+		T(test_reaper_leaked_lock_descriptor),
 		T(test_status_names_identity),
 	};
 	int failed = cmocka_run_group_tests_name("identity (pidfs inode where the kernel has pidfs)", tests,

@@ -592,6 +592,12 @@ static void test_alive_reaped_is_dead(void **state)
 	assert_int_equal(tseg_sweep(&fx->t), 1);
 }
 
+static int exit_at_once(void *arg)
+{
+	(void)arg;
+	return 0;
+}
+
 /* Our pid under an identity that is not ours: a pidfs inode of another
  * process, a slot lock nobody holds, a kind that does not exist. */
 static void test_alive_other_identity_is_dead(void **state)
@@ -626,6 +632,15 @@ static void test_alive_other_identity_is_dead(void **state)
 	assert_int_equal(kvshm__ident_alive(fx->t.seg, 5, &id, NULL), 1);
 	assert_int_equal(kvshm__ident_alive(fx->t.seg, 4, &id, NULL), 0);
 	assert_int_equal(kvshm__ident_alive(fx->t.seg, 6, &id, NULL), 0);
+	/* The lock held, but by a descriptor that outlived its owner (sent
+	 * to another process): an owner whose pid names no one is dead. */
+	pid_t gone = th_fork(exit_at_once, NULL);
+	assert_true(gone > 0);
+	assert_int_equal(th_wait(gone), 0);
+	struct kvshm__ident dead = id;
+	dead.pid = (uint32_t)gone;
+	assert_int_equal(kvshm__ident_alive(fx->t.seg, 5, &dead, &fd), 0);
+	assert_int_equal(fd, -1);
 	/* A second description cannot take it. */
 	int lfd2 = kvshm__slotlock_open(fx->t.seg);
 	assert_true(lfd2 >= 0);
