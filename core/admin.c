@@ -11,6 +11,9 @@
 
 #include "core/file.h"
 
+_Static_assert((int)KVSHM_IDENTITY_PIDFS == (int)KVSHM_IDENT_PIDFS && (int)KVSHM_IDENTITY_LOCK == (int)KVSHM_IDENT_LOCK,
+	       "kvshm_proc_info.identity reports the slot's kind as it is");
+
 KVSHM_EXTERN int kvshm_procs(kvshm *h, int (*fn)(const kvshm_proc_info *p, void *ctx), void *ctx)
 {
 	int err = kvshm__enter(h);
@@ -34,7 +37,9 @@ KVSHM_EXTERN int kvshm_procs(kvshm *h, int (*fn)(const kvshm_proc_info *p, void 
 			.reaper = (sl->flags & KVSHM_SLOT_F_REAPER) != 0 ||
 				  (reaper_pid && reaper_slot == i + 1 && sl->pid == reaper_pid),
 		};
-		p.alive = kvshm__proc_alive(sl->pid, sl->start_time, NULL) == 1;
+		p.identity = (int)sl->ident;
+		p.pidfs_ino = sl->pidfs_ino;
+		p.alive = kvshm__proc_slot_alive(h->seg, h->tab, i, NULL) == 1;
 		for (unsigned k = 0; k < KVSHM_PIN_RECORDS; k++)
 			p.pins += __atomic_load_n(&x->pins[k].count, __ATOMIC_RELAXED);
 		for (unsigned k = 0; k < KVSHM_MAX_SEMS; k++)

@@ -643,7 +643,7 @@ KVSHM_EXTERN int kvshm_destroy(const char *name, const char *shm_dir, int force)
 	if (map_cache(&h0) == 0) {
 		for (uint32_t i = 0; i < h0.tab->nslots; i++) {
 			struct kvshm__slot *sl = kvshm__proc_slot(s, h0.tab, i);
-			if (sl && sl->state == KVSHM_SLOT_LIVE && kvshm__proc_alive(sl->pid, sl->start_time, NULL) == 1)
+			if (sl && sl->state == KVSHM_SLOT_LIVE && kvshm__proc_slot_alive(s, h0.tab, i, NULL) == 1)
 				live++;
 		}
 	}

@@ -12,14 +12,21 @@
  *     term and key recomputed from its blob; tier bytes, entry and
  *     reservation counts equal the sums over entries;
  *   - every refcount equals the pins recorded in slots;
- *   - every reservation has a live owner slot that records it;
- *   - no slot belongs to a dead process; free slots hold nothing;
+ *   - every reservation has an owner slot (live, or dead and not yet
+ *     reclaimed) that records it;
+ *   - every slot in use names its owner by a valid identity; free slots
+ *     hold nothing;
  *   - the writer semaphore's count equals its recorded holders;
  *   - every ready entry's checksum verifies (skipped with KVSHM_CHECK_QUICK);
  *   - file tiers (after the locks are released): every ready file entry's
  *     file validates (its payload CRC too unless QUICK) and has a matching
  *     index row; every index row has a valid file; no temporary file
  *     outlives its writer.
+ * Any of these fails with KVSHM_ECHECK. Apart from them, a slot whose owner
+ * is gone — its recorded identity (pidfs inode, slot lock) no longer
+ * answers, or its reclaim has not finished — is not damage but work left
+ * for a sweep: when nothing else is wrong the check says so with
+ * KVSHM_EUNRECLAIMED, naming the first such slot.
  */
 #include <dirent.h>
 #include <fcntl.h>
@@ -36,6 +43,18 @@ struct ctx {
 	kvshm *h;
 	uint64_t entry_allocs;
 };
+
+/* Slots whose owner is gone: how many, and the first one's description. */
+struct gone {
+	uint32_t n;
+	char first[128];
+};
+
+static void gone_note(struct gone *g, uint32_t slot, uint32_t pid, const char *what)
+{
+	if (g->n++ == 0)
+		snprintf(g->first, sizeof(g->first), "slot %u: owner pid %u is gone (%s)", slot, pid, what);
+}
 
 /* A ready file entry, to check against its file once the locks are off. */
 struct fent {
@@ -83,15 +102,25 @@ static int alloc_owner_ok(uint64_t off, uint64_t owner, uint64_t size, void *p)
 	return 0;
 }
 
-static int check_slots(kvshm *h, const uint8_t *alive, uint32_t *pins)
+/* alive[i]: the owner of slot i answered to its identity (or could not be
+ * judged) when gens[i] was its gen, before the locks were taken. */
+static int check_slots(kvshm *h, const uint8_t *alive, const uint32_t *gens, uint32_t *pins, struct gone *g)
 {
 	for (uint32_t i = 0; i < h->tab->nslots; i++) {
 		const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, i);
 		const struct kvshm__slotx *x = kvshm__slotx(h, i);
-		if (sl->state == KVSHM_SLOT_LIVE && !alive[i])
-			return V("slot %u: process %u is dead but still attached (not reclaimed)", i, sl->pid);
-		if (sl->state == KVSHM_SLOT_DEAD)
-			return V("slot %u: process %u died and its reclaim has not finished", i, sl->pid);
+		if (sl->state != KVSHM_SLOT_FREE) {
+			if (sl->ident != KVSHM_IDENT_PIDFS && sl->ident != KVSHM_IDENT_LOCK)
+				return V("slot %u: identity kind %u is none of pidfs inode (%u) and slot lock (%u)", i,
+					 sl->ident, KVSHM_IDENT_PIDFS, KVSHM_IDENT_LOCK);
+			if ((sl->ident == KVSHM_IDENT_PIDFS) != (sl->pidfs_ino != 0))
+				return V("slot %u: identity kind %u with pidfs inode %llu", i, sl->ident,
+					 (unsigned long long)sl->pidfs_ino);
+		}
+		if (sl->state == KVSHM_SLOT_LIVE && sl->gen == gens[i] && !alive[i])
+			gone_note(g, i, sl->pid, "not reclaimed");
+		else if (sl->state == KVSHM_SLOT_DEAD)
+			gone_note(g, i, sl->pid, "its reclaim has not finished");
 		for (unsigned k = 0; k < KVSHM_PIN_RECORDS; k++) {
 			const struct kvshm__pinrec *r = &x->pins[k];
 			if (!r->count)
@@ -159,7 +188,8 @@ static int check_entry(kvshm *h, uint32_t s, uint32_t idx, unsigned flags, const
 			return V("entry %u: reserved yet pinned", idx);
 		const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, e->owner);
 		const struct kvshm__slotx *x = kvshm__slotx(h, e->owner);
-		if (!sl || sl->state != KVSHM_SLOT_LIVE || sl->gen != e->owner_gen)
+		/* A DEAD owner is gone, not reclaimed yet: check_slots counts it. */
+		if (!sl || (sl->state != KVSHM_SLOT_LIVE && sl->state != KVSHM_SLOT_DEAD) || sl->gen != e->owner_gen)
 			return V("entry %u: reservation outlived its writer (slot %u)", idx, e->owner);
 		bool recorded = false;
 		for (unsigned k = 0; k < KVSHM_MAX_RES; k++)
@@ -330,7 +360,7 @@ static int check_files(kvshm *h, unsigned flags, const struct fents *files)
 			const struct kvshm__slot *sl = NULL;
 			if (sscanf(de->d_name, "%32[0-9a-f].%u-%u-", hex, &slot, &gen) == 3)
 				sl = kvshm__proc_slot(h->seg, h->tab, slot);
-			if (!sl || sl->state != KVSHM_SLOT_LIVE || sl->gen != gen) {
+			if (!sl || (sl->state != KVSHM_SLOT_LIVE && sl->state != KVSHM_SLOT_DEAD) || sl->gen != gen) {
 				closedir(d);
 				return V("%s/%s: temporary file of a writer that is gone", tdir, de->d_name);
 			}
@@ -350,17 +380,22 @@ KVSHM_EXTERN int kvshm_check(kvshm *h, unsigned flags)
 	uint32_t *pins = calloc(c->max_entries, sizeof(uint32_t));
 	uint8_t *seen = calloc(c->max_entries, 1);
 	uint8_t *alive = calloc(h->tab->nslots, 1);
+	uint32_t *gens = calloc(h->tab->nslots, sizeof(uint32_t));
+	struct gone gone = {0};
 	uint32_t held = 0;
 	bool tab_held = false, sem_held = false, slab_held = false;
 	struct fents files = {0};
-	if (!pins || !seen || !alive) {
+	if (!pins || !seen || !alive || !gens) {
 		err = kvshm__fail(-ENOMEM, "check");
 		goto out;
 	}
-	/* Liveness is file I/O: read it before taking the locks. */
+	/* Liveness is file I/O: judge it before taking the locks, noting each
+	 * slot's gen so that a slot claimed anew meanwhile is not blamed. */
 	for (uint32_t i = 0; i < h->tab->nslots; i++) {
 		const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, i);
-		alive[i] = sl->state == KVSHM_SLOT_LIVE && kvshm__proc_alive(sl->pid, sl->start_time, NULL) != 0;
+		uint32_t state = __atomic_load_n(&sl->state, __ATOMIC_ACQUIRE);
+		gens[i] = __atomic_load_n(&sl->gen, __ATOMIC_ACQUIRE);
+		alive[i] = state == KVSHM_SLOT_LIVE && kvshm__proc_slot_alive(h->seg, h->tab, i, NULL) != 0;
 	}
 	if ((err = kvshm__lock_acquire(h->seg, &h->tab->lk, NULL)) < 0)
 		goto out;
@@ -378,7 +413,7 @@ KVSHM_EXTERN int kvshm_check(kvshm *h, unsigned flags)
 	struct ctx cx = {h, 0};
 	if ((err = kvshm__slab_verify_locked(h->seg, h->slab, alloc_owner_ok, &cx)) < 0)
 		goto out;
-	if ((err = check_slots(h, alive, pins)) < 0)
+	if ((err = check_slots(h, alive, gens, pins, &gone)) < 0)
 		goto out;
 	uint64_t live_entries = 0;
 	for (uint32_t s = 0; s < c->shards; s++) {
@@ -403,9 +438,15 @@ out:
 		kvshm__lock_release(h->seg, &h->tab->lk);
 	if (err == 0)
 		err = check_files(h, flags, &files);
+	if (err == 0 && gone.n == 1)
+		err = kvshm__fail(KVSHM_EUNRECLAIMED, "%s", gone.first);
+	else if (err == 0 && gone.n)
+		err = kvshm__fail(KVSHM_EUNRECLAIMED, "%s; and %u more slots whose owner is gone", gone.first,
+				  gone.n - 1);
 	free(files.v);
 	free(pins);
 	free(seen);
 	free(alive);
+	free(gens);
 	return err;
 }

@@ -48,9 +48,11 @@
  * word (2: futex words carry a waiters bit, shm/futex.c — a build that
  * sleeps without setting it must not share a segment with one that wakes
  * only marked words; 3: the marker table (region MARKS); 4: header
- * checksums, blobs record their value offset); part of the layout
- * signature. */
-#define KVSHM_LAYOUT_VERSION 4u
+ * checksums, blobs record their value offset; 5: a slot records its
+ * owner's identity, shm/ident.h — a build that judges liveness by start
+ * time alone would reclaim a LOCK slot's live owner, or keep a reused
+ * pid's); part of the layout signature. */
+#define KVSHM_LAYOUT_VERSION 5u
 
 enum kvshm__region_id {
 	KVSHM_R_CORE = 1,

@@ -14,10 +14,12 @@
  *
  * THE LOOP
  *   1. Scan the process table. A LIVE slot not yet tracked (or re-claimed
- *      since, new gen) gets a pidfd — opened first, start time confirmed
- *      second, so a reused pid is never tracked as the old process. A slot
- *      whose process is already gone, or a DEAD slot left by a reclaimer
- *      that died, is reclaimed at once. Slots that became FREE are dropped.
+ *      since, new gen) gets a pidfd — opened first, the identity recorded
+ *      at claim confirmed second (shm/ident.h: the pidfs inode, or the
+ *      slot lock), so a reused pid is never tracked as the old process,
+ *      even when the owner died before any scan saw it. A slot whose
+ *      process is already gone, or a DEAD slot left by a reclaimer that
+ *      died, is reclaimed at once. Slots that became FREE are dropped.
  *   2. poll() every pidfd, up to poll_ms (50): a death makes its pidfd
  *      readable within tens of microseconds; a new process is noticed on
  *      the next scan, so within poll_ms.
@@ -25,8 +27,12 @@
  *   4. When due: a prune pass (at start, then every prune_interval_ms) and
  *      a scheduler check (every interval_ms when enabled, or at once when
  *      kvshm_sched_force bumped the force word).
- * Where pidfd_open is missing (valgrind: ENOSYS) a slot is checked by pid
- * and start time on every loop instead.
+ * A slot's identity is also checked on every loop where a pidfd alone
+ * cannot settle it: where pidfd_open is missing (valgrind: ENOSYS), and for
+ * a slot-lock identity (a fork child holds its parent's lock from fork()
+ * until its child handler closes it: a death the pidfd announces in that
+ * window is reclaimed by the next loop's check once the lock has gone,
+ * without spinning on a pidfd that stays readable).
  */
 #include <fcntl.h>
 #include <poll.h>
@@ -42,7 +48,7 @@
 
 struct track {
 	int fd;         /* pidfd, -1 when none */
-	bool polling;   /* no pidfd available: check by pid + start time */
+	bool polling;   /* check the identity every loop (no pidfd, or a slot lock) */
 	uint32_t gen;   /* slot gen being tracked, 0 = none */
 	uint32_t pid;
 };
@@ -90,7 +96,7 @@ KVSHM_EXTERN uint32_t kvshm_reaper_pid(kvshm *h)
 		return 0;
 	const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, slot - 1);
 	if (!sl || sl->state != KVSHM_SLOT_LIVE || sl->pid != pid ||
-	    kvshm__proc_alive(sl->pid, sl->start_time, NULL) != 1)
+	    kvshm__proc_slot_alive(h->seg, h->tab, slot - 1, NULL) != 1)
 		return 0;
 	return pid;
 }
@@ -144,8 +150,9 @@ static void untrack(kvshm_reaper *r, uint32_t i)
 	r->t[i] = (struct track){.fd = -1};
 }
 
-/* Reclaim slot i if its process is dead (or its reclaimer died). */
-static void reclaim(kvshm_reaper *r, uint32_t i, uint64_t noticed_ns)
+/* Reclaim slot i if its process is dead (or its reclaimer died); false
+ * when the slot's identity says its owner is still there. */
+static bool reclaim(kvshm_reaper *r, uint32_t i, uint64_t noticed_ns)
 {
 	kvshm *h = r->h;
 	uint32_t gen;
@@ -154,7 +161,7 @@ static void reclaim(kvshm_reaper *r, uint32_t i, uint64_t noticed_ns)
 	if (took <= 0) {
 		if (took < 0)
 			rlog(r, LOG_ERR, "slot %u: %s", i, kvshm_last_error());
-		return;
+		return false;
 	}
 	const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, i);
 	pid = sl ? sl->pid : pid;
@@ -164,12 +171,13 @@ static void reclaim(kvshm_reaper *r, uint32_t i, uint64_t noticed_ns)
 	untrack(r, i);
 	if (err < 0) {
 		rlog(r, LOG_ERR, "reclaim of slot %u (pid %u) failed: %s", i, pid, kvshm_last_error());
-		return;
+		return true;
 	}
 	uint64_t dt = kvshm__now_ns() - noticed_ns;
 	r->st.reclaims++;
 	r->st.last_reclaim_ns = dt;
 	rlog(r, LOG_NOTICE, "reclaimed slot %u of dead pid %u in %llu us", i, pid, (unsigned long long)(dt / 1000));
+	return true;
 }
 
 static void scan(kvshm_reaper *r)
@@ -195,7 +203,7 @@ static void scan(kvshm_reaper *r)
 		if (r->t[i].gen != gen)
 			untrack(r, i);
 		int fd = -1;
-		int alive = kvshm__proc_alive(sl->pid, sl->start_time, &fd);
+		int alive = kvshm__proc_slot_alive(h->seg, h->tab, i, &fd);
 		if (alive == 0) {
 			r->t[i].pid = sl->pid;
 			reclaim(r, i, kvshm__now_ns());
@@ -203,9 +211,12 @@ static void scan(kvshm_reaper *r)
 		}
 		if (alive < 0)
 			continue; /* cannot tell: look again next loop */
+		bool lock = __atomic_load_n(&sl->ident, __ATOMIC_RELAXED) == KVSHM_IDENT_LOCK;
 		if (r->t[i].gen != gen)
-			rlog(r, LOG_DEBUG, "tracking pid %u in slot %u%s", sl->pid, i, fd < 0 ? " (no pidfd: polling)" : "");
-		r->t[i] = (struct track){.fd = fd, .polling = fd < 0, .gen = gen, .pid = sl->pid};
+			rlog(r, LOG_DEBUG, "tracking pid %u in slot %u (%s)%s", sl->pid, i,
+			     kvshm__ident_name(lock ? KVSHM_IDENT_LOCK : KVSHM_IDENT_PIDFS),
+			     fd < 0 ? " (no pidfd: polling)" : "");
+		r->t[i] = (struct track){.fd = fd, .polling = fd < 0 || lock, .gen = gen, .pid = sl->pid};
 	}
 }
 
@@ -376,16 +387,28 @@ KVSHM_EXTERN int kvshm_reaper_poll(kvshm_reaper *r, uint32_t timeout_ms)
 	int ready = poll(r->pfd, n, (int)wait);
 	if (ready > 0) {
 		uint64_t noticed = kvshm__now_ns();
-		for (nfds_t k = 0; k < n; k++)
-			if (r->pfd[k].revents & (POLLIN | POLLHUP | POLLERR))
-				reclaim(r, r->pfd_slot[k], noticed);
+		for (nfds_t k = 0; k < n; k++) {
+			uint32_t i = r->pfd_slot[k];
+			if (!(r->pfd[k].revents & (POLLIN | POLLHUP | POLLERR)) || reclaim(r, i, noticed))
+				continue;
+			/* Dead by its pidfd, alive by its identity (a slot lock a
+			 * fork child has not closed yet): the pidfd stays readable,
+			 * so check the identity every loop instead of spinning. */
+			if (r->t[i].fd >= 0) {
+				close(r->t[i].fd);
+				r->t[i].fd = -1;
+				r->t[i].polling = polling = true;
+			}
+		}
 	}
 	if (polling) {
 		for (uint32_t i = 0; i < h->tab->nslots; i++) {
 			if (!r->t[i].polling)
 				continue;
 			const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, i);
-			if (sl->state == KVSHM_SLOT_LIVE && kvshm__proc_alive(sl->pid, sl->start_time, NULL) == 0)
+			if (__atomic_load_n(&sl->state, __ATOMIC_ACQUIRE) == KVSHM_SLOT_LIVE &&
+			    __atomic_load_n(&sl->gen, __ATOMIC_RELAXED) == r->t[i].gen &&
+			    kvshm__proc_slot_alive(h->seg, h->tab, i, NULL) == 0)
 				reclaim(r, i, kvshm__now_ns());
 		}
 	}

@@ -62,7 +62,7 @@ static bool writer_alive(kvshm *h, uint32_t slot, uint32_t gen)
 {
 	const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, slot);
 	return sl && sl->state == KVSHM_SLOT_LIVE && sl->gen == gen &&
-	       kvshm__proc_alive(sl->pid, sl->start_time, NULL) != 0;
+	       kvshm__proc_slot_alive(h->seg, h->tab, slot, NULL) != 0;
 }
 
 static int sweep_temps(kvshm *h, const char *dir, kvshm_reconcile_report *rep)

@@ -35,6 +35,12 @@
  *   kvshm-reaper holds a pidfd for every attached process and reclaims a
  *   dead one's resources within milliseconds. Without it the cache still
  *   heals: attaching, and running out of a resource, sweep for dead owners.
+ *   Whoever judges a process dead compares the identity its slot recorded
+ *   at attach, which a reused pid cannot pass: the inode of a pidfd for it
+ *   on kernels with pidfs (6.9+), else an OFD lock it holds on its slot's
+ *   byte of the segment file (released by its death; a fork child closes
+ *   its copy, so do not close descriptors you did not open, and fork with
+ *   fork(), not a raw clone, while a handle is open).
  *
  * ERRORS
  *   Every function returning int returns 0 on success and a negative code
@@ -90,7 +96,8 @@ extern "C" {
 	XX(CHECK, -30019, "consistency check found a violation")                   \
 	XX(BADFILE, -30020, "cache file failed validation")                        \
 	XX(TDB, -30021, "TDB index error")                                         \
-	XX(REAPER, -30022, "another reaper already serves this cache")
+	XX(REAPER, -30022, "another reaper already serves this cache")            \
+	XX(UNRECLAIMED, -30023, "a process died and its slot is not reclaimed yet")
 
 enum {
 #define KVSHM_ERR_ENUM_(name, val, msg) KVSHM_E##name = (val),
@@ -498,11 +505,20 @@ KVSHM_EXTERN int kvshm_stats_get(kvshm *h, kvshm_stats *st);
 /*
  * The consistency checker (DESIGN.md §7): every page free or owned exactly
  * once; bytes per tier equal the sum of their entries; every refcount
- * equals the pins recorded in slots; no slot of a dead process; no
- * reservation without a live owner; every ready entry's checksum verifies;
- * index chains and free lists exact; the writer semaphore's count equals
- * its holders. Takes every lock (briefly stops the cache). Returns 0, or
- * KVSHM_ECHECK with the first violation in kvshm_last_error().
+ * equals the pins recorded in slots; no reservation without an owner slot;
+ * every ready entry's checksum verifies; index chains and free lists
+ * exact; the writer semaphore's count equals its holders; and no slot of a
+ * dead process. Takes every lock (briefly stops the cache). Returns:
+ *   0                    everything holds;
+ *   KVSHM_ECHECK         a violation (corruption, a bug): the first one in
+ *                        kvshm_last_error();
+ *   KVSHM_EUNRECLAIMED   everything else holds, but a process whose slot
+ *                        still records it has died (its owner's identity,
+ *                        pidfs inode or slot lock, no longer answers) or
+ *                        its reclaim has not finished: pending work, not
+ *                        damage. kvshm_sweep (or the reaper) clears it.
+ *                        kvshm_last_error() names the first such slot:
+ *                        "slot N: owner pid P is gone (not reclaimed)".
  */
 KVSHM_EXTERN int kvshm_check(kvshm *h, unsigned flags);
 
@@ -677,6 +693,15 @@ KVSHM_EXTERN int kvshm_promote(kvshm *h, const kvshm_promote_config *c, size_t m
 
 /* ---- inspection (shmctl) ---- */
 
+/*
+ * How a slot tells its owner from a process that reused the pid (recorded
+ * at attach): the inode number of a pidfd for it, on kernels with pidfs
+ * (6.9+; unique for the boot); else a lock on byte `slot` of the segment
+ * file that the owner holds while attached (an OFD lock, which dies with
+ * it; a fork child closes its copy).
+ */
+enum { KVSHM_IDENTITY_PIDFS = 1, KVSHM_IDENTITY_LOCK = 2 };
+
 /* One process-table slot, as kvshm_procs reports it. */
 typedef struct kvshm_proc_info {
 	uint32_t slot;
@@ -684,12 +709,15 @@ typedef struct kvshm_proc_info {
 	uint64_t start_time;   /* clock ticks since boot (/proc/PID/stat field 22) */
 	uint64_t attach_ns;    /* CLOCK_REALTIME */
 	int state;             /* 1 live, 2 dead and being reclaimed */
-	int alive;             /* the process is running (pidfd + start time) */
+	int alive;             /* the process that attached is running: its identity
+				* answers (a pid reused by another process is not) */
 	int reaper;            /* the slot is the reaper's */
 	uint32_t pins;         /* pins held */
 	uint32_t writer_units; /* writer-semaphore units held */
 	uint32_t reservations; /* unpublished saves */
 	uint32_t allocs;       /* allocations being filled */
+	int identity;          /* KVSHM_IDENTITY_PIDFS or KVSHM_IDENTITY_LOCK */
+	uint64_t pidfs_ino;    /* KVSHM_IDENTITY_PIDFS: the pidfd inode recorded; else 0 */
 } kvshm_proc_info;
 
 /* Call fn for every slot in use (a snapshot per slot). */

@@ -1,22 +1,13 @@
 /*
- * shm/proc.c — the process table and the liveness test. See shm/proc.h.
+ * shm/proc.c — the process table. See shm/proc.h; who owns a slot and
+ * whether it is alive is shm/ident.c's.
  */
-#include <fcntl.h>
 #include <limits.h>
-#include <poll.h>
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "shm/futex.h"
 #include "shm/proc.h"
-
-#ifndef SYS_pidfd_open
-#define SYS_pidfd_open 434
-#endif
 
 uint64_t kvshm__proc_region_size(uint32_t nslots, uint32_t ext_size)
 {
@@ -76,108 +67,64 @@ void *kvshm__proc_ext(const struct kvshm__seg *s, const struct kvshm__proctab *t
 
 /* ---- liveness ---------------------------------------------------------------- */
 
-int kvshm__pidfd_open(uint32_t pid)
+void kvshm__proc_ident(const struct kvshm__slot *sl, struct kvshm__ident *id)
 {
-	long fd = syscall(SYS_pidfd_open, (pid_t)pid, 0);
-	return fd < 0 ? -errno : (int)fd;
+	id->pid = __atomic_load_n(&sl->pid, __ATOMIC_RELAXED);
+	id->kind = __atomic_load_n(&sl->ident, __ATOMIC_RELAXED);
+	id->start_time = __atomic_load_n(&sl->start_time, __ATOMIC_RELAXED);
+	id->pidfs_ino = __atomic_load_n(&sl->pidfs_ino, __ATOMIC_RELAXED);
 }
 
-int kvshm__proc_starttime(uint32_t pid, uint64_t *st)
+int kvshm__proc_slot_alive(const struct kvshm__seg *s, const struct kvshm__proctab *tab, uint32_t idx,
+			   int *pidfd_out)
 {
-	char path[64], buf[1024];
-	snprintf(path, sizeof(path), "/proc/%u/stat", pid);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return errno == ENOENT ? -ESRCH : -errno;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	int e = errno;
-	close(fd);
-	if (n <= 0)
-		return n == 0 ? -ESRCH : (e == ESRCH ? -ESRCH : -e);
-	buf[n] = '\0';
-	/* comm may hold spaces and ')': fields resume after the last ')'. */
-	char *p = strrchr(buf, ')');
-	if (!p)
-		return -EINVAL;
-	p++;
-	/* Field 3 (state) is the first token after ')'; starttime is field 22. */
-	char state = 0;
-	for (int field = 3; field < 22; field++) {
-		while (*p == ' ')
-			p++;
-		if (!*p)
-			return -EINVAL;
-		if (field == 3)
-			state = *p;
-		while (*p && *p != ' ')
-			p++;
-	}
-	while (*p == ' ')
-		p++;
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(p, &end, 10);
-	if (end == p || errno)
-		return -EINVAL;
-	*st = v;
-	if (state == 'Z' || state == 'X')
-		return -ESRCH; /* exited, not yet reaped: dead for our purposes */
-	return 0;
-}
-
-int kvshm__proc_alive(uint32_t pid, uint64_t start_time, int *pidfd_out)
-{
-	uint64_t st;
+	struct kvshm__ident id;
+	const struct kvshm__slot *sl = kvshm__proc_slot(s, tab, idx);
 	if (pidfd_out)
 		*pidfd_out = -1;
-	if (pid == 0)
-		return 0;
-	int fd = kvshm__pidfd_open(pid);
-	if (fd == -ESRCH)
-		return 0;
-	if (fd < 0 && fd != -ENOSYS && fd != -EPERM)
-		return fd;
-	if (fd == -ENOSYS && kill((pid_t)pid, 0) < 0 && errno == ESRCH)
-		return 0;
-	/* The pidfd is open: if the start time still matches now, the pidfd
-	 * names the process the slot recorded. */
-	int r = kvshm__proc_starttime(pid, &st);
-	if (r < 0 || st != start_time) {
-		if (fd >= 0)
-			close(fd);
-		return (r < 0 && r != -ESRCH) ? r : 0;
-	}
-	if (fd >= 0) {
-		struct pollfd pfd = {.fd = fd, .events = POLLIN};
-		if (poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLIN)) {
-			close(fd);
-			return 0;
-		}
-		if (pidfd_out)
-			*pidfd_out = fd;
-		else
-			close(fd);
-	}
-	return 1;
+	if (!sl)
+		return -EINVAL;
+	kvshm__proc_ident(sl, &id);
+	return kvshm__ident_alive(s, idx, &id, pidfd_out);
 }
 
 /* ---- claim / release ------------------------------------------------------------ */
 
+/*
+ * Claiming, for a LOCK identity: the lock on byte i is taken before slot i
+ * turns LIVE (under the table lock), so a LIVE slot's owner holds its lock
+ * from the first moment anyone can judge it; a claimer that dies before
+ * LIVE loses the lock with its life, and the journal undoes the rest. A
+ * FREE slot whose byte is still locked is skipped: its last owner has
+ * released it and is about to close the lock.
+ */
 int kvshm__proc_claim(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32_t flags,
 		      uint32_t *idx, uint32_t *gen)
 {
-	uint32_t pid = kvshm__self_pid();
-	uint64_t st;
-	int err = kvshm__proc_starttime(pid, &st);
+	struct kvshm__ident id;
+	int lockfd = -1;
+	int err = kvshm__ident_self(&id);
 	if (err < 0)
-		return kvshm__fail(err, "read own start time");
+		return kvshm__fail(err, "identify this process (/proc/%u/stat, pidfd)", (unsigned)getpid());
+	if (id.kind == KVSHM_IDENT_LOCK && (lockfd = kvshm__slotlock_open(s)) < 0)
+		return kvshm__fail(lockfd, "cache '%s': open the segment again for a slot lock", s->name);
 	if ((err = kvshm__lock_acquire(s, &tab->lk, NULL)) < 0)
-		return err;
+		goto out_close;
 	err = KVSHM_EPROCFULL;
 	for (uint32_t i = 0; i < tab->nslots; i++) {
 		struct kvshm__slot *sl = kvshm__proc_slot(s, tab, i);
 		if (!sl || sl->state != KVSHM_SLOT_FREE)
 			continue;
+		if (lockfd >= 0) {
+			int r = kvshm__slotlock_take(lockfd, s, i);
+			if (r == -EAGAIN)
+				continue;
+			if (r < 0) {
+				err = kvshm__fail(r, "cache '%s': lock byte %u of %s", s->name, i, s->path);
+				break;
+			}
+			KVSHM_CRASH_POINT("proc.claim.locked");
+		}
 		kvshm__jset32(s, &tab->lk, &sl->gen, sl->gen + 1);
 		/* A free slot records nothing; if a damaged one does, it is not
 		 * ours to give back (the checker reports such a slot). Free, so
@@ -185,8 +132,10 @@ int kvshm__proc_claim(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32_t
 		memset(sl->sem_held, 0, sizeof(sl->sem_held));
 		memset(sl->allocs, 0, sizeof(sl->allocs));
 		memset((uint8_t *)sl + sizeof(*sl), 0, tab->stride - sizeof(*sl));
-		kvshm__jset32(s, &tab->lk, &sl->pid, pid);
-		kvshm__jset64(s, &tab->lk, &sl->start_time, st);
+		kvshm__jset32(s, &tab->lk, &sl->pid, id.pid);
+		kvshm__jset64(s, &tab->lk, &sl->start_time, id.start_time);
+		kvshm__jset32(s, &tab->lk, &sl->ident, id.kind);
+		kvshm__jset64(s, &tab->lk, &sl->pidfs_ino, id.pidfs_ino);
 		kvshm__jset64(s, &tab->lk, &sl->attach_ns, kvshm__wall_ns());
 		kvshm__jset32(s, &tab->lk, &sl->flags, flags);
 		kvshm__jset32(s, &tab->lk, &sl->reclaimer, 0);
@@ -200,13 +149,19 @@ int kvshm__proc_claim(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32_t
 	kvshm__lock_release(s, &tab->lk);
 	/* Report only a real failure: a successful claim must not overwrite
 	 * the thread's last error. */
+	if (err == KVSHM_EPROCFULL)
+		err = kvshm__fail(err, "cache '%s': all %u process slots are taken", s->name, tab->nslots);
 	if (err < 0)
-		return kvshm__fail(err, "cache '%s': all %u process slots are taken", s->name,
-				   tab->nslots);
+		goto out_close;
 	KVSHM_CRASH_POINT("proc.claim.done");
 	atomic_fetch_add(&tab->claims, 1);
 	kvshm__futex_bump_wake(&tab->seq, INT32_MAX);
 	return 0;
+
+out_close:
+	if (lockfd >= 0)
+		kvshm__slotlock_close(lockfd);
+	return err;
 }
 
 int kvshm__proc_release(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32_t idx, uint32_t gen)
@@ -227,6 +182,10 @@ int kvshm__proc_release(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32
 	KVSHM_CRASH_POINT("proc.release.cleared");
 	kvshm__jset32(s, &tab->lk, &sl->state, KVSHM_SLOT_FREE);
 	kvshm__lock_release(s, &tab->lk);
+	/* An owner's lock goes after the slot is FREE, never before: a LIVE
+	 * slot without its lock would be judged dead. */
+	if (was == KVSHM_SLOT_LIVE)
+		kvshm__slotlock_drop(s, idx);
 	if (was == KVSHM_SLOT_DEAD)
 		atomic_fetch_add(&tab->reclaims, 1);
 	kvshm__futex_bump_wake(&tab->seq, INT32_MAX);
@@ -235,11 +194,9 @@ int kvshm__proc_release(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32
 
 /* ---- dead slots ---------------------------------------------------------------- */
 
-static bool slot_alive_racy(const struct kvshm__slot *sl)
+static bool slot_alive_racy(const struct kvshm__seg *s, const struct kvshm__proctab *tab, uint32_t idx)
 {
-	uint32_t pid = __atomic_load_n(&sl->pid, __ATOMIC_RELAXED);
-	uint64_t st = __atomic_load_n(&sl->start_time, __ATOMIC_RELAXED);
-	return kvshm__proc_alive(pid, st, NULL) != 0; /* errors count as alive */
+	return kvshm__proc_slot_alive(s, tab, idx, NULL) != 0; /* errors count as alive */
 }
 
 int kvshm__proc_take_dead(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32_t idx,
@@ -256,7 +213,7 @@ int kvshm__proc_take_dead(struct kvshm__seg *s, struct kvshm__proctab *tab, uint
 	uint32_t r = 0, rg = 0;
 	if (state == KVSHM_SLOT_FREE)
 		return 0;
-	if (state == KVSHM_SLOT_LIVE && slot_alive_racy(sl))
+	if (state == KVSHM_SLOT_LIVE && slot_alive_racy(s, tab, idx))
 		return 0;
 	if (state == KVSHM_SLOT_DEAD) {
 		r = __atomic_load_n(&sl->reclaimer, __ATOMIC_RELAXED);
@@ -264,7 +221,7 @@ int kvshm__proc_take_dead(struct kvshm__seg *s, struct kvshm__proctab *tab, uint
 		if (r != 0 && r - 1 != me) {
 			struct kvshm__slot *rs = kvshm__proc_slot(s, tab, r - 1);
 			if (rs && __atomic_load_n(&rs->state, __ATOMIC_ACQUIRE) == KVSHM_SLOT_LIVE &&
-			    __atomic_load_n(&rs->gen, __ATOMIC_RELAXED) == rg && slot_alive_racy(rs))
+			    __atomic_load_n(&rs->gen, __ATOMIC_RELAXED) == rg && slot_alive_racy(s, tab, r - 1))
 				return 0; /* someone alive is on it */
 		}
 	}

@@ -1,9 +1,10 @@
 /*
  * shm/proc.h — the process table: one slot per attached handle.
  *
- * A slot names its process by pid AND start time (field 22 of
- * /proc/PID/stat, clock ticks since boot), which together defeat pid reuse.
- * Every resource a process holds is recorded in its slot — semaphore slots
+ * A slot names its process by pid and an identity pid reuse cannot fool
+ * (shm/ident.h: the inode of a pidfd for it on pidfs kernels, else a lock
+ * on byte `slot index` of the segment file held while the claim lasts),
+ * with its start time beside it. Every resource a process holds is recorded in its slot — semaphore slots
  * here, in-flight allocations here, pins and reservations in the caller's
  * extension area that follows each slot — so the truth about who holds what
  * lives in shared memory, not in a dead process.
@@ -18,6 +19,7 @@
 #ifndef KVSHM_SHM_PROC_H
 #define KVSHM_SHM_PROC_H
 
+#include "shm/ident.h"
 #include "shm/lock.h"
 
 #define KVSHM_MAX_SEMS 4u       /* semaphores a segment may hold; a cache uses 1 */
@@ -35,13 +37,17 @@ struct kvshm__slot {
 	uint64_t attach_ns;   /* CLOCK_REALTIME of the claim: table lock */
 	uint32_t reclaimer;   /* DEAD only: 1 + index of the reclaiming slot: table lock */
 	uint32_t reclaimer_gen; /* DEAD only: that slot's gen: table lock */
+	uint32_t ident;       /* KVSHM_IDENT_*: how the owner is told from a pid reuser: table lock */
+	uint32_t pad;         /* keeps pidfs_ino 8-aligned; always 0 */
+	uint64_t pidfs_ino;   /* IDENT_PIDFS: inode of a pidfd for the owner (unique per boot),
+			       * else 0: table lock */
 	uint32_t sem_held[KVSHM_MAX_SEMS];  /* units held per semaphore: that semaphore's lock */
 	uint64_t allocs[KVSHM_SLOT_ALLOCS]; /* offsets of allocations being filled: slab lock,
 					      * or the lock of the structure taking them over */
 } KVSHM_ALIGNED;
 
 struct kvshm__proctab {
-	struct kvshm__lock lk;     /* guards slot state/gen/pid/flags/start/reclaimer */
+	struct kvshm__lock lk;     /* guards slot state/gen/pid/flags/start/identity/reclaimer */
 	uint32_t nslots;           /* immutable */
 	uint32_t stride;           /* bytes per slot incl. extension, immutable */
 	uint64_t slots_off;        /* offset of slot 0, immutable */
@@ -67,11 +73,14 @@ struct kvshm__slot *kvshm__proc_slot(const struct kvshm__seg *s, const struct kv
 /* The caller's extension area of slot idx. */
 void *kvshm__proc_ext(const struct kvshm__seg *s, const struct kvshm__proctab *tab, uint32_t idx);
 
-/* Claim a FREE slot for this process: KVSHM_EPROCFULL when none is free. */
+/* Claim a FREE slot for this process, recording its identity (and, for a
+ * LOCK identity, taking the slot's lock first): KVSHM_EPROCFULL when none
+ * is free. */
 int kvshm__proc_claim(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32_t flags,
 		      uint32_t *idx, uint32_t *gen);
-/* Give slot (idx, gen) back: the owner after releasing its resources, or
- * the reclaimer of a DEAD slot. -ESTALE when the slot is no longer (idx, gen). */
+/* Give slot (idx, gen) back: the owner after releasing its resources (its
+ * slot lock goes last), or the reclaimer of a DEAD slot. -ESTALE when the
+ * slot is no longer (idx, gen). */
 int kvshm__proc_release(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32_t idx, uint32_t gen);
 
 /*
@@ -97,17 +106,17 @@ int kvshm__proc_take_dead(struct kvshm__seg *s, struct kvshm__proctab *tab, uint
 int kvshm__proc_sweep(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32_t me, uint32_t me_gen,
 		      kvshm__reclaim_fn reclaim, void *ctx, unsigned *reclaimed);
 
-/* Start time of pid (clock ticks since boot); -ESRCH when it is gone. */
-int kvshm__proc_starttime(uint32_t pid, uint64_t *st);
+/* A racy snapshot of slot sl's owner identity (confirm the slot's gen
+ * under the table lock before acting on it). */
+void kvshm__proc_ident(const struct kvshm__slot *sl, struct kvshm__ident *id);
 /*
- * Is (pid, start_time) still running? 1 yes, 0 no. Opens a pidfd first and
- * confirms the start time second (never the other way round), so a reused
- * pid is never called alive; a zombie is dead. Falls back to kill(pid, 0)
- * where pidfd_open is missing (valgrind: ENOSYS). If pidfd_out is not
- * NULL and the process is alive, the open pidfd is handed to the caller.
+ * Is the owner of slot idx still running? 1 yes, 0 no, -errno when it
+ * cannot tell (callers count that as alive). Compares the identity
+ * recorded at claim (shm/ident.h), so a reused pid is never called alive
+ * and a zombie is dead. If pidfd_out is not NULL and the owner is alive, it
+ * gets an open pidfd naming the owner (or -1 where pidfds do not exist).
  */
-int kvshm__proc_alive(uint32_t pid, uint64_t start_time, int *pidfd_out);
-/* pidfd_open(2), or -errno. */
-int kvshm__pidfd_open(uint32_t pid);
+int kvshm__proc_slot_alive(const struct kvshm__seg *s, const struct kvshm__proctab *tab, uint32_t idx,
+			   int *pidfd_out);
 
 #endif

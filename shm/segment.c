@@ -26,6 +26,7 @@
 
 #include <xxhash.h>
 
+#include "shm/ident.h"
 #include "shm/segment.h"
 
 /* ---- guarded mappings ------------------------------------------------------------ */
@@ -351,6 +352,7 @@ void kvshm__seg_detach(struct kvshm__seg *s)
 {
 	if (!s)
 		return;
+	kvshm__slotlock_drop_all(s); /* claims made through this view end with it */
 	kvshm__unmap_guarded(s->view, s->view_len);
 	kvshm__unmap_guarded(s->base, s->size);
 	if (s->fd >= 0)

@@ -6,6 +6,7 @@
 #include <ftw.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,137 @@
 #include <unistd.h>
 
 #include "harness.h"
+
+/* ---- process identity and pid reuse -------------------------------------------------- */
+
+bool th_have_pidfs(void)
+{
+	struct kvshm__ident id;
+	return kvshm__ident_of((uint32_t)getpid(), &id) == 0 && id.kind == KVSHM_IDENT_PIDFS;
+}
+
+void th_identity_lock(bool on)
+{
+	if (on)
+		setenv("KVSHM_TEST_IDENTITY", "lock", 1);
+	else
+		unsetenv("KVSHM_TEST_IDENTITY");
+}
+
+uint32_t th_identity_expected(void)
+{
+	struct kvshm__ident id;
+	if (kvshm__ident_self(&id) < 0)
+		return KVSHM_IDENT_NONE;
+	return id.kind;
+}
+
+uint64_t th_starttime(pid_t pid)
+{
+	uint64_t st = 0;
+	return kvshm__proc_starttime((uint32_t)pid, &st) == 0 ? st : 0;
+}
+
+void th_tick_begin(void)
+{
+	long hz = sysconf(_SC_CLK_TCK);
+	uint64_t tick = 1000000000ull / (uint64_t)(hz > 0 ? hz : 100);
+	for (;;) {
+		struct timespec ts;
+		clock_gettime(CLOCK_BOOTTIME, &ts);
+		uint64_t ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+		if (ns % tick < tick / 20)
+			return;
+	}
+}
+
+#define NS_LAST_PID "/proc/sys/kernel/ns_last_pid"
+
+bool th_can_pick_pid(void)
+{
+	return access(NS_LAST_PID, W_OK) == 0;
+}
+
+static int set_last_pid(pid_t last)
+{
+	char buf[32];
+	int fd = open(NS_LAST_PID, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int n = snprintf(buf, sizeof(buf), "%d", (int)last);
+	int err = write(fd, buf, (size_t)n) == n ? 0 : -errno;
+	close(fd);
+	return err;
+}
+
+static void *sit(void *arg)
+{
+	(void)arg;
+	for (;;)
+		pause();
+	return NULL;
+}
+
+/* The impostor's body: sit; for a thread impostor, first start the
+ * thread at pid `want` and tell the parent its tid over fd. */
+static int impostor_body(pid_t want, bool thread, int fd)
+{
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	/* Another process: it keeps none of our descriptors (a slot lock the
+	 * test holds, say) but its pipe to us. */
+	for (int i = 3; i < 1024; i++)
+		if (i != fd)
+			close(i);
+	if (thread) {
+		pthread_t t;
+		pid_t tid = 0;
+		if (set_last_pid(want - 1) == 0 && pthread_create(&t, NULL, sit, NULL) == 0) {
+			/* The newest task of ours is the thread: find its tid. */
+			char path[64];
+			snprintf(path, sizeof(path), "/proc/self/task/%d", (int)want);
+			if (access(path, F_OK) == 0)
+				tid = want;
+		}
+		if (write(fd, &tid, sizeof(tid)) != (ssize_t)sizeof(tid))
+			return 2;
+	}
+	close(fd);
+	for (;;)
+		pause();
+	return 0;
+}
+
+pid_t th_impostor(pid_t want, bool thread)
+{
+	int fds[2];
+	assert_int_equal(pipe2(fds, O_CLOEXEC), 0);
+	fflush(stdout);
+	fflush(stderr);
+	int err = thread ? 0 : set_last_pid(want - 1);
+	if (err < 0) {
+		close(fds[0]);
+		close(fds[1]);
+		return err;
+	}
+	pid_t pid = fork();
+	if (pid == 0) {
+		close(fds[0]);
+		_exit(impostor_body(want, thread, fds[1]));
+	}
+	assert_true(pid > 0);
+	th_track(pid);
+	close(fds[1]);
+	pid_t got = pid;
+	if (thread && read(fds[0], &got, sizeof(got)) != (ssize_t)sizeof(got))
+		got = 0;
+	close(fds[0]);
+	if (got != want) {
+		kill(pid, SIGKILL);
+		th_reap(pid);
+		return thread && !th_can_pick_pid() ? -EACCES : 0;
+	}
+	return pid;
+}
 
 void th_name(char *buf, size_t len, const char *what)
 {
@@ -862,7 +994,7 @@ int tseg_check(struct tseg *t)
 		return kvshm__fail(KVSHM_ECHECK, "semaphore count %u != %u recorded in slots", cnt, rec);
 	for (uint32_t i = 0; i < t->tab->nslots; i++) {
 		struct kvshm__slot *sl = kvshm__proc_slot(t->seg, t->tab, i);
-		if (sl->state == KVSHM_SLOT_LIVE && kvshm__proc_alive(sl->pid, sl->start_time, NULL) == 0)
+		if (sl->state == KVSHM_SLOT_LIVE && kvshm__proc_slot_alive(t->seg, t->tab, i, NULL) == 0)
 			return kvshm__fail(KVSHM_ECHECK, "slot %u: LIVE but pid %u is dead", i, sl->pid);
 		if (sl->state != KVSHM_SLOT_FREE)
 			continue;

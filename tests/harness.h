@@ -90,6 +90,36 @@ uint64_t th_rnd(uint64_t *s);
  * code of a worker that failed. */
 int th_bad_err(const char *what, int err);
 
+/* ---- process identity (shm/ident.h) and pid reuse ---------------------------------- */
+
+/* Does this kernel give each process its own pidfd inode (pidfs, 6.9+)? */
+bool th_have_pidfs(void);
+/* From now on, claims by this process and the children it forks use the
+ * slot lock (KVSHM_TEST_IDENTITY=lock) when on, else the kernel's best. */
+void th_identity_lock(bool on);
+/* What a claim of ours records now: KVSHM_IDENT_PIDFS or KVSHM_IDENT_LOCK. */
+uint32_t th_identity_expected(void);
+/* Start time of pid (clock ticks since boot), 0 when it is gone. */
+uint64_t th_starttime(pid_t pid);
+/* Spin until a clock tick (1/_SC_CLK_TCK s of CLOCK_BOOTTIME, the unit of
+ * start times) has just begun, so that the few milliseconds of work after
+ * it most likely fall within one tick. Makes nothing correct by timing:
+ * callers check the start times they got. */
+void th_tick_begin(void);
+/* Can we choose the next pid (/proc/sys/kernel/ns_last_pid writable: root)? */
+bool th_can_pick_pid(void);
+/*
+ * An impostor at pid `want`, a pid the caller has just reaped: a new
+ * process (thread false) or a new thread of a new process (thread true),
+ * given that number by writing want - 1 to ns_last_pid just before the fork
+ * (or pthread_create). It closes every descriptor it inherited but the
+ * standard ones, sits until killed, and dies with us. Returns the
+ * impostor's process (tracked; th_kill_tracked ends it), 0 when another
+ * process on the host took the pid first (try again), -errno when
+ * ns_last_pid cannot be written. Parent only.
+ */
+pid_t th_impostor(pid_t want, bool thread);
+
 /* ---- files and directories --------------------------------------------------------- */
 
 /* mkdtemp of /tmp/kvshm-<what>-XXXXXX into buf: 0, or -1. */

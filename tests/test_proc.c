@@ -1,10 +1,17 @@
 /*
- * tests/test_proc.c — the process table (shm/proc.c): claim and release,
- * generations and stale releases, a full table, the liveness test (self,
- * zombies, reaped children, pid reuse, pid 0), the /proc/PID/stat parser,
- * dead-slot takeover (including a reclaimer that died mid-reclaim and a
- * takeover racing another), and a process killed at every crash point of
- * the table.
+ * tests/test_proc.c — the process table (shm/proc.c) and process identity
+ * (shm/ident.c): claim and release, generations and stale releases, a full
+ * table, the identity a claim records, the liveness test (self, zombies,
+ * reaped children, another identity, pid 0), real pid reuse within the
+ * same clock tick (by a process and by a thread; root only: ns_last_pid), a
+ * fork child that must not keep its parent's slot, the /proc/PID/stat
+ * parser, dead-slot takeover (including a reclaimer that died mid-reclaim
+ * and a takeover racing another), and a process killed at every crash point
+ * of the table.
+ *
+ * Every test runs twice: with the kernel's identity (the pidfs inode on
+ * this kernel) and with the fallback, the slot lock (KVSHM_TEST_IDENTITY=
+ * lock, inherited by the children).
  */
 #include <signal.h>
 #include <stdio.h>
@@ -145,7 +152,7 @@ static void assert_table_clean(struct fx *fx, uint32_t keep)
 		struct kvshm__slot *sl = slot(fx, i);
 		if (i == keep) {
 			assert_int_equal(sl->state, KVSHM_SLOT_LIVE);
-			assert_int_equal(kvshm__proc_alive(sl->pid, sl->start_time, NULL), 1);
+			assert_int_equal(kvshm__proc_slot_alive(fx->t.seg, fx->t.tab, i, NULL), 1);
 			continue;
 		}
 		assert_int_equal(sl->state, KVSHM_SLOT_FREE);
@@ -203,6 +210,33 @@ static uint64_t own_starttime(void)
 	return st;
 }
 
+/* ---- identity -------------------------------------------------------------------------- */
+
+/* Slot idx, claimed by us, records our identity: our pidfd's inode, or our
+ * lock on its byte of the segment file. */
+static void assert_own_identity(struct fx *fx, uint32_t idx)
+{
+	struct kvshm__slot *sl = slot(fx, idx);
+	struct kvshm__ident me;
+	assert_int_equal(kvshm__ident_of((uint32_t)getpid(), &me), 0);
+	assert_int_equal(sl->ident, th_identity_expected());
+	assert_int_equal(sl->start_time, me.start_time);
+	if (sl->ident == KVSHM_IDENT_PIDFS) {
+		int fd = kvshm__pidfd_open((uint32_t)getpid());
+		uint64_t ino = 0;
+		assert_true(fd >= 0);
+		assert_int_equal(kvshm__pidfd_ino(fd, &ino), 1);
+		close(fd);
+		assert_true(ino != 0);
+		assert_int_equal(sl->pidfs_ino, ino);
+		assert_int_equal(kvshm__slotlock_held(fx->t.seg, idx), 0); /* no lock needed */
+	} else {
+		assert_int_equal(sl->ident, KVSHM_IDENT_LOCK);
+		assert_int_equal(sl->pidfs_ino, 0);
+		assert_int_equal(kvshm__slotlock_held(fx->t.seg, idx), 1);
+	}
+}
+
 /* ---- claim / release ------------------------------------------------------------------ */
 
 static void test_claim_release(void **state)
@@ -222,6 +256,7 @@ static void test_claim_release(void **state)
 	assert_int_equal(sl->flags, KVSHM_SLOT_F_REAPER);
 	assert_int_equal(sl->reclaimer, 0);
 	assert_true(sl->attach_ns > 0);
+	assert_own_identity(fx, idx);
 	assert_int_equal(kvshm__proc_live(fx->t.seg, fx->t.tab), 1);
 	assert_int_equal(fx->t.tab->claims, 1);
 	assert_int_not_equal(fx->t.tab->seq, seq0); /* waiters on the table hear of it */
@@ -237,6 +272,7 @@ static void test_claim_release(void **state)
 
 	uint32_t seq1 = fx->t.tab->seq;
 	assert_int_equal(kvshm__proc_release(fx->t.seg, fx->t.tab, idx, gen), 0);
+	assert_int_equal(kvshm__slotlock_held(fx->t.seg, idx), 0); /* its lock, if any, went with it */
 	assert_int_equal(sl->state, KVSHM_SLOT_FREE);
 	assert_int_equal(sl->pid, 0);
 	assert_int_equal(sl->gen, gen); /* gen only moves on claim */
@@ -367,18 +403,136 @@ static void test_sweep_reclaims_zombie(void **state)
 	assert_table_clean(fx, fx->t.me);
 }
 
-/* A LIVE slot naming our pid with another start time is a previous
- * process that had our pid: dead, and swept. */
-static void test_sweep_reclaims_reused_pid(void **state)
+/* A LIVE slot naming our pid with another identity is a previous process
+ * that had our pid: dead, and swept. The identity decides, not the start
+ * time. */
+static void test_sweep_reclaims_other_identity(void **state)
 {
 	struct fx *fx = *state;
 	uint32_t idx, gen;
 	claim_me(fx);
 	assert_int_equal(kvshm__proc_claim(fx->t.seg, fx->t.tab, 0, &idx, &gen), 0);
 	assert_int_equal(tseg_sweep(&fx->t), 0); /* ours and alive */
-	slot(fx, idx)->start_time += 1;
+	struct kvshm__slot *sl = slot(fx, idx);
+	if (sl->ident == KVSHM_IDENT_PIDFS) {
+		sl->start_time += 1; /* the same pidfs inode: still us */
+		assert_int_equal(tseg_sweep(&fx->t), 0);
+		sl->pidfs_ino += 1;  /* another process's inode */
+	} else {
+		kvshm__slotlock_drop(fx->t.seg, idx); /* as our death would */
+		assert_int_equal(kvshm__slotlock_held(fx->t.seg, idx), 0);
+	}
 	assert_int_equal(tseg_sweep(&fx->t), 1);
-	assert_int_equal(slot(fx, idx)->state, KVSHM_SLOT_FREE);
+	assert_int_equal(sl->state, KVSHM_SLOT_FREE);
+	assert_table_clean(fx, fx->t.me);
+	assert_all_claimable(fx);
+}
+
+/*
+ * Real pid reuse: a child claims a slot and is killed and reaped; an
+ * impostor gets its pid (ns_last_pid), in most trials within the same
+ * clock tick, so pid and start time both match the slot. The sweep must
+ * reclaim the slot every time, and call the impostor dead throughout.
+ */
+static void reuse_trials(struct fx *fx, bool thread)
+{
+	int same_tick = 0, trials = 0;
+	if (!th_can_pick_pid()) {
+		print_message("  skipped: %s is not writable (needs root): cannot reuse a pid\n",
+			      "/proc/sys/kernel/ns_last_pid");
+		skip();
+	}
+	claim_me(fx);
+	for (int attempt = 0; attempt < 60 && (trials < 8 || same_tick < 3); attempt++) {
+		struct th_kid k;
+		th_tick_begin();
+		kid_start_claimed(fx, &k, kid_claim_and_hold, 0);
+		uint64_t st = slot(fx, k.idx)->start_time;
+		th_kid_kill(&k);
+		pid_t imp = th_impostor(k.pid, thread);
+		assert_true(imp >= 0);
+		if (imp == 0) { /* another process took the pid: not a trial */
+			assert_int_equal(tseg_sweep(&fx->t), 1);
+			continue;
+		}
+		trials++;
+		if (th_starttime(thread ? k.pid : imp) == st)
+			same_tick++;
+		assert_int_equal(kill(k.pid, 0), 0); /* the pid is someone's again */
+		assert_int_equal(kvshm__proc_slot_alive(fx->t.seg, fx->t.tab, k.idx, NULL), 0);
+		assert_int_equal(tseg_check(&fx->t), KVSHM_ECHECK);
+		assert_int_equal(tseg_sweep(&fx->t), 1);
+		assert_int_equal(slot(fx, k.idx)->state, KVSHM_SLOT_FREE);
+		assert_table_clean(fx, fx->t.me);
+		assert_int_equal(kill(imp, SIGKILL), 0);
+		th_reap(imp);
+	}
+	print_message("  %d trials of a reused %s, %d of them within the dead one's clock tick\n", trials,
+		      thread ? "pid (as a thread id)" : "pid", same_tick);
+	assert_true(trials > 0);
+}
+
+static void test_sweep_reclaims_reused_pid(void **state)
+{
+	reuse_trials(*state, false);
+}
+
+/* An owner is its thread group's leader: its pid reused as another
+ * process's thread id is no owner (pidfd_open: EINVAL). */
+static void test_sweep_reclaims_pid_reused_by_thread(void **state)
+{
+	reuse_trials(*state, true);
+}
+
+/* Child body: claim a slot, fork a grandchild that lives on (it inherits
+ * every descriptor, the slot lock's among them, until fork's child handler
+ * closes it: before fork returns in it, hence before it says so), report
+ * (idx, gen, grandchild), and hold until killed. */
+static int kid_claim_fork_and_hold(struct th_kid *k)
+{
+	uint32_t idx, gen;
+	int p[2];
+	char c;
+	if (!kid_claim_and_say(k, &idx, &gen) || pipe(p) < 0)
+		return 10;
+	fflush(stdout);
+	fflush(stderr);
+	pid_t g = fork();
+	if (g < 0)
+		return 11;
+	if (g == 0) {
+		(void)!write(p[1], "g", 1);
+		for (;;)
+			pause();
+	}
+	if (read(p[0], &c, 1) != 1)
+		return 12;
+	th_kid_say(k, (uint32_t)g);
+	th_kid_wait_go(k);
+	return 0;
+}
+
+/* A fork child does not keep its parent's slot alive: the parent dies,
+ * its child lives on, the slot is swept. */
+static void test_fork_child_does_not_keep_slot(void **state)
+{
+	struct fx *fx = *state;
+	struct th_kid k;
+	claim_me(fx);
+	/* The grandchild outlives its parent: be its reaper. */
+	assert_int_equal(prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), 0);
+	kid_start_claimed(fx, &k, kid_claim_fork_and_hold, 0);
+	pid_t g = (pid_t)th_kid_hear(&k);
+	th_track(g);
+	assert_int_equal(tseg_sweep(&fx->t), 0);
+	th_kid_kill(&k);
+	assert_int_equal(kill(g, 0), 0); /* the grandchild lives */
+	assert_int_equal(kvshm__proc_slot_alive(fx->t.seg, fx->t.tab, k.idx, NULL), 0);
+	assert_int_equal(tseg_sweep(&fx->t), 1);
+	assert_int_equal(slot(fx, k.idx)->state, KVSHM_SLOT_FREE);
+	assert_int_equal(kill(g, SIGKILL), 0);
+	th_reap(g);
+	assert_int_equal(prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0), 0);
 	assert_table_clean(fx, fx->t.me);
 }
 
@@ -386,39 +540,37 @@ static void test_sweep_reclaims_reused_pid(void **state)
 
 static void test_alive_self(void **state)
 {
-	(void)state;
-	uint64_t st = own_starttime();
-	assert_int_equal(kvshm__proc_alive((uint32_t)getpid(), st, NULL), 1);
+	struct fx *fx = *state;
+	claim_me(fx);
+	assert_own_identity(fx, fx->t.me);
+	assert_int_equal(kvshm__proc_slot_alive(fx->t.seg, fx->t.tab, fx->t.me, NULL), 1);
 	int fd = -2;
-	assert_int_equal(kvshm__proc_alive((uint32_t)getpid(), st, &fd), 1);
-	assert_true(fd >= 0); /* the pidfd is handed over */
+	assert_int_equal(kvshm__proc_slot_alive(fx->t.seg, fx->t.tab, fx->t.me, &fd), 1);
+	assert_true(fd >= 0); /* the pidfd is handed over: ours */
+	struct kvshm__ident me;
+	uint64_t ino = 0;
+	assert_int_equal(kvshm__ident_of((uint32_t)getpid(), &me), 0);
+	if (kvshm__pidfd_ino(fd, &ino) == 1)
+		assert_int_equal(ino, me.pidfs_ino);
 	assert_int_equal(close(fd), 0);
-}
-
-static int kid_block(struct th_kid *k)
-{
-	th_kid_say(k, 1);
-	th_kid_wait_go(k);
-	return 0;
 }
 
 static void test_alive_zombie_is_dead(void **state)
 {
 	struct fx *fx = *state;
 	struct th_kid k;
-	th_kid_start(fx, &k, kid_block, 0);
-	assert_int_equal(th_kid_hear(&k), 1);
-	uint64_t st = 0;
-	assert_int_equal(kvshm__proc_starttime((uint32_t)k.pid, &st), 0);
-	assert_int_equal(kvshm__proc_alive((uint32_t)k.pid, st, NULL), 1);
+	kid_start_claimed(fx, &k, kid_claim_and_hold, 0);
+	assert_int_equal(kvshm__proc_slot_alive(fx->t.seg, fx->t.tab, k.idx, NULL), 1);
 	kid_kill_to_zombie(&k);
 	/* The pid still exists (a zombie): dead all the same. */
 	assert_int_equal(kill(k.pid, 0), 0);
 	int fd = -2;
-	assert_int_equal(kvshm__proc_alive((uint32_t)k.pid, st, &fd), 0);
+	assert_int_equal(kvshm__proc_slot_alive(fx->t.seg, fx->t.tab, k.idx, &fd), 0);
 	assert_int_equal(fd, -1);
 	uint64_t st2 = 0;
 	assert_int_equal(kvshm__proc_starttime((uint32_t)k.pid, &st2), -ESRCH);
+	struct kvshm__ident id;
+	assert_int_equal(kvshm__ident_of((uint32_t)k.pid, &id), -ESRCH);
 	assert_int_equal(th_kid_reap(&k), 128 + SIGKILL);
 }
 
@@ -426,36 +578,95 @@ static void test_alive_reaped_is_dead(void **state)
 {
 	struct fx *fx = *state;
 	struct th_kid k;
-	th_kid_start(fx, &k, kid_block, 0);
-	assert_int_equal(th_kid_hear(&k), 1);
-	uint64_t st = 0;
-	assert_int_equal(kvshm__proc_starttime((uint32_t)k.pid, &st), 0);
+	kid_start_claimed(fx, &k, kid_claim_and_hold, 0);
+	struct kvshm__ident id;
+	kvshm__proc_ident(slot(fx, k.idx), &id);
 	th_kid_kill(&k);
-	assert_int_equal(kvshm__proc_alive((uint32_t)k.pid, st, NULL), 0);
+	assert_int_equal(kvshm__proc_slot_alive(fx->t.seg, fx->t.tab, k.idx, NULL), 0);
 	int fd = -2;
-	assert_int_equal(kvshm__proc_alive((uint32_t)k.pid, st, &fd), 0);
+	assert_int_equal(kvshm__proc_slot_alive(fx->t.seg, fx->t.tab, k.idx, &fd), 0);
 	assert_int_equal(fd, -1);
+	assert_int_equal(kvshm__ident_alive(fx->t.seg, k.idx, &id, NULL), 0);
+	uint64_t st = 0;
 	assert_int_equal(kvshm__proc_starttime((uint32_t)k.pid, &st), -ESRCH);
+	assert_int_equal(tseg_sweep(&fx->t), 1);
 }
 
-static void test_alive_wrong_starttime_is_dead(void **state)
+static int exit_at_once(void *arg)
 {
-	(void)state;
-	uint64_t st = own_starttime();
+	(void)arg;
+	return 0;
+}
+
+/* Our pid under an identity that is not ours: a pidfs inode of another
+ * process, a slot lock nobody holds, a kind that does not exist. */
+static void test_alive_other_identity_is_dead(void **state)
+{
+	struct fx *fx = *state;
+	struct kvshm__ident id;
 	int fd = -2;
-	assert_int_equal(kvshm__proc_alive((uint32_t)getpid(), st + 1, &fd), 0);
-	assert_int_equal(fd, -1); /* no pidfd leaks to the caller */
-	assert_int_equal(kvshm__proc_alive((uint32_t)getpid(), st - 1, NULL), 0);
-	assert_int_equal(kvshm__proc_alive((uint32_t)getpid(), 0, NULL), 0);
+	assert_int_equal(kvshm__ident_of((uint32_t)getpid(), &id), 0);
+	if (id.kind == KVSHM_IDENT_PIDFS) {
+		assert_int_equal(kvshm__ident_alive(NULL, 0, &id, &fd), 1);
+		assert_true(fd >= 0);
+		close(fd);
+		id.pidfs_ino += 1;
+		assert_int_equal(kvshm__ident_alive(NULL, 0, &id, &fd), 0);
+		assert_int_equal(fd, -1); /* no pidfd leaks to the caller */
+		id.pidfs_ino -= 2;
+		assert_int_equal(kvshm__ident_alive(NULL, 0, &id, NULL), 0);
+		id.pidfs_ino = 0;
+		assert_int_equal(kvshm__ident_alive(NULL, 0, &id, NULL), 0);
+	} else {
+		print_message("  no pidfs on this kernel: the pidfs inode half is not tested\n");
+	}
+	/* A slot lock: byte 5 of the segment file, held by no one, then by a
+	 * description of ours, then no one again. */
+	id.kind = KVSHM_IDENT_LOCK;
+	id.pidfs_ino = 0;
+	assert_int_equal(kvshm__ident_alive(fx->t.seg, 5, &id, &fd), 0);
+	assert_int_equal(fd, -1);
+	int lfd = kvshm__slotlock_open(fx->t.seg);
+	assert_true(lfd >= 0);
+	assert_int_equal(kvshm__slotlock_take(lfd, fx->t.seg, 5), 0);
+	assert_int_equal(kvshm__ident_alive(fx->t.seg, 5, &id, NULL), 1);
+	assert_int_equal(kvshm__ident_alive(fx->t.seg, 4, &id, NULL), 0);
+	assert_int_equal(kvshm__ident_alive(fx->t.seg, 6, &id, NULL), 0);
+	/* The lock held, but by a descriptor that outlived its owner (sent
+	 * to another process): an owner whose pid names no one is dead. */
+	pid_t gone = th_fork(exit_at_once, NULL);
+	assert_true(gone > 0);
+	assert_int_equal(th_wait(gone), 0);
+	struct kvshm__ident dead = id;
+	dead.pid = (uint32_t)gone;
+	assert_int_equal(kvshm__ident_alive(fx->t.seg, 5, &dead, &fd), 0);
+	assert_int_equal(fd, -1);
+	/* A second description cannot take it. */
+	int lfd2 = kvshm__slotlock_open(fx->t.seg);
+	assert_true(lfd2 >= 0);
+	assert_int_equal(kvshm__slotlock_take(lfd2, fx->t.seg, 5), -EAGAIN);
+	kvshm__slotlock_close(lfd2);
+	kvshm__slotlock_close(lfd);
+	assert_int_equal(kvshm__ident_alive(fx->t.seg, 5, &id, NULL), 0);
+	/* No such kind. */
+	id.kind = 7;
+	assert_int_equal(kvshm__ident_alive(fx->t.seg, 5, &id, NULL), -EINVAL);
+	id.kind = KVSHM_IDENT_NONE;
+	assert_int_equal(kvshm__ident_alive(fx->t.seg, 5, &id, NULL), -EINVAL);
 }
 
 static void test_alive_pid_zero_is_dead(void **state)
 {
-	(void)state;
+	struct fx *fx = *state;
+	struct kvshm__ident id;
 	int fd = -2;
-	assert_int_equal(kvshm__proc_alive(0, 0, &fd), 0);
+	assert_int_equal(kvshm__ident_of((uint32_t)getpid(), &id), 0);
+	id.pid = 0;
+	assert_int_equal(kvshm__ident_alive(fx->t.seg, 0, &id, &fd), 0);
 	assert_int_equal(fd, -1);
-	assert_int_equal(kvshm__proc_alive(0, own_starttime(), NULL), 0);
+	id.kind = KVSHM_IDENT_LOCK;
+	assert_int_equal(kvshm__ident_alive(fx->t.seg, 0, &id, NULL), 0);
+	assert_int_equal(kvshm__ident_of(0, &id), -ESRCH);
 }
 
 /* ---- the /proc/PID/stat parser --------------------------------------------------------- */
@@ -495,8 +706,12 @@ static void test_starttime_odd_comm(void **state)
 	uint64_t st = 0;
 	assert_int_equal(kvshm__proc_starttime((uint32_t)k.pid, &st), 0);
 	assert_int_equal(st, stat_starttime(k.pid));
-	/* And the liveness test built on it agrees. */
-	assert_int_equal(kvshm__proc_alive((uint32_t)k.pid, st, NULL), 1);
+	/* And the identity built on it agrees. */
+	struct kvshm__ident id;
+	assert_int_equal(kvshm__ident_of((uint32_t)k.pid, &id), 0);
+	assert_int_equal(id.start_time, st);
+	if (id.kind == KVSHM_IDENT_PIDFS)
+		assert_int_equal(kvshm__ident_alive(NULL, 0, &id, NULL), 1);
 	th_kid_go(&k);
 	assert_int_equal(th_kid_reap(&k), 0);
 }
@@ -745,8 +960,8 @@ static void test_take_dead_rechecks_reclaimer_under_lock(void **state)
 /* ---- killed at every crash point --------------------------------------------------------- */
 
 static const char *const proc_points[] = {
-	"proc.claim.filled",     "proc.claim.done",       "proc.release.cleared",
-	"proc.take_dead.taken",  "proc.sweep.reclaimed",
+	"proc.claim.locked",     "proc.claim.filled",     "proc.claim.done",
+	"proc.release.cleared",  "proc.take_dead.taken",  "proc.sweep.reclaimed",
 };
 
 /* Child: claim a slot and give it back. */
@@ -777,16 +992,20 @@ static void test_crash_points(void **state)
 		int (*fn)(void *);
 		int swept;   /* slots the parent's sweep must reclaim */
 		bool locked; /* died holding the table lock */
+		bool lock_identity; /* a step of the slot-lock identity only */
 	} cases[] = {
-		{"proc.claim.filled", crash_claim_release, 0, true},
-		{"proc.claim.done", crash_claim_release, 1, false},
-		{"proc.release.cleared", crash_claim_release, 1, true},
-		{"proc.take_dead.taken", crash_sweep_grandchild, 2, false},
-		{"proc.sweep.reclaimed", crash_sweep_grandchild, 2, false},
+		{"proc.claim.locked", crash_claim_release, 0, true, true},
+		{"proc.claim.filled", crash_claim_release, 0, true, false},
+		{"proc.claim.done", crash_claim_release, 1, false, false},
+		{"proc.release.cleared", crash_claim_release, 1, true, false},
+		{"proc.take_dead.taken", crash_sweep_grandchild, 2, false, false},
+		{"proc.sweep.reclaimed", crash_sweep_grandchild, 2, false, false},
 	};
 	claim_me(fx);
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(cases); i++) {
 		char spec[96];
+		if (cases[i].lock_identity && th_identity_expected() != KVSHM_IDENT_LOCK)
+			continue; /* run by the slot-lock group */
 		snprintf(spec, sizeof(spec), "%s@1", cases[i].point);
 		print_message("  crash at %s\n", spec);
 		uint32_t repairs0 = fx->t.tab->lk.repairs;
@@ -811,6 +1030,27 @@ static void test_crash_points_all_listed(void **state)
 	th_assert_points_listed("proc.", "shm/proc.c", proc_points, KVSHM_ARRAY_LEN(proc_points));
 }
 
+static int group_kernel_identity(void **state)
+{
+	(void)state;
+	th_identity_lock(false);
+	return 0;
+}
+
+static int group_slot_lock(void **state)
+{
+	(void)state;
+	th_identity_lock(true);
+	return 0;
+}
+
+static int group_end(void **state)
+{
+	(void)state;
+	th_identity_lock(false);
+	return 0;
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -821,11 +1061,14 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_claim_success_keeps_last_error, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_full_table_then_dead_child_reclaimed, setup_small, teardown),
 		cmocka_unit_test_setup_teardown(test_sweep_reclaims_zombie, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_sweep_reclaims_other_identity, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_sweep_reclaims_reused_pid, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_sweep_reclaims_pid_reused_by_thread, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fork_child_does_not_keep_slot, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_alive_self, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_alive_zombie_is_dead, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_alive_reaped_is_dead, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_alive_wrong_starttime_is_dead, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_alive_other_identity_is_dead, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_alive_pid_zero_is_dead, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_starttime_self_matches_stat, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_starttime_odd_comm, setup, teardown),
@@ -839,5 +1082,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_crash_points, setup, teardown),
 		cmocka_unit_test(test_crash_points_all_listed),
 	};
-	return cmocka_run_group_tests_name("proc", tests, NULL, NULL);
+	int failed = cmocka_run_group_tests_name("proc (identity: pidfs inode where the kernel has pidfs)", tests,
+						 group_kernel_identity, group_end);
+	failed += cmocka_run_group_tests_name("proc (identity: slot lock)", tests, group_slot_lock, group_end);
+	return failed;
 }

@@ -3,7 +3,9 @@
  * point of the shm/ layer.
  *
  * A child runs a scenario that passes through every shm/ protocol step:
- * it creates a segment, attaches, reclaims a dead grandchild (which died
+ * it creates a segment, attaches, claims and gives back a second slot by
+ * the slot-lock identity (the fallback where the kernel has no pidfs),
+ * reclaims a dead grandchild (which died
  * holding the slab lock mid-change, a semaphore unit and allocations),
  * takes and gives back semaphore units, allocates and frees objects and
  * extents (new slab pages, emptied slab pages, runs merging on both sides),
@@ -64,6 +66,12 @@ static int scenario(void *p)
 	tseg_detach(&n);
 	if (tseg_attach(&t, c->name, true) < 0)
 		return 11;
+	uint32_t li, lg;
+	th_identity_lock(true);
+	int lr = kvshm__proc_claim(t.seg, t.tab, 0, &li, &lg);
+	th_identity_lock(false);
+	if (lr < 0 || kvshm__proc_release(t.seg, t.tab, li, lg) < 0)
+		return 25;
 	if (th_wait(th_fork(grandchild, c)) != 128 + SIGKILL)
 		return 12;
 	if (tseg_sweep(&t) != 1)

@@ -995,6 +995,12 @@ static void procs_of(kvshm *h, struct procs *ps)
 	TH_OK(kvshm_procs(h, proc_collect, ps));
 }
 
+/* How shmctl names an identity kind. */
+static const char *identity_word(uint32_t kind)
+{
+	return kind == KVSHM_IDENTITY_PIDFS ? "pidfs" : kind == KVSHM_IDENTITY_LOCK ? "lock" : "?";
+}
+
 /* shmctl procs --json against kvshm_procs; its own row (pid self) is the
  * one extra. Returns the row of pid `want` (NULL when absent). */
 static const jv *check_procs(const jv *a, const struct procs *in, pid_t self, uint32_t want)
@@ -1012,6 +1018,7 @@ static const jv *check_procs(const jv *a, const struct procs *in, pid_t self, ui
 			found = o;
 		if (pid == (uint32_t)self) {
 			saw_self = true;
+			assert_string_equal(jstr(o, "identity"), identity_word(th_identity_expected()));
 			assert_string_equal(jstr(o, "state"), "live");
 			assert_true(jbool(o, "alive"));
 			assert_false(jbool(o, "reaper"));
@@ -1031,6 +1038,9 @@ static const jv *check_procs(const jv *a, const struct procs *in, pid_t self, ui
 		assert_int_equal(pid, q->pid);
 		assert_int_equal(ju64(o, "start_time"), q->start_time);
 		assert_int_equal(ju64(o, "attach_ns"), q->attach_ns);
+		assert_string_equal(jstr(o, "identity"), identity_word((uint32_t)q->identity));
+		assert_int_equal(ju64(o, "pidfs_ino"), q->pidfs_ino);
+		assert_int_equal(q->identity == KVSHM_IDENTITY_PIDFS, q->pidfs_ino != 0);
 		assert_string_equal(jstr(o, "state"), q->state == 1 ? "live" : "dead");
 		assert_int_equal(jbool(o, "alive"), q->alive != 0);
 		assert_int_equal(jbool(o, "reaper"), q->reaper != 0);
@@ -1083,6 +1093,17 @@ static void check_status(const struct pop *p, const jv *s, const kvshm_stats *st
 	assert_int_equal(ju64(s, "writer_slots_max"), 8);
 	assert_int_equal(ju64(s, "reaper_pid"), reaper);
 	assert_int_equal(jbool(s, "reaper_alive"), reaper != 0);
+	/* The identities of the slots in use, shmctl's own among them. */
+	struct procs in;
+	uint64_t by_pidfs = th_identity_expected() == KVSHM_IDENT_PIDFS, by_lock = !by_pidfs;
+	procs_of(p->h, &in);
+	for (int i = 0; i < in.n; i++) {
+		by_pidfs += in.p[i].identity == KVSHM_IDENTITY_PIDFS;
+		by_lock += in.p[i].identity == KVSHM_IDENTITY_LOCK;
+	}
+	assert_int_equal(ju64(s, "identity_pidfs"), by_pidfs);
+	assert_int_equal(ju64(s, "identity_lock"), by_lock);
+	assert_string_equal(jstr(s, "identity"), !by_lock ? "pidfs" : !by_pidfs ? "lock" : "mixed");
 	assert_int_equal(ju64(s, "lock_repairs"), st->lock_repairs);
 	const jv *sc = jget(s, "scheduler");
 	assert_int_equal(jbool(sc, "enabled"), ss.config.enabled != 0);
@@ -1190,6 +1211,7 @@ static void test_status_procs(void **st)
 	want_in(&r, r.out, "reaper       none running");
 	want_in(&r, r.out, "2 being written");
 	want_in(&r, r.out, "scheduler    disabled, source noop");
+	want_in(&r, r.out, th_have_pidfs() ? "identity     pidfs inode" : "identity     slot lock (no pidfs");
 	run_free(&r);
 	/* shmctl did not sweep: the dead worker is still there. */
 	procs_of(p.h, &in);
@@ -1724,6 +1746,31 @@ static void check_violation(const struct pop *p, const char *needle)
 	jv *o = json_of(&r, 3);
 	assert_false(jbool(o, "ok"));
 	want_in(&r, jstr(o, "violation"), needle);
+	assert_true(jnull(o, "owner_gone"));
+	jfree(o);
+	run_free(&r);
+}
+
+/* A slot whose owner is gone, and nothing else wrong: said apart from a
+ * violation (exit 5, "owner_gone"), by shmctl and by kvshm_check. */
+static void check_gone(const struct pop *p, const char *needle)
+{
+	TH_FAILS(kvshm_check(p->h, 0), KVSHM_EUNRECLAIMED);
+	if (!strstr(kvshm_last_error(), needle))
+		print_error("kvshm_check: '%s' does not say '%s'\n", kvshm_last_error(), needle);
+	assert_non_null(strstr(kvshm_last_error(), needle));
+	struct run r = SHMCTL("-n", p->name, "check");
+	want_code(&r, 5);
+	want_in(&r, r.out, "NOT RECLAIMED: ");
+	want_in(&r, r.out, needle);
+	want_in(&r, r.out, "every other invariant holds");
+	want_not_in(&r, r.out, "VIOLATION");
+	run_free(&r);
+	r = SHMCTL("-n", p->name, "check", "--quick", "--json");
+	jv *o = json_of(&r, 5);
+	assert_false(jbool(o, "ok"));
+	assert_true(jnull(o, "violation"));
+	want_in(&r, jstr(o, "owner_gone"), needle);
 	jfree(o);
 	run_free(&r);
 }
@@ -1735,7 +1782,21 @@ static void check_healthy(const struct pop *p)
 	jv *o = JSON(0, "-n", p->name, "--json", "check");
 	assert_true(jbool(o, "ok"));
 	assert_true(jnull(o, "violation"));
+	assert_true(jnull(o, "owner_gone"));
 	jfree(o);
+}
+
+/* The slot of pid (asserts there is one). */
+static uint32_t slot_of_pid(kvshm *h, uint32_t pid)
+{
+	struct procs in;
+	procs_of(h, &in);
+	for (int i = 0; i < in.n; i++)
+		if (in.p[i].pid == pid)
+			return in.p[i].slot;
+	print_error("pid %u has no slot\n", pid);
+	fail();
+	return UINT32_MAX;
 }
 
 static void test_check(void **st)
@@ -1746,9 +1807,21 @@ static void test_check(void **st)
 	uint32_t s, idx;
 	populate(&p, "check");
 	kvshm *h = p.h;
-	/* The killed worker is still attached: a violation until reclaimed. */
-	snprintf(needle, sizeof(needle), "process %u is dead but still attached", p.killed);
+	/* The killed worker is still attached: not damage, but not reclaimed
+	 * either, until a sweep. */
+	snprintf(needle, sizeof(needle), "slot %u: owner pid %u is gone (not reclaimed)", slot_of_pid(h, p.killed),
+		 p.killed);
+	check_gone(&p, needle);
+	/* A violation besides it: the violation is what check reports. */
+	entry_of(h, 5, &s, &idx);
+	TH_OK(kvshm__shard_lock(h, s));
+	h->shards[s].tier_bytes[KVSHM_TIER_RAM] += 4096;
+	kvshm__shard_unlock(h, s);
+	snprintf(needle, sizeof(needle), "shard %u tier 0: ", s);
 	check_violation(&p, needle);
+	TH_OK(kvshm__shard_lock(h, s));
+	h->shards[s].tier_bytes[KVSHM_TIER_RAM] -= 4096;
+	kvshm__shard_unlock(h, s);
 	heal(&p);
 	check_healthy(&p);
 
@@ -1901,12 +1974,13 @@ static void test_evict_delete_gc(void **st)
 	a = th_stats_of(h);
 	o = JSON(0, "-n", p.name, "--json", "gc");
 	b = th_stats_of(h);
+	assert_int_equal(ju64(o, "reclaimed"), 0);
 	assert_int_equal(ju64(o, "expired"), 0);
 	assert_int_equal(ju64(o, "freed"), 0);
 	assert_int_equal(ju64(o, "entries"), 0);
 	jfree(o);
 	assert_memory_equal(a.counters, b.counters, sizeof(a.counters));
-	EXPECT(0, "expired 0 reservations; evicted 0 entries", "-n", p.name, "gc");
+	EXPECT(0, "reclaimed 0 dead processes; expired 0 reservations; evicted 0 entries", "-n", p.name, "gc");
 	EXPECT(1, "takes no arguments", "-n", p.name, "gc", "now");
 	depopulate(&p);
 
@@ -1930,9 +2004,14 @@ static void test_evict_delete_gc(void **st)
 	assert_string_equal(jstr(jat(o, 0), "state"), "expired");
 	jfree(o);
 	th_check_ok(h2);
+	/* gc reclaims a dead writer (shmctl attaches without sweeping). */
 	assert_int_equal(kill(w, SIGKILL), 0);
 	assert_int_equal(th_reap(w), 128 + SIGKILL);
-	assert_int_equal(kvshm_sweep(h2), 1);
+	TH_FAILS(kvshm_check(h2, 0), KVSHM_EUNRECLAIMED);
+	o = JSON(0, "-n", name, "--json", "gc");
+	assert_int_equal(ju64(o, "reclaimed"), 1);
+	jfree(o);
+	assert_int_equal(th_stats_of(h2).procs_live, 1);
 	th_check_ok(h2);
 	o = JSON(0, "-n", name, "--json", "ls");
 	assert_int_equal(o->n, 0);

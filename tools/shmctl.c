@@ -18,7 +18,7 @@
 #include "tools/util.h"
 
 /* Exit codes (documented in shmctl(1)). */
-enum { EX_OK = 0, EX_USAGE = 1, EX_NOCACHE = 2, EX_CHECK = 3, EX_FAIL = 4 };
+enum { EX_OK = 0, EX_USAGE = 1, EX_NOCACHE = 2, EX_CHECK = 3, EX_FAIL = 4, EX_GONE = 5 };
 
 static const char *cache_name;
 static const char *shm_dir;
@@ -43,13 +43,15 @@ static void usage(FILE *f)
 		"                           a live view: rates of hits, saves, evictions, reclaims\n"
 		"\n"
 		"Checking:\n"
-		"  check [--quick]          every invariant of the segment and its files; exit 3 on a violation\n"
+		"  check [--quick]          every invariant of the segment and its files; exit 3 on a violation,\n"
+		"                           5 when only dead processes are left to reclaim\n"
 		"  fsck DIR [--repair]      offline: every file and the TDB index of a file-tier directory\n"
 		"  reconcile [--tier T]     make a file tier's files, index and entries agree now\n"
 		"\n"
 		"Changing:\n"
 		"  evict BYTES [--tiers LIST]  evict at least BYTES, lowest hit score first\n"
-		"  gc                       bring every tier under its quota, expire stale reservations\n"
+		"  gc                       reclaim dead processes, expire stale reservations, bring every\n"
+		"                           tier under its quota\n"
 		"  delete [--tier T] [--model HEX] [--min-size BYTES] [--min-idle S] --yes\n"
 		"                           delete the unpinned entries matching every filter given\n"
 		"  scheduler status|enable|disable|force|set HIGH LOW\n"
@@ -63,7 +65,8 @@ static void usage(FILE *f)
 		"  -h, --help               this help; -V, --version\n"
 		"\n"
 		"Exit status: 0 success, 1 usage error, 2 the cache cannot be opened, 3 a check\n"
-		"found problems, 4 the operation failed. See shmctl(1).\n");
+		"found problems, 4 the operation failed, 5 a check found only processes that\n"
+		"died and are not reclaimed yet. See shmctl(1).\n");
 }
 
 /* ---- JSON output ------------------------------------------------------------------ */
@@ -170,13 +173,37 @@ static void tiers_text(unsigned mask, char *buf, size_t len)
 
 /* ---- status ------------------------------------------------------------------------ */
 
+/* Slots in use per identity kind (KVSHM_IDENTITY_PIDFS, _LOCK). */
+struct idcount {
+	uint32_t pidfs, lock;
+};
+
+static int count_identity(const kvshm_proc_info *p, void *ctx)
+{
+	struct idcount *c = ctx;
+	if (p->identity == KVSHM_IDENTITY_PIDFS)
+		c->pidfs++;
+	else if (p->identity == KVSHM_IDENTITY_LOCK)
+		c->lock++;
+	return 0;
+}
+
+/* "pidfs", "lock" or "mixed": what the attached processes' slots use
+ * (this shmctl's own among them, so never none). */
+static const char *identity_word(const struct idcount *c)
+{
+	return c->lock == 0 ? "pidfs" : c->pidfs == 0 ? "lock" : "mixed";
+}
+
 static int cmd_status(kvshm *h)
 {
+	struct idcount ids = {0, 0};
 	kvshm_stats st;
 	kvshm_sched_status ss;
 	kvshm_config c;
 	char a[16], b[16], d[16];
-	if (kvshm_stats_get(h, &st) < 0 || kvshm_sched_get(h, &ss) < 0 || kvshm_get_config(h, &c) < 0)
+	if (kvshm_stats_get(h, &st) < 0 || kvshm_sched_get(h, &ss) < 0 || kvshm_get_config(h, &c) < 0 ||
+	    kvshm_procs(h, count_identity, &ids) < 0)
 		return fail("status");
 	uint32_t reaper = kvshm_reaper_pid(h);
 	uint64_t entries = st.tier_entries[0] + st.tier_entries[1] + st.tier_entries[2];
@@ -201,9 +228,10 @@ static int cmd_status(kvshm *h)
 			printf("}");
 		}
 		printf("],\"procs_live\":%u,\"procs_max\":%u,\"writer_slots_used\":%u,\"writer_slots_max\":%u"
+		       ",\"identity\":\"%s\",\"identity_pidfs\":%u,\"identity_lock\":%u"
 		       ",\"reaper_pid\":%u,\"reaper_alive\":%s,\"lock_repairs\":%" PRIu64,
-		       st.procs_live, st.procs_max, st.writer_slots_used, st.writer_slots_max, reaper,
-		       reaper ? "true" : "false", st.lock_repairs);
+		       st.procs_live, st.procs_max, st.writer_slots_used, st.writer_slots_max, identity_word(&ids),
+		       ids.pidfs, ids.lock, reaper, reaper ? "true" : "false", st.lock_repairs);
 		char tiers[64];
 		tiers_text(ss.config.tiers, tiers, sizeof(tiers));
 		printf(",\"scheduler\":{\"enabled\":%s,\"source\":\"%s\",\"high\":%.4f,\"low\":%.4f,\"interval_ms\":%u"
@@ -236,6 +264,12 @@ static int cmd_status(kvshm *h)
 	}
 	printf("  processes    %u attached (with this shmctl) of %u slots; writer slots %u/%u in use\n",
 	       st.procs_live, st.procs_max, st.writer_slots_used, st.writer_slots_max);
+	if (ids.lock == 0)
+		printf("  identity     pidfs inode (a reused pid is never taken for a process that attached)\n");
+	else if (ids.pidfs == 0)
+		printf("  identity     slot lock (no pidfs: each process holds a lock on its slot's byte of the segment)\n");
+	else
+		printf("  identity     mixed: %u by pidfs inode, %u by slot lock (no pidfs)\n", ids.pidfs, ids.lock);
 	if (reaper)
 		printf("  reaper       pid %u, alive\n", reaper);
 	else
@@ -263,22 +297,29 @@ static int cmd_status(kvshm *h)
 
 /* ---- procs ---------------------------------------------------------------------------- */
 
+static const char *identity_of(const kvshm_proc_info *p)
+{
+	return p->identity == KVSHM_IDENTITY_PIDFS ? "pidfs" : p->identity == KVSHM_IDENTITY_LOCK ? "lock" : "?";
+}
+
 static int proc_row(const kvshm_proc_info *p, void *ctx)
 {
 	int *n = ctx;
 	if (json) {
 		printf("%s{\"slot\":%u,\"pid\":%u,\"start_time\":%" PRIu64 ",\"attach_ns\":%" PRIu64
+		       ",\"identity\":\"%s\",\"pidfs_ino\":%" PRIu64
 		       ",\"state\":\"%s\",\"alive\":%s,\"reaper\":%s,\"pins\":%u,\"writer_units\":%u,\"reservations\":%u"
 		       ",\"allocs\":%u}",
-		       (*n)++ ? "," : "", p->slot, p->pid, p->start_time, p->attach_ns, p->state == 1 ? "live" : "dead",
-		       p->alive ? "true" : "false", p->reaper ? "true" : "false", p->pins, p->writer_units,
-		       p->reservations, p->allocs);
+		       (*n)++ ? "," : "", p->slot, p->pid, p->start_time, p->attach_ns, identity_of(p), p->pidfs_ino,
+		       p->state == 1 ? "live" : "dead", p->alive ? "true" : "false", p->reaper ? "true" : "false", p->pins,
+		       p->writer_units, p->reservations, p->allocs);
 		return 0;
 	}
 	(*n)++;
-	printf("%5u %8u %12" PRIu64 " %-6s %-5s %5u %7u %8u %6u%s\n", p->slot, p->pid, p->start_time,
-	       p->state == 1 ? "live" : "dead", p->alive ? "yes" : "NO", p->pins, p->writer_units, p->reservations,
-	       p->allocs, p->reaper ? "  (reaper)" : p->pid == (uint32_t)getpid() ? "  (this shmctl)" : "");
+	printf("%5u %8u %12" PRIu64 " %-5s %-6s %-5s %5u %7u %8u %6u%s\n", p->slot, p->pid, p->start_time,
+	       identity_of(p), p->state == 1 ? "live" : "dead", p->alive ? "yes" : "NO", p->pins, p->writer_units,
+	       p->reservations, p->allocs,
+	       p->reaper ? "  (reaper)" : p->pid == (uint32_t)getpid() ? "  (this shmctl)" : "");
 	return 0;
 }
 
@@ -288,8 +329,8 @@ static int cmd_procs(kvshm *h)
 	if (json)
 		printf("[");
 	else
-		printf("%5s %8s %12s %-6s %-5s %5s %7s %8s %6s\n", "slot", "pid", "start", "state", "alive", "pins",
-		       "writers", "reserved", "allocs");
+		printf("%5s %8s %12s %-5s %-6s %-5s %5s %7s %8s %6s\n", "slot", "pid", "start", "ident", "state", "alive",
+		       "pins", "writers", "reserved", "allocs");
 	if (kvshm_procs(h, proc_row, &n) < 0)
 		return fail("procs");
 	if (json)
@@ -612,19 +653,30 @@ static int cmd_check(kvshm *h, int argc, char **argv)
 		}
 	}
 	int err = kvshm_check(h, flags);
+	/* A dead process not yet reclaimed is work left for a sweep, not
+	 * damage: said apart from a violation, with its own exit code. */
+	bool gone = err == KVSHM_EUNRECLAIMED;
 	if (json) {
 		printf("{\"ok\":%s,\"violation\":", err == 0 ? "true" : "false");
-		if (err)
+		if (err && !gone)
+			jstr(kvshm_last_error());
+		else
+			printf("null");
+		printf(",\"owner_gone\":");
+		if (gone)
 			jstr(kvshm_last_error());
 		else
 			printf("null");
 		printf("}\n");
 	} else if (err == 0) {
 		printf("cache %s: every invariant holds%s\n", cache_name, flags ? " (checksums skipped)" : "");
+	} else if (gone) {
+		printf("cache %s: NOT RECLAIMED: %s; every other invariant holds%s (shmctl gc, or kvshm-reaper, reclaims it)\n",
+		       cache_name, kvshm_last_error(), flags ? " (checksums skipped)" : "");
 	} else {
 		printf("cache %s: VIOLATION: %s\n", cache_name, kvshm_last_error());
 	}
-	return err == 0 ? EX_OK : err == KVSHM_ECHECK ? EX_CHECK : EX_FAIL;
+	return err == 0 ? EX_OK : gone ? EX_GONE : err == KVSHM_ECHECK ? EX_CHECK : EX_FAIL;
 }
 
 static int cmd_fsck(int argc, char **argv)
@@ -755,13 +807,17 @@ static int cmd_gc(kvshm *h)
 {
 	uint64_t freed = 0, count = 0, expired = 0;
 	char a[16];
-	if (kvshm_prune(h, 0, &expired, NULL) < 0 || kvshm_gc(h, &freed, &count) < 0)
+	/* shmctl attaches without the attach sweep (so that check and procs
+	 * show what is there): gc is where it reclaims dead processes. */
+	int reclaimed = kvshm_sweep(h);
+	if (reclaimed < 0 || kvshm_prune(h, 0, &expired, NULL) < 0 || kvshm_gc(h, &freed, &count) < 0)
 		return fail("gc");
 	if (json)
-		printf("{\"expired\":%" PRIu64 ",\"freed\":%" PRIu64 ",\"entries\":%" PRIu64 "}\n", expired, freed, count);
+		printf("{\"reclaimed\":%d,\"expired\":%" PRIu64 ",\"freed\":%" PRIu64 ",\"entries\":%" PRIu64 "}\n",
+		       reclaimed, expired, freed, count);
 	else
-		printf("expired %" PRIu64 " reservations; evicted %" PRIu64 " entries, %s\n", expired, count,
-		       tu_human(a, sizeof(a), freed));
+		printf("reclaimed %d dead processes; expired %" PRIu64 " reservations; evicted %" PRIu64 " entries, %s\n",
+		       reclaimed, expired, count, tu_human(a, sizeof(a), freed));
 	return EX_OK;
 }
 

@@ -58,7 +58,7 @@ __all__ = [
     "KvshmError", "NotFound", "Exists", "InProgress", "BadMagic", "LayoutMismatch",
     "Truncated", "Foreign", "Corrupt", "ProcFull", "NoSpace", "TooBig", "Expired",
     "Closed", "ModelMismatch", "Busy", "Initialising", "ConfigError", "PinFull",
-    "CheckFailed", "BadFile", "TdbError", "ReaperRunning",
+    "CheckFailed", "Unreclaimed", "BadFile", "TdbError", "ReaperRunning",
     "TIERS", "REASONS", "COUNTER_NAMES", "default_config", "validate_config",
     "fsck", "pressure_sample", "strerror", "err_name", "last_error", "check_layout",
     "lib", "library_path",
@@ -107,7 +107,7 @@ _ERRNO_MAP = [
     ("PROCFULL", -30009), ("NOSPACE", -30010), ("TOOBIG", -30011), ("EXPIRED", -30012),
     ("CLOSED", -30013), ("MODEL", -30014), ("BUSY", -30015), ("INIT", -30016),
     ("CONFIG", -30017), ("PINFULL", -30018), ("CHECK", -30019), ("BADFILE", -30020),
-    ("TDB", -30021), ("REAPER", -30022),
+    ("TDB", -30021), ("REAPER", -30022), ("UNRECLAIMED", -30023),
 ]
 for _n, _v in _ERRNO_MAP:
     globals()["KVSHM_E" + _n] = _v
@@ -123,6 +123,7 @@ KVSHM_HIT_EXACT, KVSHM_HIT_PREFIX, KVSHM_HIT_PARTIAL = 1, 2, 3
 KVSHM_LOOKUP_WAIT, KVSHM_LOOKUP_PARTIAL = 1, 2
 KVSHM_STATE_RESERVED, KVSHM_STATE_READY, KVSHM_STATE_EXPIRED = 1, 2, 3
 KVSHM_CHECK_QUICK = 1
+KVSHM_IDENTITY_PIDFS, KVSHM_IDENTITY_LOCK = 1, 2
 KVSHM_PRESSURE_NOOP, KVSHM_PRESSURE_SYSTEM, KVSHM_PRESSURE_CGROUP = 0, 1, 2
 KVSHM_PRESSURE_NVIDIA, KVSHM_PRESSURE_COMMAND = 3, 4
 KVSHM_SCHED_COMMAND_MAX = 256
@@ -346,6 +347,8 @@ class kvshm_proc_info(ctypes.Structure):
         ("writer_units", c_u32),
         ("reservations", c_u32),
         ("allocs", c_u32),
+        ("identity", c_int),
+        ("pidfs_ino", c_u64),
     ]
 
 
@@ -517,9 +520,9 @@ _LP64_LAYOUT = {
     kvshm_reconcile_report: (64, {"files": 0, "adopted": 8, "rows_added": 16, "invalid_removed": 24,
                                   "temps_removed": 32, "rows_dropped": 40, "entries_dropped": 48,
                                   "repacked": 56}),
-    kvshm_proc_info: (56, {"slot": 0, "pid": 4, "start_time": 8, "attach_ns": 16, "state": 24,
+    kvshm_proc_info: (64, {"slot": 0, "pid": 4, "start_time": 8, "attach_ns": 16, "state": 24,
                            "alive": 28, "reaper": 32, "pins": 36, "writer_units": 40,
-                           "reservations": 44, "allocs": 48}),
+                           "reservations": 44, "allocs": 48, "identity": 52, "pidfs_ino": 56}),
     kvshm_fsck_report: (344, {"files": 0, "valid": 8, "invalid": 16, "temps": 24, "rows": 32,
                               "rows_without_file": 40, "files_without_row": 48, "removed": 56,
                               "adopted": 64, "rows_dropped": 72, "index_damaged": 80,
@@ -680,6 +683,12 @@ class CheckFailed(KvshmError):
     pass
 
 
+class Unreclaimed(CheckFailed):
+    """KVSHM_EUNRECLAIMED: the check found nothing wrong but a dead process
+    whose slot is not reclaimed yet (sweep() clears it). A CheckFailed, so
+    code that catches that still does."""
+
+
 class BadFile(KvshmError):
     pass
 
@@ -698,7 +707,7 @@ _ERROR_CLASSES = {
     -30009: ProcFull, -30010: NoSpace, -30011: TooBig, -30012: Expired, -30013: Closed,
     -30014: ModelMismatch, -30015: Busy, -30016: Initialising, -30017: ConfigError,
     -30018: PinFull, -30019: CheckFailed, -30020: BadFile, -30021: TdbError,
-    -30022: ReaperRunning,
+    -30022: ReaperRunning, -30023: Unreclaimed,
 }
 
 
@@ -1715,7 +1724,9 @@ class Cache:
         return d
 
     def check(self, quick=False):
-        """Run the consistency checker; CheckFailed with the first violation."""
+        """Run the consistency checker; CheckFailed with the first violation,
+        or its subclass Unreclaimed when the only finding is a dead process
+        not reclaimed yet."""
         self._call(lib.kvshm_check, KVSHM_CHECK_QUICK if quick else 0)
 
     # ---- administration --------------------------------------------------

@@ -597,6 +597,8 @@ class TestStatsCheckEvict(CacheTest):
         procs = c.procs()
         self.assertEqual([p["pid"] for p in procs], [os.getpid()])
         self.assertTrue(procs[0]["alive"])
+        self.assertIn(procs[0]["identity"], (kvshm.KVSHM_IDENTITY_PIDFS, kvshm.KVSHM_IDENTITY_LOCK))
+        self.assertEqual(procs[0]["pidfs_ino"] != 0, procs[0]["identity"] == kvshm.KVSHM_IDENTITY_PIDFS)
 
 
 # ---------------------------------------------------------------------------
@@ -982,6 +984,12 @@ class TestPrefork(CacheTest):
         p.start()
         p.join(30)
         self.assertEqual(p.exitcode, 3)
+        # Found dead, not reclaimed yet: said apart from a violation.
+        with self.assertRaises(kvshm.Unreclaimed) as cm:
+            self.cache.check()
+        self.assertIsInstance(cm.exception, kvshm.CheckFailed)
+        self.assertEqual(cm.exception.name, "KVSHM_EUNRECLAIMED")
+        self.assertIn("is gone (not reclaimed)", cm.exception.message)
         self.assertEqual(self.cache.sweep(), 1)
         st = self.cache.stats()
         self.assertEqual((st["reclaims"], st["reclaimed_pins"], st["reclaimed_reservations"]), (1, 1, 1))

@@ -27,6 +27,11 @@
  *   save is logged and, for the disk tier, must still be there at every
  *   checkpoint (workers parked) and at the end.
  *
+ * Both process identities are under fire: the scenario's second handle and
+ * every odd-numbered random worker claim their slots by the slot lock
+ * (KVSHM_TEST_IDENTITY=lock), the rest by the kernel's identity (the pidfs
+ * inode where the kernel has pidfs).
+ *
  * Every value is derived from its key (model and tokens), so any reader
  * can tell a wrong or torn blob. Counters and the acknowledgement log live
  * in a MAP_SHARED anonymous mapping that survives every worker's death.
@@ -1301,6 +1306,15 @@ static int scratch_part(struct sctx *c)
 	return 0;
 }
 
+/* kvshm_open whose slot names its owner by the slot lock. */
+static int open_by_slot_lock(const char *name, kvshm **h)
+{
+	setenv("KVSHM_TEST_IDENTITY", "lock", 1);
+	int r = kvshm_open(name, NULL, 0, h);
+	unsetenv("KVSHM_TEST_IDENTITY");
+	return r;
+}
+
 static int scenario(kvshm *h, struct sctx *c)
 {
 	kvshm *h2;
@@ -1317,7 +1331,9 @@ static int scenario(kvshm *h, struct sctx *c)
 	int r = scratch_part(c);
 	if (r)
 		return r;
-	SCALL(kvshm_open(G.name, NULL, 0, &h2));
+	/* The second handle names its owner by the slot lock (the fallback
+	 * identity), the first by the kernel's. */
+	SCALL(open_by_slot_lock(G.name, &h2));
 
 	/* Saves to every tier, by put and by reserve → publish; a duplicate. */
 	SSAVE(publish_key(h, &sk[C1], RAM, false), &sk[C1], RAM, KVSHM_ENOSPACE);
@@ -2039,6 +2055,11 @@ static int spawn_worker(int slot, uint64_t *rs)
 	}
 	if (pid == 0) {
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		/* Odd workers' slots: the slot-lock identity (claimed on first use). */
+		if (slot & 1)
+			setenv("KVSHM_TEST_IDENTITY", "lock", 1);
+		else
+			unsetenv("KVSHM_TEST_IDENTITY");
 		_exit(rworker(G.h, slot, who, seed));
 	}
 	W[slot].pid = pid;
