@@ -143,7 +143,7 @@ CRASH_RUN = KVSHM_BIN_DIR=$(CURDIR)/$(B)/tst/bin $(B)/tst/crash/kvshm-crash --po
 # After the cmocka tests, a short crash-injection run: every crash point
 # (the most frequent ones at a stride) and a few hundred random kills.
 test:
-	@sh scripts/deps.sh build
+	@sh scripts/deps.sh build python metrics
 	@$(MAKE) --no-print-directory all $(TESTS:%=$(B)/tst/tests/%) $(TOOLS:%=$(B)/tst/bin/%) $(B)/crashpoints.list \
 	  $(B)/tst/crash/kvshm-crash
 	@sh tests/run.sh $(B)/tst $(TESTS)
@@ -156,15 +156,31 @@ test:
 # every hit, then random kills until 25,000 kills in all. CRASH_ARGS adds
 # options (e.g. CRASH_ARGS="--seed 1234" to repeat a run).
 crashtest:
-	@sh scripts/deps.sh build
+	@sh scripts/deps.sh build python metrics
 	@$(MAKE) --no-print-directory $(B)/libkvshm-tst.a $(TOOLS:%=$(B)/tst/bin/%) $(B)/tst/crash/kvshm-crash \
 	  $(B)/crashpoints.list
 	@$(CRASH_RUN) --mode both --kills 25000 --seconds 3600 $(CRASH_ARGS)
 
-# The Python binding (bindings/python, ctypes) against the shared library.
-.PHONY: test-python
-test-python: all
-	KVSHM_LIB=$(CURDIR)/$(B)/libkvshm.so python3 -m unittest discover -s bindings/python -v
+# ---- the Python package (bindings/python: a C extension over libkvshm) -----------
+# Installed with pip into a venv of Debian's python3 (/usr/bin/python3: the
+# interpreter python3-dev, python3-pytest, setuptools and wheel serve; a
+# python3 earlier on PATH, e.g. pyenv's, may have none of them), offline:
+# no build isolation, nothing from an index. Built against this tree's
+# header and library (-Werror: the extension compiles without a warning).
+# test-python runs pytest from outside the tree, so `import kvshm` is the
+# installed package: the binding's tests and tests/python (the reaper's
+# /metrics, the tools' --help).
+PYTHON       ?= /usr/bin/python3
+PYVENV       := $(B)/pyvenv
+.PHONY: python test-python
+python: all
+	@test -x $(PYVENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(PYVENV)
+	KVSHM_INCLUDE_DIR=$(CURDIR)/include KVSHM_LIB_DIR=$(CURDIR)/$(B) CFLAGS="$(CFLAGS) -Werror" \
+	  $(PYVENV)/bin/pip install -q --no-build-isolation --no-index --no-deps --force-reinstall ./bindings/python
+test-python: python $(TOOLS:%=$(B)/tst/bin/%)
+	cd $(B) && KVSHM_HEADER=$(CURDIR)/include/kvshm.h KVSHM_BIN_DIR=$(CURDIR)/$(B)/tst/bin \
+	  $(CURDIR)/$(PYVENV)/bin/python -m pytest -q -p no:cacheprovider $(CURDIR)/bindings/python/tests \
+	  $(wildcard $(CURDIR)/tests/python)
 
 # The README's first command: a pre-forked worker pool on a fresh cache.
 demo:

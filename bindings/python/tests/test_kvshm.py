@@ -1,12 +1,12 @@
-"""Tests of the kvshm Python binding.
+"""Tests of the kvshm Python binding (pytest; unittest-style classes).
 
-Run from the repository root:
-    make && KVSHM_LIB=$PWD/build/libkvshm.so python3 -m unittest discover -s bindings/python -v
-Every test creates its own caches (unique names, 16 MiB lazy segments) and
-destroys them.
+Run from the repository root with `make test-python` (installs the package
+into build/pyvenv and runs pytest there). Every test creates its own caches
+(unique names, 16 MiB lazy segments) and destroys them.
 """
 
 import ctypes
+import errno
 import gc
 import itertools
 import multiprocessing
@@ -19,8 +19,7 @@ import time
 import unittest
 from array import array
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import kvshm  # noqa: E402
+import kvshm
 
 MIB = 1 << 20
 _seq = itertools.count()
@@ -62,22 +61,80 @@ class CacheTest(unittest.TestCase):
 # ---------------------------------------------------------------------------
 
 class TestLayout(unittest.TestCase):
-    def test_struct_sizes_match_header(self):
-        self.assertEqual(kvshm.check_layout(), [])
-        if ctypes.sizeof(ctypes.c_void_p) == 8:
-            self.assertEqual(ctypes.sizeof(kvshm.kvshm_config), 144)
-            self.assertEqual(ctypes.sizeof(kvshm.kvshm_model), 65)
-            self.assertEqual(ctypes.sizeof(kvshm.kvshm_pin), 64)
-            self.assertEqual(ctypes.sizeof(kvshm.kvshm_reservation), 48)
-            self.assertEqual(ctypes.sizeof(kvshm.kvshm_save_opts), 8)
-            self.assertEqual(ctypes.sizeof(kvshm.kvshm_stats), 456)
-            self.assertEqual(ctypes.sizeof(kvshm.kvshm_entry_info), 160)
-            self.assertEqual(ctypes.sizeof(kvshm.kvshm_policy), 24)
+    """The tables the extension was generated with match the header."""
+    HEADER = os.environ.get("KVSHM_HEADER") or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "include", "kvshm.h")
+
+    def header(self):
+        if not os.path.exists(self.HEADER):
+            self.skipTest("no kvshm.h at %s" % self.HEADER)
+        with open(self.HEADER) as f:
+            return f.read()
+
+    def test_every_header_constant_is_exported(self):
+        import re
+        text = self.header()
+        defined = set(re.findall(r"^#define (KVSHM_[A-Z0-9_]+) +[(0-9-]", text, re.M))
+        enumerated = set(re.findall(r"^\s+(KVSHM_[A-Z0-9_]+) = ", text, re.M))
+        self.assertTrue(defined and enumerated)
+        for name in defined | enumerated:
+            self.assertIn(name, kvshm.CONSTANTS, name)
+            self.assertEqual(getattr(kvshm, name), kvshm.CONSTANTS[name])
+        self.assertEqual(kvshm.KVSHM_LOOKUP_WAIT, 1)
+        self.assertEqual(kvshm.KVSHM_MAX_TOKENS, 1 << 24)
+        self.assertEqual(kvshm.KVSHM_TIER_DISK, 2)
+        self.assertEqual(kvshm.VERSION, kvshm.KVSHM_VERSION_STRING)
+        # Names derived from the constants.
+        self.assertEqual(kvshm.TIERS, ("ram", "ram_file", "disk"))
+        self.assertEqual(kvshm.REASONS[:3], ("cold", "continued", "finish"))
+        self.assertEqual(kvshm.PRESSURE_SOURCES[4], "command")
+
+    def test_errors_from_the_header(self):
+        import re
+        rows = re.findall(r"XX\((\w+), (-\d+), \"([^\"]*)\"\)", self.header())
+        self.assertGreaterEqual(len(rows), 22)
+        for name, code, msg in rows:
+            self.assertEqual(getattr(kvshm, "KVSHM_E" + name), int(code))
+            cls = kvshm.ERROR_CLASSES["KVSHM_E" + name]
+            self.assertTrue(issubclass(cls, kvshm.KvshmError))
+            self.assertEqual(kvshm.strerror(int(code)), msg)
+        self.assertIs(kvshm.ERROR_CLASSES["KVSHM_ENOTFOUND"], kvshm.NotFound)
+
+    def test_struct_fields_match_header(self):
+        import re
+        text = self.header()
+        for m in re.finditer(r"typedef struct (\w+) \{(.*?)\} \1;", text, re.S):
+            name, body = m.groups()
+            body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+            want = re.findall(r"(\w+)(?:\[[^\]]*\])?\s*[;,]", re.sub(r"\(\*(\w+)\)\(.*?\)", r"\1", body))
+            got = [f[0] for f in kvshm.fields(name)]
+            self.assertEqual(got, want, name)
+            offs = [f[1] for f in kvshm.fields(name)]
+            self.assertEqual(offs, sorted(offs), name)
+            last = kvshm.fields(name)[-1]
+            self.assertLessEqual(last[1] + last[2] * last[3], kvshm.sizeof(name), name)
+        self.assertEqual(kvshm.sizeof("kvshm_model"), 65)
+        self.assertEqual([f[5] for f in kvshm.fields("kvshm_model")], ["uint", "uint", "uint"])
+        self.assertEqual(kvshm.fields("kvshm_config")[0][:4], ("segment_bytes", 0, 8, 1))
+        with self.assertRaises(KeyError):
+            kvshm.fields("no_such_struct")
 
     def test_counter_names_match_library(self):
-        for i, name in enumerate(kvshm.COUNTER_NAMES):
-            self.assertEqual(kvshm.lib.kvshm_counter_name(i).decode(), name)
-        self.assertEqual(kvshm.lib.kvshm_counter_name(len(kvshm.COUNTER_NAMES)), b"unknown")
+        import re
+        names = re.findall(r"^\s+XX\((\w+), \"", self.header(), re.M)
+        self.assertEqual(list(kvshm.COUNTER_NAMES), names)
+        self.assertEqual(kvshm.COUNTER_HELP["misses"], "lookups with no stored prefix")
+        st = kvshm.Cache.open(unique_name("ctr"), create=True, segment_bytes=16 * MIB, lazy=1)
+        try:
+            self.assertEqual([k for k in st.stats() if k in kvshm.COUNTER_HELP], names)
+        finally:
+            st.close()
+            kvshm.Cache.destroy(st.name, force=True)
+
+    def test_library_path(self):
+        path = kvshm.library_path()
+        self.assertTrue(path and os.path.exists(path), path)
+        self.assertIn("libkvshm.so", path)
 
     def test_defaults(self):
         d = kvshm.default_config()
@@ -225,8 +282,8 @@ class TestPutGet(CacheTest):
         p1 = c.lookup(m, range(300))
         p2 = c.get(m, range(300))
         # Both views are the entry's bytes in the segment: same address.
-        self.assertEqual(p1._lease.c.data, p2._lease.c.data)
-        self.assertEqual(ctypes.addressof(p1._lease.arr), p1._lease.c.data)
+        self.assertEqual(p1.address, p2.address)
+        self.assertIsInstance(p1.address, int)
         buf = p1.buffer
         self.assertIsInstance(buf, memoryview)
         self.assertTrue(buf.readonly)
@@ -578,9 +635,7 @@ class TestPolicy(unittest.TestCase):
             (p.min_tokens, p.cold_min_tokens, p.cold_max_tokens, p.continued_interval,
              p.boundary_trim_tokens, p.boundary_align_tokens),
             (512, 512, 30000, 2048, 32, 2048))
-        c = kvshm.kvshm_policy()
-        kvshm.lib.kvshm_policy_init(ctypes.byref(c))
-        self.assertEqual(p.to_dict(), {k: getattr(c, k) for k in kvshm.Policy.FIELDS})
+        self.assertEqual(tuple(p.to_dict()), kvshm.Policy.FIELDS)
         self.assertIs(p.validate(), p)
 
     def test_cold(self):
@@ -665,6 +720,34 @@ class TestErrors(CacheTest):
         with self.assertRaises(kvshm.KvshmError) as cm:
             kvshm.Cache.destroy(self.name)  # we are attached
         self.assertEqual(cm.exception.name, "EBUSY")
+
+    def test_oserror_mapping(self):
+        """-errno codes are the standard OSError subclasses; library codes
+        their own classes; all are KvshmError, an OSError."""
+        with self.assertRaises(FileNotFoundError) as cm:
+            kvshm.Cache.open(unique_name("absent"))
+        e = cm.exception
+        self.assertIsInstance(e, kvshm.KvshmError)
+        self.assertEqual((e.errno, e.code, e.name), (errno.ENOENT, -errno.ENOENT, "ENOENT"))
+        self.assertEqual(e.strerror, os.strerror(errno.ENOENT))
+        with self.assertRaises(FileExistsError) as cm:
+            kvshm.Cache.open(self.name, create=True, exclusive=True)
+        self.assertEqual(cm.exception.errno, errno.EEXIST)
+        with self.assertRaises(OSError) as cm:
+            kvshm.Cache.destroy(self.name)  # attached: EBUSY has no subclass of its own
+        self.assertIs(type(cm.exception), kvshm.KvshmError)
+        self.assertEqual(cm.exception.errno, errno.EBUSY)
+        with self.assertRaises(kvshm.TooBig) as cm:
+            self.cache.put(self.m, [1], bytes(32 * MIB))
+        self.assertIsInstance(cm.exception, OSError)
+        self.assertIsNone(cm.exception.errno)
+        self.assertEqual(cm.exception.strerror, kvshm.strerror(kvshm.KVSHM_ETOOBIG))
+        # Errors cross process boundaries (multiprocessing pickles them).
+        e2 = pickle.loads(pickle.dumps(e))
+        self.assertIsInstance(e2, FileNotFoundError)
+        self.assertEqual((e2.code, e2.message), (e.code, e.message))
+        self.assertTrue(issubclass(kvshm.NotFound, kvshm.KvshmError))
+        self.assertFalse(issubclass(kvshm.NotFound, FileNotFoundError))
 
     def test_call_errors(self):
         c, m = self.cache, self.m
@@ -1023,7 +1106,7 @@ class TestExample(unittest.TestCase):
         import subprocess
         here = os.path.dirname(os.path.abspath(__file__))
         t0 = time.monotonic()
-        out = subprocess.run([sys.executable, os.path.join(here, "example_prefork.py")],
+        out = subprocess.run([sys.executable, os.path.join(here, "..", "example_prefork.py")],
                              capture_output=True, text=True, timeout=60)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertIn("restored", out.stdout)
