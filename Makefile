@@ -102,17 +102,21 @@ $(B)/kvshm.pc: Makefile
 	printf '%s\n' $(PC_LINES) > $@
 
 # ---- tools (release) ---------------------------------------------------------
+# kvshm-reaper also links libmicrohttpd (its /metrics endpoint).
+MHD_PKG       = libmicrohttpd
+$(B)/bin/kvshm-reaper $(B)/tst/bin/kvshm-reaper $(B)/san/bin/kvshm-reaper: \
+  TOOL_LIBS = $(shell $(PKG_CONFIG) --cflags --libs $(MHD_PKG))
 $(B)/bin/%: tools/%.c $(TOOL_UTIL) tools/util.h $(B)/libkvshm.a $(LIB_HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm.a $(DEP_LIBS) $(LDFLAGS)
+	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm.a $(DEP_LIBS) $(TOOL_LIBS) $(LDFLAGS)
 # Tools linked against the test libraries (crash points compiled in; and
 # sanitizers), which the tests run as real processes.
 $(B)/tst/bin/%: tools/%.c $(TOOL_UTIL) tools/util.h $(B)/libkvshm-tst.a $(LIB_HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(BASE_CFLAGS) $(TST_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm-tst.a $(DEP_LIBS) $(LDFLAGS)
+	$(CC) $(BASE_CFLAGS) $(TST_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm-tst.a $(DEP_LIBS) $(TOOL_LIBS) $(LDFLAGS)
 $(B)/san/bin/%: tools/%.c $(TOOL_UTIL) tools/util.h $(B)/libkvshm-san.a $(LIB_HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm-san.a $(DEP_LIBS) $(LDFLAGS)
+	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm-san.a $(DEP_LIBS) $(TOOL_LIBS) $(LDFLAGS)
 
 # ---- tests -------------------------------------------------------------------
 # Crash points are listed from the sources, so a new one is never forgotten by

@@ -563,38 +563,8 @@ static int cmd_stats(kvshm *h)
 
 static int cmd_metrics(kvshm *h)
 {
-	kvshm_stats st;
-	if (kvshm_stats_get(h, &st) < 0)
+	if (tu_metrics(stdout, h, cache_name) < 0)
 		return fail("metrics");
-	for (int i = 0; i < KVSHM_NCOUNTERS; i++) {
-		printf("# HELP kvshm_%s_total %s\n# TYPE kvshm_%s_total counter\n", kvshm_counter_name(i),
-		       kvshm_counter_help(i), kvshm_counter_name(i));
-		printf("kvshm_%s_total{cache=\"%s\"} %" PRIu64 "\n", kvshm_counter_name(i), cache_name, st.counters[i]);
-	}
-	printf("# HELP kvshm_lock_repairs_total locks recovered from a dead holder\n"
-	       "# TYPE kvshm_lock_repairs_total counter\nkvshm_lock_repairs_total{cache=\"%s\"} %" PRIu64 "\n",
-	       cache_name, st.lock_repairs);
-	printf("# HELP kvshm_tier_bytes bytes charged to a tier\n# TYPE kvshm_tier_bytes gauge\n");
-	for (int t = 0; t < KVSHM_NTIERS; t++)
-		printf("kvshm_tier_bytes{cache=\"%s\",tier=\"%s\"} %" PRIu64 "\n", cache_name, tu_tier_name(t),
-		       st.tier_bytes[t]);
-	printf("# HELP kvshm_tier_quota_bytes byte quota of a tier\n# TYPE kvshm_tier_quota_bytes gauge\n");
-	for (int t = 0; t < KVSHM_NTIERS; t++)
-		if (st.tier_quota[t] != UINT64_MAX)
-			printf("kvshm_tier_quota_bytes{cache=\"%s\",tier=\"%s\"} %" PRIu64 "\n", cache_name,
-			       tu_tier_name(t), st.tier_quota[t]);
-	printf("# HELP kvshm_tier_entries entries in a tier\n# TYPE kvshm_tier_entries gauge\n");
-	for (int t = 0; t < KVSHM_NTIERS; t++)
-		printf("kvshm_tier_entries{cache=\"%s\",tier=\"%s\"} %" PRIu64 "\n", cache_name, tu_tier_name(t),
-		       st.tier_entries[t]);
-	printf("# HELP kvshm_procs attached processes\n# TYPE kvshm_procs gauge\nkvshm_procs{cache=\"%s\"} %u\n",
-	       cache_name, st.procs_live);
-	printf("# HELP kvshm_data_free_bytes free bytes in the segment's data area\n# TYPE kvshm_data_free_bytes gauge\n"
-	       "kvshm_data_free_bytes{cache=\"%s\"} %" PRIu64 "\n",
-	       cache_name, st.data_free_bytes);
-	printf("# HELP kvshm_writer_slots_used writer-semaphore units held\n# TYPE kvshm_writer_slots_used gauge\n"
-	       "kvshm_writer_slots_used{cache=\"%s\"} %u\n",
-	       cache_name, st.writer_slots_used);
 	return EX_OK;
 }
 

@@ -80,16 +80,25 @@ class BuildExt(build_ext):
         sys.path.insert(0, HERE)
         import kvshm_gen  # noqa: E402 - the generator beside this file
         gen_dir = os.path.join(self.build_temp, "kvshm-gen")
+        gen = os.path.join(gen_dir, "kvshm_gen.h")
         os.makedirs(gen_dir, exist_ok=True)
         with open(header, encoding="utf-8") as f:
             text = kvshm_gen.generate(f.read(), header)
-        with open(os.path.join(gen_dir, "kvshm_gen.h"), "w", encoding="utf-8") as f:
-            f.write(text)
+        old = None
+        if os.path.exists(gen):
+            with open(gen, encoding="utf-8") as f:
+                old = f.read()
+        if text != old:  # rewritten only when it changes: it is a dependency
+            with open(gen, "w", encoding="utf-8") as f:
+                f.write(text)
         print("kvshm: building against %s and %s (%s)" % (header, lib, how))
         for ext in self.extensions:
             ext.include_dirs[:0] = [gen_dir, inc]
             ext.library_dirs.append(lib)
             ext.runtime_library_dirs.append(lib)
+            # A changed kvshm.h (or another one) must rebuild the extension:
+            # its struct layouts are compiled in.
+            ext.depends += [header, gen, os.path.join(HERE, "kvshm_gen.py")]
         super().build_extensions()
 
 
