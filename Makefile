@@ -257,6 +257,10 @@ fuzz:
 	  -artifact_prefix=$(B)/fuzz/ $(B)/fuzz/corpus
 
 # ---- install -----------------------------------------------------------------
+# A plain install (no DESTDIR: the files are where they will be used) also
+# records where the header and library went, for the Python package's build
+# (bindings/python/setup.py reads it; PY_RECORD moves it).
+PY_RECORD    ?= bindings/python/.kvshm-install
 install: all
 	install -d $(DESTDIR)$(libdir) $(DESTDIR)$(includedir) $(DESTDIR)$(pkgconfigdir) \
 	  $(DESTDIR)$(bindir) $(DESTDIR)$(mandir)/man1 $(DESTDIR)$(mandir)/man8
@@ -272,6 +276,8 @@ install: all
 	install -d $(DESTDIR)$(datadir)/bash-completion/completions $(DESTDIR)$(systemdunitdir)
 	install -m 644 dist/shmctl.bash-completion $(DESTDIR)$(datadir)/bash-completion/completions/shmctl
 	sed 's|/usr/local/bin|$(bindir)|' dist/kvshm-reaper@.service > $(DESTDIR)$(systemdunitdir)/kvshm-reaper@.service
+	@if [ -z "$(DESTDIR)" ]; then printf 'includedir=%s\nlibdir=%s\n' '$(includedir)' '$(libdir)' > $(PY_RECORD); \
+	  echo "install: recorded $(libdir) in $(PY_RECORD) for pip install ./bindings/python"; fi
 
 uninstall:
 	rm -f $(DESTDIR)$(libdir)/libkvshm.a $(DESTDIR)$(libdir)/libkvshm.so*
@@ -280,6 +286,7 @@ uninstall:
 	for m in $(notdir $(wildcard man/*.1)); do rm -f $(DESTDIR)$(mandir)/man1/$$m; done
 	for m in $(notdir $(wildcard man/*.8)); do rm -f $(DESTDIR)$(mandir)/man8/$$m; done
 	rm -f $(DESTDIR)$(datadir)/bash-completion/completions/shmctl $(DESTDIR)$(systemdunitdir)/kvshm-reaper@.service
+	@if [ -z "$(DESTDIR)" ]; then rm -f $(PY_RECORD); fi
 
 clean:
 	rm -rf $(B)
