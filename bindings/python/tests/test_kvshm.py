@@ -802,6 +802,28 @@ class TestErrors(CacheTest):
             c.stats()
         c.close()  # idempotent
 
+    def test_raw_handle_is_safe_on_its_own(self):
+        """The extension itself refuses to unmap under a live view, and a
+        finished lease refuses new views (not only the Python layer)."""
+        c, m = self.cache, self.m
+        c.put(m, [5], b"abcd")
+        p = c.lookup(m, [5])
+        lease = p._lease
+        view = memoryview(lease)
+        with self.assertRaises(BufferError):
+            c._handle.close()
+        with self.assertRaises(BufferError):
+            lease.end(kvshm._kvshm.END_UNPIN)
+        self.assertEqual(bytes(view), b"abcd")
+        view.release()
+        p.release()
+        with self.assertRaises(ValueError):
+            memoryview(lease)  # released: no new views
+        with self.assertRaises(ValueError):
+            p.buffer[0]
+        with self.assertRaises(TypeError):
+            kvshm.Pin()  # only lookups make pins; a half-made one tears down quietly
+
     def test_close_refused_while_referenced(self):
         c, m = self.cache, self.m
         c.put(m, [1], b"abcd")

@@ -340,6 +340,8 @@ class Policy:
             setattr(self, k, v)
 
     def __getattr__(self, name: str) -> int:
+        if name.startswith("_"):
+            raise AttributeError(name)
         try:
             return self._d[name]
         except KeyError:
@@ -497,6 +499,8 @@ class Pin:
         return p
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # an unset slot (a pin never made, or torn down)
+            raise AttributeError(name)
         try:
             return self._info[name]
         except (KeyError, AttributeError):

@@ -465,6 +465,7 @@ typedef struct {
 	kvshm *h;
 	ReaperObject **reapers; /* running reapers over this handle (borrowed) */
 	size_t nreapers;
+	Py_ssize_t exports;     /* buffer exports of all its leases: close refuses while > 0 */
 } HandleObject;
 
 static PyTypeObject Handle_Type, Lease_Type, Reaper_Type;
@@ -527,7 +528,7 @@ static void lease_dealloc(LeaseObject *l)
 
 static int lease_getbuffer(LeaseObject *l, Py_buffer *view, int flags)
 {
-	if (!l->live) {
+	if (!l->live || !l->owner->h) {
 		PyErr_SetString(PyExc_ValueError, l->what == LEASE_PIN ? "kvshm: the pin was released"
 									: "kvshm: the reservation is finished");
 		view->obj = NULL;
@@ -538,6 +539,7 @@ static int lease_getbuffer(LeaseObject *l, Py_buffer *view, int flags)
 	if (PyBuffer_FillInfo(view, (PyObject *)l, data, (Py_ssize_t)len, l->what == LEASE_PIN, flags) < 0)
 		return -1;
 	l->exports++;
+	l->owner->exports++;
 	return 0;
 }
 
@@ -545,6 +547,7 @@ static void lease_releasebuffer(LeaseObject *l, Py_buffer *view)
 {
 	(void)view;
 	l->exports--;
+	l->owner->exports--;
 }
 
 static PyBufferProcs lease_as_buffer = {(getbufferproc)lease_getbuffer, (releasebufferproc)lease_releasebuffer};
@@ -693,6 +696,7 @@ static PyObject *k_open(PyObject *mod, PyObject *args)
 	o->h = h;
 	o->reapers = NULL;
 	o->nreapers = 0;
+	o->exports = 0;
 	return (PyObject *)o;
 }
 
@@ -703,6 +707,11 @@ static PyObject *handle_close(HandleObject *self, PyObject *unused)
 	(void)unused;
 	if (!self->h)
 		Py_RETURN_NONE;
+	if (self->exports > 0) { /* unmapping would leave views over nothing */
+		PyErr_Format(PyExc_BufferError, "kvshm: %zd view(s) of pinned or reserved memory are still alive",
+			     self->exports);
+		return NULL;
+	}
 	while (self->nreapers) /* kvshm_reaper_stop needs the handle */
 		reaper_stop_now(self->reapers[self->nreapers - 1]);
 	kvshm *h = self->h;
