@@ -289,4 +289,4 @@ uninstall:
 	@if [ -z "$(DESTDIR)" ]; then rm -f $(PY_RECORD); fi
 
 clean:
-	rm -rf $(B)
+	rm -rf $(B) bindings/python/build bindings/python/src/*.egg-info bindings/python/src/kvshm/*.so
