@@ -102,17 +102,21 @@ $(B)/kvshm.pc: Makefile
 	printf '%s\n' $(PC_LINES) > $@
 
 # ---- tools (release) ---------------------------------------------------------
+# kvshm-reaper also links libmicrohttpd (its /metrics endpoint).
+MHD_PKG       = libmicrohttpd
+$(B)/bin/kvshm-reaper $(B)/tst/bin/kvshm-reaper $(B)/san/bin/kvshm-reaper: \
+  TOOL_LIBS = $(shell $(PKG_CONFIG) --cflags --libs $(MHD_PKG))
 $(B)/bin/%: tools/%.c $(TOOL_UTIL) tools/util.h $(B)/libkvshm.a $(LIB_HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm.a $(DEP_LIBS) $(LDFLAGS)
+	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm.a $(DEP_LIBS) $(TOOL_LIBS) $(LDFLAGS)
 # Tools linked against the test libraries (crash points compiled in; and
 # sanitizers), which the tests run as real processes.
 $(B)/tst/bin/%: tools/%.c $(TOOL_UTIL) tools/util.h $(B)/libkvshm-tst.a $(LIB_HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(BASE_CFLAGS) $(TST_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm-tst.a $(DEP_LIBS) $(LDFLAGS)
+	$(CC) $(BASE_CFLAGS) $(TST_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm-tst.a $(DEP_LIBS) $(TOOL_LIBS) $(LDFLAGS)
 $(B)/san/bin/%: tools/%.c $(TOOL_UTIL) tools/util.h $(B)/libkvshm-san.a $(LIB_HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm-san.a $(DEP_LIBS) $(LDFLAGS)
+	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm-san.a $(DEP_LIBS) $(TOOL_LIBS) $(LDFLAGS)
 
 # ---- tests -------------------------------------------------------------------
 # Crash points are listed from the sources, so a new one is never forgotten by
@@ -143,7 +147,7 @@ CRASH_RUN = KVSHM_BIN_DIR=$(CURDIR)/$(B)/tst/bin $(B)/tst/crash/kvshm-crash --po
 # After the cmocka tests, a short crash-injection run: every crash point
 # (the most frequent ones at a stride) and a few hundred random kills.
 test:
-	@sh scripts/deps.sh build
+	@sh scripts/deps.sh build python metrics
 	@$(MAKE) --no-print-directory all $(TESTS:%=$(B)/tst/tests/%) $(TOOLS:%=$(B)/tst/bin/%) $(B)/crashpoints.list \
 	  $(B)/tst/crash/kvshm-crash
 	@sh tests/run.sh $(B)/tst $(TESTS)
@@ -156,15 +160,31 @@ test:
 # every hit, then random kills until 25,000 kills in all. CRASH_ARGS adds
 # options (e.g. CRASH_ARGS="--seed 1234" to repeat a run).
 crashtest:
-	@sh scripts/deps.sh build
+	@sh scripts/deps.sh build python metrics
 	@$(MAKE) --no-print-directory $(B)/libkvshm-tst.a $(TOOLS:%=$(B)/tst/bin/%) $(B)/tst/crash/kvshm-crash \
 	  $(B)/crashpoints.list
 	@$(CRASH_RUN) --mode both --kills 25000 --seconds 3600 $(CRASH_ARGS)
 
-# The Python binding (bindings/python, ctypes) against the shared library.
-.PHONY: test-python
-test-python: all
-	KVSHM_LIB=$(CURDIR)/$(B)/libkvshm.so python3 -m unittest discover -s bindings/python -v
+# ---- the Python package (bindings/python: a C extension over libkvshm) -----------
+# Installed with pip into a venv of Debian's python3 (/usr/bin/python3: the
+# interpreter python3-dev, python3-pytest, setuptools and wheel serve; a
+# python3 earlier on PATH, e.g. pyenv's, may have none of them), offline:
+# no build isolation, nothing from an index. Built against this tree's
+# header and library (-Werror: the extension compiles without a warning).
+# test-python runs pytest from outside the tree, so `import kvshm` is the
+# installed package: the binding's tests and tests/python (the reaper's
+# /metrics, the tools' --help).
+PYTHON       ?= /usr/bin/python3
+PYVENV       := $(B)/pyvenv
+.PHONY: python test-python
+python: all
+	@test -x $(PYVENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(PYVENV)
+	KVSHM_INCLUDE_DIR=$(CURDIR)/include KVSHM_LIB_DIR=$(CURDIR)/$(B) CFLAGS="$(CFLAGS) -Werror" \
+	  $(PYVENV)/bin/pip install -q --no-build-isolation --no-index --no-deps --force-reinstall ./bindings/python
+test-python: python $(TOOLS:%=$(B)/tst/bin/%)
+	cd $(B) && KVSHM_HEADER=$(CURDIR)/include/kvshm.h KVSHM_BIN_DIR=$(CURDIR)/$(B)/tst/bin \
+	  $(CURDIR)/$(PYVENV)/bin/python -m pytest -q -p no:cacheprovider $(CURDIR)/bindings/python/tests \
+	  $(wildcard $(CURDIR)/tests/python)
 
 # The README's first command: a pre-forked worker pool on a fresh cache.
 demo:
@@ -251,6 +271,10 @@ fuzz:
 	  -artifact_prefix=$(B)/fuzz/attach- $(B)/fuzz/corpus-attach
 
 # ---- install -----------------------------------------------------------------
+# A plain install (no DESTDIR: the files are where they will be used) also
+# records where the header and library went, for the Python package's build
+# (bindings/python/setup.py reads it; PY_RECORD moves it).
+PY_RECORD    ?= bindings/python/.kvshm-install
 install: all
 	install -d $(DESTDIR)$(libdir) $(DESTDIR)$(includedir) $(DESTDIR)$(pkgconfigdir) \
 	  $(DESTDIR)$(bindir) $(DESTDIR)$(mandir)/man1 $(DESTDIR)$(mandir)/man8
@@ -266,6 +290,8 @@ install: all
 	install -d $(DESTDIR)$(datadir)/bash-completion/completions $(DESTDIR)$(systemdunitdir)
 	install -m 644 dist/shmctl.bash-completion $(DESTDIR)$(datadir)/bash-completion/completions/shmctl
 	sed 's|/usr/local/bin|$(bindir)|' dist/kvshm-reaper@.service > $(DESTDIR)$(systemdunitdir)/kvshm-reaper@.service
+	@if [ -z "$(DESTDIR)" ]; then printf 'includedir=%s\nlibdir=%s\n' '$(includedir)' '$(libdir)' > $(PY_RECORD); \
+	  echo "install: recorded $(libdir) in $(PY_RECORD) for pip install ./bindings/python"; fi
 
 uninstall:
 	rm -f $(DESTDIR)$(libdir)/libkvshm.a $(DESTDIR)$(libdir)/libkvshm.so*
@@ -274,6 +300,7 @@ uninstall:
 	for m in $(notdir $(wildcard man/*.1)); do rm -f $(DESTDIR)$(mandir)/man1/$$m; done
 	for m in $(notdir $(wildcard man/*.8)); do rm -f $(DESTDIR)$(mandir)/man8/$$m; done
 	rm -f $(DESTDIR)$(datadir)/bash-completion/completions/shmctl $(DESTDIR)$(systemdunitdir)/kvshm-reaper@.service
+	@if [ -z "$(DESTDIR)" ]; then rm -f $(PY_RECORD); fi
 
 clean:
-	rm -rf $(B)
+	rm -rf $(B) bindings/python/build bindings/python/src/*.egg-info bindings/python/src/kvshm/*.so

@@ -174,8 +174,15 @@ static bool reclaim(kvshm_reaper *r, uint32_t i, uint64_t noticed_ns)
 		return true;
 	}
 	uint64_t dt = kvshm__now_ns() - noticed_ns;
+	static const uint64_t bound_us[] = KVSHM_RECLAIM_BUCKETS_US;
+	_Static_assert(sizeof(bound_us) / sizeof(bound_us[0]) == KVSHM_RECLAIM_NBUCKETS - 1, "bounds + Inf");
+	unsigned b = 0;
+	while (b < KVSHM_RECLAIM_NBUCKETS - 1 && dt > bound_us[b] * 1000)
+		b++;
 	r->st.reclaims++;
 	r->st.last_reclaim_ns = dt;
+	r->st.reclaim_ns_sum += dt;
+	r->st.reclaim_hist[b]++;
 	rlog(r, LOG_NOTICE, "reclaimed slot %u of dead pid %u in %llu us", i, pid, (unsigned long long)(dt / 1000));
 	return true;
 }

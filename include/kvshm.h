@@ -759,10 +759,19 @@ typedef struct kvshm_reaper_opts {
 	void *log_ctx;
 } kvshm_reaper_opts;
 
+/* Upper bounds (microseconds) of the reclaim latency histogram in
+ * kvshm_reaper_stats: a reclaim taking t counts in the first bucket whose
+ * bound is >= t, or in the last one (+Inf). Usual reclaims take tens to
+ * hundreds of microseconds; the tail shows a stalled or starved reaper. */
+#define KVSHM_RECLAIM_BUCKETS_US {50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 100000, 1000000}
+#define KVSHM_RECLAIM_NBUCKETS 12 /* the 11 bounds, then +Inf */
+
 typedef struct kvshm_reaper_stats {
 	uint64_t loops, reclaims, prunes, sched_checks;
 	uint64_t last_reclaim_ns;   /* death noticed (pidfd readable) → slot free, ns */
 	uint32_t tracked;           /* processes with an open pidfd */
+	uint64_t reclaim_ns_sum;    /* every reclaim's latency (as last_reclaim_ns), summed */
+	uint64_t reclaim_hist[KVSHM_RECLAIM_NBUCKETS]; /* reclaims per latency bucket (not cumulative) */
 } kvshm_reaper_stats;
 
 KVSHM_EXTERN void kvshm_reaper_opts_init(kvshm_reaper_opts *o);

@@ -1,18 +1,22 @@
 #!/bin/sh
 # Install what kvshm needs on Debian 12, and nothing that is already there.
-#   scripts/deps.sh build    compiler, pkg-config, libbsd, tdb, cmocka, xxhash; tmux
-#                            (test_shmctl drives `shmctl top` in it); python3
-#                            (make test runs the Python binding's tests)
+#   scripts/deps.sh build    compiler, pkg-config, libbsd, tdb, cmocka, xxhash,
+#                            libmicrohttpd (kvshm-reaper --metrics-listen); tmux
+#                            (test_shmctl drives `shmctl top` in it)
+#   scripts/deps.sh python   the Python package: venv, pip, headers, setuptools
+#                            and wheel (an offline build), pytest for its tests
+#   scripts/deps.sh metrics  promtool (Debian's prometheus), which validates the
+#                            reaper's /metrics in make test
 #   scripts/deps.sh bench    the peers `make bench` runs beside kvshm
-#   scripts/deps.sh python   the Python binding's tests
 #   scripts/deps.sh fuzz     clang and libFuzzer for `make fuzz`
 # Runs apt-get only when a package is missing; as root it installs, otherwise
 # it names the packages and fails.
 set -eu
 
-build_pkgs="gcc make pkg-config libbsd-dev libtdb-dev libcmocka-dev libxxhash-dev tdb-tools procps tmux python3"
+build_pkgs="gcc make pkg-config libbsd-dev libtdb-dev libcmocka-dev libxxhash-dev libmicrohttpd-dev tdb-tools procps tmux"
 bench_pkgs="redis-server memcached libhiredis-dev libmemcached-dev liblmdb-dev"
-python_pkgs="python3"
+python_pkgs="python3 python3-venv python3-pip python3-dev python3-setuptools python3-wheel python3-pytest"
+metrics_pkgs="prometheus"
 fuzz_pkgs="clang libclang-rt-14-dev"
 
 want=""
@@ -21,8 +25,9 @@ for group in "${@:-build}"; do
 	build) want="$want $build_pkgs" ;;
 	bench) want="$want $bench_pkgs" ;;
 	python) want="$want $python_pkgs" ;;
+	metrics) want="$want $metrics_pkgs" ;;
 	fuzz) want="$want $fuzz_pkgs" ;;
-	*) echo "deps.sh: unknown group '$group' (build, bench, python, fuzz)" >&2; exit 2 ;;
+	*) echo "deps.sh: unknown group '$group' (build, python, metrics, bench, fuzz)" >&2; exit 2 ;;
 	esac
 done
 

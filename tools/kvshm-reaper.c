@@ -2,15 +2,22 @@
  * kvshm-reaper — the daemon that makes crashes harmless: reclaims what dead
  * processes held, prunes, and runs the memory-pressure scheduler for one
  * cache. A thin main over kvshm_reaper_* (include/kvshm.h): option and
- * config-file parsing, signals, pidfile, process title, logging.
+ * config-file parsing, signals, pidfile, process title, logging, and the
+ * optional /metrics endpoint (libmicrohttpd).
  */
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <libutil.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <syslog.h>
 #include <unistd.h>
 
@@ -65,6 +72,11 @@ static void usage(FILE *f)
 		"      --min-evict BYTES   at least this much per eviction (1M)\n"
 		"      --evict-tiers LIST  all, or a comma list of ram,ram_file,disk (ram,ram_file)\n"
 		"\n"
+		"Metrics:\n"
+		"      --metrics-listen [HOST:]PORT  serve Prometheus metrics at http://HOST:PORT/metrics\n"
+		"                          (off by default; HOST 127.0.0.1 unless given, [::] for IPv6;\n"
+		"                          PORT 0 picks a free port, logged at start)\n"
+		"\n"
 		"Daemon:\n"
 		"  -p, --pidfile FILE      write our pid to FILE (and refuse if another holds it)\n"
 		"      --syslog            log to syslog instead of stderr\n"
@@ -76,6 +88,225 @@ static void usage(FILE *f)
 		"Exit status: 0 after SIGTERM, 1 on a usage or configuration error, 2 when\n"
 		"another reaper already serves the cache, 3 on a runtime failure.\n"
 		"See kvshm-reaper(8).\n");
+}
+
+/* ---- /metrics over HTTP ---------------------------------------------------------
+ *
+ * With --metrics-listen, libmicrohttpd serves GET /metrics from a thread of
+ * its own (one internal polling thread over non-blocking sockets), through
+ * a kvshm handle of its own. The reaper loop shares nothing with it but a
+ * copy of the reaper's statistics, taken under a mutex held for a struct
+ * copy; a response is rendered whole before the first byte is sent. So a
+ * slow or hostile client — one that connects and sends nothing, trickles
+ * its request, or reads a byte a second — costs at most a connection slot
+ * until the idle timeout, never the loop's time: reclaims go on as usual.
+ * Connections are bounded (METRICS_CONNS in all, METRICS_PER_IP per
+ * address) and closed after METRICS_IDLE_S seconds without progress.
+ */
+#define METRICS_CONNS 64
+#define METRICS_PER_IP 16
+#define METRICS_IDLE_S 10
+
+struct metrics {
+	struct MHD_Daemon *d;
+	kvshm *h;                   /* the HTTP thread's own handle (guarded by mu) */
+	const char *cache;
+	pthread_mutex_t mu;
+	kvshm_reaper_stats rs;      /* the loop's latest copy (guarded by mu) */
+};
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	char msg[512];
+	(void)cls;
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	msg[strcspn(msg, "\n")] = '\0';
+	tu_logf(LOG_WARNING, "metrics: %s", msg);
+}
+
+/* The reaper's own series, beside the cache's (tu_metrics). */
+static void reaper_metrics(FILE *f, const char *cache, const kvshm_reaper_stats *rs)
+{
+	static const uint64_t bound_us[] = KVSHM_RECLAIM_BUCKETS_US;
+	uint64_t cum = 0;
+	fprintf(f, "# HELP kvshm_reaper_reclaim_seconds time from a death noticed to its slot free\n"
+		   "# TYPE kvshm_reaper_reclaim_seconds histogram\n");
+	for (int b = 0; b < KVSHM_RECLAIM_NBUCKETS; b++) {
+		cum += rs->reclaim_hist[b];
+		if (b < KVSHM_RECLAIM_NBUCKETS - 1)
+			fprintf(f, "kvshm_reaper_reclaim_seconds_bucket{cache=\"%s\",le=\"%g\"} %" PRIu64 "\n", cache,
+				(double)bound_us[b] / 1e6, cum);
+		else
+			fprintf(f, "kvshm_reaper_reclaim_seconds_bucket{cache=\"%s\",le=\"+Inf\"} %" PRIu64 "\n", cache,
+				cum);
+	}
+	fprintf(f, "kvshm_reaper_reclaim_seconds_sum{cache=\"%s\"} %.9f\n", cache, (double)rs->reclaim_ns_sum / 1e9);
+	fprintf(f, "kvshm_reaper_reclaim_seconds_count{cache=\"%s\"} %" PRIu64 "\n", cache, cum);
+	fprintf(f, "# HELP kvshm_reaper_last_reclaim_seconds the latest reclaim's time from death noticed to slot free\n"
+		   "# TYPE kvshm_reaper_last_reclaim_seconds gauge\n"
+		   "kvshm_reaper_last_reclaim_seconds{cache=\"%s\"} %.9f\n",
+		cache, (double)rs->last_reclaim_ns / 1e9);
+	fprintf(f, "# HELP kvshm_reaper_tracked_processes attached processes the reaper holds a pidfd for\n"
+		   "# TYPE kvshm_reaper_tracked_processes gauge\n"
+		   "kvshm_reaper_tracked_processes{cache=\"%s\"} %u\n",
+		cache, rs->tracked);
+	fprintf(f, "# HELP kvshm_reaper_reclaims_total dead processes the reaper reclaimed\n"
+		   "# TYPE kvshm_reaper_reclaims_total counter\nkvshm_reaper_reclaims_total{cache=\"%s\"} %" PRIu64 "\n",
+		cache, rs->reclaims);
+	fprintf(f, "# HELP kvshm_reaper_scheduler_checks_total memory-pressure checks run\n"
+		   "# TYPE kvshm_reaper_scheduler_checks_total counter\n"
+		   "kvshm_reaper_scheduler_checks_total{cache=\"%s\"} %" PRIu64 "\n",
+		cache, rs->sched_checks);
+	fprintf(f, "# HELP kvshm_reaper_prunes_total prune passes run\n# TYPE kvshm_reaper_prunes_total counter\n"
+		   "kvshm_reaper_prunes_total{cache=\"%s\"} %" PRIu64 "\n",
+		cache, rs->prunes);
+	fprintf(f, "# HELP kvshm_reaper_loops_total reaper loops run\n# TYPE kvshm_reaper_loops_total counter\n"
+		   "kvshm_reaper_loops_total{cache=\"%s\"} %" PRIu64 "\n",
+		cache, rs->loops);
+}
+
+static enum MHD_Result respond(struct MHD_Connection *c, unsigned status, const char *type, char *body, size_t len,
+			       enum MHD_ResponseMemoryMode mode)
+{
+	struct MHD_Response *r = MHD_create_response_from_buffer(len, body, mode);
+	if (!r) {
+		if (mode == MHD_RESPMEM_MUST_FREE)
+			free(body);
+		return MHD_NO;
+	}
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+	if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
+		MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+	enum MHD_Result ret = MHD_queue_response(c, status, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+static enum MHD_Result serve(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+			     const char *version, const char *upload, size_t *upload_size, void **req)
+{
+	static char not_found[] = "kvshm-reaper serves /metrics only\n";
+	static char not_allowed[] = "GET or HEAD\n";
+	static int seen;
+	struct metrics *m = cls;
+	char *buf = NULL;
+	size_t len = 0;
+	(void)version, (void)upload;
+	if (!*req) { /* headers only so far */
+		*req = &seen;
+		return MHD_YES;
+	}
+	if (*upload_size) { /* a body nobody asked for: drop it */
+		*upload_size = 0;
+		return MHD_YES;
+	}
+	if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
+		return respond(c, MHD_HTTP_METHOD_NOT_ALLOWED, "text/plain", not_allowed, sizeof(not_allowed) - 1,
+			       MHD_RESPMEM_PERSISTENT);
+	if (strcmp(url, "/metrics") != 0)
+		return respond(c, MHD_HTTP_NOT_FOUND, "text/plain", not_found, sizeof(not_found) - 1,
+			       MHD_RESPMEM_PERSISTENT);
+	FILE *f = open_memstream(&buf, &len);
+	if (!f)
+		return MHD_NO;
+	pthread_mutex_lock(&m->mu);
+	kvshm_reaper_stats rs = m->rs;
+	int err = tu_metrics(f, m->h, m->cache);
+	pthread_mutex_unlock(&m->mu);
+	if (err == 0)
+		reaper_metrics(f, m->cache, &rs);
+	else
+		fprintf(f, "cache '%s': %s\n", m->cache, kvshm_last_error());
+	if (fclose(f) != 0) {
+		free(buf);
+		return MHD_NO;
+	}
+	return respond(c, err == 0 ? MHD_HTTP_OK : MHD_HTTP_INTERNAL_SERVER_ERROR,
+		       err == 0 ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain", buf, len,
+		       MHD_RESPMEM_MUST_FREE);
+}
+
+/* "PORT" (on 127.0.0.1), "HOST:PORT" or "[IPV6]:PORT"; HOST a name or an
+ * address (0.0.0.0 or [::] for every interface). */
+static int parse_listen(const char *s, struct sockaddr_storage *ss)
+{
+	char host[256];
+	const char *port = strrchr(s, ':');
+	uint32_t p;
+	if (!port) {
+		strcpy(host, "127.0.0.1");
+		port = s;
+	} else {
+		size_t n = (size_t)(port - s);
+		port++;
+		if (n >= 2 && s[0] == '[' && s[n - 1] == ']') {
+			s++;
+			n -= 2;
+		}
+		if (n == 0 || n >= sizeof(host))
+			goto bad;
+		memcpy(host, s, n);
+		host[n] = '\0';
+	}
+	if (tu_parse_u32(port, "--metrics-listen port", 0, 65535, &p) < 0)
+		return -1;
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV}, *ai;
+	int gai = getaddrinfo(host, port, &hints, &ai);
+	if (gai != 0) {
+		tu_err("--metrics-listen: cannot resolve '%s': %s", host, gai_strerror(gai));
+		return -1;
+	}
+	memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+	freeaddrinfo(ai);
+	return 0;
+bad:
+	tu_err("invalid --metrics-listen '%s': expected PORT, HOST:PORT or [IPV6]:PORT", s);
+	return -1;
+}
+
+/* Start serving; the signals stay with the main thread. */
+static int metrics_start(struct metrics *m, const struct sockaddr_storage *ss, const char *name,
+			 const kvshm_config *cfg)
+{
+	int err = kvshm_open(name, cfg, KVSHM_OPEN_INSPECT, &m->h);
+	if (err < 0) {
+		tu_logf(LOG_ERR, "metrics: %s", kvshm_last_error());
+		return -1;
+	}
+	m->cache = name;
+	pthread_mutex_init(&m->mu, NULL);
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	m->d = MHD_start_daemon(MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG |
+					(ss->ss_family == AF_INET6 ? MHD_USE_IPv6 : 0),
+				0, NULL, NULL, serve, m, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_SOCK_ADDR,
+				(const struct sockaddr *)ss, MHD_OPTION_CONNECTION_LIMIT, (unsigned)METRICS_CONNS,
+				MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)METRICS_PER_IP, MHD_OPTION_CONNECTION_TIMEOUT,
+				(unsigned)METRICS_IDLE_S, MHD_OPTION_END);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	char host[NI_MAXHOST] = "?";
+	getnameinfo((const struct sockaddr *)ss, sizeof(*ss), host, sizeof(host), NULL, 0, NI_NUMERICHOST);
+	if (!m->d) {
+		tu_logf(LOG_ERR, "metrics: cannot serve on %s (address in use or not ours?)", host);
+		kvshm_close(m->h);
+		m->h = NULL;
+		return -1;
+	}
+	const union MHD_DaemonInfo *di = MHD_get_daemon_info(m->d, MHD_DAEMON_INFO_BIND_PORT);
+	tu_logf(LOG_NOTICE, "metrics: serving http://%s%s%s:%u/metrics", ss->ss_family == AF_INET6 ? "[" : "", host,
+		ss->ss_family == AF_INET6 ? "]" : "", di ? di->port : 0);
+	return 0;
+}
+
+static void metrics_stop(struct metrics *m)
+{
+	if (m->d)
+		MHD_stop_daemon(m->d);
+	if (m->h)
+		kvshm_close(m->h);
+	m->d = NULL;
+	m->h = NULL;
 }
 
 struct settings {
@@ -237,7 +468,7 @@ static int load(const char *config_path, const struct kv *given, int ngiven, str
 int main(int argc, char **argv, char **envp)
 {
 	enum { O_SHMDIR = 256, O_POLL, O_PRUNE, O_MAXAGE, O_SCHED, O_PRESSURE, O_PCMD, O_HIGH, O_LOW, O_INTERVAL,
-	       O_MINEVICT, O_TIERS, O_SYSLOG };
+	       O_MINEVICT, O_TIERS, O_SYSLOG, O_METRICS };
 	static const struct option opts[] = {
 		{"name", required_argument, NULL, 'n'},  {"create", no_argument, NULL, 'c'},
 		{"size", required_argument, NULL, 's'},
@@ -249,6 +480,7 @@ int main(int argc, char **argv, char **envp)
 		{"interval", required_argument, NULL, O_INTERVAL}, {"min-evict", required_argument, NULL, O_MINEVICT},
 		{"evict-tiers", required_argument, NULL, O_TIERS}, {"pidfile", required_argument, NULL, 'p'},
 		{"syslog", no_argument, NULL, O_SYSLOG}, {"verbose", no_argument, NULL, 'v'},
+		{"metrics-listen", required_argument, NULL, O_METRICS},
 		{"quiet", no_argument, NULL, 'q'},        {"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
 	};
@@ -256,6 +488,9 @@ int main(int argc, char **argv, char **envp)
 	kvshm_config cfg;
 	const char *config_path = NULL, *pidfile_path = NULL, *name = NULL;
 	bool create = false, use_syslog = false;
+	const char *metrics_listen = NULL;
+	struct sockaddr_storage metrics_addr;
+	struct metrics metrics = {0};
 	int c, rc = 0;
 
 	setproctitle_init(argc, argv, envp);
@@ -279,6 +514,11 @@ int main(int argc, char **argv, char **envp)
 		case 'f': config_path = optarg; break;
 		case 'p': pidfile_path = optarg; break;
 		case O_SYSLOG: use_syslog = true; break;
+		case O_METRICS:
+			if (parse_listen(optarg, &metrics_addr) < 0)
+				return 1;
+			metrics_listen = optarg;
+			break;
 		case 'v': key = "log_level"; optarg = (char *)"debug"; break;
 		case 'q': key = "log_level"; optarg = (char *)"warning"; break;
 		case 'h': usage(stdout); return 0;
@@ -371,6 +611,10 @@ int main(int argc, char **argv, char **envp)
 		rc = 1;
 		goto out_stop;
 	}
+	if (metrics_listen && metrics_start(&metrics, &metrics_addr, name, &cfg) < 0) {
+		rc = 3;
+		goto out_stop;
+	}
 	if (pfh)
 		pidfile_write(pfh);
 	if (use_syslog)
@@ -385,6 +629,11 @@ int main(int argc, char **argv, char **envp)
 		}
 		kvshm_reaper_stats rs;
 		kvshm_reaper_get_stats(r, &rs);
+		if (metrics.d) {
+			pthread_mutex_lock(&metrics.mu);
+			metrics.rs = rs;
+			pthread_mutex_unlock(&metrics.mu);
+		}
 		if (rs.reclaims + rs.tracked * 1000003ull != last_title) {
 			last_title = rs.reclaims + rs.tracked * 1000003ull;
 			setproctitle("%s: %u processes, %llu reclaimed", name, rs.tracked,
@@ -431,6 +680,7 @@ int main(int argc, char **argv, char **envp)
 		}
 	}
 out_stop:
+	metrics_stop(&metrics);
 	kvshm_reaper_stop(r);
 out_close:
 	kvshm_close(h);

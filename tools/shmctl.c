@@ -64,6 +64,8 @@ static void usage(FILE *f)
 		"  -j, --json               machine-readable output\n"
 		"  -h, --help               this help; -V, --version\n"
 		"\n"
+		"shmctl COMMAND --help (or shmctl help COMMAND) prints a command's own usage.\n"
+		"\n"
 		"Exit status: 0 success, 1 usage error, 2 the cache cannot be opened, 3 a check\n"
 		"found problems, 4 the operation failed, 5 a check found only processes that\n"
 		"died and are not reclaimed yet. See shmctl(1).\n");
@@ -604,38 +606,8 @@ static int cmd_stats(kvshm *h)
 
 static int cmd_metrics(kvshm *h)
 {
-	kvshm_stats st;
-	if (kvshm_stats_get(h, &st) < 0)
+	if (tu_metrics(stdout, h, cache_name) < 0)
 		return fail("metrics");
-	for (int i = 0; i < KVSHM_NCOUNTERS; i++) {
-		printf("# HELP kvshm_%s_total %s\n# TYPE kvshm_%s_total counter\n", kvshm_counter_name(i),
-		       kvshm_counter_help(i), kvshm_counter_name(i));
-		printf("kvshm_%s_total{cache=\"%s\"} %" PRIu64 "\n", kvshm_counter_name(i), cache_name, st.counters[i]);
-	}
-	printf("# HELP kvshm_lock_repairs_total locks recovered from a dead holder\n"
-	       "# TYPE kvshm_lock_repairs_total counter\nkvshm_lock_repairs_total{cache=\"%s\"} %" PRIu64 "\n",
-	       cache_name, st.lock_repairs);
-	printf("# HELP kvshm_tier_bytes bytes charged to a tier\n# TYPE kvshm_tier_bytes gauge\n");
-	for (int t = 0; t < KVSHM_NTIERS; t++)
-		printf("kvshm_tier_bytes{cache=\"%s\",tier=\"%s\"} %" PRIu64 "\n", cache_name, tu_tier_name(t),
-		       st.tier_bytes[t]);
-	printf("# HELP kvshm_tier_quota_bytes byte quota of a tier\n# TYPE kvshm_tier_quota_bytes gauge\n");
-	for (int t = 0; t < KVSHM_NTIERS; t++)
-		if (st.tier_quota[t] != UINT64_MAX)
-			printf("kvshm_tier_quota_bytes{cache=\"%s\",tier=\"%s\"} %" PRIu64 "\n", cache_name,
-			       tu_tier_name(t), st.tier_quota[t]);
-	printf("# HELP kvshm_tier_entries entries in a tier\n# TYPE kvshm_tier_entries gauge\n");
-	for (int t = 0; t < KVSHM_NTIERS; t++)
-		printf("kvshm_tier_entries{cache=\"%s\",tier=\"%s\"} %" PRIu64 "\n", cache_name, tu_tier_name(t),
-		       st.tier_entries[t]);
-	printf("# HELP kvshm_procs attached processes\n# TYPE kvshm_procs gauge\nkvshm_procs{cache=\"%s\"} %u\n",
-	       cache_name, st.procs_live);
-	printf("# HELP kvshm_data_free_bytes free bytes in the segment's data area\n# TYPE kvshm_data_free_bytes gauge\n"
-	       "kvshm_data_free_bytes{cache=\"%s\"} %" PRIu64 "\n",
-	       cache_name, st.data_free_bytes);
-	printf("# HELP kvshm_writer_slots_used writer-semaphore units held\n# TYPE kvshm_writer_slots_used gauge\n"
-	       "kvshm_writer_slots_used{cache=\"%s\"} %u\n",
-	       cache_name, st.writer_slots_used);
 	return EX_OK;
 }
 
@@ -993,6 +965,95 @@ static int cmd_top(kvshm *h, int argc, char **argv)
 	return EX_OK;
 }
 
+/* ---- per-command help ------------------------------------------------------------------------ */
+
+/* `shmctl COMMAND --help` (or -h, or `shmctl help COMMAND`): the command's
+ * own usage on stdout, exit 0; shmctl(1) is the full reference. */
+static const struct cmd_help {
+	const char *name, *text;
+} cmd_helps[] = {
+	{"status", "Usage: shmctl [-n NAME] status [--json]\n\n"
+		   "Segment size and use, free space and fragmentation, bytes, quota and entries per tier,\n"
+		   "attached processes, writer slots, the reaper, the pressure scheduler, lock repairs.\n"},
+	{"procs", "Usage: shmctl [-n NAME] procs [--json]\n\n"
+		  "Attached processes, a row per process-table slot: slot, pid, start time, state, whether\n"
+		  "the process still runs, pins, writer-semaphore units, reservations, allocations.\n"},
+	{"ls", "Usage: shmctl [-n NAME] ls [--tier T] [--model HEX] [--min-size BYTES]\n"
+	       "                          [--sort size|hits|age|score|tokens] [--limit N] [--json]\n\n"
+	       "Entries: key, tier, state, size, tokens, pins, hits, score, idle time. Filters combine.\n\n"
+	       "  --tier T          ram, ram_file, disk, all, or a comma list\n"
+	       "  --model HEX       a model fingerprint (64 hex digits)\n"
+	       "  --min-size BYTES  values of at least BYTES (4096, 64K, 1M, ...)\n"
+	       "  --sort KEY        largest first by size, hits, age, score or tokens (default: by key)\n"
+	       "  --limit N         the first N rows only\n"},
+	{"show", "Usage: shmctl [-n NAME] show KEY [--json]\n\n"
+		 "One entry in full: tier, state, sizes, its first tokens, model identity, pins, hits,\n"
+		 "creation time, writer. KEY is the 32 hex digits ls prints.\n"},
+	{"stats", "Usage: shmctl [-n NAME] stats [--json]\n\n"
+		  "Every counter with its meaning, lock repairs and lock contention.\n"},
+	{"metrics", "Usage: shmctl [-n NAME] metrics\n\n"
+		    "The counters and gauges in the Prometheus text exposition format, labelled\n"
+		    "cache=\"NAME\", printed once. kvshm-reaper --metrics-listen serves the same over HTTP.\n"},
+	{"top", "Usage: shmctl [-n NAME] top [--interval S] [--count N]\n\n"
+		"A live view: lookups, hit rate, saves, evictions, reclaims and waits per second, tiers.\n\n"
+		"  --interval S  seconds between frames (default 1; 0.05 to 3600)\n"
+		"  --count N     stop after N frames (default: until Ctrl-C)\n"},
+	{"check", "Usage: shmctl [-n NAME] check [--quick] [--json]\n\n"
+		  "Run the consistency checker over the segment and its files (briefly takes every lock).\n\n"
+		  "  --quick  skip the payload checksums\n\n"
+		  "Exit status: 0 every invariant holds, 3 a violation (printed), 4 the check could not run.\n"},
+	{"fsck", "Usage: shmctl fsck DIR [--repair] [--json]\n\n"
+		 "Offline, with no segment: verify every cache file of the file-tier directory DIR and\n"
+		 "its TDB index.\n\n"
+		 "  --repair  remove invalid and temporary files, index valid unindexed ones, drop rows\n"
+		 "            without a file, repack a damaged index\n\n"
+		 "Exit status: 0 all is (now) well, 3 problems remain, 4 it could not run.\n"},
+	{"reconcile", "Usage: shmctl [-n NAME] reconcile [--tier T] [--json]\n\n"
+		      "Make the file tiers' files, TDB index and segment entries agree now (what the reaper\n"
+		      "does at start).\n\n"
+		      "  --tier T  ram_file or disk (default: both)\n"},
+	{"evict", "Usage: shmctl [-n NAME] evict BYTES [--tiers LIST] [--json]\n\n"
+		  "Evict at least BYTES (4096, 512M, 2G, ...), lowest hit score first. Pinned and reserved\n"
+		  "entries are never evicted.\n\n"
+		  "  --tiers LIST  all, or a comma list of ram, ram_file, disk (default all)\n"},
+	{"gc", "Usage: shmctl [-n NAME] gc [--json]\n\n"
+	       "Expire reservations past their deadline and bring every tier under its quota.\n"},
+	{"delete", "Usage: shmctl [-n NAME] delete [--tier T] [--model HEX] [--min-size BYTES]\n"
+		   "                              [--min-idle S] --yes [--json]\n\n"
+		   "Delete every unpinned ready entry matching all the filters given (none: every entry).\n\n"
+		   "  --tier T, --model HEX, --min-size BYTES   as for ls\n"
+		   "  --min-idle S      idle (no hit) for at least S seconds\n"
+		   "  --yes             required: there is no undo\n"},
+	{"scheduler", "Usage: shmctl [-n NAME] scheduler [status|enable|disable|force|set HIGH LOW] [--json]\n\n"
+		      "Show or change the memory-pressure scheduler kvshm-reaper runs.\n\n"
+		      "  status        settings, last sample and result (the default)\n"
+		      "  enable        turn it on; disable: off\n"
+		      "  force         ask the reaper for a check now\n"
+		      "  set HIGH LOW  watermarks, 0 <= LOW < HIGH <= 1 (evict above HIGH down to LOW)\n"},
+	{"destroy", "Usage: shmctl [-n NAME] destroy [--force] [--json]\n\n"
+		    "Remove the segment. Refused while live processes are attached, unless --force\n"
+		    "(attached processes keep their mapping). File tiers are left alone.\n"},
+	{"help", "Usage: shmctl help [COMMAND]\n\n"
+		 "The overview, or COMMAND's own usage (as shmctl COMMAND --help).\n"},
+};
+
+static const struct cmd_help *find_help(const char *cmd)
+{
+	for (size_t i = 0; i < sizeof(cmd_helps) / sizeof(cmd_helps[0]); i++)
+		if (!strcmp(cmd_helps[i].name, cmd))
+			return &cmd_helps[i];
+	return NULL;
+}
+
+/* Does any of argv[1..argc) ask for help (--help or -h)? */
+static bool wants_help(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++)
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+			return true;
+	return false;
+}
+
 /* ---- main -------------------------------------------------------------------------------------- */
 
 int main(int argc, char **argv)
@@ -1035,6 +1096,19 @@ int main(int argc, char **argv)
 		}
 	}
 	const char *cmd = av[0];
+	const struct cmd_help *ch = find_help(cmd);
+	if (ch && wants_help(ac, av)) {
+		fputs(ch->text, stdout);
+		return EX_OK;
+	}
+	if (!strcmp(cmd, "help") && ac > 1) {
+		if (ac > 2 || !(ch = find_help(av[1]))) {
+			fprintf(stderr, "shmctl: help takes one COMMAND of shmctl --help, not '%s'\n", av[ac > 2 ? 2 : 1]);
+			return EX_USAGE;
+		}
+		fputs(ch->text, stdout);
+		return EX_OK;
+	}
 	if (!strcmp(cmd, "fsck"))
 		return cmd_fsck(ac, av);
 	if (!strcmp(cmd, "destroy"))
@@ -1054,7 +1128,7 @@ int main(int argc, char **argv)
 		return EX_USAGE;
 	}
 	if (k < 5 && ac != 1) {
-		fprintf(stderr, "shmctl: %s takes no arguments\n", cmd);
+		fprintf(stderr, "shmctl: %s takes no arguments (see shmctl %s --help)\n", cmd, cmd);
 		return EX_USAGE;
 	}
 	kvshm *h;

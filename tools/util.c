@@ -2,6 +2,7 @@
  * tools/util.c — see tools/util.h.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <libutil.h>
 #include <math.h>
 #include <stdarg.h>
@@ -112,6 +113,44 @@ const char *tu_human(char *buf, size_t len, uint64_t bytes)
 	if (len < 7 || humanize_number(buf, 6, (int64_t)bytes, "", HN_AUTOSCALE, HN_DECIMAL | HN_NOSPACE | HN_B) < 0)
 		snprintf(buf, len, "%llu", (unsigned long long)bytes);
 	return buf;
+}
+
+int tu_metrics(FILE *f, kvshm *h, const char *cache)
+{
+	kvshm_stats st;
+	int err = kvshm_stats_get(h, &st);
+	if (err < 0)
+		return err;
+	for (int i = 0; i < KVSHM_NCOUNTERS; i++) {
+		fprintf(f, "# HELP kvshm_%s_total %s\n# TYPE kvshm_%s_total counter\n", kvshm_counter_name(i),
+			kvshm_counter_help(i), kvshm_counter_name(i));
+		fprintf(f, "kvshm_%s_total{cache=\"%s\"} %" PRIu64 "\n", kvshm_counter_name(i), cache, st.counters[i]);
+	}
+	fprintf(f, "# HELP kvshm_lock_repairs_total locks recovered from a dead holder\n"
+		   "# TYPE kvshm_lock_repairs_total counter\nkvshm_lock_repairs_total{cache=\"%s\"} %" PRIu64 "\n",
+		cache, st.lock_repairs);
+	fprintf(f, "# HELP kvshm_tier_bytes bytes charged to a tier\n# TYPE kvshm_tier_bytes gauge\n");
+	for (int t = 0; t < KVSHM_NTIERS; t++)
+		fprintf(f, "kvshm_tier_bytes{cache=\"%s\",tier=\"%s\"} %" PRIu64 "\n", cache, tu_tier_name(t),
+			st.tier_bytes[t]);
+	fprintf(f, "# HELP kvshm_tier_quota_bytes byte quota of a tier\n# TYPE kvshm_tier_quota_bytes gauge\n");
+	for (int t = 0; t < KVSHM_NTIERS; t++)
+		if (st.tier_quota[t] != UINT64_MAX)
+			fprintf(f, "kvshm_tier_quota_bytes{cache=\"%s\",tier=\"%s\"} %" PRIu64 "\n", cache,
+				tu_tier_name(t), st.tier_quota[t]);
+	fprintf(f, "# HELP kvshm_tier_entries entries in a tier\n# TYPE kvshm_tier_entries gauge\n");
+	for (int t = 0; t < KVSHM_NTIERS; t++)
+		fprintf(f, "kvshm_tier_entries{cache=\"%s\",tier=\"%s\"} %" PRIu64 "\n", cache, tu_tier_name(t),
+			st.tier_entries[t]);
+	fprintf(f, "# HELP kvshm_procs attached processes\n# TYPE kvshm_procs gauge\nkvshm_procs{cache=\"%s\"} %u\n",
+		cache, st.procs_live);
+	fprintf(f, "# HELP kvshm_data_free_bytes free bytes in the segment's data area\n"
+		   "# TYPE kvshm_data_free_bytes gauge\nkvshm_data_free_bytes{cache=\"%s\"} %" PRIu64 "\n",
+		cache, st.data_free_bytes);
+	fprintf(f, "# HELP kvshm_writer_slots_used writer-semaphore units held\n# TYPE kvshm_writer_slots_used gauge\n"
+		   "kvshm_writer_slots_used{cache=\"%s\"} %u\n",
+		cache, st.writer_slots_used);
+	return 0;
 }
 
 static bool use_syslog, errs_too;

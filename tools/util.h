@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* "4096", "512K", "64M", "2G", "1T" (powers of 1024). 0 or -1 with a
  * message on stderr naming `what`. */
@@ -22,6 +23,13 @@ const char *tu_tier_name(int tier);
 /* Human-readable bytes ("1.5G") into buf (>= 8 bytes), via libbsd's
  * humanize_number. */
 const char *tu_human(char *buf, size_t len, uint64_t bytes);
+
+/* The cache's counters and gauges in the Prometheus text exposition format
+ * (version 0.0.4), labelled cache="NAME": what `shmctl metrics` prints and
+ * kvshm-reaper's /metrics serves. 0, or a negative kvshm error
+ * (kvshm_last_error() says which) with nothing written. */
+struct kvshm;
+int tu_metrics(FILE *f, struct kvshm *h, const char *cache);
 
 /* Log sink: stderr with a level tag, or syslog after tu_log_syslog(). */
 /* An error about the user's input (the parsers above report through it):
