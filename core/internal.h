@@ -226,7 +226,7 @@ void kvshm__resv_forget_all(kvshm *h);
 /* Publish a filled RAM reservation whose value checksum is csum. */
 int kvshm__publish_ram(kvshm *h, kvshm_reservation *r, uint64_t csum);
 /* Copy len bytes from src to dst and return the XXH3-64 of them, in one
- * pass (block by block, each hashed while still in cache). */
+ * pass (16 KiB blocks, each summed and then copied while in L1). */
 uint64_t kvshm__copy_sum(void *dst, const void *src, size_t len);
 uint64_t kvshm__token(kvshm *h);
 /* Our reservation's entry with its shard locked, or NULL (lock not held). */

@@ -443,20 +443,23 @@ int kvshm__drop_locked_entry(kvshm *h, uint32_t s, uint32_t idx)
 
 uint64_t kvshm__copy_sum(void *dst, const void *src, size_t len)
 {
-	/* Block by block, each summed while it is still in cache: one trip
-	 * through memory instead of two. */
-	enum { BLOCK = 64 * 1024 };
+	/* Block by block: each 16 KiB block is summed, then copied while it
+	 * is still in L1, so the source is read from memory once (by the sum,
+	 * whose sequential reads the prefetcher follows) — measured faster
+	 * than copying first and summing the copy. */
+	enum { BLOCK = 16 * 1024 };
 	if (len <= BLOCK) {
+		uint64_t h = XXH3_64bits(src, len);
 		memcpy(dst, src, len);
-		return XXH3_64bits(dst, len);
+		return h;
 	}
 	XXH3_state_t st;
 	XXH3_INITSTATE(&st);
 	XXH3_64bits_reset(&st);
 	for (size_t done = 0; done < len;) {
 		size_t n = KVSHM_MIN((size_t)BLOCK, len - done);
+		XXH3_64bits_update(&st, (const uint8_t *)src + done, n);
 		memcpy((uint8_t *)dst + done, (const uint8_t *)src + done, n);
-		XXH3_64bits_update(&st, (uint8_t *)dst + done, n);
 		done += n;
 	}
 	return XXH3_64bits_digest(&st);
