@@ -470,13 +470,17 @@ class Pin:
     """A pinned entry: ``buffer`` is a read-only, zero-copy memoryview of
     its bytes, valid until release() (or the end of a ``with`` block).
 
-    Attributes: tokens (the matched prefix length), kind ("exact",
-    "prefix", ...), tier ("ram", "ram_file", "disk"), len (bytes), address
-    (of the bytes, for handing to C code while pinned), and every other
-    field of the C kvshm_pin by its name."""
-    __slots__ = ("_cache", "_lease", "_mv", "_info", "tokens", "kind", "tier", "len", "__weakref__")
+    Attributes: tokens (the matched prefix length), stored_tokens (tokens
+    the stored state covers: more than tokens for a partial hit, whose
+    state the engine cuts to tokens), kind ("exact", "prefix" or
+    "partial"), tier ("ram", "ram_file", "disk"), len (bytes), address (of
+    the bytes, for handing to C code while pinned), and every other field
+    of the C kvshm_pin by its name."""
+    __slots__ = ("_cache", "_lease", "_mv", "_info", "tokens", "stored_tokens", "kind", "tier", "len",
+                 "__weakref__")
 
     tokens: int
+    stored_tokens: int
     kind: Union[str, int]
     tier: Union[str, int]
     len: int
@@ -492,6 +496,7 @@ class Pin:
         p._lease = lease
         p._info = info
         p.tokens = info["ntokens"]
+        p.stored_tokens = info["stored_ntokens"]
         p.kind = _KINDS.get(info["kind"], info["kind"])
         p.tier = _tier_name(info["tier"])
         p.len = info["len"]
@@ -718,6 +723,11 @@ def _after_fork_in_child_cache(cache: "Cache") -> None:
 # The cache
 # ==========================================================================
 
+def _lookup_flags(flags: int, wait: bool, partial: bool) -> int:
+    return int(flags) | (KVSHM_LOOKUP_WAIT if wait else 0) | \
+        (KVSHM_LOOKUP_PARTIAL if partial else 0)  # noqa: F821 - from the header
+
+
 class Cache:
     """An attached cache (one kvshm handle). Use Cache.open()."""
 
@@ -864,10 +874,9 @@ class Cache:
 
     # ---- lookup ----------------------------------------------------------
 
-    def _lookup(self, model: Model, tokens, wait: bool, flags: int, exact: bool) -> Optional[Pin]:
+    def _lookup(self, model: Model, tokens, flags: int, exact: bool) -> Optional[Pin]:
         m = _model_raw(model)
         t = _tokens(tokens)
-        flags = int(flags) | (KVSHM_LOOKUP_WAIT if wait else 0)  # noqa: F821
         with self._lock:
             self._run_deferred()
             lease = self._h().lookup(m, t, flags, exact)
@@ -877,29 +886,37 @@ class Cache:
             self._pins.add(pin)
             return pin
 
-    def lookup(self, model: Model, tokens, wait: bool = False, flags: int = 0) -> Optional[Pin]:
+    def lookup(self, model: Model, tokens, wait: bool = False, flags: int = 0, *,
+               partial: bool = False) -> Optional[Pin]:
         """Pin the longest stored prefix of tokens for model: a Pin, or None
         on a miss. wait=True waits (up to the cache's wait_ms) when a longer
-        match is being saved right now. flags: more KVSHM_LOOKUP_* bits.
-        PinFull if the handle's pin records are all taken."""
-        return self._lookup(model, tokens, wait, flags, False)
+        match is being saved right now. partial=True (KVSHM_LOOKUP_PARTIAL)
+        answers with the entry of the longest common prefix, also one
+        longer than tokens or diverging from them: pin.kind "partial", cut
+        the restored state to pin.tokens (pin.stored_tokens is what it
+        covers); common prefixes below the cache's partial_min_tokens are
+        not offered. flags: more KVSHM_LOOKUP_* bits. PinFull if the
+        handle's pin records are all taken."""
+        return self._lookup(model, tokens, _lookup_flags(flags, wait, partial), False)
 
     def get(self, model: Model, tokens, wait: bool = False, flags: int = 0) -> Optional[Pin]:
         """Like lookup, but only an entry for exactly these tokens."""
-        return self._lookup(model, tokens, wait, flags, True)
+        return self._lookup(model, tokens, _lookup_flags(flags, wait, False), True)
 
     def lookup_copy(self, model: Model, tokens, wait: bool = False, into=None,
-                    flags: int = 0) -> Optional[Tuple[Union[bytes, int], int]]:
+                    flags: int = 0, *, partial: bool = False) -> Optional[Tuple[Union[bytes, int], int]]:
         """Copy out the longest stored prefix's bytes (nothing stays pinned).
 
         Returns (bytes, matched_tokens), or None on a miss: one copy into a
         bytes object of the value's exact size. With into= (a writable
         C-contiguous buffer) the bytes are copied there instead and
         (nbytes, matched_tokens) is returned; KvshmError ENOBUFS (attribute
-        .needed) if it is too small."""
+        .needed) if it is too small. partial=True: as lookup's
+        (matched_tokens is then the common prefix; the bytes may cover
+        more tokens, to be cut to it)."""
         m = _model_raw(model)
         t = _tokens(tokens)
-        flags = int(flags) | (KVSHM_LOOKUP_WAIT if wait else 0)  # noqa: F821
+        flags = _lookup_flags(flags, wait, partial)
         with self._lock:
             h = self._h()
             if into is not None:
