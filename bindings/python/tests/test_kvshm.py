@@ -99,6 +99,13 @@ class TestLayout(unittest.TestCase):
             self.assertTrue(issubclass(cls, kvshm.KvshmError))
             self.assertEqual(kvshm.strerror(int(code)), msg)
         self.assertIs(kvshm.ERROR_CLASSES["KVSHM_ENOTFOUND"], kvshm.NotFound)
+        # A code that is a kind of another subclasses its class.
+        self.assertIs(kvshm.ERROR_CLASSES["KVSHM_EUNRECLAIMED"], kvshm.Unreclaimed)
+        self.assertEqual(kvshm.Unreclaimed.__mro__[1:3], (kvshm.CheckFailed, kvshm.KvshmError))
+        e = pickle.loads(pickle.dumps(kvshm.Unreclaimed(kvshm.KVSHM_EUNRECLAIMED)))
+        self.assertIsInstance(e, kvshm.CheckFailed)
+        self.assertIs(type(e), kvshm.Unreclaimed)
+        self.assertIn("Unreclaimed", kvshm.__all__)
 
     def test_struct_fields_match_header(self):
         import re
@@ -678,6 +685,9 @@ class TestStatsCheckEvict(CacheTest):
         procs = c.procs()
         self.assertEqual([p["pid"] for p in procs], [os.getpid()])
         self.assertTrue(procs[0]["alive"])
+        self.assertIn(procs[0]["identity"], (kvshm.KVSHM_IDENTITY_PIDFS, kvshm.KVSHM_IDENTITY_LOCK))
+        self.assertEqual(procs[0]["pidfs_ino"] != 0, procs[0]["identity"] == kvshm.KVSHM_IDENTITY_PIDFS)
+        self.assertEqual((kvshm.KVSHM_IDENTITY_PIDFS, kvshm.KVSHM_IDENTITY_LOCK), (1, 2))
 
 
 # ---------------------------------------------------------------------------
@@ -1111,6 +1121,13 @@ class TestPrefork(CacheTest):
         p.start()
         p.join(30)
         self.assertEqual(p.exitcode, 3)
+        # Found dead, not reclaimed yet: said apart from a violation.
+        for quick in (False, True):
+            with self.assertRaises(kvshm.Unreclaimed) as cm:
+                self.cache.check(quick=quick)
+            self.assertIsInstance(cm.exception, kvshm.CheckFailed)
+            self.assertEqual((cm.exception.code, cm.exception.name), (-30023, "KVSHM_EUNRECLAIMED"))
+            self.assertIn("is gone (not reclaimed)", cm.exception.message)
         self.assertEqual(self.cache.sweep(), 1)
         st = self.cache.stats()
         self.assertEqual((st["reclaims"], st["reclaimed_pins"], st["reclaimed_reservations"]), (1, 1, 1))

@@ -167,16 +167,34 @@ _CLASS_NAMES = {
     "PROCFULL": "ProcFull", "NOSPACE": "NoSpace", "TOOBIG": "TooBig", "EXPIRED": "Expired",
     "CLOSED": "Closed", "MODEL": "ModelMismatch", "BUSY": "Busy", "INIT": "Initialising",
     "CONFIG": "ConfigError", "PINFULL": "PinFull", "CHECK": "CheckFailed", "BADFILE": "BadFile",
-    "TDB": "TdbError", "REAPER": "ReaperRunning",
+    "TDB": "TdbError", "REAPER": "ReaperRunning", "UNRECLAIMED": "Unreclaimed",
+}
+# A code that is a kind of another: its class subclasses that one's, so
+# code catching the broader class still does.
+_CLASS_PARENTS = {
+    # check(): nothing is damaged, but a dead process's slot waits for a sweep.
+    "UNRECLAIMED": "CHECK",
 }
 _ERROR_CLASSES: Dict[int, type] = {}
 ERROR_CLASSES: Dict[str, type] = {}  # KVSHM_E<NAME> -> class
-for _name, _code, _msg in _kvshm.ERRORS:
-    _cls_name = _CLASS_NAMES.get(_name) or _name.title().replace("_", "")
-    _cls = type(_cls_name, (KvshmError,), {"__doc__": "KVSHM_E%s: %s." % (_name, _msg), "__module__": __name__})
-    globals()[_cls_name] = _cls
-    _ERROR_CLASSES[_code] = _cls
-    ERROR_CLASSES["KVSHM_E" + _name] = _cls
+
+
+def _error_class(name: str, code: int, msg: str) -> type:
+    key = "KVSHM_E" + name
+    if key not in ERROR_CLASSES:
+        parent = _CLASS_PARENTS.get(name)
+        rows = {n: (n, c, m) for n, c, m in _kvshm.ERRORS}
+        base = _error_class(*rows[parent]) if parent in rows else KvshmError
+        cls_name = _CLASS_NAMES.get(name) or name.title().replace("_", "")
+        cls = type(cls_name, (base,), {"__doc__": "KVSHM_E%s: %s." % (name, msg), "__module__": __name__})
+        globals()[cls_name] = cls
+        _ERROR_CLASSES[code] = cls
+        ERROR_CLASSES[key] = cls
+    return ERROR_CLASSES[key]
+
+
+for _row in _kvshm.ERRORS:
+    _error_class(*_row)
 
 
 # -errno codes: KvshmError combined with the standard OSError subclass for
@@ -1032,7 +1050,9 @@ class Cache:
         return d
 
     def check(self, quick: bool = False) -> None:
-        """Run the consistency checker; CheckFailed with the first violation."""
+        """Run the consistency checker; CheckFailed with the first violation,
+        or its subclass Unreclaimed when the only finding is a dead process
+        whose slot is not reclaimed yet (sweep() or the reaper clears it)."""
         with self._lock:
             self._h().check(KVSHM_CHECK_QUICK if quick else 0)  # noqa: F821
 
@@ -1087,7 +1107,8 @@ class Cache:
 
     def procs(self) -> List[Dict[str, Any]]:
         """The process table: every field of kvshm_proc_info, a dict per slot
-        in use."""
+        in use (identity: KVSHM_IDENTITY_PIDFS, with pidfs_ino the pidfd
+        inode recorded, or KVSHM_IDENTITY_LOCK, the slot's lock byte)."""
         with self._lock:
             return self._h().procs()
 
