@@ -566,6 +566,154 @@ class TestReserve(CacheTest):
             c.put(m, [98], memoryview(data)[::2])  # not contiguous
 
 
+# ---------------------------------------------------------------------------
+# Verification: values damaged behind the library's back
+# ---------------------------------------------------------------------------
+
+def segment_file(cache):
+    d = cache.config()["shm_dir"] or os.environ.get("KVSHM_SHM_DIR") or "/dev/shm"
+    return os.path.join(d, "kvshm." + cache.name)
+
+
+HEAD = 32
+
+
+def marked(i, n):
+    """A value that starts with a marker found nowhere else in a segment."""
+    head = (b"<kvshm verify test value %06d>" % i).ljust(HEAD, b".")
+    return head + blob(i, n - HEAD)
+
+
+def damage(cache, value, at):
+    """Flip byte `at` of a stored value in the segment file, as a stray
+    writer (or a bit flip) would: found by its marker, not by any layout."""
+    with open(segment_file(cache), "r+b") as f:
+        data = f.read()
+        off = data.find(value[:HEAD])
+        assert off >= 0 and data.find(value[:HEAD], off + 1) < 0, "marker not found once"
+        assert data[off:off + len(value)] == value
+        f.seek(off + at)
+        f.write(bytes([data[off + at] ^ 0xFF]))
+
+
+class TestVerify(CacheTest):
+    def rejected(self):
+        return self.cache.stats()["corrupt_rejected"]
+
+    def test_pin_verify(self):
+        c, m = self.cache, self.m
+        v = marked(1, 5000)
+        c.put(m, range(300), v)
+        p = c.lookup(m, range(300))
+        self.assertIsNone(p.verify())          # sound
+        self.assertEqual(p.buffer, v)          # a fresh view of the same bytes
+        part = p.buffer[10:20]
+        with self.assertRaises(BufferError):   # a failure would unpin under it
+            p.verify()
+        with self.assertRaises(BufferError):   # the extension refuses on its own too
+            p._lease.verify()
+        self.assertFalse(p.released)
+        self.assertEqual(bytes(part), v[10:20])
+        del part
+        before = self.rejected()
+        damage(c, v, 1234)                     # the pin was taken before the damage
+        view = p.buffer
+        self.assertEqual(view[1234], v[1234] ^ 0xFF)  # zero-copy reads check nothing
+        with self.assertRaises(kvshm.Corrupt) as cm:
+            p.verify()
+        self.assertEqual((cm.exception.code, cm.exception.name), (kvshm.KVSHM_ECORRUPT, "KVSHM_ECORRUPT"))
+        self.assertIn("checksum", cm.exception.message)
+        self.assertTrue(p.released)            # the library released the pin
+        for use in (lambda: view[0], lambda: p.buffer[0], lambda: p.tobytes(), lambda: p.address,
+                    p.verify):
+            with self.assertRaises(ValueError):
+                use()
+        p.release()                            # nothing left to do
+        self.assertEqual(self.rejected(), before + 1)
+        self.assertEqual(c.list(), [])         # dropped with its last pin
+        self.assertIsNone(c.lookup(m, range(300)))
+        c.check()
+        with c.reserve(m, [1], 8) as r:
+            with self.assertRaises(TypeError):
+                r._lease.verify()              # only pins
+            r.buffer[:] = b"12345678"
+
+    def test_verify_in_a_fork_child(self):
+        c, m = self.cache, self.m
+        c.put(m, range(10), marked(2, 100))
+        pin = c.lookup(m, range(10))
+
+        def child():
+            try:
+                pin.verify()                   # the parent's pin, not the child's
+            except ValueError:
+                os._exit(7)
+            os._exit(0)
+        p = multiprocessing.get_context("fork").Process(target=child)
+        p.start()
+        p.join(30)
+        self.assertEqual(p.exitcode, 7)
+        pin.verify()
+        self.assertEqual(pin.buffer, marked(2, 100))
+        pin.release()
+
+    def test_lookup_verify(self):
+        c, m = self.cache, self.m
+        short, long_ = marked(3, 3000), marked(4, 6000)
+        c.put(m, range(100), short)
+        c.put(m, range(300), long_)
+        before = self.rejected()
+        with c.lookup(m, range(400), verify=True) as p:  # sound: served
+            self.assertEqual((p.tokens, p.kind), (300, "prefix"))
+            self.assertEqual(p.buffer, long_)
+        damage(c, long_, 4321)
+        with c.lookup(m, range(400), verify=True) as p:  # never served: the next best
+            self.assertEqual((p.tokens, p.kind), (100, "prefix"))
+            self.assertEqual(p.buffer, short)
+        self.assertEqual(self.rejected(), before + 1)
+        with c.lookup(m, range(300)) as p:               # dropped for good
+            self.assertEqual(p.tokens, 100)
+        # get: the exact entry or nothing.
+        g = marked(5, 4000)
+        key = list(range(1000, 1400))
+        c.put(m, key, g)
+        with c.get(m, key, verify=True) as p:
+            self.assertEqual(p.buffer, g)
+        damage(c, g, 0)
+        self.assertIsNone(c.get(m, key, verify=True))
+        self.assertEqual(self.rejected(), before + 2)
+        self.assertIsNone(c.get(m, key))
+        # The flag itself, through flags=.
+        damage(c, short, 2999)
+        self.assertIsNone(c.lookup(m, range(400), flags=kvshm.KVSHM_LOOKUP_VERIFY))
+        self.assertEqual(self.rejected(), before + 3)
+        self.assertEqual(c.list(), [])
+        c.check()
+
+    def test_copy_out_verifies(self):
+        c, m = self.cache, self.m
+        short, mid, long_ = marked(6, 2000), marked(7, 100_000), marked(8, 3000)
+        c.put(m, range(50), short)
+        c.put(m, range(200), mid)              # above 64 KiB: written in place
+        c.put(m, range(400), long_)
+        before = self.rejected()
+        self.assertEqual(c.lookup_copy(m, range(500)), (long_, 400))
+        damage(c, long_, len(long_) - 1)
+        self.assertEqual(c.lookup_copy(m, range(500)), (mid, 200))  # into bytes
+        self.assertEqual(self.rejected(), before + 1)
+        damage(c, mid, 77777)
+        buf = bytearray(200_000)
+        self.assertEqual(c.lookup_copy(m, range(500), into=buf), (2000, 50))  # into a buffer
+        self.assertEqual(bytes(buf[:2000]), short)
+        self.assertEqual(self.rejected(), before + 2)
+        damage(c, short, 5)
+        self.assertIsNone(c.lookup_copy(m, range(500)))
+        self.assertEqual(self.rejected(), before + 3)
+        self.assertEqual(c.list(), [])
+        self.assertEqual(c.list(min_len=0), [])
+        c.check()
+
+
 class TestStatsCheckEvict(CacheTest):
     def test_counters_move(self):
         c, m = self.cache, self.m

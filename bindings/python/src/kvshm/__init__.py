@@ -546,6 +546,32 @@ class Pin:
     def released(self) -> bool:
         return self._lease is None
 
+    def verify(self) -> None:
+        """Check the pinned value against the checksum it was published with
+        (kvshm_pin_verify: one pass over the bytes), for a pin taken
+        without lookup's verify=True or held for a while. Returns None when
+        it matches. When it does not, the library drops the entry (never
+        served again, counted as corrupt_rejected) and releases the pin:
+        this Pin is then released (buffer invalid) and Corrupt is raised.
+        So verify, like release, refuses with BufferError (nothing checked)
+        while views derived from the buffer are alive; afterwards
+        ``buffer`` is a fresh view of the same bytes. ValueError once
+        released, or for a pin another process made (a fork's parent's)."""
+        lease = self._lease
+        if lease is None:
+            raise ValueError("kvshm: the pin was released")
+        cache = self._cache
+        with cache._lock:
+            _release_view(self)
+            try:
+                lease.verify()
+            finally:
+                if lease.live:
+                    self._mv = memoryview(lease)
+                else:  # failed: the library released the pin
+                    self._lease = None
+                    cache._pins.discard(self)
+
     def tobytes(self) -> bytes:
         """A copy of the bytes."""
         return self._mv.tobytes()
@@ -741,9 +767,9 @@ def _after_fork_in_child_cache(cache: "Cache") -> None:
 # The cache
 # ==========================================================================
 
-def _lookup_flags(flags: int, wait: bool, partial: bool) -> int:
-    return int(flags) | (KVSHM_LOOKUP_WAIT if wait else 0) | \
-        (KVSHM_LOOKUP_PARTIAL if partial else 0)  # noqa: F821 - from the header
+def _lookup_flags(flags: int, wait: bool, partial: bool, verify: bool) -> int:
+    return int(flags) | (KVSHM_LOOKUP_WAIT if wait else 0) | (KVSHM_LOOKUP_PARTIAL if partial else 0) | \
+        (KVSHM_LOOKUP_VERIFY if verify else 0)  # noqa: F821 - from the header
 
 
 class Cache:
@@ -905,7 +931,7 @@ class Cache:
             return pin
 
     def lookup(self, model: Model, tokens, wait: bool = False, flags: int = 0, *,
-               partial: bool = False) -> Optional[Pin]:
+               partial: bool = False, verify: bool = False) -> Optional[Pin]:
         """Pin the longest stored prefix of tokens for model: a Pin, or None
         on a miss. wait=True waits (up to the cache's wait_ms) when a longer
         match is being saved right now. partial=True (KVSHM_LOOKUP_PARTIAL)
@@ -913,13 +939,19 @@ class Cache:
         longer than tokens or diverging from them: pin.kind "partial", cut
         the restored state to pin.tokens (pin.stored_tokens is what it
         covers); common prefixes below the cache's partial_min_tokens are
-        not offered. flags: more KVSHM_LOOKUP_* bits. PinFull if the
-        handle's pin records are all taken."""
-        return self._lookup(model, tokens, _lookup_flags(flags, wait, partial), False)
+        not offered. verify=True (KVSHM_LOOKUP_VERIFY) checks the value
+        against its checksum before pinning it (one pass over its bytes): a
+        value that fails is never returned -- it is dropped, counted
+        (stats()["corrupt_rejected"]) and the next best match is tried.
+        flags: more KVSHM_LOOKUP_* bits. PinFull if the handle's pin records
+        are all taken."""
+        return self._lookup(model, tokens, _lookup_flags(flags, wait, partial, verify), False)
 
-    def get(self, model: Model, tokens, wait: bool = False, flags: int = 0) -> Optional[Pin]:
-        """Like lookup, but only an entry for exactly these tokens."""
-        return self._lookup(model, tokens, _lookup_flags(flags, wait, False), True)
+    def get(self, model: Model, tokens, wait: bool = False, flags: int = 0, *,
+            verify: bool = False) -> Optional[Pin]:
+        """Like lookup, but only an entry for exactly these tokens
+        (verify=True: a corrupt value is dropped, and get returns None)."""
+        return self._lookup(model, tokens, _lookup_flags(flags, wait, False, verify), True)
 
     def lookup_copy(self, model: Model, tokens, wait: bool = False, into=None,
                     flags: int = 0, *, partial: bool = False) -> Optional[Tuple[Union[bytes, int], int]]:
@@ -931,10 +963,15 @@ class Cache:
         (nbytes, matched_tokens) is returned; KvshmError ENOBUFS (attribute
         .needed) if it is too small. partial=True: as lookup's
         (matched_tokens is then the common prefix; the bytes may cover
-        more tokens, to be cut to it)."""
+        more tokens, to be cut to it).
+
+        The copy is always verified against the value's checksum, as it is
+        made (into=) or right after it (bytes), so damage present while
+        copying is caught: a value that fails is dropped, counted
+        (corrupt_rejected) and the next best match is copied instead."""
         m = _model_raw(model)
         t = _tokens(tokens)
-        flags = _lookup_flags(flags, wait, partial)
+        flags = _lookup_flags(flags, wait, partial, False)
         with self._lock:
             h = self._h()
             if into is not None:
