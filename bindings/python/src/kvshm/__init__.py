@@ -13,6 +13,8 @@ Quick tour::
         c.put(m, range(4096), state_bytes, reason="cold")
         with c.lookup(m, prompt_tokens) as pin:       # None on a miss
             restore(pin.buffer, pin.tokens)             # zero-copy, read-only
+        with c.lookup(m, prompt_tokens, partial=True, verify=True) as pin:
+            restore(pin.buffer, pin.stored_tokens)      # kind "partial": cut to pin.tokens
         with c.reserve(m, tokens, nbytes) as res:       # fill in place, then publish
             res.buffer[:] = compute()
 
@@ -28,11 +30,13 @@ the reservation published/cancelled; afterwards any use raises ValueError. A
 release refuses with BufferError (the memory stays pinned) while any view of
 it -- the buffer itself exported to another object, or a slice or cast of it
 -- is still alive: the extension counts the buffer exports it hands out, so
-Python code can never read memory that is no longer pinned.
+Python code can never read memory that is no longer pinned. Pin.verify()
+refuses likewise: a value that fails its checksum is unpinned.
 
 Errors: every failure is a KvshmError, an OSError. System failures (-errno)
 also are the standard OSError subclass (-ENOENT is a FileNotFoundError);
-library failures (KVSHM_E*) have their own classes (NotFound, Exists, ...).
+library failures (KVSHM_E*) have their own classes (NotFound, Exists, ...;
+Unreclaimed is a CheckFailed).
 
 Processes: a Cache opened before fork() may be used by the child (it takes
 its own process slot on first use); pins and reservations made before the
