@@ -31,38 +31,36 @@ def header():
 
 
 def changed(text):
-    """The header with the kind of additions the C core makes."""
+    """The header with the kind of additions the C core makes (fields at the
+    end of kvshm_pin and kvshm_proc_info, a lookup flag, an enum, an error
+    code and a counter, as partial lookup and process identity added)."""
     def sub(old, new):
         assert old in text, old
         return text.replace(old, new, 1)
-    text = sub("\tsize_t ntokens;    /* tokens the entry covers: the matched prefix */\n",
-               "\tsize_t ntokens;    /* tokens the entry covers: the matched prefix */\n"
-               "\tsize_t stored_ntokens; /* added */\n")
-    text = sub("#define KVSHM_LOOKUP_WAIT 1u\n", "#define KVSHM_LOOKUP_WAIT 1u\n#define KVSHM_LOOKUP_PARTIAL 2u\n")
-    text = sub("\tuint32_t allocs;       /* allocations being filled */\n",
-               "\tuint32_t allocs;       /* allocations being filled */\n\tint identity;\n\tuint64_t pidfs_ino;\n")
-    text = sub("/* One process-table slot, as kvshm_procs reports it. */",
-               "enum { KVSHM_IDENTITY_PIDFS = 1, KVSHM_IDENTITY_LOCK = 2 };\n\n"
-               "/* One process-table slot, as kvshm_procs reports it. */")
-    text = sub('\tXX(REAPER, -30022, "another reaper already serves this cache")',
-               '\tXX(REAPER, -30022, "another reaper already serves this cache") \\\n'
-               '\tXX(UNRECLAIMED, -30023, "a process died and its slot is not reclaimed yet")')
-    text = sub('\tXX(hits_prefix, "lookups answered by a proper prefix")                    \\\n',
-               '\tXX(hits_prefix, "lookups answered by a proper prefix")                    \\\n'
-               '\tXX(hits_partial, "lookups answered by a longer entry")                    \\\n')
+    text = sub("} kvshm_pin;\n", "\tuint64_t added_pin_field; /* added */\n} kvshm_pin;\n")
+    text = sub("#define KVSHM_LOOKUP_VERIFY 4u\n", "#define KVSHM_LOOKUP_VERIFY 4u\n#define KVSHM_LOOKUP_ADDED 8u\n")
+    text = sub("} kvshm_proc_info;\n", "\tint added_kind;\n\tuint64_t added_ino;\n} kvshm_proc_info;\n")
+    text = sub("typedef struct kvshm_proc_info {",
+               "enum { KVSHM_ADDED_ONE = 1, KVSHM_ADDED_TWO = 2 };\n\ntypedef struct kvshm_proc_info {")
+    text = sub('#define KVSHM_ERRNO_MAP(XX)                                                        \\\n',
+               '#define KVSHM_ERRNO_MAP(XX)                                                        \\\n'
+               '\tXX(ADDEDERR, -30999, "an error code added")                                  \\\n')
+    text = sub('#define KVSHM_COUNTER_MAP(XX)                                                    \\\n',
+               '#define KVSHM_COUNTER_MAP(XX)                                                    \\\n'
+               '\tXX(added_counter, "a counter added")                                        \\\n')
     return text
 
 
 def test_tables_follow_the_header():
     g = gen()
     before, after = g.generate(header()), g.generate(changed(header()))
-    assert "GEN_FIELD(kvshm_pin, stored_ntokens)" not in before
-    assert "\tGEN_FIELD(kvshm_pin, ntokens),\n\tGEN_FIELD(kvshm_pin, stored_ntokens),\n" in after
-    assert "GEN_FIELD(kvshm_proc_info, pidfs_ino)" in after
-    assert "GEN_INT(KVSHM_LOOKUP_PARTIAL)" in after
-    assert "GEN_INT(KVSHM_IDENTITY_LOCK)" in after
+    assert "added_pin_field" not in before
+    assert "\tGEN_ARRAY(kvshm_pin, ref),\n\tGEN_FIELD(kvshm_pin, added_pin_field),\n" in after
+    assert "GEN_FIELD(kvshm_proc_info, added_ino)" in after
+    assert "GEN_INT(KVSHM_LOOKUP_ADDED)" in after
+    assert "GEN_INT(KVSHM_ADDED_TWO)" in after
     # Error codes and counters are X-macros the extension expands itself.
-    assert "UNRECLAIMED" not in after and "hits_partial" not in after
+    assert "ADDEDERR" not in after and "added_counter" not in after
 
 
 def test_parser_reads_every_kind_of_field():

@@ -99,6 +99,13 @@ class TestLayout(unittest.TestCase):
             self.assertTrue(issubclass(cls, kvshm.KvshmError))
             self.assertEqual(kvshm.strerror(int(code)), msg)
         self.assertIs(kvshm.ERROR_CLASSES["KVSHM_ENOTFOUND"], kvshm.NotFound)
+        # A code that is a kind of another subclasses its class.
+        self.assertIs(kvshm.ERROR_CLASSES["KVSHM_EUNRECLAIMED"], kvshm.Unreclaimed)
+        self.assertEqual(kvshm.Unreclaimed.__mro__[1:3], (kvshm.CheckFailed, kvshm.KvshmError))
+        e = pickle.loads(pickle.dumps(kvshm.Unreclaimed(kvshm.KVSHM_EUNRECLAIMED)))
+        self.assertIsInstance(e, kvshm.CheckFailed)
+        self.assertIs(type(e), kvshm.Unreclaimed)
+        self.assertIn("Unreclaimed", kvshm.__all__)
 
     def test_struct_fields_match_header(self):
         import re
@@ -150,6 +157,7 @@ class TestLayout(unittest.TestCase):
         self.assertIsNone(d["demote_tier"])
         self.assertEqual(d["evict_wait_ms"], 30000)
         self.assertEqual(d["verify_reuse_ms"], 1000)
+        self.assertEqual(d["partial_min_tokens"], 64)
         self.assertEqual(d["policy"], kvshm.Policy())
 
     def test_config_round_trip(self):
@@ -164,7 +172,8 @@ class TestLayout(unittest.TestCase):
                         wait_ms=77, mode=0o640, lazy=1, score_halflife_s=123.5,
                         quota={"ram": 8 * MIB, "ram_file": 3 * MIB, "disk": 5 * MIB},
                         policy=pol, ram_file_dir=rf, disk_dir=dk, demote_tier="disk",
-                        writer_wait_ms=11, evict_wait_ms=2222, verify_reuse_ms=33)
+                        writer_wait_ms=11, evict_wait_ms=2222, verify_reuse_ms=33,
+                        partial_min_tokens=48)
             c = kvshm.Cache.open(name, create=True, **want)
             try:
                 got = c.config()
@@ -236,6 +245,60 @@ class TestPutGet(CacheTest):
         self.assertIsNone(c.lookup(model(1), range(1000)))  # different model
         other_quant = kvshm.Model(m.fingerprint, m.quant + 1, m.ctx_hash)
         self.assertIsNone(c.lookup(other_quant, range(1000)))
+
+    def test_partial(self):
+        """partial=True: the longest common prefix, from an entry longer
+        than the query or diverging from it (a branch of a conversation)."""
+        c, m = self.cache, self.m
+        system = list(range(5000, 5600))            # a shared 600-token prompt
+        a = system + list(range(10000, 10300))      # two branches saved
+        b = system + list(range(20000, 20400))
+        c.put(m, a, blob(1, 3000))
+        c.put(m, b, blob(2, 4000))
+        q = system + list(range(30000, 30100))      # a third branch
+        self.assertIsNone(c.lookup(m, q))
+        self.assertIsNone(c.lookup_copy(m, q))
+        before = c.stats()["hits_partial"]
+        with c.lookup(m, q, partial=True) as p:
+            self.assertEqual((p.tokens, p.kind, p.tier), (600, "partial", "ram"))
+            self.assertIn(p.stored_tokens, (900, 1000))
+            self.assertEqual(p.stored_tokens, p.stored_ntokens)
+            self.assertEqual(bytes(p.buffer), blob(1, 3000) if p.stored_tokens == 900 else blob(2, 4000))
+        self.assertEqual(c.stats()["hits_partial"], before + 1)
+        with c.lookup(m, a[:700], partial=True) as p:  # shorter than the entry
+            self.assertEqual((p.tokens, p.stored_tokens, p.kind), (700, 900, "partial"))
+        with c.lookup(m, a + [1, 2], partial=True) as p:  # an ordinary hit stays one
+            self.assertEqual((p.tokens, p.stored_tokens, p.kind), (900, 900, "prefix"))
+        with c.lookup(m, a + [1, 2]) as p:
+            self.assertEqual((p.tokens, p.stored_tokens, p.kind), (900, 900, "prefix"))
+        self.assertIsNone(c.lookup(m, a[:63], partial=True))  # below partial_min_tokens
+        data, matched = c.lookup_copy(m, q, partial=True)
+        self.assertEqual(matched, 600)
+        self.assertIn(data, (blob(1, 3000), blob(2, 4000)))
+        buf = bytearray(8000)
+        n, matched = c.lookup_copy(m, b[:650], into=buf, partial=True)
+        self.assertEqual((n, matched, bytes(buf[:n])), (4000, 650, blob(2, 4000)))
+        self.assertIsNone(c.lookup(model(1), q, partial=True))  # another model
+        self.assertEqual(c.stats()["hits_partial"], before + 4)
+        # The flag itself, through flags=; get (exact) refuses it.
+        with c.lookup(m, q, flags=kvshm.KVSHM_LOOKUP_PARTIAL) as p:
+            self.assertEqual((p.tokens, p.kind), (600, "partial"))
+        with self.assertRaises(kvshm.KvshmError) as cm:
+            c.get(m, a, flags=kvshm.KVSHM_LOOKUP_PARTIAL)
+        self.assertEqual(cm.exception.name, "EINVAL")
+
+    def test_partial_min_tokens(self):
+        name = unique_name("pmin")
+        with kvshm.Cache.open(name, create=True, segment_bytes=16 * MIB, lazy=1, partial_min_tokens=200) as c:
+            try:
+                m = self.m
+                c.put(m, list(range(300)) + [7] * 100, b"state")
+                self.assertIsNone(c.lookup(m, list(range(199)) + [1], partial=True))
+                with c.lookup(m, list(range(250)) + [1], partial=True) as p:
+                    self.assertEqual((p.tokens, p.stored_tokens, p.kind), (250, 400, "partial"))
+            finally:
+                c.close()
+                kvshm.Cache.destroy(name, force=True)
 
     def test_longest_prefix_wins(self):
         c, m = self.cache, self.m
@@ -503,6 +566,154 @@ class TestReserve(CacheTest):
             c.put(m, [98], memoryview(data)[::2])  # not contiguous
 
 
+# ---------------------------------------------------------------------------
+# Verification: values damaged behind the library's back
+# ---------------------------------------------------------------------------
+
+def segment_file(cache):
+    d = cache.config()["shm_dir"] or os.environ.get("KVSHM_SHM_DIR") or "/dev/shm"
+    return os.path.join(d, "kvshm." + cache.name)
+
+
+HEAD = 32
+
+
+def marked(i, n):
+    """A value that starts with a marker found nowhere else in a segment."""
+    head = (b"<kvshm verify test value %06d>" % i).ljust(HEAD, b".")
+    return head + blob(i, n - HEAD)
+
+
+def damage(cache, value, at):
+    """Flip byte `at` of a stored value in the segment file, as a stray
+    writer (or a bit flip) would: found by its marker, not by any layout."""
+    with open(segment_file(cache), "r+b") as f:
+        data = f.read()
+        off = data.find(value[:HEAD])
+        assert off >= 0 and data.find(value[:HEAD], off + 1) < 0, "marker not found once"
+        assert data[off:off + len(value)] == value
+        f.seek(off + at)
+        f.write(bytes([data[off + at] ^ 0xFF]))
+
+
+class TestVerify(CacheTest):
+    def rejected(self):
+        return self.cache.stats()["corrupt_rejected"]
+
+    def test_pin_verify(self):
+        c, m = self.cache, self.m
+        v = marked(1, 5000)
+        c.put(m, range(300), v)
+        p = c.lookup(m, range(300))
+        self.assertIsNone(p.verify())          # sound
+        self.assertEqual(p.buffer, v)          # a fresh view of the same bytes
+        part = p.buffer[10:20]
+        with self.assertRaises(BufferError):   # a failure would unpin under it
+            p.verify()
+        with self.assertRaises(BufferError):   # the extension refuses on its own too
+            p._lease.verify()
+        self.assertFalse(p.released)
+        self.assertEqual(bytes(part), v[10:20])
+        del part
+        before = self.rejected()
+        damage(c, v, 1234)                     # the pin was taken before the damage
+        view = p.buffer
+        self.assertEqual(view[1234], v[1234] ^ 0xFF)  # zero-copy reads check nothing
+        with self.assertRaises(kvshm.Corrupt) as cm:
+            p.verify()
+        self.assertEqual((cm.exception.code, cm.exception.name), (kvshm.KVSHM_ECORRUPT, "KVSHM_ECORRUPT"))
+        self.assertIn("checksum", cm.exception.message)
+        self.assertTrue(p.released)            # the library released the pin
+        for use in (lambda: view[0], lambda: p.buffer[0], lambda: p.tobytes(), lambda: p.address,
+                    p.verify):
+            with self.assertRaises(ValueError):
+                use()
+        p.release()                            # nothing left to do
+        self.assertEqual(self.rejected(), before + 1)
+        self.assertEqual(c.list(), [])         # dropped with its last pin
+        self.assertIsNone(c.lookup(m, range(300)))
+        c.check()
+        with c.reserve(m, [1], 8) as r:
+            with self.assertRaises(TypeError):
+                r._lease.verify()              # only pins
+            r.buffer[:] = b"12345678"
+
+    def test_verify_in_a_fork_child(self):
+        c, m = self.cache, self.m
+        c.put(m, range(10), marked(2, 100))
+        pin = c.lookup(m, range(10))
+
+        def child():
+            try:
+                pin.verify()                   # the parent's pin, not the child's
+            except ValueError:
+                os._exit(7)
+            os._exit(0)
+        p = multiprocessing.get_context("fork").Process(target=child)
+        p.start()
+        p.join(30)
+        self.assertEqual(p.exitcode, 7)
+        pin.verify()
+        self.assertEqual(pin.buffer, marked(2, 100))
+        pin.release()
+
+    def test_lookup_verify(self):
+        c, m = self.cache, self.m
+        short, long_ = marked(3, 3000), marked(4, 6000)
+        c.put(m, range(100), short)
+        c.put(m, range(300), long_)
+        before = self.rejected()
+        with c.lookup(m, range(400), verify=True) as p:  # sound: served
+            self.assertEqual((p.tokens, p.kind), (300, "prefix"))
+            self.assertEqual(p.buffer, long_)
+        damage(c, long_, 4321)
+        with c.lookup(m, range(400), verify=True) as p:  # never served: the next best
+            self.assertEqual((p.tokens, p.kind), (100, "prefix"))
+            self.assertEqual(p.buffer, short)
+        self.assertEqual(self.rejected(), before + 1)
+        with c.lookup(m, range(300)) as p:               # dropped for good
+            self.assertEqual(p.tokens, 100)
+        # get: the exact entry or nothing.
+        g = marked(5, 4000)
+        key = list(range(1000, 1400))
+        c.put(m, key, g)
+        with c.get(m, key, verify=True) as p:
+            self.assertEqual(p.buffer, g)
+        damage(c, g, 0)
+        self.assertIsNone(c.get(m, key, verify=True))
+        self.assertEqual(self.rejected(), before + 2)
+        self.assertIsNone(c.get(m, key))
+        # The flag itself, through flags=.
+        damage(c, short, 2999)
+        self.assertIsNone(c.lookup(m, range(400), flags=kvshm.KVSHM_LOOKUP_VERIFY))
+        self.assertEqual(self.rejected(), before + 3)
+        self.assertEqual(c.list(), [])
+        c.check()
+
+    def test_copy_out_verifies(self):
+        c, m = self.cache, self.m
+        short, mid, long_ = marked(6, 2000), marked(7, 100_000), marked(8, 3000)
+        c.put(m, range(50), short)
+        c.put(m, range(200), mid)              # above 64 KiB: written in place
+        c.put(m, range(400), long_)
+        before = self.rejected()
+        self.assertEqual(c.lookup_copy(m, range(500)), (long_, 400))
+        damage(c, long_, len(long_) - 1)
+        self.assertEqual(c.lookup_copy(m, range(500)), (mid, 200))  # into bytes
+        self.assertEqual(self.rejected(), before + 1)
+        damage(c, mid, 77777)
+        buf = bytearray(200_000)
+        self.assertEqual(c.lookup_copy(m, range(500), into=buf), (2000, 50))  # into a buffer
+        self.assertEqual(bytes(buf[:2000]), short)
+        self.assertEqual(self.rejected(), before + 2)
+        damage(c, short, 5)
+        self.assertIsNone(c.lookup_copy(m, range(500)))
+        self.assertEqual(self.rejected(), before + 3)
+        self.assertEqual(c.list(), [])
+        self.assertEqual(c.list(min_len=0), [])
+        c.check()
+
+
 class TestStatsCheckEvict(CacheTest):
     def test_counters_move(self):
         c, m = self.cache, self.m
@@ -622,6 +833,9 @@ class TestStatsCheckEvict(CacheTest):
         procs = c.procs()
         self.assertEqual([p["pid"] for p in procs], [os.getpid()])
         self.assertTrue(procs[0]["alive"])
+        self.assertIn(procs[0]["identity"], (kvshm.KVSHM_IDENTITY_PIDFS, kvshm.KVSHM_IDENTITY_LOCK))
+        self.assertEqual(procs[0]["pidfs_ino"] != 0, procs[0]["identity"] == kvshm.KVSHM_IDENTITY_PIDFS)
+        self.assertEqual((kvshm.KVSHM_IDENTITY_PIDFS, kvshm.KVSHM_IDENTITY_LOCK), (1, 2))
 
 
 # ---------------------------------------------------------------------------
@@ -1055,6 +1269,13 @@ class TestPrefork(CacheTest):
         p.start()
         p.join(30)
         self.assertEqual(p.exitcode, 3)
+        # Found dead, not reclaimed yet: said apart from a violation.
+        for quick in (False, True):
+            with self.assertRaises(kvshm.Unreclaimed) as cm:
+                self.cache.check(quick=quick)
+            self.assertIsInstance(cm.exception, kvshm.CheckFailed)
+            self.assertEqual((cm.exception.code, cm.exception.name), (-30023, "KVSHM_EUNRECLAIMED"))
+            self.assertIn("is gone (not reclaimed)", cm.exception.message)
         self.assertEqual(self.cache.sweep(), 1)
         st = self.cache.stats()
         self.assertEqual((st["reclaims"], st["reclaimed_pins"], st["reclaimed_reservations"]), (1, 1, 1))

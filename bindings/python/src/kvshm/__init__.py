@@ -13,6 +13,8 @@ Quick tour::
         c.put(m, range(4096), state_bytes, reason="cold")
         with c.lookup(m, prompt_tokens) as pin:       # None on a miss
             restore(pin.buffer, pin.tokens)             # zero-copy, read-only
+        with c.lookup(m, prompt_tokens, partial=True, verify=True) as pin:
+            restore(pin.buffer, pin.stored_tokens)      # kind "partial": cut to pin.tokens
         with c.reserve(m, tokens, nbytes) as res:       # fill in place, then publish
             res.buffer[:] = compute()
 
@@ -28,11 +30,13 @@ the reservation published/cancelled; afterwards any use raises ValueError. A
 release refuses with BufferError (the memory stays pinned) while any view of
 it -- the buffer itself exported to another object, or a slice or cast of it
 -- is still alive: the extension counts the buffer exports it hands out, so
-Python code can never read memory that is no longer pinned.
+Python code can never read memory that is no longer pinned. Pin.verify()
+refuses likewise: a value that fails its checksum is unpinned.
 
 Errors: every failure is a KvshmError, an OSError. System failures (-errno)
 also are the standard OSError subclass (-ENOENT is a FileNotFoundError);
-library failures (KVSHM_E*) have their own classes (NotFound, Exists, ...).
+library failures (KVSHM_E*) have their own classes (NotFound, Exists, ...;
+Unreclaimed is a CheckFailed).
 
 Processes: a Cache opened before fork() may be used by the child (it takes
 its own process slot on first use); pins and reservations made before the
@@ -167,16 +171,34 @@ _CLASS_NAMES = {
     "PROCFULL": "ProcFull", "NOSPACE": "NoSpace", "TOOBIG": "TooBig", "EXPIRED": "Expired",
     "CLOSED": "Closed", "MODEL": "ModelMismatch", "BUSY": "Busy", "INIT": "Initialising",
     "CONFIG": "ConfigError", "PINFULL": "PinFull", "CHECK": "CheckFailed", "BADFILE": "BadFile",
-    "TDB": "TdbError", "REAPER": "ReaperRunning",
+    "TDB": "TdbError", "REAPER": "ReaperRunning", "UNRECLAIMED": "Unreclaimed",
+}
+# A code that is a kind of another: its class subclasses that one's, so
+# code catching the broader class still does.
+_CLASS_PARENTS = {
+    # check(): nothing is damaged, but a dead process's slot waits for a sweep.
+    "UNRECLAIMED": "CHECK",
 }
 _ERROR_CLASSES: Dict[int, type] = {}
 ERROR_CLASSES: Dict[str, type] = {}  # KVSHM_E<NAME> -> class
-for _name, _code, _msg in _kvshm.ERRORS:
-    _cls_name = _CLASS_NAMES.get(_name) or _name.title().replace("_", "")
-    _cls = type(_cls_name, (KvshmError,), {"__doc__": "KVSHM_E%s: %s." % (_name, _msg), "__module__": __name__})
-    globals()[_cls_name] = _cls
-    _ERROR_CLASSES[_code] = _cls
-    ERROR_CLASSES["KVSHM_E" + _name] = _cls
+
+
+def _error_class(name: str, code: int, msg: str) -> type:
+    key = "KVSHM_E" + name
+    if key not in ERROR_CLASSES:
+        parent = _CLASS_PARENTS.get(name)
+        rows = {n: (n, c, m) for n, c, m in _kvshm.ERRORS}
+        base = _error_class(*rows[parent]) if parent in rows else KvshmError
+        cls_name = _CLASS_NAMES.get(name) or name.title().replace("_", "")
+        cls = type(cls_name, (base,), {"__doc__": "KVSHM_E%s: %s." % (name, msg), "__module__": __name__})
+        globals()[cls_name] = cls
+        _ERROR_CLASSES[code] = cls
+        ERROR_CLASSES[key] = cls
+    return ERROR_CLASSES[key]
+
+
+for _row in _kvshm.ERRORS:
+    _error_class(*_row)
 
 
 # -errno codes: KvshmError combined with the standard OSError subclass for
@@ -470,13 +492,17 @@ class Pin:
     """A pinned entry: ``buffer`` is a read-only, zero-copy memoryview of
     its bytes, valid until release() (or the end of a ``with`` block).
 
-    Attributes: tokens (the matched prefix length), kind ("exact",
-    "prefix", ...), tier ("ram", "ram_file", "disk"), len (bytes), address
-    (of the bytes, for handing to C code while pinned), and every other
-    field of the C kvshm_pin by its name."""
-    __slots__ = ("_cache", "_lease", "_mv", "_info", "tokens", "kind", "tier", "len", "__weakref__")
+    Attributes: tokens (the matched prefix length), stored_tokens (tokens
+    the stored state covers: more than tokens for a partial hit, whose
+    state the engine cuts to tokens), kind ("exact", "prefix" or
+    "partial"), tier ("ram", "ram_file", "disk"), len (bytes), address (of
+    the bytes, for handing to C code while pinned), and every other field
+    of the C kvshm_pin by its name."""
+    __slots__ = ("_cache", "_lease", "_mv", "_info", "tokens", "stored_tokens", "kind", "tier", "len",
+                 "__weakref__")
 
     tokens: int
+    stored_tokens: int
     kind: Union[str, int]
     tier: Union[str, int]
     len: int
@@ -492,6 +518,7 @@ class Pin:
         p._lease = lease
         p._info = info
         p.tokens = info["ntokens"]
+        p.stored_tokens = info["stored_ntokens"]
         p.kind = _KINDS.get(info["kind"], info["kind"])
         p.tier = _tier_name(info["tier"])
         p.len = info["len"]
@@ -522,6 +549,32 @@ class Pin:
     @property
     def released(self) -> bool:
         return self._lease is None
+
+    def verify(self) -> None:
+        """Check the pinned value against the checksum it was published with
+        (kvshm_pin_verify: one pass over the bytes), for a pin taken
+        without lookup's verify=True or held for a while. Returns None when
+        it matches. When it does not, the library drops the entry (never
+        served again, counted as corrupt_rejected) and releases the pin:
+        this Pin is then released (buffer invalid) and Corrupt is raised.
+        So verify, like release, refuses with BufferError (nothing checked)
+        while views derived from the buffer are alive; afterwards
+        ``buffer`` is a fresh view of the same bytes. ValueError once
+        released, or for a pin another process made (a fork's parent's)."""
+        lease = self._lease
+        if lease is None:
+            raise ValueError("kvshm: the pin was released")
+        cache = self._cache
+        with cache._lock:
+            _release_view(self)
+            try:
+                lease.verify()
+            finally:
+                if lease.live:
+                    self._mv = memoryview(lease)
+                else:  # failed: the library released the pin
+                    self._lease = None
+                    cache._pins.discard(self)
 
     def tobytes(self) -> bytes:
         """A copy of the bytes."""
@@ -718,6 +771,11 @@ def _after_fork_in_child_cache(cache: "Cache") -> None:
 # The cache
 # ==========================================================================
 
+def _lookup_flags(flags: int, wait: bool, partial: bool, verify: bool) -> int:
+    return int(flags) | (KVSHM_LOOKUP_WAIT if wait else 0) | (KVSHM_LOOKUP_PARTIAL if partial else 0) | \
+        (KVSHM_LOOKUP_VERIFY if verify else 0)  # noqa: F821 - from the header
+
+
 class Cache:
     """An attached cache (one kvshm handle). Use Cache.open()."""
 
@@ -864,10 +922,9 @@ class Cache:
 
     # ---- lookup ----------------------------------------------------------
 
-    def _lookup(self, model: Model, tokens, wait: bool, flags: int, exact: bool) -> Optional[Pin]:
+    def _lookup(self, model: Model, tokens, flags: int, exact: bool) -> Optional[Pin]:
         m = _model_raw(model)
         t = _tokens(tokens)
-        flags = int(flags) | (KVSHM_LOOKUP_WAIT if wait else 0)  # noqa: F821
         with self._lock:
             self._run_deferred()
             lease = self._h().lookup(m, t, flags, exact)
@@ -877,29 +934,48 @@ class Cache:
             self._pins.add(pin)
             return pin
 
-    def lookup(self, model: Model, tokens, wait: bool = False, flags: int = 0) -> Optional[Pin]:
+    def lookup(self, model: Model, tokens, wait: bool = False, flags: int = 0, *,
+               partial: bool = False, verify: bool = False) -> Optional[Pin]:
         """Pin the longest stored prefix of tokens for model: a Pin, or None
         on a miss. wait=True waits (up to the cache's wait_ms) when a longer
-        match is being saved right now. flags: more KVSHM_LOOKUP_* bits.
-        PinFull if the handle's pin records are all taken."""
-        return self._lookup(model, tokens, wait, flags, False)
+        match is being saved right now. partial=True (KVSHM_LOOKUP_PARTIAL)
+        answers with the entry of the longest common prefix, also one
+        longer than tokens or diverging from them: pin.kind "partial", cut
+        the restored state to pin.tokens (pin.stored_tokens is what it
+        covers); common prefixes below the cache's partial_min_tokens are
+        not offered. verify=True (KVSHM_LOOKUP_VERIFY) checks the value
+        against its checksum before pinning it (one pass over its bytes): a
+        value that fails is never returned -- it is dropped, counted
+        (stats()["corrupt_rejected"]) and the next best match is tried.
+        flags: more KVSHM_LOOKUP_* bits. PinFull if the handle's pin records
+        are all taken."""
+        return self._lookup(model, tokens, _lookup_flags(flags, wait, partial, verify), False)
 
-    def get(self, model: Model, tokens, wait: bool = False, flags: int = 0) -> Optional[Pin]:
-        """Like lookup, but only an entry for exactly these tokens."""
-        return self._lookup(model, tokens, wait, flags, True)
+    def get(self, model: Model, tokens, wait: bool = False, flags: int = 0, *,
+            verify: bool = False) -> Optional[Pin]:
+        """Like lookup, but only an entry for exactly these tokens
+        (verify=True: a corrupt value is dropped, and get returns None)."""
+        return self._lookup(model, tokens, _lookup_flags(flags, wait, False, verify), True)
 
     def lookup_copy(self, model: Model, tokens, wait: bool = False, into=None,
-                    flags: int = 0) -> Optional[Tuple[Union[bytes, int], int]]:
+                    flags: int = 0, *, partial: bool = False) -> Optional[Tuple[Union[bytes, int], int]]:
         """Copy out the longest stored prefix's bytes (nothing stays pinned).
 
         Returns (bytes, matched_tokens), or None on a miss: one copy into a
         bytes object of the value's exact size. With into= (a writable
         C-contiguous buffer) the bytes are copied there instead and
         (nbytes, matched_tokens) is returned; KvshmError ENOBUFS (attribute
-        .needed) if it is too small."""
+        .needed) if it is too small. partial=True: as lookup's
+        (matched_tokens is then the common prefix; the bytes may cover
+        more tokens, to be cut to it).
+
+        The copy is always verified against the value's checksum, as it is
+        made (into=) or right after it (bytes), so damage present while
+        copying is caught: a value that fails is dropped, counted
+        (corrupt_rejected) and the next best match is copied instead."""
         m = _model_raw(model)
         t = _tokens(tokens)
-        flags = int(flags) | (KVSHM_LOOKUP_WAIT if wait else 0)  # noqa: F821
+        flags = _lookup_flags(flags, wait, partial, False)
         with self._lock:
             h = self._h()
             if into is not None:
@@ -1015,7 +1091,9 @@ class Cache:
         return d
 
     def check(self, quick: bool = False) -> None:
-        """Run the consistency checker; CheckFailed with the first violation."""
+        """Run the consistency checker; CheckFailed with the first violation,
+        or its subclass Unreclaimed when the only finding is a dead process
+        whose slot is not reclaimed yet (sweep() or the reaper clears it)."""
         with self._lock:
             self._h().check(KVSHM_CHECK_QUICK if quick else 0)  # noqa: F821
 
@@ -1070,7 +1148,8 @@ class Cache:
 
     def procs(self) -> List[Dict[str, Any]]:
         """The process table: every field of kvshm_proc_info, a dict per slot
-        in use."""
+        in use (identity: KVSHM_IDENTITY_PIDFS, with pidfs_ino the pidfd
+        inode recorded, or KVSHM_IDENTITY_LOCK, the slot's lock byte)."""
         with self._lock:
             return self._h().procs()
 

@@ -22,7 +22,9 @@
  *   `exports == 0` proves that no Python object can still reach the memory.
  *   Unpin, publish and cancel refuse (BufferError) while exports remain, and
  *   a finished Lease refuses new exports: Python code can never read memory
- *   that is no longer pinned. This is the mechanism CPython's own
+ *   that is no longer pinned. A pin's verify refuses likewise, because a
+ *   value that fails its checksum is dropped and the pin released by the
+ *   library; no export is handed out while it runs. This is the mechanism CPython's own
  *   bytearray uses (ob_exports), not an inspection of reference counts.
  *
  * THREADS
@@ -495,6 +497,7 @@ typedef struct {
 	PyObject_HEAD
 	int what;          /* LEASE_PIN or LEASE_RES */
 	bool live;         /* not yet unpinned, published or cancelled */
+	bool busy;         /* being verified (the GIL released): no exports, no end */
 	pid_t pid;         /* the process that made it */
 	Py_ssize_t exports;
 	HandleObject *owner;
@@ -511,6 +514,7 @@ static LeaseObject *lease_new(HandleObject *owner, int what)
 		return NULL;
 	l->what = what;
 	l->live = true;
+	l->busy = false;
 	l->pid = getpid();
 	l->exports = 0;
 	l->owner = (HandleObject *)Py_NewRef(owner);
@@ -531,6 +535,11 @@ static int lease_getbuffer(LeaseObject *l, Py_buffer *view, int flags)
 	if (!l->live || !l->owner->h) {
 		PyErr_SetString(PyExc_ValueError, l->what == LEASE_PIN ? "kvshm: the pin was released"
 									: "kvshm: the reservation is finished");
+		view->obj = NULL;
+		return -1;
+	}
+	if (l->busy) {
+		PyErr_SetString(PyExc_BufferError, "kvshm: the pin is being verified");
 		view->obj = NULL;
 		return -1;
 	}
@@ -561,6 +570,10 @@ static PyObject *lease_end(LeaseObject *l, PyObject *arg)
 		PyErr_SetString(PyExc_ValueError, "kvshm: already finished");
 		return NULL;
 	}
+	if (l->busy) {
+		PyErr_SetString(PyExc_BufferError, "kvshm: the pin is being verified");
+		return NULL;
+	}
 	if (l->exports > 0) {
 		PyErr_Format(PyExc_BufferError,
 			     "kvshm: %zd view(s) of this %s's memory are still alive (memoryviews, slices, casts or "
@@ -579,6 +592,50 @@ static PyObject *lease_end(LeaseObject *l, PyObject *arg)
 		rc = CALL(kvshm_publish(h, &l->u.res));
 	else
 		rc = CALL(kvshm_cancel(h, &l->u.res));
+	if (rc < 0)
+		return raise_rc(rc);
+	Py_RETURN_NONE;
+}
+
+/* verify(): kvshm_pin_verify. None when the value matches its checksum;
+ * KVSHM_ECORRUPT when not, and then the library has dropped the entry and
+ * released the pin: the lease is finished. Refused (BufferError) while any
+ * view of the pin's memory is alive, since a failure releases it. */
+static PyObject *lease_verify(LeaseObject *l, PyObject *unused)
+{
+	(void)unused;
+	if (l->what != LEASE_PIN) {
+		PyErr_SetString(PyExc_TypeError, "kvshm: only a pin can be verified");
+		return NULL;
+	}
+	if (!l->live) {
+		PyErr_SetString(PyExc_ValueError, "kvshm: the pin was released");
+		return NULL;
+	}
+	if (l->busy) {
+		PyErr_SetString(PyExc_BufferError, "kvshm: the pin is being verified");
+		return NULL;
+	}
+	kvshm *h = l->owner->h;
+	if (!h)
+		return raise_rc_msg(KVSHM_ECLOSED, "handle is closed");
+	if (l->pid != getpid()) {
+		PyErr_Format(PyExc_ValueError, "kvshm: the pin belongs to process %ld, which made it",
+			     (long)l->pid);
+		return NULL;
+	}
+	if (l->exports > 0) {
+		PyErr_Format(PyExc_BufferError,
+			     "kvshm: %zd view(s) of this pin's memory are still alive (memoryviews, slices, casts or "
+			     "buffer exports); release them first: a value that fails verification is unpinned",
+			     l->exports);
+		return NULL;
+	}
+	l->busy = true;
+	int rc = CALL(kvshm_pin_verify(h, &l->u.pin));
+	l->busy = false;
+	if (rc == KVSHM_ECORRUPT)
+		l->live = false; /* dropped, and the pin released (zeroed) */
 	if (rc < 0)
 		return raise_rc(rc);
 	Py_RETURN_NONE;
@@ -628,6 +685,8 @@ static PyMethodDef lease_methods[] = {
 	{"end", (PyCFunction)lease_end, METH_O,
 	 "end(op): 0 unpin, 1 publish, 2 cancel, 3 forget. BufferError while views are alive."},
 	{"info", (PyCFunction)lease_info, METH_NOARGS, "The C record's fields as a dict."},
+	{"verify", (PyCFunction)lease_verify, METH_NOARGS,
+	 "verify(): kvshm_pin_verify. Corrupt (and the lease finished) when the value fails its checksum."},
 	{NULL, NULL, 0, NULL},
 };
 
@@ -772,8 +831,13 @@ static PyObject *handle_lookup(HandleObject *self, PyObject *args)
 }
 
 /* copy_bytes(model, tokens, flags) -> (bytes, ntokens) or None: one copy
- * into a bytes object of exactly the value's size (pin, copy, unpin); when
- * every pin record is taken, kvshm_lookup_copy (which keeps its own). */
+ * into a bytes object of exactly the value's size (pin, copy, verify,
+ * unpin); when every pin record is taken, kvshm_lookup_copy (which keeps
+ * its own). Either way the copy is verified, as copy-out promises: the
+ * pinned value is checked against its checksum after it was copied (so a
+ * damage that was there while copying is seen), and a value that fails is
+ * dropped by the library (counted, never served again) and the next best
+ * match copied instead. */
 static PyObject *handle_copy_bytes(HandleObject *self, PyObject *args)
 {
 	PyObject *mo, *to, *out = NULL;
@@ -781,25 +845,35 @@ static PyObject *handle_copy_bytes(HandleObject *self, PyObject *args)
 	kvshm_model m;
 	struct toks t;
 	kvshm_pin pin;
+	int rc;
 	kvshm *h = live(self);
 	if (!h || !PyArg_ParseTuple(args, "OOI", &mo, &to, &flags) || get_model(mo, &m) < 0 || get_tokens(to, &t) < 0)
 		return NULL;
-	int rc = CALL(kvshm_lookup(h, &m, t.p, t.n, flags, &pin));
-	if (rc == 0) {
+	/* The pin is verified after the copy, not before it as the flag would. */
+	while ((rc = CALL(kvshm_lookup(h, &m, t.p, t.n, flags & ~KVSHM_LOOKUP_VERIFY, &pin))) == 0) {
 		size_t ntok = pin.ntokens;
+		int vrc = 0, urc;
 		PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)pin.len);
+		Py_BEGIN_ALLOW_THREADS
 		if (b) {
-			Py_BEGIN_ALLOW_THREADS
 			memcpy(PyBytes_AS_STRING(b), pin.data, pin.len);
-			Py_END_ALLOW_THREADS
+			vrc = kvshm_pin_verify(h, &pin);
 		}
-		rc = CALL(kvshm_unpin(h, &pin));
-		if (rc < 0) {
-			Py_CLEAR(b);
-			raise_rc(rc);
+		/* a value that failed was dropped and its pin released */
+		urc = vrc == KVSHM_ECORRUPT ? 0 : kvshm_unpin(h, &pin);
+		Py_END_ALLOW_THREADS
+		if (!b)
+			goto done;
+		if (vrc == KVSHM_ECORRUPT) {
+			Py_DECREF(b);
+			continue; /* never served: the next best match, if any */
 		}
-		if (b)
-			out = Py_BuildValue("(Nn)", b, (Py_ssize_t)ntok);
+		if (vrc < 0 || urc < 0) {
+			Py_DECREF(b);
+			raise_rc(vrc < 0 ? vrc : urc);
+			goto done;
+		}
+		out = Py_BuildValue("(Nn)", b, (Py_ssize_t)ntok);
 		goto done;
 	}
 	if (rc == KVSHM_ENOTFOUND) {
