@@ -57,7 +57,7 @@ REL_OBJS     := $(LIB_SRCS:%.c=$(B)/rel/%.o)
 TST_OBJS     := $(LIB_SRCS:%.c=$(B)/tst/%.o)
 SAN_OBJS     := $(LIB_SRCS:%.c=$(B)/san/%.o)
 
-.PHONY: all lib tools deps test check install uninstall clean crashpoints demo bench fuzz crashtest
+.PHONY: all lib tools deps engine test check install uninstall clean crashpoints demo bench fuzz crashtest
 .DEFAULT_GOAL := all
 
 all: lib tools
@@ -66,6 +66,11 @@ tools: $(TOOLS:%=$(B)/bin/%)
 
 deps:
 	@sh scripts/deps.sh build
+
+# The llama.cpp engine, prebuilt from npm, verified, unpacked under
+# $(B)/llama/ (scripts/deps.sh llama); a second run fetches nothing.
+engine:
+	@sh scripts/deps.sh build llama
 
 # ---- objects, one rule per variant -------------------------------------------
 $(B)/rel/%.o: %.c $(LIB_HDRS)
