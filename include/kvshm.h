@@ -248,6 +248,13 @@ KVSHM_EXTERN int kvshm_get(kvshm *h, const kvshm_model *m, const uint32_t *token
 			   unsigned flags, kvshm_pin *pin);
 /* Drop a pin. -ENOENT if this handle holds no such pin. */
 KVSHM_EXTERN int kvshm_unpin(kvshm *h, kvshm_pin *pin);
+/*
+ * The caller could not use the pinned value (its engine refused it): the
+ * entry is marked bad, so no lookup returns it again, counted in
+ * `rejected`, and the pin is dropped; the entry is removed with its last
+ * pin (at once when this was the only one). -ENOENT as kvshm_unpin.
+ */
+KVSHM_EXTERN int kvshm_reject(kvshm *h, kvshm_pin *pin);
 
 /*
  * Copy-out: like kvshm_lookup (flags, model, tokens) but copies the blob
@@ -385,7 +392,8 @@ KVSHM_EXTERN int kvshm_delete(kvshm *h, const kvshm_filter *f, uint64_t *count);
 	XX(demotions, "RAM entries saved to a file tier on eviction")             \
 	XX(promotions, "file entries copied up into RAM")                         \
 	XX(adopted, "valid files adopted into the index")                         \
-	XX(files_removed, "invalid or orphaned files removed")
+	XX(files_removed, "invalid or orphaned files removed")                 \
+	XX(rejected, "entries a reader could not use (kvshm_reject), removed")
 
 typedef enum kvshm_counter {
 #define KVSHM_CTR_ENUM_(name, help) KVSHM_C_##name,

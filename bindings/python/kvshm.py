@@ -137,9 +137,9 @@ COUNTER_NAMES = (
     "evicted_bytes", "deletes", "reclaims", "reclaimed_pins", "reclaimed_reservations",
     "reclaimed_allocs", "reclaimed_sem", "waits", "wait_hits", "wait_timeouts",
     "corrupt_rejected", "nospace", "saves_dropped", "load_waits", "demotions", "promotions",
-    "adopted", "files_removed",
+    "adopted", "files_removed", "rejected",
 )
-KVSHM_NCOUNTERS = len(COUNTER_NAMES)  # 35
+KVSHM_NCOUNTERS = len(COUNTER_NAMES)  # 36
 
 
 class kvshm_policy(ctypes.Structure):
