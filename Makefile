@@ -1,8 +1,9 @@
 # kvshm — GNU Makefile.
 #
 #   make            library (static + shared) and tools, release flags
-#   make test       install missing Debian packages, build the test variant
-#                   (crash points compiled in) and run every test
+#   make demo       fetch the llama.cpp engine, build, run the worker-pool demo
+#   make test       install missing Debian packages and the engine, build the
+#                   test variant (crash points compiled in), run every test
 #   make check      the same tests under ASan + UBSan (-fno-sanitize-recover=all)
 #   make install    prefix=/usr/local DESTDIR= ; make uninstall
 #   make clean
@@ -54,15 +55,34 @@ TEST_SUPPORT := $(filter-out $(wildcard tests/test_*.c),$(wildcard tests/*.c))
 
 B            := build
 REL_OBJS     := $(LIB_SRCS:%.c=$(B)/rel/%.o)
+
+# ---- the llama.cpp engine and libkvshm-llama ----------------------------------
+# The engine is fetched (prebuilt, from npm) into $(B)/llama by
+# `scripts/deps.sh llama`; everything under llama/ builds only once it is
+# there. Its libraries' sonames are their file names and they find each
+# other through $ORIGIN; programs here get an rpath to them.
+LLAMA_DIR     := $(B)/llama
+LLAMA_HAVE     = $(wildcard $(LLAMA_DIR)/stamp)
+LLAMA_CFLAGS   = -I$(LLAMA_DIR)/include
+LLAMA_LIBS     = -L$(LLAMA_DIR)/lib -l:libllama.v0.4.0.so -l:libggml.v0.4.0.so -l:libggml-base.so -ldl
+LLAMA_RPATH    = -Wl,-rpath,$(abspath $(LLAMA_DIR)/lib)
+LLAMA_SRCS    := $(sort $(wildcard llama/*.c))
+LLAMA_HDRS    := include/kvshm-llama.h $(wildcard llama/*.h)
+LLAMA_TOOLS   := $(patsubst llama/tools/%.c,%,$(wildcard llama/tools/*.c))
+LLAMA_TESTS   := $(patsubst llama/tests/%.c,%,$(wildcard llama/tests/test_*.c))
+LLAMA_REL_OBJS := $(LLAMA_SRCS:%.c=$(B)/rel/%.o)
+LLAMA_TST_OBJS := $(LLAMA_SRCS:%.c=$(B)/tst/%.o)
+LLAMA_SAN_OBJS := $(LLAMA_SRCS:%.c=$(B)/san/%.o)
 TST_OBJS     := $(LIB_SRCS:%.c=$(B)/tst/%.o)
 SAN_OBJS     := $(LIB_SRCS:%.c=$(B)/san/%.o)
 
-.PHONY: all lib tools deps engine test check install uninstall clean crashpoints demo bench fuzz crashtest
+.PHONY: all lib tools llama deps engine test check install uninstall clean crashpoints demo bench fuzz crashtest
 .DEFAULT_GOAL := all
 
-all: lib tools
+all: lib tools $(if $(LLAMA_HAVE),llama)
 lib: $(B)/libkvshm.a $(B)/libkvshm.so.$(VERSION) $(B)/kvshm.pc
-tools: $(TOOLS:%=$(B)/bin/%)
+tools: $(TOOLS:%=$(B)/bin/%) $(B)/bin/kvshm-standin-demo
+llama: $(B)/libkvshm-llama.a $(B)/libkvshm-llama.so.$(VERSION) $(B)/kvshm-llama.pc $(LLAMA_TOOLS:%=$(B)/bin/%)
 
 deps:
 	@sh scripts/deps.sh build
@@ -83,6 +103,10 @@ $(B)/san/%.o: %.c $(LIB_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(CFLAGS) -c $< -o $@
 
+# The adapter's objects also need the engine's headers.
+$(LLAMA_REL_OBJS) $(LLAMA_TST_OBJS) $(LLAMA_SAN_OBJS): $(LLAMA_HDRS)
+$(LLAMA_REL_OBJS) $(LLAMA_TST_OBJS) $(LLAMA_SAN_OBJS): BASE_CFLAGS += $(LLAMA_CFLAGS)
+
 # ---- library -----------------------------------------------------------------
 $(B)/libkvshm.a: $(REL_OBJS)
 	$(AR) rcs $@ $^
@@ -95,6 +119,21 @@ $(B)/libkvshm-tst.a: $(TST_OBJS)
 $(B)/libkvshm-san.a: $(SAN_OBJS)
 	$(AR) rcs $@ $^
 
+# libkvshm-llama: over libkvshm and the engine. The shared library names the
+# engine's sonames but carries no path to them: a program links the engine
+# itself (with its own rpath), which satisfies them.
+$(B)/libkvshm-llama.a: $(LLAMA_REL_OBJS)
+	$(AR) rcs $@ $^
+$(B)/libkvshm-llama-tst.a: $(LLAMA_TST_OBJS)
+	$(AR) rcs $@ $^
+$(B)/libkvshm-llama-san.a: $(LLAMA_SAN_OBJS)
+	$(AR) rcs $@ $^
+$(B)/libkvshm-llama.so.$(VERSION): $(LLAMA_REL_OBJS) $(B)/libkvshm.so.$(VERSION)
+	$(CC) -shared -pthread -Wl,-soname,libkvshm-llama.so.$(SOVERSION) $(LDFLAGS) -o $@ $(LLAMA_REL_OBJS) \
+	  -L$(B) -lkvshm $(LLAMA_LIBS) $(shell $(PKG_CONFIG) --libs libxxhash)
+	ln -sf libkvshm-llama.so.$(VERSION) $(B)/libkvshm-llama.so.$(SOVERSION)
+	ln -sf libkvshm-llama.so.$(VERSION) $(B)/libkvshm-llama.so
+
 # The .pc names the install prefix: written again by `install` for the
 # prefix given there.
 PC_LINES = 'prefix=$(prefix)' 'exec_prefix=$(exec_prefix)' \
@@ -105,11 +144,31 @@ PC_LINES = 'prefix=$(prefix)' 'exec_prefix=$(exec_prefix)' \
 $(B)/kvshm.pc: Makefile
 	@mkdir -p $(@D)
 	printf '%s\n' $(PC_LINES) > $@
+# The engine is not installed with it: a program adds the engine's own
+# flags (see examples/llama_worker.c).
+PC_LLAMA_LINES = 'prefix=$(prefix)' 'exec_prefix=$(exec_prefix)' \
+	  'libdir=$(libdir)' 'includedir=$(includedir)' '' \
+	  'Name: kvshm-llama' 'Description: llama.cpp sequences restored from and saved to a kvshm cache' \
+	  'Version: $(VERSION)' 'Requires: kvshm' 'Requires.private: libxxhash' \
+	  'Libs: -L$${libdir} -lkvshm-llama' 'Cflags: -I$${includedir}'
+$(B)/kvshm-llama.pc: Makefile
+	@mkdir -p $(@D)
+	printf '%s\n' $(PC_LLAMA_LINES) > $@
 
 # ---- tools (release) ---------------------------------------------------------
 $(B)/bin/%: tools/%.c $(TOOL_UTIL) tools/util.h $(B)/libkvshm.a $(LIB_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm.a $(DEP_LIBS) $(LDFLAGS)
+# The stand-in demo (synthetic states, no engine): only tests/demo_test.sh
+# runs it.
+$(B)/bin/kvshm-standin-demo: tests/standin/kvshm-standin-demo.c $(TOOL_UTIL) tools/util.h $(B)/libkvshm.a $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm.a $(DEP_LIBS) $(LDFLAGS)
+# Programs over the engine: kvshm-demo (the README's demo), kvshm-mkmodel.
+$(B)/bin/%: llama/tools/%.c $(TOOL_UTIL) tools/util.h $(B)/libkvshm-llama.a $(B)/libkvshm.a $(LIB_HDRS) $(LLAMA_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(LLAMA_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm-llama.a \
+	  $(B)/libkvshm.a $(DEP_LIBS) $(LLAMA_LIBS) $(LLAMA_RPATH) $(LDFLAGS)
 # Tools linked against the test libraries (crash points compiled in; and
 # sanitizers), which the tests run as real processes.
 $(B)/tst/bin/%: tools/%.c $(TOOL_UTIL) tools/util.h $(B)/libkvshm-tst.a $(LIB_HDRS)
@@ -136,6 +195,17 @@ $(B)/san/tests/%: tests/%.c $(TEST_SUPPORT) $(B)/libkvshm-san.a tests/*.h
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(CFLAGS) -Itests $< $(TEST_SUPPORT) -o $@ \
 	  $(B)/libkvshm-san.a $(DEP_LIBS) $(TEST_LIBS) $(LDFLAGS)
+
+# The adapter's tests run the real engine (test variant; and sanitizers on
+# kvshm's own code: the engine is not instrumented).
+$(B)/tst/llama/%: llama/tests/%.c llama/tests/*.h $(B)/libkvshm-llama-tst.a $(B)/libkvshm-tst.a $(LIB_HDRS) $(LLAMA_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(LLAMA_CFLAGS) $(TST_FLAGS) $(CFLAGS) -Itests $< tests/harness.c -o $@ \
+	  $(B)/libkvshm-llama-tst.a $(B)/libkvshm-tst.a $(DEP_LIBS) $(TEST_LIBS) $(LLAMA_LIBS) $(LLAMA_RPATH) $(LDFLAGS)
+$(B)/san/llama/%: llama/tests/%.c llama/tests/*.h $(B)/libkvshm-llama-san.a $(B)/libkvshm-san.a $(LIB_HDRS) $(LLAMA_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(LLAMA_CFLAGS) $(SAN_FLAGS) $(CFLAGS) -Itests $< tests/harness.c -o $@ \
+	  $(B)/libkvshm-llama-san.a $(B)/libkvshm-san.a $(DEP_LIBS) $(TEST_LIBS) $(LLAMA_LIBS) $(LLAMA_RPATH) $(LDFLAGS)
 
 # The crash-injection tool (docs/crash-testing.md): the test variant, crash
 # points compiled in; it reads $(B)/crashpoints.list at run time.

@@ -79,7 +79,9 @@ extern "C" {
 	XX(CHECK, -30019, "consistency check found a violation")                   \
 	XX(BADFILE, -30020, "cache file failed validation")                        \
 	XX(TDB, -30021, "TDB index error")                                         \
-	XX(REAPER, -30022, "another reaper already serves this cache")
+	XX(REAPER, -30022, "another reaper already serves this cache")             \
+	XX(NOTMODEL, -30023, "not a model file the engine can read")               \
+	XX(ENGINE, -30024, "the inference engine refused the state")
 
 enum {
 #define KVSHM_ERR_ENUM_(name, val, msg) KVSHM_E##name = (val),

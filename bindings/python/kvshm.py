@@ -107,7 +107,7 @@ _ERRNO_MAP = [
     ("PROCFULL", -30009), ("NOSPACE", -30010), ("TOOBIG", -30011), ("EXPIRED", -30012),
     ("CLOSED", -30013), ("MODEL", -30014), ("BUSY", -30015), ("INIT", -30016),
     ("CONFIG", -30017), ("PINFULL", -30018), ("CHECK", -30019), ("BADFILE", -30020),
-    ("TDB", -30021), ("REAPER", -30022),
+    ("TDB", -30021), ("REAPER", -30022), ("NOTMODEL", -30023), ("ENGINE", -30024),
 ]
 for _n, _v in _ERRNO_MAP:
     globals()["KVSHM_E" + _n] = _v
