@@ -110,7 +110,17 @@ typedef struct kvshm_llama_config {
 				  * last one gives the logits; 2 keeps the tail a
 				  * multi-token batch, bit-identical to a cold prefill */
 	uint32_t max_seqs;       /* sequence ids tracked, 0 .. max_seqs-1 (n_seq_max) */
+	/* Instrumentation (NULL: none): called at each KVSHM_LLAMA_STAGE_*
+	 * with the bytes concerned (read-only to the hook), e.g. to time the
+	 * steps, checksum a state, or stop a test worker at a precise point. */
+	void (*hook)(void *arg, int stage, const void *data, size_t len);
+	void *hook_arg;
 } kvshm_llama_config;
+
+/* Hook stages. */
+#define KVSHM_LLAMA_STAGE_PINNED 1   /* restore: the pin is held, before set_data */
+#define KVSHM_LLAMA_STAGE_RESERVED 2 /* save: reserved, before get_data writes into it */
+#define KVSHM_LLAMA_STAGE_FILLED 3   /* save: written, before publish */
 
 /* Defaults as above; the fingerprint is zero and must be set. */
 KVSHM_EXTERN void kvshm_llama_config_init(kvshm_llama_config *c);

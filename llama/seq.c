@@ -185,6 +185,8 @@ KVSHM_EXTERN int64_t kvshm_llama_restore(kvshm_llama *a, llama_seq_id seq, const
 		a->st.misses++;
 		return 0;
 	}
+	if (a->cfg.hook)
+		a->cfg.hook(a->cfg.hook_arg, KVSHM_LLAMA_STAGE_PINNED, pin.data, pin.len);
 	t0 = now_ns();
 	err = kvshm_llama_state_load(a->ctx, seq, pin.data, pin.len, stored, keep);
 	info->load_ns = now_ns() - t0;
@@ -225,8 +227,12 @@ KVSHM_EXTERN int kvshm_llama_save(kvshm_llama *a, llama_seq_id seq, const llama_
 		a->st.save_errors++;
 		return kvshm__llama_fail_cache(err, "save: reserve");
 	}
+	if (a->cfg.hook)
+		a->cfg.hook(a->cfg.hook_arg, KVSHM_LLAMA_STAGE_RESERVED, r.data, r.len);
 	/* Straight into the reservation: written only through r.data. */
 	size_t w = llama_state_seq_get_data(a->ctx, r.data, r.len, seq);
+	if (w == size && a->cfg.hook)
+		a->cfg.hook(a->cfg.hook_arg, KVSHM_LLAMA_STAGE_FILLED, r.data, r.len);
 	if (w != size) {
 		kvshm_cancel(a->cache, &r);
 		a->st.save_errors++;
