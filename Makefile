@@ -198,14 +198,31 @@ $(B)/san/tests/%: tests/%.c $(TEST_SUPPORT) $(B)/libkvshm-san.a tests/*.h
 
 # The adapter's tests run the real engine (test variant; and sanitizers on
 # kvshm's own code: the engine is not instrumented).
-$(B)/tst/llama/%: llama/tests/%.c llama/tests/*.h $(B)/libkvshm-llama-tst.a $(B)/libkvshm-tst.a $(LIB_HDRS) $(LLAMA_HDRS)
+$(B)/tst/tests/%: llama/tests/%.c $(B)/libkvshm-llama-tst.a $(B)/libkvshm-tst.a $(LIB_HDRS) $(LLAMA_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(LLAMA_CFLAGS) $(TST_FLAGS) $(CFLAGS) -Itests $< tests/harness.c -o $@ \
 	  $(B)/libkvshm-llama-tst.a $(B)/libkvshm-tst.a $(DEP_LIBS) $(TEST_LIBS) $(LLAMA_LIBS) $(LLAMA_RPATH) $(LDFLAGS)
-$(B)/san/llama/%: llama/tests/%.c llama/tests/*.h $(B)/libkvshm-llama-san.a $(B)/libkvshm-san.a $(LIB_HDRS) $(LLAMA_HDRS)
+$(B)/san/tests/%: llama/tests/%.c $(B)/libkvshm-llama-san.a $(B)/libkvshm-san.a $(LIB_HDRS) $(LLAMA_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(LLAMA_CFLAGS) $(SAN_FLAGS) $(CFLAGS) -Itests $< tests/harness.c -o $@ \
 	  $(B)/libkvshm-llama-san.a $(B)/libkvshm-san.a $(DEP_LIBS) $(TEST_LIBS) $(LLAMA_LIBS) $(LLAMA_RPATH) $(LDFLAGS)
+
+# Models written by kvshm-mkmodel from the fetched tokenizer: the demo's
+# (6 layers x 384: prefill ~1,000-2,000 tokens/s per core here, so prefill
+# dominates a restore by three orders of magnitude while the whole demo
+# stays well under 3 minutes), and two of one small shape for the tests
+# (other seeds: same shape, other weights).
+LLAMA_VOCAB   := $(LLAMA_DIR)/models/ggml-vocab-llama-spm.gguf
+DEMO_MODEL    := $(LLAMA_DIR)/models/kvshm-demo.gguf
+DEMO_SHAPE    := --layers 6 --embd 384 --ff 1024 --heads 6 --kv-heads 2
+TEST_SHAPE    := --layers 4 --embd 256 --ff 768 --heads 4 --kv-heads 2
+$(DEMO_MODEL): | $(B)/bin/kvshm-mkmodel
+	$(B)/bin/kvshm-mkmodel $(DEMO_SHAPE) --seed 1 --vocab $(LLAMA_VOCAB) -o $@
+$(LLAMA_DIR)/models/test-a.gguf: | $(B)/bin/kvshm-mkmodel
+	$(B)/bin/kvshm-mkmodel -q $(TEST_SHAPE) --seed 1 --vocab $(LLAMA_VOCAB) -o $@
+$(LLAMA_DIR)/models/test-b.gguf: | $(B)/bin/kvshm-mkmodel
+	$(B)/bin/kvshm-mkmodel -q $(TEST_SHAPE) --seed 2 --vocab $(LLAMA_VOCAB) -o $@
+LLAMA_TEST_MODELS := $(LLAMA_DIR)/models/test-a.gguf $(LLAMA_DIR)/models/test-b.gguf
 
 # The crash-injection tool (docs/crash-testing.md): the test variant, crash
 # points compiled in; it reads $(B)/crashpoints.list at run time.
@@ -218,13 +235,14 @@ CRASH_RUN = KVSHM_BIN_DIR=$(CURDIR)/$(B)/tst/bin $(B)/tst/crash/kvshm-crash --po
 # After the cmocka tests, a short crash-injection run: every crash point
 # (the most frequent ones at a stride) and a few hundred random kills.
 test:
-	@sh scripts/deps.sh build
+	@sh scripts/deps.sh build llama
 	@$(MAKE) --no-print-directory all $(TESTS:%=$(B)/tst/tests/%) $(TOOLS:%=$(B)/tst/bin/%) $(B)/crashpoints.list \
-	  $(B)/tst/crash/kvshm-crash
-	@sh tests/run.sh $(B)/tst $(TESTS)
+	  $(B)/tst/crash/kvshm-crash $(LLAMA_TESTS:%=$(B)/tst/tests/%) $(LLAMA_TEST_MODELS)
+	@KVSHM_LLAMA_MODELS=$(CURDIR)/$(LLAMA_DIR)/models sh tests/run.sh $(B)/tst $(TESTS) $(LLAMA_TESTS)
 	@$(CRASH_RUN) --quick --kills 0 --random-kills 300 --seconds 120
 	@sh tests/install_test.sh
 	@sh tests/demo_test.sh $(B)/bin
+	@sh tests/llama_demo_test.sh $(B)/bin $(DEMO_MODEL)
 	@$(MAKE) --no-print-directory test-python
 
 # The long crash-injection campaign: systematic over every crash point and
@@ -242,16 +260,20 @@ test-python: all
 	KVSHM_LIB=$(CURDIR)/$(B)/libkvshm.so python3 -m unittest discover -s bindings/python -v
 
 # The README's first command: a pre-forked worker pool on a fresh cache.
+# DEMO_ARGS adds options (kvshm-demo --help).
 demo:
-	@sh scripts/deps.sh build
-	@$(MAKE) --no-print-directory all
-	@$(B)/bin/kvshm-demo
+	@sh scripts/deps.sh build llama
+	@$(MAKE) --no-print-directory -j2 all $(DEMO_MODEL)
+	@$(B)/bin/kvshm-demo --model $(DEMO_MODEL) $(DEMO_ARGS)
 
+# The adapter's test runs too: kvshm's and the adapter's code instrumented,
+# the prebuilt engine not (its allocations are still ASan's, interposed).
 check:
-	@sh scripts/deps.sh build
-	@$(MAKE) --no-print-directory $(TESTS:%=$(B)/san/tests/%) $(TOOLS:%=$(B)/san/bin/%) $(B)/crashpoints.list
+	@sh scripts/deps.sh build llama
+	@$(MAKE) --no-print-directory $(TESTS:%=$(B)/san/tests/%) $(TOOLS:%=$(B)/san/bin/%) $(B)/crashpoints.list \
+	  $(LLAMA_TESTS:%=$(B)/san/tests/%) $(LLAMA_TEST_MODELS)
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	  sh tests/run.sh $(B)/san $(TESTS)
+	  KVSHM_LLAMA_MODELS=$(CURDIR)/$(LLAMA_DIR)/models sh tests/run.sh $(B)/san $(TESTS) $(LLAMA_TESTS)
 
 # ---- benchmarks (release build) ----------------------------------------------
 # `make bench` installs the peers (scripts/deps.sh bench), then runs, in one
