@@ -940,8 +940,11 @@ int main(int argc, char **argv)
 	const struct llama_vocab *voc = llama_model_get_vocab(vm);
 	n_vocab = llama_vocab_n_tokens(voc);
 	build_stream(voc);
-	char desc[128] = "";
-	llama_model_desc(vm, desc, sizeof(desc));
+	char desc[160] = "", L[16] = "?", E[16] = "?", F[16] = "?";
+	llama_model_meta_val_str(vm, "llama.block_count", L, sizeof(L));
+	llama_model_meta_val_str(vm, "llama.embedding_length", E, sizeof(E));
+	llama_model_meta_val_str(vm, "llama.feed_forward_length", F, sizeof(F));
+	snprintf(desc, sizeof(desc), "llama, %s layers x %s, ff %s, vocab %d", L, E, F, (int)n_vocab);
 	llama_model_free(vm);
 	for (uint32_t i = 0; i < nreqs; i++)
 		if (reqs[i].n + reqs[i].r >= opt.ctx || reqs[i].n + reqs[i].r >= MAX_CTX) {
