@@ -119,9 +119,11 @@ $(B)/libkvshm-tst.a: $(TST_OBJS)
 $(B)/libkvshm-san.a: $(SAN_OBJS)
 	$(AR) rcs $@ $^
 
-# libkvshm-llama: over libkvshm and the engine. The shared library names the
-# engine's sonames but carries no path to them: a program links the engine
-# itself (with its own rpath), which satisfies them.
+# libkvshm-llama: over libkvshm and the engine. The shared library names
+# only libllama (no path: a program links the engine itself, with its own
+# rpath); its few ggml calls (backend loading, GGUF parsing) resolve at load
+# time in libllama's own dependencies, which a program linked with
+# --as-needed would otherwise not load before this library asks for them.
 $(B)/libkvshm-llama.a: $(LLAMA_REL_OBJS)
 	$(AR) rcs $@ $^
 $(B)/libkvshm-llama-tst.a: $(LLAMA_TST_OBJS)
@@ -130,7 +132,7 @@ $(B)/libkvshm-llama-san.a: $(LLAMA_SAN_OBJS)
 	$(AR) rcs $@ $^
 $(B)/libkvshm-llama.so.$(VERSION): $(LLAMA_REL_OBJS) $(B)/libkvshm.so.$(VERSION)
 	$(CC) -shared -pthread -Wl,-soname,libkvshm-llama.so.$(SOVERSION) $(LDFLAGS) -o $@ $(LLAMA_REL_OBJS) \
-	  -L$(B) -lkvshm $(LLAMA_LIBS) $(shell $(PKG_CONFIG) --libs libxxhash)
+	  -L$(B) -lkvshm -L$(LLAMA_DIR)/lib -l:libllama.v0.4.0.so $(shell $(PKG_CONFIG) --libs libxxhash)
 	ln -sf libkvshm-llama.so.$(VERSION) $(B)/libkvshm-llama.so.$(SOVERSION)
 	ln -sf libkvshm-llama.so.$(VERSION) $(B)/libkvshm-llama.so
 
@@ -240,7 +242,7 @@ test:
 	  $(B)/tst/crash/kvshm-crash $(LLAMA_TESTS:%=$(B)/tst/tests/%) $(LLAMA_TEST_MODELS)
 	@KVSHM_LLAMA_MODELS=$(CURDIR)/$(LLAMA_DIR)/models sh tests/run.sh $(B)/tst $(TESTS) $(LLAMA_TESTS)
 	@$(CRASH_RUN) --quick --kills 0 --random-kills 300 --seconds 120
-	@sh tests/install_test.sh
+	@sh tests/install_test.sh $(LLAMA_DIR) $(LLAMA_DIR)/models/test-a.gguf
 	@sh tests/demo_test.sh $(B)/bin
 	@sh tests/llama_demo_test.sh $(B)/bin $(DEMO_MODEL)
 	@$(MAKE) --no-print-directory test-python
@@ -349,10 +351,20 @@ install: all
 	install -d $(DESTDIR)$(datadir)/bash-completion/completions $(DESTDIR)$(systemdunitdir)
 	install -m 644 dist/shmctl.bash-completion $(DESTDIR)$(datadir)/bash-completion/completions/shmctl
 	sed 's|/usr/local/bin|$(bindir)|' dist/kvshm-reaper@.service > $(DESTDIR)$(systemdunitdir)/kvshm-reaper@.service
+	@# libkvshm-llama, when the engine was there to build it (not the engine itself).
+	if [ -f $(B)/libkvshm-llama.so.$(VERSION) ]; then \
+	  install -m 644 $(B)/libkvshm-llama.a $(DESTDIR)$(libdir)/ && \
+	  install -m 755 $(B)/libkvshm-llama.so.$(VERSION) $(DESTDIR)$(libdir)/ && \
+	  ln -sf libkvshm-llama.so.$(VERSION) $(DESTDIR)$(libdir)/libkvshm-llama.so.$(SOVERSION) && \
+	  ln -sf libkvshm-llama.so.$(VERSION) $(DESTDIR)$(libdir)/libkvshm-llama.so && \
+	  install -m 644 include/kvshm-llama.h $(DESTDIR)$(includedir)/ && \
+	  printf '%s\n' $(PC_LLAMA_LINES) > $(DESTDIR)$(pkgconfigdir)/kvshm-llama.pc; fi
 
 uninstall:
 	rm -f $(DESTDIR)$(libdir)/libkvshm.a $(DESTDIR)$(libdir)/libkvshm.so*
 	rm -f $(DESTDIR)$(includedir)/kvshm.h $(DESTDIR)$(pkgconfigdir)/kvshm.pc
+	rm -f $(DESTDIR)$(libdir)/libkvshm-llama.a $(DESTDIR)$(libdir)/libkvshm-llama.so*
+	rm -f $(DESTDIR)$(includedir)/kvshm-llama.h $(DESTDIR)$(pkgconfigdir)/kvshm-llama.pc
 	for t in $(TOOLS); do rm -f $(DESTDIR)$(bindir)/$$t; done
 	for m in $(notdir $(wildcard man/*.1)); do rm -f $(DESTDIR)$(mandir)/man1/$$m; done
 	for m in $(notdir $(wildcard man/*.8)); do rm -f $(DESTDIR)$(mandir)/man8/$$m; done
