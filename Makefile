@@ -303,15 +303,28 @@ $(B)/bench/peers: bench/peers.c bench/common.h $(B)/libkvshm.a $(LIB_HDRS)
 	$(CC) $(BASE_CFLAGS) $(BENCH_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< -o $@ $(B)/libkvshm.a $(DEP_LIBS) \
 	  $(BENCH_LIBS) $(LDFLAGS)
 
+# The llama figure: the demo's shape and the 12 x 768 one (125M
+# parameters, a 250 MB GGUF: also what its fingerprint costs).
+BENCH_MODEL   := $(LLAMA_DIR)/models/bench-12x768.gguf
+$(BENCH_MODEL): | $(B)/bin/kvshm-mkmodel
+	$(B)/bin/kvshm-mkmodel --layers 12 --embd 768 --ff 2048 --heads 12 --kv-heads 4 --seed 1 --vocab $(LLAMA_VOCAB) -o $@
+$(B)/bench/llama: bench/llama.c $(B)/libkvshm-llama.a $(B)/libkvshm.a $(LIB_HDRS) $(LLAMA_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(LLAMA_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< -o $@ $(B)/libkvshm-llama.a $(B)/libkvshm.a \
+	  $(DEP_LIBS) $(LLAMA_LIBS) $(LLAMA_RPATH) $(LDFLAGS)
+
 bench:
-	@sh scripts/deps.sh build bench
-	@$(MAKE) --no-print-directory $(B)/bench/micro $(B)/bench/reclaim $(B)/bench/peers $(B)/bench/figures
+	@sh scripts/deps.sh build bench llama
+	@$(MAKE) --no-print-directory $(B)/bench/micro $(B)/bench/reclaim $(B)/bench/peers $(B)/bench/figures \
+	  $(B)/bench/llama $(DEMO_MODEL) $(BENCH_MODEL)
 	@start=$$(date +%s); \
 	$(B)/bench/micro && $(B)/bench/reclaim && \
 	$(B)/bench/peers -t $(BENCH_MS) -o $(B)/bench/results.csv && \
 	$(B)/bench/figures -n $(BENCH_REBUILD) -o $(B)/bench/kvshm-figures.csv && \
-	echo && echo "bench: $$(( $$(date +%s) - start )) s in all (micro, reclaim, peers, figures)" && \
-	echo "bench: every row in $(B)/bench/results.csv (peers) and $(B)/bench/kvshm-figures.csv (kvshm only)"
+	echo && $(B)/bench/llama -o $(B)/bench/llama.csv $(DEMO_MODEL) $(BENCH_MODEL) && \
+	echo && echo "bench: $$(( $$(date +%s) - start )) s in all (micro, reclaim, peers, figures, llama)" && \
+	echo "bench: every row in $(B)/bench/results.csv (peers), $(B)/bench/kvshm-figures.csv (kvshm only)" \
+	  "and $(B)/bench/llama.csv (llama.cpp restore against prefill)"
 
 # ---- fuzzing (clang's libFuzzer + ASan/UBSan) -----------------------------------
 FUZZ_SECONDS ?= 60
