@@ -15,7 +15,7 @@ cleanup() {
 	rm -f "/tmp/kvshm-demo-reaper.$name.log" "$out"
 }
 trap cleanup EXIT
-if ! "$bin/kvshm-demo" -m "$model" -n "$name" -c 6 -b 2 -r 2 --samples 4 -q >"$out" 2>&1; then
+if ! "$bin/kvshm-demo" -m "$model" -n "$name" -w 2 -c 6 -b 2 -r 2 -s 24M --samples 4 -q >"$out" 2>&1; then
 	cat "$out" >&2
 	echo "llama_demo_test: kvshm-demo failed" >&2
 	exit 1

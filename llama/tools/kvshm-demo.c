@@ -59,8 +59,8 @@ static struct {
 	uint64_t cache_bytes;
 	bool kills, quiet;
 } opt = {
-	.name = "demo", .workers = 2, .threads = 1, .conversations = 20, .turns = 3, .prompts = 4,
-	.branches = 6, .regens = 6, .samples = 8, .ctx = 4096, .seed = 42, .cache_bytes = 96ull << 20,
+	.name = "demo", .workers = 4, .threads = 1, .conversations = 16, .turns = 3, .prompts = 4,
+	.branches = 4, .regens = 4, .samples = 8, .ctx = 4096, .seed = 42, .cache_bytes = 48ull << 20,
 	.kills = true,
 };
 
@@ -154,7 +154,7 @@ static void build_stream(const struct llama_vocab *v)
 	int32_t(*id)[64] = malloc(nconv * sizeof(*id));
 	for (uint32_t p = 0; p < opt.prompts; p++) {
 		sys[p].t = malloc(2048 * sizeof(llama_token));
-		sys[p].n = text_tokens(v, 1, p, rnd(1, p, 0, 500, 900), true, sys[p].t, 2048);
+		sys[p].n = text_tokens(v, 1, p, rnd(1, p, 0, 350, 600), true, sys[p].t, 2048);
 	}
 	for (uint32_t c = 0; c < nconv; c++) {
 		src[c] = c;
@@ -831,14 +831,14 @@ static void usage(FILE *f)
 		"\n"
 		"  -m, --model FILE          GGUF model (make demo writes one with kvshm-mkmodel)\n"
 		"  -n, --name NAME           cache name (demo)\n"
-		"  -w, --workers N           pool size (2)\n"
+		"  -w, --workers N           pool size (4)\n"
 		"  -T, --threads N           threads per worker (1)\n"
-		"  -c, --conversations N     conversations (20)\n"
+		"  -c, --conversations N     conversations (16)\n"
 		"  -t, --turns N             turns per conversation (3)\n"
 		"  -p, --prompts N           distinct system prompts (4)\n"
-		"  -b, --branches N          conversations branching off another (6)\n"
-		"  -r, --regens N            turns asked again (6)\n"
-		"  -s, --cache-size BYTES    cache bytes: kvshm's RAM tier, split among the private caches (96M)\n"
+		"  -b, --branches N          conversations branching off another (4)\n"
+		"  -r, --regens N            turns asked again (4)\n"
+		"  -s, --cache-size BYTES    cache bytes: kvshm's RAM tier, split among the private caches (48M)\n"
 		"      --samples N           restored requests replayed from scratch (8)\n"
 		"      --seed N              request stream seed (42)\n"
 		"      --no-kills            do not kill workers\n"
