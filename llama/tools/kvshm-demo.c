@@ -390,8 +390,10 @@ static size_t pcache_restore(struct pcache *pc, struct llama_context *ctx, const
 			bi = i;
 		}
 	}
+	/* A match shorter than kvshm's partial minimum (64 tokens) is not
+	 * worth a restore there either: BOS and a few words are not a hit. */
 	size_t keep = best < n - keep_tail ? best : n - keep_tail;
-	if (!keep)
+	if (best < 64 || !keep)
 		return 0;
 	struct pentry *e = &pc->e[bi];
 	uint64_t t0 = now_ns();
