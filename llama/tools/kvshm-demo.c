@@ -59,7 +59,7 @@ static struct {
 	uint64_t cache_bytes;
 	bool kills, quiet;
 } opt = {
-	.name = "demo", .workers = 4, .threads = 1, .conversations = 16, .turns = 3, .prompts = 4,
+	.name = "demo", .workers = 4, .threads = 1, .conversations = 16, .turns = 3, .prompts = 8,
 	.branches = 4, .regens = 4, .samples = 8, .ctx = 4096, .seed = 42, .cache_bytes = 48ull << 20,
 	.kills = true,
 };
@@ -837,7 +837,7 @@ static void usage(FILE *f)
 		"  -T, --threads N           threads per worker (1)\n"
 		"  -c, --conversations N     conversations (16)\n"
 		"  -t, --turns N             turns per conversation (3)\n"
-		"  -p, --prompts N           distinct system prompts (4)\n"
+		"  -p, --prompts N           distinct system prompts (8)\n"
 		"  -b, --branches N          conversations branching off another (4)\n"
 		"  -r, --regens N            turns asked again (4)\n"
 		"  -s, --cache-size BYTES    cache bytes: kvshm's RAM tier, split among the private caches (48M)\n"
