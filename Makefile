@@ -339,14 +339,28 @@ $(B)/fuzz/seed: tests/fuzz/seed.c $(B)/libkvshm-tst.a $(LIB_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(TST_FLAGS) $< -o $@ $(B)/libkvshm-tst.a $(DEP_LIBS)
 
-# Bounded: FUZZ_SECONDS of libFuzzer on the file parser; fails on a crash.
+# The attach target links the whole library, built like a release (no
+# crash points) but instrumented for libFuzzer and the sanitizers.
+FUZZ_LIB_CFLAGS = -std=c11 -D_GNU_SOURCE -Iinclude -I. -g -O1 $(DEP_CFLAGS) \
+                -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all
+FUZZ_LIB_OBJS  := $(LIB_SRCS:%.c=$(B)/fuzz/lib/%.o)
+$(B)/fuzz/lib/%.o: %.c $(LIB_HDRS)
+	@mkdir -p $(@D)
+	clang $(FUZZ_LIB_CFLAGS) -c $< -o $@
+$(B)/fuzz/fuzz_attach: tests/fuzz/fuzz_attach.c $(FUZZ_LIB_OBJS) $(LIB_HDRS)
+	clang $(FUZZ_LIB_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_LIB_OBJS) -o $@ $(DEP_LIBS) -pthread
+
+# Bounded: FUZZ_SECONDS of libFuzzer on each target (the file parser, then
+# attaching a damaged segment); fails on a crash, a leak or a hang.
 fuzz:
 	@sh scripts/deps.sh build fuzz
-	@$(MAKE) --no-print-directory $(B)/fuzz/fuzz_file $(B)/fuzz/seed
-	@mkdir -p $(B)/fuzz/corpus
+	@$(MAKE) --no-print-directory $(B)/fuzz/fuzz_file $(B)/fuzz/seed $(B)/fuzz/fuzz_attach
+	@mkdir -p $(B)/fuzz/corpus $(B)/fuzz/corpus-attach
 	@$(B)/fuzz/seed $(B)/fuzz/corpus/valid.kvc
 	$(B)/fuzz/fuzz_file -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10 \
 	  -artifact_prefix=$(B)/fuzz/ $(B)/fuzz/corpus
+	$(B)/fuzz/fuzz_attach -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=10 -rss_limit_mb=4096 \
+	  -artifact_prefix=$(B)/fuzz/attach- $(B)/fuzz/corpus-attach
 
 # ---- install -----------------------------------------------------------------
 install: all

@@ -14,7 +14,8 @@
  *      over the same directory (which reconciles) timed: entries/s;
  *   4. memory overhead per entry: index entry, bucket heads, blob header
  *      (model + tokens), allocation header and page rounding, computed
- *      from the layout and measured from kvshm_stats.
+ *      from the layout and measured from kvshm_stats;
+ *   5. RAM saves: kvshm_put and reserve + fill + publish beside memcpy.
  *
  * Creating 100k disk entries through the real save pipeline costs one
  * file fdatasync, one directory fsync and a TDB transaction commit (4
@@ -26,7 +27,7 @@
  * Everything else — the save figures, the rebuild itself — runs with real
  * syncs. The files produced are the same; only their durability is skipped.
  *
- *   figures [-o CSV] [-n REBUILD_ENTRIES] [-f prefix|disk|rebuild|overhead]
+ *   figures [-o CSV] [-n REBUILD_ENTRIES] [-f prefix|overhead|ram|disk|rebuild]
  */
 #define XXH_STATIC_LINKING_ONLY /* XXH3_generateSecret_fromSeed */
 #include <dirent.h>
@@ -467,6 +468,92 @@ static void fig_disk(void)
 	rmtmpdir(0);
 }
 
+/* ---- 5. RAM saves: the library's copy, the caller's fill, memcpy -------------------------------- */
+
+/*
+ * kvshm_put (the library copies and sums in one pass), and reserve + the
+ * caller's memcpy into the reservation + publish (below 64 KiB a staging
+ * buffer copied in at publish; from 64 KiB the value's own pages made
+ * writable, core/save.c), beside a memcpy of the same bytes into a buffer
+ * already touched: what the read-only data area costs a writer.
+ */
+static void fig_ram(void)
+{
+	static const struct {
+		size_t sz;
+		int n;
+	} CASES[] = {{4 << 10, 4000}, {64 << 10, 1000}, {256 << 10, 400}, {1 << 20, 120}, {16 << 20, 10}};
+	kvshm_config cfg;
+	kvshm_config_init(&cfg);
+	cfg.segment_bytes = 768ull << 20;
+	kvshm *h = open_cache("ram", &cfg);
+	kvshm_model m = {.quant = 6};
+	size_t maxsz = 16 << 20;
+	uint8_t *src = malloc(maxsz), *dst = malloc(maxsz);
+	if (!src || !dst)
+		bench_die("out of memory");
+	for (size_t i = 0; i < maxsz; i += 8) {
+		uint64_t w = bench_mix64(i);
+		memcpy(src + i, &w, 8);
+	}
+	memset(dst, 1, maxsz);
+	printf("
+RAM saves, one process: GB/s of value bytes (median of rounds)
+");
+	printf("  %-8s %6s %12s %16s %12s %8s %8s
+", "value", "n", "put", "reserve+fill+pub", "memcpy", "put/cpy",
+	       "resv/cpy");
+	for (size_t c = 0; c < sizeof(CASES) / sizeof(CASES[0]); c++) {
+		size_t sz = CASES[c].sz;
+		int n = CASES[c].n;
+		uint64_t *tp = malloc(sizeof(uint64_t) * (size_t)n), *tr = malloc(sizeof(uint64_t) * (size_t)n),
+			 *tm = malloc(sizeof(uint64_t) * (size_t)n);
+		if (!tp || !tr || !tm)
+			bench_die("out of memory");
+		for (int i = 0; i < n; i++) {
+			uint32_t tok[16];
+			fill_tokens(tok, 16, c * 100000 + (size_t)i);
+			uint64_t t0 = bench_now_ns();
+			if (kvshm_put(h, &m, tok, 16, src, sz, NULL) < 0)
+				bench_die("put %zu: %s", sz, kvshm_last_error());
+			tp[i] = bench_now_ns() - t0;
+			fill_tokens(tok, 16, c * 100000 + 50000 + (size_t)i);
+			kvshm_reservation r;
+			t0 = bench_now_ns();
+			if (kvshm_reserve(h, &m, tok, 16, sz, NULL, &r) < 0)
+				bench_die("reserve %zu: %s", sz, kvshm_last_error());
+			memcpy(r.data, src, sz);
+			if (kvshm_publish(h, &r) < 0)
+				bench_die("publish %zu: %s", sz, kvshm_last_error());
+			tr[i] = bench_now_ns() - t0;
+			t0 = bench_now_ns();
+			memcpy(dst, src, sz);
+			tm[i] = bench_now_ns() - t0;
+			bench_consume(dst[sz / 2]);
+		}
+		double gp = (double)sz / p50_of(tp, (size_t)n), gr = (double)sz / p50_of(tr, (size_t)n),
+		       gm = (double)sz / p50_of(tm, (size_t)n);
+		char sl[32], param[48], r1[32], r2[32];
+		bench_size_label(sl, sizeof(sl), sz);
+		printf("  %-8s %6d %12.2f %16.2f %12.2f %8s %8s
+", sl, n, gp, gr, gm, bench_ratio(r1, sizeof(r1), gp, gm),
+		       bench_ratio(r2, sizeof(r2), gr, gm));
+		snprintf(param, sizeof(param), "%zu", sz);
+		rec("ram_save", param, "put", gp, "GB/s");
+		rec("ram_save", param, "reserve_fill_publish", gr, "GB/s");
+		rec("ram_save", param, "memcpy", gm, "GB/s");
+		free(tp);
+		free(tr);
+		free(tm);
+		uint64_t cnt;
+		if (kvshm_delete(h, NULL, &cnt) < 0)
+			bench_die("delete: %s", kvshm_last_error());
+	}
+	free(src);
+	free(dst);
+	close_cache(h);
+}
+
 /* ---- 3. index rebuild --------------------------------------------------------------------------- */
 
 static double rebuild_once(kvshm_config *cfg, const char *tag, uint64_t *entries)
@@ -648,7 +735,7 @@ int main(int argc, char **argv)
 		case 'n': n = (uint32_t)strtoul(optarg, NULL, 0); break;
 		case 'f': only = optarg; break;
 		default:
-			fprintf(stderr, "usage: figures [-o CSV] [-n REBUILD_ENTRIES] [-f prefix|disk|rebuild|overhead]\n");
+			fprintf(stderr, "usage: figures [-o CSV] [-n REBUILD_ENTRIES] [-f prefix|overhead|ram|disk|rebuild]\n");
 			return 2;
 		}
 	}
@@ -667,6 +754,8 @@ int main(int argc, char **argv)
 		fig_prefix();
 	if (!only || !strcmp(only, "overhead"))
 		fig_overhead();
+	if (!only || !strcmp(only, "ram"))
+		fig_ram();
 	if (!only || !strcmp(only, "disk"))
 		fig_disk();
 	if (!only || !strcmp(only, "rebuild"))

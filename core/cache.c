@@ -10,6 +10,7 @@
  * dead processes' slots are swept first, so the cache heals without a
  * reaper.
  */
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack */
 #include "core/internal.h"
 
 #define MIB (1024ull * 1024ull)
@@ -127,6 +129,18 @@ static uint64_t layout_sig(void)
 		offsetof(struct kvshm__cache_hdr, reaper_lk),
 	};
 	return XXH3_64bits(parts, sizeof(parts)) | 1; /* never 0 */
+}
+
+uint64_t kvshm__cache_imm_csum(const struct kvshm__cache_hdr *hdr)
+{
+	XXH3_state_t st;
+	XXH3_INITSTATE(&st);
+	XXH3_64bits_reset(&st);
+	XXH3_64bits_update(&st, &hdr->cfg, sizeof(hdr->cfg));
+	const uint64_t offs[] = {hdr->shards_off, hdr->buckets_off, hdr->entries_off,
+				 hdr->proc_off,   hdr->sem_off,     hdr->slab_off};
+	XXH3_64bits_update(&st, offs, sizeof(offs));
+	return XXH3_64bits_digest(&st);
 }
 
 /* ---- create ---------------------------------------------------------------------------- */
@@ -274,6 +288,19 @@ static int create(const char *name, const kvshm_config *c, struct kvshm__seg **o
 	uint64_t data = sl->npages * (uint64_t)n.page_size;
 	if (hdr->cfg.quota[KVSHM_TIER_RAM] > data)
 		hdr->cfg.quota[KVSHM_TIER_RAM] = data;
+	if (n.lazy) {
+		/* Lazy: the data area is backed run by run as it is allocated
+		 * (shm/slab.c, run_take: a full tmpfs is KVSHM_ENOSPACE there,
+		 * never SIGBUS on first touch); the tables before it now. */
+		int r = posix_fallocate(s->fd, 0, (off_t)sl->data_off);
+		if (r != 0) {
+			err = kvshm__fail(-r, "reserve the %llu bytes of '%s''s tables", (unsigned long long)sl->data_off,
+					  name);
+			goto out_fail;
+		}
+		atomic_store(&sl->holes, 1);
+	}
+	hdr->imm_csum = kvshm__cache_imm_csum(hdr);
 
 	KVSHM_CRASH_POINT("cache.create.built");
 	if ((err = kvshm__seg_publish(s, layout_sig())) < 0)
@@ -299,11 +326,14 @@ static int map_cache(kvshm *h)
 {
 	struct kvshm__seg *s = h->seg;
 	const struct kvshm__region *r = kvshm__seg_region(s, KVSHM_R_CORE);
-	if (!r || r->size < sizeof(struct kvshm__cache_hdr))
+	if (!r || r->size < sizeof(struct kvshm__cache_hdr) || r->off % KVSHM_CACHELINE)
 		return kvshm__fail(KVSHM_ECORRUPT, "cache '%s': no cache header region", h->name);
 	h->hdr = (struct kvshm__cache_hdr *)(s->base + r->off);
 	const struct kvshm__cfg *c = &h->hdr->cfg;
 	h->cfg = c;
+	if (h->hdr->imm_csum != kvshm__cache_imm_csum(h->hdr))
+		return kvshm__fail(KVSHM_ECORRUPT, "cache '%s': the cache header's configuration is damaged (checksum mismatch)",
+				   h->name);
 	if (!KVSHM_IS_POW2(c->shards) || c->shards > KVSHM_MAX_SHARDS || c->entries_per_shard == 0 ||
 	    (uint64_t)c->entries_per_shard * c->shards != c->max_entries || !KVSHM_IS_POW2(c->buckets_per_shard) ||
 	    c->chunk_tokens == 0 || c->chunk_tokens > KVSHM_MAX_CHUNK || c->max_procs == 0)
@@ -326,13 +356,23 @@ static int map_cache(kvshm *h)
 	};
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(regions); i++) {
 		const struct kvshm__region *rr = kvshm__seg_region(s, regions[i].id);
-		if (!rr || rr->off != regions[i].off || rr->size < regions[i].need)
+		if (!rr || rr->off != regions[i].off || rr->size < regions[i].need || rr->off % KVSHM_CACHELINE)
 			return kvshm__fail(KVSHM_ECORRUPT, "cache '%s': region %u missing or too small", h->name,
 					   regions[i].id);
 		*regions[i].dst = s->base + rr->off;
 	}
 	int err;
 	if ((err = kvshm__proc_verify(s, h->tab)) < 0 || (err = kvshm__slab_check_geometry(s, h->slab)) < 0)
+		return err;
+	if (h->slab->page_size != c->page_size)
+		return kvshm__fail(KVSHM_ECORRUPT, "cache '%s': slab page size %u, configured %u", h->name,
+				   h->slab->page_size, c->page_size);
+	/* The data area again, read-only: the only addresses that leave the
+	 * library (pins) point into it. */
+	uint64_t pg = kvshm__sys_page();
+	uint64_t vlo = h->slab->data_off & ~(pg - 1);
+	uint64_t vhi = KVSHM_ALIGN_UP(h->slab->data_off + (h->slab->npages << h->slab->page_shift), pg);
+	if (!s->view && (err = kvshm__seg_map_view(s, vlo, vhi - vlo)) < 0)
 		return err;
 	if (h->tab->nslots != c->max_procs || h->tab->stride < sizeof(struct kvshm__slot) + sizeof(struct kvshm__slotx))
 		return kvshm__fail(KVSHM_ECORRUPT, "cache '%s': process table geometry", h->name);
@@ -402,6 +442,7 @@ KVSHM_EXTERN int kvshm_open(const char *name, const kvshm_config *cfg_in, unsign
 	if (!h)
 		return kvshm__fail(-ENOMEM, "kvshm_open");
 	h->me = UINT32_MAX;
+	h->magic = KVSHM_HANDLE_MAGIC;
 	strlcpy(h->name, name, sizeof(h->name));
 
 	for (int attempt = 0;; attempt++) {
@@ -449,10 +490,12 @@ out_free:
 
 int kvshm__enter(kvshm *h)
 {
-	if (kvshm_unlikely(!h || h->closed))
-		return kvshm__fail(KVSHM_ECLOSED, "kvshm handle %s", h ? "is closed" : "is NULL");
+	if (kvshm_unlikely(!h || h->magic != KVSHM_HANDLE_MAGIC))
+		return kvshm__fail(KVSHM_ECLOSED, "kvshm handle %s", h ? "is closed (or not a handle)" : "is NULL");
 	if (kvshm_unlikely(h->fork_gen != kvshm__fork_gen())) {
-		/* A forked child: the slot belongs to the parent. */
+		/* A forked child: the slot, and every reservation made under
+		 * it, belong to the parent. */
+		kvshm__resv_forget_all(h);
 		int err = claim(h);
 		if (err < 0)
 			return err;
@@ -502,16 +545,12 @@ static int release_all(kvshm *h)
 	}
 	/* The copy-out record (the last) is never held between calls. */
 	for (unsigned i = 0; i < KVSHM_MAX_PINS; i++) {
-		struct kvshm__pinrec pr = x->pins[i];
-		/* kvshm_unpin zeroes the pin it drops: a fresh one each time, or
-		 * a record counting several pins would keep all but one. */
-		for (uint32_t k = pr.count; k > 0 && x->pins[i].count; k--) {
-			kvshm_pin p = {.ref = {(pr.entry + 1) | ((uint64_t)pr.gen << 32), 0}};
-			if (kvshm_unpin(h, &p) < 0)
-				break;
-		}
+		int r = kvshm__unpin_record(h, i);
+		if (r < 0 && !first)
+			first = r;
 	}
-	while (kvshm__sem_release(h->seg, h->sem, h->me) == 0)
+	/* Bounded by the semaphore's size: a damaged count cannot spin us. */
+	for (uint32_t k = 0; k <= h->sem->max && kvshm__sem_release(h->seg, h->sem, h->me) == 0; k++)
 		;
 	struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, h->me);
 	for (unsigned i = 0; sl && i < KVSHM_SLOT_ALLOCS; i++) {
@@ -524,12 +563,43 @@ static int release_all(kvshm *h)
 	return first;
 }
 
+/*
+ * Closed handles are kept, marked, for a while before their memory goes
+ * back to malloc: a use of a closed handle (a second kvshm_close, a call
+ * after close) finds the mark and fails with KVSHM_ECLOSED instead of
+ * reading freed memory. The last CLOSED_KEPT closed handles of the process
+ * are kept (about 1.3 KB each); a handle used after that many more closes
+ * is as undefined as any freed pointer.
+ */
+#define CLOSED_KEPT 256
+static kvshm *closed_ring[CLOSED_KEPT];
+static unsigned closed_next;
+static pthread_mutex_t closed_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void retire(kvshm *h)
+{
+	h->magic = 0;
+	h->closed = true;
+	pthread_mutex_lock(&closed_mu);
+	kvshm *old = closed_ring[closed_next];
+	closed_ring[closed_next] = h;
+	closed_next = (closed_next + 1) % CLOSED_KEPT;
+	pthread_mutex_unlock(&closed_mu);
+	free(old);
+}
+
 KVSHM_EXTERN int kvshm_close(kvshm *h)
 {
 	int err = 0;
 	if (!h)
 		return 0;
-	if (!h->closed && h->me != UINT32_MAX && h->fork_gen == kvshm__fork_gen()) {
+	if (h->magic != KVSHM_HANDLE_MAGIC)
+		return kvshm__fail(KVSHM_ECLOSED, "kvshm_close: the handle is already closed (or not a handle)");
+	bool ours = h->me != UINT32_MAX && h->fork_gen == kvshm__fork_gen();
+	/* Write access first: nothing the caller still holds may change a
+	 * byte once its reservation is gone. */
+	kvshm__resv_forget_all(h);
+	if (ours) {
 		err = release_all(h);
 		int r = kvshm__proc_release(h->seg, h->tab, h->me, h->me_gen);
 		if (r < 0 && !err)
@@ -537,8 +607,8 @@ KVSHM_EXTERN int kvshm_close(kvshm *h)
 	}
 	kvshm__tier_close(h);
 	kvshm__seg_detach(h->seg);
-	h->closed = true;
-	free(h);
+	h->seg = NULL;
+	retire(h);
 	return err;
 }
 

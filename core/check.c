@@ -141,8 +141,7 @@ static int check_entry(kvshm *h, uint32_t s, uint32_t idx, unsigned flags, const
 		return V("entry %u: its blob is not owned by it", idx);
 	if (e->tier >= KVSHM_NTIERS)
 		return V("entry %u: tier %u", idx, e->tier);
-	if (e->tier == KVSHM_TIER_RAM &&
-	    e->footprint != kvshm__slab_footprint(h->slab, kvshm__blob_size(e->ntokens, e->len)))
+	if (e->tier == KVSHM_TIER_RAM && e->footprint != kvshm__slab_footprint(h->slab, b->voff + e->len))
 		return V("entry %u: footprint %llu does not match its blob", idx, (unsigned long long)e->footprint);
 	if (e->tier != KVSHM_TIER_RAM && !kvshm__tier_on(h, e->tier))
 		return V("entry %u: in tier %u, which has no directory", idx, e->tier);
@@ -172,9 +171,10 @@ static int check_entry(kvshm *h, uint32_t s, uint32_t idx, unsigned flags, const
 		if (err < 0)
 			return err;
 	} else if (e->state == KVSHM_E_READY) {
-		if (!(flags & KVSHM_CHECK_QUICK)) {
-			const uint8_t *v = (const uint8_t *)b + kvshm__blob_value_off(b->ntokens);
-			if (XXH3_64bits(v, e->len) != e->csum)
+		/* An entry flagged bad was found corrupt and goes at its last
+		 * unpin; only an unflagged one with a wrong sum is a violation. */
+		if (!(flags & KVSHM_CHECK_QUICK) && !(e->flags & KVSHM_EF_BAD)) {
+			if (XXH3_64bits(kvshm__blob_value(b), e->len) != e->csum)
 				return V("entry %u: value checksum mismatch (torn or corrupt)", idx);
 		}
 	} else {

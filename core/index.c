@@ -52,10 +52,12 @@ struct kvshm__blob *kvshm__entry_blob(const kvshm *h, const struct kvshm__entry 
 	 * the file. */
 	uint64_t vlen = e->tier == KVSHM_TIER_RAM ? e->len : 0;
 	uint64_t size = kvshm__slab_size(h->seg, h->slab, e->blob);
-	if (size < sizeof(struct kvshm__blob) || size != kvshm__blob_size(e->ntokens, vlen))
+	if (size < kvshm__blob_size(e->ntokens, vlen))
 		return NULL;
 	struct kvshm__blob *b = kvshm__at(h->seg, e->blob, size);
-	if (!b || b->magic != KVSHM_BLOB_MAGIC || b->ntokens != e->ntokens || b->len != vlen)
+	if (!b || b->magic != KVSHM_BLOB_MAGIC || b->ntokens != e->ntokens || b->len != vlen ||
+	    !kvshm__blob_voff_ok(b->ntokens, b->voff) || size != b->voff + vlen ||
+	    !kvshm__in_view(h->seg, e->blob, size))
 		return NULL;
 	return b;
 }
@@ -163,8 +165,11 @@ void kvshm__mark_ready_locked(kvshm *h, uint32_t s, uint32_t idx, uint64_t csum,
 const struct kvshm__blob *kvshm__entry_blob_quick(const kvshm *h, const struct kvshm__entry *e)
 {
 	uint64_t vlen = e->tier == KVSHM_TIER_RAM ? e->len : 0;
+	if (e->blob % 16) /* every allocation is 16-byte aligned */
+		return NULL;
 	const struct kvshm__blob *b = kvshm__at(h->seg, e->blob, kvshm__blob_size(e->ntokens, vlen));
-	if (!b || b->magic != KVSHM_BLOB_MAGIC || b->ntokens != e->ntokens || b->len != vlen)
+	if (!b || b->magic != KVSHM_BLOB_MAGIC || b->ntokens != e->ntokens || b->len != vlen ||
+	    !kvshm__blob_voff_ok(b->ntokens, b->voff) || !kvshm__in_view(h->seg, e->blob, b->voff + vlen))
 		return NULL;
 	return b;
 }

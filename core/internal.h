@@ -19,7 +19,38 @@
 struct kvshm__idx;
 struct kvshm__fmeta;
 
+/*
+ * A reservation as the handle that made it knows it. The caller's
+ * kvshm_reservation must match one of these (ref words, data, len) or
+ * publish and cancel refuse it with -EINVAL: a garbage or foreign
+ * reservation never reaches the segment, a file descriptor or munmap.
+ * Process-local: what it holds (a staging buffer, a writable window, a
+ * file and its mapping) dies with the process; the segment side is the
+ * RESERVED entry, which reclaim handles.
+ */
+enum kvshm__hres_kind {
+	KVSHM_HRES_FREE = 0,
+	KVSHM_HRES_STAGED,  /* RAM, small value: written into `stage`, copied in at publish */
+	KVSHM_HRES_WINDOW,  /* RAM, large value: its own view pages made writable */
+	KVSHM_HRES_FILE,    /* ram_file/disk: a mapping of the temporary file */
+};
+struct kvshm__hres {
+	uint32_t kind;       /* kvshm__hres_kind */
+	uint8_t tier, reason;
+	uint64_t ref0, token; /* what the caller's ref[0], ref[1] must be */
+	void *data;          /* what the caller was given to write */
+	size_t len;
+	uint64_t value_off;  /* RAM: segment offset of the value */
+	int fd;              /* FILE: the temporary file */
+	uint8_t *map;        /* FILE: its guarded mapping, map_len bytes */
+	uint64_t map_len;
+	uint8_t key[16];     /* FILE: the key hash (names the temporary file) */
+};
+
+#define KVSHM_HANDLE_MAGIC 0x4c444e4148564b4bull /* "KKVHANDL": an open handle */
+
 struct kvshm {
+	uint64_t magic;            /* KVSHM_HANDLE_MAGIC while open, 0 once closed */
 	struct kvshm__seg *seg;
 	struct kvshm__cache_hdr *hdr;
 	struct kvshm__proctab *tab;
@@ -35,11 +66,15 @@ struct kvshm {
 	bool closed;
 	bool reaper;               /* this handle is the reaper's */
 	struct kvshm__idx *idx[KVSHM_NTIERS]; /* file tiers' TDB indexes, opened on first use */
+	struct kvshm__hres res[KVSHM_MAX_RES]; /* reservations handed out, not yet published */
 	char name[KVSHM_NAME_MAX];
 };
 
 /* ---- handles (core/cache.c) ------------------------------------------------------- */
 
+/* The checksum of the cache header's immutable part (its imm_csum): the
+ * configuration and the region offsets. */
+uint64_t kvshm__cache_imm_csum(const struct kvshm__cache_hdr *hdr);
 /* Entry guard of every public call: closed handle, fork rebinding. */
 int kvshm__enter(kvshm *h);
 /* Bumped in every child after fork. */
@@ -96,6 +131,12 @@ static inline uint32_t kvshm__shard_of(const kvshm *h, kvshm__h128 term)
 static inline struct kvshm__entry *kvshm__entry_at(const kvshm *h, uint32_t idx)
 {
 	return idx < h->cfg->max_entries ? &h->entries[idx] : NULL;
+}
+
+/* Where a (validated) blob's value starts. */
+static inline const uint8_t *kvshm__blob_value(const struct kvshm__blob *b)
+{
+	return (const uint8_t *)b + b->voff;
 }
 
 /* The blob of an entry, validated as the entry's own allocation (slab page
@@ -162,12 +203,30 @@ struct kvshm__resv {
 	uint32_t idx, gen, shard;
 	uint64_t token;
 	struct kvshm__blob *blob;
+	uint8_t *value;       /* RAM: where the value goes (the library's own mapping) */
+	uint64_t value_off;   /* RAM: its segment offset */
 	kvshm__h128 key;
 };
+#define KVSHM_RESV_PAGE_VALUE 1u /* RAM: start the value on a page of its own when the
+				  * blob is an extent (a writable window can then be
+				  * exactly the value's pages) */
 /* Steps 1-4 of a save for any tier (core/save.c); file tiers pass the
  * file's size as its footprint. */
 int kvshm__reserve_entry(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, uint64_t len, int tier,
-			 int reason, uint64_t file_size, struct kvshm__resv *out);
+			 int reason, uint64_t file_size, unsigned flags, struct kvshm__resv *out);
+/* RAM: the segment-side reservation and its fill pointer as a
+ * kvshm_reservation for publish_ram (what kvshm_put and promotion use; the
+ * caller never sees it). */
+void kvshm__resv_to_ram(const struct kvshm__resv *rv, size_t len, int reason, kvshm_reservation *r);
+/* Give up every reservation's process-local side (staging buffers,
+ * windows, file mappings and descriptors): at close, and in a forked
+ * child, whose inherited reservations are its parent's. */
+void kvshm__resv_forget_all(kvshm *h);
+/* Publish a filled RAM reservation whose value checksum is csum. */
+int kvshm__publish_ram(kvshm *h, kvshm_reservation *r, uint64_t csum);
+/* Copy len bytes from src to dst and return the XXH3-64 of them, in one
+ * pass (block by block, each hashed while still in cache). */
+uint64_t kvshm__copy_sum(void *dst, const void *src, size_t len);
 uint64_t kvshm__token(kvshm *h);
 /* Our reservation's entry with its shard locked, or NULL (lock not held). */
 struct kvshm__entry *kvshm__own_entry(kvshm *h, const kvshm_reservation *r, uint32_t *s, int *err);
@@ -177,6 +236,8 @@ int kvshm__drop_locked_entry(kvshm *h, uint32_t s, uint32_t idx);
  * record. Unpin by index and gen. */
 int kvshm__pin_locked(kvshm *h, uint32_t s, uint32_t idx, bool copy);
 int kvshm__unpin_ref(kvshm *h, uint32_t idx, uint32_t gen, bool copy);
+/* Drop every pin our pin record i counts, in one section (close). */
+int kvshm__unpin_record(kvshm *h, unsigned i);
 
 /* Score of an entry now (decayed). */
 double kvshm__entry_score(const kvshm *h, const struct kvshm__entry *e, uint64_t now_ns);
@@ -220,13 +281,19 @@ bool kvshm__tier_on(const kvshm *h, int tier);
 /* The tier's TDB index (opened on first use). */
 int kvshm__tier_idx(kvshm *h, int tier, struct kvshm__idx **out);
 void kvshm__tier_close(kvshm *h);
+/* A file save's reservation: fills hr (fd, mapping) and r. publish and
+ * cancel always give everything up (hr is theirs to clear). */
 int kvshm__file_reserve(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, size_t len, int tier,
-			int reason, kvshm_reservation *r);
-int kvshm__file_publish(kvshm *h, kvshm_reservation *r);
-int kvshm__file_cancel(kvshm *h, kvshm_reservation *r);
-/* Map and verify a pinned file entry into pin (after walk pinned it).
+			int reason, struct kvshm__hres *hr, kvshm_reservation *r);
+int kvshm__file_publish(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r);
+int kvshm__file_cancel(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r);
+/* Map and verify a pinned file entry into pin (after walk pinned it);
+ * verify: checksum the payload even if a load within verify_reuse_ms did.
  * KVSHM_EBADFILE: the file was bad and is gone; the pin is dropped. */
-int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy);
+int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy, bool verify);
+/* A pinned file entry failed verification: its file and row go, the entry
+ * is flagged bad, our pin is dropped. Returns KVSHM_EBADFILE. */
+int kvshm__file_reject(kvshm *h, uint32_t idx, uint32_t gen, int tier, const uint64_t key[2], bool copy);
 void kvshm__file_unmap(kvshm_pin *pin);
 /* After a file entry left the index: delete its file and index row. */
 void kvshm__file_forget(kvshm *h, int tier, const uint64_t key[2]);

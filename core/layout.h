@@ -45,8 +45,9 @@
 /* Bump on any change to a struct below, or to the meaning of a shared
  * word (2: futex words carry a waiters bit, shm/futex.c — a build that
  * sleeps without setting it must not share a segment with one that wakes
- * only marked words); part of the layout signature. */
-#define KVSHM_LAYOUT_VERSION 2u
+ * only marked words; 3: header checksums, blobs record their value
+ * offset); part of the layout signature. */
+#define KVSHM_LAYOUT_VERSION 3u
 
 enum kvshm__region_id {
 	KVSHM_R_CORE = 1,
@@ -140,6 +141,8 @@ struct kvshm__cache_hdr {
 	struct kvshm__cfg cfg;             /* immutable */
 	uint64_t shards_off, buckets_off, entries_off; /* regions, immutable */
 	uint64_t proc_off, sem_off, slab_off;          /* regions, immutable */
+	uint64_t imm_csum;                 /* XXH3-64 of cfg and the region offsets above:
+					    * checked at attach (a damaged header is refused) */
 	struct kvshm__ctr_stripe ctr[KVSHM_CTR_STRIPES]; /* counters */
 	struct kvshm__sched sched;         /* pressure scheduler control and status */
 	/* The reaper: a robust lock it holds for its whole life proves it is
@@ -256,10 +259,14 @@ struct kvshm__blob {
 	uint32_t ntokens;
 	uint64_t len;          /* value bytes */
 	kvshm_model model;     /* 65 bytes */
-	uint8_t pad[7];
-	uint32_t tokens[];     /* ntokens, then padding to 64, then the value */
+	uint8_t pad[3];
+	uint32_t voff;         /* the value's offset from the blob: kvshm__blob_value_off
+				* (ntokens), or further on to start a page of its own
+				* (a value written through a window, core/save.c) */
+	uint32_t tokens[];     /* ntokens, then padding, then the value at voff */
 };
 
+/* The least value offset: header and tokens, rounded to a cache line. */
 static inline uint64_t kvshm__blob_value_off(uint32_t ntokens)
 {
 	return KVSHM_ALIGN_UP(sizeof(struct kvshm__blob) + 4ull * ntokens, 64);
@@ -268,6 +275,12 @@ static inline uint64_t kvshm__blob_value_off(uint32_t ntokens)
 static inline uint64_t kvshm__blob_size(uint32_t ntokens, uint64_t len)
 {
 	return kvshm__blob_value_off(ntokens) + len;
+}
+
+/* Is voff a value offset a blob of ntokens may record? (untrusted input) */
+static inline bool kvshm__blob_voff_ok(uint32_t ntokens, uint64_t voff)
+{
+	return voff >= kvshm__blob_value_off(ntokens) && voff % 64 == 0 && voff < (1ull << 32);
 }
 
 #endif

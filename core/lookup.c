@@ -90,7 +90,11 @@ static void fill_pin(kvshm *h, uint32_t idx, size_t n, kvshm_pin *pin)
 {
 	const struct kvshm__entry *e = &h->entries[idx];
 	/* File entries get their data from kvshm__file_load (a mapping). */
-	pin->data = e->tier == KVSHM_TIER_RAM ? h->seg->base + e->blob + kvshm__blob_value_off(e->ntokens) : NULL;
+	/* RAM: the read-only view (a write through the pin faults). The blob
+	 * was validated by the match (kvshm__entry_blob_quick). */
+	pin->data = e->tier == KVSHM_TIER_RAM
+			    ? kvshm__view(h->seg, e->blob + ((const struct kvshm__blob *)(h->seg->base + e->blob))->voff)
+			    : NULL;
 	pin->ref[2] = pin->ref[3] = 0;
 	pin->len = e->len;
 	pin->ntokens = e->ntokens;
@@ -175,6 +179,52 @@ out:
 	return err;
 }
 
+/* ---- verification ----------------------------------------------------------------------- */
+
+/* The checksum the pinned entry was published with (immutable while it is
+ * pinned: RAM XXH3-64, files the payload's CRC32C). */
+static uint64_t pinned_csum(const kvshm *h, const kvshm_pin *pin)
+{
+	return h->entries[(uint32_t)pin->ref[0] - 1].csum;
+}
+
+static bool pin_sound(const kvshm *h, const kvshm_pin *pin)
+{
+	uint64_t want = pinned_csum(h, pin);
+	if (pin->tier == KVSHM_TIER_RAM)
+		return XXH3_64bits(pin->data, pin->len) == want;
+	return kvshm__crc32c(0, pin->data, pin->len) == (uint32_t)want;
+}
+
+/*
+ * A pinned entry's bytes do not match its checksum (a stray write through
+ * the library's own mapping, a flipped bit, a file changed behind our
+ * back): flag it bad so nobody pins it again, count it, drop our pin (the
+ * last pin removes it; a file's file and row go at once).
+ */
+static void reject_pinned(kvshm *h, kvshm_pin *pin, bool copy)
+{
+	uint32_t idx = (uint32_t)pin->ref[0] - 1, gen = (uint32_t)(pin->ref[0] >> 32);
+	struct kvshm__entry *e = &h->entries[idx];
+	if (pin->tier != KVSHM_TIER_RAM) {
+		uint64_t key[2] = {e->key[0], e->key[1]};
+		kvshm__file_unmap(pin);
+		kvshm__file_reject(h, idx, gen, pin->tier, key, copy);
+		memset(pin, 0, sizeof(*pin));
+		return;
+	}
+	uint32_t s = idx / h->cfg->entries_per_shard;
+	kvshm__count(h, KVSHM_C_corrupt_rejected, 1);
+	if (kvshm__shard_lock(h, s) == 0) {
+		if (e->gen == gen)
+			kvshm__jset32(h->seg, &h->shards[s].lk, &e->flags, e->flags | KVSHM_EF_BAD);
+		kvshm__shard_unlock(h, s);
+	}
+	KVSHM_CRASH_POINT("lookup.reject.flagged");
+	kvshm__unpin_ref(h, idx, gen, copy);
+	memset(pin, 0, sizeof(*pin));
+}
+
 static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, unsigned flags,
 		  bool exact, bool copy, kvshm_pin *pin)
 {
@@ -196,10 +246,14 @@ static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t
 		if (err == 0 && pin->tier != KVSHM_TIER_RAM) {
 			/* A file entry: map and verify it. A bad file is gone
 			 * now (counted); look again for the next best. */
-			err = kvshm__file_load(h, pin, copy);
+			err = kvshm__file_load(h, pin, copy, flags & KVSHM_LOOKUP_VERIFY);
 			if (err == KVSHM_EBADFILE)
 				continue;
 			break;
+		}
+		if (err == 0 && (flags & KVSHM_LOOKUP_VERIFY) && !pin_sound(h, pin)) {
+			reject_pinned(h, pin, copy);
+			continue; /* never served; the next best, if any */
 		}
 		if (err != KVSHM_ENOTFOUND || wait.idx == UINT32_MAX)
 			break;
@@ -269,6 +323,33 @@ int kvshm__unpin_ref(kvshm *h, uint32_t idx, uint32_t gen, bool copy)
 	return 0;
 }
 
+int kvshm__unpin_record(kvshm *h, unsigned i)
+{
+	struct kvshm__slotx *x = kvshm__slotx(h, h->me);
+	struct kvshm__pinrec *r = &x->pins[i];
+	uint32_t idx = __atomic_load_n(&r->entry, __ATOMIC_RELAXED);
+	struct kvshm__entry *e = kvshm__entry_at(h, idx);
+	if (!__atomic_load_n(&r->count, __ATOMIC_RELAXED))
+		return 0;
+	if (!e) {
+		__atomic_store_n(&r->count, 0, __ATOMIC_RELAXED); /* names no entry: nothing to give back */
+		return kvshm__fail(KVSHM_ECORRUPT, "pin record %u names entry %u, which does not exist", i, idx);
+	}
+	uint32_t s = idx / h->cfg->entries_per_shard;
+	int err = kvshm__shard_lock(h, s);
+	if (err < 0)
+		return err;
+	struct kvshm__lock *lk = &h->shards[s].lk;
+	uint32_t n = r->count;
+	if (n && e->gen == r->gen && e->state != KVSHM_E_FREE)
+		kvshm__jset32(h->seg, lk, &e->refcount, e->refcount >= n ? e->refcount - n : 0);
+	kvshm__jset32(h->seg, lk, &r->count, 0);
+	if (n && e->gen == r->gen && (e->flags & KVSHM_EF_BAD) && e->refcount == 0 && e->state == KVSHM_E_READY)
+		return kvshm__drop_locked_entry(h, s, idx);
+	kvshm__shard_unlock(h, s);
+	return 0;
+}
+
 static int unpin(kvshm *h, kvshm_pin *pin, bool copy)
 {
 	int err = kvshm__enter(h);
@@ -291,21 +372,51 @@ KVSHM_EXTERN int kvshm_unpin(kvshm *h, kvshm_pin *pin)
 	return unpin(h, pin, false);
 }
 
+KVSHM_EXTERN int kvshm_pin_verify(kvshm *h, kvshm_pin *pin)
+{
+	int err = kvshm__enter(h);
+	if (err < 0)
+		return err;
+	if (!pin || !(uint32_t)pin->ref[0] || pin->ref[1] != (uint64_t)(uintptr_t)h || !pin->data)
+		return kvshm__fail(-EINVAL, "pin_verify: not a pin of this handle");
+	uint32_t idx = (uint32_t)pin->ref[0] - 1, gen = (uint32_t)(pin->ref[0] >> 32);
+	const struct kvshm__entry *e = kvshm__entry_at(h, idx);
+	if (!e || e->gen != gen || e->len != pin->len)
+		return kvshm__fail(-EINVAL, "pin_verify: the pin names no pinned entry");
+	if (pin_sound(h, pin))
+		return 0;
+	reject_pinned(h, pin, false);
+	return kvshm__fail(KVSHM_ECORRUPT, "pin_verify: the value does not match its checksum; it was dropped and the pin released");
+}
+
+/*
+ * Copy-out verifies as it copies: the value is summed block by block
+ * while each block is still in cache (kvshm__copy_sum), and an entry
+ * whose sum is wrong is rejected (never returned, counted) and the lookup
+ * goes on to the next best. File entries were verified when loaded.
+ */
 KVSHM_EXTERN int kvshm_lookup_copy(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
 				   unsigned flags, void *buf, size_t cap, size_t *len, size_t *ntokens)
 {
 	kvshm_pin pin;
-	int err = lookup(h, m, tokens, n, flags, false, true, &pin);
-	if (err < 0)
-		return err;
-	if (len)
-		*len = pin.len;
-	if (ntokens)
-		*ntokens = pin.ntokens;
-	if (pin.len > cap || (!buf && pin.len)) {
-		unpin(h, &pin, true);
-		return kvshm__fail(-ENOBUFS, "copy-out: value of %zu bytes, buffer of %zu", pin.len, cap);
+	for (;;) {
+		int err = lookup(h, m, tokens, n, flags & ~KVSHM_LOOKUP_VERIFY, false, true, &pin);
+		if (err < 0)
+			return err;
+		if (len)
+			*len = pin.len;
+		if (ntokens)
+			*ntokens = pin.ntokens;
+		if (pin.len > cap || (!buf && pin.len)) {
+			unpin(h, &pin, true);
+			return kvshm__fail(-ENOBUFS, "copy-out: value of %zu bytes, buffer of %zu", pin.len, cap);
+		}
+		if (pin.tier != KVSHM_TIER_RAM) {
+			memcpy(buf, pin.data, pin.len);
+			return unpin(h, &pin, true);
+		}
+		if (kvshm__copy_sum(buf, pin.data, pin.len) == pinned_csum(h, &pin))
+			return unpin(h, &pin, true);
+		reject_pinned(h, &pin, true);
 	}
-	memcpy(buf, pin.data, pin.len);
-	return unpin(h, &pin, true);
 }

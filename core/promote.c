@@ -158,16 +158,14 @@ static int copy_up(kvshm *h, const struct item *it)
 	pin.tier = e->tier;
 	pin.len = e->len;
 	kvshm__shard_unlock(h, it->shard);
-	if ((err = kvshm__file_load(h, &pin, true)) < 0)
+	if ((err = kvshm__file_load(h, &pin, true, false)) < 0)
 		return err; /* a bad file was removed; the pin is gone */
 	const struct kvshm__blob *b = kvshm__entry_blob(h, e);
 	struct kvshm__resv rv;
-	err = b ? kvshm__reserve_entry(h, &b->model, b->tokens, b->ntokens, pin.len, KVSHM_TIER_RAM, e->reason, 0, &rv)
+	err = b ? kvshm__reserve_entry(h, &b->model, b->tokens, b->ntokens, pin.len, KVSHM_TIER_RAM, e->reason, 0, 0, &rv)
 		: KVSHM_ECORRUPT;
 	if (err == 0) {
-		uint8_t *dst = (uint8_t *)rv.blob + kvshm__blob_value_off(b->ntokens);
-		memcpy(dst, pin.data, pin.len);
-		uint64_t csum = XXH3_64bits(dst, pin.len);
+		uint64_t csum = kvshm__copy_sum(rv.value, pin.data, pin.len);
 		if ((err = kvshm__shard_lock(h, rv.shard)) == 0) {
 			struct kvshm__entry *ne = &h->entries[rv.idx];
 			if (ne->gen != rv.gen || ne->token != rv.token || ne->owner != h->me) {
@@ -228,7 +226,8 @@ KVSHM_EXTERN int kvshm_promote(kvshm *h, const kvshm_promote_config *pc, size_t 
 			kvshm__info_of(h, e, now, &info);
 			kvshm_promote_cand c = {
 				.score = scorer(&info, pc->scorer_ctx),
-				.bytes = kvshm__slab_footprint(h->slab, kvshm__blob_size(e->ntokens, e->len)),
+				.bytes = e->tier == KVSHM_TIER_RAM ? e->footprint
+							     : kvshm__slab_footprint(h->slab, kvshm__blob_size(e->ntokens, e->len)),
 				.since_move_s = e->moved_ns ? (double)(now - e->moved_ns) / 1e9 : -1.0,
 			};
 			struct item it = {sh->first + k, e->gen, s, {e->key[0], e->key[1]}};

@@ -7,7 +7,8 @@
  * under the lock that guards it and clears the record in the same journaled
  * critical section.
  *
- *   1. pins: each pin record's count comes off its entry's refcount;
+ *   1. pins: each pin record's count comes off its entry's refcount (an
+ *      entry flagged bad goes with its last pin);
  *   2. reservations: the RESERVED/EXPIRED entry is removed and its blob
  *      handed to the dead slot's own allocation records;
  *   3. allocations: every allocation the dead slot still owns is freed
@@ -62,6 +63,12 @@ static int drop_pins(kvshm *h, uint32_t idx, uint32_t gen, struct kvshm__slotx *
 				kvshm__jset32(h->seg, &h->shards[s].lk, &e->flags, e->flags & ~KVSHM_EF_LOADING);
 			KVSHM_CRASH_POINT("reclaim.pin.uncounted");
 			kvshm__jset32(h->seg, &h->shards[s].lk, &r->count, 0);
+			/* It died rejecting a corrupt entry between flagging it and
+			 * unpinning: the last pin gone, the entry goes (its blob to
+			 * the dead slot's records, freed in step 3). */
+			if (e->gen == r->gen && (e->flags & KVSHM_EF_BAD) && e->refcount == 0 &&
+			    e->state == KVSHM_E_READY)
+				kvshm__entry_remove_locked(h, s, e_idx, idx);
 		}
 		kvshm__shard_unlock(h, s);
 		kvshm__count(h, KVSHM_C_reclaimed_pins, n);

@@ -22,7 +22,9 @@
  */
 #define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack */
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/internal.h"
 
@@ -98,12 +100,28 @@ static int evict_one_in_shard(kvshm *h, uint32_t s)
 	return 1;
 }
 
+/* The value offset of a RAM blob: the least one, or (page_value) the
+ * first system page boundary after the tokens, when the blob is an extent
+ * (which starts KVSHM_EXT_DATA into a page of a data area aligned to the
+ * system page): then the value's pages hold nothing else. */
+static uint64_t value_off_for(const kvshm *h, uint32_t n, uint64_t len, bool page_value)
+{
+	uint64_t least = kvshm__blob_value_off(n);
+	uint64_t pg = kvshm__sys_page();
+	if (!page_value || h->slab->page_size < pg || h->slab->data_off % pg)
+		return least;
+	uint64_t voff = KVSHM_ALIGN_UP(KVSHM_EXT_DATA + least, pg) - KVSHM_EXT_DATA;
+	return kvshm__slab_is_extent(h->slab, voff + len) && voff < (1ull << 32) ? voff : least;
+}
+
 int kvshm__reserve_entry(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, uint64_t len, int tier,
-			 int reason, uint64_t file_size, struct kvshm__resv *out)
+			 int reason, uint64_t file_size, unsigned flags, struct kvshm__resv *out)
 {
 	struct kvshm__keyhash kh;
 	bool ram = tier == KVSHM_TIER_RAM;
-	uint64_t size = kvshm__blob_size((uint32_t)n, ram ? len : 0);
+	uint64_t voff = ram ? value_off_for(h, (uint32_t)n, len, flags & KVSHM_RESV_PAGE_VALUE)
+			    : kvshm__blob_value_off((uint32_t)n);
+	uint64_t size = voff + (ram ? len : 0);
 	uint64_t fp = ram ? kvshm__slab_footprint(h->slab, size) : file_size;
 	uint64_t quota = h->cfg->quota[tier];
 	int err;
@@ -141,7 +159,9 @@ int kvshm__reserve_entry(kvshm *h, const kvshm_model *m, const uint32_t *tokens,
 	uint64_t blob = 0;
 	for (int tries = 0; tries < 8; tries++) {
 		err = kvshm__slab_alloc(h->seg, h->slab, h->me, size, &blob);
-		if (err != KVSHM_ENOSPACE)
+		/* No run, or none the filesystem can back: what eviction frees
+		 * is backed already. */
+		if (err != KVSHM_ENOSPACE && err != -ENOSPC)
 			break;
 		uint64_t freed = 0;
 		kvshm__evict(h, kvshm__slab_footprint(h->slab, size), KVSHM_TIER_BIT(KVSHM_TIER_RAM), &freed, NULL);
@@ -149,7 +169,7 @@ int kvshm__reserve_entry(kvshm *h, const kvshm_model *m, const uint32_t *tokens,
 			break;
 	}
 	if (err < 0) {
-		if (err == KVSHM_ENOSPACE)
+		if (err == KVSHM_ENOSPACE || err == -ENOSPC)
 			kvshm__count(h, KVSHM_C_nospace, 1);
 		goto out;
 	}
@@ -160,6 +180,7 @@ int kvshm__reserve_entry(kvshm *h, const kvshm_model *m, const uint32_t *tokens,
 	b->len = ram ? len : 0;
 	b->model = *m;
 	memset(b->pad, 0, sizeof(b->pad));
+	b->voff = (uint32_t)voff;
 	memcpy(b->tokens, tokens, n * sizeof(uint32_t));
 
 	/* Chain a RESERVED entry. */
@@ -197,6 +218,8 @@ int kvshm__reserve_entry(kvshm *h, const kvshm_model *m, const uint32_t *tokens,
 	out->shard = s;
 	out->token = ne.token;
 	out->blob = b;
+	out->value = (uint8_t *)b + voff;
+	out->value_off = blob + voff;
 	out->key = kh.key;
 	err = 0;
 	goto out;
@@ -208,11 +231,107 @@ out:
 	return err;
 }
 
-KVSHM_EXTERN int kvshm_reserve(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, size_t len,
-			       const kvshm_save_opts *opts, kvshm_reservation *r)
+/* ---- reservations as the caller holds them ------------------------------------------ */
+
+/*
+ * HOW A RAM RESERVATION IS WRITTEN
+ *   The data area is mapped read-only for everything that leaves the
+ *   library (core/cache.c: the view), so a caller's writable bytes are
+ *   either its own copy or its own pages:
+ *   - below WINDOW_MIN the caller writes into a private staging buffer,
+ *     which publish copies into the entry while checksumming it (the
+ *     copy-and-sum pass kvshm_put makes anyway, so it costs one memcpy of
+ *     at most WINDOW_MIN bytes);
+ *   - from WINDOW_MIN up the value starts on a system page of its own
+ *     (KVSHM_RESV_PAGE_VALUE) and the view's pages covering it are made
+ *     writable for this handle (two mprotect calls in all, whatever the
+ *     size). Publish first takes the write access back, then checksums,
+ *     so what is published is what was summed; a write past either end
+ *     of the value faults on a read-only page or a guard.
+ *   WINDOW_MIN is where the two costs meet (make bench: "RAM reserve +
+ *   fill + publish"): a memcpy of 64 KiB takes about as long as the two
+ *   mprotect calls with their page-table walk and TLB flush.
+ */
+#define WINDOW_MIN (64u * 1024u)
+
+static struct kvshm__hres *hres_new(kvshm *h)
 {
-	int tier = opts ? opts->tier : KVSHM_TIER_RAM;
-	int reason = opts ? opts->reason : KVSHM_REASON_OTHER;
+	for (unsigned i = 0; i < KVSHM_MAX_RES; i++)
+		if (h->res[i].kind == KVSHM_HRES_FREE)
+			return &h->res[i];
+	return NULL;
+}
+
+/* The handle's record of r, or NULL (-EINVAL reported) when r is not a
+ * live reservation of this handle. */
+static struct kvshm__hres *hres_find(kvshm *h, const kvshm_reservation *r, const char *what)
+{
+	if (!r) {
+		kvshm__fail(-EINVAL, "%s: reservation is NULL", what);
+		return NULL;
+	}
+	for (unsigned i = 0; i < KVSHM_MAX_RES; i++) {
+		struct kvshm__hres *hr = &h->res[i];
+		if (hr->kind != KVSHM_HRES_FREE && hr->ref0 == r->ref[0] && hr->token == r->ref[1] &&
+		    hr->data == r->data && hr->len == r->len)
+			return hr;
+	}
+	kvshm__fail(-EINVAL, "%s: not a reservation this handle holds (never reserved here, already published or cancelled, or altered)",
+		    what);
+	return NULL;
+}
+
+/* Give up what the process holds for hr (not the entry) and forget it. */
+static int hres_release(kvshm *h, struct kvshm__hres *hr)
+{
+	int err = 0;
+	if (hr->kind == KVSHM_HRES_STAGED)
+		free(hr->data);
+	else if (hr->kind == KVSHM_HRES_WINDOW)
+		err = kvshm__seg_view_protect(h->seg, hr->value_off, hr->len, false, NULL);
+	memset(hr, 0, sizeof(*hr));
+	return err;
+}
+
+void kvshm__resv_forget_all(kvshm *h)
+{
+	for (unsigned i = 0; i < KVSHM_MAX_RES; i++) {
+		struct kvshm__hres *hr = &h->res[i];
+		if (hr->kind == KVSHM_HRES_FILE) {
+			kvshm__unmap_guarded(hr->map, hr->map_len);
+			if (hr->fd >= 0)
+				close(hr->fd);
+			memset(hr, 0, sizeof(*hr));
+		} else if (hr->kind != KVSHM_HRES_FREE) {
+			hres_release(h, hr);
+		}
+	}
+}
+
+void kvshm__resv_to_ram(const struct kvshm__resv *rv, size_t len, int reason, kvshm_reservation *r)
+{
+	r->data = rv->value;
+	r->len = len;
+	r->ref[0] = (rv->idx + 1) | ((uint64_t)rv->gen << 32);
+	r->ref[1] = rv->token;
+	r->ref[2] = (uint64_t)reason | ((uint64_t)KVSHM_TIER_RAM << 8);
+	r->ref[3] = 0;
+}
+
+/* Undo a RAM reservation the caller never saw. */
+static void drop_own(kvshm *h, const kvshm_reservation *r)
+{
+	uint32_t s;
+	int err;
+	if (kvshm__own_entry(h, r, &s, &err))
+		kvshm__drop_locked_entry(h, s, (uint32_t)r->ref[0] - 1);
+}
+
+static int reserve_args(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, size_t len,
+			const kvshm_save_opts *opts, kvshm_reservation *r, int *tier, int *reason)
+{
+	*tier = opts ? opts->tier : KVSHM_TIER_RAM;
+	*reason = opts ? opts->reason : KVSHM_REASON_OTHER;
 	int err = kvshm__enter(h);
 	if (err < 0)
 		return err;
@@ -222,22 +341,71 @@ KVSHM_EXTERN int kvshm_reserve(kvshm *h, const kvshm_model *m, const uint32_t *t
 		return kvshm__fail(-EINVAL, "reserve: %zu tokens (must be 1 .. %u)", n, KVSHM_MAX_TOKENS);
 	if (len == 0)
 		return kvshm__fail(-EINVAL, "reserve: zero-length value");
-	if (reason < 0 || reason >= KVSHM_NREASONS)
-		return kvshm__fail(-EINVAL, "reserve: save reason %d", reason);
-	if (tier < 0 || tier >= KVSHM_NTIERS)
-		return kvshm__fail(-EINVAL, "reserve: tier %d", tier);
+	if (*reason < 0 || *reason >= KVSHM_NREASONS)
+		return kvshm__fail(-EINVAL, "reserve: save reason %d", *reason);
+	if (*tier < 0 || *tier >= KVSHM_NTIERS)
+		return kvshm__fail(-EINVAL, "reserve: tier %d", *tier);
 	memset(r, 0, sizeof(*r));
-	if (tier != KVSHM_TIER_RAM)
-		return kvshm__file_reserve(h, m, tokens, n, len, tier, reason, r);
+	return 0;
+}
 
-	struct kvshm__resv rv;
-	if ((err = kvshm__reserve_entry(h, m, tokens, n, len, tier, reason, 0, &rv)) < 0)
+KVSHM_EXTERN int kvshm_reserve(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, size_t len,
+			       const kvshm_save_opts *opts, kvshm_reservation *r)
+{
+	int tier, reason;
+	int err = reserve_args(h, m, tokens, n, len, opts, r, &tier, &reason);
+	if (err < 0)
 		return err;
-	r->data = (uint8_t *)rv.blob + kvshm__blob_value_off((uint32_t)n);
-	r->len = len;
-	r->ref[0] = (rv.idx + 1) | ((uint64_t)rv.gen << 32);
-	r->ref[1] = rv.token;
-	r->ref[2] = (uint64_t)reason | ((uint64_t)tier << 8);
+	struct kvshm__hres *hr = hres_new(h);
+	if (!hr)
+		return kvshm__fail(KVSHM_EBUSY, "reserve: this handle already holds %u reservations", KVSHM_MAX_RES);
+	if (tier != KVSHM_TIER_RAM) {
+		if ((err = kvshm__file_reserve(h, m, tokens, n, len, tier, reason, hr, r)) < 0)
+			return err;
+		hr->kind = KVSHM_HRES_FILE;
+		goto record;
+	}
+
+	bool window = len >= WINDOW_MIN;
+	void *stage = NULL;
+	if (!window && !(stage = aligned_alloc(64, KVSHM_ALIGN_UP(len, 64))))
+		return kvshm__fail(-ENOMEM, "reserve: a staging buffer of %zu bytes", len);
+	struct kvshm__resv rv;
+	if ((err = kvshm__reserve_entry(h, m, tokens, n, len, tier, reason, 0, window ? KVSHM_RESV_PAGE_VALUE : 0,
+					&rv)) < 0) {
+		free(stage);
+		return err;
+	}
+	kvshm__resv_to_ram(&rv, len, reason, r);
+	hr->value_off = rv.value_off;
+	if (window && rv.value_off % kvshm__sys_page() == 0) {
+		void *at;
+		if ((err = kvshm__seg_view_protect(h->seg, rv.value_off, len, true, &at)) < 0) {
+			drop_own(h, r);
+			memset(r, 0, sizeof(*r));
+			return err;
+		}
+		r->data = at;
+		hr->kind = KVSHM_HRES_WINDOW;
+	} else {
+		/* Small, or the value could not have pages of its own (a
+		 * slab page larger than the value's run): stage it. */
+		if (!stage && !(stage = aligned_alloc(64, KVSHM_ALIGN_UP(len, 64)))) {
+			drop_own(h, r);
+			memset(r, 0, sizeof(*r));
+			return kvshm__fail(-ENOMEM, "reserve: a staging buffer of %zu bytes", len);
+		}
+		r->data = stage;
+		hr->kind = KVSHM_HRES_STAGED;
+	}
+	KVSHM_CRASH_POINT("save.reserve.window");
+record:
+	hr->tier = (uint8_t)tier;
+	hr->reason = (uint8_t)reason;
+	hr->ref0 = r->ref[0];
+	hr->token = r->ref[1];
+	hr->data = r->data;
+	hr->len = r->len;
 	return 0;
 }
 
@@ -272,14 +440,31 @@ int kvshm__drop_locked_entry(kvshm *h, uint32_t s, uint32_t idx)
 	return kvshm__slab_free(h->seg, h->slab, h->me, blob);
 }
 
-/* RAM publish with the value's checksum already known (have_csum) or
- * computed here. */
-static int publish_ram(kvshm *h, kvshm_reservation *r, bool have_csum, uint64_t csum)
+uint64_t kvshm__copy_sum(void *dst, const void *src, size_t len)
+{
+	/* Block by block, each summed while it is still in cache: one trip
+	 * through memory instead of two. */
+	enum { BLOCK = 64 * 1024 };
+	if (len <= BLOCK) {
+		memcpy(dst, src, len);
+		return XXH3_64bits(dst, len);
+	}
+	XXH3_state_t st;
+	XXH3_INITSTATE(&st);
+	XXH3_64bits_reset(&st);
+	for (size_t done = 0; done < len;) {
+		size_t n = KVSHM_MIN((size_t)BLOCK, len - done);
+		memcpy((uint8_t *)dst + done, (const uint8_t *)src + done, n);
+		XXH3_64bits_update(&st, (uint8_t *)dst + done, n);
+		done += n;
+	}
+	return XXH3_64bits_digest(&st);
+}
+
+int kvshm__publish_ram(kvshm *h, kvshm_reservation *r, uint64_t csum)
 {
 	uint32_t s;
 	int err;
-	if (!have_csum)
-		csum = XXH3_64bits(r->data, r->len);
 	KVSHM_CRASH_POINT("save.publish.summed");
 	struct kvshm__entry *e = kvshm__own_entry(h, r, &s, &err);
 	if (!e)
@@ -305,12 +490,39 @@ KVSHM_EXTERN int kvshm_publish(kvshm *h, kvshm_reservation *r)
 	int err = kvshm__enter(h);
 	if (err < 0)
 		return err;
-	if (!r || !r->data)
-		return kvshm__fail(-EINVAL, "publish: reservation is NULL or already used");
-	int tier = (int)((r->ref[2] >> 8) & 0xff);
-	if (tier != KVSHM_TIER_RAM)
-		return kvshm__file_publish(h, r);
-	return publish_ram(h, r, false, 0);
+	struct kvshm__hres *hr = hres_find(h, r, "publish");
+	if (!hr)
+		return -EINVAL;
+	if (hr->kind == KVSHM_HRES_FILE) {
+		err = kvshm__file_publish(h, hr, r);
+		memset(hr, 0, sizeof(*hr));
+		return err;
+	}
+	/* The library's own address of the value, which the caller cannot
+	 * reach: what is summed is what readers will see. */
+	uint8_t *dst = h->seg->base + hr->value_off;
+	if (!kvshm__at(h->seg, hr->value_off, r->len)) {
+		hres_release(h, hr);
+		memset(r, 0, sizeof(*r));
+		return kvshm__fail(KVSHM_ECORRUPT, "publish: value offset %llu outside the segment",
+				   (unsigned long long)hr->value_off);
+	}
+	uint64_t csum;
+	if (hr->kind == KVSHM_HRES_STAGED) {
+		csum = kvshm__copy_sum(dst, hr->data, r->len);
+		hres_release(h, hr);
+	} else if ((err = hres_release(h, hr)) < 0) {
+		/* The caller could still write: never publish what may change. */
+		r->data = dst;
+		drop_own(h, r);
+		memset(r, 0, sizeof(*r));
+		return err;
+	} else {
+		KVSHM_CRASH_POINT("save.publish.revoked");
+		csum = XXH3_64bits(dst, r->len);
+	}
+	r->data = dst;
+	return kvshm__publish_ram(h, r, csum);
 }
 
 KVSHM_EXTERN int kvshm_cancel(kvshm *h, kvshm_reservation *r)
@@ -319,45 +531,49 @@ KVSHM_EXTERN int kvshm_cancel(kvshm *h, kvshm_reservation *r)
 	int err = kvshm__enter(h);
 	if (err < 0)
 		return err;
-	if (!r || !r->data)
-		return kvshm__fail(-EINVAL, "cancel: reservation is NULL or already used");
-	int tier = (int)((r->ref[2] >> 8) & 0xff);
-	if (tier != KVSHM_TIER_RAM)
-		return kvshm__file_cancel(h, r);
-	if (!kvshm__own_entry(h, r, &s, &err))
+	struct kvshm__hres *hr = hres_find(h, r, "cancel");
+	if (!hr)
+		return -EINVAL;
+	if (hr->kind == KVSHM_HRES_FILE) {
+		err = kvshm__file_cancel(h, hr, r);
+		memset(hr, 0, sizeof(*hr));
 		return err;
+	}
+	int rel = hres_release(h, hr);
+	if (!kvshm__own_entry(h, r, &s, &err)) {
+		memset(r, 0, sizeof(*r));
+		return err;
+	}
 	err = kvshm__drop_locked_entry(h, s, (uint32_t)r->ref[0] - 1);
 	kvshm__count(h, KVSHM_C_cancels, 1);
 	memset(r, 0, sizeof(*r));
-	return err;
+	return err < 0 ? err : rel;
 }
 
 KVSHM_EXTERN int kvshm_put(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, const void *data,
 			   size_t len, const kvshm_save_opts *opts)
 {
 	kvshm_reservation r;
+	int tier, reason;
 	if (!data && len)
 		return kvshm__fail(-EINVAL, "put: data is NULL");
-	int err = kvshm_reserve(h, m, tokens, n, len, opts, &r);
+	int err = reserve_args(h, m, tokens, n, len, opts, &r, &tier, &reason);
 	if (err < 0)
 		return err;
-	if ((opts ? opts->tier : KVSHM_TIER_RAM) != KVSHM_TIER_RAM) {
+	if (tier != KVSHM_TIER_RAM) {
+		if ((err = kvshm_reserve(h, m, tokens, n, len, opts, &r)) < 0)
+			return err;
 		memcpy(r.data, data, len);
 		KVSHM_CRASH_POINT("save.put.copied");
 		return kvshm_publish(h, &r);
 	}
-	/* Copy and checksum in one pass, block by block, while the block is
-	 * still in cache: one trip through memory instead of two. */
-	enum { BLOCK = 64 * 1024 };
-	XXH3_state_t st;
-	XXH3_INITSTATE(&st);
-	XXH3_64bits_reset(&st);
-	for (size_t done = 0; done < len;) {
-		size_t n_ = KVSHM_MIN((size_t)BLOCK, len - done);
-		memcpy((uint8_t *)r.data + done, (const uint8_t *)data + done, n_);
-		XXH3_64bits_update(&st, (uint8_t *)r.data + done, n_);
-		done += n_;
-	}
+	/* RAM: the library copies into the entry itself; the caller never
+	 * holds a writable pointer. */
+	struct kvshm__resv rv;
+	if ((err = kvshm__reserve_entry(h, m, tokens, n, len, tier, reason, 0, 0, &rv)) < 0)
+		return err;
+	kvshm__resv_to_ram(&rv, len, reason, &r);
+	uint64_t csum = kvshm__copy_sum(rv.value, data, len);
 	KVSHM_CRASH_POINT("save.put.copied");
-	return publish_ram(h, &r, true, XXH3_64bits_digest(&st));
+	return kvshm__publish_ram(h, &r, csum);
 }

@@ -252,27 +252,16 @@ static void sweep_cb(void *ctx)
 	kvshm__sweep(ctx);
 }
 
-/* ---- reservation handle layout --------------------------------------------------------
- * ref[0] = entry index + 1 | gen << 32, ref[1] = token,
- * ref[2] = reason | tier << 8 | fd << 32, ref[3] = mapping address. */
-
-static void ref_decode(const kvshm_reservation *r, uint32_t *idx, uint32_t *gen, int *reason, int *tier, int *fd,
-		       uint8_t **map)
-{
-	*idx = (uint32_t)r->ref[0] - 1;
-	*gen = (uint32_t)(r->ref[0] >> 32);
-	*reason = (int)(r->ref[2] & 0xff);
-	*tier = (int)((r->ref[2] >> 8) & 0xff);
-	*fd = (int)(r->ref[2] >> 32);
-	*map = (uint8_t *)(uintptr_t)r->ref[3];
-}
+/* ---- reservations ----------------------------------------------------------------------
+ * The caller's ref[0] = entry index + 1 | gen << 32, ref[1] = token; the
+ * descriptor and mapping live in the handle's record (struct kvshm__hres),
+ * never in words the caller could alter. */
 
 /* Give up a file reservation: temp file, mapping, entry, writer unit. */
 static void abandon(kvshm *h, uint32_t idx, uint32_t gen, uint64_t token, const char *tmp, int fd, uint8_t *map,
 		    uint64_t fsize)
 {
-	if (map)
-		munmap(map, fsize);
+	kvshm__unmap_guarded(map, fsize);
 	if (fd >= 0)
 		close(fd);
 	if (tmp)
@@ -290,7 +279,7 @@ static void abandon(kvshm *h, uint32_t idx, uint32_t gen, uint64_t token, const 
 }
 
 int kvshm__file_reserve(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, size_t len, int tier,
-			int reason, kvshm_reservation *r)
+			int reason, struct kvshm__hres *hr, kvshm_reservation *r)
 {
 	struct kvshm__idx *ix;
 	char tmp[512];
@@ -313,7 +302,7 @@ int kvshm__file_reserve(kvshm *h, const kvshm_model *m, const uint32_t *tokens, 
 	/* 2. The reservation. */
 	kvshm__file_geometry((uint32_t)n, len, NULL, &payload_off, &fsize);
 	struct kvshm__resv rv;
-	if ((err = kvshm__reserve_entry(h, m, tokens, n, len, tier, reason, fsize, &rv)) < 0) {
+	if ((err = kvshm__reserve_entry(h, m, tokens, n, len, tier, reason, fsize, 0, &rv)) < 0) {
 		kvshm__sem_release(h->seg, h->sem, h->me);
 		return err;
 	}
@@ -340,9 +329,10 @@ int kvshm__file_reserve(kvshm *h, const kvshm_model *m, const uint32_t *tokens, 
 		err = kvshm__fail(-fr, "reserve %llu bytes for %s", (unsigned long long)fsize, tmp);
 		goto fail;
 	}
-	map = mmap(NULL, fsize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	if (map == MAP_FAILED) {
-		map = NULL;
+	/* Guarded: writing past the value faults instead of landing in a
+	 * neighbouring mapping (the segment's, say). */
+	map = kvshm__map_guarded(fsize, PROT_READ | PROT_WRITE, fd, 0);
+	if (!map) {
 		err = kvshm__fail(-errno, "map %s", tmp);
 		goto fail;
 	}
@@ -360,8 +350,12 @@ int kvshm__file_reserve(kvshm *h, const kvshm_model *m, const uint32_t *tokens, 
 	r->len = len;
 	r->ref[0] = (rv.idx + 1) | ((uint64_t)rv.gen << 32);
 	r->ref[1] = rv.token;
-	r->ref[2] = (uint64_t)reason | ((uint64_t)tier << 8) | ((uint64_t)(uint32_t)fd << 32);
-	r->ref[3] = (uint64_t)(uintptr_t)map;
+	r->ref[2] = (uint64_t)reason | ((uint64_t)tier << 8);
+	r->ref[3] = 0;
+	hr->fd = fd;
+	hr->map = map;
+	hr->map_len = fsize;
+	memcpy(hr->key, key, 16);
 	return 0;
 
 fail:
@@ -369,42 +363,44 @@ fail:
 	return err;
 }
 
-int kvshm__file_cancel(kvshm *h, kvshm_reservation *r)
+int kvshm__file_cancel(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
 {
-	uint32_t idx, gen;
-	int reason, tier, fd;
-	uint8_t *map;
+	uint32_t idx = (uint32_t)hr->ref0 - 1, gen = (uint32_t)(hr->ref0 >> 32);
+	int tier = hr->tier;
 	char tmp[512];
-	ref_decode(r, &idx, &gen, &reason, &tier, &fd, &map);
 	struct kvshm__entry *e = kvshm__entry_at(h, idx);
 	if (!e || tier <= KVSHM_TIER_RAM || tier >= KVSHM_NTIERS)
 		return kvshm__fail(-EINVAL, "cancel: not a file reservation");
-	uint64_t fsize;
-	kvshm__file_geometry(e->ntokens, r->len, NULL, NULL, &fsize);
 	uint8_t key[16];
 	memcpy(key, e->key, 16);
-	kvshm__tmp_path(h->cfg->dir[tier], key, h->me, h->me_gen, r->ref[1], tmp, sizeof(tmp));
-	abandon(h, idx, gen, r->ref[1], tmp, fd, map, fsize);
+	kvshm__tmp_path(h->cfg->dir[tier], key, h->me, h->me_gen, hr->token, tmp, sizeof(tmp));
+	/* The entry's key is ours while it is reserved; if it is not (taken
+	 * over after expiry), the temporary name was ours all the same. */
+	abandon(h, idx, gen, hr->token, tmp, hr->fd, hr->map, hr->map_len);
 	kvshm__count(h, KVSHM_C_cancels, 1);
 	memset(r, 0, sizeof(*r));
 	return 0;
 }
 
-int kvshm__file_publish(kvshm *h, kvshm_reservation *r)
+int kvshm__file_publish(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
 {
-	uint32_t idx, gen, s;
-	int reason, tier, fd, err;
-	uint8_t *map;
+	uint32_t idx = (uint32_t)hr->ref0 - 1, gen = (uint32_t)(hr->ref0 >> 32), s;
+	int reason = hr->reason, tier = hr->tier, fd = hr->fd, err;
+	uint8_t *map = hr->map;
+	uint64_t token = hr->token;
 	char tmp[512], final[512];
 	struct kvshm__idx *ix;
-	ref_decode(r, &idx, &gen, &reason, &tier, &fd, &map);
-	if ((err = kvshm__tier_idx(h, tier, &ix)) < 0)
+	/* A publish always gives the reservation up: whatever fails below
+	 * abandons it (temporary file, mapping, entry, writer unit). */
+	struct kvshm__entry *e = NULL;
+	if ((err = kvshm__tier_idx(h, tier, &ix)) < 0 || !(e = kvshm__own_entry(h, r, &s, &err))) {
+		kvshm__tmp_path(h->cfg->dir[tier], hr->key, h->me, h->me_gen, token, tmp, sizeof(tmp));
+		abandon(h, idx, gen, token, tmp, fd, map, hr->map_len);
+		memset(r, 0, sizeof(*r));
 		return err;
-	struct kvshm__entry *e = kvshm__own_entry(h, r, &s, &err);
-	if (!e)
-		return err;
+	}
 	uint32_t n = e->ntokens;
-	uint64_t token = e->token, created = e->created_ns;
+	uint64_t created = e->created_ns;
 	uint8_t key[16];
 	memcpy(key, e->key, 16);
 	const struct kvshm__blob *b = kvshm__entry_blob(h, e);
@@ -424,7 +420,7 @@ int kvshm__file_publish(kvshm *h, kvshm_reservation *r)
 		err = kvshm__fail(-errno, "fdatasync %s", tmp);
 		goto fail;
 	}
-	munmap(map, fsize);
+	kvshm__unmap_guarded(map, fsize);
 	map = NULL;
 	KVSHM_CRASH_POINT("file.publish.synced");
 
@@ -640,7 +636,7 @@ bool kvshm__file_hide_locked(kvshm *h, uint32_t s, uint32_t idx)
 /* A pinned file entry failed verification: remove the file and its row;
  * flag the entry so no one pins it again; drop our pin (the last one
  * removes the entry). */
-static int reject(kvshm *h, uint32_t idx, uint32_t gen, int tier, const uint64_t key[2], bool copy)
+int kvshm__file_reject(kvshm *h, uint32_t idx, uint32_t gen, int tier, const uint64_t key[2], bool copy)
 {
 	uint32_t s = idx / h->cfg->entries_per_shard;
 	kvshm__count(h, KVSHM_C_corrupt_rejected, 1);
@@ -655,7 +651,7 @@ static int reject(kvshm *h, uint32_t idx, uint32_t gen, int tier, const uint64_t
 	return KVSHM_EBADFILE;
 }
 
-int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy)
+int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy, bool verify)
 {
 	char path[512];
 	uint32_t idx = (uint32_t)pin->ref[0] - 1, gen = (uint32_t)(pin->ref[0] >> 32);
@@ -669,7 +665,7 @@ int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy)
 	kvshm__file_path(h->cfg->dir[tier], (const uint8_t *)key, path, sizeof(path));
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return reject(h, idx, gen, tier, key, copy);
+		return kvshm__file_reject(h, idx, gen, tier, key, copy);
 	struct stat st;
 	fstat(fd, &st);
 	uint64_t ctime_ns = (uint64_t)st.st_ctim.tv_sec * 1000000000ull + (uint64_t)st.st_ctim.tv_nsec;
@@ -680,7 +676,7 @@ int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy)
 		if ((err = kvshm__shard_lock(h, s)) < 0)
 			goto out_close;
 		uint64_t now = kvshm__now_ns();
-		fresh = h->cfg->verify_reuse_ms && e->vino == (uint64_t)st.st_ino && e->vctime_ns == ctime_ns &&
+		fresh = !verify && h->cfg->verify_reuse_ms && e->vino == (uint64_t)st.st_ino && e->vctime_ns == ctime_ns &&
 			now - e->vtime_ns < (uint64_t)h->cfg->verify_reuse_ms * 1000000ull;
 		if (fresh || !(e->flags & KVSHM_EF_LOADING) || now > deadline) {
 			if (!fresh) {
@@ -744,7 +740,7 @@ int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy)
 	fd = -1;
 	if (err == KVSHM_EBADFILE) {
 		kvshm__fmeta_free(&m);
-		return reject(h, idx, gen, tier, key, copy);
+		return kvshm__file_reject(h, idx, gen, tier, key, copy);
 	}
 	if (err < 0) {
 		kvshm__fmeta_free(&m);
@@ -799,6 +795,7 @@ int kvshm__file_adopt(kvshm *h, int tier, const struct kvshm__fmeta *m)
 	b->len = 0;
 	b->model = m->model;
 	memset(b->pad, 0, sizeof(b->pad));
+	b->voff = (uint32_t)kvshm__blob_value_off(m->ntokens);
 	memcpy(b->tokens, m->tokens, 4ull * m->ntokens);
 	if ((err = kvshm__shard_lock(h, s)) < 0)
 		goto out_free;
@@ -835,7 +832,7 @@ int kvshm__demote(kvshm *h, uint32_t idx)
 	if (!b)
 		return KVSHM_ECORRUPT;
 	kvshm_save_opts o = {.tier = h->cfg->demote_tier, .reason = KVSHM_REASON_EVICT};
-	const uint8_t *v = (const uint8_t *)b + kvshm__blob_value_off(b->ntokens);
+	const uint8_t *v = kvshm__blob_value(b);
 	KVSHM_CRASH_POINT("tier.demote.saving");
 	int err = kvshm_put(h, &b->model, b->tokens, b->ntokens, v, e->len, &o);
 	if (err == KVSHM_EEXISTS || err == KVSHM_EINPROGRESS)

@@ -222,7 +222,9 @@ typedef struct kvshm_model {
 #define KVSHM_HIT_PREFIX 2 /* the entry covers a proper prefix */
 
 /* A pinned entry: its bytes stay valid and unchanged, and the entry is
- * never evicted, until kvshm_unpin (or kvshm_close). */
+ * never evicted, until kvshm_unpin (or kvshm_close). `data` points into a
+ * read-only mapping: a write through it (or past its end) kills the
+ * writing process with SIGSEGV and cannot touch what others read. */
 typedef struct kvshm_pin {
 	const void *data;  /* the saved blob, `len` bytes, read-only */
 	size_t len;
@@ -235,6 +237,12 @@ typedef struct kvshm_pin {
 /* Wait (up to the cache's wait_ms) when a longer match is being saved by
  * another process right now, instead of computing it a second time. */
 #define KVSHM_LOOKUP_WAIT 1u
+/* Verify the value's checksum before handing out the pin (one pass over
+ * the bytes: XXH3 for RAM, CRC32C for files, even when a load of the same
+ * file within verify_reuse_ms was verified). A value that fails is never
+ * served: it is dropped, counted (corrupt_rejected), and the lookup goes
+ * on to the next best match. Copy-out always verifies (see below). */
+#define KVSHM_LOOKUP_VERIFY 4u
 
 /*
  * Find and pin the longest stored prefix of tokens[0..n) for model m (any
@@ -257,12 +265,21 @@ KVSHM_EXTERN int kvshm_unpin(kvshm *h, kvshm_pin *pin);
  * pin (at once when this was the only one). -ENOENT as kvshm_unpin.
  */
 KVSHM_EXTERN int kvshm_reject(kvshm *h, kvshm_pin *pin);
+/* Check a pinned value against the checksum it was published with: 0 when
+ * it matches; KVSHM_ECORRUPT when not — the entry is then dropped (never
+ * served again), counted as corrupt_rejected, and the pin released (zeroed).
+ * -EINVAL when pin is not a live pin of this handle. */
+KVSHM_EXTERN int kvshm_pin_verify(kvshm *h, kvshm_pin *pin);
 
 /*
  * Copy-out: like kvshm_lookup (flags, model, tokens) but copies the blob
  * into buf (cap bytes) and pins nothing. *len and *ntokens (may be NULL)
  * receive its size and the matched prefix length. -ENOBUFS when cap is too
- * small (*len says how much is needed; nothing is copied).
+ * small (*len says how much is needed; nothing is copied). The copy is
+ * verified as it is made (the value's checksum, in the same pass): a value
+ * that does not match is dropped and counted (corrupt_rejected), and the
+ * next best match is copied instead (KVSHM_ENOTFOUND if none; buf may then
+ * hold the rejected bytes).
  */
 KVSHM_EXTERN int kvshm_lookup_copy(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
 				   unsigned flags, void *buf, size_t cap, size_t *len, size_t *ntokens);

@@ -2,10 +2,13 @@
  * shm/lock.c — robust locks, the undo journal and its rollback. See
  * shm/lock.h for the protocol.
  */
+#include <linux/futex.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "shm/lock.h"
@@ -90,6 +93,44 @@ bool kvshm__lock_held(const struct kvshm__lock *lk)
 #endif
 
 /* ---- init ------------------------------------------------------------------ */
+
+/* Make mu a robust, process-shared mutex. */
+static int mutex_init(pthread_mutex_t *mu)
+{
+	pthread_mutexattr_t a;
+	int r;
+	if ((r = pthread_mutexattr_init(&a)) != 0)
+		return kvshm__fail(-r, "mutexattr init");
+	if ((r = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED)) != 0 ||
+	    (r = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST)) != 0 || (r = pthread_mutex_init(mu, &a)) != 0)
+		r = kvshm__fail(-r, "robust mutex init");
+	pthread_mutexattr_destroy(&a);
+	return r;
+}
+
+/*
+ * The type word glibc keeps in every one of our mutexes (robust,
+ * process-shared), learned once from a mutex made here. glibc asserts —
+ * aborting the process — on a robust mutex whose type word is damaged, so
+ * every acquire compares it first and refuses a damaged lock.
+ */
+static int kind_want = -1;
+static pthread_once_t kind_once = PTHREAD_ONCE_INIT;
+
+static void kind_init(void)
+{
+	pthread_mutex_t m;
+	if (mutex_init(&m) == 0) {
+		kind_want = m.__data.__kind;
+		pthread_mutex_destroy(&m);
+	}
+}
+
+static bool kind_ok(const struct kvshm__lock *lk)
+{
+	pthread_once(&kind_once, kind_init);
+	return __atomic_load_n(&lk->mu.__data.__kind, __ATOMIC_RELAXED) == kind_want;
+}
 
 int kvshm__lock_init(struct kvshm__lock *lk, uint16_t cls, uint16_t rank, uint32_t arg)
 {
@@ -188,6 +229,11 @@ int kvshm__lock_rollback(struct kvshm__seg *s, struct kvshm__lock *lk)
 
 /* ---- acquire / release ---------------------------------------------------------- */
 
+/* How long a wait lasts before it looks at the holder, and before it gives
+ * up on a live one (see wait_lock). */
+static _Atomic uint32_t look_ms = 2000;
+static _Atomic uint32_t giveup_ms = 60000;
+
 /*
  * Roll back, then run the class repair. A repair that fails leaves the lock
  * marked damaged (sticky, in the segment): every later acquire retries the
@@ -214,6 +260,10 @@ static int after_lock(struct kvshm__seg *s, struct kvshm__lock *lk, int r, bool 
 	int err = 0;
 	if (repaired)
 		*repaired = false;
+	if (r == ETIMEDOUT)
+		return kvshm__fail(KVSHM_EBUSY, "lock class %u rank %u: held by thread %d (pid %u) for over %u ms",
+				   lk->cls, lk->rank, __atomic_load_n(&lk->mu.__data.__lock, __ATOMIC_RELAXED) & FUTEX_TID_MASK,
+				   atomic_load_explicit(&lk->owner_pid, memory_order_relaxed), atomic_load(&giveup_ms));
 	if (r != 0 && r != EOWNERDEAD)
 		return kvshm__fail(r == ENOTRECOVERABLE ? KVSHM_ECORRUPT : -r, "lock class %u rank %u",
 				   lk->cls, lk->rank);
@@ -244,19 +294,76 @@ static int after_lock(struct kvshm__seg *s, struct kvshm__lock *lk, int r, bool 
 	return 0;
 }
 
+/*
+ * WAITING FOR A HELD LOCK, BOUNDED
+ *   A holder keeps a lock for microseconds, so a wait that lasts `look_ms`
+ *   looks at who holds it. The kernel marks a robust mutex whose owner
+ *   died (EOWNERDEAD for the next locker) only if the mutex was on the
+ *   owner's robust list; a mutex word that names a thread which no longer
+ *   exists without that mark — a damaged segment, or a holder past the
+ *   kernel's 2048-entry robust-list limit — would otherwise wedge every
+ *   process forever. We then do what the kernel does for a dead owner:
+ *   keep the waiters bit, set FUTEX_OWNER_DIED, wake the waiters; the next
+ *   attempt returns EOWNERDEAD and the usual rollback and repair run. A
+ *   holder that exists but keeps the lock past `giveup_ms` (stopped by a
+ *   debugger or SIGSTOP, or a word naming an unrelated live thread) makes
+ *   the acquire fail with KVSHM_EBUSY naming it, so no caller hangs.
+ *   (glibc's mutex word, pthread_mutex_t.__data.__lock: tid | FUTEX_WAITERS
+ *   | FUTEX_OWNER_DIED; processes sharing a cache share a pid namespace.)
+ */
+
+void kvshm__lock_set_patience(uint32_t look, uint32_t giveup)
+{
+	atomic_store(&look_ms, look ? look : 1);
+	atomic_store(&giveup_ms, giveup);
+}
+
+static int wait_lock(struct kvshm__lock *lk)
+{
+	uint64_t start = kvshm__now_ns();
+	for (;;) {
+		uint64_t at = kvshm__now_ns() + (uint64_t)atomic_load(&look_ms) * 1000000ull;
+		struct timespec ts = {(time_t)(at / 1000000000ull), (long)(at % 1000000000ull)};
+		int r = pthread_mutex_clocklock(&lk->mu, CLOCK_MONOTONIC, &ts);
+		if (r != ETIMEDOUT)
+			return r;
+		int *word = &lk->mu.__data.__lock;
+		int w = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+		pid_t tid = w & FUTEX_TID_MASK;
+		if (tid > 0 && kill(tid, 0) < 0 && errno == ESRCH) {
+			int mark = (w & FUTEX_WAITERS) | FUTEX_OWNER_DIED;
+			if (__atomic_compare_exchange_n(word, &w, mark, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+				syscall(SYS_futex, word, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+			continue;
+		}
+		if (kvshm__now_ns() - start >= (uint64_t)atomic_load(&giveup_ms) * 1000000ull)
+			return ETIMEDOUT;
+	}
+}
+
+static int damaged_kind(const struct kvshm__lock *lk)
+{
+	return kvshm__fail(KVSHM_ECORRUPT, "lock class %u rank %u: its mutex is damaged (type word %d, want %d)",
+			   lk->cls, lk->rank, lk->mu.__data.__kind, kind_want);
+}
+
 int kvshm__lock_acquire(struct kvshm__seg *s, struct kvshm__lock *lk, bool *repaired)
 {
+	if (kvshm_unlikely(!kind_ok(lk)))
+		return damaged_kind(lk);
 	order_check(lk);
 	int r = pthread_mutex_trylock(&lk->mu);
 	if (r == EBUSY) {
 		atomic_fetch_add_explicit(&lk->contended, 1, memory_order_relaxed);
-		r = pthread_mutex_lock(&lk->mu);
+		r = wait_lock(lk);
 	}
 	return after_lock(s, lk, r, repaired);
 }
 
 int kvshm__lock_try(struct kvshm__seg *s, struct kvshm__lock *lk, bool *repaired)
 {
+	if (kvshm_unlikely(!kind_ok(lk)))
+		return damaged_kind(lk);
 	order_check(lk);
 	int r = pthread_mutex_trylock(&lk->mu);
 	if (r == EBUSY) {

@@ -68,10 +68,17 @@ void kvshm__lock_set_repair(struct kvshm__seg *s, uint16_t cls, kvshm__repair_fn
  * Acquire, repairing first if the previous owner died. Returns 0 with the
  * lock held, or an error with it NOT held: KVSHM_ECORRUPT when the journal
  * or the structure is damaged beyond repair (the lock is then marked
- * damaged, and each later acquire tries the repair again).
+ * damaged, and each later acquire tries the repair again); KVSHM_EBUSY
+ * when a live holder kept it past the give-up time (below).
  * *repaired (may be NULL) says whether a repair ran.
  */
 int kvshm__lock_acquire(struct kvshm__seg *s, struct kvshm__lock *lk, bool *repaired);
+/* An acquire that waits look_ms looks at the holder: a holder thread that
+ * no longer exists is treated as a dead owner (rollback and repair); one
+ * that exists but holds the lock past giveup_ms makes the acquire fail
+ * with KVSHM_EBUSY. Defaults 2000 and 60000 ms (process-wide; tests and
+ * the fuzzer shorten them). See shm/lock.c. */
+void kvshm__lock_set_patience(uint32_t look_ms, uint32_t giveup_ms);
 /* Like acquire but returns -EBUSY at once when the lock is held. */
 int kvshm__lock_try(struct kvshm__seg *s, struct kvshm__lock *lk, bool *repaired);
 /* Commit the critical section (clear the journal) and unlock. */

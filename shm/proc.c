@@ -41,7 +41,8 @@ int kvshm__proc_init(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32_t 
 
 int kvshm__proc_verify(const struct kvshm__seg *s, const struct kvshm__proctab *tab)
 {
-	if (tab->nslots == 0 || tab->stride < sizeof(struct kvshm__slot) ||
+	if (tab->nslots == 0 || tab->stride < sizeof(struct kvshm__slot) || tab->stride % KVSHM_CACHELINE ||
+	    tab->slots_off % KVSHM_CACHELINE ||
 	    !kvshm__at(s, tab->slots_off, (uint64_t)tab->stride * tab->nslots))
 		return kvshm__fail(KVSHM_ECORRUPT, "process table geometry (%u slots of %u bytes at %llu)",
 				   tab->nslots, tab->stride, (unsigned long long)tab->slots_off);
@@ -178,6 +179,12 @@ int kvshm__proc_claim(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32_t
 		if (!sl || sl->state != KVSHM_SLOT_FREE)
 			continue;
 		kvshm__jset32(s, &tab->lk, &sl->gen, sl->gen + 1);
+		/* A free slot records nothing; if a damaged one does, it is not
+		 * ours to give back (the checker reports such a slot). Free, so
+		 * its content is don't-care to the journal. */
+		memset(sl->sem_held, 0, sizeof(sl->sem_held));
+		memset(sl->allocs, 0, sizeof(sl->allocs));
+		memset((uint8_t *)sl + sizeof(*sl), 0, tab->stride - sizeof(*sl));
 		kvshm__jset32(s, &tab->lk, &sl->pid, pid);
 		kvshm__jset64(s, &tab->lk, &sl->start_time, st);
 		kvshm__jset64(s, &tab->lk, &sl->attach_ns, kvshm__wall_ns());

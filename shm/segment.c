@@ -24,7 +24,54 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <xxhash.h>
+
 #include "shm/segment.h"
+
+/* ---- guarded mappings ------------------------------------------------------------ */
+
+size_t kvshm__sys_page(void)
+{
+	static size_t pg;
+	if (!pg) {
+		long v = sysconf(_SC_PAGESIZE);
+		pg = v > 0 ? (size_t)v : 4096;
+	}
+	return pg;
+}
+
+void *kvshm__map_guarded(size_t len, int prot, int fd, off_t off)
+{
+	size_t span = KVSHM_ALIGN_UP(len, kvshm__sys_page());
+	size_t total = span + 2 * (size_t)KVSHM_GUARD_BYTES;
+	/* Reserve the whole range inaccessible, then put the file in the
+	 * middle: the guards stay PROT_NONE. */
+	uint8_t *r = mmap(NULL, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (r == MAP_FAILED)
+		return NULL;
+	void *p = mmap(r + KVSHM_GUARD_BYTES, span, prot, MAP_SHARED | MAP_FIXED, fd, off);
+	if (p == MAP_FAILED) {
+		int e = errno;
+		munmap(r, total);
+		errno = e;
+		return NULL;
+	}
+	return p;
+}
+
+void kvshm__unmap_guarded(void *p, size_t len)
+{
+	if (p)
+		munmap((uint8_t *)p - KVSHM_GUARD_BYTES,
+		       KVSHM_ALIGN_UP(len, kvshm__sys_page()) + 2 * (size_t)KVSHM_GUARD_BYTES);
+}
+
+uint64_t kvshm__seg_hdr_csum(const struct kvshm__seg_hdr *h)
+{
+	struct kvshm__seg_hdr c = *h;
+	c.hdr_csum = 0;
+	return XXH3_64bits(&c, sizeof(c));
+}
 
 static const char *shm_dir_or_default(const char *dir)
 {
@@ -119,9 +166,8 @@ int kvshm__seg_create(const char *name, const struct kvshm__seg_opts *o, struct 
 			goto out_unlink;
 		}
 	}
-	s->base = mmap(NULL, o->size, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
-	if (s->base == MAP_FAILED) {
-		s->base = NULL;
+	s->base = kvshm__map_guarded(o->size, PROT_READ | PROT_WRITE, s->fd, 0);
+	if (!s->base) {
 		err = kvshm__fail(-errno, "map '%s'", name);
 		goto out_unlink;
 	}
@@ -143,8 +189,7 @@ int kvshm__seg_create(const char *name, const struct kvshm__seg_opts *o, struct 
 
 out_unlink:
 	unlink(tmp);
-	if (s->base)
-		munmap(s->base, o->size);
+	kvshm__unmap_guarded(s->base, o->size);
 	close(s->fd);
 out_free:
 	free(s);
@@ -195,6 +240,9 @@ int kvshm__seg_publish(struct kvshm__seg *s, uint64_t layout_sig)
 	snprintf(tmp, sizeof(tmp), "%.*s/.kvshm-init.%s.%ld", (int)(slash - s->path), s->path,
 		 s->name, (long)getpid());
 	h->layout_sig = layout_sig;
+	h->magic = KVSHM_SEG_MAGIC; /* the checksum covers the magic as attachers see it */
+	h->hdr_csum = kvshm__seg_hdr_csum(h);
+	h->magic = 0;
 	atomic_thread_fence(memory_order_release);
 	__atomic_store_n(&h->magic, KVSHM_SEG_MAGIC, __ATOMIC_RELEASE);
 	KVSHM_CRASH_POINT("seg.publish.stamped");
@@ -261,6 +309,11 @@ int kvshm__seg_attach(const char *name, const char *shm_dir, uint64_t layout_sig
 				  (unsigned long long)layout_sig, KVSHM_VERSION_MAJOR);
 		goto out_close;
 	}
+	if (hdr.hdr_csum != kvshm__seg_hdr_csum(&hdr)) {
+		err = kvshm__fail(KVSHM_ECORRUPT, "attach '%s': the segment header is damaged (checksum 0x%016llx, stored 0x%016llx)",
+				  name, (unsigned long long)kvshm__seg_hdr_csum(&hdr), (unsigned long long)hdr.hdr_csum);
+		goto out_close;
+	}
 	if (hdr.total_size < KVSHM_SEG_HDR_SIZE * 2 || (uint64_t)st.st_size < hdr.total_size) {
 		err = kvshm__fail(KVSHM_ETRUNCATED, "attach '%s': object is %lld bytes, header says %llu",
 				  name, (long long)st.st_size, (unsigned long long)hdr.total_size);
@@ -278,9 +331,8 @@ int kvshm__seg_attach(const char *name, const char *shm_dir, uint64_t layout_sig
 			goto out_close;
 		}
 	}
-	s->base = mmap(NULL, hdr.total_size, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
-	if (s->base == MAP_FAILED) {
-		s->base = NULL;
+	s->base = kvshm__map_guarded(hdr.total_size, PROT_READ | PROT_WRITE, s->fd, 0);
+	if (!s->base) {
 		err = kvshm__fail(-errno, "map '%s' (%llu bytes)", name, (unsigned long long)hdr.total_size);
 		goto out_close;
 	}
@@ -299,11 +351,43 @@ void kvshm__seg_detach(struct kvshm__seg *s)
 {
 	if (!s)
 		return;
-	if (s->base)
-		munmap(s->base, s->size);
+	kvshm__unmap_guarded(s->view, s->view_len);
+	kvshm__unmap_guarded(s->base, s->size);
 	if (s->fd >= 0)
 		close(s->fd);
 	free(s);
+}
+
+int kvshm__seg_map_view(struct kvshm__seg *s, uint64_t off, uint64_t len)
+{
+	if (s->view)
+		return kvshm__fail(-EEXIST, "segment '%s' already has a view", s->name);
+	if (off % kvshm__sys_page() || len % kvshm__sys_page() || !kvshm__at(s, off, len) || len == 0)
+		return kvshm__fail(KVSHM_ECORRUPT, "segment '%s': view of [%llu, +%llu) is not page-aligned inside it",
+				   s->name, (unsigned long long)off, (unsigned long long)len);
+	void *v = kvshm__map_guarded(len, PROT_READ, s->fd, (off_t)off);
+	if (!v)
+		return kvshm__fail(-errno, "map the read-only view of '%s' (%llu bytes)", s->name,
+				   (unsigned long long)len);
+	s->view = v;
+	s->view_off = off;
+	s->view_len = len;
+	return 0;
+}
+
+int kvshm__seg_view_protect(struct kvshm__seg *s, uint64_t off, uint64_t len, bool writable, void **at)
+{
+	uint64_t pg = kvshm__sys_page();
+	uint64_t lo = off & ~(pg - 1), hi = KVSHM_ALIGN_UP(off + len, pg);
+	if (!s->view || lo < s->view_off || hi > s->view_off + s->view_len || hi <= lo)
+		return kvshm__fail(-EINVAL, "view window [%llu, +%llu) outside the view", (unsigned long long)off,
+				   (unsigned long long)len);
+	if (mprotect(kvshm__view(s, lo), hi - lo, writable ? PROT_READ | PROT_WRITE : PROT_READ) < 0)
+		return kvshm__fail(-errno, "%s write access to %llu bytes of the view", writable ? "grant" : "revoke",
+				   (unsigned long long)(hi - lo));
+	if (at)
+		*at = kvshm__view(s, off);
+	return 0;
 }
 
 const struct kvshm__region *kvshm__seg_region(const struct kvshm__seg *s, uint32_t id)

@@ -21,6 +21,8 @@
 #ifndef KVSHM_SHM_SEGMENT_H
 #define KVSHM_SHM_SEGMENT_H
 
+#include <sys/types.h>
+
 #include "shm/common.h"
 
 #define KVSHM_SEG_MAGIC 0x314d48535653564bull /* "KVSVSHM1" little-endian */
@@ -42,6 +44,8 @@ struct kvshm__region {
 struct kvshm__seg_hdr {
 	uint64_t magic;        /* KVSHM_SEG_MAGIC */
 	uint64_t layout_sig;   /* signature of the creating build */
+	uint64_t hdr_csum;     /* XXH3-64 of this header with hdr_csum 0: a damaged
+				* header is refused at attach, never used */
 	uint64_t total_size;   /* bytes of the whole object */
 	uint64_t created_ns;   /* CLOCK_REALTIME at creation */
 	uint64_t seed;         /* random per segment (hash seeding) */
@@ -67,6 +71,10 @@ struct kvshm__seg {
 	int fd;             /* open descriptor of the object, O_CLOEXEC */
 	char name[KVSHM_NAME_MAX];
 	char path[256];
+	/* The read-only view of one range of the segment (the data area), the
+	 * only mapping whose addresses leave the library (kvshm__seg_map_view). */
+	uint8_t *view;      /* view_off maps here; NULL until mapped */
+	uint64_t view_off, view_len;
 	/* Repair routine per lock class, run on EOWNERDEAD (see shm/lock.h). */
 	struct {
 		kvshm__repair_fn fn;
@@ -114,6 +122,44 @@ int kvshm__seg_attach(const char *name, const char *shm_dir, uint64_t layout_sig
 		      struct kvshm__seg **out);
 /* Unmap and free the process-local view. The segment lives on. */
 void kvshm__seg_detach(struct kvshm__seg *s);
+/*
+ * Map [off, off+len) of the segment a second time, read-only, between
+ * guard regions: the addresses handed to callers (pins) point here, so a
+ * stray write through one faults in the process that made it. off and len
+ * must be multiples of the system page.
+ */
+int kvshm__seg_map_view(struct kvshm__seg *s, uint64_t off, uint64_t len);
+/* Does [off, off+len) lie inside the viewed range? */
+static inline bool kvshm__in_view(const struct kvshm__seg *s, uint64_t off, uint64_t len)
+{
+	return off >= s->view_off && off - s->view_off <= s->view_len && len <= s->view_len - (off - s->view_off);
+}
+/* The view address of segment offset off (inside the viewed range). */
+static inline uint8_t *kvshm__view(const struct kvshm__seg *s, uint64_t off)
+{
+	return s->view + (off - s->view_off);
+}
+/*
+ * Grant (writable) or revoke write access to the view's pages covering
+ * [off, off+len): a RAM reservation's window, its own pages only. *at
+ * (may be NULL) gets the view address of off. 0 or -errno.
+ */
+int kvshm__seg_view_protect(struct kvshm__seg *s, uint64_t off, uint64_t len, bool writable, void **at);
+
+/*
+ * A shared mapping of fd at off with PROT_NONE guard regions on both sides
+ * (KVSHM_GUARD_BYTES each), so a run past either end faults instead of
+ * landing in a neighbouring mapping. NULL (errno set) on failure.
+ */
+#define KVSHM_GUARD_BYTES (64u * 1024u)
+/* The system's page size (the unit of mmap and mprotect). */
+size_t kvshm__sys_page(void);
+void *kvshm__map_guarded(size_t len, int prot, int fd, off_t off);
+void kvshm__unmap_guarded(void *p, size_t len);
+
+/* The header checksum (hdr_csum) of a header. */
+uint64_t kvshm__seg_hdr_csum(const struct kvshm__seg_hdr *h);
+
 /* Remove the named object (attached processes keep their mapping). */
 int kvshm__seg_destroy(const char *name, const char *shm_dir);
 

@@ -22,8 +22,28 @@
 static const uint32_t class_sizes[KVSHM_SLAB_NCLASSES] = {32,  48,  64,  96,   128,  192, 256,
 							   384, 512, 768, 1024, 1536, 2048};
 
+/*
+ * DAMAGED LINKS
+ *   A list link or a run length read from the segment may be damaged (a
+ *   stray write, a bit flip). pte() never leaves the page table: an index
+ *   past it yields a scratch entry of zeros and marks the operation as
+ *   having walked off; writes to the scratch entry are not journaled (J32,
+ *   J64). Every critical section ends in finish(): one that walked off is
+ *   rolled back, the lock is marked damaged — so the next acquire runs the
+ *   repair, which rebuilds the lists from the page table — and the caller
+ *   gets KVSHM_ECORRUPT. Indices that become page addresses (page_at) are
+ *   checked where they are read.
+ */
+static _Thread_local bool walked_off;
+static _Thread_local struct kvshm__pte scratch;
+
 static inline struct kvshm__pte *pte(const struct kvshm__seg *s, const struct kvshm__slab *sl, uint64_t i)
 {
+	if (kvshm_unlikely(i >= sl->npages)) {
+		walked_off = true;
+		memset(&scratch, 0, sizeof(scratch));
+		return &scratch;
+	}
 	return (struct kvshm__pte *)(s->base + sl->pte_off) + i;
 }
 
@@ -131,10 +151,11 @@ int kvshm__slab_init(struct kvshm__seg *s, struct kvshm__slab *sl, uint64_t regi
 int kvshm__slab_check_geometry(const struct kvshm__seg *s, const struct kvshm__slab *sl)
 {
 	if (!KVSHM_IS_POW2(sl->page_size) || sl->page_size < 4096 ||
-	    (1u << sl->page_shift) != sl->page_size || sl->npages < 2 || sl->npages > UINT32_MAX - 1 ||
+	    sl->page_shift >= 32 || (1u << sl->page_shift) != sl->page_size || sl->npages < 2 || sl->npages > UINT32_MAX - 1 ||
 	    !kvshm__at(s, sl->pte_off, sl->npages * sizeof(struct kvshm__pte)) ||
 	    !kvshm__at(s, sl->data_off, sl->npages << sl->page_shift) ||
-	    (sl->data_off & (sl->page_size - 1)) || !slab_tab(s, sl))
+	    (sl->data_off & (sl->page_size - 1)) || (sl->pte_off % sizeof(struct kvshm__pte)) ||
+	    (sl->proctab_off % KVSHM_CACHELINE) || !slab_tab(s, sl))
 		return kvshm__fail(KVSHM_ECORRUPT, "slab geometry (%llu pages of %u bytes)",
 				   (unsigned long long)sl->npages, sl->page_size);
 	for (unsigned c = 0; c < KVSHM_SLAB_NCLASSES; c++) {
@@ -167,6 +188,11 @@ static uint64_t pages_for(const struct kvshm__slab *sl, uint64_t size)
 	return (size + KVSHM_EXT_DATA + sl->page_size - 1) >> sl->page_shift;
 }
 
+bool kvshm__slab_is_extent(const struct kvshm__slab *sl, uint64_t size)
+{
+	return class_for(sl, size) < 0;
+}
+
 uint64_t kvshm__slab_footprint(const struct kvshm__slab *sl, uint64_t size)
 {
 	int c = class_for(sl, size);
@@ -177,8 +203,39 @@ uint64_t kvshm__slab_footprint(const struct kvshm__slab *sl, uint64_t size)
 
 /* ---- bins (slab lock held) -------------------------------------------------------- */
 
-#define J32(p, v) kvshm__jset32(s, &sl->lk, (p), (v))
+static inline void j32(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t *p, uint32_t v)
+{
+	if (kvshm_unlikely((void *)p == (void *)&scratch || (void *)p == (void *)&scratch.n ||
+			   (void *)p == (void *)&scratch.prev || (void *)p == (void *)&scratch.next))
+		*p = v;
+	else
+		kvshm__jset32(s, &sl->lk, p, v);
+}
+#define J32(p, v) j32(s, sl, (p), (v))
 #define J64(p, v) kvshm__jset64(s, &sl->lk, (p), (v))
+
+/* End a critical section: release it, or (it walked off a damaged link)
+ * roll it back, mark the lock for repair and report KVSHM_ECORRUPT. */
+static int finish(struct kvshm__seg *s, struct kvshm__slab *sl, const char *what)
+{
+	if (kvshm_likely(!walked_off)) {
+		kvshm__lock_release(s, &sl->lk);
+		return 0;
+	}
+	walked_off = false;
+	atomic_store(&sl->lk.damaged, 1);
+	kvshm__lock_abort(s, &sl->lk);
+	return kvshm__fail(KVSHM_ECORRUPT, "slab %s: a list link or run length is damaged (the lists are rebuilt from the page table on the next acquire)",
+			   what);
+}
+
+/* Start one: nothing walked off yet. */
+static int begin(struct kvshm__seg *s, struct kvshm__slab *sl)
+{
+	int err = kvshm__lock_acquire(s, &sl->lk, NULL);
+	walked_off = false;
+	return err;
+}
 
 static void binmap_set(struct kvshm__seg *s, struct kvshm__slab *sl, unsigned b, bool on)
 {
@@ -250,6 +307,10 @@ static uint64_t run_take(struct kvshm__seg *s, struct kvshm__slab *sl, uint64_t 
 		page = sl->bins[b] - 1;
 	}
 	uint64_t have = pte(s, sl, page)->n;
+	if (page >= sl->npages || have < n || have > sl->npages - page) {
+		walked_off = true; /* a bin names no free run of its size */
+		return UINT64_MAX;
+	}
 	if (kvshm_unlikely(atomic_load_explicit(&sl->holes, memory_order_relaxed)) &&
 	    fallocate(s->fd, 0, (off_t)(sl->data_off + (page << sl->page_shift)), (off_t)(n << sl->page_shift)) < 0)
 		return UINT64_MAX - 1; /* tmpfs full: pages punched out cannot come back */
@@ -269,7 +330,7 @@ static void run_put(struct kvshm__seg *s, struct kvshm__slab *sl, uint64_t page,
 	J64(&sl->free_pages, sl->free_pages + n);
 	if (page > 0) {
 		struct kvshm__pte *l = pte(s, sl, page - 1);
-		if ((l->kind == KVSHM_PTE_FREE && l->n == 1) || l->kind == KVSHM_PTE_FREE_TAIL) {
+		if (((l->kind == KVSHM_PTE_FREE && l->n == 1) || l->kind == KVSHM_PTE_FREE_TAIL) && l->n <= page) {
 			start = page - l->n;
 			len += l->n;
 			bin_remove(s, sl, start);
@@ -281,7 +342,7 @@ static void run_put(struct kvshm__seg *s, struct kvshm__slab *sl, uint64_t page,
 	}
 	if (page + n < sl->npages) {
 		struct kvshm__pte *r = pte(s, sl, page + n);
-		if (r->kind == KVSHM_PTE_FREE) {
+		if (r->kind == KVSHM_PTE_FREE && r->n <= sl->npages - (page + n)) {
 			len += r->n;
 			bin_remove(s, sl, page + n);
 			J32(&r->kind, KVSHM_PTE_NONE);
@@ -387,7 +448,7 @@ int kvshm__slab_alloc(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me,
 	if (size > kvshm__slab_max_alloc(sl) || size > KVSHM_AHDR_SIZEMASK)
 		return kvshm__fail(KVSHM_ETOOBIG, "allocation of %llu bytes; the data area holds %llu",
 				   (unsigned long long)size, (unsigned long long)kvshm__slab_max_alloc(sl));
-	int err = kvshm__lock_acquire(s, &sl->lk, NULL);
+	int err = begin(s, sl);
 	if (err < 0)
 		return err;
 	if (!slot_has_room(slot)) {
@@ -396,14 +457,17 @@ int kvshm__slab_alloc(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me,
 	}
 	uint64_t owner = KVSHM_OWNER_SLOT(me, slot->gen);
 	uint64_t hoff;
+	bool unbacked = false; /* a run was free but the filesystem could not back it */
 	int c = class_for(sl, size);
 	if (c >= 0) {
 		const struct kvshm__slabclass *k = &sl->cls[c];
 		uint32_t head = sl->partial[c];
 		if (!head) {
 			uint64_t page = run_take(s, sl, 1);
-			if (page >= UINT64_MAX - 1)
+			if (page >= UINT64_MAX - 1) {
+				unbacked = page == UINT64_MAX - 1;
 				goto nospace;
+			}
 			struct kvshm__pte *p = pte(s, sl, page);
 			J32(&p->kind, KVSHM_PTE_SLAB);
 			J32(&p->n, (uint32_t)c);
@@ -420,6 +484,10 @@ int kvshm__slab_alloc(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me,
 			head = (uint32_t)page + 1;
 		}
 		uint64_t page = head - 1;
+		if (page >= sl->npages || pte(s, sl, page)->kind != KVSHM_PTE_SLAB || pte(s, sl, page)->n != (uint32_t)c) {
+			walked_off = true; /* the partial list names no slab page of this class */
+			return finish(s, sl, "alloc");
+		}
 		struct kvshm__slabpage *sp = (struct kvshm__slabpage *)page_at(s, sl, page);
 		uint32_t idx = UINT32_MAX;
 		for (uint32_t w = 0; w * 64 < k->nobj; w++) {
@@ -451,8 +519,10 @@ int kvshm__slab_alloc(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me,
 	} else {
 		uint64_t n = pages_for(sl, size);
 		uint64_t page = run_take(s, sl, n);
-		if (page >= UINT64_MAX - 1)
+		if (page >= UINT64_MAX - 1) {
+			unbacked = page == UINT64_MAX - 1;
 			goto nospace;
+		}
 		struct kvshm__pte *p = pte(s, sl, page);
 		J32(&p->kind, KVSHM_PTE_EXT);
 		J32(&p->n, (uint32_t)n);
@@ -467,6 +537,8 @@ int kvshm__slab_alloc(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me,
 		KVSHM_CRASH_POINT("slab.ext.taken");
 		hoff = kvshm__off(s, page_at(s, sl, page)) + KVSHM_EXT_DATA - KVSHM_AHDR_SIZE;
 	}
+	if (walked_off)
+		return finish(s, sl, "alloc");
 	/* Fresh memory: the header is ours to initialise. */
 	struct kvshm__ahdr *a = (struct kvshm__ahdr *)(s->base + hoff);
 	a->owner = owner;
@@ -475,12 +547,18 @@ int kvshm__slab_alloc(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me,
 	J64(&sl->req_bytes, sl->req_bytes + size);
 	slot_record(s, &sl->lk, slot, hoff + KVSHM_AHDR_SIZE);
 	KVSHM_CRASH_POINT("slab.alloc.recorded");
-	kvshm__lock_release(s, &sl->lk);
+	if ((err = finish(s, sl, "alloc")) < 0)
+		return err;
 	*off = hoff + KVSHM_AHDR_SIZE;
 	return 0;
 
 nospace:
+	if (walked_off)
+		return finish(s, sl, "alloc");
 	kvshm__lock_abort(s, &sl->lk);
+	if (unbacked)
+		return kvshm__fail(-ENOSPC, "the filesystem of '%s' is full: no memory behind a free run for %llu bytes",
+				   s->path, (unsigned long long)size);
 	return kvshm__fail(KVSHM_ENOSPACE, "no free run for %llu bytes (%llu of %llu pages free)",
 			   (unsigned long long)size, (unsigned long long)sl->free_pages,
 			   (unsigned long long)sl->npages);
@@ -507,9 +585,17 @@ static void free_locked(struct kvshm__seg *s, struct kvshm__slab *sl, struct kvs
 		return;
 	}
 	uint32_t c = p->n;
+	if (p->kind != KVSHM_PTE_SLAB || c >= KVSHM_SLAB_NCLASSES) {
+		walked_off = true; /* a live allocation on a page that is neither */
+		return;
+	}
 	const struct kvshm__slabclass *k = &sl->cls[c];
 	struct kvshm__slabpage *sp = (struct kvshm__slabpage *)page_at(s, sl, page);
 	uint32_t idx = (uint32_t)((hoff - kvshm__off(s, sp) - k->first) / k->size);
+	if (hoff < kvshm__off(s, sp) + k->first || idx >= k->nobj) {
+		walked_off = true;
+		return;
+	}
 	J64(&sp->bits[idx / 64], sp->bits[idx / 64] & ~(1ull << (idx % 64)));
 	J64(&sl->objs[c], sl->objs[c] - 1);
 	uint32_t was = sp->nfree;
@@ -543,7 +629,7 @@ int kvshm__slab_free(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me, 
 	struct kvshm__slot *slot = tab ? kvshm__proc_slot(s, tab, me) : NULL;
 	if (!slot)
 		return kvshm__fail(KVSHM_ECORRUPT, "slab free: slot %u", me);
-	int err = kvshm__lock_acquire(s, &sl->lk, NULL);
+	int err = begin(s, sl);
 	if (err < 0)
 		return err;
 	struct kvshm__ahdr *a = kvshm__slab_hdr(s, sl, off);
@@ -559,8 +645,7 @@ int kvshm__slab_free(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me, 
 	}
 	KVSHM_CRASH_POINT("slab.free.unrecorded");
 	free_locked(s, sl, a);
-	kvshm__lock_release(s, &sl->lk);
-	return 0;
+	return finish(s, sl, "free");
 }
 
 int kvshm__slab_give_locked(struct kvshm__seg *s, struct kvshm__lock *lk, struct kvshm__slab *sl,
@@ -607,7 +692,7 @@ int kvshm__slab_reclaim(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t i
 		return kvshm__fail(KVSHM_ECORRUPT, "slab reclaim: slot %u", idx);
 	/* One allocation per critical section keeps each journal small. */
 	for (unsigned i = 0; i < KVSHM_SLOT_ALLOCS; i++) {
-		int err = kvshm__lock_acquire(s, &sl->lk, NULL);
+		int err = begin(s, sl);
 		if (err < 0)
 			return err;
 		if (__atomic_load_n(&slot->state, __ATOMIC_ACQUIRE) != KVSHM_SLOT_DEAD || slot->gen != gen) {
@@ -626,7 +711,8 @@ int kvshm__slab_reclaim(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t i
 				freed++;
 			}
 		}
-		kvshm__lock_release(s, &sl->lk);
+		if ((err = finish(s, sl, "reclaim")) < 0)
+			return err;
 	}
 	return freed;
 }
@@ -939,7 +1025,7 @@ int kvshm__slab_repair(struct kvshm__seg *s, struct kvshm__lock *lk, void *ctx)
 void kvshm__slab_stats(struct kvshm__seg *s, struct kvshm__slab *sl, struct kvshm__slab_stats *st)
 {
 	memset(st, 0, sizeof(*st));
-	if (kvshm__lock_acquire(s, &sl->lk, NULL) < 0)
+	if (begin(s, sl) < 0)
 		return;
 	st->page_size = sl->page_size;
 	st->npages = sl->npages;
@@ -963,7 +1049,7 @@ void kvshm__slab_stats(struct kvshm__seg *s, struct kvshm__slab *sl, struct kvsh
 		st->largest_free = best << sl->page_shift;
 		break;
 	}
-	kvshm__lock_release(s, &sl->lk);
+	finish(s, sl, "stats");
 	uint64_t free_bytes = st->free_pages * st->page_size;
 	st->ext_frag = free_bytes ? 1.0 - (double)st->largest_free / (double)free_bytes : 0.0;
 	/* Headers are overhead the caller asked for implicitly: 16 bytes per
@@ -977,7 +1063,7 @@ void kvshm__slab_stats(struct kvshm__seg *s, struct kvshm__slab *sl, struct kvsh
 uint64_t kvshm__slab_release_free(struct kvshm__seg *s, struct kvshm__slab *sl)
 {
 	uint64_t released = 0;
-	if (kvshm__lock_acquire(s, &sl->lk, NULL) < 0)
+	if (begin(s, sl) < 0)
 		return 0;
 	/* Sticky and outside the journal: once any page may be a hole, every
 	 * run taken is reserved again first (run_take). Set before punching,
@@ -986,15 +1072,22 @@ uint64_t kvshm__slab_release_free(struct kvshm__seg *s, struct kvshm__slab *sl)
 	for (unsigned b = 0; b < KVSHM_SLAB_NBINS; b++) {
 		uint64_t guard = 0;
 		for (uint32_t cur = sl->bins[b]; cur && guard++ < sl->npages; cur = pte(s, sl, cur - 1)->next) {
-			uint64_t n = pte(s, sl, cur - 1)->n;
+			const struct kvshm__pte *p = pte(s, sl, cur - 1);
+			uint64_t n = p->n;
 			uint64_t off = sl->data_off + ((uint64_t)(cur - 1) << sl->page_shift);
+			if (walked_off || p->kind != KVSHM_PTE_FREE || n == 0 || n > sl->npages - (cur - 1)) {
+				walked_off = true; /* never punch what a damaged link names */
+				break;
+			}
 			if ((n << sl->page_shift) < KVSHM_RELEASE_MIN)
 				continue;
 			if (fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
 				      (off_t)(n << sl->page_shift)) == 0)
 				released += n << sl->page_shift;
 		}
+		if (walked_off)
+			break;
 	}
-	kvshm__lock_release(s, &sl->lk);
+	finish(s, sl, "release");
 	return released;
 }

@@ -130,14 +130,18 @@ int kvshm__slab_check_geometry(const struct kvshm__seg *s, const struct kvshm__s
 
 /* Largest request kvshm__slab_alloc can ever satisfy. */
 uint64_t kvshm__slab_max_alloc(const struct kvshm__slab *sl);
+/* Is an allocation of `size` an extent (whole pages of its own, its bytes
+ * starting KVSHM_EXT_DATA into its first page)? */
+bool kvshm__slab_is_extent(const struct kvshm__slab *sl, uint64_t size);
 /* Bytes an allocation of `size` occupies (header and rounding included). */
 uint64_t kvshm__slab_footprint(const struct kvshm__slab *sl, uint64_t size);
 
 /*
  * Allocate `size` bytes owned by slot me (recorded in its allocs[]).
  * *off is the offset of the caller's bytes (after the header). Returns 0,
- * KVSHM_ENOSPACE (no room now), KVSHM_ETOOBIG (never fits), -EAGAIN (the
- * slot's allocs[] is full), -EINVAL (size 0).
+ * KVSHM_ENOSPACE (no room now), -ENOSPC (a run is free but the filesystem
+ * cannot back it: a lazy or released area on a full tmpfs), KVSHM_ETOOBIG
+ * (never fits), -EAGAIN (the slot's allocs[] is full), -EINVAL (size 0).
  */
 int kvshm__slab_alloc(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me, uint64_t size,
 		      uint64_t *off);

@@ -1198,9 +1198,9 @@ static void test_reserve_publish_cancel(void **st)
 	TH_FAILS(kvshm_reserve(h, &m, t, 40, 100, NULL, &r2), KVSHM_EINPROGRESS);
 	TH_FAILS(th_put_val(h2, &m, t, 40, 5000, 1, KVSHM_TIER_RAM, KVSHM_REASON_OTHER), KVSHM_EINPROGRESS);
 	assert_int_equal(th_counter(h, KVSHM_C_dup_in_progress) - s0.counters[KVSHM_C_dup_in_progress], 3);
-	/* Another handle cannot publish or cancel it. */
-	TH_FAILS(kvshm_publish(h2, &r), KVSHM_EEXPIRED);
-	TH_FAILS(kvshm_cancel(h2, &r), KVSHM_EEXPIRED);
+	/* Another handle cannot publish or cancel it: not one of its own. */
+	TH_FAILS(kvshm_publish(h2, &r), -EINVAL);
+	TH_FAILS(kvshm_cancel(h2, &r), -EINVAL);
 	th_check_ok(h);
 	/* Eviction never takes a reservation: only the ready prefix goes. */
 	uint64_t count = 0;
@@ -1227,8 +1227,8 @@ static void test_reserve_publish_cancel(void **st)
 	assert_int_equal(th_counter(h, KVSHM_C_dup_present) - s0.counters[KVSHM_C_dup_present], 2);
 	/* A stale copy of the published reservation neither publishes nor
 	 * cancels, and does not take the entry down. */
-	TH_FAILS(kvshm_cancel(h, &copy), KVSHM_EEXPIRED);
-	TH_FAILS(kvshm_publish(h, &copy), KVSHM_EEXPIRED);
+	TH_FAILS(kvshm_cancel(h, &copy), -EINVAL);
+	TH_FAILS(kvshm_publish(h, &copy), -EINVAL);
 	th_expect_get(h, &m, t, 40, 5000, 40, KVSHM_TIER_RAM);
 
 	/* Cancel frees its bytes; the key can be reserved again. */
@@ -2099,7 +2099,7 @@ static int fork_child(void *p)
 	/* The parent's pin and reservation stay the parent's. */
 	if (kvshm_unpin(h, &a->pin) != -ENOENT)
 		return 7;
-	if (kvshm_publish(h, &a->res) != KVSHM_EEXPIRED || kvshm_cancel(h, &a->res) != KVSHM_EEXPIRED)
+	if (kvshm_publish(h, &a->res) != -EINVAL || kvshm_cancel(h, &a->res) != -EINVAL)
 		return 8;
 	if (a->exit_without_close) {
 		/* Die holding a pin and a reservation. */

@@ -34,7 +34,9 @@
 #include "core/internal.h"
 
 #define MAXTOK 256
-#define VAL_MAX 16384
+#define VAL_MAX (16384 + BIG_EXTRA)
+#define BIG_FAM 50u      /* keys of families from here on have big values */
+#define BIG_EXTRA 70000u /* ... this much bigger: written through a window (core/save.c) */
 #define PARENT_TAG 0xA1
 #define CHILD_TAG 0xC3
 
@@ -57,17 +59,19 @@ static void key_tokens(uint32_t *t, const struct kspec *k)
 		t[i] = i < 48 ? k->fam * 100003u + i + 1 : k->fam * 100003u + k->var * 1009u + i + 1;
 }
 
-/* 200 .. 9199 bytes: some blobs are slab objects, most are extents. */
-static size_t val_len(uint64_t seed)
+/* 200 .. 9199 bytes: some blobs are slab objects, most are extents; keys
+ * of the big families have 70000 more (a reservation's window). */
+static size_t val_len(uint64_t seed, const uint32_t *t)
 {
-	return 200 + (size_t)(seed % 9000);
+	size_t len = 200 + (size_t)(seed % 9000);
+	return t[0] > BIG_FAM * 100003u ? len + BIG_EXTRA : len;
 }
 
 /* Is (data, len) exactly the value of key (m, t[0..n))? */
 static bool val_ok(const void *data, size_t len, const kvshm_model *m, const uint32_t *t, size_t n)
 {
 	uint64_t seed = th_key_seed(m, t, n);
-	return th_bytes_are(data, len, val_len(seed), seed);
+	return th_bytes_are(data, len, val_len(seed, t), seed);
 }
 
 static int put_key(kvshm *h, const kvshm_model *m, const struct kspec *k)
@@ -76,7 +80,7 @@ static int put_key(kvshm *h, const kvshm_model *m, const struct kspec *k)
 	static uint8_t buf[VAL_MAX];
 	key_tokens(t, k);
 	uint64_t seed = th_key_seed(m, t, k->n);
-	size_t len = val_len(seed);
+	size_t len = val_len(seed, t);
 	th_fill_val(buf, 0, len, seed);
 	return kvshm_put(h, m, t, k->n, buf, len, NULL);
 }
@@ -187,12 +191,28 @@ static const struct kspec pkeys[] = {
 #define NPK (sizeof(pkeys) / sizeof(pkeys[0]))
 
 /* The child's keys (model CHILD_TAG, so a filter finds them). */
-enum { CK1, CK2, CK3, CK4, CK5, CK6, CK7, CK8, CK9, CK_GPIN, CK_GRES, NCK };
+enum { CK1, CK2, CK3, CK4, CK5, CK6, CK7, CK8, CK9, CK_GPIN, CK_GRES, CK_BIG, CK_BIG2, CK_BAD, NCK };
 static const struct kspec ckeys[NCK] = {
 	[CK1] = {10, 0, 50},  [CK2] = {11, 0, 64},  [CK3] = {12, 0, 70},  [CK4] = {11, 0, 90},
 	[CK5] = {13, 0, 20},  [CK6] = {14, 0, 37},  [CK7] = {15, 1, 77},  [CK8] = {16, 2, 120},
 	[CK9] = {17, 0, 45},  [CK_GPIN] = {18, 0, 60}, [CK_GRES] = {19, 0, 99},
+	[CK_BIG] = {BIG_FAM + 1, 0, 30}, [CK_BIG2] = {BIG_FAM + 2, 0, 31}, [CK_BAD] = {20, 0, 41},
 };
+
+/* Flip a byte of k's stored value behind the library's back (through its
+ * own writable mapping: what a stray write or a bit flip would do). */
+static int corrupt_key(kvshm *h, const kvshm_model *m, const struct kspec *k)
+{
+	uint32_t t[MAXTOK];
+	kvshm_pin pin;
+	key_tokens(t, k);
+	int err = kvshm_get(h, m, t, k->n, 0, &pin);
+	if (err < 0)
+		return err;
+	uint64_t off = (uint64_t)((const uint8_t *)pin.data - h->seg->view) + h->seg->view_off;
+	h->seg->base[off + pin.len / 2] ^= 0x40;
+	return kvshm_unpin(h, &pin);
+}
 /* A query extending CK2 and CK4 (family 11, variant 0). */
 static const struct kspec q11 = {11, 0, 100};
 /* A query whose longest stored prefix is the parent's (1,0,33). */
@@ -227,7 +247,7 @@ static int grandchild(void *p)
 		return 3;
 	key_tokens(t, &ckeys[CK_GRES]);
 	uint64_t seed = th_key_seed(&cm, t, ckeys[CK_GRES].n);
-	if (kvshm_reserve(g, &cm, t, ckeys[CK_GRES].n, val_len(seed), NULL, &r) < 0)
+	if (kvshm_reserve(g, &cm, t, ckeys[CK_GRES].n, val_len(seed, t), NULL, &r) < 0)
 		return 4;
 	th_fill_val(r.data, 0, r.len / 2, seed);
 	kill(getpid(), SIGKILL);
@@ -261,11 +281,28 @@ static int scenario(void *p)
 	/* reserve → fill → publish */
 	key_tokens(t, &ckeys[CK1]);
 	seed = th_key_seed(&cm, t, ckeys[CK1].n);
-	if (kvshm_reserve(h, &cm, t, ckeys[CK1].n, val_len(seed), NULL, &r) < 0)
+	if (kvshm_reserve(h, &cm, t, ckeys[CK1].n, val_len(seed, t), NULL, &r) < 0)
 		return 13;
 	th_fill_val(r.data, 0, r.len, seed);
 	if (kvshm_publish(h, &r) < 0)
 		return 14;
+
+	/* the same through a writable window (a big value), then a big
+	 * reservation cancelled */
+	key_tokens(t, &ckeys[CK_BIG]);
+	seed = th_key_seed(&cm, t, ckeys[CK_BIG].n);
+	if (kvshm_reserve(h, &cm, t, ckeys[CK_BIG].n, val_len(seed, t), NULL, &r) < 0)
+		return 43;
+	th_fill_val(r.data, 0, r.len, seed);
+	if (kvshm_publish(h, &r) < 0 || get_verify(h, &cm, &ckeys[CK_BIG]) != 0)
+		return 44;
+	key_tokens(t, &ckeys[CK_BIG2]);
+	seed = th_key_seed(&cm, t, ckeys[CK_BIG2].n);
+	if (kvshm_reserve(h, &cm, t, ckeys[CK_BIG2].n, val_len(seed, t), NULL, &r) < 0)
+		return 45;
+	th_fill_val(r.data, 0, r.len / 2, seed);
+	if (kvshm_cancel(h, &r) < 0)
+		return 46;
 
 	/* put, then the same put again */
 	if (put_key(h, &cm, &ckeys[CK2]) < 0)
@@ -301,10 +338,18 @@ static int scenario(void *p)
 	    nt != ckeys[CK1].n || !val_ok(buf, len, &cm, t, nt))
 		return 23;
 
+	/* a value corrupted behind the library's back: copy-out rejects it
+	 * (never returned) and the entry goes */
+	if (put_key(h, &cm, &ckeys[CK_BAD]) < 0 || corrupt_key(h, &cm, &ckeys[CK_BAD]) < 0)
+		return 47;
+	key_tokens(t, &ckeys[CK_BAD]);
+	if (kvshm_lookup_copy(h, &cm, t, ckeys[CK_BAD].n, 0, buf, sizeof(buf), &len, &nt) != KVSHM_ENOTFOUND)
+		return 48;
+
 	/* reserve, half-fill, cancel */
 	key_tokens(t, &ckeys[CK3]);
 	seed = th_key_seed(&cm, t, ckeys[CK3].n);
-	if (kvshm_reserve(h, &cm, t, ckeys[CK3].n, val_len(seed), NULL, &r) < 0)
+	if (kvshm_reserve(h, &cm, t, ckeys[CK3].n, val_len(seed, t), NULL, &r) < 0)
 		return 24;
 	th_fill_val(r.data, 0, r.len / 2, seed);
 	if (kvshm_cancel(h, &r) < 0)
@@ -315,7 +360,7 @@ static int scenario(void *p)
 	 * wait_ms (1 ms) and answers with the ready CK2 (64 tokens). */
 	key_tokens(t, &ckeys[CK4]);
 	seed = th_key_seed(&cm, t, ckeys[CK4].n);
-	if (kvshm_reserve(h, &cm, t, ckeys[CK4].n, val_len(seed), NULL, &r) < 0)
+	if (kvshm_reserve(h, &cm, t, ckeys[CK4].n, val_len(seed, t), NULL, &r) < 0)
 		return 26;
 	th_fill_val(r.data, 0, r.len, seed);
 	key_tokens(t, &q11);
@@ -387,6 +432,19 @@ static void take_baseline(kvshm *h, struct baseline *b)
 static void verify_and_reset(kvshm *h, const struct baseline *b, int iter)
 {
 	kvshm_model cm = model_of(CHILD_TAG), pm = model_of(PARENT_TAG);
+	/* The child may have died between corrupting CK_BAD and its rejection:
+	 * a verifying lookup finishes the job (never serving the bytes). */
+	kvshm__sweep(h);
+	{
+		uint32_t t[MAXTOK];
+		kvshm_pin pin;
+		key_tokens(t, &ckeys[CK_BAD]);
+		int r = kvshm_get(h, &cm, t, ckeys[CK_BAD].n, KVSHM_LOOKUP_VERIFY, &pin);
+		if (r == 0 && (!val_ok(pin.data, pin.len, &cm, t, pin.ntokens) || kvshm_unpin(h, &pin) < 0))
+			fail_msg("run %d: a verifying lookup served wrong bytes", iter);
+		if (r < 0 && r != KVSHM_ENOTFOUND)
+			fail_msg("run %d: verifying lookup: %s", iter, kvshm_err_name(r));
+	}
 	sweep_check(h, "enumeration run", iter);
 
 	/* The parent's entries: there, exact to the byte, pinned once (by us). */
@@ -627,7 +685,7 @@ static int reserve_and_wait(void *p)
 		return 1;
 	key_tokens(t, &c->keys[0]);
 	uint64_t seed = th_key_seed(&m, t, c->keys[0].n);
-	if (kvshm_reserve(h, &m, t, c->keys[0].n, val_len(seed), NULL, &r) < 0)
+	if (kvshm_reserve(h, &m, t, c->keys[0].n, val_len(seed, t), NULL, &r) < 0)
 		return 2;
 	th_fill_val(r.data, 0, r.len / 3, seed);
 	tell(c->fd);
@@ -828,7 +886,7 @@ static int dying_writer(void *p)
 		return 1;
 	key_tokens(t, &wkey);
 	uint64_t seed = th_key_seed(&m, t, wkey.n);
-	if (kvshm_reserve(h, &m, t, wkey.n, val_len(seed), NULL, &r) < 0)
+	if (kvshm_reserve(h, &m, t, wkey.n, val_len(seed, t), NULL, &r) < 0)
 		return 2;
 	th_fill_val(r.data, 0, r.len / 2, seed);
 	tell(c->fd);
@@ -1018,7 +1076,7 @@ static int worker(void *p)
 			/* reserve, fill in two halves, publish (or cancel) */
 			kvshm_reservation r;
 			uint64_t seed = th_key_seed(m, t, k.n);
-			err = kvshm_reserve(h, m, t, k.n, val_len(seed), NULL, &r);
+			err = kvshm_reserve(h, m, t, k.n, val_len(seed, t), NULL, &r);
 			if (err == KVSHM_EEXISTS || err == KVSHM_EINPROGRESS || err == KVSHM_ENOSPACE)
 				continue;
 			if (err < 0)

@@ -150,6 +150,58 @@ static void test_owner_dies_mid_section(void **st)
 	kvshm__lock_release(f->t.seg, &f->g->lk);
 }
 
+/* A mutex word that names a thread which no longer exists, without the
+ * kernel's owner-died mark (a damaged segment; a holder past the robust
+ * list's limit): the waiter looks after a while, treats it as a dead owner
+ * and repairs. One that names a live thread that never lets go: the
+ * acquire gives up with KVSHM_EBUSY. Neither hangs. */
+static int exit_now(void *p)
+{
+	(void)p;
+	return 0;
+}
+
+static int sleep_long(void *p)
+{
+	(void)p;
+	sleep(60);
+	return 0;
+}
+
+static void test_wedged_word_never_hangs(void **st)
+{
+	struct fix *f = *st;
+	reset(f);
+	kvshm__lock_set_patience(20, 300);
+	pid_t gone = th_fork(exit_now, NULL);
+	assert_int_equal(th_wait(gone), 0);
+	/* Written as a locked word would be, by no one's robust list. */
+	__atomic_store_n(&f->g->lk.mu.__data.__lock, (int)gone, __ATOMIC_RELEASE);
+	bool repaired = false;
+	uint64_t t0 = th_now_ms();
+	assert_int_equal(kvshm__lock_acquire(f->t.seg, &f->g->lk, &repaired), 0);
+	assert_true(repaired);
+	kvshm__lock_release(f->t.seg, &f->g->lk);
+	assert_int_equal(kvshm__lock_acquire(f->t.seg, &f->g->lk, &repaired), 0);
+	assert_false(repaired);
+	kvshm__lock_release(f->t.seg, &f->g->lk);
+
+	pid_t live = th_fork(sleep_long, NULL);
+	th_track(live);
+	__atomic_store_n(&f->g->lk.mu.__data.__lock, (int)live, __ATOMIC_RELEASE);
+	TH_FAILS(kvshm__lock_acquire(f->t.seg, &f->g->lk, &repaired), KVSHM_EBUSY);
+	print_message("wedged by a live pid: %s (%llu ms in all)\n", kvshm_last_error(),
+		      (unsigned long long)(th_now_ms() - t0));
+	assert_non_null(strstr(kvshm_last_error(), "held by thread"));
+	kill(live, SIGKILL);
+	assert_int_equal(th_reap(live), 128 + SIGKILL);
+	/* Its thread is gone now: the next acquire repairs and goes on. */
+	assert_int_equal(kvshm__lock_acquire(f->t.seg, &f->g->lk, &repaired), 0);
+	assert_true(repaired);
+	kvshm__lock_release(f->t.seg, &f->g->lk);
+	kvshm__lock_set_patience(2000, 60000);
+}
+
 /* Kill the owner after each of its journaled writes in turn: every
  * intermediate state must roll back to the state before the section. */
 static int write_four(void *p)
@@ -455,6 +507,7 @@ int main(void)
 		cmocka_unit_test(test_commit_and_abort),
 		cmocka_unit_test(test_owner_dies_mid_section),
 		cmocka_unit_test(test_every_intermediate_state_rolls_back),
+		cmocka_unit_test(test_wedged_word_never_hangs),
 		cmocka_unit_test(test_repairer_dies),
 		cmocka_unit_test(test_corrupt_journal_refused),
 		cmocka_unit_test(test_owner_pid_stamped),
