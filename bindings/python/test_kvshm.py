@@ -70,7 +70,7 @@ class TestLayout(unittest.TestCase):
             self.assertEqual(ctypes.sizeof(kvshm.kvshm_pin), 64)
             self.assertEqual(ctypes.sizeof(kvshm.kvshm_reservation), 48)
             self.assertEqual(ctypes.sizeof(kvshm.kvshm_save_opts), 8)
-            self.assertEqual(ctypes.sizeof(kvshm.kvshm_stats), 456)
+            self.assertEqual(ctypes.sizeof(kvshm.kvshm_stats), 464)
             self.assertEqual(ctypes.sizeof(kvshm.kvshm_entry_info), 160)
             self.assertEqual(ctypes.sizeof(kvshm.kvshm_policy), 24)
 
