@@ -497,11 +497,8 @@ static void fig_ram(void)
 		memcpy(src + i, &w, 8);
 	}
 	memset(dst, 1, maxsz);
-	printf("
-RAM saves, one process: GB/s of value bytes (median of rounds)
-");
-	printf("  %-8s %6s %12s %16s %12s %8s %8s
-", "value", "n", "put", "reserve+fill+pub", "memcpy", "put/cpy",
+	printf("\nRAM saves, one process: GB/s of value bytes (median of rounds)\n");
+	printf("  %-8s %6s %12s %16s %12s %8s %8s\n", "value", "n", "put", "reserve+fill+pub", "memcpy", "put/cpy",
 	       "resv/cpy");
 	for (size_t c = 0; c < sizeof(CASES) / sizeof(CASES[0]); c++) {
 		size_t sz = CASES[c].sz;
@@ -535,8 +532,7 @@ RAM saves, one process: GB/s of value bytes (median of rounds)
 		       gm = (double)sz / p50_of(tm, (size_t)n);
 		char sl[32], param[48], r1[32], r2[32];
 		bench_size_label(sl, sizeof(sl), sz);
-		printf("  %-8s %6d %12.2f %16.2f %12.2f %8s %8s
-", sl, n, gp, gr, gm, bench_ratio(r1, sizeof(r1), gp, gm),
+		printf("  %-8s %6d %12.2f %16.2f %12.2f %8s %8s\n", sl, n, gp, gr, gm, bench_ratio(r1, sizeof(r1), gp, gm),
 		       bench_ratio(r2, sizeof(r2), gr, gm));
 		snprintf(param, sizeof(param), "%zu", sz);
 		rec("ram_save", param, "put", gp, "GB/s");

@@ -2,7 +2,8 @@
  * bench/micro.c — micro-benchmarks of kvshm's hot paths, printed as tables
  * with ratios against the physical limit measured in the same run:
  *   - robust journaled lock + unlock vs a plain process-shared mutex;
- *   - lookup + pin + unpin of a cached 4k-token prefix (exact and prefix);
+ *   - lookup + pin + unpin of a cached 4k-token prefix (exact and prefix),
+ *     and partial lookups (KVSHM_LOOKUP_PARTIAL) that it answers;
  *   - copy-out (lookup_copy) GB/s vs memcpy of the same sizes.
  * Absolute numbers drift on shared machines; ratios from one run hold.
  */
@@ -103,6 +104,39 @@ static void bench_lookup(kvshm *h)
 		}
 		double ns = (now_s() - t0) / N * 1e9;
 		printf("%-44s %10.0f %10.0f\n", cases[c].name, ns, 1e9 / ns);
+	}
+	/* Partial lookups the 4096-token entry answers: a query that is a
+	 * prefix of it (through the chain or a marker), one that branches
+	 * off after 2048 tokens (a marker), and a branch it cannot serve
+	 * (below the minimum: every level probed, a miss). */
+	{
+		uint32_t *q = malloc(NT * sizeof(uint32_t));
+		memcpy(q, tok, NT * sizeof(uint32_t));
+		for (int i = 2048; i < NT; i++)
+			q[i] = (uint32_t)(i * 40503u + 17);
+		struct {
+			const char *name;
+			const uint32_t *t;
+			size_t n;
+			int want;
+		} pc[] = {{"partial hit (3000 of 4096) + pin + unpin", tok, 3000, 0},
+			  {"partial hit (2048 shared) + pin + unpin", q, NT, 0},
+			  {"partial miss (2096 unrelated tokens)", q + 2000, NT - 2000, KVSHM_ENOTFOUND}};
+		for (size_t c = 0; c < KVSHM_ARRAY_LEN(pc); c++) {
+			int N = 20000;
+			kvshm_pin pin;
+			double t0 = now_s();
+			for (int i = 0; i < N; i++) {
+				int r = kvshm_lookup(h, &m, pc[c].t, pc[c].n, KVSHM_LOOKUP_PARTIAL, &pin);
+				if (r != pc[c].want)
+					die("partial lookup");
+				if (r == 0)
+					kvshm_unpin(h, &pin);
+			}
+			double ns = (now_s() - t0) / N * 1e9;
+			printf("%-44s %10.0f %10.0f\n", pc[c].name, ns, 1e9 / ns);
+		}
+		free(q);
 	}
 	/* A short key (16 tokens), as a key-value store would see it. */
 	{

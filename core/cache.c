@@ -66,6 +66,7 @@ KVSHM_EXTERN void kvshm_config_init(kvshm_config *c)
 	c->writer_wait_ms = 0;
 	c->evict_wait_ms = 30000;
 	c->verify_reuse_ms = 1000;
+	c->partial_min_tokens = KVSHM_PARTIAL_MIN_DEFAULT;
 }
 
 #define CFG_FAIL(...) kvshm__fail(KVSHM_ECONFIG, __VA_ARGS__)
@@ -107,6 +108,9 @@ KVSHM_EXTERN int kvshm_config_validate(const kvshm_config *c)
 		return CFG_FAIL("demote_tier %d: must be -1 or a file tier that has a directory", c->demote_tier);
 	if (c->evict_wait_ms > 3600000 || c->writer_wait_ms > 3600000)
 		return CFG_FAIL("writer_wait_ms/evict_wait_ms must be <= 3600000");
+	if (c->partial_min_tokens > KVSHM_MAX_TOKENS)
+		return CFG_FAIL("partial_min_tokens %u: must be <= %u (0: the default %u)", c->partial_min_tokens,
+				KVSHM_MAX_TOKENS, KVSHM_PARTIAL_MIN_DEFAULT);
 	int err = kvshm_policy_validate(&c->policy);
 	if (err < 0)
 		return err;
@@ -126,7 +130,7 @@ static uint64_t layout_sig(void)
 		sizeof(struct kvshm__shard), sizeof(struct kvshm__entry), sizeof(struct kvshm__blob),
 		sizeof(kvshm_model), KVSHM_NCOUNTERS, KVSHM_MAX_PINS, KVSHM_MAX_RES, KVSHM_SLOT_ALLOCS,
 		KVSHM_MAX_SEMS, KVSHM_CTR_STRIPES, offsetof(struct kvshm__entry, csum),
-		offsetof(struct kvshm__cache_hdr, reaper_lk),
+		offsetof(struct kvshm__cache_hdr, reaper_lk), sizeof(struct kvshm__markset), KVSHM_MARK_WAYS,
 	};
 	return XXH3_64bits(parts, sizeof(parts)) | 1; /* never 0 */
 }
@@ -137,8 +141,8 @@ uint64_t kvshm__cache_imm_csum(const struct kvshm__cache_hdr *hdr)
 	XXH3_INITSTATE(&st);
 	XXH3_64bits_reset(&st);
 	XXH3_64bits_update(&st, &hdr->cfg, sizeof(hdr->cfg));
-	const uint64_t offs[] = {hdr->shards_off, hdr->buckets_off, hdr->entries_off,
-				 hdr->proc_off,   hdr->sem_off,     hdr->slab_off};
+	const uint64_t offs[] = {hdr->shards_off, hdr->buckets_off, hdr->entries_off, hdr->proc_off,
+				 hdr->sem_off,    hdr->slab_off,    hdr->marks_off};
 	XXH3_64bits_update(&st, offs, sizeof(offs));
 	return XXH3_64bits_digest(&st);
 }
@@ -183,6 +187,8 @@ static void normalise(const kvshm_config *c, struct kvshm__cfg *n)
 	n->writer_wait_ms = c->writer_wait_ms;
 	n->evict_wait_ms = c->evict_wait_ms;
 	n->verify_reuse_ms = c->verify_reuse_ms;
+	n->partial_min_tokens = c->partial_min_tokens ? c->partial_min_tokens : KVSHM_PARTIAL_MIN_DEFAULT;
+	n->mark_sets = kvshm__marks_sets_for(n->max_entries, c->segment_bytes);
 }
 
 /* Place a region of the cache being built. Running out of segment here
@@ -272,6 +278,11 @@ static int create(const char *name, const kvshm_config *c, struct kvshm__seg **o
 		sh[i].free_head = sh[i].first + 1;
 	}
 
+	if ((err = place(s, c, KVSHM_R_MARKS, (uint64_t)n.mark_sets * sizeof(struct kvshm__markset), 64, &off)) <
+	    0)
+		goto out_fail;
+	hdr->marks_off = off; /* zero pages: every set empty */
+
 	uint64_t rest = kvshm__seg_unplaced(s);
 	if (rest < 16ull * n.page_size) {
 		err = kvshm__fail(KVSHM_ECONFIG, "segment_bytes %llu leaves %llu bytes for data; raise it or lower max_procs/max_entries",
@@ -336,7 +347,8 @@ static int map_cache(kvshm *h)
 				   h->name);
 	if (!KVSHM_IS_POW2(c->shards) || c->shards > KVSHM_MAX_SHARDS || c->entries_per_shard == 0 ||
 	    (uint64_t)c->entries_per_shard * c->shards != c->max_entries || !KVSHM_IS_POW2(c->buckets_per_shard) ||
-	    c->chunk_tokens == 0 || c->chunk_tokens > KVSHM_MAX_CHUNK || c->max_procs == 0)
+	    c->chunk_tokens == 0 || c->chunk_tokens > KVSHM_MAX_CHUNK || c->max_procs == 0 ||
+	    !KVSHM_IS_POW2(c->mark_sets) || c->partial_min_tokens == 0)
 		return kvshm__fail(KVSHM_ECORRUPT, "cache '%s': configuration in the segment is inconsistent", h->name);
 
 	struct {
@@ -353,6 +365,8 @@ static int map_cache(kvshm *h)
 		{KVSHM_R_ENTRIES, h->hdr->entries_off, (uint64_t)c->max_entries * sizeof(struct kvshm__entry),
 		 (void **)&h->entries},
 		{KVSHM_R_SLAB, h->hdr->slab_off, sizeof(struct kvshm__slab), (void **)&h->slab},
+		{KVSHM_R_MARKS, h->hdr->marks_off, (uint64_t)c->mark_sets * sizeof(struct kvshm__markset),
+		 (void **)&h->marks},
 	};
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(regions); i++) {
 		const struct kvshm__region *rr = kvshm__seg_region(s, regions[i].id);
@@ -668,5 +682,6 @@ KVSHM_EXTERN int kvshm_get_config(kvshm *h, kvshm_config *out)
 	out->writer_wait_ms = c->writer_wait_ms;
 	out->evict_wait_ms = c->evict_wait_ms;
 	out->verify_reuse_ms = c->verify_reuse_ms;
+	out->partial_min_tokens = c->partial_min_tokens;
 	return 0;
 }

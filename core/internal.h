@@ -59,6 +59,7 @@ struct kvshm {
 	struct kvshm__shard *shards;
 	uint32_t *buckets;
 	struct kvshm__entry *entries;
+	struct kvshm__markset *marks; /* cfg->mark_sets marker sets (core/partial.c) */
 	const struct kvshm__cfg *cfg;
 	uint8_t secret[KVSHM_HASH_SECRET]; /* hash secret derived from cfg->seed */
 	uint32_t me, me_gen;       /* our process slot */
@@ -238,6 +239,38 @@ int kvshm__pin_locked(kvshm *h, uint32_t s, uint32_t idx, bool copy);
 int kvshm__unpin_ref(kvshm *h, uint32_t idx, uint32_t gen, bool copy);
 /* Drop every pin our pin record i counts, in one section (close). */
 int kvshm__unpin_record(kvshm *h, unsigned i);
+
+/* Fill *pin for entry idx (shard lock held, pinned): `matched` tokens of
+ * a query of n serve; the kind follows (PARTIAL when the entry holds
+ * more than matched). */
+void kvshm__pin_fill(kvshm *h, uint32_t idx, size_t matched, size_t n, kvshm_pin *pin);
+/* Count a hit of pin's kind and its matched tokens. */
+void kvshm__count_hit(kvshm *h, const kvshm_pin *pin);
+
+/* A save in progress that a lookup may wait for (core/lookup.c). */
+struct kvshm__cand {
+	uint32_t idx;   /* UINT32_MAX: none */
+	uint32_t shard;
+	uint32_t ntokens;
+	uint32_t seq;   /* shard seq seen (for waits) */
+};
+
+/* ---- partial-prefix lookup (core/partial.c) --------------------------------------- */
+
+#define KVSHM_PARTIAL_MIN_DEFAULT 64u /* tokens: a shorter common prefix is cheaper to
+				       * prefill than to restore and cut (config 0) */
+
+/* Marker sets for a cache of max_entries in segment_bytes (at creation). */
+uint32_t kvshm__marks_sets_for(uint32_t max_entries, uint64_t segment_bytes);
+/* Record markers for entry idx (life gen) of n tokens, whose boundary
+ * hashes are kh (kvshm__keyhash of its key): one per non-terminal boundary
+ * that can reach partial_min_tokens. No lock; hints only. */
+void kvshm__marks_add(kvshm *h, const struct kvshm__keyhash *kh, size_t n, uint32_t idx, uint32_t gen);
+/* The walk of kvshm_lookup with KVSHM_LOOKUP_PARTIAL: as core/lookup.c's
+ * walk (0 with *pin filled and pinned, or KVSHM_ENOTFOUND with *wait), but
+ * the answer is the longest common prefix. */
+int kvshm__walk_partial(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_model *m, const uint32_t *tokens,
+			size_t n, bool copy, bool want_wait, kvshm_pin *pin, struct kvshm__cand *wait);
 
 /* Score of an entry now (decayed). */
 double kvshm__entry_score(const kvshm *h, const struct kvshm__entry *e, uint64_t now_ns);

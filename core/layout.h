@@ -15,6 +15,8 @@
  *   │ u32 heads    │ S × nbuckets chain heads (entry index + 1)
  *   ├──────────────┤ region ENTRIES
  *   │ entry[0..E)  │ partitioned: shard s owns [s·E/S, (s+1)·E/S)
+ *   ├──────────────┤ region MARKS
+ *   │ marker sets  │ partial-prefix hints: 64-byte sets of 8 u64 (core/partial.c)
  *   ├──────────────┤ region SLAB
  *   │ slab + pages │ shm/slab.h: blobs (model, tokens, value)
  *   └──────────────┘
@@ -45,9 +47,10 @@
 /* Bump on any change to a struct below, or to the meaning of a shared
  * word (2: futex words carry a waiters bit, shm/futex.c — a build that
  * sleeps without setting it must not share a segment with one that wakes
- * only marked words; 3: header checksums, blobs record their value
- * offset); part of the layout signature. */
-#define KVSHM_LAYOUT_VERSION 3u
+ * only marked words; 3: the marker table (region MARKS); 4: header
+ * checksums, blobs record their value offset); part of the layout
+ * signature. */
+#define KVSHM_LAYOUT_VERSION 4u
 
 enum kvshm__region_id {
 	KVSHM_R_CORE = 1,
@@ -57,6 +60,7 @@ enum kvshm__region_id {
 	KVSHM_R_BUCKETS = 5,
 	KVSHM_R_ENTRIES = 6,
 	KVSHM_R_SLAB = 7,
+	KVSHM_R_MARKS = 8,
 };
 
 enum kvshm__lock_class {
@@ -131,6 +135,8 @@ struct kvshm__cfg {
 	uint32_t writer_wait_ms;
 	uint32_t evict_wait_ms;
 	uint32_t verify_reuse_ms;
+	uint32_t partial_min_tokens;   /* shortest partial hit; markers start below it */
+	uint32_t mark_sets;            /* marker sets (64 bytes each), power of two */
 };
 
 struct kvshm__ctr_stripe {
@@ -141,6 +147,7 @@ struct kvshm__cache_hdr {
 	struct kvshm__cfg cfg;             /* immutable */
 	uint64_t shards_off, buckets_off, entries_off; /* regions, immutable */
 	uint64_t proc_off, sem_off, slab_off;          /* regions, immutable */
+	uint64_t marks_off;                            /* region, immutable */
 	uint64_t imm_csum;                 /* XXH3-64 of cfg and the region offsets above:
 					    * checked at attach (a damaged header is refused) */
 	struct kvshm__ctr_stripe ctr[KVSHM_CTR_STRIPES]; /* counters */
@@ -282,5 +289,24 @@ static inline bool kvshm__blob_voff_ok(uint32_t ntokens, uint64_t voff)
 {
 	return voff >= kvshm__blob_value_off(ntokens) && voff % 64 == 0 && voff < (1ull << 32);
 }
+
+/* ---- the marker table (region MARKS, core/partial.c) ------------------------------ */
+
+/*
+ * A set of 8 markers, one cache line. A marker says "entry `idx` (in its
+ * life gen) has the boundary hash whose tag this is at one of its
+ * non-terminal chain boundaries". No lock: each word is written whole
+ * (compare-and-swap) and read whole; a marker is only a hint, verified
+ * under the entry's shard lock before use. 0 = empty.
+ *
+ *   63            37 36 35      24 23           0
+ *   ┌──────────────┬──┬──────────┬──────────────┐
+ *   │ tag (27 bits)│1 │ gen & fff│ entry index  │
+ *   └──────────────┴──┴──────────┴──────────────┘
+ */
+#define KVSHM_MARK_WAYS 8u /* 8 x 8 bytes: one 64-byte line per probe */
+struct kvshm__markset {
+	_Atomic uint64_t way[KVSHM_MARK_WAYS]; /* markers: atomics, no lock */
+} KVSHM_ALIGNED;
 
 #endif

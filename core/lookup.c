@@ -19,17 +19,14 @@
  *   With KVSHM_LOOKUP_WAIT, a reserved (being written) entry that would
  *   match longer than the best ready one makes the reader wait on its
  *   shard's futex sequence word, up to wait_ms in all, then look again.
+ *
+ * KVSHM_LOOKUP_PARTIAL (the longest common prefix, also with entries
+ * longer than the query or diverging from it) walks the same levels in
+ * core/partial.c, which explains how.
  */
 #include <string.h>
 
 #include "core/internal.h"
-
-struct cand {
-	uint32_t idx;   /* UINT32_MAX: none */
-	uint32_t shard;
-	uint32_t ntokens;
-	uint32_t seq;   /* shard seq seen (for waits) */
-};
 
 static int check_args(const kvshm_model *m, const uint32_t *tokens, size_t n)
 {
@@ -86,7 +83,7 @@ int kvshm__pin_locked(kvshm *h, uint32_t s, uint32_t idx, bool copy)
 	return 0;
 }
 
-static void fill_pin(kvshm *h, uint32_t idx, size_t n, kvshm_pin *pin)
+void kvshm__pin_fill(kvshm *h, uint32_t idx, size_t matched, size_t n, kvshm_pin *pin)
 {
 	const struct kvshm__entry *e = &h->entries[idx];
 	/* File entries get their data from kvshm__file_load (a mapping). */
@@ -97,13 +94,23 @@ static void fill_pin(kvshm *h, uint32_t idx, size_t n, kvshm_pin *pin)
 			    : NULL;
 	pin->ref[2] = pin->ref[3] = 0;
 	pin->len = e->len;
-	pin->ntokens = e->ntokens;
-	pin->kind = e->ntokens == n ? KVSHM_HIT_EXACT : KVSHM_HIT_PREFIX;
+	pin->ntokens = matched;
+	pin->stored_ntokens = e->ntokens;
+	pin->kind = e->ntokens > matched ? KVSHM_HIT_PARTIAL : matched == n ? KVSHM_HIT_EXACT : KVSHM_HIT_PREFIX;
 	pin->tier = e->tier;
 	/* Entry index + 1 (0 = none, so a pin zeroed by kvshm_unpin names
 	 * nothing) and the entry's gen. */
 	pin->ref[0] = (idx + 1) | ((uint64_t)e->gen << 32);
 	pin->ref[1] = (uint64_t)(uintptr_t)h;
+}
+
+void kvshm__count_hit(kvshm *h, const kvshm_pin *pin)
+{
+	kvshm__count(h, pin->kind == KVSHM_HIT_EXACT    ? KVSHM_C_hits_exact
+			: pin->kind == KVSHM_HIT_PREFIX ? KVSHM_C_hits_prefix
+							: KVSHM_C_hits_partial,
+		     1);
+	kvshm__count(h, KVSHM_C_tokens_matched, pin->ntokens);
 }
 
 /*
@@ -113,7 +120,7 @@ static void fill_pin(kvshm *h, uint32_t idx, size_t n, kvshm_pin *pin)
  * when there is none or want_wait is false).
  */
 static int walk(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_model *m, const uint32_t *tokens,
-		size_t n, bool exact, bool copy, bool want_wait, kvshm_pin *pin, struct cand *wait)
+		size_t n, bool exact, bool copy, bool want_wait, kvshm_pin *pin, struct kvshm__cand *wait)
 {
 	const struct kvshm__cfg *c = h->cfg;
 	size_t top = kvshm__bidx(c, n);
@@ -121,7 +128,7 @@ static int walk(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_model *m,
 	uint64_t probes = 0;
 	int err = KVSHM_ENOTFOUND;
 
-	*wait = (struct cand){UINT32_MAX, 0, 0, 0};
+	*wait = (struct kvshm__cand){UINT32_MAX, 0, 0, 0};
 	for (size_t j = top + 1; j-- > low;) {
 		kvshm__h128 t = kh->h[j];
 		uint32_t s = kvshm__shard_of(h, t);
@@ -152,7 +159,7 @@ static int walk(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_model *m,
 			} else if (e->state == KVSHM_E_RESERVED && want_wait && e->ntokens > best_n &&
 				   (wait->idx == UINT32_MAX || e->ntokens > wait->ntokens) &&
 				   kvshm__entry_matches(h, e, m, tokens, e->ntokens)) {
-				*wait = (struct cand){idx, s, e->ntokens,
+				*wait = (struct kvshm__cand){idx, s, e->ntokens,
 						      atomic_load_explicit(&sh->seq, memory_order_acquire)};
 			}
 		}
@@ -160,12 +167,10 @@ static int walk(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_model *m,
 			wait->idx = UINT32_MAX;
 			err = pin ? kvshm__pin_locked(h, s, best, copy) : 0;
 			if (err == 0 && pin)
-				fill_pin(h, best, n, pin);
+				kvshm__pin_fill(h, best, best_n, n, pin);
 			kvshm__shard_unlock(h, s);
-			if (err == 0) {
-				kvshm__count(h, pin->kind == KVSHM_HIT_EXACT ? KVSHM_C_hits_exact : KVSHM_C_hits_prefix, 1);
-				kvshm__count(h, KVSHM_C_tokens_matched, pin->ntokens);
-			}
+			if (err == 0)
+				kvshm__count_hit(h, pin);
 			goto out;
 		}
 		kvshm__shard_unlock(h, s);
@@ -229,12 +234,18 @@ static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t
 		  bool exact, bool copy, kvshm_pin *pin)
 {
 	struct kvshm__keyhash kh;
-	struct cand wait;
+	struct kvshm__cand wait;
+	bool partial = flags & KVSHM_LOOKUP_PARTIAL;
 	int err = kvshm__enter(h);
 	if (err < 0 || (err = check_args(m, tokens, n)) < 0)
 		return err;
 	if (!pin)
 		return kvshm__fail(-EINVAL, "lookup: pin is NULL");
+	const unsigned known = KVSHM_LOOKUP_WAIT | KVSHM_LOOKUP_PARTIAL | KVSHM_LOOKUP_VERIFY;
+	if (flags & ~known)
+		return kvshm__fail(-EINVAL, "lookup: unknown flags 0x%x", flags & ~known);
+	if (exact && partial)
+		return kvshm__fail(-EINVAL, "get: KVSHM_LOOKUP_PARTIAL asks for a prefix; use kvshm_lookup");
 	if ((err = kvshm__keyhash(h, m, tokens, n, &kh)) < 0)
 		return err;
 	bool want_wait = (flags & KVSHM_LOOKUP_WAIT) && h->cfg->wait_ms > 0;
@@ -242,7 +253,8 @@ static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t
 	bool waited = false;
 	uint32_t awaited = 0; /* the longest save waited for */
 	for (;;) {
-		err = walk(h, &kh, m, tokens, n, exact, copy, want_wait, pin, &wait);
+		err = partial ? kvshm__walk_partial(h, &kh, m, tokens, n, copy, want_wait, pin, &wait)
+			      : walk(h, &kh, m, tokens, n, exact, copy, want_wait, pin, &wait);
 		if (err == 0 && pin->tier != KVSHM_TIER_RAM) {
 			/* A file entry: map and verify it. A bad file is gone
 			 * now (counted); look again for the next best. */

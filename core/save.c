@@ -212,6 +212,7 @@ int kvshm__reserve_entry(kvshm *h, const kvshm_model *m, const uint32_t *tokens,
 	kvshm__shard_unlock(h, s);
 	if (err < 0)
 		goto out_free;
+	kvshm__marks_add(h, &kh, n, idx, gen); /* partial-prefix hints (core/partial.c) */
 	KVSHM_CRASH_POINT("save.reserve.done");
 	out->idx = idx;
 	out->gen = gen;

@@ -815,6 +815,7 @@ int kvshm__file_adopt(kvshm *h, int tier, const struct kvshm__fmeta *m)
 	kvshm__shard_unlock(h, s);
 	if (err < 0)
 		goto out_free;
+	kvshm__marks_add(h, &kh, m->ntokens, idx, gen); /* partial-prefix hints (core/partial.c) */
 	kvshm__futex_bump_wake(&h->shards[s].seq, INT32_MAX);
 	err = 1; /* a new entry */
 	goto out;

@@ -104,8 +104,9 @@ typedef struct kvshm_llama_config {
 	const char *salt;        /* anything else that changes states (LoRA, control vectors); NULL */
 	kvshm_policy policy;     /* when to save (kvshm_policy_init) */
 	int tier;                /* where saves go (KVSHM_TIER_RAM) */
-	unsigned lookup_flags;   /* kvshm_lookup flags (KVSHM_LOOKUP_WAIT; add
-				  * KVSHM_LOOKUP_PARTIAL where the core has it) */
+	unsigned lookup_flags;   /* kvshm_lookup flags (KVSHM_LOOKUP_WAIT |
+				  * KVSHM_LOOKUP_PARTIAL: a longer or diverging stored
+				  * state serves the common prefix, cut to it) */
 	uint32_t keep_tail;      /* prompt tokens always decoded again, >= 1 (1): the
 				  * last one gives the logits; 2 keeps the tail a
 				  * multi-token batch, bit-identical to a cold prefill */

@@ -7,7 +7,8 @@
  *   header (magic, a layout signature computed from the build, the
  *   configuration), a process table (one slot per attached handle), the
  *   index shards (robust-mutex-guarded hash tables of entries), the slab
- *   tables (pages, size classes, extents) and the writer semaphore. Every
+ *   tables (pages, size classes, extents), the writer semaphore, and the
+ *   marker table of partial-prefix lookup (hints only, checked on use). Every
  *   reference inside the segment is an offset from its base, never a
  *   pointer, and every offset is bounds-checked before use.
  *
@@ -19,6 +20,16 @@
  *   holds (a pin, a writer-semaphore slot, a reservation, memory being
  *   written) is recorded against its process slot, so it can be released
  *   by whoever notices the death.
+ *
+ * WHAT A MISBEHAVING PROCESS CANNOT DO
+ *   Pins point into a read-only mapping of the data area (between guard
+ *   pages): a write through one, or past its end, kills the process that
+ *   made it (SIGSEGV) and cannot change what others read. A reservation's
+ *   writable bytes are its own (a private buffer, or the value's own
+ *   pages). Copy-out, KVSHM_LOOKUP_VERIFY and kvshm_pin_verify check the
+ *   value's checksum; a corrupt value is dropped and never served. Damaged
+ *   headers are refused at attach (KVSHM_ECORRUPT), and a lock is never
+ *   waited for forever (KVSHM_EBUSY after 60 s of a live holder).
  *
  * WHAT THE REAPER DOES
  *   kvshm-reaper holds a pidfd for every attached process and reclaims a
@@ -153,7 +164,10 @@ typedef struct kvshm_config {
 	uint32_t reservation_ttl_ms; /* a reservation expires after (60000) */
 	uint32_t wait_ms;         /* readers wait for an in-progress save up to (500) */
 	uint32_t mode;            /* segment file mode (0600) */
-	uint32_t lazy;            /* 1: do not reserve the segment's memory up front */
+	uint32_t lazy;            /* 1: do not reserve the segment's memory up front: the tables
+				   * are reserved at creation and each run of the data area when
+				   * it is allocated, so a tmpfs that fills up makes kvshm_reserve
+				   * fail with -ENOSPC (after trying eviction), never SIGBUS */
 	double score_halflife_s;  /* hit-score decay half-life, seconds (600) */
 	uint64_t quota[KVSHM_NTIERS]; /* byte quota per tier; 0 = default (ram: the data area) */
 	kvshm_policy policy;      /* save policy defaults */
@@ -170,6 +184,10 @@ typedef struct kvshm_config {
 	uint32_t evict_wait_ms;   /* evict and shutdown saves wait up to (30000) */
 	uint32_t verify_reuse_ms; /* a file load within this long of a verified one that saw
 				   * the same file skips the payload CRC (1000; 0 = always) */
+	uint32_t partial_min_tokens; /* shortest partial hit (KVSHM_LOOKUP_PARTIAL) worth a
+				   * restore, tokens (64; 0 = the default): shorter common
+				   * prefixes are not offered, and entries record markers
+				   * only from there on */
 } kvshm_config;
 
 /* Fill cfg with the defaults above. */
@@ -192,7 +210,11 @@ KVSHM_EXTERN int kvshm_config_validate(const kvshm_config *cfg);
  */
 KVSHM_EXTERN int kvshm_open(const char *name, const kvshm_config *cfg, unsigned flags, kvshm **out);
 /* Release every pin and reservation this handle holds, free its slot,
- * unmap. Always frees the handle; returns the first error met. */
+ * unmap. Always closes the handle; returns the first error met. Using a
+ * closed handle — a second kvshm_close included — returns KVSHM_ECLOSED:
+ * the library keeps the last 256 closed handles of the process marked
+ * before freeing their memory; beyond that, a closed handle is as invalid
+ * as any freed pointer. */
 KVSHM_EXTERN int kvshm_close(kvshm *h);
 /* Remove the named segment. Refuses with -EBUSY while live processes are
  * attached, unless force. Attached processes keep their mapping. */
@@ -218,25 +240,47 @@ typedef struct kvshm_model {
  * Lookup and pins (zero-copy reads)
  * ====================================================================== */
 
-#define KVSHM_HIT_EXACT 1  /* the entry covers every token asked for */
-#define KVSHM_HIT_PREFIX 2 /* the entry covers a proper prefix */
+#define KVSHM_HIT_EXACT 1   /* the entry covers every token asked for */
+#define KVSHM_HIT_PREFIX 2  /* the entry covers a proper prefix */
+#define KVSHM_HIT_PARTIAL 3 /* (KVSHM_LOOKUP_PARTIAL) the entry holds more tokens than
+			     * the common prefix: cut the restored state to ntokens */
 
 /* A pinned entry: its bytes stay valid and unchanged, and the entry is
  * never evicted, until kvshm_unpin (or kvshm_close). `data` points into a
  * read-only mapping: a write through it (or past its end) kills the
  * writing process with SIGSEGV and cannot touch what others read. */
 typedef struct kvshm_pin {
-	const void *data;  /* the saved blob, `len` bytes, read-only */
+	const void *data;      /* the saved blob, `len` bytes, read-only */
 	size_t len;
-	size_t ntokens;    /* tokens the entry covers: the matched prefix */
-	int kind;          /* KVSHM_HIT_EXACT or KVSHM_HIT_PREFIX */
-	int tier;          /* where it was found (file tiers: data is a read-only mapping) */
-	uint64_t ref[4];   /* opaque */
+	size_t ntokens;        /* the matched prefix: tokens of the query this serves */
+	size_t stored_ntokens; /* tokens the stored state covers: == ntokens for EXACT and
+				* PREFIX; more for PARTIAL (the state's first ntokens
+				* tokens equal the query's, the rest do not, or lie
+				* beyond the query's end) */
+	int kind;              /* KVSHM_HIT_EXACT, KVSHM_HIT_PREFIX or KVSHM_HIT_PARTIAL */
+	int tier;              /* where it was found (file tiers: data is a read-only mapping) */
+	uint64_t ref[4];       /* opaque */
 } kvshm_pin;
 
 /* Wait (up to the cache's wait_ms) when a longer match is being saved by
  * another process right now, instead of computing it a second time. */
 #define KVSHM_LOOKUP_WAIT 1u
+/*
+ * Partial-prefix lookup: answer with the entry that has the longest common
+ * prefix with the query, also when it is longer than the query or diverges
+ * from it (conversations that branch after a shared system prompt). For
+ * engines whose state can be cut after k tokens (attention KV: llama.cpp's
+ * llama_memory_seq_rm); recurrent state cannot, so do not ask for it then.
+ * A partial answer is offered only for a common prefix of at least the
+ * cache's partial_min_tokens; an entry wholly inside the query (EXACT or
+ * PREFIX) is preferred when it is at least as long as the best partial
+ * one. With KVSHM_LOOKUP_WAIT, waits only for saves that would be an
+ * ordinary (EXACT or PREFIX) hit. Entries longer than the query or
+ * diverging from it are found through markers, hints kept in a fixed-size
+ * table: under heavy churn one may be missed (a shorter answer or a miss),
+ * never a wrong one (the tokens and model are compared in full).
+ */
+#define KVSHM_LOOKUP_PARTIAL 2u
 /* Verify the value's checksum before handing out the pin (one pass over
  * the bytes: XXH3 for RAM, CRC32C for files, even when a load of the same
  * file within verify_reuse_ms was verified). A value that fails is never
@@ -247,13 +291,16 @@ typedef struct kvshm_pin {
 /*
  * Find and pin the longest stored prefix of tokens[0..n) for model m (any
  * stored length, not only chunk-aligned ones; the stored tokens and model
- * are compared on every hit). Returns 0 with *pin filled, KVSHM_ENOTFOUND,
- * KVSHM_EPINFULL (this handle holds too many pins), -EINVAL (n == 0 or
- * n > KVSHM_MAX_TOKENS).
+ * are compared on every hit). flags: KVSHM_LOOKUP_WAIT, KVSHM_LOOKUP_PARTIAL
+ * (then pin->ntokens is the common prefix and pin->stored_ntokens what the
+ * state covers; kind KVSHM_HIT_PARTIAL when they differ). Returns 0 with
+ * *pin filled, KVSHM_ENOTFOUND, KVSHM_EPINFULL (this handle holds too many
+ * pins), -EINVAL (n == 0, n > KVSHM_MAX_TOKENS, unknown flags).
  */
 KVSHM_EXTERN int kvshm_lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
 			      unsigned flags, kvshm_pin *pin);
-/* Like kvshm_lookup, but only an entry for exactly tokens[0..n). */
+/* Like kvshm_lookup, but only an entry for exactly tokens[0..n); flags
+ * KVSHM_LOOKUP_WAIT only (KVSHM_LOOKUP_PARTIAL: -EINVAL). */
 KVSHM_EXTERN int kvshm_get(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
 			   unsigned flags, kvshm_pin *pin);
 /* Drop a pin. -ENOENT if this handle holds no such pin. */
@@ -274,12 +321,13 @@ KVSHM_EXTERN int kvshm_pin_verify(kvshm *h, kvshm_pin *pin);
 /*
  * Copy-out: like kvshm_lookup (flags, model, tokens) but copies the blob
  * into buf (cap bytes) and pins nothing. *len and *ntokens (may be NULL)
- * receive its size and the matched prefix length. -ENOBUFS when cap is too
- * small (*len says how much is needed; nothing is copied). The copy is
- * verified as it is made (the value's checksum, in the same pass): a value
- * that does not match is dropped and counted (corrupt_rejected), and the
- * next best match is copied instead (KVSHM_ENOTFOUND if none; buf may then
- * hold the rejected bytes).
+ * receive its size and the matched prefix length (with KVSHM_LOOKUP_PARTIAL
+ * the common prefix: the copied state may cover more tokens, to be cut to
+ * *ntokens). -ENOBUFS when cap is too small (*len says how much is needed;
+ * nothing is copied). The copy is verified as it is made (the value's
+ * checksum, in the same pass): a value that does not match is dropped and
+ * counted (corrupt_rejected), and the next best match is copied instead
+ * (KVSHM_ENOTFOUND if none; buf may then hold the rejected bytes).
  */
 KVSHM_EXTERN int kvshm_lookup_copy(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
 				   unsigned flags, void *buf, size_t cap, size_t *len, size_t *ntokens);
@@ -289,8 +337,11 @@ KVSHM_EXTERN int kvshm_lookup_copy(kvshm *h, const kvshm_model *m, const uint32_
  * ====================================================================== */
 
 typedef struct kvshm_reservation {
-	void *data;      /* write `len` bytes here, then publish (file tiers: a
-			  * writable mapping of the file being written) */
+	void *data;      /* write `len` bytes here, then publish. RAM, below 64 KiB: a
+			  * private buffer copied in at publish; from 64 KiB: the
+			  * value's own pages, writable for this handle until publish
+			  * or cancel (a write past either end faults). File tiers: a
+			  * writable mapping of the file being written. */
 	size_t len;
 	uint64_t ref[4]; /* opaque */
 } kvshm_reservation;
@@ -313,9 +364,13 @@ typedef struct kvshm_save_opts {
 KVSHM_EXTERN int kvshm_reserve(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
 			       size_t len, const kvshm_save_opts *opts, kvshm_reservation *r);
 /* Make a filled reservation visible. KVSHM_EEXPIRED when it outlived the
- * reservation TTL and was given up (the bytes are freed). */
+ * reservation TTL and was given up (the bytes are freed). A publish always
+ * consumes the reservation (r is zeroed), success or not; r->data is no
+ * longer writable afterwards. -EINVAL when r is not a reservation this
+ * handle holds (never reserved here, already used, altered, another
+ * handle's or another process's): nothing happens then. */
 KVSHM_EXTERN int kvshm_publish(kvshm *h, kvshm_reservation *r);
-/* Give a reservation up; its memory is freed. */
+/* Give a reservation up; its memory is freed. -EINVAL as for publish. */
 KVSHM_EXTERN int kvshm_cancel(kvshm *h, kvshm_reservation *r);
 /* reserve + copy + publish. */
 KVSHM_EXTERN int kvshm_put(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
@@ -379,6 +434,7 @@ KVSHM_EXTERN int kvshm_delete(kvshm *h, const kvshm_filter *f, uint64_t *count);
 #define KVSHM_COUNTER_MAP(XX)                                                    \
 	XX(hits_exact, "lookups answered by an entry for every token")           \
 	XX(hits_prefix, "lookups answered by a proper prefix")                    \
+	XX(hits_partial, "lookups answered by a longer or diverging entry (partial)") \
 	XX(misses, "lookups with no stored prefix")                               \
 	XX(probes, "index probes made by lookups")                                \
 	XX(tokens_matched, "tokens covered by hits")                              \

@@ -6,7 +6,8 @@
  * Restore (kvshm_llama_restore):
  *   1. look the prompt up (kvshm_lookup, the binding's flags): the pin
  *      says how many prompt tokens the stored state matches (k) and how
- *      many it covers (M >= k when the core answers partial matches);
+ *      many it covers (M >= k: with KVSHM_LOOKUP_PARTIAL a longer or
+ *      diverging state serves the common prefix);
  *   2. keep = min(k, n - keep_tail): the state holds no logits, so the
  *      prompt's tail is always decoded again;
  *   3. llama_state_seq_set_data straight from the pin (the engine copies
@@ -51,7 +52,7 @@ KVSHM_EXTERN void kvshm_llama_config_init(kvshm_llama_config *c)
 	memset(c, 0, sizeof(*c));
 	kvshm_policy_init(&c->policy);
 	c->tier = KVSHM_TIER_RAM;
-	c->lookup_flags = KVSHM_LOOKUP_WAIT;
+	c->lookup_flags = KVSHM_LOOKUP_WAIT | KVSHM_LOOKUP_PARTIAL;
 	c->keep_tail = 1;
 }
 
@@ -166,11 +167,7 @@ KVSHM_EXTERN int64_t kvshm_llama_restore(kvshm_llama *a, llama_seq_id seq, const
 	}
 	if (err < 0)
 		return kvshm__llama_fail_cache(err, "restore: lookup");
-#ifdef KVSHM_HIT_PARTIAL
 	size_t stored = pin.stored_ntokens;
-#else
-	size_t stored = pin.ntokens;
-#endif
 	size_t keep = pin.ntokens < n - a->cfg.keep_tail ? pin.ntokens : n - a->cfg.keep_tail;
 	info->kind = pin.kind;
 	info->tier = pin.tier;

@@ -4,7 +4,7 @@
  *
  *   1. Enumeration. A child runs a scenario that goes through every core
  *      protocol step (create, open, reserve → fill → publish, put, a
- *      duplicate put, prefix and exact lookups with pins, copy-out, cancel,
+ *      duplicate put, prefix, exact and partial lookups with pins, copy-out, cancel,
  *      a lookup that waits on a save in progress, eviction, gc, delete by
  *      filter, and the reclaim of a grandchild that died holding pins and a
  *      half-written reservation). It runs with KVSHM_CRASH="*@N" for
@@ -378,6 +378,15 @@ static int scenario(void *p)
 	for (int k = CK5; k <= CK8; k++)
 		if (put_key(h, &cm, &ckeys[k]) < 0)
 			return 30;
+	/* A partial lookup: CK8's first 100 tokens, served by CK8 (120)
+	 * through the marker its put recorded (marks.*, lookup.partial.*). */
+	key_tokens(t, &ckeys[CK8]);
+	if (kvshm_lookup(h, &cm, t, 100, KVSHM_LOOKUP_PARTIAL, &pin) < 0 || pin.kind != KVSHM_HIT_PARTIAL ||
+	    pin.ntokens != 100 || pin.stored_ntokens != ckeys[CK8].n ||
+	    !val_ok(pin.data, pin.len, &cm, t, ckeys[CK8].n))
+		return 43;
+	if (kvshm_unpin(h, &pin) < 0)
+		return 44;
 	if (kvshm_evict_bytes(h, 3 * 4096, KVSHM_TIER_BIT(KVSHM_TIER_RAM), &freed, &count) < 0 || count == 0)
 		return 31;
 	if (kvshm_gc(h, &freed, &count) < 0)
@@ -532,7 +541,7 @@ static void test_every_core_crash_point(void **st)
 	 * (run N died at hit N), so "in the log" means "killed there". */
 
 	/* Every crash point of the core protocols was a kill site. */
-	const char *layers[] = {"save.", "lookup.", "index.", "evict.", "reclaim.", "cache."};
+	const char *layers[] = {"save.", "lookup.", "index.", "evict.", "reclaim.", "cache.", "marks."};
 	/* Points no run of this scenario can reach, each with its reason.
 	 * None: creation is covered by the scratch cache, the wait by a
 	 * lookup of a key the child is saving itself, reclaim by the

@@ -902,8 +902,9 @@ static int cmd_top(kvshm *h, int argc, char **argv)
 			saves += cur.counters[KVSHM_C_saves_cold + r];
 			psaves += prev.counters[KVSHM_C_saves_cold + r];
 		}
-		double lookups = RATE(KVSHM_C_hits_exact) + RATE(KVSHM_C_hits_prefix) + RATE(KVSHM_C_misses);
-		double hitrate = lookups > 0 ? (RATE(KVSHM_C_hits_exact) + RATE(KVSHM_C_hits_prefix)) / lookups : 0.0;
+		double hits = RATE(KVSHM_C_hits_exact) + RATE(KVSHM_C_hits_prefix) + RATE(KVSHM_C_hits_partial);
+		double lookups = hits + RATE(KVSHM_C_misses);
+		double hitrate = lookups > 0 ? hits / lookups : 0.0;
 		if (tty)
 			printf("\033[H\033[2J");
 		time_t now = time(NULL);
@@ -914,6 +915,7 @@ static int cmd_top(kvshm *h, int argc, char **argv)
 		printf("%-22s %12.1f   hit rate %.1f%%\n", "lookups", lookups, 100.0 * hitrate);
 		printf("%-22s %12.1f\n", "  exact hits", RATE(KVSHM_C_hits_exact));
 		printf("%-22s %12.1f\n", "  prefix hits", RATE(KVSHM_C_hits_prefix));
+		printf("%-22s %12.1f\n", "  partial hits", RATE(KVSHM_C_hits_partial));
 		printf("%-22s %12.1f\n", "  misses", RATE(KVSHM_C_misses));
 		printf("%-22s %12.1f   %s/s\n", "saves", (double)(saves - psaves) / interval,
 		       tu_human(a, sizeof(a), (uint64_t)RATE(KVSHM_C_saved_bytes)));

@@ -119,8 +119,8 @@ KVSHM_REASON_COLD, KVSHM_REASON_CONTINUED, KVSHM_REASON_FINISH = 0, 1, 2
 KVSHM_REASON_EVICT, KVSHM_REASON_SHUTDOWN, KVSHM_REASON_OTHER, KVSHM_NREASONS = 3, 4, 5, 6
 KVSHM_OPEN_CREATE, KVSHM_OPEN_EXCL, KVSHM_OPEN_INSPECT = 1, 2, 4
 KVSHM_MAX_TOKENS = 1 << 24
-KVSHM_HIT_EXACT, KVSHM_HIT_PREFIX = 1, 2
-KVSHM_LOOKUP_WAIT = 1
+KVSHM_HIT_EXACT, KVSHM_HIT_PREFIX, KVSHM_HIT_PARTIAL = 1, 2, 3
+KVSHM_LOOKUP_WAIT, KVSHM_LOOKUP_PARTIAL = 1, 2
 KVSHM_STATE_RESERVED, KVSHM_STATE_READY, KVSHM_STATE_EXPIRED = 1, 2, 3
 KVSHM_CHECK_QUICK = 1
 KVSHM_PRESSURE_NOOP, KVSHM_PRESSURE_SYSTEM, KVSHM_PRESSURE_CGROUP = 0, 1, 2
@@ -131,7 +131,7 @@ KVSHM_SCHED_COMMAND_MAX = 256
 
 # KVSHM_COUNTER_MAP, in order.
 COUNTER_NAMES = (
-    "hits_exact", "hits_prefix", "misses", "probes", "tokens_matched",
+    "hits_exact", "hits_prefix", "hits_partial", "misses", "probes", "tokens_matched",
     "saves_cold", "saves_continued", "saves_finish", "saves_evict", "saves_shutdown", "saves_other",
     "saved_bytes", "dup_present", "dup_in_progress", "cancels", "expired", "evictions",
     "evicted_bytes", "deletes", "reclaims", "reclaimed_pins", "reclaimed_reservations",
@@ -139,7 +139,7 @@ COUNTER_NAMES = (
     "corrupt_rejected", "nospace", "saves_dropped", "load_waits", "demotions", "promotions",
     "adopted", "files_removed", "rejected",
 )
-KVSHM_NCOUNTERS = len(COUNTER_NAMES)  # 36
+KVSHM_NCOUNTERS = len(COUNTER_NAMES)  # 37
 
 
 class kvshm_policy(ctypes.Structure):
@@ -176,6 +176,7 @@ class kvshm_config(ctypes.Structure):
         ("writer_wait_ms", c_u32),
         ("evict_wait_ms", c_u32),
         ("verify_reuse_ms", c_u32),
+        ("partial_min_tokens", c_u32),
     ]
 
 
@@ -192,6 +193,7 @@ class kvshm_pin(ctypes.Structure):
         ("data", c_void_p),
         ("len", c_size_t),
         ("ntokens", c_size_t),
+        ("stored_ntokens", c_size_t),
         ("kind", c_int),
         ("tier", c_int),
         ("ref", c_u64 * 4),
@@ -477,14 +479,16 @@ _LP64_LAYOUT = {
     kvshm_policy: (24, {"min_tokens": 0, "cold_min_tokens": 4, "cold_max_tokens": 8,
                         "continued_interval": 12, "boundary_trim_tokens": 16,
                         "boundary_align_tokens": 20}),
-    kvshm_config: (144, {"segment_bytes": 0, "max_procs": 8, "shards": 12, "max_entries": 16,
+    kvshm_config: (152, {"segment_bytes": 0, "max_procs": 8, "shards": 12, "max_entries": 16,
                          "chunk_tokens": 20, "page_size": 24, "writer_slots": 28,
                          "reservation_ttl_ms": 32, "wait_ms": 36, "mode": 40, "lazy": 44,
                          "score_halflife_s": 48, "quota": 56, "policy": 80, "shm_dir": 104,
                          "ram_file_dir": 112, "disk_dir": 120, "demote_tier": 128,
-                         "writer_wait_ms": 132, "evict_wait_ms": 136, "verify_reuse_ms": 140}),
+                         "writer_wait_ms": 132, "evict_wait_ms": 136, "verify_reuse_ms": 140,
+                         "partial_min_tokens": 144}),
     kvshm_model: (65, {"fingerprint": 0, "quant": 32, "ctx_hash": 33}),
-    kvshm_pin: (64, {"data": 0, "len": 8, "ntokens": 16, "kind": 24, "tier": 28, "ref": 32}),
+    kvshm_pin: (72, {"data": 0, "len": 8, "ntokens": 16, "stored_ntokens": 24, "kind": 32, "tier": 36,
+                     "ref": 40}),
     kvshm_reservation: (48, {"data": 0, "len": 8, "ref": 16}),
     kvshm_save_opts: (8, {"tier": 0, "reason": 4}),
     kvshm_entry_info: (160, {"key": 0, "model": 16, "tier": 84, "state": 88, "len": 96,
@@ -492,13 +496,13 @@ _LP64_LAYOUT = {
                              "reason": 124, "score": 128, "created_ns": 136, "idle_ns": 144,
                              "owner_pid": 152}),
     kvshm_filter: (32, {"tier_mask": 0, "fingerprint": 8, "min_len": 16, "min_idle_ns": 24}),
-    kvshm_stats: (464, {"counters": 0, "tier_bytes": 288, "tier_quota": 312, "tier_entries": 336,
-                        "entries_reserved": 360, "entries_max": 368, "segment_bytes": 376,
-                        "data_bytes": 384, "data_free_bytes": 392, "data_largest_free": 400,
-                        "data_ext_frag": 408, "data_int_frag": 416, "procs_live": 424,
-                        "procs_max": 428, "writer_slots_used": 432, "writer_slots_max": 436,
-                        "lock_repairs": 440, "lock_contended": 448, "shards": 456,
-                        "chunk_tokens": 460}),
+    kvshm_stats: (472, {"counters": 0, "tier_bytes": 296, "tier_quota": 320, "tier_entries": 344,
+                        "entries_reserved": 368, "entries_max": 376, "segment_bytes": 384,
+                        "data_bytes": 392, "data_free_bytes": 400, "data_largest_free": 408,
+                        "data_ext_frag": 416, "data_int_frag": 424, "procs_live": 432,
+                        "procs_max": 436, "writer_slots_used": 440, "writer_slots_max": 444,
+                        "lock_repairs": 448, "lock_contended": 456, "shards": 464,
+                        "chunk_tokens": 468}),
     kvshm_sched_config: (304, {"enabled": 0, "source": 4, "command": 8, "interval_ms": 264,
                                "high_watermark": 272, "low_watermark": 280,
                                "min_evict_bytes": 288, "tiers": 296}),
@@ -721,7 +725,7 @@ def _closed_error():
 
 TIERS = ("ram", "ram_file", "disk")
 REASONS = ("cold", "continued", "finish", "evict", "shutdown", "other")
-_KINDS = {KVSHM_HIT_EXACT: "exact", KVSHM_HIT_PREFIX: "prefix"}
+_KINDS = {KVSHM_HIT_EXACT: "exact", KVSHM_HIT_PREFIX: "prefix", KVSHM_HIT_PARTIAL: "partial"}
 _STATES = {KVSHM_STATE_RESERVED: "reserved", KVSHM_STATE_READY: "ready", KVSHM_STATE_EXPIRED: "expired"}
 _U32_MAX = 0xFFFFFFFF
 _U64_MAX = 0xFFFFFFFFFFFFFFFF
@@ -990,7 +994,7 @@ del _f
 
 _CFG_U32 = ("max_procs", "shards", "max_entries", "chunk_tokens", "page_size", "writer_slots",
             "reservation_ttl_ms", "wait_ms", "mode", "lazy", "writer_wait_ms", "evict_wait_ms",
-            "verify_reuse_ms")
+            "verify_reuse_ms", "partial_min_tokens")
 CONFIG_FIELDS = tuple(name for name, _ in kvshm_config._fields_)
 
 
@@ -1105,9 +1109,11 @@ class Pin:
     """A pinned entry: ``buffer`` is a read-only, zero-copy memoryview of
     its bytes, valid until release() (or the end of a ``with`` block).
 
-    Attributes: tokens (the matched prefix length), kind ("exact" or
-    "prefix"), tier ("ram", "ram_file", "disk"), len (bytes)."""
-    __slots__ = ("_cache", "_lease", "_mv", "tokens", "kind", "tier", "len", "__weakref__")
+    Attributes: tokens (the matched prefix length), stored_tokens (tokens
+    the stored state covers: more than tokens for a partial hit, whose
+    state the engine cuts to tokens), kind ("exact", "prefix" or
+    "partial"), tier ("ram", "ram_file", "disk"), len (bytes)."""
+    __slots__ = ("_cache", "_lease", "_mv", "tokens", "stored_tokens", "kind", "tier", "len", "__weakref__")
 
     def __init__(self):
         raise TypeError("pins come from Cache.lookup/get")
@@ -1117,6 +1123,7 @@ class Pin:
         p = cls.__new__(cls)
         p._cache = cache
         p.tokens = cpin.ntokens
+        p.stored_tokens = cpin.stored_ntokens
         p.kind = _KINDS.get(cpin.kind, cpin.kind)
         p.tier = _tier_name(cpin.tier)
         p.len = cpin.len
@@ -1298,7 +1305,7 @@ class Cache:
         page_size, writer_slots, reservation_ttl_ms, wait_ms, mode, lazy,
         score_halflife_s, quota (3 numbers or {tier: bytes}), policy (Policy
         or dict), shm_dir, demote_tier ("ram_file"/"disk"/None),
-        writer_wait_ms, evict_wait_ms, verify_reuse_ms). When attaching, the
+        writer_wait_ms, evict_wait_ms, verify_reuse_ms, partial_min_tokens). When attaching, the
         segment's own configuration wins (only shm_dir is used).
         exclusive=True fails with EEXIST if it exists; inspect=True does not
         sweep dead processes on attach."""
@@ -1435,7 +1442,7 @@ class Cache:
 
     # ---- lookup ----------------------------------------------------------
 
-    def _lookup(self, fn, model, tokens, wait):
+    def _lookup(self, fn, model, tokens, wait, partial=False):
         self._run_deferred()
         m = _model_ref(model)
         t = _Tokens(tokens)
@@ -1445,7 +1452,8 @@ class Cache:
                 h = self._handle
                 if h is None:
                     raise _closed_error()
-                rc = fn(h, m, t.ptr, t.n, KVSHM_LOOKUP_WAIT if wait else 0, byref(cpin))
+                flags = (KVSHM_LOOKUP_WAIT if wait else 0) | (KVSHM_LOOKUP_PARTIAL if partial else 0)
+                rc = fn(h, m, t.ptr, t.n, flags, byref(cpin))
                 if rc < 0:
                     if rc == KVSHM_ENOTFOUND:
                         return None
@@ -1456,17 +1464,20 @@ class Cache:
         self._pins.add(pin)
         return pin
 
-    def lookup(self, model, tokens, wait=False):
+    def lookup(self, model, tokens, wait=False, partial=False):
         """Pin the longest stored prefix of tokens for model: a Pin, or None
         on a miss. wait=True waits (up to the cache's wait_ms) when a longer
-        match is being saved right now. PinFull if 64 pins are held."""
-        return self._lookup(lib.kvshm_lookup, model, tokens, wait)
+        match is being saved right now. partial=True (KVSHM_LOOKUP_PARTIAL)
+        answers with the entry of the longest common prefix, also one longer
+        than tokens or diverging from them (pin.kind "partial": cut the
+        state to pin.tokens). PinFull if 64 pins are held."""
+        return self._lookup(lib.kvshm_lookup, model, tokens, wait, partial)
 
     def get(self, model, tokens, wait=False):
         """Like lookup, but only an entry for exactly these tokens."""
         return self._lookup(lib.kvshm_get, model, tokens, wait)
 
-    def lookup_copy(self, model, tokens, wait=False, into=None):
+    def lookup_copy(self, model, tokens, wait=False, into=None, partial=False):
         """Copy out the longest stored prefix's bytes (nothing stays pinned).
 
         Returns (bytes, matched_tokens), or None on a miss. The bytes object
@@ -1475,10 +1486,11 @@ class Cache:
         through kvshm_lookup_copy, which keeps a record for copies. With into= (a
         writable C-contiguous buffer) the bytes are copied there instead and
         (nbytes, matched_tokens) is returned; KvshmError ENOBUFS (attribute
-        .needed) if it is too small."""
+        .needed) if it is too small. partial=True: as lookup's (matched_tokens
+        is then the common prefix; the bytes may cover more tokens)."""
         m = _model_ref(model)
         t = _Tokens(tokens)
-        flags = KVSHM_LOOKUP_WAIT if wait else 0
+        flags = (KVSHM_LOOKUP_WAIT if wait else 0) | (KVSHM_LOOKUP_PARTIAL if partial else 0)
         length, ntok = c_size_t(), c_size_t()
         try:
             if into is not None:

@@ -65,12 +65,12 @@ class TestLayout(unittest.TestCase):
     def test_struct_sizes_match_header(self):
         self.assertEqual(kvshm.check_layout(), [])
         if ctypes.sizeof(ctypes.c_void_p) == 8:
-            self.assertEqual(ctypes.sizeof(kvshm.kvshm_config), 144)
+            self.assertEqual(ctypes.sizeof(kvshm.kvshm_config), 152)
             self.assertEqual(ctypes.sizeof(kvshm.kvshm_model), 65)
-            self.assertEqual(ctypes.sizeof(kvshm.kvshm_pin), 64)
+            self.assertEqual(ctypes.sizeof(kvshm.kvshm_pin), 72)
             self.assertEqual(ctypes.sizeof(kvshm.kvshm_reservation), 48)
             self.assertEqual(ctypes.sizeof(kvshm.kvshm_save_opts), 8)
-            self.assertEqual(ctypes.sizeof(kvshm.kvshm_stats), 464)
+            self.assertEqual(ctypes.sizeof(kvshm.kvshm_stats), 472)
             self.assertEqual(ctypes.sizeof(kvshm.kvshm_entry_info), 160)
             self.assertEqual(ctypes.sizeof(kvshm.kvshm_policy), 24)
 
@@ -93,6 +93,7 @@ class TestLayout(unittest.TestCase):
         self.assertIsNone(d["demote_tier"])
         self.assertEqual(d["evict_wait_ms"], 30000)
         self.assertEqual(d["verify_reuse_ms"], 1000)
+        self.assertEqual(d["partial_min_tokens"], 64)
         self.assertEqual(d["policy"], kvshm.Policy())
 
     def test_config_round_trip(self):
@@ -107,7 +108,8 @@ class TestLayout(unittest.TestCase):
                         wait_ms=77, mode=0o640, lazy=1, score_halflife_s=123.5,
                         quota={"ram": 8 * MIB, "ram_file": 3 * MIB, "disk": 5 * MIB},
                         policy=pol, ram_file_dir=rf, disk_dir=dk, demote_tier="disk",
-                        writer_wait_ms=11, evict_wait_ms=2222, verify_reuse_ms=33)
+                        writer_wait_ms=11, evict_wait_ms=2222, verify_reuse_ms=33,
+                        partial_min_tokens=48)
             c = kvshm.Cache.open(name, create=True, **want)
             try:
                 got = c.config()
@@ -179,6 +181,36 @@ class TestPutGet(CacheTest):
         self.assertIsNone(c.lookup(model(1), range(1000)))  # different model
         other_quant = kvshm.Model(m.fingerprint, m.quant + 1, m.ctx_hash)
         self.assertIsNone(c.lookup(other_quant, range(1000)))
+
+    def test_partial(self):
+        """partial=True: the longest common prefix, from an entry longer
+        than the query or diverging from it (a branch of a conversation)."""
+        c, m = self.cache, self.m
+        system = list(range(5000, 5600))            # a shared 600-token prompt
+        a = system + list(range(10000, 10300))      # two branches saved
+        b = system + list(range(20000, 20400))
+        c.put(m, a, blob(1, 3000))
+        c.put(m, b, blob(2, 4000))
+        q = system + list(range(30000, 30100))      # a third branch
+        self.assertIsNone(c.lookup(m, q))
+        before = c.stats()["hits_partial"]
+        with c.lookup(m, q, partial=True) as p:
+            self.assertEqual((p.tokens, p.kind, p.tier), (600, "partial", "ram"))
+            self.assertIn(p.stored_tokens, (900, 1000))
+            self.assertEqual(bytes(p.buffer), blob(1, 3000) if p.stored_tokens == 900 else blob(2, 4000))
+        self.assertEqual(c.stats()["hits_partial"], before + 1)
+        with c.lookup(m, a[:700], partial=True) as p:  # shorter than the entry
+            self.assertEqual((p.tokens, p.stored_tokens, p.kind), (700, 900, "partial"))
+        with c.lookup(m, a + [1, 2], partial=True) as p:  # an ordinary hit stays one
+            self.assertEqual((p.tokens, p.stored_tokens, p.kind), (900, 900, "prefix"))
+        self.assertIsNone(c.lookup(m, a[:63], partial=True))  # below partial_min_tokens
+        data, matched = c.lookup_copy(m, q, partial=True)
+        self.assertEqual(matched, 600)
+        self.assertIn(data, (blob(1, 3000), blob(2, 4000)))
+        buf = bytearray(8000)
+        n, matched = c.lookup_copy(m, b[:650], into=buf, partial=True)
+        self.assertEqual((n, matched, bytes(buf[:n])), (4000, 650, blob(2, 4000)))
+        self.assertIsNone(c.lookup(model(1), q, partial=True))  # another model
 
     def test_longest_prefix_wins(self):
         c, m = self.cache, self.m

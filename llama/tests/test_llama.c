@@ -118,10 +118,6 @@ static kvshm_llama *bind(kvshm *cache, struct eng *e, const char *model)
 	kvshm_llama_config c;
 	kvshm_llama_config_init(&c);
 	fingerprint_of(model, c.fingerprint);
-	c.lookup_flags = 0;
-#ifdef KVSHM_LOOKUP_PARTIAL
-	c.lookup_flags |= KVSHM_LOOKUP_PARTIAL;
-#endif
 	kvshm_llama *a = NULL;
 	if (kvshm_llama_open(cache, e->ctx, &e->cp, &c, &a) < 0)
 		fprintf(stderr, "bind: %s\n", kvshm_llama_last_error());
@@ -383,13 +379,11 @@ static void test_truncation(void **st)
 	assert_int_equal(in_child(h, kid_truncate_scratch, 0), 0);
 	assert_int_equal(in_child(h, kid_truncate, 0), 0);
 	assert_true(max_delta(0, 1) == 0.0);
-#ifdef KVSHM_LOOKUP_PARTIAL
 	/* Through the lookup: a partial hit on the longer, diverging state. */
 	assert_int_equal(in_child(h, kid_truncate, 1), 0);
 	assert_int_equal(sh->v[1], KVSHM_HIT_PARTIAL);
 	assert_int_equal(sh->v[2], 400);
 	assert_true(max_delta(0, 1) == 0.0);
-#endif
 	th_finish(h, name);
 }
 

@@ -517,9 +517,6 @@ static void worker(kvshm *cache, int id, int mode)
 	cfg.policy.boundary_align_tokens = 256;
 	cfg.policy.continued_interval = 1024;
 	cfg.keep_tail = 2; /* the prompt's tail is always a multi-token batch */
-#ifdef KVSHM_LOOKUP_PARTIAL
-	cfg.lookup_flags |= KVSHM_LOOKUP_PARTIAL;
-#endif
 	cfg.hook = hook;
 	cfg.hook_arg = &w;
 	if (!ctx || (mode == MODE_KVSHM && kvshm_llama_open(cache, ctx, &cp, &cfg, &a) < 0)) {

@@ -21,7 +21,9 @@
  *   scheduler ticks) while a killer SIGKILLs random workers at random
  *   moments (now and then the reaper, restarted at once) or stalls them
  *   (SIGSTOP, SIGCONT); workers also die at random crash-point hits. Every
- *   read is verified against the key it was asked for; every acknowledged
+ *   read is verified against the key it was asked for (a partial hit,
+ *   KVSHM_LOOKUP_PARTIAL: against a stored key that shares exactly the
+ *   matched tokens with it, whole); every acknowledged
  *   save is logged and, for the disk tier, must still be there at every
  *   checkpoint (workers parked) and at the end.
  *
@@ -55,6 +57,7 @@
 #define MAXW 32
 #define NHELD 6
 #define LOG_CAP (1u << 23) /* acknowledgement log records (16 B each, touched as used) */
+#define PARTIAL_MIN 32 /* the cache's partial_min_tokens: keys of a family share 48 */
 
 #define RAM KVSHM_TIER_RAM
 #define RFILE KVSHM_TIER_RAM_FILE
@@ -101,7 +104,7 @@ struct rec {
 
 /* Shared by every process of the run: survives any worker's death. */
 struct shared {
-	_Atomic uint64_t torn, reads, acks, ops, saves_refused, evict_calls, sched_ticks, deletes;
+	_Atomic uint64_t torn, reads, partial_reads, acks, ops, saves_refused, evict_calls, sched_ticks, deletes;
 	_Atomic uint32_t stop, pause, pause_gen;
 	_Atomic uint32_t parked[MAXW];
 	_Atomic uint32_t failed;
@@ -370,6 +373,64 @@ static bool read_ok(const char *who, const void *data, size_t len, const kvshm_m
 	shared_fail("%s: a read of a %zu-token key (model %02x) returned %zu bytes that are not its value", who, n,
 		    m->fingerprint[0], len);
 	return false;
+}
+
+/* The stored lengths of the random phase's keys (rkey). */
+static const uint16_t rlens[] = {16, 24, 33, 47, 48, 64, 80, 97, 128, 160};
+#define NRLENS (sizeof(rlens) / sizeof(rlens[0]))
+
+/* A partial hit: is (data, len) exactly the value of a stored key of the
+ * query q's model and family, L tokens long (0: one of rlens), longer than
+ * c and sharing exactly c tokens with the query's tokens qt? Keys of a
+ * family differ only by their variant past 48 tokens, so the candidates
+ * are few; a value that is not one of theirs is wrong or torn. */
+static bool partial_val_ok(const void *data, size_t len, const struct kspec *q, const uint32_t *qt, size_t c,
+			   size_t L)
+{
+	kvshm_model m = model_of(q->tag);
+	uint32_t t[MAXTOK];
+	if (c < PARTIAL_MIN)
+		return false; /* never offered below the minimum */
+	for (size_t li = 0; li < (L ? 1 : NRLENS); li++) {
+		size_t n = L ? L : rlens[li];
+		if (n <= c || n > MAXTOK)
+			continue;
+		for (unsigned var = 0; var < 16; var++) {
+			struct kspec k = {q->tag, q->fam, (uint8_t)var, (uint16_t)n};
+			key_tokens(t, &k);
+			size_t common = 0, top = KVSHM_MIN(n, (size_t)q->n);
+			while (common < top && t[common] == qt[common])
+				common++;
+			if (common == c && val_ok(data, len, &m, t, n))
+				return true;
+		}
+	}
+	return false;
+}
+
+/* A verified partial read (see partial_val_ok): counts it, and a wrong
+ * byte as torn. */
+static bool read_partial_ok(const char *who, const void *data, size_t len, const struct kspec *q, const uint32_t *qt,
+			    size_t c, size_t L)
+{
+	atomic_fetch_add(&sh->reads, 1);
+	atomic_fetch_add(&sh->partial_reads, 1);
+	if (partial_val_ok(data, len, q, qt, c, L))
+		return true;
+	atomic_fetch_add(&sh->torn, 1);
+	shared_fail("%s: a partial read (%zu of %zu tokens) for a %u-token query (model %02x) returned %zu bytes that are not the value of a key sharing exactly those tokens",
+		    who, c, L, q->n, q->tag, len);
+	return false;
+}
+
+/* The pin answering query q (tokens qt), verified whatever its kind. */
+static bool pin_ok(const char *who, const kvshm_pin *p, const struct kspec *q, const uint32_t *qt)
+{
+	if (p->kind == KVSHM_HIT_PARTIAL)
+		return p->stored_ntokens > p->ntokens &&
+		       read_partial_ok(who, p->data, p->len, q, qt, p->ntokens, p->stored_ntokens);
+	kvshm_model m = model_of(q->tag);
+	return p->stored_ntokens == p->ntokens && read_ok(who, p->data, p->len, &m, qt, p->ntokens);
 }
 
 /* Exact lookup of k, verified. 0, KVSHM_ENOTFOUND, another error, or 1
@@ -1010,6 +1071,7 @@ static void cache_cfg(kvshm_config *c)
 	c->demote_tier = DISK;
 	c->writer_wait_ms = 200;
 	c->evict_wait_ms = 5000;
+	c->partial_min_tokens = PARTIAL_MIN;
 }
 
 static int sched_setup(kvshm *h)
@@ -1309,6 +1371,30 @@ static int scenario(kvshm *h, struct sctx *c)
 	key_tokens(t, &sk[D2]);
 	SCALL(kvshm_lookup_copy(h2, &dm, t, sk[D2].n, 0, buf, sizeof(buf), &len, &nt));
 	SCHECK(nt == sk[D2].n && read_ok("scenario", buf, len, &dm, t, nt), "copy-out verifies");
+
+	/* Partial lookups: a branch of D2 (48 tokens shared, then another
+	 * variant) is served by D2, a disk entry found through its marker; a
+	 * prefix of F2 by F2 (ram_file), copied out. */
+	{
+		struct kspec q = sk[D2];
+		q.var = 1;
+		q.n = 80;
+		key_tokens(t, &q);
+		SCALL(kvshm_lookup(h, &dm, t, q.n, KVSHM_LOOKUP_PARTIAL, &pin));
+		SCHECK(pin.kind == KVSHM_HIT_PARTIAL && pin.ntokens == 48 && pin.stored_ntokens == sk[D2].n &&
+			       pin.tier == DISK,
+		       "partial lookup answered by D2");
+		SCHECK(pin_ok("scenario", &pin, &q, t), "partial hit verifies");
+		SCALL(kvshm_unpin(h, &pin));
+		q = sk[F2];
+		q.n = 60;
+		key_tokens(t, &q);
+		r = kvshm_lookup_copy(h, &cm, t, q.n, KVSHM_LOOKUP_PARTIAL, buf, sizeof(buf), &len, &nt);
+		SCHECK(r == 0 || r == KVSHM_ENOTFOUND, "partial copy-out");
+		if (r == 0)
+			SCHECK(nt == q.n && read_partial_ok("scenario", buf, len, &q, t, nt, sk[F2].n),
+			       "partial copy-out verifies");
+	}
 
 	/* Single flight: C4 (90 tokens) is being saved; a waiting lookup of
 	 * 100 tokens waits for it (lookup.wait), times out after the cache's
@@ -1738,8 +1824,6 @@ static int systematic(void)
  * RANDOM: pre-forked workers and a killer
  * ====================================================================== */
 
-static const uint16_t rlens[] = {16, 24, 33, 47, 48, 64, 80, 97, 128, 160};
-#define NRLENS (sizeof(rlens) / sizeof(rlens[0]))
 #define NFAM 6
 #define NVAR 3
 
@@ -1776,9 +1860,8 @@ static bool save_refusal(int err)
 static int drop_held(kvshm *h, struct held *o, uint32_t who)
 {
 	uint32_t t[MAXTOK];
-	kvshm_model m = model_of(o->q.tag);
 	key_tokens(t, &o->q);
-	if (!read_ok("worker (held pin)", o->pin.data, o->pin.len, &m, t, o->pin.ntokens))
+	if (!pin_ok("worker (held pin)", &o->pin, &o->q, t))
 		return 2;
 	int err = kvshm_unpin(h, &o->pin);
 	o->on = false;
@@ -1819,14 +1902,16 @@ static int rworker(kvshm *h, int slot, uint32_t who, uint64_t seed)
 		kvshm_model m = model_of(k.tag);
 		key_tokens(t, &k);
 		if (op < 300) {
-			/* longest-prefix lookup, pin held a while */
+			/* longest-prefix lookup (half of them partial), pin held a while */
 			kvshm_pin pin;
-			err = kvshm_lookup(h, &m, t, k.n, rnd(&s) % 4 == 0 ? KVSHM_LOOKUP_WAIT : 0, &pin);
+			unsigned fl = (rnd(&s) % 4 == 0 ? KVSHM_LOOKUP_WAIT : 0) | (rnd(&s) % 2 ? KVSHM_LOOKUP_PARTIAL : 0);
+			err = kvshm_lookup(h, &m, t, k.n, fl, &pin);
 			if (err == KVSHM_ENOTFOUND)
 				continue;
 			if (err < 0)
 				return werr(who, "lookup", err);
-			if (pin.ntokens > k.n || !read_ok("worker", pin.data, pin.len, &m, t, pin.ntokens))
+			if (pin.ntokens > k.n || (!(fl & KVSHM_LOOKUP_PARTIAL) && pin.kind == KVSHM_HIT_PARTIAL) ||
+			    !pin_ok("worker", &pin, &k, t))
 				return 2;
 			struct held *o = &held[rnd(&s) % NHELD];
 			if (o->on && (err = drop_held(h, o, who)) != 0)
@@ -1836,13 +1921,23 @@ static int rworker(kvshm *h, int slot, uint32_t who, uint64_t seed)
 			o->on = true;
 		} else if (op < 380) {
 			size_t len, nt;
-			err = kvshm_lookup_copy(h, &m, t, k.n, 0, buf, sizeof(buf), &len, &nt);
+			bool partial = rnd(&s) % 2;
+			err = kvshm_lookup_copy(h, &m, t, k.n, partial ? KVSHM_LOOKUP_PARTIAL : 0, buf, sizeof(buf), &len,
+						&nt);
 			if (err == KVSHM_ENOTFOUND)
 				continue;
 			if (err < 0)
 				return werr(who, "lookup_copy", err);
-			if (nt > k.n || !read_ok("worker (copy-out)", buf, len, &m, t, nt))
+			/* Copy-out does not say how many tokens the state covers: an
+			 * ordinary hit's key, or (partial) one of a longer key's. */
+			if (nt > k.n)
 				return 2;
+			if (partial && !val_ok(buf, len, &m, t, nt)) {
+				if (!read_partial_ok("worker (partial copy-out)", buf, len, &k, t, nt, 0))
+					return 2;
+			} else if (!read_ok("worker (copy-out)", buf, len, &m, t, nt)) {
+				return 2;
+			}
 		} else if (op < 450) {
 			/* exact lookup, released at once */
 			struct kspec e = rkey(&s, false);
@@ -2478,10 +2573,10 @@ int main(int argc, char **argv)
 
 	uint64_t torn = KVSHM_MAX(G.torn_found, atomic_load(&sh->torn));
 	printf("\nkvshm-crash: %.0f s; seed %llu (rerun: %s)\n", elapsed(), (unsigned long long)opt.seed, G.rerun);
-	printf("kvshm-crash: systematic kills %llu, random kills %llu (%llu by random crash points, %llu of the reaper), %llu stalls; %llu reads verified, %llu saves acknowledged, %llu disk saves deleted by this program, %llu evictions and %llu expired reservations by the cache, %llu checks (%llu repeated), %llu acknowledgements unlogged\n",
+	printf("kvshm-crash: systematic kills %llu, random kills %llu (%llu by random crash points, %llu of the reaper), %llu stalls; %llu reads verified (%llu partial), %llu saves acknowledged, %llu disk saves deleted by this program, %llu evictions and %llu expired reservations by the cache, %llu checks (%llu repeated), %llu acknowledgements unlogged\n",
 	       (unsigned long long)G.sys_kills, (unsigned long long)G.rand_kills, (unsigned long long)G.crashpoint_kills,
 	       (unsigned long long)G.reaper_kills, (unsigned long long)G.stalls, (unsigned long long)sh->reads,
-	       (unsigned long long)sh->acks, (unsigned long long)G.deleted_by_tool, (unsigned long long)G.cache_evictions, (unsigned long long)G.expired,
+	       (unsigned long long)sh->partial_reads, (unsigned long long)sh->acks, (unsigned long long)G.deleted_by_tool, (unsigned long long)G.cache_evictions, (unsigned long long)G.expired,
 	       (unsigned long long)G.checks, (unsigned long long)G.transient, (unsigned long long)sh->log_lost);
 	printf("kills %llu, crash points %d/%d, leaked %llu, torn %llu, lost %llu, repairs %llu\n",
 	       (unsigned long long)G.kills, G.points_killed, G.points_total, (unsigned long long)G.leaked,
