@@ -3,9 +3,10 @@
  * prompt states through one kvshm cache: the README's first command.
  *
  * The request stream: multi-turn conversations over a few long system
- * prompts (text tokenized by the model's real SPM tokenizer), some
- * conversations branching off another after a few turns, some turns asked
- * again (regenerate). Replies are scripted (decoded token by token like
+ * prompts (text tokenized by the model's real SPM tokenizer), a long first
+ * message (a pasted document) then short follow-ups, some conversations
+ * branching off another after a few turns, some turns asked again
+ * (regenerate); the users' turns interleave. Replies are scripted (decoded token by token like
  * generation, but not sampled), so every run sees the same requests.
  *
  * The same stream runs three times on the same pool size, and the summary
@@ -53,7 +54,7 @@
 /* ---- settings ------------------------------------------------------------------------- */
 
 static struct {
-	const char *name, *model;
+	const char *name, *model, *csv;
 	uint32_t workers, threads, conversations, turns, prompts, branches, regens, samples;
 	uint32_t ctx, seed;
 	uint64_t cache_bytes;
@@ -154,7 +155,7 @@ static void build_stream(const struct llama_vocab *v)
 	int32_t(*id)[64] = malloc(nconv * sizeof(*id));
 	for (uint32_t p = 0; p < opt.prompts; p++) {
 		sys[p].t = malloc(2048 * sizeof(llama_token));
-		sys[p].n = text_tokens(v, 1, p, rnd(1, p, 0, 350, 600), true, sys[p].t, 2048);
+		sys[p].n = text_tokens(v, 1, p, rnd(1, p, 0, 250, 450), true, sys[p].t, 2048);
 	}
 	for (uint32_t c = 0; c < nconv; c++) {
 		src[c] = c;
@@ -171,17 +172,20 @@ static void build_stream(const struct llama_vocab *v)
 				continue;
 			}
 			user[c][t].t = malloc(512 * sizeof(llama_token));
-			user[c][t].n = text_tokens(v, 2, c * 64 + t, rnd(2, c, t, 30, 140), false, user[c][t].t, 512);
+			user[c][t].n = text_tokens(v, 2, c * 64 + t, (t ? rnd(2, c, t, 20, 80) : rnd(2, c, t, 150, 400)), false, user[c][t].t, 512);
 			reply[c][t].t = malloc(128 * sizeof(llama_token));
 			reply[c][t].n = text_tokens(v, 3, c * 64 + t, rnd(3, c, t, 8, 20), false, reply[c][t].t, 128);
 		}
 	}
 	reqs = calloc((size_t)nconv * opt.turns + opt.regens, sizeof(*reqs));
-	for (uint32_t c = 0; c < nconv; c++) {
-		struct seg *s = &sys[c % opt.prompts];
-		if (c >= opt.conversations)
-			s = &sys[src[c] % opt.prompts];
-		for (uint32_t t = from[c]; t < opt.turns; t++) {
+	/* Turn-major: the users' turns interleave in time, as many users'
+	 * would (a request stream in conversation order would hand each
+	 * conversation's next turn to the worker that just served it). */
+	for (uint32_t t = 0; t < opt.turns; t++) {
+		for (uint32_t c = 0; c < nconv; c++) {
+			if (t < from[c])
+				continue;
+			struct seg *s = &sys[(c >= opt.conversations ? src[c] : c) % opt.prompts];
 			struct req *q = &reqs[nreqs];
 			size_t cap = s->n;
 			for (uint32_t k = 0; k <= t; k++)
@@ -647,6 +651,8 @@ static pid_t spawn(kvshm *h, int id, int mode)
 	return pid;
 }
 
+static FILE *csv_out;
+
 static int run_pool(kvshm *h, int mode, struct run *r)
 {
 	bool *done = calloc(nreqs, sizeof(bool)), *sent = calloc(nreqs, sizeof(bool));
@@ -703,6 +709,10 @@ static int run_pool(kvshm *h, int mode, struct run *r)
 			continue;
 		done[res.request] = true;
 		inflight--;
+		if (csv_out)
+			fprintf(csv_out, "%s,%d,%d,%u,%u,%u,%d,%.3f,%.3f,%.3f\n", mode_name[mode], res.request, res.worker,
+				reqs[res.request].n, res.restored, res.stored, res.kind, res.ttft_ns / 1e6, res.load_ns / 1e6,
+				(double)(now_ns() - t0) / 1e9);
 		r->ttft[r->done++] = res.ttft_ns;
 		r->kinds[res.kind >= 0 && res.kind < 4 ? res.kind : 0]++;
 		r->restored += res.restored;
@@ -840,6 +850,8 @@ static void usage(FILE *f)
 		"  -s, --cache-size BYTES    cache bytes: kvshm's RAM tier, split among the private caches (48M)\n"
 		"      --samples N           restored requests replayed from scratch (8)\n"
 		"      --seed N              request stream seed (42)\n"
+		"      --csv FILE            one row per request and run: run, request, worker, prompt tokens,\n"
+		"                            restored, stored, kind, TTFT ms, restore ms, seconds into the run\n"
 		"      --no-kills            do not kill workers\n"
 		"  -q, --quiet               no progress lines\n"
 		"  -h, --help\n"
@@ -876,7 +888,7 @@ static void settle(kvshm *h, kvshm_stats *st)
 
 int main(int argc, char **argv)
 {
-	enum { O_SEED = 256, O_NOKILL, O_SAMPLES };
+	enum { O_SEED = 256, O_NOKILL, O_SAMPLES, O_CSV };
 	static const struct option lo[] = {
 		{"model", required_argument, NULL, 'm'},       {"name", required_argument, NULL, 'n'},
 		{"workers", required_argument, NULL, 'w'},     {"threads", required_argument, NULL, 'T'},
@@ -884,6 +896,7 @@ int main(int argc, char **argv)
 		{"prompts", required_argument, NULL, 'p'},     {"branches", required_argument, NULL, 'b'},
 		{"regens", required_argument, NULL, 'r'},      {"cache-size", required_argument, NULL, 's'},
 		{"samples", required_argument, NULL, O_SAMPLES}, {"seed", required_argument, NULL, O_SEED},
+		{"csv", required_argument, NULL, O_CSV},
 		{"no-kills", no_argument, NULL, O_NOKILL},     {"quiet", no_argument, NULL, 'q'},
 		{"help", no_argument, NULL, 'h'},              {NULL, 0, NULL, 0},
 	};
@@ -903,6 +916,7 @@ int main(int argc, char **argv)
 		case O_SAMPLES: if (tu_parse_u32(optarg, "--samples", 0, 1000, &opt.samples) < 0) return 2; break;
 		case O_SEED: if (tu_parse_u32(optarg, "--seed", 0, UINT32_MAX, &opt.seed) < 0) return 2; break;
 		case O_NOKILL: opt.kills = false; break;
+		case O_CSV: opt.csv = optarg; break;
 		case 'q': opt.quiet = true; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
@@ -989,6 +1003,12 @@ int main(int argc, char **argv)
 	printf("model fingerprint (XXH3-128 of metadata and weights): %.1f ms\n", fp_ms);
 	fflush(stdout);
 
+	if (opt.csv && !(csv_out = fopen(opt.csv, "w"))) {
+		fprintf(stderr, "kvshm-demo: %s: %s\n", opt.csv, strerror(errno));
+		return 1;
+	}
+	if (csv_out)
+		fprintf(csv_out, "run,request,worker,prompt_tokens,restored,stored,kind,ttft_ms,restore_ms,at_s\n");
 	struct run runs[NMODES];
 	memset(runs, 0, sizeof(runs));
 	for (int m = 0; m < NMODES; m++)
@@ -1059,6 +1079,8 @@ int main(int argc, char **argv)
 	}
 	kvshm_close(h);
 	kvshm_destroy(opt.name, NULL, 1);
+	if (csv_out)
+		fclose(csv_out);
 	bool ok = check == 0 && leaks == 0 && mism == 0 && (opt.samples == 0 || checked > 0) &&
 		  (!opt.kills || (runs[0].killed_in_save == 1 && runs[0].killed_with_pins == 1));
 	return ok ? 0 : 1;
