@@ -158,7 +158,8 @@ typedef struct kvshm_llama_restore_info {
  * Restore into seq (which must be empty) the longest usable cached prefix
  * of prompt[0..n): at most n - keep_tail tokens, and none when the stored
  * state is longer than the context can hold. Returns the number of prompt
- * tokens now in seq (0: nothing restored, prefill everything), or a
+ * tokens now in seq (0: nothing restored, prefill everything), -EBUSY
+ * when seq is not empty, -EINVAL for a seq id past max_seqs, or a
  * negative error from the cache (the sequence is left empty). info may be
  * NULL. A state the engine refuses is rejected (removed from the cache,
  * counted in `rejected`) and 0 is returned with info->rejected set.
