@@ -1,8 +1,9 @@
 # kvshm — GNU Makefile.
 #
 #   make            library (static + shared) and tools, release flags
-#   make test       install missing Debian packages, build the test variant
-#                   (crash points compiled in) and run every test
+#   make demo       fetch the llama.cpp engine, build, run the worker-pool demo
+#   make test       install missing Debian packages and the engine, build the
+#                   test variant (crash points compiled in), run every test
 #   make check      the same tests under ASan + UBSan (-fno-sanitize-recover=all)
 #   make install    prefix=/usr/local DESTDIR= ; make uninstall
 #   make clean
@@ -54,18 +55,42 @@ TEST_SUPPORT := $(filter-out $(wildcard tests/test_*.c),$(wildcard tests/*.c))
 
 B            := build
 REL_OBJS     := $(LIB_SRCS:%.c=$(B)/rel/%.o)
+
+# ---- the llama.cpp engine and libkvshm-llama ----------------------------------
+# The engine is fetched (prebuilt, from npm) into $(B)/llama by
+# `scripts/deps.sh llama`; everything under llama/ builds only once it is
+# there. Its libraries' sonames are their file names and they find each
+# other through $ORIGIN; programs here get an rpath to them.
+LLAMA_DIR     := $(B)/llama
+LLAMA_HAVE     = $(wildcard $(LLAMA_DIR)/stamp)
+LLAMA_CFLAGS   = -I$(LLAMA_DIR)/include
+LLAMA_LIBS     = -L$(LLAMA_DIR)/lib -l:libllama.v0.4.0.so -l:libggml.v0.4.0.so -l:libggml-base.so -ldl
+LLAMA_RPATH    = -Wl,-rpath,$(abspath $(LLAMA_DIR)/lib)
+LLAMA_SRCS    := $(sort $(wildcard llama/*.c))
+LLAMA_HDRS    := include/kvshm-llama.h $(wildcard llama/*.h)
+LLAMA_TOOLS   := $(patsubst llama/tools/%.c,%,$(wildcard llama/tools/*.c))
+LLAMA_TESTS   := $(patsubst llama/tests/%.c,%,$(wildcard llama/tests/test_*.c))
+LLAMA_REL_OBJS := $(LLAMA_SRCS:%.c=$(B)/rel/%.o)
+LLAMA_TST_OBJS := $(LLAMA_SRCS:%.c=$(B)/tst/%.o)
+LLAMA_SAN_OBJS := $(LLAMA_SRCS:%.c=$(B)/san/%.o)
 TST_OBJS     := $(LIB_SRCS:%.c=$(B)/tst/%.o)
 SAN_OBJS     := $(LIB_SRCS:%.c=$(B)/san/%.o)
 
-.PHONY: all lib tools deps test check install uninstall clean crashpoints demo bench fuzz crashtest
+.PHONY: all lib tools llama deps engine test check install uninstall clean crashpoints demo bench fuzz crashtest
 .DEFAULT_GOAL := all
 
-all: lib tools
+all: lib tools $(if $(LLAMA_HAVE),llama)
 lib: $(B)/libkvshm.a $(B)/libkvshm.so.$(VERSION) $(B)/kvshm.pc
-tools: $(TOOLS:%=$(B)/bin/%)
+tools: $(TOOLS:%=$(B)/bin/%) $(B)/bin/kvshm-standin-demo
+llama: $(B)/libkvshm-llama.a $(B)/libkvshm-llama.so.$(VERSION) $(B)/kvshm-llama.pc $(LLAMA_TOOLS:%=$(B)/bin/%)
 
 deps:
 	@sh scripts/deps.sh build
+
+# The llama.cpp engine, prebuilt from npm, verified, unpacked under
+# $(B)/llama/ (scripts/deps.sh llama); a second run fetches nothing.
+engine:
+	@sh scripts/deps.sh build llama
 
 # ---- objects, one rule per variant -------------------------------------------
 $(B)/rel/%.o: %.c $(LIB_HDRS)
@@ -77,6 +102,10 @@ $(B)/tst/%.o: %.c $(LIB_HDRS)
 $(B)/san/%.o: %.c $(LIB_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(CFLAGS) -c $< -o $@
+
+# The adapter's objects also need the engine's headers.
+$(LLAMA_REL_OBJS) $(LLAMA_TST_OBJS) $(LLAMA_SAN_OBJS): $(LLAMA_HDRS)
+$(LLAMA_REL_OBJS) $(LLAMA_TST_OBJS) $(LLAMA_SAN_OBJS): BASE_CFLAGS += $(LLAMA_CFLAGS)
 
 # ---- library -----------------------------------------------------------------
 $(B)/libkvshm.a: $(REL_OBJS)
@@ -90,6 +119,23 @@ $(B)/libkvshm-tst.a: $(TST_OBJS)
 $(B)/libkvshm-san.a: $(SAN_OBJS)
 	$(AR) rcs $@ $^
 
+# libkvshm-llama: over libkvshm and the engine. The shared library names
+# only libllama (no path: a program links the engine itself, with its own
+# rpath); its few ggml calls (backend loading, GGUF parsing) resolve at load
+# time in libllama's own dependencies, which a program linked with
+# --as-needed would otherwise not load before this library asks for them.
+$(B)/libkvshm-llama.a: $(LLAMA_REL_OBJS)
+	$(AR) rcs $@ $^
+$(B)/libkvshm-llama-tst.a: $(LLAMA_TST_OBJS)
+	$(AR) rcs $@ $^
+$(B)/libkvshm-llama-san.a: $(LLAMA_SAN_OBJS)
+	$(AR) rcs $@ $^
+$(B)/libkvshm-llama.so.$(VERSION): $(LLAMA_REL_OBJS) $(B)/libkvshm.so.$(VERSION)
+	$(CC) -shared -pthread -Wl,-soname,libkvshm-llama.so.$(SOVERSION) $(LDFLAGS) -o $@ $(LLAMA_REL_OBJS) \
+	  -L$(B) -lkvshm -L$(LLAMA_DIR)/lib -l:libllama.v0.4.0.so $(shell $(PKG_CONFIG) --libs libxxhash)
+	ln -sf libkvshm-llama.so.$(VERSION) $(B)/libkvshm-llama.so.$(SOVERSION)
+	ln -sf libkvshm-llama.so.$(VERSION) $(B)/libkvshm-llama.so
+
 # The .pc names the install prefix: written again by `install` for the
 # prefix given there.
 PC_LINES = 'prefix=$(prefix)' 'exec_prefix=$(exec_prefix)' \
@@ -100,6 +146,16 @@ PC_LINES = 'prefix=$(prefix)' 'exec_prefix=$(exec_prefix)' \
 $(B)/kvshm.pc: Makefile
 	@mkdir -p $(@D)
 	printf '%s\n' $(PC_LINES) > $@
+# The engine is not installed with it: a program adds the engine's own
+# flags (see examples/llama_worker.c).
+PC_LLAMA_LINES = 'prefix=$(prefix)' 'exec_prefix=$(exec_prefix)' \
+	  'libdir=$(libdir)' 'includedir=$(includedir)' '' \
+	  'Name: kvshm-llama' 'Description: llama.cpp sequences restored from and saved to a kvshm cache' \
+	  'Version: $(VERSION)' 'Requires: kvshm' 'Requires.private: libxxhash' \
+	  'Libs: -L$${libdir} -lkvshm-llama' 'Cflags: -I$${includedir}'
+$(B)/kvshm-llama.pc: Makefile
+	@mkdir -p $(@D)
+	printf '%s\n' $(PC_LLAMA_LINES) > $@
 
 # ---- tools (release) ---------------------------------------------------------
 # kvshm-reaper also links libmicrohttpd (its /metrics endpoint).
@@ -109,6 +165,16 @@ $(B)/bin/kvshm-reaper $(B)/tst/bin/kvshm-reaper $(B)/san/bin/kvshm-reaper: \
 $(B)/bin/%: tools/%.c $(TOOL_UTIL) tools/util.h $(B)/libkvshm.a $(LIB_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm.a $(DEP_LIBS) $(TOOL_LIBS) $(LDFLAGS)
+# The stand-in demo (synthetic states, no engine): only tests/demo_test.sh
+# runs it.
+$(B)/bin/kvshm-standin-demo: tests/standin/kvshm-standin-demo.c $(TOOL_UTIL) tools/util.h $(B)/libkvshm.a $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm.a $(DEP_LIBS) $(LDFLAGS)
+# Programs over the engine: kvshm-demo (the README's demo), kvshm-mkmodel.
+$(B)/bin/%: llama/tools/%.c $(TOOL_UTIL) tools/util.h $(B)/libkvshm-llama.a $(B)/libkvshm.a $(LIB_HDRS) $(LLAMA_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(LLAMA_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm-llama.a \
+	  $(B)/libkvshm.a $(DEP_LIBS) $(LLAMA_LIBS) $(LLAMA_RPATH) $(LDFLAGS)
 # Tools linked against the test libraries (crash points compiled in; and
 # sanitizers), which the tests run as real processes.
 $(B)/tst/bin/%: tools/%.c $(TOOL_UTIL) tools/util.h $(B)/libkvshm-tst.a $(LIB_HDRS)
@@ -136,6 +202,34 @@ $(B)/san/tests/%: tests/%.c $(TEST_SUPPORT) $(B)/libkvshm-san.a tests/*.h
 	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(CFLAGS) -Itests $< $(TEST_SUPPORT) -o $@ \
 	  $(B)/libkvshm-san.a $(DEP_LIBS) $(TEST_LIBS) $(LDFLAGS)
 
+# The adapter's tests run the real engine (test variant; and sanitizers on
+# kvshm's own code: the engine is not instrumented).
+$(B)/tst/tests/%: llama/tests/%.c $(B)/libkvshm-llama-tst.a $(B)/libkvshm-tst.a $(LIB_HDRS) $(LLAMA_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(LLAMA_CFLAGS) $(TST_FLAGS) $(CFLAGS) -Itests $< tests/harness.c -o $@ \
+	  $(B)/libkvshm-llama-tst.a $(B)/libkvshm-tst.a $(DEP_LIBS) $(TEST_LIBS) $(LLAMA_LIBS) $(LLAMA_RPATH) $(LDFLAGS)
+$(B)/san/tests/%: llama/tests/%.c $(B)/libkvshm-llama-san.a $(B)/libkvshm-san.a $(LIB_HDRS) $(LLAMA_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(LLAMA_CFLAGS) $(SAN_FLAGS) $(CFLAGS) -Itests $< tests/harness.c -o $@ \
+	  $(B)/libkvshm-llama-san.a $(B)/libkvshm-san.a $(DEP_LIBS) $(TEST_LIBS) $(LLAMA_LIBS) $(LLAMA_RPATH) $(LDFLAGS)
+
+# Models written by kvshm-mkmodel from the fetched tokenizer: the demo's
+# (6 layers x 384: prefill ~1,000-2,000 tokens/s per core here, so prefill
+# dominates a restore by three orders of magnitude while the whole demo
+# stays well under 3 minutes), and two of one small shape for the tests
+# (other seeds: same shape, other weights).
+LLAMA_VOCAB   := $(LLAMA_DIR)/models/ggml-vocab-llama-spm.gguf
+DEMO_MODEL    := $(LLAMA_DIR)/models/kvshm-demo.gguf
+DEMO_SHAPE    := --layers 6 --embd 384 --ff 1024 --heads 6 --kv-heads 2
+TEST_SHAPE    := --layers 4 --embd 256 --ff 768 --heads 4 --kv-heads 2
+$(DEMO_MODEL): | $(B)/bin/kvshm-mkmodel
+	$(B)/bin/kvshm-mkmodel $(DEMO_SHAPE) --seed 1 --vocab $(LLAMA_VOCAB) -o $@
+$(LLAMA_DIR)/models/test-a.gguf: | $(B)/bin/kvshm-mkmodel
+	$(B)/bin/kvshm-mkmodel -q $(TEST_SHAPE) --seed 1 --vocab $(LLAMA_VOCAB) -o $@
+$(LLAMA_DIR)/models/test-b.gguf: | $(B)/bin/kvshm-mkmodel
+	$(B)/bin/kvshm-mkmodel -q $(TEST_SHAPE) --seed 2 --vocab $(LLAMA_VOCAB) -o $@
+LLAMA_TEST_MODELS := $(LLAMA_DIR)/models/test-a.gguf $(LLAMA_DIR)/models/test-b.gguf
+
 # The crash-injection tool (docs/crash-testing.md): the test variant, crash
 # points compiled in; it reads $(B)/crashpoints.list at run time.
 $(B)/tst/crash/kvshm-crash: tests/crash/kvshm-crash.c $(B)/libkvshm-tst.a $(LIB_HDRS)
@@ -147,13 +241,14 @@ CRASH_RUN = KVSHM_BIN_DIR=$(CURDIR)/$(B)/tst/bin $(B)/tst/crash/kvshm-crash --po
 # After the cmocka tests, a short crash-injection run: every crash point
 # (the most frequent ones at a stride) and a few hundred random kills.
 test:
-	@sh scripts/deps.sh build python metrics
+	@sh scripts/deps.sh build python metrics llama
 	@$(MAKE) --no-print-directory all $(TESTS:%=$(B)/tst/tests/%) $(TOOLS:%=$(B)/tst/bin/%) $(B)/crashpoints.list \
-	  $(B)/tst/crash/kvshm-crash
-	@sh tests/run.sh $(B)/tst $(TESTS)
+	  $(B)/tst/crash/kvshm-crash $(LLAMA_TESTS:%=$(B)/tst/tests/%) $(LLAMA_TEST_MODELS)
+	@KVSHM_LLAMA_MODELS=$(CURDIR)/$(LLAMA_DIR)/models sh tests/run.sh $(B)/tst $(TESTS) $(LLAMA_TESTS)
 	@$(CRASH_RUN) --quick --kills 0 --random-kills 300 --seconds 120
-	@sh tests/install_test.sh
+	@sh tests/install_test.sh $(LLAMA_DIR) $(LLAMA_DIR)/models/test-a.gguf
 	@sh tests/demo_test.sh $(B)/bin
+	@sh tests/llama_demo_test.sh $(B)/bin $(DEMO_MODEL)
 	@$(MAKE) --no-print-directory test-python
 
 # The long crash-injection campaign: systematic over every crash point and
@@ -187,16 +282,20 @@ test-python: python $(TOOLS:%=$(B)/tst/bin/%)
 	  $(wildcard $(CURDIR)/tests/python)
 
 # The README's first command: a pre-forked worker pool on a fresh cache.
+# DEMO_ARGS adds options (kvshm-demo --help).
 demo:
-	@sh scripts/deps.sh build
-	@$(MAKE) --no-print-directory all
-	@$(B)/bin/kvshm-demo
+	@sh scripts/deps.sh build llama
+	@$(MAKE) --no-print-directory -j2 all $(DEMO_MODEL)
+	@$(B)/bin/kvshm-demo --model $(DEMO_MODEL) $(DEMO_ARGS)
 
+# The adapter's test runs too: kvshm's and the adapter's code instrumented,
+# the prebuilt engine not (its allocations are still ASan's, interposed).
 check:
-	@sh scripts/deps.sh build
-	@$(MAKE) --no-print-directory $(TESTS:%=$(B)/san/tests/%) $(TOOLS:%=$(B)/san/bin/%) $(B)/crashpoints.list
+	@sh scripts/deps.sh build llama
+	@$(MAKE) --no-print-directory $(TESTS:%=$(B)/san/tests/%) $(TOOLS:%=$(B)/san/bin/%) $(B)/crashpoints.list \
+	  $(LLAMA_TESTS:%=$(B)/san/tests/%) $(LLAMA_TEST_MODELS)
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	  sh tests/run.sh $(B)/san $(TESTS)
+	  KVSHM_LLAMA_MODELS=$(CURDIR)/$(LLAMA_DIR)/models sh tests/run.sh $(B)/san $(TESTS) $(LLAMA_TESTS)
 
 # ---- benchmarks (release build) ----------------------------------------------
 # `make bench` installs the peers (scripts/deps.sh bench), then runs, in one
@@ -224,15 +323,28 @@ $(B)/bench/peers: bench/peers.c bench/common.h $(B)/libkvshm.a $(LIB_HDRS)
 	$(CC) $(BASE_CFLAGS) $(BENCH_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< -o $@ $(B)/libkvshm.a $(DEP_LIBS) \
 	  $(BENCH_LIBS) $(LDFLAGS)
 
+# The llama figure: the demo's shape and the 12 x 768 one (125M
+# parameters, a 250 MB GGUF: also what its fingerprint costs).
+BENCH_MODEL   := $(LLAMA_DIR)/models/bench-12x768.gguf
+$(BENCH_MODEL): | $(B)/bin/kvshm-mkmodel
+	$(B)/bin/kvshm-mkmodel --layers 12 --embd 768 --ff 2048 --heads 12 --kv-heads 4 --seed 1 --vocab $(LLAMA_VOCAB) -o $@
+$(B)/bench/llama: bench/llama.c $(B)/libkvshm-llama.a $(B)/libkvshm.a $(LIB_HDRS) $(LLAMA_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(LLAMA_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< -o $@ $(B)/libkvshm-llama.a $(B)/libkvshm.a \
+	  $(DEP_LIBS) $(LLAMA_LIBS) $(LLAMA_RPATH) $(LDFLAGS)
+
 bench:
-	@sh scripts/deps.sh build bench
-	@$(MAKE) --no-print-directory $(B)/bench/micro $(B)/bench/reclaim $(B)/bench/peers $(B)/bench/figures
+	@sh scripts/deps.sh build bench llama
+	@$(MAKE) --no-print-directory $(B)/bench/micro $(B)/bench/reclaim $(B)/bench/peers $(B)/bench/figures \
+	  $(B)/bench/llama $(DEMO_MODEL) $(BENCH_MODEL)
 	@start=$$(date +%s); \
 	$(B)/bench/micro && $(B)/bench/reclaim && \
 	$(B)/bench/peers -t $(BENCH_MS) -o $(B)/bench/results.csv && \
 	$(B)/bench/figures -n $(BENCH_REBUILD) -o $(B)/bench/kvshm-figures.csv && \
-	echo && echo "bench: $$(( $$(date +%s) - start )) s in all (micro, reclaim, peers, figures)" && \
-	echo "bench: every row in $(B)/bench/results.csv (peers) and $(B)/bench/kvshm-figures.csv (kvshm only)"
+	echo && $(B)/bench/llama -o $(B)/bench/llama.csv $(DEMO_MODEL) $(BENCH_MODEL) && \
+	echo && echo "bench: $$(( $$(date +%s) - start )) s in all (micro, reclaim, peers, figures, llama)" && \
+	echo "bench: every row in $(B)/bench/results.csv (peers), $(B)/bench/kvshm-figures.csv (kvshm only)" \
+	  "and $(B)/bench/llama.csv (llama.cpp restore against prefill)"
 
 # ---- fuzzing (clang's libFuzzer + ASan/UBSan) -----------------------------------
 FUZZ_SECONDS ?= 60
@@ -292,10 +404,20 @@ install: all
 	sed 's|/usr/local/bin|$(bindir)|' dist/kvshm-reaper@.service > $(DESTDIR)$(systemdunitdir)/kvshm-reaper@.service
 	@if [ -z "$(DESTDIR)" ]; then printf 'includedir=%s\nlibdir=%s\n' '$(includedir)' '$(libdir)' > $(PY_RECORD); \
 	  echo "install: recorded $(libdir) in $(PY_RECORD) for pip install ./bindings/python"; fi
+	@# libkvshm-llama, when the engine was there to build it (not the engine itself).
+	if [ -f $(B)/libkvshm-llama.so.$(VERSION) ]; then \
+	  install -m 644 $(B)/libkvshm-llama.a $(DESTDIR)$(libdir)/ && \
+	  install -m 755 $(B)/libkvshm-llama.so.$(VERSION) $(DESTDIR)$(libdir)/ && \
+	  ln -sf libkvshm-llama.so.$(VERSION) $(DESTDIR)$(libdir)/libkvshm-llama.so.$(SOVERSION) && \
+	  ln -sf libkvshm-llama.so.$(VERSION) $(DESTDIR)$(libdir)/libkvshm-llama.so && \
+	  install -m 644 include/kvshm-llama.h $(DESTDIR)$(includedir)/ && \
+	  printf '%s\n' $(PC_LLAMA_LINES) > $(DESTDIR)$(pkgconfigdir)/kvshm-llama.pc; fi
 
 uninstall:
 	rm -f $(DESTDIR)$(libdir)/libkvshm.a $(DESTDIR)$(libdir)/libkvshm.so*
 	rm -f $(DESTDIR)$(includedir)/kvshm.h $(DESTDIR)$(pkgconfigdir)/kvshm.pc
+	rm -f $(DESTDIR)$(libdir)/libkvshm-llama.a $(DESTDIR)$(libdir)/libkvshm-llama.so*
+	rm -f $(DESTDIR)$(includedir)/kvshm-llama.h $(DESTDIR)$(pkgconfigdir)/kvshm-llama.pc
 	for t in $(TOOLS); do rm -f $(DESTDIR)$(bindir)/$$t; done
 	for m in $(notdir $(wildcard man/*.1)); do rm -f $(DESTDIR)$(mandir)/man1/$$m; done
 	for m in $(notdir $(wildcard man/*.8)); do rm -f $(DESTDIR)$(mandir)/man8/$$m; done

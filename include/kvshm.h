@@ -97,7 +97,9 @@ extern "C" {
 	XX(BADFILE, -30020, "cache file failed validation")                        \
 	XX(TDB, -30021, "TDB index error")                                         \
 	XX(REAPER, -30022, "another reaper already serves this cache")            \
-	XX(UNRECLAIMED, -30023, "a process died and its slot is not reclaimed yet")
+	XX(UNRECLAIMED, -30023, "a process died and its slot is not reclaimed yet") \
+	XX(NOTMODEL, -30024, "not a model file the engine can read")               \
+	XX(ENGINE, -30025, "the inference engine refused the state")
 
 enum {
 #define KVSHM_ERR_ENUM_(name, val, msg) KVSHM_E##name = (val),
@@ -310,6 +312,13 @@ KVSHM_EXTERN int kvshm_get(kvshm *h, const kvshm_model *m, const uint32_t *token
 			   unsigned flags, kvshm_pin *pin);
 /* Drop a pin. -ENOENT if this handle holds no such pin. */
 KVSHM_EXTERN int kvshm_unpin(kvshm *h, kvshm_pin *pin);
+/*
+ * The caller could not use the pinned value (its engine refused it): the
+ * entry is marked bad, so no lookup returns it again, counted in
+ * `rejected`, and the pin is dropped; the entry is removed with its last
+ * pin (at once when this was the only one). -ENOENT as kvshm_unpin.
+ */
+KVSHM_EXTERN int kvshm_reject(kvshm *h, kvshm_pin *pin);
 /* Check a pinned value against the checksum it was published with: 0 when
  * it matches; KVSHM_ECORRUPT when not — the entry is then dropped (never
  * served again), counted as corrupt_rejected, and the pin released (zeroed).
@@ -465,7 +474,8 @@ KVSHM_EXTERN int kvshm_delete(kvshm *h, const kvshm_filter *f, uint64_t *count);
 	XX(demotions, "RAM entries saved to a file tier on eviction")             \
 	XX(promotions, "file entries copied up into RAM")                         \
 	XX(adopted, "valid files adopted into the index")                         \
-	XX(files_removed, "invalid or orphaned files removed")
+	XX(files_removed, "invalid or orphaned files removed")                 \
+	XX(rejected, "entries a reader could not use (kvshm_reject), removed")
 
 typedef enum kvshm_counter {
 #define KVSHM_CTR_ENUM_(name, help) KVSHM_C_##name,

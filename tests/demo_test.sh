@@ -1,6 +1,7 @@
 #!/bin/sh
-# tests/demo_test.sh BIN — a short run of the README's demo (kvshm-demo) on a
-# cache of its own: 48 requests, one worker killed while saving and one while
+# tests/demo_test.sh BIN — a short run of the stand-in demo
+# (kvshm-standin-demo: synthetic states, no engine, over the ram, ram_file
+# and disk tiers with demotion and promotion) on a cache of its own: 48 requests, one worker killed while saving and one while
 # holding pins. The demo's own exit status covers every restore verified, the
 # final consistency check, no leaks and both kills landing where intended;
 # this script adds the hit rate and removes the cache and its directories.
@@ -13,9 +14,9 @@ cleanup() {
 	rm -rf "/var/tmp/kvshm-demo.$name" "/dev/shm/kvshm-files.$name" "/tmp/kvshm-demo-reaper.$name.log" "$out"
 }
 trap cleanup EXIT
-if ! "$bin/kvshm-demo" -n "$name" -c 12 --prefill-us 20 --decode-us 50 --no-baseline -q >"$out" 2>&1; then
+if ! "$bin/kvshm-standin-demo" -n "$name" -c 12 --prefill-us 20 --decode-us 50 --no-baseline -q >"$out" 2>&1; then
 	cat "$out" >&2
-	echo "demo_test: kvshm-demo failed" >&2
+	echo "demo_test: kvshm-standin-demo failed" >&2
 	exit 1
 fi
 rate=$(sed -n 's/^lookups .*hit rate \([0-9]*\)%.*/\1/p' "$out")

@@ -1006,6 +1006,50 @@ static void test_pin_limit(void **st)
 	th_finish(h, name);
 }
 
+/* A reader that cannot use a value rejects it: no lookup returns it again,
+ * it is counted, and it goes with its last pin (another handle's pin keeps
+ * its bytes valid until then). */
+static void test_reject(void **st)
+{
+	(void)st;
+	char name[64];
+	kvshm_config c;
+	th_cfg_small(&c, 0);
+	kvshm *h = th_create_cache(name, sizeof(name), "reject", &c);
+	kvshm *h2;
+	TH_OK(kvshm_open(name, NULL, 0, &h2));
+	kvshm_model m = th_model_of(4);
+	uint32_t t[16];
+	kvshm_pin p, p2;
+	kvshm_stats s;
+	th_toks_of(t, 16, 1);
+	TH_OK(th_put_val(h, &m, t, 8, 1000, 1, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	TH_OK(th_put_val(h, &m, t, 16, 1000, 2, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	TH_OK(kvshm_get(h2, &m, t, 16, 0, &p2));
+	TH_OK(kvshm_lookup(h, &m, t, 16, 0, &p));
+	assert_int_equal(p.ntokens, 16);
+	TH_OK(kvshm_reject(h, &p));
+	assert_null(p.data);
+	TH_FAILS(kvshm_reject(h, &p), -ENOENT);
+	/* Still pinned by h2, but never offered again: the lookup falls back
+	 * to the shorter prefix. */
+	assert_true(th_val_ok(p2.data, p2.len, 2));
+	TH_OK(kvshm_lookup(h, &m, t, 16, 0, &p));
+	assert_int_equal(p.ntokens, 8);
+	TH_OK(kvshm_unpin(h, &p));
+	TH_FAILS(kvshm_get(h, &m, t, 16, 0, &p), KVSHM_ENOTFOUND);
+	TH_OK(kvshm_stats_get(h, &s));
+	assert_int_equal(s.counters[KVSHM_C_rejected], 1);
+	assert_int_equal(s.tier_entries[KVSHM_TIER_RAM], 2);
+	/* The last pin goes: so does the entry, and the cache is consistent. */
+	TH_OK(kvshm_unpin(h2, &p2));
+	TH_OK(kvshm_stats_get(h, &s));
+	assert_int_equal(s.tier_entries[KVSHM_TIER_RAM], 1);
+	TH_OK(kvshm_check(h, 0));
+	TH_OK(kvshm_close(h2));
+	th_finish(h, name);
+}
+
 /* Unpinning a pin twice must not drop some other pin of the handle. With
  * one shard, the first entry saved is entry 0 of its first life. */
 static void test_unpin_twice(void **st)
@@ -2430,6 +2474,7 @@ int main(void)
 		cmocka_unit_test(test_evict_skips_pinned),
 		cmocka_unit_test(test_pin_limit),
 		cmocka_unit_test(test_unpin_twice),
+		cmocka_unit_test(test_reject),
 		cmocka_unit_test(test_copy_out),
 		cmocka_unit_test(test_reserve_publish_cancel),
 		cmocka_unit_test(test_reservation_limit),

@@ -1,6 +1,7 @@
 /*
- * kvshm-demo — a pre-forked pool of inference-like workers sharing one
- * kvshm cache: the README's first command (`make demo`).
+ * kvshm-standin-demo — a pre-forked pool of inference-like workers sharing one
+ * kvshm cache, over a stand-in engine (no model): what tests/demo_test.sh runs
+ * (the README's `make demo` runs the real engine: llama/tools/kvshm-demo.c).
  *
  * Requests are turns of multi-turn conversations that share a few long
  * system prompts. Each worker looks up the longest cached prefix of its
@@ -436,7 +437,7 @@ static int run_pool(kvshm *h, bool cached, struct run *r)
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"Usage: kvshm-demo [OPTIONS]\n"
+		"Usage: kvshm-standin-demo [OPTIONS]\n"
 		"\n"
 		"A pre-forked pool of inference-like workers sharing the kvshm cache NAME:\n"
 		"multi-turn conversations over shared system prompts, the longest cached\n"
@@ -572,14 +573,14 @@ int main(int argc, char **argv)
 	memset(model.ctx_hash, 0x4b, sizeof(model.ctx_hash));
 	kvshm *h;
 	if (kvshm_open(opt.name, &cfg, KVSHM_OPEN_CREATE | KVSHM_OPEN_EXCL, &h) < 0) {
-		fprintf(stderr, "kvshm-demo: %s\n", kvshm_last_error());
+		fprintf(stderr, "kvshm-standin-demo: %s\n", kvshm_last_error());
 		return 1;
 	}
 	pid_t reaper = start_reaper(self_dir);
 	for (int i = 0; i < 500 && kvshm_reaper_pid(h) == 0; i++)
 		usleep(10000);
 	if (!kvshm_reaper_pid(h))
-		fprintf(stderr, "kvshm-demo: kvshm-reaper did not start (see /tmp/kvshm-demo-reaper.%s.log); "
+		fprintf(stderr, "kvshm-standin-demo: kvshm-reaper did not start (see /tmp/kvshm-demo-reaper.%s.log); "
 				"workers will heal the cache themselves\n", opt.name);
 
 	ws = mmap(NULL, sizeof(*ws) * opt.workers, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -592,7 +593,7 @@ int main(int argc, char **argv)
 
 	struct run cached = {.label = "cached"}, cold = {.label = "all-cold"};
 	if (run_pool(h, true, &cached) < 0) {
-		fprintf(stderr, "kvshm-demo: pool failed\n");
+		fprintf(stderr, "kvshm-standin-demo: pool failed\n");
 		return 1;
 	}
 	/* Let the reaper finish with the killed workers, then check. */

@@ -1,0 +1,41 @@
+/*
+ * core/reject.c — a reader hands back an entry it could not use.
+ *
+ * The cache verifies its own bytes (checksums, lengths); it cannot know
+ * whether the engine that reads them accepts them: a state written by
+ * another engine build, or under settings the key did not capture, loads
+ * as garbage or not at all. kvshm_reject marks the pinned entry bad (no new
+ * pins: lookups pass over it) and releases the caller's pin; the entry is
+ * removed with the last pin (at once when no one else holds it), the same
+ * path a file entry that fails verification takes (core/lookup.c).
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "core/internal.h"
+
+KVSHM_EXTERN int kvshm_reject(kvshm *h, kvshm_pin *pin)
+{
+	int err = kvshm__enter(h);
+	if (err < 0)
+		return err;
+	if (!pin || !pin->ref[0])
+		return kvshm__fail(-ENOENT, "reject: the pin names no entry (already unpinned?)");
+	uint32_t idx = (uint32_t)pin->ref[0] - 1, gen = (uint32_t)(pin->ref[0] >> 32);
+	struct kvshm__entry *e = kvshm__entry_at(h, idx);
+	if (!e)
+		return kvshm__fail(-ENOENT, "reject: entry %u does not exist", idx);
+	uint32_t s = idx / h->cfg->entries_per_shard;
+	if ((err = kvshm__shard_lock(h, s)) < 0)
+		return err;
+	bool marked = false;
+	if (e->gen == gen && e->state == KVSHM_E_READY && !(e->flags & KVSHM_EF_BAD)) {
+		kvshm__jset32(h->seg, &h->shards[s].lk, &e->flags, e->flags | KVSHM_EF_BAD);
+		marked = true;
+	}
+	kvshm__shard_unlock(h, s);
+	if (marked)
+		kvshm__count(h, KVSHM_C_rejected, 1);
+	/* The unpin removes a bad entry whose last pin this was. */
+	return kvshm_unpin(h, pin);
+}
