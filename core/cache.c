@@ -378,6 +378,9 @@ static int map_cache(kvshm *h)
 	int err;
 	if ((err = kvshm__proc_verify(s, h->tab)) < 0 || (err = kvshm__slab_check_geometry(s, h->slab)) < 0)
 		return err;
+	if (h->sem->id != 0 || h->sem->proctab_off != h->hdr->proc_off || h->slab->proctab_off != h->hdr->proc_off)
+		return kvshm__fail(KVSHM_ECORRUPT, "cache '%s': the semaphore or the slab names another process table",
+				   h->name);
 	if (h->slab->page_size != c->page_size)
 		return kvshm__fail(KVSHM_ECORRUPT, "cache '%s': slab page size %u, configured %u", h->name,
 				   h->slab->page_size, c->page_size);

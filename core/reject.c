@@ -28,12 +28,24 @@ KVSHM_EXTERN int kvshm_reject(kvshm *h, kvshm_pin *pin)
 	uint32_t s = idx / h->cfg->entries_per_shard;
 	if ((err = kvshm__shard_lock(h, s)) < 0)
 		return err;
-	bool marked = false;
+	/* Only the holder of a pin may condemn the entry: a stale or forged
+	 * pin naming someone else's entry changes nothing. */
+	const struct kvshm__slotx *x = kvshm__slotx(h, h->me);
+	bool ours = false, marked = false;
+	for (unsigned i = 0; i < KVSHM_MAX_PINS && !ours; i++)
+		ours = x->pins[i].count && x->pins[i].entry == idx && x->pins[i].gen == gen;
+	if (!ours) {
+		kvshm__shard_unlock(h, s);
+		return kvshm__fail(-ENOENT, "reject: this handle holds no pin of entry %u", idx);
+	}
 	if (e->gen == gen && e->state == KVSHM_E_READY && !(e->flags & KVSHM_EF_BAD)) {
 		kvshm__jset32(h->seg, &h->shards[s].lk, &e->flags, e->flags | KVSHM_EF_BAD);
 		marked = true;
 	}
 	kvshm__shard_unlock(h, s);
+	/* Flagged, still pinned: a death here is reclaim's (the last pin of a
+	 * flagged entry removes it, core/reclaim.c). */
+	KVSHM_CRASH_POINT("reject.flagged");
 	if (marked)
 		kvshm__count(h, KVSHM_C_rejected, 1);
 	/* The unpin removes a bad entry whose last pin this was. */

@@ -1026,6 +1026,10 @@ static void test_reject(void **st)
 	TH_OK(th_put_val(h, &m, t, 8, 1000, 1, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 	TH_OK(th_put_val(h, &m, t, 16, 1000, 2, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 	TH_OK(kvshm_get(h2, &m, t, 16, 0, &p2));
+	/* Another handle's pin (or a forged one) condemns nothing: the entry
+	 * is still offered below. */
+	kvshm_pin forged = p2;
+	TH_FAILS(kvshm_reject(h, &forged), -ENOENT);
 	TH_OK(kvshm_lookup(h, &m, t, 16, 0, &p));
 	assert_int_equal(p.ntokens, 16);
 	TH_OK(kvshm_reject(h, &p));

@@ -1283,6 +1283,16 @@ static int scratch_part(struct sctx *c)
 		SCHECK(kvshm_lookup_copy(s, &m1, t, ek[1].n, 0, got, sizeof(got), &len, NULL) == KVSHM_ENOTFOUND,
 		       "a corrupt value is never copied out");
 	}
+	/* A value the engine refused: the reader rejects its pin and the
+	 * entry goes with it. */
+	{
+		kvshm_model m2 = model_of(ek[2].tag);
+		SCALL(put_len(s, &ek[2], RAM, 3000));
+		key_tokens(t, &ek[2]);
+		SCALL(kvshm_get(s, &m2, t, ek[2].n, 0, &pin));
+		SCALL(kvshm_reject(s, &pin));
+		SCHECK(kvshm_get(s, &m2, t, ek[2].n, 0, &pin) == KVSHM_ENOTFOUND, "a rejected entry is gone");
+	}
 	/* Expiry: a slow disk writer's reservation expires (gc); another
 	 * writer saves the key; the slow one's publish is refused. */
 	{
