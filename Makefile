@@ -28,7 +28,7 @@ DESTDIR      ?=
 CC           ?= cc
 AR           ?= ar
 PKG_CONFIG   ?= pkg-config
-PKGS         := libbsd-overlay tdb libxxhash
+PKGS         := libbsd-overlay tdb libxxhash hiredis
 TEST_PKGS    := cmocka
 
 # Recursively expanded: pkg-config runs after `deps` has installed it.
@@ -45,8 +45,8 @@ TST_FLAGS    := -O1 -g -DKVSHM_TEST
 SAN_FLAGS    := -O1 -g -DKVSHM_TEST -fsanitize=address,undefined \
                 -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-LIB_SRCS     := $(sort $(wildcard shm/*.c core/*.c))
-LIB_HDRS     := $(wildcard include/*.h shm/*.h core/*.h)
+LIB_SRCS     := $(sort $(wildcard shm/*.c core/*.c remote/*.c))
+LIB_HDRS     := $(wildcard include/*.h shm/*.h core/*.h remote/*.h)
 TOOL_UTIL    := tools/util.c
 TOOLS        := $(patsubst tools/%.c,%,$(filter-out $(TOOL_UTIL),$(wildcard tools/*.c)))
 TESTS        := $(patsubst tests/%.c,%,$(wildcard tests/test_*.c))
@@ -95,7 +95,7 @@ $(B)/libkvshm-san.a: $(SAN_OBJS)
 PC_LINES = 'prefix=$(prefix)' 'exec_prefix=$(exec_prefix)' \
 	  'libdir=$(libdir)' 'includedir=$(includedir)' '' \
 	  'Name: kvshm' 'Description: crash-proof shared-memory prefix cache' \
-	  'Version: $(VERSION)' 'Requires.private: libbsd tdb libxxhash' \
+	  'Version: $(VERSION)' 'Requires.private: libbsd tdb libxxhash hiredis' \
 	  'Libs: -L$${libdir} -lkvshm' 'Libs.private: -lm -pthread' 'Cflags: -I$${includedir}'
 $(B)/kvshm.pc: Makefile
 	@mkdir -p $(@D)
@@ -147,7 +147,7 @@ CRASH_RUN = KVSHM_BIN_DIR=$(CURDIR)/$(B)/tst/bin $(B)/tst/crash/kvshm-crash --po
 # After the cmocka tests, a short crash-injection run: every crash point
 # (the most frequent ones at a stride) and a few hundred random kills.
 test:
-	@sh scripts/deps.sh build python metrics
+	@sh scripts/deps.sh build python metrics remote
 	@$(MAKE) --no-print-directory all $(TESTS:%=$(B)/tst/tests/%) $(TOOLS:%=$(B)/tst/bin/%) $(B)/crashpoints.list \
 	  $(B)/tst/crash/kvshm-crash
 	@sh tests/run.sh $(B)/tst $(TESTS)
@@ -160,7 +160,7 @@ test:
 # every hit, then random kills until 25,000 kills in all. CRASH_ARGS adds
 # options (e.g. CRASH_ARGS="--seed 1234" to repeat a run).
 crashtest:
-	@sh scripts/deps.sh build python metrics
+	@sh scripts/deps.sh build python metrics remote
 	@$(MAKE) --no-print-directory $(B)/libkvshm-tst.a $(TOOLS:%=$(B)/tst/bin/%) $(B)/tst/crash/kvshm-crash \
 	  $(B)/crashpoints.list
 	@$(CRASH_RUN) --mode both --kills 25000 --seconds 3600 $(CRASH_ARGS)
@@ -193,7 +193,7 @@ demo:
 	@$(B)/bin/kvshm-demo
 
 check:
-	@sh scripts/deps.sh build
+	@sh scripts/deps.sh build remote
 	@$(MAKE) --no-print-directory $(TESTS:%=$(B)/san/tests/%) $(TOOLS:%=$(B)/san/bin/%) $(B)/crashpoints.list
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  sh tests/run.sh $(B)/san $(TESTS)
