@@ -318,6 +318,7 @@ int kvshm__rm_exec(struct kvshm__rm *rm, struct kvshm__rm_cmd *cmds, size_t n, u
 		cmds[k].err = 0;
 		cmds[k].ask = -1;
 		cmds[k].reply = NULL;
+		cmds[k].sunk = false;
 	}
 	if (!kvshm__rm_breaker_allow(&rm->br, now)) {
 		for (size_t k = 0; k < n; k++)

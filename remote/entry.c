@@ -299,9 +299,19 @@ void kvshm__rm_meta_free(struct kvshm__rm_meta *m)
 
 /* ---- delete ---------------------------------------------------------------------------- */
 
-static int unlink_keys(struct kvshm__rm *rm, const struct kvshm__rm_meta *m, bool with_meta, uint64_t deadline)
+/* What unlink_keys removes besides the chunks of m's push. */
+enum { CHUNKS, CHUNKS_RECORD, CHUNKS_RECORD_IF_SAME };
+
+/* The record goes only while it is still m's push (its G at byte 24): a
+ * pull that found m broken must not delete the entry a newer push put
+ * under the same key. */
+static const char if_same_script[] =
+	"local v = redis.call('GET', KEYS[1]) "
+	"if v and string.sub(v, 25, 32) == ARGV[1] then return redis.call('UNLINK', KEYS[1]) end return 0";
+
+static int unlink_keys(struct kvshm__rm *rm, const struct kvshm__rm_meta *m, int what, uint64_t deadline)
 {
-	size_t n = m->nchunks + (with_meta ? 1 : 0);
+	size_t n = m->nchunks + (what != CHUNKS ? 1 : 0);
 	struct kvshm__rm_cmd *c = calloc(n ? n : 1, sizeof(*c));
 	char *names = malloc((n ? n : 1) * KEYBUF);
 	int rc = -ENOMEM;
@@ -309,11 +319,22 @@ static int unlink_keys(struct kvshm__rm *rm, const struct kvshm__rm_meta *m, boo
 		goto out;
 	for (size_t i = 0; i < n; i++) {
 		char *k = names + i * KEYBUF;
-		size_t kl = i < m->nchunks ? kvshm__rm_chunk_key(rm, m->key, m->gen, (uint32_t)i, k, KEYBUF)
-					   : kvshm__rm_meta_key(rm, m->key, k, KEYBUF);
-		kvshm__rm_cmd_set(&c[i], 1, 2, (const char *[]){ "UNLINK", k }, (size_t[]){ 6, kl });
+		if (i < m->nchunks) {
+			size_t kl = kvshm__rm_chunk_key(rm, m->key, m->gen, (uint32_t)i, k, KEYBUF);
+			kvshm__rm_cmd_set(&c[i], 1, 2, (const char *[]){ "UNLINK", k }, (size_t[]){ 6, kl });
+			continue;
+		}
+		size_t kl = kvshm__rm_meta_key(rm, m->key, k, KEYBUF);
+		if (what == CHUNKS_RECORD)
+			kvshm__rm_cmd_set(&c[i], 1, 2, (const char *[]){ "UNLINK", k }, (size_t[]){ 6, kl });
+		else
+			kvshm__rm_cmd_set(&c[i], 3, 5, (const char *[]){ "EVAL", if_same_script, "1", k, (const char *)&m->gen },
+					  (size_t[]){ 4, sizeof(if_same_script) - 1, 1, kl, 8 });
 	}
 	rc = kvshm__rm_exec(rm, c, n, deadline);
+	for (size_t i = 0; !rc && i < n; i++)
+		if (c[i].reply->type == REDIS_REPLY_ERROR)
+			rc = kvshm__rm_reply_error(c[i].reply, c[i].argv[0]);
 	kvshm__rm_cmds_free(c, n);
 out:
 	free(c);
@@ -325,7 +346,7 @@ int kvshm__rm_delete(struct kvshm__rm *rm, const struct kvshm__rm_meta *meta, un
 {
 	int rc = need_ns(rm);
 	if (!rc)
-		rc = unlink_keys(rm, meta, true, deadline_for(rm, timeout_ms, 0));
+		rc = unlink_keys(rm, meta, CHUNKS_RECORD_IF_SAME, deadline_for(rm, timeout_ms, 0));
 	if (!rc)
 		rm->st.deletes++;
 	return rc;
@@ -360,10 +381,10 @@ int kvshm__rm_delete_key(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN
 	if (!m) { /* absent, or not a record: the name alone goes */
 		struct kvshm__rm_meta bare = { .nchunks = 0 };
 		memcpy(bare.key, key, KVSHM_RM_KEYLEN);
-		rc = unlink_keys(rm, &bare, true, deadline);
+		rc = unlink_keys(rm, &bare, CHUNKS_RECORD, deadline);
 		return rc ? rc : KVSHM_ENOTFOUND;
 	}
-	rc = unlink_keys(rm, m, true, deadline);
+	rc = unlink_keys(rm, m, CHUNKS_RECORD, deadline);
 	kvshm__rm_meta_free(m);
 	if (!rc)
 		rm->st.deletes++;
@@ -428,24 +449,32 @@ int kvshm__rm_push(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN], con
 	rc = -ENOMEM;
 	if (!rec)
 		goto out_unlink;
-	kvshm__rm_cmd_set(&c[0], 1, 5, (const char *[]){ "SET", mk, (const char *)rec, "EX", ttl },
-			  (size_t[]){ 3, kvshm__rm_meta_key(rm, key, mk, sizeof(mk)), metasz, 2, strlen(ttl) });
+	kvshm__rm_cmd_set(&c[0], 1, 6, (const char *[]){ "SET", mk, (const char *)rec, "EX", ttl, "GET" },
+			  (size_t[]){ 3, kvshm__rm_meta_key(rm, key, mk, sizeof(mk)), metasz, 2, strlen(ttl), 3 });
 	rc = kvshm__rm_exec(rm, c, 1, deadline);
-	if (!rc && !ok_reply(&c[0]))
+	if (!rc && c[0].reply->type != REDIS_REPLY_NIL && c[0].reply->type != REDIS_REPLY_STRING)
 		rc = kvshm__rm_reply_error(c[0].reply, "push SET record");
-	kvshm__rm_cmds_free(c, 1);
 	if (!rc) {
+		/* 3. The push this one replaced: its chunks go now, not at their TTL
+		 * (a puller of it then misses, as it would have after expiry). */
+		struct kvshm__rm_meta *old = c[0].reply->type == REDIS_REPLY_STRING
+			? meta_decode((const uint8_t *)c[0].reply->str, c[0].reply->len, key) : NULL;
+		if (old && old->gen != m.gen)
+			unlink_keys(rm, old, CHUNKS, deadline);
+		kvshm__rm_meta_free(old);
+		kvshm__rm_cmds_free(c, 1);
 		rm->st.pushes++;
 		rm->st.push_bytes += len;
 		goto out;
 	}
+	kvshm__rm_cmds_free(c, 1);
 out_unlink:
 	/* Chunks no record will name: gone now if there is time, else by TTL. */
 	if (m.nchunks && kvshm__now_ns() < deadline) {
 		int saved = rc;
 		char msg[512];
 		snprintf(msg, sizeof(msg), "%s", kvshm_last_error());
-		unlink_keys(rm, &m, false, deadline);
+		unlink_keys(rm, &m, CHUNKS, deadline);
 		kvshm__fail(saved, "%s", msg);
 	}
 out:
@@ -555,7 +584,12 @@ static void on_chunk(struct kvshm__rm_cmd *c, redisReply *r)
 	const struct kvshm__rm_meta *m = p->m;
 	size_t off = i * m->chunk, want = KVSHM_MIN((uint64_t)m->chunk, m->len - off);
 
-	if (r->type == REDIS_REPLY_NIL)
+	if (c->sunk) { /* already in place, checksummed (remote/reply.c) */
+		if (c->sink_crc != m->crcs[i])
+			p->corrupt++;
+		else
+			p->got++;
+	} else if (r->type == REDIS_REPLY_NIL)
 		p->missing++;
 	else if (r->type != REDIS_REPLY_STRING)
 		p->other = true;
@@ -597,6 +631,8 @@ int kvshm__rm_pull(struct kvshm__rm *rm, const struct kvshm__rm_meta *m, void *d
 					  (size_t[]){ 5, kl, 2, strlen(ttl) });
 			c[i].on_reply = on_chunk;
 			c[i].arg = &p;
+			c[i].sink = p.dst + (size_t)i * m->chunk;
+			c[i].sink_len = KVSHM_MIN((uint64_t)m->chunk, m->len - (uint64_t)i * m->chunk);
 		} else {
 			size_t kl = kvshm__rm_meta_key(rm, m->key, k, KEYBUF);
 			kvshm__rm_cmd_set(&c[i], 1, 3, (const char *[]){ "EXPIRE", k, ttl }, (size_t[]){ 6, kl, strlen(ttl) });
@@ -618,7 +654,7 @@ int kvshm__rm_pull(struct kvshm__rm *rm, const struct kvshm__rm_meta *m, void *d
 		else
 			rm->st.pull_corrupt++;
 		kvshm__rm_cmds_free(c, n);
-		if (!unlink_keys(rm, m, true, deadline))
+		if (!unlink_keys(rm, m, CHUNKS_RECORD_IF_SAME, deadline))
 			rm->st.deletes++;
 		rc = kvshm__fail(KVSHM_ENOTFOUND, "remote pull: %u of %u chunks missing, %u corrupt: entry deleted",
 				 p.missing, m->nchunks, p.corrupt);

@@ -125,6 +125,8 @@ int kvshm__rm_node_open(struct kvshm__rm *rm, int i, uint64_t deadline)
 	/* The reader keeps its buffer between replies (hiredis frees a buffer
 	 * over 16 KiB whenever it empties: a malloc per chunk). */
 	c->reader->maxbuf = 0;
+	c->reader->fn = &kvshm__rm_reply_fns;
+	c->reader->privdata = n;
 	n->ctx = c;
 	rm->st.connects++;
 	if (!rm->cfg.password[0])
@@ -173,7 +175,7 @@ static size_t text_need(const struct kvshm__rm_cmd *c)
 }
 
 /* Queue c (index ci) on node n: its protocol text into n->hdr at *off. */
-static void queue(struct rm_node *n, const struct kvshm__rm_cmd *c, size_t ci, size_t *off)
+static void queue(struct rm_node *n, struct kvshm__rm_cmd *c, size_t ci, size_t *off)
 {
 	char *h = n->hdr;
 	size_t start = *off;
@@ -197,6 +199,7 @@ static void queue(struct rm_node *n, const struct kvshm__rm_cmd *c, size_t ci, s
 	}
 	n->iov[n->niov++] = (struct iovec){ h + start, *off - start };
 	n->q[n->qlen++] = ci;
+	c->sink_done = 0;
 }
 
 /* A reply came for c: keep it, hand it over, or leave a redirection. */
@@ -277,6 +280,7 @@ static int node_recv(struct kvshm__rm *rm, struct rm_node *n, struct kvshm__rm_c
 		else
 			deliver(&cmds[ci], reply);
 	}
+	kvshm__rm_sink_ahead(n);
 	return 0;
 }
 
@@ -299,6 +303,7 @@ void kvshm__rm_round(struct kvshm__rm *rm, struct kvshm__rm_cmd *cmds, size_t n,
 	for (int i = 0; i < rm->nnodes; i++) {
 		struct rm_node *nd = &rm->nodes[i];
 		nd->niov = nd->iov_at = nd->qlen = nd->qhead = 0;
+		nd->cmds = cmds;
 		if (!cnt[i])
 			continue;
 		if (grow((void **)&nd->hdr, &nd->hdr_cap, need[i], 1) || grow((void **)&nd->q, &nd->qcap, cnt[i], sizeof(size_t)) ||

@@ -117,6 +117,14 @@ struct kvshm__rm_cmd {
 	int node;
 	void (*on_reply)(struct kvshm__rm_cmd *c, struct redisReply *r);
 	void *arg; /* for on_reply */
+	/* Optional: a string reply of exactly sink_len bytes is copied here,
+	 * and checksummed, while it arrives (never into a reply object); the
+	 * reply then has str NULL, sunk is set and sink_crc is its CRC32C. */
+	void *sink;
+	size_t sink_len;
+	size_t sink_done; /* the engine's: bytes already copied while arriving */
+	uint32_t sink_crc;
+	bool sunk;
 	struct redisReply *reply;
 	int err;
 	/* the engine's: */

@@ -41,6 +41,7 @@ struct rm_node {
 	size_t hdr_cap;
 	size_t *q;
 	size_t qlen, qhead, qcap;
+	struct kvshm__rm_cmd *cmds; /* the round's commands, that q indexes */
 };
 
 struct kvshm__rm {
@@ -61,6 +62,12 @@ struct kvshm__rm {
 	struct kvshm__rm_ns nsp;
 	char nsrec[128];        /* its parameters record as stored */
 };
+
+/* remote/reply.c: hiredis reply objects, with strings parsed into a sink */
+extern redisReplyObjectFunctions kvshm__rm_reply_fns;
+/* After a read: copy and checksum what has arrived of node n's due reply,
+ * when it is a string for a sink. */
+void kvshm__rm_sink_ahead(struct rm_node *n);
 
 /* remote/net.c */
 int kvshm__rm_node_add(struct kvshm__rm *rm, const char *host, int port, const char *path);

@@ -653,8 +653,9 @@ static void test_corruption(void **st)
 	kvshm__rm_close(rm);
 }
 
-/* Two pushes of one key: the last record wins, the other's chunks are
- * never mixed into it. */
+/* Two pushes of one key: the last record wins, the replaced one's chunks
+ * are unlinked, never mixed into it, and a pull of the replaced one never
+ * deletes its successor. */
 static void test_concurrent_push(void **st)
 {
 	(void)st;
@@ -671,8 +672,24 @@ static void test_concurrent_push(void **st)
 	fill(va, sizeof(va), 1);
 	fill(vb, sizeof(vb), 2);
 	push_ok(a, k, &m, tok, 64, va, sizeof(va));
+	struct kvshm__rm_meta *old;
+	assert_int_equal(kvshm__rm_lookup(b, (const uint8_t(*)[16])k, 1, &m, tok, 64, 0, NULL, &old, LONG_MS), 0);
 	push_ok(b, k, &m, tok, 64, vb, sizeof(vb));
 	assert_int_equal(get_one(a, k, &m, tok, 64, vb, sizeof(vb), LONG_MS), 0);
+	/* The replaced push's chunks went with it (not at their TTL)... */
+	char ck[160];
+	for (uint32_t i = 0; i < old->nchunks; i++) {
+		kvshm__rm_chunk_key(a, k, old->gen, i, ck, sizeof(ck));
+		assert_int_equal(int_reply(&plain, "EXISTS %s", ck), 0);
+	}
+	/* ... so a puller still holding its record misses, and deletes nothing
+	 * of the entry that replaced it. */
+	uint8_t got[30000];
+	assert_int_equal(kvshm__rm_pull(a, old, got, sizeof(got), LONG_MS), KVSHM_ENOTFOUND);
+	assert_int_equal(get_one(b, k, &m, tok, 64, vb, sizeof(vb), LONG_MS), 0);
+	assert_int_equal(kvshm__rm_delete(a, old, LONG_MS), 0); /* not its push: a no-op */
+	assert_int_equal(get_one(b, k, &m, tok, 64, vb, sizeof(vb), LONG_MS), 0);
+	kvshm__rm_meta_free(old);
 	push_ok(a, k, &m, tok, 64, va, sizeof(va));
 	assert_int_equal(get_one(b, k, &m, tok, 64, va, sizeof(va), LONG_MS), 0);
 	free(tok);
