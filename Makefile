@@ -224,15 +224,24 @@ $(B)/bench/peers: bench/peers.c bench/common.h $(B)/libkvshm.a $(LIB_HDRS)
 	$(CC) $(BASE_CFLAGS) $(BENCH_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< -o $@ $(B)/libkvshm.a $(DEP_LIBS) \
 	  $(BENCH_LIBS) $(LDFLAGS)
 
+# The remote tier's client against Redis servers it starts (and, with -c, a
+# 3-master cluster for the chunk size and slot layout figures).
+$(B)/bench/remote: bench/remote.c bench/common.h tests/redisfix.c tests/redisfix.h $(B)/libkvshm.a $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) -Itests $< tests/redisfix.c -o $@ $(B)/libkvshm.a $(DEP_LIBS) $(LDFLAGS)
+
 bench:
-	@sh scripts/deps.sh build bench
-	@$(MAKE) --no-print-directory $(B)/bench/micro $(B)/bench/reclaim $(B)/bench/peers $(B)/bench/figures
+	@sh scripts/deps.sh build bench remote
+	@$(MAKE) --no-print-directory $(B)/bench/micro $(B)/bench/reclaim $(B)/bench/peers $(B)/bench/figures \
+	  $(B)/bench/remote
 	@start=$$(date +%s); \
 	$(B)/bench/micro && $(B)/bench/reclaim && \
 	$(B)/bench/peers -t $(BENCH_MS) -o $(B)/bench/results.csv && \
 	$(B)/bench/figures -n $(BENCH_REBUILD) -o $(B)/bench/kvshm-figures.csv && \
-	echo && echo "bench: $$(( $$(date +%s) - start )) s in all (micro, reclaim, peers, figures)" && \
-	echo "bench: every row in $(B)/bench/results.csv (peers) and $(B)/bench/kvshm-figures.csv (kvshm only)"
+	$(B)/bench/remote -c -o $(B)/bench/remote.csv && \
+	echo && echo "bench: $$(( $$(date +%s) - start )) s in all (micro, reclaim, peers, figures, remote)" && \
+	echo "bench: every row in $(B)/bench/results.csv (peers), $(B)/bench/kvshm-figures.csv (kvshm only)" \
+	  "and $(B)/bench/remote.csv (remote tier client)"
 
 # ---- fuzzing (clang's libFuzzer + ASan/UBSan) -----------------------------------
 FUZZ_SECONDS ?= 60
