@@ -224,7 +224,12 @@ struct kvshm__rm_ns {
 	uint32_t chunk;
 	bool spread;
 };
-#define KVSHM_RM_CHUNK_DEFAULT (1u << 20) /* docs/design-choices.md: measured */
+/* 1 MiB less 64 bytes: a chunk of exactly 1 MiB costs Redis 1.25 MiB (its
+ * allocation, value plus headers, rounds up to jemalloc's next size
+ * class), this one 1 MiB; and chunks are spread over the masters. Both
+ * measured: docs/design-choices.md, "Remote entries". */
+#define KVSHM_RM_CHUNK_DEFAULT ((1u << 20) - 64)
+#define KVSHM_RM_SPREAD_DEFAULT true
 #define KVSHM_RM_CHUNK_MIN (4u << 10)
 #define KVSHM_RM_CHUNK_MAX (64u << 20)
 

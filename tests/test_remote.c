@@ -475,6 +475,33 @@ static void test_ttl_refresh(void **st)
 	kvshm__rm_close(rm);
 }
 
+/* The default chunk costs Redis what it holds, not the next size class. */
+static void test_chunk_memory(void **st)
+{
+	(void)st;
+	skip_without_redis();
+	char url[200], ck[160];
+	rf_url(&plain, url, sizeof(url), NULL);
+	struct kvshm__rm *rm = client(url, NULL);
+	join(rm, "mem", KVSHM_RM_CHUNK_DEFAULT, KVSHM_RM_SPREAD_DEFAULT);
+	kvshm_model m = model(3);
+	uint32_t tok[4] = { 9, 8, 7, 6 };
+	uint8_t k[16];
+	size_t len = 2 * (size_t)KVSHM_RM_CHUNK_DEFAULT;
+	uint8_t *v = calloc(1, len);
+	mkkey(k, 310, 0);
+	push_ok(rm, k, &m, tok, 4, v, len);
+	struct kvshm__rm_meta *meta;
+	assert_int_equal(kvshm__rm_lookup(rm, (const uint8_t(*)[16])k, 1, &m, tok, 4, 0, NULL, &meta, LONG_MS), 0);
+	assert_int_equal(meta->nchunks, 2);
+	kvshm__rm_chunk_key(rm, k, meta->gen, 0, ck, sizeof(ck));
+	long long used = int_reply(&plain, "MEMORY USAGE %s", ck);
+	assert_true(used >= KVSHM_RM_CHUNK_DEFAULT && used < (1 << 20) + 1024);
+	kvshm__rm_meta_free(meta);
+	free(v);
+	kvshm__rm_close(rm);
+}
+
 static void test_namespace(void **st)
 {
 	(void)st;
@@ -1296,6 +1323,7 @@ int main(void)
 		cmocka_unit_test(test_roundtrip_unix),
 		cmocka_unit_test(test_lookup_prefix),
 		cmocka_unit_test(test_ttl_refresh),
+		cmocka_unit_test(test_chunk_memory),
 		cmocka_unit_test(test_namespace),
 		cmocka_unit_test_teardown(test_auth, stop_local),
 		cmocka_unit_test(test_corruption),
