@@ -106,6 +106,12 @@ int kvshm__rm_open(const char *urls, const struct kvshm__rm_opts *opts, struct k
 		rm->opts = *opts;
 	else
 		kvshm__rm_opts_init(&rm->opts);
+	if (!rm->opts.breaker_failures || !rm->opts.breaker_open_ms || !rm->opts.lookup_ms || !rm->opts.call_ms ||
+	    !rm->opts.ttl_s) {
+		rc = kvshm__fail(-EINVAL, "remote options: breaker_failures, breaker_open_ms, lookup_ms, call_ms and "
+					  "ttl_s must be at least 1");
+		goto out_free;
+	}
 	rm->nodes = calloc(RM_MAX_NODES, sizeof(*rm->nodes));
 	rm->rbuf = malloc(RM_RBUF);
 	if (!rm->nodes || !rm->rbuf) {
@@ -135,6 +141,8 @@ void kvshm__rm_close(struct kvshm__rm *rm)
 	for (int i = 0; rm->nodes && i < rm->nnodes; i++) {
 		kvshm__rm_node_drop(rm, i);
 		free(rm->nodes[i].iov);
+		if (rm->nodes[i].hdr) /* it held an AUTH */
+			explicit_bzero(rm->nodes[i].hdr, rm->nodes[i].hdr_cap);
 		free(rm->nodes[i].hdr);
 		free(rm->nodes[i].q);
 	}

@@ -217,6 +217,19 @@ static void test_url_parse(void **st)
 		strcat(many, "redis://h:1,");
 	expect_bad_url(many, "more than");
 
+	/* Options that would make every call fail are refused. */
+	struct kvshm__rm_opts o;
+	struct kvshm__rm *rm = NULL;
+	kvshm__rm_opts_init(&o);
+	o.ttl_s = 0;
+	assert_int_equal(kvshm__rm_open("redis://h:1", &o, &rm), -EINVAL);
+	assert_null(rm);
+	assert_int_equal(kvshm__rm_open("redis://h:99999", NULL, &rm), -EINVAL);
+	assert_null(rm);
+	assert_int_equal(kvshm__rm_open("redis://h:1", NULL, &rm), 0); /* connects lazily */
+	assert_string_equal(kvshm__rm_mode(rm), "unknown");
+	kvshm__rm_close(rm);
+
 	/* The environment gives what no URL does, never overriding a URL. */
 	setenv("KVSHM_REDIS_USER", "bob", 1);
 	setenv("KVSHM_REDIS_PASSWORD", "envpw", 1);
