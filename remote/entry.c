@@ -8,33 +8,26 @@
  *
  *   <ns>:params           "kvshm-remote 1 seed=… chunk=… layout=tag|spread"
  *                         (SET NX, no TTL: the first host's choice wins)
- *   <ns>:{K}              the metadata record (below), TTL
+ *   <ns>:{K}              the metadata record (remote/record.c), TTL
  *   <ns>:{K}:G:<i>        chunk i, layout tag: in the record's slot, TTL
  *   <ns>:K:G:<i>          chunk i, layout spread: hashed over the slots, TTL
  *
- * The record (little-endian), fixed 128 bytes then the arrays:
- *
- *    0 "KVRM"   4 version (1)   6 reserved
- *    8 K (16)  24 G (8)        32 value bytes (8)
- *   40 chunk   44 nchunks      48 ntokens       52 CRC32C of the value
- *   56 model fingerprint (32)  88 context hash (32)   120 quant, 7 zero bytes
- *  128 tokens (4 × ntokens), chunk CRC32Cs (4 × nchunks),
- *      CRC32C of everything before it (4)
- *
  * Protocol (numbered as it runs):
  *   push  1. SET every chunk EX ttl, one pipeline; 2. once every chunk
- *         answered OK, SET the record EX ttl. A pusher that dies before 2
- *         leaves chunks no record names: they expire. Chunks are named by
- *         G, so two hosts pushing one key never mix their chunks: the last
- *         record written wins, the other's chunks expire.
+ *         answered OK, SET the record EX ttl GET; 3. the push it replaced
+ *         (the record GET returned): UNLINK its chunks. A pusher that dies
+ *         before 2 leaves chunks no record names: they expire. Chunks are
+ *         named by G, so two hosts pushing one key never mix their chunks:
+ *         the last record written wins.
  *   lookup  GET every boundary's record, one pipeline; a record is used
  *         only if its own CRC, its key and model match, and its tokens
  *         are a prefix of (or, partial, share a prefix with) the prompt.
  *   pull  1. GETEX every chunk EX ttl (and EXPIRE the record), one
  *         pipeline; 2. each chunk's length and CRC32C checked as it
- *         arrives, the whole's by combining them; 3. anything missing or
- *         wrong: UNLINK the record and chunks, report a miss. The caller
- *         never sees a byte of a value that did not verify whole.
+ *         arrives (remote/reply.c), the whole's by combining them;
+ *         3. anything missing or wrong: UNLINK the chunks, and the record
+ *         while it is still this push's; report a miss. The caller never
+ *         sees a byte of a value that did not verify whole.
  *
  * Not for: computing the boundary hashes (the caller's, with the
  * namespace's seed), or anything local (pins, tiers, the segment).
@@ -46,85 +39,7 @@
 
 #include "remote/rm.h"
 
-_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the record is little-endian");
-
-#define META_MAGIC 0x4d52564bu /* "KVRM" */
-#define META_VERSION 1
-#define META_FIXED 128
 #define NSREC_VERSION 1
-#define KEYBUF 160 /* a key name: ns (64) + hex K (34) + G (17) + i (11) + separators */
-
-/* ---- CRC32C of a concatenation (zlib's crc32_combine, Castagnoli's polynomial) ---------- */
-
-static uint32_t gf2_times(const uint32_t *mat, uint32_t vec)
-{
-	uint32_t sum = 0;
-	for (; vec; vec >>= 1, mat++)
-		if (vec & 1)
-			sum ^= *mat;
-	return sum;
-}
-
-static void gf2_square(uint32_t *sq, const uint32_t *mat)
-{
-	for (int n = 0; n < 32; n++)
-		sq[n] = gf2_times(mat, mat[n]);
-}
-
-uint32_t kvshm__rm_crc32c_combine(uint32_t a, uint32_t b, uint64_t blen)
-{
-	uint32_t even[32], odd[32];
-	if (!blen)
-		return a;
-	odd[0] = 0x82f63b78u; /* the operator for one zero bit */
-	for (int n = 1; n < 32; n++)
-		odd[n] = 1u << (n - 1);
-	gf2_square(even, odd); /* two zero bits */
-	gf2_square(odd, even); /* four */
-	do {                   /* apply len2 zero bytes to a */
-		gf2_square(even, odd);
-		if (blen & 1)
-			a = gf2_times(even, a);
-		blen >>= 1;
-		if (!blen)
-			break;
-		gf2_square(odd, even);
-		if (blen & 1)
-			a = gf2_times(odd, a);
-		blen >>= 1;
-	} while (blen);
-	return a ^ b;
-}
-
-/* ---- names ------------------------------------------------------------------------------- */
-
-static void hex(char *out, const uint8_t *p, size_t n)
-{
-	static const char d[] = "0123456789abcdef";
-	for (size_t i = 0; i < n; i++) {
-		out[2 * i] = d[p[i] >> 4];
-		out[2 * i + 1] = d[p[i] & 15];
-	}
-	out[2 * n] = '\0';
-}
-
-size_t kvshm__rm_meta_key(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN], char *buf, size_t bufsz)
-{
-	char h[2 * KVSHM_RM_KEYLEN + 1];
-	hex(h, key, KVSHM_RM_KEYLEN);
-	int n = snprintf(buf, bufsz, "%s:{%s}", rm->ns, h);
-	return n < 0 ? 0 : KVSHM_MIN((size_t)n, bufsz - 1);
-}
-
-size_t kvshm__rm_chunk_key(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN], uint64_t gen, uint32_t i,
-			   char *buf, size_t bufsz)
-{
-	char h[2 * KVSHM_RM_KEYLEN + 1];
-	hex(h, key, KVSHM_RM_KEYLEN);
-	int n = rm->nsp.spread ? snprintf(buf, bufsz, "%s:%s:%016llx:%u", rm->ns, h, (unsigned long long)gen, i)
-			       : snprintf(buf, bufsz, "%s:{%s}:%016llx:%u", rm->ns, h, (unsigned long long)gen, i);
-	return n < 0 ? 0 : KVSHM_MIN((size_t)n, bufsz - 1);
-}
 
 static int need_ns(struct kvshm__rm *rm)
 {
@@ -212,91 +127,6 @@ int kvshm__rm_ns_check(struct kvshm__rm *rm, unsigned timeout_ms)
 	return rc;
 }
 
-/* ---- the record ------------------------------------------------------------------------ */
-
-static size_t meta_size(uint32_t ntokens, uint32_t nchunks)
-{
-	return META_FIXED + 4ull * ntokens + 4ull * nchunks + 4;
-}
-
-static uint8_t *meta_encode(const struct kvshm__rm_meta *m, size_t *size)
-{
-	size_t sz = meta_size(m->ntokens, m->nchunks);
-	uint8_t *b = calloc(1, sz);
-	if (!b)
-		return NULL;
-	uint32_t u32;
-	uint16_t u16 = META_VERSION;
-	u32 = META_MAGIC;
-	memcpy(b, &u32, 4);
-	memcpy(b + 4, &u16, 2);
-	memcpy(b + 8, m->key, 16);
-	memcpy(b + 24, &m->gen, 8);
-	memcpy(b + 32, &m->len, 8);
-	memcpy(b + 40, &m->chunk, 4);
-	memcpy(b + 44, &m->nchunks, 4);
-	memcpy(b + 48, &m->ntokens, 4);
-	memcpy(b + 52, &m->crc, 4);
-	memcpy(b + 56, m->model.fingerprint, 32);
-	memcpy(b + 88, m->model.ctx_hash, 32);
-	b[120] = m->model.quant;
-	memcpy(b + META_FIXED, m->tokens, 4ull * m->ntokens);
-	memcpy(b + META_FIXED + 4ull * m->ntokens, m->crcs, 4ull * m->nchunks);
-	u32 = kvshm__crc32c(0, b, sz - 4);
-	memcpy(b + sz - 4, &u32, 4);
-	*size = sz;
-	return b;
-}
-
-/* Decode and verify a record read under key; NULL when it is not one. */
-static struct kvshm__rm_meta *meta_decode(const uint8_t *b, size_t sz, const uint8_t key[KVSHM_RM_KEYLEN])
-{
-	uint32_t magic, crc;
-	uint16_t ver;
-	struct kvshm__rm_meta m = { 0 };
-
-	if (sz < META_FIXED + 4)
-		return NULL;
-	memcpy(&magic, b, 4);
-	memcpy(&ver, b + 4, 2);
-	memcpy(&crc, b + sz - 4, 4);
-	if (magic != META_MAGIC || ver != META_VERSION || memcmp(b + 8, key, 16) || crc != kvshm__crc32c(0, b, sz - 4))
-		return NULL;
-	memcpy(m.key, b + 8, 16);
-	memcpy(&m.gen, b + 24, 8);
-	memcpy(&m.len, b + 32, 8);
-	memcpy(&m.chunk, b + 40, 4);
-	memcpy(&m.nchunks, b + 44, 4);
-	memcpy(&m.ntokens, b + 48, 4);
-	memcpy(&m.crc, b + 52, 4);
-	memcpy(m.model.fingerprint, b + 56, 32);
-	memcpy(m.model.ctx_hash, b + 88, 32);
-	m.model.quant = b[120];
-	if (!m.chunk || m.ntokens > KVSHM_MAX_TOKENS || m.nchunks != (m.len + m.chunk - 1) / m.chunk ||
-	    sz != meta_size(m.ntokens, m.nchunks))
-		return NULL;
-	struct kvshm__rm_meta *out = malloc(sizeof(*out));
-	uint32_t *arr = malloc(4ull * (m.ntokens + m.nchunks) + 1);
-	if (!out || !arr) {
-		free(out);
-		free(arr);
-		return NULL;
-	}
-	memcpy(arr, b + META_FIXED, 4ull * (m.ntokens + m.nchunks));
-	m.tokens = arr;
-	m.crcs = arr + m.ntokens;
-	*out = m;
-	return out;
-}
-
-void kvshm__rm_meta_free(struct kvshm__rm_meta *m)
-{
-	if (m) {
-		free(m->tokens);
-		free(m);
-	}
-}
-
 /* ---- delete ---------------------------------------------------------------------------- */
 
 /* What unlink_keys removes besides the chunks of m's push. */
@@ -362,7 +192,7 @@ static int get_meta(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN], st
 	int rc = kvshm__rm_exec(rm, &c, 1, deadline);
 	*out = NULL;
 	if (!rc && c.reply->type == REDIS_REPLY_STRING)
-		*out = meta_decode((const uint8_t *)c.reply->str, c.reply->len, key);
+		*out = kvshm__rm_record_decode((const uint8_t *)c.reply->str, c.reply->len, key);
 	else if (!rc && c.reply->type != REDIS_REPLY_NIL)
 		rc = kvshm__rm_reply_error(c.reply, "GET record");
 	kvshm__rm_cmds_free(&c, 1);
@@ -445,7 +275,7 @@ int kvshm__rm_push(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN], con
 	}
 
 	/* 2. The record, once every chunk is in. */
-	rec = meta_encode(&m, &metasz);
+	rec = kvshm__rm_record_encode(&m, &metasz);
 	rc = -ENOMEM;
 	if (!rec)
 		goto out_unlink;
@@ -458,7 +288,7 @@ int kvshm__rm_push(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN], con
 		/* 3. The push this one replaced: its chunks go now, not at their TTL
 		 * (a puller of it then misses, as it would have after expiry). */
 		struct kvshm__rm_meta *old = c[0].reply->type == REDIS_REPLY_STRING
-			? meta_decode((const uint8_t *)c[0].reply->str, c[0].reply->len, key) : NULL;
+			? kvshm__rm_record_decode((const uint8_t *)c[0].reply->str, c[0].reply->len, key) : NULL;
 		if (old && old->gen != m.gen)
 			unlink_keys(rm, old, CHUNKS, deadline);
 		kvshm__rm_meta_free(old);
@@ -526,7 +356,7 @@ int kvshm__rm_lookup(struct kvshm__rm *rm, const uint8_t (*keys)[KVSHM_RM_KEYLEN
 			found[i] = false;
 		if (r->type != REDIS_REPLY_STRING)
 			continue;
-		struct kvshm__rm_meta *m = meta_decode((const uint8_t *)r->str, r->len, keys[i]);
+		struct kvshm__rm_meta *m = kvshm__rm_record_decode((const uint8_t *)r->str, r->len, keys[i]);
 		if (!m) { /* keep its name to delete it */
 			rm->st.bad_meta++;
 			memmove(names + nbad++ * KEYBUF, names + i * KEYBUF, KEYBUF);

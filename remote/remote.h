@@ -10,6 +10,7 @@
  *
  *   caller (core/ remote tier)
  *     │  kvshm__rm_ns_open / push / lookup / pull / delete     remote/entry.c
+ *     │  names, the metadata record, CRC32C combining          remote/record.c
  *     ▼
  *   kvshm__rm_exec: a batch of commands, one deadline         remote/cluster.c
  *     │  slot map (CRC16), MOVED / ASK, standalone or cluster
@@ -17,7 +18,8 @@
  *   nodes: connect + AUTH, pipelined writes and reads          remote/net.c
  *     │  under one deadline; the circuit breaker               remote/breaker.c
  *     ▼
- *   hiredis 0.14 (connect with a timeout, the RESP reader)
+ *   hiredis 0.14 (connect with a timeout, the RESP reader; reply objects
+ *   of our own put a pull's chunks straight into its buffer)  remote/reply.c
  *
  * Threads: a client (struct kvshm__rm) is used by one thread at a time, as
  * a hiredis context is. After fork() the child's first call drops the

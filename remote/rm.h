@@ -69,6 +69,13 @@ extern redisReplyObjectFunctions kvshm__rm_reply_fns;
  * when it is a string for a sink. */
 void kvshm__rm_sink_ahead(struct rm_node *n);
 
+/* remote/record.c */
+#define KEYBUF 160 /* a key name: ns (64) + hex K (34) + G (17) + i (11) + separators */
+/* The record of m (tokens, crcs set) as bytes (*size), malloc'd; NULL: no memory. */
+uint8_t *kvshm__rm_record_encode(const struct kvshm__rm_meta *m, size_t *size);
+/* Decode and verify a record read under key; NULL when it is not one. */
+struct kvshm__rm_meta *kvshm__rm_record_decode(const uint8_t *b, size_t sz, const uint8_t key[KVSHM_RM_KEYLEN]);
+
 /* remote/net.c */
 int kvshm__rm_node_add(struct kvshm__rm *rm, const char *host, int port, const char *path);
 int kvshm__rm_node_open(struct kvshm__rm *rm, int i, uint64_t deadline);
