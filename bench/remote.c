@@ -29,6 +29,15 @@
 #include "remote/remote.h"
 
 static FILE *csv;
+/* What this run started, stopped at exit even when bench_die ends it. */
+static struct rf_server srv;
+static struct rf_cluster cl;
+
+static void stop_servers(void)
+{
+	rf_stop(&srv);
+	rf_cluster_stop(&cl);
+}
 static uint32_t chunk_size = KVSHM_RM_CHUNK_DEFAULT; /* -k: the standalone parts' chunk */
 
 static int cmp_u64(const void *a, const void *b)
@@ -226,11 +235,8 @@ static void part_lookup(struct rf_server *s, bool unix_sock)
 
 static void part_layout(uint8_t *v, uint8_t *dst)
 {
-	struct rf_cluster cl;
-	if (rf_cluster_start(&cl, 3, 0, NULL)) {
-		rf_cluster_stop(&cl);
+	if (rf_cluster_start(&cl, 3, 0, NULL))
 		bench_die("could not build a cluster");
-	}
 	char url[200];
 	rf_url(&cl.n[0], url, sizeof(url), NULL);
 	/* Each 64 bytes short of a jemalloc size class, as the default. */
@@ -295,7 +301,7 @@ int main(int argc, char **argv)
 		memcpy(v + i, &x, 8);
 	}
 	memset(dst, 0, big);
-	struct rf_server srv;
+	atexit(stop_servers);
 	if (rf_start(&srv, NULL, NULL))
 		bench_die("could not start redis-server");
 	uint64_t t0 = bench_now_ns();
