@@ -29,7 +29,7 @@ DESTDIR      ?=
 CC           ?= cc
 AR           ?= ar
 PKG_CONFIG   ?= pkg-config
-PKGS         := libbsd-overlay tdb libxxhash
+PKGS         := libbsd-overlay tdb libxxhash hiredis
 TEST_PKGS    := cmocka
 
 # Recursively expanded: pkg-config runs after `deps` has installed it.
@@ -46,8 +46,8 @@ TST_FLAGS    := -O1 -g -DKVSHM_TEST
 SAN_FLAGS    := -O1 -g -DKVSHM_TEST -fsanitize=address,undefined \
                 -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-LIB_SRCS     := $(sort $(wildcard shm/*.c core/*.c))
-LIB_HDRS     := $(wildcard include/*.h shm/*.h core/*.h)
+LIB_SRCS     := $(sort $(wildcard shm/*.c core/*.c remote/*.c))
+LIB_HDRS     := $(wildcard include/*.h shm/*.h core/*.h remote/*.h)
 TOOL_UTIL    := tools/util.c
 TOOLS        := $(patsubst tools/%.c,%,$(filter-out $(TOOL_UTIL),$(wildcard tools/*.c)))
 TESTS        := $(patsubst tests/%.c,%,$(wildcard tests/test_*.c))
@@ -141,7 +141,7 @@ $(B)/libkvshm-llama.so.$(VERSION): $(LLAMA_REL_OBJS) $(B)/libkvshm.so.$(VERSION)
 PC_LINES = 'prefix=$(prefix)' 'exec_prefix=$(exec_prefix)' \
 	  'libdir=$(libdir)' 'includedir=$(includedir)' '' \
 	  'Name: kvshm' 'Description: crash-proof shared-memory prefix cache' \
-	  'Version: $(VERSION)' 'Requires.private: libbsd tdb libxxhash' \
+	  'Version: $(VERSION)' 'Requires.private: libbsd tdb libxxhash hiredis' \
 	  'Libs: -L$${libdir} -lkvshm' 'Libs.private: -lm -pthread' 'Cflags: -I$${includedir}'
 $(B)/kvshm.pc: Makefile
 	@mkdir -p $(@D)
@@ -241,7 +241,7 @@ CRASH_RUN = KVSHM_BIN_DIR=$(CURDIR)/$(B)/tst/bin $(B)/tst/crash/kvshm-crash --po
 # After the cmocka tests, a short crash-injection run: every crash point
 # (the most frequent ones at a stride) and a few hundred random kills.
 test:
-	@sh scripts/deps.sh build python metrics llama
+	@sh scripts/deps.sh build python metrics llama remote
 	@$(MAKE) --no-print-directory all $(TESTS:%=$(B)/tst/tests/%) $(TOOLS:%=$(B)/tst/bin/%) $(B)/crashpoints.list \
 	  $(B)/tst/crash/kvshm-crash $(LLAMA_TESTS:%=$(B)/tst/tests/%) $(LLAMA_TEST_MODELS) $(DEMO_MODEL)
 	@KVSHM_LLAMA_MODELS=$(CURDIR)/$(LLAMA_DIR)/models sh tests/run.sh $(B)/tst $(TESTS) $(LLAMA_TESTS)
@@ -255,7 +255,7 @@ test:
 # every hit, then random kills until 25,000 kills in all. CRASH_ARGS adds
 # options (e.g. CRASH_ARGS="--seed 1234" to repeat a run).
 crashtest:
-	@sh scripts/deps.sh build python metrics
+	@sh scripts/deps.sh build python metrics remote
 	@$(MAKE) --no-print-directory $(B)/libkvshm-tst.a $(TOOLS:%=$(B)/tst/bin/%) $(B)/tst/crash/kvshm-crash \
 	  $(B)/crashpoints.list
 	@$(CRASH_RUN) --mode both --kills 25000 --seconds 3600 $(CRASH_ARGS)
@@ -291,7 +291,7 @@ demo:
 # The adapter's test runs too: kvshm's and the adapter's code instrumented,
 # the prebuilt engine not (its allocations are still ASan's, interposed).
 check:
-	@sh scripts/deps.sh build llama
+	@sh scripts/deps.sh build llama remote
 	@$(MAKE) --no-print-directory $(TESTS:%=$(B)/san/tests/%) $(TOOLS:%=$(B)/san/bin/%) $(B)/crashpoints.list \
 	  $(LLAMA_TESTS:%=$(B)/san/tests/%) $(LLAMA_TEST_MODELS)
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
@@ -333,18 +333,25 @@ $(B)/bench/llama: bench/llama.c $(B)/libkvshm-llama.a $(B)/libkvshm.a $(LIB_HDRS
 	$(CC) $(BASE_CFLAGS) $(LLAMA_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< -o $@ $(B)/libkvshm-llama.a $(B)/libkvshm.a \
 	  $(DEP_LIBS) $(LLAMA_LIBS) $(LLAMA_RPATH) $(LDFLAGS)
 
+# The remote tier's client against Redis servers it starts (and, with -c, a
+# 3-master cluster for the chunk size and slot layout figures).
+$(B)/bench/remote: bench/remote.c bench/common.h tests/redisfix.c tests/redisfix.h $(B)/libkvshm.a $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) -Itests $< tests/redisfix.c -o $@ $(B)/libkvshm.a $(DEP_LIBS) $(LDFLAGS)
+
 bench:
-	@sh scripts/deps.sh build bench llama
+	@sh scripts/deps.sh build bench llama remote
 	@$(MAKE) --no-print-directory $(B)/bench/micro $(B)/bench/reclaim $(B)/bench/peers $(B)/bench/figures \
-	  $(B)/bench/llama $(DEMO_MODEL) $(BENCH_MODEL)
+	  $(B)/bench/llama $(DEMO_MODEL) $(BENCH_MODEL) $(B)/bench/remote
 	@start=$$(date +%s); \
 	$(B)/bench/micro && $(B)/bench/reclaim && \
 	$(B)/bench/peers -t $(BENCH_MS) -o $(B)/bench/results.csv && \
 	$(B)/bench/figures -n $(BENCH_REBUILD) -o $(B)/bench/kvshm-figures.csv && \
 	echo && $(B)/bench/llama -o $(B)/bench/llama.csv $(DEMO_MODEL) $(BENCH_MODEL) && \
-	echo && echo "bench: $$(( $$(date +%s) - start )) s in all (micro, reclaim, peers, figures, llama)" && \
-	echo "bench: every row in $(B)/bench/results.csv (peers), $(B)/bench/kvshm-figures.csv (kvshm only)" \
-	  "and $(B)/bench/llama.csv (llama.cpp restore against prefill)"
+	$(B)/bench/remote -c -o $(B)/bench/remote.csv && \
+	echo && echo "bench: $$(( $$(date +%s) - start )) s in all (micro, reclaim, peers, figures, llama, remote)" && \
+	echo "bench: every row in $(B)/bench/results.csv (peers), $(B)/bench/kvshm-figures.csv (kvshm only)," \
+	  "$(B)/bench/llama.csv (llama.cpp restore against prefill) and $(B)/bench/remote.csv (remote tier client)"
 
 # ---- fuzzing (clang's libFuzzer + ASan/UBSan) -----------------------------------
 FUZZ_SECONDS ?= 60

@@ -1,10 +1,13 @@
 #!/bin/sh
 # Install what kvshm needs on Debian 12, and nothing that is already there.
 #   scripts/deps.sh build    compiler, pkg-config, libbsd, tdb, cmocka, xxhash,
+#                            hiredis (the remote tier's client, remote/),
 #                            libmicrohttpd (kvshm-reaper --metrics-listen); tmux
 #                            (test_shmctl drives `shmctl top` in it)
 #   scripts/deps.sh python   the Python package: venv, pip, headers, setuptools
 #                            and wheel (an offline build), pytest for its tests
+#   scripts/deps.sh remote   redis-server and redis-cli, which the remote tests
+#                            start (standalone servers and a cluster)
 #   scripts/deps.sh metrics  promtool (Debian's prometheus), which validates the
 #                            reaper's /metrics in make test
 #   scripts/deps.sh bench    the peers `make bench` runs beside kvshm
@@ -17,7 +20,8 @@
 # build/llama/ does not hold it already (a second run fetches nothing).
 set -eu
 
-build_pkgs="gcc make pkg-config libbsd-dev libtdb-dev libcmocka-dev libxxhash-dev libmicrohttpd-dev tdb-tools procps tmux"
+build_pkgs="gcc make pkg-config libbsd-dev libtdb-dev libcmocka-dev libxxhash-dev libmicrohttpd-dev libhiredis-dev tdb-tools procps tmux"
+remote_pkgs="redis-server redis-tools"
 bench_pkgs="redis-server memcached libhiredis-dev libmemcached-dev liblmdb-dev"
 python_pkgs="python3 python3-venv python3-pip python3-dev python3-setuptools python3-wheel python3-pytest"
 metrics_pkgs="prometheus"
@@ -48,9 +52,10 @@ for group in "${@:-build}"; do
 	bench) want="$want $bench_pkgs" ;;
 	python) want="$want $python_pkgs" ;;
 	metrics) want="$want $metrics_pkgs" ;;
+	remote) want="$want $remote_pkgs" ;;
 	fuzz) want="$want $fuzz_pkgs" ;;
 	llama) want="$want $llama_pkgs"; fetch_llama=1 ;;
-	*) echo "deps.sh: unknown group '$group' (build, python, metrics, bench, fuzz, llama)" >&2; exit 2 ;;
+	*) echo "deps.sh: unknown group '$group' (build, python, metrics, remote, bench, fuzz, llama)" >&2; exit 2 ;;
 	esac
 done
 

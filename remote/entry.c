@@ -1,0 +1,500 @@
+/*
+ * remote/entry.c — the remote entry format: how a cached value lives in
+ * Redis, and push, lookup, pull and delete over it.
+ *
+ * Keys of namespace <ns> (one name for every host of a pool); K is the
+ * 16-byte boundary hash the caller passes, in hex; G the push's random
+ * 64-bit generation, in hex:
+ *
+ *   <ns>:params           "kvshm-remote 1 seed=… chunk=… layout=tag|spread"
+ *                         (SET NX, no TTL: the first host's choice wins)
+ *   <ns>:{K}              the metadata record (remote/record.c), TTL
+ *   <ns>:{K}:G:<i>        chunk i, layout tag: in the record's slot, TTL
+ *   <ns>:K:G:<i>          chunk i, layout spread: hashed over the slots, TTL
+ *
+ * Protocol (numbered as it runs):
+ *   push  1. SET every chunk EX ttl, one pipeline; 2. once every chunk
+ *         answered OK, SET the record EX ttl GET; 3. the push it replaced
+ *         (the record GET returned): UNLINK its chunks. A pusher that dies
+ *         before 2 leaves chunks no record names: they expire. Chunks are
+ *         named by G, so two hosts pushing one key never mix their chunks:
+ *         the last record written wins.
+ *   lookup  GET every boundary's record, one pipeline; a record is used
+ *         only if its own CRC, its key and model match, and its tokens
+ *         are a prefix of (or, partial, share a prefix with) the prompt.
+ *   pull  1. GETEX every chunk EX ttl (and EXPIRE the record), one
+ *         pipeline; 2. each chunk's length and CRC32C checked as it
+ *         arrives (remote/reply.c), the whole's by combining them;
+ *         3. anything missing or wrong: UNLINK the chunks, and the record
+ *         while it is still this push's; report a miss. The caller never
+ *         sees a byte of a value that did not verify whole.
+ *
+ * Not for: computing the boundary hashes (the caller's, with the
+ * namespace's seed), or anything local (pins, tiers, the segment).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "remote/rm.h"
+
+#define NSREC_VERSION 1
+
+static int need_ns(struct kvshm__rm *rm)
+{
+	return rm->ns[0] ? 0 : kvshm__fail(-EINVAL, "remote: no namespace (kvshm__rm_ns_open first)");
+}
+
+static uint64_t deadline_for(struct kvshm__rm *rm, unsigned timeout_ms, uint64_t bytes)
+{
+	if (timeout_ms)
+		return kvshm__rm_deadline(timeout_ms);
+	return kvshm__rm_deadline(rm->opts.call_ms + (unsigned)((bytes >> 20) * rm->opts.call_ms_per_mib));
+}
+
+/* ---- the namespace --------------------------------------------------------------------- */
+
+static int nsrec_parse(const char *s, struct kvshm__rm_ns *p)
+{
+	unsigned ver, chunk;
+	unsigned long long seed;
+	char layout[8];
+	if (sscanf(s, "kvshm-remote %u seed=%llx chunk=%u layout=%7s", &ver, &seed, &chunk, layout) != 4 ||
+	    ver != NSREC_VERSION || chunk < KVSHM_RM_CHUNK_MIN || chunk > KVSHM_RM_CHUNK_MAX ||
+	    (strcmp(layout, "tag") && strcmp(layout, "spread")))
+		return -1;
+	*p = (struct kvshm__rm_ns){ .seed = seed, .chunk = chunk, .spread = !strcmp(layout, "spread") };
+	return 0;
+}
+
+/* SET <ns>:params rec NX, then GET it: the record in force into got. */
+static int nsrec_assert(struct kvshm__rm *rm, const char *ns, const char *rec, char *got, size_t gotsz,
+			unsigned timeout_ms)
+{
+	char key[80];
+	snprintf(key, sizeof(key), "%s:params", ns);
+	struct kvshm__rm_cmd c[2];
+	kvshm__rm_cmd_set(&c[0], 1, 4, (const char *[]){ "SET", key, rec, "NX" }, NULL);
+	kvshm__rm_cmd_set(&c[1], 1, 2, (const char *[]){ "GET", key }, NULL);
+	int rc = kvshm__rm_exec(rm, c, 2, kvshm__rm_deadline(timeout_ms ? timeout_ms : rm->opts.call_ms));
+	if (!rc) {
+		redisReply *r = c[1].reply;
+		if (r->type == REDIS_REPLY_STRING && r->len < gotsz)
+			memcpy(got, r->str, r->len + 1);
+		else if (r->type == REDIS_REPLY_ERROR)
+			rc = kvshm__rm_reply_error(r, "GET params");
+		else
+			rc = kvshm__fail(-EPROTO, "remote: %s is not a parameters record", key);
+	}
+	kvshm__rm_cmds_free(c, 2);
+	return rc;
+}
+
+int kvshm__rm_ns_open(struct kvshm__rm *rm, const char *ns, const struct kvshm__rm_ns *want,
+		      struct kvshm__rm_ns *got, unsigned timeout_ms)
+{
+	size_t len = ns ? strlen(ns) : 0;
+	if (len < 1 || len > 64 || strspn(ns, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != len)
+		return kvshm__fail(-EINVAL, "remote namespace '%s': 1 to 64 of [A-Za-z0-9._-]", ns ? ns : "(null)");
+	if (want->chunk < KVSHM_RM_CHUNK_MIN || want->chunk > KVSHM_RM_CHUNK_MAX)
+		return kvshm__fail(-EINVAL, "remote namespace: chunk %u outside %u..%u bytes", want->chunk,
+				   KVSHM_RM_CHUNK_MIN, KVSHM_RM_CHUNK_MAX);
+	char rec[128], cur[128];
+	snprintf(rec, sizeof(rec), "kvshm-remote %u seed=%016llx chunk=%u layout=%s", NSREC_VERSION,
+		 (unsigned long long)want->seed, want->chunk, want->spread ? "spread" : "tag");
+	int rc = nsrec_assert(rm, ns, rec, cur, sizeof(cur), timeout_ms);
+	if (rc)
+		return rc;
+	struct kvshm__rm_ns p;
+	if (nsrec_parse(cur, &p) < 0)
+		return kvshm__fail(-EPROTO, "remote namespace '%s': parameters '%.100s' are not this version's", ns, cur);
+	strcpy(rm->ns, ns);
+	strcpy(rm->nsrec, cur);
+	rm->nsp = p;
+	*got = p;
+	return 0;
+}
+
+int kvshm__rm_ns_check(struct kvshm__rm *rm, unsigned timeout_ms)
+{
+	char cur[128];
+	int rc = need_ns(rm);
+	if (!rc)
+		rc = nsrec_assert(rm, rm->ns, rm->nsrec, cur, sizeof(cur), timeout_ms);
+	if (!rc && strcmp(cur, rm->nsrec))
+		rc = kvshm__fail(-ESTALE, "remote namespace '%s': parameters changed to '%.100s'", rm->ns, cur);
+	return rc;
+}
+
+/* ---- delete ---------------------------------------------------------------------------- */
+
+/* What unlink_keys removes besides the chunks of m's push. */
+enum { CHUNKS, CHUNKS_RECORD, CHUNKS_RECORD_IF_SAME };
+
+/* The record goes only while it is still m's push (its G at byte 24): a
+ * pull that found m broken must not delete the entry a newer push put
+ * under the same key. */
+static const char if_same_script[] =
+	"local v = redis.call('GET', KEYS[1]) "
+	"if v and string.sub(v, 25, 32) == ARGV[1] then return redis.call('UNLINK', KEYS[1]) end return 0";
+
+static int unlink_keys(struct kvshm__rm *rm, const struct kvshm__rm_meta *m, int what, uint64_t deadline)
+{
+	size_t n = m->nchunks + (what != CHUNKS ? 1 : 0);
+	struct kvshm__rm_cmd *c = calloc(n ? n : 1, sizeof(*c));
+	char *names = malloc((n ? n : 1) * KEYBUF);
+	int rc = -ENOMEM;
+	if (!c || !names)
+		goto out;
+	for (size_t i = 0; i < n; i++) {
+		char *k = names + i * KEYBUF;
+		if (i < m->nchunks) {
+			size_t kl = kvshm__rm_chunk_key(rm, m->key, m->gen, (uint32_t)i, k, KEYBUF);
+			kvshm__rm_cmd_set(&c[i], 1, 2, (const char *[]){ "UNLINK", k }, (size_t[]){ 6, kl });
+			continue;
+		}
+		size_t kl = kvshm__rm_meta_key(rm, m->key, k, KEYBUF);
+		if (what == CHUNKS_RECORD)
+			kvshm__rm_cmd_set(&c[i], 1, 2, (const char *[]){ "UNLINK", k }, (size_t[]){ 6, kl });
+		else
+			kvshm__rm_cmd_set(&c[i], 3, 5, (const char *[]){ "EVAL", if_same_script, "1", k, (const char *)&m->gen },
+					  (size_t[]){ 4, sizeof(if_same_script) - 1, 1, kl, 8 });
+	}
+	rc = kvshm__rm_exec(rm, c, n, deadline);
+	for (size_t i = 0; !rc && i < n; i++)
+		if (c[i].reply->type == REDIS_REPLY_ERROR)
+			rc = kvshm__rm_reply_error(c[i].reply, c[i].argv[0]);
+	kvshm__rm_cmds_free(c, n);
+out:
+	free(c);
+	free(names);
+	return rc;
+}
+
+int kvshm__rm_delete(struct kvshm__rm *rm, const struct kvshm__rm_meta *meta, unsigned timeout_ms)
+{
+	int rc = need_ns(rm);
+	if (!rc)
+		rc = unlink_keys(rm, meta, CHUNKS_RECORD_IF_SAME, deadline_for(rm, timeout_ms, 0));
+	if (!rc)
+		rm->st.deletes++;
+	return rc;
+}
+
+/* GET one record: 0 with *out (NULL when absent or not a record). */
+static int get_meta(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN], struct kvshm__rm_meta **out,
+		    uint64_t deadline)
+{
+	char k[KEYBUF];
+	struct kvshm__rm_cmd c;
+	kvshm__rm_cmd_set(&c, 1, 2, (const char *[]){ "GET", k }, (size_t[]){ 3, kvshm__rm_meta_key(rm, key, k, sizeof(k)) });
+	int rc = kvshm__rm_exec(rm, &c, 1, deadline);
+	*out = NULL;
+	if (!rc && c.reply->type == REDIS_REPLY_STRING)
+		*out = kvshm__rm_record_decode((const uint8_t *)c.reply->str, c.reply->len, key);
+	else if (!rc && c.reply->type != REDIS_REPLY_NIL)
+		rc = kvshm__rm_reply_error(c.reply, "GET record");
+	kvshm__rm_cmds_free(&c, 1);
+	return rc;
+}
+
+int kvshm__rm_delete_key(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN], unsigned timeout_ms)
+{
+	uint64_t deadline = deadline_for(rm, timeout_ms, 0);
+	struct kvshm__rm_meta *m;
+	int rc = need_ns(rm);
+	if (!rc)
+		rc = get_meta(rm, key, &m, deadline);
+	if (rc)
+		return rc;
+	if (!m) { /* absent, or not a record: the name alone goes */
+		struct kvshm__rm_meta bare = { .nchunks = 0 };
+		memcpy(bare.key, key, KVSHM_RM_KEYLEN);
+		rc = unlink_keys(rm, &bare, CHUNKS_RECORD, deadline);
+		return rc ? rc : KVSHM_ENOTFOUND;
+	}
+	rc = unlink_keys(rm, m, CHUNKS_RECORD, deadline);
+	kvshm__rm_meta_free(m);
+	if (!rc)
+		rm->st.deletes++;
+	return rc;
+}
+
+/* ---- push ------------------------------------------------------------------------------ */
+
+static bool ok_reply(const struct kvshm__rm_cmd *c)
+{
+	return c->reply && c->reply->type == REDIS_REPLY_STATUS && !strcmp(c->reply->str, "OK");
+}
+
+int kvshm__rm_push(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN], const kvshm_model *model,
+		   const uint32_t *tokens, uint32_t ntokens, const void *data, size_t len, unsigned timeout_ms)
+{
+	int rc = need_ns(rm);
+	if (rc)
+		return rc;
+	if (ntokens > KVSHM_MAX_TOKENS || (len && !data) || (ntokens && !tokens))
+		return kvshm__fail(-EINVAL, "remote push: bad arguments");
+	uint64_t deadline = deadline_for(rm, timeout_ms, len);
+	struct kvshm__rm_meta m = { .len = len, .chunk = rm->nsp.chunk, .ntokens = ntokens, .model = *model };
+	memcpy(m.key, key, KVSHM_RM_KEYLEN);
+	m.nchunks = (uint32_t)((len + m.chunk - 1) / m.chunk);
+	if (getrandom(&m.gen, sizeof(m.gen), 0) != sizeof(m.gen))
+		return kvshm__fail(-errno, "remote push: getrandom");
+	m.tokens = (uint32_t *)tokens;
+	m.crcs = malloc(4ull * m.nchunks + 4);
+	size_t n = m.nchunks ? m.nchunks : 1, metasz = 0;
+	struct kvshm__rm_cmd *c = calloc(n, sizeof(*c));
+	char *names = malloc(n * KEYBUF), ttl[16], mk[KEYBUF];
+	uint8_t *rec = NULL;
+	rc = -ENOMEM;
+	if (!m.crcs || !c || !names)
+		goto out;
+	snprintf(ttl, sizeof(ttl), "%u", rm->opts.ttl_s);
+
+	/* 1. The chunks, with their CRCs into the record. */
+	for (uint32_t i = 0; i < m.nchunks; i++) {
+		const char *p = (const char *)data + (size_t)i * m.chunk;
+		size_t cl = KVSHM_MIN((size_t)m.chunk, len - (size_t)i * m.chunk);
+		m.crcs[i] = kvshm__crc32c(0, p, cl);
+		m.crc = i ? kvshm__rm_crc32c_combine(m.crc, m.crcs[i], cl) : m.crcs[i];
+		char *k = names + (size_t)i * KEYBUF;
+		size_t kl = kvshm__rm_chunk_key(rm, key, m.gen, i, k, KEYBUF);
+		kvshm__rm_cmd_set(&c[i], 1, 5, (const char *[]){ "SET", k, p, "EX", ttl },
+				  (size_t[]){ 3, kl, cl, 2, strlen(ttl) });
+	}
+	if (m.nchunks) {
+		rc = kvshm__rm_exec(rm, c, m.nchunks, deadline);
+		for (uint32_t i = 0; !rc && i < m.nchunks; i++)
+			if (!ok_reply(&c[i]))
+				rc = kvshm__rm_reply_error(c[i].reply, "push SET chunk");
+		kvshm__rm_cmds_free(c, m.nchunks);
+		if (rc)
+			goto out_unlink;
+	}
+
+	/* 2. The record, once every chunk is in. */
+	rec = kvshm__rm_record_encode(&m, &metasz);
+	rc = -ENOMEM;
+	if (!rec)
+		goto out_unlink;
+	kvshm__rm_cmd_set(&c[0], 1, 6, (const char *[]){ "SET", mk, (const char *)rec, "EX", ttl, "GET" },
+			  (size_t[]){ 3, kvshm__rm_meta_key(rm, key, mk, sizeof(mk)), metasz, 2, strlen(ttl), 3 });
+	rc = kvshm__rm_exec(rm, c, 1, deadline);
+	if (!rc && c[0].reply->type != REDIS_REPLY_NIL && c[0].reply->type != REDIS_REPLY_STRING)
+		rc = kvshm__rm_reply_error(c[0].reply, "push SET record");
+	if (!rc) {
+		/* 3. The push this one replaced: its chunks go now, not at their TTL
+		 * (a puller of it then misses, as it would have after expiry). */
+		struct kvshm__rm_meta *old = c[0].reply->type == REDIS_REPLY_STRING
+			? kvshm__rm_record_decode((const uint8_t *)c[0].reply->str, c[0].reply->len, key) : NULL;
+		if (old && old->gen != m.gen)
+			unlink_keys(rm, old, CHUNKS, deadline);
+		kvshm__rm_meta_free(old);
+		kvshm__rm_cmds_free(c, 1);
+		rm->st.pushes++;
+		rm->st.push_bytes += len;
+		goto out;
+	}
+	kvshm__rm_cmds_free(c, 1);
+out_unlink:
+	/* Chunks no record will name: gone now if there is time, else by TTL. */
+	if (m.nchunks && kvshm__now_ns() < deadline) {
+		int saved = rc;
+		char msg[512];
+		snprintf(msg, sizeof(msg), "%s", kvshm_last_error());
+		unlink_keys(rm, &m, CHUNKS, deadline);
+		kvshm__fail(saved, "%s", msg);
+	}
+out:
+	free(rec);
+	free(names);
+	free(c);
+	free(m.crcs);
+	return rc;
+}
+
+/* ---- lookup ---------------------------------------------------------------------------- */
+
+static size_t common_prefix(const uint32_t *a, size_t na, const uint32_t *b, size_t nb)
+{
+	size_t i = 0, n = KVSHM_MIN(na, nb);
+	while (i < n && a[i] == b[i])
+		i++;
+	return i;
+}
+
+int kvshm__rm_lookup(struct kvshm__rm *rm, const uint8_t (*keys)[KVSHM_RM_KEYLEN], size_t nkeys,
+		     const kvshm_model *model, const uint32_t *tokens, size_t n, unsigned flags, bool *found,
+		     struct kvshm__rm_meta **best, unsigned timeout_ms)
+{
+	int rc = need_ns(rm);
+	*best = NULL;
+	if (rc)
+		return rc;
+	if (!nkeys)
+		return KVSHM_ENOTFOUND;
+	uint64_t deadline = kvshm__rm_deadline(timeout_ms ? timeout_ms : rm->opts.lookup_ms);
+	struct kvshm__rm_cmd *c = calloc(nkeys, sizeof(*c));
+	char *names = malloc(nkeys * KEYBUF);
+	rc = -ENOMEM;
+	if (!c || !names)
+		goto out;
+	for (size_t i = 0; i < nkeys; i++) {
+		char *k = names + i * KEYBUF;
+		kvshm__rm_cmd_set(&c[i], 1, 2, (const char *[]){ "GET", k },
+				  (size_t[]){ 3, kvshm__rm_meta_key(rm, keys[i], k, KEYBUF) });
+	}
+	rc = kvshm__rm_exec(rm, c, nkeys, deadline);
+	if (rc)
+		goto out_free;
+	size_t nbad = 0;
+	for (size_t i = 0; i < nkeys; i++) {
+		redisReply *r = c[i].reply;
+		if (found)
+			found[i] = false;
+		if (r->type != REDIS_REPLY_STRING)
+			continue;
+		struct kvshm__rm_meta *m = kvshm__rm_record_decode((const uint8_t *)r->str, r->len, keys[i]);
+		if (!m) { /* keep its name to delete it */
+			rm->st.bad_meta++;
+			memmove(names + nbad++ * KEYBUF, names + i * KEYBUF, KEYBUF);
+			continue;
+		}
+		if (found)
+			found[i] = true;
+		size_t cp = common_prefix(m->tokens, m->ntokens, tokens, n);
+		bool serves = !memcmp(m->model.fingerprint, model->fingerprint, 32) &&
+			      !memcmp(m->model.ctx_hash, model->ctx_hash, 32) && m->model.quant == model->quant &&
+			      (flags & KVSHM_RM_PARTIAL ? cp > 0 : cp == m->ntokens && cp > 0);
+		m->matched = cp;
+		if (serves && (!*best || cp >= (*best)->matched)) {
+			kvshm__rm_meta_free(*best);
+			*best = m;
+		} else {
+			kvshm__rm_meta_free(m);
+		}
+	}
+	rm->st.lookups++;
+	rc = *best ? 0 : KVSHM_ENOTFOUND;
+	if (*best)
+		rm->st.hits++;
+	if (nbad) { /* rare: delete the corrupt records in the time left */
+		kvshm__rm_cmds_free(c, nkeys);
+		for (size_t i = 0; i < nbad; i++) {
+			char *k = names + i * KEYBUF;
+			kvshm__rm_cmd_set(&c[i], 1, 2, (const char *[]){ "UNLINK", k }, NULL);
+		}
+		kvshm__rm_exec(rm, c, nbad, deadline);
+	}
+out_free:
+	kvshm__rm_cmds_free(c, nkeys);
+out:
+	free(c);
+	free(names);
+	return rc;
+}
+
+/* ---- pull ------------------------------------------------------------------------------ */
+
+struct pull {
+	const struct kvshm__rm_meta *m;
+	uint8_t *dst;
+	struct kvshm__rm_cmd *cmds;
+	uint32_t missing, corrupt, got;
+	bool other; /* an unexpected reply (an error reply) */
+};
+
+/* A chunk's reply: copy it in place and check it while it is in cache. */
+static void on_chunk(struct kvshm__rm_cmd *c, redisReply *r)
+{
+	struct pull *p = c->arg;
+	size_t i = (size_t)(c - p->cmds);
+	const struct kvshm__rm_meta *m = p->m;
+	size_t off = i * m->chunk, want = KVSHM_MIN((uint64_t)m->chunk, m->len - off);
+
+	if (c->sunk) { /* already in place, checksummed (remote/reply.c) */
+		if (c->sink_crc != m->crcs[i])
+			p->corrupt++;
+		else
+			p->got++;
+	} else if (r->type == REDIS_REPLY_NIL)
+		p->missing++;
+	else if (r->type != REDIS_REPLY_STRING)
+		p->other = true;
+	else if (r->len != want)
+		p->corrupt++;
+	else {
+		memcpy(p->dst + off, r->str, want);
+		if (kvshm__crc32c(0, p->dst + off, want) != m->crcs[i])
+			p->corrupt++;
+		else
+			p->got++;
+	}
+	freeReplyObject(r);
+}
+
+int kvshm__rm_pull(struct kvshm__rm *rm, const struct kvshm__rm_meta *m, void *dst, size_t cap,
+		   unsigned timeout_ms)
+{
+	int rc = need_ns(rm);
+	if (rc)
+		return rc;
+	if (cap < m->len)
+		return kvshm__fail(-ENOBUFS, "remote pull: %zu bytes of room for a %llu-byte value", cap,
+				   (unsigned long long)m->len);
+	uint64_t deadline = deadline_for(rm, timeout_ms, m->len);
+	size_t n = (size_t)m->nchunks + 1;
+	struct kvshm__rm_cmd *c = calloc(n, sizeof(*c));
+	char *names = malloc(n * KEYBUF), ttl[16];
+	struct pull p = { .m = m, .dst = dst, .cmds = c };
+	rc = -ENOMEM;
+	if (!c || !names)
+		goto out;
+	snprintf(ttl, sizeof(ttl), "%u", rm->opts.ttl_s);
+	for (uint32_t i = 0; i < n; i++) {
+		char *k = names + (size_t)i * KEYBUF;
+		if (i < m->nchunks) {
+			size_t kl = kvshm__rm_chunk_key(rm, m->key, m->gen, i, k, KEYBUF);
+			kvshm__rm_cmd_set(&c[i], 1, 4, (const char *[]){ "GETEX", k, "EX", ttl },
+					  (size_t[]){ 5, kl, 2, strlen(ttl) });
+			c[i].on_reply = on_chunk;
+			c[i].arg = &p;
+			c[i].sink = p.dst + (size_t)i * m->chunk;
+			c[i].sink_len = KVSHM_MIN((uint64_t)m->chunk, m->len - (uint64_t)i * m->chunk);
+		} else {
+			size_t kl = kvshm__rm_meta_key(rm, m->key, k, KEYBUF);
+			kvshm__rm_cmd_set(&c[i], 1, 3, (const char *[]){ "EXPIRE", k, ttl }, (size_t[]){ 6, kl, strlen(ttl) });
+		}
+	}
+	rc = kvshm__rm_exec(rm, c, n, deadline);
+	if (!rc && p.other)
+		rc = kvshm__fail(-EPROTO, "remote pull: a chunk's reply is not a string");
+	if (rc)
+		goto out;
+	uint32_t whole = 0;
+	for (uint32_t i = 0; i < m->nchunks; i++) {
+		size_t cl = KVSHM_MIN((uint64_t)m->chunk, m->len - (uint64_t)i * m->chunk);
+		whole = i ? kvshm__rm_crc32c_combine(whole, m->crcs[i], cl) : m->crcs[i];
+	}
+	if (p.missing || p.corrupt || p.got != m->nchunks || (m->nchunks && whole != m->crc)) {
+		if (p.missing)
+			rm->st.pull_missing++;
+		else
+			rm->st.pull_corrupt++;
+		kvshm__rm_cmds_free(c, n);
+		if (!unlink_keys(rm, m, CHUNKS_RECORD_IF_SAME, deadline))
+			rm->st.deletes++;
+		rc = kvshm__fail(KVSHM_ENOTFOUND, "remote pull: %u of %u chunks missing, %u corrupt: entry deleted",
+				 p.missing, m->nchunks, p.corrupt);
+		goto out;
+	}
+	rm->st.pulls++;
+	rm->st.pull_bytes += m->len;
+out:
+	kvshm__rm_cmds_free(c, n);
+	free(c);
+	free(names);
+	return rc;
+}

@@ -1,0 +1,184 @@
+/*
+ * remote/record.c — the remote entry's names and metadata record: key
+ * names from the caller's boundary hashes, the record's encoding and its
+ * verification, and CRC32C of a concatenation.
+ *
+ * The record (little-endian), fixed 128 bytes then the arrays:
+ *
+ *    0 "KVRM"   4 version (1)   6 reserved
+ *    8 K (16)  24 G (8)        32 value bytes (8)
+ *   40 chunk   44 nchunks      48 ntokens       52 CRC32C of the value
+ *   56 model fingerprint (32)  88 context hash (32)   120 quant, 7 zero bytes
+ *  128 tokens (4 × ntokens), chunk CRC32Cs (4 × nchunks),
+ *      CRC32C of everything before it (4)
+ *
+ * Not for: talking to Redis (remote/entry.c does, through remote/cluster.c).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "remote/rm.h"
+
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the record is little-endian");
+
+#define META_MAGIC 0x4d52564bu /* "KVRM" */
+#define META_VERSION 1
+#define META_FIXED 128
+
+/* ---- CRC32C of a concatenation (zlib's crc32_combine, Castagnoli's polynomial) ---------- */
+
+static uint32_t gf2_times(const uint32_t *mat, uint32_t vec)
+{
+	uint32_t sum = 0;
+	for (; vec; vec >>= 1, mat++)
+		if (vec & 1)
+			sum ^= *mat;
+	return sum;
+}
+
+static void gf2_square(uint32_t *sq, const uint32_t *mat)
+{
+	for (int n = 0; n < 32; n++)
+		sq[n] = gf2_times(mat, mat[n]);
+}
+
+uint32_t kvshm__rm_crc32c_combine(uint32_t a, uint32_t b, uint64_t blen)
+{
+	uint32_t even[32], odd[32];
+	if (!blen)
+		return a;
+	odd[0] = 0x82f63b78u; /* the operator for one zero bit */
+	for (int n = 1; n < 32; n++)
+		odd[n] = 1u << (n - 1);
+	gf2_square(even, odd); /* two zero bits */
+	gf2_square(odd, even); /* four */
+	do {                   /* apply len2 zero bytes to a */
+		gf2_square(even, odd);
+		if (blen & 1)
+			a = gf2_times(even, a);
+		blen >>= 1;
+		if (!blen)
+			break;
+		gf2_square(odd, even);
+		if (blen & 1)
+			a = gf2_times(odd, a);
+		blen >>= 1;
+	} while (blen);
+	return a ^ b;
+}
+
+/* ---- names ------------------------------------------------------------------------------- */
+
+static void hex(char *out, const uint8_t *p, size_t n)
+{
+	static const char d[] = "0123456789abcdef";
+	for (size_t i = 0; i < n; i++) {
+		out[2 * i] = d[p[i] >> 4];
+		out[2 * i + 1] = d[p[i] & 15];
+	}
+	out[2 * n] = '\0';
+}
+
+size_t kvshm__rm_meta_key(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN], char *buf, size_t bufsz)
+{
+	char h[2 * KVSHM_RM_KEYLEN + 1];
+	hex(h, key, KVSHM_RM_KEYLEN);
+	int n = snprintf(buf, bufsz, "%s:{%s}", rm->ns, h);
+	return n < 0 ? 0 : KVSHM_MIN((size_t)n, bufsz - 1);
+}
+
+size_t kvshm__rm_chunk_key(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN], uint64_t gen, uint32_t i,
+			   char *buf, size_t bufsz)
+{
+	char h[2 * KVSHM_RM_KEYLEN + 1];
+	hex(h, key, KVSHM_RM_KEYLEN);
+	int n = rm->nsp.spread ? snprintf(buf, bufsz, "%s:%s:%016llx:%u", rm->ns, h, (unsigned long long)gen, i)
+			       : snprintf(buf, bufsz, "%s:{%s}:%016llx:%u", rm->ns, h, (unsigned long long)gen, i);
+	return n < 0 ? 0 : KVSHM_MIN((size_t)n, bufsz - 1);
+}
+
+/* ---- the record ------------------------------------------------------------------------ */
+
+static size_t meta_size(uint32_t ntokens, uint32_t nchunks)
+{
+	return META_FIXED + 4ull * ntokens + 4ull * nchunks + 4;
+}
+
+uint8_t *kvshm__rm_record_encode(const struct kvshm__rm_meta *m, size_t *size)
+{
+	size_t sz = meta_size(m->ntokens, m->nchunks);
+	uint8_t *b = calloc(1, sz);
+	if (!b)
+		return NULL;
+	uint32_t u32;
+	uint16_t u16 = META_VERSION;
+	u32 = META_MAGIC;
+	memcpy(b, &u32, 4);
+	memcpy(b + 4, &u16, 2);
+	memcpy(b + 8, m->key, 16);
+	memcpy(b + 24, &m->gen, 8);
+	memcpy(b + 32, &m->len, 8);
+	memcpy(b + 40, &m->chunk, 4);
+	memcpy(b + 44, &m->nchunks, 4);
+	memcpy(b + 48, &m->ntokens, 4);
+	memcpy(b + 52, &m->crc, 4);
+	memcpy(b + 56, m->model.fingerprint, 32);
+	memcpy(b + 88, m->model.ctx_hash, 32);
+	b[120] = m->model.quant;
+	memcpy(b + META_FIXED, m->tokens, 4ull * m->ntokens);
+	memcpy(b + META_FIXED + 4ull * m->ntokens, m->crcs, 4ull * m->nchunks);
+	u32 = kvshm__crc32c(0, b, sz - 4);
+	memcpy(b + sz - 4, &u32, 4);
+	*size = sz;
+	return b;
+}
+
+/* Decode and verify a record read under key; NULL when it is not one. */
+struct kvshm__rm_meta *kvshm__rm_record_decode(const uint8_t *b, size_t sz, const uint8_t key[KVSHM_RM_KEYLEN])
+{
+	uint32_t magic, crc;
+	uint16_t ver;
+	struct kvshm__rm_meta m = { 0 };
+
+	if (sz < META_FIXED + 4)
+		return NULL;
+	memcpy(&magic, b, 4);
+	memcpy(&ver, b + 4, 2);
+	memcpy(&crc, b + sz - 4, 4);
+	if (magic != META_MAGIC || ver != META_VERSION || memcmp(b + 8, key, 16) || crc != kvshm__crc32c(0, b, sz - 4))
+		return NULL;
+	memcpy(m.key, b + 8, 16);
+	memcpy(&m.gen, b + 24, 8);
+	memcpy(&m.len, b + 32, 8);
+	memcpy(&m.chunk, b + 40, 4);
+	memcpy(&m.nchunks, b + 44, 4);
+	memcpy(&m.ntokens, b + 48, 4);
+	memcpy(&m.crc, b + 52, 4);
+	memcpy(m.model.fingerprint, b + 56, 32);
+	memcpy(m.model.ctx_hash, b + 88, 32);
+	m.model.quant = b[120];
+	if (!m.chunk || m.ntokens > KVSHM_MAX_TOKENS || m.nchunks != (m.len + m.chunk - 1) / m.chunk ||
+	    sz != meta_size(m.ntokens, m.nchunks))
+		return NULL;
+	struct kvshm__rm_meta *out = malloc(sizeof(*out));
+	uint32_t *arr = malloc(4ull * (m.ntokens + m.nchunks) + 1);
+	if (!out || !arr) {
+		free(out);
+		free(arr);
+		return NULL;
+	}
+	memcpy(arr, b + META_FIXED, 4ull * (m.ntokens + m.nchunks));
+	m.tokens = arr;
+	m.crcs = arr + m.ntokens;
+	*out = m;
+	return out;
+}
+
+void kvshm__rm_meta_free(struct kvshm__rm_meta *m)
+{
+	if (m) {
+		free(m->tokens);
+		free(m);
+	}
+}
