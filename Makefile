@@ -46,8 +46,10 @@ TST_FLAGS    := -O1 -g -DKVSHM_TEST
 SAN_FLAGS    := -O1 -g -DKVSHM_TEST -fsanitize=address,undefined \
                 -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-LIB_SRCS     := $(sort $(wildcard shm/*.c core/*.c))
-LIB_HDRS     := $(wildcard include/*.h shm/*.h core/*.h)
+# core/ is layered by folder (docs/architecture.md): its sources and headers
+# are every .c and .h one folder down too.
+LIB_SRCS     := $(sort $(wildcard shm/*.c core/*.c core/*/*.c))
+LIB_HDRS     := $(wildcard include/*.h shm/*.h core/*.h core/*/*.h)
 TOOL_UTIL    := tools/util.c
 TOOLS        := $(patsubst tools/%.c,%,$(filter-out $(TOOL_UTIL),$(wildcard tools/*.c)))
 TESTS        := $(patsubst tests/%.c,%,$(wildcard tests/test_*.c))
