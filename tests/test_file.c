@@ -28,7 +28,7 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "core/file.h" /* the format, paths and TDB index (tests link the internal library) */
+#include "core/tier/file.h" /* the format, paths and TDB index (tests link the internal library) */
 
 
 /* ---- helpers ------------------------------------------------------------------------ */

@@ -55,7 +55,7 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "core/file.h"
+#include "core/tier/file.h"
 
 #define KIB 1024u
 #define MAXTOK 256

@@ -43,7 +43,7 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "core/file.h" /* corrupting the segment for check; index rows for fsck */
+#include "core/tier/file.h" /* corrupting the segment for check; index rows for fsck */
 
 #define MAXTOK 64         /* tokens of the longest key */
 #define DEADLINE_MS 20000 /* generous: a shared 2-core machine, sanitizers */

@@ -53,7 +53,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core/file.h"
+#include "core/tier/file.h"
 
 #define KIB 1024ull
 #define MIB (1024ull * 1024ull)

@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/file.h"
+#include "core/tier/file.h"
 
 int main(int argc, char **argv)
 {

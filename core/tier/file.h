@@ -1,5 +1,5 @@
 /*
- * core/file.h — the file tiers' internals: the cache-file format, the TDB
+ * core/tier/file.h — the file tiers' internals: the cache-file format, the TDB
  * index, paths, and the file-tier operations core/ files share.
  *
  * A CACHE FILE (little-endian):
@@ -24,8 +24,8 @@
  * directory holds more than 1/256 of them; writes go through
  * <dir>/tmp/<32 hex>.<slot>-<gen>-<token>.tmp.
  */
-#ifndef KVSHM_CORE_FILE_H
-#define KVSHM_CORE_FILE_H
+#ifndef KVSHM_CORE_TIER_FILE_H
+#define KVSHM_CORE_TIER_FILE_H
 
 #include "core/internal.h"
 

@@ -1,5 +1,5 @@
 /*
- * core/admin.c — inspection for operators (shmctl): the process table,
+ * core/maint/admin.c — inspection for operators (shmctl): the process table,
  * one entry by key, and the offline check of a file-tier directory.
  */
 #include <dirent.h>
@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/file.h"
+#include "core/tier/file.h"
 
 _Static_assert((int)KVSHM_IDENTITY_PIDFS == (int)KVSHM_IDENT_PIDFS && (int)KVSHM_IDENTITY_LOCK == (int)KVSHM_IDENT_LOCK,
 	       "kvshm_proc_info.identity reports the slot's kind as it is");

@@ -1,5 +1,5 @@
 /*
- * core/reaper.c — the reaper: reclaim dead processes within milliseconds,
+ * core/daemon/reaper.c — the reaper: reclaim dead processes within milliseconds,
  * prune, and drive the pressure scheduler. kvshm-reaper is a thin main
  * over these functions; a worker can call kvshm_sweep / kvshm_prune inline
  * when no reaper runs.

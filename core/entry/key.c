@@ -1,5 +1,5 @@
 /*
- * core/key.c — cache keys and their hashes.
+ * core/entry/key.c — cache keys and their hashes.
  *
  * A key is a model identity (fingerprint, quantisation, context hash) and a
  * token sequence. Hashes are XXH3-128 (libxxhash: fast, well-kept, stable

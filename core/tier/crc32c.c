@@ -1,5 +1,5 @@
 /*
- * core/crc32c.c — CRC32C (Castagnoli) of file payloads.
+ * core/tier/crc32c.c — CRC32C (Castagnoli) of file payloads.
  *
  * Debian 12 packages no maintained CRC32C library for C (Google's crc32c is
  * not in bookworm), and the algorithm is small: the SSE4.2 crc32

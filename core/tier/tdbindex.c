@@ -1,5 +1,5 @@
 /*
- * core/tdbindex.c — the persistent index of a file tier: one TDB per tier
+ * core/tier/tdbindex.c — the persistent index of a file tier: one TDB per tier
  * directory (<dir>/index.tdb), key (16 bytes) → struct kvshm__irow.
  *
  * TDB's fcntl locks belong to the process, and TDB refuses a second open
@@ -27,7 +27,7 @@
 #include <tdb.h>
 #include <unistd.h>
 
-#include "core/file.h"
+#include "core/tier/file.h"
 
 #define HASH_SIZE 100003 /* prime; ~0.4 MiB of chain heads; fit for millions of rows */
 static const char SEED_KEY[] = KVSHM_IDX_SEED;

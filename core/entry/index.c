@@ -1,5 +1,5 @@
 /*
- * core/index.c — the sharded index: shard locks and their repair, entry
+ * core/entry/index.c — the sharded index: shard locks and their repair, entry
  * chains, blob access, matching, removal and the hit score.
  *
  * Each shard owns a contiguous partition of the entry array, a bucket

@@ -1,5 +1,5 @@
 /*
- * core/reclaim.c — give back everything a dead process held.
+ * core/maint/reclaim.c — give back everything a dead process held.
  *
  * Called by kvshm__proc_sweep (inline, from any handle) or by the reaper,
  * for one slot that kvshm__proc_take_dead handed to us; it may run again if

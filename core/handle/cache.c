@@ -1,5 +1,5 @@
 /*
- * core/cache.c — configuration, the segment layout of a cache, open/close,
+ * core/handle/cache.c — configuration, the segment layout of a cache, open/close,
  * destroy, fork rebinding and the inline sweep.
  *
  * Opening: attach if the segment exists, else (with KVSHM_OPEN_CREATE)

@@ -1,5 +1,5 @@
 /*
- * core/check.c — the consistency checker (DESIGN.md §7), used by tests
+ * core/maint/check.c — the consistency checker (DESIGN.md §7), used by tests
  * after every kill and by `shmctl check`.
  *
  * It takes every lock in rank order (process table, shards, semaphore,
@@ -35,7 +35,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/file.h"
+#include "core/tier/file.h"
 
 #define V(...) kvshm__fail(KVSHM_ECHECK, __VA_ARGS__)
 

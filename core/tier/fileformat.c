@@ -1,5 +1,5 @@
 /*
- * core/fileformat.c — encode, read and check cache files, and their paths.
+ * core/tier/fileformat.c — encode, read and check cache files, and their paths.
  * The format is described in core/file.h.
  */
 #include <fcntl.h>
@@ -11,7 +11,7 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
-#include "core/file.h"
+#include "core/tier/file.h"
 
 #define TAG_HDR 8u
 #define MAX_TAGS_LEN (64u << 20) /* 16 Mi tokens of TOKENS tag, plus room */

@@ -1,5 +1,5 @@
 /*
- * core/promote.c — promotion between tiers (seed 003): the decision.
+ * core/maint/promote.c — promotion between tiers (seed 003): the decision.
  *
  * An entry hit often in a slower tier should move up. Moving costs a copy,
  * so placement must not flap: a candidate is promoted only when the faster

@@ -1,5 +1,5 @@
 /*
- * core/tier.c — the file tiers: the save pipeline of seed 001, loads,
+ * core/tier/file.c — the file tiers: the save pipeline of seed 001, loads,
  * stage-aware cleanup of dead writers, adoption and demotion.
  *
  * SAVING TO A FILE TIER (each step a crash point)
@@ -49,7 +49,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-#include "core/file.h"
+#include "core/tier/file.h"
 
 /* ---- configuration, indexes ----------------------------------------------------------- */
 

@@ -1,5 +1,5 @@
 /*
- * core/pressure.c — the memory-pressure scheduler (seed 000): pressure
+ * core/daemon/pressure.c — the memory-pressure scheduler (seed 000): pressure
  * sources, configuration and status kept in the segment, and one check.
  *
  * A check samples (used, total) from the configured source; at or above

@@ -1,5 +1,5 @@
 /*
- * core/reconcile.c — make a file tier's files, its TDB index and the
+ * core/maint/reconcile.c — make a file tier's files, its TDB index and the
  * segment's entries agree. Run when a segment is created over existing
  * directories, at reaper start, and on demand (shmctl fsck / reconcile).
  *
@@ -26,7 +26,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/file.h"
+#include "core/tier/file.h"
 
 struct keyset {
 	uint8_t (*k)[16];
