@@ -71,13 +71,15 @@ struct kvshm {
 	char name[KVSHM_NAME_MAX];
 };
 
-/* ---- handles (core/cache.c) ------------------------------------------------------- */
+/* ---- handles (core/entry/handle.c, core/enter.c, core/handle/create.c) ------------- */
 
 /* The checksum of the cache header's immutable part (its imm_csum): the
  * configuration and the region offsets. */
 uint64_t kvshm__cache_imm_csum(const struct kvshm__cache_hdr *hdr);
 /* Entry guard of every public call: closed handle, fork rebinding. */
 int kvshm__enter(kvshm *h);
+/* Claim a process slot for h (sweeping dead ones when the table is full). */
+int kvshm__claim(kvshm *h);
 /* Bumped in every child after fork. */
 uint64_t kvshm__fork_gen(void);
 struct kvshm__slotx *kvshm__slotx(const kvshm *h, uint32_t idx);

@@ -1,0 +1,24 @@
+/*
+ * core/handle/handle.h — what the files of the handle layer (the top of
+ * core/) share: the normalised configuration, the layout signature and
+ * building a segment. Not for the layers below: none of them makes or
+ * opens a cache.
+ */
+#ifndef KVSHM_CORE_HANDLE_HANDLE_H
+#define KVSHM_CORE_HANDLE_HANDLE_H
+
+#include "core/internal.h"
+
+#define MIB (1024ull * 1024ull)
+
+/* The configuration as the segment keeps it: defaults filled in, sizes
+ * derived (entries per shard, buckets, marker sets). */
+void kvshm__config_normalise(const kvshm_config *c, struct kvshm__cfg *n);
+/* XXH3-64 of the layout version and every shared struct's size: attach
+ * refuses a segment whose signature differs. */
+uint64_t kvshm__layout_sig(void);
+/* Build the segment of cache `name` and link it into place: 0 with *out
+ * attached, -EEXIST when another creator won (attach theirs), or an error. */
+int kvshm__cache_create(const char *name, const kvshm_config *c, struct kvshm__seg **out);
+
+#endif
