@@ -172,44 +172,6 @@ KVSHM_EXTERN int kvshm_evict_bytes(kvshm *h, uint64_t target, unsigned tier_mask
 	return kvshm__evict(h, target, tier_mask ? tier_mask : KVSHM_TIERS_ALL, freed, count);
 }
 
-int kvshm__expire(kvshm *h, uint64_t *count)
-{
-	uint64_t n = 0, now = kvshm__now_ns();
-	for (uint32_t s = 0; s < h->cfg->shards; s++) {
-		struct kvshm__shard *sh = &h->shards[s];
-		if (__atomic_load_n(&sh->reserved, __ATOMIC_RELAXED) == 0)
-			continue;
-		int err = kvshm__shard_lock(h, s);
-		if (err < 0)
-			return err;
-		uint32_t here = 0;
-		/* Bounded by the journal: expire a batch, come back for more. A
-		 * file save that is committing (or an entry being removed) is past
-		 * the point where another writer could take its key over: it
-		 * finishes, or its death is reclaimed (core/tier.c). */
-		for (uint32_t k = 0; k < sh->cap && here < KVSHM_JOURNAL_MAX / 2; k++) {
-			struct kvshm__entry *e = &h->entries[sh->first + k];
-			uint32_t stage = e->flags & KVSHM_EF_STAGE_MASK;
-			bool committing = e->tier != KVSHM_TIER_RAM &&
-					  (stage == KVSHM_EF_STAGE_COMMIT || stage == KVSHM_EF_STAGE_LINKED);
-			if (e->state == KVSHM_E_RESERVED && e->deadline_ns < now && !committing) {
-				kvshm__jset32(h->seg, &sh->lk, &e->state, KVSHM_E_EXPIRED);
-				here++;
-			}
-		}
-		kvshm__shard_unlock(h, s);
-		if (here) {
-			n += here;
-			kvshm__futex_bump_wake(&sh->seq, INT32_MAX);
-			if (here >= KVSHM_JOURNAL_MAX / 2)
-				s--; /* same shard again */
-		}
-	}
-	kvshm__count(h, KVSHM_C_expired, n);
-	if (count)
-		*count = n;
-	return 0;
-}
 
 KVSHM_EXTERN int kvshm_gc(kvshm *h, uint64_t *freed_out, uint64_t *count_out)
 {
@@ -256,30 +218,6 @@ static bool filter_ok(const kvshm *h, const struct kvshm__entry *e, const kvshm_
 	return true;
 }
 
-void kvshm__info_of(const kvshm *h, const struct kvshm__entry *e, uint64_t now, kvshm_entry_info *i)
-{
-	memset(i, 0, sizeof(*i));
-	memcpy(i->key, e->key, 16);
-	const struct kvshm__blob *b = kvshm__entry_blob(h, e);
-	if (b)
-		i->model = b->model;
-	i->tier = e->tier;
-	i->state = e->state == KVSHM_E_READY ? KVSHM_STATE_READY
-		   : e->state == KVSHM_E_RESERVED ? KVSHM_STATE_RESERVED : KVSHM_STATE_EXPIRED;
-	i->len = e->len;
-	i->footprint = e->footprint;
-	i->ntokens = e->ntokens;
-	i->refcount = e->refcount;
-	i->hits = e->hits;
-	i->reason = e->reason;
-	i->score = kvshm__entry_score(h, e, now);
-	i->created_ns = e->created_ns;
-	i->idle_ns = now > e->last_ns ? now - e->last_ns : 0;
-	if (e->state != KVSHM_E_READY) {
-		const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, e->owner);
-		i->owner_pid = sl ? sl->pid : 0;
-	}
-}
 
 KVSHM_EXTERN int kvshm_list(kvshm *h, const kvshm_filter *f, int (*fn)(const kvshm_entry_info *, void *), void *ctx)
 {

@@ -257,7 +257,7 @@ struct kvshm__cand {
 	uint32_t seq;   /* shard seq seen (for waits) */
 };
 
-/* ---- partial-prefix lookup (core/partial.c) --------------------------------------- */
+/* ---- partial-prefix lookup (core/entry/marks.c, core/partial.c) -------------------- */
 
 #define KVSHM_PARTIAL_MIN_DEFAULT 64u /* tokens: a shorter common prefix is cheaper to
 				       * prefill than to restore and cut (config 0) */
@@ -268,6 +268,12 @@ uint32_t kvshm__marks_sets_for(uint32_t max_entries, uint64_t segment_bytes);
  * hashes are kh (kvshm__keyhash of its key): one per non-terminal boundary
  * that can reach partial_min_tokens. No lock; hints only. */
 void kvshm__marks_add(kvshm *h, const struct kvshm__keyhash *kh, size_t n, uint32_t idx, uint32_t gen);
+/* The markers of boundary hash t (its set's ways with t's tag, the entry
+ * index bounds-checked, duplicates dropped): how many, with their entry
+ * indexes and low gen bits (gen & KVSHM_MARK_GEN_MASK). Hints only. */
+#define KVSHM_MARK_GEN_MASK 0xfffu
+unsigned kvshm__marks_find(const kvshm *h, kvshm__h128 t, uint32_t idx[KVSHM_MARK_WAYS],
+			   uint32_t gen12[KVSHM_MARK_WAYS]);
 /* The walk of kvshm_lookup with KVSHM_LOOKUP_PARTIAL: as core/lookup.c's
  * walk (0 with *pin filled and pinned, or KVSHM_ENOTFOUND with *wait), but
  * the answer is the longest common prefix. */

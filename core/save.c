@@ -28,42 +28,6 @@
 
 #include "core/internal.h"
 
-uint64_t kvshm__token(kvshm *h)
-{
-	static _Thread_local uint64_t x;
-	if (x == 0)
-		x = kvshm__now_ns() ^ ((uint64_t)kvshm__self_pid() << 32) ^ 0xd6e8feb86659fd93ull;
-	x += 0x9e3779b97f4a7c15ull;
-	uint64_t z = x ^ ((uint64_t)h->me << 48);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return (z ^ (z >> 31)) | 1;
-}
-
-int kvshm__find_locked(kvshm *h, uint32_t s, kvshm__h128 term, const kvshm_model *m, const uint32_t *tokens,
-		       size_t n, int tier, uint32_t *idx)
-{
-	struct kvshm__shard *sh = &h->shards[s];
-	uint32_t cur = h->buckets[(uint64_t)s * sh->nbuckets + (term.lo & (sh->nbuckets - 1))];
-	for (uint32_t guard = 0; cur && guard <= sh->cap; guard++) {
-		const struct kvshm__entry *e = kvshm__entry_at(h, cur - 1);
-		if (!e)
-			break;
-		uint32_t i = cur - 1;
-		cur = e->next;
-		if (e->term[0] != term.lo || e->term[1] != term.hi || e->ntokens != n || e->tier != tier ||
-		    (e->flags & KVSHM_EF_BAD))
-			continue;
-		if ((e->state == KVSHM_E_READY || e->state == KVSHM_E_RESERVED) &&
-		    kvshm__entry_matches(h, e, m, tokens, n)) {
-			if (idx)
-				*idx = i;
-			return e->state == KVSHM_E_READY ? KVSHM_EEXISTS : KVSHM_EINPROGRESS;
-		}
-	}
-	return 0;
-}
-
 static int dup_error(kvshm *h, int err, size_t n, int tier)
 {
 	kvshm__count(h, err == KVSHM_EEXISTS ? KVSHM_C_dup_present : KVSHM_C_dup_in_progress, 1);
@@ -410,36 +374,6 @@ record:
 	return 0;
 }
 
-struct kvshm__entry *kvshm__own_entry(kvshm *h, const kvshm_reservation *r, uint32_t *s, int *err)
-{
-	uint32_t ref = (uint32_t)r->ref[0];
-	struct kvshm__entry *e = ref ? kvshm__entry_at(h, ref - 1) : NULL;
-	if (!e) {
-		*err = kvshm__fail(-EINVAL, "reservation names no entry (already published or cancelled?)");
-		return NULL;
-	}
-	uint32_t idx = ref - 1;
-	*s = idx / h->cfg->entries_per_shard;
-	if ((*err = kvshm__shard_lock(h, *s)) < 0)
-		return NULL;
-	if (e->gen != (uint32_t)(r->ref[0] >> 32) || e->token != r->ref[1] || e->owner != h->me ||
-	    e->owner_gen != h->me_gen || (e->state != KVSHM_E_RESERVED && e->state != KVSHM_E_EXPIRED)) {
-		kvshm__shard_unlock(h, *s);
-		*err = kvshm__fail(KVSHM_EEXPIRED, "reservation of entry %u is no longer ours", idx);
-		return NULL;
-	}
-	return e;
-}
-
-int kvshm__drop_locked_entry(kvshm *h, uint32_t s, uint32_t idx)
-{
-	uint64_t blob = kvshm__entry_remove_locked(h, s, idx, h->me);
-	kvshm__shard_unlock(h, s);
-	kvshm__futex_bump_wake(&h->shards[s].seq, INT32_MAX);
-	if (!blob)
-		return kvshm__fail(KVSHM_ECORRUPT, "entry %u: blob could not be taken back", idx);
-	return kvshm__slab_free(h->seg, h->slab, h->me, blob);
-}
 
 uint64_t kvshm__copy_sum(void *dst, const void *src, size_t len)
 {

@@ -14,7 +14,6 @@
  * is rolled back exactly by the next locker. The shard repair routine has
  * nothing left to recompute; it only counts.
  */
-#include <math.h>
 #include <string.h>
 
 #include "core/internal.h"
@@ -46,21 +45,6 @@ const char *kvshm__tier_name(int tier)
 	return tier >= 0 && tier < KVSHM_NTIERS ? names[tier] : "?";
 }
 
-struct kvshm__blob *kvshm__entry_blob(const kvshm *h, const struct kvshm__entry *e)
-{
-	/* A file entry's blob holds its model and tokens; the value is in
-	 * the file. */
-	uint64_t vlen = e->tier == KVSHM_TIER_RAM ? e->len : 0;
-	uint64_t size = kvshm__slab_size(h->seg, h->slab, e->blob);
-	if (size < kvshm__blob_size(e->ntokens, vlen))
-		return NULL;
-	struct kvshm__blob *b = kvshm__at(h->seg, e->blob, size);
-	if (!b || b->magic != KVSHM_BLOB_MAGIC || b->ntokens != e->ntokens || b->len != vlen ||
-	    !kvshm__blob_voff_ok(b->ntokens, b->voff) || size != b->voff + vlen ||
-	    !kvshm__in_view(h->seg, e->blob, size))
-		return NULL;
-	return b;
-}
 
 int kvshm__entry_new_locked(kvshm *h, uint32_t s, const struct kvshm__newentry *ne, uint32_t *idx_out,
 			    uint32_t *gen_out)
@@ -162,45 +146,28 @@ void kvshm__mark_ready_locked(kvshm *h, uint32_t s, uint32_t idx, uint64_t csum,
 	kvshm__jset32(seg, lk, &e->state, KVSHM_E_READY);
 }
 
-const struct kvshm__blob *kvshm__entry_blob_quick(const kvshm *h, const struct kvshm__entry *e)
+int kvshm__find_locked(kvshm *h, uint32_t s, kvshm__h128 term, const kvshm_model *m, const uint32_t *tokens,
+		       size_t n, int tier, uint32_t *idx)
 {
-	uint64_t vlen = e->tier == KVSHM_TIER_RAM ? e->len : 0;
-	if (e->blob % 16) /* every allocation is 16-byte aligned */
-		return NULL;
-	const struct kvshm__blob *b = kvshm__at(h->seg, e->blob, kvshm__blob_size(e->ntokens, vlen));
-	if (!b || b->magic != KVSHM_BLOB_MAGIC || b->ntokens != e->ntokens || b->len != vlen ||
-	    !kvshm__blob_voff_ok(b->ntokens, b->voff) || !kvshm__in_view(h->seg, e->blob, b->voff + vlen))
-		return NULL;
-	return b;
-}
-
-bool kvshm__entry_matches(const kvshm *h, const struct kvshm__entry *e, const kvshm_model *m,
-			  const uint32_t *tokens, size_t n)
-{
-	if (e->ntokens != n)
-		return false;
-	const struct kvshm__blob *b = kvshm__entry_blob_quick(h, e);
-	if (!b) {
-		kvshm__count(h, KVSHM_C_corrupt_rejected, 1);
-		return false;
+	struct kvshm__shard *sh = &h->shards[s];
+	uint32_t cur = h->buckets[(uint64_t)s * sh->nbuckets + (term.lo & (sh->nbuckets - 1))];
+	for (uint32_t guard = 0; cur && guard <= sh->cap; guard++) {
+		const struct kvshm__entry *e = kvshm__entry_at(h, cur - 1);
+		if (!e)
+			break;
+		uint32_t i = cur - 1;
+		cur = e->next;
+		if (e->term[0] != term.lo || e->term[1] != term.hi || e->ntokens != n || e->tier != tier ||
+		    (e->flags & KVSHM_EF_BAD))
+			continue;
+		if ((e->state == KVSHM_E_READY || e->state == KVSHM_E_RESERVED) &&
+		    kvshm__entry_matches(h, e, m, tokens, n)) {
+			if (idx)
+				*idx = i;
+			return e->state == KVSHM_E_READY ? KVSHM_EEXISTS : KVSHM_EINPROGRESS;
+		}
 	}
-	/* Cheapest differences first: the tail, the model, then the rest. */
-	size_t tail = n - kvshm__bound(h->cfg, kvshm__bidx(h->cfg, n));
-	if (tail && memcmp(b->tokens + n - tail, tokens + n - tail, tail * sizeof(uint32_t)) != 0)
-		return false;
-	if (memcmp(&b->model, m, sizeof(*m)) != 0)
-		return false;
-	return memcmp(b->tokens, tokens, (n - tail) * sizeof(uint32_t)) == 0;
-}
-
-double kvshm__entry_score(const kvshm *h, const struct kvshm__entry *e, uint64_t now_ns)
-{
-	float s0;
-	memcpy(&s0, &e->score_bits, sizeof(s0));
-	if (!(s0 > 0.0f))
-		return 0.0;
-	double dt = now_ns > e->last_ns ? (double)(now_ns - e->last_ns) / 1e9 : 0.0;
-	return (double)s0 * exp2(-dt / h->cfg->score_halflife_s);
+	return 0;
 }
 
 uint64_t kvshm__entry_remove_locked(kvshm *h, uint32_t s, uint32_t idx, uint32_t to)
