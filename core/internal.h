@@ -312,7 +312,7 @@ bool kvshm__crc32c_hw_available(void);
 /* Initialise the control block with the defaults (creation time). */
 int kvshm__sched_init(struct kvshm__sched *sc);
 
-/* ---- file tiers (core/tier.c) ---------------------------------------------------------- */
+/* ---- file tiers (core/tier/file*.c) ---------------------------------------------------- */
 
 /* Default quota of a tier when the config gives 0. */
 uint64_t kvshm__tier_default_quota(int tier, uint64_t segment_bytes, const char *dir);

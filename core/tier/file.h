@@ -102,7 +102,7 @@ int kvshm__file_path(const char *dir, const uint8_t key[16], char *buf, size_t l
 int kvshm__tmp_path(const char *dir, const uint8_t key[16], uint32_t slot, uint32_t gen, uint64_t token, char *buf,
 		    size_t len);
 
-/* ---- the TDB index (core/tdbindex.c) ----------------------------------------------- */
+/* ---- the TDB index (core/tier/tdbindex.c) ----------------------------------------------- */
 
 /* One row per file: key (16 bytes) → this. */
 struct kvshm__irow {
@@ -155,5 +155,20 @@ int kvshm__idx_get_u64(struct kvshm__idx *ix, const char *name, uint64_t *out);
 /* Rows, and whether the open found the file damaged and repacked it. */
 int kvshm__idx_count(struct kvshm__idx *ix, uint64_t *rows);
 bool kvshm__idx_was_repacked(const struct kvshm__idx *ix);
+
+/* ---- the directory, shared by the file-tier files (core/tier/filedir.c) ------------- */
+
+/* The index row that describes a file whose meta is m, in tier. */
+void kvshm__irow_of(struct kvshm__irow *row, const struct kvshm__fmeta *m, int tier);
+/* Open and validate the file at path against key (header, tags and key;
+ * the payload CRC too when full): 0 with *m filled, or an error. */
+int kvshm__file_validate(kvshm *h, const char *path, const uint8_t key[16], bool full, struct kvshm__fmeta *m);
+/* A file reservation becomes READY describing the file in place: ours, or
+ * a valid copy of the key that was there first, whose value may have
+ * another length than the one reserved (shard lock held). */
+void kvshm__file_ready_locked(kvshm *h, uint32_t s, uint32_t idx, const struct kvshm__fmeta *m);
+/* fsync the directory holding path; create path's parent directory. */
+int kvshm__fsync_dir_of(const char *path);
+int kvshm__mkdir_parent(const char *path);
 
 #endif
