@@ -307,10 +307,19 @@ uint32_t kvshm__crc32c(uint32_t crc, const void *buf, size_t len);
 uint32_t kvshm__crc32c_sw(uint32_t crc, const void *buf, size_t len);
 bool kvshm__crc32c_hw_available(void);
 
-/* ---- scheduler (core/pressure.c) ------------------------------------------------------ */
+/* ---- the scheduler's control block (core/sched.c) -------------------------------------- */
 
 /* Initialise the control block with the defaults (creation time). */
 int kvshm__sched_init(struct kvshm__sched *sc);
+/* Enter the handle, then take its control block's lock: 0 with *sc
+ * locked, or an error with nothing held. */
+int kvshm__sched_enter_and_lock(kvshm *h, struct kvshm__sched **sc);
+/* The configuration in the control block (its lock held). */
+void kvshm__sched_read_config(const struct kvshm__sched *sc, kvshm_sched_config *c);
+/* Record a check's outcome: the sample (u, t may be NULL), the result, what
+ * was evicted, and the error text (may be NULL). Takes the lock itself. */
+void kvshm__sched_record(kvshm *h, const uint64_t *u, const uint64_t *t, int result, uint64_t freed, uint64_t count,
+			 const char *error);
 
 /* ---- file tiers (core/tier/file*.c) ---------------------------------------------------- */
 
