@@ -111,15 +111,15 @@ $(LLAMA_REL_OBJS) $(LLAMA_TST_OBJS) $(LLAMA_SAN_OBJS): BASE_CFLAGS += $(LLAMA_CF
 
 # ---- library -----------------------------------------------------------------
 $(B)/libkvshm.a: $(REL_OBJS)
-	$(AR) rcs $@ $^
+	rm -f $@ && $(AR) rcs $@ $^
 $(B)/libkvshm.so.$(VERSION): $(REL_OBJS)
 	$(CC) -shared -pthread -Wl,-soname,libkvshm.so.$(SOVERSION) $(LDFLAGS) -o $@ $^ $(DEP_LIBS)
 	ln -sf libkvshm.so.$(VERSION) $(B)/libkvshm.so.$(SOVERSION)
 	ln -sf libkvshm.so.$(VERSION) $(B)/libkvshm.so
 $(B)/libkvshm-tst.a: $(TST_OBJS)
-	$(AR) rcs $@ $^
+	rm -f $@ && $(AR) rcs $@ $^
 $(B)/libkvshm-san.a: $(SAN_OBJS)
-	$(AR) rcs $@ $^
+	rm -f $@ && $(AR) rcs $@ $^
 
 # libkvshm-llama: over libkvshm and the engine. The shared library names
 # only libllama (no path: a program links the engine itself, with its own
@@ -127,11 +127,11 @@ $(B)/libkvshm-san.a: $(SAN_OBJS)
 # time in libllama's own dependencies, which a program linked with
 # --as-needed would otherwise not load before this library asks for them.
 $(B)/libkvshm-llama.a: $(LLAMA_REL_OBJS)
-	$(AR) rcs $@ $^
+	rm -f $@ && $(AR) rcs $@ $^
 $(B)/libkvshm-llama-tst.a: $(LLAMA_TST_OBJS)
-	$(AR) rcs $@ $^
+	rm -f $@ && $(AR) rcs $@ $^
 $(B)/libkvshm-llama-san.a: $(LLAMA_SAN_OBJS)
-	$(AR) rcs $@ $^
+	rm -f $@ && $(AR) rcs $@ $^
 $(B)/libkvshm-llama.so.$(VERSION): $(LLAMA_REL_OBJS) $(B)/libkvshm.so.$(VERSION)
 	$(CC) -shared -pthread -Wl,-soname,libkvshm-llama.so.$(SOVERSION) $(LDFLAGS) -o $@ $(LLAMA_REL_OBJS) \
 	  -L$(B) -lkvshm -L$(LLAMA_DIR)/lib -l:libllama.v0.4.0.so $(shell $(PKG_CONFIG) --libs libxxhash)
