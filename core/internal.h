@@ -80,8 +80,6 @@ uint64_t kvshm__cache_imm_csum(const struct kvshm__cache_hdr *hdr);
 int kvshm__enter(kvshm *h);
 /* Claim a process slot for h (sweeping dead ones when the table is full). */
 int kvshm__claim(kvshm *h);
-/* Bumped in every child after fork. */
-uint64_t kvshm__fork_gen(void);
 struct kvshm__slotx *kvshm__slotx(const kvshm *h, uint32_t idx);
 /* Reclaim dead slots (inline sweep); returns how many were reclaimed. */
 int kvshm__sweep(kvshm *h);

@@ -36,6 +36,11 @@
  */
 int kvshm__fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* This process across fork() (shm/self.c): its pid, kept current, and a
+ * generation bumped in every child. */
+uint32_t kvshm__self_pid(void);
+uint64_t kvshm__fork_gen(void);
+
 /* CLOCK_MONOTONIC and CLOCK_REALTIME in nanoseconds. */
 uint64_t kvshm__now_ns(void);
 uint64_t kvshm__wall_ns(void);

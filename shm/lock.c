@@ -13,28 +13,6 @@
 
 #include "shm/lock.h"
 
-/* ---- our pid, kept current across fork ----------------------------------- */
-
-static _Atomic uint32_t self_pid;
-static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
-
-static void pid_after_fork(void)
-{
-	atomic_store(&self_pid, (uint32_t)getpid());
-}
-
-static void pid_init(void)
-{
-	atomic_store(&self_pid, (uint32_t)getpid());
-	pthread_atfork(NULL, NULL, pid_after_fork);
-}
-
-uint32_t kvshm__self_pid(void)
-{
-	pthread_once(&pid_once, pid_init);
-	return atomic_load_explicit(&self_pid, memory_order_relaxed);
-}
-
 /* ---- ownership tracking and lock order (test builds) --------------------- */
 
 #ifdef KVSHM_TEST

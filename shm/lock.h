@@ -98,7 +98,4 @@ int kvshm__lock_rollback(struct kvshm__seg *s, struct kvshm__lock *lk);
  * builds always answer true). For assert() at the top of _locked functions. */
 bool kvshm__lock_held(const struct kvshm__lock *lk);
 
-/* The pid of this process, kept current across fork. */
-uint32_t kvshm__self_pid(void);
-
 #endif
