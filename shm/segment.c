@@ -108,11 +108,25 @@ int kvshm__seg_path(const char *name, const char *shm_dir, char *buf, size_t len
 	return 0;
 }
 
+/*
+ * A segment being built lives under its temporary name, <dir>/.kvshm-init.
+ * <name>.<pid> (pid: its creator's), until publish links it into place.
+ * The one place that spells the name: with pid < 0, the prefix every
+ * creator's temporary of name shares.
+ */
+static int tmp_path(const char *dir, const char *name, long pid, char *buf, size_t len)
+{
+	int n = pid < 0 ? snprintf(buf, len, "%s%s.kvshm-init.%s.", dir, dir[0] ? "/" : "", name)
+			: snprintf(buf, len, "%s/.kvshm-init.%s.%ld", dir, name, pid);
+	return n < 0 || (size_t)n >= len ? kvshm__fail(-ENAMETOOLONG, "temporary name of '%s' in %s", name, dir) : 0;
+}
+
 /* Remove temporary files left by creators that died mid-creation. */
 static void sweep_stale_temps(const char *dir, const char *name)
 {
 	char prefix[KVSHM_NAME_MAX + 16];
-	snprintf(prefix, sizeof(prefix), ".kvshm-init.%s.", name);
+	if (tmp_path("", name, -1, prefix, sizeof(prefix)) < 0)
+		return;
 	DIR *d = opendir(dir);
 	if (!d)
 		return;
@@ -148,7 +162,8 @@ int kvshm__seg_create(const char *name, const struct kvshm__seg_opts *o, struct 
 	strlcpy(s->name, name, sizeof(s->name));
 	sweep_stale_temps(dir, name);
 
-	snprintf(tmp, sizeof(tmp), "%s/.kvshm-init.%s.%ld", dir, name, (long)getpid());
+	if ((err = tmp_path(dir, name, (long)getpid(), tmp, sizeof(tmp))) < 0)
+		goto out_free;
 	s->fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, o->mode ? o->mode : 0600);
 	if (s->fd < 0) {
 		err = kvshm__fail(-errno, "create '%s' in %s", name, dir);
@@ -231,15 +246,32 @@ uint64_t kvshm__seg_unplaced(const struct kvshm__seg *s)
 	return end >= s->size ? 0 : s->size - end;
 }
 
+/* The temporary name of s, a segment this process is building. */
+static int building_path(const struct kvshm__seg *s, char *buf, size_t len)
+{
+	char dir[256];
+	const char *slash = strrchr(s->path, '/');
+	snprintf(dir, sizeof(dir), "%.*s", (int)(slash - s->path), s->path);
+	return tmp_path(dir, s->name, (long)getpid(), buf, len);
+}
+
+void kvshm__seg_discard(struct kvshm__seg *s)
+{
+	char tmp[256];
+	if (building_path(s, tmp, sizeof(tmp)) == 0)
+		unlink(tmp);
+	kvshm__seg_detach(s);
+}
+
 int kvshm__seg_publish(struct kvshm__seg *s, uint64_t layout_sig)
 {
 	char tmp[256];
 	struct kvshm__seg_hdr *h = kvshm__seg_hdr(s);
-	const char *slash = strrchr(s->path, '/');
-	int err = 0;
-
-	snprintf(tmp, sizeof(tmp), "%.*s/.kvshm-init.%s.%ld", (int)(slash - s->path), s->path,
-		 s->name, (long)getpid());
+	int err = building_path(s, tmp, sizeof(tmp));
+	if (err < 0) {
+		kvshm__seg_detach(s);
+		return err;
+	}
 	h->layout_sig = layout_sig;
 	h->magic = KVSHM_SEG_MAGIC; /* the checksum covers the magic as attachers see it */
 	h->hdr_csum = kvshm__seg_hdr_csum(h);

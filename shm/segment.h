@@ -111,6 +111,9 @@ uint64_t kvshm__seg_unplaced(const struct kvshm__seg *s);
  * *s freed); the caller then attaches.
  */
 int kvshm__seg_publish(struct kvshm__seg *s, uint64_t layout_sig);
+/* Give up a segment being built (not published): its temporary file is
+ * removed and *s freed. */
+void kvshm__seg_discard(struct kvshm__seg *s);
 
 /*
  * Attach an existing segment: verifies owner uid (unless any_uid), size,

@@ -176,13 +176,6 @@ int kvshm__cache_create(const char *name, const kvshm_config *c, struct kvshm__s
 	return 0;
 
 out_fail:
-	{
-		char tmp[300];
-		const char *slash = strrchr(s->path, '/');
-		snprintf(tmp, sizeof(tmp), "%.*s/.kvshm-init.%s.%ld", (int)(slash - s->path), s->path, s->name,
-			 (long)getpid());
-		unlink(tmp);
-		kvshm__seg_detach(s);
-	}
+	kvshm__seg_discard(s);
 	return err;
 }
