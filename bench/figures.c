@@ -297,7 +297,7 @@ static void fig_prefix(void)
 		for (uint64_t tk = bench_now_ns(); ns < 20000 && (ns < 100 || bench_now_ns() - tk < 30000000ull);) {
 			struct kvshm__keyhash kh;
 			uint64_t a = bench_now_ns();
-			if (kvshm__keyhash(h, &m, tok, n, &kh) < 0)
+			if (kvshm__keyhash(&h->kc, &m, tok, n, &kh) < 0)
 				bench_die("keyhash: %s", kvshm_last_error());
 			sink += kh.key.lo;
 			kvshm__keyhash_free(&kh);
@@ -305,7 +305,7 @@ static void fig_prefix(void)
 		}
 		double kht = p50_of(samp, ns);
 		bench_consume(sink);
-		size_t levels = kvshm__bidx(h->cfg, n) - kvshm__bidx(h->cfg, hit) + 1;
+		size_t levels = kvshm__bidx(&h->kc, n) - kvshm__bidx(&h->kc, hit) + 1;
 		printf("  %8u %8zu %9.0f %9.0f %9.2f %7zu %6.1f %9.0f %9.0f %9.0f %10.0f\n", n, hit, p50, mean, p50 / n,
 		       levels, probes, miss, kht, xxh, cmp);
 		char param[32];

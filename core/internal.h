@@ -19,6 +19,14 @@
 struct kvshm__idx;
 struct kvshm__fmeta;
 
+/* What hashing a key needs (core/entry/key.c): the chunk size and the
+ * secret derived from the cache's seed. Small, so that a directory's keys
+ * can be recomputed offline (kvshm_fsck) without a handle. */
+struct kvshm__keyctx {
+	uint32_t chunk_tokens;
+	uint8_t secret[KVSHM_HASH_SECRET];
+};
+
 /*
  * A reservation as the handle that made it knows it. The caller's
  * kvshm_reservation must match one of these (ref words, data, len) or
@@ -61,7 +69,7 @@ struct kvshm {
 	struct kvshm__entry *entries;
 	struct kvshm__markset *marks; /* cfg->mark_sets marker sets (core/partial.c) */
 	const struct kvshm__cfg *cfg;
-	uint8_t secret[KVSHM_HASH_SECRET]; /* hash secret derived from cfg->seed */
+	struct kvshm__keyctx kc;   /* hashing: the secret derived from cfg->seed, the chunk size */
 	uint32_t me, me_gen;       /* our process slot */
 	uint64_t fork_gen;         /* kvshm__fork_gen() when the slot was claimed */
 	bool closed;
@@ -102,19 +110,21 @@ struct kvshm__keyhash {
 	kvshm__h128 stack[160]; /* storage for sequences up to ~38k tokens at C = 256 */
 };
 
-int kvshm__keyhash(const kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
+int kvshm__keyhash(const struct kvshm__keyctx *kc, const kvshm_model *m, const uint32_t *tokens, size_t n,
 		   struct kvshm__keyhash *kh);
-/* Derive the per-cache hash secret from its seed (at open). */
-void kvshm__hash_secret(uint64_t seed, uint8_t secret[KVSHM_HASH_SECRET]);
+/* A hashing context for a cache's seed and chunk size (a handle's, at
+ * open; or a directory's, offline). */
+void kvshm__keyctx_init(struct kvshm__keyctx *kc, uint64_t seed, uint32_t chunk_tokens);
 void kvshm__keyhash_free(struct kvshm__keyhash *kh);
-/* Boundaries of the hash chain (core/key.c): the k-th boundary, and the
- * index of the largest boundary <= L (an entry of L tokens chains there). */
-size_t kvshm__bound(const struct kvshm__cfg *cfg, size_t k);
-size_t kvshm__bidx(const struct kvshm__cfg *cfg, size_t L);
+/* Boundaries of the hash chain (core/entry/key.c): the k-th boundary, and
+ * the index of the largest boundary <= L (an entry of L tokens chains
+ * there). */
+size_t kvshm__bound(const struct kvshm__keyctx *kc, size_t k);
+size_t kvshm__bidx(const struct kvshm__keyctx *kc, size_t L);
 /* Key hash of model + tokens[0..n) (as kvshm__keyhash's key). */
-kvshm__h128 kvshm__key_of(const kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n);
+kvshm__h128 kvshm__key_of(const struct kvshm__keyctx *kc, const kvshm_model *m, const uint32_t *tokens, size_t n);
 /* Boundary hash h[n/chunk] of a sequence (its entry's chain key). */
-kvshm__h128 kvshm__term_of(const kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n);
+kvshm__h128 kvshm__term_of(const struct kvshm__keyctx *kc, const kvshm_model *m, const uint32_t *tokens, size_t n);
 
 #ifdef KVSHM_TEST
 /* Test builds: force every hash to this value (0 = off), to prove that a

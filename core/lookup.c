@@ -48,8 +48,8 @@ static int check_args(const kvshm_model *m, const uint32_t *tokens, size_t n)
 static int walk(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_model *m, const uint32_t *tokens,
 		size_t n, bool exact, bool copy, bool want_wait, kvshm_pin *pin, struct kvshm__cand *wait)
 {
-	const struct kvshm__cfg *c = h->cfg;
-	size_t top = kvshm__bidx(c, n);
+	const struct kvshm__keyctx *kc = &h->kc;
+	size_t top = kvshm__bidx(kc, n);
 	size_t low = exact ? top : 0;
 	uint64_t probes = 0;
 	int err = KVSHM_ENOTFOUND;
@@ -72,7 +72,7 @@ static int walk(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_model *m,
 			cur = e->next;
 			probes++;
 			if (e->term[0] != t.lo || e->term[1] != t.hi || e->ntokens > n ||
-			    kvshm__bidx(c, e->ntokens) != j || (exact && e->ntokens != n) || (e->flags & KVSHM_EF_BAD))
+			    kvshm__bidx(kc, e->ntokens) != j || (exact && e->ntokens != n) || (e->flags & KVSHM_EF_BAD))
 				continue;
 			if (e->state == KVSHM_E_READY) {
 				/* Longest first; at equal length, the fastest tier. */
@@ -172,7 +172,7 @@ static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t
 		return kvshm__fail(-EINVAL, "lookup: unknown flags 0x%x", flags & ~known);
 	if (exact && partial)
 		return kvshm__fail(-EINVAL, "get: KVSHM_LOOKUP_PARTIAL asks for a prefix; use kvshm_lookup");
-	if ((err = kvshm__keyhash(h, m, tokens, n, &kh)) < 0)
+	if ((err = kvshm__keyhash(&h->kc, m, tokens, n, &kh)) < 0)
 		return err;
 	bool want_wait = (flags & KVSHM_LOOKUP_WAIT) && h->cfg->wait_ms > 0;
 	uint64_t deadline = kvshm__now_ns() + (uint64_t)h->cfg->wait_ms * 1000000ull;

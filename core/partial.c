@@ -167,8 +167,7 @@ static int level(kvshm *h, size_t j, kvshm__h128 t, const kvshm_model *m, const 
 		 bool copy, bool want_wait, struct best *best, kvshm_pin *pin, struct kvshm__cand *wait,
 		 uint64_t *probes)
 {
-	const struct kvshm__cfg *c = h->cfg;
-	size_t lo = kvshm__bound(c, j);
+	size_t lo = kvshm__bound(&h->kc, j);
 	uint32_t s = kvshm__shard_of(h, t);
 	struct kvshm__shard *sh = &h->shards[s];
 	int err;
@@ -183,7 +182,7 @@ static int level(kvshm *h, size_t j, kvshm__h128 t, const kvshm_model *m, const 
 		uint32_t idx = cur - 1;
 		cur = e->next;
 		(*probes)++;
-		if (e->term[0] != t.lo || e->term[1] != t.hi || kvshm__bidx(c, e->ntokens) != j ||
+		if (e->term[0] != t.lo || e->term[1] != t.hi || kvshm__bidx(&h->kc, e->ntokens) != j ||
 		    (e->flags & KVSHM_EF_BAD))
 			continue;
 		if (e->state == KVSHM_E_READY) {
@@ -230,18 +229,18 @@ int kvshm__walk_partial(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_m
 			size_t n, bool copy, bool want_wait, kvshm_pin *pin, struct kvshm__cand *wait)
 {
 	const struct kvshm__cfg *c = h->cfg;
-	size_t top = kvshm__bidx(c, n);
+	size_t top = kvshm__bidx(&h->kc, n);
 	uint64_t probes = 0;
 	int err = KVSHM_ENOTFOUND;
 
 	*wait = (struct kvshm__cand){UINT32_MAX, 0, 0, 0};
 	for (size_t j = top + 1; j-- > 0;) {
-		bool marked = j >= 1 && kvshm__bound(c, j + 1) > c->partial_min_tokens && n >= c->partial_min_tokens;
+		bool marked = j >= 1 && kvshm__bound(&h->kc, j + 1) > c->partial_min_tokens && n >= c->partial_min_tokens;
 		int r = LEVEL_RETRY;
 		for (int tries = 0; r == LEVEL_RETRY && tries < 4; tries++) {
 			struct best best = {UINT32_MAX, 0, 0, 0, 0, false};
 			if (marked)
-				from_markers(h, kh->h[j], m, tokens, n, kvshm__bound(c, j), &best, &probes);
+				from_markers(h, kh->h[j], m, tokens, n, kvshm__bound(&h->kc, j), &best, &probes);
 			r = level(h, j, kh->h[j], m, tokens, n, copy, want_wait, &best, pin, wait, &probes);
 		}
 		if (r <= 0) {

@@ -94,7 +94,7 @@ int kvshm__reserve_entry(kvshm *h, const kvshm_model *m, const uint32_t *tokens,
 		return kvshm__fail(KVSHM_ETOOBIG, "reserve: value of %llu bytes (%llu charged) exceeds the %s tier (quota %llu, capacity %llu)",
 				   (unsigned long long)len, (unsigned long long)fp, kvshm__tier_name(tier),
 				   (unsigned long long)quota, (unsigned long long)kvshm__slab_max_alloc(h->slab));
-	if ((err = kvshm__keyhash(h, m, tokens, n, &kh)) < 0)
+	if ((err = kvshm__keyhash(&h->kc, m, tokens, n, &kh)) < 0)
 		return err;
 	kvshm__h128 term = kh.h[kh.nb - 1];
 	uint32_t s = kvshm__shard_of(h, term);

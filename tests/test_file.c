@@ -153,7 +153,7 @@ static const char *tier_dir(const struct fx *f, int tier)
 
 static void key_of(kvshm *h, const kvshm_model *m, const uint32_t *t, size_t n, uint8_t key[16])
 {
-	kvshm__h128 k = kvshm__key_of(h, m, t, n);
+	kvshm__h128 k = kvshm__key_of(&h->kc, m, t, n);
 	memcpy(key, &k, 16);
 }
 
@@ -342,7 +342,7 @@ static int check_buf(const kvshm *h, const char *path, const uint8_t *buf, size_
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	assert_true(fd >= 0);
 	struct kvshm__fmeta m;
-	int err = kvshm__file_read_meta(h, fd, path, &m);
+	int err = kvshm__file_read_meta(h ? &h->kc : NULL, fd, path, &m);
 	if (err == 0) {
 		err = kvshm__file_check_payload(fd, path, &m);
 		if (err == 0 && out)
@@ -460,7 +460,7 @@ static void test_format_corruption(void **state)
 		assert_int_equal(ftruncate(fd, (off_t)l), 0);
 		if (l && pwrite(fd, b + l - 1, 1, (off_t)l - 1) != 1)
 			fail();
-		int r = kvshm__file_read_meta(h, fd, path, &mm);
+		int r = kvshm__file_read_meta(h ? &h->kc : NULL, fd, path, &mm);
 		if (r != KVSHM_EBADFILE)
 			print_error("truncated at %zu of %zu: %s\n", l, size, kvshm_err_name(r));
 		assert_int_equal(r, KVSHM_EBADFILE);
@@ -472,7 +472,7 @@ static void test_format_corruption(void **state)
 		struct kvshm__fmeta mm;
 		assert_int_equal(pwrite(fd, b, size, 0), (ssize_t)size);
 		assert_int_equal(ftruncate(fd, (off_t)(size + extra[i])), 0);
-		TH_FAILS(kvshm__file_read_meta(h, fd, path, &mm), KVSHM_EBADFILE);
+		TH_FAILS(kvshm__file_read_meta(h ? &h->kc : NULL, fd, path, &mm), KVSHM_EBADFILE);
 	}
 
 	/* Every byte of header and tags, flipped three ways: the meta CRC (or
@@ -485,7 +485,7 @@ static void test_format_corruption(void **state)
 			struct kvshm__fmeta mm;
 			uint8_t x = b[i] ^ masks[k];
 			assert_int_equal(pwrite(fd, &x, 1, (off_t)i), 1);
-			int r = kvshm__file_read_meta(h, fd, path, &mm);
+			int r = kvshm__file_read_meta(h ? &h->kc : NULL, fd, path, &mm);
 			if (r != KVSHM_EBADFILE)
 				print_error("byte %zu ^ 0x%02x accepted: %s\n", i, masks[k], kvshm_err_name(r));
 			assert_int_equal(r, KVSHM_EBADFILE);
@@ -496,12 +496,12 @@ static void test_format_corruption(void **state)
 	/* Every payload byte with one bit flipped: the header still reads,
 	 * the payload CRC refuses it. */
 	struct kvshm__fmeta good;
-	TH_OK(kvshm__file_read_meta(h, fd, path, &good));
+	TH_OK(kvshm__file_read_meta(h ? &h->kc : NULL, fd, path, &good));
 	for (size_t i = 0; i < len; i++) {
 		struct kvshm__fmeta mm;
 		uint8_t x = b[off + i] ^ (uint8_t)(1u << (i % 8));
 		assert_int_equal(pwrite(fd, &x, 1, (off_t)(off + i)), 1);
-		TH_OK(kvshm__file_read_meta(h, fd, path, &mm));
+		TH_OK(kvshm__file_read_meta(h ? &h->kc : NULL, fd, path, &mm));
 		kvshm__fmeta_free(&mm);
 		int r = kvshm__file_check_payload(fd, path, &good);
 		if (r != KVSHM_EBADFILE)

@@ -315,7 +315,7 @@ static int file_exact(kvshm *h, const char *path, value_fn value_ok, uint8_t *ta
 		snprintf(why, wlen, "%s: %s", path, strerror(errno));
 		return -1;
 	}
-	int err = kvshm__file_read_meta(h, fd, path, &m);
+	int err = kvshm__file_read_meta(h ? &h->kc : NULL, fd, path, &m);
 	if (err == 0 && (err = kvshm__file_check_payload(fd, path, &m)) < 0)
 		kvshm__fmeta_free(&m);
 	close(fd);

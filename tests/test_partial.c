@@ -98,7 +98,7 @@ static void test_longer_than_query(void **st)
 		 * levels; here each level has at most one chained entry, and
 		 * a marker set holds at most 8 candidates. */
 		uint64_t probes = th_counter(h, KVSHM_C_probes) - p0;
-		assert_true(probes <= 2 * (kvshm__bidx(h->cfg, q) + 1) * (1 + KVSHM_MARK_WAYS));
+		assert_true(probes <= 2 * (kvshm__bidx(&h->kc, q) + 1) * (1 + KVSHM_MARK_WAYS));
 	}
 	kvshm_stats s1 = th_stats_of(h);
 	assert_int_equal(s1.counters[KVSHM_C_hits_partial] - s0.counters[KVSHM_C_hits_partial], want_partial);

@@ -163,7 +163,7 @@ static kvshm__h128 key_of_fam(kvshm *h, unsigned fam)
 	kvshm_model m = th_model_of(1);
 	uint32_t t[NTOK];
 	th_toks_of(t, NTOK, fam);
-	return kvshm__key_of(h, &m, t, NTOK);
+	return kvshm__key_of(&h->kc, &m, t, NTOK);
 }
 
 static void print_stats(const char *what, const kvshm_stats *s)

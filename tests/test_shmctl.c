@@ -703,7 +703,7 @@ static kvshm__h128 key_of_fam(kvshm *h, unsigned fam)
 	if (fam == FAM_RES_KILLED || fam == FAM_RES_LIVE)
 		m = th_model_of(1);
 	th_toks_of(t, ntok_of(fam), fam);
-	return kvshm__key_of(h, &m, t, ntok_of(fam));
+	return kvshm__key_of(&h->kc, &m, t, ntok_of(fam));
 }
 
 enum { W_SAVER, W_LIVE, W_KILLED, W_HITTER, W_RESERVER };

@@ -47,7 +47,7 @@ bool kvshm__entry_matches(const kvshm *h, const struct kvshm__entry *e, const kv
 		return false;
 	}
 	/* Cheapest differences first: the tail, the model, then the rest. */
-	size_t tail = n - kvshm__bound(h->cfg, kvshm__bidx(h->cfg, n));
+	size_t tail = n - kvshm__bound(&h->kc, kvshm__bidx(&h->kc, n));
 	if (tail && memcmp(b->tokens + n - tail, tokens + n - tail, tail * sizeof(uint32_t)) != 0)
 		return false;
 	if (memcmp(&b->model, m, sizeof(*m)) != 0)

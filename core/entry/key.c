@@ -59,9 +59,10 @@ void kvshm__test_force_hash(uint64_t v)
 
 _Static_assert(KVSHM_HASH_SECRET == XXH3_SECRET_DEFAULT_SIZE, "secret size");
 
-void kvshm__hash_secret(uint64_t seed, uint8_t secret[KVSHM_HASH_SECRET])
+void kvshm__keyctx_init(struct kvshm__keyctx *kc, uint64_t seed, uint32_t chunk_tokens)
 {
-	XXH3_generateSecret_fromSeed(secret, seed);
+	kc->chunk_tokens = chunk_tokens;
+	XXH3_generateSecret_fromSeed(kc->secret, seed);
 }
 
 static inline kvshm__h128 h128(const void *p, size_t len, const uint8_t *secret)
@@ -99,9 +100,9 @@ static size_t npow(size_t C)
 	return p;
 }
 
-size_t kvshm__bound(const struct kvshm__cfg *cfg, size_t k)
+size_t kvshm__bound(const struct kvshm__keyctx *kc, size_t k)
 {
-	size_t C = cfg->chunk_tokens, P = npow(C);
+	size_t C = kc->chunk_tokens, P = npow(C);
 	if (k == 0)
 		return 0;
 	if (k <= P)
@@ -109,9 +110,9 @@ size_t kvshm__bound(const struct kvshm__cfg *cfg, size_t k)
 	return (k - P) * C;
 }
 
-size_t kvshm__bidx(const struct kvshm__cfg *cfg, size_t L)
+size_t kvshm__bidx(const struct kvshm__keyctx *kc, size_t L)
 {
-	size_t C = cfg->chunk_tokens, P = npow(C);
+	size_t C = kc->chunk_tokens, P = npow(C);
 	if (L == 0)
 		return 0;
 	if (L < C)
@@ -119,23 +120,23 @@ size_t kvshm__bidx(const struct kvshm__cfg *cfg, size_t L)
 	return P + L / C;
 }
 
-int kvshm__keyhash(const kvshm *hd, const kvshm_model *m, const uint32_t *tokens, size_t n, struct kvshm__keyhash *kh)
+int kvshm__keyhash(const struct kvshm__keyctx *kc, const kvshm_model *m, const uint32_t *tokens, size_t n, struct kvshm__keyhash *kh)
 {
-	size_t nb = kvshm__bidx(hd->cfg, n) + 1;
+	size_t nb = kvshm__bidx(kc, n) + 1;
 
 	kh->nb = nb;
 	kh->h = nb <= KVSHM_ARRAY_LEN(kh->stack) ? kh->stack : malloc(nb * sizeof(kvshm__h128));
 	if (!kh->h)
 		return kvshm__fail(-ENOMEM, "boundary hashes for %zu tokens", n);
-	kh->h[0] = h128(m, sizeof(*m), hd->secret);
+	kh->h[0] = h128(m, sizeof(*m), kc->secret);
 	for (size_t j = 1; j < nb; j++) {
-		size_t a = kvshm__bound(hd->cfg, j - 1), b = kvshm__bound(hd->cfg, j);
-		kh->h[j] = step(kh->h[j - 1], tokens + a, b - a, hd->secret);
+		size_t a = kvshm__bound(kc, j - 1), b = kvshm__bound(kc, j);
+		kh->h[j] = step(kh->h[j - 1], tokens + a, b - a, kc->secret);
 	}
-	size_t done = kvshm__bound(hd->cfg, nb - 1);
+	size_t done = kvshm__bound(kc, nb - 1);
 	kvshm__h128 t = kh->h[nb - 1];
 	t.lo ^= KEY_DOMAIN;
-	kh->key = step(t, tokens + done, n - done, hd->secret);
+	kh->key = step(t, tokens + done, n - done, kc->secret);
 	return 0;
 }
 
@@ -146,21 +147,21 @@ void kvshm__keyhash_free(struct kvshm__keyhash *kh)
 	kh->h = NULL;
 }
 
-kvshm__h128 kvshm__term_of(const kvshm *hd, const kvshm_model *m, const uint32_t *tokens, size_t n)
+kvshm__h128 kvshm__term_of(const struct kvshm__keyctx *kc, const kvshm_model *m, const uint32_t *tokens, size_t n)
 {
-	kvshm__h128 h = h128(m, sizeof(*m), hd->secret);
-	size_t top = kvshm__bidx(hd->cfg, n);
+	kvshm__h128 h = h128(m, sizeof(*m), kc->secret);
+	size_t top = kvshm__bidx(kc, n);
 	for (size_t j = 1; j <= top; j++) {
-		size_t a = kvshm__bound(hd->cfg, j - 1), b = kvshm__bound(hd->cfg, j);
-		h = step(h, tokens + a, b - a, hd->secret);
+		size_t a = kvshm__bound(kc, j - 1), b = kvshm__bound(kc, j);
+		h = step(h, tokens + a, b - a, kc->secret);
 	}
 	return h;
 }
 
-kvshm__h128 kvshm__key_of(const kvshm *hd, const kvshm_model *m, const uint32_t *tokens, size_t n)
+kvshm__h128 kvshm__key_of(const struct kvshm__keyctx *kc, const kvshm_model *m, const uint32_t *tokens, size_t n)
 {
-	kvshm__h128 t = kvshm__term_of(hd, m, tokens, n);
-	size_t done = kvshm__bound(hd->cfg, kvshm__bidx(hd->cfg, n));
+	kvshm__h128 t = kvshm__term_of(kc, m, tokens, n);
+	size_t done = kvshm__bound(kc, kvshm__bidx(kc, n));
 	t.lo ^= KEY_DOMAIN;
-	return step(t, tokens + done, n - done, hd->secret);
+	return step(t, tokens + done, n - done, kc->secret);
 }

@@ -130,12 +130,12 @@ static void mark_put(kvshm *h, kvshm__h128 t, uint32_t idx, uint32_t gen)
 void kvshm__marks_add(kvshm *h, const struct kvshm__keyhash *kh, size_t n, uint32_t idx, uint32_t gen)
 {
 	const struct kvshm__cfg *c = h->cfg;
-	size_t term = kvshm__bidx(c, n);
+	size_t term = kvshm__bidx(&h->kc, n);
 	bool first = true;
 	if (kh->nb != term + 1)
 		return; /* not this key's hashes: nothing to mark with */
 	for (size_t k = 1; k < term; k++) {
-		if (kvshm__bound(c, k + 1) <= c->partial_min_tokens)
+		if (kvshm__bound(&h->kc, k + 1) <= c->partial_min_tokens)
 			continue;
 		mark_put(h, kh->h[k], idx, gen);
 		if (first) {

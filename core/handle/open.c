@@ -138,7 +138,7 @@ KVSHM_EXTERN int kvshm_open(const char *name, const kvshm_config *cfg_in, unsign
 	if ((err = map_cache(h)) < 0)
 		goto out_detach;
 	register_repairs(h);
-	kvshm__hash_secret(h->cfg->seed, h->secret);
+	kvshm__keyctx_init(&h->kc, h->cfg->seed, h->cfg->chunk_tokens);
 	if ((err = kvshm__claim(h)) < 0)
 		goto out_detach;
 	KVSHM_CRASH_POINT("cache.open.claimed");

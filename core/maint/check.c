@@ -174,8 +174,8 @@ static int check_entry(kvshm *h, uint32_t s, uint32_t idx, unsigned flags, const
 		return V("entry %u: footprint %llu does not match its blob", idx, (unsigned long long)e->footprint);
 	if (e->tier != KVSHM_TIER_RAM && !kvshm__tier_on(h, e->tier))
 		return V("entry %u: in tier %u, which has no directory", idx, e->tier);
-	kvshm__h128 term = kvshm__term_of(h, &b->model, b->tokens, b->ntokens);
-	kvshm__h128 key = kvshm__key_of(h, &b->model, b->tokens, b->ntokens);
+	kvshm__h128 term = kvshm__term_of(&h->kc, &b->model, b->tokens, b->ntokens);
+	kvshm__h128 key = kvshm__key_of(&h->kc, &b->model, b->tokens, b->ntokens);
 	if (term.lo != e->term[0] || term.hi != e->term[1] || key.lo != e->key[0] || key.hi != e->key[1])
 		return V("entry %u: hashes do not match its model and tokens", idx);
 	if (kvshm__shard_of(h, term) != s)
@@ -283,7 +283,7 @@ static int row_has_file(const uint8_t key[16], const struct kvshm__irow *row, vo
 	struct kvshm__fmeta m;
 	kvshm__file_path(c->h->cfg->dir[c->tier], key, path, sizeof(path));
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	int err = fd < 0 ? -errno : kvshm__file_read_meta(c->h, fd, path, &m);
+	int err = fd < 0 ? -errno : kvshm__file_read_meta(&c->h->kc, fd, path, &m);
 	if (fd >= 0)
 		close(fd);
 	if (err < 0) {
@@ -312,7 +312,7 @@ static int check_files(kvshm *h, unsigned flags, const struct fents *files)
 		int fd = open(path, O_RDONLY | O_CLOEXEC);
 		if (fd < 0)
 			return V("entry %u: its file %s is missing", f->idx, path);
-		err = kvshm__file_read_meta(h, fd, path, &m);
+		err = kvshm__file_read_meta(&h->kc, fd, path, &m);
 		if (err == 0 && !(flags & KVSHM_CHECK_QUICK))
 			err = kvshm__file_check_payload(fd, path, &m);
 		close(fd);

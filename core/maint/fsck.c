@@ -30,7 +30,7 @@ struct fsck {
 	int repair;
 	kvshm_fsck_report *rep;
 	struct kvshm__idx *ix;
-	kvshm *hk;            /* a key-only handle: cfg (seed, chunk) and secret */
+	const struct kvshm__keyctx *kc; /* the directory's hashing context, or NULL: keys not recomputed */
 	uint8_t (*seen)[16];  /* valid files' keys */
 	size_t nseen, capseen;
 	struct adopt *add;    /* rows to add when repairing */
@@ -109,7 +109,7 @@ static void check_file(struct fsck *f, const char *path, const char *name, int b
 	size_t len = strlen(name);
 	bool named = len == 36 && strcmp(name + 32, ".kvc") == 0 && kvshm__hex_key(name, key) == 0 && key[0] == bucket;
 	int fd = named ? open(path, O_RDONLY | O_CLOEXEC) : -1;
-	int err = fd < 0 ? KVSHM_EBADFILE : kvshm__file_read_meta(f->hk, fd, path, &m);
+	int err = fd < 0 ? KVSHM_EBADFILE : kvshm__file_read_meta(f->kc, fd, path, &m);
 	if (err == 0 && memcmp(m.key, key, 16) != 0)
 		err = kvshm__fail(KVSHM_EBADFILE, "%s: holds another key than its name", path);
 	if (err == 0)
@@ -164,15 +164,12 @@ static void check_file(struct fsck *f, const char *path, const char *name, int b
 KVSHM_EXTERN int kvshm_fsck(const char *dir, int repair, kvshm_fsck_report *rep_out)
 {
 	kvshm_fsck_report rep;
-	struct kvshm__cfg cfg;
-	kvshm hk;
+	struct kvshm__keyctx kc;
 	char path[600], sub[300];
 	struct fsck f = {.dir = dir, .repair = repair, .rep = &rep};
 	int err;
 
 	memset(&rep, 0, sizeof(rep));
-	memset(&cfg, 0, sizeof(cfg));
-	memset(&hk, 0, sizeof(hk));
 	if (!dir || access(dir, F_OK) < 0) {
 		err = kvshm__fail(-ENOENT, "fsck: no directory %s", dir ? dir : "(null)");
 		goto out;
@@ -193,11 +190,8 @@ KVSHM_EXTERN int kvshm_fsck(const char *dir, int repair, kvshm_fsck_report *rep_
 	uint64_t seed, chunk;
 	if (f.ix && kvshm__idx_get_u64(f.ix, KVSHM_IDX_SEED, &seed) == 0 &&
 	    kvshm__idx_get_u64(f.ix, KVSHM_IDX_CHUNK, &chunk) == 0 && chunk >= 1 && chunk <= KVSHM_MAX_CHUNK) {
-		cfg.seed = seed;
-		cfg.chunk_tokens = (uint32_t)chunk;
-		hk.cfg = &cfg;
-		kvshm__hash_secret(seed, hk.secret);
-		f.hk = &hk;
+		kvshm__keyctx_init(&kc, seed, (uint32_t)chunk);
+		f.kc = &kc;
 		rep.keys_checked = 1;
 	}
 	if (f.ix && kvshm__idx_begin(f.ix) < 0)

@@ -110,7 +110,7 @@ static bool has_valid_file(kvshm *h, const char *dir, const uint8_t key[16])
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return false;
-	bool ok = kvshm__file_read_meta(h, fd, path, &m) == 0;
+	bool ok = kvshm__file_read_meta(&h->kc, fd, path, &m) == 0;
 	close(fd);
 	if (ok) {
 		ok = memcmp(m.key, key, 16) == 0;
@@ -166,7 +166,7 @@ static bool of_other_seed(kvshm *h, int fd, const char *path, const uint8_t key[
 	struct kvshm__fmeta m;
 	if (kvshm__file_read_meta(NULL, fd, path, &m) < 0)
 		return false;
-	kvshm__h128 k = kvshm__key_of(h, &m.model, m.tokens, m.ntokens);
+	kvshm__h128 k = kvshm__key_of(&h->kc, &m.model, m.tokens, m.ntokens);
 	bool other = memcmp(m.key, key, 16) == 0 && memcmp(&k, key, 16) != 0;
 	kvshm__fmeta_free(&m);
 	return other;
@@ -188,7 +188,7 @@ static int rekey(kvshm *h, const char *dir, const uint8_t old[16], struct kvshm_
 		close(fd);
 		return err;
 	}
-	kvshm__h128 k = kvshm__key_of(h, &m->model, m->tokens, m->ntokens);
+	kvshm__h128 k = kvshm__key_of(&h->kc, &m->model, m->tokens, m->ntokens);
 	memcpy(key, &k, 16);
 	kvshm__file_path(dir, key, to, sizeof(to));
 	snprintf(sub, sizeof(sub), "%s/%02x", dir, key[0]);
@@ -240,7 +240,7 @@ static int reconcile(kvshm *h, int tier, kvshm_reconcile_report *rep_out)
 				     kvshm__hex_key(de->d_name, key) == 0 && key[0] == b;
 			struct kvshm__fmeta m;
 			int fd = named ? open(path, O_RDONLY | O_CLOEXEC) : -1;
-			int v = fd >= 0 ? kvshm__file_read_meta(h, fd, path, &m) : KVSHM_EBADFILE;
+			int v = fd >= 0 ? kvshm__file_read_meta(&h->kc, fd, path, &m) : KVSHM_EBADFILE;
 			bool foreign = v == KVSHM_EBADFILE && fd >= 0 && of_other_seed(h, fd, path, key);
 			if (fd >= 0)
 				close(fd);

@@ -82,11 +82,12 @@ void kvshm__file_geometry(uint32_t n, uint64_t len, uint64_t *tags_len, uint64_t
 void kvshm__file_encode(void *buf, const kvshm_model *m, const uint32_t *tokens, uint32_t n, const uint8_t key[16],
 			uint64_t len, uint32_t payload_crc, uint8_t reason, uint8_t tier, uint64_t created_ns);
 /*
- * Read and check the header and tags of an open file. With h, also
- * recompute the key from model and tokens and compare it with the KEY tag.
+ * Read and check the header and tags of an open file. With kc (the
+ * cache's or the directory's hashing context), also recompute the key
+ * from model and tokens and compare it with the KEY tag.
  * KVSHM_EBADFILE (with the reason in kvshm_last_error()) or -errno.
  */
-int kvshm__file_read_meta(const kvshm *h, int fd, const char *path, struct kvshm__fmeta *out);
+int kvshm__file_read_meta(const struct kvshm__keyctx *kc, int fd, const char *path, struct kvshm__fmeta *out);
 /* CRC32C the payload of an open file (pread in 1 MiB blocks) against meta. */
 int kvshm__file_check_payload(int fd, const char *path, const struct kvshm__fmeta *m);
 void kvshm__fmeta_free(struct kvshm__fmeta *m);

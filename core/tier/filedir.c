@@ -160,7 +160,7 @@ int kvshm__file_validate(kvshm *h, const char *path, const uint8_t key[16], bool
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
-	int err = kvshm__file_read_meta(h, fd, path, m);
+	int err = kvshm__file_read_meta(&h->kc, fd, path, m);
 	if (err == 0 && memcmp(m->key, key, 16) != 0)
 		err = kvshm__fail(KVSHM_EBADFILE, "%s: holds another key than its name", path);
 	if (err == 0 && full)

@@ -142,7 +142,7 @@ bool kvshm__file_hide_locked(kvshm *h, uint32_t s, uint32_t idx)
 int kvshm__file_adopt(kvshm *h, int tier, const struct kvshm__fmeta *m)
 {
 	struct kvshm__keyhash kh;
-	int err = kvshm__keyhash(h, &m->model, m->tokens, m->ntokens, &kh);
+	int err = kvshm__keyhash(&h->kc, &m->model, m->tokens, m->ntokens, &kh);
 	if (err < 0)
 		return err;
 	kvshm__h128 term = kh.h[kh.nb - 1];

@@ -99,7 +99,7 @@ void kvshm__fmeta_free(struct kvshm__fmeta *m)
 
 #define BAD(...) kvshm__fail(KVSHM_EBADFILE, __VA_ARGS__)
 
-int kvshm__file_read_meta(const kvshm *hd, int fd, const char *path, struct kvshm__fmeta *out)
+int kvshm__file_read_meta(const struct kvshm__keyctx *kc, int fd, const char *path, struct kvshm__fmeta *out)
 {
 	struct kvshm__fhdr h;
 	struct stat st;
@@ -214,8 +214,8 @@ badlen:
 		err = BAD("%s: required tags missing", path);
 		goto out;
 	}
-	if (hd) {
-		kvshm__h128 k = kvshm__key_of(hd, &out->model, out->tokens, h.ntokens);
+	if (kc) {
+		kvshm__h128 k = kvshm__key_of(kc, &out->model, out->tokens, h.ntokens);
 		if (memcmp(&k, out->key, 16) != 0) {
 			err = BAD("%s: key recomputed from its model and tokens does not match", path);
 			goto out;

@@ -90,7 +90,7 @@ int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy, bool verify)
 
 	/* The file must be this entry's, whole. */
 	struct kvshm__fmeta m;
-	err = kvshm__file_read_meta(h, fd, path, &m);
+	err = kvshm__file_read_meta(&h->kc, fd, path, &m);
 	if (err == 0) {
 		const struct kvshm__blob *b = kvshm__entry_blob(h, e);
 		if (memcmp(m.key, key, 16) != 0 || m.ntokens != e->ntokens || m.payload_len != e->len || !b ||

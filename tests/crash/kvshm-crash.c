@@ -481,7 +481,7 @@ static int verify_file(kvshm *h, const char *path, uint8_t key[16], struct kspec
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return errno == ENOENT ? -ENOENT : 1;
-	int err = kvshm__file_read_meta(h, fd, path, &m);
+	int err = kvshm__file_read_meta(h ? &h->kc : NULL, fd, path, &m);
 	if (err < 0) {
 		close(fd);
 		if (err == -ENOENT)
@@ -926,7 +926,7 @@ static int disk_key_present(const struct kspec *k, char *why, size_t wlen)
 	uint32_t t[MAXTOK];
 	kvshm_model m = model_of(k->tag);
 	key_tokens(t, k);
-	kvshm__h128 key = kvshm__key_of(G.h, &m, t, k->n);
+	kvshm__h128 key = kvshm__key_of(&G.h->kc, &m, t, k->n);
 	kvshm_entry_info info;
 	int f = kvshm_find_key(G.h, (const uint8_t *)&key, DISK, &info, NULL, 0);
 	if (f < 0 || info.state != KVSHM_STATE_READY)
@@ -1580,7 +1580,7 @@ static int verify_baseline(const char *when)
 			pfail("%s: the parent's pinned entry %d changed under its pin", when, i);
 			return -1;
 		}
-		kvshm__h128 key = kvshm__key_of(G.h, &m, t, pk[i].n);
+		kvshm__h128 key = kvshm__key_of(&G.h->kc, &m, t, pk[i].n);
 		kvshm_entry_info info;
 		int r = kvshm_find_key(G.h, (const uint8_t *)&key, pk_tier[i], &info, NULL, 0);
 		if (r < 0 || info.refcount != 1 || info.state != KVSHM_STATE_READY) {
