@@ -135,18 +135,8 @@ static void check_file(struct fsck *f, const char *path, const char *name, int b
 		problem(f, msg);
 		if (f->repair && (f->nadd < f->capadd || grow_adopt(f) == 0)) {
 			struct adopt *a = &f->add[f->nadd++];
-			memset(a, 0, sizeof(*a));
 			memcpy(a->key, key, 16);
-			a->row.version = 1;
-			a->row.tier = m.tier;
-			a->row.reason = m.reason;
-			a->row.ntokens = m.ntokens;
-			a->row.crc = m.payload_crc;
-			a->row.payload_len = m.payload_len;
-			a->row.file_size = m.file_size;
-			a->row.created_ns = m.created_ns;
-			a->row.saved_ns = m.saved_ns;
-			memcpy(a->row.fingerprint, m.model.fingerprint, 32);
+			kvshm__irow_of(&a->row, &m, m.tier); /* offline: the tier the file records */
 		}
 	}
 	kvshm__fmeta_free(&m);

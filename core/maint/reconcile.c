@@ -139,17 +139,7 @@ static bool index_file(kvshm *h, struct kvshm__idx *ix, int tier, const uint8_t 
 		return false;
 	if (kvshm__idx_get(ix, key, &row) != 0 || row.file_size != m->file_size ||
 	    row.payload_len != m->payload_len || row.crc != m->payload_crc) {
-		memset(&row, 0, sizeof(row));
-		row.version = 1;
-		row.tier = (uint8_t)tier;
-		row.reason = m->reason;
-		row.ntokens = m->ntokens;
-		row.crc = m->payload_crc;
-		row.payload_len = m->payload_len;
-		row.file_size = m->file_size;
-		row.created_ns = m->created_ns;
-		row.saved_ns = m->saved_ns;
-		memcpy(row.fingerprint, m->model.fingerprint, 32);
+		kvshm__irow_of(&row, m, tier);
 		if (kvshm__idx_put(ix, key, &row) == 0)
 			rep->rows_added++;
 	}
