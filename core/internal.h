@@ -79,6 +79,48 @@ struct kvshm {
 	char name[KVSHM_NAME_MAX];
 };
 
+/* ---- the opaque words of pins and reservations ---------------------------------------
+ *
+ *   ref[0]  entry index + 1 | gen << 32: the entry and the life pinned or
+ *           reserved (0: none, so a zeroed pin or reservation names nothing)
+ *   pin          ref[1] the handle that pinned; ref[2], ref[3] the tier's own
+ *                (file tiers: the mapping's address and length)
+ *   reservation  ref[1] the writer's token; ref[2] reason | tier << 8;
+ *                ref[3] 0
+ * Packed and read only through these. The caller can change them: every
+ * use checks them against the entry (gen, token, owner) or the handle's
+ * own records.
+ */
+static inline uint64_t kvshm__ref_of(uint32_t idx, uint32_t gen)
+{
+	return (idx + 1) | ((uint64_t)gen << 32);
+}
+
+/* The entry index of ref[0] (UINT32_MAX when it names none) and its gen. */
+static inline uint32_t kvshm__ref_idx(uint64_t ref0)
+{
+	return (uint32_t)ref0 - 1;
+}
+
+static inline uint32_t kvshm__ref_gen(uint64_t ref0)
+{
+	return (uint32_t)(ref0 >> 32);
+}
+
+static inline void kvshm__resv_set_refs(kvshm_reservation *r, uint32_t idx, uint32_t gen, uint64_t token, int reason,
+					int tier)
+{
+	r->ref[0] = kvshm__ref_of(idx, gen);
+	r->ref[1] = token;
+	r->ref[2] = (uint64_t)reason | ((uint64_t)tier << 8);
+	r->ref[3] = 0;
+}
+
+static inline int kvshm__resv_reason(const kvshm_reservation *r)
+{
+	return (int)(r->ref[2] & 0xff);
+}
+
 /* ---- handles (core/entry/handle.c, core/enter.c, core/handle/create.c) ------------- */
 
 /* The checksum of the cache header's immutable part (its imm_csum): the

@@ -116,7 +116,7 @@ out:
  * pinned: RAM XXH3-64, files the payload's CRC32C). */
 static uint64_t pinned_csum(const kvshm *h, const kvshm_pin *pin)
 {
-	return h->entries[(uint32_t)pin->ref[0] - 1].csum;
+	return h->entries[kvshm__ref_idx(pin->ref[0])].csum;
 }
 
 static bool pin_sound(const kvshm *h, const kvshm_pin *pin)
@@ -135,7 +135,7 @@ static bool pin_sound(const kvshm *h, const kvshm_pin *pin)
  */
 static void reject_pinned(kvshm *h, kvshm_pin *pin, bool copy)
 {
-	uint32_t idx = (uint32_t)pin->ref[0] - 1, gen = (uint32_t)(pin->ref[0] >> 32);
+	uint32_t idx = kvshm__ref_idx(pin->ref[0]), gen = kvshm__ref_gen(pin->ref[0]);
 	struct kvshm__entry *e = &h->entries[idx];
 	if (pin->tier != KVSHM_TIER_RAM) {
 		uint64_t key[2] = {e->key[0], e->key[1]};
@@ -237,10 +237,10 @@ static int unpin(kvshm *h, kvshm_pin *pin, bool copy)
 		return err;
 	if (!pin)
 		return kvshm__fail(-EINVAL, "unpin: pin is NULL");
-	uint32_t ref = (uint32_t)pin->ref[0], gen = (uint32_t)(pin->ref[0] >> 32);
-	if (!ref)
+	uint32_t idx = kvshm__ref_idx(pin->ref[0]), gen = kvshm__ref_gen(pin->ref[0]);
+	if (idx == UINT32_MAX)
 		return kvshm__fail(-ENOENT, "unpin: the pin names no entry (already unpinned?)");
-	if ((err = kvshm__unpin_ref(h, ref - 1, gen, copy)) < 0)
+	if ((err = kvshm__unpin_ref(h, idx, gen, copy)) < 0)
 		return err;
 	kvshm__file_unmap(pin);
 	memset(pin, 0, sizeof(*pin));
@@ -257,9 +257,9 @@ KVSHM_EXTERN int kvshm_pin_verify(kvshm *h, kvshm_pin *pin)
 	int err = kvshm__enter(h);
 	if (err < 0)
 		return err;
-	if (!pin || !(uint32_t)pin->ref[0] || pin->ref[1] != (uint64_t)(uintptr_t)h || !pin->data)
+	if (!pin || kvshm__ref_idx(pin->ref[0]) == UINT32_MAX || pin->ref[1] != (uint64_t)(uintptr_t)h || !pin->data)
 		return kvshm__fail(-EINVAL, "pin_verify: not a pin of this handle");
-	uint32_t idx = (uint32_t)pin->ref[0] - 1, gen = (uint32_t)(pin->ref[0] >> 32);
+	uint32_t idx = kvshm__ref_idx(pin->ref[0]), gen = kvshm__ref_gen(pin->ref[0]);
 	const struct kvshm__entry *e = kvshm__entry_at(h, idx);
 	if (!e || e->gen != gen || e->len != pin->len)
 		return kvshm__fail(-EINVAL, "pin_verify: the pin names no pinned entry");

@@ -21,7 +21,7 @@ KVSHM_EXTERN int kvshm_reject(kvshm *h, kvshm_pin *pin)
 		return err;
 	if (!pin || !pin->ref[0])
 		return kvshm__fail(-ENOENT, "reject: the pin names no entry (already unpinned?)");
-	uint32_t idx = (uint32_t)pin->ref[0] - 1, gen = (uint32_t)(pin->ref[0] >> 32);
+	uint32_t idx = kvshm__ref_idx(pin->ref[0]), gen = kvshm__ref_gen(pin->ref[0]);
 	struct kvshm__entry *e = kvshm__entry_at(h, idx);
 	if (!e)
 		return kvshm__fail(-ENOENT, "reject: entry %u does not exist", idx);

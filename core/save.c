@@ -277,10 +277,7 @@ void kvshm__resv_to_ram(const struct kvshm__resv *rv, size_t len, int reason, kv
 {
 	r->data = rv->value;
 	r->len = len;
-	r->ref[0] = (rv->idx + 1) | ((uint64_t)rv->gen << 32);
-	r->ref[1] = rv->token;
-	r->ref[2] = (uint64_t)reason | ((uint64_t)KVSHM_TIER_RAM << 8);
-	r->ref[3] = 0;
+	kvshm__resv_set_refs(r, rv->idx, rv->gen, rv->token, reason, KVSHM_TIER_RAM);
 }
 
 /* Undo a RAM reservation the caller never saw. */
@@ -289,7 +286,7 @@ static void drop_own(kvshm *h, const kvshm_reservation *r)
 	uint32_t s;
 	int err;
 	if (kvshm__own_entry(h, r, &s, &err))
-		kvshm__drop_locked_entry(h, s, (uint32_t)r->ref[0] - 1);
+		kvshm__drop_locked_entry(h, s, kvshm__ref_idx(r->ref[0]));
 }
 
 static int reserve_args(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, size_t len,
@@ -407,7 +404,7 @@ int kvshm__publish_ram(kvshm *h, kvshm_reservation *r, uint64_t csum)
 	struct kvshm__entry *e = kvshm__own_entry(h, r, &s, &err);
 	if (!e)
 		return err;
-	uint32_t idx = (uint32_t)r->ref[0] - 1;
+	uint32_t idx = kvshm__ref_idx(r->ref[0]);
 	if (e->state == KVSHM_E_EXPIRED) {
 		kvshm__drop_locked_entry(h, s, idx);
 		memset(r, 0, sizeof(*r));
@@ -416,7 +413,7 @@ int kvshm__publish_ram(kvshm *h, kvshm_reservation *r, uint64_t csum)
 	kvshm__mark_ready_locked(h, s, idx, csum, e->footprint);
 	kvshm__shard_unlock(h, s);
 	kvshm__futex_bump_wake(&h->shards[s].seq, INT32_MAX);
-	int reason = (int)(r->ref[2] & 0xff);
+	int reason = kvshm__resv_reason(r);
 	kvshm__count(h, KVSHM_C_saves_cold + (reason < KVSHM_NREASONS ? reason : KVSHM_REASON_OTHER), 1);
 	kvshm__count(h, KVSHM_C_saved_bytes, r->len);
 	memset(r, 0, sizeof(*r));
@@ -482,7 +479,7 @@ KVSHM_EXTERN int kvshm_cancel(kvshm *h, kvshm_reservation *r)
 		memset(r, 0, sizeof(*r));
 		return err;
 	}
-	err = kvshm__drop_locked_entry(h, s, (uint32_t)r->ref[0] - 1);
+	err = kvshm__drop_locked_entry(h, s, kvshm__ref_idx(r->ref[0]));
 	kvshm__count(h, KVSHM_C_cancels, 1);
 	memset(r, 0, sizeof(*r));
 	return err < 0 ? err : rel;

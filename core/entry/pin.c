@@ -70,7 +70,7 @@ void kvshm__pin_fill(kvshm *h, uint32_t idx, size_t matched, size_t n, kvshm_pin
 	pin->tier = e->tier;
 	/* Entry index + 1 (0 = none, so a pin zeroed by kvshm_unpin names
 	 * nothing) and the entry's gen. */
-	pin->ref[0] = (idx + 1) | ((uint64_t)e->gen << 32);
+	pin->ref[0] = kvshm__ref_of(idx, e->gen);
 	pin->ref[1] = (uint64_t)(uintptr_t)h;
 }
 

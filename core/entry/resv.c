@@ -22,17 +22,16 @@ uint64_t kvshm__token(kvshm *h)
 
 struct kvshm__entry *kvshm__own_entry(kvshm *h, const kvshm_reservation *r, uint32_t *s, int *err)
 {
-	uint32_t ref = (uint32_t)r->ref[0];
-	struct kvshm__entry *e = ref ? kvshm__entry_at(h, ref - 1) : NULL;
+	uint32_t idx = kvshm__ref_idx(r->ref[0]);
+	struct kvshm__entry *e = idx != UINT32_MAX ? kvshm__entry_at(h, idx) : NULL;
 	if (!e) {
 		*err = kvshm__fail(-EINVAL, "reservation names no entry (already published or cancelled?)");
 		return NULL;
 	}
-	uint32_t idx = ref - 1;
 	*s = idx / h->cfg->entries_per_shard;
 	if ((*err = kvshm__shard_lock(h, *s)) < 0)
 		return NULL;
-	if (e->gen != (uint32_t)(r->ref[0] >> 32) || e->token != r->ref[1] || e->owner != h->me ||
+	if (e->gen != kvshm__ref_gen(r->ref[0]) || e->token != r->ref[1] || e->owner != h->me ||
 	    e->owner_gen != h->me_gen || (e->state != KVSHM_E_RESERVED && e->state != KVSHM_E_EXPIRED)) {
 		kvshm__shard_unlock(h, *s);
 		*err = kvshm__fail(KVSHM_EEXPIRED, "reservation of entry %u is no longer ours", idx);

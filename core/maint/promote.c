@@ -154,7 +154,7 @@ static int copy_up(kvshm *h, const struct item *it)
 		kvshm__shard_unlock(h, it->shard);
 		return err < 0 ? err : -ESTALE;
 	}
-	pin.ref[0] = (it->idx + 1) | ((uint64_t)it->gen << 32);
+	pin.ref[0] = kvshm__ref_of(it->idx, it->gen);
 	pin.tier = e->tier;
 	pin.len = e->len;
 	kvshm__shard_unlock(h, it->shard);

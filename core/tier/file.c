@@ -40,7 +40,7 @@ static void sweep_cb(void *ctx)
 }
 
 /* ---- reservations ----------------------------------------------------------------------
- * The caller's ref[0] = entry index + 1 | gen << 32, ref[1] = token; the
+ * The caller's words are a reservation's (core/internal.h); the
  * descriptor and mapping live in the handle's record (struct kvshm__hres),
  * never in words the caller could alter. */
 
@@ -135,10 +135,7 @@ int kvshm__file_reserve(kvshm *h, const kvshm_model *m, const uint32_t *tokens, 
 
 	r->data = map + payload_off;
 	r->len = len;
-	r->ref[0] = (rv.idx + 1) | ((uint64_t)rv.gen << 32);
-	r->ref[1] = rv.token;
-	r->ref[2] = (uint64_t)reason | ((uint64_t)tier << 8);
-	r->ref[3] = 0;
+	kvshm__resv_set_refs(r, rv.idx, rv.gen, rv.token, reason, tier);
 	hr->fd = fd;
 	hr->map = map;
 	hr->map_len = fsize;
@@ -152,7 +149,7 @@ fail:
 
 int kvshm__file_cancel(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
 {
-	uint32_t idx = (uint32_t)hr->ref0 - 1, gen = (uint32_t)(hr->ref0 >> 32);
+	uint32_t idx = kvshm__ref_idx(hr->ref0), gen = kvshm__ref_gen(hr->ref0);
 	int tier = hr->tier;
 	char tmp[512];
 	struct kvshm__entry *e = kvshm__entry_at(h, idx);
@@ -171,7 +168,7 @@ int kvshm__file_cancel(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
 
 int kvshm__file_publish(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
 {
-	uint32_t idx = (uint32_t)hr->ref0 - 1, gen = (uint32_t)(hr->ref0 >> 32), s;
+	uint32_t idx = kvshm__ref_idx(hr->ref0), gen = kvshm__ref_gen(hr->ref0), s;
 	int reason = hr->reason, tier = hr->tier, fd = hr->fd, err;
 	uint8_t *map = hr->map;
 	uint64_t token = hr->token;

@@ -47,7 +47,7 @@ int kvshm__file_reject(kvshm *h, uint32_t idx, uint32_t gen, int tier, const uin
 int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy, bool verify)
 {
 	char path[512];
-	uint32_t idx = (uint32_t)pin->ref[0] - 1, gen = (uint32_t)(pin->ref[0] >> 32);
+	uint32_t idx = kvshm__ref_idx(pin->ref[0]), gen = kvshm__ref_gen(pin->ref[0]);
 	uint32_t s = idx / h->cfg->entries_per_shard;
 	struct kvshm__entry *e = &h->entries[idx];
 	struct kvshm__shard *sh = &h->shards[s];
