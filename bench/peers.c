@@ -31,7 +31,7 @@
  * entries are immutable (kvshm_put of a present key is refused with
  * KVSHM_EEXISTS) and the public API has no per-key delete, so a kvshm put
  * here is: exact lookup of the key, drop its entry with the evictor's
- * internal kvshm__entry_drop, kvshm_put the new value. A drop is refused
+ * internal kvshm__tier_drop, kvshm_put the new value. A drop is refused
  * while another process holds a pin on the entry (readers are never torn);
  * such puts are retried a few times, then counted as "refused".
  *
@@ -72,7 +72,7 @@
 #include <libmemcached/memcached.h>
 #include <lmdb.h>
 
-#include "core/internal.h"
+#include "core/tier/tier.h"
 #include "bench/common.h"
 
 /* ---- parameters ----------------------------------------------------------------- */
@@ -589,9 +589,9 @@ static int kv_replace(kvshm *h, uint32_t key, const void *val)
 		kvshm_pin pin;
 		int r = kvshm_get(h, &W.model, tok, NTOK, 0, &pin);
 		if (r == 0) {
-			uint32_t idx = (uint32_t)pin.ref[0] - 1, gen = (uint32_t)(pin.ref[0] >> 32);
+			uint32_t idx = kvshm__ref_idx(pin.ref[0]), gen = kvshm__ref_gen(pin.ref[0]);
 			kvshm_unpin(h, &pin);
-			kvshm__entry_drop(h, idx / h->cfg->entries_per_shard, idx, gen, KVSHM_TIER_BIT(KVSHM_TIER_RAM),
+			kvshm__tier_drop(h, idx / h->cfg->entries_per_shard, idx, gen, KVSHM_TIER_BIT(KVSHM_TIER_RAM),
 					  false);
 		} else if (r != KVSHM_ENOTFOUND) {
 			bench_die("kvshm_get: %s", kvshm_last_error());

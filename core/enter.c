@@ -2,7 +2,7 @@
  * core/enter.c — the guard every public call passes (a closed handle, a
  * forked child rebinding to a slot of its own) and claiming a slot.
  */
-#include "core/internal.h"
+#include "core/tier/tier.h"
 
 int kvshm__claim(kvshm *h)
 {
@@ -27,7 +27,7 @@ int kvshm__enter(kvshm *h)
 	if (kvshm_unlikely(h->fork_gen != kvshm__fork_gen())) {
 		/* A forked child: the slot, and every reservation made under
 		 * it, belong to the parent. */
-		kvshm__resv_forget_all(h);
+		kvshm__hres_forget_all(h);
 		int err = kvshm__claim(h);
 		if (err < 0)
 			return err;

@@ -33,26 +33,20 @@ struct kvshm__keyctx {
  * publish and cancel refuse it with -EINVAL: a garbage or foreign
  * reservation never reaches the segment, a file descriptor or munmap.
  * Process-local: what it holds (a staging buffer, a writable window, a
- * file and its mapping) dies with the process; the segment side is the
- * RESERVED entry, which reclaim handles.
+ * file and its mapping: the tier's own, in `priv`) dies with the process;
+ * the segment side is the RESERVED entry, which reclaim handles.
  */
-enum kvshm__hres_kind {
-	KVSHM_HRES_FREE = 0,
-	KVSHM_HRES_STAGED,  /* RAM, small value: written into `stage`, copied in at publish */
-	KVSHM_HRES_WINDOW,  /* RAM, large value: its own view pages made writable */
-	KVSHM_HRES_FILE,    /* ram_file/disk: a mapping of the temporary file */
-};
+#define KVSHM_HRES_PRIV 48 /* bytes a tier keeps per reservation (the file tiers use 40) */
 struct kvshm__hres {
-	uint32_t kind;       /* kvshm__hres_kind */
+	bool live;           /* a reservation handed out, not yet published or cancelled */
 	uint8_t tier, reason;
 	uint64_t ref0, token; /* what the caller's ref[0], ref[1] must be */
 	void *data;          /* what the caller was given to write */
 	size_t len;
-	uint64_t value_off;  /* RAM: segment offset of the value */
-	int fd;              /* FILE: the temporary file */
-	uint8_t *map;        /* FILE: its guarded mapping, map_len bytes */
-	uint64_t map_len;
-	uint8_t key[16];     /* FILE: the key hash (names the temporary file) */
+	/* The tier's own record, copied in and out by the tier (memcpy: no
+	 * aliasing games): staging or window and the value's offset (RAM), the
+	 * temporary file, its mapping and the key (file tiers). */
+	_Alignas(8) unsigned char priv[KVSHM_HRES_PRIV];
 };
 
 #define KVSHM_HANDLE_MAGIC 0x4c444e4148564b4bull /* "KKVHANDL": an open handle */
@@ -74,7 +68,8 @@ struct kvshm {
 	uint64_t fork_gen;         /* kvshm__fork_gen() when the slot was claimed */
 	bool closed;
 	bool reaper;               /* this handle is the reaper's */
-	struct kvshm__idx *idx[KVSHM_NTIERS]; /* file tiers' TDB indexes, opened on first use */
+	void *tstate[KVSHM_NTIERS]; /* each tier's process-local state for this handle, its own
+				     * to define (file tiers: their TDB index, opened on first use) */
 	struct kvshm__hres res[KVSHM_MAX_RES]; /* reservations handed out, not yet published */
 	char name[KVSHM_NAME_MAX];
 };
@@ -242,44 +237,10 @@ void kvshm__mark_ready_locked(kvshm *h, uint32_t s, uint32_t idx, uint64_t csum,
  * KVSHM_EEXISTS (ready) or KVSHM_EINPROGRESS (reserved) with *idx, or 0. */
 int kvshm__find_locked(kvshm *h, uint32_t s, kvshm__h128 term, const kvshm_model *m, const uint32_t *tokens,
 		       size_t n, int tier, uint32_t *idx);
-/* Remove entry idx of shard s if it still has gen and is evictable in
- * mask (ready, unpinned); with demote, a RAM entry is first saved to the
- * demotion tier. Frees its blob, and a file entry's file and index row.
- * Returns the footprint freed (0 when not removed), or a negative error. */
-int64_t kvshm__entry_drop(kvshm *h, uint32_t s, uint32_t idx, uint32_t gen, unsigned mask, bool demote);
-const char *kvshm__tier_name(int tier);
 /* The listing view of an entry (shard lock held). */
 void kvshm__info_of(const kvshm *h, const struct kvshm__entry *e, uint64_t now, kvshm_entry_info *i);
 
-/* A fresh reservation (kvshm__reserve_entry). */
-struct kvshm__resv {
-	uint32_t idx, gen, shard;
-	uint64_t token;
-	struct kvshm__blob *blob;
-	uint8_t *value;       /* RAM: where the value goes (the library's own mapping) */
-	uint64_t value_off;   /* RAM: its segment offset */
-	kvshm__h128 key;
-};
-#define KVSHM_RESV_PAGE_VALUE 1u /* RAM: start the value on a page of its own when the
-				  * blob is an extent (a writable window can then be
-				  * exactly the value's pages) */
-/* Steps 1-4 of a save for any tier (core/save.c); file tiers pass the
- * file's size as its footprint. */
-int kvshm__reserve_entry(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, uint64_t len, int tier,
-			 int reason, uint64_t file_size, unsigned flags, struct kvshm__resv *out);
-/* RAM: the segment-side reservation and its fill pointer as a
- * kvshm_reservation for publish_ram (what kvshm_put and promotion use; the
- * caller never sees it). */
-void kvshm__resv_to_ram(const struct kvshm__resv *rv, size_t len, int reason, kvshm_reservation *r);
-/* Give up every reservation's process-local side (staging buffers,
- * windows, file mappings and descriptors): at close, and in a forked
- * child, whose inherited reservations are its parent's. */
-void kvshm__resv_forget_all(kvshm *h);
-/* Publish a filled RAM reservation whose value checksum is csum. */
-int kvshm__publish_ram(kvshm *h, kvshm_reservation *r, uint64_t csum);
-/* Copy len bytes from src to dst and return the XXH3-64 of them, in one
- * pass (16 KiB blocks, each summed and then copied while in L1). */
-uint64_t kvshm__copy_sum(void *dst, const void *src, size_t len);
+/* A new token for a reservation (core/entry/resv.c). */
 uint64_t kvshm__token(kvshm *h);
 /* Our reservation's entry with its shard locked, or NULL (lock not held). */
 struct kvshm__entry *kvshm__own_entry(kvshm *h, const kvshm_reservation *r, uint32_t *s, int *err);
@@ -333,7 +294,7 @@ int kvshm__walk_partial(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_m
 /* Score of an entry now (decayed). */
 double kvshm__entry_score(const kvshm *h, const struct kvshm__entry *e, uint64_t now_ns);
 
-/* ---- counters (core/stats.c) ------------------------------------------------------------ */
+/* ---- counters (core/entry/handle.c) ------------------------------------------------------------ */
 
 static inline void kvshm__count(const kvshm *h, int c, uint64_t n)
 {
@@ -341,21 +302,13 @@ static inline void kvshm__count(const kvshm *h, int c, uint64_t n)
 }
 
 uint64_t kvshm__counter_sum(const kvshm *h, int c);
+/* Count a published save: saves_<reason> and saved_bytes. */
+void kvshm__count_save(const kvshm *h, int reason, uint64_t bytes);
 
-/* ---- eviction (core/evict.c) ------------------------------------------------------------ */
+/* ---- reservations past their deadline (core/entry/resv.c) -------------------------------- */
 
-/* Bytes currently charged to a tier (sum over shards; racy read). */
-uint64_t kvshm__tier_bytes(const kvshm *h, int tier);
-int kvshm__evict(kvshm *h, uint64_t target, unsigned tier_mask, uint64_t *freed, uint64_t *count);
 /* Expire reservations past their deadline. */
 int kvshm__expire(kvshm *h, uint64_t *count);
-
-/* ---- CRC32C (core/crc32c.c) ------------------------------------------------------------ */
-
-/* CRC32C of buf continuing from crc (start with 0). Hardware when there. */
-uint32_t kvshm__crc32c(uint32_t crc, const void *buf, size_t len);
-uint32_t kvshm__crc32c_sw(uint32_t crc, const void *buf, size_t len);
-bool kvshm__crc32c_hw_available(void);
 
 /* ---- the scheduler's control block (core/sched.c) -------------------------------------- */
 
@@ -370,46 +323,6 @@ void kvshm__sched_read_config(const struct kvshm__sched *sc, kvshm_sched_config 
  * was evicted, and the error text (may be NULL). Takes the lock itself. */
 void kvshm__sched_record(kvshm *h, const uint64_t *u, const uint64_t *t, int result, uint64_t freed, uint64_t count,
 			 const char *error);
-
-/* ---- file tiers (core/tier/file*.c) ---------------------------------------------------- */
-
-/* Default quota of a tier when the config gives 0. */
-uint64_t kvshm__tier_default_quota(int tier, uint64_t segment_bytes, const char *dir);
-/* At creation: take the seed from an existing tier directory, or store ours. */
-int kvshm__tier_adopt_seed(struct kvshm__cfg *n);
-bool kvshm__tier_on(const kvshm *h, int tier);
-/* The tier's TDB index (opened on first use). */
-int kvshm__tier_idx(kvshm *h, int tier, struct kvshm__idx **out);
-void kvshm__tier_close(kvshm *h);
-/* A file save's reservation: fills hr (fd, mapping) and r. publish and
- * cancel always give everything up (hr is theirs to clear). */
-int kvshm__file_reserve(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, size_t len, int tier,
-			int reason, struct kvshm__hres *hr, kvshm_reservation *r);
-int kvshm__file_publish(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r);
-int kvshm__file_cancel(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r);
-/* Map and verify a pinned file entry into pin (after walk pinned it);
- * verify: checksum the payload even if a load within verify_reuse_ms did.
- * KVSHM_EBADFILE: the file was bad and is gone; the pin is dropped. */
-int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy, bool verify);
-/* A pinned file entry failed verification: its file and row go, the entry
- * is flagged bad, our pin is dropped. Returns KVSHM_EBADFILE. */
-int kvshm__file_reject(kvshm *h, uint32_t idx, uint32_t gen, int tier, const uint64_t key[2], bool copy);
-void kvshm__file_unmap(kvshm_pin *pin);
-/* After a file entry left the index: delete its file and index row. */
-void kvshm__file_forget(kvshm *h, int tier, const uint64_t key[2]);
-/* Turn ready file entry idx (shard lock held, unpinned) into a reservation
- * of ours while its row and file are deleted: false when our reservation
- * records are full (then nothing changed). */
-bool kvshm__file_hide_locked(kvshm *h, uint32_t s, uint32_t idx);
-/* Reclaim a dead writer's file reservation (entry idx, shard s): validate
- * and adopt a linked file, or remove it and the temporary file. */
-int kvshm__file_reclaim(kvshm *h, uint32_t dead, uint32_t dead_gen, uint32_t idx);
-/* Save a pinned RAM entry's value to the demotion tier (reason EVICT). */
-int kvshm__demote(kvshm *h, uint32_t idx);
-/* Insert a READY file entry for a valid file (reconcile, adoption):
- * 1 when inserted, 0 when the segment already had it, KVSHM_EINPROGRESS
- * when its key is being saved or dropped, -ENOENT when the file is gone. */
-int kvshm__file_adopt(kvshm *h, int tier, const struct kvshm__fmeta *m);
 
 /* ---- reclaim (core/reclaim.c) ----------------------------------------------------------- */
 

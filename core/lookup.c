@@ -26,7 +26,7 @@
  */
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/tier/tier.h"
 
 static int check_args(const kvshm_model *m, const uint32_t *tokens, size_t n)
 {
@@ -110,50 +110,18 @@ out:
 	return err;
 }
 
-/* ---- verification ----------------------------------------------------------------------- */
-
-/* The checksum the pinned entry was published with (immutable while it is
- * pinned: RAM XXH3-64, files the payload's CRC32C). */
-static uint64_t pinned_csum(const kvshm *h, const kvshm_pin *pin)
+/* The table of a pinned entry's tier: the walk filled pin->tier from the
+ * entry, so it is a tier unless the segment is damaged (then the pin is
+ * dropped and the lookup fails). */
+static const struct kvshm__tier_ops *tier_of_pin(kvshm *h, kvshm_pin *pin, bool copy, int *err)
 {
-	return h->entries[kvshm__ref_idx(pin->ref[0])].csum;
-}
-
-static bool pin_sound(const kvshm *h, const kvshm_pin *pin)
-{
-	uint64_t want = pinned_csum(h, pin);
-	if (pin->tier == KVSHM_TIER_RAM)
-		return XXH3_64bits(pin->data, pin->len) == want;
-	return kvshm__crc32c(0, pin->data, pin->len) == (uint32_t)want;
-}
-
-/*
- * A pinned entry's bytes do not match its checksum (a stray write through
- * the library's own mapping, a flipped bit, a file changed behind our
- * back): flag it bad so nobody pins it again, count it, drop our pin (the
- * last pin removes it; a file's file and row go at once).
- */
-static void reject_pinned(kvshm *h, kvshm_pin *pin, bool copy)
-{
-	uint32_t idx = kvshm__ref_idx(pin->ref[0]), gen = kvshm__ref_gen(pin->ref[0]);
-	struct kvshm__entry *e = &h->entries[idx];
-	if (pin->tier != KVSHM_TIER_RAM) {
-		uint64_t key[2] = {e->key[0], e->key[1]};
-		kvshm__file_unmap(pin);
-		kvshm__file_reject(h, idx, gen, pin->tier, key, copy);
+	const struct kvshm__tier_ops *t = kvshm__tier_or_null(pin->tier);
+	if (!t) {
+		kvshm__unpin_ref(h, kvshm__ref_idx(pin->ref[0]), kvshm__ref_gen(pin->ref[0]), copy);
+		*err = kvshm__fail(KVSHM_ECORRUPT, "entry %u: tier %d", kvshm__ref_idx(pin->ref[0]), pin->tier);
 		memset(pin, 0, sizeof(*pin));
-		return;
 	}
-	uint32_t s = idx / h->cfg->entries_per_shard;
-	kvshm__count(h, KVSHM_C_corrupt_rejected, 1);
-	if (kvshm__shard_lock(h, s) == 0) {
-		if (e->gen == gen)
-			kvshm__jset32(h->seg, &h->shards[s].lk, &e->flags, e->flags | KVSHM_EF_BAD);
-		kvshm__shard_unlock(h, s);
-	}
-	KVSHM_CRASH_POINT("lookup.reject.flagged");
-	kvshm__unpin_ref(h, idx, gen, copy);
-	memset(pin, 0, sizeof(*pin));
+	return t;
 }
 
 static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, unsigned flags,
@@ -181,17 +149,14 @@ static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t
 	for (;;) {
 		err = partial ? kvshm__walk_partial(h, &kh, m, tokens, n, copy, want_wait, pin, &wait)
 			      : walk(h, &kh, m, tokens, n, exact, copy, want_wait, pin, &wait);
-		if (err == 0 && pin->tier != KVSHM_TIER_RAM) {
-			/* A file entry: map and verify it. A bad file is gone
-			 * now (counted); look again for the next best. */
-			err = kvshm__file_load(h, pin, copy, flags & KVSHM_LOOKUP_VERIFY);
-			if (err == KVSHM_EBADFILE)
+		if (err == 0) {
+			/* Its tier makes it readable (a file: mapped) and, when
+			 * asked, verifies it. A bad value is gone now (counted,
+			 * never served): look again for the next best. */
+			const struct kvshm__tier_ops *t = tier_of_pin(h, pin, copy, &err);
+			if (t && (err = t->load(h, pin, copy, flags & KVSHM_LOOKUP_VERIFY)) == KVSHM_EBADFILE)
 				continue;
 			break;
-		}
-		if (err == 0 && (flags & KVSHM_LOOKUP_VERIFY) && !pin_sound(h, pin)) {
-			reject_pinned(h, pin, copy);
-			continue; /* never served; the next best, if any */
 		}
 		if (err != KVSHM_ENOTFOUND || wait.idx == UINT32_MAX)
 			break;
@@ -242,7 +207,9 @@ static int unpin(kvshm *h, kvshm_pin *pin, bool copy)
 		return kvshm__fail(-ENOENT, "unpin: the pin names no entry (already unpinned?)");
 	if ((err = kvshm__unpin_ref(h, idx, gen, copy)) < 0)
 		return err;
-	kvshm__file_unmap(pin);
+	const struct kvshm__tier_ops *t = kvshm__tier_or_null(pin->tier);
+	if (t && t->unload)
+		t->unload(pin); /* a file's mapping */
 	memset(pin, 0, sizeof(*pin));
 	return 0;
 }
@@ -263,17 +230,20 @@ KVSHM_EXTERN int kvshm_pin_verify(kvshm *h, kvshm_pin *pin)
 	const struct kvshm__entry *e = kvshm__entry_at(h, idx);
 	if (!e || e->gen != gen || e->len != pin->len)
 		return kvshm__fail(-EINVAL, "pin_verify: the pin names no pinned entry");
-	if (pin_sound(h, pin))
+	const struct kvshm__tier_ops *t = kvshm__tier_or_null(pin->tier);
+	if (!t)
+		return kvshm__fail(-EINVAL, "pin_verify: not a pin of this handle");
+	if (t->sound(h, pin))
 		return 0;
-	reject_pinned(h, pin, false);
+	t->reject(h, pin, false);
 	return kvshm__fail(KVSHM_ECORRUPT, "pin_verify: the value does not match its checksum; it was dropped and the pin released");
 }
 
 /*
- * Copy-out verifies as it copies: the value is summed block by block
- * while each block is still in cache (kvshm__copy_sum), and an entry
- * whose sum is wrong is rejected (never returned, counted) and the lookup
- * goes on to the next best. File entries were verified when loaded.
+ * Copy-out verifies as it copies (the tier's copy_out: RAM sums the value
+ * block by block while each block is still in cache; a file was verified
+ * when it was loaded), and an entry whose sum is wrong is rejected (never
+ * returned, counted) and the lookup goes on to the next best.
  */
 KVSHM_EXTERN int kvshm_lookup_copy(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
 				   unsigned flags, void *buf, size_t cap, size_t *len, size_t *ntokens)
@@ -291,12 +261,9 @@ KVSHM_EXTERN int kvshm_lookup_copy(kvshm *h, const kvshm_model *m, const uint32_
 			unpin(h, &pin, true);
 			return kvshm__fail(-ENOBUFS, "copy-out: value of %zu bytes, buffer of %zu", pin.len, cap);
 		}
-		if (pin.tier != KVSHM_TIER_RAM) {
-			memcpy(buf, pin.data, pin.len);
+		const struct kvshm__tier_ops *t = kvshm__tier(pin.tier); /* a tier: lookup loaded it */
+		if (t->copy_out(h, &pin, buf))
 			return unpin(h, &pin, true);
-		}
-		if (kvshm__copy_sum(buf, pin.data, pin.len) == pinned_csum(h, &pin))
-			return unpin(h, &pin, true);
-		reject_pinned(h, &pin, true);
+		t->reject(h, &pin, true);
 	}
 }

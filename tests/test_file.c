@@ -1166,7 +1166,7 @@ static int stall_child(void *p)
 	uint8_t key[16] = {0};
 	uint64_t n = 0;
 	/* Reopen the inherited index now, before the parent's transaction. */
-	if (kvshm__tier_idx(a->h, KVSHM_TIER_DISK, &ix) < 0 || kvshm__idx_get(ix, key, &row) != KVSHM_ENOTFOUND)
+	if (kvshm__file_index(a->h, KVSHM_TIER_DISK, &ix) < 0 || kvshm__idx_get(ix, key, &row) != KVSHM_ENOTFOUND)
 		return 1;
 	th_write_byte(a->to_parent, 'r');
 	if (th_read_byte(a->from_parent, 60000) != 'g')
@@ -1200,7 +1200,7 @@ static void test_no_expiry_while_committing(void **state)
 	kvshm *h = open_fx(f, &c);
 	struct kvshm__idx *ix;
 	char path[512];
-	TH_OK(kvshm__tier_idx(h, KVSHM_TIER_DISK, &ix));
+	TH_OK(kvshm__file_index(h, KVSHM_TIER_DISK, &ix));
 	for (int what = STALL_SAVE; what <= STALL_DELETE; what++) {
 		kvshm_model m = th_model_of(20 + (unsigned)what);
 		uint32_t t[32];

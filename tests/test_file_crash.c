@@ -1468,7 +1468,7 @@ static void diagnose(kvshm *h, const char *disk, const char *rf)
 	for (int t = RFILE; t <= DISK; t++) {
 		struct kvshm__idx *ix = NULL;
 		struct diagrows d = {l, t, t == DISK ? disk : rf};
-		if (kvshm__tier_idx(h, t, &ix) == 0)
+		if (kvshm__file_index(h, t, &ix) == 0)
 			kvshm__idx_each(ix, diag_row, &d);
 		for (size_t i = 0; i < l->n; i++) {
 			struct kvshm__irow row;

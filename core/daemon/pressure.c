@@ -23,7 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/internal.h"
+#include "core/tier/tier.h"
 
 /* ---- sources ------------------------------------------------------------------------ */
 

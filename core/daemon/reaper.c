@@ -44,7 +44,7 @@
 #include <syslog.h>
 #include <unistd.h>
 
-#include "core/internal.h"
+#include "core/tier/tier.h"
 
 struct track {
 	int fd;         /* pidfd, -1 when none */

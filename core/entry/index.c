@@ -39,13 +39,6 @@ int kvshm__shard_repair(struct kvshm__seg *seg, struct kvshm__lock *lk, void *ct
 	return 0;
 }
 
-const char *kvshm__tier_name(int tier)
-{
-	static const char *const names[KVSHM_NTIERS] = {"ram", "ram_file", "disk"};
-	return tier >= 0 && tier < KVSHM_NTIERS ? names[tier] : "?";
-}
-
-
 int kvshm__entry_new_locked(kvshm *h, uint32_t s, const struct kvshm__newentry *ne, uint32_t *idx_out,
 			    uint32_t *gen_out)
 {

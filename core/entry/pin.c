@@ -56,12 +56,9 @@ int kvshm__pin_locked(kvshm *h, uint32_t s, uint32_t idx, bool copy)
 void kvshm__pin_fill(kvshm *h, uint32_t idx, size_t matched, size_t n, kvshm_pin *pin)
 {
 	const struct kvshm__entry *e = &h->entries[idx];
-	/* File entries get their data from kvshm__file_load (a mapping). */
-	/* RAM: the read-only view (a write through the pin faults). The blob
-	 * was validated by the match (kvshm__entry_blob_quick). */
-	pin->data = e->tier == KVSHM_TIER_RAM
-			    ? kvshm__view(h->seg, e->blob + ((const struct kvshm__blob *)(h->seg->base + e->blob))->voff)
-			    : NULL;
+	/* The data is the tier's to give (kvshm__tier_ops.load: RAM's view, a
+	 * file's mapping). */
+	pin->data = NULL;
 	pin->ref[2] = pin->ref[3] = 0;
 	pin->len = e->len;
 	pin->ntokens = matched;

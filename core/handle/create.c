@@ -75,7 +75,7 @@ int kvshm__cache_create(const char *name, const kvshm_config *c, struct kvshm__s
 	n.seed = kvshm__seg_hdr(s)->seed;
 	/* Files outlive the segment: a tier directory that already has a hash
 	 * seed gives it to the new segment, so its files keep their names. */
-	if ((err = kvshm__tier_adopt_seed(&n)) < 0)
+	if ((err = kvshm__tiers_prepare(&n)) < 0)
 		goto out_fail;
 
 	if ((err = place(s, c, KVSHM_R_CORE, sizeof(struct kvshm__cache_hdr), 4096, &off)) < 0)

@@ -7,7 +7,7 @@
 #ifndef KVSHM_CORE_HANDLE_HANDLE_H
 #define KVSHM_CORE_HANDLE_HANDLE_H
 
-#include "core/internal.h"
+#include "core/tier/tier.h"
 
 #define MIB (1024ull * 1024ull)
 

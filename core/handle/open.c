@@ -180,10 +180,12 @@ static int release_all(kvshm *h)
 			continue;
 		uint64_t blob = 0;
 		struct kvshm__entry *e = kvshm__entry_at(h, idx);
-		if (e && e->gen == rr.gen && e->tier != KVSHM_TIER_RAM && e->owner == h->me) {
-			/* An unpublished file save: as if we had died. */
+		const struct kvshm__tier_ops *t = e ? kvshm__tier_or_null(e->tier) : NULL;
+		if (e && e->gen == rr.gen && (!t || t->reclaim) && e->owner == h->me) {
+			/* An unpublished save its tier recovers (a file): as if we
+			 * had died. */
 			kvshm__shard_unlock(h, s);
-			kvshm__file_reclaim(h, h->me, h->me_gen, idx);
+			kvshm__tier_reclaim(h, h->me, h->me_gen, idx);
 			if (kvshm__shard_lock(h, s) < 0)
 				continue;
 		}
@@ -256,14 +258,14 @@ KVSHM_EXTERN int kvshm_close(kvshm *h)
 	bool ours = h->me != UINT32_MAX && h->fork_gen == kvshm__fork_gen();
 	/* Write access first: nothing the caller still holds may change a
 	 * byte once its reservation is gone. */
-	kvshm__resv_forget_all(h);
+	kvshm__hres_forget_all(h);
 	if (ours) {
 		err = release_all(h);
 		int r = kvshm__proc_release(h->seg, h->tab, h->me, h->me_gen);
 		if (r < 0 && !err)
 			err = r;
 	}
-	kvshm__tier_close(h);
+	kvshm__tiers_close(h);
 	kvshm__seg_detach(h->seg);
 	h->seg = NULL;
 	retire(h);

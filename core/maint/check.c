@@ -306,7 +306,7 @@ static int check_files(kvshm *h, unsigned flags, const struct fents *files)
 		struct kvshm__irow row;
 		struct kvshm__fmeta m;
 		char path[512];
-		if ((err = kvshm__tier_idx(h, f->tier, &ix)) < 0)
+		if ((err = kvshm__file_index(h, f->tier, &ix)) < 0)
 			return err;
 		kvshm__file_path(h->cfg->dir[f->tier], (const uint8_t *)f->key, path, sizeof(path));
 		int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -335,7 +335,7 @@ static int check_files(kvshm *h, unsigned flags, const struct fents *files)
 		uint64_t rows = 0;
 		if (!kvshm__tier_on(h, t))
 			continue;
-		if ((err = kvshm__tier_idx(h, t, &ix)) < 0)
+		if ((err = kvshm__file_index(h, t, &ix)) < 0)
 			return err;
 		struct rowchk rc = {h, t, 0};
 		if ((err = kvshm__idx_each(ix, row_has_file, &rc)) < 0)

@@ -11,14 +11,14 @@
  *
  * This file holds the pure decision (kvshm_promote_plan); the reaper feeds
  * it the residents and candidates of adjacent tiers and carries out the
- * moves (file tiers: core/tier.c).
+ * moves (a file entry loaded through its tier's table, copied into RAM).
  */
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/tier/tier.h"
 
 KVSHM_EXTERN void kvshm_promote_config_init(kvshm_promote_config *c)
 {
@@ -158,12 +158,14 @@ static int copy_up(kvshm *h, const struct item *it)
 	pin.tier = e->tier;
 	pin.len = e->len;
 	kvshm__shard_unlock(h, it->shard);
-	if ((err = kvshm__file_load(h, &pin, true, false)) < 0)
+	const struct kvshm__tier_ops *t = kvshm__tier(pin.tier); /* a file tier: a candidate */
+	if ((err = t->load(h, &pin, true, false)) < 0)
 		return err; /* a bad file was removed; the pin is gone */
 	const struct kvshm__blob *b = kvshm__entry_blob(h, e);
 	struct kvshm__resv rv;
-	err = b ? kvshm__reserve_entry(h, &b->model, b->tokens, b->ntokens, pin.len, KVSHM_TIER_RAM, e->reason, 0, 0, &rv)
-		: KVSHM_ECORRUPT;
+	struct kvshm__save sv = {.m = b ? &b->model : NULL, .tokens = b ? b->tokens : NULL, .n = b ? b->ntokens : 0,
+				 .len = pin.len, .tier = KVSHM_TIER_RAM, .reason = e->reason};
+	err = b ? kvshm__ram_reserve_entry(h, &sv, false, &rv) : KVSHM_ECORRUPT;
 	if (err == 0) {
 		uint64_t csum = kvshm__copy_sum(rv.value, pin.data, pin.len);
 		if ((err = kvshm__shard_lock(h, rv.shard)) == 0) {
@@ -185,7 +187,7 @@ static int copy_up(kvshm *h, const struct item *it)
 		}
 	}
 	kvshm__unpin_ref(h, it->idx, it->gen, true);
-	kvshm__file_unmap(&pin);
+	t->unload(&pin);
 	if (err == 0 && kvshm__shard_lock(h, it->shard) == 0) {
 		if (e->gen == it->gen)
 			kvshm__jset64(h->seg, &h->shards[it->shard].lk, &e->moved_ns, kvshm__now_ns());
@@ -269,7 +271,7 @@ KVSHM_EXTERN int kvshm_promote(kvshm *h, const kvshm_promote_config *pc, size_t 
 	for (size_t i = 0; i < nm; i++) {
 		if (dem[i] != UINT32_MAX) {
 			const struct item *r = &res.it[dem[i]];
-			kvshm__entry_drop(h, r->shard, r->idx, r->gen, KVSHM_TIER_BIT(KVSHM_TIER_RAM), true);
+			kvshm__tier_drop(h, r->shard, r->idx, r->gen, KVSHM_TIER_BIT(KVSHM_TIER_RAM), true);
 		}
 		KVSHM_CRASH_POINT("promote.copying");
 		if (copy_up(h, &cand.it[prom[i]]) == 0)

@@ -4,7 +4,7 @@
  * its interval or by a worker inline when no reaper runs. Not the reaper's
  * loop (core/daemon/reaper.c).
  */
-#include "core/internal.h"
+#include "core/tier/tier.h"
 
 KVSHM_EXTERN int kvshm_sweep(kvshm *h)
 {
@@ -37,7 +37,7 @@ KVSHM_EXTERN int kvshm_prune(kvshm *h, uint64_t max_age_s, uint64_t *expired, ui
 					   now - e->created_ns > age_ns;
 				uint32_t gen = e->gen;
 				kvshm__shard_unlock(h, s);
-				if (old && kvshm__entry_drop(h, s, idx, gen, KVSHM_TIERS_ALL, false) > 0)
+				if (old && kvshm__tier_drop(h, s, idx, gen, KVSHM_TIERS_ALL, false) > 0)
 					n_aged++;
 			}
 		}

@@ -19,7 +19,7 @@
  */
 #include <limits.h>
 
-#include "core/internal.h"
+#include "core/tier/tier.h"
 
 /* Lock shard s, then make sure the slot sl is still the dead one of
  * generation gen that we were handed: -ESTALE, with the shard unlocked,
@@ -90,15 +90,17 @@ static int drop_reservations(kvshm *h, uint32_t idx, uint32_t gen, struct kvshm_
 			__atomic_store_n(&r->entry, 0, __ATOMIC_RELAXED);
 			continue;
 		}
-		if (e->tier != KVSHM_TIER_RAM && e->gen == r->gen) {
-			/* A file save: validate and adopt a linked file, or remove
-			 * it and the temporary file (core/tier.c). */
-			int err = kvshm__file_reclaim(h, idx, gen, ent - 1);
+		const struct kvshm__tier_ops *t = kvshm__tier_or_null(e->tier);
+		if ((!t || t->reclaim) && e->gen == r->gen) {
+			/* A tier that keeps the value outside the segment (a file
+			 * save: a linked file validated and adopted, or removed
+			 * with the temporary file). */
+			int err = kvshm__tier_reclaim(h, idx, gen, ent - 1);
 			if (err == -EAGAIN) {
 				int n = kvshm__slab_reclaim(h->seg, h->slab, idx, gen);
 				if (n < 0)
 					return n;
-				err = kvshm__file_reclaim(h, idx, gen, ent - 1);
+				err = kvshm__tier_reclaim(h, idx, gen, ent - 1);
 			}
 			if (err < 0)
 				return err;

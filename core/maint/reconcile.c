@@ -128,11 +128,13 @@ static bool index_file(kvshm *h, struct kvshm__idx *ix, int tier, const uint8_t 
 {
 	struct kvshm__irow row;
 	/* The segment first. A reserved entry of the key is a writer
-	 * publishing this file or a remover deleting it (core/tier.c): the
+	 * publishing this file or a remover deleting it (core/tier/file*.c): the
 	 * row is theirs to write; one stored here after a remover deleted it
 	 * would outlive the file. A remover that starts later deletes the row
 	 * after our batch commits: TDB transactions are serialised. */
-	int a = kvshm__file_adopt(h, tier, m);
+	struct kvshm__stored v;
+	kvshm__fmeta_stored(m, &v);
+	int a = kvshm__tier(tier)->adopt(h, tier, &v);
 	if (a == KVSHM_EINPROGRESS)
 		return true;
 	if (a < 0) /* no room for its entry, or removed since the scan read it */
@@ -204,7 +206,7 @@ static int reconcile(kvshm *h, int tier, kvshm_reconcile_report *rep_out)
 	char sub[300], path[600];
 	int err;
 	memset(&rep, 0, sizeof(rep));
-	if ((err = kvshm__tier_idx(h, tier, &ix)) < 0)
+	if ((err = kvshm__file_index(h, tier, &ix)) < 0)
 		return err;
 	const char *dir = h->cfg->dir[tier];
 	rep.repacked = kvshm__idx_was_repacked(ix);
@@ -317,7 +319,7 @@ static int reconcile(kvshm *h, int tier, kvshm_reconcile_report *rep_out)
 			 * meanwhile)? Then its file is there now. */
 			if (gone && has_valid_file(h, dir, key))
 				continue;
-			if (gone && kvshm__entry_drop(h, s, sh->first + k, gen, KVSHM_TIER_BIT(tier), false) > 0)
+			if (gone && kvshm__tier_drop(h, s, sh->first + k, gen, KVSHM_TIER_BIT(tier), false) > 0)
 				rep.entries_dropped++;
 		}
 	}

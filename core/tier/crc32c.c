@@ -11,7 +11,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/tier/file.h"
 
 static uint32_t table[8][256];
 

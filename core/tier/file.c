@@ -1,27 +1,31 @@
 /*
- * core/tier/file.c — the file tiers' save pipeline (seed 001): reserve,
- * publish, cancel.
+ * core/tier/file.c — the file tiers (ram_file and disk: one implementation,
+ * two tables) and their save pipeline: reserve, publish, cancel, put.
  *
  * SAVING TO A FILE TIER (each step a crash point)
  *   1. take a writer-semaphore unit (bounded concurrency): cold, continued,
  *      finish and other saves wait writer_wait_ms and are dropped (counted)
  *      when none comes free; evict and shutdown saves wait evict_wait_ms;
- *   2. reserve the key (core/save.c): an entry RESERVED in the tier, owned
+ *   2. reserve the key (core/tier/reserve.c): an entry RESERVED in the tier, owned
  *      by our slot, with a token; its footprint is the file's size;
- *   3. create <dir>/tmp/<key>.<slot>-<gen>-<token>.tmp, size it (fallocate on
- *      disk, so a full disk fails here), map it: the caller writes the value
+ *   3. create <dir>/tmp/<key>.<slot>-<gen>-<token>.tmp, size it (fallocate,
+ *      so a full filesystem fails here), map it: the caller writes the value
  *      straight into the page cache (stage TMP);
- *   4. publish: checksum the value (CRC32C), write header and tags, and on
- *      disk fdatasync;
+ *   4. publish: checksum the value (CRC32C), write header and tags, and in
+ *      a durable tier (disk) fdatasync;
  *   5. check the reservation is still ours (an expired one is given up) and,
  *      in the same critical section, mark it COMMIT: from here it cannot
  *      expire (kvshm__expire skips it), so no other writer can take the
  *      key over while this one links and indexes its file;
  *   6. link the temporary file to its final name (EEXIST: a valid existing
- *      file is kept, an invalid one replaced), fsync the directory;
+ *      file is kept, an invalid one replaced), fsync the directory (durable);
  *   7. mark the entry LINKED; 8. store its index row (TDB); 9. unlink the
  *      temporary name; 10. mark it READY and release the writer unit.
  *
+ * The two file tiers differ only in their tables (below): ram_file's
+ * files live on a tmpfs, whose contents a reboot loses anyway, so it
+ * neither syncs nor has a quota beyond the segment's size; disk syncs
+ * (durable) and defaults to half of its filesystem's free space.
  *
  * Dead writers (core/tier/fileentry.c) and loads (core/tier/fileread.c)
  * are not here; nor is the directory (core/tier/filedir.c).
@@ -41,8 +45,23 @@ static void sweep_cb(void *ctx)
 
 /* ---- reservations ----------------------------------------------------------------------
  * The caller's words are a reservation's (core/internal.h); the
- * descriptor and mapping live in the handle's record (struct kvshm__hres),
- * never in words the caller could alter. */
+ * descriptor and mapping live in the handle's record (struct kvshm__hres,
+ * its priv: struct file_res), never in words the caller could alter. */
+
+struct file_res {
+	int fd;              /* the temporary file */
+	uint8_t *map;        /* its guarded mapping, map_len bytes */
+	uint64_t map_len;
+	uint8_t key[16];     /* the key hash (names the temporary file) */
+};
+_Static_assert(sizeof(struct file_res) <= KVSHM_HRES_PRIV, "a file reservation fits the handle's record");
+
+static struct file_res res_of(const struct kvshm__hres *hr)
+{
+	struct file_res fr;
+	memcpy(&fr, hr->priv, sizeof(fr));
+	return fr;
+}
 
 /* Give up a file reservation: temp file, mapping, entry, writer unit. */
 static void abandon(kvshm *h, uint32_t idx, uint32_t gen, uint64_t token, const char *tmp, int fd, uint8_t *map,
@@ -65,13 +84,14 @@ static void abandon(kvshm *h, uint32_t idx, uint32_t gen, uint64_t token, const 
 	kvshm__sem_release(h->seg, h->sem, h->me);
 }
 
-int kvshm__file_reserve(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, size_t len, int tier,
-			int reason, struct kvshm__hres *hr, kvshm_reservation *r)
+static int file_reserve(kvshm *h, const struct kvshm__save *sv, struct kvshm__hres *hr, kvshm_reservation *r)
 {
+	size_t n = sv->n, len = sv->len;
+	int tier = sv->tier, reason = sv->reason;
 	struct kvshm__idx *ix;
 	char tmp[512];
 	uint64_t payload_off, fsize;
-	int err = kvshm__tier_idx(h, tier, &ix);
+	int err = kvshm__file_index(h, tier, &ix);
 	if (err < 0)
 		return err;
 
@@ -89,7 +109,7 @@ int kvshm__file_reserve(kvshm *h, const kvshm_model *m, const uint32_t *tokens, 
 	/* 2. The reservation. */
 	kvshm__file_geometry((uint32_t)n, len, NULL, &payload_off, &fsize);
 	struct kvshm__resv rv;
-	if ((err = kvshm__reserve_entry(h, m, tokens, n, len, tier, reason, fsize, 0, &rv)) < 0) {
+	if ((err = kvshm__reserve_entry(h, sv, kvshm__blob_value_off((uint32_t)n), 0, fsize, &rv)) < 0) {
 		kvshm__sem_release(h->seg, h->sem, h->me);
 		return err;
 	}
@@ -136,10 +156,9 @@ int kvshm__file_reserve(kvshm *h, const kvshm_model *m, const uint32_t *tokens, 
 	r->data = map + payload_off;
 	r->len = len;
 	kvshm__resv_set_refs(r, rv.idx, rv.gen, rv.token, reason, tier);
-	hr->fd = fd;
-	hr->map = map;
-	hr->map_len = fsize;
-	memcpy(hr->key, key, 16);
+	struct file_res fres = {.fd = fd, .map = map, .map_len = fsize};
+	memcpy(fres.key, key, 16);
+	memcpy(hr->priv, &fres, sizeof(fres));
 	return 0;
 
 fail:
@@ -147,8 +166,9 @@ fail:
 	return err;
 }
 
-int kvshm__file_cancel(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
+static int file_cancel(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
 {
+	struct file_res fres = res_of(hr);
 	uint32_t idx = kvshm__ref_idx(hr->ref0), gen = kvshm__ref_gen(hr->ref0);
 	int tier = hr->tier;
 	char tmp[512];
@@ -160,26 +180,28 @@ int kvshm__file_cancel(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
 	kvshm__tmp_path(h->cfg->dir[tier], key, h->me, h->me_gen, hr->token, tmp, sizeof(tmp));
 	/* The entry's key is ours while it is reserved; if it is not (taken
 	 * over after expiry), the temporary name was ours all the same. */
-	abandon(h, idx, gen, hr->token, tmp, hr->fd, hr->map, hr->map_len);
+	abandon(h, idx, gen, hr->token, tmp, fres.fd, fres.map, fres.map_len);
 	kvshm__count(h, KVSHM_C_cancels, 1);
 	memset(r, 0, sizeof(*r));
 	return 0;
 }
 
-int kvshm__file_publish(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
+static int file_publish(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
 {
+	struct file_res fres = res_of(hr);
 	uint32_t idx = kvshm__ref_idx(hr->ref0), gen = kvshm__ref_gen(hr->ref0), s;
-	int reason = hr->reason, tier = hr->tier, fd = hr->fd, err;
-	uint8_t *map = hr->map;
+	int reason = hr->reason, tier = hr->tier, fd = fres.fd, err;
+	bool durable = kvshm__tier(tier)->durable;
+	uint8_t *map = fres.map;
 	uint64_t token = hr->token;
 	char tmp[512], final[512];
 	struct kvshm__idx *ix;
 	/* A publish always gives the reservation up: whatever fails below
 	 * abandons it (temporary file, mapping, entry, writer unit). */
 	struct kvshm__entry *e = NULL;
-	if ((err = kvshm__tier_idx(h, tier, &ix)) < 0 || !(e = kvshm__own_entry(h, r, &s, &err))) {
-		kvshm__tmp_path(h->cfg->dir[tier], hr->key, h->me, h->me_gen, token, tmp, sizeof(tmp));
-		abandon(h, idx, gen, token, tmp, fd, map, hr->map_len);
+	if ((err = kvshm__file_index(h, tier, &ix)) < 0 || !(e = kvshm__own_entry(h, r, &s, &err))) {
+		kvshm__tmp_path(h->cfg->dir[tier], fres.key, h->me, h->me_gen, token, tmp, sizeof(tmp));
+		abandon(h, idx, gen, token, tmp, fd, map, fres.map_len);
 		memset(r, 0, sizeof(*r));
 		return err;
 	}
@@ -196,11 +218,11 @@ int kvshm__file_publish(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
 	kvshm__tmp_path(h->cfg->dir[tier], key, h->me, h->me_gen, token, tmp, sizeof(tmp));
 	kvshm__file_path(h->cfg->dir[tier], key, final, sizeof(final));
 
-	/* 4. Checksum, header and tags, durable on disk. The blob's model
+	/* 4. Checksum, header and tags, synced when durable. The blob's model
 	 * and tokens are ours and immutable while reserved. */
 	uint32_t crc = kvshm__crc32c(0, map + payload_off, r->len);
 	kvshm__file_encode(map, &b->model, b->tokens, n, key, r->len, crc, (uint8_t)reason, (uint8_t)tier, created);
-	if (tier == KVSHM_TIER_DISK && fdatasync(fd) < 0) {
+	if (durable && fdatasync(fd) < 0) {
 		err = kvshm__fail(-errno, "fdatasync %s", tmp);
 		goto fail;
 	}
@@ -242,7 +264,7 @@ int kvshm__file_publish(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
 		}
 	}
 	KVSHM_CRASH_POINT("file.publish.linked");
-	if (tier == KVSHM_TIER_DISK && (err = kvshm__fsync_dir_of(final)) < 0) {
+	if (durable && (err = kvshm__fsync_dir_of(final)) < 0) {
 		err = kvshm__fail(err, "fsync the directory of %s", final);
 		goto fail;
 	}
@@ -280,8 +302,7 @@ int kvshm__file_publish(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
 	kvshm__sem_release(h->seg, h->sem, h->me);
 	if (err < 0)
 		return err;
-	kvshm__count(h, KVSHM_C_saves_cold + (reason < KVSHM_NREASONS ? reason : KVSHM_REASON_OTHER), 1);
-	kvshm__count(h, KVSHM_C_saved_bytes, r->len);
+	kvshm__count_save(h, reason, r->len);
 	memset(r, 0, sizeof(*r));
 	return 0;
 
@@ -290,3 +311,57 @@ fail:
 	memset(r, 0, sizeof(*r));
 	return err;
 }
+
+/* The process-local side of a reservation (close, a forked child). */
+static void file_release(kvshm *h, struct kvshm__hres *hr)
+{
+	struct file_res fres = res_of(hr);
+	(void)h;
+	kvshm__unmap_guarded(fres.map, fres.map_len);
+	if (fres.fd >= 0)
+		close(fres.fd);
+	memset(hr->priv, 0, sizeof(hr->priv));
+}
+
+/* reserve + copy + publish; the reservation is the handle's meanwhile, as
+ * one the caller made would be. */
+static int file_put(kvshm *h, const struct kvshm__save *sv, const void *data)
+{
+	kvshm_reservation r;
+	struct kvshm__hres *hr = kvshm__hres_new(h);
+	if (!hr)
+		return kvshm__fail(KVSHM_EBUSY, "reserve: this handle already holds %u reservations", KVSHM_MAX_RES);
+	memset(&r, 0, sizeof(r));
+	int err = file_reserve(h, sv, hr, &r);
+	if (err < 0)
+		return err;
+	kvshm__hres_record(hr, sv->tier, sv->reason, &r);
+	memcpy(r.data, data, sv->len);
+	KVSHM_CRASH_POINT("save.put.copied");
+	err = file_publish(h, hr, &r);
+	memset(hr, 0, sizeof(*hr));
+	return err;
+}
+
+/* ---- the tables ---------------------------------------------------------------------------- */
+
+#define FILE_TIER_OPS                                                                                      \
+	.enabled = kvshm__file_enabled, .prepare = kvshm__file_prepare, .close = kvshm__file_close,        \
+	.reserve = file_reserve, .publish = file_publish, .cancel = file_cancel, .release = file_release,  \
+	.put = file_put, .load = kvshm__file_load, .unload = kvshm__file_unload, .sound = kvshm__file_sound, \
+	.copy_out = kvshm__file_copy_out, .reject = kvshm__file_reject_pin, .drop = kvshm__file_drop,      \
+	.reclaim = kvshm__file_reclaim, .adopt = kvshm__file_adopt
+
+const struct kvshm__tier_ops kvshm__ram_file_ops = {
+	.name = "ram_file",
+	.durable = false, /* a tmpfs: a reboot loses it anyway */
+	.default_quota = kvshm__file_quota_tmpfs,
+	FILE_TIER_OPS,
+};
+
+const struct kvshm__tier_ops kvshm__disk_ops = {
+	.name = "disk",
+	.durable = true,
+	.default_quota = kvshm__file_quota_disk,
+	FILE_TIER_OPS,
+};

@@ -1,6 +1,9 @@
 /*
  * core/tier/file.h — the file tiers' internals: the cache-file format, the TDB
- * index, paths, and the file-tier operations core/ files share.
+ * index, paths, the pieces of the file tiers' tables, and what the
+ * maintenance above (reconciliation, the checker, fsck) uses of them.
+ * Not for the operations layer (lookup, save, eviction), which reaches
+ * the file tiers only through their tables (core/tier/tier.h).
  *
  * A CACHE FILE (little-endian):
  *
@@ -27,7 +30,7 @@
 #ifndef KVSHM_CORE_TIER_FILE_H
 #define KVSHM_CORE_TIER_FILE_H
 
-#include "core/internal.h"
+#include "core/tier/tier.h"
 
 #define KVSHM_FILE_MAGIC "KVSHMF\1"  /* 8 bytes with the NUL */
 #define KVSHM_FILE_VERSION 1u
@@ -171,5 +174,42 @@ void kvshm__file_ready_locked(kvshm *h, uint32_t s, uint32_t idx, const struct k
 /* fsync the directory holding path; create path's parent directory. */
 int kvshm__fsync_dir_of(const char *path);
 int kvshm__mkdir_parent(const char *path);
+
+/* ---- CRC32C (core/tier/crc32c.c) -------------------------------------------------------- */
+
+/* CRC32C of buf continuing from crc (start with 0). Hardware when there. */
+uint32_t kvshm__crc32c(uint32_t crc, const void *buf, size_t len);
+uint32_t kvshm__crc32c_sw(uint32_t crc, const void *buf, size_t len);
+bool kvshm__crc32c_hw_available(void);
+
+/* ---- the file tiers' table entries (core/tier/file*.c) ---------------------------------- */
+
+/* Configuration (filedir.c): default quotas (ram_file: the segment's
+ * size; disk: half its filesystem's free space), on when the tier has a
+ * directory, the directory's seed at creation, the per-handle index. */
+uint64_t kvshm__file_quota_tmpfs(int tier, uint64_t segment_bytes, const char *dir);
+uint64_t kvshm__file_quota_disk(int tier, uint64_t segment_bytes, const char *dir);
+bool kvshm__file_enabled(const struct kvshm__cfg *cfg, int tier);
+int kvshm__file_prepare(struct kvshm__cfg *n, int tier);
+void kvshm__file_close(kvshm *h, int tier);
+/* The tier's TDB index, opened on first use (h->tstate[tier]). */
+int kvshm__file_index(kvshm *h, int tier, struct kvshm__idx **out);
+/* Reading (fileread.c): map and verify a pinned file entry (verify: the
+ * payload CRC even when a load within verify_reuse_ms checked it), the
+ * mapping given back, the CRC checked again, a copy, a bad file rejected. */
+int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy, bool verify);
+void kvshm__file_unload(kvshm_pin *pin);
+bool kvshm__file_sound(const kvshm *h, const kvshm_pin *pin);
+bool kvshm__file_copy_out(const kvshm *h, const kvshm_pin *pin, void *buf);
+void kvshm__file_reject_pin(kvshm *h, kvshm_pin *pin, bool copy);
+/* Entries outside a save (fileentry.c): a drop, a dead writer's
+ * reservation, adoption of a valid file. */
+int64_t kvshm__file_drop(kvshm *h, uint32_t s, uint32_t idx, uint32_t gen, unsigned mask);
+int kvshm__file_reclaim(kvshm *h, uint32_t dead, uint32_t dead_gen, uint32_t idx);
+int kvshm__file_adopt(kvshm *h, int tier, const struct kvshm__stored *v);
+/* After a file entry left the index: delete its file and index row. */
+void kvshm__file_forget(kvshm *h, int tier, const uint64_t key[2]);
+/* A file's metadata as a value to adopt (v->tokens points into m). */
+void kvshm__fmeta_stored(const struct kvshm__fmeta *m, struct kvshm__stored *v);
 
 #endif

@@ -17,16 +17,20 @@
 
 /* ---- configuration, indexes ----------------------------------------------------------- */
 
-uint64_t kvshm__tier_default_quota(int tier, uint64_t segment_bytes, const char *dir)
+uint64_t kvshm__file_quota_tmpfs(int tier, uint64_t segment_bytes, const char *dir)
+{
+	(void)tier;
+	return dir ? segment_bytes : 0;
+}
+
+uint64_t kvshm__file_quota_disk(int tier, uint64_t segment_bytes, const char *dir)
 {
 	struct statvfs sv;
-	if (tier == KVSHM_TIER_RAM)
-		return UINT64_MAX; /* clamped to the data area at creation */
+	(void)tier;
+	(void)segment_bytes;
 	if (!dir)
 		return 0;
-	if (tier == KVSHM_TIER_RAM_FILE)
-		return segment_bytes;
-	/* Disk: half of what is free on its filesystem when the cache is made.
+	/* Half of what is free on its filesystem when the cache is made.
 	 * The directory may not exist yet (it is made after the configuration
 	 * is settled): measure its nearest existing ancestor, the filesystem
 	 * it will be created on. kvshm_config_validate has checked that dir is
@@ -77,64 +81,58 @@ static int prepare_dir(const char *dir)
 	return 0;
 }
 
-int kvshm__tier_adopt_seed(struct kvshm__cfg *n)
+int kvshm__file_prepare(struct kvshm__cfg *n, int t)
 {
-	/* The disk tier's seed wins (it outlives everything); else ram_file's. */
-	for (int t = KVSHM_TIER_DISK; t >= KVSHM_TIER_RAM_FILE; t--) {
-		struct kvshm__idx *ix;
-		uint64_t seed;
-		if (!n->dir[t][0])
-			continue;
-		int err = prepare_dir(n->dir[t]);
-		if (err < 0 || (err = kvshm__idx_open(n->dir[t], false, &ix)) < 0)
-			return err;
-		uint64_t chunk = n->chunk_tokens;
-		err = kvshm__idx_seed(ix, n->seed, &seed);
-		if (err == 0)
-			err = kvshm__idx_u64(ix, KVSHM_IDX_CHUNK, n->chunk_tokens, &chunk);
-		kvshm__idx_close(ix);
-		if (err < 0)
-			return err;
-		/* Keys depend on both: a cache made over this directory uses the
-		 * directory's, so its files keep their names. */
-		n->seed = seed;
-		if (chunk >= 1 && chunk <= KVSHM_MAX_CHUNK)
-			n->chunk_tokens = (uint32_t)chunk;
-		break;
-	}
-	return 0;
+	struct kvshm__idx *ix;
+	uint64_t seed;
+	int err = prepare_dir(n->dir[t]);
+	if (err < 0 || (err = kvshm__idx_open(n->dir[t], false, &ix)) < 0)
+		return err;
+	uint64_t chunk = n->chunk_tokens;
+	err = kvshm__idx_seed(ix, n->seed, &seed);
+	if (err == 0)
+		err = kvshm__idx_u64(ix, KVSHM_IDX_CHUNK, n->chunk_tokens, &chunk);
+	kvshm__idx_close(ix);
+	if (err < 0)
+		return err;
+	/* Keys depend on both: a cache made over this directory uses the
+	 * directory's, so its files keep their names. */
+	n->seed = seed;
+	if (chunk >= 1 && chunk <= KVSHM_MAX_CHUNK)
+		n->chunk_tokens = (uint32_t)chunk;
+	return 1;
 }
 
-bool kvshm__tier_on(const kvshm *h, int tier)
+bool kvshm__file_enabled(const struct kvshm__cfg *cfg, int tier)
 {
-	return tier > KVSHM_TIER_RAM && tier < KVSHM_NTIERS && h->cfg->dir[tier][0];
+	return tier > KVSHM_TIER_RAM && tier < KVSHM_NTIERS && cfg->dir[tier][0];
 }
 
-int kvshm__tier_idx(kvshm *h, int tier, struct kvshm__idx **out)
+int kvshm__file_index(kvshm *h, int tier, struct kvshm__idx **out)
 {
-	if (!kvshm__tier_on(h, tier))
+	if (!kvshm__file_enabled(h->cfg, tier))
 		return kvshm__fail(-EOPNOTSUPP, "tier %s has no directory in this cache", kvshm__tier_name(tier));
-	if (!h->idx[tier]) {
+	if (!h->tstate[tier]) {
+		struct kvshm__idx *ix = NULL;
 		int err = prepare_dir(h->cfg->dir[tier]);
-		if (err < 0 || (err = kvshm__idx_open(h->cfg->dir[tier], false, &h->idx[tier])) < 0)
+		if (err < 0 || (err = kvshm__idx_open(h->cfg->dir[tier], false, &ix)) < 0)
 			return err;
+		h->tstate[tier] = ix;
 		uint64_t seed, chunk;
-		if ((err = kvshm__idx_seed(h->idx[tier], h->cfg->seed, &seed)) < 0 ||
-		    (err = kvshm__idx_u64(h->idx[tier], KVSHM_IDX_CHUNK, h->cfg->chunk_tokens, &chunk)) < 0)
+		if ((err = kvshm__idx_seed(ix, h->cfg->seed, &seed)) < 0 ||
+		    (err = kvshm__idx_u64(ix, KVSHM_IDX_CHUNK, h->cfg->chunk_tokens, &chunk)) < 0)
 			return err;
 		/* A directory seeded by another cache: its files are re-keyed
 		 * by reconciliation, which recomputes every key. */
 	}
-	*out = h->idx[tier];
+	*out = h->tstate[tier];
 	return 0;
 }
 
-void kvshm__tier_close(kvshm *h)
+void kvshm__file_close(kvshm *h, int tier)
 {
-	for (int t = 0; t < KVSHM_NTIERS; t++) {
-		kvshm__idx_close(h->idx[t]);
-		h->idx[t] = NULL;
-	}
+	kvshm__idx_close(h->tstate[tier]);
+	h->tstate[tier] = NULL;
 }
 
 void kvshm__irow_of(struct kvshm__irow *row, const struct kvshm__fmeta *m, int tier)

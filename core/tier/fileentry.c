@@ -1,8 +1,8 @@
 /*
- * core/tier/fileentry.c — file entries made or removed outside a save:
- * a dead writer's reservation reclaimed, a file entry dropped (its row and
- * file deleted), a valid file adopted, and a RAM entry demoted into a file
- * tier.
+ * core/tier/fileentry.c — file entries made or removed outside a save
+ * (the file tiers' drop, reclaim and adopt): a file entry dropped (its row
+ * and file deleted), a dead writer's reservation reclaimed, a valid file
+ * adopted.
  *
  * A WRITER THAT DIES is cleaned up by stage, by the reaper or any sweeping
  * process (kvshm__file_reclaim): if the final file exists and validates
@@ -44,7 +44,7 @@ int kvshm__file_reclaim(kvshm *h, uint32_t dead, uint32_t dead_gen, uint32_t idx
 	kvshm__shard_unlock(h, s);
 	if (!ours)
 		return 0;
-	if ((err = kvshm__tier_idx(h, tier, &ix)) < 0)
+	if ((err = kvshm__file_index(h, tier, &ix)) < 0)
 		return err;
 	kvshm__tmp_path(h->cfg->dir[tier], key, dead, dead_gen, token, tmp, sizeof(tmp));
 	kvshm__file_path(h->cfg->dir[tier], key, final, sizeof(final));
@@ -93,7 +93,7 @@ void kvshm__file_forget(kvshm *h, int tier, const uint64_t key[2])
 	struct kvshm__idx *ix;
 	uint8_t k[16];
 	memcpy(k, key, 16);
-	if (kvshm__tier_idx(h, tier, &ix) < 0)
+	if (kvshm__file_index(h, tier, &ix) < 0)
 		return;
 	kvshm__idx_del(ix, k);
 	KVSHM_CRASH_POINT("file.forget.unindexed");
@@ -112,7 +112,7 @@ void kvshm__file_forget(kvshm *h, int tier, const uint64_t key[2])
  * remover that dies midway is reclaimed like a writer at that stage: a
  * file still valid is adopted again (the drop is undone), else it goes.
  */
-bool kvshm__file_hide_locked(kvshm *h, uint32_t s, uint32_t idx)
+static bool hide_locked(kvshm *h, uint32_t s, uint32_t idx)
 {
 	struct kvshm__seg *seg = h->seg;
 	struct kvshm__shard *sh = &h->shards[s];
@@ -137,86 +137,63 @@ bool kvshm__file_hide_locked(kvshm *h, uint32_t s, uint32_t idx)
 	return true;
 }
 
-/* ---- adoption and demotion ----------------------------------------------------------------- */
-
-int kvshm__file_adopt(kvshm *h, int tier, const struct kvshm__fmeta *m)
+int64_t kvshm__file_drop(kvshm *h, uint32_t s, uint32_t idx, uint32_t gen, unsigned mask)
 {
-	struct kvshm__keyhash kh;
-	int err = kvshm__keyhash(&h->kc, &m->model, m->tokens, m->ntokens, &kh);
+	struct kvshm__entry *e = &h->entries[idx];
+	int err = kvshm__shard_lock(h, s);
 	if (err < 0)
 		return err;
-	kvshm__h128 term = kh.h[kh.nb - 1];
-	uint32_t s = kvshm__shard_of(h, term);
-	uint64_t size = kvshm__blob_size(m->ntokens, 0), blob = 0;
-	if ((err = kvshm__shard_lock(h, s)) < 0)
-		goto out;
-	err = kvshm__find_locked(h, s, term, &m->model, m->tokens, m->ntokens, tier, NULL);
+	uint64_t fp = e->footprint, blob = 0;
+	int tier = e->tier;
+	uint64_t key[2] = {e->key[0], e->key[1]};
+	bool hidden = e->gen == gen && kvshm__evictable(e, mask) && e->tier != KVSHM_TIER_RAM && hide_locked(h, s, idx);
 	kvshm__shard_unlock(h, s);
-	if (err < 0) {
-		err = err == KVSHM_EEXISTS ? 0 : err; /* already indexed */
-		goto out;
-	}
-	/* No entry: a remover of the key, if any, has finished, its unlink
-	 * included (the entry goes last). Is the file, read before, still
-	 * there? Only a new entry's owner could remove it from now on. */
-	char path[512];
-	kvshm__file_path(h->cfg->dir[tier], m->key, path, sizeof(path));
-	if (access(path, F_OK) < 0) {
-		err = -ENOENT;
-		goto out;
-	}
-	if ((err = kvshm__slab_alloc(h->seg, h->slab, h->me, size, &blob)) < 0)
-		goto out;
-	struct kvshm__blob *b = kvshm__at(h->seg, blob, size);
-	b->magic = KVSHM_BLOB_MAGIC;
-	b->ntokens = m->ntokens;
-	b->len = 0;
-	b->model = m->model;
-	memset(b->pad, 0, sizeof(b->pad));
-	b->voff = (uint32_t)kvshm__blob_value_off(m->ntokens);
-	memcpy(b->tokens, m->tokens, 4ull * m->ntokens);
+	if (!hidden)
+		return 0;
+	/* The entry goes after its index row and file, as a reservation of
+	 * ours meanwhile (above). */
+	KVSHM_CRASH_POINT("file.drop.hidden");
+	kvshm__file_forget(h, tier, key);
 	if ((err = kvshm__shard_lock(h, s)) < 0)
-		goto out_free;
-	if (kvshm__find_locked(h, s, term, &m->model, m->tokens, m->ntokens, tier, NULL) < 0 ||
-	    !h->shards[s].free_head) {
-		kvshm__shard_unlock(h, s);
-		err = h->shards[s].free_head ? 0 : kvshm__fail(KVSHM_ENOSPACE, "adopt: shard %u is full", s);
-		goto out_free;
-	}
-	struct kvshm__newentry ne = {
-		.term = term, .key = kh.key, .ntokens = m->ntokens, .tier = (uint8_t)tier, .reason = m->reason,
-		.blob = blob, .len = m->payload_len, .footprint = m->file_size, .state = KVSHM_E_READY,
-		.created_ns = m->created_ns, .csum = m->payload_crc,
-	};
-	uint32_t idx, gen;
-	err = kvshm__entry_new_locked(h, s, &ne, &idx, &gen);
+		return err;
+	if (e->gen == gen && e->owner == h->me && e->owner_gen == h->me_gen &&
+	    (e->state == KVSHM_E_RESERVED || e->state == KVSHM_E_EXPIRED))
+		blob = kvshm__entry_remove_locked(h, s, idx, h->me);
 	kvshm__shard_unlock(h, s);
-	if (err < 0)
-		goto out_free;
-	kvshm__marks_add(h, &kh, m->ntokens, idx, gen); /* partial-prefix hints (core/partial.c) */
-	kvshm__futex_bump_wake(&h->shards[s].seq, INT32_MAX);
-	err = 1; /* a new entry */
-	goto out;
-out_free:
+	if (!blob)
+		return 0;
+	KVSHM_CRASH_POINT("evict.removed");
 	kvshm__slab_free(h->seg, h->slab, h->me, blob);
-out:
-	kvshm__keyhash_free(&kh);
-	return err;
+	kvshm__futex_bump_wake(&h->shards[s].seq, INT32_MAX);
+	return (int64_t)fp;
 }
 
-int kvshm__demote(kvshm *h, uint32_t idx)
+/* ---- adoption ------------------------------------------------------------------------------------ */
+
+/* Is the file of v, read before the segment was found without it, still
+ * there? A remover of its key, if any, has finished (the entry goes last). */
+static bool file_present(kvshm *h, int tier, const struct kvshm__stored *v)
 {
-	const struct kvshm__entry *e = &h->entries[idx];
-	const struct kvshm__blob *b = kvshm__entry_blob(h, e);
-	if (!b)
-		return KVSHM_ECORRUPT;
-	kvshm_save_opts o = {.tier = h->cfg->demote_tier, .reason = KVSHM_REASON_EVICT};
-	const uint8_t *v = kvshm__blob_value(b);
-	KVSHM_CRASH_POINT("tier.demote.saving");
-	int err = kvshm_put(h, &b->model, b->tokens, b->ntokens, v, e->len, &o);
-	if (err == KVSHM_EEXISTS || err == KVSHM_EINPROGRESS)
-		err = 0;
-	if (err == 0)
-		kvshm__count(h, KVSHM_C_demotions, 1);
-	return err;
+	char path[512];
+	kvshm__file_path(h->cfg->dir[tier], v->key, path, sizeof(path));
+	return access(path, F_OK) == 0;
+}
+
+int kvshm__file_adopt(kvshm *h, int tier, const struct kvshm__stored *v)
+{
+	return kvshm__entry_adopt(h, tier, v, file_present);
+}
+
+void kvshm__fmeta_stored(const struct kvshm__fmeta *m, struct kvshm__stored *v)
+{
+	memset(v, 0, sizeof(*v));
+	v->model = m->model;
+	v->tokens = m->tokens;
+	v->ntokens = m->ntokens;
+	memcpy(v->key, m->key, 16);
+	v->reason = m->reason;
+	v->len = m->payload_len;
+	v->footprint = m->file_size;
+	v->csum = m->payload_crc;
+	v->created_ns = m->created_ns;
 }

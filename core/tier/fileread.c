@@ -1,13 +1,15 @@
 /*
- * core/tier/fileread.c — reading a file entry: mapping and verifying it
- * for a pin, the mapping given back at unpin, and a file that failed
- * verification rejected.
+ * core/tier/fileread.c — reading a file entry (the file tiers' load,
+ * unload, sound, copy_out and reject): mapping and verifying it for a pin,
+ * the mapping given back at unpin, and a file that failed verification
+ * rejected.
  *
  * LOADING (a pin of a file entry): open, check header and tags against the
  * entry (key, model, tokens, length), CRC32C the payload, map it read-only.
  * A file that fails is removed, with its index row and entry (counted as
  * corrupt). Concurrent loads of one entry are merged: the first marks it
  * LOADING and verifies; the others wait for it and reuse its verification
+ * (inode and ctime unchanged, within verify_reuse_ms).
  *
  * Not the save pipeline (core/tier/file.c) or drops (core/tier/fileentry.c).
  */
@@ -19,7 +21,9 @@
 
 #include "core/tier/file.h"
 
-void kvshm__file_unmap(kvshm_pin *pin)
+/* A pin's own words (core/internal.h): ref[2] the mapping's address,
+ * ref[3] its length. */
+void kvshm__file_unload(kvshm_pin *pin)
 {
 	if (pin->ref[2])
 		munmap((void *)(uintptr_t)pin->ref[2], (size_t)pin->ref[3]);
@@ -29,7 +33,7 @@ void kvshm__file_unmap(kvshm_pin *pin)
 /* A pinned file entry failed verification: remove the file and its row;
  * flag the entry so no one pins it again; drop our pin (the last one
  * removes the entry). */
-int kvshm__file_reject(kvshm *h, uint32_t idx, uint32_t gen, int tier, const uint64_t key[2], bool copy)
+static int file_reject(kvshm *h, uint32_t idx, uint32_t gen, int tier, const uint64_t key[2], bool copy)
 {
 	uint32_t s = idx / h->cfg->entries_per_shard;
 	kvshm__count(h, KVSHM_C_corrupt_rejected, 1);
@@ -58,7 +62,7 @@ int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy, bool verify)
 	kvshm__file_path(h->cfg->dir[tier], (const uint8_t *)key, path, sizeof(path));
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return kvshm__file_reject(h, idx, gen, tier, key, copy);
+		return file_reject(h, idx, gen, tier, key, copy);
 	struct stat st;
 	fstat(fd, &st);
 	uint64_t ctime_ns = (uint64_t)st.st_ctim.tv_sec * 1000000000ull + (uint64_t)st.st_ctim.tv_nsec;
@@ -133,7 +137,7 @@ int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy, bool verify)
 	fd = -1;
 	if (err == KVSHM_EBADFILE) {
 		kvshm__fmeta_free(&m);
-		return kvshm__file_reject(h, idx, gen, tier, key, copy);
+		return file_reject(h, idx, gen, tier, key, copy);
 	}
 	if (err < 0) {
 		kvshm__fmeta_free(&m);
@@ -150,4 +154,38 @@ out_close:
 	close(fd);
 	kvshm__unpin_ref(h, idx, gen, copy);
 	return err;
+}
+
+/* The checksum the pinned entry was published with (immutable while it is
+ * pinned): the payload's CRC32C. */
+static uint32_t pinned_crc(const kvshm *h, const kvshm_pin *pin)
+{
+	return (uint32_t)h->entries[kvshm__ref_idx(pin->ref[0])].csum;
+}
+
+bool kvshm__file_sound(const kvshm *h, const kvshm_pin *pin)
+{
+	return kvshm__crc32c(0, pin->data, pin->len) == pinned_crc(h, pin);
+}
+
+/* Verified when it was loaded (and reading the mapping again would cost a
+ * second pass): a plain copy. */
+bool kvshm__file_copy_out(const kvshm *h, const kvshm_pin *pin, void *buf)
+{
+	(void)h;
+	memcpy(buf, pin->data, pin->len);
+	return true;
+}
+
+/* A pinned file entry's bytes do not match its checksum (a file changed
+ * behind our back): its mapping goes, then its file and row, and the entry
+ * is flagged; our pin is dropped. */
+void kvshm__file_reject_pin(kvshm *h, kvshm_pin *pin, bool copy)
+{
+	uint32_t idx = kvshm__ref_idx(pin->ref[0]), gen = kvshm__ref_gen(pin->ref[0]);
+	struct kvshm__entry *e = &h->entries[idx];
+	uint64_t key[2] = {e->key[0], e->key[1]};
+	kvshm__file_unload(pin);
+	file_reject(h, idx, gen, e->tier, key, copy);
+	memset(pin, 0, sizeof(*pin));
 }
