@@ -78,7 +78,7 @@ LLAMA_SAN_OBJS := $(LLAMA_SRCS:%.c=$(B)/san/%.o)
 TST_OBJS     := $(LIB_SRCS:%.c=$(B)/tst/%.o)
 SAN_OBJS     := $(LIB_SRCS:%.c=$(B)/san/%.o)
 
-.PHONY: all lib tools llama deps engine test check install uninstall clean crashpoints demo bench fuzz crashtest
+.PHONY: all lib tools llama deps engine test check install uninstall clean crashpoints demo bench fuzz crashtest layers
 .DEFAULT_GOAL := all
 
 all: lib tools $(if $(LLAMA_HAVE),llama)
@@ -246,12 +246,21 @@ test:
 	@sh scripts/deps.sh build python metrics llama
 	@$(MAKE) --no-print-directory all $(TESTS:%=$(B)/tst/tests/%) $(TOOLS:%=$(B)/tst/bin/%) $(B)/crashpoints.list \
 	  $(B)/tst/crash/kvshm-crash $(LLAMA_TESTS:%=$(B)/tst/tests/%) $(LLAMA_TEST_MODELS) $(DEMO_MODEL)
+	@$(MAKE) --no-print-directory layers
 	@KVSHM_LLAMA_MODELS=$(CURDIR)/$(LLAMA_DIR)/models sh tests/run.sh $(B)/tst $(TESTS) $(LLAMA_TESTS)
 	@$(CRASH_RUN) --quick --kills 0 --random-kills 300 --seconds 120
 	@sh tests/install_test.sh $(LLAMA_DIR) $(LLAMA_DIR)/models/test-a.gguf
 	@sh tests/demo_test.sh $(B)/bin
 	@sh tests/llama_demo_test.sh $(B)/bin $(DEMO_MODEL)
 	@$(MAKE) --no-print-directory test-python
+
+# The layering (docs/architecture.md), checked over the sources' #include
+# lines and the test objects' symbols (scripts/check-layers.py): no include
+# or call from a lower layer of core/ to a higher one, shm/ knows nothing of
+# core/, tools/ and llama/ use the public API only, no core/ file over 500
+# lines.
+layers: $(B)/libkvshm-tst.a
+	@$(PYTHON) scripts/check-layers.py $(B)/tst
 
 # The long crash-injection campaign: systematic over every crash point and
 # every hit, then random kills until 25,000 kills in all. CRASH_ARGS adds

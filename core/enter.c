@@ -9,7 +9,7 @@ int kvshm__claim(kvshm *h)
 	int err = kvshm__proc_claim(h->seg, h->tab, h->reaper ? KVSHM_SLOT_F_REAPER : 0, &h->me, &h->me_gen);
 	if (err == KVSHM_EPROCFULL) {
 		h->me = UINT32_MAX;
-		kvshm__proc_sweep(h->seg, h->tab, UINT32_MAX, 0, kvshm__reclaim_slot, h, NULL);
+		kvshm__proc_sweep(h->seg, h->tab, UINT32_MAX, 0, h->reclaim, h, NULL);
 		err = kvshm__proc_claim(h->seg, h->tab, 0, &h->me, &h->me_gen);
 	}
 	if (err < 0) {

@@ -68,6 +68,10 @@ struct kvshm {
 	uint64_t fork_gen;         /* kvshm__fork_gen() when the slot was claimed */
 	bool closed;
 	bool reaper;               /* this handle is the reaper's */
+	/* What a sweep runs on a dead slot (kvshm__sweep, a full table at
+	 * claim): set at open by the top layer to maintenance's
+	 * kvshm__reclaim_slot, so the layers below sweep without calling up. */
+	kvshm__reclaim_fn reclaim;
 	void *tstate[KVSHM_NTIERS]; /* each tier's process-local state for this handle, its own
 				     * to define (file tiers: their TDB index, opened on first use) */
 	struct kvshm__hres res[KVSHM_MAX_RES]; /* reservations handed out, not yet published */

@@ -12,7 +12,7 @@ struct kvshm__slotx *kvshm__slotx(const kvshm *h, uint32_t idx)
 int kvshm__sweep(kvshm *h)
 {
 	unsigned n = 0;
-	int err = kvshm__proc_sweep(h->seg, h->tab, h->me, h->me_gen, kvshm__reclaim_slot, h, &n);
+	int err = kvshm__proc_sweep(h->seg, h->tab, h->me, h->me_gen, h->reclaim, h, &n);
 	return err < 0 ? err : (int)n;
 }
 

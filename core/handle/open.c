@@ -116,6 +116,7 @@ KVSHM_EXTERN int kvshm_open(const char *name, const kvshm_config *cfg_in, unsign
 		return kvshm__fail(-ENOMEM, "kvshm_open");
 	h->me = UINT32_MAX;
 	h->magic = KVSHM_HANDLE_MAGIC;
+	h->reclaim = kvshm__reclaim_slot;
 	strlcpy(h->name, name, sizeof(h->name));
 
 	for (int attempt = 0;; attempt++) {
