@@ -247,9 +247,9 @@ void kvshm__info_of(const kvshm *h, const struct kvshm__entry *e, uint64_t now, 
 /* A new token for a reservation (core/entry/resv.c). */
 uint64_t kvshm__token(kvshm *h);
 /* Our reservation's entry with its shard locked, or NULL (lock not held). */
-struct kvshm__entry *kvshm__own_entry(kvshm *h, const kvshm_reservation *r, uint32_t *s, int *err);
+struct kvshm__entry *kvshm__resv_lock(kvshm *h, const kvshm_reservation *r, uint32_t *s, int *err);
 /* Remove entry idx (lock held), unlock, wake, free its blob. */
-int kvshm__drop_locked_entry(kvshm *h, uint32_t s, uint32_t idx);
+int kvshm__entry_remove_unlock(kvshm *h, uint32_t s, uint32_t idx);
 /* Pin entry idx of shard s (lock held) in our slot; copy = the copy-out
  * record. Unpin by index and gen. */
 int kvshm__pin_locked(kvshm *h, uint32_t s, uint32_t idx, bool copy);

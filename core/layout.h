@@ -25,15 +25,16 @@
  *   10  process table          (shm/proc.c)
  *   20+i shard i               (never two shards at once, except the checker
  *                               which takes them all in index order)
- *   90  scheduler control      (core/pressure.c; never held while evicting)
+ *   90  scheduler control      (core/sched.c; never held while evicting)   
  *   100 writer semaphore       (shm/sem.c)
  *   110 slab                   (shm/slab.c)
- *   120 reaper lock            (a liveness token, not a data lock: held for
+ *   -   reaper lock            (a liveness token, not a data lock: held for
  *                               the reaper's whole life, try-locked, guards
- *                               no data, so it is outside the order checks)
+ *                               no data: KVSHM_RANK_UNORDERED, outside the
+ *                               order checks, taken through the same funnel)
  * Nesting used: shard → slab is allowed by rank but not used: blobs move
  * between an entry and a slot under the shard lock (ownership hand-over),
- * and are freed under the slab lock afterwards (see core/index.c).
+ * and are freed under the slab lock afterwards (see core/entry/index.c).
  */
 #ifndef KVSHM_CORE_LAYOUT_H
 #define KVSHM_CORE_LAYOUT_H
@@ -51,8 +52,10 @@
  * checksums, blobs record their value offset; 5: a slot records its
  * owner's identity, shm/ident.h — a build that judges liveness by start
  * time alone would reclaim a LOCK slot's live owner, or keep a reused
- * pid's); part of the layout signature. */
-#define KVSHM_LAYOUT_VERSION 5u
+ * pid's; 6: the reaper lock is KVSHM_RANK_UNORDERED, taken through the lock
+ * funnel — a build that took it by rank 120 would see every later lock as
+ * out of order); part of the layout signature. */
+#define KVSHM_LAYOUT_VERSION 6u
 
 enum kvshm__region_id {
 	KVSHM_R_CORE = 1,
@@ -79,7 +82,7 @@ enum kvshm__lock_class {
 #define KVSHM_RANK_SCHED 90u
 #define KVSHM_RANK_SEM 100u
 #define KVSHM_RANK_SLAB 110u
-#define KVSHM_RANK_REAPER 120u
+#define KVSHM_RANK_REAPER KVSHM_RANK_UNORDERED /* a liveness token: see shm/lock.h */
 
 #define KVSHM_MAX_SHARDS 64u   /* ranks 20..83 stay below the semaphore's */
 #define KVSHM_MAX_PINS 64u     /* pins one handle may hold at once */

@@ -68,6 +68,7 @@
  *   entry is pinned like any hit; core/lookup.c maps and verifies its file
  *   (kvshm__file_load). Cutting the state is the engine's job.
  */
+#include <assert.h>
 #include <string.h>
 
 #include "core/internal.h"
@@ -122,6 +123,7 @@ static int64_t common_prefix(const kvshm *h, const struct kvshm__entry *e, const
 static void consider_locked(kvshm *h, uint32_t s, uint32_t idx, const kvshm_model *m, const uint32_t *tokens,
 			    size_t n, size_t lo, struct best *best)
 {
+	assert(kvshm__lock_held(&h->shards[s].lk));
 	const struct kvshm__entry *e = &h->entries[idx];
 	if (KVSHM_MIN((size_t)e->ntokens, n) < (best->idx == UINT32_MAX ? lo : best->c))
 		return; /* cannot beat what we have */

@@ -22,6 +22,8 @@ static _Thread_local int nheld;
 
 static void order_check(const struct kvshm__lock *lk)
 {
+	if (lk->rank == KVSHM_RANK_UNORDERED)
+		return;
 	for (int i = 0; i < nheld; i++) {
 		if (held[i] == lk || held[i]->rank >= lk->rank) {
 			fprintf(stderr, "kvshm: lock order violation: taking rank %u while holding rank %u\n",
@@ -37,11 +39,14 @@ static void order_check(const struct kvshm__lock *lk)
 
 static void note_held(const struct kvshm__lock *lk)
 {
-	held[nheld++] = lk;
+	if (lk->rank != KVSHM_RANK_UNORDERED)
+		held[nheld++] = lk;
 }
 
 static void note_released(const struct kvshm__lock *lk)
 {
+	if (lk->rank == KVSHM_RANK_UNORDERED)
+		return;
 	for (int i = 0; i < nheld; i++) {
 		if (held[i] == lk) {
 			held[i] = held[--nheld];

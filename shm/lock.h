@@ -58,6 +58,12 @@ struct kvshm__lock {
 	struct kvshm__jrec j[KVSHM_JOURNAL_MAX]; /* holder only */
 } KVSHM_ALIGNED;
 
+/* The rank of a lock that is a liveness token rather than a data lock: held
+ * for a process's whole life, try-locked, guarding no data. It goes through
+ * the same acquire and release (repair on a dead owner included) but is
+ * outside the order checks, and kvshm__lock_held does not track it. */
+#define KVSHM_RANK_UNORDERED 0xffffu
+
 /* Initialise a lock in fresh segment memory (creation time only). */
 int kvshm__lock_init(struct kvshm__lock *lk, uint16_t cls, uint16_t rank, uint32_t arg);
 

@@ -13,6 +13,7 @@
  *   bitmap scan. Both are O(1); the waste bound is the rounding of at most
  *   1/8 of the request, and the remainder goes back to a bin.
  */
+#include <assert.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
@@ -420,10 +421,131 @@ uint64_t kvshm__slab_size(const struct kvshm__seg *s, const struct kvshm__slab *
 
 /* ---- alloc / free ---------------------------------------------------------------- */
 
+/*
+ * An allocation is one critical section of the slab lock: the wrapper
+ * (kvshm__slab_alloc) checks the request, takes the lock and ends the
+ * section; the _locked parts below take an object or an extent and
+ * record the allocation. What a _locked part cannot do it reports as a
+ * `take` outcome, and the wrapper ends the section accordingly (walked_off
+ * set: the section is rolled back and the lock marked for repair).
+ */
+enum take {
+	TAKEN = 0,
+	NO_RUN,    /* no free run large enough */
+	UNBACKED,  /* a run was free but the filesystem could not back it */
+	PAGE_FULL, /* a page on a partial list has no free object: *hoff says which */
+};
+
+/* An object of class c (slab lock held): its header's offset in *hoff. */
+static enum take obj_take_locked(struct kvshm__seg *s, struct kvshm__slab *sl, int c, uint64_t *hoff)
+{
+	assert(kvshm__lock_held(&sl->lk));
+	const struct kvshm__slabclass *k = &sl->cls[c];
+	uint32_t head = sl->partial[c];
+	if (!head) {
+		uint64_t page = run_take(s, sl, 1);
+		if (page >= UINT64_MAX - 1)
+			return page == UINT64_MAX - 1 ? UNBACKED : NO_RUN;
+		struct kvshm__pte *p = pte(s, sl, page);
+		J32(&p->kind, KVSHM_PTE_SLAB);
+		J32(&p->n, (uint32_t)c);
+		J32(&p->prev, 0);
+		J32(&p->next, 0);
+		/* The page was free: its content is ours to initialise. */
+		struct kvshm__slabpage *sp = (struct kvshm__slabpage *)page_at(s, sl, page);
+		memset(sp, 0, k->first);
+		sp->cls = (uint32_t)c;
+		sp->nfree = k->nobj;
+		J32(&sl->partial[c], (uint32_t)page + 1);
+		J64(&sl->slab_pages, sl->slab_pages + 1);
+		KVSHM_CRASH_POINT("slab.obj.new_page");
+		head = (uint32_t)page + 1;
+	}
+	uint64_t page = head - 1;
+	if (page >= sl->npages || pte(s, sl, page)->kind != KVSHM_PTE_SLAB || pte(s, sl, page)->n != (uint32_t)c) {
+		walked_off = true; /* the partial list names no slab page of this class */
+		return NO_RUN;
+	}
+	struct kvshm__slabpage *sp = (struct kvshm__slabpage *)page_at(s, sl, page);
+	uint32_t idx = UINT32_MAX;
+	for (uint32_t w = 0; w * 64 < k->nobj; w++) {
+		uint64_t free_bits = ~sp->bits[w];
+		if (w * 64 + 64 > k->nobj)
+			free_bits &= (1ull << (k->nobj - w * 64)) - 1;
+		if (free_bits) {
+			idx = w * 64 + (uint32_t)__builtin_ctzll(free_bits);
+			break;
+		}
+	}
+	if (idx == UINT32_MAX || sp->nfree == 0) {
+		*hoff = page;
+		return PAGE_FULL;
+	}
+	J64(&sp->bits[idx / 64], sp->bits[idx / 64] | (1ull << (idx % 64)));
+	J32(&sp->nfree, sp->nfree - 1);
+	if (sp->nfree == 0) {
+		struct kvshm__pte *p = pte(s, sl, page);
+		J32(&sl->partial[c], p->next);
+		if (p->next)
+			J32(&pte(s, sl, p->next - 1)->prev, 0);
+		J32(&p->next, 0);
+	}
+	KVSHM_CRASH_POINT("slab.obj.taken");
+	J64(&sl->objs[c], sl->objs[c] + 1);
+	*hoff = kvshm__off(s, sp) + k->first + (uint64_t)idx * k->size;
+	return TAKEN;
+}
+
+/* An extent of the pages size needs (slab lock held): its header's offset. */
+static enum take ext_take_locked(struct kvshm__seg *s, struct kvshm__slab *sl, uint64_t size, uint64_t *hoff)
+{
+	assert(kvshm__lock_held(&sl->lk));
+	uint64_t n = pages_for(sl, size);
+	uint64_t page = run_take(s, sl, n);
+	if (page >= UINT64_MAX - 1)
+		return page == UINT64_MAX - 1 ? UNBACKED : NO_RUN;
+	struct kvshm__pte *p = pte(s, sl, page);
+	J32(&p->kind, KVSHM_PTE_EXT);
+	J32(&p->n, (uint32_t)n);
+	J32(&p->prev, 0);
+	J32(&p->next, 0);
+	if (n > 1) {
+		struct kvshm__pte *t = pte(s, sl, page + n - 1);
+		J32(&t->kind, KVSHM_PTE_EXT_TAIL);
+		J32(&t->n, (uint32_t)n);
+	}
+	J64(&sl->ext_pages, sl->ext_pages + n);
+	KVSHM_CRASH_POINT("slab.ext.taken");
+	*hoff = kvshm__off(s, page_at(s, sl, page)) + KVSHM_EXT_DATA - KVSHM_AHDR_SIZE;
+	return TAKEN;
+}
+
+/* Take size bytes for slot (slab lock held) and record them in the slot:
+ * the header's offset in *hoff. */
+static enum take alloc_locked(struct kvshm__seg *s, struct kvshm__slab *sl, struct kvshm__slot *slot, uint32_t me,
+			      uint64_t size, uint64_t *hoff)
+{
+	assert(kvshm__lock_held(&sl->lk));
+	int c = class_for(sl, size);
+	enum take t = c >= 0 ? obj_take_locked(s, sl, c, hoff) : ext_take_locked(s, sl, size, hoff);
+	if (t != TAKEN || walked_off)
+		return t;
+	/* Fresh memory: the header is ours to initialise. */
+	struct kvshm__ahdr *a = (struct kvshm__ahdr *)(s->base + *hoff);
+	a->owner = KVSHM_OWNER_SLOT(me, slot->gen);
+	a->size = size | KVSHM_AHDR_MAGIC;
+	J64(&sl->nallocs, sl->nallocs + 1);
+	J64(&sl->req_bytes, sl->req_bytes + size);
+	slot_record(s, &sl->lk, slot, *hoff + KVSHM_AHDR_SIZE);
+	KVSHM_CRASH_POINT("slab.alloc.recorded");
+	return TAKEN;
+}
+
 int kvshm__slab_alloc(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me, uint64_t size, uint64_t *off)
 {
 	struct kvshm__proctab *tab = slab_tab(s, sl);
 	struct kvshm__slot *slot = tab ? kvshm__proc_slot(s, tab, me) : NULL;
+	uint64_t hoff = 0;
 	if (!slot)
 		return kvshm__fail(KVSHM_ECORRUPT, "slab alloc: slot %u", me);
 	if (size == 0)
@@ -438,118 +560,35 @@ int kvshm__slab_alloc(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me,
 		kvshm__lock_release(s, &sl->lk);
 		return kvshm__fail(-EAGAIN, "slot %u already fills %u allocations", me, KVSHM_SLOT_ALLOCS);
 	}
-	uint64_t owner = KVSHM_OWNER_SLOT(me, slot->gen);
-	uint64_t hoff;
-	bool unbacked = false; /* a run was free but the filesystem could not back it */
-	int c = class_for(sl, size);
-	if (c >= 0) {
-		const struct kvshm__slabclass *k = &sl->cls[c];
-		uint32_t head = sl->partial[c];
-		if (!head) {
-			uint64_t page = run_take(s, sl, 1);
-			if (page >= UINT64_MAX - 1) {
-				unbacked = page == UINT64_MAX - 1;
-				goto nospace;
-			}
-			struct kvshm__pte *p = pte(s, sl, page);
-			J32(&p->kind, KVSHM_PTE_SLAB);
-			J32(&p->n, (uint32_t)c);
-			J32(&p->prev, 0);
-			J32(&p->next, 0);
-			/* The page was free: its content is ours to initialise. */
-			struct kvshm__slabpage *sp = (struct kvshm__slabpage *)page_at(s, sl, page);
-			memset(sp, 0, k->first);
-			sp->cls = (uint32_t)c;
-			sp->nfree = k->nobj;
-			J32(&sl->partial[c], (uint32_t)page + 1);
-			J64(&sl->slab_pages, sl->slab_pages + 1);
-			KVSHM_CRASH_POINT("slab.obj.new_page");
-			head = (uint32_t)page + 1;
-		}
-		uint64_t page = head - 1;
-		if (page >= sl->npages || pte(s, sl, page)->kind != KVSHM_PTE_SLAB || pte(s, sl, page)->n != (uint32_t)c) {
-			walked_off = true; /* the partial list names no slab page of this class */
-			return finish(s, sl, "alloc");
-		}
-		struct kvshm__slabpage *sp = (struct kvshm__slabpage *)page_at(s, sl, page);
-		uint32_t idx = UINT32_MAX;
-		for (uint32_t w = 0; w * 64 < k->nobj; w++) {
-			uint64_t free_bits = ~sp->bits[w];
-			if (w * 64 + 64 > k->nobj)
-				free_bits &= (1ull << (k->nobj - w * 64)) - 1;
-			if (free_bits) {
-				idx = w * 64 + (uint32_t)__builtin_ctzll(free_bits);
-				break;
-			}
-		}
-		if (idx == UINT32_MAX || sp->nfree == 0) {
-			kvshm__lock_abort(s, &sl->lk);
-			return kvshm__fail(KVSHM_ECORRUPT, "slab page %llu on the partial list is full",
-					   (unsigned long long)page);
-		}
-		J64(&sp->bits[idx / 64], sp->bits[idx / 64] | (1ull << (idx % 64)));
-		J32(&sp->nfree, sp->nfree - 1);
-		if (sp->nfree == 0) {
-			struct kvshm__pte *p = pte(s, sl, page);
-			J32(&sl->partial[c], p->next);
-			if (p->next)
-				J32(&pte(s, sl, p->next - 1)->prev, 0);
-			J32(&p->next, 0);
-		}
-		KVSHM_CRASH_POINT("slab.obj.taken");
-		J64(&sl->objs[c], sl->objs[c] + 1);
-		hoff = kvshm__off(s, sp) + k->first + (uint64_t)idx * k->size;
-	} else {
-		uint64_t n = pages_for(sl, size);
-		uint64_t page = run_take(s, sl, n);
-		if (page >= UINT64_MAX - 1) {
-			unbacked = page == UINT64_MAX - 1;
-			goto nospace;
-		}
-		struct kvshm__pte *p = pte(s, sl, page);
-		J32(&p->kind, KVSHM_PTE_EXT);
-		J32(&p->n, (uint32_t)n);
-		J32(&p->prev, 0);
-		J32(&p->next, 0);
-		if (n > 1) {
-			struct kvshm__pte *t = pte(s, sl, page + n - 1);
-			J32(&t->kind, KVSHM_PTE_EXT_TAIL);
-			J32(&t->n, (uint32_t)n);
-		}
-		J64(&sl->ext_pages, sl->ext_pages + n);
-		KVSHM_CRASH_POINT("slab.ext.taken");
-		hoff = kvshm__off(s, page_at(s, sl, page)) + KVSHM_EXT_DATA - KVSHM_AHDR_SIZE;
-	}
+	enum take t = alloc_locked(s, sl, slot, me, size, &hoff);
 	if (walked_off)
 		return finish(s, sl, "alloc");
-	/* Fresh memory: the header is ours to initialise. */
-	struct kvshm__ahdr *a = (struct kvshm__ahdr *)(s->base + hoff);
-	a->owner = owner;
-	a->size = size | KVSHM_AHDR_MAGIC;
-	J64(&sl->nallocs, sl->nallocs + 1);
-	J64(&sl->req_bytes, sl->req_bytes + size);
-	slot_record(s, &sl->lk, slot, hoff + KVSHM_AHDR_SIZE);
-	KVSHM_CRASH_POINT("slab.alloc.recorded");
-	if ((err = finish(s, sl, "alloc")) < 0)
-		return err;
-	*off = hoff + KVSHM_AHDR_SIZE;
-	return 0;
-
-nospace:
-	if (walked_off)
-		return finish(s, sl, "alloc");
-	kvshm__lock_abort(s, &sl->lk);
-	if (unbacked)
+	switch (t) {
+	case TAKEN:
+		if ((err = finish(s, sl, "alloc")) < 0)
+			return err;
+		*off = hoff + KVSHM_AHDR_SIZE;
+		return 0;
+	case PAGE_FULL:
+		kvshm__lock_abort(s, &sl->lk);
+		return kvshm__fail(KVSHM_ECORRUPT, "slab page %llu on the partial list is full", (unsigned long long)hoff);
+	case UNBACKED:
+		kvshm__lock_abort(s, &sl->lk);
 		return kvshm__fail(-ENOSPC, "the filesystem of '%s' is full: no memory behind a free run for %llu bytes",
 				   s->path, (unsigned long long)size);
-	return kvshm__fail(KVSHM_ENOSPACE, "no free run for %llu bytes (%llu of %llu pages free)",
-			   (unsigned long long)size, (unsigned long long)sl->free_pages,
-			   (unsigned long long)sl->npages);
+	case NO_RUN:
+	default:
+		kvshm__lock_abort(s, &sl->lk);
+		return kvshm__fail(KVSHM_ENOSPACE, "no free run for %llu bytes (%llu of %llu pages free)",
+				   (unsigned long long)size, (unsigned long long)sl->free_pages,
+				   (unsigned long long)sl->npages);
+	}
 }
 
 /* Free the allocation whose header is at a (slab lock held). */
 static void free_locked(struct kvshm__seg *s, struct kvshm__slab *sl, struct kvshm__ahdr *a)
 {
+	assert(kvshm__lock_held(&sl->lk));
 	uint64_t hoff = kvshm__off(s, a);
 	uint64_t size = a->size & KVSHM_AHDR_SIZEMASK;
 	uint64_t page = (hoff - sl->data_off) >> sl->page_shift;
@@ -634,6 +673,7 @@ int kvshm__slab_free(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me, 
 int kvshm__slab_give_locked(struct kvshm__seg *s, struct kvshm__lock *lk, struct kvshm__slab *sl,
 			    uint32_t me, uint64_t off, uint64_t owner)
 {
+	assert(kvshm__lock_held(lk));
 	struct kvshm__proctab *tab = slab_tab(s, sl);
 	struct kvshm__slot *slot = tab ? kvshm__proc_slot(s, tab, me) : NULL;
 	struct kvshm__ahdr *a = kvshm__slab_hdr(s, sl, off);
@@ -652,6 +692,7 @@ int kvshm__slab_give_locked(struct kvshm__seg *s, struct kvshm__lock *lk, struct
 int kvshm__slab_take_locked(struct kvshm__seg *s, struct kvshm__lock *lk, struct kvshm__slab *sl,
 			    uint32_t me, uint64_t off, uint64_t expect)
 {
+	assert(kvshm__lock_held(lk));
 	struct kvshm__proctab *tab = slab_tab(s, sl);
 	struct kvshm__slot *slot = tab ? kvshm__proc_slot(s, tab, me) : NULL;
 	struct kvshm__ahdr *a = kvshm__slab_hdr(s, sl, off);

@@ -5,6 +5,7 @@
  * lists and accounting from the page table alone, and the slab lock's
  * repair runs them. Not allocation (shm/slab.c).
  */
+#include <assert.h>
 #include <string.h>
 
 #include "shm/slabpriv.h"
@@ -39,8 +40,7 @@ int kvshm__slab_verify_locked(struct kvshm__seg *s, struct kvshm__slab *sl, kvsh
 	bool prev_free = false;
 	int err;
 
-	if (!kvshm__lock_held(&sl->lk))
-		return VIOLATION("slab verify without the slab lock");
+	assert(kvshm__lock_held(&sl->lk));
 	for (uint64_t i = 0; i < sl->npages;) {
 		struct kvshm__pte *p = pte_at(s, sl, i);
 		uint64_t n = (p->kind == KVSHM_PTE_SLAB) ? 1 : p->n;
@@ -196,6 +196,7 @@ int kvshm__slab_verify(struct kvshm__seg *s, struct kvshm__slab *sl, kvshm__allo
 
 int kvshm__slab_rebuild_locked(struct kvshm__seg *s, struct kvshm__slab *sl)
 {
+	assert(kvshm__lock_held(&sl->lk));
 	/* The rebuild rewrites whole tables: more writes than one journal
 	 * holds, so it writes directly; a repairer killed midway leaves the
 	 * lock inconsistent and the next one rebuilds again from the page

@@ -192,17 +192,13 @@ KVSHM_EXTERN int kvshm_reaper_start(kvshm *h, const kvshm_reaper_opts *o, kvshm_
 		return err;
 	*out = NULL;
 	struct kvshm__lock *lk = &h->hdr->reaper_lk;
-	int r = pthread_mutex_trylock(&lk->mu);
-	if (r == EOWNERDEAD) {
-		pthread_mutex_consistent(&lk->mu);
-		atomic_fetch_add(&lk->repairs, 1);
-	} else if (r == EBUSY) {
+	/* The lock funnel (shm/lock.c): a dead reaper's lock is taken over
+	 * (EOWNERDEAD, repaired and counted), a live one's refused. */
+	if ((err = kvshm__lock_try(h->seg, lk, NULL)) == -EBUSY)
 		return kvshm__fail(KVSHM_EREAPER, "cache '%s': reaper pid %u is running", h->name,
 				   atomic_load(&h->hdr->reaper_pid));
-	} else if (r != 0) {
-		return kvshm__fail(-r, "cache '%s': reaper lock", h->name);
-	}
-	atomic_store(&lk->owner_pid, kvshm__self_pid());
+	if (err < 0)
+		return err;
 	kvshm_reaper *rp = calloc(1, sizeof(*rp));
 	uint32_t n = h->tab->nslots;
 	if (!rp || !(rp->t = calloc(n, sizeof(*rp->t))) || !(rp->pfd = calloc(n, sizeof(*rp->pfd))) ||
@@ -213,8 +209,7 @@ KVSHM_EXTERN int kvshm_reaper_start(kvshm *h, const kvshm_reaper_opts *o, kvshm_
 			free(rp->pfd_slot);
 		}
 		free(rp);
-		atomic_store(&lk->owner_pid, 0);
-		pthread_mutex_unlock(&lk->mu);
+		kvshm__lock_release(h->seg, lk);
 		return kvshm__fail(-ENOMEM, "reaper");
 	}
 	for (uint32_t i = 0; i < n; i++)
@@ -414,8 +409,7 @@ KVSHM_EXTERN void kvshm_reaper_stop(kvshm_reaper *r)
 	if (!h->closed && h->fork_gen == kvshm__fork_gen()) {
 		atomic_store(&h->hdr->reaper_pid, 0);
 		atomic_store(&h->hdr->reaper_slot, 0);
-		atomic_store(&h->hdr->reaper_lk.owner_pid, 0);
-		pthread_mutex_unlock(&h->hdr->reaper_lk.mu);
+		kvshm__lock_release(h->seg, &h->hdr->reaper_lk);
 	}
 	h->reaper = false;
 	rlog(r, LOG_NOTICE, "reaper of cache '%s' stopped", h->name);

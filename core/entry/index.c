@@ -14,6 +14,7 @@
  * is rolled back exactly by the next locker. The shard repair routine has
  * nothing left to recompute; it only counts.
  */
+#include <assert.h>
 #include <string.h>
 
 #include "core/internal.h"
@@ -42,6 +43,7 @@ int kvshm__shard_repair(struct kvshm__seg *seg, struct kvshm__lock *lk, void *ct
 int kvshm__entry_new_locked(kvshm *h, uint32_t s, const struct kvshm__newentry *ne, uint32_t *idx_out,
 			    uint32_t *gen_out)
 {
+	assert(kvshm__lock_held(&h->shards[s].lk));
 	struct kvshm__seg *seg = h->seg;
 	struct kvshm__shard *sh = &h->shards[s];
 	struct kvshm__lock *lk = &sh->lk;
@@ -115,6 +117,7 @@ int kvshm__entry_new_locked(kvshm *h, uint32_t s, const struct kvshm__newentry *
 
 void kvshm__mark_ready_locked(kvshm *h, uint32_t s, uint32_t idx, uint64_t csum, uint64_t footprint)
 {
+	assert(kvshm__lock_held(&h->shards[s].lk));
 	struct kvshm__seg *seg = h->seg;
 	struct kvshm__shard *sh = &h->shards[s];
 	struct kvshm__lock *lk = &sh->lk;
@@ -142,6 +145,7 @@ void kvshm__mark_ready_locked(kvshm *h, uint32_t s, uint32_t idx, uint64_t csum,
 int kvshm__find_locked(kvshm *h, uint32_t s, kvshm__h128 term, const kvshm_model *m, const uint32_t *tokens,
 		       size_t n, int tier, uint32_t *idx)
 {
+	assert(kvshm__lock_held(&h->shards[s].lk));
 	struct kvshm__shard *sh = &h->shards[s];
 	uint32_t cur = h->buckets[(uint64_t)s * sh->nbuckets + (term.lo & (sh->nbuckets - 1))];
 	for (uint32_t guard = 0; cur && guard <= sh->cap; guard++) {
@@ -165,6 +169,7 @@ int kvshm__find_locked(kvshm *h, uint32_t s, kvshm__h128 term, const kvshm_model
 
 uint64_t kvshm__entry_remove_locked(kvshm *h, uint32_t s, uint32_t idx, uint32_t to)
 {
+	assert(kvshm__lock_held(&h->shards[s].lk));
 	struct kvshm__seg *seg = h->seg;
 	struct kvshm__shard *sh = &h->shards[s];
 	struct kvshm__lock *lk = &sh->lk;

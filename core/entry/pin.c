@@ -4,6 +4,7 @@
  * and a whole pin record dropped at close; the pin as the caller sees it.
  * Not the lookups that find what to pin (core/lookup.c, core/partial.c).
  */
+#include <assert.h>
 #include <string.h>
 
 #include "core/internal.h"
@@ -14,6 +15,7 @@
  * record, kept for it, so a copy never fails for lack of pin records. */
 int kvshm__pin_locked(kvshm *h, uint32_t s, uint32_t idx, bool copy)
 {
+	assert(kvshm__lock_held(&h->shards[s].lk));
 	struct kvshm__seg *seg = h->seg;
 	struct kvshm__lock *lk = &h->shards[s].lk;
 	struct kvshm__entry *e = &h->entries[idx];
@@ -105,7 +107,7 @@ int kvshm__unpin_ref(kvshm *h, uint32_t idx, uint32_t gen, bool copy)
 		}
 	}
 	if (err == 0 && e->gen == gen && (e->flags & KVSHM_EF_BAD) && e->refcount == 0 && e->state == KVSHM_E_READY)
-		return kvshm__drop_locked_entry(h, s, idx); /* the last pin of a bad file entry */
+		return kvshm__entry_remove_unlock(h, s, idx); /* the last pin of a bad file entry */
 	kvshm__shard_unlock(h, s);
 	if (err < 0)
 		return kvshm__fail(err, "unpin: this handle holds no pin of entry %u", idx);
@@ -134,7 +136,7 @@ int kvshm__unpin_record(kvshm *h, unsigned i)
 		kvshm__jset32(h->seg, lk, &e->refcount, e->refcount >= n ? e->refcount - n : 0);
 	kvshm__jset32(h->seg, lk, &r->count, 0);
 	if (n && e->gen == r->gen && (e->flags & KVSHM_EF_BAD) && e->refcount == 0 && e->state == KVSHM_E_READY)
-		return kvshm__drop_locked_entry(h, s, idx);
+		return kvshm__entry_remove_unlock(h, s, idx);
 	kvshm__shard_unlock(h, s);
 	return 0;
 }

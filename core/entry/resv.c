@@ -4,6 +4,7 @@
  * expiring reservations past their deadline. Not the save pipelines that
  * make and publish them (core/save.c, core/tier/).
  */
+#include <assert.h>
 #include <limits.h>
 
 #include "core/internal.h"
@@ -20,7 +21,7 @@ uint64_t kvshm__token(kvshm *h)
 	return (z ^ (z >> 31)) | 1;
 }
 
-struct kvshm__entry *kvshm__own_entry(kvshm *h, const kvshm_reservation *r, uint32_t *s, int *err)
+struct kvshm__entry *kvshm__resv_lock(kvshm *h, const kvshm_reservation *r, uint32_t *s, int *err)
 {
 	uint32_t idx = kvshm__ref_idx(r->ref[0]);
 	struct kvshm__entry *e = idx != UINT32_MAX ? kvshm__entry_at(h, idx) : NULL;
@@ -40,8 +41,9 @@ struct kvshm__entry *kvshm__own_entry(kvshm *h, const kvshm_reservation *r, uint
 	return e;
 }
 
-int kvshm__drop_locked_entry(kvshm *h, uint32_t s, uint32_t idx)
+int kvshm__entry_remove_unlock(kvshm *h, uint32_t s, uint32_t idx)
 {
+	assert(kvshm__lock_held(&h->shards[s].lk));
 	uint64_t blob = kvshm__entry_remove_locked(h, s, idx, h->me);
 	kvshm__shard_unlock(h, s);
 	kvshm__futex_bump_wake(&h->shards[s].seq, INT32_MAX);

@@ -176,7 +176,7 @@ static int copy_up(kvshm *h, const struct item *it)
 			} else if (ne->state == KVSHM_E_EXPIRED) {
 				/* Expired while copying: another writer may have saved
 				 * the key since; like a publish, give the copy up. */
-				kvshm__drop_locked_entry(h, rv.shard, rv.idx);
+				kvshm__entry_remove_unlock(h, rv.shard, rv.idx);
 				err = kvshm__fail(KVSHM_EEXPIRED, "promote: the copy's reservation expired");
 			} else {
 				kvshm__mark_ready_locked(h, rv.shard, rv.idx, csum, ne->footprint);

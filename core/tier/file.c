@@ -77,7 +77,7 @@ static void abandon(kvshm *h, uint32_t idx, uint32_t gen, uint64_t token, const 
 		struct kvshm__entry *e = &h->entries[idx];
 		if (e->gen == gen && e->token == token && e->owner == h->me &&
 		    (e->state == KVSHM_E_RESERVED || e->state == KVSHM_E_EXPIRED))
-			kvshm__drop_locked_entry(h, s, idx);
+			kvshm__entry_remove_unlock(h, s, idx);
 		else
 			kvshm__shard_unlock(h, s);
 	}
@@ -199,7 +199,7 @@ static int file_publish(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
 	/* A publish always gives the reservation up: whatever fails below
 	 * abandons it (temporary file, mapping, entry, writer unit). */
 	struct kvshm__entry *e = NULL;
-	if ((err = kvshm__file_index(h, tier, &ix)) < 0 || !(e = kvshm__own_entry(h, r, &s, &err))) {
+	if ((err = kvshm__file_index(h, tier, &ix)) < 0 || !(e = kvshm__resv_lock(h, r, &s, &err))) {
 		kvshm__tmp_path(h->cfg->dir[tier], fres.key, h->me, h->me_gen, token, tmp, sizeof(tmp));
 		abandon(h, idx, gen, token, tmp, fd, map, fres.map_len);
 		memset(r, 0, sizeof(*r));
@@ -233,7 +233,7 @@ static int file_publish(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
 	/* 5. Still ours, and not expired? Then committing: from here the
 	 * reservation does not expire, so no other writer can take the key
 	 * over while we link and index (they would both become READY). */
-	if (!(e = kvshm__own_entry(h, r, &s, &err)))
+	if (!(e = kvshm__resv_lock(h, r, &s, &err)))
 		goto fail;
 	bool expired = e->state == KVSHM_E_EXPIRED;
 	if (!expired)
@@ -274,7 +274,7 @@ static int file_publish(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
 		goto fail;
 
 	/* 7. Marked: from here a dead writer's file is adopted, not removed. */
-	if ((e = kvshm__own_entry(h, r, &s, &err)) != NULL) {
+	if ((e = kvshm__resv_lock(h, r, &s, &err)) != NULL) {
 		kvshm__jset32(h->seg, &h->shards[s].lk, &e->flags,
 			      (e->flags & ~KVSHM_EF_STAGE_MASK) | KVSHM_EF_STAGE_LINKED);
 		kvshm__shard_unlock(h, s);
@@ -291,7 +291,7 @@ static int file_publish(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
 	 * leave it behind for good. */
 	unlink(tmp);
 	KVSHM_CRASH_POINT("file.publish.unlinked");
-	if (err == 0 && (e = kvshm__own_entry(h, r, &s, &err)) != NULL) {
+	if (err == 0 && (e = kvshm__resv_lock(h, r, &s, &err)) != NULL) {
 		kvshm__file_ready_locked(h, s, idx, &meta);
 		kvshm__shard_unlock(h, s);
 		kvshm__futex_bump_wake(&h->shards[s].seq, INT32_MAX);

@@ -6,6 +6,7 @@
  * pipeline (core/tier/file.c), loads (core/tier/fileread.c) or drops,
  * reclaim and adoption (core/tier/fileentry.c).
  */
+#include <assert.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
@@ -174,6 +175,7 @@ int kvshm__file_validate(kvshm *h, const char *path, const uint8_t key[16], bool
  * another length than the one reserved (shard lock held). */
 void kvshm__file_ready_locked(kvshm *h, uint32_t s, uint32_t idx, const struct kvshm__fmeta *m)
 {
+	assert(kvshm__lock_held(&h->shards[s].lk));
 	struct kvshm__entry *e = &h->entries[idx];
 	if (e->len != m->payload_len)
 		kvshm__jset64(h->seg, &h->shards[s].lk, &e->len, m->payload_len);

@@ -15,6 +15,7 @@
  *
  * Not the save pipeline itself (core/tier/file.c) or loads (fileread.c).
  */
+#include <assert.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -114,6 +115,7 @@ void kvshm__file_forget(kvshm *h, int tier, const uint64_t key[2])
  */
 static bool hide_locked(kvshm *h, uint32_t s, uint32_t idx)
 {
+	assert(kvshm__lock_held(&h->shards[s].lk));
 	struct kvshm__seg *seg = h->seg;
 	struct kvshm__shard *sh = &h->shards[s];
 	struct kvshm__lock *lk = &sh->lk;

@@ -86,8 +86,8 @@ static void drop_own(kvshm *h, const kvshm_reservation *r)
 {
 	uint32_t s;
 	int err;
-	if (kvshm__own_entry(h, r, &s, &err))
-		kvshm__drop_locked_entry(h, s, kvshm__ref_idx(r->ref[0]));
+	if (kvshm__resv_lock(h, r, &s, &err))
+		kvshm__entry_remove_unlock(h, s, kvshm__ref_idx(r->ref[0]));
 }
 
 static int ram_reserve(kvshm *h, const struct kvshm__save *sv, struct kvshm__hres *hr, kvshm_reservation *r)
@@ -181,12 +181,12 @@ static int publish_summed(kvshm *h, kvshm_reservation *r, uint64_t csum)
 	uint32_t s;
 	int err;
 	KVSHM_CRASH_POINT("save.publish.summed");
-	struct kvshm__entry *e = kvshm__own_entry(h, r, &s, &err);
+	struct kvshm__entry *e = kvshm__resv_lock(h, r, &s, &err);
 	if (!e)
 		return err;
 	uint32_t idx = kvshm__ref_idx(r->ref[0]);
 	if (e->state == KVSHM_E_EXPIRED) {
-		kvshm__drop_locked_entry(h, s, idx);
+		kvshm__entry_remove_unlock(h, s, idx);
 		memset(r, 0, sizeof(*r));
 		return kvshm__fail(KVSHM_EEXPIRED, "publish: reservation expired after %u ms", h->cfg->reservation_ttl_ms);
 	}
@@ -234,11 +234,11 @@ static int ram_cancel(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
 	uint32_t s;
 	int err;
 	int rel = release(h, hr);
-	if (!kvshm__own_entry(h, r, &s, &err)) {
+	if (!kvshm__resv_lock(h, r, &s, &err)) {
 		memset(r, 0, sizeof(*r));
 		return err;
 	}
-	err = kvshm__drop_locked_entry(h, s, kvshm__ref_idx(r->ref[0]));
+	err = kvshm__entry_remove_unlock(h, s, kvshm__ref_idx(r->ref[0]));
 	kvshm__count(h, KVSHM_C_cancels, 1);
 	memset(r, 0, sizeof(*r));
 	return err < 0 ? err : rel;
