@@ -289,11 +289,20 @@ void kvshm__marks_add(kvshm *h, const struct kvshm__keyhash *kh, size_t n, uint3
 #define KVSHM_MARK_GEN_MASK 0xfffu
 unsigned kvshm__marks_find(const kvshm *h, kvshm__h128 t, uint32_t idx[KVSHM_MARK_WAYS],
 			   uint32_t gen12[KVSHM_MARK_WAYS]);
+/* A lookup as the walks see it (core/lookup.c, core/partial.c). */
+struct kvshm__query {
+	const struct kvshm__keyhash *kh; /* the query's boundary hashes */
+	const kvshm_model *m;
+	const uint32_t *tokens;
+	size_t n;
+	bool exact;     /* kvshm_get: only an entry of exactly n tokens */
+	bool copy;      /* pin with the copy-out record */
+	bool want_wait; /* name a longer save in progress to wait for */
+};
 /* The walk of kvshm_lookup with KVSHM_LOOKUP_PARTIAL: as core/lookup.c's
  * walk (0 with *pin filled and pinned, or KVSHM_ENOTFOUND with *wait), but
  * the answer is the longest common prefix. */
-int kvshm__walk_partial(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_model *m, const uint32_t *tokens,
-			size_t n, bool copy, bool want_wait, kvshm_pin *pin, struct kvshm__cand *wait);
+int kvshm__walk_partial(kvshm *h, const struct kvshm__query *q, kvshm_pin *pin, struct kvshm__cand *wait);
 
 /* Score of an entry now (decayed). */
 double kvshm__entry_score(const kvshm *h, const struct kvshm__entry *e, uint64_t now_ns);

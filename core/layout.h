@@ -25,7 +25,7 @@
  *   10  process table          (shm/proc.c)
  *   20+i shard i               (never two shards at once, except the checker
  *                               which takes them all in index order)
- *   90  scheduler control      (core/sched.c; never held while evicting)   
+ *   90  scheduler control      (core/sched.c; never held while evicting)
  *   100 writer semaphore       (shm/sem.c)
  *   110 slab                   (shm/slab.c)
  *   -   reaper lock            (a liveness token, not a data lock: held for

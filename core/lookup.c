@@ -45,18 +45,17 @@ static int check_args(const kvshm_model *m, const uint32_t *tokens, size_t n)
  * longest matching reservation longer than anything ready (idx UINT32_MAX
  * when there is none or want_wait is false).
  */
-static int walk(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_model *m, const uint32_t *tokens,
-		size_t n, bool exact, bool copy, bool want_wait, kvshm_pin *pin, struct kvshm__cand *wait)
+static int walk(kvshm *h, const struct kvshm__query *q, kvshm_pin *pin, struct kvshm__cand *wait)
 {
 	const struct kvshm__keyctx *kc = &h->kc;
-	size_t top = kvshm__bidx(kc, n);
-	size_t low = exact ? top : 0;
+	size_t top = kvshm__bidx(kc, q->n);
+	size_t low = q->exact ? top : 0;
 	uint64_t probes = 0;
 	int err = KVSHM_ENOTFOUND;
 
 	*wait = (struct kvshm__cand){UINT32_MAX, 0, 0, 0};
 	for (size_t j = top + 1; j-- > low;) {
-		kvshm__h128 t = kh->h[j];
+		kvshm__h128 t = q->kh->h[j];
 		uint32_t s = kvshm__shard_of(h, t);
 		struct kvshm__shard *sh = &h->shards[s];
 		uint32_t best = UINT32_MAX, best_n = 0;
@@ -71,29 +70,29 @@ static int walk(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_model *m,
 			uint32_t idx = cur - 1;
 			cur = e->next;
 			probes++;
-			if (e->term[0] != t.lo || e->term[1] != t.hi || e->ntokens > n ||
-			    kvshm__bidx(kc, e->ntokens) != j || (exact && e->ntokens != n) || (e->flags & KVSHM_EF_BAD))
+			if (e->term[0] != t.lo || e->term[1] != t.hi || e->ntokens > q->n ||
+			    kvshm__bidx(kc, e->ntokens) != j || (q->exact && e->ntokens != q->n) || (e->flags & KVSHM_EF_BAD))
 				continue;
 			if (e->state == KVSHM_E_READY) {
 				/* Longest first; at equal length, the fastest tier. */
 				bool better = e->ntokens > best_n ||
 					      (e->ntokens == best_n && best != UINT32_MAX && e->tier < h->entries[best].tier);
-				if (better && kvshm__entry_matches(h, e, m, tokens, e->ntokens)) {
+				if (better && kvshm__entry_matches(h, e, q->m, q->tokens, e->ntokens)) {
 					best = idx;
 					best_n = e->ntokens;
 				}
-			} else if (e->state == KVSHM_E_RESERVED && want_wait && e->ntokens > best_n &&
+			} else if (e->state == KVSHM_E_RESERVED && q->want_wait && e->ntokens > best_n &&
 				   (wait->idx == UINT32_MAX || e->ntokens > wait->ntokens) &&
-				   kvshm__entry_matches(h, e, m, tokens, e->ntokens)) {
+				   kvshm__entry_matches(h, e, q->m, q->tokens, e->ntokens)) {
 				*wait = (struct kvshm__cand){idx, s, e->ntokens,
 						      atomic_load_explicit(&sh->seq, memory_order_acquire)};
 			}
 		}
 		if (best != UINT32_MAX && (wait->idx == UINT32_MAX || wait->ntokens <= best_n)) {
 			wait->idx = UINT32_MAX;
-			err = pin ? kvshm__pin_locked(h, s, best, copy) : 0;
+			err = pin ? kvshm__pin_locked(h, s, best, q->copy) : 0;
 			if (err == 0 && pin)
-				kvshm__pin_fill(h, best, best_n, n, pin);
+				kvshm__pin_fill(h, best, best_n, q->n, pin);
 			kvshm__shard_unlock(h, s);
 			if (err == 0)
 				kvshm__count_hit(h, pin);
@@ -142,13 +141,13 @@ static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t
 		return kvshm__fail(-EINVAL, "get: KVSHM_LOOKUP_PARTIAL asks for a prefix; use kvshm_lookup");
 	if ((err = kvshm__keyhash(&h->kc, m, tokens, n, &kh)) < 0)
 		return err;
-	bool want_wait = (flags & KVSHM_LOOKUP_WAIT) && h->cfg->wait_ms > 0;
+	struct kvshm__query q = {.kh = &kh, .m = m, .tokens = tokens, .n = n, .exact = exact, .copy = copy,
+				 .want_wait = (flags & KVSHM_LOOKUP_WAIT) && h->cfg->wait_ms > 0};
 	uint64_t deadline = kvshm__now_ns() + (uint64_t)h->cfg->wait_ms * 1000000ull;
 	bool waited = false;
 	uint32_t awaited = 0; /* the longest save waited for */
 	for (;;) {
-		err = partial ? kvshm__walk_partial(h, &kh, m, tokens, n, copy, want_wait, pin, &wait)
-			      : walk(h, &kh, m, tokens, n, exact, copy, want_wait, pin, &wait);
+		err = partial ? kvshm__walk_partial(h, &q, pin, &wait) : walk(h, &q, pin, &wait);
 		if (err == 0) {
 			/* Its tier makes it readable (a file: mapped) and, when
 			 * asked, verifies it. A bad value is gone now (counted,
@@ -169,12 +168,12 @@ static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t
 		KVSHM_CRASH_POINT("lookup.wait");
 		if (kvshm__futex_wait(&h->shards[wait.shard].seq, wait.seq, deadline) == -ETIMEDOUT) {
 			kvshm__count(h, KVSHM_C_wait_timeouts, 1);
-			want_wait = false; /* one last look at what is ready */
+			q.want_wait = false; /* one last look at what is ready */
 		}
 	}
 	/* A wait hit ended with what it waited for, not with a shorter entry
 	 * because the save was cancelled or its writer died. */
-	if (waited && err == 0 && want_wait && pin->ntokens >= awaited)
+	if (waited && err == 0 && q.want_wait && pin->ntokens >= awaited)
 		kvshm__count(h, KVSHM_C_wait_hits, 1);
 	if (err == KVSHM_ENOTFOUND)
 		kvshm__count(h, KVSHM_C_misses, 1);

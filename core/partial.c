@@ -120,14 +120,14 @@ static int64_t common_prefix(const kvshm *h, const struct kvshm__entry *e, const
 
 /* Consider entry idx (its shard s locked) as an answer at a level whose
  * common prefix is at least lo. */
-static void consider_locked(kvshm *h, uint32_t s, uint32_t idx, const kvshm_model *m, const uint32_t *tokens,
-			    size_t n, size_t lo, struct best *best)
+static void consider_locked(kvshm *h, uint32_t s, uint32_t idx, const struct kvshm__query *q, size_t lo,
+			    struct best *best)
 {
 	assert(kvshm__lock_held(&h->shards[s].lk));
 	const struct kvshm__entry *e = &h->entries[idx];
-	if (KVSHM_MIN((size_t)e->ntokens, n) < (best->idx == UINT32_MAX ? lo : best->c))
+	if (KVSHM_MIN((size_t)e->ntokens, q->n) < (best->idx == UINT32_MAX ? lo : best->c))
 		return; /* cannot beat what we have */
-	int64_t c = common_prefix(h, e, m, tokens, n, lo);
+	int64_t c = common_prefix(h, e, q->m, q->tokens, q->n, lo);
 	if (c < 0)
 		return;
 	bool full = (uint64_t)c == e->ntokens;
@@ -138,8 +138,8 @@ static void consider_locked(kvshm *h, uint32_t s, uint32_t idx, const kvshm_mode
 }
 
 /* Step 1: the markers of level hash t. */
-static void from_markers(kvshm *h, kvshm__h128 t, const kvshm_model *m, const uint32_t *tokens, size_t n, size_t lo,
-			 struct best *best, uint64_t *probes)
+static void from_markers(kvshm *h, kvshm__h128 t, const struct kvshm__query *q, size_t lo, struct best *best,
+			 uint64_t *probes)
 {
 	const struct kvshm__cfg *c = h->cfg;
 	uint32_t idxs[KVSHM_MARK_WAYS], gens[KVSHM_MARK_WAYS];
@@ -153,7 +153,7 @@ static void from_markers(kvshm *h, kvshm__h128 t, const kvshm_model *m, const ui
 		const struct kvshm__entry *e = &h->entries[idx];
 		if (e->state == KVSHM_E_READY && (e->gen & KVSHM_MARK_GEN_MASK) == g && !(e->flags & KVSHM_EF_BAD)) {
 			uint32_t before = best->idx;
-			consider_locked(h, s, idx, m, tokens, n, lo, best);
+			consider_locked(h, s, idx, q, lo, best);
 			if (best->idx != before)
 				KVSHM_CRASH_POINT("lookup.partial.marked");
 		}
@@ -165,11 +165,11 @@ enum { LEVEL_NONE = 1, LEVEL_WAIT, LEVEL_RETRY };
 
 /* Steps 2 and 3 at level j (hash t): 0 when pinned, LEVEL_* otherwise,
  * or a negative error. */
-static int level(kvshm *h, size_t j, kvshm__h128 t, const kvshm_model *m, const uint32_t *tokens, size_t n,
-		 bool copy, bool want_wait, struct best *best, kvshm_pin *pin, struct kvshm__cand *wait,
-		 uint64_t *probes)
+static int level(kvshm *h, size_t j, const struct kvshm__query *q, struct best *best, kvshm_pin *pin,
+		 struct kvshm__cand *wait, uint64_t *probes)
 {
 	size_t lo = kvshm__bound(&h->kc, j);
+	kvshm__h128 t = q->kh->h[j];
 	uint32_t s = kvshm__shard_of(h, t);
 	struct kvshm__shard *sh = &h->shards[s];
 	int err;
@@ -188,11 +188,11 @@ static int level(kvshm *h, size_t j, kvshm__h128 t, const kvshm_model *m, const 
 		    (e->flags & KVSHM_EF_BAD))
 			continue;
 		if (e->state == KVSHM_E_READY) {
-			consider_locked(h, s, idx, m, tokens, n, lo, best);
-		} else if (e->state == KVSHM_E_RESERVED && want_wait && e->ntokens <= n &&
+			consider_locked(h, s, idx, q, lo, best);
+		} else if (e->state == KVSHM_E_RESERVED && q->want_wait && e->ntokens <= q->n &&
 			   (best->idx == UINT32_MAX || e->ntokens > best->c) &&
 			   (wait->idx == UINT32_MAX || e->ntokens > wait->ntokens) &&
-			   kvshm__entry_matches(h, e, m, tokens, e->ntokens)) {
+			   kvshm__entry_matches(h, e, q->m, q->tokens, e->ntokens)) {
 			*wait = (struct kvshm__cand){idx, s, e->ntokens,
 						     atomic_load_explicit(&sh->seq, memory_order_acquire)};
 		}
@@ -216,9 +216,9 @@ static int level(kvshm *h, size_t j, kvshm__h128 t, const kvshm_model *m, const 
 		kvshm__shard_unlock(h, best->shard);
 		return LEVEL_RETRY; /* gone since it was verified */
 	}
-	err = kvshm__pin_locked(h, best->shard, best->idx, copy);
+	err = kvshm__pin_locked(h, best->shard, best->idx, q->copy);
 	if (err == 0)
-		kvshm__pin_fill(h, best->idx, best->c, n, pin);
+		kvshm__pin_fill(h, best->idx, best->c, q->n, pin);
 	kvshm__shard_unlock(h, best->shard);
 	if (err == 0) {
 		wait->idx = UINT32_MAX;
@@ -227,10 +227,10 @@ static int level(kvshm *h, size_t j, kvshm__h128 t, const kvshm_model *m, const 
 	return err;
 }
 
-int kvshm__walk_partial(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_model *m, const uint32_t *tokens,
-			size_t n, bool copy, bool want_wait, kvshm_pin *pin, struct kvshm__cand *wait)
+int kvshm__walk_partial(kvshm *h, const struct kvshm__query *q, kvshm_pin *pin, struct kvshm__cand *wait)
 {
 	const struct kvshm__cfg *c = h->cfg;
+	size_t n = q->n;
 	size_t top = kvshm__bidx(&h->kc, n);
 	uint64_t probes = 0;
 	int err = KVSHM_ENOTFOUND;
@@ -242,8 +242,8 @@ int kvshm__walk_partial(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_m
 		for (int tries = 0; r == LEVEL_RETRY && tries < 4; tries++) {
 			struct best best = {UINT32_MAX, 0, 0, 0, 0, false};
 			if (marked)
-				from_markers(h, kh->h[j], m, tokens, n, kvshm__bound(&h->kc, j), &best, &probes);
-			r = level(h, j, kh->h[j], m, tokens, n, copy, want_wait, &best, pin, wait, &probes);
+				from_markers(h, q->kh->h[j], q, kvshm__bound(&h->kc, j), &best, &probes);
+			r = level(h, j, q, &best, pin, wait, &probes);
 		}
 		if (r <= 0) {
 			err = r == 0 ? 0 : r;
