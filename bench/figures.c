@@ -38,7 +38,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "core/internal.h"
+#include "core/entry/entry.h"
 #if defined(__x86_64__)
 #include <xxh_x86dispatch.h> /* the same dispatched XXH3 the library uses */
 #endif

@@ -13,7 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/internal.h"
+#include "core/entry/entry.h"
 
 static double now_s(void)
 {

@@ -13,7 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "core/internal.h"
+#include "core/entry/entry.h"
 
 static uint64_t now_ns(void)
 {

@@ -2,7 +2,7 @@
  * core/enter.c — the guard every public call passes (a closed handle, a
  * forked child rebinding to a slot of its own) and claiming a slot.
  */
-#include "core/tier/tier.h"
+#include "core/ops.h"
 
 int kvshm__claim(kvshm *h)
 {

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/tier/tier.h"
+#include "core/ops.h"
 
 KVSHM_EXTERN int kvshm_evict_bytes(kvshm *h, uint64_t target, unsigned tier_mask, uint64_t *freed, uint64_t *count)
 {

@@ -26,7 +26,7 @@
  */
 #include <string.h>
 
-#include "core/tier/tier.h"
+#include "core/ops.h"
 
 static int check_args(const kvshm_model *m, const uint32_t *tokens, size_t n)
 {

@@ -71,7 +71,7 @@
 #include <assert.h>
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/ops.h"
 
 /* ---- the walk ---------------------------------------------------------------------------- */
 

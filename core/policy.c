@@ -10,7 +10,7 @@
  * tokens; finish saves at the end of a stream; evict and shutdown saves
  * are unconditional and do not consult the policy.
  */
-#include "core/internal.h"
+#include "core/ops.h"
 
 KVSHM_EXTERN void kvshm_policy_init(kvshm_policy *p)
 {

@@ -12,7 +12,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/ops.h"
 
 KVSHM_EXTERN int kvshm_reject(kvshm *h, kvshm_pin *pin)
 {

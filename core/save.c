@@ -12,7 +12,7 @@
  */
 #include <string.h>
 
-#include "core/tier/tier.h"
+#include "core/ops.h"
 
 static int reserve_args(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, size_t len,
 			const kvshm_save_opts *opts, kvshm_reservation *r, struct kvshm__save *sv)

@@ -7,7 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/ops.h"
 
 KVSHM_EXTERN void kvshm_sched_config_init(kvshm_sched_config *c)
 {

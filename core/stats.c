@@ -8,7 +8,7 @@
  */
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/ops.h"
 
 static const char *const names[] = {
 #define KVSHM_CTR_NAME_(name, help) #name,
@@ -32,7 +32,7 @@ KVSHM_EXTERN const char *kvshm_counter_help(int i)
 	return i >= 0 && i < KVSHM_NCOUNTERS ? helps[i] : "unknown";
 }
 
-uint64_t kvshm__counter_sum(const kvshm *h, int c)
+static uint64_t counter_sum(const kvshm *h, int c)
 {
 	uint64_t n = 0;
 	for (unsigned s = 0; s < KVSHM_CTR_STRIPES; s++)
@@ -55,7 +55,7 @@ KVSHM_EXTERN int kvshm_stats_get(kvshm *h, kvshm_stats *st)
 		return kvshm__fail(-EINVAL, "stats: NULL");
 	memset(st, 0, sizeof(*st));
 	for (int c = 0; c < KVSHM_NCOUNTERS; c++)
-		st->counters[c] = kvshm__counter_sum(h, c);
+		st->counters[c] = counter_sum(h, c);
 	for (uint32_t s = 0; s < h->cfg->shards; s++) {
 		const struct kvshm__shard *sh = &h->shards[s];
 		for (int t = 0; t < KVSHM_NTIERS; t++) {

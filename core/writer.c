@@ -2,7 +2,7 @@
  * core/writer.c — the public face of the writer semaphore (shm/sem.c):
  * bounded concurrency for file saves, units recorded per process slot.
  */
-#include "core/internal.h"
+#include "core/ops.h"
 
 static void sweep_cb(void *ctx)
 {

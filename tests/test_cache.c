@@ -21,7 +21,7 @@
 
 #include "harness.h"
 #define XXH_STATIC_LINKING_ONLY /* XXH3_state_t's layout, for test_hash_stale_stack */
-#include "core/internal.h"      /* kvshm__test_force_hash, kvshm__key_of (test builds) */
+#include "core/entry/entry.h"      /* kvshm__test_force_hash, kvshm__key_of (test builds) */
 
 
 /* ---- helpers ------------------------------------------------------------------------ */

@@ -31,7 +31,7 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "core/internal.h"
+#include "core/entry/entry.h"
 
 #define MAXTOK 256
 #define VAL_MAX (16384 + BIG_EXTRA)

@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "core/internal.h" /* kvshm__test_force_hash, kvshm__bidx, the marker table */
+#include "core/entry/entry.h" /* kvshm__test_force_hash, kvshm__bidx, the marker table */
 
 #define MAXT 512
 #define VLEN(n) (600 + (size_t)(n)) /* value bytes of an n-token entry */

@@ -51,7 +51,7 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "core/internal.h" /* backdating entries for the max-age prune */
+#include "core/entry/entry.h" /* backdating entries for the max-age prune */
 
 #define NTOK 24             /* tokens per key */
 #define DEADLINE_MS 20000   /* generous: a shared 2-core machine, sanitizers */

@@ -23,7 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/tier/tier.h"
+#include "core/maint/maint.h"
 
 /* ---- sources ------------------------------------------------------------------------ */
 

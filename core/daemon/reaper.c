@@ -44,7 +44,7 @@
 #include <syslog.h>
 #include <unistd.h>
 
-#include "core/tier/tier.h"
+#include "core/maint/maint.h"
 
 struct track {
 	int fd;         /* pidfd, -1 when none */

@@ -6,7 +6,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/entry/entry.h"
 
 struct kvshm__blob *kvshm__entry_blob(const kvshm *h, const struct kvshm__entry *e)
 {

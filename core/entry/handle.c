@@ -2,7 +2,7 @@
  * core/entry/handle.c — what every layer needs of a handle: its process
  * slot's records, the sweep of dead slots, and counting a published save.
  */
-#include "core/internal.h"
+#include "core/entry/entry.h"
 
 struct kvshm__slotx *kvshm__slotx(const kvshm *h, uint32_t idx)
 {

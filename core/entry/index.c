@@ -17,7 +17,7 @@
 #include <assert.h>
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/entry/entry.h"
 
 int kvshm__shard_lock(kvshm *h, uint32_t s)
 {

@@ -35,7 +35,7 @@
 
 #include <xxhash.h> /* (with the x86 dispatch, via core/internal.h: 3x SSE2's speed) */
 
-#include "core/internal.h"
+#include "core/entry/entry.h"
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "kvshm hashes tokens as little-endian u32");
 _Static_assert(sizeof(kvshm_model) == 65, "kvshm_model is hashed as 65 packed bytes");

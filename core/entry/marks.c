@@ -38,7 +38,7 @@
  */
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/entry/entry.h"
 
 /* ---- the marker word ------------------------------------------------------------------ */
 

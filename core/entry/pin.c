@@ -7,7 +7,7 @@
 #include <assert.h>
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/entry/entry.h"
 
 
 /* Record one more pin of entry idx in our slot and on the entry, and bump

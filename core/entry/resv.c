@@ -7,7 +7,7 @@
 #include <assert.h>
 #include <limits.h>
 
-#include "core/internal.h"
+#include "core/entry/entry.h"
 
 uint64_t kvshm__token(kvshm *h)
 {

@@ -7,13 +7,16 @@
 #ifndef KVSHM_CORE_HANDLE_HANDLE_H
 #define KVSHM_CORE_HANDLE_HANDLE_H
 
-#include "core/tier/tier.h"
+#include "core/maint/maint.h"
 
 #define MIB (1024ull * 1024ull)
 
 /* The configuration as the segment keeps it: defaults filled in, sizes
  * derived (entries per shard, buckets, marker sets). */
 void kvshm__config_normalise(const kvshm_config *c, struct kvshm__cfg *n);
+/* The checksum of the cache header's immutable part (its imm_csum): the
+ * configuration and the region offsets. */
+uint64_t kvshm__cache_imm_csum(const struct kvshm__cache_hdr *hdr);
 /* XXH3-64 of the layout version and every shared struct's size: attach
  * refuses a segment whose signature differs. */
 uint64_t kvshm__layout_sig(void);

@@ -35,6 +35,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/maint/maint.h"
 #include "core/tier/file.h"
 
 #define V(...) kvshm__fail(KVSHM_ECHECK, __VA_ARGS__)

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/maint/maint.h"
 #include "core/tier/file.h"
 
 

@@ -5,7 +5,7 @@
  */
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/maint/maint.h"
 
 _Static_assert((int)KVSHM_IDENTITY_PIDFS == (int)KVSHM_IDENT_PIDFS && (int)KVSHM_IDENTITY_LOCK == (int)KVSHM_IDENT_LOCK,
 	       "kvshm_proc_info.identity reports the slot's kind as it is");

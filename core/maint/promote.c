@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/tier/tier.h"
+#include "core/maint/maint.h"
 
 KVSHM_EXTERN void kvshm_promote_config_init(kvshm_promote_config *c)
 {

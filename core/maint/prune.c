@@ -4,7 +4,7 @@
  * its interval or by a worker inline when no reaper runs. Not the reaper's
  * loop (core/daemon/reaper.c).
  */
-#include "core/tier/tier.h"
+#include "core/maint/maint.h"
 
 KVSHM_EXTERN int kvshm_sweep(kvshm *h)
 {

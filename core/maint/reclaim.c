@@ -19,7 +19,7 @@
  */
 #include <limits.h>
 
-#include "core/tier/tier.h"
+#include "core/maint/maint.h"
 
 /* Lock shard s, then make sure the slot sl is still the dead one of
  * generation gen that we were handed: -ESTALE, with the shard unlocked,

@@ -24,7 +24,7 @@
 #ifndef KVSHM_CORE_TIER_TIER_H
 #define KVSHM_CORE_TIER_TIER_H
 
-#include "core/internal.h"
+#include "core/entry/entry.h"
 
 /* A save as a tier is asked for it (arguments checked by the caller). */
 struct kvshm__save {
