@@ -103,6 +103,9 @@ bool kvshm__entry_matches(const kvshm *h, const struct kvshm__entry *e, const kv
  * unlocking; 0 when the blob could not be taken (then nothing changed).
  */
 uint64_t kvshm__entry_remove_locked(kvshm *h, uint32_t s, uint32_t idx, uint32_t to);
+/* The same for our own entry, then (lock held on entry, released on
+ * return) unlock the shard, wake its waiters and free the blob. */
+int kvshm__entry_remove_unlock(kvshm *h, uint32_t s, uint32_t idx);
 
 /* A new entry to chain (kvshm__entry_new_locked). */
 struct kvshm__newentry {
@@ -138,8 +141,6 @@ void kvshm__info_of(const kvshm *h, const struct kvshm__entry *e, uint64_t now, 
 uint64_t kvshm__token(kvshm *h);
 /* Our reservation's entry with its shard locked, or NULL (lock not held). */
 struct kvshm__entry *kvshm__resv_lock(kvshm *h, const kvshm_reservation *r, uint32_t *s, int *err);
-/* Remove entry idx (lock held), unlock, wake, free its blob. */
-int kvshm__entry_remove_unlock(kvshm *h, uint32_t s, uint32_t idx);
 /* Pin entry idx of shard s (lock held) in our slot; copy = the copy-out
  * record. Unpin by index and gen. */
 int kvshm__pin_locked(kvshm *h, uint32_t s, uint32_t idx, bool copy);

@@ -220,3 +220,14 @@ uint64_t kvshm__entry_remove_locked(kvshm *h, uint32_t s, uint32_t idx, uint32_t
 	KVSHM_CRASH_POINT("index.remove.freed");
 	return blob;
 }
+
+int kvshm__entry_remove_unlock(kvshm *h, uint32_t s, uint32_t idx)
+{
+	assert(kvshm__lock_held(&h->shards[s].lk));
+	uint64_t blob = kvshm__entry_remove_locked(h, s, idx, h->me);
+	kvshm__shard_unlock(h, s);
+	kvshm__futex_bump_wake(&h->shards[s].seq, INT32_MAX);
+	if (!blob)
+		return kvshm__fail(KVSHM_ECORRUPT, "entry %u: blob could not be taken back", idx);
+	return kvshm__slab_free(h->seg, h->slab, h->me, blob);
+}

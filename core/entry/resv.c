@@ -4,7 +4,6 @@
  * expiring reservations past their deadline. Not the save pipelines that
  * make and publish them (core/save.c, core/tier/).
  */
-#include <assert.h>
 #include <limits.h>
 
 #include "core/entry/entry.h"
@@ -39,17 +38,6 @@ struct kvshm__entry *kvshm__resv_lock(kvshm *h, const kvshm_reservation *r, uint
 		return NULL;
 	}
 	return e;
-}
-
-int kvshm__entry_remove_unlock(kvshm *h, uint32_t s, uint32_t idx)
-{
-	assert(kvshm__lock_held(&h->shards[s].lk));
-	uint64_t blob = kvshm__entry_remove_locked(h, s, idx, h->me);
-	kvshm__shard_unlock(h, s);
-	kvshm__futex_bump_wake(&h->shards[s].seq, INT32_MAX);
-	if (!blob)
-		return kvshm__fail(KVSHM_ECORRUPT, "entry %u: blob could not be taken back", idx);
-	return kvshm__slab_free(h->seg, h->slab, h->me, blob);
 }
 
 int kvshm__expire(kvshm *h, uint64_t *count)
