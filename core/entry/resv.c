@@ -1,6 +1,6 @@
 /*
  * core/entry/resv.c — reservations as the segment records them: the
- * writer's token, finding our own reserved entry again, removing it, and
+ * writer's token, finding and locking our own reserved entry again, and
  * expiring reservations past their deadline. Not the save pipelines that
  * make and publish them (core/save.c, core/tier/).
  */
