@@ -12,8 +12,8 @@
 # asserts, hash injection), build/san (test + sanitizers). User CFLAGS and
 # LDFLAGS are appended, never replaced.
 
-VERSION      := 0.1.0
-SOVERSION    := 0
+VERSION      := 0.2.0
+SOVERSION    := 1
 
 prefix       ?= /usr/local
 exec_prefix  ?= $(prefix)

@@ -183,7 +183,7 @@ static void fill_tokens(uint32_t *t, size_t n, uint64_t seed)
 static uint64_t counter(kvshm *h, int c)
 {
 	kvshm_stats st;
-	if (kvshm_stats_get(h, &st) < 0)
+	if (kvshm_stats_get(h, &st, sizeof(st)) < 0)
 		bench_die("stats: %s", kvshm_last_error());
 	return st.counters[c];
 }
@@ -559,7 +559,7 @@ static double rebuild_once(kvshm_config *cfg, const char *tag, uint64_t *entries
 	h = open_cache(tag, cfg);
 	double s = (double)(bench_now_ns() - t0) / 1e9;
 	kvshm_stats st;
-	if (kvshm_stats_get(h, &st) < 0)
+	if (kvshm_stats_get(h, &st, sizeof(st)) < 0)
 		bench_die("stats: %s", kvshm_last_error());
 	*entries = st.tier_entries[KVSHM_TIER_DISK];
 	close_cache(h);
@@ -684,13 +684,13 @@ static void fig_overhead(void)
 		/* measured: slab bytes taken by K entries */
 		int K = sz >= (16u << 20) ? 8 : sz >= (1u << 20) ? 32 : 256;
 		kvshm_stats a, b;
-		kvshm_stats_get(h, &a);
+		kvshm_stats_get(h, &a, sizeof(a));
 		for (int k = 0; k < K; k++) {
 			fill_tokens(tok, nt, 9000000 + (uint64_t)seq++);
 			if (kvshm_put(h, &m, tok, nt, val, sz, NULL) < 0)
 				bench_die("put: %s", kvshm_last_error());
 		}
-		kvshm_stats_get(h, &b);
+		kvshm_stats_get(h, &b, sizeof(b));
 		double meas = (double)(a.data_free_bytes - b.data_free_bytes) / K - (double)sz + (double)esz + bucket_share;
 		char sl[32];
 		bench_size_label(sl, sizeof(sl), sz);

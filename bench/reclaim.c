@@ -73,14 +73,14 @@ static void run(const char *label, uint64_t seg_bytes, bool touch, int rounds)
 		kvshm_reaper_stats st;
 		do {
 			kvshm_reaper_poll(r, 10);
-			kvshm_reaper_get_stats(r, &st);
+			kvshm_reaper_stats_get(r, &st);
 		} while (st.tracked < 1);
 		uint64_t before = st.reclaims;
 		uint64_t t0 = now_ns();
 		kill(pid, SIGKILL);
 		do {
 			kvshm_reaper_poll(r, 1000);
-			kvshm_reaper_get_stats(r, &st);
+			kvshm_reaper_stats_get(r, &st);
 		} while (st.reclaims == before);
 		total[i] = now_ns() - t0;
 		work[i] = st.last_reclaim_ns;

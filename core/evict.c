@@ -1,9 +1,9 @@
 /*
  * core/evict.c — eviction, deletion and listing as callers see them:
- * evicting bytes by hit score, bringing tiers under quota, deleting and
- * listing entries by filter. How eviction chooses and how an entry is
- * dropped are the tier layer's (core/tier/room.c, each tier's drop); not
- * here.
+ * evicting bytes by hit score, deleting and listing entries by filter.
+ * How eviction chooses and how an entry is dropped are the tier layer's
+ * (core/tier/room.c, each tier's drop); bringing tiers under quota is a
+ * prune's (core/maint/prune.c); not here.
  */
 #include <limits.h>
 #include <stdlib.h>
@@ -21,21 +21,6 @@ KVSHM_EXTERN int kvshm_evict_bytes(kvshm *h, uint64_t target, unsigned tier_mask
 	return kvshm__evict(h, target, tier_mask ? tier_mask : KVSHM_TIERS_ALL, freed, count);
 }
 
-
-KVSHM_EXTERN int kvshm_gc(kvshm *h, uint64_t *freed_out, uint64_t *count_out)
-{
-	uint64_t freed = 0, count = 0;
-	int err = kvshm__enter(h);
-	if (err < 0)
-		return err;
-	if ((err = kvshm__expire(h, NULL)) < 0 || (err = kvshm__evict_to_quotas(h, &freed, &count)) < 0)
-		return err;
-	if (freed_out)
-		*freed_out = freed;
-	if (count_out)
-		*count_out = count;
-	return 0;
-}
 
 /* ---- filters, listing, deletion -------------------------------------------------- */
 

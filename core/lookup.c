@@ -203,7 +203,7 @@ static int unpin(kvshm *h, kvshm_pin *pin, bool copy)
 		return kvshm__fail(-EINVAL, "unpin: pin is NULL");
 	uint32_t idx = kvshm__ref_idx(pin->ref[0]), gen = kvshm__ref_gen(pin->ref[0]);
 	if (idx == UINT32_MAX)
-		return kvshm__fail(-ENOENT, "unpin: the pin names no entry (already unpinned?)");
+		return kvshm__fail(KVSHM_ENOTFOUND, "unpin: the pin names no entry (already unpinned?)");
 	if ((err = kvshm__unpin_ref(h, idx, gen, copy)) < 0)
 		return err;
 	const struct kvshm__tier_ops *t = kvshm__tier_or_null(pin->tier);

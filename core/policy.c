@@ -1,5 +1,5 @@
 /*
- * core/policy.c — when a worker should save (the save policy of seed 002).
+ * core/policy.c — when a worker should save: the save policy.
  * Pure functions over token counts: no segment, no side effects.
  *
  * Cold saves persist a trimmed and aligned prefix of the prompt, not the
@@ -53,13 +53,13 @@ KVSHM_EXTERN size_t kvshm_policy_cold(const kvshm_policy *p, size_t n)
 	return kvshm_policy_trim(n, p->boundary_trim_tokens, p->boundary_align_tokens);
 }
 
-KVSHM_EXTERN int kvshm_policy_continued(const kvshm_policy *p, size_t live_tokens, size_t last_saved)
+KVSHM_EXTERN bool kvshm_policy_continued(const kvshm_policy *p, size_t live_tokens, size_t last_saved)
 {
 	return live_tokens >= last_saved && live_tokens - last_saved >= p->continued_interval &&
 	       live_tokens >= p->min_tokens;
 }
 
-KVSHM_EXTERN int kvshm_policy_finish(const kvshm_policy *p, size_t live_tokens)
+KVSHM_EXTERN bool kvshm_policy_finish(const kvshm_policy *p, size_t live_tokens)
 {
 	return live_tokens >= p->min_tokens;
 }

@@ -6,6 +6,7 @@
  * the stripes. They are event counts: a process killed between an action
  * and its count may leave one uncounted, which no invariant depends on.
  */
+#include <stddef.h>
 #include <string.h>
 
 #include "core/ops.h"
@@ -46,14 +47,22 @@ static void add_lock(kvshm_stats *st, const struct kvshm__lock *lk)
 	st->lock_contended += atomic_load_explicit(&lk->contended, memory_order_relaxed);
 }
 
-KVSHM_EXTERN int kvshm_stats_get(kvshm *h, kvshm_stats *st)
+/* The caller's kvshm_stats may be shorter or longer than ours (another
+ * header's KVSHM_NCOUNTERS): it gets what both know, zeros beyond. */
+KVSHM_EXTERN int kvshm_stats_get(kvshm *h, kvshm_stats *out, size_t size)
 {
+	kvshm_stats snap;
+	kvshm_stats *st = &snap;
 	int err = kvshm__enter(h);
 	if (err < 0)
 		return err;
-	if (!st)
+	if (!out)
 		return kvshm__fail(-EINVAL, "stats: NULL");
+	if (size < offsetof(kvshm_stats, counters))
+		return kvshm__fail(-EINVAL, "stats: %zu bytes do not reach the counters (at byte %zu)", size,
+				   offsetof(kvshm_stats, counters));
 	memset(st, 0, sizeof(*st));
+	st->ncounters = KVSHM_NCOUNTERS;
 	for (int c = 0; c < KVSHM_NCOUNTERS; c++)
 		st->counters[c] = counter_sum(h, c);
 	for (uint32_t s = 0; s < h->cfg->shards; s++) {
@@ -86,5 +95,7 @@ KVSHM_EXTERN int kvshm_stats_get(kvshm *h, kvshm_stats *st)
 	add_lock(st, &h->hdr->reaper_lk);
 	st->shards = h->cfg->shards;
 	st->chunk_tokens = h->cfg->chunk_tokens;
+	memset(out, 0, size);
+	memcpy(out, st, KVSHM_MIN(size, sizeof(*st)));
 	return 0;
 }

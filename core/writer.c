@@ -23,7 +23,7 @@ KVSHM_EXTERN int kvshm_writer_release(kvshm *h)
 	if (err < 0)
 		return err;
 	err = kvshm__sem_release(h->seg, h->sem, h->me);
-	return err == -ENOENT ? kvshm__fail(err, "writer release: this handle holds no writer slot") : err;
+	return err == -ENOENT ? kvshm__fail(KVSHM_ENOTFOUND, "writer release: this handle holds no writer slot") : err;
 }
 
 KVSHM_EXTERN int kvshm_writer_count(kvshm *h, uint32_t *held, uint32_t *max)

@@ -172,7 +172,7 @@ int main(int argc, char **argv)
 		restored[i] = WEXITSTATUS(st);
 	}
 	kvshm_stats st;
-	kvshm_stats_get(cache, &st);
+	kvshm_stats_get(cache, &st, sizeof(st));
 	printf("cache: %llu hits, %llu misses, %llu saves\n",
 	       (unsigned long long)(st.counters[KVSHM_C_hits_exact] + st.counters[KVSHM_C_hits_prefix]),
 	       (unsigned long long)st.counters[KVSHM_C_misses],

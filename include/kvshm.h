@@ -47,11 +47,16 @@
  *   on failure: -errno for system failures, or one of KVSHM_E* below.
  *   kvshm_strerror() describes any of them; kvshm_err_name() names it;
  *   kvshm_last_error() gives the calling thread's most recent failure with
- *   its detail (which object, which value).
+ *   its detail (which object, which value). "Not found" is one code:
+ *   KVSHM_ENOTFOUND for whatever the cache does not hold (an entry, a key,
+ *   a pin, a writer unit); -ENOENT only ever means that a file, a directory
+ *   or the cache's segment does not exist. Functions that answer a
+ *   question return bool.
  */
 #ifndef KVSHM_H
 #define KVSHM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -66,16 +71,17 @@ extern "C" {
 #endif
 
 #define KVSHM_VERSION_MAJOR 0
-#define KVSHM_VERSION_MINOR 1
+#define KVSHM_VERSION_MINOR 2
 #define KVSHM_VERSION_PATCH 0
-#define KVSHM_VERSION_STRING "0.1.0"
+#define KVSHM_VERSION_STRING "0.2.0"
 
 /*
  * The library's own error space: negative, below -30000 so it never meets
- * an errno. XX(name, value, message).
+ * an errno. XX(name, value, message). Values are never reused: -30014 and
+ * -30016 (MODEL, INIT) were codes nothing returned, and are gone.
  */
 #define KVSHM_ERRNO_MAP(XX)                                                        \
-	XX(NOTFOUND, -30001, "no entry for this key")                              \
+	XX(NOTFOUND, -30001, "not found: no such entry, key, pin or writer unit")  \
 	XX(EXISTS, -30002, "an entry for this key is already present")            \
 	XX(INPROGRESS, -30003, "a save of this key is in progress")                \
 	XX(BADMAGIC, -30004, "not a kvshm segment (bad magic)")                    \
@@ -88,9 +94,7 @@ extern "C" {
 	XX(TOOBIG, -30011, "value is larger than the tier can ever hold")          \
 	XX(EXPIRED, -30012, "reservation expired or was taken over")               \
 	XX(CLOSED, -30013, "handle is closed")                                     \
-	XX(MODEL, -30014, "model identity does not match")                         \
 	XX(BUSY, -30015, "resource busy: all slots taken until the timeout")       \
-	XX(INIT, -30016, "segment is still being initialised")                     \
 	XX(CONFIG, -30017, "invalid configuration")                                \
 	XX(PINFULL, -30018, "too many pins held by this handle")                   \
 	XX(CHECK, -30019, "consistency check found a violation")                   \
@@ -227,7 +231,7 @@ KVSHM_EXTERN int kvshm_close(kvshm *h);
  * attached, unless force. Attached processes keep their mapping. */
 KVSHM_EXTERN int kvshm_destroy(const char *name, const char *shm_dir, int force);
 /* The configuration the cache was created with (copied out). */
-KVSHM_EXTERN int kvshm_get_config(kvshm *h, kvshm_config *out);
+KVSHM_EXTERN int kvshm_config_get(kvshm *h, kvshm_config *out);
 
 /* ======================================================================
  * Keys
@@ -310,13 +314,13 @@ KVSHM_EXTERN int kvshm_lookup(kvshm *h, const kvshm_model *m, const uint32_t *to
  * KVSHM_LOOKUP_WAIT only (KVSHM_LOOKUP_PARTIAL: -EINVAL). */
 KVSHM_EXTERN int kvshm_get(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
 			   unsigned flags, kvshm_pin *pin);
-/* Drop a pin. -ENOENT if this handle holds no such pin. */
+/* Drop a pin. KVSHM_ENOTFOUND if this handle holds no such pin. */
 KVSHM_EXTERN int kvshm_unpin(kvshm *h, kvshm_pin *pin);
 /*
  * The caller could not use the pinned value (its engine refused it): the
  * entry is marked bad, so no lookup returns it again, counted in
  * `rejected`, and the pin is dropped; the entry is removed with its last
- * pin (at once when this was the only one). -ENOENT as kvshm_unpin.
+ * pin (at once when this was the only one). KVSHM_ENOTFOUND as kvshm_unpin.
  */
 KVSHM_EXTERN int kvshm_reject(kvshm *h, kvshm_pin *pin);
 /* Check a pinned value against the checksum it was published with: 0 when
@@ -392,8 +396,6 @@ KVSHM_EXTERN int kvshm_put(kvshm *h, const kvshm_model *m, const uint32_t *token
  * *freed and *count (may be NULL) say what was evicted. */
 KVSHM_EXTERN int kvshm_evict_bytes(kvshm *h, uint64_t target, unsigned tier_mask, uint64_t *freed,
 				   uint64_t *count);
-/* Bring every tier back under its quota and drop expired reservations. */
-KVSHM_EXTERN int kvshm_gc(kvshm *h, uint64_t *freed, uint64_t *count);
 
 /* Entry states as listed. */
 #define KVSHM_STATE_RESERVED 1
@@ -488,8 +490,14 @@ typedef enum kvshm_counter {
 KVSHM_EXTERN const char *kvshm_counter_name(int i);
 KVSHM_EXTERN const char *kvshm_counter_help(int i);
 
+/*
+ * A snapshot of the cache. Callers pass their sizeof(kvshm_stats) to
+ * kvshm_stats_get, and the library fills what both know: the counters come
+ * last, so a program built against a header with fewer counters than the
+ * library keeps gets those it knows, and one built against more gets
+ * zeros for the rest (ncounters says how many the library keeps).
+ */
 typedef struct kvshm_stats {
-	uint64_t counters[KVSHM_NCOUNTERS];
 	uint64_t tier_bytes[KVSHM_NTIERS];    /* footprint of entries per tier */
 	uint64_t tier_quota[KVSHM_NTIERS];
 	uint64_t tier_entries[KVSHM_NTIERS];
@@ -506,14 +514,19 @@ typedef struct kvshm_stats {
 	uint64_t lock_contended;              /* acquisitions that found a lock held */
 	uint32_t shards;
 	uint32_t chunk_tokens;
+	uint32_t ncounters;                   /* counters this library keeps (its KVSHM_NCOUNTERS) */
+	uint64_t counters[KVSHM_NCOUNTERS];   /* last: see above */
 } kvshm_stats;
 
-KVSHM_EXTERN int kvshm_stats_get(kvshm *h, kvshm_stats *st);
+/* Fill *st; size is sizeof(*st) as the caller was compiled (-EINVAL when it
+ * does not reach the counters). */
+KVSHM_EXTERN int kvshm_stats_get(kvshm *h, kvshm_stats *st, size_t size);
 
 #define KVSHM_CHECK_QUICK 1u /* skip payload checksums */
 
 /*
- * The consistency checker (DESIGN.md §7): every page free or owned exactly
+ * The consistency checker, the invariants the crash tests check after every
+ * kill: every page free or owned exactly
  * once; bytes per tier equal the sum of their entries; every refcount
  * equals the pins recorded in slots; no reservation without an owner slot;
  * every ready entry's checksum verifies; index chains and free lists
@@ -533,7 +546,7 @@ KVSHM_EXTERN int kvshm_stats_get(kvshm *h, kvshm_stats *st);
 KVSHM_EXTERN int kvshm_check(kvshm *h, unsigned flags);
 
 /* ======================================================================
- * Save policy: pure functions (seed 002)
+ * Save policy: when a worker should save; pure functions
  * ====================================================================== */
 
 /* Defaults: 512, 512, 30000, 2048, 32, 2048. */
@@ -548,16 +561,16 @@ KVSHM_EXTERN size_t kvshm_policy_trim(size_t n, uint32_t trim, uint32_t align);
  * and aligned), or 0 for no save. The rest is prefilled live. */
 KVSHM_EXTERN size_t kvshm_policy_cold(const kvshm_policy *p, size_t n);
 /* Continued save due at live_tokens, last saved at last_saved? */
-KVSHM_EXTERN int kvshm_policy_continued(const kvshm_policy *p, size_t live_tokens, size_t last_saved);
+KVSHM_EXTERN bool kvshm_policy_continued(const kvshm_policy *p, size_t live_tokens, size_t last_saved);
 /* Finish save at end of stream? */
-KVSHM_EXTERN int kvshm_policy_finish(const kvshm_policy *p, size_t live_tokens);
+KVSHM_EXTERN bool kvshm_policy_finish(const kvshm_policy *p, size_t live_tokens);
 
 /* ======================================================================
  * Administration: the reaper, the pressure scheduler, promotion
  * (used by kvshm-reaper and shmctl; stable like the rest of this header)
  * ====================================================================== */
 
-/* Pressure sources (seed 000). */
+/* Pressure sources: what the scheduler samples to decide that memory is short. */
 typedef enum kvshm_pressure_source {
 	KVSHM_PRESSURE_NOOP = 0,   /* never under pressure */
 	KVSHM_PRESSURE_SYSTEM = 1, /* /proc/meminfo: MemTotal - MemAvailable */
@@ -621,7 +634,8 @@ KVSHM_EXTERN int kvshm_sched_check(kvshm *h, int force, kvshm_sched_status *st);
 KVSHM_EXTERN int kvshm_pressure_sample(int source, const char *command, uint64_t *used, uint64_t *total);
 
 /*
- * Promotion (seed 003): a pluggable scorer rates entries in [0, 1]; an
+ * Promotion, moving entries hit often in a slower tier up without letting
+ * them flap: a pluggable scorer rates entries in [0, 1]; an
  * entry of a slower tier is promoted when the faster tier has room, or
  * when the weakest resident there scores below `floor` and the candidate
  * beats it by at least `gap`; an entry moved once is not moved again for
@@ -657,11 +671,13 @@ KVSHM_EXTERN size_t kvshm_promote_plan(const kvshm_promote_config *c, const kvsh
 				       size_t max_moves);
 
 /*
- * The writer semaphore (seed 001): bounded concurrency for file saves.
+ * The writer semaphore: bounded concurrency for file saves (a file save
+ * takes a unit first, so no more than writer_slots write at once).
  * Each unit held is recorded in the handle's process slot, so a holder that
  * dies never leaks one. acquire waits with backoff up to timeout_ms
  * (reclaiming dead holders when it finds the semaphore full) and returns
- * KVSHM_EBUSY after it; release returns -ENOENT if the handle holds none.
+ * KVSHM_EBUSY after it; release returns KVSHM_ENOTFOUND if the handle holds
+ * none.
  */
 KVSHM_EXTERN int kvshm_writer_acquire(kvshm *h, uint32_t timeout_ms);
 KVSHM_EXTERN int kvshm_writer_release(kvshm *h);
@@ -734,7 +750,8 @@ typedef struct kvshm_proc_info {
 KVSHM_EXTERN int kvshm_procs(kvshm *h, int (*fn)(const kvshm_proc_info *p, void *ctx), void *ctx);
 
 /* The entry whose 128-bit key hash is key (as kvshm_list shows it), any
- * tier; its tokens (up to max_tokens, may be NULL) copied out. -ENOENT. */
+ * tier; its tokens (up to max_tokens, may be NULL) copied out.
+ * KVSHM_ENOTFOUND when there is none. */
 KVSHM_EXTERN int kvshm_find_key(kvshm *h, const uint8_t key[16], int tier, kvshm_entry_info *out, uint32_t *tokens,
 				size_t max_tokens);
 
@@ -788,7 +805,8 @@ KVSHM_EXTERN void kvshm_reaper_opts_init(kvshm_reaper_opts *o);
 /*
  * Become the reaper of h's cache: KVSHM_EREAPER when another live process
  * already is (its pid in kvshm_last_error()). A reaper that died is taken
- * over. Runs a prune pass at once (seed 004: prune at start).
+ * over. Runs a prune pass at once (kvshm_prune), then one every
+ * prune_interval_ms.
  */
 KVSHM_EXTERN int kvshm_reaper_start(kvshm *h, const kvshm_reaper_opts *o, kvshm_reaper **out);
 /* One loop: track new processes (pidfd), wait up to timeout_ms for a
@@ -796,16 +814,23 @@ KVSHM_EXTERN int kvshm_reaper_start(kvshm *h, const kvshm_reaper_opts *o, kvshm_
 KVSHM_EXTERN int kvshm_reaper_poll(kvshm_reaper *r, uint32_t timeout_ms);
 /* Loop until *stop becomes non-zero (set it from a signal handler). */
 KVSHM_EXTERN int kvshm_reaper_run(kvshm_reaper *r, volatile int *stop);
-KVSHM_EXTERN void kvshm_reaper_get_stats(const kvshm_reaper *r, kvshm_reaper_stats *st);
+KVSHM_EXTERN void kvshm_reaper_stats_get(const kvshm_reaper *r, kvshm_reaper_stats *st);
 /* Change poll, prune and max-age settings of a running reaper (SIGHUP). */
-KVSHM_EXTERN void kvshm_reaper_set_opts(kvshm_reaper *r, const kvshm_reaper_opts *o);
+KVSHM_EXTERN void kvshm_reaper_opts_set(kvshm_reaper *r, const kvshm_reaper_opts *o);
 /* Stop being the reaper (the handle stays open). */
 KVSHM_EXTERN void kvshm_reaper_stop(kvshm_reaper *r);
 /* The pid of the cache's live reaper, or 0. */
 KVSHM_EXTERN uint32_t kvshm_reaper_pid(kvshm *h);
+/* What a prune did. */
+typedef struct kvshm_prune_report {
+	uint64_t expired;       /* reservations expired by the TTL */
+	uint64_t aged;          /* ready entries older than max_age_s, dropped */
+	uint64_t evicted;       /* entries evicted to bring tiers under quota */
+	uint64_t evicted_bytes; /* their footprint */
+} kvshm_prune_report;
 /* Prune now: expire reservations, drop entries older than max_age_s
- * (0: none), bring tiers under quota. */
-KVSHM_EXTERN int kvshm_prune(kvshm *h, uint64_t max_age_s, uint64_t *expired, uint64_t *aged);
+ * (0: none), bring every tier under its quota. rep may be NULL. */
+KVSHM_EXTERN int kvshm_prune(kvshm *h, uint64_t max_age_s, kvshm_prune_report *rep);
 /* Reclaim every dead process's slot now (what the reaper does on a death,
  * for a worker when no reaper runs). Returns how many were reclaimed. */
 KVSHM_EXTERN int kvshm_sweep(kvshm *h);

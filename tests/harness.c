@@ -721,7 +721,7 @@ void th_finish(kvshm *h, const char *name)
 kvshm_stats th_stats_of(kvshm *h)
 {
 	kvshm_stats st;
-	TH_OK(kvshm_stats_get(h, &st));
+	TH_OK(kvshm_stats_get(h, &st, sizeof(st)));
 	return st;
 }
 

@@ -97,7 +97,7 @@ static void test_open_defaults(void **st)
 	assert_null(def.shm_dir);
 	TH_OK(kvshm_config_validate(&def));
 	/* A cache created with them reports them. */
-	TH_OK(kvshm_get_config(h, &got));
+	TH_OK(kvshm_config_get(h, &got));
 	assert_int_equal(got.segment_bytes, 16 * TH_MIB);
 	assert_int_equal(got.max_procs, def.max_procs);
 	assert_int_equal(got.shards, def.shards);
@@ -122,12 +122,12 @@ static void test_open_defaults(void **st)
 	th_cfg_small(&other, 0);
 	other.chunk_tokens = 8;
 	TH_OK(kvshm_open(name, &other, 0, &h2));
-	TH_OK(kvshm_get_config(h2, &got));
+	TH_OK(kvshm_config_get(h2, &got));
 	assert_int_equal(got.chunk_tokens, def.chunk_tokens);
 	assert_int_equal(got.shards, def.shards);
 	/* CREATE without EXCL attaches an existing cache too. */
 	TH_OK(kvshm_open(name, &other, KVSHM_OPEN_CREATE, &h3));
-	TH_OK(kvshm_get_config(h3, &got));
+	TH_OK(kvshm_config_get(h3, &got));
 	assert_int_equal(got.chunk_tokens, def.chunk_tokens);
 	assert_int_equal(th_stats_of(h).procs_live, 3);
 
@@ -161,7 +161,7 @@ static void test_open_defaults(void **st)
 	TH_FAILS(kvshm_open(name, &c, 0, NULL), -EINVAL);
 	/* A NULL handle is refused, not dereferenced; closing it is a no-op. */
 	kvshm_stats sx;
-	TH_FAILS(kvshm_stats_get(NULL, &sx), KVSHM_ECLOSED);
+	TH_FAILS(kvshm_stats_get(NULL, &sx, sizeof(sx)), KVSHM_ECLOSED);
 	TH_FAILS(kvshm_check(NULL, 0), KVSHM_ECLOSED);
 	kvshm_pin p;
 	TH_FAILS(kvshm_lookup(NULL, &m, t, 10, 0, &p), KVSHM_ECLOSED);
@@ -308,7 +308,7 @@ static void test_get_config_roundtrip(void **st)
 			hh = h2;
 		}
 		memset(&got, 0xa5, sizeof(got));
-		TH_OK(kvshm_get_config(hh, &got));
+		TH_OK(kvshm_config_get(hh, &got));
 		assert_int_equal(got.segment_bytes, c.segment_bytes);
 		assert_int_equal(got.max_procs, c.max_procs);
 		assert_int_equal(got.shards, c.shards);
@@ -491,11 +491,11 @@ static void test_bad_input(void **st)
 	TH_FAILS(kvshm_cancel(h, &r), -EINVAL);
 	memset(&p, 0, sizeof(p));
 	p.ref[0] = 0xfffffff0u;
-	TH_FAILS(kvshm_unpin(h, &p), -ENOENT);
+	TH_FAILS(kvshm_unpin(h, &p), KVSHM_ENOTFOUND);
 	/* Others. */
 	TH_FAILS(kvshm_evict_bytes(h, 1, 8u, NULL, NULL), -EINVAL);
 	TH_FAILS(kvshm_list(h, NULL, NULL, NULL), -EINVAL);
-	TH_FAILS(kvshm_stats_get(h, NULL), -EINVAL);
+	TH_FAILS(kvshm_stats_get(h, NULL, sizeof(kvshm_stats)), -EINVAL);
 
 	/* Nothing stored was damaged, nothing leaked. */
 	kvshm_stats after = th_stats_of(h);
@@ -1029,12 +1029,12 @@ static void test_reject(void **st)
 	/* Another handle's pin (or a forged one) condemns nothing: the entry
 	 * is still offered below. */
 	kvshm_pin forged = p2;
-	TH_FAILS(kvshm_reject(h, &forged), -ENOENT);
+	TH_FAILS(kvshm_reject(h, &forged), KVSHM_ENOTFOUND);
 	TH_OK(kvshm_lookup(h, &m, t, 16, 0, &p));
 	assert_int_equal(p.ntokens, 16);
 	TH_OK(kvshm_reject(h, &p));
 	assert_null(p.data);
-	TH_FAILS(kvshm_reject(h, &p), -ENOENT);
+	TH_FAILS(kvshm_reject(h, &p), KVSHM_ENOTFOUND);
 	/* Still pinned by h2, but never offered again: the lookup falls back
 	 * to the shorter prefix. */
 	assert_true(th_val_ok(p2.data, p2.len, 2));
@@ -1042,12 +1042,12 @@ static void test_reject(void **st)
 	assert_int_equal(p.ntokens, 8);
 	TH_OK(kvshm_unpin(h, &p));
 	TH_FAILS(kvshm_get(h, &m, t, 16, 0, &p), KVSHM_ENOTFOUND);
-	TH_OK(kvshm_stats_get(h, &s));
+	TH_OK(kvshm_stats_get(h, &s, sizeof(s)));
 	assert_int_equal(s.counters[KVSHM_C_rejected], 1);
 	assert_int_equal(s.tier_entries[KVSHM_TIER_RAM], 2);
 	/* The last pin goes: so does the entry, and the cache is consistent. */
 	TH_OK(kvshm_unpin(h2, &p2));
-	TH_OK(kvshm_stats_get(h, &s));
+	TH_OK(kvshm_stats_get(h, &s, sizeof(s)));
 	assert_int_equal(s.tier_entries[KVSHM_TIER_RAM], 1);
 	TH_OK(kvshm_check(h, 0));
 	TH_OK(kvshm_close(h2));
@@ -1077,14 +1077,14 @@ static void test_unpin_twice(void **st)
 	TH_OK(kvshm_get(h, &m, tb, 8, 0, &pb));
 	pb_copy = pb;
 	TH_OK(kvshm_unpin(h, &pb));
-	TH_FAILS(kvshm_unpin(h, &pb), -ENOENT);      /* the zeroed pin */
-	TH_FAILS(kvshm_unpin(h, &pb_copy), -ENOENT); /* a stale copy */
+	TH_FAILS(kvshm_unpin(h, &pb), KVSHM_ENOTFOUND);      /* the zeroed pin */
+	TH_FAILS(kvshm_unpin(h, &pb_copy), KVSHM_ENOTFOUND); /* a stale copy */
 	memset(&pz, 0, sizeof(pz));
-	TH_FAILS(kvshm_unpin(h, &pz), -ENOENT);
+	TH_FAILS(kvshm_unpin(h, &pz), KVSHM_ENOTFOUND);
 	/* Another handle's pin is not ours to drop, nor ours its. */
 	TH_OK(kvshm_get(h2, &m, tb, 8, 0, &p2));
-	TH_FAILS(kvshm_unpin(h, &p2), -ENOENT);
-	TH_FAILS(kvshm_unpin(h2, &pa), -ENOENT);
+	TH_FAILS(kvshm_unpin(h, &p2), KVSHM_ENOTFOUND);
+	TH_FAILS(kvshm_unpin(h2, &pa), KVSHM_ENOTFOUND);
 	/* A is still pinned exactly once: eviction cannot take it. */
 	struct th_coll cl;
 	th_list(h, NULL, &cl);
@@ -1098,7 +1098,7 @@ static void test_unpin_twice(void **st)
 	assert_true(th_val_ok(pa.data, 1000, 1));
 	TH_OK(kvshm_unpin(h2, &p2));
 	TH_OK(kvshm_unpin(h, &pa));
-	TH_FAILS(kvshm_unpin(h, &pa), -ENOENT);
+	TH_FAILS(kvshm_unpin(h, &pa), KVSHM_ENOTFOUND);
 	TH_OK(kvshm_evict_bytes(h, UINT64_MAX, 0, NULL, &count));
 	assert_int_equal(count, 2);
 	th_check_ok(h2);
@@ -1387,15 +1387,16 @@ static void test_expiry(void **st)
 	TH_OK(kvshm_reserve(h, &m, t, 32, 4000, NULL, &r1));
 	th_val_fill(r1.data, 4000, 1);
 	uint64_t fp = ram_bytes(h);
-	/* gc before the deadline expires nothing. */
-	TH_OK(kvshm_gc(h, NULL, NULL));
+	/* A prune before the deadline expires nothing. */
+	TH_OK(kvshm_prune(h, 0, NULL));
 	assert_int_equal(th_counter(h, KVSHM_C_expired), 0);
 	TH_FAILS(kvshm_reserve(h2, &m, t, 32, 4000, NULL, &r2), KVSHM_EINPROGRESS);
 	th_sleep_ms(120);
-	uint64_t freed = 1, count = 1;
-	TH_OK(kvshm_gc(h2, &freed, &count));
-	assert_int_equal(freed, 0);
-	assert_int_equal(count, 0);
+	kvshm_prune_report pr = {1, 1, 1, 1};
+	TH_OK(kvshm_prune(h2, 0, &pr));
+	assert_int_equal(pr.evicted_bytes, 0);
+	assert_int_equal(pr.evicted, 0);
+	assert_int_equal(pr.expired, 1);
 	assert_int_equal(th_counter(h, KVSHM_C_expired), 1);
 	struct th_coll cl;
 	th_list(h, NULL, &cl);
@@ -1427,7 +1428,7 @@ static void test_expiry(void **st)
 	th_toks_of(t, 32, 3);
 	TH_OK(kvshm_reserve(h2, &m, t, 32, 4000, NULL, &r2));
 	th_sleep_ms(120);
-	TH_OK(kvshm_gc(h, NULL, NULL));
+	TH_OK(kvshm_prune(h, 0, NULL));
 	assert_int_equal(th_counter(h, KVSHM_C_expired), 3);
 	th_check_ok(h);
 	TH_OK(kvshm_cancel(h, &r3));
@@ -1478,10 +1479,10 @@ static void test_quota_never_exceeded(void **st)
 	TH_FAILS(kvshm_reserve(h, &m, t, 8, (size_t)c.quota[KVSHM_TIER_RAM], NULL, &r), KVSHM_ETOOBIG);
 	TH_FAILS(kvshm_reserve(h, &m, t, 8, 6 * len, NULL, &r), KVSHM_ETOOBIG);
 	assert_int_equal(th_ram_entries(h), 4);
-	/* gc has nothing to do under the quota. */
-	uint64_t freed = 1, count = 1;
-	TH_OK(kvshm_gc(h, &freed, &count));
-	assert_int_equal(count, 0);
+	/* A prune has nothing to evict under the quota. */
+	kvshm_prune_report pr = {1, 1, 1, 1};
+	TH_OK(kvshm_prune(h, 0, &pr));
+	assert_int_equal(pr.evicted, 0);
 	th_finish(h, name);
 }
 
@@ -1838,10 +1839,10 @@ static void test_delete_filter(void **st)
 	assert_int_equal(ram_bytes(h), 0);
 	assert_int_equal(th_ram_entries(h), 0);
 	assert_int_equal(th_counter(h, KVSHM_C_deletes), 6);
-	uint64_t freed = 1, count = 1;
-	TH_OK(kvshm_gc(h, &freed, &count));
-	assert_int_equal(count, 0);
-	assert_int_equal(freed, 0);
+	kvshm_prune_report pr = {1, 1, 1, 1};
+	TH_OK(kvshm_prune(h, 0, &pr));
+	assert_int_equal(pr.evicted, 0);
+	assert_int_equal(pr.evicted_bytes, 0);
 	th_finish(h, name);
 }
 
@@ -1935,7 +1936,7 @@ static int sf_child(void *p)
 	int i;
 	for (i = 0; i < 6000; i++) {
 		kvshm_stats s;
-		if (kvshm_stats_get(h, &s) < 0)
+		if (kvshm_stats_get(h, &s, sizeof(s)) < 0)
 			return 13;
 		if (s.counters[KVSHM_C_waits] > a->waits0)
 			break;
@@ -2101,7 +2102,7 @@ static int fork_child(void *p)
 	if (kvshm_unpin(h, &pin) < 0)
 		return 6;
 	/* The parent's pin and reservation stay the parent's. */
-	if (kvshm_unpin(h, &a->pin) != -ENOENT)
+	if (kvshm_unpin(h, &a->pin) != KVSHM_ENOTFOUND)
 		return 7;
 	if (kvshm_publish(h, &a->res) != -EINVAL || kvshm_cancel(h, &a->res) != -EINVAL)
 		return 8;
@@ -2441,7 +2442,7 @@ static void test_concurrency(void **st)
 	assert_int_equal(s.entries_reserved, 0);
 	assert_true(s.counters[KVSHM_C_evictions] > 0);
 	/* In-flight reservations may overshoot; gc brings the tier back. */
-	TH_OK(kvshm_gc(h, NULL, NULL));
+	TH_OK(kvshm_prune(h, 0, NULL));
 	assert_true(ram_bytes(h) <= c.quota[KVSHM_TIER_RAM]);
 	kvshm_model m = th_model_of(70);
 	uint32_t t[CC_QUERY];

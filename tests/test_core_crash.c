@@ -163,7 +163,7 @@ static void sweep_check(kvshm *h, const char *when, int iter)
 static void assert_quiet(kvshm *h, const struct listing *l, const char *when, int iter)
 {
 	kvshm_stats st;
-	assert_int_equal(kvshm_stats_get(h, &st), 0);
+	assert_int_equal(kvshm_stats_get(h, &st, sizeof(st)), 0);
 	if (st.entries_reserved != 0 || l->reserved != 0)
 		fail_msg("%s %d: %llu reservations left", when, iter, (unsigned long long)st.entries_reserved);
 	if (st.writer_slots_used != 0)
@@ -389,7 +389,7 @@ static int scenario(void *p)
 		return 44;
 	if (kvshm_evict_bytes(h, 3 * 4096, KVSHM_TIER_BIT(KVSHM_TIER_RAM), &freed, &count) < 0 || count == 0)
 		return 31;
-	if (kvshm_gc(h, &freed, &count) < 0)
+	if (kvshm_prune(h, 0, NULL) < 0)
 		return 32;
 
 	/* delete by filter: every child entry */
@@ -430,7 +430,7 @@ struct baseline {
 static void take_baseline(kvshm *h, struct baseline *b)
 {
 	kvshm_stats st;
-	assert_int_equal(kvshm_stats_get(h, &st), 0);
+	assert_int_equal(kvshm_stats_get(h, &st, sizeof(st)), 0);
 	b->data_free = st.data_free_bytes;
 	b->tier_bytes = st.tier_bytes[KVSHM_TIER_RAM];
 	kvshm__slab_stats(h->seg, h->slab, &b->slab);
@@ -716,12 +716,12 @@ static void test_kill_before_publish(void **st)
 	test_cfg(&cfg, 1, 0);
 	assert_int_equal(kvshm_open(c.name, &cfg, KVSHM_OPEN_CREATE | KVSHM_OPEN_EXCL, &h), 0);
 	assert_int_equal(put_key(h, &m, &keys[1]), 0);
-	assert_int_equal(kvshm_stats_get(h, &s0), 0);
+	assert_int_equal(kvshm_stats_get(h, &s0, sizeof(s0)), 0);
 
 	pid_t pid = fork_told(reserve_and_wait, &c, &rfd);
 	hear(rfd);
 	close(rfd);
-	assert_int_equal(kvshm_stats_get(h, &s1), 0);
+	assert_int_equal(kvshm_stats_get(h, &s1, sizeof(s1)), 0);
 	assert_int_equal(s1.entries_reserved, 1);
 	assert_true(s1.tier_bytes[KVSHM_TIER_RAM] > s0.tier_bytes[KVSHM_TIER_RAM]);
 	assert_int_equal(put_key(h, &m, &keys[0]), KVSHM_EINPROGRESS);
@@ -734,7 +734,7 @@ static void test_kill_before_publish(void **st)
 	assert_int_equal(kvshm__sweep(h), 1);
 	if (kvshm_check(h, 0) != 0)
 		fail_msg("check after the writer died: %s", kvshm_last_error());
-	assert_int_equal(kvshm_stats_get(h, &s1), 0);
+	assert_int_equal(kvshm_stats_get(h, &s1, sizeof(s1)), 0);
 	assert_int_equal(s1.entries_reserved, 0);
 	assert_int_equal(s1.tier_bytes[KVSHM_TIER_RAM], s0.tier_bytes[KVSHM_TIER_RAM]);
 	assert_int_equal(s1.tier_entries[KVSHM_TIER_RAM], s0.tier_entries[KVSHM_TIER_RAM]);
@@ -924,7 +924,7 @@ static int waiting_reader(void *p)
 		return 3;
 	}
 	/* Released by the reclaim, not by the 20 s wait running out. */
-	if (kvshm_stats_get(h, &st) < 0 || st.counters[KVSHM_C_waits] < 1 || st.counters[KVSHM_C_wait_timeouts] != 0)
+	if (kvshm_stats_get(h, &st, sizeof(st)) < 0 || st.counters[KVSHM_C_waits] < 1 || st.counters[KVSHM_C_wait_timeouts] != 0)
 		return 4;
 	kvshm_close(h);
 	return 0;
@@ -955,7 +955,7 @@ static void test_waiter_released_by_reclaim(void **st)
 	pid_t reader = th_fork(waiting_reader, &c);
 	/* Until the reader is waiting (the counter says so); then kill. */
 	for (int i = 0;; i++) {
-		assert_int_equal(kvshm_stats_get(h, &s), 0);
+		assert_int_equal(kvshm_stats_get(h, &s, sizeof(s)), 0);
 		if (s.counters[KVSHM_C_waits] >= 1)
 			break;
 		int ws;
@@ -1105,7 +1105,7 @@ static int worker(void *p)
 				return th_bad_err("evict", err);
 			atomic_fetch_add(&c->sh->evicted, n);
 		} else if (op < 88) {
-			if ((err = kvshm_gc(h, NULL, NULL)) < 0)
+			if ((err = kvshm_prune(h, 0, NULL)) < 0)
 				return th_bad_err("gc", err);
 		} else {
 			/* re-verify and drop a held pin: its bytes never moved */

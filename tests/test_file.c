@@ -1097,7 +1097,7 @@ static void test_expiry(void **state)
 		TH_OK(kvshm_reserve(h, &m, t, 32, 20000, &o, &r));
 		th_val_fill(r.data, 20000, 1);
 		th_sleep_ms(60);
-		TH_OK(kvshm_gc(h, NULL, NULL));
+		TH_OK(kvshm_prune(h, 0, NULL));
 		TH_FAILS(kvshm_publish(h, &r), KVSHM_EEXPIRED);
 		assert_null(r.data);
 		assert_int_equal(tmp_files(tier_dir(f, tier)), 0);
@@ -1226,7 +1226,7 @@ static void test_no_expiry_while_committing(void **state)
 			th_sleep_ms(1);
 		}
 		th_sleep_ms(60); /* three times the TTL */
-		TH_OK(kvshm_gc(h, NULL, NULL));
+		TH_OK(kvshm_prune(h, 0, NULL));
 		struct estates s = states_of(h, &m, KVSHM_TIER_DISK);
 		assert_int_equal(s.n, 1);
 		assert_int_equal(s.expired, 0);
@@ -1297,7 +1297,7 @@ static void test_expired_writer_cleaned_up(void **state)
 		assert_true(pid > 0);
 		th_expect_byte(c2p[0], 'r', 60000, pid, "child");
 		th_sleep_ms(60);
-		TH_OK(kvshm_gc(h, NULL, NULL));
+		TH_OK(kvshm_prune(h, 0, NULL));
 		assert_int_equal(states_of(h, &m, KVSHM_TIER_DISK).expired, 1);
 		/* The key is free for another writer: us. */
 		TH_OK(th_put_val(h, &m, t, 32, 7000, 5, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
@@ -2315,7 +2315,7 @@ static void test_directories_created(void **state)
 		assert_true(exists(p));
 	}
 	kvshm_config got;
-	TH_OK(kvshm_get_config(h, &got));
+	TH_OK(kvshm_config_get(h, &got));
 	assert_string_equal(got.disk_dir, f->disk);
 	assert_string_equal(got.ram_file_dir, f->rf);
 	kvshm_model m = th_model_of(18);
@@ -2493,7 +2493,7 @@ static void test_default_disk_quota(void **state)
 	c.disk_dir = sub;
 	kvshm *h = open_fx(f, &c);
 	kvshm_stats s;
-	TH_OK(kvshm_stats_get(h, &s));
+	TH_OK(kvshm_stats_get(h, &s, sizeof(s)));
 	uint64_t q = s.tier_quota[KVSHM_TIER_DISK];
 	print_message("default disk quota on a 64 MiB tmpfs: %llu bytes\n", (unsigned long long)q);
 	assert_true(q > 24 * TH_MIB && q <= 32 * TH_MIB);

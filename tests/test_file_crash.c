@@ -863,7 +863,7 @@ static void verify_and_reset(struct fstate *fs, const char *spec, int iter, bool
 				 sn.e[i].refcount);
 	kvshm_stats st;
 	struct kvshm__slab_stats sl;
-	assert_int_equal(kvshm_stats_get(h, &st), 0);
+	assert_int_equal(kvshm_stats_get(h, &st, sizeof(st)), 0);
 	kvshm__slab_stats(h->seg, h->slab, &sl);
 	if (st.entries_reserved || st.writer_slots_used || st.procs_live != 1)
 		fail_msg("%s: %llu reservations, %u writer units, %u live processes after the reset", spec,
@@ -1082,7 +1082,7 @@ static void test_every_file_crash_point(void **st)
 		assert_int_equal(fs->pins[i].tier, pkeys[i].tier);
 	}
 	kvshm_stats s0;
-	assert_int_equal(kvshm_stats_get(fs->h, &s0), 0);
+	assert_int_equal(kvshm_stats_get(fs->h, &s0, sizeof(s0)), 0);
 	memcpy(fs->tier_bytes0, s0.tier_bytes, sizeof(fs->tier_bytes0));
 	kvshm__slab_stats(fs->h->seg, fs->h->slab, &fs->slab0);
 	assert_int_equal(plant(fs->c.disk, fs->c.tpl_d2.rel, fs->c.tpl_d2.data, fs->c.tpl_d2.len), 0);
@@ -1620,7 +1620,7 @@ static void test_random_campaign(void **st)
 	each_cache_file(fs->c.disk, camp_scan_file, &cs);
 	each_cache_file(fs->c.rf, camp_scan_file, &cs);
 	kvshm_stats s;
-	assert_int_equal(kvshm_stats_get(h, &s), 0);
+	assert_int_equal(kvshm_stats_get(h, &s, sizeof(s)), 0);
 	printf("file campaign: %d kills in %.1f s, %llu ops, %llu saves (%llu to files), %llu cancels, %llu loads, "
 	       "%llu reads verified, %llu evicted, %llu demotions; %llu keys found, %llu cache files verified\n",
 	       kills, secs, (unsigned long long)sh->ops, (unsigned long long)sh->saves,
@@ -1746,7 +1746,7 @@ static void test_reaper_cleans_file_saves(void **st)
 	assert_no_temps(fs, "reaper cleanup", 0);
 	assert_int_equal(th_log_count(hits, "file.reclaim.decided"), 2);
 	kvshm_stats s;
-	assert_int_equal(kvshm_stats_get(h, &s), 0);
+	assert_int_equal(kvshm_stats_get(h, &s, sizeof(s)), 0);
 	assert_true(s.counters[KVSHM_C_reclaims] >= 2);
 
 	assert_int_equal(kill(reaper_pid, SIGTERM), 0);

@@ -216,7 +216,7 @@ static void test_flipped_byte_never_served(void **st)
 	flip_in_file(h, seg_off_of(h, p.data) + 17);
 	TH_FAILS(kvshm_pin_verify(h, &p), KVSHM_ECORRUPT);
 	assert_null(p.data); /* the pin was released */
-	TH_FAILS(kvshm_unpin(h, &p), -ENOENT);
+	TH_FAILS(kvshm_unpin(h, &p), KVSHM_ENOTFOUND);
 	assert_int_equal(th_counter(h, KVSHM_C_corrupt_rejected), rej0 + 3);
 	th_expect_missing(h, &m, t, 40);
 	/* Bad arguments. */
@@ -314,7 +314,7 @@ static void test_closed_handle(void **st)
 	TH_FAILS(kvshm_get(h2, &m, t, 8, 0, &p), KVSHM_ECLOSED);
 	TH_FAILS(th_put_val(h2, &m, t, 8, 100, 1, KVSHM_TIER_RAM, KVSHM_REASON_OTHER), KVSHM_ECLOSED);
 	kvshm_stats s;
-	TH_FAILS(kvshm_stats_get(h2, &s), KVSHM_ECLOSED);
+	TH_FAILS(kvshm_stats_get(h2, &s, sizeof(s)), KVSHM_ECLOSED);
 	TH_FAILS(kvshm_close(h2), KVSHM_ECLOSED);
 	assert_int_equal(th_stats_of(h).procs_live, 1);
 	th_expect_get(h, &m, t, 8, 100, 1, KVSHM_TIER_RAM);

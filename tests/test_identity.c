@@ -118,7 +118,7 @@ static int worker(struct th_kid *k)
 		fflush(stderr);
 		pid_t g = fork();
 		if (g == 0) {
-			if (kvshm_stats_get(h, &st) < 0) /* binds a slot of its own */
+			if (kvshm_stats_get(h, &st, sizeof(st)) < 0) /* binds a slot of its own */
 				_exit(5);
 			(void)!write(p[1], "g", 1);
 			for (;;)

@@ -174,7 +174,7 @@ static void test_minimum(void **st)
 	uint32_t e[MAXT], f[MAXT], q[MAXT];
 	th_cfg_small(&c, 0);
 	kvshm *h = th_create_cache(name, sizeof(name), "pmin", &c);
-	TH_OK(kvshm_get_config(h, &got));
+	TH_OK(kvshm_config_get(h, &got));
 	assert_int_equal(got.partial_min_tokens, 64); /* the default */
 	kvshm_model m = th_model_of(3);
 	th_toks_of(e, 300, 1);
@@ -191,7 +191,7 @@ static void test_minimum(void **st)
 	th_cfg_small(&c, 0);
 	c.partial_min_tokens = 32;
 	h = th_create_cache(name2, sizeof(name2), "pmin32", &c);
-	TH_OK(kvshm_get_config(h, &got));
+	TH_OK(kvshm_config_get(h, &got));
 	assert_int_equal(got.partial_min_tokens, 32);
 	TH_OK(kvshm_config_validate(&got));
 	put(h, &m, e, 200, 1, RAM);
@@ -207,7 +207,7 @@ static void test_minimum(void **st)
 	c.partial_min_tokens = 0;
 	TH_OK(kvshm_config_validate(&c));
 	h = th_create_cache(name2, sizeof(name2), "pmin0", &c);
-	TH_OK(kvshm_get_config(h, &got));
+	TH_OK(kvshm_config_get(h, &got));
 	assert_int_equal(got.partial_min_tokens, 64);
 	th_finish(h, name2);
 	c.partial_min_tokens = KVSHM_MAX_TOKENS + 1;

@@ -695,7 +695,7 @@ static void test_no_reaper_inline(void **st)
 	assert_int_equal(s.counters[KVSHM_C_reclaimed_sem], 2);
 	th_check_ok(h);
 	TH_OK(kvshm_writer_release(h));
-	TH_FAILS(kvshm_writer_release(h), -ENOENT);
+	TH_FAILS(kvshm_writer_release(h), KVSHM_ENOTFOUND);
 	th_finish(h, name);
 	G.passed = true;
 }
@@ -1269,7 +1269,7 @@ static void test_prune_max_age(void **st)
 	char name[64], log[PLEN];
 	kvshm_config c;
 	kvshm_pin p;
-	uint64_t expired = 9, aged = 9;
+	kvshm_prune_report pr = {9, 9, 9, 9};
 	th_cfg_small(&c, 8);
 	kvshm *h = th_create_cache(name, sizeof(name), "maxage", &c);
 	for (unsigned f = 1; f <= 5; f++)
@@ -1278,23 +1278,23 @@ static void test_prune_max_age(void **st)
 		backdate(h, f, 7200); /* 1..3 are two hours old, 4 and 5 new */
 	TH_OK(pin_fam(h, 3, &p));
 	/* max_age 0: nothing is old. */
-	TH_OK(kvshm_prune(h, 0, &expired, &aged));
-	assert_int_equal(expired, 0);
-	assert_int_equal(aged, 0);
+	TH_OK(kvshm_prune(h, 0, &pr));
+	assert_int_equal(pr.expired, 0);
+	assert_int_equal(pr.aged, 0);
 	assert_int_equal(th_ram_entries(h), 5);
 	/* An hour: 1 and 2 go; 3 is pinned; 4 and 5 are young. */
-	TH_OK(kvshm_prune(h, 3600, &expired, &aged));
-	assert_int_equal(aged, 2);
+	TH_OK(kvshm_prune(h, 3600, &pr));
+	assert_int_equal(pr.aged, 2);
 	assert_false(has_fam(h, 1));
 	assert_false(has_fam(h, 2));
 	for (unsigned f = 3; f <= 5; f++)
 		assert_true(has_fam(h, f));
-	TH_OK(kvshm_prune(h, 3600, NULL, &aged));
-	assert_int_equal(aged, 0);
+	TH_OK(kvshm_prune(h, 3600, &pr));
+	assert_int_equal(pr.aged, 0);
 	th_check_ok(h);
 	TH_OK(kvshm_unpin(h, &p));
-	TH_OK(kvshm_prune(h, 3600, NULL, &aged));
-	assert_int_equal(aged, 1);
+	TH_OK(kvshm_prune(h, 3600, &pr));
+	assert_int_equal(pr.aged, 1);
 	assert_false(has_fam(h, 3));
 
 	/* The daemon's --max-age, at its prune pass. */

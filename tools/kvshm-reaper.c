@@ -628,7 +628,7 @@ int main(int argc, char **argv, char **envp)
 			break;
 		}
 		kvshm_reaper_stats rs;
-		kvshm_reaper_get_stats(r, &rs);
+		kvshm_reaper_stats_get(r, &rs);
 		if (metrics.d) {
 			pthread_mutex_lock(&metrics.mu);
 			metrics.rs = rs;
@@ -668,7 +668,7 @@ int main(int argc, char **argv, char **envp)
 				continue;
 			}
 			st = ns;
-			kvshm_reaper_set_opts(r, &st.ro);
+			kvshm_reaper_opts_set(r, &st.ro);
 			tu_log_level(st.log_level);
 			if (write_sched)
 				tu_logf(LOG_NOTICE, "SIGHUP: reloaded %s (scheduler %s, high %.2f low %.2f)", config_path,

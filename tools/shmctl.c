@@ -204,7 +204,7 @@ static int cmd_status(kvshm *h)
 	kvshm_sched_status ss;
 	kvshm_config c;
 	char a[16], b[16], d[16];
-	if (kvshm_stats_get(h, &st) < 0 || kvshm_sched_get(h, &ss) < 0 || kvshm_get_config(h, &c) < 0 ||
+	if (kvshm_stats_get(h, &st, sizeof(st)) < 0 || kvshm_sched_get(h, &ss) < 0 || kvshm_config_get(h, &c) < 0 ||
 	    kvshm_procs(h, count_identity, &ids) < 0)
 		return fail("status");
 	uint32_t reaper = kvshm_reaper_pid(h);
@@ -584,7 +584,7 @@ static int cmd_delete(kvshm *h, int argc, char **argv)
 static int cmd_stats(kvshm *h)
 {
 	kvshm_stats st;
-	if (kvshm_stats_get(h, &st) < 0)
+	if (kvshm_stats_get(h, &st, sizeof(st)) < 0)
 		return fail("stats");
 	if (json)
 		printf("{");
@@ -717,7 +717,7 @@ static int cmd_reconcile(kvshm *h, int argc, char **argv)
 		fprintf(stderr, "shmctl: reconcile takes only --tier T\n");
 		return EX_USAGE;
 	}
-	if (kvshm_get_config(h, &c) < 0)
+	if (kvshm_config_get(h, &c) < 0)
 		return fail("reconcile");
 	if (json)
 		printf("[");
@@ -777,13 +777,14 @@ static int cmd_evict(kvshm *h, int argc, char **argv)
 
 static int cmd_gc(kvshm *h)
 {
-	uint64_t freed = 0, count = 0, expired = 0;
+	kvshm_prune_report pr;
 	char a[16];
 	/* shmctl attaches without the attach sweep (so that check and procs
 	 * show what is there): gc is where it reclaims dead processes. */
 	int reclaimed = kvshm_sweep(h);
-	if (reclaimed < 0 || kvshm_prune(h, 0, &expired, NULL) < 0 || kvshm_gc(h, &freed, &count) < 0)
+	if (reclaimed < 0 || kvshm_prune(h, 0, &pr) < 0)
 		return fail("gc");
+	uint64_t freed = pr.evicted_bytes, count = pr.evicted, expired = pr.expired;
 	if (json)
 		printf("{\"reclaimed\":%d,\"expired\":%" PRIu64 ",\"freed\":%" PRIu64 ",\"entries\":%" PRIu64 "}\n",
 		       reclaimed, expired, freed, count);
@@ -915,13 +916,13 @@ static int cmd_top(kvshm *h, int argc, char **argv)
 	signal(SIGTERM, on_int);
 	signal(SIGHUP, on_int);
 	kvshm_stats prev, cur;
-	if (kvshm_stats_get(h, &prev) < 0)
+	if (kvshm_stats_get(h, &prev, sizeof(prev)) < 0)
 		return fail("top");
 	bool tty = isatty(STDOUT_FILENO);
 	for (uint32_t it = 0; !top_stop && (!count || it < count); it++) {
 		struct timespec ts = {(time_t)interval, (long)((interval - (double)(time_t)interval) * 1e9)};
 		nanosleep(&ts, NULL);
-		if (kvshm_stats_get(h, &cur) < 0)
+		if (kvshm_stats_get(h, &cur, sizeof(cur)) < 0)
 			return fail("top");
 		char a[16], b[16], c[16];
 #define RATE(ctr) ((double)(cur.counters[ctr] - prev.counters[ctr]) / interval)

@@ -118,7 +118,7 @@ const char *tu_human(char *buf, size_t len, uint64_t bytes)
 int tu_metrics(FILE *f, kvshm *h, const char *cache)
 {
 	kvshm_stats st;
-	int err = kvshm_stats_get(h, &st);
+	int err = kvshm_stats_get(h, &st, sizeof(st));
 	if (err < 0)
 		return err;
 	for (int i = 0; i < KVSHM_NCOUNTERS; i++) {

@@ -246,11 +246,11 @@ KVSHM_EXTERN int kvshm_reaper_start(kvshm *h, const kvshm_reaper_opts *o, kvshm_
 			     (unsigned long long)rep.invalid_removed, (unsigned long long)rep.temps_removed,
 			     (unsigned long long)rep.rows_dropped, rep.repacked ? ", index repacked" : "");
 	}
-	/* Seed 004: a prune pass at start. */
-	uint64_t expired = 0, aged = 0;
-	if (kvshm_prune(h, rp->o.max_age_s, &expired, &aged) == 0 && (expired || aged))
+	/* A prune pass at start: what a dead reaper left expiring goes now. */
+	kvshm_prune_report pr;
+	if (kvshm_prune(h, rp->o.max_age_s, &pr) == 0 && (pr.expired || pr.aged))
 		rlog(rp, LOG_INFO, "prune: %llu reservations expired, %llu entries past max age",
-		     (unsigned long long)expired, (unsigned long long)aged);
+		     (unsigned long long)pr.expired, (unsigned long long)pr.aged);
 	rp->st.prunes++;
 	uint64_t now = kvshm__now_ns();
 	rp->next_prune_ns = now + (uint64_t)rp->o.prune_interval_ms * 1000000ull;
@@ -275,12 +275,12 @@ static void maybe_prune_and_schedule(kvshm_reaper *r)
 	kvshm *h = r->h;
 	uint64_t now = kvshm__now_ns();
 	if (r->o.prune_interval_ms && now >= r->next_prune_ns) {
-		uint64_t expired = 0, aged = 0;
-		if (kvshm_prune(h, r->o.max_age_s, &expired, &aged) < 0)
+		kvshm_prune_report pr;
+		if (kvshm_prune(h, r->o.max_age_s, &pr) < 0)
 			rlog(r, LOG_ERR, "prune: %s", kvshm_last_error());
-		else if (expired || aged)
+		else if (pr.expired || pr.aged)
 			rlog(r, LOG_INFO, "prune: %llu reservations expired, %llu entries past max age",
-			     (unsigned long long)expired, (unsigned long long)aged);
+			     (unsigned long long)pr.expired, (unsigned long long)pr.aged);
 		r->st.prunes++;
 		r->next_prune_ns = now + (uint64_t)r->o.prune_interval_ms * 1000000ull;
 	}
@@ -386,12 +386,12 @@ KVSHM_EXTERN int kvshm_reaper_run(kvshm_reaper *r, volatile int *stop)
 	return err;
 }
 
-KVSHM_EXTERN void kvshm_reaper_get_stats(const kvshm_reaper *r, kvshm_reaper_stats *st)
+KVSHM_EXTERN void kvshm_reaper_stats_get(const kvshm_reaper *r, kvshm_reaper_stats *st)
 {
 	*st = r->st;
 }
 
-KVSHM_EXTERN void kvshm_reaper_set_opts(kvshm_reaper *r, const kvshm_reaper_opts *o)
+KVSHM_EXTERN void kvshm_reaper_opts_set(kvshm_reaper *r, const kvshm_reaper_opts *o)
 {
 	r->o = *o;
 	if (r->o.poll_ms == 0)

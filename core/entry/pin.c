@@ -86,14 +86,14 @@ int kvshm__unpin_ref(kvshm *h, uint32_t idx, uint32_t gen, bool copy)
 {
 	struct kvshm__entry *e = kvshm__entry_at(h, idx);
 	if (!e)
-		return kvshm__fail(-ENOENT, "unpin: entry %u does not exist", idx);
+		return kvshm__fail(KVSHM_ENOTFOUND, "unpin: entry %u does not exist", idx);
 	uint32_t s = idx / h->cfg->entries_per_shard;
 	struct kvshm__slotx *x = kvshm__slotx(h, h->me);
 	int err = kvshm__shard_lock(h, s);
 	if (err < 0)
 		return err;
 	struct kvshm__lock *lk = &h->shards[s].lk;
-	err = -ENOENT;
+	err = KVSHM_ENOTFOUND;
 	unsigned from = copy ? KVSHM_MAX_PINS : 0, to = copy ? KVSHM_PIN_RECORDS : KVSHM_MAX_PINS;
 	for (unsigned i = from; i < to; i++) {
 		struct kvshm__pinrec *r = &x->pins[i];

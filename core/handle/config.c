@@ -122,7 +122,7 @@ void kvshm__config_normalise(const kvshm_config *c, struct kvshm__cfg *n)
 	n->mark_sets = kvshm__marks_sets_for(n->max_entries, c->segment_bytes);
 }
 
-KVSHM_EXTERN int kvshm_get_config(kvshm *h, kvshm_config *out)
+KVSHM_EXTERN int kvshm_config_get(kvshm *h, kvshm_config *out)
 {
 	int err = kvshm__enter(h);
 	if (err < 0)

@@ -73,5 +73,5 @@ KVSHM_EXTERN int kvshm_find_key(kvshm *h, const uint8_t key[16], int tier, kvshm
 		}
 		kvshm__shard_unlock(h, s);
 	}
-	return kvshm__fail(-ENOENT, "no entry with that key");
+	return kvshm__fail(KVSHM_ENOTFOUND, "no entry with that key");
 }

@@ -879,7 +879,7 @@ static pid_t start_reaper(const char *self_dir)
 static void settle(kvshm *h, kvshm_stats *st)
 {
 	for (int i = 0; i < 500; i++) {
-		kvshm_stats_get(h, st);
+		kvshm_stats_get(h, st, sizeof(*st));
 		if (st->procs_live <= 2 && st->entries_reserved == 0 && st->writer_slots_used == 0)
 			return;
 		usleep(10000);

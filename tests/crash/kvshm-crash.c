@@ -811,7 +811,7 @@ static int check_stats(uint32_t expect, const char *when, bool strict)
 {
 	kvshm_stats st;
 	for (int a = 0; a < (strict ? 1 : 8); a++) {
-		if (kvshm_stats_get(G.h, &st) < 0) {
+		if (kvshm_stats_get(G.h, &st, sizeof(st)) < 0) {
 			pfail("%s: stats: %s", when, kvshm_last_error());
 			return -1;
 		}
@@ -1304,8 +1304,7 @@ static int scratch_part(struct sctx *c)
 		SCALL(kvshm_reserve(s, &m6, t, ek[5].n, val_len(seed), &o, &rv));
 		fill_val(rv.data, 0, rv.len, seed);
 		usleep(10000);
-		uint64_t n = 0;
-		SCALL(kvshm_gc(s, NULL, &n));
+		SCALL(kvshm_prune(s, 0, NULL)); /* expires the slow writer's reservation */
 		SCALL(put_key(s, &ek[5], DISK));
 		SCHECK(kvshm_publish(s, &rv) == KVSHM_EEXPIRED, "the slow writer's publish is refused");
 		SCHECK(get_verify(s, &ek[5], "scenario (scratch)") == 0, "the second writer's save reads back");
@@ -1337,7 +1336,7 @@ static int scenario(kvshm *h, struct sctx *c)
 	kvshm_model cm = model_of(TAG_C), dm = model_of(TAG_D), vm = model_of(TAG_V);
 	const uint32_t who = c->who;
 
-	SCALL(kvshm_stats_get(h, &st)); /* binds the inherited handle to a slot of ours */
+	SCALL(kvshm_stats_get(h, &st, sizeof(st))); /* binds the inherited handle to a slot of ours */
 	int r = scratch_part(c);
 	if (r)
 		return r;
@@ -1478,9 +1477,10 @@ static int scenario(kvshm *h, struct sctx *c)
 	atomic_fetch_add(&sh->deletes, count);
 	log_rec(R_DEL_END, who, TAG_V, DISK);
 
-	/* gc, prune, and reconciliation of both file tiers. */
-	SCALL(kvshm_gc(h, &freed, &count));
-	SCALL(kvshm_prune(h, 0, &freed, &count));
+	/* prune (twice: the second finds nothing), and reconciliation of both
+	 * file tiers. */
+	SCALL(kvshm_prune(h, 0, NULL));
+	SCALL(kvshm_prune(h, 0, NULL));
 	kvshm_reconcile_report rep;
 	SCALL(kvshm_reconcile(h, RFILE, &rep));
 	SCALL(kvshm_reconcile(h, DISK, &rep));
@@ -2011,10 +2011,10 @@ static int rworker(kvshm *h, int slot, uint32_t who, uint64_t seed)
 			atomic_fetch_add(&sh->deletes, n);
 			log_rec(R_DEL_END, who, tag, DISK);
 		} else if (op < 895) {
-			if ((err = kvshm_gc(h, NULL, NULL)) < 0)
+			if ((err = kvshm_prune(h, 0, NULL)) < 0)
 				return werr(who, "gc", err);
 		} else if (op < 900) {
-			if ((err = kvshm_prune(h, 0, NULL, NULL)) < 0)
+			if ((err = kvshm_prune(h, 0, NULL)) < 0)
 				return werr(who, "prune", err);
 		} else if (op < 910) {
 			if ((err = kvshm_writer_acquire(h, 100)) == 0) {
@@ -2492,7 +2492,7 @@ static void cache_end(const char *phase)
 	}
 	if (G.h) {
 		kvshm_stats st;
-		if (kvshm_stats_get(G.h, &st) == 0) {
+		if (kvshm_stats_get(G.h, &st, sizeof(st)) == 0) {
 			G.repairs += st.lock_repairs;
 			G.cache_evictions += st.counters[KVSHM_C_evictions];
 			G.expired += st.counters[KVSHM_C_expired];

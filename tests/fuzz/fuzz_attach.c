@@ -144,7 +144,7 @@ static void run_one(void)
 		kvshm_lookup_copy(h, &model, toks[k], 40, 0, buf, sizeof(buf), &len, &nt);
 	}
 	kvshm_stats st;
-	kvshm_stats_get(h, &st);
+	kvshm_stats_get(h, &st, sizeof(st));
 	kvshm_put(h, &model, toks[2], 30, buf, 2000, NULL);
 	kvshm_close(h);
 }

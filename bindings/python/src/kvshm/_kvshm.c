@@ -794,7 +794,7 @@ static PyObject *handle_get_config(HandleObject *self, PyObject *unused)
 	(void)unused;
 	if (!h)
 		return NULL;
-	int rc = CALL(kvshm_get_config(h, &c));
+	int rc = CALL(kvshm_config_get(h, &c));
 	if (rc < 0)
 		return raise_rc(rc);
 	return struct_to_dict(F_config, &c); /* strings copied while mapped */
@@ -1027,17 +1027,18 @@ static PyObject *handle_evict(HandleObject *self, PyObject *args)
 	return Py_BuildValue("(KK)", (unsigned long long)freed, (unsigned long long)count);
 }
 
+/* A prune with no age limit, reporting what the quota evictions freed. */
 static PyObject *handle_gc(HandleObject *self, PyObject *unused)
 {
-	uint64_t freed = 0, count = 0;
+	kvshm_prune_report pr;
 	kvshm *h = live(self);
 	(void)unused;
 	if (!h)
 		return NULL;
-	int rc = CALL(kvshm_gc(h, &freed, &count));
+	int rc = CALL(kvshm_prune(h, 0, &pr));
 	if (rc < 0)
 		return raise_rc(rc);
-	return Py_BuildValue("(KK)", (unsigned long long)freed, (unsigned long long)count);
+	return Py_BuildValue("(KK)", (unsigned long long)pr.evicted_bytes, (unsigned long long)pr.evicted);
 }
 
 /* A growable array of C records, filled by a kvshm_list/kvshm_procs
@@ -1191,7 +1192,7 @@ static PyObject *handle_stats(HandleObject *self, PyObject *unused)
 	(void)unused;
 	if (!h)
 		return NULL;
-	int rc = CALL(kvshm_stats_get(h, &st));
+	int rc = CALL(kvshm_stats_get(h, &st, sizeof(st)));
 	if (rc < 0)
 		return raise_rc(rc);
 	return struct_to_dict(F_stats, &st);
@@ -1272,14 +1273,15 @@ static PyObject *handle_sweep(HandleObject *self, PyObject *unused)
 
 static PyObject *handle_prune(HandleObject *self, PyObject *arg)
 {
-	uint64_t age, expired = 0, aged = 0;
+	uint64_t age;
+	kvshm_prune_report pr;
 	kvshm *h = live(self);
 	if (!h || get_u64(arg, "max_age_s", &age) < 0)
 		return NULL;
-	int rc = CALL(kvshm_prune(h, age, &expired, &aged));
+	int rc = CALL(kvshm_prune(h, age, &pr));
 	if (rc < 0)
 		return raise_rc(rc);
-	return Py_BuildValue("(KK)", (unsigned long long)expired, (unsigned long long)aged);
+	return Py_BuildValue("(KK)", (unsigned long long)pr.expired, (unsigned long long)pr.aged);
 }
 
 static PyObject *handle_reaper_pid(HandleObject *self, PyObject *unused)
@@ -1534,7 +1536,7 @@ static PyObject *reaper_stats(ReaperObject *r, PyObject *unused)
 	(void)unused;
 	if (!kr)
 		return NULL;
-	kvshm_reaper_get_stats(kr, &st);
+	kvshm_reaper_stats_get(kr, &st);
 	return struct_to_dict(F_reaper_stats, &st);
 }
 
@@ -1548,7 +1550,7 @@ static PyObject *reaper_set_opts(ReaperObject *r, PyObject *args)
 		log = r->log ? r->log : Py_None;
 	if (reaper_opts(r, od, log) < 0)
 		return NULL;
-	kvshm_reaper_set_opts(kr, &r->o);
+	kvshm_reaper_opts_set(kr, &r->o);
 	Py_RETURN_NONE;
 }
 
