@@ -53,7 +53,8 @@ LIB_HDRS     := $(wildcard include/*.h shm/*.h core/*.h core/*/*.h)
 TOOL_UTIL    := tools/util.c
 TOOLS        := $(patsubst tools/%.c,%,$(filter-out $(TOOL_UTIL),$(wildcard tools/*.c)))
 TESTS        := $(patsubst tests/%.c,%,$(wildcard tests/test_*.c))
-TEST_SUPPORT := $(filter-out $(wildcard tests/test_*.c),$(wildcard tests/*.c))
+TEST_SUPPORT := $(wildcard tests/fixture/*.c)
+TEST_HDRS    := tests/harness.h $(wildcard tests/fixture/*.h)
 
 B            := build
 REL_OBJS     := $(LIB_SRCS:%.c=$(B)/rel/%.o)
@@ -195,24 +196,24 @@ $(B)/crashpoints.list: $(LIB_SRCS)
 crashpoints: $(B)/crashpoints.list
 	@cat $<
 
-$(B)/tst/tests/%: tests/%.c $(TEST_SUPPORT) $(B)/libkvshm-tst.a tests/*.h
+$(B)/tst/tests/%: tests/%.c $(TEST_SUPPORT) $(B)/libkvshm-tst.a $(TEST_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(TST_FLAGS) $(CFLAGS) -Itests $< $(TEST_SUPPORT) -o $@ \
 	  $(B)/libkvshm-tst.a $(DEP_LIBS) $(TEST_LIBS) $(LDFLAGS)
-$(B)/san/tests/%: tests/%.c $(TEST_SUPPORT) $(B)/libkvshm-san.a tests/*.h
+$(B)/san/tests/%: tests/%.c $(TEST_SUPPORT) $(B)/libkvshm-san.a $(TEST_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(CFLAGS) -Itests $< $(TEST_SUPPORT) -o $@ \
 	  $(B)/libkvshm-san.a $(DEP_LIBS) $(TEST_LIBS) $(LDFLAGS)
 
 # The adapter's tests run the real engine (test variant; and sanitizers on
 # kvshm's own code: the engine is not instrumented).
-$(B)/tst/tests/%: llama/tests/%.c $(B)/libkvshm-llama-tst.a $(B)/libkvshm-tst.a $(LIB_HDRS) $(LLAMA_HDRS)
+$(B)/tst/tests/%: llama/tests/%.c $(TEST_SUPPORT) $(B)/libkvshm-llama-tst.a $(B)/libkvshm-tst.a $(LIB_HDRS) $(LLAMA_HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(BASE_CFLAGS) $(LLAMA_CFLAGS) $(TST_FLAGS) $(CFLAGS) -Itests $< tests/harness.c -o $@ \
+	$(CC) $(BASE_CFLAGS) $(LLAMA_CFLAGS) $(TST_FLAGS) $(CFLAGS) -Itests $< $(TEST_SUPPORT) -o $@ \
 	  $(B)/libkvshm-llama-tst.a $(B)/libkvshm-tst.a $(DEP_LIBS) $(TEST_LIBS) $(LLAMA_LIBS) $(LLAMA_RPATH) $(LDFLAGS)
-$(B)/san/tests/%: llama/tests/%.c $(B)/libkvshm-llama-san.a $(B)/libkvshm-san.a $(LIB_HDRS) $(LLAMA_HDRS)
+$(B)/san/tests/%: llama/tests/%.c $(TEST_SUPPORT) $(B)/libkvshm-llama-san.a $(B)/libkvshm-san.a $(LIB_HDRS) $(LLAMA_HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(BASE_CFLAGS) $(LLAMA_CFLAGS) $(SAN_FLAGS) $(CFLAGS) -Itests $< tests/harness.c -o $@ \
+	$(CC) $(BASE_CFLAGS) $(LLAMA_CFLAGS) $(SAN_FLAGS) $(CFLAGS) -Itests $< $(TEST_SUPPORT) -o $@ \
 	  $(B)/libkvshm-llama-san.a $(B)/libkvshm-san.a $(DEP_LIBS) $(TEST_LIBS) $(LLAMA_LIBS) $(LLAMA_RPATH) $(LDFLAGS)
 
 # Models written by kvshm-mkmodel from the fetched tokenizer: the demo's
