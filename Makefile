@@ -30,7 +30,7 @@ CC           ?= cc
 AR           ?= ar
 PKG_CONFIG   ?= pkg-config
 PKGS         := libbsd-overlay tdb libxxhash
-TEST_PKGS    := cmocka
+TEST_PKGS    := cmocka jansson
 
 # Recursively expanded: pkg-config runs after `deps` has installed it.
 DEP_CFLAGS    = $(shell $(PKG_CONFIG) --cflags $(PKGS))
