@@ -222,6 +222,7 @@ static void test_config_invalid(void **st)
 		char name[64];
 		kvshm *h = (kvshm *)&h;
 		th_name(name, sizeof(name), "badcfg");
+		th_destroy_later(name);
 		TH_FAILS(kvshm_open(name, &c, KVSHM_OPEN_CREATE, &h), KVSHM_ECONFIG);
 		assert_null(h);
 		assert_non_null(strstr(kvshm_last_error(), cases[i].field));
@@ -262,6 +263,7 @@ static void test_config_too_small_for_tables(void **st)
 	c.segment_bytes = 4 * TH_MIB;
 	c.max_procs = 8192; /* process table alone is several MiB */
 	th_name(name, sizeof(name), "tables");
+	th_destroy_later(name);
 	TH_OK(kvshm_config_validate(&c)); /* each field is in range */
 	TH_FAILS(kvshm_open(name, &c, KVSHM_OPEN_CREATE, &h), KVSHM_ECONFIG);
 	assert_null(h);
@@ -275,7 +277,7 @@ static void test_config_too_small_for_tables(void **st)
 	TH_FAILS(kvshm_open(name, &c, 0, &h), -ENOENT);
 }
 
-static void test_get_config_roundtrip(void **st)
+static void test_config_get_roundtrip(void **st)
 {
 	(void)st;
 	char name[64];
@@ -701,9 +703,8 @@ static void test_token_mismatch(void **st)
 
 static int force_off(void **st)
 {
-	(void)st;
 	kvshm__test_force_hash(0);
-	return 0;
+	return th_teardown_caches(st);
 }
 
 static uint32_t coll_seed(unsigned fam, unsigned k, uint32_t L)
@@ -1865,7 +1866,24 @@ static void test_stats(void **st)
 	assert_int_equal(s.tier_entries[KVSHM_TIER_RAM], 0);
 	for (int i = 0; i < KVSHM_NCOUNTERS; i++)
 		assert_int_equal(s.counters[i], 0);
+	assert_int_equal(s.ncounters, KVSHM_NCOUNTERS);
 	assert_int_equal(s.data_free_bytes, s.data_bytes);
+	/* A caller built with fewer counters gets its part, nothing past it;
+	 * one that does not reach the counters is refused. */
+	struct {
+		kvshm_stats st;
+		uint64_t guard[4];
+	} older;
+	memset(&older, 0xa5, sizeof(older));
+	size_t cut = offsetof(kvshm_stats, counters) + 8 * sizeof(uint64_t);
+	TH_OK(kvshm_stats_get(h, &older.st, cut));
+	assert_int_equal(older.st.procs_live, 3);
+	assert_int_equal(older.st.ncounters, KVSHM_NCOUNTERS);
+	for (int i = 0; i < 8; i++)
+		assert_int_equal(older.st.counters[i], 0); /* written: they were 0xa5 bytes */
+	for (size_t i = cut; i < sizeof(older); i++)
+		assert_int_equal(((const uint8_t *)&older)[i], 0xa5);
+	TH_FAILS(kvshm_stats_get(h, &older.st, offsetof(kvshm_stats, counters) - 1), -EINVAL);
 	TH_OK(kvshm_close(h3));
 	assert_int_equal(th_stats_of(h2).procs_live, 2);
 
@@ -2464,42 +2482,42 @@ static void test_concurrency(void **st)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_open_defaults),
-		cmocka_unit_test(test_config_invalid),
-		cmocka_unit_test(test_config_too_small_for_tables),
-		cmocka_unit_test(test_get_config_roundtrip),
-		cmocka_unit_test(test_destroy_busy),
-		cmocka_unit_test(test_bad_input),
-		cmocka_unit_test(test_prefix_lengths),
-		cmocka_unit_test(test_model_identity),
-		cmocka_unit_test(test_token_mismatch),
+		cmocka_unit_test_teardown(test_open_defaults, th_teardown_caches),
+		cmocka_unit_test_teardown(test_config_invalid, th_teardown_caches),
+		cmocka_unit_test_teardown(test_config_too_small_for_tables, th_teardown_caches),
+		cmocka_unit_test_teardown(test_config_get_roundtrip, th_teardown_caches),
+		cmocka_unit_test_teardown(test_destroy_busy, th_teardown_caches),
+		cmocka_unit_test_teardown(test_bad_input, th_teardown_caches),
+		cmocka_unit_test_teardown(test_prefix_lengths, th_teardown_caches),
+		cmocka_unit_test_teardown(test_model_identity, th_teardown_caches),
+		cmocka_unit_test_teardown(test_token_mismatch, th_teardown_caches),
 		cmocka_unit_test_teardown(test_forced_collision, force_off),
-		cmocka_unit_test(test_hash_stale_stack),
-		cmocka_unit_test(test_pin_survives_eviction),
-		cmocka_unit_test(test_evict_skips_pinned),
-		cmocka_unit_test(test_pin_limit),
-		cmocka_unit_test(test_unpin_twice),
-		cmocka_unit_test(test_reject),
-		cmocka_unit_test(test_copy_out),
-		cmocka_unit_test(test_reserve_publish_cancel),
-		cmocka_unit_test(test_reservation_limit),
-		cmocka_unit_test(test_close_releases),
-		cmocka_unit_test(test_expiry),
-		cmocka_unit_test(test_quota_never_exceeded),
-		cmocka_unit_test(test_eviction_order),
-		cmocka_unit_test(test_nospace_when_pinned),
-		cmocka_unit_test(test_entry_capacity),
-		cmocka_unit_test(test_list),
-		cmocka_unit_test(test_list_stops),
-		cmocka_unit_test(test_delete_filter),
-		cmocka_unit_test(test_stats),
-		cmocka_unit_test(test_single_flight),
-		cmocka_unit_test(test_single_flight_cancelled),
-		cmocka_unit_test(test_wait_timeout),
-		cmocka_unit_test(test_fork_child),
-		cmocka_unit_test(test_fork_child_dies),
-		cmocka_unit_test(test_fork_close_unused),
-		cmocka_unit_test(test_concurrency),
+		cmocka_unit_test_teardown(test_hash_stale_stack, th_teardown_caches),
+		cmocka_unit_test_teardown(test_pin_survives_eviction, th_teardown_caches),
+		cmocka_unit_test_teardown(test_evict_skips_pinned, th_teardown_caches),
+		cmocka_unit_test_teardown(test_pin_limit, th_teardown_caches),
+		cmocka_unit_test_teardown(test_unpin_twice, th_teardown_caches),
+		cmocka_unit_test_teardown(test_reject, th_teardown_caches),
+		cmocka_unit_test_teardown(test_copy_out, th_teardown_caches),
+		cmocka_unit_test_teardown(test_reserve_publish_cancel, th_teardown_caches),
+		cmocka_unit_test_teardown(test_reservation_limit, th_teardown_caches),
+		cmocka_unit_test_teardown(test_close_releases, th_teardown_caches),
+		cmocka_unit_test_teardown(test_expiry, th_teardown_caches),
+		cmocka_unit_test_teardown(test_quota_never_exceeded, th_teardown_caches),
+		cmocka_unit_test_teardown(test_eviction_order, th_teardown_caches),
+		cmocka_unit_test_teardown(test_nospace_when_pinned, th_teardown_caches),
+		cmocka_unit_test_teardown(test_entry_capacity, th_teardown_caches),
+		cmocka_unit_test_teardown(test_list, th_teardown_caches),
+		cmocka_unit_test_teardown(test_list_stops, th_teardown_caches),
+		cmocka_unit_test_teardown(test_delete_filter, th_teardown_caches),
+		cmocka_unit_test_teardown(test_stats, th_teardown_caches),
+		cmocka_unit_test_teardown(test_single_flight, th_teardown_caches),
+		cmocka_unit_test_teardown(test_single_flight_cancelled, th_teardown_caches),
+		cmocka_unit_test_teardown(test_wait_timeout, th_teardown_caches),
+		cmocka_unit_test_teardown(test_fork_child, th_teardown_caches),
+		cmocka_unit_test_teardown(test_fork_child_dies, th_teardown_caches),
+		cmocka_unit_test_teardown(test_fork_close_unused, th_teardown_caches),
+		cmocka_unit_test_teardown(test_concurrency, th_teardown_caches),
 	};
 	/* KVSHM_TEST_FILTER=test_expiry (a cmocka pattern) runs a subset. */
 	const char *filter = getenv("KVSHM_TEST_FILTER");

@@ -1629,6 +1629,9 @@ static void test_random_campaign(void **st)
 	       (unsigned long long)s.counters[KVSHM_C_demotions], (unsigned long long)found,
 	       (unsigned long long)cs.files);
 	assert_true(sh->verified > 0 && sh->file_saves > 0);
+	/* A read-back that found nothing checked nothing. */
+	if (found == 0)
+		fail_msg("campaign: the read-back found no key at all (seed %llu)", (unsigned long long)seed);
 	release_fs(fs, true);
 	munmap(sh, sizeof(*sh));
 }
