@@ -292,7 +292,7 @@ static void fig_prefix(void)
 			samp[ns++] = bench_now_ns() - a;
 		}
 		double cmp = p50_of(samp, ns);
-		/* the library's own boundary hashing of the prompt (core/key.c) */
+		/* the library's own boundary hashing of the prompt (core/entry/key.c) */
 		ns = 0;
 		for (uint64_t tk = bench_now_ns(); ns < 20000 && (ns < 100 || bench_now_ns() - tk < 30000000ull);) {
 			struct kvshm__keyhash kh;

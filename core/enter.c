@@ -1,6 +1,7 @@
 /*
  * core/enter.c — the guard every public call passes (a closed handle, a
  * forked child rebinding to a slot of its own) and claiming a slot.
+ * Not opening a handle (core/handle/open.c).
  */
 #include "core/ops.h"
 

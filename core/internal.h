@@ -95,7 +95,7 @@ struct kvshm {
 	struct kvshm__shard *shards;
 	uint32_t *buckets;
 	struct kvshm__entry *entries;
-	struct kvshm__markset *marks; /* cfg->mark_sets marker sets (core/partial.c) */
+	struct kvshm__markset *marks; /* cfg->mark_sets marker sets (core/entry/marks.c) */
 	const struct kvshm__cfg *cfg;
 	struct kvshm__keyctx kc;   /* hashing: the secret derived from cfg->seed, the chunk size */
 	uint32_t me, me_gen;       /* our process slot */

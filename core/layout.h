@@ -16,7 +16,7 @@
  *   ├──────────────┤ region ENTRIES
  *   │ entry[0..E)  │ partitioned: shard s owns [s·E/S, (s+1)·E/S)
  *   ├──────────────┤ region MARKS
- *   │ marker sets  │ partial-prefix hints: 64-byte sets of 8 u64 (core/partial.c)
+ *   │ marker sets  │ partial-prefix hints: 64-byte sets of 8 u64 (core/entry/marks.c)
  *   ├──────────────┤ region SLAB
  *   │ slab + pages │ shm/slab.h: blobs (model, tokens, value)
  *   └──────────────┘
@@ -35,6 +35,9 @@
  * Nesting used: shard → slab is allowed by rank but not used: blobs move
  * between an entry and a slot under the shard lock (ownership hand-over),
  * and are freed under the slab lock afterwards (see core/entry/index.c).
+ *
+ * Not the functions over these structs: each layer's header declares its
+ * own.
  */
 #ifndef KVSHM_CORE_LAYOUT_H
 #define KVSHM_CORE_LAYOUT_H
@@ -252,7 +255,7 @@ struct kvshm__entry {
 #define KVSHM_EF_STAGE_RESERVED 0u
 #define KVSHM_EF_STAGE_TMP 1u    /* temporary file created */
 #define KVSHM_EF_STAGE_LINKED 2u /* linked into place (validate and adopt on death); also an
-				  * entry being removed (core/tier.c) */
+				  * entry being removed (core/tier/fileentry.c) */
 #define KVSHM_EF_STAGE_COMMIT 3u /* past the expiry check, being linked: a save at this stage
 				  * or LINKED finishes (or dies); it never expires */
 #define KVSHM_EF_LOADING 4u      /* a file load is verifying it: owner/owner_gen say who */
@@ -274,7 +277,7 @@ struct kvshm__blob {
 	uint8_t pad[3];
 	uint32_t voff;         /* the value's offset from the blob: kvshm__blob_value_off
 				* (ntokens), or further on to start a page of its own
-				* (a value written through a window, core/save.c) */
+				* (a value written through a window, core/tier/ram.c) */
 	uint32_t tokens[];     /* ntokens, then padding, then the value at voff */
 };
 
@@ -295,7 +298,7 @@ static inline bool kvshm__blob_voff_ok(uint32_t ntokens, uint64_t voff)
 	return voff >= kvshm__blob_value_off(ntokens) && voff % 64 == 0 && voff < (1ull << 32);
 }
 
-/* ---- the marker table (region MARKS, core/partial.c) ------------------------------ */
+/* ---- the marker table (region MARKS, core/entry/marks.c) --------------------------- */
 
 /*
  * A set of 8 markers, one cache line. A marker says "entry `idx` (in its

@@ -5,7 +5,7 @@
  * HOW THE LONGEST PREFIX IS FOUND
  *   An entry of L <= n tokens is a prefix match of a query of n tokens only
  *   if it chains under the query's hash at the largest chain boundary b_j <=
- *   L (core/key.c: boundaries 0, 1, 2, 4, ... below the chunk size C, then
+ *   L (core/entry/key.c: boundaries 0, 1, 2, 4, ... below the chunk size C, then
  *   every multiple of C). So we probe the query's boundaries from the
  *   largest down: at each we lock the shard of h[j], walk its chain, and
  *   among the ready entries whose term equals h[j] and whose model and tokens
@@ -23,6 +23,9 @@
  * KVSHM_LOOKUP_PARTIAL (the longest common prefix, also with entries
  * longer than the query or diverging from it) walks the same levels in
  * core/partial.c, which explains how.
+ *
+ * Not how a pinned value is made readable (each tier's load, core/tier/)
+ * nor the partial walk (core/partial.c).
  */
 #include <string.h>
 

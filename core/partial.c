@@ -19,7 +19,7 @@
  *
  * WHERE SUCH ENTRIES ARE
  *   Let the query's chain boundaries be b_0 = 0 < b_1 < ... < b_top <= n
- *   (core/key.c), h[j] their hashes. An entry with common prefix c, b_j <=
+ *   (core/entry/key.c), h[j] their hashes. An entry with common prefix c, b_j <=
  *   c < b_{j+1}, has the query's h[0..j] as its own first boundary hashes.
  *   An entry chains only under its terminal boundary's hash, so:
  *   (a) if its terminal boundary is b_j (b_j <= L < b_{j+1}) it is in the

@@ -9,6 +9,8 @@
  * BPE re-tokenisation. Continued saves fire every `continued_interval` new
  * tokens; finish saves at the end of a stream; evict and shutdown saves
  * are unconditional and do not consult the policy.
+ *
+ * Not the saving itself (core/save.c).
  */
 #include "core/ops.h"
 

@@ -7,7 +7,9 @@
  * as garbage or not at all. kvshm_reject marks the pinned entry bad (no new
  * pins: lookups pass over it) and releases the caller's pin; the entry is
  * removed with the last pin (at once when no one else holds it), the same
- * path a file entry that fails verification takes (core/lookup.c).
+ * path a value that fails verification takes (each tier's reject).
+ *
+ * Not verification by checksum (each tier's sound and reject).
  */
 #include <errno.h>
 #include <string.h>
@@ -44,7 +46,7 @@ KVSHM_EXTERN int kvshm_reject(kvshm *h, kvshm_pin *pin)
 	}
 	kvshm__shard_unlock(h, s);
 	/* Flagged, still pinned: a death here is reclaim's (the last pin of a
-	 * flagged entry removes it, core/reclaim.c). */
+	 * flagged entry removes it, core/maint/reclaim.c). */
 	KVSHM_CRASH_POINT("reject.flagged");
 	if (marked)
 		kvshm__count(h, KVSHM_C_rejected, 1);

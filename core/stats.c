@@ -5,6 +5,8 @@
  * stripes; a handle adds to the stripe of its slot index and readers sum
  * the stripes. They are event counts: a process killed between an action
  * and its count may leave one uncounted, which no invariant depends on.
+ *
+ * Not counting (kvshm__count, core/internal.h).
  */
 #include <stddef.h>
 #include <string.h>

@@ -1,6 +1,8 @@
 /*
  * core/writer.c — the public face of the writer semaphore (shm/sem.c):
  * bounded concurrency for file saves, units recorded per process slot.
+ * Not the semaphore itself (shm/sem.c) nor the file saves that take its
+ * units (core/tier/file.c).
  */
 #include "core/ops.h"
 

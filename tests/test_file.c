@@ -246,7 +246,7 @@ static uint64_t ram_footprint(size_t n, size_t len)
 }
 
 /* ======================================================================
- * The format (core/fileformat.c) and CRC32C
+ * The format (core/tier/fileformat.c) and CRC32C
  * ====================================================================== */
 
 /* A cache file for (m, t[0..n), key) holding len bytes from seed. */

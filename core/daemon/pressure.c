@@ -16,6 +16,8 @@
  * Runs in the reaper (on its interval, or at once when kvshm_sched_force
  * bumps force_seq), or in any process through kvshm_sched_check. The
  * control lock is never held while sampling (I/O) or evicting.
+ *
+ * Not the control block it reads and records into (core/sched.c).
  */
 #include <limits.h>
 #include <stdio.h>

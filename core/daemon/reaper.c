@@ -23,7 +23,7 @@
  *   2. poll() every pidfd, up to poll_ms (50): a death makes its pidfd
  *      readable within tens of microseconds; a new process is noticed on
  *      the next scan, so within poll_ms.
- *   3. Reclaim each dead slot (core/reclaim.c), log it, count it.
+ *   3. Reclaim each dead slot (core/maint/reclaim.c), log it, count it.
  *   4. When due: a prune pass (at start, then every prune_interval_ms) and
  *      a scheduler check (every interval_ms when enabled, or at once when
  *      kvshm_sched_force bumped the force word).
@@ -33,6 +33,9 @@
  * until its child handler closes it: a death the pidfd announces in that
  * window is reclaimed by the next loop's check once the lock has gone,
  * without spinning on a pidfd that stays readable).
+ *
+ * Not what reclaiming a slot does (core/maint/reclaim.c) nor a prune pass
+ * (core/maint/prune.c).
  */
 #include <fcntl.h>
 #include <poll.h>

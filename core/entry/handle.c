@@ -1,6 +1,7 @@
 /*
  * core/entry/handle.c — what every layer needs of a handle: its process
  * slot's records, the sweep of dead slots, and counting a published save.
+ * Not opening or closing handles (core/handle/).
  */
 #include "core/entry/entry.h"
 

@@ -4,7 +4,7 @@
  *
  * Each shard owns a contiguous partition of the entry array, a bucket
  * array of chain heads, and a free list. An entry chains in the bucket of
- * its boundary hash `term` (see core/key.c); exact and prefix lookups both
+ * its boundary hash `term` (see core/entry/key.c); exact and prefix lookups both
  * walk that chain and compare candidates in full (model and every token),
  * so a hash collision costs a comparison, never a wrong answer.
  *
@@ -13,6 +13,9 @@
  * reservations) that point into the shard, so a process killed mid-change
  * is rolled back exactly by the next locker. The shard repair routine has
  * nothing left to recompute; it only counts.
+ *
+ * Not reading an entry (core/entry/entry.c), pins (core/entry/pin.c) or
+ * what a tier keeps of an entry's value (core/tier/).
  */
 #include <assert.h>
 #include <string.h>

@@ -28,6 +28,8 @@
  * combines h[n/C] ^ KEY_DOMAIN with the hash of the tail tokens.
  * Tokens are hashed as little-endian u32 (the machine's order: kvshm builds
  * only on little-endian hosts).
+ *
+ * Not the index those hashes lead to (core/entry/index.c).
  */
 #define XXH_STATIC_LINKING_ONLY /* XXH3_generateSecret_fromSeed, secret sizes */
 #include <stdlib.h>

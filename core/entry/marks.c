@@ -11,9 +11,9 @@
  *   per entry of capacity, at most 1/32 of the segment (default cache: 1
  *   MiB of 512). It is soft state:
  *   - written with compare-and-swap and no lock, by every path that makes
- *     an entry: kvshm__reserve_entry (core/save.c: RAM and file saves, and
- *     so demotion and promotion) and kvshm__file_adopt (core/tier.c:
- *     reconciliation). Not journaled: a writer that dies halfway leaves
+ *     an entry: kvshm__reserve_entry (core/tier/reserve.c: RAM and file
+ *     saves, and so demotion and promotion) and kvshm__entry_adopt (the
+ *     same file: reconciliation). Not journaled: a writer that dies halfway leaves
  *     some of its markers, each true or stale, and nothing to undo;
  *   - never cleaned: a freed or re-used entry leaves stale markers (its
  *     gen moved on), which later inserts overwrite first;

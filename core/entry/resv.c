@@ -54,7 +54,7 @@ int kvshm__expire(kvshm *h, uint64_t *count)
 		/* Bounded by the journal: expire a batch, come back for more. A
 		 * file save that is committing (or an entry being removed) is past
 		 * the point where another writer could take its key over: it
-		 * finishes, or its death is reclaimed (core/tier.c). */
+		 * finishes, or its death is reclaimed (core/tier/fileentry.c). */
 		for (uint32_t k = 0; k < sh->cap && here < KVSHM_JOURNAL_MAX / 2; k++) {
 			struct kvshm__entry *e = &h->entries[sh->first + k];
 			uint32_t stage = e->flags & KVSHM_EF_STAGE_MASK;

@@ -1,6 +1,7 @@
 /*
  * core/handle/config.c — a cache's configuration: the defaults, their
  * validation, the normalised copy kept in the segment, and reading it back.
+ * Not the segment built from it (core/handle/create.c).
  */
 #include <string.h>
 #include <unistd.h>

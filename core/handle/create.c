@@ -2,6 +2,8 @@
  * core/handle/create.c — building a cache's segment: the layout signature,
  * the header's checksum, and every region placed and initialised under a
  * temporary name before the segment is linked into place (shm/segment.c).
+ *
+ * Not attaching to a segment that exists (core/handle/open.c).
  */
 #include <fcntl.h>
 #include <limits.h>

@@ -8,6 +8,8 @@
  * handle claims a process slot; when the table is full, or on every attach,
  * dead processes' slots are swept first, so the cache heals without a
  * reaper.
+ *
+ * Not the guard of each call on an open handle (core/enter.c).
  */
 #include <pthread.h>
 #include <stdlib.h>

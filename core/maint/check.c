@@ -27,6 +27,9 @@
  * answers, or its reclaim has not finished — is not damage but work left
  * for a sweep: when nothing else is wrong the check says so with
  * KVSHM_EUNRECLAIMED, naming the first such slot.
+ *
+ * Not a repair: it only reports (reconciliation and fsck --repair put
+ * things right).
  */
 #include <dirent.h>
 #include <fcntl.h>

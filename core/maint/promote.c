@@ -12,6 +12,9 @@
  * This file holds the pure decision (kvshm_promote_plan); the reaper feeds
  * it the residents and candidates of adjacent tiers and carries out the
  * moves (a file entry loaded through its tier's table, copied into RAM).
+ *
+ * Not eviction (core/tier/room.c), which promotion calls for a displaced
+ * resident.
  */
 #include <limits.h>
 #include <math.h>

@@ -16,6 +16,9 @@
  *   4. writer-semaphore units go back to the semaphore;
  *   5. a reconciliation it was running is run again to the end.
  * The caller then frees the slot itself.
+ *
+ * Not noticing the death (the reaper, core/daemon/reaper.c; a sweep,
+ * core/entry/handle.c).
  */
 #include <limits.h>
 

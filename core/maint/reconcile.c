@@ -18,6 +18,9 @@
  *      missed by the scan is looked at again, since saves go on meanwhile.
  * Index changes are batched in one TDB transaction (a synced commit costs
  * four fdatasyncs: one per file would be 1.4k files/s at best).
+ *
+ * Not the offline check of a directory without a segment
+ * (core/maint/fsck.c).
  */
 #include <dirent.h>
 #include <fcntl.h>
@@ -342,7 +345,7 @@ out_nobatch:
  * A reconciliation is marked in our slot while it runs: one that dies
  * midway leaves entries adopted whose rows were never committed, or rows
  * committed for files not yet adopted, and no other record of either. Its
- * reclaimer (core/reclaim.c) runs it again to the end.
+ * reclaimer (core/maint/reclaim.c) runs it again to the end.
  */
 KVSHM_EXTERN int kvshm_reconcile(kvshm *h, int tier, kvshm_reconcile_report *rep)
 {

@@ -6,6 +6,8 @@
  * instruction, 8 bytes at a time, where the CPU has it (checked at run time),
  * else a slicing-by-8 table. Both give the standard CRC32C (check value
  * 0xE3069283 for "123456789"), tested against each other.
+ *
+ * Not the hashing of keys (core/entry/key.c, XXH3).
  */
 #include <stddef.h>
 #include <stdint.h>

@@ -1,6 +1,8 @@
 /*
  * core/tier/fileformat.c — encode, read and check cache files, and their paths.
- * The format is described in core/file.h.
+ * The format is described in core/tier/file.h.
+ * Not where files live or how they are saved (core/tier/filedir.c,
+ * core/tier/file.c).
  */
 #include <fcntl.h>
 #include <stddef.h>

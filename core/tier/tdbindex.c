@@ -15,6 +15,8 @@
  * selects its better (Jenkins) hash. A process killed in the middle of a
  * transaction can leave a file that tdb_check rejects while its data is
  * intact; at open we tdb_check and tdb_repack when it fails, never discard.
+ *
+ * Not the files it indexes (core/tier/file*.c), which are what is durable.
  */
 #include <fcntl.h>
 #include <pthread.h>
