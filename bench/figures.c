@@ -28,6 +28,7 @@
  * syncs. The files produced are the same; only their durability is skipped.
  *
  *   figures [-o CSV] [-n REBUILD_ENTRIES] [-f prefix|overhead|ram|disk|rebuild]
+ * Not the comparison with other stores (bench/peers.c).
  */
 #define XXH_STATIC_LINKING_ONLY /* XXH3_generateSecret_fromSeed */
 #include <dirent.h>

@@ -8,6 +8,8 @@
  * publish); restore (kvshm_llama_restore: lookup, set_data from the pin,
  * cut); the restore's bytes per second against a memcpy of the same bytes
  * out of the same pin. Medians of REPS runs; rows also go to a CSV.
+ * Not kvshm's own figures (bench/figures.c) nor a test: it measures, it
+ * does not judge.
  */
 #include <stdio.h>
 #include <stdlib.h>

@@ -5,6 +5,7 @@
  * (a dying process tears down its mapping before its pidfd turns readable,
  * so big mappings delay the notice). Prints p50/p99 of kill → slot free and
  * of pidfd readable → slot free (the reaper's own work).
+ * Not a test: it measures, and has nothing to pass or fail.
  */
 #include <signal.h>
 #include <stdio.h>

@@ -17,6 +17,8 @@
  *   ./a.out MODEL.gguf
  * ($ENGINE: build/llama of a kvshm tree after `make engine`; a model:
  * build/bin/kvshm-mkmodel, or any llama-architecture GGUF.)
+ * Not a benchmark or a test: the smallest program that uses the adapter as
+ * a worker pool would.
  */
 #define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
 #include <stdio.h>

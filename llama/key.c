@@ -21,6 +21,7 @@
  *                every context setting that changes the state's format or
  *                values, plus the engine's version and state format
  *                version, plus a caller's salt.
+ * Not restoring or saving a sequence (llama/seq.c).
  */
 #include <errno.h>
 #include <fcntl.h>

@@ -2,6 +2,7 @@
  * shm/common.h — what every file of the shm/ layer (and core/ above it)
  * shares: alignment helpers, the internal error reporter, the crash-point
  * macro and time helpers. No cache meaning lives here.
+ * Not for anything that knows what an entry is (core/).
  */
 #ifndef KVSHM_SHM_COMMON_H
 #define KVSHM_SHM_COMMON_H

@@ -8,6 +8,7 @@
  * copies the table mid-change, and a claim registers its descriptor the
  * moment it opens it). An inherited descriptor would keep the parent's
  * lock, and so its slot, alive after the parent died.
+ * Not the process table that records identities (shm/proc.c).
  */
 #include <assert.h>
 #include <fcntl.h>

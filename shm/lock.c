@@ -1,6 +1,7 @@
 /*
  * shm/lock.c — robust locks, the undo journal and its rollback. See
  * shm/lock.h for the protocol.
+ * Not what the locks guard: each lock class's repair is its owner's.
  */
 #include <linux/futex.h>
 #include <pthread.h>

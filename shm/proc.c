@@ -1,6 +1,8 @@
 /*
  * shm/proc.c — the process table. See shm/proc.h; who owns a slot and
  * whether it is alive is shm/ident.c's.
+ * Not what a slot's owner holds beyond its records (the caller's
+ * extension).
  */
 #include <limits.h>
 #include <string.h>

@@ -1,5 +1,6 @@
 /*
  * shm/sem.c — the leak-proof counting semaphore. See shm/sem.h.
+ * Not what the units are for (file saves, core/tier/file.c).
  */
 #include <limits.h>
 #include <stddef.h>

@@ -1,7 +1,7 @@
 /*
  * shm/slabpriv.h — what shm/slab.c and shm/slabcheck.c share about the
  * slab's own tables: the page table, pages and the bin of a run length.
- * Private to those two files; everyone else uses shm/slab.h.
+ * Not for any other file: everyone else uses shm/slab.h.
  */
 #ifndef KVSHM_SHM_SLABPRIV_H
 #define KVSHM_SHM_SLABPRIV_H

@@ -13,6 +13,7 @@
  * is made by the parent (a cmocka assert in a child would jump into the
  * child's copy of the runner). The helpers that assert say so; the others
  * may be called from a child.
+ * Not a test: no program runs from it.
  */
 #ifndef KVSHM_TESTS_HARNESS_H
 #define KVSHM_TESTS_HARNESS_H

@@ -19,6 +19,8 @@
  *      tight quota, killed at random moments, verifying every byte read.
  *
  * Children only _exit(code) or die; every assertion is the parent's.
+ * Not the file tiers' crash safety (tests/test_file_crash.c) nor the long
+ * campaign (make crashtest).
  */
 #include <fcntl.h>
 #include <signal.h>

@@ -38,6 +38,8 @@
  * Environment: KVSHM_FILE_CRASH_STRIDE=1 runs the "*@N" enumeration over
  * every hit (a few minutes); KVSHM_TEST_SEED fixes the stride offset and
  * the campaign's randomness; KVSHM_TEST_FILTER (a glob) selects tests.
+ * Not the RAM tier's protocols (tests/test_core_crash.c) nor the long
+ * campaign (make crashtest).
  */
 #include <dirent.h>
 #include <fcntl.h>

@@ -3,6 +3,7 @@
  * abort, rollback after an owner dies mid-section, a repairer that dies
  * mid-repair, a corrupt journal refused, the owner pid stamp, lock-order
  * enforcement, futex timeouts and wakeups.
+ * Not the structures the locks guard (their own tests).
  */
 #include <signal.h>
 #include <stdio.h>

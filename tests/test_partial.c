@@ -10,6 +10,7 @@
  * so a hit tells which entry answered. Caches have 16-token chunks (chain
  * boundaries 1, 2, 4, 8, 16, 32, 48, 64, ...) and the default minimum of
  * 64 tokens unless a test says otherwise. No assertion depends on timing.
+ * Not ordinary lookups (tests/test_cache.c).
  */
 #include <stdio.h>
 #include <stdlib.h>

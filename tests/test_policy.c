@@ -3,6 +3,7 @@
  * token counts. Defaults, trimming and alignment at every edge, the cold
  * window, continued and finish saves, and validation naming each broken
  * invariant; a broken policy also fails kvshm_config_validate.
+ * Not saving itself (tests/test_cache.c, tests/test_file.c).
  */
 #include <stdint.h>
 #include <string.h>

@@ -3,6 +3,8 @@
  * way an attach must refuse: no object, bad magic, another build's layout,
  * a truncated object, a foreign owner, a corrupt region table; offsets
  * out of bounds; names; creation races and creators killed midway.
+ * Not what lives in a segment (tests/test_proc.c, test_sem.c,
+ * test_slab.c).
  */
 #include <errno.h>
 #include <fcntl.h>

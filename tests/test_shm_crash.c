@@ -15,6 +15,8 @@
  * was a kill site once. After each death the parent sweeps dead slots and
  * runs the checker, and the data area must be back to its baseline: no
  * page and no byte lost from the accounting.
+ * Not the cache's crash points (tests/test_core_crash.c,
+ * tests/test_file_crash.c).
  */
 #include <signal.h>
 #include <stdio.h>

@@ -10,6 +10,7 @@
  * at most KVSHM_SLOT_ALLOCS allocations, so tests that hold more hand them
  * to a non-slot owner (kind 2) under the process-table lock and take them
  * back before freeing.
+ * Not the cache's use of it (tests/test_cache.c).
  */
 #include <signal.h>
 #include <stdio.h>

@@ -4,6 +4,7 @@
  * cache. A thin main over kvshm_reaper_* (include/kvshm.h): option and
  * config-file parsing, signals, pidfile, process title, logging, and the
  * optional /metrics endpoint (libmicrohttpd).
+ * Not the reaper's logic, which is the library's (core/daemon/reaper.c).
  */
 #include <errno.h>
 #include <getopt.h>

@@ -3,6 +3,8 @@
  * directory offline. A thin main over the public and administration API of
  * include/kvshm.h: argument parsing, and output for people (aligned,
  * human-readable sizes) or programs (--json), or Prometheus (metrics).
+ * Not a second implementation of anything: every figure it prints comes
+ * from the library.
  */
 #include <errno.h>
 #include <getopt.h>

@@ -1,5 +1,6 @@
 /*
  * tools/util.c — see tools/util.h.
+ * Not cache logic: only what the tools' mains share.
  */
 #include <errno.h>
 #include <inttypes.h>

@@ -1,4 +1,7 @@
-/* tests/fuzz/seed.c — write a valid cache file (the fuzzer's seed corpus). */
+/*
+ * tests/fuzz/seed.c — write a valid cache file (the fuzzer's seed corpus).
+ * Not a fuzz target: it only writes the corpus's first file.
+ */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -17,6 +17,7 @@
  * what they held. The same request stream then runs with no cache (the
  * all-cold baseline), and the summary compares the two and ends with the
  * consistency check and `shmctl status`.
+ * Not the real engine's demo (llama/tools/kvshm-demo.c).
  */
 #include <errno.h>
 #include <fcntl.h>
