@@ -34,13 +34,13 @@ static int verify_slot_owner(const struct kvshm__seg *s, const struct kvshm__sla
 
 int kvshm__slab_verify_locked(struct kvshm__seg *s, struct kvshm__slab *sl, kvshm__alloc_fn fn, void *ctx)
 {
+	assert(kvshm__lock_held(&sl->lk));
 	uint64_t free_pages = 0, ext_pages = 0, slab_pages = 0, nallocs = 0, req = 0;
 	uint64_t objs[KVSHM_SLAB_NCLASSES] = {0};
 	uint64_t free_runs = 0, partial_pages[KVSHM_SLAB_NCLASSES] = {0};
 	bool prev_free = false;
 	int err;
 
-	assert(kvshm__lock_held(&sl->lk));
 	for (uint64_t i = 0; i < sl->npages;) {
 		struct kvshm__pte *p = pte_at(s, sl, i);
 		uint64_t n = (p->kind == KVSHM_PTE_SLAB) ? 1 : p->n;
