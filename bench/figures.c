@@ -411,7 +411,8 @@ static void fig_disk(void)
 	memset(rbuf, 0, maxsz);
 	uint64_t sink = 0;
 
-	printf("\ndisk tier (%s, ext4 on virtio): kvshm vs a plain file of the same bytes in the same directory\n", dir);
+	printf("\ndisk tier (%s, ext4 on virtio): kvshm vs a plain file of the same bytes in the same directory\n",
+	       dir);
 	printf("  %-8s %4s  %-34s %9s %9s %8s\n", "value", "n", "operation", "kvshm", "raw file", "ratio");
 	for (size_t c = 0; c < sizeof(CASES) / sizeof(CASES[0]); c++) {
 		size_t sz = CASES[c].sz;
@@ -442,8 +443,8 @@ static void fig_disk(void)
 		double bytes = (double)sz * n;
 		char sl[32], param[48];
 		bench_size_label(sl, sizeof(sl), sz);
-		const char *names[4] = {"save (GB/s)", "restore, page cache warm (GB/s)", "restore, pages dropped (GB/s)",
-					"save latency per value (ms)"};
+		const char *names[4] = {"save (GB/s)", "restore, page cache warm (GB/s)",
+					"restore, pages dropped (GB/s)", "save latency per value (ms)"};
 		const char *ids[4] = {"save", "restore_warm", "restore_cold", "save_ms"};
 		double kvv[4] = {bytes / kv_s, bytes / kw, bytes / kc, kv_s / n / 1e6};
 		double rawv[4] = {bytes / raw_s, bytes / rw, bytes / rc, raw_s / n / 1e6};
@@ -533,8 +534,8 @@ static void fig_ram(void)
 		       gm = (double)sz / p50_of(tm, (size_t)n);
 		char sl[32], param[48], r1[32], r2[32];
 		bench_size_label(sl, sizeof(sl), sz);
-		printf("  %-8s %6d %12.2f %16.2f %12.2f %8s %8s\n", sl, n, gp, gr, gm, bench_ratio(r1, sizeof(r1), gp, gm),
-		       bench_ratio(r2, sizeof(r2), gr, gm));
+		printf("  %-8s %6d %12.2f %16.2f %12.2f %8s %8s\n", sl, n, gp, gr, gm,
+		       bench_ratio(r1, sizeof(r1), gp, gm), bench_ratio(r2, sizeof(r2), gr, gm));
 		snprintf(param, sizeof(param), "%zu", sz);
 		rec("ram_save", param, "put", gp, "GB/s");
 		rec("ram_save", param, "reserve_fill_publish", gr, "GB/s");
@@ -622,7 +623,8 @@ static void fig_rebuild(uint32_t want)
 	drop_pages(dir);
 	double s2 = rebuild_once(&cfg, "rb2", &got2);
 	if (got != made || got2 != made)
-		bench_die("rebuild found %llu / %llu entries of %u", (unsigned long long)got, (unsigned long long)got2, made);
+		bench_die("rebuild found %llu / %llu entries of %u", (unsigned long long)got, (unsigned long long)got2,
+			  made);
 	printf("  %8u %16.0f %18.0f %11.2f %11.0f %11.2f %14.0f\n", made, sr, fr, s, made / s, s2, made / s2);
 	char param[32];
 	snprintf(param, sizeof(param), "%u", made);
@@ -650,9 +652,9 @@ struct ovl {
 
 static void fig_overhead(void)
 {
-	static const struct ovl CASES[] = {{64, 32},          {4096, 16},        {4096, 4096},
-					   {64 * 1024, 16},   {64 * 1024, 4096}, {1 << 20, 16},
-					   {1 << 20, 4096},   {16 << 20, 16},    {16 << 20, 4096}};
+	static const struct ovl CASES[] = {{64, 32},        {4096, 16},        {4096, 4096},
+					   {64 * 1024, 16}, {64 * 1024, 4096}, {1 << 20, 16},
+					   {1 << 20, 4096}, {16 << 20, 16},    {16 << 20, 4096}};
 	kvshm_config cfg;
 	kvshm_config_init(&cfg);
 	cfg.segment_bytes = 1ull << 30;
@@ -692,7 +694,8 @@ static void fig_overhead(void)
 				bench_die("put: %s", kvshm_last_error());
 		}
 		kvshm_stats_get(h, &b, sizeof(b));
-		double meas = (double)(a.data_free_bytes - b.data_free_bytes) / K - (double)sz + (double)esz + bucket_share;
+		double meas =
+			(double)(a.data_free_bytes - b.data_free_bytes) / K - (double)sz + (double)esz + bucket_share;
 		char sl[32];
 		bench_size_label(sl, sizeof(sl), sz);
 		printf("  %-8s %6u %7zu %7.1f %9llu %10llu %10.0f %8.2f%% %12.0f\n", sl, nt, esz, bucket_share,
@@ -728,11 +731,18 @@ int main(int argc, char **argv)
 	int opt;
 	while ((opt = getopt(argc, argv, "o:n:f:")) != -1) {
 		switch (opt) {
-		case 'o': out = optarg; break;
-		case 'n': n = (uint32_t)strtoul(optarg, NULL, 0); break;
-		case 'f': only = optarg; break;
+		case 'o':
+			out = optarg;
+			break;
+		case 'n':
+			n = (uint32_t)strtoul(optarg, NULL, 0);
+			break;
+		case 'f':
+			only = optarg;
+			break;
 		default:
-			fprintf(stderr, "usage: figures [-o CSV] [-n REBUILD_ENTRIES] [-f prefix|overhead|ram|disk|rebuild]\n");
+			fprintf(stderr,
+				"usage: figures [-o CSV] [-n REBUILD_ENTRIES] [-f prefix|overhead|ram|disk|rebuild]\n");
 			return 2;
 		}
 	}

@@ -101,8 +101,8 @@ static void run(const char *label, uint64_t seg_bytes, bool touch, int rounds)
 int main(void)
 {
 	printf("\nreclaim latency after SIGKILL (reaper in this process, pidfd poll)\n");
-	printf("%-34s %6s %12s %12s %12s %12s\n", "worker", "kills", "kill→free p50", "p99 (us)",
-	       "reaper p50", "p99 (us)");
+	printf("%-34s %6s %12s %12s %12s %12s\n", "worker", "kills", "kill→free p50", "p99 (us)", "reaper p50",
+	       "p99 (us)");
 	run("small segment (16 MiB)", 16ull << 20, false, 200);
 	run("1 GiB segment, mapped untouched", 1ull << 30, false, 50);
 	run("1 GiB segment, every page touched", 1ull << 30, true, 30);

@@ -21,7 +21,6 @@ KVSHM_EXTERN int kvshm_evict_bytes(kvshm *h, uint64_t target, unsigned tier_mask
 	return kvshm__evict(h, target, tier_mask ? tier_mask : KVSHM_TIERS_ALL, freed, count);
 }
 
-
 /* ---- filters, listing, deletion -------------------------------------------------- */
 
 static bool filter_ok(const kvshm *h, const struct kvshm__entry *e, const kvshm_filter *f, uint64_t now)
@@ -41,7 +40,6 @@ static bool filter_ok(const kvshm *h, const struct kvshm__entry *e, const kvshm_
 	}
 	return true;
 }
-
 
 KVSHM_EXTERN int kvshm_list(kvshm *h, const kvshm_filter *f, int (*fn)(const kvshm_entry_info *, void *), void *ctx)
 {

@@ -72,10 +72,10 @@ struct kvshm__keyctx {
  */
 #define KVSHM_HRES_PRIV 48 /* bytes a tier keeps per reservation (the file tiers use 40) */
 struct kvshm__hres {
-	bool live;           /* a reservation handed out, not yet published or cancelled */
+	bool live; /* a reservation handed out, not yet published or cancelled */
 	uint8_t tier, reason;
 	uint64_t ref0, token; /* what the caller's ref[0], ref[1] must be */
-	void *data;          /* what the caller was given to write */
+	void *data;           /* what the caller was given to write */
 	size_t len;
 	/* The tier's own record, copied in and out by the tier (memcpy: no
 	 * aliasing games): staging or window and the value's offset (RAM), the
@@ -86,7 +86,7 @@ struct kvshm__hres {
 #define KVSHM_HANDLE_MAGIC 0x4c444e4148564b4bull /* "KKVHANDL": an open handle */
 
 struct kvshm {
-	uint64_t magic;            /* KVSHM_HANDLE_MAGIC while open, 0 once closed */
+	uint64_t magic; /* KVSHM_HANDLE_MAGIC while open, 0 once closed */
 	struct kvshm__seg *seg;
 	struct kvshm__cache_hdr *hdr;
 	struct kvshm__proctab *tab;
@@ -97,17 +97,17 @@ struct kvshm {
 	struct kvshm__entry *entries;
 	struct kvshm__markset *marks; /* cfg->mark_sets marker sets (core/entry/marks.c) */
 	const struct kvshm__cfg *cfg;
-	struct kvshm__keyctx kc;   /* hashing: the secret derived from cfg->seed, the chunk size */
-	uint32_t me, me_gen;       /* our process slot */
-	uint64_t fork_gen;         /* kvshm__fork_gen() when the slot was claimed */
+	struct kvshm__keyctx kc; /* hashing: the secret derived from cfg->seed, the chunk size */
+	uint32_t me, me_gen;     /* our process slot */
+	uint64_t fork_gen;       /* kvshm__fork_gen() when the slot was claimed */
 	bool closed;
-	bool reaper;               /* this handle is the reaper's */
+	bool reaper; /* this handle is the reaper's */
 	/* What a sweep runs on a dead slot (kvshm__sweep, a full table at
 	 * claim): set at open by the top layer to maintenance's
 	 * kvshm__reclaim_slot, so the layers below sweep without calling up. */
 	kvshm__reclaim_fn reclaim;
-	void *tstate[KVSHM_NTIERS]; /* each tier's process-local state for this handle, its own
-				     * to define (file tiers: their TDB index, opened on first use) */
+	void *tstate[KVSHM_NTIERS];            /* each tier's process-local state for this handle, its own
+						* to define (file tiers: their TDB index, opened on first use) */
 	struct kvshm__hres res[KVSHM_MAX_RES]; /* reservations handed out, not yet published */
 	char name[KVSHM_NAME_MAX];
 };

@@ -74,12 +74,13 @@ static int walk(kvshm *h, const struct kvshm__query *q, kvshm_pin *pin, struct k
 			cur = e->next;
 			probes++;
 			if (e->term[0] != t.lo || e->term[1] != t.hi || e->ntokens > q->n ||
-			    kvshm__bidx(kc, e->ntokens) != j || (q->exact && e->ntokens != q->n) || (e->flags & KVSHM_EF_BAD))
+			    kvshm__bidx(kc, e->ntokens) != j || (q->exact && e->ntokens != q->n) ||
+			    (e->flags & KVSHM_EF_BAD))
 				continue;
 			if (e->state == KVSHM_E_READY) {
 				/* Longest first; at equal length, the fastest tier. */
-				bool better = e->ntokens > best_n ||
-					      (e->ntokens == best_n && best != UINT32_MAX && e->tier < h->entries[best].tier);
+				bool better = e->ntokens > best_n || (e->ntokens == best_n && best != UINT32_MAX &&
+								      e->tier < h->entries[best].tier);
 				if (better && kvshm__entry_matches(h, e, q->m, q->tokens, e->ntokens)) {
 					best = idx;
 					best_n = e->ntokens;
@@ -88,7 +89,7 @@ static int walk(kvshm *h, const struct kvshm__query *q, kvshm_pin *pin, struct k
 				   (wait->idx == UINT32_MAX || e->ntokens > wait->ntokens) &&
 				   kvshm__entry_matches(h, e, q->m, q->tokens, e->ntokens)) {
 				*wait = (struct kvshm__cand){idx, s, e->ntokens,
-						      atomic_load_explicit(&sh->seq, memory_order_acquire)};
+							     atomic_load_explicit(&sh->seq, memory_order_acquire)};
 			}
 		}
 		if (best != UINT32_MAX && (wait->idx == UINT32_MAX || wait->ntokens <= best_n)) {
@@ -126,8 +127,8 @@ static const struct kvshm__tier_ops *tier_of_pin(kvshm *h, kvshm_pin *pin, bool 
 	return t;
 }
 
-static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, unsigned flags,
-		  bool exact, bool copy, kvshm_pin *pin)
+static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, unsigned flags, bool exact,
+		  bool copy, kvshm_pin *pin)
 {
 	struct kvshm__keyhash kh;
 	struct kvshm__cand wait;
@@ -144,7 +145,12 @@ static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t
 		return kvshm__fail(-EINVAL, "get: KVSHM_LOOKUP_PARTIAL asks for a prefix; use kvshm_lookup");
 	if ((err = kvshm__keyhash(&h->kc, m, tokens, n, &kh)) < 0)
 		return err;
-	struct kvshm__query q = {.kh = &kh, .m = m, .tokens = tokens, .n = n, .exact = exact, .copy = copy,
+	struct kvshm__query q = {.kh = &kh,
+				 .m = m,
+				 .tokens = tokens,
+				 .n = n,
+				 .exact = exact,
+				 .copy = copy,
 				 .want_wait = (flags & KVSHM_LOOKUP_WAIT) && h->cfg->wait_ms > 0};
 	uint64_t deadline = kvshm__now_ns() + (uint64_t)h->cfg->wait_ms * 1000000ull;
 	bool waited = false;
@@ -196,7 +202,6 @@ KVSHM_EXTERN int kvshm_get(kvshm *h, const kvshm_model *m, const uint32_t *token
 	return lookup(h, m, tokens, n, flags, true, false, pin);
 }
 
-
 static int unpin(kvshm *h, kvshm_pin *pin, bool copy)
 {
 	int err = kvshm__enter(h);
@@ -238,7 +243,8 @@ KVSHM_EXTERN int kvshm_pin_verify(kvshm *h, kvshm_pin *pin)
 	if (t->sound(h, pin))
 		return 0;
 	t->reject(h, pin, false);
-	return kvshm__fail(KVSHM_ECORRUPT, "pin_verify: the value does not match its checksum; it was dropped and the pin released");
+	return kvshm__fail(KVSHM_ECORRUPT,
+			   "pin_verify: the value does not match its checksum; it was dropped and the pin released");
 }
 
 /*
@@ -247,8 +253,8 @@ KVSHM_EXTERN int kvshm_pin_verify(kvshm *h, kvshm_pin *pin)
  * when it was loaded), and an entry whose sum is wrong is rejected (never
  * returned, counted) and the lookup goes on to the next best.
  */
-KVSHM_EXTERN int kvshm_lookup_copy(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
-				   unsigned flags, void *buf, size_t cap, size_t *len, size_t *ntokens)
+KVSHM_EXTERN int kvshm_lookup_copy(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, unsigned flags,
+				   void *buf, size_t cap, size_t *len, size_t *ntokens)
 {
 	kvshm_pin pin;
 	for (;;) {

@@ -21,10 +21,10 @@ int kvshm__claim(kvshm *h);
 
 /* A save in progress that a lookup may wait for (core/lookup.c). */
 struct kvshm__cand {
-	uint32_t idx;   /* UINT32_MAX: none */
+	uint32_t idx; /* UINT32_MAX: none */
 	uint32_t shard;
 	uint32_t ntokens;
-	uint32_t seq;   /* shard seq seen (for waits) */
+	uint32_t seq; /* shard seq seen (for waits) */
 };
 
 /* A lookup as the walks see it (core/lookup.c, core/partial.c). */
@@ -41,7 +41,6 @@ struct kvshm__query {
  * walk (0 with *pin filled and pinned, or KVSHM_ENOTFOUND with *wait), but
  * the answer is the longest common prefix. */
 int kvshm__walk_partial(kvshm *h, const struct kvshm__query *q, kvshm_pin *pin, struct kvshm__cand *wait);
-
 
 /* ---- the scheduler's control block (core/sched.c) -------------------------------------- */
 

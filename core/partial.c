@@ -79,9 +79,9 @@
 struct best {
 	uint32_t idx; /* UINT32_MAX: none */
 	uint32_t gen, shard;
-	uint32_t c;   /* common prefix */
+	uint32_t c; /* common prefix */
 	uint8_t tier;
-	bool full;    /* c == the entry's length: an ordinary (EXACT/PREFIX) hit */
+	bool full; /* c == the entry's length: an ordinary (EXACT/PREFIX) hit */
 };
 
 static bool better(const struct best *b, uint32_t c, bool full, uint8_t tier)
@@ -96,8 +96,8 @@ static bool better(const struct best *b, uint32_t c, bool full, uint8_t tier)
 /* The common prefix of entry e and the query (m, tokens[0..n)), whose
  * first lo tokens should agree (their hashes did): -1 when the blob is
  * unreadable, the models differ or so does any of those lo tokens. */
-static int64_t common_prefix(const kvshm *h, const struct kvshm__entry *e, const kvshm_model *m,
-			     const uint32_t *tokens, size_t n, size_t lo)
+static int64_t common_prefix(const kvshm *h, const struct kvshm__entry *e, const kvshm_model *m, const uint32_t *tokens,
+			     size_t n, size_t lo)
 {
 	size_t top = KVSHM_MIN((size_t)e->ntokens, n);
 	if (lo > top)
@@ -237,7 +237,8 @@ int kvshm__walk_partial(kvshm *h, const struct kvshm__query *q, kvshm_pin *pin, 
 
 	*wait = (struct kvshm__cand){UINT32_MAX, 0, 0, 0};
 	for (size_t j = top + 1; j-- > 0;) {
-		bool marked = j >= 1 && kvshm__bound(&h->kc, j + 1) > c->partial_min_tokens && n >= c->partial_min_tokens;
+		bool marked =
+			j >= 1 && kvshm__bound(&h->kc, j + 1) > c->partial_min_tokens && n >= c->partial_min_tokens;
 		int r = LEVEL_RETRY;
 		for (int tries = 0; r == LEVEL_RETRY && tries < 4; tries++) {
 			struct best best = {UINT32_MAX, 0, 0, 0, 0, false};

@@ -32,8 +32,8 @@ KVSHM_EXTERN int kvshm_policy_validate(const kvshm_policy *p)
 		return kvshm__fail(KVSHM_ECONFIG, "policy: cold_min_tokens %u < min_tokens %u", p->cold_min_tokens,
 				   p->min_tokens);
 	if (p->cold_max_tokens < p->cold_min_tokens)
-		return kvshm__fail(KVSHM_ECONFIG, "policy: cold_max_tokens %u < cold_min_tokens %u",
-				   p->cold_max_tokens, p->cold_min_tokens);
+		return kvshm__fail(KVSHM_ECONFIG, "policy: cold_max_tokens %u < cold_min_tokens %u", p->cold_max_tokens,
+				   p->cold_min_tokens);
 	if (p->continued_interval == 0)
 		return kvshm__fail(KVSHM_ECONFIG, "policy: continued_interval must be > 0");
 	if (p->boundary_align_tokens == 0)

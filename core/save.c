@@ -17,7 +17,10 @@
 static int reserve_args(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, size_t len,
 			const kvshm_save_opts *opts, kvshm_reservation *r, struct kvshm__save *sv)
 {
-	*sv = (struct kvshm__save){.m = m, .tokens = tokens, .n = n, .len = len,
+	*sv = (struct kvshm__save){.m = m,
+				   .tokens = tokens,
+				   .n = n,
+				   .len = len,
 				   .tier = opts ? opts->tier : KVSHM_TIER_RAM,
 				   .reason = opts ? opts->reason : KVSHM_REASON_OTHER};
 	int err = kvshm__enter(h);

@@ -27,7 +27,8 @@ KVSHM_EXTERN int kvshm_sched_validate(const kvshm_sched_config *c)
 		return kvshm__fail(KVSHM_ECONFIG, "scheduler config is NULL");
 	double h = c->high_watermark, l = c->low_watermark;
 	if (!(l >= 0.0 && l < h && h <= 1.0))
-		return kvshm__fail(KVSHM_ECONFIG, "scheduler watermarks high %g low %g: require 0.0 <= low < high <= 1.0", h, l);
+		return kvshm__fail(KVSHM_ECONFIG,
+				   "scheduler watermarks high %g low %g: require 0.0 <= low < high <= 1.0", h, l);
 	if (c->interval_ms == 0)
 		return kvshm__fail(KVSHM_ECONFIG, "scheduler interval_ms must be a positive integer");
 	if (c->source < KVSHM_PRESSURE_NOOP || c->source > KVSHM_PRESSURE_COMMAND)

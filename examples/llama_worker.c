@@ -151,8 +151,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	char turn1[2048];
-	snprintf(turn1, sizeof(turn1), "%s\nUser: Why is worker 3 slower than the others today?\nAssistant:",
-		 system_prompt);
+	snprintf(turn1, sizeof(turn1),
+		 "%s\nUser: Why is worker 3 slower than the others today?\nAssistant:", system_prompt);
 	const char *turns[2] = {turn1, "\nUser: Which metric shows that?\nAssistant:"};
 	int restored[2] = {0, 0};
 	struct convo *cv = mmap(NULL, sizeof(*cv), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);

@@ -21,8 +21,8 @@
 #define KVSHM_CACHELINE 64
 #define KVSHM_ALIGNED __attribute__((aligned(KVSHM_CACHELINE)))
 
-#define KVSHM_ALIGN_UP(x, a) (((x) + ((a) - 1)) & ~((uint64_t)(a) - 1))
-#define KVSHM_IS_POW2(x) ((x) != 0 && (((x) & ((x) - 1)) == 0))
+#define KVSHM_ALIGN_UP(x, a) (((x) + ((a)-1)) & ~((uint64_t)(a)-1))
+#define KVSHM_IS_POW2(x) ((x) != 0 && (((x) & ((x)-1)) == 0))
 #define KVSHM_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define KVSHM_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define KVSHM_MAX(a, b) ((a) > (b) ? (a) : (b))

@@ -27,8 +27,8 @@ static void order_check(const struct kvshm__lock *lk)
 		return;
 	for (int i = 0; i < nheld; i++) {
 		if (held[i] == lk || held[i]->rank >= lk->rank) {
-			fprintf(stderr, "kvshm: lock order violation: taking rank %u while holding rank %u\n",
-				lk->rank, held[i]->rank);
+			fprintf(stderr, "kvshm: lock order violation: taking rank %u while holding rank %u\n", lk->rank,
+				held[i]->rank);
 			abort();
 		}
 	}
@@ -66,9 +66,18 @@ bool kvshm__lock_held(const struct kvshm__lock *lk)
 	return false;
 }
 #else
-static inline void order_check(const struct kvshm__lock *lk) { (void)lk; }
-static inline void note_held(const struct kvshm__lock *lk) { (void)lk; }
-static inline void note_released(const struct kvshm__lock *lk) { (void)lk; }
+static inline void order_check(const struct kvshm__lock *lk)
+{
+	(void)lk;
+}
+static inline void note_held(const struct kvshm__lock *lk)
+{
+	(void)lk;
+}
+static inline void note_released(const struct kvshm__lock *lk)
+{
+	(void)lk;
+}
 bool kvshm__lock_held(const struct kvshm__lock *lk)
 {
 	(void)lk;
@@ -246,11 +255,12 @@ static int after_lock(struct kvshm__seg *s, struct kvshm__lock *lk, int r, bool 
 		*repaired = false;
 	if (r == ETIMEDOUT)
 		return kvshm__fail(KVSHM_EBUSY, "lock class %u rank %u: held by thread %d (pid %u) for over %u ms",
-				   lk->cls, lk->rank, __atomic_load_n(&lk->mu.__data.__lock, __ATOMIC_RELAXED) & FUTEX_TID_MASK,
+				   lk->cls, lk->rank,
+				   __atomic_load_n(&lk->mu.__data.__lock, __ATOMIC_RELAXED) & FUTEX_TID_MASK,
 				   atomic_load_explicit(&lk->owner_pid, memory_order_relaxed), atomic_load(&giveup_ms));
 	if (r != 0 && r != EOWNERDEAD)
-		return kvshm__fail(r == ENOTRECOVERABLE ? KVSHM_ECORRUPT : -r, "lock class %u rank %u",
-				   lk->cls, lk->rank);
+		return kvshm__fail(r == ENOTRECOVERABLE ? KVSHM_ECORRUPT : -r, "lock class %u rank %u", lk->cls,
+				   lk->rank);
 	note_held(lk);
 	atomic_store_explicit(&lk->owner_pid, kvshm__self_pid(), memory_order_relaxed);
 	if (r == EOWNERDEAD) {
@@ -272,8 +282,8 @@ static int after_lock(struct kvshm__seg *s, struct kvshm__lock *lk, int r, bool 
 	}
 	if (err < 0) {
 		kvshm__lock_release(s, lk);
-		return kvshm__fail(KVSHM_ECORRUPT, "lock class %u rank %u: repair failed (%s)", lk->cls,
-				   lk->rank, kvshm_strerror(err));
+		return kvshm__fail(KVSHM_ECORRUPT, "lock class %u rank %u: repair failed (%s)", lk->cls, lk->rank,
+				   kvshm_strerror(err));
 	}
 	return 0;
 }

@@ -46,15 +46,15 @@ struct kvshm__jrec {
 };
 
 struct kvshm__lock {
-	pthread_mutex_t mu;          /* robust, process-shared */
-	_Atomic uint32_t owner_pid;  /* holder's pid, 0 when free: for inspection only */
-	uint16_t cls;                /* repair class, index into seg->repair[] */
-	uint16_t rank;               /* lock-order rank: acquire in increasing rank */
-	uint32_t arg;                /* class argument (e.g. shard index) */
-	_Atomic uint32_t repairs;    /* EOWNERDEAD recoveries of this lock */
-	_Atomic uint64_t contended;  /* acquisitions that found it held */
-	_Atomic uint32_t jn;         /* journal records in use: holder only */
-	_Atomic uint32_t damaged;    /* last repair failed: every acquire retries it */
+	pthread_mutex_t mu;                      /* robust, process-shared */
+	_Atomic uint32_t owner_pid;              /* holder's pid, 0 when free: for inspection only */
+	uint16_t cls;                            /* repair class, index into seg->repair[] */
+	uint16_t rank;                           /* lock-order rank: acquire in increasing rank */
+	uint32_t arg;                            /* class argument (e.g. shard index) */
+	_Atomic uint32_t repairs;                /* EOWNERDEAD recoveries of this lock */
+	_Atomic uint64_t contended;              /* acquisitions that found it held */
+	_Atomic uint32_t jn;                     /* journal records in use: holder only */
+	_Atomic uint32_t damaged;                /* last repair failed: every acquire retries it */
 	struct kvshm__jrec j[KVSHM_JOURNAL_MAX]; /* holder only */
 } KVSHM_ALIGNED;
 

@@ -23,7 +23,7 @@
 
 /* Object sizes including the 16-byte header. */
 static const uint32_t class_sizes[KVSHM_SLAB_NCLASSES] = {32,  48,  64,  96,   128,  192, 256,
-							   384, 512, 768, 1024, 1536, 2048};
+							  384, 512, 768, 1024, 1536, 2048};
 
 /*
  * DAMAGED LINKS
@@ -82,8 +82,8 @@ uint64_t kvshm__slab_region_size(uint64_t data_bytes, uint32_t page_size)
 	return hdr_bytes() + page_size + n * (page_size + sizeof(struct kvshm__pte));
 }
 
-int kvshm__slab_init(struct kvshm__seg *s, struct kvshm__slab *sl, uint64_t region_bytes,
-		     uint32_t page_size, struct kvshm__proctab *tab, uint16_t lock_cls, uint16_t lock_rank)
+int kvshm__slab_init(struct kvshm__seg *s, struct kvshm__slab *sl, uint64_t region_bytes, uint32_t page_size,
+		     struct kvshm__proctab *tab, uint16_t lock_cls, uint16_t lock_rank)
 {
 	if (!KVSHM_IS_POW2(page_size) || page_size < 4096 || page_size > (1u << 24))
 		return kvshm__fail(-EINVAL, "page size %u (must be a power of two, 4 KiB..16 MiB)", page_size);
@@ -134,12 +134,11 @@ int kvshm__slab_init(struct kvshm__seg *s, struct kvshm__slab *sl, uint64_t regi
 
 int kvshm__slab_check_geometry(const struct kvshm__seg *s, const struct kvshm__slab *sl)
 {
-	if (!KVSHM_IS_POW2(sl->page_size) || sl->page_size < 4096 ||
-	    sl->page_shift >= 32 || (1u << sl->page_shift) != sl->page_size || sl->npages < 2 || sl->npages > UINT32_MAX - 1 ||
+	if (!KVSHM_IS_POW2(sl->page_size) || sl->page_size < 4096 || sl->page_shift >= 32 ||
+	    (1u << sl->page_shift) != sl->page_size || sl->npages < 2 || sl->npages > UINT32_MAX - 1 ||
 	    !kvshm__at(s, sl->pte_off, sl->npages * sizeof(struct kvshm__pte)) ||
-	    !kvshm__at(s, sl->data_off, sl->npages << sl->page_shift) ||
-	    (sl->data_off & (sl->page_size - 1)) || (sl->pte_off % sizeof(struct kvshm__pte)) ||
-	    (sl->proctab_off % KVSHM_CACHELINE) || !slab_tab(s, sl))
+	    !kvshm__at(s, sl->data_off, sl->npages << sl->page_shift) || (sl->data_off & (sl->page_size - 1)) ||
+	    (sl->pte_off % sizeof(struct kvshm__pte)) || (sl->proctab_off % KVSHM_CACHELINE) || !slab_tab(s, sl))
 		return kvshm__fail(KVSHM_ECORRUPT, "slab geometry (%llu pages of %u bytes)",
 				   (unsigned long long)sl->npages, sl->page_size);
 	for (unsigned c = 0; c < KVSHM_SLAB_NCLASSES; c++) {
@@ -209,8 +208,10 @@ static int finish(struct kvshm__seg *s, struct kvshm__slab *sl, const char *what
 	walked_off = false;
 	atomic_store(&sl->lk.damaged, 1);
 	kvshm__lock_abort(s, &sl->lk);
-	return kvshm__fail(KVSHM_ECORRUPT, "slab %s: a list link or run length is damaged (the lists are rebuilt from the page table on the next acquire)",
-			   what);
+	return kvshm__fail(
+		KVSHM_ECORRUPT,
+		"slab %s: a list link or run length is damaged (the lists are rebuilt from the page table on the next acquire)",
+		what);
 }
 
 /* Start one: nothing walked off yet. */
@@ -389,8 +390,7 @@ struct kvshm__ahdr *kvshm__slab_hdr(const struct kvshm__seg *s, const struct kvs
 		if (c >= KVSHM_SLAB_NCLASSES)
 			return NULL;
 		const struct kvshm__slabclass *k = &sl->cls[c];
-		if (in_page < k->first || (in_page - k->first) % k->size ||
-		    (in_page - k->first) / k->size >= k->nobj)
+		if (in_page < k->first || (in_page - k->first) % k->size || (in_page - k->first) / k->size >= k->nobj)
 			return NULL;
 		/* The page's bitmap, not the object's own bytes, says whether it
 		 * is allocated: a header outlives its object's rolled-back
@@ -571,10 +571,12 @@ int kvshm__slab_alloc(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me,
 		return 0;
 	case PAGE_FULL:
 		kvshm__lock_abort(s, &sl->lk);
-		return kvshm__fail(KVSHM_ECORRUPT, "slab page %llu on the partial list is full", (unsigned long long)hoff);
+		return kvshm__fail(KVSHM_ECORRUPT, "slab page %llu on the partial list is full",
+				   (unsigned long long)hoff);
 	case UNBACKED:
 		kvshm__lock_abort(s, &sl->lk);
-		return kvshm__fail(-ENOSPC, "the filesystem of '%s' is full: no memory behind a free run for %llu bytes",
+		return kvshm__fail(-ENOSPC,
+				   "the filesystem of '%s' is full: no memory behind a free run for %llu bytes",
 				   s->path, (unsigned long long)size);
 	case NO_RUN:
 	default:
@@ -670,17 +672,17 @@ int kvshm__slab_free(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me, 
 	return finish(s, sl, "free");
 }
 
-int kvshm__slab_give_locked(struct kvshm__seg *s, struct kvshm__lock *lk, struct kvshm__slab *sl,
-			    uint32_t me, uint64_t off, uint64_t owner)
+int kvshm__slab_give_locked(struct kvshm__seg *s, struct kvshm__lock *lk, struct kvshm__slab *sl, uint32_t me,
+			    uint64_t off, uint64_t owner)
 {
 	assert(kvshm__lock_held(lk));
 	struct kvshm__proctab *tab = slab_tab(s, sl);
 	struct kvshm__slot *slot = tab ? kvshm__proc_slot(s, tab, me) : NULL;
 	struct kvshm__ahdr *a = kvshm__slab_hdr(s, sl, off);
-	if (!slot || !a || a->owner != KVSHM_OWNER_SLOT(me, slot->gen) ||
-	    KVSHM_OWNER_KIND(owner) == 0 || KVSHM_OWNER_KIND(owner) == KVSHM_OWNER_SLOT_KIND)
-		return kvshm__fail(KVSHM_ECORRUPT, "hand-over of offset %llu from slot %u",
-				   (unsigned long long)off, me);
+	if (!slot || !a || a->owner != KVSHM_OWNER_SLOT(me, slot->gen) || KVSHM_OWNER_KIND(owner) == 0 ||
+	    KVSHM_OWNER_KIND(owner) == KVSHM_OWNER_SLOT_KIND)
+		return kvshm__fail(KVSHM_ECORRUPT, "hand-over of offset %llu from slot %u", (unsigned long long)off,
+				   me);
 	kvshm__jset64(s, lk, &a->owner, owner);
 	KVSHM_CRASH_POINT("slab.give.owned");
 	if (slot_unrecord(s, lk, slot, off) < 0)
@@ -689,16 +691,16 @@ int kvshm__slab_give_locked(struct kvshm__seg *s, struct kvshm__lock *lk, struct
 	return 0;
 }
 
-int kvshm__slab_take_locked(struct kvshm__seg *s, struct kvshm__lock *lk, struct kvshm__slab *sl,
-			    uint32_t me, uint64_t off, uint64_t expect)
+int kvshm__slab_take_locked(struct kvshm__seg *s, struct kvshm__lock *lk, struct kvshm__slab *sl, uint32_t me,
+			    uint64_t off, uint64_t expect)
 {
 	assert(kvshm__lock_held(lk));
 	struct kvshm__proctab *tab = slab_tab(s, sl);
 	struct kvshm__slot *slot = tab ? kvshm__proc_slot(s, tab, me) : NULL;
 	struct kvshm__ahdr *a = kvshm__slab_hdr(s, sl, off);
 	if (!slot || !a || a->owner != expect)
-		return kvshm__fail(KVSHM_ECORRUPT, "take-back of offset %llu into slot %u",
-				   (unsigned long long)off, me);
+		return kvshm__fail(KVSHM_ECORRUPT, "take-back of offset %llu into slot %u", (unsigned long long)off,
+				   me);
 	if (!slot_has_room(slot))
 		return -EAGAIN;
 	slot_record(s, lk, slot, off);
@@ -810,4 +812,3 @@ uint64_t kvshm__slab_release_free(struct kvshm__seg *s, struct kvshm__slab *sl)
 	finish(s, sl, "release");
 	return released;
 }
-

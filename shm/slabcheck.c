@@ -14,8 +14,7 @@
 
 #define VIOLATION(...) (kvshm__fail(KVSHM_ECHECK, __VA_ARGS__))
 
-static int verify_slot_owner(const struct kvshm__seg *s, const struct kvshm__slab *sl, uint64_t off,
-			     uint64_t owner)
+static int verify_slot_owner(const struct kvshm__seg *s, const struct kvshm__slab *sl, uint64_t off, uint64_t owner)
 {
 	if (KVSHM_OWNER_KIND(owner) != KVSHM_OWNER_SLOT_KIND)
 		return 0;
@@ -28,8 +27,7 @@ static int verify_slot_owner(const struct kvshm__seg *s, const struct kvshm__sla
 	for (unsigned i = 0; i < KVSHM_SLOT_ALLOCS; i++)
 		if (slot->allocs[i] == off)
 			return 0;
-	return VIOLATION("allocation at %llu owned by slot %u is not in its records",
-			 (unsigned long long)off, idx);
+	return VIOLATION("allocation at %llu owned by slot %u is not in its records", (unsigned long long)off, idx);
 }
 
 int kvshm__slab_verify_locked(struct kvshm__seg *s, struct kvshm__slab *sl, kvshm__alloc_fn fn, void *ctx)
@@ -45,8 +43,8 @@ int kvshm__slab_verify_locked(struct kvshm__seg *s, struct kvshm__slab *sl, kvsh
 		struct kvshm__pte *p = pte_at(s, sl, i);
 		uint64_t n = (p->kind == KVSHM_PTE_SLAB) ? 1 : p->n;
 		if (n == 0 || n > sl->npages - i)
-			return VIOLATION("page %llu: run of %llu pages overruns the data area",
-					 (unsigned long long)i, (unsigned long long)n);
+			return VIOLATION("page %llu: run of %llu pages overruns the data area", (unsigned long long)i,
+					 (unsigned long long)n);
 		if (p->kind == KVSHM_PTE_FREE) {
 			if (prev_free)
 				return VIOLATION("page %llu: two adjacent free runs were not merged",
@@ -112,19 +110,18 @@ int kvshm__slab_verify_locked(struct kvshm__seg *s, struct kvshm__slab *sl, kvsh
 					return VIOLATION("page %llu: bitmap bit %u beyond the %u objects",
 							 (unsigned long long)i, o, k->nobj);
 			if (used == 0)
-				return VIOLATION("page %llu: empty slab page was not returned",
-						 (unsigned long long)i);
+				return VIOLATION("page %llu: empty slab page was not returned", (unsigned long long)i);
 			if (used + sp->nfree != k->nobj)
-				return VIOLATION("page %llu: %u objects used + %u free != %u",
-						 (unsigned long long)i, used, sp->nfree, k->nobj);
+				return VIOLATION("page %llu: %u objects used + %u free != %u", (unsigned long long)i,
+						 used, sp->nfree, k->nobj);
 			objs[c] += used;
 			if (sp->nfree)
 				partial_pages[c]++;
 			slab_pages++;
 			prev_free = false;
 		} else {
-			return VIOLATION("page %llu: page-table kind %u is not a run head",
-					 (unsigned long long)i, p->kind);
+			return VIOLATION("page %llu: page-table kind %u is not a run head", (unsigned long long)i,
+					 p->kind);
 		}
 		i += n;
 	}
@@ -162,8 +159,8 @@ int kvshm__slab_verify_locked(struct kvshm__seg *s, struct kvshm__slab *sl, kvsh
 			prev = cur;
 		}
 		if (m != partial_pages[c])
-			return VIOLATION("class %u: %llu partial pages listed, %llu exist", c,
-					 (unsigned long long)m, (unsigned long long)partial_pages[c]);
+			return VIOLATION("class %u: %llu partial pages listed, %llu exist", c, (unsigned long long)m,
+					 (unsigned long long)partial_pages[c]);
 		if (objs[c] != sl->objs[c])
 			return VIOLATION("class %u: %llu objects counted, %llu live", c,
 					 (unsigned long long)sl->objs[c], (unsigned long long)objs[c]);
@@ -174,9 +171,9 @@ int kvshm__slab_verify_locked(struct kvshm__seg *s, struct kvshm__slab *sl, kvsh
 				 (unsigned long long)sl->ext_pages, (unsigned long long)ext_pages,
 				 (unsigned long long)sl->slab_pages, (unsigned long long)slab_pages);
 	if (free_pages + ext_pages + slab_pages != sl->npages)
-		return VIOLATION("pages free %llu + extent %llu + slab %llu != %llu",
-				 (unsigned long long)free_pages, (unsigned long long)ext_pages,
-				 (unsigned long long)slab_pages, (unsigned long long)sl->npages);
+		return VIOLATION("pages free %llu + extent %llu + slab %llu != %llu", (unsigned long long)free_pages,
+				 (unsigned long long)ext_pages, (unsigned long long)slab_pages,
+				 (unsigned long long)sl->npages);
 	if (nallocs != sl->nallocs || req != sl->req_bytes)
 		return VIOLATION("allocation accounting: %llu allocations of %llu bytes counted, %llu of %llu walked",
 				 (unsigned long long)sl->nallocs, (unsigned long long)sl->req_bytes,
@@ -272,8 +269,8 @@ int kvshm__slab_rebuild_locked(struct kvshm__seg *s, struct kvshm__slab *sl)
 			for (uint32_t o = 0; o < k->nobj; o++) {
 				if (!(sp->bits[o / 64] & (1ull << (o % 64))))
 					continue;
-				struct kvshm__ahdr *a = (struct kvshm__ahdr *)((uint8_t *)sp + k->first +
-									      (uint64_t)o * k->size);
+				struct kvshm__ahdr *a =
+					(struct kvshm__ahdr *)((uint8_t *)sp + k->first + (uint64_t)o * k->size);
 				used++;
 				req += a->size & KVSHM_AHDR_SIZEMASK;
 			}
@@ -314,4 +311,3 @@ int kvshm__slab_repair(struct kvshm__seg *s, struct kvshm__lock *lk, void *ctx)
 		err = kvshm__slab_verify_locked(s, sl, NULL, NULL);
 	return err;
 }
-

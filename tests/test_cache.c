@@ -21,8 +21,7 @@
 
 #include "harness.h"
 #define XXH_STATIC_LINKING_ONLY /* XXH3_state_t's layout, for test_hash_stale_stack */
-#include "core/entry/entry.h"      /* kvshm__test_force_hash, kvshm__key_of (test builds) */
-
+#include "core/entry/entry.h"   /* kvshm__test_force_hash, kvshm__key_of (test builds) */
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
@@ -177,42 +176,107 @@ static void test_config_invalid(void **st)
 		const char *field;
 		int which;
 	} cases[] = {
-		{"segment_bytes", 0}, {"segment_bytes", 1}, {"max_procs", 2}, {"shards", 3},
-		{"shards", 4}, {"shards", 5}, {"max_entries", 6}, {"chunk_tokens", 7},
-		{"chunk_tokens", 8}, {"page_size", 9}, {"page_size", 10}, {"writer_slots", 11},
-		{"reservation_ttl_ms", 12}, {"wait_ms", 13}, {"score_halflife_s", 14},
-		{"score_halflife_s", 15}, {"score_halflife_s", 16}, {"mode", 17},
-		{"cold_max_tokens", 18}, {"cold_min_tokens", 19}, {"continued_interval", 20},
-		{"boundary_align_tokens", 21}, {"max_procs", 22}, {"page_size", 23},
+		{"segment_bytes", 0},
+		{"segment_bytes", 1},
+		{"max_procs", 2},
+		{"shards", 3},
+		{"shards", 4},
+		{"shards", 5},
+		{"max_entries", 6},
+		{"chunk_tokens", 7},
+		{"chunk_tokens", 8},
+		{"page_size", 9},
+		{"page_size", 10},
+		{"writer_slots", 11},
+		{"reservation_ttl_ms", 12},
+		{"wait_ms", 13},
+		{"score_halflife_s", 14},
+		{"score_halflife_s", 15},
+		{"score_halflife_s", 16},
+		{"mode", 17},
+		{"cold_max_tokens", 18},
+		{"cold_min_tokens", 19},
+		{"continued_interval", 20},
+		{"boundary_align_tokens", 21},
+		{"max_procs", 22},
+		{"page_size", 23},
 	};
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(cases); i++) {
 		kvshm_config c;
 		th_cfg_small(&c, 0);
 		switch (cases[i].which) {
-		case 0: c.segment_bytes = 1 * TH_MIB; break;
-		case 1: c.segment_bytes = (1ull << 40) + 1; break;
-		case 2: c.max_procs = 1; break;
-		case 3: c.shards = 3; break;
-		case 4: c.shards = 128; break;
-		case 5: c.shards = 0; break;
-		case 6: c.max_entries = 2; break; /* < shards (4) */
-		case 7: c.chunk_tokens = 0; break;
-		case 8: c.chunk_tokens = 4097; break;
-		case 9: c.page_size = 1000; break;
-		case 10: c.page_size = 2048; break;
-		case 11: c.writer_slots = 0; break;
-		case 12: c.reservation_ttl_ms = 0; break;
-		case 13: c.wait_ms = 3600001; break;
-		case 14: c.score_halflife_s = 0; break;
-		case 15: c.score_halflife_s = -1; break;
-		case 16: c.score_halflife_s = NAN; break;
-		case 17: c.mode = 01600; break;
-		case 18: c.policy.cold_max_tokens = c.policy.cold_min_tokens - 1; break;
-		case 19: c.policy.cold_min_tokens = c.policy.min_tokens - 1; break;
-		case 20: c.policy.continued_interval = 0; break;
-		case 21: c.policy.boundary_align_tokens = 0; break;
-		case 22: c.max_procs = 65537; break;
-		case 23: c.page_size = 32u << 20; break;
+		case 0:
+			c.segment_bytes = 1 * TH_MIB;
+			break;
+		case 1:
+			c.segment_bytes = (1ull << 40) + 1;
+			break;
+		case 2:
+			c.max_procs = 1;
+			break;
+		case 3:
+			c.shards = 3;
+			break;
+		case 4:
+			c.shards = 128;
+			break;
+		case 5:
+			c.shards = 0;
+			break;
+		case 6:
+			c.max_entries = 2;
+			break; /* < shards (4) */
+		case 7:
+			c.chunk_tokens = 0;
+			break;
+		case 8:
+			c.chunk_tokens = 4097;
+			break;
+		case 9:
+			c.page_size = 1000;
+			break;
+		case 10:
+			c.page_size = 2048;
+			break;
+		case 11:
+			c.writer_slots = 0;
+			break;
+		case 12:
+			c.reservation_ttl_ms = 0;
+			break;
+		case 13:
+			c.wait_ms = 3600001;
+			break;
+		case 14:
+			c.score_halflife_s = 0;
+			break;
+		case 15:
+			c.score_halflife_s = -1;
+			break;
+		case 16:
+			c.score_halflife_s = NAN;
+			break;
+		case 17:
+			c.mode = 01600;
+			break;
+		case 18:
+			c.policy.cold_max_tokens = c.policy.cold_min_tokens - 1;
+			break;
+		case 19:
+			c.policy.cold_min_tokens = c.policy.min_tokens - 1;
+			break;
+		case 20:
+			c.policy.continued_interval = 0;
+			break;
+		case 21:
+			c.policy.boundary_align_tokens = 0;
+			break;
+		case 22:
+			c.max_procs = 65537;
+			break;
+		case 23:
+			c.page_size = 32u << 20;
+			break;
 		}
 		TH_FAILS(kvshm_config_validate(&c), KVSHM_ECONFIG);
 		if (!strstr(kvshm_last_error(), cases[i].field))
@@ -459,8 +523,7 @@ static void test_bad_input(void **st)
 	TH_FAILS(kvshm_put(h, NULL, t, 10, buf, 10, NULL), -EINVAL);
 	TH_FAILS(kvshm_put(h, &m, NULL, 10, buf, 10, NULL), -EINVAL);
 	/* Larger than the RAM quota (here the data area), or absurd. */
-	TH_FAILS(kvshm_reserve(h, &m, t, 10, (size_t)(before.tier_quota[KVSHM_TIER_RAM] + 1), NULL, &r),
-	      KVSHM_ETOOBIG);
+	TH_FAILS(kvshm_reserve(h, &m, t, 10, (size_t)(before.tier_quota[KVSHM_TIER_RAM] + 1), NULL, &r), KVSHM_ETOOBIG);
 	TH_FAILS(kvshm_reserve(h, &m, t, 10, 32 * TH_MIB, NULL, &r), KVSHM_ETOOBIG);
 	TH_FAILS(kvshm_reserve(h, &m, t, 10, SIZE_MAX, NULL, &r), KVSHM_ETOOBIG);
 	TH_FAILS(kvshm_reserve(h, &m, t, 10, SIZE_MAX - 40, NULL, &r), KVSHM_ETOOBIG);
@@ -728,8 +791,8 @@ static void test_forced_collision(void **st)
 			kvshm_model m = th_model_of(k);
 			th_toks_of(t, 64, fam);
 			for (size_t l = 0; l < 3; l++)
-				TH_OK(th_put_val(h, &m, t, lens[l], 300 + lens[l], coll_seed(fam, k, lens[l]), KVSHM_TIER_RAM,
-					   KVSHM_REASON_OTHER));
+				TH_OK(th_put_val(h, &m, t, lens[l], 300 + lens[l], coll_seed(fam, k, lens[l]),
+						 KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 		}
 	struct th_coll *cl = malloc(sizeof(*cl));
 	assert_non_null(cl);
@@ -746,7 +809,8 @@ static void test_forced_collision(void **st)
 			th_toks_of(t, 64, fam);
 			for (size_t l = 0; l < 3; l++) {
 				if (stored)
-					th_expect_get(h, &m, t, lens[l], 300 + lens[l], coll_seed(fam, k, lens[l]), KVSHM_TIER_RAM);
+					th_expect_get(h, &m, t, lens[l], 300 + lens[l], coll_seed(fam, k, lens[l]),
+						      KVSHM_TIER_RAM);
 				else
 					th_expect_missing(h, &m, t, lens[l]);
 			}
@@ -849,7 +913,8 @@ static void test_hash_stale_stack(void **st)
 			assert_int_equal(p.ntokens, lens[i]);
 			TH_OK(kvshm_unpin(h, &p));
 			poison_stack(seed);
-			TH_FAILS(th_put_val(h, &m, t, lens[i], 500, 0, KVSHM_TIER_RAM, KVSHM_REASON_OTHER), KVSHM_EEXISTS);
+			TH_FAILS(th_put_val(h, &m, t, lens[i], 500, 0, KVSHM_TIER_RAM, KVSHM_REASON_OTHER),
+				 KVSHM_EEXISTS);
 		}
 		poison_stack(seed);
 		th_check_ok(h);
@@ -1892,7 +1957,8 @@ static void test_stats(void **st)
 	size_t lens[] = {1, 100, 2000, 2048, 5000, 70000};
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(lens); i++) {
 		th_toks_of(t, 64, (unsigned)i);
-		TH_OK(th_put_val(i % 2 ? h : h2, &m, t, 3 + i * 10, lens[i], (uint32_t)i, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+		TH_OK(th_put_val(i % 2 ? h : h2, &m, t, 3 + i * 10, lens[i], (uint32_t)i, KVSHM_TIER_RAM,
+				 KVSHM_REASON_OTHER));
 	}
 	struct th_coll cl;
 	th_list(h, NULL, &cl);
@@ -2000,7 +2066,7 @@ static void single_flight(int cancel)
 	/* Without the flag: no waiting, the reservation is invisible. */
 	TH_FAILS(kvshm_get(h, &m, t, SF_N, 0, &p), KVSHM_ENOTFOUND);
 	TH_FAILS(kvshm_lookup_copy(h, &m, t, SF_N, 0, buf, sizeof(buf), &len, &nt),
-	      cancel ? -ENOBUFS : KVSHM_ENOTFOUND);
+		 cancel ? -ENOBUFS : KVSHM_ENOTFOUND);
 	int r = kvshm_lookup(h, &m, t, SF_N, 0, &p);
 	if (cancel) {
 		TH_OK(r);
@@ -2092,8 +2158,8 @@ static void test_wait_timeout(void **st)
 
 struct fork_arg {
 	kvshm *h;
-	kvshm_pin pin;          /* the parent's */
-	kvshm_reservation res;  /* the parent's */
+	kvshm_pin pin;         /* the parent's */
+	kvshm_reservation res; /* the parent's */
 	int to_parent, from_parent;
 	int exit_without_close;
 };
@@ -2299,12 +2365,12 @@ static bool cc_pin_ok(const kvshm_pin *p, unsigned fam)
 	       th_val_ok(p->data, p->len, cc_seed(fam, (uint32_t)p->ntokens));
 }
 
-#define CC_FAIL(code, ...)                                                                 \
-	do {                                                                               \
-		fprintf(stderr, "child %d op %d: ", a->id, op);                            \
-		fprintf(stderr, __VA_ARGS__);                                              \
-		fprintf(stderr, " (%s)\n", kvshm_last_error());                            \
-		return code;                                                               \
+#define CC_FAIL(code, ...)                                      \
+	do {                                                    \
+		fprintf(stderr, "child %d op %d: ", a->id, op); \
+		fprintf(stderr, __VA_ARGS__);                   \
+		fprintf(stderr, " (%s)\n", kvshm_last_error()); \
+		return code;                                    \
 	} while (0)
 
 static bool cc_save_err_ok(int r)

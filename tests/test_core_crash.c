@@ -115,10 +115,10 @@ static void test_cfg(kvshm_config *c, uint32_t wait_ms, uint64_t ram_quota)
 
 struct listing {
 	uint64_t n, footprint, ready, reserved;
-	uint64_t parent, child;        /* entries by model */
-	uint64_t parent_bad_ref;       /* parent entries whose refcount != want_parent_ref */
+	uint64_t parent, child;  /* entries by model */
+	uint64_t parent_bad_ref; /* parent entries whose refcount != want_parent_ref */
 	uint32_t want_parent_ref;
-	uint64_t refs;                 /* sum of refcounts */
+	uint64_t refs; /* sum of refcounts */
 };
 
 static int list_cb(const kvshm_entry_info *e, void *p)
@@ -195,10 +195,20 @@ static const struct kspec pkeys[] = {
 /* The child's keys (model CHILD_TAG, so a filter finds them). */
 enum { CK1, CK2, CK3, CK4, CK5, CK6, CK7, CK8, CK9, CK_GPIN, CK_GRES, CK_BIG, CK_BIG2, CK_BAD, NCK };
 static const struct kspec ckeys[NCK] = {
-	[CK1] = {10, 0, 50},  [CK2] = {11, 0, 64},  [CK3] = {12, 0, 70},  [CK4] = {11, 0, 90},
-	[CK5] = {13, 0, 20},  [CK6] = {14, 0, 37},  [CK7] = {15, 1, 77},  [CK8] = {16, 2, 120},
-	[CK9] = {17, 0, 45},  [CK_GPIN] = {18, 0, 60}, [CK_GRES] = {19, 0, 99},
-	[CK_BIG] = {BIG_FAM + 1, 0, 30}, [CK_BIG2] = {BIG_FAM + 2, 0, 31}, [CK_BAD] = {20, 0, 41},
+	[CK1] = {10, 0, 50},
+	[CK2] = {11, 0, 64},
+	[CK3] = {12, 0, 70},
+	[CK4] = {11, 0, 90},
+	[CK5] = {13, 0, 20},
+	[CK6] = {14, 0, 37},
+	[CK7] = {15, 1, 77},
+	[CK8] = {16, 2, 120},
+	[CK9] = {17, 0, 45},
+	[CK_GPIN] = {18, 0, 60},
+	[CK_GRES] = {19, 0, 99},
+	[CK_BIG] = {BIG_FAM + 1, 0, 30},
+	[CK_BIG2] = {BIG_FAM + 2, 0, 31},
+	[CK_BAD] = {20, 0, 41},
 };
 
 /* Flip a byte of k's stored value behind the library's back (through its
@@ -336,8 +346,8 @@ static int scenario(void *p)
 
 	/* copy-out */
 	key_tokens(t, &ckeys[CK1]);
-	if (kvshm_lookup_copy(h, &cm, t, ckeys[CK1].n, 0, buf, sizeof(buf), &len, &nt) < 0 ||
-	    nt != ckeys[CK1].n || !val_ok(buf, len, &cm, t, nt))
+	if (kvshm_lookup_copy(h, &cm, t, ckeys[CK1].n, 0, buf, sizeof(buf), &len, &nt) < 0 || nt != ckeys[CK1].n ||
+	    !val_ok(buf, len, &cm, t, nt))
 		return 23;
 
 	/* a value corrupted behind the library's back: copy-out rejects it
@@ -583,7 +593,7 @@ static void test_every_core_crash_point(void **st)
  * waits to be killed. */
 struct tctx {
 	char name[64];
-	int fd;               /* write end of the parent's pipe */
+	int fd; /* write end of the parent's pipe */
 	const struct kspec *keys;
 	int nkeys;
 	uint8_t tag;
@@ -758,7 +768,7 @@ struct kctx {
 	int op;
 };
 
-static const struct kspec victim = {40, 0, 50};   /* saved by the parent, model VICTIM_TAG */
+static const struct kspec victim = {40, 0, 50}; /* saved by the parent, model VICTIM_TAG */
 #define VICTIM_TAG 0x5e
 
 static int killed_child(void *p)
@@ -883,7 +893,7 @@ struct wctx2 {
 	int fd;
 };
 
-static const struct kspec wkey = {50, 0, 96};   /* being saved by the writer */
+static const struct kspec wkey = {50, 0, 96};    /* being saved by the writer */
 static const struct kspec wquery = {50, 0, 128}; /* the reader's prompt */
 
 static int dying_writer(void *p)
@@ -926,7 +936,8 @@ static int waiting_reader(void *p)
 		return 3;
 	}
 	/* Released by the reclaim, not by the 20 s wait running out. */
-	if (kvshm_stats_get(h, &st, sizeof(st)) < 0 || st.counters[KVSHM_C_waits] < 1 || st.counters[KVSHM_C_wait_timeouts] != 0)
+	if (kvshm_stats_get(h, &st, sizeof(st)) < 0 || st.counters[KVSHM_C_waits] < 1 ||
+	    st.counters[KVSHM_C_wait_timeouts] != 0)
 		return 4;
 	kvshm_close(h);
 	return 0;

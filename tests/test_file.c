@@ -30,7 +30,6 @@
 #include "harness.h"
 #include "core/tier/file.h" /* the format, paths and TDB index (tests link the internal library) */
 
-
 /* ---- helpers ------------------------------------------------------------------------ */
 
 static uint64_t rng_next(uint64_t *x)
@@ -79,8 +78,8 @@ struct fx {
 	char name[64];
 	char base[256]; /* mkdtemp'd; the disk tier lives in it */
 	char disk[300];
-	char rf[256];   /* ram_file tier on /dev/shm */
-	char mnt[300];  /* a mount made by the test, if any */
+	char rf[256];  /* ram_file tier on /dev/shm */
+	char mnt[300]; /* a mount made by the test, if any */
 	kvshm *h;
 };
 
@@ -517,13 +516,13 @@ static void test_format_corruption(void **state)
 	uint8_t *c = malloc(size);
 	assert_non_null(c);
 	struct kvshm__fhdr hh;
-#define EDIT(stmt)                                 \
-	do {                                       \
-		memcpy(c, b, size);                \
-		hh = hdr_of(c);                    \
-		stmt;                              \
-		hdr_set(c, &hh);                   \
-		fix_crc(c);                        \
+#define EDIT(stmt)                  \
+	do {                        \
+		memcpy(c, b, size); \
+		hh = hdr_of(c);     \
+		stmt;               \
+		hdr_set(c, &hh);    \
+		fix_crc(c);         \
 	} while (0)
 	EDIT(hh.magic[0] = 'X');
 	TH_FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
@@ -648,8 +647,8 @@ static void test_crc32c(void **state)
 		/* Continuation: crc(a ‖ b) == crc(crc(a), b). */
 		size_t cut = len ? (size_t)(rng_next(&x) % len) : 0;
 		assert_int_equal(kvshm__crc32c(kvshm__crc32c(seed, buf + align, cut), buf + align + cut, len - cut), a);
-		assert_int_equal(kvshm__crc32c_sw(kvshm__crc32c_sw(seed, buf + align, cut), buf + align + cut, len - cut),
-				 a);
+		assert_int_equal(
+			kvshm__crc32c_sw(kvshm__crc32c_sw(seed, buf + align, cut), buf + align + cut, len - cut), a);
 	}
 	free(buf);
 }
@@ -1640,16 +1639,16 @@ static void test_reconcile_temps_and_invalid(void **state)
 	memset(k2, 0x5c, 16);
 	kvshm__key_hex(k2, hx);
 	snprintf(rel, sizeof(rel), "5c/%s.kvc", hx);
-	plant(f->disk, rel, junk, sizeof(junk));  /* invalid content */
+	plant(f->disk, rel, junk, sizeof(junk)); /* invalid content */
 	k2[15] = 0x11;
 	kvshm__key_hex(k2, hx);
 	snprintf(rel, sizeof(rel), "5c/%s.kvc", hx);
-	plant(f->disk, rel, valid, len1);         /* a valid file under another key's name */
+	plant(f->disk, rel, valid, len1); /* a valid file under another key's name */
 	kvshm__key_hex(key, hx);
 	snprintf(rel, sizeof(rel), "%02x/README", key[0]);
-	plant(f->disk, rel, valid, len1);         /* not a key name */
+	plant(f->disk, rel, valid, len1); /* not a key name */
 	snprintf(rel, sizeof(rel), "%02x/%s.kvc", (uint8_t)(key[0] + 1), hx);
-	plant(f->disk, rel, valid, len1);         /* the right name in the wrong directory */
+	plant(f->disk, rel, valid, len1); /* the right name in the wrong directory */
 	char upper[33];
 	for (int i = 0; i < 33; i++)
 		upper[i] = (char)(hx[i] >= 'a' && hx[i] <= 'f' ? hx[i] - 32 : hx[i]);
@@ -1684,8 +1683,8 @@ static void test_reconcile_temps_and_invalid(void **state)
 	/* A second pass finds nothing to do. */
 	TH_OK(kvshm_reconcile(h, KVSHM_TIER_DISK, &rep));
 	assert_int_equal(rep.files, 4);
-	assert_int_equal(rep.temps_removed + rep.invalid_removed + rep.adopted + rep.rows_added +
-				 rep.rows_dropped + rep.entries_dropped,
+	assert_int_equal(rep.temps_removed + rep.invalid_removed + rep.adopted + rep.rows_added + rep.rows_dropped +
+				 rep.entries_dropped,
 			 0);
 	finish(f);
 }

@@ -130,8 +130,8 @@ static void test_stray_writes_fault(void **st)
 	th_toks_of(small, 20, 1);
 	th_toks_of(big, 20, 2);
 	th_toks_of(nb, 20, 3);
-	TH_OK(th_put_val(h, &m, small, 20, 700, 1, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));   /* a slab object */
-	TH_OK(th_put_val(h, &m, big, 20, 300000, 2, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));  /* an extent */
+	TH_OK(th_put_val(h, &m, small, 20, 700, 1, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));  /* a slab object */
+	TH_OK(th_put_val(h, &m, big, 20, 300000, 2, KVSHM_TIER_RAM, KVSHM_REASON_OTHER)); /* an extent */
 	TH_OK(th_put_val(h, &m, nb, 20, 5000, 3, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 
 	/* Through a pin: the writer dies of SIGSEGV, the value is intact. */
@@ -483,12 +483,9 @@ static void test_lazy_full_tmpfs(void **st)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_stray_writes_fault),
-		cmocka_unit_test(test_flipped_byte_never_served),
-		cmocka_unit_test(test_check_reports_flip),
-		cmocka_unit_test(test_damaged_header_refused),
-		cmocka_unit_test(test_closed_handle),
-		cmocka_unit_test(test_foreign_reservation),
+		cmocka_unit_test(test_stray_writes_fault), cmocka_unit_test(test_flipped_byte_never_served),
+		cmocka_unit_test(test_check_reports_flip), cmocka_unit_test(test_damaged_header_refused),
+		cmocka_unit_test(test_closed_handle),      cmocka_unit_test(test_foreign_reservation),
 		cmocka_unit_test(test_lazy_full_tmpfs),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -271,9 +271,9 @@ static void test_full_preferred(void **st)
 	kvshm *h = th_create_cache(name, sizeof(name), "pfull", &c);
 	kvshm_model m = th_model_of(5);
 	th_toks_of(q, 300, 1);
-	put(h, &m, q, 100, 30, RAM);  /* a prefix of the query */
+	put(h, &m, q, 100, 30, RAM); /* a prefix of the query */
 	toks(t, MAXT, 1, 100, 2);
-	put(h, &m, t, 200, 31, RAM);  /* the same 100 tokens, then more */
+	put(h, &m, t, 200, 31, RAM); /* the same 100 tokens, then more */
 	expect_hit(h, &m, q, 250, P, KVSHM_HIT_PREFIX, 100, 100, 30, RAM);
 	/* The query ends inside the longer one: still the ordinary hit. */
 	toks(t, MAXT, 1, 100, 2);
@@ -398,8 +398,8 @@ static void test_forced_collision(void **st)
 				assert_int_equal(p.ntokens, common);
 				assert_true(common >= 64 || common == lens[el]);
 				assert_int_equal(p.kind, common < lens[el] ? KVSHM_HIT_PARTIAL
-							   : common == qs[i] ? KVSHM_HIT_EXACT
-									     : KVSHM_HIT_PREFIX);
+							 : common == qs[i] ? KVSHM_HIT_EXACT
+									   : KVSHM_HIT_PREFIX);
 				TH_OK(kvshm_unpin(h, &p));
 			}
 		}
@@ -523,7 +523,8 @@ static void test_garbage_markers(void **st)
 		put(h, &m, e, 180 + (size_t)round, 70 + (uint32_t)round, RAM);
 		TH_OK(kvshm_lookup(h, &m, e, 100, P, &p));
 		assert_int_equal(p.ntokens, 100);
-		assert_true(th_val_ok(p.data, p.len, p.stored_ntokens == 200 ? 60 : 70 + (uint32_t)(p.stored_ntokens - 180)));
+		assert_true(th_val_ok(p.data, p.len,
+				      p.stored_ntokens == 200 ? 60 : 70 + (uint32_t)(p.stored_ntokens - 180)));
 		TH_OK(kvshm_unpin(h, &p));
 		th_check_ok(h); /* nothing in the table for the checker to mind */
 	}

@@ -53,10 +53,10 @@
 #include "harness.h"
 #include "core/entry/entry.h" /* backdating entries for the max-age prune */
 
-#define NTOK 24             /* tokens per key */
-#define DEADLINE_MS 20000   /* generous: a shared 2-core machine, sanitizers */
-#define START_MS 30000      /* a daemon to start serving */
-#define PLEN 256            /* our paths: G.dir (< 64) + a leaf */
+#define NTOK 24           /* tokens per key */
+#define DEADLINE_MS 20000 /* generous: a shared 2-core machine, sanitizers */
+#define START_MS 30000    /* a daemon to start serving */
+#define PLEN 256          /* our paths: G.dir (< 64) + a leaf */
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
@@ -304,8 +304,8 @@ static pid_t start_worker(struct wk *w)
 
 static struct wk full_worker(const char *name, int id)
 {
-	struct wk w = {.id = id, .nput = 3, .npin = 2, .pin_shared = true, .reserve = true, .writer = true,
-		       .len = 20000};
+	struct wk w = {
+		.id = id, .nput = 3, .npin = 2, .pin_shared = true, .reserve = true, .writer = true, .len = 20000};
 	snprintf(w.name, sizeof(w.name), "%s", name);
 	return w;
 }
@@ -408,8 +408,7 @@ static void test_reaper_reclaims_killed_workers(void **st)
 	kvshm_stats s2 = th_stats_of(h);
 	assert_int_equal(s2.counters[KVSHM_C_reclaims] - s1.counters[KVSHM_C_reclaims], NW);
 	assert_int_equal(s2.counters[KVSHM_C_reclaimed_pins] - s1.counters[KVSHM_C_reclaimed_pins], NW * 3);
-	assert_int_equal(s2.counters[KVSHM_C_reclaimed_reservations] - s1.counters[KVSHM_C_reclaimed_reservations],
-			 NW);
+	assert_int_equal(s2.counters[KVSHM_C_reclaimed_reservations] - s1.counters[KVSHM_C_reclaimed_reservations], NW);
 	assert_int_equal(s2.counters[KVSHM_C_reclaimed_sem] - s1.counters[KVSHM_C_reclaimed_sem], NW);
 	assert_true(s2.counters[KVSHM_C_reclaimed_allocs] - s1.counters[KVSHM_C_reclaimed_allocs] >= NW);
 	/* What was published stays; the reserved keys are free again. */
@@ -579,8 +578,8 @@ static void test_second_reaper_refused(void **st)
 
 	/* A refused reaper changes nothing, not even the scheduler settings it
 	 * was given. */
-	pid_t rc = SPAWN(logc, NULL, "--poll-ms", "20", "--scheduler", "--pressure", "system", "--high", "0.6",
-			 "--low", "0.5", "--interval", "100", name);
+	pid_t rc = SPAWN(logc, NULL, "--poll-ms", "20", "--scheduler", "--pressure", "system", "--high", "0.6", "--low",
+			 "0.5", "--interval", "100", name);
 	code = th_reap_within(rc, START_MS);
 	if (code != 2)
 		th_dump_file(logc);
@@ -909,9 +908,8 @@ static void test_sched_invalid(void **st)
 		int which;
 		const char *reason;
 	} cases[] = {
-		{0, "low < high"}, {1, "low < high"}, {2, "low < high"}, {3, "low < high"},
-		{4, "interval"},   {5, "command"},    {6, "tiers"},      {7, "source"},
-		{8, "tiers"},
+		{0, "low < high"}, {1, "low < high"}, {2, "low < high"}, {3, "low < high"}, {4, "interval"},
+		{5, "command"},    {6, "tiers"},      {7, "source"},     {8, "tiers"},
 	};
 	th_cfg_small(&c, 8);
 	kvshm *h = th_create_cache(name, sizeof(name), "schedbad", &c);
@@ -924,15 +922,34 @@ static void test_sched_invalid(void **st)
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(cases); i++) {
 		sc = good;
 		switch (cases[i].which) {
-		case 0: sc.low_watermark = 0.8; break;       /* low == high */
-		case 1: sc.low_watermark = 0.9; break;       /* low > high */
-		case 2: sc.high_watermark = 1.5; break;      /* high > 1 */
-		case 3: sc.low_watermark = -0.1; break;      /* low < 0 */
-		case 4: sc.interval_ms = 0; break;
-		case 5: sc.source = KVSHM_PRESSURE_COMMAND; sc.command[0] = '\0'; break;
-		case 6: sc.tiers = 0; break;
-		case 7: sc.source = 42; break;
-		case 8: sc.tiers = 8; break;
+		case 0:
+			sc.low_watermark = 0.8;
+			break; /* low == high */
+		case 1:
+			sc.low_watermark = 0.9;
+			break; /* low > high */
+		case 2:
+			sc.high_watermark = 1.5;
+			break; /* high > 1 */
+		case 3:
+			sc.low_watermark = -0.1;
+			break; /* low < 0 */
+		case 4:
+			sc.interval_ms = 0;
+			break;
+		case 5:
+			sc.source = KVSHM_PRESSURE_COMMAND;
+			sc.command[0] = '\0';
+			break;
+		case 6:
+			sc.tiers = 0;
+			break;
+		case 7:
+			sc.source = 42;
+			break;
+		case 8:
+			sc.tiers = 8;
+			break;
 		}
 		TH_FAILS(kvshm_sched_validate(&sc), KVSHM_ECONFIG);
 		if (!strstr(kvshm_last_error(), cases[i].reason))
@@ -1501,9 +1518,9 @@ static void test_idle_reaper_sleeps(void **st)
 	kvshm *h = th_create_cache(name, sizeof(name), "idle", &c);
 	tmp_path(log, sizeof(log), "reaper.log");
 	const char *variants[][3] = {
-		{"--prune-interval", "30", "--max-age=0"},     /* the scheduler disabled */
-		{"--prune-interval", "0", "--max-age=0"},      /* no prune passes either */
-		{"--scheduler", "--interval", "3600000"},      /* enabled, a check an hour */
+		{"--prune-interval", "30", "--max-age=0"}, /* the scheduler disabled */
+		{"--prune-interval", "0", "--max-age=0"},  /* no prune passes either */
+		{"--scheduler", "--interval", "3600000"},  /* enabled, a check an hour */
 	};
 	long tck = sysconf(_SC_CLK_TCK);
 	for (size_t v = 0; v < KVSHM_ARRAY_LEN(variants); v++) {
@@ -1526,7 +1543,6 @@ static void test_idle_reaper_sleeps(void **st)
 }
 
 /* ---- --syslog: every message, config errors included, goes to syslog ------------------------------------------- */
-
 
 /* Read syslog datagrams from fd into acc (appending) until it holds
  * needle, or fail after the deadline. */

@@ -79,8 +79,7 @@ static int scenario(void *p)
 	if (tseg_sweep(&t) != 1)
 		return 13;
 	if (kvshm__sem_acquire(t.seg, t.sem, t.me, 0, NULL, NULL) < 0 ||
-	    kvshm__sem_acquire(t.seg, t.sem, t.me, 0, NULL, NULL) < 0 ||
-	    kvshm__sem_release(t.seg, t.sem, t.me) < 0)
+	    kvshm__sem_acquire(t.seg, t.sem, t.me, 0, NULL, NULL) < 0 || kvshm__sem_release(t.seg, t.sem, t.me) < 0)
 		return 14;
 	/* Objects of one class until a second slab page is needed; hand each
 	 * over so the slot's 8 records do not run out. */
@@ -179,7 +178,8 @@ static void test_every_shm_crash_point(void **st)
 		assert_int_equal(kvshm__slab_verify(t.seg, t.slab, find_user_owned, &l), 0);
 		for (int i = 0; i < l.n; i++) {
 			assert_int_equal(kvshm__lock_acquire(t.seg, &t.tab->lk, NULL), 0);
-			assert_int_equal(kvshm__slab_take_locked(t.seg, &t.tab->lk, t.slab, t.me, l.off[i], l.owner[i]), 0);
+			assert_int_equal(kvshm__slab_take_locked(t.seg, &t.tab->lk, t.slab, t.me, l.off[i], l.owner[i]),
+					 0);
 			kvshm__lock_release(t.seg, &t.tab->lk);
 			assert_int_equal(kvshm__slab_free(t.seg, t.slab, t.me, l.off[i]), 0);
 		}

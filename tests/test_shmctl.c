@@ -59,7 +59,7 @@ static struct {
 	char dir[64];         /* temporary directory: disk tiers, outputs, logs */
 	char rfdirs[4][PLEN]; /* ram_file directories under /dev/shm */
 	int nrfdirs;
-	char tmux[64];        /* our tmux server's socket name (-L), "" when none */
+	char tmux[64];            /* our tmux server's socket name (-L), "" when none */
 	char tmux_sock[PATH_MAX]; /* ... and its socket file, which outlives the server */
 	bool passed;
 } G;
@@ -376,7 +376,7 @@ static const struct fam {
 	{11, KVSHM_TIER_RAM_FILE, 1, 8000, KVSHM_REASON_COLD, 0}, /* pinned by the live worker */
 	{12, KVSHM_TIER_RAM_FILE, 2, 30000, KVSHM_REASON_OTHER, 1},
 	{13, KVSHM_TIER_RAM_FILE, 1, 70000, KVSHM_REASON_FINISH, 0},
-	{21, KVSHM_TIER_DISK, 1, 25000, KVSHM_REASON_COLD, 0},    /* pinned by the live worker */
+	{21, KVSHM_TIER_DISK, 1, 25000, KVSHM_REASON_COLD, 0}, /* pinned by the live worker */
 	{22, KVSHM_TIER_DISK, 1, 5000, KVSHM_REASON_OTHER, 3},
 	{23, KVSHM_TIER_DISK, 2, 15000, KVSHM_REASON_OTHER, 0},
 	{24, KVSHM_TIER_DISK, 2, 60000, KVSHM_REASON_CONTINUED, 0},
@@ -950,8 +950,8 @@ static void test_status_procs(void **st)
 	uint64_t deadline = th_now_ms() + DEADLINE_MS;
 	while (s = th_stats_of(p.h), s.procs_live != 3 || s.entries_reserved != 1) {
 		if (th_now_ms() > deadline) {
-			print_error("the reaper did not reclaim the killed worker: %u procs, %llu reserved\n", s.procs_live,
-				    (unsigned long long)s.entries_reserved);
+			print_error("the reaper did not reclaim the killed worker: %u procs, %llu reserved\n",
+				    s.procs_live, (unsigned long long)s.entries_reserved);
 			fail();
 		}
 		th_sleep_ms(10);
@@ -1201,12 +1201,12 @@ static bool metric_name_ok(const char *s)
 	return true;
 }
 
-#define PROM_FAIL(...)                                        \
-	do {                                                  \
-		print_error("metrics line %d: ", lineno);     \
-		print_error(__VA_ARGS__);                     \
+#define PROM_FAIL(...)                                          \
+	do {                                                    \
+		print_error("metrics line %d: ", lineno);       \
+		print_error(__VA_ARGS__);                       \
 		print_error("\n----- metrics -----\n%s", text); \
-		fail();                                       \
+		fail();                                         \
 	} while (0)
 
 /*
@@ -1869,7 +1869,8 @@ static void test_scheduler(void **st)
 	const char *ago = strstr(le, "), ");
 	double secs = -1;
 	if (!ago || sscanf(ago, "), %lf s ago", &secs) != 1 || secs < 0 || secs > (double)(t1.tv_sec - t0.tv_sec) + 1) {
-		print_error("'last evict' %.0f s ago: it was at most %ld s ago\n", secs, (long)(t1.tv_sec - t0.tv_sec) + 1);
+		print_error("'last evict' %.0f s ago: it was at most %ld s ago\n", secs,
+			    (long)(t1.tv_sec - t0.tv_sec) + 1);
 		dump_run(&r);
 		fail();
 	}
@@ -1926,7 +1927,8 @@ static void test_reconcile(void **st)
 	for (size_t i = 0; i < 2; i++) {
 		const jv *o = jat(a, i);
 		assert_int_equal(ju64(o, "adopted") + ju64(o, "rows_added") + ju64(o, "invalid_removed") +
-					 ju64(o, "temps_removed") + ju64(o, "rows_dropped") + ju64(o, "entries_dropped"),
+					 ju64(o, "temps_removed") + ju64(o, "rows_dropped") +
+					 ju64(o, "entries_dropped"),
 				 0);
 		assert_false(jbool(o, "repacked"));
 	}
@@ -1996,13 +1998,14 @@ static void test_reconcile(void **st)
 
 static void fsck_counts(const struct run *r, const jv *o, const uint64_t want[10])
 {
-	static const char *const k[10] = {"files", "valid", "invalid", "temps", "rows",
-					  "rows_without_file", "files_without_row", "removed", "adopted",
-					  "rows_dropped"};
+	static const char *const k[10] = {
+		"files",   "valid",   "invalid",     "temps", "rows", "rows_without_file", "files_without_row",
+		"removed", "adopted", "rows_dropped"};
 	for (int i = 0; i < 10; i++) {
 		uint64_t v = ju64(o, k[i]);
 		if (v != want[i]) {
-			print_error("fsck %s: %llu, want %llu\n", k[i], (unsigned long long)v, (unsigned long long)want[i]);
+			print_error("fsck %s: %llu, want %llu\n", k[i], (unsigned long long)v,
+				    (unsigned long long)want[i]);
 			dump_run(r);
 		}
 		assert_int_equal(v, want[i]);
@@ -2075,7 +2078,8 @@ static void test_fsck(void **st)
 	assert_int_equal(access(temp, F_OK), 0);
 	r = SHMCTL("fsck", d);
 	want_code(&r, 3);
-	want_in(&r, r.out, "5 files, 3 valid, 2 invalid, 1 temporary; index 5 rows (3 without a file, 1 files unindexed)");
+	want_in(&r, r.out,
+		"5 files, 3 valid, 2 invalid, 1 temporary; index 5 rows (3 without a file, 1 files unindexed)");
 	want_in(&r, r.out, "first problem: ");
 	want_not_in(&r, r.out, "repaired");
 	run_free(&r);
@@ -2385,18 +2389,9 @@ int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 	const struct CMUnitTest tests[] = {
-		T(test_status_procs),
-		T(test_ls_show),
-		T(test_stats_metrics),
-		T(test_check),
-		T(test_evict_delete_gc),
-		T(test_scheduler),
-		T(test_reconcile),
-		T(test_fsck),
-		T(test_destroy_usage),
-		T(test_usage_messages),
-		T(test_top_tmux),
-		T(test_top_count),
+		T(test_status_procs),    T(test_ls_show),        T(test_stats_metrics), T(test_check),
+		T(test_evict_delete_gc), T(test_scheduler),      T(test_reconcile),     T(test_fsck),
+		T(test_destroy_usage),   T(test_usage_messages), T(test_top_tmux),      T(test_top_count),
 	};
 #undef T
 	/* The tools run in a clean environment: no default cache, not nested

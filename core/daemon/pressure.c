@@ -191,7 +191,6 @@ KVSHM_EXTERN int kvshm_pressure_sample(int source, const char *command, uint64_t
 	}
 }
 
-
 /*
  * A source that cannot be read is an outcome of the check (recorded as
  * KVSHM_SCHED_ERROR with its reason in last_error), not a failure of the
@@ -226,7 +225,8 @@ KVSHM_EXTERN int kvshm_sched_check(kvshm *h, int force, kvshm_sched_status *st)
 			ret = kvshm__evict(h, target, c.tiers, &freed, &count);
 			if (ret == 0 && freed)
 				kvshm__slab_release_free(h->seg, h->slab);
-			kvshm__sched_record(h, &used, &total, freed ? KVSHM_SCHED_EVICTED : KVSHM_SCHED_NOTHING, freed, count, NULL);
+			kvshm__sched_record(h, &used, &total, freed ? KVSHM_SCHED_EVICTED : KVSHM_SCHED_NOTHING, freed,
+					    count, NULL);
 		}
 	}
 	if (st && (err = kvshm_sched_get(h, st)) < 0 && ret == 0)

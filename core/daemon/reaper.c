@@ -50,9 +50,9 @@
 #include "core/maint/maint.h"
 
 struct track {
-	int fd;         /* pidfd, -1 when none */
-	bool polling;   /* check the identity every loop (no pidfd, or a slot lock) */
-	uint32_t gen;   /* slot gen being tracked, 0 = none */
+	int fd;       /* pidfd, -1 when none */
+	bool polling; /* check the identity every loop (no pidfd, or a slot lock) */
+	uint32_t gen; /* slot gen being tracked, 0 = none */
 	uint32_t pid;
 };
 
@@ -63,7 +63,7 @@ struct kvshm_reaper {
 	struct pollfd *pfd;
 	uint32_t *pfd_slot;
 	uint64_t next_prune_ns, last_sched_ns, next_promote_ns;
-	bool sched_ran;       /* a scheduler check has run, at last_sched_ns */
+	bool sched_ran; /* a scheduler check has run, at last_sched_ns */
 	uint32_t seen_force;
 	kvshm_reaper_stats st;
 };
@@ -304,8 +304,8 @@ static void maybe_prune_and_schedule(kvshm_reaper *r)
 		if (kvshm_sched_check(h, forced, &st) == 0) {
 			r->st.sched_checks++;
 			if (st.last_result == KVSHM_SCHED_EVICTED)
-				rlog(r, LOG_NOTICE, "pressure %.3f >= %.2f: evicted %llu bytes (%llu entries)", st.last_ratio,
-				     st.config.high_watermark, (unsigned long long)st.last_evicted_bytes,
+				rlog(r, LOG_NOTICE, "pressure %.3f >= %.2f: evicted %llu bytes (%llu entries)",
+				     st.last_ratio, st.config.high_watermark, (unsigned long long)st.last_evicted_bytes,
 				     (unsigned long long)st.last_evicted_entries);
 			else if (st.last_result == KVSHM_SCHED_ERROR)
 				rlog(r, LOG_WARNING, "pressure source: %s", st.last_error);

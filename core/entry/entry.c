@@ -36,8 +36,8 @@ const struct kvshm__blob *kvshm__entry_blob_quick(const kvshm *h, const struct k
 	return b;
 }
 
-bool kvshm__entry_matches(const kvshm *h, const struct kvshm__entry *e, const kvshm_model *m,
-			  const uint32_t *tokens, size_t n)
+bool kvshm__entry_matches(const kvshm *h, const struct kvshm__entry *e, const kvshm_model *m, const uint32_t *tokens,
+			  size_t n)
 {
 	if (e->ntokens != n)
 		return false;
@@ -73,8 +73,9 @@ void kvshm__info_of(const kvshm *h, const struct kvshm__entry *e, uint64_t now, 
 	if (b)
 		i->model = b->model;
 	i->tier = e->tier;
-	i->state = e->state == KVSHM_E_READY ? KVSHM_STATE_READY
-		   : e->state == KVSHM_E_RESERVED ? KVSHM_STATE_RESERVED : KVSHM_STATE_EXPIRED;
+	i->state = e->state == KVSHM_E_READY      ? KVSHM_STATE_READY
+		   : e->state == KVSHM_E_RESERVED ? KVSHM_STATE_RESERVED
+						  : KVSHM_STATE_EXPIRED;
 	i->len = e->len;
 	i->footprint = e->footprint;
 	i->ntokens = e->ntokens;

@@ -20,7 +20,6 @@ int kvshm__sweep(kvshm *h);
 /* Count a published save: saves_<reason> and saved_bytes. */
 void kvshm__count_save(const kvshm *h, int reason, uint64_t bytes);
 
-
 /* ---- keys (core/entry/key.c) -------------------------------------------------------------- */
 
 typedef struct {
@@ -33,9 +32,9 @@ typedef struct {
  * hash of the whole sequence.
  */
 struct kvshm__keyhash {
-	kvshm__h128 *h;      /* n/C + 1 boundary hashes */
-	size_t nb;           /* entries in h */
-	kvshm__h128 key;     /* hash of model ‖ all n tokens */
+	kvshm__h128 *h;         /* n/C + 1 boundary hashes */
+	size_t nb;              /* entries in h */
+	kvshm__h128 key;        /* hash of model ‖ all n tokens */
 	kvshm__h128 stack[160]; /* storage for sequences up to ~38k tokens at C = 256 */
 };
 
@@ -91,8 +90,8 @@ void kvshm__shard_unlock(kvshm *h, uint32_t s);
 int kvshm__shard_repair(struct kvshm__seg *seg, struct kvshm__lock *lk, void *ctx);
 
 /* Does entry e hold exactly key (m, tokens[0..n))? Compares everything. */
-bool kvshm__entry_matches(const kvshm *h, const struct kvshm__entry *e, const kvshm_model *m,
-			  const uint32_t *tokens, size_t n);
+bool kvshm__entry_matches(const kvshm *h, const struct kvshm__entry *e, const kvshm_model *m, const uint32_t *tokens,
+			  size_t n);
 
 /*
  * Take entry idx (unpinned) out of shard s (lock held): unlink it, clear
@@ -113,13 +112,13 @@ struct kvshm__newentry {
 	uint32_t ntokens;
 	uint8_t tier, reason;
 	uint32_t flags;
-	uint64_t blob;        /* slab offset, owned by our slot until handed over */
-	uint64_t len;         /* value bytes */
-	uint64_t footprint;   /* bytes charged to the tier */
-	uint32_t state;       /* KVSHM_E_RESERVED (recorded in our slot) or KVSHM_E_READY */
+	uint64_t blob;      /* slab offset, owned by our slot until handed over */
+	uint64_t len;       /* value bytes */
+	uint64_t footprint; /* bytes charged to the tier */
+	uint32_t state;     /* KVSHM_E_RESERVED (recorded in our slot) or KVSHM_E_READY */
 	uint64_t token;
 	uint64_t created_ns;
-	uint64_t csum;        /* READY only */
+	uint64_t csum; /* READY only */
 };
 /* Take a free entry of shard s (lock held, free_head != 0), fill and chain
  * it, hand it the blob, charge the tier; a reservation is recorded in our
@@ -130,8 +129,8 @@ int kvshm__entry_new_locked(kvshm *h, uint32_t s, const struct kvshm__newentry *
 void kvshm__mark_ready_locked(kvshm *h, uint32_t s, uint32_t idx, uint64_t csum, uint64_t footprint);
 /* Find the entry of key (m, tokens[0..n)) in tier (lock held): returns
  * KVSHM_EEXISTS (ready) or KVSHM_EINPROGRESS (reserved) with *idx, or 0. */
-int kvshm__find_locked(kvshm *h, uint32_t s, kvshm__h128 term, const kvshm_model *m, const uint32_t *tokens,
-		       size_t n, int tier, uint32_t *idx);
+int kvshm__find_locked(kvshm *h, uint32_t s, kvshm__h128 term, const kvshm_model *m, const uint32_t *tokens, size_t n,
+		       int tier, uint32_t *idx);
 /* The listing view of an entry (shard lock held). */
 void kvshm__info_of(const kvshm *h, const struct kvshm__entry *e, uint64_t now, kvshm_entry_info *i);
 
@@ -157,8 +156,9 @@ void kvshm__count_hit(kvshm *h, const kvshm_pin *pin);
 
 /* ---- the marker table of partial-prefix lookup (core/entry/marks.c) -------------------- */
 
-#define KVSHM_PARTIAL_MIN_DEFAULT 64u /* tokens: a shorter common prefix is cheaper to
-				       * prefill than to restore and cut (config 0) */
+#define KVSHM_PARTIAL_MIN_DEFAULT \
+	64u /* tokens: a shorter common prefix is cheaper to
+	     * prefill than to restore and cut (config 0) */
 
 /* Marker sets for a cache of max_entries in segment_bytes (at creation). */
 uint32_t kvshm__marks_sets_for(uint32_t max_entries, uint64_t segment_bytes);
@@ -174,7 +174,6 @@ unsigned kvshm__marks_find(const kvshm *h, kvshm__h128 t, uint32_t idx[KVSHM_MAR
 			   uint32_t gen12[KVSHM_MARK_WAYS]);
 /* Score of an entry now (decayed). */
 double kvshm__entry_score(const kvshm *h, const struct kvshm__entry *e, uint64_t now_ns);
-
 
 /* ---- reservations past their deadline (core/entry/resv.c) -------------------------------- */
 

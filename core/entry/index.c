@@ -145,8 +145,8 @@ void kvshm__mark_ready_locked(kvshm *h, uint32_t s, uint32_t idx, uint64_t csum,
 	kvshm__jset32(seg, lk, &e->state, KVSHM_E_READY);
 }
 
-int kvshm__find_locked(kvshm *h, uint32_t s, kvshm__h128 term, const kvshm_model *m, const uint32_t *tokens,
-		       size_t n, int tier, uint32_t *idx)
+int kvshm__find_locked(kvshm *h, uint32_t s, kvshm__h128 term, const kvshm_model *m, const uint32_t *tokens, size_t n,
+		       int tier, uint32_t *idx)
 {
 	assert(kvshm__lock_held(&h->shards[s].lk));
 	struct kvshm__shard *sh = &h->shards[s];

@@ -122,7 +122,8 @@ size_t kvshm__bidx(const struct kvshm__keyctx *kc, size_t L)
 	return P + L / C;
 }
 
-int kvshm__keyhash(const struct kvshm__keyctx *kc, const kvshm_model *m, const uint32_t *tokens, size_t n, struct kvshm__keyhash *kh)
+int kvshm__keyhash(const struct kvshm__keyctx *kc, const kvshm_model *m, const uint32_t *tokens, size_t n,
+		   struct kvshm__keyhash *kh)
 {
 	size_t nb = kvshm__bidx(kc, n) + 1;
 

@@ -45,8 +45,8 @@
 #define MARK_IDX_MASK 0xffffffull /* bits 0..23: entry index */
 #define MARK_GEN_SHIFT 24         /* bits 24..35: gen & 0xfff */
 #define MARK_GEN_MASK KVSHM_MARK_GEN_MASK
-#define MARK_VALID (1ull << 36)   /* bit 36: set in every marker, so none is 0 */
-#define MARK_TAG_SHIFT 37         /* bits 37..63: tag */
+#define MARK_VALID (1ull << 36)     /* bit 36: set in every marker, so none is 0 */
+#define MARK_TAG_SHIFT 37           /* bits 37..63: tag */
 #define MARK_KEY_MASK (~0ull << 36) /* tag and valid bit: "which boundary hash" */
 
 _Static_assert((1ull << 24) - 1 <= MARK_IDX_MASK, "max_entries (<= 2^24) fits the index bits");
@@ -147,7 +147,8 @@ void kvshm__marks_add(kvshm *h, const struct kvshm__keyhash *kh, size_t n, uint3
 
 /* ---- reading markers ----------------------------------------------------------------- */
 
-unsigned kvshm__marks_find(const kvshm *h, kvshm__h128 t, uint32_t idx[KVSHM_MARK_WAYS], uint32_t gen12[KVSHM_MARK_WAYS])
+unsigned kvshm__marks_find(const kvshm *h, kvshm__h128 t, uint32_t idx[KVSHM_MARK_WAYS],
+			   uint32_t gen12[KVSHM_MARK_WAYS])
 {
 	const struct kvshm__cfg *c = h->cfg;
 	struct kvshm__markset *set = set_of(h, t);

@@ -9,7 +9,6 @@
 
 #include "core/entry/entry.h"
 
-
 /* Record one more pin of entry idx in our slot and on the entry, and bump
  * its hit score (shard lock held). Copy-out pins use the slot's last
  * record, kept for it, so a copy never fails for lack of pin records. */
@@ -75,9 +74,10 @@ void kvshm__pin_fill(kvshm *h, uint32_t idx, size_t matched, size_t n, kvshm_pin
 
 void kvshm__count_hit(kvshm *h, const kvshm_pin *pin)
 {
-	kvshm__count(h, pin->kind == KVSHM_HIT_EXACT    ? KVSHM_C_hits_exact
-			: pin->kind == KVSHM_HIT_PREFIX ? KVSHM_C_hits_prefix
-							: KVSHM_C_hits_partial,
+	kvshm__count(h,
+		     pin->kind == KVSHM_HIT_EXACT    ? KVSHM_C_hits_exact
+		     : pin->kind == KVSHM_HIT_PREFIX ? KVSHM_C_hits_prefix
+						     : KVSHM_C_hits_partial,
 		     1);
 	kvshm__count(h, KVSHM_C_tokens_matched, pin->ntokens);
 }

@@ -21,15 +21,36 @@
 uint64_t kvshm__layout_sig(void)
 {
 	const uint64_t parts[] = {
-		KVSHM_LAYOUT_VERSION, KVSHM_VERSION_MAJOR, sizeof(struct kvshm__seg_hdr),
-		sizeof(struct kvshm__lock), sizeof(pthread_mutex_t), KVSHM_JOURNAL_MAX,
-		sizeof(struct kvshm__slot), sizeof(struct kvshm__proctab), sizeof(struct kvshm__sem),
-		sizeof(struct kvshm__slab), sizeof(struct kvshm__pte), KVSHM_SLAB_NCLASSES, KVSHM_SLAB_NBINS,
-		sizeof(struct kvshm__cache_hdr), sizeof(struct kvshm__cfg), sizeof(struct kvshm__slotx),
-		sizeof(struct kvshm__shard), sizeof(struct kvshm__entry), sizeof(struct kvshm__blob),
-		sizeof(kvshm_model), KVSHM_NCOUNTERS, KVSHM_MAX_PINS, KVSHM_MAX_RES, KVSHM_SLOT_ALLOCS,
-		KVSHM_MAX_SEMS, KVSHM_CTR_STRIPES, offsetof(struct kvshm__entry, csum),
-		offsetof(struct kvshm__cache_hdr, reaper_lk), sizeof(struct kvshm__markset), KVSHM_MARK_WAYS,
+		KVSHM_LAYOUT_VERSION,
+		KVSHM_VERSION_MAJOR,
+		sizeof(struct kvshm__seg_hdr),
+		sizeof(struct kvshm__lock),
+		sizeof(pthread_mutex_t),
+		KVSHM_JOURNAL_MAX,
+		sizeof(struct kvshm__slot),
+		sizeof(struct kvshm__proctab),
+		sizeof(struct kvshm__sem),
+		sizeof(struct kvshm__slab),
+		sizeof(struct kvshm__pte),
+		KVSHM_SLAB_NCLASSES,
+		KVSHM_SLAB_NBINS,
+		sizeof(struct kvshm__cache_hdr),
+		sizeof(struct kvshm__cfg),
+		sizeof(struct kvshm__slotx),
+		sizeof(struct kvshm__shard),
+		sizeof(struct kvshm__entry),
+		sizeof(struct kvshm__blob),
+		sizeof(kvshm_model),
+		KVSHM_NCOUNTERS,
+		KVSHM_MAX_PINS,
+		KVSHM_MAX_RES,
+		KVSHM_SLOT_ALLOCS,
+		KVSHM_MAX_SEMS,
+		KVSHM_CTR_STRIPES,
+		offsetof(struct kvshm__entry, csum),
+		offsetof(struct kvshm__cache_hdr, reaper_lk),
+		sizeof(struct kvshm__markset),
+		KVSHM_MARK_WAYS,
 	};
 	return XXH3_64bits(parts, sizeof(parts)) | 1; /* never 0 */
 }
@@ -48,17 +69,17 @@ uint64_t kvshm__cache_imm_csum(const struct kvshm__cache_hdr *hdr)
 
 /* ---- create ---------------------------------------------------------------------------- */
 
-
 /* Place a region of the cache being built. Running out of segment here
  * means the configuration's tables do not fit its segment_bytes: a
  * configuration error, not a full tmpfs (which -ENOSPC reports). */
-static int place(struct kvshm__seg *s, const kvshm_config *c, uint32_t id, uint64_t size, uint64_t align,
-		 uint64_t *off)
+static int place(struct kvshm__seg *s, const kvshm_config *c, uint32_t id, uint64_t size, uint64_t align, uint64_t *off)
 {
 	int err = kvshm__seg_add_region(s, id, size, align, off);
 	if (err == -ENOSPC)
-		return kvshm__fail(KVSHM_ECONFIG, "segment_bytes %llu has no room for region %u (%llu bytes); raise it or lower max_procs/max_entries",
-				   (unsigned long long)c->segment_bytes, id, (unsigned long long)size);
+		return kvshm__fail(
+			KVSHM_ECONFIG,
+			"segment_bytes %llu has no room for region %u (%llu bytes); raise it or lower max_procs/max_entries",
+			(unsigned long long)c->segment_bytes, id, (unsigned long long)size);
 	return err;
 }
 
@@ -66,8 +87,8 @@ int kvshm__cache_create(const char *name, const kvshm_config *c, struct kvshm__s
 {
 	struct kvshm__seg *s;
 	struct kvshm__cfg n;
-	struct kvshm__seg_opts o = {.size = c->segment_bytes, .mode = c->mode, .lazy = c->lazy != 0,
-				    .shm_dir = c->shm_dir};
+	struct kvshm__seg_opts o = {
+		.size = c->segment_bytes, .mode = c->mode, .lazy = c->lazy != 0, .shm_dir = c->shm_dir};
 	uint64_t off;
 	int err;
 
@@ -94,15 +115,15 @@ int kvshm__cache_create(const char *name, const kvshm_config *c, struct kvshm__s
 		goto out_fail;
 	struct kvshm__proctab *tab = (struct kvshm__proctab *)(s->base + off);
 	hdr->proc_off = off;
-	if ((err = kvshm__proc_init(s, tab, n.max_procs, sizeof(struct kvshm__slotx), KVSHM_LC_PROC,
-				    KVSHM_RANK_PROC)) < 0)
+	if ((err = kvshm__proc_init(s, tab, n.max_procs, sizeof(struct kvshm__slotx), KVSHM_LC_PROC, KVSHM_RANK_PROC)) <
+	    0)
 		goto out_fail;
 
 	if ((err = place(s, c, KVSHM_R_SEM, sizeof(struct kvshm__sem), 64, &off)) < 0)
 		goto out_fail;
 	hdr->sem_off = off;
-	if ((err = kvshm__sem_init(s, (struct kvshm__sem *)(s->base + off), tab, 0, n.writer_slots,
-				   KVSHM_LC_SEM, KVSHM_RANK_SEM)) < 0)
+	if ((err = kvshm__sem_init(s, (struct kvshm__sem *)(s->base + off), tab, 0, n.writer_slots, KVSHM_LC_SEM,
+				   KVSHM_RANK_SEM)) < 0)
 		goto out_fail;
 
 	if ((err = place(s, c, KVSHM_R_SHARDS, (uint64_t)n.shards * sizeof(struct kvshm__shard), 64, &off)) < 0)
@@ -122,8 +143,7 @@ int kvshm__cache_create(const char *name, const kvshm_config *c, struct kvshm__s
 		goto out_fail;
 	hdr->buckets_off = off;
 
-	if ((err = place(s, c, KVSHM_R_ENTRIES, (uint64_t)n.max_entries * sizeof(struct kvshm__entry), 64,
-			 &off)) < 0)
+	if ((err = place(s, c, KVSHM_R_ENTRIES, (uint64_t)n.max_entries * sizeof(struct kvshm__entry), 64, &off)) < 0)
 		goto out_fail;
 	hdr->entries_off = off;
 	struct kvshm__entry *ent = (struct kvshm__entry *)(s->base + off);
@@ -136,15 +156,16 @@ int kvshm__cache_create(const char *name, const kvshm_config *c, struct kvshm__s
 		sh[i].free_head = sh[i].first + 1;
 	}
 
-	if ((err = place(s, c, KVSHM_R_MARKS, (uint64_t)n.mark_sets * sizeof(struct kvshm__markset), 64, &off)) <
-	    0)
+	if ((err = place(s, c, KVSHM_R_MARKS, (uint64_t)n.mark_sets * sizeof(struct kvshm__markset), 64, &off)) < 0)
 		goto out_fail;
 	hdr->marks_off = off; /* zero pages: every set empty */
 
 	uint64_t rest = kvshm__seg_unplaced(s);
 	if (rest < 16ull * n.page_size) {
-		err = kvshm__fail(KVSHM_ECONFIG, "segment_bytes %llu leaves %llu bytes for data; raise it or lower max_procs/max_entries",
-				  (unsigned long long)c->segment_bytes, (unsigned long long)rest);
+		err = kvshm__fail(
+			KVSHM_ECONFIG,
+			"segment_bytes %llu leaves %llu bytes for data; raise it or lower max_procs/max_entries",
+			(unsigned long long)c->segment_bytes, (unsigned long long)rest);
 		goto out_fail;
 	}
 	rest -= n.page_size; /* alignment slack */
@@ -163,8 +184,8 @@ int kvshm__cache_create(const char *name, const kvshm_config *c, struct kvshm__s
 		 * never SIGBUS on first touch); the tables before it now. */
 		int r = posix_fallocate(s->fd, 0, (off_t)sl->data_off);
 		if (r != 0) {
-			err = kvshm__fail(-r, "reserve the %llu bytes of '%s''s tables", (unsigned long long)sl->data_off,
-					  name);
+			err = kvshm__fail(-r, "reserve the %llu bytes of '%s''s tables",
+					  (unsigned long long)sl->data_off, name);
 			goto out_fail;
 		}
 		atomic_store(&sl->holes, 1);

@@ -29,7 +29,8 @@ static int map_cache(kvshm *h)
 	const struct kvshm__cfg *c = &h->hdr->cfg;
 	h->cfg = c;
 	if (h->hdr->imm_csum != kvshm__cache_imm_csum(h->hdr))
-		return kvshm__fail(KVSHM_ECORRUPT, "cache '%s': the cache header's configuration is damaged (checksum mismatch)",
+		return kvshm__fail(KVSHM_ECORRUPT,
+				   "cache '%s': the cache header's configuration is damaged (checksum mismatch)",
 				   h->name);
 	if (!KVSHM_IS_POW2(c->shards) || c->shards > KVSHM_MAX_SHARDS || c->entries_per_shard == 0 ||
 	    (uint64_t)c->entries_per_shard * c->shards != c->max_entries || !KVSHM_IS_POW2(c->buckets_per_shard) ||
@@ -163,7 +164,6 @@ out_free:
 	free(h);
 	return err;
 }
-
 
 /* Release everything our live slot holds (close, or a handle re-used
  * after a failure). */

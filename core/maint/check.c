@@ -100,8 +100,8 @@ static int alloc_owner_ok(uint64_t off, uint64_t owner, uint64_t size, void *p)
 	uint32_t idx = (uint32_t)(owner >> 32) & 0xffffffu;
 	const struct kvshm__entry *e = kvshm__entry_at(h, idx);
 	if (!e || e->state == KVSHM_E_FREE || e->gen != (uint32_t)owner || e->blob != off)
-		return V("allocation at %llu owned by entry %u gen %u, which does not hold it",
-			 (unsigned long long)off, idx, (uint32_t)owner);
+		return V("allocation at %llu owned by entry %u gen %u, which does not hold it", (unsigned long long)off,
+			 idx, (uint32_t)owner);
 	c->entry_allocs++;
 	return 0;
 }
@@ -133,7 +133,8 @@ static int check_slots(kvshm *h, const uint8_t *alive, const uint32_t *gens, uin
 				return V("free slot %u still records %u pins", i, r->count);
 			const struct kvshm__entry *e = kvshm__entry_at(h, r->entry);
 			if (!e || e->gen != r->gen || e->state != KVSHM_E_READY)
-				return V("slot %u pins entry %u gen %u, which is not that ready entry", i, r->entry, r->gen);
+				return V("slot %u pins entry %u gen %u, which is not that ready entry", i, r->entry,
+					 r->gen);
 			pins[r->entry] += r->count;
 		}
 		for (unsigned k = 0; k < KVSHM_MAX_RES; k++) {
@@ -145,7 +146,8 @@ static int check_slots(kvshm *h, const uint8_t *alive, const uint32_t *gens, uin
 			const struct kvshm__entry *e = kvshm__entry_at(h, r->entry - 1);
 			if (!e || e->gen != r->gen || e->owner != i || e->owner_gen != sl->gen ||
 			    (e->state != KVSHM_E_RESERVED && e->state != KVSHM_E_EXPIRED))
-				return V("slot %u records a reservation of entry %u that it does not hold", i, r->entry - 1);
+				return V("slot %u records a reservation of entry %u that it does not hold", i,
+					 r->entry - 1);
 		}
 		if (sl->state == KVSHM_SLOT_FREE) {
 			if (x->reconciling)
@@ -161,8 +163,8 @@ static int check_slots(kvshm *h, const uint8_t *alive, const uint32_t *gens, uin
 	return 0;
 }
 
-static int check_entry(kvshm *h, uint32_t s, uint32_t idx, unsigned flags, const uint32_t *pins,
-		       uint64_t *tb, uint32_t *te, uint32_t *reserved, struct fents *files)
+static int check_entry(kvshm *h, uint32_t s, uint32_t idx, unsigned flags, const uint32_t *pins, uint64_t *tb,
+		       uint32_t *te, uint32_t *reserved, struct fents *files)
 {
 	const struct kvshm__entry *e = &h->entries[idx];
 	const struct kvshm__blob *b = kvshm__entry_blob(h, e);
@@ -219,8 +221,7 @@ static int check_entry(kvshm *h, uint32_t s, uint32_t idx, unsigned flags, const
 	return 0;
 }
 
-static int check_shard(kvshm *h, uint32_t s, unsigned flags, const uint32_t *pins, uint8_t *seen,
-		       struct fents *files)
+static int check_shard(kvshm *h, uint32_t s, unsigned flags, const uint32_t *pins, uint8_t *seen, struct fents *files)
 {
 	const struct kvshm__shard *sh = &h->shards[s];
 	uint64_t tb[KVSHM_NTIERS] = {0};
@@ -258,11 +259,13 @@ static int check_shard(kvshm *h, uint32_t s, unsigned flags, const uint32_t *pin
 	if (nfree + chained != sh->cap)
 		return V("shard %u: %u free + %u chained != %u entries (some are lost)", s, nfree, chained, sh->cap);
 	if (chained != sh->used || reserved != sh->reserved)
-		return V("shard %u: used %u/reserved %u counted, %u/%u found", s, sh->used, sh->reserved, chained, reserved);
+		return V("shard %u: used %u/reserved %u counted, %u/%u found", s, sh->used, sh->reserved, chained,
+			 reserved);
 	for (int t = 0; t < KVSHM_NTIERS; t++)
 		if (tb[t] != sh->tier_bytes[t] || te[t] != sh->tier_entries[t])
 			return V("shard %u tier %d: %llu bytes in %u entries counted, %llu in %u found", s, t,
-				 (unsigned long long)sh->tier_bytes[t], sh->tier_entries[t], (unsigned long long)tb[t], te[t]);
+				 (unsigned long long)sh->tier_bytes[t], sh->tier_entries[t], (unsigned long long)tb[t],
+				 te[t]);
 	return 0;
 }
 

@@ -13,7 +13,6 @@
 #include "core/maint/maint.h"
 #include "core/tier/file.h"
 
-
 /* A row to add for a valid unindexed file (repair). */
 struct adopt {
 	uint8_t key[16];
@@ -32,9 +31,9 @@ struct fsck {
 	kvshm_fsck_report *rep;
 	struct kvshm__idx *ix;
 	const struct kvshm__keyctx *kc; /* the directory's hashing context, or NULL: keys not recomputed */
-	uint8_t (*seen)[16];  /* valid files' keys */
+	uint8_t (*seen)[16];            /* valid files' keys */
 	size_t nseen, capseen;
-	struct adopt *add;    /* rows to add when repairing */
+	struct adopt *add; /* rows to add when repairing */
 	size_t nadd, capadd;
 };
 

@@ -28,7 +28,10 @@ KVSHM_EXTERN int kvshm_procs(kvshm *h, int (*fn)(const kvshm_proc_info *p, void 
 		if (state == KVSHM_SLOT_FREE)
 			continue;
 		kvshm_proc_info p = {
-			.slot = i, .pid = sl->pid, .start_time = sl->start_time, .attach_ns = sl->attach_ns,
+			.slot = i,
+			.pid = sl->pid,
+			.start_time = sl->start_time,
+			.attach_ns = sl->attach_ns,
 			.state = state == KVSHM_SLOT_LIVE ? 1 : 2,
 			.reaper = (sl->flags & KVSHM_SLOT_F_REAPER) != 0 ||
 				  (reaper_pid && reaper_slot == i + 1 && sl->pid == reaper_pid),

@@ -166,8 +166,12 @@ static int copy_up(kvshm *h, const struct item *it)
 		return err; /* a bad file was removed; the pin is gone */
 	const struct kvshm__blob *b = kvshm__entry_blob(h, e);
 	struct kvshm__resv rv;
-	struct kvshm__save sv = {.m = b ? &b->model : NULL, .tokens = b ? b->tokens : NULL, .n = b ? b->ntokens : 0,
-				 .len = pin.len, .tier = KVSHM_TIER_RAM, .reason = e->reason};
+	struct kvshm__save sv = {.m = b ? &b->model : NULL,
+				 .tokens = b ? b->tokens : NULL,
+				 .n = b ? b->ntokens : 0,
+				 .len = pin.len,
+				 .tier = KVSHM_TIER_RAM,
+				 .reason = e->reason};
 	err = b ? kvshm__ram_reserve_entry(h, &sv, false, &rv) : KVSHM_ECORRUPT;
 	if (err == 0) {
 		uint64_t csum = kvshm__copy_sum(rv.value, pin.data, pin.len);
@@ -231,8 +235,9 @@ KVSHM_EXTERN int kvshm_promote(kvshm *h, const kvshm_promote_config *pc, size_t 
 			kvshm__info_of(h, e, now, &info);
 			kvshm_promote_cand c = {
 				.score = scorer(&info, pc->scorer_ctx),
-				.bytes = e->tier == KVSHM_TIER_RAM ? e->footprint
-							     : kvshm__slab_footprint(h->slab, kvshm__blob_size(e->ntokens, e->len)),
+				.bytes = e->tier == KVSHM_TIER_RAM
+						 ? e->footprint
+						 : kvshm__slab_footprint(h->slab, kvshm__blob_size(e->ntokens, e->len)),
 				.since_move_s = e->moved_ns ? (double)(now - e->moved_ns) / 1e9 : -1.0,
 			};
 			struct item it = {sh->first + k, e->gen, s, {e->key[0], e->key[1]}};

@@ -59,4 +59,3 @@ KVSHM_EXTERN int kvshm_prune(kvshm *h, uint64_t max_age_s, kvshm_prune_report *r
 		*rep_out = rep;
 	return err;
 }
-

@@ -60,7 +60,8 @@ static int drop_pins(kvshm *h, uint32_t idx, uint32_t gen, struct kvshm__slotx *
 		uint32_t n = r->count;
 		if (n) {
 			if (e->gen == r->gen && e->state != KVSHM_E_FREE)
-				kvshm__jset32(h->seg, &h->shards[s].lk, &e->refcount, e->refcount >= n ? e->refcount - n : 0);
+				kvshm__jset32(h->seg, &h->shards[s].lk, &e->refcount,
+					      e->refcount >= n ? e->refcount - n : 0);
 			/* It died verifying a file load: let the next loader do it. */
 			if (e->gen == r->gen && (e->flags & KVSHM_EF_LOADING) && e->owner == idx && e->owner_gen == gen)
 				kvshm__jset32(h->seg, &h->shards[s].lk, &e->flags, e->flags & ~KVSHM_EF_LOADING);

@@ -127,8 +127,8 @@ static bool has_valid_file(kvshm *h, const char *dir, const uint8_t key[16])
  * a segment entry (if the segment lacks one). False when it has neither
  * and gets neither: the segment has no room for it (it stays unindexed,
  * and a row it had is dropped), or it is gone. */
-static bool index_file(kvshm *h, struct kvshm__idx *ix, int tier, const uint8_t key[16],
-		       const struct kvshm__fmeta *m, kvshm_reconcile_report *rep)
+static bool index_file(kvshm *h, struct kvshm__idx *ix, int tier, const uint8_t key[16], const struct kvshm__fmeta *m,
+		       kvshm_reconcile_report *rep)
 {
 	struct kvshm__irow row;
 	/* The segment first. A reserved entry of the key is a writer
@@ -143,8 +143,8 @@ static bool index_file(kvshm *h, struct kvshm__idx *ix, int tier, const uint8_t 
 		return true;
 	if (a < 0) /* no room for its entry, or removed since the scan read it */
 		return false;
-	if (kvshm__idx_get(ix, key, &row) != 0 || row.file_size != m->file_size ||
-	    row.payload_len != m->payload_len || row.crc != m->payload_crc) {
+	if (kvshm__idx_get(ix, key, &row) != 0 || row.file_size != m->file_size || row.payload_len != m->payload_len ||
+	    row.crc != m->payload_crc) {
 		kvshm__irow_of(&row, m, tier);
 		if (kvshm__idx_put(ix, key, &row) == 0)
 			rep->rows_added++;
@@ -314,7 +314,8 @@ static int reconcile(kvshm *h, int tier, kvshm_reconcile_report *rep_out)
 				continue;
 			if ((err = kvshm__shard_lock(h, s)) < 0)
 				goto out_nobatch;
-			bool gone = e->state == KVSHM_E_READY && e->tier == tier && !ks_has(&valid, (const uint8_t *)e->key);
+			bool gone = e->state == KVSHM_E_READY && e->tier == tier &&
+				    !ks_has(&valid, (const uint8_t *)e->key);
 			uint32_t gen = e->gen;
 			uint8_t key[16];
 			memcpy(key, e->key, 16);

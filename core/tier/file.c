@@ -49,10 +49,10 @@ static void sweep_cb(void *ctx)
  * its priv: struct file_res), never in words the caller could alter. */
 
 struct file_res {
-	int fd;              /* the temporary file */
-	uint8_t *map;        /* its guarded mapping, map_len bytes */
+	int fd;       /* the temporary file */
+	uint8_t *map; /* its guarded mapping, map_len bytes */
 	uint64_t map_len;
-	uint8_t key[16];     /* the key hash (names the temporary file) */
+	uint8_t key[16]; /* the key hash (names the temporary file) */
 };
 _Static_assert(sizeof(struct file_res) <= KVSHM_HRES_PRIV, "a file reservation fits the handle's record");
 
@@ -98,7 +98,7 @@ static int file_reserve(kvshm *h, const struct kvshm__save *sv, struct kvshm__hr
 	/* 1. A writer unit: evict and shutdown saves wait, the others are
 	 * dropped when every writer is busy. */
 	uint32_t wait = (reason == KVSHM_REASON_EVICT || reason == KVSHM_REASON_SHUTDOWN) ? h->cfg->evict_wait_ms
-											    : h->cfg->writer_wait_ms;
+											  : h->cfg->writer_wait_ms;
 	if ((err = kvshm__sem_acquire(h->seg, h->sem, h->me, wait, sweep_cb, h)) < 0) {
 		if (err == KVSHM_EBUSY)
 			kvshm__count(h, KVSHM_C_saves_dropped, 1);
@@ -241,7 +241,8 @@ static int file_publish(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
 			      (e->flags & ~KVSHM_EF_STAGE_MASK) | KVSHM_EF_STAGE_COMMIT);
 	kvshm__shard_unlock(h, s);
 	if (expired) {
-		err = kvshm__fail(KVSHM_EEXPIRED, "publish: reservation expired after %u ms", h->cfg->reservation_ttl_ms);
+		err = kvshm__fail(KVSHM_EEXPIRED, "publish: reservation expired after %u ms",
+				  h->cfg->reservation_ttl_ms);
 		goto fail;
 	}
 	KVSHM_CRASH_POINT("file.publish.committed");
@@ -345,11 +346,11 @@ static int file_put(kvshm *h, const struct kvshm__save *sv, const void *data)
 
 /* ---- the tables ---------------------------------------------------------------------------- */
 
-#define FILE_TIER_OPS                                                                                      \
-	.enabled = kvshm__file_enabled, .prepare = kvshm__file_prepare, .close = kvshm__file_close,        \
-	.reserve = file_reserve, .publish = file_publish, .cancel = file_cancel, .release = file_release,  \
+#define FILE_TIER_OPS                                                                                        \
+	.enabled = kvshm__file_enabled, .prepare = kvshm__file_prepare, .close = kvshm__file_close,          \
+	.reserve = file_reserve, .publish = file_publish, .cancel = file_cancel, .release = file_release,    \
 	.put = file_put, .load = kvshm__file_load, .unload = kvshm__file_unload, .sound = kvshm__file_sound, \
-	.copy_out = kvshm__file_copy_out, .reject = kvshm__file_reject_pin, .drop = kvshm__file_drop,      \
+	.copy_out = kvshm__file_copy_out, .reject = kvshm__file_reject_pin, .drop = kvshm__file_drop,        \
 	.reclaim = kvshm__file_reclaim, .adopt = kvshm__file_adopt
 
 const struct kvshm__tier_ops kvshm__ram_file_ops = {

@@ -32,7 +32,7 @@
 
 #include "core/tier/tier.h"
 
-#define KVSHM_FILE_MAGIC "KVSHMF\1"  /* 8 bytes with the NUL */
+#define KVSHM_FILE_MAGIC "KVSHMF\1" /* 8 bytes with the NUL */
 #define KVSHM_FILE_VERSION 1u
 #define KVSHM_FILE_HDR 64u
 
@@ -110,11 +110,11 @@ int kvshm__tmp_path(const char *dir, const uint8_t key[16], uint32_t slot, uint3
 
 /* One row per file: key (16 bytes) → this. */
 struct kvshm__irow {
-	uint32_t version;     /* row format, 1 */
+	uint32_t version; /* row format, 1 */
 	uint8_t tier, reason;
 	uint16_t pad;
 	uint32_t ntokens;
-	uint32_t crc;         /* payload CRC32C */
+	uint32_t crc; /* payload CRC32C */
 	uint64_t payload_len;
 	uint64_t file_size;
 	uint64_t created_ns, saved_ns;

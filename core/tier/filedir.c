@@ -43,7 +43,7 @@ uint64_t kvshm__file_quota_disk(int tier, uint64_t segment_bytes, const char *di
 				return (uint64_t)sv.f_bavail * sv.f_frsize / 2;
 			char *slash = strrchr(buf, '/');
 			if (slash == buf && !buf[1])
-				break; /* "/" itself failed */
+				break;              /* "/" itself failed */
 			slash[slash == buf] = '\0'; /* "/a/b" -> "/a", "/a" -> "/" */
 		}
 	}
@@ -210,4 +210,3 @@ int kvshm__mkdir_parent(const char *path)
 	}
 	return 0;
 }
-

@@ -73,8 +73,8 @@ int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy, bool verify)
 		if ((err = kvshm__shard_lock(h, s)) < 0)
 			goto out_close;
 		uint64_t now = kvshm__now_ns();
-		fresh = !verify && h->cfg->verify_reuse_ms && e->vino == (uint64_t)st.st_ino && e->vctime_ns == ctime_ns &&
-			now - e->vtime_ns < (uint64_t)h->cfg->verify_reuse_ms * 1000000ull;
+		fresh = !verify && h->cfg->verify_reuse_ms && e->vino == (uint64_t)st.st_ino &&
+			e->vctime_ns == ctime_ns && now - e->vtime_ns < (uint64_t)h->cfg->verify_reuse_ms * 1000000ull;
 		if (fresh || !(e->flags & KVSHM_EF_LOADING) || now > deadline) {
 			if (!fresh) {
 				kvshm__jset32(h->seg, &sh->lk, &e->owner, h->me);
@@ -114,8 +114,8 @@ int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy, bool verify)
 		madvise(map, m.file_size, MADV_WILLNEED); /* read ahead while we checksum */
 		uint32_t crc = kvshm__crc32c(0, (const uint8_t *)map + m.payload_off, m.payload_len);
 		if (crc != m.payload_crc) {
-			err = kvshm__fail(KVSHM_EBADFILE, "%s: payload checksum mismatch (CRC32C %08x, header %08x)", path,
-					  crc, m.payload_crc);
+			err = kvshm__fail(KVSHM_EBADFILE, "%s: payload checksum mismatch (CRC32C %08x, header %08x)",
+					  path, crc, m.payload_crc);
 			munmap(map, m.file_size);
 			map = MAP_FAILED;
 		}

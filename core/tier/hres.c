@@ -41,8 +41,10 @@ struct kvshm__hres *kvshm__hres_find(kvshm *h, const kvshm_reservation *r, const
 		    hr->len == r->len)
 			return hr;
 	}
-	kvshm__fail(-EINVAL, "%s: not a reservation this handle holds (never reserved here, already published or cancelled, or altered)",
-		    what);
+	kvshm__fail(
+		-EINVAL,
+		"%s: not a reservation this handle holds (never reserved here, already published or cancelled, or altered)",
+		what);
 	return NULL;
 }
 

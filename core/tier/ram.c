@@ -38,9 +38,9 @@
 /* What the handle's record of a RAM reservation keeps (hr->priv). */
 enum { RAM_STAGED = 1, RAM_WINDOW = 2 };
 struct ram_res {
-	uint32_t mode;       /* RAM_STAGED: hr->data is a staging buffer; RAM_WINDOW: the
-			      * view's pages of the value, writable for this handle */
-	uint64_t value_off;  /* segment offset of the value */
+	uint32_t mode;      /* RAM_STAGED: hr->data is a staging buffer; RAM_WINDOW: the
+			     * view's pages of the value, writable for this handle */
+	uint64_t value_off; /* segment offset of the value */
 };
 _Static_assert(sizeof(struct ram_res) <= KVSHM_HRES_PRIV, "a RAM reservation fits the handle's record");
 
@@ -188,7 +188,8 @@ static int publish_summed(kvshm *h, kvshm_reservation *r, uint64_t csum)
 	if (e->state == KVSHM_E_EXPIRED) {
 		kvshm__entry_remove_unlock(h, s, idx);
 		memset(r, 0, sizeof(*r));
-		return kvshm__fail(KVSHM_EEXPIRED, "publish: reservation expired after %u ms", h->cfg->reservation_ttl_ms);
+		return kvshm__fail(KVSHM_EEXPIRED, "publish: reservation expired after %u ms",
+				   h->cfg->reservation_ttl_ms);
 	}
 	kvshm__mark_ready_locked(h, s, idx, csum, e->footprint);
 	kvshm__shard_unlock(h, s);

@@ -27,8 +27,8 @@ static int dup_error(kvshm *h, int err, size_t n, int tier)
 	return kvshm__fail(err, "reserve of a %zu-token key in tier %d", n, tier);
 }
 
-int kvshm__reserve_entry(kvshm *h, const struct kvshm__save *sv, uint64_t voff, uint64_t inline_len,
-			 uint64_t footprint, struct kvshm__resv *out)
+int kvshm__reserve_entry(kvshm *h, const struct kvshm__save *sv, uint64_t voff, uint64_t inline_len, uint64_t footprint,
+			 struct kvshm__resv *out)
 {
 	struct kvshm__keyhash kh;
 	const kvshm_model *m = sv->m;
@@ -42,9 +42,11 @@ int kvshm__reserve_entry(kvshm *h, const struct kvshm__save *sv, uint64_t voff, 
 	int err;
 
 	if (inline_len > KVSHM_AHDR_SIZEMASK || size > kvshm__slab_max_alloc(h->slab) || fp > quota)
-		return kvshm__fail(KVSHM_ETOOBIG, "reserve: value of %llu bytes (%llu charged) exceeds the %s tier (quota %llu, capacity %llu)",
-				   (unsigned long long)len, (unsigned long long)fp, kvshm__tier_name(tier),
-				   (unsigned long long)quota, (unsigned long long)kvshm__slab_max_alloc(h->slab));
+		return kvshm__fail(
+			KVSHM_ETOOBIG,
+			"reserve: value of %llu bytes (%llu charged) exceeds the %s tier (quota %llu, capacity %llu)",
+			(unsigned long long)len, (unsigned long long)fp, kvshm__tier_name(tier),
+			(unsigned long long)quota, (unsigned long long)kvshm__slab_max_alloc(h->slab));
 	if ((err = kvshm__keyhash(&h->kc, m, tokens, n, &kh)) < 0)
 		return err;
 	kvshm__h128 term = kh.h[kh.nb - 1];
@@ -67,8 +69,10 @@ int kvshm__reserve_entry(kvshm *h, const struct kvshm__save *sv, uint64_t voff, 
 		kvshm__evict(h, used + fp - quota, KVSHM_TIER_BIT(tier), NULL, NULL);
 	if (kvshm__tier_bytes(h, tier) + fp > quota) {
 		kvshm__count(h, KVSHM_C_nospace, 1);
-		err = kvshm__fail(KVSHM_ENOSPACE, "reserve: %llu bytes do not fit under the %s quota %llu (pinned or reserved entries hold the rest)",
-				  (unsigned long long)fp, kvshm__tier_name(tier), (unsigned long long)quota);
+		err = kvshm__fail(
+			KVSHM_ENOSPACE,
+			"reserve: %llu bytes do not fit under the %s quota %llu (pinned or reserved entries hold the rest)",
+			(unsigned long long)fp, kvshm__tier_name(tier), (unsigned long long)quota);
 		goto out;
 	}
 	uint64_t blob = 0;
@@ -118,9 +122,17 @@ int kvshm__reserve_entry(kvshm *h, const struct kvshm__save *sv, uint64_t voff, 
 		}
 	}
 	struct kvshm__newentry ne = {
-		.term = term, .key = kh.key, .ntokens = (uint32_t)n, .tier = (uint8_t)tier,
-		.reason = (uint8_t)sv->reason, .blob = blob, .len = len, .footprint = fp,
-		.state = KVSHM_E_RESERVED, .token = kvshm__token(h), .created_ns = kvshm__wall_ns(),
+		.term = term,
+		.key = kh.key,
+		.ntokens = (uint32_t)n,
+		.tier = (uint8_t)tier,
+		.reason = (uint8_t)sv->reason,
+		.blob = blob,
+		.len = len,
+		.footprint = fp,
+		.state = KVSHM_E_RESERVED,
+		.token = kvshm__token(h),
+		.created_ns = kvshm__wall_ns(),
 	};
 	uint32_t idx, gen;
 	err = kvshm__entry_new_locked(h, s, &ne, &idx, &gen);
@@ -191,9 +203,17 @@ int kvshm__entry_adopt(kvshm *h, int tier, const struct kvshm__stored *v,
 		goto out_free;
 	}
 	struct kvshm__newentry ne = {
-		.term = term, .key = kh.key, .ntokens = v->ntokens, .tier = (uint8_t)tier, .reason = v->reason,
-		.blob = blob, .len = v->len, .footprint = v->footprint, .state = KVSHM_E_READY,
-		.created_ns = v->created_ns, .csum = v->csum,
+		.term = term,
+		.key = kh.key,
+		.ntokens = v->ntokens,
+		.tier = (uint8_t)tier,
+		.reason = v->reason,
+		.blob = blob,
+		.len = v->len,
+		.footprint = v->footprint,
+		.state = KVSHM_E_READY,
+		.created_ns = v->created_ns,
+		.csum = v->csum,
 	};
 	uint32_t idx, gen;
 	err = kvshm__entry_new_locked(h, s, &ne, &idx, &gen);

@@ -74,8 +74,12 @@ static int demote(kvshm *h, uint32_t idx)
 	const struct kvshm__blob *b = kvshm__entry_blob(h, e);
 	if (!b)
 		return KVSHM_ECORRUPT;
-	struct kvshm__save sv = {.m = &b->model, .tokens = b->tokens, .n = b->ntokens, .len = e->len,
-				 .tier = h->cfg->demote_tier, .reason = KVSHM_REASON_EVICT};
+	struct kvshm__save sv = {.m = &b->model,
+				 .tokens = b->tokens,
+				 .n = b->ntokens,
+				 .len = e->len,
+				 .tier = h->cfg->demote_tier,
+				 .reason = KVSHM_REASON_EVICT};
 	KVSHM_CRASH_POINT("tier.demote.saving");
 	int err = kvshm__tier(sv.tier)->put(h, &sv, kvshm__blob_value(b));
 	if (err == KVSHM_EEXISTS || err == KVSHM_EINPROGRESS)
@@ -126,7 +130,8 @@ int kvshm__evict(kvshm *h, uint64_t target, unsigned mask, uint64_t *freed_out, 
 				uint32_t idx = sh->first + (start + k) % sh->cap;
 				const struct kvshm__entry *e = &h->entries[idx];
 				if (kvshm__evictable(e, mask))
-					pool_offer(pool, &np, (struct cand){kvshm__entry_score(h, e, now), idx, e->gen, s});
+					pool_offer(pool, &np,
+						   (struct cand){kvshm__entry_score(h, e, now), idx, e->gen, s});
 			}
 			kvshm__shard_unlock(h, s);
 		}

@@ -38,12 +38,12 @@ struct kvshm__idx {
 	struct kvshm__idx *next;
 	char path[512];
 	struct tdb_context *tdb;
-	pthread_mutex_t mu;   /* TDB is not thread-safe */
+	pthread_mutex_t mu; /* TDB is not thread-safe */
 	int refs;
-	uint64_t fork_gen;    /* reopened in this fork generation */
+	uint64_t fork_gen; /* reopened in this fork generation */
 	bool in_batch;
 	bool repacked;
-	bool recreated;       /* damaged beyond repack: set aside, started empty */
+	bool recreated; /* damaged beyond repack: set aside, started empty */
 };
 
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -146,7 +146,8 @@ int kvshm__idx_open(const char *dir, bool sync, struct kvshm__idx **out)
 					  : NULL;
 			ix->recreated = ix->tdb != NULL;
 			if (!ix->tdb) {
-				int err = kvshm__fail(KVSHM_ETDB, "index %s is damaged beyond tdb_repack and could not be replaced",
+				int err = kvshm__fail(KVSHM_ETDB,
+						      "index %s is damaged beyond tdb_repack and could not be replaced",
 						      path);
 				pthread_mutex_unlock(&reg_mu);
 				free(ix);

@@ -30,8 +30,8 @@
 struct kvshm__save {
 	const kvshm_model *m;
 	const uint32_t *tokens;
-	size_t n;          /* tokens */
-	size_t len;        /* value bytes */
+	size_t n;   /* tokens */
+	size_t len; /* value bytes */
 	int tier, reason;
 };
 
@@ -40,11 +40,11 @@ struct kvshm__stored {
 	kvshm_model model;
 	const uint32_t *tokens;
 	uint32_t ntokens;
-	uint8_t key[16];   /* its key hash, as the tier names it */
+	uint8_t key[16]; /* its key hash, as the tier names it */
 	uint8_t reason;
-	uint64_t len;      /* value bytes */
+	uint64_t len;       /* value bytes */
 	uint64_t footprint; /* bytes charged to the tier */
-	uint64_t csum;     /* the checksum readers verify it with */
+	uint64_t csum;      /* the checksum readers verify it with */
 	uint64_t created_ns;
 };
 
@@ -54,8 +54,8 @@ struct kvshm__stored {
  * operations are NULL where a tier has nothing to do.
  */
 struct kvshm__tier_ops {
-	const char *name;       /* as listings and messages show it */
-	bool durable;           /* what it writes survives a power loss (fsync'd) */
+	const char *name; /* as listings and messages show it */
+	bool durable;     /* what it writes survives a power loss (fsync'd) */
 
 	/* ---- configuration and accounting ---- */
 	/* Bytes the tier may hold when the configuration says 0 (dir: the
@@ -160,8 +160,8 @@ struct kvshm__resv {
 	uint32_t idx, gen, shard;
 	uint64_t token;
 	struct kvshm__blob *blob;
-	uint8_t *value;       /* RAM: where the value goes (the library's own mapping) */
-	uint64_t value_off;   /* RAM: its segment offset */
+	uint8_t *value;     /* RAM: where the value goes (the library's own mapping) */
+	uint64_t value_off; /* RAM: its segment offset */
 	kvshm__h128 key;
 };
 /*
@@ -171,8 +171,8 @@ struct kvshm__resv {
  * that keep the value elsewhere), chain a RESERVED entry charged
  * `footprint` bytes.
  */
-int kvshm__reserve_entry(kvshm *h, const struct kvshm__save *sv, uint64_t voff, uint64_t inline_len,
-			 uint64_t footprint, struct kvshm__resv *out);
+int kvshm__reserve_entry(kvshm *h, const struct kvshm__save *sv, uint64_t voff, uint64_t inline_len, uint64_t footprint,
+			 struct kvshm__resv *out);
 /* A READY entry for v in tier, unless the segment has its key (the adopt
  * operations' common part; present, when given, is asked after the
  * segment was found without it). */

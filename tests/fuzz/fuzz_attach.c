@@ -72,7 +72,8 @@ static int build_base(void)
 	for (int k = 0; k < 3; k++)
 		for (int i = 0; i < 40; i++)
 			toks[k][i] = (uint32_t)(k < 2 ? i + 1 : 1000 + i) + (k == 1 && i > 20 ? 7 : 0);
-	if (kvshm_put(h, &model, toks[0], 40, v, 3000, NULL) < 0 || kvshm_put(h, &model, toks[0], 20, v, 700, NULL) < 0 ||
+	if (kvshm_put(h, &model, toks[0], 40, v, 3000, NULL) < 0 ||
+	    kvshm_put(h, &model, toks[0], 20, v, 700, NULL) < 0 ||
 	    kvshm_put(h, &model, toks[1], 33, v, sizeof(v), NULL) < 0)
 		die("put");
 	/* A second handle pins an entry and holds a reservation, then its slot
