@@ -12,8 +12,8 @@
 # asserts, hash injection), build/san (test + sanitizers). User CFLAGS and
 # LDFLAGS are appended, never replaced.
 
-VERSION      := 0.1.0
-SOVERSION    := 0
+VERSION      := 0.2.0
+SOVERSION    := 1
 
 prefix       ?= /usr/local
 exec_prefix  ?= $(prefix)
@@ -30,7 +30,7 @@ CC           ?= cc
 AR           ?= ar
 PKG_CONFIG   ?= pkg-config
 PKGS         := libbsd-overlay tdb libxxhash hiredis
-TEST_PKGS    := cmocka
+TEST_PKGS    := cmocka jansson
 
 # Recursively expanded: pkg-config runs after `deps` has installed it.
 DEP_CFLAGS    = $(shell $(PKG_CONFIG) --cflags $(PKGS))
@@ -46,12 +46,15 @@ TST_FLAGS    := -O1 -g -DKVSHM_TEST
 SAN_FLAGS    := -O1 -g -DKVSHM_TEST -fsanitize=address,undefined \
                 -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-LIB_SRCS     := $(sort $(wildcard shm/*.c core/*.c remote/*.c))
-LIB_HDRS     := $(wildcard include/*.h shm/*.h core/*.h remote/*.h)
+# core/ is layered by folder (docs/architecture.md): its sources and headers
+# are every .c and .h one folder down too; remote/ is the Redis client.
+LIB_SRCS     := $(sort $(wildcard shm/*.c core/*.c core/*/*.c remote/*.c))
+LIB_HDRS     := $(wildcard include/*.h shm/*.h core/*.h core/*/*.h remote/*.h)
 TOOL_UTIL    := tools/util.c
 TOOLS        := $(patsubst tools/%.c,%,$(filter-out $(TOOL_UTIL),$(wildcard tools/*.c)))
 TESTS        := $(patsubst tests/%.c,%,$(wildcard tests/test_*.c))
-TEST_SUPPORT := $(filter-out $(wildcard tests/test_*.c),$(wildcard tests/*.c))
+TEST_SUPPORT := $(wildcard tests/fixture/*.c)
+TEST_HDRS    := tests/harness.h $(wildcard tests/fixture/*.h)
 
 B            := build
 REL_OBJS     := $(LIB_SRCS:%.c=$(B)/rel/%.o)
@@ -76,7 +79,7 @@ LLAMA_SAN_OBJS := $(LLAMA_SRCS:%.c=$(B)/san/%.o)
 TST_OBJS     := $(LIB_SRCS:%.c=$(B)/tst/%.o)
 SAN_OBJS     := $(LIB_SRCS:%.c=$(B)/san/%.o)
 
-.PHONY: all lib tools llama deps engine test check install uninstall clean crashpoints demo bench fuzz crashtest
+.PHONY: all lib tools llama deps engine test check install uninstall clean crashpoints demo bench fuzz crashtest layers
 .DEFAULT_GOAL := all
 
 all: lib tools $(if $(LLAMA_HAVE),llama)
@@ -109,15 +112,15 @@ $(LLAMA_REL_OBJS) $(LLAMA_TST_OBJS) $(LLAMA_SAN_OBJS): BASE_CFLAGS += $(LLAMA_CF
 
 # ---- library -----------------------------------------------------------------
 $(B)/libkvshm.a: $(REL_OBJS)
-	$(AR) rcs $@ $^
+	rm -f $@ && $(AR) rcs $@ $^
 $(B)/libkvshm.so.$(VERSION): $(REL_OBJS)
 	$(CC) -shared -pthread -Wl,-soname,libkvshm.so.$(SOVERSION) $(LDFLAGS) -o $@ $^ $(DEP_LIBS)
 	ln -sf libkvshm.so.$(VERSION) $(B)/libkvshm.so.$(SOVERSION)
 	ln -sf libkvshm.so.$(VERSION) $(B)/libkvshm.so
 $(B)/libkvshm-tst.a: $(TST_OBJS)
-	$(AR) rcs $@ $^
+	rm -f $@ && $(AR) rcs $@ $^
 $(B)/libkvshm-san.a: $(SAN_OBJS)
-	$(AR) rcs $@ $^
+	rm -f $@ && $(AR) rcs $@ $^
 
 # libkvshm-llama: over libkvshm and the engine. The shared library names
 # only libllama (no path: a program links the engine itself, with its own
@@ -125,11 +128,11 @@ $(B)/libkvshm-san.a: $(SAN_OBJS)
 # time in libllama's own dependencies, which a program linked with
 # --as-needed would otherwise not load before this library asks for them.
 $(B)/libkvshm-llama.a: $(LLAMA_REL_OBJS)
-	$(AR) rcs $@ $^
+	rm -f $@ && $(AR) rcs $@ $^
 $(B)/libkvshm-llama-tst.a: $(LLAMA_TST_OBJS)
-	$(AR) rcs $@ $^
+	rm -f $@ && $(AR) rcs $@ $^
 $(B)/libkvshm-llama-san.a: $(LLAMA_SAN_OBJS)
-	$(AR) rcs $@ $^
+	rm -f $@ && $(AR) rcs $@ $^
 $(B)/libkvshm-llama.so.$(VERSION): $(LLAMA_REL_OBJS) $(B)/libkvshm.so.$(VERSION)
 	$(CC) -shared -pthread -Wl,-soname,libkvshm-llama.so.$(SOVERSION) $(LDFLAGS) -o $@ $(LLAMA_REL_OBJS) \
 	  -L$(B) -lkvshm -L$(LLAMA_DIR)/lib -l:libllama.v0.4.0.so $(shell $(PKG_CONFIG) --libs libxxhash)
@@ -193,24 +196,24 @@ $(B)/crashpoints.list: $(LIB_SRCS)
 crashpoints: $(B)/crashpoints.list
 	@cat $<
 
-$(B)/tst/tests/%: tests/%.c $(TEST_SUPPORT) $(B)/libkvshm-tst.a tests/*.h
+$(B)/tst/tests/%: tests/%.c $(TEST_SUPPORT) $(B)/libkvshm-tst.a $(TEST_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(TST_FLAGS) $(CFLAGS) -Itests $< $(TEST_SUPPORT) -o $@ \
 	  $(B)/libkvshm-tst.a $(DEP_LIBS) $(TEST_LIBS) $(LDFLAGS)
-$(B)/san/tests/%: tests/%.c $(TEST_SUPPORT) $(B)/libkvshm-san.a tests/*.h
+$(B)/san/tests/%: tests/%.c $(TEST_SUPPORT) $(B)/libkvshm-san.a $(TEST_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) $(CFLAGS) -Itests $< $(TEST_SUPPORT) -o $@ \
 	  $(B)/libkvshm-san.a $(DEP_LIBS) $(TEST_LIBS) $(LDFLAGS)
 
 # The adapter's tests run the real engine (test variant; and sanitizers on
 # kvshm's own code: the engine is not instrumented).
-$(B)/tst/tests/%: llama/tests/%.c $(B)/libkvshm-llama-tst.a $(B)/libkvshm-tst.a $(LIB_HDRS) $(LLAMA_HDRS)
+$(B)/tst/tests/%: llama/tests/%.c $(TEST_SUPPORT) $(B)/libkvshm-llama-tst.a $(B)/libkvshm-tst.a $(LIB_HDRS) $(LLAMA_HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(BASE_CFLAGS) $(LLAMA_CFLAGS) $(TST_FLAGS) $(CFLAGS) -Itests $< tests/harness.c -o $@ \
+	$(CC) $(BASE_CFLAGS) $(LLAMA_CFLAGS) $(TST_FLAGS) $(CFLAGS) -Itests $< $(TEST_SUPPORT) -o $@ \
 	  $(B)/libkvshm-llama-tst.a $(B)/libkvshm-tst.a $(DEP_LIBS) $(TEST_LIBS) $(LLAMA_LIBS) $(LLAMA_RPATH) $(LDFLAGS)
-$(B)/san/tests/%: llama/tests/%.c $(B)/libkvshm-llama-san.a $(B)/libkvshm-san.a $(LIB_HDRS) $(LLAMA_HDRS)
+$(B)/san/tests/%: llama/tests/%.c $(TEST_SUPPORT) $(B)/libkvshm-llama-san.a $(B)/libkvshm-san.a $(LIB_HDRS) $(LLAMA_HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(BASE_CFLAGS) $(LLAMA_CFLAGS) $(SAN_FLAGS) $(CFLAGS) -Itests $< tests/harness.c -o $@ \
+	$(CC) $(BASE_CFLAGS) $(LLAMA_CFLAGS) $(SAN_FLAGS) $(CFLAGS) -Itests $< $(TEST_SUPPORT) -o $@ \
 	  $(B)/libkvshm-llama-san.a $(B)/libkvshm-san.a $(DEP_LIBS) $(TEST_LIBS) $(LLAMA_LIBS) $(LLAMA_RPATH) $(LDFLAGS)
 
 # Models written by kvshm-mkmodel from the fetched tokenizer: the demo's
@@ -244,12 +247,21 @@ test:
 	@sh scripts/deps.sh build python metrics llama remote
 	@$(MAKE) --no-print-directory all $(TESTS:%=$(B)/tst/tests/%) $(TOOLS:%=$(B)/tst/bin/%) $(B)/crashpoints.list \
 	  $(B)/tst/crash/kvshm-crash $(LLAMA_TESTS:%=$(B)/tst/tests/%) $(LLAMA_TEST_MODELS) $(DEMO_MODEL)
+	@$(MAKE) --no-print-directory layers
 	@KVSHM_LLAMA_MODELS=$(CURDIR)/$(LLAMA_DIR)/models sh tests/run.sh $(B)/tst $(TESTS) $(LLAMA_TESTS)
 	@$(CRASH_RUN) --quick --kills 0 --random-kills 300 --seconds 120
 	@sh tests/install_test.sh $(LLAMA_DIR) $(LLAMA_DIR)/models/test-a.gguf
 	@sh tests/demo_test.sh $(B)/bin
 	@sh tests/llama_demo_test.sh $(B)/bin $(DEMO_MODEL)
 	@$(MAKE) --no-print-directory test-python
+
+# The layering (docs/architecture.md), checked over the sources' #include
+# lines and the test objects' symbols (scripts/check-layers.py): no include
+# or call from a lower layer of core/ to a higher one, shm/ knows nothing of
+# core/, tools/ and llama/ use the public API only, no core/ file over 500
+# lines.
+layers: $(B)/libkvshm-tst.a
+	@$(PYTHON) scripts/check-layers.py $(B)/tst
 
 # The long crash-injection campaign: systematic over every crash point and
 # every hit, then random kills until 25,000 kills in all. CRASH_ARGS adds
@@ -357,7 +369,7 @@ bench:
 FUZZ_SECONDS ?= 60
 FUZZ_CFLAGS   = -std=c11 -D_GNU_SOURCE -Iinclude -I. -g -O1 -DKVSHM_TEST -DKVSHM_FUZZ $(DEP_CFLAGS) \
                 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
-FUZZ_SRCS    := core/fileformat.c core/crc32c.c core/key.c shm/error.c shm/crash.c
+FUZZ_SRCS    := core/tier/fileformat.c core/tier/crc32c.c core/entry/key.c shm/error.c shm/crash.c
 
 $(B)/fuzz/fuzz_file: tests/fuzz/fuzz_file.c $(FUZZ_SRCS) $(LIB_HDRS)
 	@mkdir -p $(@D)

@@ -4,6 +4,7 @@
  * percentiles, the "touch" every get applies to the bytes it got, number
  * formatting and a CSV writer. Header-only (static functions), so each
  * benchmark stays one translation unit.
+ * Not a benchmark itself: no kvshm call lives here.
  */
 #ifndef KVSHM_BENCH_COMMON_H
 #define KVSHM_BENCH_COMMON_H

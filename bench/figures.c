@@ -28,6 +28,7 @@
  * syncs. The files produced are the same; only their durability is skipped.
  *
  *   figures [-o CSV] [-n REBUILD_ENTRIES] [-f prefix|overhead|ram|disk|rebuild]
+ * Not the comparison with other stores (bench/peers.c).
  */
 #define XXH_STATIC_LINKING_ONLY /* XXH3_generateSecret_fromSeed */
 #include <dirent.h>
@@ -38,7 +39,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "core/internal.h"
+#include "core/entry/entry.h"
 #if defined(__x86_64__)
 #include <xxh_x86dispatch.h> /* the same dispatched XXH3 the library uses */
 #endif
@@ -183,7 +184,7 @@ static void fill_tokens(uint32_t *t, size_t n, uint64_t seed)
 static uint64_t counter(kvshm *h, int c)
 {
 	kvshm_stats st;
-	if (kvshm_stats_get(h, &st) < 0)
+	if (kvshm_stats_get(h, &st, sizeof(st)) < 0)
 		bench_die("stats: %s", kvshm_last_error());
 	return st.counters[c];
 }
@@ -292,12 +293,12 @@ static void fig_prefix(void)
 			samp[ns++] = bench_now_ns() - a;
 		}
 		double cmp = p50_of(samp, ns);
-		/* the library's own boundary hashing of the prompt (core/key.c) */
+		/* the library's own boundary hashing of the prompt (core/entry/key.c) */
 		ns = 0;
 		for (uint64_t tk = bench_now_ns(); ns < 20000 && (ns < 100 || bench_now_ns() - tk < 30000000ull);) {
 			struct kvshm__keyhash kh;
 			uint64_t a = bench_now_ns();
-			if (kvshm__keyhash(h, &m, tok, n, &kh) < 0)
+			if (kvshm__keyhash(&h->kc, &m, tok, n, &kh) < 0)
 				bench_die("keyhash: %s", kvshm_last_error());
 			sink += kh.key.lo;
 			kvshm__keyhash_free(&kh);
@@ -305,7 +306,7 @@ static void fig_prefix(void)
 		}
 		double kht = p50_of(samp, ns);
 		bench_consume(sink);
-		size_t levels = kvshm__bidx(h->cfg, n) - kvshm__bidx(h->cfg, hit) + 1;
+		size_t levels = kvshm__bidx(&h->kc, n) - kvshm__bidx(&h->kc, hit) + 1;
 		printf("  %8u %8zu %9.0f %9.0f %9.2f %7zu %6.1f %9.0f %9.0f %9.0f %10.0f\n", n, hit, p50, mean, p50 / n,
 		       levels, probes, miss, kht, xxh, cmp);
 		char param[32];
@@ -410,7 +411,8 @@ static void fig_disk(void)
 	memset(rbuf, 0, maxsz);
 	uint64_t sink = 0;
 
-	printf("\ndisk tier (%s, ext4 on virtio): kvshm vs a plain file of the same bytes in the same directory\n", dir);
+	printf("\ndisk tier (%s, ext4 on virtio): kvshm vs a plain file of the same bytes in the same directory\n",
+	       dir);
 	printf("  %-8s %4s  %-34s %9s %9s %8s\n", "value", "n", "operation", "kvshm", "raw file", "ratio");
 	for (size_t c = 0; c < sizeof(CASES) / sizeof(CASES[0]); c++) {
 		size_t sz = CASES[c].sz;
@@ -441,8 +443,8 @@ static void fig_disk(void)
 		double bytes = (double)sz * n;
 		char sl[32], param[48];
 		bench_size_label(sl, sizeof(sl), sz);
-		const char *names[4] = {"save (GB/s)", "restore, page cache warm (GB/s)", "restore, pages dropped (GB/s)",
-					"save latency per value (ms)"};
+		const char *names[4] = {"save (GB/s)", "restore, page cache warm (GB/s)",
+					"restore, pages dropped (GB/s)", "save latency per value (ms)"};
 		const char *ids[4] = {"save", "restore_warm", "restore_cold", "save_ms"};
 		double kvv[4] = {bytes / kv_s, bytes / kw, bytes / kc, kv_s / n / 1e6};
 		double rawv[4] = {bytes / raw_s, bytes / rw, bytes / rc, raw_s / n / 1e6};
@@ -532,8 +534,8 @@ static void fig_ram(void)
 		       gm = (double)sz / p50_of(tm, (size_t)n);
 		char sl[32], param[48], r1[32], r2[32];
 		bench_size_label(sl, sizeof(sl), sz);
-		printf("  %-8s %6d %12.2f %16.2f %12.2f %8s %8s\n", sl, n, gp, gr, gm, bench_ratio(r1, sizeof(r1), gp, gm),
-		       bench_ratio(r2, sizeof(r2), gr, gm));
+		printf("  %-8s %6d %12.2f %16.2f %12.2f %8s %8s\n", sl, n, gp, gr, gm,
+		       bench_ratio(r1, sizeof(r1), gp, gm), bench_ratio(r2, sizeof(r2), gr, gm));
 		snprintf(param, sizeof(param), "%zu", sz);
 		rec("ram_save", param, "put", gp, "GB/s");
 		rec("ram_save", param, "reserve_fill_publish", gr, "GB/s");
@@ -559,7 +561,7 @@ static double rebuild_once(kvshm_config *cfg, const char *tag, uint64_t *entries
 	h = open_cache(tag, cfg);
 	double s = (double)(bench_now_ns() - t0) / 1e9;
 	kvshm_stats st;
-	if (kvshm_stats_get(h, &st) < 0)
+	if (kvshm_stats_get(h, &st, sizeof(st)) < 0)
 		bench_die("stats: %s", kvshm_last_error());
 	*entries = st.tier_entries[KVSHM_TIER_DISK];
 	close_cache(h);
@@ -621,7 +623,8 @@ static void fig_rebuild(uint32_t want)
 	drop_pages(dir);
 	double s2 = rebuild_once(&cfg, "rb2", &got2);
 	if (got != made || got2 != made)
-		bench_die("rebuild found %llu / %llu entries of %u", (unsigned long long)got, (unsigned long long)got2, made);
+		bench_die("rebuild found %llu / %llu entries of %u", (unsigned long long)got, (unsigned long long)got2,
+			  made);
 	printf("  %8u %16.0f %18.0f %11.2f %11.0f %11.2f %14.0f\n", made, sr, fr, s, made / s, s2, made / s2);
 	char param[32];
 	snprintf(param, sizeof(param), "%u", made);
@@ -649,9 +652,9 @@ struct ovl {
 
 static void fig_overhead(void)
 {
-	static const struct ovl CASES[] = {{64, 32},          {4096, 16},        {4096, 4096},
-					   {64 * 1024, 16},   {64 * 1024, 4096}, {1 << 20, 16},
-					   {1 << 20, 4096},   {16 << 20, 16},    {16 << 20, 4096}};
+	static const struct ovl CASES[] = {{64, 32},        {4096, 16},        {4096, 4096},
+					   {64 * 1024, 16}, {64 * 1024, 4096}, {1 << 20, 16},
+					   {1 << 20, 4096}, {16 << 20, 16},    {16 << 20, 4096}};
 	kvshm_config cfg;
 	kvshm_config_init(&cfg);
 	cfg.segment_bytes = 1ull << 30;
@@ -684,14 +687,15 @@ static void fig_overhead(void)
 		/* measured: slab bytes taken by K entries */
 		int K = sz >= (16u << 20) ? 8 : sz >= (1u << 20) ? 32 : 256;
 		kvshm_stats a, b;
-		kvshm_stats_get(h, &a);
+		kvshm_stats_get(h, &a, sizeof(a));
 		for (int k = 0; k < K; k++) {
 			fill_tokens(tok, nt, 9000000 + (uint64_t)seq++);
 			if (kvshm_put(h, &m, tok, nt, val, sz, NULL) < 0)
 				bench_die("put: %s", kvshm_last_error());
 		}
-		kvshm_stats_get(h, &b);
-		double meas = (double)(a.data_free_bytes - b.data_free_bytes) / K - (double)sz + (double)esz + bucket_share;
+		kvshm_stats_get(h, &b, sizeof(b));
+		double meas =
+			(double)(a.data_free_bytes - b.data_free_bytes) / K - (double)sz + (double)esz + bucket_share;
 		char sl[32];
 		bench_size_label(sl, sizeof(sl), sz);
 		printf("  %-8s %6u %7zu %7.1f %9llu %10llu %10.0f %8.2f%% %12.0f\n", sl, nt, esz, bucket_share,
@@ -727,11 +731,18 @@ int main(int argc, char **argv)
 	int opt;
 	while ((opt = getopt(argc, argv, "o:n:f:")) != -1) {
 		switch (opt) {
-		case 'o': out = optarg; break;
-		case 'n': n = (uint32_t)strtoul(optarg, NULL, 0); break;
-		case 'f': only = optarg; break;
+		case 'o':
+			out = optarg;
+			break;
+		case 'n':
+			n = (uint32_t)strtoul(optarg, NULL, 0);
+			break;
+		case 'f':
+			only = optarg;
+			break;
 		default:
-			fprintf(stderr, "usage: figures [-o CSV] [-n REBUILD_ENTRIES] [-f prefix|overhead|ram|disk|rebuild]\n");
+			fprintf(stderr,
+				"usage: figures [-o CSV] [-n REBUILD_ENTRIES] [-f prefix|overhead|ram|disk|rebuild]\n");
 			return 2;
 		}
 	}

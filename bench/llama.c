@@ -8,6 +8,8 @@
  * publish); restore (kvshm_llama_restore: lookup, set_data from the pin,
  * cut); the restore's bytes per second against a memcpy of the same bytes
  * out of the same pin. Medians of REPS runs; rows also go to a CSV.
+ * Not kvshm's own figures (bench/figures.c) nor a test: it measures, it
+ * does not judge.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,7 +73,8 @@ int main(int argc, char **argv)
 	}
 	FILE *out = csv ? fopen(csv, "w") : NULL;
 	if (out)
-		fprintf(out, "model,tokens,state_bytes,bytes_per_token,prefill_ms,save_ms,restore_ms,restore_gbs,memcpy_gbs\n");
+		fprintf(out,
+			"model,tokens,state_bytes,bytes_per_token,prefill_ms,save_ms,restore_ms,restore_gbs,memcpy_gbs\n");
 	kvshm_config cfg;
 	kvshm_config_init(&cfg);
 	cfg.segment_bytes = 512ull << 20;
@@ -162,13 +165,14 @@ int main(int argc, char **argv)
 				free(dst);
 				kvshm_unpin(cache, &pin);
 			}
-			double p = median(pre, REPS), sv = median(sav, REPS), rs = median(res, REPS), cp_ = median(cpy, REPS);
+			double p = median(pre, REPS), sv = median(sav, REPS), rs = median(res, REPS),
+			       cp_ = median(cpy, REPS);
 			double rgbs = (double)bytes / (rs * 1e6), mgbs = (double)bytes / (cp_ * 1e6);
-			printf("%-28s %6d %7.1fMB %7zu %11.1f %9.2f %10.2f %11.1f %11.1f %8.0fx\n", name, n, (double)bytes / 1e6,
-			       bytes / (size_t)n, p, sv, rs, rgbs, mgbs, p / rs);
+			printf("%-28s %6d %7.1fMB %7zu %11.1f %9.2f %10.2f %11.1f %11.1f %8.0fx\n", name, n,
+			       (double)bytes / 1e6, bytes / (size_t)n, p, sv, rs, rgbs, mgbs, p / rs);
 			if (out)
-				fprintf(out, "%s,%d,%zu,%zu,%.3f,%.3f,%.3f,%.2f,%.2f\n", name, n, bytes, bytes / (size_t)n, p, sv,
-					rs, rgbs, mgbs);
+				fprintf(out, "%s,%d,%zu,%zu,%.3f,%.3f,%.3f,%.2f,%.2f\n", name, n, bytes,
+					bytes / (size_t)n, p, sv, rs, rgbs, mgbs);
 		}
 		printf("%-28s fingerprint of %s: %.1f ms\n", "", argv[mi], fp_ms);
 		free(t);

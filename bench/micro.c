@@ -6,6 +6,7 @@
  *     and partial lookups (KVSHM_LOOKUP_PARTIAL) that it answers;
  *   - copy-out (lookup_copy) GB/s vs memcpy of the same sizes.
  * Absolute numbers drift on shared machines; ratios from one run hold.
+ * Not whole workloads (bench/peers.c, bench/figures.c).
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -13,7 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/internal.h"
+#include "core/entry/entry.h"
 
 static double now_s(void)
 {

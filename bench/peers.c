@@ -31,7 +31,7 @@
  * entries are immutable (kvshm_put of a present key is refused with
  * KVSHM_EEXISTS) and the public API has no per-key delete, so a kvshm put
  * here is: exact lookup of the key, drop its entry with the evictor's
- * internal kvshm__entry_drop, kvshm_put the new value. A drop is refused
+ * internal kvshm__tier_drop, kvshm_put the new value. A drop is refused
  * while another process holds a pin on the entry (readers are never torn);
  * such puts are retried a few times, then counted as "refused".
  *
@@ -72,12 +72,12 @@
 #include <libmemcached/memcached.h>
 #include <lmdb.h>
 
-#include "core/internal.h"
+#include "core/tier/tier.h"
 #include "bench/common.h"
 
 /* ---- parameters ----------------------------------------------------------------- */
 
-#define NTOK 16             /* tokens per kvshm key */
+#define NTOK 16 /* tokens per kvshm key */
 #define MAX_PROCS 2
 #define OPS_LIST (1u << 16) /* pre-drawn ops per process, cycled */
 #define MAX_OPS 5000000ull  /* per process per measurement */
@@ -90,10 +90,10 @@ static const struct sizecase {
 	size_t sz;
 	uint32_t nkeys;
 } SIZES[] = {
-	{4096, 16384},        /* 64 MiB */
-	{64 * 1024, 4096},    /* 256 MiB */
-	{1 << 20, 512},       /* 512 MiB */
-	{16 << 20, 64},       /* 1 GiB */
+	{4096, 16384},     /* 64 MiB */
+	{64 * 1024, 4096}, /* 256 MiB */
+	{1 << 20, 512},    /* 512 MiB */
+	{16 << 20, 64},    /* 1 GiB */
 };
 #define NSIZES (sizeof(SIZES) / sizeof(SIZES[0]))
 
@@ -104,33 +104,33 @@ static const struct mix {
 
 enum kind { K_MEMCPY, K_KV_ZC, K_KV_COPY, K_LMDB_ZC, K_LMDB_COPY, K_REDIS, K_MEMCACHED, NKINDS };
 static const char *const KIND_NAME[NKINDS] = {"memcpy (limit)", "kvshm zero-copy", "kvshm copy-out", "lmdb in-txn",
-					      "lmdb copy-out", "redis", "memcached"};
-static const char *const KIND_ID[NKINDS] = {"memcpy", "kvshm-zc", "kvshm-copy", "lmdb-zc", "lmdb-copy", "redis",
-					    "memcached"};
+					      "lmdb copy-out",  "redis",           "memcached"};
+static const char *const KIND_ID[NKINDS] = {"memcpy",    "kvshm-zc", "kvshm-copy", "lmdb-zc",
+					    "lmdb-copy", "redis",    "memcached"};
 
 /* ---- global state (set up by the parent, inherited by the clients) ---------------- */
 
 static struct {
-	char tmpdir[64];     /* sockets, server logs */
-	char lmdbroot[128];  /* LMDB environments (on /dev/shm) */
+	char tmpdir[64];                    /* sockets, server logs */
+	char lmdbroot[128];                 /* LMDB environments (on /dev/shm) */
 	char redis_sock[100], mc_sock[100]; /* fit sockaddr_un.sun_path */
 	pid_t redis_pid, mc_pid;
 	pid_t clients[NKINDS][MAX_PROCS]; /* live clients of each store, during a figure */
-	int go_w[NKINDS], done_r[NKINDS];  /* their pipes (parent ends); -1 when none */
+	int go_w[NKINDS], done_r[NKINDS]; /* their pipes (parent ends); -1 when none */
 	char kv_name[64];
 	bool kv_live;
-	kvshm *kv;           /* the parent's handle (populates) */
+	kvshm *kv; /* the parent's handle (populates) */
 	char lmdb_dir[200];
 	size_t lmdb_map;
-	uint8_t *region;     /* memcpy store: nkeys x sz, MAP_SHARED */
+	uint8_t *region; /* memcpy store: nkeys x sz, MAP_SHARED */
 	size_t region_len;
-	uint32_t *tokens;    /* nkeys x NTOK */
-	char (*skeys)[16];   /* nkeys peer keys */
+	uint32_t *tokens;  /* nkeys x NTOK */
+	char (*skeys)[16]; /* nkeys peer keys */
 	uint8_t *klen;
 	kvshm_model model;
 	size_t sz;
 	uint32_t nkeys;
-	uint64_t dur_ns;     /* one round of one store */
+	uint64_t dur_ns;         /* one round of one store */
 	uint32_t max_gs, max_ps; /* samples one client records per round */
 	bool use[NKINDS];
 	const char *csv_path;
@@ -264,9 +264,26 @@ static void start_redis(void)
 	snprintf(W.redis_sock, sizeof(W.redis_sock), "%s/redis.sock", W.tmpdir);
 	char log[200];
 	snprintf(log, sizeof(log), "%s/redis.log", W.tmpdir);
-	char *argv[] = {"redis-server", "--unixsocket", W.redis_sock, "--unixsocketperm", "700", "--port", "0",
-			"--save", "", "--appendonly", "no", "--maxmemory", "4gb", "--maxmemory-policy", "noeviction",
-			"--dir", W.tmpdir, "--daemonize", "no", NULL};
+	char *argv[] = {"redis-server",
+			"--unixsocket",
+			W.redis_sock,
+			"--unixsocketperm",
+			"700",
+			"--port",
+			"0",
+			"--save",
+			"",
+			"--appendonly",
+			"no",
+			"--maxmemory",
+			"4gb",
+			"--maxmemory-policy",
+			"noeviction",
+			"--dir",
+			W.tmpdir,
+			"--daemonize",
+			"no",
+			NULL};
 	W.redis_pid = spawn(log, argv);
 	for (int i = 0; i < 500; i++) {
 		redisContext *c = redis_connect();
@@ -324,8 +341,9 @@ static void start_memcached(void)
 	snprintf(W.mc_sock, sizeof(W.mc_sock), "%s/memcached.sock", W.tmpdir);
 	char log[200];
 	snprintf(log, sizeof(log), "%s/memcached.log", W.tmpdir);
-	char *argv[] = {"memcached", "-s", W.mc_sock, "-a", "0700", "-m", "4096", "-I", "32m", "-t", "2",
-			"-c", "64", geteuid() == 0 ? "-u" : NULL, "root", NULL};
+	char *argv[] = {"memcached", "-s",  W.mc_sock, "-a", "0700", "-m", "4096",
+			"-I",        "32m", "-t",      "2",  "-c",   "64", geteuid() == 0 ? "-u" : NULL,
+			"root",      NULL};
 	W.mc_pid = spawn(log, argv);
 	for (int i = 0; i < 500; i++) {
 		if (mc_ping())
@@ -450,7 +468,8 @@ static void client_open(struct client *c, enum kind k)
 		MDB_val mk, mv;
 		if ((rc = mdb_cursor_open(c->rtxn, c->dbi, &cur)))
 			bench_die("lmdb cursor: %s", mdb_strerror(rc));
-		for (rc = mdb_cursor_get(cur, &mk, &mv, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &mk, &mv, MDB_NEXT))
+		for (rc = mdb_cursor_get(cur, &mk, &mv, MDB_FIRST); rc == 0;
+		     rc = mdb_cursor_get(cur, &mk, &mv, MDB_NEXT))
 			for (size_t off = 0; off < mv.mv_size; off += 4096)
 				c->sink += ((const volatile uint8_t *)mv.mv_data)[off];
 		mdb_cursor_close(cur);
@@ -589,10 +608,10 @@ static int kv_replace(kvshm *h, uint32_t key, const void *val)
 		kvshm_pin pin;
 		int r = kvshm_get(h, &W.model, tok, NTOK, 0, &pin);
 		if (r == 0) {
-			uint32_t idx = (uint32_t)pin.ref[0] - 1, gen = (uint32_t)(pin.ref[0] >> 32);
+			uint32_t idx = kvshm__ref_idx(pin.ref[0]), gen = kvshm__ref_gen(pin.ref[0]);
 			kvshm_unpin(h, &pin);
-			kvshm__entry_drop(h, idx / h->cfg->entries_per_shard, idx, gen, KVSHM_TIER_BIT(KVSHM_TIER_RAM),
-					  false);
+			kvshm__tier_drop(h, idx / h->cfg->entries_per_shard, idx, gen, KVSHM_TIER_BIT(KVSHM_TIER_RAM),
+					 false);
 		} else if (r != KVSHM_ENOTFOUND) {
 			bench_die("kvshm_get: %s", kvshm_last_error());
 		}
@@ -637,7 +656,8 @@ static void client_put(struct client *c, uint32_t key)
 		break;
 	}
 	case K_MEMCACHED: {
-		memcached_return_t rc = memcached_set(c->mc, W.skeys[key], W.klen[key], (const char *)c->val, W.sz, 0, 0);
+		memcached_return_t rc =
+			memcached_set(c->mc, W.skeys[key], W.klen[key], (const char *)c->val, W.sz, 0, 0);
 		if (rc != MEMCACHED_SUCCESS)
 			bench_die("memcached_set: %s", memcached_strerror(c->mc, rc));
 		break;
@@ -718,7 +738,8 @@ static void populate(enum kind k)
 		t0 = bench_now_ns();
 		for (uint32_t key = 0; key < W.nkeys; key++) {
 			fill_value(v, W.sz, key);
-			memcached_return_t rc = memcached_set(mc, W.skeys[key], W.klen[key], (const char *)v, W.sz, 0, 0);
+			memcached_return_t rc =
+				memcached_set(mc, W.skeys[key], W.klen[key], (const char *)v, W.sz, 0, 0);
 			if (rc != MEMCACHED_SUCCESS)
 				bench_die("memcached populate: %s", memcached_strerror(mc, rc));
 		}
@@ -750,7 +771,8 @@ static void setup_size(const struct sizecase *sc)
 		bench_die("out of memory");
 	for (uint32_t k = 0; k < W.nkeys; k++) {
 		for (uint32_t i = 0; i < NTOK; i++)
-			W.tokens[(size_t)k * NTOK + i] = (uint32_t)bench_mix64((uint64_t)k * 1000003u + i) & 0x7fffffffu;
+			W.tokens[(size_t)k * NTOK + i] =
+				(uint32_t)bench_mix64((uint64_t)k * 1000003u + i) & 0x7fffffffu;
 		W.klen[k] = (uint8_t)snprintf(W.skeys[k], 16, "k%u", k);
 	}
 	uint64_t data = (uint64_t)W.sz * W.nkeys;
@@ -1135,15 +1157,16 @@ static void print_figure(const struct fig *f)
 			snprintf(miss, sizeof(miss), "%llu", (unsigned long long)r->misses);
 		printf("  %-16s %8s %7s %8s %8s %8s %8s %9s %10s %12s\n", KIND_NAME[k], bench_fmt(a, sizeof(a), r->ops),
 		       bench_fmt(b, sizeof(b), r->gbs), r->ngets_s ? bench_fmt(c, sizeof(c), r->gp50) : "-",
-		       r->ngets_s ? bench_fmt(d, sizeof(d), r->gp99) : "-", r->nputs_s ? bench_fmt(p, sizeof(p), r->pp50) : "-",
+		       r->ngets_s ? bench_fmt(d, sizeof(d), r->gp99) : "-",
+		       r->nputs_s ? bench_fmt(p, sizeof(p), r->pp50) : "-",
 		       r->nputs_s ? bench_fmt(q, sizeof(q), r->pp99) : "-", miss,
 		       k == K_KV_ZC ? "" : bench_ratio(e, sizeof(e), zc ? zc->ops : 0, r->ops),
 		       k == K_KV_COPY ? "" : bench_ratio(g, sizeof(g), cp ? cp->ops : 0, r->ops));
-		fprintf(csv, "%zu,%s,%d,%u,%s,%.1f,%.4f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%llu,%llu,%.4f,%.4f,%.3f,%llu\n", f->sz,
-			MIXES[f->mix].name, f->procs, W.nkeys, KIND_ID[k], r->ops, r->gbs, r->p50, r->p99, r->gp50, r->gp99,
-			r->pp50, r->pp99, (unsigned long long)r->misses, (unsigned long long)r->refused,
-			zc && k != K_KV_ZC ? zc->ops / r->ops : 0.0, cp && k != K_KV_COPY ? cp->ops / r->ops : 0.0, r->secs,
-			(unsigned long long)r->nops);
+		fprintf(csv, "%zu,%s,%d,%u,%s,%.1f,%.4f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%llu,%llu,%.4f,%.4f,%.3f,%llu\n",
+			f->sz, MIXES[f->mix].name, f->procs, W.nkeys, KIND_ID[k], r->ops, r->gbs, r->p50, r->p99,
+			r->gp50, r->gp99, r->pp50, r->pp99, (unsigned long long)r->misses,
+			(unsigned long long)r->refused, zc && k != K_KV_ZC ? zc->ops / r->ops : 0.0,
+			cp && k != K_KV_COPY ? cp->ops / r->ops : 0.0, r->secs, (unsigned long long)r->nops);
 	}
 	fflush(stdout);
 	fflush(csv);
@@ -1167,8 +1190,9 @@ static void print_targets(void)
 		double lat = rd->gp50 / kv->gp50, thr = kv->ops / rd->ops;
 		printf("  small get vs redis (4 KiB, get-heavy, 1 proc): get p50 %s us vs %s us = %s per get; "
 		       "%s the ops/s  [target >= 300x: %s]\n",
-		       bench_fmt(a, sizeof(a), kv->gp50), bench_fmt(b, sizeof(b), rd->gp50), bench_ratio(c, sizeof(c), lat, 1),
-		       bench_ratio(d, sizeof(d), thr, 1), lat >= 300 ? "met" : "MISSED");
+		       bench_fmt(a, sizeof(a), kv->gp50), bench_fmt(b, sizeof(b), rd->gp50),
+		       bench_ratio(c, sizeof(c), lat, 1), bench_ratio(d, sizeof(d), thr, 1),
+		       lat >= 300 ? "met" : "MISSED");
 	}
 	for (int procs = 1; procs <= MAX_PROCS; procs++) {
 		f = find_fig(4096, 0, procs);
@@ -1176,8 +1200,9 @@ static void print_targets(void)
 			const struct row *kv = &f->rows[K_KV_ZC], *lm = &f->rows[K_LMDB_ZC];
 			printf("  get rate per process vs lmdb in-txn (4 KiB, get-heavy, %d proc): %s vs %s ops/s/proc = %s  "
 			       "[target >= 1x: %s]\n",
-			       procs, bench_fmt(a, sizeof(a), kv->ops / procs), bench_fmt(b, sizeof(b), lm->ops / procs),
-			       bench_ratio(c, sizeof(c), kv->ops, lm->ops), kv->ops >= lm->ops ? "met" : "MISSED");
+			       procs, bench_fmt(a, sizeof(a), kv->ops / procs),
+			       bench_fmt(b, sizeof(b), lm->ops / procs), bench_ratio(c, sizeof(c), kv->ops, lm->ops),
+			       kv->ops >= lm->ops ? "met" : "MISSED");
 		}
 	}
 	for (size_t i = 0; i < NSIZES; i++) {
@@ -1219,13 +1244,26 @@ int main(int argc, char **argv)
 	W.csv_path = "build/bench/results.csv";
 	while ((opt = getopt(argc, argv, "t:o:z:s:m:p:h")) != -1) {
 		switch (opt) {
-		case 't': ms = (unsigned)atoi(optarg); break;
-		case 'o': W.csv_path = optarg; break;
-		case 'z': only_sz = (size_t)strtoull(optarg, NULL, 0); break;
-		case 's': only_store = optarg; break;
-		case 'm': only_mix = optarg; break;
-		case 'p': only_procs = atoi(optarg); break;
-		default: usage();
+		case 't':
+			ms = (unsigned)atoi(optarg);
+			break;
+		case 'o':
+			W.csv_path = optarg;
+			break;
+		case 'z':
+			only_sz = (size_t)strtoull(optarg, NULL, 0);
+			break;
+		case 's':
+			only_store = optarg;
+			break;
+		case 'm':
+			only_mix = optarg;
+			break;
+		case 'p':
+			only_procs = atoi(optarg);
+			break;
+		default:
+			usage();
 		}
 	}
 	W.dur_ns = (uint64_t)(ms ? ms : 1000) * 1000000ull;
@@ -1239,8 +1277,8 @@ int main(int argc, char **argv)
 	signal(SIGHUP, on_signal);
 	signal(SIGPIPE, SIG_IGN);
 
-	RES = mmap(NULL, sizeof(struct presult) * MAX_PROCS * NKINDS, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-		   -1, 0);
+	RES = mmap(NULL, sizeof(struct presult) * MAX_PROCS * NKINDS, PROT_READ | PROT_WRITE,
+		   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	for (int k = 0; k < NKINDS; k++)
 		W.go_w[k] = W.done_r[k] = -1;
 	merge_buf = malloc(sizeof(uint32_t) * (GET_SAMPLES + PUT_SAMPLES) * MAX_PROCS);

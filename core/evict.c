@@ -1,166 +1,15 @@
 /*
- * core/evict.c — eviction by hit score, quotas, expiry of reservations,
- * delete by filter, and listing.
- *
- * HOW EVICTION CHOOSES
- *   Every entry carries a decaying hit score: score = s0 · 2^(−Δt / T½),
- *   where s0 was set at its last hit (old score + 1) or at publish (1), and
- *   T½ is score_halflife_s. So a hot entry outranks one hit once, and an
- *   entry untouched for a few half-lives outranks nothing: frecency, not
- *   FIFO. A pass visits every shard and keeps a pool of the POOL lowest
- *   scored candidates (ready, unpinned, in the requested tiers); the pool
- *   is then evicted lowest first, each candidate re-checked under its
- *   shard lock (it may have been pinned meanwhile). Passes repeat until the
- *   target is met or a pass finds nothing. Each shard scans at most
- *   SCAN_MAX entries per pass, from a rotating start: exact lowest-first
- *   order for caches up to SCAN_MAX entries per shard, a sample beyond.
- *   Pinned and reserved entries are never candidates.
+ * core/evict.c — eviction, deletion and listing as callers see them:
+ * evicting bytes by hit score, deleting and listing entries by filter.
+ * How eviction chooses and how an entry is dropped are the tier layer's
+ * (core/tier/room.c, each tier's drop); bringing tiers under quota is a
+ * prune's (core/maint/prune.c); not here.
  */
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/internal.h"
-
-#define POOL 32
-#define SCAN_MAX 16384u
-
-struct cand {
-	double score;
-	uint32_t idx, gen, shard;
-};
-
-uint64_t kvshm__tier_bytes(const kvshm *h, int tier)
-{
-	uint64_t n = 0;
-	for (uint32_t s = 0; s < h->cfg->shards; s++)
-		n += __atomic_load_n(&h->shards[s].tier_bytes[tier], __ATOMIC_RELAXED);
-	return n;
-}
-
-static void pool_offer(struct cand *pool, int *n, struct cand c)
-{
-	if (*n < POOL) {
-		pool[(*n)++] = c;
-		return;
-	}
-	int worst = 0;
-	for (int i = 1; i < POOL; i++)
-		if (pool[i].score > pool[worst].score)
-			worst = i;
-	if (c.score < pool[worst].score)
-		pool[worst] = c;
-}
-
-static int by_score(const void *a, const void *b)
-{
-	double x = ((const struct cand *)a)->score, y = ((const struct cand *)b)->score;
-	return x < y ? -1 : x > y;
-}
-
-static bool evictable(const struct kvshm__entry *e, unsigned mask)
-{
-	return e->state == KVSHM_E_READY && e->refcount == 0 && e->tier < KVSHM_NTIERS &&
-	       (mask & KVSHM_TIER_BIT(e->tier)) && !(e->flags & KVSHM_EF_LOADING);
-}
-
-int64_t kvshm__entry_drop(kvshm *h, uint32_t s, uint32_t idx, uint32_t gen, unsigned mask, bool demote)
-{
-	struct kvshm__entry *e = &h->entries[idx];
-	int err;
-	int dt = h->cfg->demote_tier;
-	/* Demote first (a RAM entry evicted into a slower tier that is not
-	 * itself being evicted): pinned meanwhile, so it cannot vanish. */
-	if (demote && dt >= 0 && !(mask & KVSHM_TIER_BIT(dt))) {
-		if ((err = kvshm__shard_lock(h, s)) < 0)
-			return err;
-		bool go = e->gen == gen && evictable(e, mask) && e->tier == KVSHM_TIER_RAM &&
-			  kvshm__pin_locked(h, s, idx, true) == 0;
-		kvshm__shard_unlock(h, s);
-		if (go) {
-			kvshm__demote(h, idx);
-			kvshm__unpin_ref(h, idx, gen, true);
-		}
-	}
-	if ((err = kvshm__shard_lock(h, s)) < 0)
-		return err;
-	uint64_t fp = e->footprint, blob = 0;
-	int tier = e->tier;
-	uint64_t key[2] = {e->key[0], e->key[1]};
-	bool hidden = false;
-	if (e->gen == gen && evictable(e, mask)) {
-		if (tier == KVSHM_TIER_RAM)
-			blob = kvshm__entry_remove_locked(h, s, idx, h->me);
-		else
-			hidden = kvshm__file_hide_locked(h, s, idx);
-	}
-	kvshm__shard_unlock(h, s);
-	if (hidden) {
-		/* A file entry goes after its index row and file, as a
-		 * reservation of ours meanwhile (core/tier.c). */
-		KVSHM_CRASH_POINT("file.drop.hidden");
-		kvshm__file_forget(h, tier, key);
-		if ((err = kvshm__shard_lock(h, s)) < 0)
-			return err;
-		if (e->gen == gen && e->owner == h->me && e->owner_gen == h->me_gen &&
-		    (e->state == KVSHM_E_RESERVED || e->state == KVSHM_E_EXPIRED))
-			blob = kvshm__entry_remove_locked(h, s, idx, h->me);
-		kvshm__shard_unlock(h, s);
-	}
-	if (!blob)
-		return 0;
-	KVSHM_CRASH_POINT("evict.removed");
-	kvshm__slab_free(h->seg, h->slab, h->me, blob);
-	kvshm__futex_bump_wake(&h->shards[s].seq, INT32_MAX);
-	return (int64_t)fp;
-}
-
-int kvshm__evict(kvshm *h, uint64_t target, unsigned mask, uint64_t *freed_out, uint64_t *count_out)
-{
-	uint64_t freed = 0, count = 0;
-	static _Thread_local uint32_t rot;
-	while (freed < target) {
-		struct cand pool[POOL];
-		int np = 0;
-		uint64_t now = kvshm__now_ns();
-		for (uint32_t s = 0; s < h->cfg->shards; s++) {
-			struct kvshm__shard *sh = &h->shards[s];
-			uint32_t scan = KVSHM_MIN(sh->cap, SCAN_MAX);
-			uint32_t start = sh->cap > SCAN_MAX ? (rot += 7919) % sh->cap : 0;
-			int err = kvshm__shard_lock(h, s);
-			if (err < 0)
-				return err;
-			for (uint32_t k = 0; k < scan; k++) {
-				uint32_t idx = sh->first + (start + k) % sh->cap;
-				const struct kvshm__entry *e = &h->entries[idx];
-				if (evictable(e, mask))
-					pool_offer(pool, &np, (struct cand){kvshm__entry_score(h, e, now), idx, e->gen, s});
-			}
-			kvshm__shard_unlock(h, s);
-		}
-		if (np == 0)
-			break;
-		qsort(pool, (size_t)np, sizeof(pool[0]), by_score);
-		uint64_t round = 0;
-		for (int i = 0; i < np && freed < target; i++) {
-			int64_t fp = kvshm__entry_drop(h, pool[i].shard, pool[i].idx, pool[i].gen, mask, true);
-			if (fp > 0) {
-				freed += (uint64_t)fp;
-				count++;
-				round++;
-			}
-		}
-		if (round == 0)
-			break;
-	}
-	kvshm__count(h, KVSHM_C_evictions, count);
-	kvshm__count(h, KVSHM_C_evicted_bytes, freed);
-	if (freed_out)
-		*freed_out = freed;
-	if (count_out)
-		*count_out = count;
-	return 0;
-}
+#include "core/ops.h"
 
 KVSHM_EXTERN int kvshm_evict_bytes(kvshm *h, uint64_t target, unsigned tier_mask, uint64_t *freed, uint64_t *count)
 {
@@ -170,70 +19,6 @@ KVSHM_EXTERN int kvshm_evict_bytes(kvshm *h, uint64_t target, unsigned tier_mask
 	if (tier_mask & ~KVSHM_TIERS_ALL)
 		return kvshm__fail(-EINVAL, "evict: tier mask 0x%x", tier_mask);
 	return kvshm__evict(h, target, tier_mask ? tier_mask : KVSHM_TIERS_ALL, freed, count);
-}
-
-int kvshm__expire(kvshm *h, uint64_t *count)
-{
-	uint64_t n = 0, now = kvshm__now_ns();
-	for (uint32_t s = 0; s < h->cfg->shards; s++) {
-		struct kvshm__shard *sh = &h->shards[s];
-		if (__atomic_load_n(&sh->reserved, __ATOMIC_RELAXED) == 0)
-			continue;
-		int err = kvshm__shard_lock(h, s);
-		if (err < 0)
-			return err;
-		uint32_t here = 0;
-		/* Bounded by the journal: expire a batch, come back for more. A
-		 * file save that is committing (or an entry being removed) is past
-		 * the point where another writer could take its key over: it
-		 * finishes, or its death is reclaimed (core/tier.c). */
-		for (uint32_t k = 0; k < sh->cap && here < KVSHM_JOURNAL_MAX / 2; k++) {
-			struct kvshm__entry *e = &h->entries[sh->first + k];
-			uint32_t stage = e->flags & KVSHM_EF_STAGE_MASK;
-			bool committing = e->tier != KVSHM_TIER_RAM &&
-					  (stage == KVSHM_EF_STAGE_COMMIT || stage == KVSHM_EF_STAGE_LINKED);
-			if (e->state == KVSHM_E_RESERVED && e->deadline_ns < now && !committing) {
-				kvshm__jset32(h->seg, &sh->lk, &e->state, KVSHM_E_EXPIRED);
-				here++;
-			}
-		}
-		kvshm__shard_unlock(h, s);
-		if (here) {
-			n += here;
-			kvshm__futex_bump_wake(&sh->seq, INT32_MAX);
-			if (here >= KVSHM_JOURNAL_MAX / 2)
-				s--; /* same shard again */
-		}
-	}
-	kvshm__count(h, KVSHM_C_expired, n);
-	if (count)
-		*count = n;
-	return 0;
-}
-
-KVSHM_EXTERN int kvshm_gc(kvshm *h, uint64_t *freed_out, uint64_t *count_out)
-{
-	uint64_t freed = 0, count = 0;
-	int err = kvshm__enter(h);
-	if (err < 0)
-		return err;
-	if ((err = kvshm__expire(h, NULL)) < 0)
-		return err;
-	for (int t = 0; t < KVSHM_NTIERS; t++) {
-		uint64_t used = kvshm__tier_bytes(h, t), q = h->cfg->quota[t];
-		if (used > q) {
-			uint64_t f = 0, c = 0;
-			if ((err = kvshm__evict(h, used - q, KVSHM_TIER_BIT(t), &f, &c)) < 0)
-				return err;
-			freed += f;
-			count += c;
-		}
-	}
-	if (freed_out)
-		*freed_out = freed;
-	if (count_out)
-		*count_out = count;
-	return 0;
 }
 
 /* ---- filters, listing, deletion -------------------------------------------------- */
@@ -254,31 +39,6 @@ static bool filter_ok(const kvshm *h, const struct kvshm__entry *e, const kvshm_
 			return false;
 	}
 	return true;
-}
-
-void kvshm__info_of(const kvshm *h, const struct kvshm__entry *e, uint64_t now, kvshm_entry_info *i)
-{
-	memset(i, 0, sizeof(*i));
-	memcpy(i->key, e->key, 16);
-	const struct kvshm__blob *b = kvshm__entry_blob(h, e);
-	if (b)
-		i->model = b->model;
-	i->tier = e->tier;
-	i->state = e->state == KVSHM_E_READY ? KVSHM_STATE_READY
-		   : e->state == KVSHM_E_RESERVED ? KVSHM_STATE_RESERVED : KVSHM_STATE_EXPIRED;
-	i->len = e->len;
-	i->footprint = e->footprint;
-	i->ntokens = e->ntokens;
-	i->refcount = e->refcount;
-	i->hits = e->hits;
-	i->reason = e->reason;
-	i->score = kvshm__entry_score(h, e, now);
-	i->created_ns = e->created_ns;
-	i->idle_ns = now > e->last_ns ? now - e->last_ns : 0;
-	if (e->state != KVSHM_E_READY) {
-		const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, e->owner);
-		i->owner_pid = sl ? sl->pid : 0;
-	}
 }
 
 KVSHM_EXTERN int kvshm_list(kvshm *h, const kvshm_filter *f, int (*fn)(const kvshm_entry_info *, void *), void *ctx)
@@ -328,10 +88,10 @@ KVSHM_EXTERN int kvshm_delete(kvshm *h, const kvshm_filter *f, uint64_t *count)
 				continue;
 			if ((err = kvshm__shard_lock(h, s)) < 0)
 				return err;
-			bool ok = evictable(e, KVSHM_TIERS_ALL) && filter_ok(h, e, f, now);
+			bool ok = kvshm__evictable(e, KVSHM_TIERS_ALL) && filter_ok(h, e, f, now);
 			uint32_t gen = e->gen;
 			kvshm__shard_unlock(h, s);
-			if (ok && kvshm__entry_drop(h, s, sh->first + k, gen, KVSHM_TIERS_ALL, false) > 0)
+			if (ok && kvshm__tier_drop(h, s, sh->first + k, gen, KVSHM_TIERS_ALL, false) > 0)
 				n++;
 		}
 	}

@@ -1,6 +1,40 @@
 /*
- * core/internal.h — the handle and the functions core/ files share.
- * Nothing here is public; the public face is include/kvshm.h.
+ * core/internal.h — the base of core/: the handle (struct kvshm), its
+ * records of the reservations it handed out, and the opaque words of pins
+ * and reservations, which every layer of core/ shares. It declares no
+ * function of any layer: each layer's header does (below). Nothing here is
+ * public; the public face is include/kvshm.h.
+ *
+ * THE LAYERS OF core/ (a folder per layer; each uses only those below it)
+ *
+ *   core/handle/   configuration; building a segment; open, close, destroy
+ *        │         (the top: it wires the layers together — lock repairs,
+ *        │         the reclaim hook)                         handle/handle.h
+ *   core/daemon/   the reaper; the pressure scheduler's check
+ *        │
+ *   core/maint/    reclaim of dead slots, reconciliation, the checker,
+ *        │         fsck, promotion, prune, inspection        maint/maint.h
+ *   core/          the operations (the .c files at its top): lookup,
+ *        │         partial lookup, save, evict, list, delete, reject,
+ *        │         stats, the writer semaphore, the scheduler's control
+ *        │         block, the guard of every public call             ops.h
+ *   core/tier/     where values are kept, behind one table of operations
+ *        │         (struct kvshm__tier_ops): ram.c; file*.c for ram_file
+ *        │         and disk; the steps every tier shares      tier/tier.h
+ *   core/entry/    keys and hashes, the sharded index, entries, pins and
+ *        │         reservation records, the marker table, counters
+ *        │                                                   entry/entry.h
+ *   core/internal.h, core/layout.h   the handle; the segment's structs
+ *        │
+ *   shm/           mechanisms with no cache meaning (segment, locks,
+ *                  processes, semaphore, slab, futex)
+ *
+ * A lower layer never includes a higher layer's header nor calls or names
+ * its symbols; where it must reach up it does so through a table of
+ * function pointers filled from above: the tier table (operations →
+ * tiers), lock repairs (shm/ → core/entry/), the slot reclaim that a sweep
+ * runs (kvshm->reclaim, set by core/handle/ to core/maint/'s). `make test`
+ * checks it (scripts/check-layers.py). docs/architecture.md says more.
  */
 #ifndef KVSHM_CORE_INTERNAL_H
 #define KVSHM_CORE_INTERNAL_H
@@ -19,38 +53,40 @@
 struct kvshm__idx;
 struct kvshm__fmeta;
 
+/* What hashing a key needs (core/entry/key.c): the chunk size and the
+ * secret derived from the cache's seed. Small, so that a directory's keys
+ * can be recomputed offline (kvshm_fsck) without a handle. */
+struct kvshm__keyctx {
+	uint32_t chunk_tokens;
+	uint8_t secret[KVSHM_HASH_SECRET];
+};
+
 /*
  * A reservation as the handle that made it knows it. The caller's
  * kvshm_reservation must match one of these (ref words, data, len) or
  * publish and cancel refuse it with -EINVAL: a garbage or foreign
  * reservation never reaches the segment, a file descriptor or munmap.
  * Process-local: what it holds (a staging buffer, a writable window, a
- * file and its mapping) dies with the process; the segment side is the
- * RESERVED entry, which reclaim handles.
+ * file and its mapping: the tier's own, in `priv`) dies with the process;
+ * the segment side is the RESERVED entry, which reclaim handles.
  */
-enum kvshm__hres_kind {
-	KVSHM_HRES_FREE = 0,
-	KVSHM_HRES_STAGED,  /* RAM, small value: written into `stage`, copied in at publish */
-	KVSHM_HRES_WINDOW,  /* RAM, large value: its own view pages made writable */
-	KVSHM_HRES_FILE,    /* ram_file/disk: a mapping of the temporary file */
-};
+#define KVSHM_HRES_PRIV 48 /* bytes a tier keeps per reservation (the file tiers use 40) */
 struct kvshm__hres {
-	uint32_t kind;       /* kvshm__hres_kind */
+	bool live; /* a reservation handed out, not yet published or cancelled */
 	uint8_t tier, reason;
 	uint64_t ref0, token; /* what the caller's ref[0], ref[1] must be */
-	void *data;          /* what the caller was given to write */
+	void *data;           /* what the caller was given to write */
 	size_t len;
-	uint64_t value_off;  /* RAM: segment offset of the value */
-	int fd;              /* FILE: the temporary file */
-	uint8_t *map;        /* FILE: its guarded mapping, map_len bytes */
-	uint64_t map_len;
-	uint8_t key[16];     /* FILE: the key hash (names the temporary file) */
+	/* The tier's own record, copied in and out by the tier (memcpy: no
+	 * aliasing games): staging or window and the value's offset (RAM), the
+	 * temporary file, its mapping and the key (file tiers). */
+	_Alignas(8) unsigned char priv[KVSHM_HRES_PRIV];
 };
 
 #define KVSHM_HANDLE_MAGIC 0x4c444e4148564b4bull /* "KKVHANDL": an open handle */
 
 struct kvshm {
-	uint64_t magic;            /* KVSHM_HANDLE_MAGIC while open, 0 once closed */
+	uint64_t magic; /* KVSHM_HANDLE_MAGIC while open, 0 once closed */
 	struct kvshm__seg *seg;
 	struct kvshm__cache_hdr *hdr;
 	struct kvshm__proctab *tab;
@@ -59,294 +95,74 @@ struct kvshm {
 	struct kvshm__shard *shards;
 	uint32_t *buckets;
 	struct kvshm__entry *entries;
-	struct kvshm__markset *marks; /* cfg->mark_sets marker sets (core/partial.c) */
-	const struct kvshm__cfg *cfg;
-	uint8_t secret[KVSHM_HASH_SECRET]; /* hash secret derived from cfg->seed */
-	uint32_t me, me_gen;       /* our process slot */
-	uint64_t fork_gen;         /* kvshm__fork_gen() when the slot was claimed */
+	struct kvshm__markset *marks; /* cfg->mark_sets marker sets (core/entry/marks.c) */
+	const struct kvshm__cfg *cfg;  /* = &cfg_copy */
+	struct kvshm__cfg cfg_copy;    /* the segment's configuration, checked at attach */
+	struct kvshm__keyctx kc; /* hashing: the secret derived from cfg->seed, the chunk size */
+	uint32_t me, me_gen;     /* our process slot */
+	uint64_t fork_gen;       /* kvshm__fork_gen() when the slot was claimed */
 	bool closed;
-	bool reaper;               /* this handle is the reaper's */
-	struct kvshm__idx *idx[KVSHM_NTIERS]; /* file tiers' TDB indexes, opened on first use */
+	bool reaper; /* this handle is the reaper's */
+	/* What a sweep runs on a dead slot (kvshm__sweep, a full table at
+	 * claim): set at open by the top layer to maintenance's
+	 * kvshm__reclaim_slot, so the layers below sweep without calling up. */
+	kvshm__reclaim_fn reclaim;
+	void *tstate[KVSHM_NTIERS];            /* each tier's process-local state for this handle, its own
+						* to define (file tiers: their TDB index, opened on first use) */
 	struct kvshm__hres res[KVSHM_MAX_RES]; /* reservations handed out, not yet published */
+	void *stage;               /* the staging buffer kept for small RAM reservations */
+	size_t stage_cap;          /* its bytes */
+	bool stage_busy;           /* a reservation is using it */
 	char name[KVSHM_NAME_MAX];
 };
 
-/* ---- handles (core/cache.c) ------------------------------------------------------- */
-
-/* The checksum of the cache header's immutable part (its imm_csum): the
- * configuration and the region offsets. */
-uint64_t kvshm__cache_imm_csum(const struct kvshm__cache_hdr *hdr);
-/* Entry guard of every public call: closed handle, fork rebinding. */
-int kvshm__enter(kvshm *h);
-/* Bumped in every child after fork. */
-uint64_t kvshm__fork_gen(void);
-struct kvshm__slotx *kvshm__slotx(const kvshm *h, uint32_t idx);
-/* Reclaim dead slots (inline sweep); returns how many were reclaimed. */
-int kvshm__sweep(kvshm *h);
-
-/* ---- keys (core/key.c) -------------------------------------------------------------- */
-
-typedef struct {
-	uint64_t lo, hi;
-} kvshm__h128;
-
-/*
- * Chunk-boundary hashes of a token sequence (see core/key.c): h[j] depends
- * on the model and the first j·C tokens, for j = 0 .. n/C; and the key
- * hash of the whole sequence.
+/* ---- the opaque words of pins and reservations ---------------------------------------
+ *
+ *   ref[0]  entry index + 1 | gen << 32: the entry and the life pinned or
+ *           reserved (0: none, so a zeroed pin or reservation names nothing)
+ *   pin          ref[1] the handle that pinned; ref[2], ref[3] the tier's own
+ *                (file tiers: the mapping's address and length)
+ *   reservation  ref[1] the writer's token; ref[2] reason | tier << 8;
+ *                ref[3] 0
+ * Packed and read only through these. The caller can change them: every
+ * use checks them against the entry (gen, token, owner) or the handle's
+ * own records.
  */
-struct kvshm__keyhash {
-	kvshm__h128 *h;      /* n/C + 1 boundary hashes */
-	size_t nb;           /* entries in h */
-	kvshm__h128 key;     /* hash of model ‖ all n tokens */
-	kvshm__h128 stack[160]; /* storage for sequences up to ~38k tokens at C = 256 */
-};
-
-int kvshm__keyhash(const kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
-		   struct kvshm__keyhash *kh);
-/* Derive the per-cache hash secret from its seed (at open). */
-void kvshm__hash_secret(uint64_t seed, uint8_t secret[KVSHM_HASH_SECRET]);
-void kvshm__keyhash_free(struct kvshm__keyhash *kh);
-/* Boundaries of the hash chain (core/key.c): the k-th boundary, and the
- * index of the largest boundary <= L (an entry of L tokens chains there). */
-size_t kvshm__bound(const struct kvshm__cfg *cfg, size_t k);
-size_t kvshm__bidx(const struct kvshm__cfg *cfg, size_t L);
-/* Key hash of model + tokens[0..n) (as kvshm__keyhash's key). */
-kvshm__h128 kvshm__key_of(const kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n);
-/* Boundary hash h[n/chunk] of a sequence (its entry's chain key). */
-kvshm__h128 kvshm__term_of(const kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n);
-
-#ifdef KVSHM_TEST
-/* Test builds: force every hash to this value (0 = off), to prove that a
- * hash collision never returns another key's entry. */
-void kvshm__test_force_hash(uint64_t v);
-#endif
-
-/* ---- index (core/index.c) -------------------------------------------------------------- */
-
-static inline uint32_t kvshm__shard_of(const kvshm *h, kvshm__h128 term)
+static inline uint64_t kvshm__ref_of(uint32_t idx, uint32_t gen)
 {
-	return (uint32_t)(term.hi & (h->cfg->shards - 1));
+	return (idx + 1) | ((uint64_t)gen << 32);
 }
 
-static inline struct kvshm__entry *kvshm__entry_at(const kvshm *h, uint32_t idx)
+/* The entry index of ref[0] (UINT32_MAX when it names none) and its gen. */
+static inline uint32_t kvshm__ref_idx(uint64_t ref0)
 {
-	return idx < h->cfg->max_entries ? &h->entries[idx] : NULL;
+	return (uint32_t)ref0 - 1;
 }
 
-/* Where a (validated) blob's value starts. */
-static inline const uint8_t *kvshm__blob_value(const struct kvshm__blob *b)
+static inline uint32_t kvshm__ref_gen(uint64_t ref0)
 {
-	return (const uint8_t *)b + b->voff;
+	return (uint32_t)(ref0 >> 32);
 }
 
-/* The blob of an entry, validated as the entry's own allocation (slab page
- * table and header); NULL if corrupt. */
-struct kvshm__blob *kvshm__entry_blob(const kvshm *h, const struct kvshm__entry *e);
-/* The hot path's check: inside the segment, with the blob's magic, token
- * count and length; enough to never read out of bounds or compare the wrong
- * bytes. The full ownership check is the checker's (and the writers'). */
-const struct kvshm__blob *kvshm__entry_blob_quick(const kvshm *h, const struct kvshm__entry *e);
-int kvshm__shard_lock(kvshm *h, uint32_t s);
-void kvshm__shard_unlock(kvshm *h, uint32_t s);
-int kvshm__shard_repair(struct kvshm__seg *seg, struct kvshm__lock *lk, void *ctx);
+static inline void kvshm__resv_set_refs(kvshm_reservation *r, uint32_t idx, uint32_t gen, uint64_t token, int reason,
+					int tier)
+{
+	r->ref[0] = kvshm__ref_of(idx, gen);
+	r->ref[1] = token;
+	r->ref[2] = (uint64_t)reason | ((uint64_t)tier << 8);
+	r->ref[3] = 0;
+}
 
-/* Does entry e hold exactly key (m, tokens[0..n))? Compares everything. */
-bool kvshm__entry_matches(const kvshm *h, const struct kvshm__entry *e, const kvshm_model *m,
-			  const uint32_t *tokens, size_t n);
+static inline int kvshm__resv_reason(const kvshm_reservation *r)
+{
+	return (int)(r->ref[2] & 0xff);
+}
 
-/*
- * Take entry idx (unpinned) out of shard s (lock held): unlink it, clear
- * its writer's reservation record, uncharge its tier, free the entry, and
- * hand its blob to slot `to` (our own, or a dead slot being reclaimed),
- * whose allocs[] then records it. Returns the blob offset, which the
- * caller frees with kvshm__slab_free (or kvshm__slab_reclaim) after
- * unlocking; 0 when the blob could not be taken (then nothing changed).
- */
-uint64_t kvshm__entry_remove_locked(kvshm *h, uint32_t s, uint32_t idx, uint32_t to);
-
-/* A new entry to chain (kvshm__entry_new_locked). */
-struct kvshm__newentry {
-	kvshm__h128 term, key;
-	uint32_t ntokens;
-	uint8_t tier, reason;
-	uint32_t flags;
-	uint64_t blob;        /* slab offset, owned by our slot until handed over */
-	uint64_t len;         /* value bytes */
-	uint64_t footprint;   /* bytes charged to the tier */
-	uint32_t state;       /* KVSHM_E_RESERVED (recorded in our slot) or KVSHM_E_READY */
-	uint64_t token;
-	uint64_t created_ns;
-	uint64_t csum;        /* READY only */
-};
-/* Take a free entry of shard s (lock held, free_head != 0), fill and chain
- * it, hand it the blob, charge the tier; a reservation is recorded in our
- * slot (KVSHM_EBUSY when its records are full). One journaled section. */
-int kvshm__entry_new_locked(kvshm *h, uint32_t s, const struct kvshm__newentry *ne, uint32_t *idx, uint32_t *gen);
-/* RESERVED/EXPIRED → READY (lock held): checksum, score 1, the owner's
- * reservation record dropped; footprint re-charged if it changed. */
-void kvshm__mark_ready_locked(kvshm *h, uint32_t s, uint32_t idx, uint64_t csum, uint64_t footprint);
-/* Find the entry of key (m, tokens[0..n)) in tier (lock held): returns
- * KVSHM_EEXISTS (ready) or KVSHM_EINPROGRESS (reserved) with *idx, or 0. */
-int kvshm__find_locked(kvshm *h, uint32_t s, kvshm__h128 term, const kvshm_model *m, const uint32_t *tokens,
-		       size_t n, int tier, uint32_t *idx);
-/* Remove entry idx of shard s if it still has gen and is evictable in
- * mask (ready, unpinned); with demote, a RAM entry is first saved to the
- * demotion tier. Frees its blob, and a file entry's file and index row.
- * Returns the footprint freed (0 when not removed), or a negative error. */
-int64_t kvshm__entry_drop(kvshm *h, uint32_t s, uint32_t idx, uint32_t gen, unsigned mask, bool demote);
-const char *kvshm__tier_name(int tier);
-/* The listing view of an entry (shard lock held). */
-void kvshm__info_of(const kvshm *h, const struct kvshm__entry *e, uint64_t now, kvshm_entry_info *i);
-
-/* A fresh reservation (kvshm__reserve_entry). */
-struct kvshm__resv {
-	uint32_t idx, gen, shard;
-	uint64_t token;
-	struct kvshm__blob *blob;
-	uint8_t *value;       /* RAM: where the value goes (the library's own mapping) */
-	uint64_t value_off;   /* RAM: its segment offset */
-	kvshm__h128 key;
-};
-#define KVSHM_RESV_PAGE_VALUE 1u /* RAM: start the value on a page of its own when the
-				  * blob is an extent (a writable window can then be
-				  * exactly the value's pages) */
-/* Steps 1-4 of a save for any tier (core/save.c); file tiers pass the
- * file's size as its footprint. */
-int kvshm__reserve_entry(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, uint64_t len, int tier,
-			 int reason, uint64_t file_size, unsigned flags, struct kvshm__resv *out);
-/* RAM: the segment-side reservation and its fill pointer as a
- * kvshm_reservation for publish_ram (what kvshm_put and promotion use; the
- * caller never sees it). */
-void kvshm__resv_to_ram(const struct kvshm__resv *rv, size_t len, int reason, kvshm_reservation *r);
-/* Give up every reservation's process-local side (staging buffers,
- * windows, file mappings and descriptors): at close, and in a forked
- * child, whose inherited reservations are its parent's. */
-void kvshm__resv_forget_all(kvshm *h);
-/* Publish a filled RAM reservation whose value checksum is csum. */
-int kvshm__publish_ram(kvshm *h, kvshm_reservation *r, uint64_t csum);
-/* Copy len bytes from src to dst and return the XXH3-64 of them, in one
- * pass (16 KiB blocks, each summed and then copied while in L1). */
-uint64_t kvshm__copy_sum(void *dst, const void *src, size_t len);
-uint64_t kvshm__token(kvshm *h);
-/* Our reservation's entry with its shard locked, or NULL (lock not held). */
-struct kvshm__entry *kvshm__own_entry(kvshm *h, const kvshm_reservation *r, uint32_t *s, int *err);
-/* Remove entry idx (lock held), unlock, wake, free its blob. */
-int kvshm__drop_locked_entry(kvshm *h, uint32_t s, uint32_t idx);
-/* Pin entry idx of shard s (lock held) in our slot; copy = the copy-out
- * record. Unpin by index and gen. */
-int kvshm__pin_locked(kvshm *h, uint32_t s, uint32_t idx, bool copy);
-int kvshm__unpin_ref(kvshm *h, uint32_t idx, uint32_t gen, bool copy);
-/* Drop every pin our pin record i counts, in one section (close). */
-int kvshm__unpin_record(kvshm *h, unsigned i);
-
-/* Fill *pin for entry idx (shard lock held, pinned): `matched` tokens of
- * a query of n serve; the kind follows (PARTIAL when the entry holds
- * more than matched). */
-void kvshm__pin_fill(kvshm *h, uint32_t idx, size_t matched, size_t n, kvshm_pin *pin);
-/* Count a hit of pin's kind and its matched tokens. */
-void kvshm__count_hit(kvshm *h, const kvshm_pin *pin);
-
-/* A save in progress that a lookup may wait for (core/lookup.c). */
-struct kvshm__cand {
-	uint32_t idx;   /* UINT32_MAX: none */
-	uint32_t shard;
-	uint32_t ntokens;
-	uint32_t seq;   /* shard seq seen (for waits) */
-};
-
-/* ---- partial-prefix lookup (core/partial.c) --------------------------------------- */
-
-#define KVSHM_PARTIAL_MIN_DEFAULT 64u /* tokens: a shorter common prefix is cheaper to
-				       * prefill than to restore and cut (config 0) */
-
-/* Marker sets for a cache of max_entries in segment_bytes (at creation). */
-uint32_t kvshm__marks_sets_for(uint32_t max_entries, uint64_t segment_bytes);
-/* Record markers for entry idx (life gen) of n tokens, whose boundary
- * hashes are kh (kvshm__keyhash of its key): one per non-terminal boundary
- * that can reach partial_min_tokens. No lock; hints only. */
-void kvshm__marks_add(kvshm *h, const struct kvshm__keyhash *kh, size_t n, uint32_t idx, uint32_t gen);
-/* The walk of kvshm_lookup with KVSHM_LOOKUP_PARTIAL: as core/lookup.c's
- * walk (0 with *pin filled and pinned, or KVSHM_ENOTFOUND with *wait), but
- * the answer is the longest common prefix. */
-int kvshm__walk_partial(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_model *m, const uint32_t *tokens,
-			size_t n, bool copy, bool want_wait, kvshm_pin *pin, struct kvshm__cand *wait);
-
-/* Score of an entry now (decayed). */
-double kvshm__entry_score(const kvshm *h, const struct kvshm__entry *e, uint64_t now_ns);
-
-/* ---- counters (core/stats.c) ------------------------------------------------------------ */
+/* ---- counters (the handle's stripe of the segment's; core/entry/handle.c) ---------------- */
 
 static inline void kvshm__count(const kvshm *h, int c, uint64_t n)
 {
 	atomic_fetch_add_explicit(&h->hdr->ctr[h->me % KVSHM_CTR_STRIPES].c[c], n, memory_order_relaxed);
 }
-
-uint64_t kvshm__counter_sum(const kvshm *h, int c);
-
-/* ---- eviction (core/evict.c) ------------------------------------------------------------ */
-
-/* Bytes currently charged to a tier (sum over shards; racy read). */
-uint64_t kvshm__tier_bytes(const kvshm *h, int tier);
-int kvshm__evict(kvshm *h, uint64_t target, unsigned tier_mask, uint64_t *freed, uint64_t *count);
-/* Expire reservations past their deadline. */
-int kvshm__expire(kvshm *h, uint64_t *count);
-
-/* ---- CRC32C (core/crc32c.c) ------------------------------------------------------------ */
-
-/* CRC32C of buf continuing from crc (start with 0). Hardware when there. */
-uint32_t kvshm__crc32c(uint32_t crc, const void *buf, size_t len);
-uint32_t kvshm__crc32c_sw(uint32_t crc, const void *buf, size_t len);
-bool kvshm__crc32c_hw_available(void);
-
-/* ---- scheduler (core/pressure.c) ------------------------------------------------------ */
-
-/* Initialise the control block with the defaults (creation time). */
-int kvshm__sched_init(struct kvshm__sched *sc);
-
-/* ---- file tiers (core/tier.c) ---------------------------------------------------------- */
-
-/* Default quota of a tier when the config gives 0. */
-uint64_t kvshm__tier_default_quota(int tier, uint64_t segment_bytes, const char *dir);
-/* At creation: take the seed from an existing tier directory, or store ours. */
-int kvshm__tier_adopt_seed(struct kvshm__cfg *n);
-bool kvshm__tier_on(const kvshm *h, int tier);
-/* The tier's TDB index (opened on first use). */
-int kvshm__tier_idx(kvshm *h, int tier, struct kvshm__idx **out);
-void kvshm__tier_close(kvshm *h);
-/* A file save's reservation: fills hr (fd, mapping) and r. publish and
- * cancel always give everything up (hr is theirs to clear). */
-int kvshm__file_reserve(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, size_t len, int tier,
-			int reason, struct kvshm__hres *hr, kvshm_reservation *r);
-int kvshm__file_publish(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r);
-int kvshm__file_cancel(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r);
-/* Map and verify a pinned file entry into pin (after walk pinned it);
- * verify: checksum the payload even if a load within verify_reuse_ms did.
- * KVSHM_EBADFILE: the file was bad and is gone; the pin is dropped. */
-int kvshm__file_load(kvshm *h, kvshm_pin *pin, bool copy, bool verify);
-/* A pinned file entry failed verification: its file and row go, the entry
- * is flagged bad, our pin is dropped. Returns KVSHM_EBADFILE. */
-int kvshm__file_reject(kvshm *h, uint32_t idx, uint32_t gen, int tier, const uint64_t key[2], bool copy);
-void kvshm__file_unmap(kvshm_pin *pin);
-/* After a file entry left the index: delete its file and index row. */
-void kvshm__file_forget(kvshm *h, int tier, const uint64_t key[2]);
-/* Turn ready file entry idx (shard lock held, unpinned) into a reservation
- * of ours while its row and file are deleted: false when our reservation
- * records are full (then nothing changed). */
-bool kvshm__file_hide_locked(kvshm *h, uint32_t s, uint32_t idx);
-/* Reclaim a dead writer's file reservation (entry idx, shard s): validate
- * and adopt a linked file, or remove it and the temporary file. */
-int kvshm__file_reclaim(kvshm *h, uint32_t dead, uint32_t dead_gen, uint32_t idx);
-/* Save a pinned RAM entry's value to the demotion tier (reason EVICT). */
-int kvshm__demote(kvshm *h, uint32_t idx);
-/* Insert a READY file entry for a valid file (reconcile, adoption):
- * 1 when inserted, 0 when the segment already had it, KVSHM_EINPROGRESS
- * when its key is being saved or dropped, -ENOENT when the file is gone. */
-int kvshm__file_adopt(kvshm *h, int tier, const struct kvshm__fmeta *m);
-
-/* ---- reclaim (core/reclaim.c) ----------------------------------------------------------- */
-
-/* kvshm__reclaim_fn for kvshm__proc_sweep: ctx is the kvshm handle. */
-int kvshm__reclaim_slot(struct kvshm__seg *seg, uint32_t idx, uint32_t gen, void *ctx);
 
 #endif

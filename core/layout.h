@@ -16,7 +16,7 @@
  *   ├──────────────┤ region ENTRIES
  *   │ entry[0..E)  │ partitioned: shard s owns [s·E/S, (s+1)·E/S)
  *   ├──────────────┤ region MARKS
- *   │ marker sets  │ partial-prefix hints: 64-byte sets of 8 u64 (core/partial.c)
+ *   │ marker sets  │ partial-prefix hints: 64-byte sets of 8 u64 (core/entry/marks.c)
  *   ├──────────────┤ region SLAB
  *   │ slab + pages │ shm/slab.h: blobs (model, tokens, value)
  *   └──────────────┘
@@ -25,15 +25,19 @@
  *   10  process table          (shm/proc.c)
  *   20+i shard i               (never two shards at once, except the checker
  *                               which takes them all in index order)
- *   90  scheduler control      (core/pressure.c; never held while evicting)
+ *   90  scheduler control      (core/sched.c; never held while evicting)
  *   100 writer semaphore       (shm/sem.c)
  *   110 slab                   (shm/slab.c)
- *   120 reaper lock            (a liveness token, not a data lock: held for
+ *   -   reaper lock            (a liveness token, not a data lock: held for
  *                               the reaper's whole life, try-locked, guards
- *                               no data, so it is outside the order checks)
+ *                               no data: KVSHM_RANK_UNORDERED, outside the
+ *                               order checks, taken through the same funnel)
  * Nesting used: shard → slab is allowed by rank but not used: blobs move
  * between an entry and a slot under the shard lock (ownership hand-over),
- * and are freed under the slab lock afterwards (see core/index.c).
+ * and are freed under the slab lock afterwards (see core/entry/index.c).
+ *
+ * Not the functions over these structs: each layer's header declares its
+ * own.
  */
 #ifndef KVSHM_CORE_LAYOUT_H
 #define KVSHM_CORE_LAYOUT_H
@@ -51,8 +55,10 @@
  * checksums, blobs record their value offset; 5: a slot records its
  * owner's identity, shm/ident.h — a build that judges liveness by start
  * time alone would reclaim a LOCK slot's live owner, or keep a reused
- * pid's); part of the layout signature. */
-#define KVSHM_LAYOUT_VERSION 5u
+ * pid's; 6: the reaper lock is KVSHM_RANK_UNORDERED, taken through the lock
+ * funnel — a build that took it by rank 120 would see every later lock as
+ * out of order); part of the layout signature. */
+#define KVSHM_LAYOUT_VERSION 6u
 
 enum kvshm__region_id {
 	KVSHM_R_CORE = 1,
@@ -79,13 +85,13 @@ enum kvshm__lock_class {
 #define KVSHM_RANK_SCHED 90u
 #define KVSHM_RANK_SEM 100u
 #define KVSHM_RANK_SLAB 110u
-#define KVSHM_RANK_REAPER 120u
+#define KVSHM_RANK_REAPER KVSHM_RANK_UNORDERED /* a liveness token: see shm/lock.h */
 
-#define KVSHM_MAX_SHARDS 64u   /* ranks 20..83 stay below the semaphore's */
-#define KVSHM_MAX_PINS 64u     /* pins one handle may hold at once */
+#define KVSHM_MAX_SHARDS 64u                   /* ranks 20..83 stay below the semaphore's */
+#define KVSHM_MAX_PINS 64u                     /* pins one handle may hold at once */
 #define KVSHM_PIN_RECORDS (KVSHM_MAX_PINS + 1) /* + one kept for copy-out */
-#define KVSHM_MAX_RES 8u       /* reservations one handle may hold at once */
-#define KVSHM_CTR_STRIPES 8u   /* counter stripes: handles pick by slot index */
+#define KVSHM_MAX_RES 8u                       /* reservations one handle may hold at once */
+#define KVSHM_CTR_STRIPES 8u                   /* counter stripes: handles pick by slot index */
 #define KVSHM_MAX_CHUNK 4096u
 
 /* ---- the pressure scheduler's control block (in the cache header) ----------- */
@@ -94,13 +100,13 @@ enum kvshm__lock_class {
  * whoever runs a check (the reaper); both under `lk`, journaled. Doubles
  * are stored as their bit patterns (u64) so the journal can restore them. */
 struct kvshm__sched {
-	struct kvshm__lock lk;          /* rank 90: never held while evicting */
+	struct kvshm__lock lk; /* rank 90: never held while evicting */
 	uint32_t enabled;
-	uint32_t source;                /* kvshm_pressure_source */
+	uint32_t source; /* kvshm_pressure_source */
 	char command[KVSHM_SCHED_COMMAND_MAX];
 	uint32_t interval_ms;
 	uint32_t tiers;
-	uint64_t high_bits, low_bits;   /* double */
+	uint64_t high_bits, low_bits; /* double */
 	uint64_t min_evict_bytes;
 	uint64_t last_used, last_total;
 	uint64_t sampled_ns, last_evicted_bytes, last_evicted_entries, last_evicted_ns;
@@ -108,7 +114,7 @@ struct kvshm__sched {
 	uint32_t last_result;
 	uint32_t pad;
 	char last_error[128];
-	_Atomic uint32_t force_seq;     /* bumped by kvshm_sched_force */
+	_Atomic uint32_t force_seq; /* bumped by kvshm_sched_force */
 } KVSHM_ALIGNED;
 
 /* ---- the cache header (region CORE) ----------------------------------------- */
@@ -116,29 +122,29 @@ struct kvshm__sched {
 /* Immutable after creation: copied from kvshm_config, normalised. */
 struct kvshm__cfg {
 	uint64_t segment_bytes;
-	uint64_t quota[KVSHM_NTIERS];  /* bytes per tier */
+	uint64_t quota[KVSHM_NTIERS]; /* bytes per tier */
 	uint32_t max_procs;
-	uint32_t shards;               /* power of two */
-	uint32_t max_entries;          /* total; each shard owns max_entries / shards */
+	uint32_t shards;      /* power of two */
+	uint32_t max_entries; /* total; each shard owns max_entries / shards */
 	uint32_t entries_per_shard;
-	uint32_t buckets_per_shard;    /* power of two */
+	uint32_t buckets_per_shard; /* power of two */
 	uint32_t chunk_tokens;
 	uint32_t page_size;
-	uint32_t writer_slots;         /* initial semaphore max */
+	uint32_t writer_slots; /* initial semaphore max */
 	uint32_t reservation_ttl_ms;
 	uint32_t wait_ms;
 	uint32_t mode;
 	uint32_t lazy;
 	double score_halflife_s;
 	kvshm_policy policy;
-	uint64_t seed;                 /* hash seed: random, or the disk tier's own */
-	char dir[KVSHM_NTIERS][256];   /* file tier directories ("" = tier off) */
-	int32_t demote_tier;           /* -1 or a file tier */
+	uint64_t seed;               /* hash seed: random, or the disk tier's own */
+	char dir[KVSHM_NTIERS][256]; /* file tier directories ("" = tier off) */
+	int32_t demote_tier;         /* -1 or a file tier */
 	uint32_t writer_wait_ms;
 	uint32_t evict_wait_ms;
 	uint32_t verify_reuse_ms;
-	uint32_t partial_min_tokens;   /* shortest partial hit; markers start below it */
-	uint32_t mark_sets;            /* marker sets (64 bytes each), power of two */
+	uint32_t partial_min_tokens; /* shortest partial hit; markers start below it */
+	uint32_t mark_sets;          /* marker sets (64 bytes each), power of two */
 };
 
 struct kvshm__ctr_stripe {
@@ -146,20 +152,20 @@ struct kvshm__ctr_stripe {
 } KVSHM_ALIGNED;
 
 struct kvshm__cache_hdr {
-	struct kvshm__cfg cfg;             /* immutable */
-	uint64_t shards_off, buckets_off, entries_off; /* regions, immutable */
-	uint64_t proc_off, sem_off, slab_off;          /* regions, immutable */
-	uint64_t marks_off;                            /* region, immutable */
-	uint64_t imm_csum;                 /* XXH3-64 of cfg and the region offsets above:
-					    * checked at attach (a damaged header is refused) */
+	struct kvshm__cfg cfg;                           /* immutable */
+	uint64_t shards_off, buckets_off, entries_off;   /* regions, immutable */
+	uint64_t proc_off, sem_off, slab_off;            /* regions, immutable */
+	uint64_t marks_off;                              /* region, immutable */
+	uint64_t imm_csum;                               /* XXH3-64 of cfg and the region offsets above:
+							  * checked at attach (a damaged header is refused) */
 	struct kvshm__ctr_stripe ctr[KVSHM_CTR_STRIPES]; /* counters */
-	struct kvshm__sched sched;         /* pressure scheduler control and status */
+	struct kvshm__sched sched;                       /* pressure scheduler control and status */
 	/* The reaper: a robust lock it holds for its whole life proves it is
 	 * the only one; pid and slot for inspection. */
-	struct kvshm__lock reaper_lk;      /* rank 120, try-locked */
-	_Atomic uint32_t reaper_pid;       /* 0 when none: written by the reaper */
-	_Atomic uint32_t reaper_slot;      /* its process slot + 1 */
-	_Atomic uint64_t reaper_beat_ns;   /* CLOCK_MONOTONIC of its last loop */
+	struct kvshm__lock reaper_lk;    /* rank 120, try-locked */
+	_Atomic uint32_t reaper_pid;     /* 0 when none: written by the reaper */
+	_Atomic uint32_t reaper_slot;    /* its process slot + 1 */
+	_Atomic uint64_t reaper_beat_ns; /* CLOCK_MONOTONIC of its last loop */
 } KVSHM_ALIGNED;
 
 /* ---- process-slot extension (region PROC) -------------------------------------- */
@@ -191,19 +197,19 @@ struct kvshm__slotx {
 /* ---- shards and entries --------------------------------------------------------- */
 
 struct kvshm__shard {
-	struct kvshm__lock lk;             /* guards everything below and the shard's
-					    * entries, buckets and the slot records
-					    * that point into this shard */
-	uint32_t first;                    /* first entry index owned: immutable */
-	uint32_t cap;                      /* entries owned: immutable */
-	uint32_t nbuckets;                 /* power of two: immutable */
-	uint32_t free_head;                /* free-entry list, index + 1: lk */
-	uint32_t used;                     /* entries not FREE: lk */
-	uint32_t reserved;                 /* entries RESERVED or EXPIRED: lk */
-	uint64_t tier_bytes[KVSHM_NTIERS]; /* footprint of entries per tier: lk */
+	struct kvshm__lock lk;               /* guards everything below and the shard's
+					      * entries, buckets and the slot records
+					      * that point into this shard */
+	uint32_t first;                      /* first entry index owned: immutable */
+	uint32_t cap;                        /* entries owned: immutable */
+	uint32_t nbuckets;                   /* power of two: immutable */
+	uint32_t free_head;                  /* free-entry list, index + 1: lk */
+	uint32_t used;                       /* entries not FREE: lk */
+	uint32_t reserved;                   /* entries RESERVED or EXPIRED: lk */
+	uint64_t tier_bytes[KVSHM_NTIERS];   /* footprint of entries per tier: lk */
 	uint32_t tier_entries[KVSHM_NTIERS]; /* entries per tier: lk */
-	_Atomic uint32_t seq;              /* futex: bumped when an entry here is
-					    * published, cancelled or removed */
+	_Atomic uint32_t seq;                /* futex: bumped when an entry here is
+					      * published, cancelled or removed */
 } KVSHM_ALIGNED;
 
 enum { KVSHM_E_FREE = 0, KVSHM_E_RESERVED = 1, KVSHM_E_READY = 2, KVSHM_E_EXPIRED = 3 };
@@ -214,51 +220,53 @@ enum { KVSHM_E_FREE = 0, KVSHM_E_RESERVED = 1, KVSHM_E_READY = 2, KVSHM_E_EXPIRE
  * probes at that chunk boundary. All fields are guarded by the shard lock.
  */
 struct kvshm__entry {
-	uint64_t term[2];      /* chunk-boundary hash: chain key */
-	uint64_t key[2];       /* hash of the whole key (model + all tokens) */
-	uint32_t next;         /* bucket chain or free list: entry index + 1 */
-	uint32_t state;        /* KVSHM_E_* */
-	uint32_t gen;          /* bumped every time the entry is freed */
-	uint32_t refcount;     /* pins, = sum of live slots' pin records */
+	uint64_t term[2];  /* chunk-boundary hash: chain key */
+	uint64_t key[2];   /* hash of the whole key (model + all tokens) */
+	uint32_t next;     /* bucket chain or free list: entry index + 1 */
+	uint32_t state;    /* KVSHM_E_* */
+	uint32_t gen;      /* bumped every time the entry is freed */
+	uint32_t refcount; /* pins, = sum of live slots' pin records */
 	uint32_t ntokens;
-	uint8_t tier;          /* kvshm_tier */
-	uint8_t reason;        /* kvshm_reason */
+	uint8_t tier;   /* kvshm_tier */
+	uint8_t reason; /* kvshm_reason */
 	uint16_t spare;
-	uint32_t flags;        /* KVSHM_EF_* (a whole word, so it can be journaled) */
+	uint32_t flags; /* KVSHM_EF_* (a whole word, so it can be journaled) */
 	uint32_t spare2;
-	uint64_t blob;         /* slab offset of the blob (kvshm__blob) */
-	uint64_t len;          /* value bytes */
-	uint64_t footprint;    /* bytes charged to the tier */
-	uint32_t owner;        /* RESERVED/EXPIRED: writer's slot index */
-	uint32_t owner_gen;    /* ... and that slot's gen */
-	uint64_t token;        /* RESERVED: the writer's token */
-	uint64_t deadline_ns;  /* RESERVED: CLOCK_MONOTONIC expiry */
-	uint64_t created_ns;   /* CLOCK_REALTIME of the reservation */
-	uint64_t last_ns;      /* CLOCK_MONOTONIC of the last hit or the publish */
-	uint32_t hits;         /* lookups answered */
-	uint32_t score_bits;   /* float: decayed hit score at last_ns */
-	uint64_t csum;         /* RAM: XXH3-64 of the value; files: payload CRC32C */
-	uint64_t moved_ns;     /* CLOCK_MONOTONIC of its last tier change, 0 = never */
+	uint64_t blob;        /* slab offset of the blob (kvshm__blob) */
+	uint64_t len;         /* value bytes */
+	uint64_t footprint;   /* bytes charged to the tier */
+	uint32_t owner;       /* RESERVED/EXPIRED: writer's slot index */
+	uint32_t owner_gen;   /* ... and that slot's gen */
+	uint64_t token;       /* RESERVED: the writer's token */
+	uint64_t deadline_ns; /* RESERVED: CLOCK_MONOTONIC expiry */
+	uint64_t created_ns;  /* CLOCK_REALTIME of the reservation */
+	uint64_t last_ns;     /* CLOCK_MONOTONIC of the last hit or the publish */
+	uint32_t hits;        /* lookups answered */
+	uint32_t score_bits;  /* float: decayed hit score at last_ns */
+	uint64_t csum;        /* RAM: XXH3-64 of the value; files: payload CRC32C */
+	uint64_t moved_ns;    /* CLOCK_MONOTONIC of its last tier change, 0 = never */
 	/* File tiers: the last full verification of the file (inode, ctime,
 	 * CLOCK_MONOTONIC time), shared by loads within verify_reuse_ms. */
 	uint64_t vino, vctime_ns, vtime_ns;
 };
 
 /* entry->flags */
-#define KVSHM_EF_STAGE_MASK 3u  /* file reservations: how far the writer got */
+#define KVSHM_EF_STAGE_MASK 3u /* file reservations: how far the writer got */
 #define KVSHM_EF_STAGE_RESERVED 0u
-#define KVSHM_EF_STAGE_TMP 1u    /* temporary file created */
-#define KVSHM_EF_STAGE_LINKED 2u /* linked into place (validate and adopt on death); also an
-				  * entry being removed (core/tier.c) */
-#define KVSHM_EF_STAGE_COMMIT 3u /* past the expiry check, being linked: a save at this stage
-				  * or LINKED finishes (or dies); it never expires */
-#define KVSHM_EF_LOADING 4u      /* a file load is verifying it: owner/owner_gen say who */
-#define KVSHM_EF_BAD 8u          /* failed verification: no new pins, removed at the last unpin */
+#define KVSHM_EF_STAGE_TMP 1u /* temporary file created */
+#define KVSHM_EF_STAGE_LINKED \
+	2u /* linked into place (validate and adopt on death); also an
+	    * entry being removed (core/tier/fileentry.c) */
+#define KVSHM_EF_STAGE_COMMIT \
+	3u                  /* past the expiry check, being linked: a save at this stage
+			     * or LINKED finishes (or dies); it never expires */
+#define KVSHM_EF_LOADING 4u /* a file load is verifying it: owner/owner_gen say who */
+#define KVSHM_EF_BAD 8u     /* failed verification: no new pins, removed at the last unpin */
 
 /* The owner word of a blob allocation held by an entry. */
 #define KVSHM_OWNER_ENTRY_KIND 2u
 #define KVSHM_OWNER_ENTRY(idx, gen) \
-	(((uint64_t)KVSHM_OWNER_ENTRY_KIND << 56) | ((uint64_t)((idx) & 0xffffffu) << 32) | (uint32_t)(gen))
+	(((uint64_t)KVSHM_OWNER_ENTRY_KIND << 56) | ((uint64_t)((idx)&0xffffffu) << 32) | (uint32_t)(gen))
 
 /* A blob: what an entry's allocation holds. Written by the reserving
  * process before the entry is published, immutable afterwards. */
@@ -266,13 +274,13 @@ struct kvshm__entry {
 struct kvshm__blob {
 	uint32_t magic;
 	uint32_t ntokens;
-	uint64_t len;          /* value bytes */
-	kvshm_model model;     /* 65 bytes */
+	uint64_t len;      /* value bytes */
+	kvshm_model model; /* 65 bytes */
 	uint8_t pad[3];
-	uint32_t voff;         /* the value's offset from the blob: kvshm__blob_value_off
-				* (ntokens), or further on to start a page of its own
-				* (a value written through a window, core/save.c) */
-	uint32_t tokens[];     /* ntokens, then padding, then the value at voff */
+	uint32_t voff;     /* the value's offset from the blob: kvshm__blob_value_off
+			    * (ntokens), or further on to start a page of its own
+			    * (a value written through a window, core/tier/ram.c) */
+	uint32_t tokens[]; /* ntokens, then padding, then the value at voff */
 };
 
 /* The least value offset: header and tokens, rounded to a cache line. */
@@ -292,7 +300,7 @@ static inline bool kvshm__blob_voff_ok(uint32_t ntokens, uint64_t voff)
 	return voff >= kvshm__blob_value_off(ntokens) && voff % 64 == 0 && voff < (1ull << 32);
 }
 
-/* ---- the marker table (region MARKS, core/partial.c) ------------------------------ */
+/* ---- the marker table (region MARKS, core/entry/marks.c) --------------------------- */
 
 /*
  * A set of 8 markers, one cache line. A marker says "entry `idx` (in its

@@ -5,7 +5,7 @@
  * HOW THE LONGEST PREFIX IS FOUND
  *   An entry of L <= n tokens is a prefix match of a query of n tokens only
  *   if it chains under the query's hash at the largest chain boundary b_j <=
- *   L (core/key.c: boundaries 0, 1, 2, 4, ... below the chunk size C, then
+ *   L (core/entry/key.c: boundaries 0, 1, 2, 4, ... below the chunk size C, then
  *   every multiple of C). So we probe the query's boundaries from the
  *   largest down: at each we lock the shard of h[j], walk its chain, and
  *   among the ready entries whose term equals h[j] and whose model and tokens
@@ -23,10 +23,13 @@
  * KVSHM_LOOKUP_PARTIAL (the longest common prefix, also with entries
  * longer than the query or diverging from it) walks the same levels in
  * core/partial.c, which explains how.
+ *
+ * Not how a pinned value is made readable (each tier's load, core/tier/)
+ * nor the partial walk (core/partial.c).
  */
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/ops.h"
 
 static int check_args(const kvshm_model *m, const uint32_t *tokens, size_t n)
 {
@@ -39,98 +42,23 @@ static int check_args(const kvshm_model *m, const uint32_t *tokens, size_t n)
 	return 0;
 }
 
-/* Record one more pin of entry idx in our slot and on the entry, and bump
- * its hit score (shard lock held). Copy-out pins use the slot's last
- * record, kept for it, so a copy never fails for lack of pin records. */
-int kvshm__pin_locked(kvshm *h, uint32_t s, uint32_t idx, bool copy)
-{
-	struct kvshm__seg *seg = h->seg;
-	struct kvshm__lock *lk = &h->shards[s].lk;
-	struct kvshm__entry *e = &h->entries[idx];
-	struct kvshm__slotx *x = kvshm__slotx(h, h->me);
-	struct kvshm__pinrec *rec = NULL, *free_rec = NULL;
-
-	unsigned from = copy ? KVSHM_MAX_PINS : 0, to = copy ? KVSHM_PIN_RECORDS : KVSHM_MAX_PINS;
-	for (unsigned i = from; i < to; i++) {
-		struct kvshm__pinrec *r = &x->pins[i];
-		if (r->count && r->entry == idx && r->gen == e->gen) {
-			rec = r;
-			break;
-		}
-		if (!r->count && !free_rec)
-			free_rec = r;
-	}
-	if (rec) {
-		kvshm__jset32(seg, lk, &rec->count, rec->count + 1);
-	} else if (free_rec) {
-		kvshm__jset32(seg, lk, &free_rec->entry, idx);
-		kvshm__jset32(seg, lk, &free_rec->gen, e->gen);
-		kvshm__jset32(seg, lk, &free_rec->count, 1);
-	} else {
-		return kvshm__fail(KVSHM_EPINFULL, "handle already holds %u pins", KVSHM_MAX_PINS);
-	}
-	KVSHM_CRASH_POINT("lookup.pin.recorded");
-	kvshm__jset32(seg, lk, &e->refcount, e->refcount + 1);
-	/* Hit statistics only order eviction: no invariant rests on them, so
-	 * they are plain stores (under the lock) rather than journaled. */
-	uint64_t now = kvshm__now_ns();
-	float sc = (float)(kvshm__entry_score(h, e, now) + 1.0);
-	uint32_t bits;
-	memcpy(&bits, &sc, sizeof(bits));
-	__atomic_store_n(&e->score_bits, bits, __ATOMIC_RELAXED);
-	__atomic_store_n(&e->last_ns, now, __ATOMIC_RELAXED);
-	__atomic_store_n(&e->hits, e->hits + 1, __ATOMIC_RELAXED);
-	return 0;
-}
-
-void kvshm__pin_fill(kvshm *h, uint32_t idx, size_t matched, size_t n, kvshm_pin *pin)
-{
-	const struct kvshm__entry *e = &h->entries[idx];
-	/* File entries get their data from kvshm__file_load (a mapping). */
-	/* RAM: the read-only view (a write through the pin faults). The blob
-	 * was validated by the match (kvshm__entry_blob_quick). */
-	pin->data = e->tier == KVSHM_TIER_RAM
-			    ? kvshm__view(h->seg, e->blob + ((const struct kvshm__blob *)(h->seg->base + e->blob))->voff)
-			    : NULL;
-	pin->ref[2] = pin->ref[3] = 0;
-	pin->len = e->len;
-	pin->ntokens = matched;
-	pin->stored_ntokens = e->ntokens;
-	pin->kind = e->ntokens > matched ? KVSHM_HIT_PARTIAL : matched == n ? KVSHM_HIT_EXACT : KVSHM_HIT_PREFIX;
-	pin->tier = e->tier;
-	/* Entry index + 1 (0 = none, so a pin zeroed by kvshm_unpin names
-	 * nothing) and the entry's gen. */
-	pin->ref[0] = (idx + 1) | ((uint64_t)e->gen << 32);
-	pin->ref[1] = (uint64_t)(uintptr_t)h;
-}
-
-void kvshm__count_hit(kvshm *h, const kvshm_pin *pin)
-{
-	kvshm__count(h, pin->kind == KVSHM_HIT_EXACT    ? KVSHM_C_hits_exact
-			: pin->kind == KVSHM_HIT_PREFIX ? KVSHM_C_hits_prefix
-							: KVSHM_C_hits_partial,
-		     1);
-	kvshm__count(h, KVSHM_C_tokens_matched, pin->ntokens);
-}
-
 /*
  * One walk down the levels. On a ready match, pins it (pin != NULL) and
  * returns 0. Otherwise returns KVSHM_ENOTFOUND, with *wait naming the
  * longest matching reservation longer than anything ready (idx UINT32_MAX
  * when there is none or want_wait is false).
  */
-static int walk(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_model *m, const uint32_t *tokens,
-		size_t n, bool exact, bool copy, bool want_wait, kvshm_pin *pin, struct kvshm__cand *wait)
+static int walk(kvshm *h, const struct kvshm__query *q, kvshm_pin *pin, struct kvshm__cand *wait)
 {
-	const struct kvshm__cfg *c = h->cfg;
-	size_t top = kvshm__bidx(c, n);
-	size_t low = exact ? top : 0;
+	const struct kvshm__keyctx *kc = &h->kc;
+	size_t top = kvshm__bidx(kc, q->n);
+	size_t low = q->exact ? top : 0;
 	uint64_t probes = 0;
 	int err = KVSHM_ENOTFOUND;
 
 	*wait = (struct kvshm__cand){UINT32_MAX, 0, 0, 0};
 	for (size_t j = top + 1; j-- > low;) {
-		kvshm__h128 t = kh->h[j];
+		kvshm__h128 t = q->kh->h[j];
 		uint32_t s = kvshm__shard_of(h, t);
 		struct kvshm__shard *sh = &h->shards[s];
 		uint32_t best = UINT32_MAX, best_n = 0;
@@ -145,29 +73,30 @@ static int walk(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_model *m,
 			uint32_t idx = cur - 1;
 			cur = e->next;
 			probes++;
-			if (e->term[0] != t.lo || e->term[1] != t.hi || e->ntokens > n ||
-			    kvshm__bidx(c, e->ntokens) != j || (exact && e->ntokens != n) || (e->flags & KVSHM_EF_BAD))
+			if (e->term[0] != t.lo || e->term[1] != t.hi || e->ntokens > q->n ||
+			    kvshm__bidx(kc, e->ntokens) != j || (q->exact && e->ntokens != q->n) ||
+			    (e->flags & KVSHM_EF_BAD))
 				continue;
 			if (e->state == KVSHM_E_READY) {
 				/* Longest first; at equal length, the fastest tier. */
-				bool better = e->ntokens > best_n ||
-					      (e->ntokens == best_n && best != UINT32_MAX && e->tier < h->entries[best].tier);
-				if (better && kvshm__entry_matches(h, e, m, tokens, e->ntokens)) {
+				bool better = e->ntokens > best_n || (e->ntokens == best_n && best != UINT32_MAX &&
+								      e->tier < h->entries[best].tier);
+				if (better && kvshm__entry_matches(h, e, q->m, q->tokens, e->ntokens)) {
 					best = idx;
 					best_n = e->ntokens;
 				}
-			} else if (e->state == KVSHM_E_RESERVED && want_wait && e->ntokens > best_n &&
+			} else if (e->state == KVSHM_E_RESERVED && q->want_wait && e->ntokens > best_n &&
 				   (wait->idx == UINT32_MAX || e->ntokens > wait->ntokens) &&
-				   kvshm__entry_matches(h, e, m, tokens, e->ntokens)) {
+				   kvshm__entry_matches(h, e, q->m, q->tokens, e->ntokens)) {
 				*wait = (struct kvshm__cand){idx, s, e->ntokens,
-						      atomic_load_explicit(&sh->seq, memory_order_acquire)};
+							     atomic_load_explicit(&sh->seq, memory_order_acquire)};
 			}
 		}
 		if (best != UINT32_MAX && (wait->idx == UINT32_MAX || wait->ntokens <= best_n)) {
 			wait->idx = UINT32_MAX;
-			err = pin ? kvshm__pin_locked(h, s, best, copy) : 0;
+			err = pin ? kvshm__pin_locked(h, s, best, q->copy) : 0;
 			if (err == 0 && pin)
-				kvshm__pin_fill(h, best, best_n, n, pin);
+				kvshm__pin_fill(h, best, best_n, q->n, pin);
 			kvshm__shard_unlock(h, s);
 			if (err == 0)
 				kvshm__count_hit(h, pin);
@@ -184,54 +113,22 @@ out:
 	return err;
 }
 
-/* ---- verification ----------------------------------------------------------------------- */
-
-/* The checksum the pinned entry was published with (immutable while it is
- * pinned: RAM XXH3-64, files the payload's CRC32C). */
-static uint64_t pinned_csum(const kvshm *h, const kvshm_pin *pin)
+/* The table of a pinned entry's tier: the walk filled pin->tier from the
+ * entry, so it is a tier unless the segment is damaged (then the pin is
+ * dropped and the lookup fails). */
+static const struct kvshm__tier_ops *tier_of_pin(kvshm *h, kvshm_pin *pin, bool copy, int *err)
 {
-	return h->entries[(uint32_t)pin->ref[0] - 1].csum;
-}
-
-static bool pin_sound(const kvshm *h, const kvshm_pin *pin)
-{
-	uint64_t want = pinned_csum(h, pin);
-	if (pin->tier == KVSHM_TIER_RAM)
-		return XXH3_64bits(pin->data, pin->len) == want;
-	return kvshm__crc32c(0, pin->data, pin->len) == (uint32_t)want;
-}
-
-/*
- * A pinned entry's bytes do not match its checksum (a stray write through
- * the library's own mapping, a flipped bit, a file changed behind our
- * back): flag it bad so nobody pins it again, count it, drop our pin (the
- * last pin removes it; a file's file and row go at once).
- */
-static void reject_pinned(kvshm *h, kvshm_pin *pin, bool copy)
-{
-	uint32_t idx = (uint32_t)pin->ref[0] - 1, gen = (uint32_t)(pin->ref[0] >> 32);
-	struct kvshm__entry *e = &h->entries[idx];
-	if (pin->tier != KVSHM_TIER_RAM) {
-		uint64_t key[2] = {e->key[0], e->key[1]};
-		kvshm__file_unmap(pin);
-		kvshm__file_reject(h, idx, gen, pin->tier, key, copy);
+	const struct kvshm__tier_ops *t = kvshm__tier_or_null(pin->tier);
+	if (!t) {
+		kvshm__unpin_ref(h, kvshm__ref_idx(pin->ref[0]), kvshm__ref_gen(pin->ref[0]), copy);
+		*err = kvshm__fail(KVSHM_ECORRUPT, "entry %u: tier %d", kvshm__ref_idx(pin->ref[0]), pin->tier);
 		memset(pin, 0, sizeof(*pin));
-		return;
 	}
-	uint32_t s = idx / h->cfg->entries_per_shard;
-	kvshm__count(h, KVSHM_C_corrupt_rejected, 1);
-	if (kvshm__shard_lock(h, s) == 0) {
-		if (e->gen == gen)
-			kvshm__jset32(h->seg, &h->shards[s].lk, &e->flags, e->flags | KVSHM_EF_BAD);
-		kvshm__shard_unlock(h, s);
-	}
-	KVSHM_CRASH_POINT("lookup.reject.flagged");
-	kvshm__unpin_ref(h, idx, gen, copy);
-	memset(pin, 0, sizeof(*pin));
+	return t;
 }
 
-static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, unsigned flags,
-		  bool exact, bool copy, kvshm_pin *pin)
+static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, unsigned flags, bool exact,
+		  bool copy, kvshm_pin *pin)
 {
 	struct kvshm__keyhash kh;
 	struct kvshm__cand wait;
@@ -246,26 +143,28 @@ static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t
 		return kvshm__fail(-EINVAL, "lookup: unknown flags 0x%x", flags & ~known);
 	if (exact && partial)
 		return kvshm__fail(-EINVAL, "get: KVSHM_LOOKUP_PARTIAL asks for a prefix; use kvshm_lookup");
-	if ((err = kvshm__keyhash(h, m, tokens, n, &kh)) < 0)
+	if ((err = kvshm__keyhash(&h->kc, m, tokens, n, &kh)) < 0)
 		return err;
-	bool want_wait = (flags & KVSHM_LOOKUP_WAIT) && h->cfg->wait_ms > 0;
+	struct kvshm__query q = {.kh = &kh,
+				 .m = m,
+				 .tokens = tokens,
+				 .n = n,
+				 .exact = exact,
+				 .copy = copy,
+				 .want_wait = (flags & KVSHM_LOOKUP_WAIT) && h->cfg->wait_ms > 0};
 	uint64_t deadline = kvshm__now_ns() + (uint64_t)h->cfg->wait_ms * 1000000ull;
 	bool waited = false;
 	uint32_t awaited = 0; /* the longest save waited for */
 	for (;;) {
-		err = partial ? kvshm__walk_partial(h, &kh, m, tokens, n, copy, want_wait, pin, &wait)
-			      : walk(h, &kh, m, tokens, n, exact, copy, want_wait, pin, &wait);
-		if (err == 0 && pin->tier != KVSHM_TIER_RAM) {
-			/* A file entry: map and verify it. A bad file is gone
-			 * now (counted); look again for the next best. */
-			err = kvshm__file_load(h, pin, copy, flags & KVSHM_LOOKUP_VERIFY);
-			if (err == KVSHM_EBADFILE)
+		err = partial ? kvshm__walk_partial(h, &q, pin, &wait) : walk(h, &q, pin, &wait);
+		if (err == 0) {
+			/* Its tier makes it readable (a file: mapped) and, when
+			 * asked, verifies it. A bad value is gone now (counted,
+			 * never served): look again for the next best. */
+			const struct kvshm__tier_ops *t = tier_of_pin(h, pin, copy, &err);
+			if (t && (err = t->load(h, pin, copy, flags & KVSHM_LOOKUP_VERIFY)) == KVSHM_EBADFILE)
 				continue;
 			break;
-		}
-		if (err == 0 && (flags & KVSHM_LOOKUP_VERIFY) && !pin_sound(h, pin)) {
-			reject_pinned(h, pin, copy);
-			continue; /* never served; the next best, if any */
 		}
 		if (err != KVSHM_ENOTFOUND || wait.idx == UINT32_MAX)
 			break;
@@ -278,12 +177,12 @@ static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t
 		KVSHM_CRASH_POINT("lookup.wait");
 		if (kvshm__futex_wait(&h->shards[wait.shard].seq, wait.seq, deadline) == -ETIMEDOUT) {
 			kvshm__count(h, KVSHM_C_wait_timeouts, 1);
-			want_wait = false; /* one last look at what is ready */
+			q.want_wait = false; /* one last look at what is ready */
 		}
 	}
 	/* A wait hit ended with what it waited for, not with a shorter entry
 	 * because the save was cancelled or its writer died. */
-	if (waited && err == 0 && want_wait && pin->ntokens >= awaited)
+	if (waited && err == 0 && q.want_wait && pin->ntokens >= awaited)
 		kvshm__count(h, KVSHM_C_wait_hits, 1);
 	if (err == KVSHM_ENOTFOUND)
 		kvshm__count(h, KVSHM_C_misses, 1);
@@ -303,65 +202,6 @@ KVSHM_EXTERN int kvshm_get(kvshm *h, const kvshm_model *m, const uint32_t *token
 	return lookup(h, m, tokens, n, flags, true, false, pin);
 }
 
-int kvshm__unpin_ref(kvshm *h, uint32_t idx, uint32_t gen, bool copy)
-{
-	struct kvshm__entry *e = kvshm__entry_at(h, idx);
-	if (!e)
-		return kvshm__fail(-ENOENT, "unpin: entry %u does not exist", idx);
-	uint32_t s = idx / h->cfg->entries_per_shard;
-	struct kvshm__slotx *x = kvshm__slotx(h, h->me);
-	int err = kvshm__shard_lock(h, s);
-	if (err < 0)
-		return err;
-	struct kvshm__lock *lk = &h->shards[s].lk;
-	err = -ENOENT;
-	unsigned from = copy ? KVSHM_MAX_PINS : 0, to = copy ? KVSHM_PIN_RECORDS : KVSHM_MAX_PINS;
-	for (unsigned i = from; i < to; i++) {
-		struct kvshm__pinrec *r = &x->pins[i];
-		if (r->count && r->entry == idx && r->gen == gen) {
-			kvshm__jset32(h->seg, lk, &r->count, r->count - 1);
-			KVSHM_CRASH_POINT("lookup.unpin.unrecorded");
-			if (e->refcount && e->gen == gen)
-				kvshm__jset32(h->seg, lk, &e->refcount, e->refcount - 1);
-			err = 0;
-			break;
-		}
-	}
-	if (err == 0 && e->gen == gen && (e->flags & KVSHM_EF_BAD) && e->refcount == 0 && e->state == KVSHM_E_READY)
-		return kvshm__drop_locked_entry(h, s, idx); /* the last pin of a bad file entry */
-	kvshm__shard_unlock(h, s);
-	if (err < 0)
-		return kvshm__fail(err, "unpin: this handle holds no pin of entry %u", idx);
-	return 0;
-}
-
-int kvshm__unpin_record(kvshm *h, unsigned i)
-{
-	struct kvshm__slotx *x = kvshm__slotx(h, h->me);
-	struct kvshm__pinrec *r = &x->pins[i];
-	uint32_t idx = __atomic_load_n(&r->entry, __ATOMIC_RELAXED);
-	struct kvshm__entry *e = kvshm__entry_at(h, idx);
-	if (!__atomic_load_n(&r->count, __ATOMIC_RELAXED))
-		return 0;
-	if (!e) {
-		__atomic_store_n(&r->count, 0, __ATOMIC_RELAXED); /* names no entry: nothing to give back */
-		return kvshm__fail(KVSHM_ECORRUPT, "pin record %u names entry %u, which does not exist", i, idx);
-	}
-	uint32_t s = idx / h->cfg->entries_per_shard;
-	int err = kvshm__shard_lock(h, s);
-	if (err < 0)
-		return err;
-	struct kvshm__lock *lk = &h->shards[s].lk;
-	uint32_t n = r->count;
-	if (n && e->gen == r->gen && e->state != KVSHM_E_FREE)
-		kvshm__jset32(h->seg, lk, &e->refcount, e->refcount >= n ? e->refcount - n : 0);
-	kvshm__jset32(h->seg, lk, &r->count, 0);
-	if (n && e->gen == r->gen && (e->flags & KVSHM_EF_BAD) && e->refcount == 0 && e->state == KVSHM_E_READY)
-		return kvshm__drop_locked_entry(h, s, idx);
-	kvshm__shard_unlock(h, s);
-	return 0;
-}
-
 static int unpin(kvshm *h, kvshm_pin *pin, bool copy)
 {
 	int err = kvshm__enter(h);
@@ -369,12 +209,14 @@ static int unpin(kvshm *h, kvshm_pin *pin, bool copy)
 		return err;
 	if (!pin)
 		return kvshm__fail(-EINVAL, "unpin: pin is NULL");
-	uint32_t ref = (uint32_t)pin->ref[0], gen = (uint32_t)(pin->ref[0] >> 32);
-	if (!ref)
-		return kvshm__fail(-ENOENT, "unpin: the pin names no entry (already unpinned?)");
-	if ((err = kvshm__unpin_ref(h, ref - 1, gen, copy)) < 0)
+	uint32_t idx = kvshm__ref_idx(pin->ref[0]), gen = kvshm__ref_gen(pin->ref[0]);
+	if (idx == UINT32_MAX)
+		return kvshm__fail(KVSHM_ENOTFOUND, "unpin: the pin names no entry (already unpinned?)");
+	if ((err = kvshm__unpin_ref(h, idx, gen, copy)) < 0)
 		return err;
-	kvshm__file_unmap(pin);
+	const struct kvshm__tier_ops *t = kvshm__tier_or_null(pin->tier);
+	if (t && t->unload)
+		t->unload(pin); /* a file's mapping */
 	memset(pin, 0, sizeof(*pin));
 	return 0;
 }
@@ -389,26 +231,30 @@ KVSHM_EXTERN int kvshm_pin_verify(kvshm *h, kvshm_pin *pin)
 	int err = kvshm__enter(h);
 	if (err < 0)
 		return err;
-	if (!pin || !(uint32_t)pin->ref[0] || pin->ref[1] != (uint64_t)(uintptr_t)h || !pin->data)
+	if (!pin || kvshm__ref_idx(pin->ref[0]) == UINT32_MAX || pin->ref[1] != (uint64_t)(uintptr_t)h || !pin->data)
 		return kvshm__fail(-EINVAL, "pin_verify: not a pin of this handle");
-	uint32_t idx = (uint32_t)pin->ref[0] - 1, gen = (uint32_t)(pin->ref[0] >> 32);
+	uint32_t idx = kvshm__ref_idx(pin->ref[0]), gen = kvshm__ref_gen(pin->ref[0]);
 	const struct kvshm__entry *e = kvshm__entry_at(h, idx);
 	if (!e || e->gen != gen || e->len != pin->len)
 		return kvshm__fail(-EINVAL, "pin_verify: the pin names no pinned entry");
-	if (pin_sound(h, pin))
+	const struct kvshm__tier_ops *t = kvshm__tier_or_null(pin->tier);
+	if (!t)
+		return kvshm__fail(-EINVAL, "pin_verify: not a pin of this handle");
+	if (t->sound(h, pin))
 		return 0;
-	reject_pinned(h, pin, false);
-	return kvshm__fail(KVSHM_ECORRUPT, "pin_verify: the value does not match its checksum; it was dropped and the pin released");
+	t->reject(h, pin, false);
+	return kvshm__fail(KVSHM_ECORRUPT,
+			   "pin_verify: the value does not match its checksum; it was dropped and the pin released");
 }
 
 /*
- * Copy-out verifies as it copies: the value is summed block by block
- * while each block is still in cache (kvshm__copy_sum), and an entry
- * whose sum is wrong is rejected (never returned, counted) and the lookup
- * goes on to the next best. File entries were verified when loaded.
+ * Copy-out verifies as it copies (the tier's copy_out: RAM sums the value
+ * block by block while each block is still in cache; a file was verified
+ * when it was loaded), and an entry whose sum is wrong is rejected (never
+ * returned, counted) and the lookup goes on to the next best.
  */
-KVSHM_EXTERN int kvshm_lookup_copy(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
-				   unsigned flags, void *buf, size_t cap, size_t *len, size_t *ntokens)
+KVSHM_EXTERN int kvshm_lookup_copy(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, unsigned flags,
+				   void *buf, size_t cap, size_t *len, size_t *ntokens)
 {
 	kvshm_pin pin;
 	for (;;) {
@@ -423,12 +269,9 @@ KVSHM_EXTERN int kvshm_lookup_copy(kvshm *h, const kvshm_model *m, const uint32_
 			unpin(h, &pin, true);
 			return kvshm__fail(-ENOBUFS, "copy-out: value of %zu bytes, buffer of %zu", pin.len, cap);
 		}
-		if (pin.tier != KVSHM_TIER_RAM) {
-			memcpy(buf, pin.data, pin.len);
+		const struct kvshm__tier_ops *t = kvshm__tier(pin.tier); /* a tier: lookup loaded it */
+		if (t->copy_out(h, &pin, buf))
 			return unpin(h, &pin, true);
-		}
-		if (kvshm__copy_sum(buf, pin.data, pin.len) == pinned_csum(h, &pin))
-			return unpin(h, &pin, true);
-		reject_pinned(h, &pin, true);
+		t->reject(h, &pin, true);
 	}
 }

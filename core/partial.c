@@ -1,7 +1,8 @@
 /*
- * core/partial.c — partial-prefix lookup (KVSHM_LOOKUP_PARTIAL) and the
- * marker table that serves it. Not the ordinary longest-stored-prefix walk,
- * pins or copy-out (core/lookup.c), which this extends.
+ * core/partial.c — the walk of partial-prefix lookup (KVSHM_LOOKUP_PARTIAL).
+ * Not the ordinary longest-stored-prefix walk, pins or copy-out
+ * (core/lookup.c), which this extends, nor the marker table it reads
+ * (core/entry/marks.c: how markers are written, sized and replaced).
  *
  * WHAT IS ASKED
  *   Attention KV can be cut: a stored state of L tokens whose first c
@@ -18,7 +19,7 @@
  *
  * WHERE SUCH ENTRIES ARE
  *   Let the query's chain boundaries be b_0 = 0 < b_1 < ... < b_top <= n
- *   (core/key.c), h[j] their hashes. An entry with common prefix c, b_j <=
+ *   (core/entry/key.c), h[j] their hashes. An entry with common prefix c, b_j <=
  *   c < b_{j+1}, has the query's h[0..j] as its own first boundary hashes.
  *   An entry chains only under its terminal boundary's hash, so:
  *   (a) if its terminal boundary is b_j (b_j <= L < b_{j+1}) it is in the
@@ -29,38 +30,6 @@
  *       the query leads to it. For these there are MARKERS: when an entry
  *       is created it records one under each of its non-terminal boundary
  *       hashes, and a query looks its h[j] up among them.
- *
- * THE MARKER TABLE (region MARKS; the word's layout is in core/layout.h)
- *   Set-associative: sets of one 64-byte line, 8 ways of u64, each a tag
- *   (27 bits of the boundary hash) | the entry's index | the low 12 bits of
- *   its gen; the set is chosen by other bits of the hash. Sized at 16 ways
- *   per entry of capacity, at most 1/32 of the segment (default cache: 1
- *   MiB of 512). It is soft state:
- *   - written with compare-and-swap and no lock, by every path that makes
- *     an entry: kvshm__reserve_entry (core/save.c: RAM and file saves, and
- *     so demotion and promotion) and kvshm__file_adopt (core/tier.c:
- *     reconciliation). Not journaled: a writer that dies halfway leaves
- *     some of its markers, each true or stale, and nothing to undo;
- *   - never cleaned: a freed or re-used entry leaves stale markers (its
- *     gen moved on), which later inserts overwrite first;
- *   - only a hint. A lookup that follows one bounds-checks the entry index
- *     (the table is shared memory: untrusted), locks that entry's shard,
- *     requires it READY, of the marker's gen and not BAD, and compares the
- *     model and tokens in full to compute the real common prefix; one that
- *     does not share the query's first b_j tokens is dropped.
- *   So a crash needs no repair here and the checker has nothing to verify
- *   (bounds are checked on use). A lost or overwritten marker can make a
- *   partial answer shorter, or a miss; never a wrong answer.
- *   Which boundaries get one: the non-terminal b_k, k >= 1, with b_{k+1} >
- *   partial_min_tokens (a shorter common prefix is never offered, so no
- *   marker below could serve). Cost: one CAS on a random line per such
- *   boundary, outside every lock: a 4k-token entry at C = 256 writes 17; a
- *   key shorter than the minimum writes none.
- *   Replacement in a set: the same marker already there → nothing; else an
- *   empty or stale way; else a live way of the same tag (the same prefix,
- *   another entry: the newest wins, so a popular prefix such as a shared
- *   system prompt takes free ways but, once the set is full, replaces its
- *   own markers before others'); else a way chosen in rotation.
  *
  * THE WALK
  *   Levels j = top .. 0, as the ordinary walk. At each:
@@ -99,114 +68,10 @@
  *   entry is pinned like any hit; core/lookup.c maps and verifies its file
  *   (kvshm__file_load). Cutting the state is the engine's job.
  */
+#include <assert.h>
 #include <string.h>
 
-#include "core/internal.h"
-
-/* ---- the marker word ------------------------------------------------------------------ */
-
-#define MARK_IDX_MASK 0xffffffull /* bits 0..23: entry index */
-#define MARK_GEN_SHIFT 24         /* bits 24..35: gen & 0xfff */
-#define MARK_GEN_MASK 0xfffu
-#define MARK_VALID (1ull << 36)   /* bit 36: set in every marker, so none is 0 */
-#define MARK_TAG_SHIFT 37         /* bits 37..63: tag */
-#define MARK_KEY_MASK (~0ull << 36) /* tag and valid bit: "which boundary hash" */
-
-_Static_assert((1ull << 24) - 1 <= MARK_IDX_MASK, "max_entries (<= 2^24) fits the index bits");
-_Static_assert(sizeof(struct kvshm__markset) == 64, "a marker set is one cache line");
-
-/* The set index uses the hash's hi >> 32 (shards use hi's low bits, chain
- * buckets lo's low bits), the tag lo's top 27 bits. */
-static inline struct kvshm__markset *set_of(const kvshm *h, kvshm__h128 t)
-{
-	return &h->marks[(uint32_t)(t.hi >> 32) & (h->cfg->mark_sets - 1)];
-}
-
-static inline uint64_t key_of(kvshm__h128 t)
-{
-	return (t.lo & MARK_KEY_MASK) | MARK_VALID;
-}
-
-static inline uint64_t mark_of(kvshm__h128 t, uint32_t idx, uint32_t gen)
-{
-	return key_of(t) | (uint64_t)(gen & MARK_GEN_MASK) << MARK_GEN_SHIFT | (idx & MARK_IDX_MASK);
-}
-
-uint32_t kvshm__marks_sets_for(uint32_t max_entries, uint64_t segment_bytes)
-{
-	/* 2 sets (16 ways) per entry: an entry marks ~log2(C) + L/C boundaries,
-	 * but entries of one conversation share most of theirs. */
-	uint64_t want = 2ull * max_entries;
-	uint64_t cap = segment_bytes / 32 / sizeof(struct kvshm__markset);
-	uint32_t sets = 1;
-	while (sets < want && 2ull * sets <= cap)
-		sets <<= 1;
-	return sets;
-}
-
-/* ---- writing markers ------------------------------------------------------------------- */
-
-/* Does marker v name an entry that is free or has lived on (a racy read:
- * it only decides which way to overwrite)? */
-static bool stale(const kvshm *h, uint64_t v)
-{
-	uint32_t idx = (uint32_t)(v & MARK_IDX_MASK);
-	if (idx >= h->cfg->max_entries)
-		return true;
-	const struct kvshm__entry *e = &h->entries[idx];
-	uint32_t state = __atomic_load_n(&e->state, __ATOMIC_RELAXED);
-	uint32_t gen = __atomic_load_n(&e->gen, __ATOMIC_RELAXED);
-	return state == KVSHM_E_FREE || (gen & MARK_GEN_MASK) != ((v >> MARK_GEN_SHIFT) & MARK_GEN_MASK);
-}
-
-static void mark_put(kvshm *h, kvshm__h128 t, uint32_t idx, uint32_t gen)
-{
-	static _Thread_local unsigned rotor;
-	struct kvshm__markset *set = set_of(h, t);
-	uint64_t want = mark_of(t, idx, gen), key = key_of(t);
-	/* Two tries: a racing insert into the same way costs one more pass. */
-	for (int pass = 0; pass < 2; pass++) {
-		uint64_t v[KVSHM_MARK_WAYS];
-		unsigned pick = KVSHM_MARK_WAYS, same = KVSHM_MARK_WAYS;
-		for (unsigned w = 0; w < KVSHM_MARK_WAYS; w++) {
-			v[w] = atomic_load_explicit(&set->way[w], memory_order_relaxed);
-			if (v[w] == want)
-				return;
-			if (!v[w] && pick == KVSHM_MARK_WAYS)
-				pick = w;
-			else if (v[w] && (v[w] & MARK_KEY_MASK) == key && same == KVSHM_MARK_WAYS)
-				same = w;
-		}
-		/* A full set: the first stale way (each test reads an entry,
-		 * so only now), else the same prefix's, else in rotation. */
-		for (unsigned w = 0; w < KVSHM_MARK_WAYS && pick == KVSHM_MARK_WAYS; w++)
-			if (stale(h, v[w]))
-				pick = w;
-		if (pick == KVSHM_MARK_WAYS)
-			pick = same < KVSHM_MARK_WAYS ? same : rotor++ % KVSHM_MARK_WAYS;
-		if (atomic_compare_exchange_strong_explicit(&set->way[pick], &v[pick], want, memory_order_relaxed,
-							    memory_order_relaxed))
-			return;
-	}
-}
-
-void kvshm__marks_add(kvshm *h, const struct kvshm__keyhash *kh, size_t n, uint32_t idx, uint32_t gen)
-{
-	const struct kvshm__cfg *c = h->cfg;
-	size_t term = kvshm__bidx(c, n);
-	bool first = true;
-	if (kh->nb != term + 1)
-		return; /* not this key's hashes: nothing to mark with */
-	for (size_t k = 1; k < term; k++) {
-		if (kvshm__bound(c, k + 1) <= c->partial_min_tokens)
-			continue;
-		mark_put(h, kh->h[k], idx, gen);
-		if (first) {
-			first = false;
-			KVSHM_CRASH_POINT("marks.add.partway");
-		}
-	}
-}
+#include "core/ops.h"
 
 /* ---- the walk ---------------------------------------------------------------------------- */
 
@@ -214,9 +79,9 @@ void kvshm__marks_add(kvshm *h, const struct kvshm__keyhash *kh, size_t n, uint3
 struct best {
 	uint32_t idx; /* UINT32_MAX: none */
 	uint32_t gen, shard;
-	uint32_t c;   /* common prefix */
+	uint32_t c; /* common prefix */
 	uint8_t tier;
-	bool full;    /* c == the entry's length: an ordinary (EXACT/PREFIX) hit */
+	bool full; /* c == the entry's length: an ordinary (EXACT/PREFIX) hit */
 };
 
 static bool better(const struct best *b, uint32_t c, bool full, uint8_t tier)
@@ -231,8 +96,8 @@ static bool better(const struct best *b, uint32_t c, bool full, uint8_t tier)
 /* The common prefix of entry e and the query (m, tokens[0..n)), whose
  * first lo tokens should agree (their hashes did): -1 when the blob is
  * unreadable, the models differ or so does any of those lo tokens. */
-static int64_t common_prefix(const kvshm *h, const struct kvshm__entry *e, const kvshm_model *m,
-			     const uint32_t *tokens, size_t n, size_t lo)
+static int64_t common_prefix(const kvshm *h, const struct kvshm__entry *e, const kvshm_model *m, const uint32_t *tokens,
+			     size_t n, size_t lo)
 {
 	size_t top = KVSHM_MIN((size_t)e->ntokens, n);
 	if (lo > top)
@@ -255,13 +120,14 @@ static int64_t common_prefix(const kvshm *h, const struct kvshm__entry *e, const
 
 /* Consider entry idx (its shard s locked) as an answer at a level whose
  * common prefix is at least lo. */
-static void consider_locked(kvshm *h, uint32_t s, uint32_t idx, const kvshm_model *m, const uint32_t *tokens,
-			    size_t n, size_t lo, struct best *best)
+static void consider_locked(kvshm *h, uint32_t s, uint32_t idx, const struct kvshm__query *q, size_t lo,
+			    struct best *best)
 {
+	assert(kvshm__lock_held(&h->shards[s].lk));
 	const struct kvshm__entry *e = &h->entries[idx];
-	if (KVSHM_MIN((size_t)e->ntokens, n) < (best->idx == UINT32_MAX ? lo : best->c))
+	if (KVSHM_MIN((size_t)e->ntokens, q->n) < (best->idx == UINT32_MAX ? lo : best->c))
 		return; /* cannot beat what we have */
-	int64_t c = common_prefix(h, e, m, tokens, n, lo);
+	int64_t c = common_prefix(h, e, q->m, q->tokens, q->n, lo);
 	if (c < 0)
 		return;
 	bool full = (uint64_t)c == e->ntokens;
@@ -272,33 +138,22 @@ static void consider_locked(kvshm *h, uint32_t s, uint32_t idx, const kvshm_mode
 }
 
 /* Step 1: the markers of level hash t. */
-static void from_markers(kvshm *h, kvshm__h128 t, const kvshm_model *m, const uint32_t *tokens, size_t n, size_t lo,
-			 struct best *best, uint64_t *probes)
+static void from_markers(kvshm *h, kvshm__h128 t, const struct kvshm__query *q, size_t lo, struct best *best,
+			 uint64_t *probes)
 {
 	const struct kvshm__cfg *c = h->cfg;
-	struct kvshm__markset *set = set_of(h, t);
-	uint64_t key = key_of(t);
-	uint64_t seen[KVSHM_MARK_WAYS]; /* markers followed: one entry may have several (its lives) */
-	unsigned nseen = 0;
-	for (unsigned w = 0; w < KVSHM_MARK_WAYS; w++) {
-		uint64_t v = atomic_load_explicit(&set->way[w], memory_order_relaxed);
-		if ((v & MARK_KEY_MASK) != key)
-			continue;
-		uint32_t idx = (uint32_t)(v & MARK_IDX_MASK), g = (uint32_t)(v >> MARK_GEN_SHIFT) & MARK_GEN_MASK;
-		bool dup = idx >= c->max_entries; /* a marker is untrusted input */
-		for (unsigned i = 0; i < nseen && !dup; i++)
-			dup = seen[i] == v;
-		if (dup)
-			continue;
-		seen[nseen++] = v;
+	uint32_t idxs[KVSHM_MARK_WAYS], gens[KVSHM_MARK_WAYS];
+	unsigned nm = kvshm__marks_find(h, t, idxs, gens);
+	for (unsigned k = 0; k < nm; k++) {
+		uint32_t idx = idxs[k], g = gens[k];
 		uint32_t s = idx / c->entries_per_shard;
 		(*probes)++;
 		if (kvshm__shard_lock(h, s) < 0)
 			continue;
 		const struct kvshm__entry *e = &h->entries[idx];
-		if (e->state == KVSHM_E_READY && (e->gen & MARK_GEN_MASK) == g && !(e->flags & KVSHM_EF_BAD)) {
+		if (e->state == KVSHM_E_READY && (e->gen & KVSHM_MARK_GEN_MASK) == g && !(e->flags & KVSHM_EF_BAD)) {
 			uint32_t before = best->idx;
-			consider_locked(h, s, idx, m, tokens, n, lo, best);
+			consider_locked(h, s, idx, q, lo, best);
 			if (best->idx != before)
 				KVSHM_CRASH_POINT("lookup.partial.marked");
 		}
@@ -310,12 +165,11 @@ enum { LEVEL_NONE = 1, LEVEL_WAIT, LEVEL_RETRY };
 
 /* Steps 2 and 3 at level j (hash t): 0 when pinned, LEVEL_* otherwise,
  * or a negative error. */
-static int level(kvshm *h, size_t j, kvshm__h128 t, const kvshm_model *m, const uint32_t *tokens, size_t n,
-		 bool copy, bool want_wait, struct best *best, kvshm_pin *pin, struct kvshm__cand *wait,
-		 uint64_t *probes)
+static int level(kvshm *h, size_t j, const struct kvshm__query *q, struct best *best, kvshm_pin *pin,
+		 struct kvshm__cand *wait, uint64_t *probes)
 {
-	const struct kvshm__cfg *c = h->cfg;
-	size_t lo = kvshm__bound(c, j);
+	size_t lo = kvshm__bound(&h->kc, j);
+	kvshm__h128 t = q->kh->h[j];
 	uint32_t s = kvshm__shard_of(h, t);
 	struct kvshm__shard *sh = &h->shards[s];
 	int err;
@@ -330,15 +184,15 @@ static int level(kvshm *h, size_t j, kvshm__h128 t, const kvshm_model *m, const 
 		uint32_t idx = cur - 1;
 		cur = e->next;
 		(*probes)++;
-		if (e->term[0] != t.lo || e->term[1] != t.hi || kvshm__bidx(c, e->ntokens) != j ||
+		if (e->term[0] != t.lo || e->term[1] != t.hi || kvshm__bidx(&h->kc, e->ntokens) != j ||
 		    (e->flags & KVSHM_EF_BAD))
 			continue;
 		if (e->state == KVSHM_E_READY) {
-			consider_locked(h, s, idx, m, tokens, n, lo, best);
-		} else if (e->state == KVSHM_E_RESERVED && want_wait && e->ntokens <= n &&
+			consider_locked(h, s, idx, q, lo, best);
+		} else if (e->state == KVSHM_E_RESERVED && q->want_wait && e->ntokens <= q->n &&
 			   (best->idx == UINT32_MAX || e->ntokens > best->c) &&
 			   (wait->idx == UINT32_MAX || e->ntokens > wait->ntokens) &&
-			   kvshm__entry_matches(h, e, m, tokens, e->ntokens)) {
+			   kvshm__entry_matches(h, e, q->m, q->tokens, e->ntokens)) {
 			*wait = (struct kvshm__cand){idx, s, e->ntokens,
 						     atomic_load_explicit(&sh->seq, memory_order_acquire)};
 		}
@@ -362,9 +216,9 @@ static int level(kvshm *h, size_t j, kvshm__h128 t, const kvshm_model *m, const 
 		kvshm__shard_unlock(h, best->shard);
 		return LEVEL_RETRY; /* gone since it was verified */
 	}
-	err = kvshm__pin_locked(h, best->shard, best->idx, copy);
+	err = kvshm__pin_locked(h, best->shard, best->idx, q->copy);
 	if (err == 0)
-		kvshm__pin_fill(h, best->idx, best->c, n, pin);
+		kvshm__pin_fill(h, best->idx, best->c, q->n, pin);
 	kvshm__shard_unlock(h, best->shard);
 	if (err == 0) {
 		wait->idx = UINT32_MAX;
@@ -373,23 +227,24 @@ static int level(kvshm *h, size_t j, kvshm__h128 t, const kvshm_model *m, const 
 	return err;
 }
 
-int kvshm__walk_partial(kvshm *h, const struct kvshm__keyhash *kh, const kvshm_model *m, const uint32_t *tokens,
-			size_t n, bool copy, bool want_wait, kvshm_pin *pin, struct kvshm__cand *wait)
+int kvshm__walk_partial(kvshm *h, const struct kvshm__query *q, kvshm_pin *pin, struct kvshm__cand *wait)
 {
 	const struct kvshm__cfg *c = h->cfg;
-	size_t top = kvshm__bidx(c, n);
+	size_t n = q->n;
+	size_t top = kvshm__bidx(&h->kc, n);
 	uint64_t probes = 0;
 	int err = KVSHM_ENOTFOUND;
 
 	*wait = (struct kvshm__cand){UINT32_MAX, 0, 0, 0};
 	for (size_t j = top + 1; j-- > 0;) {
-		bool marked = j >= 1 && kvshm__bound(c, j + 1) > c->partial_min_tokens && n >= c->partial_min_tokens;
+		bool marked =
+			j >= 1 && kvshm__bound(&h->kc, j + 1) > c->partial_min_tokens && n >= c->partial_min_tokens;
 		int r = LEVEL_RETRY;
 		for (int tries = 0; r == LEVEL_RETRY && tries < 4; tries++) {
 			struct best best = {UINT32_MAX, 0, 0, 0, 0, false};
 			if (marked)
-				from_markers(h, kh->h[j], m, tokens, n, kvshm__bound(c, j), &best, &probes);
-			r = level(h, j, kh->h[j], m, tokens, n, copy, want_wait, &best, pin, wait, &probes);
+				from_markers(h, q->kh->h[j], q, kvshm__bound(&h->kc, j), &best, &probes);
+			r = level(h, j, q, &best, pin, wait, &probes);
 		}
 		if (r <= 0) {
 			err = r == 0 ? 0 : r;

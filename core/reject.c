@@ -7,12 +7,14 @@
  * as garbage or not at all. kvshm_reject marks the pinned entry bad (no new
  * pins: lookups pass over it) and releases the caller's pin; the entry is
  * removed with the last pin (at once when no one else holds it), the same
- * path a file entry that fails verification takes (core/lookup.c).
+ * path a value that fails verification takes (each tier's reject).
+ *
+ * Not verification by checksum (each tier's sound and reject).
  */
 #include <errno.h>
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/ops.h"
 
 KVSHM_EXTERN int kvshm_reject(kvshm *h, kvshm_pin *pin)
 {
@@ -20,11 +22,11 @@ KVSHM_EXTERN int kvshm_reject(kvshm *h, kvshm_pin *pin)
 	if (err < 0)
 		return err;
 	if (!pin || !pin->ref[0])
-		return kvshm__fail(-ENOENT, "reject: the pin names no entry (already unpinned?)");
-	uint32_t idx = (uint32_t)pin->ref[0] - 1, gen = (uint32_t)(pin->ref[0] >> 32);
+		return kvshm__fail(KVSHM_ENOTFOUND, "reject: the pin names no entry (already unpinned?)");
+	uint32_t idx = kvshm__ref_idx(pin->ref[0]), gen = kvshm__ref_gen(pin->ref[0]);
 	struct kvshm__entry *e = kvshm__entry_at(h, idx);
 	if (!e)
-		return kvshm__fail(-ENOENT, "reject: entry %u does not exist", idx);
+		return kvshm__fail(KVSHM_ENOTFOUND, "reject: entry %u does not exist", idx);
 	uint32_t s = idx / h->cfg->entries_per_shard;
 	if ((err = kvshm__shard_lock(h, s)) < 0)
 		return err;
@@ -36,7 +38,7 @@ KVSHM_EXTERN int kvshm_reject(kvshm *h, kvshm_pin *pin)
 		ours = x->pins[i].count && x->pins[i].entry == idx && x->pins[i].gen == gen;
 	if (!ours) {
 		kvshm__shard_unlock(h, s);
-		return kvshm__fail(-ENOENT, "reject: this handle holds no pin of entry %u", idx);
+		return kvshm__fail(KVSHM_ENOTFOUND, "reject: this handle holds no pin of entry %u", idx);
 	}
 	if (e->gen == gen && e->state == KVSHM_E_READY && !(e->flags & KVSHM_EF_BAD)) {
 		kvshm__jset32(h->seg, &h->shards[s].lk, &e->flags, e->flags | KVSHM_EF_BAD);
@@ -44,7 +46,7 @@ KVSHM_EXTERN int kvshm_reject(kvshm *h, kvshm_pin *pin)
 	}
 	kvshm__shard_unlock(h, s);
 	/* Flagged, still pinned: a death here is reclaim's (the last pin of a
-	 * flagged entry removes it, core/reclaim.c). */
+	 * flagged entry removes it, core/maint/reclaim.c). */
 	KVSHM_CRASH_POINT("reject.flagged");
 	if (marked)
 		kvshm__count(h, KVSHM_C_rejected, 1);

@@ -5,10 +5,13 @@
  * stripes; a handle adds to the stripe of its slot index and readers sum
  * the stripes. They are event counts: a process killed between an action
  * and its count may leave one uncounted, which no invariant depends on.
+ *
+ * Not counting (kvshm__count, core/internal.h).
  */
+#include <stddef.h>
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/ops.h"
 
 static const char *const names[] = {
 #define KVSHM_CTR_NAME_(name, help) #name,
@@ -32,7 +35,7 @@ KVSHM_EXTERN const char *kvshm_counter_help(int i)
 	return i >= 0 && i < KVSHM_NCOUNTERS ? helps[i] : "unknown";
 }
 
-uint64_t kvshm__counter_sum(const kvshm *h, int c)
+static uint64_t counter_sum(const kvshm *h, int c)
 {
 	uint64_t n = 0;
 	for (unsigned s = 0; s < KVSHM_CTR_STRIPES; s++)
@@ -46,16 +49,24 @@ static void add_lock(kvshm_stats *st, const struct kvshm__lock *lk)
 	st->lock_contended += atomic_load_explicit(&lk->contended, memory_order_relaxed);
 }
 
-KVSHM_EXTERN int kvshm_stats_get(kvshm *h, kvshm_stats *st)
+/* The caller's kvshm_stats may be shorter or longer than ours (another
+ * header's KVSHM_NCOUNTERS): it gets what both know, zeros beyond. */
+KVSHM_EXTERN int kvshm_stats_get(kvshm *h, kvshm_stats *out, size_t size)
 {
+	kvshm_stats snap;
+	kvshm_stats *st = &snap;
 	int err = kvshm__enter(h);
 	if (err < 0)
 		return err;
-	if (!st)
+	if (!out)
 		return kvshm__fail(-EINVAL, "stats: NULL");
+	if (size < offsetof(kvshm_stats, counters))
+		return kvshm__fail(-EINVAL, "stats: %zu bytes do not reach the counters (at byte %zu)", size,
+				   offsetof(kvshm_stats, counters));
 	memset(st, 0, sizeof(*st));
+	st->ncounters = KVSHM_NCOUNTERS;
 	for (int c = 0; c < KVSHM_NCOUNTERS; c++)
-		st->counters[c] = kvshm__counter_sum(h, c);
+		st->counters[c] = counter_sum(h, c);
 	for (uint32_t s = 0; s < h->cfg->shards; s++) {
 		const struct kvshm__shard *sh = &h->shards[s];
 		for (int t = 0; t < KVSHM_NTIERS; t++) {
@@ -86,5 +97,7 @@ KVSHM_EXTERN int kvshm_stats_get(kvshm *h, kvshm_stats *st)
 	add_lock(st, &h->hdr->reaper_lk);
 	st->shards = h->cfg->shards;
 	st->chunk_tokens = h->cfg->chunk_tokens;
+	memset(out, 0, size);
+	memcpy(out, st, KVSHM_MIN(size, sizeof(*st)));
 	return 0;
 }

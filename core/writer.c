@@ -1,8 +1,10 @@
 /*
  * core/writer.c — the public face of the writer semaphore (shm/sem.c):
  * bounded concurrency for file saves, units recorded per process slot.
+ * Not the semaphore itself (shm/sem.c) nor the file saves that take its
+ * units (core/tier/file.c).
  */
-#include "core/internal.h"
+#include "core/ops.h"
 
 static void sweep_cb(void *ctx)
 {
@@ -23,7 +25,7 @@ KVSHM_EXTERN int kvshm_writer_release(kvshm *h)
 	if (err < 0)
 		return err;
 	err = kvshm__sem_release(h->seg, h->sem, h->me);
-	return err == -ENOENT ? kvshm__fail(err, "writer release: this handle holds no writer slot") : err;
+	return err == -ENOENT ? kvshm__fail(KVSHM_ENOTFOUND, "writer release: this handle holds no writer slot") : err;
 }
 
 KVSHM_EXTERN int kvshm_writer_count(kvshm *h, uint32_t *held, uint32_t *max)

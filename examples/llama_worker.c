@@ -17,6 +17,8 @@
  *   ./a.out MODEL.gguf
  * ($ENGINE: build/llama of a kvshm tree after `make engine`; a model:
  * build/bin/kvshm-mkmodel, or any llama-architecture GGUF.)
+ * Not a benchmark or a test: the smallest program that uses the adapter as
+ * a worker pool would.
  */
 #define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
 #include <stdio.h>
@@ -149,8 +151,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	char turn1[2048];
-	snprintf(turn1, sizeof(turn1), "%s\nUser: Why is worker 3 slower than the others today?\nAssistant:",
-		 system_prompt);
+	snprintf(turn1, sizeof(turn1),
+		 "%s\nUser: Why is worker 3 slower than the others today?\nAssistant:", system_prompt);
 	const char *turns[2] = {turn1, "\nUser: Which metric shows that?\nAssistant:"};
 	int restored[2] = {0, 0};
 	struct convo *cv = mmap(NULL, sizeof(*cv), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -172,7 +174,7 @@ int main(int argc, char **argv)
 		restored[i] = WEXITSTATUS(st);
 	}
 	kvshm_stats st;
-	kvshm_stats_get(cache, &st);
+	kvshm_stats_get(cache, &st, sizeof(st));
 	printf("cache: %llu hits, %llu misses, %llu saves\n",
 	       (unsigned long long)(st.counters[KVSHM_C_hits_exact] + st.counters[KVSHM_C_hits_prefix]),
 	       (unsigned long long)st.counters[KVSHM_C_misses],

@@ -144,14 +144,14 @@ KVSHM_EXTERN const kvshm_model *kvshm_llama_key(const kvshm_llama *a);
 
 /* What a restore did. */
 typedef struct kvshm_llama_restore_info {
-	int kind;               /* 0 miss, else the pin's KVSHM_HIT_* */
-	int tier;               /* where the state was found */
-	size_t matched;         /* prompt tokens the stored state matched */
-	size_t stored;          /* tokens the stored state covers */
-	size_t restored;        /* prompt tokens now in the sequence (the return value) */
-	size_t bytes;           /* state bytes loaded */
+	int kind;                    /* 0 miss, else the pin's KVSHM_HIT_* */
+	int tier;                    /* where the state was found */
+	size_t matched;              /* prompt tokens the stored state matched */
+	size_t stored;               /* tokens the stored state covers */
+	size_t restored;             /* prompt tokens now in the sequence (the return value) */
+	size_t bytes;                /* state bytes loaded */
 	uint64_t lookup_ns, load_ns; /* kvshm lookup; set_data + seq_rm */
-	int rejected;           /* 1: the engine refused the state; it was rejected */
+	int rejected;                /* 1: the engine refused the state; it was rejected */
 } kvshm_llama_restore_info;
 
 /*
@@ -193,8 +193,7 @@ KVSHM_EXTERN size_t kvshm_llama_prefill_cut(const kvshm_llama *a, size_t n, size
 KVSHM_EXTERN int kvshm_llama_cold(kvshm_llama *a, llama_seq_id seq, const llama_token *tokens, size_t n_cut);
 KVSHM_EXTERN int kvshm_llama_continued(kvshm_llama *a, llama_seq_id seq, const llama_token *tokens, size_t n);
 KVSHM_EXTERN int kvshm_llama_finish(kvshm_llama *a, llama_seq_id seq, const llama_token *tokens, size_t n);
-KVSHM_EXTERN int kvshm_llama_release(kvshm_llama *a, llama_seq_id seq, const llama_token *tokens, size_t n,
-				     int reason);
+KVSHM_EXTERN int kvshm_llama_release(kvshm_llama *a, llama_seq_id seq, const llama_token *tokens, size_t n, int reason);
 
 /* This binding's own counts (the cache's counters are shared by all). */
 typedef struct kvshm_llama_stats {

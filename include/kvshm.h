@@ -47,11 +47,16 @@
  *   on failure: -errno for system failures, or one of KVSHM_E* below.
  *   kvshm_strerror() describes any of them; kvshm_err_name() names it;
  *   kvshm_last_error() gives the calling thread's most recent failure with
- *   its detail (which object, which value).
+ *   its detail (which object, which value). "Not found" is one code:
+ *   KVSHM_ENOTFOUND for whatever the cache does not hold (an entry, a key,
+ *   a pin, a writer unit); -ENOENT only ever means that a file, a directory
+ *   or the cache's segment does not exist. Functions that answer a
+ *   question return bool.
  */
 #ifndef KVSHM_H
 #define KVSHM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -66,39 +71,38 @@ extern "C" {
 #endif
 
 #define KVSHM_VERSION_MAJOR 0
-#define KVSHM_VERSION_MINOR 1
+#define KVSHM_VERSION_MINOR 2
 #define KVSHM_VERSION_PATCH 0
-#define KVSHM_VERSION_STRING "0.1.0"
+#define KVSHM_VERSION_STRING "0.2.0"
 
 /*
  * The library's own error space: negative, below -30000 so it never meets
- * an errno. XX(name, value, message).
+ * an errno. XX(name, value, message). Values are never reused: -30014 and
+ * -30016 (MODEL, INIT) were codes nothing returned, and are gone.
  */
-#define KVSHM_ERRNO_MAP(XX)                                                        \
-	XX(NOTFOUND, -30001, "no entry for this key")                              \
-	XX(EXISTS, -30002, "an entry for this key is already present")            \
-	XX(INPROGRESS, -30003, "a save of this key is in progress")                \
-	XX(BADMAGIC, -30004, "not a kvshm segment (bad magic)")                    \
-	XX(LAYOUT, -30005, "segment layout does not match this build")             \
-	XX(TRUNCATED, -30006, "segment object is smaller than its header says")   \
-	XX(FOREIGN, -30007, "segment belongs to another user")                     \
-	XX(CORRUPT, -30008, "corrupt segment data")                                \
-	XX(PROCFULL, -30009, "process table is full")                              \
-	XX(NOSPACE, -30010, "not enough free space in the tier")                   \
-	XX(TOOBIG, -30011, "value is larger than the tier can ever hold")          \
-	XX(EXPIRED, -30012, "reservation expired or was taken over")               \
-	XX(CLOSED, -30013, "handle is closed")                                     \
-	XX(MODEL, -30014, "model identity does not match")                         \
-	XX(BUSY, -30015, "resource busy: all slots taken until the timeout")       \
-	XX(INIT, -30016, "segment is still being initialised")                     \
-	XX(CONFIG, -30017, "invalid configuration")                                \
-	XX(PINFULL, -30018, "too many pins held by this handle")                   \
-	XX(CHECK, -30019, "consistency check found a violation")                   \
-	XX(BADFILE, -30020, "cache file failed validation")                        \
-	XX(TDB, -30021, "TDB index error")                                         \
-	XX(REAPER, -30022, "another reaper already serves this cache")            \
+#define KVSHM_ERRNO_MAP(XX)                                                         \
+	XX(NOTFOUND, -30001, "not found: no such entry, key, pin or writer unit")   \
+	XX(EXISTS, -30002, "an entry for this key is already present")              \
+	XX(INPROGRESS, -30003, "a save of this key is in progress")                 \
+	XX(BADMAGIC, -30004, "not a kvshm segment (bad magic)")                     \
+	XX(LAYOUT, -30005, "segment layout does not match this build")              \
+	XX(TRUNCATED, -30006, "segment object is smaller than its header says")     \
+	XX(FOREIGN, -30007, "segment belongs to another user")                      \
+	XX(CORRUPT, -30008, "corrupt segment data")                                 \
+	XX(PROCFULL, -30009, "process table is full")                               \
+	XX(NOSPACE, -30010, "not enough free space in the tier")                    \
+	XX(TOOBIG, -30011, "value is larger than the tier can ever hold")           \
+	XX(EXPIRED, -30012, "reservation expired or was taken over")                \
+	XX(CLOSED, -30013, "handle is closed")                                      \
+	XX(BUSY, -30015, "resource busy: all slots taken until the timeout")        \
+	XX(CONFIG, -30017, "invalid configuration")                                 \
+	XX(PINFULL, -30018, "too many pins held by this handle")                    \
+	XX(CHECK, -30019, "consistency check found a violation")                    \
+	XX(BADFILE, -30020, "cache file failed validation")                         \
+	XX(TDB, -30021, "TDB index error")                                          \
+	XX(REAPER, -30022, "another reaper already serves this cache")              \
 	XX(UNRECLAIMED, -30023, "a process died and its slot is not reclaimed yet") \
-	XX(NOTMODEL, -30024, "not a model file the engine can read")               \
+	XX(NOTMODEL, -30024, "not a model file the engine can read")                \
 	XX(ENGINE, -30025, "the inference engine refused the state")
 
 enum {
@@ -116,7 +120,6 @@ KVSHM_EXTERN const char *kvshm_err_name(int err);
  * "attach 'demo': layout signature 0x1234 != this build's 0x5678".
  * Thread-local storage, valid until the thread's next failing call. */
 KVSHM_EXTERN const char *kvshm_last_error(void);
-
 
 /* ======================================================================
  * Handles, configuration, open and close
@@ -161,40 +164,40 @@ typedef struct kvshm_policy {
 } kvshm_policy;
 
 typedef struct kvshm_config {
-	uint64_t segment_bytes;   /* whole segment (512 MiB) */
-	uint32_t max_procs;       /* process-table slots = handles at once (256) */
-	uint32_t shards;          /* index shards, power of two, 1..64 (16) */
-	uint32_t max_entries;     /* entry capacity (segment_bytes / 64 KiB, >= 1024) */
-	uint32_t chunk_tokens;    /* prefix-lookup chunk, 1..4096 (256) */
-	uint32_t page_size;       /* slab page, power of two >= 4096 (4096) */
-	uint32_t writer_slots;    /* writer semaphore units (2 x CPUs + 1) */
-	uint32_t reservation_ttl_ms; /* a reservation expires after (60000) */
-	uint32_t wait_ms;         /* readers wait for an in-progress save up to (500) */
-	uint32_t mode;            /* segment file mode (0600) */
-	uint32_t lazy;            /* 1: do not reserve the segment's memory up front: the tables
-				   * are reserved at creation and each run of the data area when
-				   * it is allocated, so a tmpfs that fills up makes kvshm_reserve
-				   * fail with -ENOSPC (after trying eviction), never SIGBUS */
-	double score_halflife_s;  /* hit-score decay half-life, seconds (600) */
+	uint64_t segment_bytes;       /* whole segment (512 MiB) */
+	uint32_t max_procs;           /* process-table slots = handles at once (256) */
+	uint32_t shards;              /* index shards, power of two, 1..64 (16) */
+	uint32_t max_entries;         /* entry capacity (segment_bytes / 64 KiB, >= 1024) */
+	uint32_t chunk_tokens;        /* prefix-lookup chunk, 1..4096 (256) */
+	uint32_t page_size;           /* slab page, power of two >= 4096 (4096) */
+	uint32_t writer_slots;        /* writer semaphore units (2 x CPUs + 1) */
+	uint32_t reservation_ttl_ms;  /* a reservation expires after (60000) */
+	uint32_t wait_ms;             /* readers wait for an in-progress save up to (500) */
+	uint32_t mode;                /* segment file mode (0600) */
+	uint32_t lazy;                /* 1: do not reserve the segment's memory up front: the tables
+				       * are reserved at creation and each run of the data area when
+				       * it is allocated, so a tmpfs that fills up makes kvshm_reserve
+				       * fail with -ENOSPC (after trying eviction), never SIGBUS */
+	double score_halflife_s;      /* hit-score decay half-life, seconds (600) */
 	uint64_t quota[KVSHM_NTIERS]; /* byte quota per tier; 0 = default (ram: the data area) */
-	kvshm_policy policy;      /* save policy defaults */
-	const char *shm_dir;      /* where segments live (KVSHM_SHM_DIR or /dev/shm) */
+	kvshm_policy policy;          /* save policy defaults */
+	const char *shm_dir;          /* where segments live (KVSHM_SHM_DIR or /dev/shm) */
 	/* File tiers: a tier is enabled by giving it a directory (created if
 	 * missing). ram_file wants a tmpfs (e.g. /dev/shm/kvshm-files.NAME),
 	 * disk a real filesystem; each holds a TDB index (index.tdb). */
-	const char *ram_file_dir; /* NULL: no ram_file tier */
-	const char *disk_dir;     /* NULL: no disk tier */
-	int demote_tier;          /* RAM evictions are saved here first: -1 none (default),
-				   * KVSHM_TIER_RAM_FILE or KVSHM_TIER_DISK */
-	uint32_t writer_wait_ms;  /* file saves (cold/continued/finish/other) wait this long
-				   * for a writer slot, then are dropped (0: try once) */
-	uint32_t evict_wait_ms;   /* evict and shutdown saves wait up to (30000) */
-	uint32_t verify_reuse_ms; /* a file load within this long of a verified one that saw
-				   * the same file skips the payload CRC (1000; 0 = always) */
+	const char *ram_file_dir;    /* NULL: no ram_file tier */
+	const char *disk_dir;        /* NULL: no disk tier */
+	int demote_tier;             /* RAM evictions are saved here first: -1 none (default),
+				      * KVSHM_TIER_RAM_FILE or KVSHM_TIER_DISK */
+	uint32_t writer_wait_ms;     /* file saves (cold/continued/finish/other) wait this long
+				      * for a writer slot, then are dropped (0: try once) */
+	uint32_t evict_wait_ms;      /* evict and shutdown saves wait up to (30000) */
+	uint32_t verify_reuse_ms;    /* a file load within this long of a verified one that saw
+				      * the same file skips the payload CRC (1000; 0 = always) */
 	uint32_t partial_min_tokens; /* shortest partial hit (KVSHM_LOOKUP_PARTIAL) worth a
-				   * restore, tokens (64; 0 = the default): shorter common
-				   * prefixes are not offered, and entries record markers
-				   * only from there on */
+				      * restore, tokens (64; 0 = the default): shorter common
+				      * prefixes are not offered, and entries record markers
+				      * only from there on */
 } kvshm_config;
 
 /* Fill cfg with the defaults above. */
@@ -202,8 +205,8 @@ KVSHM_EXTERN void kvshm_config_init(kvshm_config *cfg);
 /* 0, or KVSHM_ECONFIG with kvshm_last_error() naming the field and value. */
 KVSHM_EXTERN int kvshm_config_validate(const kvshm_config *cfg);
 
-#define KVSHM_OPEN_CREATE 1u /* create the cache if it does not exist */
-#define KVSHM_OPEN_EXCL 2u   /* with CREATE: fail with -EEXIST if it exists */
+#define KVSHM_OPEN_CREATE 1u  /* create the cache if it does not exist */
+#define KVSHM_OPEN_EXCL 2u    /* with CREATE: fail with -EEXIST if it exists */
 #define KVSHM_OPEN_INSPECT 4u /* do not sweep dead processes on attach (inspection tools) */
 
 /*
@@ -227,7 +230,7 @@ KVSHM_EXTERN int kvshm_close(kvshm *h);
  * attached, unless force. Attached processes keep their mapping. */
 KVSHM_EXTERN int kvshm_destroy(const char *name, const char *shm_dir, int force);
 /* The configuration the cache was created with (copied out). */
-KVSHM_EXTERN int kvshm_get_config(kvshm *h, kvshm_config *out);
+KVSHM_EXTERN int kvshm_config_get(kvshm *h, kvshm_config *out);
 
 /* ======================================================================
  * Keys
@@ -247,17 +250,18 @@ typedef struct kvshm_model {
  * Lookup and pins (zero-copy reads)
  * ====================================================================== */
 
-#define KVSHM_HIT_EXACT 1   /* the entry covers every token asked for */
-#define KVSHM_HIT_PREFIX 2  /* the entry covers a proper prefix */
-#define KVSHM_HIT_PARTIAL 3 /* (KVSHM_LOOKUP_PARTIAL) the entry holds more tokens than
-			     * the common prefix: cut the restored state to ntokens */
+#define KVSHM_HIT_EXACT 1  /* the entry covers every token asked for */
+#define KVSHM_HIT_PREFIX 2 /* the entry covers a proper prefix */
+#define KVSHM_HIT_PARTIAL \
+	3 /* (KVSHM_LOOKUP_PARTIAL) the entry holds more tokens than
+	   * the common prefix: cut the restored state to ntokens */
 
 /* A pinned entry: its bytes stay valid and unchanged, and the entry is
  * never evicted, until kvshm_unpin (or kvshm_close). `data` points into a
  * read-only mapping: a write through it (or past its end) kills the
  * writing process with SIGSEGV and cannot touch what others read. */
 typedef struct kvshm_pin {
-	const void *data;      /* the saved blob, `len` bytes, read-only */
+	const void *data; /* the saved blob, `len` bytes, read-only */
 	size_t len;
 	size_t ntokens;        /* the matched prefix: tokens of the query this serves */
 	size_t stored_ntokens; /* tokens the stored state covers: == ntokens for EXACT and
@@ -304,19 +308,19 @@ typedef struct kvshm_pin {
  * *pin filled, KVSHM_ENOTFOUND, KVSHM_EPINFULL (this handle holds too many
  * pins), -EINVAL (n == 0, n > KVSHM_MAX_TOKENS, unknown flags).
  */
-KVSHM_EXTERN int kvshm_lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
-			      unsigned flags, kvshm_pin *pin);
+KVSHM_EXTERN int kvshm_lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, unsigned flags,
+			      kvshm_pin *pin);
 /* Like kvshm_lookup, but only an entry for exactly tokens[0..n); flags
  * KVSHM_LOOKUP_WAIT only (KVSHM_LOOKUP_PARTIAL: -EINVAL). */
-KVSHM_EXTERN int kvshm_get(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
-			   unsigned flags, kvshm_pin *pin);
-/* Drop a pin. -ENOENT if this handle holds no such pin. */
+KVSHM_EXTERN int kvshm_get(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, unsigned flags,
+			   kvshm_pin *pin);
+/* Drop a pin. KVSHM_ENOTFOUND if this handle holds no such pin. */
 KVSHM_EXTERN int kvshm_unpin(kvshm *h, kvshm_pin *pin);
 /*
  * The caller could not use the pinned value (its engine refused it): the
  * entry is marked bad, so no lookup returns it again, counted in
  * `rejected`, and the pin is dropped; the entry is removed with its last
- * pin (at once when this was the only one). -ENOENT as kvshm_unpin.
+ * pin (at once when this was the only one). KVSHM_ENOTFOUND as kvshm_unpin.
  */
 KVSHM_EXTERN int kvshm_reject(kvshm *h, kvshm_pin *pin);
 /* Check a pinned value against the checksum it was published with: 0 when
@@ -336,26 +340,26 @@ KVSHM_EXTERN int kvshm_pin_verify(kvshm *h, kvshm_pin *pin);
  * counted (corrupt_rejected), and the next best match is copied instead
  * (KVSHM_ENOTFOUND if none; buf may then hold the rejected bytes).
  */
-KVSHM_EXTERN int kvshm_lookup_copy(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
-				   unsigned flags, void *buf, size_t cap, size_t *len, size_t *ntokens);
+KVSHM_EXTERN int kvshm_lookup_copy(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, unsigned flags,
+				   void *buf, size_t cap, size_t *len, size_t *ntokens);
 
 /* ======================================================================
  * Saving: reserve, fill in place, publish
  * ====================================================================== */
 
 typedef struct kvshm_reservation {
-	void *data;      /* write `len` bytes here, then publish. RAM, below 64 KiB: a
-			  * private buffer copied in at publish; from 64 KiB: the
-			  * value's own pages, writable for this handle until publish
-			  * or cancel (a write past either end faults). File tiers: a
-			  * writable mapping of the file being written. */
+	void *data; /* write `len` bytes here, then publish. RAM, below 4 MiB: a
+		     * private buffer copied in at publish; from 4 MiB: the
+		     * value's own pages, writable for this handle until publish
+		     * or cancel (a write past either end faults). File tiers: a
+		     * writable mapping of the file being written. */
 	size_t len;
 	uint64_t ref[4]; /* opaque */
 } kvshm_reservation;
 
 typedef struct kvshm_save_opts {
-	int tier;          /* kvshm_tier (default RAM) */
-	int reason;        /* kvshm_reason, counted (default OTHER) */
+	int tier;   /* kvshm_tier (default RAM) */
+	int reason; /* kvshm_reason, counted (default OTHER) */
 } kvshm_save_opts;
 
 /*
@@ -368,8 +372,8 @@ typedef struct kvshm_save_opts {
  * be evicted), -EINVAL (len 0, n 0, n too large, bad tier or reason).
  * opts may be NULL (RAM, OTHER).
  */
-KVSHM_EXTERN int kvshm_reserve(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
-			       size_t len, const kvshm_save_opts *opts, kvshm_reservation *r);
+KVSHM_EXTERN int kvshm_reserve(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, size_t len,
+			       const kvshm_save_opts *opts, kvshm_reservation *r);
 /* Make a filled reservation visible. KVSHM_EEXPIRED when it outlived the
  * reservation TTL and was given up (the bytes are freed). A publish always
  * consumes the reservation (r is zeroed), success or not; r->data is no
@@ -380,8 +384,8 @@ KVSHM_EXTERN int kvshm_publish(kvshm *h, kvshm_reservation *r);
 /* Give a reservation up; its memory is freed. -EINVAL as for publish. */
 KVSHM_EXTERN int kvshm_cancel(kvshm *h, kvshm_reservation *r);
 /* reserve + copy + publish. */
-KVSHM_EXTERN int kvshm_put(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n,
-			   const void *data, size_t len, const kvshm_save_opts *opts);
+KVSHM_EXTERN int kvshm_put(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, const void *data,
+			   size_t len, const kvshm_save_opts *opts);
 
 /* ======================================================================
  * Eviction, deletion, listing
@@ -390,10 +394,7 @@ KVSHM_EXTERN int kvshm_put(kvshm *h, const kvshm_model *m, const uint32_t *token
 /* Evict unpinned ready entries, lowest hit score first, from the tiers in
  * tier_mask until `target` bytes are freed or nothing is left to evict.
  * *freed and *count (may be NULL) say what was evicted. */
-KVSHM_EXTERN int kvshm_evict_bytes(kvshm *h, uint64_t target, unsigned tier_mask, uint64_t *freed,
-				   uint64_t *count);
-/* Bring every tier back under its quota and drop expired reservations. */
-KVSHM_EXTERN int kvshm_gc(kvshm *h, uint64_t *freed, uint64_t *count);
+KVSHM_EXTERN int kvshm_evict_bytes(kvshm *h, uint64_t target, unsigned tier_mask, uint64_t *freed, uint64_t *count);
 
 /* Entry states as listed. */
 #define KVSHM_STATE_RESERVED 1
@@ -402,34 +403,34 @@ KVSHM_EXTERN int kvshm_gc(kvshm *h, uint64_t *freed, uint64_t *count);
 
 /* What kvshm_list reports per entry (a snapshot). */
 typedef struct kvshm_entry_info {
-	uint8_t key[16];      /* 128-bit key hash (stable within this cache) */
+	uint8_t key[16]; /* 128-bit key hash (stable within this cache) */
 	kvshm_model model;
 	int tier;
-	int state;            /* KVSHM_STATE_* */
-	uint64_t len;         /* value bytes */
-	uint64_t footprint;   /* bytes charged to the tier */
+	int state;          /* KVSHM_STATE_* */
+	uint64_t len;       /* value bytes */
+	uint64_t footprint; /* bytes charged to the tier */
 	uint32_t ntokens;
-	uint32_t refcount;    /* pins held now */
+	uint32_t refcount; /* pins held now */
 	uint32_t hits;
 	int reason;
-	double score;         /* decayed hit score now */
-	uint64_t created_ns;  /* CLOCK_REALTIME */
-	uint64_t idle_ns;     /* since the last hit or the save */
-	uint32_t owner_pid;   /* reserved entries: the writer */
+	double score;        /* decayed hit score now */
+	uint64_t created_ns; /* CLOCK_REALTIME */
+	uint64_t idle_ns;    /* since the last hit or the save */
+	uint32_t owner_pid;  /* reserved entries: the writer */
 } kvshm_entry_info;
 
 /* Selects entries; zeroed = everything. */
 typedef struct kvshm_filter {
-	unsigned tier_mask;          /* 0 = all tiers */
-	const uint8_t *fingerprint;  /* 32 bytes, or NULL for any model */
-	uint64_t min_len;            /* value bytes at least */
-	uint64_t min_idle_ns;        /* idle at least */
+	unsigned tier_mask;         /* 0 = all tiers */
+	const uint8_t *fingerprint; /* 32 bytes, or NULL for any model */
+	uint64_t min_len;           /* value bytes at least */
+	uint64_t min_idle_ns;       /* idle at least */
 } kvshm_filter;
 
 /* Call fn for every entry matching f (NULL = all), shard by shard; a
  * non-zero return from fn stops the walk and is returned. */
-KVSHM_EXTERN int kvshm_list(kvshm *h, const kvshm_filter *f,
-			    int (*fn)(const kvshm_entry_info *e, void *ctx), void *ctx);
+KVSHM_EXTERN int kvshm_list(kvshm *h, const kvshm_filter *f, int (*fn)(const kvshm_entry_info *e, void *ctx),
+			    void *ctx);
 /* Delete every unpinned ready entry matching f; *count says how many. */
 KVSHM_EXTERN int kvshm_delete(kvshm *h, const kvshm_filter *f, uint64_t *count);
 
@@ -438,82 +439,93 @@ KVSHM_EXTERN int kvshm_delete(kvshm *h, const kvshm_filter *f, uint64_t *count);
  * ====================================================================== */
 
 /* Counters kept in the segment (atomics, striped). XX(name, help). */
-#define KVSHM_COUNTER_MAP(XX)                                                    \
-	XX(hits_exact, "lookups answered by an entry for every token")           \
-	XX(hits_prefix, "lookups answered by a proper prefix")                    \
-	XX(hits_partial, "lookups answered by a longer or diverging entry (partial)") \
-	XX(misses, "lookups with no stored prefix")                               \
-	XX(probes, "index probes made by lookups")                                \
-	XX(tokens_matched, "tokens covered by hits")                              \
-	XX(saves_cold, "saves published, reason cold")                            \
-	XX(saves_continued, "saves published, reason continued")                  \
-	XX(saves_finish, "saves published, reason finish")                        \
-	XX(saves_evict, "saves published, reason evict")                          \
-	XX(saves_shutdown, "saves published, reason shutdown")                    \
-	XX(saves_other, "saves published, other reasons")                         \
-	XX(saved_bytes, "value bytes published")                                  \
-	XX(dup_present, "reservations refused: key already present")              \
-	XX(dup_in_progress, "reservations refused: key being saved")              \
-	XX(cancels, "reservations given up by their writer")                      \
-	XX(expired, "reservations expired by the TTL")                            \
-	XX(evictions, "entries evicted")                                          \
-	XX(evicted_bytes, "bytes evicted")                                        \
-	XX(deletes, "entries deleted on request")                                 \
-	XX(reclaims, "dead processes reclaimed")                                  \
-	XX(reclaimed_pins, "pins released from dead processes")                   \
-	XX(reclaimed_reservations, "reservations cancelled for dead processes")   \
-	XX(reclaimed_allocs, "half-written allocations freed for dead processes") \
-	XX(reclaimed_sem, "writer-semaphore units taken back from dead processes") \
-	XX(waits, "lookups that waited for an in-progress save")                  \
-	XX(wait_hits, "waits that ended with the saved entry")                    \
-	XX(wait_timeouts, "waits that timed out")                                 \
-	XX(corrupt_rejected, "entries rejected as corrupt")                       \
-	XX(nospace, "saves refused for lack of space")                            \
-	XX(saves_dropped, "file saves dropped: every writer slot busy")           \
+#define KVSHM_COUNTER_MAP(XX)                                                            \
+	XX(hits_exact, "lookups answered by an entry for every token")                   \
+	XX(hits_prefix, "lookups answered by a proper prefix")                           \
+	XX(hits_partial, "lookups answered by a longer or diverging entry (partial)")    \
+	XX(misses, "lookups with no stored prefix")                                      \
+	XX(probes, "index probes made by lookups")                                       \
+	XX(tokens_matched, "tokens covered by hits")                                     \
+	XX(saves_cold, "saves published, reason cold")                                   \
+	XX(saves_continued, "saves published, reason continued")                         \
+	XX(saves_finish, "saves published, reason finish")                               \
+	XX(saves_evict, "saves published, reason evict")                                 \
+	XX(saves_shutdown, "saves published, reason shutdown")                           \
+	XX(saves_other, "saves published, other reasons")                                \
+	XX(saved_bytes, "value bytes published")                                         \
+	XX(dup_present, "reservations refused: key already present")                     \
+	XX(dup_in_progress, "reservations refused: key being saved")                     \
+	XX(cancels, "reservations given up by their writer")                             \
+	XX(expired, "reservations expired by the TTL")                                   \
+	XX(evictions, "entries evicted")                                                 \
+	XX(evicted_bytes, "bytes evicted")                                               \
+	XX(deletes, "entries deleted on request")                                        \
+	XX(reclaims, "dead processes reclaimed")                                         \
+	XX(reclaimed_pins, "pins released from dead processes")                          \
+	XX(reclaimed_reservations, "reservations cancelled for dead processes")          \
+	XX(reclaimed_allocs, "half-written allocations freed for dead processes")        \
+	XX(reclaimed_sem, "writer-semaphore units taken back from dead processes")       \
+	XX(waits, "lookups that waited for an in-progress save")                         \
+	XX(wait_hits, "waits that ended with the saved entry")                           \
+	XX(wait_timeouts, "waits that timed out")                                        \
+	XX(corrupt_rejected, "entries rejected as corrupt")                              \
+	XX(nospace, "saves refused for lack of space")                                   \
+	XX(saves_dropped, "file saves dropped: every writer slot busy")                  \
 	XX(load_waits, "file loads that waited for a concurrent load of the same entry") \
-	XX(demotions, "RAM entries saved to a file tier on eviction")             \
-	XX(promotions, "file entries copied up into RAM")                         \
-	XX(adopted, "valid files adopted into the index")                         \
-	XX(files_removed, "invalid or orphaned files removed")                 \
+	XX(demotions, "RAM entries saved to a file tier on eviction")                    \
+	XX(promotions, "file entries copied up into RAM")                                \
+	XX(adopted, "valid files adopted into the index")                                \
+	XX(files_removed, "invalid or orphaned files removed")                           \
 	XX(rejected, "entries a reader could not use (kvshm_reject), removed")
 
 typedef enum kvshm_counter {
 #define KVSHM_CTR_ENUM_(name, help) KVSHM_C_##name,
 	KVSHM_COUNTER_MAP(KVSHM_CTR_ENUM_)
 #undef KVSHM_CTR_ENUM_
-	KVSHM_NCOUNTERS
+		KVSHM_NCOUNTERS
 } kvshm_counter;
 
 /* Name and help text of counter i (static). */
 KVSHM_EXTERN const char *kvshm_counter_name(int i);
 KVSHM_EXTERN const char *kvshm_counter_help(int i);
 
+/*
+ * A snapshot of the cache. Callers pass their sizeof(kvshm_stats) to
+ * kvshm_stats_get, and the library fills what both know: the counters come
+ * last, so a program built against a header with fewer counters than the
+ * library keeps gets those it knows, and one built against more gets
+ * zeros for the rest (ncounters says how many the library keeps).
+ */
 typedef struct kvshm_stats {
-	uint64_t counters[KVSHM_NCOUNTERS];
-	uint64_t tier_bytes[KVSHM_NTIERS];    /* footprint of entries per tier */
+	uint64_t tier_bytes[KVSHM_NTIERS]; /* footprint of entries per tier */
 	uint64_t tier_quota[KVSHM_NTIERS];
 	uint64_t tier_entries[KVSHM_NTIERS];
 	uint64_t entries_reserved;
 	uint64_t entries_max;
 	uint64_t segment_bytes;
-	uint64_t data_bytes;                  /* slab data area */
+	uint64_t data_bytes; /* slab data area */
 	uint64_t data_free_bytes;
 	uint64_t data_largest_free;
 	double data_ext_frag, data_int_frag;
 	uint32_t procs_live, procs_max;
 	uint32_t writer_slots_used, writer_slots_max;
-	uint64_t lock_repairs;                /* EOWNERDEAD recoveries, all locks */
-	uint64_t lock_contended;              /* acquisitions that found a lock held */
+	uint64_t lock_repairs;   /* EOWNERDEAD recoveries, all locks */
+	uint64_t lock_contended; /* acquisitions that found a lock held */
 	uint32_t shards;
 	uint32_t chunk_tokens;
+	uint32_t ncounters;                 /* counters this library keeps (its KVSHM_NCOUNTERS) */
+	uint64_t counters[KVSHM_NCOUNTERS]; /* last: see above */
 } kvshm_stats;
 
-KVSHM_EXTERN int kvshm_stats_get(kvshm *h, kvshm_stats *st);
+/* Fill *st; size is sizeof(*st) as the caller was compiled (-EINVAL when it
+ * does not reach the counters). */
+KVSHM_EXTERN int kvshm_stats_get(kvshm *h, kvshm_stats *st, size_t size);
 
 #define KVSHM_CHECK_QUICK 1u /* skip payload checksums */
 
 /*
- * The consistency checker (DESIGN.md §7): every page free or owned exactly
+ * The consistency checker, the invariants the crash tests check after every
+ * kill: every page free or owned exactly
  * once; bytes per tier equal the sum of their entries; every refcount
  * equals the pins recorded in slots; no reservation without an owner slot;
  * every ready entry's checksum verifies; index chains and free lists
@@ -533,7 +545,7 @@ KVSHM_EXTERN int kvshm_stats_get(kvshm *h, kvshm_stats *st);
 KVSHM_EXTERN int kvshm_check(kvshm *h, unsigned flags);
 
 /* ======================================================================
- * Save policy: pure functions (seed 002)
+ * Save policy: when a worker should save; pure functions
  * ====================================================================== */
 
 /* Defaults: 512, 512, 30000, 2048, 32, 2048. */
@@ -548,16 +560,16 @@ KVSHM_EXTERN size_t kvshm_policy_trim(size_t n, uint32_t trim, uint32_t align);
  * and aligned), or 0 for no save. The rest is prefilled live. */
 KVSHM_EXTERN size_t kvshm_policy_cold(const kvshm_policy *p, size_t n);
 /* Continued save due at live_tokens, last saved at last_saved? */
-KVSHM_EXTERN int kvshm_policy_continued(const kvshm_policy *p, size_t live_tokens, size_t last_saved);
+KVSHM_EXTERN bool kvshm_policy_continued(const kvshm_policy *p, size_t live_tokens, size_t last_saved);
 /* Finish save at end of stream? */
-KVSHM_EXTERN int kvshm_policy_finish(const kvshm_policy *p, size_t live_tokens);
+KVSHM_EXTERN bool kvshm_policy_finish(const kvshm_policy *p, size_t live_tokens);
 
 /* ======================================================================
  * Administration: the reaper, the pressure scheduler, promotion
  * (used by kvshm-reaper and shmctl; stable like the rest of this header)
  * ====================================================================== */
 
-/* Pressure sources (seed 000). */
+/* Pressure sources: what the scheduler samples to decide that memory is short. */
 typedef enum kvshm_pressure_source {
 	KVSHM_PRESSURE_NOOP = 0,   /* never under pressure */
 	KVSHM_PRESSURE_SYSTEM = 1, /* /proc/meminfo: MemTotal - MemAvailable */
@@ -569,36 +581,36 @@ typedef enum kvshm_pressure_source {
 #define KVSHM_SCHED_COMMAND_MAX 256
 
 typedef struct kvshm_sched_config {
-	int enabled;              /* 0: checks are skipped (still forceable to sample) */
-	int source;               /* kvshm_pressure_source */
+	int enabled;                           /* 0: checks are skipped (still forceable to sample) */
+	int source;                            /* kvshm_pressure_source */
 	char command[KVSHM_SCHED_COMMAND_MAX]; /* COMMAND source; also nvidia-smi's path if set */
-	uint32_t interval_ms;     /* between checks (5000) */
-	double high_watermark;    /* evict when used/total >= this (0.85) */
-	double low_watermark;     /* ... (high - low) x total bytes (0.75) */
-	uint64_t min_evict_bytes; /* at least this much per eviction (1 MiB) */
-	unsigned tiers;           /* tiers to evict from (ram | ram_file) */
+	uint32_t interval_ms;                  /* between checks (5000) */
+	double high_watermark;                 /* evict when used/total >= this (0.85) */
+	double low_watermark;                  /* ... (high - low) x total bytes (0.75) */
+	uint64_t min_evict_bytes;              /* at least this much per eviction (1 MiB) */
+	unsigned tiers;                        /* tiers to evict from (ram | ram_file) */
 } kvshm_sched_config;
 
 /* Result of the last check. */
 typedef enum kvshm_sched_result {
 	KVSHM_SCHED_NONE = 0,
 	KVSHM_SCHED_DISABLED,
-	KVSHM_SCHED_BELOW,         /* under the high watermark */
+	KVSHM_SCHED_BELOW, /* under the high watermark */
 	KVSHM_SCHED_EVICTED,
-	KVSHM_SCHED_NOTHING,       /* above, but nothing evictable */
-	KVSHM_SCHED_ERROR          /* the source could not be read */
+	KVSHM_SCHED_NOTHING, /* above, but nothing evictable */
+	KVSHM_SCHED_ERROR    /* the source could not be read */
 } kvshm_sched_result;
 
 typedef struct kvshm_sched_status {
 	kvshm_sched_config config;
 	uint64_t last_used, last_total; /* last sample */
 	double last_ratio;
-	uint64_t sampled_ns;           /* CLOCK_REALTIME of the last sample, 0 = never */
+	uint64_t sampled_ns; /* CLOCK_REALTIME of the last sample, 0 = never */
 	uint64_t last_evicted_bytes;
 	uint64_t last_evicted_entries;
-	uint64_t last_evicted_ns;      /* CLOCK_REALTIME of the last eviction, 0 = never */
-	int last_result;               /* kvshm_sched_result */
-	uint64_t checks, evictions;    /* totals */
+	uint64_t last_evicted_ns;   /* CLOCK_REALTIME of the last eviction, 0 = never */
+	int last_result;            /* kvshm_sched_result */
+	uint64_t checks, evictions; /* totals */
 	char last_error[128];
 } kvshm_sched_status;
 
@@ -621,7 +633,8 @@ KVSHM_EXTERN int kvshm_sched_check(kvshm *h, int force, kvshm_sched_status *st);
 KVSHM_EXTERN int kvshm_pressure_sample(int source, const char *command, uint64_t *used, uint64_t *total);
 
 /*
- * Promotion (seed 003): a pluggable scorer rates entries in [0, 1]; an
+ * Promotion, moving entries hit often in a slower tier up without letting
+ * them flap: a pluggable scorer rates entries in [0, 1]; an
  * entry of a slower tier is promoted when the faster tier has room, or
  * when the weakest resident there scores below `floor` and the candidate
  * beats it by at least `gap`; an entry moved once is not moved again for
@@ -630,9 +643,9 @@ KVSHM_EXTERN int kvshm_pressure_sample(int source, const char *command, uint64_t
  */
 typedef double (*kvshm_scorer_fn)(const kvshm_entry_info *e, void *ctx);
 typedef struct kvshm_promote_config {
-	double floor;       /* 0.5 */
-	double gap;         /* 0.2 */
-	double cooldown_s;  /* 300 */
+	double floor;      /* 0.5 */
+	double gap;        /* 0.2 */
+	double cooldown_s; /* 300 */
 	kvshm_scorer_fn scorer;
 	void *scorer_ctx;
 } kvshm_promote_config;
@@ -651,17 +664,18 @@ typedef struct kvshm_promote_cand {
  * out_promote[i] (a candidate id) displaces out_demote[i] (a resident id,
  * or UINT32_MAX when it fits in free space). Returns the number chosen.
  */
-KVSHM_EXTERN size_t kvshm_promote_plan(const kvshm_promote_config *c, const kvshm_promote_cand *residents,
-				       size_t nres, const kvshm_promote_cand *cands, size_t ncand,
-				       uint64_t free_bytes, uint32_t *out_promote, uint32_t *out_demote,
-				       size_t max_moves);
+KVSHM_EXTERN size_t kvshm_promote_plan(const kvshm_promote_config *c, const kvshm_promote_cand *residents, size_t nres,
+				       const kvshm_promote_cand *cands, size_t ncand, uint64_t free_bytes,
+				       uint32_t *out_promote, uint32_t *out_demote, size_t max_moves);
 
 /*
- * The writer semaphore (seed 001): bounded concurrency for file saves.
+ * The writer semaphore: bounded concurrency for file saves (a file save
+ * takes a unit first, so no more than writer_slots write at once).
  * Each unit held is recorded in the handle's process slot, so a holder that
  * dies never leaks one. acquire waits with backoff up to timeout_ms
  * (reclaiming dead holders when it finds the semaphore full) and returns
- * KVSHM_EBUSY after it; release returns -ENOENT if the handle holds none.
+ * KVSHM_EBUSY after it; release returns KVSHM_ENOTFOUND if the handle holds
+ * none.
  */
 KVSHM_EXTERN int kvshm_writer_acquire(kvshm *h, uint32_t timeout_ms);
 KVSHM_EXTERN int kvshm_writer_release(kvshm *h);
@@ -734,7 +748,8 @@ typedef struct kvshm_proc_info {
 KVSHM_EXTERN int kvshm_procs(kvshm *h, int (*fn)(const kvshm_proc_info *p, void *ctx), void *ctx);
 
 /* The entry whose 128-bit key hash is key (as kvshm_list shows it), any
- * tier; its tokens (up to max_tokens, may be NULL) copied out. -ENOENT. */
+ * tier; its tokens (up to max_tokens, may be NULL) copied out.
+ * KVSHM_ENOTFOUND when there is none. */
 KVSHM_EXTERN int kvshm_find_key(kvshm *h, const uint8_t key[16], int tier, kvshm_entry_info *out, uint32_t *tokens,
 				size_t max_tokens);
 
@@ -742,8 +757,8 @@ KVSHM_EXTERN int kvshm_find_key(kvshm *h, const uint8_t key[16], int tier, kvshm
 typedef struct kvshm_fsck_report {
 	uint64_t files, valid, invalid, temps, rows, rows_without_file, files_without_row;
 	uint64_t removed, adopted, rows_dropped;
-	int index_damaged;        /* tdb_check failed (repacked when repairing) */
-	int keys_checked;         /* the directory names its hash seed and chunk size */
+	int index_damaged; /* tdb_check failed (repacked when repairing) */
+	int keys_checked;  /* the directory names its hash seed and chunk size */
 	char first_problem[256];
 } kvshm_fsck_report;
 /*
@@ -760,9 +775,9 @@ KVSHM_EXTERN int kvshm_fsck(const char *dir, int repair, kvshm_fsck_report *rep)
 typedef struct kvshm_reaper kvshm_reaper;
 
 typedef struct kvshm_reaper_opts {
-	uint32_t poll_ms;           /* longest sleep between table scans (50) */
-	uint32_t prune_interval_ms; /* prune pass period (30000) */
-	uint64_t max_age_s;         /* prune ready entries older than this (0: never) */
+	uint32_t poll_ms;             /* longest sleep between table scans (50) */
+	uint32_t prune_interval_ms;   /* prune pass period (30000) */
+	uint64_t max_age_s;           /* prune ready entries older than this (0: never) */
 	uint32_t promote_interval_ms; /* promotion pass period when file tiers exist (10000; 0: off) */
 	/* Log sink: level is a syslog priority (LOG_ERR .. LOG_DEBUG). */
 	void (*log)(int level, const char *msg, void *ctx);
@@ -773,14 +788,17 @@ typedef struct kvshm_reaper_opts {
  * kvshm_reaper_stats: a reclaim taking t counts in the first bucket whose
  * bound is >= t, or in the last one (+Inf). Usual reclaims take tens to
  * hundreds of microseconds; the tail shows a stalled or starved reaper. */
-#define KVSHM_RECLAIM_BUCKETS_US {50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 100000, 1000000}
+#define KVSHM_RECLAIM_BUCKETS_US                                                   \
+	{                                                                          \
+		50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 100000, 1000000 \
+	}
 #define KVSHM_RECLAIM_NBUCKETS 12 /* the 11 bounds, then +Inf */
 
 typedef struct kvshm_reaper_stats {
 	uint64_t loops, reclaims, prunes, sched_checks;
-	uint64_t last_reclaim_ns;   /* death noticed (pidfd readable) → slot free, ns */
-	uint32_t tracked;           /* processes with an open pidfd */
-	uint64_t reclaim_ns_sum;    /* every reclaim's latency (as last_reclaim_ns), summed */
+	uint64_t last_reclaim_ns;                      /* death noticed (pidfd readable) → slot free, ns */
+	uint32_t tracked;                              /* processes with an open pidfd */
+	uint64_t reclaim_ns_sum;                       /* every reclaim's latency (as last_reclaim_ns), summed */
 	uint64_t reclaim_hist[KVSHM_RECLAIM_NBUCKETS]; /* reclaims per latency bucket (not cumulative) */
 } kvshm_reaper_stats;
 
@@ -788,7 +806,8 @@ KVSHM_EXTERN void kvshm_reaper_opts_init(kvshm_reaper_opts *o);
 /*
  * Become the reaper of h's cache: KVSHM_EREAPER when another live process
  * already is (its pid in kvshm_last_error()). A reaper that died is taken
- * over. Runs a prune pass at once (seed 004: prune at start).
+ * over. Runs a prune pass at once (kvshm_prune), then one every
+ * prune_interval_ms.
  */
 KVSHM_EXTERN int kvshm_reaper_start(kvshm *h, const kvshm_reaper_opts *o, kvshm_reaper **out);
 /* One loop: track new processes (pidfd), wait up to timeout_ms for a
@@ -796,16 +815,23 @@ KVSHM_EXTERN int kvshm_reaper_start(kvshm *h, const kvshm_reaper_opts *o, kvshm_
 KVSHM_EXTERN int kvshm_reaper_poll(kvshm_reaper *r, uint32_t timeout_ms);
 /* Loop until *stop becomes non-zero (set it from a signal handler). */
 KVSHM_EXTERN int kvshm_reaper_run(kvshm_reaper *r, volatile int *stop);
-KVSHM_EXTERN void kvshm_reaper_get_stats(const kvshm_reaper *r, kvshm_reaper_stats *st);
+KVSHM_EXTERN void kvshm_reaper_stats_get(const kvshm_reaper *r, kvshm_reaper_stats *st);
 /* Change poll, prune and max-age settings of a running reaper (SIGHUP). */
-KVSHM_EXTERN void kvshm_reaper_set_opts(kvshm_reaper *r, const kvshm_reaper_opts *o);
+KVSHM_EXTERN void kvshm_reaper_opts_set(kvshm_reaper *r, const kvshm_reaper_opts *o);
 /* Stop being the reaper (the handle stays open). */
 KVSHM_EXTERN void kvshm_reaper_stop(kvshm_reaper *r);
 /* The pid of the cache's live reaper, or 0. */
 KVSHM_EXTERN uint32_t kvshm_reaper_pid(kvshm *h);
+/* What a prune did. */
+typedef struct kvshm_prune_report {
+	uint64_t expired;       /* reservations expired by the TTL */
+	uint64_t aged;          /* ready entries older than max_age_s, dropped */
+	uint64_t evicted;       /* entries evicted to bring tiers under quota */
+	uint64_t evicted_bytes; /* their footprint */
+} kvshm_prune_report;
 /* Prune now: expire reservations, drop entries older than max_age_s
- * (0: none), bring tiers under quota. */
-KVSHM_EXTERN int kvshm_prune(kvshm *h, uint64_t max_age_s, uint64_t *expired, uint64_t *aged);
+ * (0: none), bring every tier under its quota. rep may be NULL. */
+KVSHM_EXTERN int kvshm_prune(kvshm *h, uint64_t max_age_s, kvshm_prune_report *rep);
 /* Reclaim every dead process's slot now (what the reaper does on a death,
  * for a worker when no reaper runs). Returns how many were reclaimed. */
 KVSHM_EXTERN int kvshm_sweep(kvshm *h);

@@ -8,6 +8,7 @@
  * loaded"; so the directory libllama itself was loaded from (dladdr on
  * one of its functions) is searched explicitly. Also the error record of
  * this library.
+ * Not keys or sequences (llama/key.c, llama/seq.c).
  */
 #include <dlfcn.h>
 #include <errno.h>

@@ -1,6 +1,7 @@
 /*
  * llama/internal.h — what the files of libkvshm-llama share: the failure
  * record behind kvshm_llama_last_error().
+ * Not for programs, which use include/kvshm-llama.h.
  */
 #ifndef KVSHM_LLAMA_INTERNAL_H
 #define KVSHM_LLAMA_INTERNAL_H

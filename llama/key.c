@@ -21,6 +21,7 @@
  *                every context setting that changes the state's format or
  *                values, plus the engine's version and state format
  *                version, plus a caller's salt.
+ * Not restoring or saving a sequence (llama/seq.c).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -70,8 +71,9 @@ KVSHM_EXTERN int kvshm_llama_fingerprint(const char *path, uint8_t out[32])
 	}
 	uint64_t off = gguf_get_data_offset(g);
 	if (off > (uint64_t)sb.st_size) {
-		err = kvshm__llama_fail(KVSHM_ENOTMODEL, "%s: truncated GGUF (data offset %llu past the end, %lld bytes)",
-					path, (unsigned long long)off, (long long)sb.st_size);
+		err = kvshm__llama_fail(KVSHM_ENOTMODEL,
+					"%s: truncated GGUF (data offset %llu past the end, %lld bytes)", path,
+					(unsigned long long)off, (long long)sb.st_size);
 		goto out;
 	}
 	enum { BUF = 4 << 20 };
@@ -92,7 +94,8 @@ KVSHM_EXTERN int kvshm_llama_fingerprint(const char *path, uint8_t out[32])
 				continue;
 			if (got <= 0) {
 				err = kvshm__llama_fail(got < 0 ? -errno : -EIO, "%s: read at %llu: %s", path,
-							(unsigned long long)pos, got < 0 ? strerror(errno) : "file shrank");
+							(unsigned long long)pos,
+							got < 0 ? strerror(errno) : "file shrank");
 				goto out;
 			}
 			XXH3_128bits_update(&st, buf, (size_t)got);

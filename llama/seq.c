@@ -36,7 +36,7 @@ struct kvshm_llama {
 	struct llama_context *ctx;
 	kvshm_llama_config cfg;
 	kvshm_model key;
-	size_t *last_saved;   /* per sequence: tokens covered by its last save or restore */
+	size_t *last_saved; /* per sequence: tokens covered by its last save or restore */
 	kvshm_llama_stats st;
 };
 
@@ -62,7 +62,8 @@ KVSHM_EXTERN int kvshm_llama_open(kvshm *cache, struct llama_context *ctx, const
 	if (!cache || !ctx || !cp || !cfg || !out)
 		return kvshm__llama_fail(-EINVAL, "open: NULL argument");
 	if (cfg->keep_tail < 1)
-		return kvshm__llama_fail(-EINVAL, "open: keep_tail must be at least 1 (the last prompt token gives the logits)");
+		return kvshm__llama_fail(-EINVAL,
+					 "open: keep_tail must be at least 1 (the last prompt token gives the logits)");
 	if (cfg->tier < 0 || cfg->tier >= KVSHM_NTIERS)
 		return kvshm__llama_fail(-EINVAL, "open: tier %d is not a kvshm tier", cfg->tier);
 	int err = kvshm_policy_validate(&cfg->policy);
@@ -131,12 +132,13 @@ KVSHM_EXTERN int kvshm_llama_state_load(struct llama_context *ctx, llama_seq_id 
 	size_t have = seq_len(ctx, seq);
 	if (have != stored) {
 		llama_memory_seq_rm(mem, seq, -1, -1);
-		return kvshm__llama_fail(KVSHM_EENGINE, "state load: the state holds %zu tokens, its key says %zu", have,
-					 stored);
+		return kvshm__llama_fail(KVSHM_EENGINE, "state load: the state holds %zu tokens, its key says %zu",
+					 have, stored);
 	}
 	if (keep < stored && !llama_memory_seq_rm(mem, seq, (llama_pos)keep, -1)) {
 		llama_memory_seq_rm(mem, seq, -1, -1);
-		return kvshm__llama_fail(KVSHM_EENGINE, "state load: the engine cannot cut the state to %zu tokens", keep);
+		return kvshm__llama_fail(KVSHM_EENGINE, "state load: the engine cannot cut the state to %zu tokens",
+					 keep);
 	}
 	return 0;
 }
@@ -233,7 +235,8 @@ KVSHM_EXTERN int kvshm_llama_save(kvshm_llama *a, llama_seq_id seq, const llama_
 	if (w != size) {
 		kvshm_cancel(a->cache, &r);
 		a->st.save_errors++;
-		return kvshm__llama_fail(KVSHM_EENGINE, "save: llama_state_seq_get_data wrote %zu of %zu bytes", w, size);
+		return kvshm__llama_fail(KVSHM_EENGINE, "save: llama_state_seq_get_data wrote %zu of %zu bytes", w,
+					 size);
 	}
 	if ((err = kvshm_publish(a->cache, &r)) < 0) {
 		a->st.save_errors++;
@@ -279,8 +282,7 @@ KVSHM_EXTERN int kvshm_llama_finish(kvshm_llama *a, llama_seq_id seq, const llam
 	return save_due(a, seq, tokens, n, KVSHM_REASON_FINISH);
 }
 
-KVSHM_EXTERN int kvshm_llama_release(kvshm_llama *a, llama_seq_id seq, const llama_token *tokens, size_t n,
-				     int reason)
+KVSHM_EXTERN int kvshm_llama_release(kvshm_llama *a, llama_seq_id seq, const llama_token *tokens, size_t n, int reason)
 {
 	if (!a || !seq_ok(a, seq))
 		return kvshm__llama_fail(-EINVAL, "release: bad argument (seq %d)", (int)seq);

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Install what kvshm needs on Debian 12, and nothing that is already there.
-#   scripts/deps.sh build    compiler, pkg-config, libbsd, tdb, cmocka, xxhash,
+#   scripts/deps.sh build    compiler, pkg-config, libbsd, tdb, cmocka, jansson
+#                            (test_shmctl reads --json with it), xxhash,
 #                            hiredis (the remote tier's client, remote/),
 #                            libmicrohttpd (kvshm-reaper --metrics-listen); tmux
 #                            (test_shmctl drives `shmctl top` in it)
@@ -20,7 +21,7 @@
 # build/llama/ does not hold it already (a second run fetches nothing).
 set -eu
 
-build_pkgs="gcc make pkg-config libbsd-dev libtdb-dev libcmocka-dev libxxhash-dev libmicrohttpd-dev libhiredis-dev tdb-tools procps tmux"
+build_pkgs="gcc make pkg-config libbsd-dev libtdb-dev libcmocka-dev libjansson-dev libxxhash-dev libmicrohttpd-dev libhiredis-dev tdb-tools procps tmux"
 remote_pkgs="redis-server redis-tools"
 bench_pkgs="redis-server memcached libhiredis-dev libmemcached-dev liblmdb-dev"
 python_pkgs="python3 python3-venv python3-pip python3-dev python3-setuptools python3-wheel python3-pytest"

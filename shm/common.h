@@ -2,6 +2,7 @@
  * shm/common.h — what every file of the shm/ layer (and core/ above it)
  * shares: alignment helpers, the internal error reporter, the crash-point
  * macro and time helpers. No cache meaning lives here.
+ * Not for anything that knows what an entry is (core/).
  */
 #ifndef KVSHM_SHM_COMMON_H
 #define KVSHM_SHM_COMMON_H
@@ -20,8 +21,8 @@
 #define KVSHM_CACHELINE 64
 #define KVSHM_ALIGNED __attribute__((aligned(KVSHM_CACHELINE)))
 
-#define KVSHM_ALIGN_UP(x, a) (((x) + ((a) - 1)) & ~((uint64_t)(a) - 1))
-#define KVSHM_IS_POW2(x) ((x) != 0 && (((x) & ((x) - 1)) == 0))
+#define KVSHM_ALIGN_UP(x, a) (((x) + ((a)-1)) & ~((uint64_t)(a)-1))
+#define KVSHM_IS_POW2(x) ((x) != 0 && (((x) & ((x)-1)) == 0))
 #define KVSHM_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define KVSHM_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define KVSHM_MAX(a, b) ((a) > (b) ? (a) : (b))
@@ -35,6 +36,11 @@
  * errno is preserved.
  */
 int kvshm__fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* This process across fork() (shm/self.c): its pid, kept current, and a
+ * generation bumped in every child. */
+uint32_t kvshm__self_pid(void);
+uint64_t kvshm__fork_gen(void);
 
 /* CLOCK_MONOTONIC and CLOCK_REALTIME in nanoseconds. */
 uint64_t kvshm__now_ns(void);

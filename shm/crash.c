@@ -21,10 +21,10 @@ enum crash_mode { MODE_UNSET, MODE_OFF, MODE_NAMED, MODE_ANY, MODE_RANDOM };
 
 static _Atomic int mode = MODE_UNSET;
 static char target[128];
-static uint64_t target_hit;     /* die on this hit (1-based) */
-static _Atomic uint64_t hits;   /* hits counted toward target */
-static uint64_t per_million;    /* MODE_RANDOM probability */
-static _Atomic uint64_t rng;    /* MODE_RANDOM state (splitmix64) */
+static uint64_t target_hit;   /* die on this hit (1-based) */
+static _Atomic uint64_t hits; /* hits counted toward target */
+static uint64_t per_million;  /* MODE_RANDOM probability */
+static _Atomic uint64_t rng;  /* MODE_RANDOM state (splitmix64) */
 static int log_fd = -1;
 
 static void parse_env(void)

@@ -1,6 +1,7 @@
 /*
  * shm/error.c — the library's one error space: kvshm_strerror(),
  * kvshm_err_name(), and the per-thread detail behind kvshm_last_error().
+ * Not the codes themselves (include/kvshm.h: KVSHM_ERRNO_MAP).
  */
 #include <stdarg.h>
 #include <stdio.h>

@@ -42,8 +42,7 @@ int kvshm__futex_wait(_Atomic uint32_t *word, uint32_t expected, uint64_t deadli
 			v |= KVSHM_FUTEX_WAITERS;
 		}
 		/* FUTEX_WAIT_BITSET takes an absolute deadline on CLOCK_MONOTONIC. */
-		long r = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_BITSET, v, tsp, NULL,
-				 FUTEX_BITSET_MATCH_ANY);
+		long r = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_BITSET, v, tsp, NULL, FUTEX_BITSET_MATCH_ANY);
 		if (r == 0)
 			return 0;
 		if (errno == ETIMEDOUT)

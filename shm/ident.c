@@ -8,7 +8,9 @@
  * copies the table mid-change, and a claim registers its descriptor the
  * moment it opens it). An inherited descriptor would keep the parent's
  * lock, and so its slot, alive after the parent died.
+ * Not the process table that records identities (shm/proc.c).
  */
+#include <assert.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -256,18 +258,31 @@ struct held {
 };
 
 static pthread_mutex_t held_mu = PTHREAD_MUTEX_INITIALIZER;
+static _Thread_local bool held_mu_mine; /* this thread holds held_mu: for assert() */
+
+static void held_lock(void)
+{
+	pthread_mutex_lock(&held_mu);
+	held_mu_mine = true;
+}
+
+static void held_unlock(void)
+{
+	held_mu_mine = false;
+	pthread_mutex_unlock(&held_mu);
+}
 static pthread_once_t held_once = PTHREAD_ONCE_INIT;
 static struct held *held;
 static size_t nheld, held_cap;
 
 static void held_prepare(void)
 {
-	pthread_mutex_lock(&held_mu);
+	held_lock();
 }
 
 static void held_parent(void)
 {
-	pthread_mutex_unlock(&held_mu);
+	held_unlock();
 }
 
 /* The child owns none of its parent's slots: close every lock descriptor
@@ -277,7 +292,7 @@ static void held_child(void)
 	for (size_t i = 0; i < nheld; i++)
 		close(held[i].fd);
 	nheld = 0;
-	pthread_mutex_unlock(&held_mu);
+	held_unlock();
 }
 
 static void held_init(void)
@@ -288,6 +303,7 @@ static void held_init(void)
 /* Remove entry i (held_mu held); returns its fd. */
 static int held_remove_locked(size_t i)
 {
+	assert(held_mu_mine);
 	int fd = held[i].fd;
 	held[i] = held[--nheld];
 	return fd;
@@ -301,7 +317,7 @@ int kvshm__slotlock_open(struct kvshm__seg *s)
 	/* /proc/self/fd reopens the very file we mapped, even if its name
 	 * now belongs to another segment: a new description of the same inode. */
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", s->fd);
-	pthread_mutex_lock(&held_mu);
+	held_lock();
 	if (nheld == held_cap) {
 		size_t nc = held_cap ? 2 * held_cap : 8;
 		struct held *p = realloc(held, nc * sizeof(*p));
@@ -319,7 +335,7 @@ int kvshm__slotlock_open(struct kvshm__seg *s)
 	}
 	held[nheld++] = (struct held){.s = NULL, .idx = UINT32_MAX, .fd = fd};
 out:
-	pthread_mutex_unlock(&held_mu);
+	held_unlock();
 	return err < 0 ? err : fd;
 }
 
@@ -328,52 +344,52 @@ int kvshm__slotlock_take(int fd, const struct kvshm__seg *s, uint32_t idx)
 	struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = (off_t)idx, .l_len = 1};
 	if (fcntl(fd, F_OFD_SETLK, &fl) < 0)
 		return (errno == EAGAIN || errno == EACCES) ? -EAGAIN : -errno;
-	pthread_mutex_lock(&held_mu);
+	held_lock();
 	for (size_t i = 0; i < nheld; i++)
 		if (held[i].fd == fd) {
 			held[i].s = s;
 			held[i].idx = idx;
 		}
-	pthread_mutex_unlock(&held_mu);
+	held_unlock();
 	return 0;
 }
 
 void kvshm__slotlock_close(int fd)
 {
-	pthread_mutex_lock(&held_mu);
+	held_lock();
 	for (size_t i = 0; i < nheld; i++)
 		if (held[i].fd == fd) {
 			held_remove_locked(i);
 			break;
 		}
-	pthread_mutex_unlock(&held_mu);
+	held_unlock();
 	close(fd);
 }
 
 void kvshm__slotlock_drop(const struct kvshm__seg *s, uint32_t idx)
 {
 	int fd = -1;
-	pthread_mutex_lock(&held_mu);
+	held_lock();
 	for (size_t i = 0; i < nheld; i++)
 		if (held[i].s == s && held[i].idx == idx) {
 			fd = held_remove_locked(i);
 			break;
 		}
-	pthread_mutex_unlock(&held_mu);
+	held_unlock();
 	if (fd >= 0)
 		close(fd);
 }
 
 void kvshm__slotlock_drop_all(const struct kvshm__seg *s)
 {
-	pthread_mutex_lock(&held_mu);
+	held_lock();
 	for (size_t i = 0; i < nheld;) {
 		if (held[i].s == s)
 			close(held_remove_locked(i));
 		else
 			i++;
 	}
-	pthread_mutex_unlock(&held_mu);
+	held_unlock();
 }
 
 int kvshm__slotlock_held(const struct kvshm__seg *s, uint32_t idx)

@@ -49,9 +49,9 @@ enum { KVSHM_IDENT_NONE = 0, KVSHM_IDENT_PIDFS = 1, KVSHM_IDENT_LOCK = 2 };
 /* What names a process beyond its pid (a slot's record of its owner). */
 struct kvshm__ident {
 	uint32_t pid;
-	uint32_t kind;        /* KVSHM_IDENT_* */
-	uint64_t start_time;  /* clock ticks since boot (/proc/PID/stat field 22) */
-	uint64_t pidfs_ino;   /* PIDFS: inode of a pidfd for the process; else 0 */
+	uint32_t kind;       /* KVSHM_IDENT_* */
+	uint64_t start_time; /* clock ticks since boot (/proc/PID/stat field 22) */
+	uint64_t pidfs_ino;  /* PIDFS: inode of a pidfd for the process; else 0 */
 };
 
 /* pidfd_open(2), or -errno. */

@@ -1,6 +1,7 @@
 /*
  * shm/lock.c — robust locks, the undo journal and its rollback. See
  * shm/lock.h for the protocol.
+ * Not what the locks guard: each lock class's repair is its owner's.
  */
 #include <linux/futex.h>
 #include <pthread.h>
@@ -13,28 +14,6 @@
 
 #include "shm/lock.h"
 
-/* ---- our pid, kept current across fork ----------------------------------- */
-
-static _Atomic uint32_t self_pid;
-static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
-
-static void pid_after_fork(void)
-{
-	atomic_store(&self_pid, (uint32_t)getpid());
-}
-
-static void pid_init(void)
-{
-	atomic_store(&self_pid, (uint32_t)getpid());
-	pthread_atfork(NULL, NULL, pid_after_fork);
-}
-
-uint32_t kvshm__self_pid(void)
-{
-	pthread_once(&pid_once, pid_init);
-	return atomic_load_explicit(&self_pid, memory_order_relaxed);
-}
-
 /* ---- ownership tracking and lock order (test builds) --------------------- */
 
 #ifdef KVSHM_TEST
@@ -44,10 +23,12 @@ static _Thread_local int nheld;
 
 static void order_check(const struct kvshm__lock *lk)
 {
+	if (lk->rank == KVSHM_RANK_UNORDERED)
+		return;
 	for (int i = 0; i < nheld; i++) {
 		if (held[i] == lk || held[i]->rank >= lk->rank) {
-			fprintf(stderr, "kvshm: lock order violation: taking rank %u while holding rank %u\n",
-				lk->rank, held[i]->rank);
+			fprintf(stderr, "kvshm: lock order violation: taking rank %u while holding rank %u\n", lk->rank,
+				held[i]->rank);
 			abort();
 		}
 	}
@@ -59,11 +40,14 @@ static void order_check(const struct kvshm__lock *lk)
 
 static void note_held(const struct kvshm__lock *lk)
 {
-	held[nheld++] = lk;
+	if (lk->rank != KVSHM_RANK_UNORDERED)
+		held[nheld++] = lk;
 }
 
 static void note_released(const struct kvshm__lock *lk)
 {
+	if (lk->rank == KVSHM_RANK_UNORDERED)
+		return;
 	for (int i = 0; i < nheld; i++) {
 		if (held[i] == lk) {
 			held[i] = held[--nheld];
@@ -82,9 +66,18 @@ bool kvshm__lock_held(const struct kvshm__lock *lk)
 	return false;
 }
 #else
-static inline void order_check(const struct kvshm__lock *lk) { (void)lk; }
-static inline void note_held(const struct kvshm__lock *lk) { (void)lk; }
-static inline void note_released(const struct kvshm__lock *lk) { (void)lk; }
+static inline void order_check(const struct kvshm__lock *lk)
+{
+	(void)lk;
+}
+static inline void note_held(const struct kvshm__lock *lk)
+{
+	(void)lk;
+}
+static inline void note_released(const struct kvshm__lock *lk)
+{
+	(void)lk;
+}
 bool kvshm__lock_held(const struct kvshm__lock *lk)
 {
 	(void)lk;
@@ -262,11 +255,12 @@ static int after_lock(struct kvshm__seg *s, struct kvshm__lock *lk, int r, bool 
 		*repaired = false;
 	if (r == ETIMEDOUT)
 		return kvshm__fail(KVSHM_EBUSY, "lock class %u rank %u: held by thread %d (pid %u) for over %u ms",
-				   lk->cls, lk->rank, __atomic_load_n(&lk->mu.__data.__lock, __ATOMIC_RELAXED) & FUTEX_TID_MASK,
+				   lk->cls, lk->rank,
+				   __atomic_load_n(&lk->mu.__data.__lock, __ATOMIC_RELAXED) & FUTEX_TID_MASK,
 				   atomic_load_explicit(&lk->owner_pid, memory_order_relaxed), atomic_load(&giveup_ms));
 	if (r != 0 && r != EOWNERDEAD)
-		return kvshm__fail(r == ENOTRECOVERABLE ? KVSHM_ECORRUPT : -r, "lock class %u rank %u",
-				   lk->cls, lk->rank);
+		return kvshm__fail(r == ENOTRECOVERABLE ? KVSHM_ECORRUPT : -r, "lock class %u rank %u", lk->cls,
+				   lk->rank);
 	note_held(lk);
 	atomic_store_explicit(&lk->owner_pid, kvshm__self_pid(), memory_order_relaxed);
 	if (r == EOWNERDEAD) {
@@ -288,8 +282,8 @@ static int after_lock(struct kvshm__seg *s, struct kvshm__lock *lk, int r, bool 
 	}
 	if (err < 0) {
 		kvshm__lock_release(s, lk);
-		return kvshm__fail(KVSHM_ECORRUPT, "lock class %u rank %u: repair failed (%s)", lk->cls,
-				   lk->rank, kvshm_strerror(err));
+		return kvshm__fail(KVSHM_ECORRUPT, "lock class %u rank %u: repair failed (%s)", lk->cls, lk->rank,
+				   kvshm_strerror(err));
 	}
 	return 0;
 }

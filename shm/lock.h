@@ -46,17 +46,23 @@ struct kvshm__jrec {
 };
 
 struct kvshm__lock {
-	pthread_mutex_t mu;          /* robust, process-shared */
-	_Atomic uint32_t owner_pid;  /* holder's pid, 0 when free: for inspection only */
-	uint16_t cls;                /* repair class, index into seg->repair[] */
-	uint16_t rank;               /* lock-order rank: acquire in increasing rank */
-	uint32_t arg;                /* class argument (e.g. shard index) */
-	_Atomic uint32_t repairs;    /* EOWNERDEAD recoveries of this lock */
-	_Atomic uint64_t contended;  /* acquisitions that found it held */
-	_Atomic uint32_t jn;         /* journal records in use: holder only */
-	_Atomic uint32_t damaged;    /* last repair failed: every acquire retries it */
+	pthread_mutex_t mu;                      /* robust, process-shared */
+	_Atomic uint32_t owner_pid;              /* holder's pid, 0 when free: for inspection only */
+	uint16_t cls;                            /* repair class, index into seg->repair[] */
+	uint16_t rank;                           /* lock-order rank: acquire in increasing rank */
+	uint32_t arg;                            /* class argument (e.g. shard index) */
+	_Atomic uint32_t repairs;                /* EOWNERDEAD recoveries of this lock */
+	_Atomic uint64_t contended;              /* acquisitions that found it held */
+	_Atomic uint32_t jn;                     /* journal records in use: holder only */
+	_Atomic uint32_t damaged;                /* last repair failed: every acquire retries it */
 	struct kvshm__jrec j[KVSHM_JOURNAL_MAX]; /* holder only */
 } KVSHM_ALIGNED;
+
+/* The rank of a lock that is a liveness token rather than a data lock: held
+ * for a process's whole life, try-locked, guarding no data. It goes through
+ * the same acquire and release (repair on a dead owner included) but is
+ * outside the order checks, and kvshm__lock_held does not track it. */
+#define KVSHM_RANK_UNORDERED 0xffffu
 
 /* Initialise a lock in fresh segment memory (creation time only). */
 int kvshm__lock_init(struct kvshm__lock *lk, uint16_t cls, uint16_t rank, uint32_t arg);
@@ -97,8 +103,5 @@ int kvshm__lock_rollback(struct kvshm__seg *s, struct kvshm__lock *lk);
 /* True when this thread holds lk (test builds track ownership; release
  * builds always answer true). For assert() at the top of _locked functions. */
 bool kvshm__lock_held(const struct kvshm__lock *lk);
-
-/* The pid of this process, kept current across fork. */
-uint32_t kvshm__self_pid(void);
 
 #endif

@@ -1,6 +1,8 @@
 /*
  * shm/proc.c — the process table. See shm/proc.h; who owns a slot and
  * whether it is alive is shm/ident.c's.
+ * Not what a slot's owner holds beyond its records (the caller's
+ * extension).
  */
 #include <limits.h>
 #include <string.h>
@@ -15,8 +17,8 @@ uint64_t kvshm__proc_region_size(uint32_t nslots, uint32_t ext_size)
 	return KVSHM_ALIGN_UP(sizeof(struct kvshm__proctab), KVSHM_CACHELINE) + stride * nslots;
 }
 
-int kvshm__proc_init(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32_t nslots,
-		     uint32_t ext_size, uint16_t lock_cls, uint16_t lock_rank)
+int kvshm__proc_init(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32_t nslots, uint32_t ext_size,
+		     uint16_t lock_cls, uint16_t lock_rank)
 {
 	int err = kvshm__lock_init(&tab->lk, lock_cls, lock_rank, 0);
 	if (err < 0)
@@ -33,10 +35,10 @@ int kvshm__proc_init(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32_t 
 int kvshm__proc_verify(const struct kvshm__seg *s, const struct kvshm__proctab *tab)
 {
 	if (tab->nslots == 0 || tab->stride < sizeof(struct kvshm__slot) || tab->stride % KVSHM_CACHELINE ||
-	    tab->slots_off % KVSHM_CACHELINE ||
+	    tab->slots_off % KVSHM_CACHELINE || tab->slots_off < kvshm__off(s, tab) + sizeof(*tab) ||
 	    !kvshm__at(s, tab->slots_off, (uint64_t)tab->stride * tab->nslots))
-		return kvshm__fail(KVSHM_ECORRUPT, "process table geometry (%u slots of %u bytes at %llu)",
-				   tab->nslots, tab->stride, (unsigned long long)tab->slots_off);
+		return kvshm__fail(KVSHM_ECORRUPT, "process table geometry (%u slots of %u bytes at %llu)", tab->nslots,
+				   tab->stride, (unsigned long long)tab->slots_off);
 	return 0;
 }
 
@@ -51,8 +53,7 @@ uint32_t kvshm__proc_live(const struct kvshm__seg *s, const struct kvshm__procta
 	return n;
 }
 
-struct kvshm__slot *kvshm__proc_slot(const struct kvshm__seg *s, const struct kvshm__proctab *tab,
-				     uint32_t idx)
+struct kvshm__slot *kvshm__proc_slot(const struct kvshm__seg *s, const struct kvshm__proctab *tab, uint32_t idx)
 {
 	if (idx >= tab->nslots)
 		return NULL;
@@ -75,8 +76,7 @@ void kvshm__proc_ident(const struct kvshm__slot *sl, struct kvshm__ident *id)
 	id->pidfs_ino = __atomic_load_n(&sl->pidfs_ino, __ATOMIC_RELAXED);
 }
 
-int kvshm__proc_slot_alive(const struct kvshm__seg *s, const struct kvshm__proctab *tab, uint32_t idx,
-			   int *pidfd_out)
+int kvshm__proc_slot_alive(const struct kvshm__seg *s, const struct kvshm__proctab *tab, uint32_t idx, int *pidfd_out)
 {
 	struct kvshm__ident id;
 	const struct kvshm__slot *sl = kvshm__proc_slot(s, tab, idx);
@@ -98,8 +98,7 @@ int kvshm__proc_slot_alive(const struct kvshm__seg *s, const struct kvshm__proct
  * FREE slot whose byte is still locked is skipped: its last owner has
  * released it and is about to close the lock.
  */
-int kvshm__proc_claim(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32_t flags,
-		      uint32_t *idx, uint32_t *gen)
+int kvshm__proc_claim(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32_t flags, uint32_t *idx, uint32_t *gen)
 {
 	struct kvshm__ident id;
 	int lockfd = -1;
@@ -199,8 +198,8 @@ static bool slot_alive_racy(const struct kvshm__seg *s, const struct kvshm__proc
 	return kvshm__proc_slot_alive(s, tab, idx, NULL) != 0; /* errors count as alive */
 }
 
-int kvshm__proc_take_dead(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32_t idx,
-			  uint32_t me, uint32_t me_gen, uint32_t *gen)
+int kvshm__proc_take_dead(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32_t idx, uint32_t me, uint32_t me_gen,
+			  uint32_t *gen)
 {
 	struct kvshm__slot *sl = kvshm__proc_slot(s, tab, idx);
 	if (!sl)

@@ -89,8 +89,8 @@ bool kvshm__seg_name_ok(const char *name)
 	size_t n = 0;
 	for (const char *p = name; *p; p++, n++) {
 		char c = *p;
-		bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-			  c == '.' || c == '_' || c == '-';
+		bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+			  c == '_' || c == '-';
 		if (!ok || n >= KVSHM_NAME_MAX - 1)
 			return false;
 	}
@@ -100,19 +100,32 @@ bool kvshm__seg_name_ok(const char *name)
 int kvshm__seg_path(const char *name, const char *shm_dir, char *buf, size_t len)
 {
 	if (!kvshm__seg_name_ok(name))
-		return kvshm__fail(-EINVAL, "cache name '%s' is not 1..63 of [A-Za-z0-9._-]",
-				   name ? name : "(null)");
+		return kvshm__fail(-EINVAL, "cache name '%s' is not 1..63 of [A-Za-z0-9._-]", name ? name : "(null)");
 	int n = snprintf(buf, len, "%s/kvshm.%s", shm_dir_or_default(shm_dir), name);
 	if (n < 0 || (size_t)n >= len)
 		return kvshm__fail(-ENAMETOOLONG, "shm path for '%s'", name);
 	return 0;
 }
 
+/*
+ * A segment being built lives under its temporary name, <dir>/.kvshm-init.
+ * <name>.<pid> (pid: its creator's), until publish links it into place.
+ * The one place that spells the name: with pid < 0, the prefix every
+ * creator's temporary of name shares.
+ */
+static int tmp_path(const char *dir, const char *name, long pid, char *buf, size_t len)
+{
+	int n = pid < 0 ? snprintf(buf, len, "%s%s.kvshm-init.%s.", dir, dir[0] ? "/" : "", name)
+			: snprintf(buf, len, "%s/.kvshm-init.%s.%ld", dir, name, pid);
+	return n < 0 || (size_t)n >= len ? kvshm__fail(-ENAMETOOLONG, "temporary name of '%s' in %s", name, dir) : 0;
+}
+
 /* Remove temporary files left by creators that died mid-creation. */
 static void sweep_stale_temps(const char *dir, const char *name)
 {
 	char prefix[KVSHM_NAME_MAX + 16];
-	snprintf(prefix, sizeof(prefix), ".kvshm-init.%s.", name);
+	if (tmp_path("", name, -1, prefix, sizeof(prefix)) < 0)
+		return;
 	DIR *d = opendir(dir);
 	if (!d)
 		return;
@@ -137,8 +150,8 @@ int kvshm__seg_create(const char *name, const struct kvshm__seg_opts *o, struct 
 
 	*out = NULL;
 	if (o->size < KVSHM_SEG_HDR_SIZE * 2)
-		return kvshm__fail(-EINVAL, "segment size %llu is below the minimum %u",
-				   (unsigned long long)o->size, KVSHM_SEG_HDR_SIZE * 2);
+		return kvshm__fail(-EINVAL, "segment size %llu is below the minimum %u", (unsigned long long)o->size,
+				   KVSHM_SEG_HDR_SIZE * 2);
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return kvshm__fail(-ENOMEM, "create '%s'", name);
@@ -148,7 +161,8 @@ int kvshm__seg_create(const char *name, const struct kvshm__seg_opts *o, struct 
 	strlcpy(s->name, name, sizeof(s->name));
 	sweep_stale_temps(dir, name);
 
-	snprintf(tmp, sizeof(tmp), "%s/.kvshm-init.%s.%ld", dir, name, (long)getpid());
+	if ((err = tmp_path(dir, name, (long)getpid(), tmp, sizeof(tmp))) < 0)
+		goto out_free;
 	s->fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, o->mode ? o->mode : 0600);
 	if (s->fd < 0) {
 		err = kvshm__fail(-errno, "create '%s' in %s", name, dir);
@@ -162,8 +176,8 @@ int kvshm__seg_create(const char *name, const struct kvshm__seg_opts *o, struct 
 	if (!o->lazy) {
 		int r = posix_fallocate(s->fd, 0, (off_t)o->size);
 		if (r != 0) {
-			err = kvshm__fail(-r, "reserve %llu bytes for '%s' in %s",
-					  (unsigned long long)o->size, name, dir);
+			err = kvshm__fail(-r, "reserve %llu bytes for '%s' in %s", (unsigned long long)o->size, name,
+					  dir);
 			goto out_unlink;
 		}
 	}
@@ -203,8 +217,7 @@ int kvshm__seg_add_region(struct kvshm__seg *s, uint32_t id, uint64_t size, uint
 	uint64_t end = KVSHM_SEG_HDR_SIZE;
 
 	if (!KVSHM_IS_POW2(align) || id == 0)
-		return kvshm__fail(-EINVAL, "region %u: bad id or alignment %llu", id,
-				   (unsigned long long)align);
+		return kvshm__fail(-EINVAL, "region %u: bad id or alignment %llu", id, (unsigned long long)align);
 	if (h->nregions >= KVSHM_SEG_MAX_REGIONS)
 		return kvshm__fail(-ENOSPC, "region %u: region table full", id);
 	for (uint32_t i = 0; i < h->nregions; i++) {
@@ -214,8 +227,8 @@ int kvshm__seg_add_region(struct kvshm__seg *s, uint32_t id, uint64_t size, uint
 	}
 	uint64_t start = KVSHM_ALIGN_UP(end, align);
 	if (start > s->size || size > s->size - start)
-		return kvshm__fail(-ENOSPC, "region %u of %llu bytes does not fit in a %llu-byte segment",
-				   id, (unsigned long long)size, (unsigned long long)s->size);
+		return kvshm__fail(-ENOSPC, "region %u of %llu bytes does not fit in a %llu-byte segment", id,
+				   (unsigned long long)size, (unsigned long long)s->size);
 	h->regions[h->nregions] = (struct kvshm__region){.id = id, .off = start, .size = size};
 	h->nregions++;
 	*off = start;
@@ -231,15 +244,32 @@ uint64_t kvshm__seg_unplaced(const struct kvshm__seg *s)
 	return end >= s->size ? 0 : s->size - end;
 }
 
+/* The temporary name of s, a segment this process is building. */
+static int building_path(const struct kvshm__seg *s, char *buf, size_t len)
+{
+	char dir[256];
+	const char *slash = strrchr(s->path, '/');
+	snprintf(dir, sizeof(dir), "%.*s", (int)(slash - s->path), s->path);
+	return tmp_path(dir, s->name, (long)getpid(), buf, len);
+}
+
+void kvshm__seg_discard(struct kvshm__seg *s)
+{
+	char tmp[256];
+	if (building_path(s, tmp, sizeof(tmp)) == 0)
+		unlink(tmp);
+	kvshm__seg_detach(s);
+}
+
 int kvshm__seg_publish(struct kvshm__seg *s, uint64_t layout_sig)
 {
 	char tmp[256];
 	struct kvshm__seg_hdr *h = kvshm__seg_hdr(s);
-	const char *slash = strrchr(s->path, '/');
-	int err = 0;
-
-	snprintf(tmp, sizeof(tmp), "%.*s/.kvshm-init.%s.%ld", (int)(slash - s->path), s->path,
-		 s->name, (long)getpid());
+	int err = building_path(s, tmp, sizeof(tmp));
+	if (err < 0) {
+		kvshm__seg_detach(s);
+		return err;
+	}
 	h->layout_sig = layout_sig;
 	h->magic = KVSHM_SEG_MAGIC; /* the checksum covers the magic as attachers see it */
 	h->hdr_csum = kvshm__seg_hdr_csum(h);
@@ -258,8 +288,7 @@ int kvshm__seg_publish(struct kvshm__seg *s, uint64_t layout_sig)
 	return 0;
 }
 
-int kvshm__seg_attach(const char *name, const char *shm_dir, uint64_t layout_sig, bool any_uid,
-		      struct kvshm__seg **out)
+int kvshm__seg_attach(const char *name, const char *shm_dir, uint64_t layout_sig, bool any_uid, struct kvshm__seg **out)
 {
 	int err;
 	struct stat st;
@@ -290,8 +319,8 @@ int kvshm__seg_attach(const char *name, const char *shm_dir, uint64_t layout_sig
 		goto out_close;
 	}
 	if ((uint64_t)st.st_size < sizeof(hdr)) {
-		err = kvshm__fail(KVSHM_ETRUNCATED, "attach '%s': object is %lld bytes, a header needs %zu",
-				  name, (long long)st.st_size, sizeof(hdr));
+		err = kvshm__fail(KVSHM_ETRUNCATED, "attach '%s': object is %lld bytes, a header needs %zu", name,
+				  (long long)st.st_size, sizeof(hdr));
 		goto out_close;
 	}
 	if (pread(s->fd, &hdr, sizeof(hdr), 0) != (ssize_t)sizeof(hdr)) {
@@ -306,18 +335,20 @@ int kvshm__seg_attach(const char *name, const char *shm_dir, uint64_t layout_sig
 	if (hdr.layout_sig != layout_sig) {
 		err = kvshm__fail(KVSHM_ELAYOUT,
 				  "attach '%s': layout signature 0x%016llx (abi %u) != this build's 0x%016llx (abi %u)",
-				  name, (unsigned long long)hdr.layout_sig, hdr.abi,
-				  (unsigned long long)layout_sig, KVSHM_VERSION_MAJOR);
+				  name, (unsigned long long)hdr.layout_sig, hdr.abi, (unsigned long long)layout_sig,
+				  KVSHM_VERSION_MAJOR);
 		goto out_close;
 	}
 	if (hdr.hdr_csum != kvshm__seg_hdr_csum(&hdr)) {
-		err = kvshm__fail(KVSHM_ECORRUPT, "attach '%s': the segment header is damaged (checksum 0x%016llx, stored 0x%016llx)",
-				  name, (unsigned long long)kvshm__seg_hdr_csum(&hdr), (unsigned long long)hdr.hdr_csum);
+		err = kvshm__fail(KVSHM_ECORRUPT,
+				  "attach '%s': the segment header is damaged (checksum 0x%016llx, stored 0x%016llx)",
+				  name, (unsigned long long)kvshm__seg_hdr_csum(&hdr),
+				  (unsigned long long)hdr.hdr_csum);
 		goto out_close;
 	}
 	if (hdr.total_size < KVSHM_SEG_HDR_SIZE * 2 || (uint64_t)st.st_size < hdr.total_size) {
-		err = kvshm__fail(KVSHM_ETRUNCATED, "attach '%s': object is %lld bytes, header says %llu",
-				  name, (long long)st.st_size, (unsigned long long)hdr.total_size);
+		err = kvshm__fail(KVSHM_ETRUNCATED, "attach '%s': object is %lld bytes, header says %llu", name,
+				  (long long)st.st_size, (unsigned long long)hdr.total_size);
 		goto out_close;
 	}
 	if (hdr.nregions > KVSHM_SEG_MAX_REGIONS) {
@@ -326,10 +357,19 @@ int kvshm__seg_attach(const char *name, const char *shm_dir, uint64_t layout_sig
 	}
 	for (uint32_t i = 0; i < hdr.nregions; i++) {
 		const struct kvshm__region *r = &hdr.regions[i];
-		if (r->off < KVSHM_SEG_HDR_SIZE || r->off > hdr.total_size ||
-		    r->size > hdr.total_size - r->off) {
+		if (r->off < KVSHM_SEG_HDR_SIZE || r->off > hdr.total_size || r->size > hdr.total_size - r->off) {
 			err = kvshm__fail(KVSHM_ECORRUPT, "attach '%s': region %u out of bounds", name, r->id);
 			goto out_close;
+		}
+		/* Regions never share a byte: a write into one cannot land in
+		 * another's immutable geometry. */
+		for (uint32_t k = 0; k < i; k++) {
+			const struct kvshm__region *q = &hdr.regions[k];
+			if (r->off < q->off + q->size && q->off < r->off + r->size) {
+				err = kvshm__fail(KVSHM_ECORRUPT, "attach '%s': regions %u and %u overlap", name, q->id,
+						  r->id);
+				goto out_close;
+			}
 		}
 	}
 	s->base = kvshm__map_guarded(hdr.total_size, PROT_READ | PROT_WRITE, s->fd, 0);

@@ -26,14 +26,14 @@
 #include "shm/common.h"
 
 #define KVSHM_SEG_MAGIC 0x314d48535653564bull /* "KVSVSHM1" little-endian */
-#define KVSHM_SEG_HDR_SIZE 4096u   /* one page: the header never shares a page */
-#define KVSHM_SEG_MAX_REGIONS 16u  /* a cache uses ~8; room to grow */
-#define KVSHM_SEG_CONFIG_BYTES 2048u /* caller's config blob (core's config) */
+#define KVSHM_SEG_HDR_SIZE 4096u              /* one page: the header never shares a page */
+#define KVSHM_SEG_MAX_REGIONS 16u             /* a cache uses ~8; room to grow */
+#define KVSHM_SEG_CONFIG_BYTES 2048u          /* caller's config blob (core's config) */
 #define KVSHM_NAME_MAX 64u
 #define KVSHM_DEFAULT_SHM_DIR "/dev/shm"
 
 struct kvshm__region {
-	uint32_t id;   /* caller-defined region id, 0 = unused */
+	uint32_t id; /* caller-defined region id, 0 = unused */
 	uint32_t pad;
 	uint64_t off;  /* bytes from the base; immutable after creation */
 	uint64_t size; /* bytes; immutable after creation */
@@ -42,17 +42,17 @@ struct kvshm__region {
 /* The header. Every field is written once by the creator before the
  * segment is linked into place and is read-only afterwards. */
 struct kvshm__seg_hdr {
-	uint64_t magic;        /* KVSHM_SEG_MAGIC */
-	uint64_t layout_sig;   /* signature of the creating build */
-	uint64_t hdr_csum;     /* XXH3-64 of this header with hdr_csum 0: a damaged
-				* header is refused at attach, never used */
-	uint64_t total_size;   /* bytes of the whole object */
-	uint64_t created_ns;   /* CLOCK_REALTIME at creation */
-	uint64_t seed;         /* random per segment (hash seeding) */
-	uint32_t uid;          /* creator's euid */
-	uint32_t creator_pid;  /* for inspection */
-	uint32_t abi;          /* KVSHM_VERSION_MAJOR at creation */
-	uint32_t nregions;     /* used entries of regions[] */
+	uint64_t magic;            /* KVSHM_SEG_MAGIC */
+	uint64_t layout_sig;       /* signature of the creating build */
+	uint64_t hdr_csum;         /* XXH3-64 of this header with hdr_csum 0: a damaged
+				    * header is refused at attach, never used */
+	uint64_t total_size;       /* bytes of the whole object */
+	uint64_t created_ns;       /* CLOCK_REALTIME at creation */
+	uint64_t seed;             /* random per segment (hash seeding) */
+	uint32_t uid;              /* creator's euid */
+	uint32_t creator_pid;      /* for inspection */
+	uint32_t abi;              /* KVSHM_VERSION_MAJOR at creation */
+	uint32_t nregions;         /* used entries of regions[] */
 	char name[KVSHM_NAME_MAX]; /* the cache name, NUL-terminated */
 	struct kvshm__region regions[KVSHM_SEG_MAX_REGIONS];
 	uint8_t config[KVSHM_SEG_CONFIG_BYTES]; /* caller's blob, opaque here */
@@ -66,14 +66,14 @@ typedef int (*kvshm__repair_fn)(struct kvshm__seg *seg, struct kvshm__lock *lk, 
 
 /* A process's view of one attached segment (process-local memory). */
 struct kvshm__seg {
-	uint8_t *base;      /* mapping address in this process */
-	uint64_t size;      /* bytes mapped */
-	int fd;             /* open descriptor of the object, O_CLOEXEC */
+	uint8_t *base; /* mapping address in this process */
+	uint64_t size; /* bytes mapped */
+	int fd;        /* open descriptor of the object, O_CLOEXEC */
 	char name[KVSHM_NAME_MAX];
 	char path[256];
 	/* The read-only view of one range of the segment (the data area), the
 	 * only mapping whose addresses leave the library (kvshm__seg_map_view). */
-	uint8_t *view;      /* view_off maps here; NULL until mapped */
+	uint8_t *view; /* view_off maps here; NULL until mapped */
 	uint64_t view_off, view_len;
 	/* Repair routine per lock class, run on EOWNERDEAD (see shm/lock.h). */
 	struct {
@@ -111,6 +111,9 @@ uint64_t kvshm__seg_unplaced(const struct kvshm__seg *s);
  * *s freed); the caller then attaches.
  */
 int kvshm__seg_publish(struct kvshm__seg *s, uint64_t layout_sig);
+/* Give up a segment being built (not published): its temporary file is
+ * removed and *s freed. */
+void kvshm__seg_discard(struct kvshm__seg *s);
 
 /*
  * Attach an existing segment: verifies owner uid (unless any_uid), size,

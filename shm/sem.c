@@ -1,5 +1,6 @@
 /*
  * shm/sem.c — the leak-proof counting semaphore. See shm/sem.h.
+ * Not what the units are for (file saves, core/tier/file.c).
  */
 #include <limits.h>
 #include <stddef.h>
@@ -17,8 +18,8 @@ static struct kvshm__proctab *sem_tab(const struct kvshm__seg *s, const struct k
 	return kvshm__at(s, sem->proctab_off, sizeof(struct kvshm__proctab));
 }
 
-int kvshm__sem_init(struct kvshm__seg *s, struct kvshm__sem *sem, struct kvshm__proctab *tab,
-		    uint32_t id, uint32_t max, uint16_t lock_cls, uint16_t lock_rank)
+int kvshm__sem_init(struct kvshm__seg *s, struct kvshm__sem *sem, struct kvshm__proctab *tab, uint32_t id, uint32_t max,
+		    uint16_t lock_cls, uint16_t lock_rank)
 {
 	if (id >= KVSHM_MAX_SEMS || max == 0)
 		return kvshm__fail(-EINVAL, "semaphore id %u max %u", id, max);
@@ -106,8 +107,8 @@ int kvshm__sem_acquire(struct kvshm__seg *s, struct kvshm__sem *sem, uint32_t me
 		}
 		if (now >= deadline) {
 			atomic_fetch_add_explicit(&sem->timeouts, 1, memory_order_relaxed);
-			return kvshm__fail(KVSHM_EBUSY, "writer semaphore: %u of %u units held for %u ms",
-					   sem->count, sem->max, timeout_ms);
+			return kvshm__fail(KVSHM_EBUSY, "writer semaphore: %u of %u units held for %u ms", sem->count,
+					   sem->max, timeout_ms);
 		}
 		uint64_t until = KVSHM_MIN(deadline, now + backoff + jitter_ns(backoff));
 		kvshm__futex_wait(&sem->seq, seq, until);

@@ -19,19 +19,19 @@
 #include "shm/proc.h"
 
 struct kvshm__sem {
-	struct kvshm__lock lk;       /* guards max, count and every slot's sem_held[id] */
-	uint32_t id;                 /* index into slot->sem_held[]: immutable */
-	uint32_t max;                /* units available: lk */
-	uint32_t count;              /* units held = sum of sem_held[id]: lk */
-	_Atomic uint32_t seq;        /* futex word, bumped on release and on max change */
-	_Atomic uint64_t acquired;   /* event counters, inspection only */
+	struct kvshm__lock lk;     /* guards max, count and every slot's sem_held[id] */
+	uint32_t id;               /* index into slot->sem_held[]: immutable */
+	uint32_t max;              /* units available: lk */
+	uint32_t count;            /* units held = sum of sem_held[id]: lk */
+	_Atomic uint32_t seq;      /* futex word, bumped on release and on max change */
+	_Atomic uint64_t acquired; /* event counters, inspection only */
 	_Atomic uint64_t timeouts;
-	_Atomic uint64_t reclaimed;  /* units taken back from dead holders */
-	uint64_t proctab_off;        /* the process table holding the records: immutable */
+	_Atomic uint64_t reclaimed; /* units taken back from dead holders */
+	uint64_t proctab_off;       /* the process table holding the records: immutable */
 } KVSHM_ALIGNED;
 
-int kvshm__sem_init(struct kvshm__seg *s, struct kvshm__sem *sem, struct kvshm__proctab *tab,
-		    uint32_t id, uint32_t max, uint16_t lock_cls, uint16_t lock_rank);
+int kvshm__sem_init(struct kvshm__seg *s, struct kvshm__sem *sem, struct kvshm__proctab *tab, uint32_t id, uint32_t max,
+		    uint16_t lock_cls, uint16_t lock_rank);
 
 /* The repair routine for the semaphore's lock class (register with
  * kvshm__lock_set_repair; ctx unused): recomputes count from the slots. */

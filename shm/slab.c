@@ -1,6 +1,8 @@
 /*
- * shm/slab.c — pages, size classes and extents. See shm/slab.h for the
- * layout and the crash-safety argument.
+ * shm/slab.c — allocating from the data area: pages, size classes and
+ * extents, freeing, handing allocations over, reclaiming a dead slot's.
+ * See shm/slab.h for the layout and the crash-safety argument. Not the
+ * verification and rebuild of the lists (shm/slabcheck.c).
  *
  * HOW THE BINS WORK
  *   A free run of n pages lives in bin_of(n): bins 1..15 hold exactly n
@@ -11,16 +13,17 @@
  *   bitmap scan. Both are O(1); the waste bound is the rounding of at most
  *   1/8 of the request, and the remainder goes back to a bin.
  */
+#include <assert.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "shm/slab.h"
+#include "shm/slabpriv.h"
 
 /* Object sizes including the 16-byte header. */
 static const uint32_t class_sizes[KVSHM_SLAB_NCLASSES] = {32,  48,  64,  96,   128,  192, 256,
-							   384, 512, 768, 1024, 1536, 2048};
+							  384, 512, 768, 1024, 1536, 2048};
 
 /*
  * DAMAGED LINKS
@@ -44,26 +47,7 @@ static inline struct kvshm__pte *pte(const struct kvshm__seg *s, const struct kv
 		memset(&scratch, 0, sizeof(scratch));
 		return &scratch;
 	}
-	return (struct kvshm__pte *)(s->base + sl->pte_off) + i;
-}
-
-static inline uint8_t *page_at(const struct kvshm__seg *s, const struct kvshm__slab *sl, uint64_t i)
-{
-	return s->base + sl->data_off + (i << sl->page_shift);
-}
-
-static struct kvshm__proctab *slab_tab(const struct kvshm__seg *s, const struct kvshm__slab *sl)
-{
-	return kvshm__at(s, sl->proctab_off, sizeof(struct kvshm__proctab));
-}
-
-static unsigned bin_of(uint64_t n)
-{
-	if (n < 16)
-		return (unsigned)n;
-	unsigned fl = 63u - (unsigned)__builtin_clzll(n);
-	unsigned b = 16u + (fl - 4u) * 8u + (unsigned)((n >> (fl - 3u)) & 7u);
-	return KVSHM_MIN(b, KVSHM_SLAB_NBINS - 1u);
+	return pte_at(s, sl, i);
 }
 
 static unsigned bin_fit(uint64_t n)
@@ -98,8 +82,8 @@ uint64_t kvshm__slab_region_size(uint64_t data_bytes, uint32_t page_size)
 	return hdr_bytes() + page_size + n * (page_size + sizeof(struct kvshm__pte));
 }
 
-int kvshm__slab_init(struct kvshm__seg *s, struct kvshm__slab *sl, uint64_t region_bytes,
-		     uint32_t page_size, struct kvshm__proctab *tab, uint16_t lock_cls, uint16_t lock_rank)
+int kvshm__slab_init(struct kvshm__seg *s, struct kvshm__slab *sl, uint64_t region_bytes, uint32_t page_size,
+		     struct kvshm__proctab *tab, uint16_t lock_cls, uint16_t lock_rank)
 {
 	if (!KVSHM_IS_POW2(page_size) || page_size < 4096 || page_size > (1u << 24))
 		return kvshm__fail(-EINVAL, "page size %u (must be a power of two, 4 KiB..16 MiB)", page_size);
@@ -150,12 +134,11 @@ int kvshm__slab_init(struct kvshm__seg *s, struct kvshm__slab *sl, uint64_t regi
 
 int kvshm__slab_check_geometry(const struct kvshm__seg *s, const struct kvshm__slab *sl)
 {
-	if (!KVSHM_IS_POW2(sl->page_size) || sl->page_size < 4096 ||
-	    sl->page_shift >= 32 || (1u << sl->page_shift) != sl->page_size || sl->npages < 2 || sl->npages > UINT32_MAX - 1 ||
+	if (!KVSHM_IS_POW2(sl->page_size) || sl->page_size < 4096 || sl->page_shift >= 32 ||
+	    (1u << sl->page_shift) != sl->page_size || sl->npages < 2 || sl->npages > UINT32_MAX - 1 ||
 	    !kvshm__at(s, sl->pte_off, sl->npages * sizeof(struct kvshm__pte)) ||
-	    !kvshm__at(s, sl->data_off, sl->npages << sl->page_shift) ||
-	    (sl->data_off & (sl->page_size - 1)) || (sl->pte_off % sizeof(struct kvshm__pte)) ||
-	    (sl->proctab_off % KVSHM_CACHELINE) || !slab_tab(s, sl))
+	    !kvshm__at(s, sl->data_off, sl->npages << sl->page_shift) || (sl->data_off & (sl->page_size - 1)) ||
+	    (sl->pte_off % sizeof(struct kvshm__pte)) || (sl->proctab_off % KVSHM_CACHELINE) || !slab_tab(s, sl))
 		return kvshm__fail(KVSHM_ECORRUPT, "slab geometry (%llu pages of %u bytes)",
 				   (unsigned long long)sl->npages, sl->page_size);
 	for (unsigned c = 0; c < KVSHM_SLAB_NCLASSES; c++) {
@@ -225,8 +208,10 @@ static int finish(struct kvshm__seg *s, struct kvshm__slab *sl, const char *what
 	walked_off = false;
 	atomic_store(&sl->lk.damaged, 1);
 	kvshm__lock_abort(s, &sl->lk);
-	return kvshm__fail(KVSHM_ECORRUPT, "slab %s: a list link or run length is damaged (the lists are rebuilt from the page table on the next acquire)",
-			   what);
+	return kvshm__fail(
+		KVSHM_ECORRUPT,
+		"slab %s: a list link or run length is damaged (the lists are rebuilt from the page table on the next acquire)",
+		what);
 }
 
 /* Start one: nothing walked off yet. */
@@ -405,8 +390,7 @@ struct kvshm__ahdr *kvshm__slab_hdr(const struct kvshm__seg *s, const struct kvs
 		if (c >= KVSHM_SLAB_NCLASSES)
 			return NULL;
 		const struct kvshm__slabclass *k = &sl->cls[c];
-		if (in_page < k->first || (in_page - k->first) % k->size ||
-		    (in_page - k->first) / k->size >= k->nobj)
+		if (in_page < k->first || (in_page - k->first) % k->size || (in_page - k->first) / k->size >= k->nobj)
 			return NULL;
 		/* The page's bitmap, not the object's own bytes, says whether it
 		 * is allocated: a header outlives its object's rolled-back
@@ -437,10 +421,131 @@ uint64_t kvshm__slab_size(const struct kvshm__seg *s, const struct kvshm__slab *
 
 /* ---- alloc / free ---------------------------------------------------------------- */
 
+/*
+ * An allocation is one critical section of the slab lock: the wrapper
+ * (kvshm__slab_alloc) checks the request, takes the lock and ends the
+ * section; the _locked parts below take an object or an extent and
+ * record the allocation. What a _locked part cannot do it reports as a
+ * `take` outcome, and the wrapper ends the section accordingly (walked_off
+ * set: the section is rolled back and the lock marked for repair).
+ */
+enum take {
+	TAKEN = 0,
+	NO_RUN,    /* no free run large enough */
+	UNBACKED,  /* a run was free but the filesystem could not back it */
+	PAGE_FULL, /* a page on a partial list has no free object: *hoff says which */
+};
+
+/* An object of class c (slab lock held): its header's offset in *hoff. */
+static enum take obj_take_locked(struct kvshm__seg *s, struct kvshm__slab *sl, int c, uint64_t *hoff)
+{
+	assert(kvshm__lock_held(&sl->lk));
+	const struct kvshm__slabclass *k = &sl->cls[c];
+	uint32_t head = sl->partial[c];
+	if (!head) {
+		uint64_t page = run_take(s, sl, 1);
+		if (page >= UINT64_MAX - 1)
+			return page == UINT64_MAX - 1 ? UNBACKED : NO_RUN;
+		struct kvshm__pte *p = pte(s, sl, page);
+		J32(&p->kind, KVSHM_PTE_SLAB);
+		J32(&p->n, (uint32_t)c);
+		J32(&p->prev, 0);
+		J32(&p->next, 0);
+		/* The page was free: its content is ours to initialise. */
+		struct kvshm__slabpage *sp = (struct kvshm__slabpage *)page_at(s, sl, page);
+		memset(sp, 0, k->first);
+		sp->cls = (uint32_t)c;
+		sp->nfree = k->nobj;
+		J32(&sl->partial[c], (uint32_t)page + 1);
+		J64(&sl->slab_pages, sl->slab_pages + 1);
+		KVSHM_CRASH_POINT("slab.obj.new_page");
+		head = (uint32_t)page + 1;
+	}
+	uint64_t page = head - 1;
+	if (page >= sl->npages || pte(s, sl, page)->kind != KVSHM_PTE_SLAB || pte(s, sl, page)->n != (uint32_t)c) {
+		walked_off = true; /* the partial list names no slab page of this class */
+		return NO_RUN;
+	}
+	struct kvshm__slabpage *sp = (struct kvshm__slabpage *)page_at(s, sl, page);
+	uint32_t idx = UINT32_MAX;
+	for (uint32_t w = 0; w * 64 < k->nobj; w++) {
+		uint64_t free_bits = ~sp->bits[w];
+		if (w * 64 + 64 > k->nobj)
+			free_bits &= (1ull << (k->nobj - w * 64)) - 1;
+		if (free_bits) {
+			idx = w * 64 + (uint32_t)__builtin_ctzll(free_bits);
+			break;
+		}
+	}
+	if (idx == UINT32_MAX || sp->nfree == 0) {
+		*hoff = page;
+		return PAGE_FULL;
+	}
+	J64(&sp->bits[idx / 64], sp->bits[idx / 64] | (1ull << (idx % 64)));
+	J32(&sp->nfree, sp->nfree - 1);
+	if (sp->nfree == 0) {
+		struct kvshm__pte *p = pte(s, sl, page);
+		J32(&sl->partial[c], p->next);
+		if (p->next)
+			J32(&pte(s, sl, p->next - 1)->prev, 0);
+		J32(&p->next, 0);
+	}
+	KVSHM_CRASH_POINT("slab.obj.taken");
+	J64(&sl->objs[c], sl->objs[c] + 1);
+	*hoff = kvshm__off(s, sp) + k->first + (uint64_t)idx * k->size;
+	return TAKEN;
+}
+
+/* An extent of the pages size needs (slab lock held): its header's offset. */
+static enum take ext_take_locked(struct kvshm__seg *s, struct kvshm__slab *sl, uint64_t size, uint64_t *hoff)
+{
+	assert(kvshm__lock_held(&sl->lk));
+	uint64_t n = pages_for(sl, size);
+	uint64_t page = run_take(s, sl, n);
+	if (page >= UINT64_MAX - 1)
+		return page == UINT64_MAX - 1 ? UNBACKED : NO_RUN;
+	struct kvshm__pte *p = pte(s, sl, page);
+	J32(&p->kind, KVSHM_PTE_EXT);
+	J32(&p->n, (uint32_t)n);
+	J32(&p->prev, 0);
+	J32(&p->next, 0);
+	if (n > 1) {
+		struct kvshm__pte *t = pte(s, sl, page + n - 1);
+		J32(&t->kind, KVSHM_PTE_EXT_TAIL);
+		J32(&t->n, (uint32_t)n);
+	}
+	J64(&sl->ext_pages, sl->ext_pages + n);
+	KVSHM_CRASH_POINT("slab.ext.taken");
+	*hoff = kvshm__off(s, page_at(s, sl, page)) + KVSHM_EXT_DATA - KVSHM_AHDR_SIZE;
+	return TAKEN;
+}
+
+/* Take size bytes for slot (slab lock held) and record them in the slot:
+ * the header's offset in *hoff. */
+static enum take alloc_locked(struct kvshm__seg *s, struct kvshm__slab *sl, struct kvshm__slot *slot, uint32_t me,
+			      uint64_t size, uint64_t *hoff)
+{
+	assert(kvshm__lock_held(&sl->lk));
+	int c = class_for(sl, size);
+	enum take t = c >= 0 ? obj_take_locked(s, sl, c, hoff) : ext_take_locked(s, sl, size, hoff);
+	if (t != TAKEN || walked_off)
+		return t;
+	/* Fresh memory: the header is ours to initialise. */
+	struct kvshm__ahdr *a = (struct kvshm__ahdr *)(s->base + *hoff);
+	a->owner = KVSHM_OWNER_SLOT(me, slot->gen);
+	a->size = size | KVSHM_AHDR_MAGIC;
+	J64(&sl->nallocs, sl->nallocs + 1);
+	J64(&sl->req_bytes, sl->req_bytes + size);
+	slot_record(s, &sl->lk, slot, *hoff + KVSHM_AHDR_SIZE);
+	KVSHM_CRASH_POINT("slab.alloc.recorded");
+	return TAKEN;
+}
+
 int kvshm__slab_alloc(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me, uint64_t size, uint64_t *off)
 {
 	struct kvshm__proctab *tab = slab_tab(s, sl);
 	struct kvshm__slot *slot = tab ? kvshm__proc_slot(s, tab, me) : NULL;
+	uint64_t hoff = 0;
 	if (!slot)
 		return kvshm__fail(KVSHM_ECORRUPT, "slab alloc: slot %u", me);
 	if (size == 0)
@@ -455,118 +560,37 @@ int kvshm__slab_alloc(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me,
 		kvshm__lock_release(s, &sl->lk);
 		return kvshm__fail(-EAGAIN, "slot %u already fills %u allocations", me, KVSHM_SLOT_ALLOCS);
 	}
-	uint64_t owner = KVSHM_OWNER_SLOT(me, slot->gen);
-	uint64_t hoff;
-	bool unbacked = false; /* a run was free but the filesystem could not back it */
-	int c = class_for(sl, size);
-	if (c >= 0) {
-		const struct kvshm__slabclass *k = &sl->cls[c];
-		uint32_t head = sl->partial[c];
-		if (!head) {
-			uint64_t page = run_take(s, sl, 1);
-			if (page >= UINT64_MAX - 1) {
-				unbacked = page == UINT64_MAX - 1;
-				goto nospace;
-			}
-			struct kvshm__pte *p = pte(s, sl, page);
-			J32(&p->kind, KVSHM_PTE_SLAB);
-			J32(&p->n, (uint32_t)c);
-			J32(&p->prev, 0);
-			J32(&p->next, 0);
-			/* The page was free: its content is ours to initialise. */
-			struct kvshm__slabpage *sp = (struct kvshm__slabpage *)page_at(s, sl, page);
-			memset(sp, 0, k->first);
-			sp->cls = (uint32_t)c;
-			sp->nfree = k->nobj;
-			J32(&sl->partial[c], (uint32_t)page + 1);
-			J64(&sl->slab_pages, sl->slab_pages + 1);
-			KVSHM_CRASH_POINT("slab.obj.new_page");
-			head = (uint32_t)page + 1;
-		}
-		uint64_t page = head - 1;
-		if (page >= sl->npages || pte(s, sl, page)->kind != KVSHM_PTE_SLAB || pte(s, sl, page)->n != (uint32_t)c) {
-			walked_off = true; /* the partial list names no slab page of this class */
-			return finish(s, sl, "alloc");
-		}
-		struct kvshm__slabpage *sp = (struct kvshm__slabpage *)page_at(s, sl, page);
-		uint32_t idx = UINT32_MAX;
-		for (uint32_t w = 0; w * 64 < k->nobj; w++) {
-			uint64_t free_bits = ~sp->bits[w];
-			if (w * 64 + 64 > k->nobj)
-				free_bits &= (1ull << (k->nobj - w * 64)) - 1;
-			if (free_bits) {
-				idx = w * 64 + (uint32_t)__builtin_ctzll(free_bits);
-				break;
-			}
-		}
-		if (idx == UINT32_MAX || sp->nfree == 0) {
-			kvshm__lock_abort(s, &sl->lk);
-			return kvshm__fail(KVSHM_ECORRUPT, "slab page %llu on the partial list is full",
-					   (unsigned long long)page);
-		}
-		J64(&sp->bits[idx / 64], sp->bits[idx / 64] | (1ull << (idx % 64)));
-		J32(&sp->nfree, sp->nfree - 1);
-		if (sp->nfree == 0) {
-			struct kvshm__pte *p = pte(s, sl, page);
-			J32(&sl->partial[c], p->next);
-			if (p->next)
-				J32(&pte(s, sl, p->next - 1)->prev, 0);
-			J32(&p->next, 0);
-		}
-		KVSHM_CRASH_POINT("slab.obj.taken");
-		J64(&sl->objs[c], sl->objs[c] + 1);
-		hoff = kvshm__off(s, sp) + k->first + (uint64_t)idx * k->size;
-	} else {
-		uint64_t n = pages_for(sl, size);
-		uint64_t page = run_take(s, sl, n);
-		if (page >= UINT64_MAX - 1) {
-			unbacked = page == UINT64_MAX - 1;
-			goto nospace;
-		}
-		struct kvshm__pte *p = pte(s, sl, page);
-		J32(&p->kind, KVSHM_PTE_EXT);
-		J32(&p->n, (uint32_t)n);
-		J32(&p->prev, 0);
-		J32(&p->next, 0);
-		if (n > 1) {
-			struct kvshm__pte *t = pte(s, sl, page + n - 1);
-			J32(&t->kind, KVSHM_PTE_EXT_TAIL);
-			J32(&t->n, (uint32_t)n);
-		}
-		J64(&sl->ext_pages, sl->ext_pages + n);
-		KVSHM_CRASH_POINT("slab.ext.taken");
-		hoff = kvshm__off(s, page_at(s, sl, page)) + KVSHM_EXT_DATA - KVSHM_AHDR_SIZE;
-	}
+	enum take t = alloc_locked(s, sl, slot, me, size, &hoff);
 	if (walked_off)
 		return finish(s, sl, "alloc");
-	/* Fresh memory: the header is ours to initialise. */
-	struct kvshm__ahdr *a = (struct kvshm__ahdr *)(s->base + hoff);
-	a->owner = owner;
-	a->size = size | KVSHM_AHDR_MAGIC;
-	J64(&sl->nallocs, sl->nallocs + 1);
-	J64(&sl->req_bytes, sl->req_bytes + size);
-	slot_record(s, &sl->lk, slot, hoff + KVSHM_AHDR_SIZE);
-	KVSHM_CRASH_POINT("slab.alloc.recorded");
-	if ((err = finish(s, sl, "alloc")) < 0)
-		return err;
-	*off = hoff + KVSHM_AHDR_SIZE;
-	return 0;
-
-nospace:
-	if (walked_off)
-		return finish(s, sl, "alloc");
-	kvshm__lock_abort(s, &sl->lk);
-	if (unbacked)
-		return kvshm__fail(-ENOSPC, "the filesystem of '%s' is full: no memory behind a free run for %llu bytes",
+	switch (t) {
+	case TAKEN:
+		if ((err = finish(s, sl, "alloc")) < 0)
+			return err;
+		*off = hoff + KVSHM_AHDR_SIZE;
+		return 0;
+	case PAGE_FULL:
+		kvshm__lock_abort(s, &sl->lk);
+		return kvshm__fail(KVSHM_ECORRUPT, "slab page %llu on the partial list is full",
+				   (unsigned long long)hoff);
+	case UNBACKED:
+		kvshm__lock_abort(s, &sl->lk);
+		return kvshm__fail(-ENOSPC,
+				   "the filesystem of '%s' is full: no memory behind a free run for %llu bytes",
 				   s->path, (unsigned long long)size);
-	return kvshm__fail(KVSHM_ENOSPACE, "no free run for %llu bytes (%llu of %llu pages free)",
-			   (unsigned long long)size, (unsigned long long)sl->free_pages,
-			   (unsigned long long)sl->npages);
+	case NO_RUN:
+	default:
+		kvshm__lock_abort(s, &sl->lk);
+		return kvshm__fail(KVSHM_ENOSPACE, "no free run for %llu bytes (%llu of %llu pages free)",
+				   (unsigned long long)size, (unsigned long long)sl->free_pages,
+				   (unsigned long long)sl->npages);
+	}
 }
 
 /* Free the allocation whose header is at a (slab lock held). */
 static void free_locked(struct kvshm__seg *s, struct kvshm__slab *sl, struct kvshm__ahdr *a)
 {
+	assert(kvshm__lock_held(&sl->lk));
 	uint64_t hoff = kvshm__off(s, a);
 	uint64_t size = a->size & KVSHM_AHDR_SIZEMASK;
 	uint64_t page = (hoff - sl->data_off) >> sl->page_shift;
@@ -648,16 +672,17 @@ int kvshm__slab_free(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me, 
 	return finish(s, sl, "free");
 }
 
-int kvshm__slab_give_locked(struct kvshm__seg *s, struct kvshm__lock *lk, struct kvshm__slab *sl,
-			    uint32_t me, uint64_t off, uint64_t owner)
+int kvshm__slab_give_locked(struct kvshm__seg *s, struct kvshm__lock *lk, struct kvshm__slab *sl, uint32_t me,
+			    uint64_t off, uint64_t owner)
 {
+	assert(kvshm__lock_held(lk));
 	struct kvshm__proctab *tab = slab_tab(s, sl);
 	struct kvshm__slot *slot = tab ? kvshm__proc_slot(s, tab, me) : NULL;
 	struct kvshm__ahdr *a = kvshm__slab_hdr(s, sl, off);
-	if (!slot || !a || a->owner != KVSHM_OWNER_SLOT(me, slot->gen) ||
-	    KVSHM_OWNER_KIND(owner) == 0 || KVSHM_OWNER_KIND(owner) == KVSHM_OWNER_SLOT_KIND)
-		return kvshm__fail(KVSHM_ECORRUPT, "hand-over of offset %llu from slot %u",
-				   (unsigned long long)off, me);
+	if (!slot || !a || a->owner != KVSHM_OWNER_SLOT(me, slot->gen) || KVSHM_OWNER_KIND(owner) == 0 ||
+	    KVSHM_OWNER_KIND(owner) == KVSHM_OWNER_SLOT_KIND)
+		return kvshm__fail(KVSHM_ECORRUPT, "hand-over of offset %llu from slot %u", (unsigned long long)off,
+				   me);
 	kvshm__jset64(s, lk, &a->owner, owner);
 	KVSHM_CRASH_POINT("slab.give.owned");
 	if (slot_unrecord(s, lk, slot, off) < 0)
@@ -666,15 +691,16 @@ int kvshm__slab_give_locked(struct kvshm__seg *s, struct kvshm__lock *lk, struct
 	return 0;
 }
 
-int kvshm__slab_take_locked(struct kvshm__seg *s, struct kvshm__lock *lk, struct kvshm__slab *sl,
-			    uint32_t me, uint64_t off, uint64_t expect)
+int kvshm__slab_take_locked(struct kvshm__seg *s, struct kvshm__lock *lk, struct kvshm__slab *sl, uint32_t me,
+			    uint64_t off, uint64_t expect)
 {
+	assert(kvshm__lock_held(lk));
 	struct kvshm__proctab *tab = slab_tab(s, sl);
 	struct kvshm__slot *slot = tab ? kvshm__proc_slot(s, tab, me) : NULL;
 	struct kvshm__ahdr *a = kvshm__slab_hdr(s, sl, off);
 	if (!slot || !a || a->owner != expect)
-		return kvshm__fail(KVSHM_ECORRUPT, "take-back of offset %llu into slot %u",
-				   (unsigned long long)off, me);
+		return kvshm__fail(KVSHM_ECORRUPT, "take-back of offset %llu into slot %u", (unsigned long long)off,
+				   me);
 	if (!slot_has_room(slot))
 		return -EAGAIN;
 	slot_record(s, lk, slot, off);
@@ -715,311 +741,6 @@ int kvshm__slab_reclaim(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t i
 			return err;
 	}
 	return freed;
-}
-
-/* ---- verify / rebuild -------------------------------------------------------------- */
-
-#define VIOLATION(...) (kvshm__fail(KVSHM_ECHECK, __VA_ARGS__))
-
-static int verify_slot_owner(const struct kvshm__seg *s, const struct kvshm__slab *sl, uint64_t off,
-			     uint64_t owner)
-{
-	if (KVSHM_OWNER_KIND(owner) != KVSHM_OWNER_SLOT_KIND)
-		return 0;
-	struct kvshm__proctab *tab = slab_tab(s, sl);
-	uint32_t idx = (uint32_t)(owner >> 32) & 0xffffffu;
-	struct kvshm__slot *slot = tab ? kvshm__proc_slot(s, tab, idx) : NULL;
-	if (!slot || slot->state == KVSHM_SLOT_FREE || slot->gen != (uint32_t)owner)
-		return VIOLATION("allocation at %llu owned by slot %u gen %u, which is not that slot's life",
-				 (unsigned long long)off, idx, (uint32_t)owner);
-	for (unsigned i = 0; i < KVSHM_SLOT_ALLOCS; i++)
-		if (slot->allocs[i] == off)
-			return 0;
-	return VIOLATION("allocation at %llu owned by slot %u is not in its records",
-			 (unsigned long long)off, idx);
-}
-
-int kvshm__slab_verify_locked(struct kvshm__seg *s, struct kvshm__slab *sl, kvshm__alloc_fn fn, void *ctx)
-{
-	uint64_t free_pages = 0, ext_pages = 0, slab_pages = 0, nallocs = 0, req = 0;
-	uint64_t objs[KVSHM_SLAB_NCLASSES] = {0};
-	uint64_t free_runs = 0, partial_pages[KVSHM_SLAB_NCLASSES] = {0};
-	bool prev_free = false;
-	int err;
-
-	if (!kvshm__lock_held(&sl->lk))
-		return VIOLATION("slab verify without the slab lock");
-	for (uint64_t i = 0; i < sl->npages;) {
-		struct kvshm__pte *p = pte(s, sl, i);
-		uint64_t n = (p->kind == KVSHM_PTE_SLAB) ? 1 : p->n;
-		if (n == 0 || n > sl->npages - i)
-			return VIOLATION("page %llu: run of %llu pages overruns the data area",
-					 (unsigned long long)i, (unsigned long long)n);
-		if (p->kind == KVSHM_PTE_FREE) {
-			if (prev_free)
-				return VIOLATION("page %llu: two adjacent free runs were not merged",
-						 (unsigned long long)i);
-			if (n > 1) {
-				struct kvshm__pte *t = pte(s, sl, i + n - 1);
-				if (t->kind != KVSHM_PTE_FREE_TAIL || t->n != n)
-					return VIOLATION("page %llu: free run of %llu has a bad tail",
-							 (unsigned long long)i, (unsigned long long)n);
-			}
-			free_pages += n;
-			free_runs++;
-			prev_free = true;
-		} else if (p->kind == KVSHM_PTE_EXT) {
-			if (n > 1) {
-				struct kvshm__pte *t = pte(s, sl, i + n - 1);
-				if (t->kind != KVSHM_PTE_EXT_TAIL || t->n != n)
-					return VIOLATION("page %llu: extent of %llu has a bad tail",
-							 (unsigned long long)i, (unsigned long long)n);
-			}
-			uint64_t off = sl->data_off + (i << sl->page_shift) + KVSHM_EXT_DATA;
-			struct kvshm__ahdr *a = kvshm__slab_hdr(s, sl, off);
-			if (!a || KVSHM_OWNER_KIND(a->owner) == 0)
-				return VIOLATION("page %llu: extent without a valid owned header",
-						 (unsigned long long)i);
-			if ((err = verify_slot_owner(s, sl, off, a->owner)) < 0)
-				return err;
-			if (fn && (err = fn(off, a->owner, a->size & KVSHM_AHDR_SIZEMASK, ctx)) < 0)
-				return err;
-			ext_pages += n;
-			nallocs++;
-			req += a->size & KVSHM_AHDR_SIZEMASK;
-			prev_free = false;
-		} else if (p->kind == KVSHM_PTE_SLAB) {
-			uint32_t c = p->n;
-			if (c >= KVSHM_SLAB_NCLASSES)
-				return VIOLATION("page %llu: slab class %u", (unsigned long long)i, c);
-			const struct kvshm__slabclass *k = &sl->cls[c];
-			struct kvshm__slabpage *sp = (struct kvshm__slabpage *)page_at(s, sl, i);
-			uint32_t used = 0;
-			if (sp->cls != c)
-				return VIOLATION("page %llu: slab header class %u != page table %u",
-						 (unsigned long long)i, sp->cls, c);
-			for (uint32_t o = 0; o < k->nobj; o++) {
-				if (!(sp->bits[o / 64] & (1ull << (o % 64))))
-					continue;
-				used++;
-				uint64_t off = kvshm__off(s, sp) + k->first + (uint64_t)o * k->size + KVSHM_AHDR_SIZE;
-				struct kvshm__ahdr *a = kvshm__slab_hdr(s, sl, off);
-				if (!a || KVSHM_OWNER_KIND(a->owner) == 0 ||
-				    (a->size & KVSHM_AHDR_SIZEMASK) + KVSHM_AHDR_SIZE > k->size)
-					return VIOLATION("page %llu object %u: allocated without a valid header",
-							 (unsigned long long)i, o);
-				if ((err = verify_slot_owner(s, sl, off, a->owner)) < 0)
-					return err;
-				if (fn && (err = fn(off, a->owner, a->size & KVSHM_AHDR_SIZEMASK, ctx)) < 0)
-					return err;
-				nallocs++;
-				req += a->size & KVSHM_AHDR_SIZEMASK;
-			}
-			for (uint32_t o = k->nobj; o < ((k->nobj + 63) / 64) * 64; o++)
-				if (sp->bits[o / 64] & (1ull << (o % 64)))
-					return VIOLATION("page %llu: bitmap bit %u beyond the %u objects",
-							 (unsigned long long)i, o, k->nobj);
-			if (used == 0)
-				return VIOLATION("page %llu: empty slab page was not returned",
-						 (unsigned long long)i);
-			if (used + sp->nfree != k->nobj)
-				return VIOLATION("page %llu: %u objects used + %u free != %u",
-						 (unsigned long long)i, used, sp->nfree, k->nobj);
-			objs[c] += used;
-			if (sp->nfree)
-				partial_pages[c]++;
-			slab_pages++;
-			prev_free = false;
-		} else {
-			return VIOLATION("page %llu: page-table kind %u is not a run head",
-					 (unsigned long long)i, p->kind);
-		}
-		i += n;
-	}
-	/* Bins: every member a free head of the right size, links symmetric,
-	 * bitmap in step, and together exactly the free runs walked above. */
-	uint64_t binned = 0;
-	for (unsigned b = 0; b < KVSHM_SLAB_NBINS; b++) {
-		bool bit = (sl->binmap[b / 64] >> (b % 64)) & 1;
-		if (bit != (sl->bins[b] != 0))
-			return VIOLATION("bin %u: bitmap says %d, list head %u", b, bit, sl->bins[b]);
-		uint32_t prev = 0;
-		for (uint32_t cur = sl->bins[b]; cur; cur = pte(s, sl, cur - 1)->next) {
-			if (cur > sl->npages || ++binned > free_runs)
-				return VIOLATION("bin %u: list runs off or holds more runs than are free", b);
-			struct kvshm__pte *p = pte(s, sl, cur - 1);
-			if (p->kind != KVSHM_PTE_FREE || bin_of(p->n) != b || p->prev != prev)
-				return VIOLATION("bin %u: page %u is not a free run of this bin", b, cur - 1);
-			prev = cur;
-		}
-	}
-	if (binned != free_runs)
-		return VIOLATION("bins hold %llu runs, the page table %llu", (unsigned long long)binned,
-				 (unsigned long long)free_runs);
-	for (unsigned c = 0; c < KVSHM_SLAB_NCLASSES; c++) {
-		uint64_t m = 0;
-		uint32_t prev = 0;
-		for (uint32_t cur = sl->partial[c]; cur; cur = pte(s, sl, cur - 1)->next) {
-			if (cur > sl->npages || ++m > partial_pages[c])
-				return VIOLATION("class %u: partial list runs off or is too long", c);
-			struct kvshm__pte *p = pte(s, sl, cur - 1);
-			struct kvshm__slabpage *sp = (struct kvshm__slabpage *)page_at(s, sl, cur - 1);
-			if (p->kind != KVSHM_PTE_SLAB || p->n != c || sp->nfree == 0 || p->prev != prev)
-				return VIOLATION("class %u: page %u on the partial list is not a partial page", c,
-						 cur - 1);
-			prev = cur;
-		}
-		if (m != partial_pages[c])
-			return VIOLATION("class %u: %llu partial pages listed, %llu exist", c,
-					 (unsigned long long)m, (unsigned long long)partial_pages[c]);
-		if (objs[c] != sl->objs[c])
-			return VIOLATION("class %u: %llu objects counted, %llu live", c,
-					 (unsigned long long)sl->objs[c], (unsigned long long)objs[c]);
-	}
-	if (free_pages != sl->free_pages || ext_pages != sl->ext_pages || slab_pages != sl->slab_pages)
-		return VIOLATION("page accounting: free %llu/%llu extent %llu/%llu slab %llu/%llu (counted/walked)",
-				 (unsigned long long)sl->free_pages, (unsigned long long)free_pages,
-				 (unsigned long long)sl->ext_pages, (unsigned long long)ext_pages,
-				 (unsigned long long)sl->slab_pages, (unsigned long long)slab_pages);
-	if (free_pages + ext_pages + slab_pages != sl->npages)
-		return VIOLATION("pages free %llu + extent %llu + slab %llu != %llu",
-				 (unsigned long long)free_pages, (unsigned long long)ext_pages,
-				 (unsigned long long)slab_pages, (unsigned long long)sl->npages);
-	if (nallocs != sl->nallocs || req != sl->req_bytes)
-		return VIOLATION("allocation accounting: %llu allocations of %llu bytes counted, %llu of %llu walked",
-				 (unsigned long long)sl->nallocs, (unsigned long long)sl->req_bytes,
-				 (unsigned long long)nallocs, (unsigned long long)req);
-	return 0;
-}
-
-int kvshm__slab_verify(struct kvshm__seg *s, struct kvshm__slab *sl, kvshm__alloc_fn fn, void *ctx)
-{
-	int err = kvshm__lock_acquire(s, &sl->lk, NULL);
-	if (err < 0)
-		return err;
-	err = kvshm__slab_verify_locked(s, sl, fn, ctx);
-	kvshm__lock_release(s, &sl->lk);
-	return err;
-}
-
-int kvshm__slab_rebuild_locked(struct kvshm__seg *s, struct kvshm__slab *sl)
-{
-	/* The rebuild rewrites whole tables: more writes than one journal
-	 * holds, so it writes directly; a repairer killed midway leaves the
-	 * lock inconsistent and the next one rebuilds again from the page
-	 * table, which this routine only changes where runs merge. */
-	memset(sl->binmap, 0, sizeof(sl->binmap));
-	memset(sl->bins, 0, sizeof(sl->bins));
-	memset(sl->partial, 0, sizeof(sl->partial));
-	memset(sl->objs, 0, sizeof(sl->objs));
-	uint64_t free_pages = 0, ext_pages = 0, slab_pages = 0, nallocs = 0, req = 0;
-	uint64_t run_start = UINT64_MAX;
-
-	/* Pre-pass: an empty slab page becomes a free page. */
-	for (uint64_t i = 0; i < sl->npages;) {
-		struct kvshm__pte *p = pte(s, sl, i);
-		uint64_t n = p->kind == KVSHM_PTE_SLAB ? 1 : p->n;
-		if (n == 0 || n > sl->npages - i)
-			return VIOLATION("rebuild: page %llu run length %llu", (unsigned long long)i,
-					 (unsigned long long)n);
-		if (p->kind == KVSHM_PTE_SLAB && p->n < KVSHM_SLAB_NCLASSES) {
-			const struct kvshm__slabclass *k = &sl->cls[p->n];
-			struct kvshm__slabpage *sp = (struct kvshm__slabpage *)page_at(s, sl, i);
-			bool any = false;
-			for (uint32_t w = 0; w * 64 < k->nobj; w++)
-				any |= sp->bits[w] != 0;
-			if (!any)
-				*p = (struct kvshm__pte){.kind = KVSHM_PTE_FREE, .n = 1};
-		}
-		i += n;
-	}
-
-	for (uint64_t i = 0; i <= sl->npages;) {
-		struct kvshm__pte *p = i < sl->npages ? pte(s, sl, i) : NULL;
-		bool is_free = p && p->kind == KVSHM_PTE_FREE;
-		uint64_t n = !p ? 1 : (p->kind == KVSHM_PTE_SLAB ? 1 : p->n);
-		if (p && (n == 0 || n > sl->npages - i))
-			return VIOLATION("rebuild: page %llu run length %llu", (unsigned long long)i,
-					 (unsigned long long)n);
-		if (is_free) {
-			if (run_start == UINT64_MAX)
-				run_start = i;
-			free_pages += n;
-			i += n;
-			continue;
-		}
-		if (run_start != UINT64_MAX) {
-			/* Link a (possibly merged) free run directly. */
-			uint64_t len = i - run_start;
-			unsigned b = bin_of(len);
-			struct kvshm__pte *h = pte(s, sl, run_start);
-			*h = (struct kvshm__pte){.kind = KVSHM_PTE_FREE, .n = (uint32_t)len, .next = sl->bins[b]};
-			if (sl->bins[b])
-				pte(s, sl, sl->bins[b] - 1)->prev = (uint32_t)run_start + 1;
-			sl->bins[b] = (uint32_t)run_start + 1;
-			sl->binmap[b / 64] |= 1ull << (b % 64);
-			if (len > 1)
-				*pte(s, sl, run_start + len - 1) =
-					(struct kvshm__pte){.kind = KVSHM_PTE_FREE_TAIL, .n = (uint32_t)len};
-			run_start = UINT64_MAX;
-		}
-		if (!p)
-			break;
-		if (p->kind == KVSHM_PTE_EXT) {
-			struct kvshm__ahdr *a =
-				(struct kvshm__ahdr *)(page_at(s, sl, i) + KVSHM_EXT_DATA - KVSHM_AHDR_SIZE);
-			ext_pages += n;
-			nallocs++;
-			req += a->size & KVSHM_AHDR_SIZEMASK;
-		} else if (p->kind == KVSHM_PTE_SLAB && p->n < KVSHM_SLAB_NCLASSES) {
-			uint32_t c = p->n;
-			const struct kvshm__slabclass *k = &sl->cls[c];
-			struct kvshm__slabpage *sp = (struct kvshm__slabpage *)page_at(s, sl, i);
-			uint32_t used = 0;
-			for (uint32_t o = 0; o < k->nobj; o++) {
-				if (!(sp->bits[o / 64] & (1ull << (o % 64))))
-					continue;
-				struct kvshm__ahdr *a = (struct kvshm__ahdr *)((uint8_t *)sp + k->first +
-									      (uint64_t)o * k->size);
-				used++;
-				req += a->size & KVSHM_AHDR_SIZEMASK;
-			}
-			sp->cls = c;
-			sp->nfree = k->nobj - used;
-			nallocs += used;
-			sl->objs[c] += used;
-			slab_pages++;
-			p->prev = 0;
-			p->next = 0;
-			if (sp->nfree) {
-				p->next = sl->partial[c];
-				if (sl->partial[c])
-					pte(s, sl, sl->partial[c] - 1)->prev = (uint32_t)i + 1;
-				sl->partial[c] = (uint32_t)i + 1;
-			}
-		} else {
-			return VIOLATION("rebuild: page %llu kind %u", (unsigned long long)i, p->kind);
-		}
-		i += n;
-	}
-	sl->free_pages = free_pages;
-	sl->ext_pages = ext_pages;
-	sl->slab_pages = slab_pages;
-	sl->nallocs = nallocs;
-	sl->req_bytes = req;
-	return 0;
-}
-
-int kvshm__slab_repair(struct kvshm__seg *s, struct kvshm__lock *lk, void *ctx)
-{
-	(void)ctx;
-	struct kvshm__slab *sl = (struct kvshm__slab *)lk; /* lk is the first member */
-	if (kvshm__slab_verify_locked(s, sl, NULL, NULL) == 0)
-		return 0;
-	int err = kvshm__slab_rebuild_locked(s, sl);
-	if (err == 0)
-		err = kvshm__slab_verify_locked(s, sl, NULL, NULL);
-	return err;
 }
 
 void kvshm__slab_stats(struct kvshm__seg *s, struct kvshm__slab *sl, struct kvshm__slab_stats *st)

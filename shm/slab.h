@@ -36,30 +36,30 @@
 
 #include "shm/proc.h"
 
-#define KVSHM_SLAB_NCLASSES 13u  /* 32 B .. 2 KiB objects, ×1.5 steps */
-#define KVSHM_SLAB_NBINS 256u    /* 16 exact + 8 per power of two up to 2^32 pages */
-#define KVSHM_AHDR_SIZE 16u      /* allocation header */
-#define KVSHM_EXT_DATA 64u       /* an extent's bytes start 64 B into its first page
-				  * (header just before), so big values are cache-line
-				  * aligned for memcpy and for structures with 64-byte
-				  * members; small objects are 16-byte aligned */
+#define KVSHM_SLAB_NCLASSES 13u /* 32 B .. 2 KiB objects, ×1.5 steps */
+#define KVSHM_SLAB_NBINS 256u   /* 16 exact + 8 per power of two up to 2^32 pages */
+#define KVSHM_AHDR_SIZE 16u     /* allocation header */
+#define KVSHM_EXT_DATA \
+	64u /* an extent's bytes start 64 B into its first page
+	     * (header just before), so big values are cache-line
+	     * aligned for memcpy and for structures with 64-byte
+	     * members; small objects are 16-byte aligned */
 
 /* Owner words. Kind 0 is free; SLOT is known here; others belong to callers. */
 #define KVSHM_OWNER_KIND(o) ((uint32_t)((o) >> 56))
 #define KVSHM_OWNER_SLOT_KIND 1u
 #define KVSHM_OWNER_SLOT(idx, gen) \
-	(((uint64_t)KVSHM_OWNER_SLOT_KIND << 56) | ((uint64_t)((idx) & 0xffffffu) << 32) | (uint32_t)(gen))
+	(((uint64_t)KVSHM_OWNER_SLOT_KIND << 56) | ((uint64_t)((idx)&0xffffffu) << 32) | (uint32_t)(gen))
 
-enum { KVSHM_PTE_NONE = 0, KVSHM_PTE_FREE, KVSHM_PTE_FREE_TAIL, KVSHM_PTE_EXT, KVSHM_PTE_EXT_TAIL,
-       KVSHM_PTE_SLAB };
+enum { KVSHM_PTE_NONE = 0, KVSHM_PTE_FREE, KVSHM_PTE_FREE_TAIL, KVSHM_PTE_EXT, KVSHM_PTE_EXT_TAIL, KVSHM_PTE_SLAB };
 
 /* One page-table entry. Only run heads and tails are meaningful; bodies of
  * runs keep stale values that nothing reads. */
 struct kvshm__pte {
-	uint32_t kind;   /* KVSHM_PTE_*: slab lock */
-	uint32_t n;      /* run length in pages (FREE/EXT heads and tails), class (SLAB) */
-	uint32_t prev;   /* list links, page index + 1, 0 = none: bin (FREE head) or */
-	uint32_t next;   /* partial list (SLAB); slab lock */
+	uint32_t kind; /* KVSHM_PTE_*: slab lock */
+	uint32_t n;    /* run length in pages (FREE/EXT heads and tails), class (SLAB) */
+	uint32_t prev; /* list links, page index + 1, 0 = none: bin (FREE head) or */
+	uint32_t next; /* partial list (SLAB); slab lock */
 };
 
 /* At the start of every slab page. */
@@ -70,39 +70,39 @@ struct kvshm__slabpage {
 };
 
 struct kvshm__ahdr {
-	uint64_t owner;  /* KVSHM_OWNER_*: slab lock while a slot owns it, else the owner's lock */
-	uint64_t size;   /* requested bytes | KVSHM_AHDR_MAGIC: immutable while allocated */
+	uint64_t owner; /* KVSHM_OWNER_*: slab lock while a slot owns it, else the owner's lock */
+	uint64_t size;  /* requested bytes | KVSHM_AHDR_MAGIC: immutable while allocated */
 };
 #define KVSHM_AHDR_MAGIC (0xA10Cull << 48)
 #define KVSHM_AHDR_SIZEMASK ((1ull << 48) - 1)
 
 struct kvshm__slabclass {
-	uint32_t size;   /* object bytes incl. header: immutable */
-	uint32_t nobj;   /* objects per page: immutable */
-	uint32_t first;  /* offset of object 0 in the page: immutable */
+	uint32_t size;  /* object bytes incl. header: immutable */
+	uint32_t nobj;  /* objects per page: immutable */
+	uint32_t first; /* offset of object 0 in the page: immutable */
 	uint32_t pad;
 };
 
 struct kvshm__slab {
 	struct kvshm__lock lk;
-	uint32_t page_size;      /* bytes, power of two: immutable */
-	uint32_t page_shift;     /* log2(page_size): immutable */
-	uint64_t npages;         /* pages in the data area: immutable */
-	uint64_t pte_off;        /* page table: immutable */
-	uint64_t data_off;       /* page 0, page-aligned: immutable */
-	uint64_t proctab_off;    /* the process table with the slots' allocs[]: immutable */
+	uint32_t page_size;                               /* bytes, power of two: immutable */
+	uint32_t page_shift;                              /* log2(page_size): immutable */
+	uint64_t npages;                                  /* pages in the data area: immutable */
+	uint64_t pte_off;                                 /* page table: immutable */
+	uint64_t data_off;                                /* page 0, page-aligned: immutable */
+	uint64_t proctab_off;                             /* the process table with the slots' allocs[]: immutable */
 	struct kvshm__slabclass cls[KVSHM_SLAB_NCLASSES]; /* immutable */
-	uint64_t binmap[KVSHM_SLAB_NBINS / 64]; /* non-empty bins: lk */
-	uint32_t bins[KVSHM_SLAB_NBINS];        /* head page + 1 of each bin: lk */
-	uint32_t partial[KVSHM_SLAB_NCLASSES];  /* head page + 1 with free objects: lk */
+	uint64_t binmap[KVSHM_SLAB_NBINS / 64];           /* non-empty bins: lk */
+	uint32_t bins[KVSHM_SLAB_NBINS];                  /* head page + 1 of each bin: lk */
+	uint32_t partial[KVSHM_SLAB_NCLASSES];            /* head page + 1 with free objects: lk */
 	/* Accounting, exact, all under lk. */
-	uint64_t free_pages;     /* pages in free runs */
-	uint64_t ext_pages;      /* pages in allocated extents */
-	uint64_t slab_pages;     /* pages carved into objects */
-	uint64_t req_bytes;      /* sum of requested sizes of live allocations */
-	uint64_t nallocs;        /* live allocations */
+	uint64_t free_pages;                /* pages in free runs */
+	uint64_t ext_pages;                 /* pages in allocated extents */
+	uint64_t slab_pages;                /* pages carved into objects */
+	uint64_t req_bytes;                 /* sum of requested sizes of live allocations */
+	uint64_t nallocs;                   /* live allocations */
 	uint64_t objs[KVSHM_SLAB_NCLASSES]; /* live objects per class */
-	_Atomic uint32_t holes;  /* some free pages were punched out: sticky, unjournaled */
+	_Atomic uint32_t holes;             /* some free pages were punched out: sticky, unjournaled */
 } KVSHM_ALIGNED;
 
 /* Free runs smaller than this are not worth punching out. */
@@ -110,12 +110,12 @@ struct kvshm__slab {
 
 struct kvshm__slab_stats {
 	uint64_t page_size, npages, free_pages, ext_pages, slab_pages;
-	uint64_t req_bytes;      /* what callers asked for */
-	uint64_t used_bytes;     /* what that occupies (pages + objects, incl. headers) */
+	uint64_t req_bytes;  /* what callers asked for */
+	uint64_t used_bytes; /* what that occupies (pages + objects, incl. headers) */
 	uint64_t nallocs;
-	uint64_t largest_free;   /* bytes of the largest free run */
-	double ext_frag;         /* 1 - largest_free / free bytes (0 = one free run) */
-	double int_frag;         /* 1 - req_bytes / used_bytes */
+	uint64_t largest_free; /* bytes of the largest free run */
+	double ext_frag;       /* 1 - largest_free / free bytes (0 = one free run) */
+	double int_frag;       /* 1 - req_bytes / used_bytes */
 };
 
 /* Bytes of region needed for a data area of `data_bytes` (rounded down to
@@ -123,8 +123,8 @@ struct kvshm__slab_stats {
 uint64_t kvshm__slab_region_size(uint64_t data_bytes, uint32_t page_size);
 /* Pages a region of `region_bytes` can hold. */
 uint64_t kvshm__slab_pages_for(uint64_t region_bytes, uint32_t page_size);
-int kvshm__slab_init(struct kvshm__seg *s, struct kvshm__slab *sl, uint64_t region_bytes,
-		     uint32_t page_size, struct kvshm__proctab *tab, uint16_t lock_cls, uint16_t lock_rank);
+int kvshm__slab_init(struct kvshm__seg *s, struct kvshm__slab *sl, uint64_t region_bytes, uint32_t page_size,
+		     struct kvshm__proctab *tab, uint16_t lock_cls, uint16_t lock_rank);
 /* Geometry check of an attached slab. */
 int kvshm__slab_check_geometry(const struct kvshm__seg *s, const struct kvshm__slab *sl);
 
@@ -143,8 +143,7 @@ uint64_t kvshm__slab_footprint(const struct kvshm__slab *sl, uint64_t size);
  * cannot back it: a lazy or released area on a full tmpfs), KVSHM_ETOOBIG
  * (never fits), -EAGAIN (the slot's allocs[] is full), -EINVAL (size 0).
  */
-int kvshm__slab_alloc(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me, uint64_t size,
-		      uint64_t *off);
+int kvshm__slab_alloc(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me, uint64_t size, uint64_t *off);
 /* Free an allocation owned by slot me (and recorded in its allocs[]). */
 int kvshm__slab_free(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me, uint64_t off);
 
@@ -152,12 +151,12 @@ int kvshm__slab_free(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t me, 
  * Hand an allocation from slot me to `owner`, under the caller's lock lk
  * (journaled there, so it is atomic with the caller's own change).
  */
-int kvshm__slab_give_locked(struct kvshm__seg *s, struct kvshm__lock *lk, struct kvshm__slab *sl,
-			    uint32_t me, uint64_t off, uint64_t owner);
+int kvshm__slab_give_locked(struct kvshm__seg *s, struct kvshm__lock *lk, struct kvshm__slab *sl, uint32_t me,
+			    uint64_t off, uint64_t owner);
 /* Take an allocation owned by `expect` back into slot me, under the
  * caller's lock lk; then kvshm__slab_free it. -EAGAIN if allocs[] is full. */
-int kvshm__slab_take_locked(struct kvshm__seg *s, struct kvshm__lock *lk, struct kvshm__slab *sl,
-			    uint32_t me, uint64_t off, uint64_t expect);
+int kvshm__slab_take_locked(struct kvshm__seg *s, struct kvshm__lock *lk, struct kvshm__slab *sl, uint32_t me,
+			    uint64_t off, uint64_t expect);
 
 /* Free every allocation recorded against DEAD slot (idx, gen). Returns the
  * number freed or -ESTALE. */
@@ -165,8 +164,7 @@ int kvshm__slab_reclaim(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t i
 
 /* The header of the allocation whose caller bytes start at off; NULL if off
  * is not a live allocation's start (bounds, alignment, magic checked). */
-struct kvshm__ahdr *kvshm__slab_hdr(const struct kvshm__seg *s, const struct kvshm__slab *sl,
-				    uint64_t off);
+struct kvshm__ahdr *kvshm__slab_hdr(const struct kvshm__seg *s, const struct kvshm__slab *sl, uint64_t off);
 /* Requested size of the allocation at off (0 when off is not one). */
 uint64_t kvshm__slab_size(const struct kvshm__seg *s, const struct kvshm__slab *sl, uint64_t off);
 

@@ -21,8 +21,7 @@
 
 #include "harness.h"
 #define XXH_STATIC_LINKING_ONLY /* XXH3_state_t's layout, for test_hash_stale_stack */
-#include "core/internal.h"      /* kvshm__test_force_hash, kvshm__key_of (test builds) */
-
+#include "core/entry/entry.h"   /* kvshm__test_force_hash, kvshm__key_of (test builds) */
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
@@ -97,7 +96,7 @@ static void test_open_defaults(void **st)
 	assert_null(def.shm_dir);
 	TH_OK(kvshm_config_validate(&def));
 	/* A cache created with them reports them. */
-	TH_OK(kvshm_get_config(h, &got));
+	TH_OK(kvshm_config_get(h, &got));
 	assert_int_equal(got.segment_bytes, 16 * TH_MIB);
 	assert_int_equal(got.max_procs, def.max_procs);
 	assert_int_equal(got.shards, def.shards);
@@ -122,12 +121,12 @@ static void test_open_defaults(void **st)
 	th_cfg_small(&other, 0);
 	other.chunk_tokens = 8;
 	TH_OK(kvshm_open(name, &other, 0, &h2));
-	TH_OK(kvshm_get_config(h2, &got));
+	TH_OK(kvshm_config_get(h2, &got));
 	assert_int_equal(got.chunk_tokens, def.chunk_tokens);
 	assert_int_equal(got.shards, def.shards);
 	/* CREATE without EXCL attaches an existing cache too. */
 	TH_OK(kvshm_open(name, &other, KVSHM_OPEN_CREATE, &h3));
-	TH_OK(kvshm_get_config(h3, &got));
+	TH_OK(kvshm_config_get(h3, &got));
 	assert_int_equal(got.chunk_tokens, def.chunk_tokens);
 	assert_int_equal(th_stats_of(h).procs_live, 3);
 
@@ -161,7 +160,7 @@ static void test_open_defaults(void **st)
 	TH_FAILS(kvshm_open(name, &c, 0, NULL), -EINVAL);
 	/* A NULL handle is refused, not dereferenced; closing it is a no-op. */
 	kvshm_stats sx;
-	TH_FAILS(kvshm_stats_get(NULL, &sx), KVSHM_ECLOSED);
+	TH_FAILS(kvshm_stats_get(NULL, &sx, sizeof(sx)), KVSHM_ECLOSED);
 	TH_FAILS(kvshm_check(NULL, 0), KVSHM_ECLOSED);
 	kvshm_pin p;
 	TH_FAILS(kvshm_lookup(NULL, &m, t, 10, 0, &p), KVSHM_ECLOSED);
@@ -177,42 +176,107 @@ static void test_config_invalid(void **st)
 		const char *field;
 		int which;
 	} cases[] = {
-		{"segment_bytes", 0}, {"segment_bytes", 1}, {"max_procs", 2}, {"shards", 3},
-		{"shards", 4}, {"shards", 5}, {"max_entries", 6}, {"chunk_tokens", 7},
-		{"chunk_tokens", 8}, {"page_size", 9}, {"page_size", 10}, {"writer_slots", 11},
-		{"reservation_ttl_ms", 12}, {"wait_ms", 13}, {"score_halflife_s", 14},
-		{"score_halflife_s", 15}, {"score_halflife_s", 16}, {"mode", 17},
-		{"cold_max_tokens", 18}, {"cold_min_tokens", 19}, {"continued_interval", 20},
-		{"boundary_align_tokens", 21}, {"max_procs", 22}, {"page_size", 23},
+		{"segment_bytes", 0},
+		{"segment_bytes", 1},
+		{"max_procs", 2},
+		{"shards", 3},
+		{"shards", 4},
+		{"shards", 5},
+		{"max_entries", 6},
+		{"chunk_tokens", 7},
+		{"chunk_tokens", 8},
+		{"page_size", 9},
+		{"page_size", 10},
+		{"writer_slots", 11},
+		{"reservation_ttl_ms", 12},
+		{"wait_ms", 13},
+		{"score_halflife_s", 14},
+		{"score_halflife_s", 15},
+		{"score_halflife_s", 16},
+		{"mode", 17},
+		{"cold_max_tokens", 18},
+		{"cold_min_tokens", 19},
+		{"continued_interval", 20},
+		{"boundary_align_tokens", 21},
+		{"max_procs", 22},
+		{"page_size", 23},
 	};
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(cases); i++) {
 		kvshm_config c;
 		th_cfg_small(&c, 0);
 		switch (cases[i].which) {
-		case 0: c.segment_bytes = 1 * TH_MIB; break;
-		case 1: c.segment_bytes = (1ull << 40) + 1; break;
-		case 2: c.max_procs = 1; break;
-		case 3: c.shards = 3; break;
-		case 4: c.shards = 128; break;
-		case 5: c.shards = 0; break;
-		case 6: c.max_entries = 2; break; /* < shards (4) */
-		case 7: c.chunk_tokens = 0; break;
-		case 8: c.chunk_tokens = 4097; break;
-		case 9: c.page_size = 1000; break;
-		case 10: c.page_size = 2048; break;
-		case 11: c.writer_slots = 0; break;
-		case 12: c.reservation_ttl_ms = 0; break;
-		case 13: c.wait_ms = 3600001; break;
-		case 14: c.score_halflife_s = 0; break;
-		case 15: c.score_halflife_s = -1; break;
-		case 16: c.score_halflife_s = NAN; break;
-		case 17: c.mode = 01600; break;
-		case 18: c.policy.cold_max_tokens = c.policy.cold_min_tokens - 1; break;
-		case 19: c.policy.cold_min_tokens = c.policy.min_tokens - 1; break;
-		case 20: c.policy.continued_interval = 0; break;
-		case 21: c.policy.boundary_align_tokens = 0; break;
-		case 22: c.max_procs = 65537; break;
-		case 23: c.page_size = 32u << 20; break;
+		case 0:
+			c.segment_bytes = 1 * TH_MIB;
+			break;
+		case 1:
+			c.segment_bytes = (1ull << 40) + 1;
+			break;
+		case 2:
+			c.max_procs = 1;
+			break;
+		case 3:
+			c.shards = 3;
+			break;
+		case 4:
+			c.shards = 128;
+			break;
+		case 5:
+			c.shards = 0;
+			break;
+		case 6:
+			c.max_entries = 2;
+			break; /* < shards (4) */
+		case 7:
+			c.chunk_tokens = 0;
+			break;
+		case 8:
+			c.chunk_tokens = 4097;
+			break;
+		case 9:
+			c.page_size = 1000;
+			break;
+		case 10:
+			c.page_size = 2048;
+			break;
+		case 11:
+			c.writer_slots = 0;
+			break;
+		case 12:
+			c.reservation_ttl_ms = 0;
+			break;
+		case 13:
+			c.wait_ms = 3600001;
+			break;
+		case 14:
+			c.score_halflife_s = 0;
+			break;
+		case 15:
+			c.score_halflife_s = -1;
+			break;
+		case 16:
+			c.score_halflife_s = NAN;
+			break;
+		case 17:
+			c.mode = 01600;
+			break;
+		case 18:
+			c.policy.cold_max_tokens = c.policy.cold_min_tokens - 1;
+			break;
+		case 19:
+			c.policy.cold_min_tokens = c.policy.min_tokens - 1;
+			break;
+		case 20:
+			c.policy.continued_interval = 0;
+			break;
+		case 21:
+			c.policy.boundary_align_tokens = 0;
+			break;
+		case 22:
+			c.max_procs = 65537;
+			break;
+		case 23:
+			c.page_size = 32u << 20;
+			break;
 		}
 		TH_FAILS(kvshm_config_validate(&c), KVSHM_ECONFIG);
 		if (!strstr(kvshm_last_error(), cases[i].field))
@@ -222,6 +286,7 @@ static void test_config_invalid(void **st)
 		char name[64];
 		kvshm *h = (kvshm *)&h;
 		th_name(name, sizeof(name), "badcfg");
+		th_destroy_later(name);
 		TH_FAILS(kvshm_open(name, &c, KVSHM_OPEN_CREATE, &h), KVSHM_ECONFIG);
 		assert_null(h);
 		assert_non_null(strstr(kvshm_last_error(), cases[i].field));
@@ -262,6 +327,7 @@ static void test_config_too_small_for_tables(void **st)
 	c.segment_bytes = 4 * TH_MIB;
 	c.max_procs = 8192; /* process table alone is several MiB */
 	th_name(name, sizeof(name), "tables");
+	th_destroy_later(name);
 	TH_OK(kvshm_config_validate(&c)); /* each field is in range */
 	TH_FAILS(kvshm_open(name, &c, KVSHM_OPEN_CREATE, &h), KVSHM_ECONFIG);
 	assert_null(h);
@@ -275,7 +341,7 @@ static void test_config_too_small_for_tables(void **st)
 	TH_FAILS(kvshm_open(name, &c, 0, &h), -ENOENT);
 }
 
-static void test_get_config_roundtrip(void **st)
+static void test_config_get_roundtrip(void **st)
 {
 	(void)st;
 	char name[64];
@@ -308,7 +374,7 @@ static void test_get_config_roundtrip(void **st)
 			hh = h2;
 		}
 		memset(&got, 0xa5, sizeof(got));
-		TH_OK(kvshm_get_config(hh, &got));
+		TH_OK(kvshm_config_get(hh, &got));
 		assert_int_equal(got.segment_bytes, c.segment_bytes);
 		assert_int_equal(got.max_procs, c.max_procs);
 		assert_int_equal(got.shards, c.shards);
@@ -457,8 +523,7 @@ static void test_bad_input(void **st)
 	TH_FAILS(kvshm_put(h, NULL, t, 10, buf, 10, NULL), -EINVAL);
 	TH_FAILS(kvshm_put(h, &m, NULL, 10, buf, 10, NULL), -EINVAL);
 	/* Larger than the RAM quota (here the data area), or absurd. */
-	TH_FAILS(kvshm_reserve(h, &m, t, 10, (size_t)(before.tier_quota[KVSHM_TIER_RAM] + 1), NULL, &r),
-	      KVSHM_ETOOBIG);
+	TH_FAILS(kvshm_reserve(h, &m, t, 10, (size_t)(before.tier_quota[KVSHM_TIER_RAM] + 1), NULL, &r), KVSHM_ETOOBIG);
 	TH_FAILS(kvshm_reserve(h, &m, t, 10, 32 * TH_MIB, NULL, &r), KVSHM_ETOOBIG);
 	TH_FAILS(kvshm_reserve(h, &m, t, 10, SIZE_MAX, NULL, &r), KVSHM_ETOOBIG);
 	TH_FAILS(kvshm_reserve(h, &m, t, 10, SIZE_MAX - 40, NULL, &r), KVSHM_ETOOBIG);
@@ -491,11 +556,11 @@ static void test_bad_input(void **st)
 	TH_FAILS(kvshm_cancel(h, &r), -EINVAL);
 	memset(&p, 0, sizeof(p));
 	p.ref[0] = 0xfffffff0u;
-	TH_FAILS(kvshm_unpin(h, &p), -ENOENT);
+	TH_FAILS(kvshm_unpin(h, &p), KVSHM_ENOTFOUND);
 	/* Others. */
 	TH_FAILS(kvshm_evict_bytes(h, 1, 8u, NULL, NULL), -EINVAL);
 	TH_FAILS(kvshm_list(h, NULL, NULL, NULL), -EINVAL);
-	TH_FAILS(kvshm_stats_get(h, NULL), -EINVAL);
+	TH_FAILS(kvshm_stats_get(h, NULL, sizeof(kvshm_stats)), -EINVAL);
 
 	/* Nothing stored was damaged, nothing leaked. */
 	kvshm_stats after = th_stats_of(h);
@@ -701,9 +766,8 @@ static void test_token_mismatch(void **st)
 
 static int force_off(void **st)
 {
-	(void)st;
 	kvshm__test_force_hash(0);
-	return 0;
+	return th_teardown_caches(st);
 }
 
 static uint32_t coll_seed(unsigned fam, unsigned k, uint32_t L)
@@ -727,8 +791,8 @@ static void test_forced_collision(void **st)
 			kvshm_model m = th_model_of(k);
 			th_toks_of(t, 64, fam);
 			for (size_t l = 0; l < 3; l++)
-				TH_OK(th_put_val(h, &m, t, lens[l], 300 + lens[l], coll_seed(fam, k, lens[l]), KVSHM_TIER_RAM,
-					   KVSHM_REASON_OTHER));
+				TH_OK(th_put_val(h, &m, t, lens[l], 300 + lens[l], coll_seed(fam, k, lens[l]),
+						 KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
 		}
 	struct th_coll *cl = malloc(sizeof(*cl));
 	assert_non_null(cl);
@@ -745,7 +809,8 @@ static void test_forced_collision(void **st)
 			th_toks_of(t, 64, fam);
 			for (size_t l = 0; l < 3; l++) {
 				if (stored)
-					th_expect_get(h, &m, t, lens[l], 300 + lens[l], coll_seed(fam, k, lens[l]), KVSHM_TIER_RAM);
+					th_expect_get(h, &m, t, lens[l], 300 + lens[l], coll_seed(fam, k, lens[l]),
+						      KVSHM_TIER_RAM);
 				else
 					th_expect_missing(h, &m, t, lens[l]);
 			}
@@ -848,7 +913,8 @@ static void test_hash_stale_stack(void **st)
 			assert_int_equal(p.ntokens, lens[i]);
 			TH_OK(kvshm_unpin(h, &p));
 			poison_stack(seed);
-			TH_FAILS(th_put_val(h, &m, t, lens[i], 500, 0, KVSHM_TIER_RAM, KVSHM_REASON_OTHER), KVSHM_EEXISTS);
+			TH_FAILS(th_put_val(h, &m, t, lens[i], 500, 0, KVSHM_TIER_RAM, KVSHM_REASON_OTHER),
+				 KVSHM_EEXISTS);
 		}
 		poison_stack(seed);
 		th_check_ok(h);
@@ -1029,12 +1095,12 @@ static void test_reject(void **st)
 	/* Another handle's pin (or a forged one) condemns nothing: the entry
 	 * is still offered below. */
 	kvshm_pin forged = p2;
-	TH_FAILS(kvshm_reject(h, &forged), -ENOENT);
+	TH_FAILS(kvshm_reject(h, &forged), KVSHM_ENOTFOUND);
 	TH_OK(kvshm_lookup(h, &m, t, 16, 0, &p));
 	assert_int_equal(p.ntokens, 16);
 	TH_OK(kvshm_reject(h, &p));
 	assert_null(p.data);
-	TH_FAILS(kvshm_reject(h, &p), -ENOENT);
+	TH_FAILS(kvshm_reject(h, &p), KVSHM_ENOTFOUND);
 	/* Still pinned by h2, but never offered again: the lookup falls back
 	 * to the shorter prefix. */
 	assert_true(th_val_ok(p2.data, p2.len, 2));
@@ -1042,12 +1108,12 @@ static void test_reject(void **st)
 	assert_int_equal(p.ntokens, 8);
 	TH_OK(kvshm_unpin(h, &p));
 	TH_FAILS(kvshm_get(h, &m, t, 16, 0, &p), KVSHM_ENOTFOUND);
-	TH_OK(kvshm_stats_get(h, &s));
+	TH_OK(kvshm_stats_get(h, &s, sizeof(s)));
 	assert_int_equal(s.counters[KVSHM_C_rejected], 1);
 	assert_int_equal(s.tier_entries[KVSHM_TIER_RAM], 2);
 	/* The last pin goes: so does the entry, and the cache is consistent. */
 	TH_OK(kvshm_unpin(h2, &p2));
-	TH_OK(kvshm_stats_get(h, &s));
+	TH_OK(kvshm_stats_get(h, &s, sizeof(s)));
 	assert_int_equal(s.tier_entries[KVSHM_TIER_RAM], 1);
 	TH_OK(kvshm_check(h, 0));
 	TH_OK(kvshm_close(h2));
@@ -1077,14 +1143,14 @@ static void test_unpin_twice(void **st)
 	TH_OK(kvshm_get(h, &m, tb, 8, 0, &pb));
 	pb_copy = pb;
 	TH_OK(kvshm_unpin(h, &pb));
-	TH_FAILS(kvshm_unpin(h, &pb), -ENOENT);      /* the zeroed pin */
-	TH_FAILS(kvshm_unpin(h, &pb_copy), -ENOENT); /* a stale copy */
+	TH_FAILS(kvshm_unpin(h, &pb), KVSHM_ENOTFOUND);      /* the zeroed pin */
+	TH_FAILS(kvshm_unpin(h, &pb_copy), KVSHM_ENOTFOUND); /* a stale copy */
 	memset(&pz, 0, sizeof(pz));
-	TH_FAILS(kvshm_unpin(h, &pz), -ENOENT);
+	TH_FAILS(kvshm_unpin(h, &pz), KVSHM_ENOTFOUND);
 	/* Another handle's pin is not ours to drop, nor ours its. */
 	TH_OK(kvshm_get(h2, &m, tb, 8, 0, &p2));
-	TH_FAILS(kvshm_unpin(h, &p2), -ENOENT);
-	TH_FAILS(kvshm_unpin(h2, &pa), -ENOENT);
+	TH_FAILS(kvshm_unpin(h, &p2), KVSHM_ENOTFOUND);
+	TH_FAILS(kvshm_unpin(h2, &pa), KVSHM_ENOTFOUND);
 	/* A is still pinned exactly once: eviction cannot take it. */
 	struct th_coll cl;
 	th_list(h, NULL, &cl);
@@ -1098,7 +1164,7 @@ static void test_unpin_twice(void **st)
 	assert_true(th_val_ok(pa.data, 1000, 1));
 	TH_OK(kvshm_unpin(h2, &p2));
 	TH_OK(kvshm_unpin(h, &pa));
-	TH_FAILS(kvshm_unpin(h, &pa), -ENOENT);
+	TH_FAILS(kvshm_unpin(h, &pa), KVSHM_ENOTFOUND);
 	TH_OK(kvshm_evict_bytes(h, UINT64_MAX, 0, NULL, &count));
 	assert_int_equal(count, 2);
 	th_check_ok(h2);
@@ -1387,15 +1453,16 @@ static void test_expiry(void **st)
 	TH_OK(kvshm_reserve(h, &m, t, 32, 4000, NULL, &r1));
 	th_val_fill(r1.data, 4000, 1);
 	uint64_t fp = ram_bytes(h);
-	/* gc before the deadline expires nothing. */
-	TH_OK(kvshm_gc(h, NULL, NULL));
+	/* A prune before the deadline expires nothing. */
+	TH_OK(kvshm_prune(h, 0, NULL));
 	assert_int_equal(th_counter(h, KVSHM_C_expired), 0);
 	TH_FAILS(kvshm_reserve(h2, &m, t, 32, 4000, NULL, &r2), KVSHM_EINPROGRESS);
 	th_sleep_ms(120);
-	uint64_t freed = 1, count = 1;
-	TH_OK(kvshm_gc(h2, &freed, &count));
-	assert_int_equal(freed, 0);
-	assert_int_equal(count, 0);
+	kvshm_prune_report pr = {1, 1, 1, 1};
+	TH_OK(kvshm_prune(h2, 0, &pr));
+	assert_int_equal(pr.evicted_bytes, 0);
+	assert_int_equal(pr.evicted, 0);
+	assert_int_equal(pr.expired, 1);
 	assert_int_equal(th_counter(h, KVSHM_C_expired), 1);
 	struct th_coll cl;
 	th_list(h, NULL, &cl);
@@ -1427,7 +1494,7 @@ static void test_expiry(void **st)
 	th_toks_of(t, 32, 3);
 	TH_OK(kvshm_reserve(h2, &m, t, 32, 4000, NULL, &r2));
 	th_sleep_ms(120);
-	TH_OK(kvshm_gc(h, NULL, NULL));
+	TH_OK(kvshm_prune(h, 0, NULL));
 	assert_int_equal(th_counter(h, KVSHM_C_expired), 3);
 	th_check_ok(h);
 	TH_OK(kvshm_cancel(h, &r3));
@@ -1478,10 +1545,10 @@ static void test_quota_never_exceeded(void **st)
 	TH_FAILS(kvshm_reserve(h, &m, t, 8, (size_t)c.quota[KVSHM_TIER_RAM], NULL, &r), KVSHM_ETOOBIG);
 	TH_FAILS(kvshm_reserve(h, &m, t, 8, 6 * len, NULL, &r), KVSHM_ETOOBIG);
 	assert_int_equal(th_ram_entries(h), 4);
-	/* gc has nothing to do under the quota. */
-	uint64_t freed = 1, count = 1;
-	TH_OK(kvshm_gc(h, &freed, &count));
-	assert_int_equal(count, 0);
+	/* A prune has nothing to evict under the quota. */
+	kvshm_prune_report pr = {1, 1, 1, 1};
+	TH_OK(kvshm_prune(h, 0, &pr));
+	assert_int_equal(pr.evicted, 0);
 	th_finish(h, name);
 }
 
@@ -1838,10 +1905,10 @@ static void test_delete_filter(void **st)
 	assert_int_equal(ram_bytes(h), 0);
 	assert_int_equal(th_ram_entries(h), 0);
 	assert_int_equal(th_counter(h, KVSHM_C_deletes), 6);
-	uint64_t freed = 1, count = 1;
-	TH_OK(kvshm_gc(h, &freed, &count));
-	assert_int_equal(count, 0);
-	assert_int_equal(freed, 0);
+	kvshm_prune_report pr = {1, 1, 1, 1};
+	TH_OK(kvshm_prune(h, 0, &pr));
+	assert_int_equal(pr.evicted, 0);
+	assert_int_equal(pr.evicted_bytes, 0);
 	th_finish(h, name);
 }
 
@@ -1864,7 +1931,24 @@ static void test_stats(void **st)
 	assert_int_equal(s.tier_entries[KVSHM_TIER_RAM], 0);
 	for (int i = 0; i < KVSHM_NCOUNTERS; i++)
 		assert_int_equal(s.counters[i], 0);
+	assert_int_equal(s.ncounters, KVSHM_NCOUNTERS);
 	assert_int_equal(s.data_free_bytes, s.data_bytes);
+	/* A caller built with fewer counters gets its part, nothing past it;
+	 * one that does not reach the counters is refused. */
+	struct {
+		kvshm_stats st;
+		uint64_t guard[4];
+	} older;
+	memset(&older, 0xa5, sizeof(older));
+	size_t cut = offsetof(kvshm_stats, counters) + 8 * sizeof(uint64_t);
+	TH_OK(kvshm_stats_get(h, &older.st, cut));
+	assert_int_equal(older.st.procs_live, 3);
+	assert_int_equal(older.st.ncounters, KVSHM_NCOUNTERS);
+	for (int i = 0; i < 8; i++)
+		assert_int_equal(older.st.counters[i], 0); /* written: they were 0xa5 bytes */
+	for (size_t i = cut; i < sizeof(older); i++)
+		assert_int_equal(((const uint8_t *)&older)[i], 0xa5);
+	TH_FAILS(kvshm_stats_get(h, &older.st, offsetof(kvshm_stats, counters) - 1), -EINVAL);
 	TH_OK(kvshm_close(h3));
 	assert_int_equal(th_stats_of(h2).procs_live, 2);
 
@@ -1873,7 +1957,8 @@ static void test_stats(void **st)
 	size_t lens[] = {1, 100, 2000, 2048, 5000, 70000};
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(lens); i++) {
 		th_toks_of(t, 64, (unsigned)i);
-		TH_OK(th_put_val(i % 2 ? h : h2, &m, t, 3 + i * 10, lens[i], (uint32_t)i, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+		TH_OK(th_put_val(i % 2 ? h : h2, &m, t, 3 + i * 10, lens[i], (uint32_t)i, KVSHM_TIER_RAM,
+				 KVSHM_REASON_OTHER));
 	}
 	struct th_coll cl;
 	th_list(h, NULL, &cl);
@@ -1935,7 +2020,7 @@ static int sf_child(void *p)
 	int i;
 	for (i = 0; i < 6000; i++) {
 		kvshm_stats s;
-		if (kvshm_stats_get(h, &s) < 0)
+		if (kvshm_stats_get(h, &s, sizeof(s)) < 0)
 			return 13;
 		if (s.counters[KVSHM_C_waits] > a->waits0)
 			break;
@@ -1981,7 +2066,7 @@ static void single_flight(int cancel)
 	/* Without the flag: no waiting, the reservation is invisible. */
 	TH_FAILS(kvshm_get(h, &m, t, SF_N, 0, &p), KVSHM_ENOTFOUND);
 	TH_FAILS(kvshm_lookup_copy(h, &m, t, SF_N, 0, buf, sizeof(buf), &len, &nt),
-	      cancel ? -ENOBUFS : KVSHM_ENOTFOUND);
+		 cancel ? -ENOBUFS : KVSHM_ENOTFOUND);
 	int r = kvshm_lookup(h, &m, t, SF_N, 0, &p);
 	if (cancel) {
 		TH_OK(r);
@@ -2073,8 +2158,8 @@ static void test_wait_timeout(void **st)
 
 struct fork_arg {
 	kvshm *h;
-	kvshm_pin pin;          /* the parent's */
-	kvshm_reservation res;  /* the parent's */
+	kvshm_pin pin;         /* the parent's */
+	kvshm_reservation res; /* the parent's */
 	int to_parent, from_parent;
 	int exit_without_close;
 };
@@ -2101,7 +2186,7 @@ static int fork_child(void *p)
 	if (kvshm_unpin(h, &pin) < 0)
 		return 6;
 	/* The parent's pin and reservation stay the parent's. */
-	if (kvshm_unpin(h, &a->pin) != -ENOENT)
+	if (kvshm_unpin(h, &a->pin) != KVSHM_ENOTFOUND)
 		return 7;
 	if (kvshm_publish(h, &a->res) != -EINVAL || kvshm_cancel(h, &a->res) != -EINVAL)
 		return 8;
@@ -2280,12 +2365,12 @@ static bool cc_pin_ok(const kvshm_pin *p, unsigned fam)
 	       th_val_ok(p->data, p->len, cc_seed(fam, (uint32_t)p->ntokens));
 }
 
-#define CC_FAIL(code, ...)                                                                 \
-	do {                                                                               \
-		fprintf(stderr, "child %d op %d: ", a->id, op);                            \
-		fprintf(stderr, __VA_ARGS__);                                              \
-		fprintf(stderr, " (%s)\n", kvshm_last_error());                            \
-		return code;                                                               \
+#define CC_FAIL(code, ...)                                      \
+	do {                                                    \
+		fprintf(stderr, "child %d op %d: ", a->id, op); \
+		fprintf(stderr, __VA_ARGS__);                   \
+		fprintf(stderr, " (%s)\n", kvshm_last_error()); \
+		return code;                                    \
 	} while (0)
 
 static bool cc_save_err_ok(int r)
@@ -2441,7 +2526,7 @@ static void test_concurrency(void **st)
 	assert_int_equal(s.entries_reserved, 0);
 	assert_true(s.counters[KVSHM_C_evictions] > 0);
 	/* In-flight reservations may overshoot; gc brings the tier back. */
-	TH_OK(kvshm_gc(h, NULL, NULL));
+	TH_OK(kvshm_prune(h, 0, NULL));
 	assert_true(ram_bytes(h) <= c.quota[KVSHM_TIER_RAM]);
 	kvshm_model m = th_model_of(70);
 	uint32_t t[CC_QUERY];
@@ -2463,42 +2548,42 @@ static void test_concurrency(void **st)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_open_defaults),
-		cmocka_unit_test(test_config_invalid),
-		cmocka_unit_test(test_config_too_small_for_tables),
-		cmocka_unit_test(test_get_config_roundtrip),
-		cmocka_unit_test(test_destroy_busy),
-		cmocka_unit_test(test_bad_input),
-		cmocka_unit_test(test_prefix_lengths),
-		cmocka_unit_test(test_model_identity),
-		cmocka_unit_test(test_token_mismatch),
+		cmocka_unit_test_teardown(test_open_defaults, th_teardown_caches),
+		cmocka_unit_test_teardown(test_config_invalid, th_teardown_caches),
+		cmocka_unit_test_teardown(test_config_too_small_for_tables, th_teardown_caches),
+		cmocka_unit_test_teardown(test_config_get_roundtrip, th_teardown_caches),
+		cmocka_unit_test_teardown(test_destroy_busy, th_teardown_caches),
+		cmocka_unit_test_teardown(test_bad_input, th_teardown_caches),
+		cmocka_unit_test_teardown(test_prefix_lengths, th_teardown_caches),
+		cmocka_unit_test_teardown(test_model_identity, th_teardown_caches),
+		cmocka_unit_test_teardown(test_token_mismatch, th_teardown_caches),
 		cmocka_unit_test_teardown(test_forced_collision, force_off),
-		cmocka_unit_test(test_hash_stale_stack),
-		cmocka_unit_test(test_pin_survives_eviction),
-		cmocka_unit_test(test_evict_skips_pinned),
-		cmocka_unit_test(test_pin_limit),
-		cmocka_unit_test(test_unpin_twice),
-		cmocka_unit_test(test_reject),
-		cmocka_unit_test(test_copy_out),
-		cmocka_unit_test(test_reserve_publish_cancel),
-		cmocka_unit_test(test_reservation_limit),
-		cmocka_unit_test(test_close_releases),
-		cmocka_unit_test(test_expiry),
-		cmocka_unit_test(test_quota_never_exceeded),
-		cmocka_unit_test(test_eviction_order),
-		cmocka_unit_test(test_nospace_when_pinned),
-		cmocka_unit_test(test_entry_capacity),
-		cmocka_unit_test(test_list),
-		cmocka_unit_test(test_list_stops),
-		cmocka_unit_test(test_delete_filter),
-		cmocka_unit_test(test_stats),
-		cmocka_unit_test(test_single_flight),
-		cmocka_unit_test(test_single_flight_cancelled),
-		cmocka_unit_test(test_wait_timeout),
-		cmocka_unit_test(test_fork_child),
-		cmocka_unit_test(test_fork_child_dies),
-		cmocka_unit_test(test_fork_close_unused),
-		cmocka_unit_test(test_concurrency),
+		cmocka_unit_test_teardown(test_hash_stale_stack, th_teardown_caches),
+		cmocka_unit_test_teardown(test_pin_survives_eviction, th_teardown_caches),
+		cmocka_unit_test_teardown(test_evict_skips_pinned, th_teardown_caches),
+		cmocka_unit_test_teardown(test_pin_limit, th_teardown_caches),
+		cmocka_unit_test_teardown(test_unpin_twice, th_teardown_caches),
+		cmocka_unit_test_teardown(test_reject, th_teardown_caches),
+		cmocka_unit_test_teardown(test_copy_out, th_teardown_caches),
+		cmocka_unit_test_teardown(test_reserve_publish_cancel, th_teardown_caches),
+		cmocka_unit_test_teardown(test_reservation_limit, th_teardown_caches),
+		cmocka_unit_test_teardown(test_close_releases, th_teardown_caches),
+		cmocka_unit_test_teardown(test_expiry, th_teardown_caches),
+		cmocka_unit_test_teardown(test_quota_never_exceeded, th_teardown_caches),
+		cmocka_unit_test_teardown(test_eviction_order, th_teardown_caches),
+		cmocka_unit_test_teardown(test_nospace_when_pinned, th_teardown_caches),
+		cmocka_unit_test_teardown(test_entry_capacity, th_teardown_caches),
+		cmocka_unit_test_teardown(test_list, th_teardown_caches),
+		cmocka_unit_test_teardown(test_list_stops, th_teardown_caches),
+		cmocka_unit_test_teardown(test_delete_filter, th_teardown_caches),
+		cmocka_unit_test_teardown(test_stats, th_teardown_caches),
+		cmocka_unit_test_teardown(test_single_flight, th_teardown_caches),
+		cmocka_unit_test_teardown(test_single_flight_cancelled, th_teardown_caches),
+		cmocka_unit_test_teardown(test_wait_timeout, th_teardown_caches),
+		cmocka_unit_test_teardown(test_fork_child, th_teardown_caches),
+		cmocka_unit_test_teardown(test_fork_child_dies, th_teardown_caches),
+		cmocka_unit_test_teardown(test_fork_close_unused, th_teardown_caches),
+		cmocka_unit_test_teardown(test_concurrency, th_teardown_caches),
 	};
 	/* KVSHM_TEST_FILTER=test_expiry (a cmocka pattern) runs a subset. */
 	const char *filter = getenv("KVSHM_TEST_FILTER");

@@ -19,6 +19,8 @@
  *      tight quota, killed at random moments, verifying every byte read.
  *
  * Children only _exit(code) or die; every assertion is the parent's.
+ * Not the file tiers' crash safety (tests/test_file_crash.c) nor the long
+ * campaign (make crashtest).
  */
 #include <fcntl.h>
 #include <signal.h>
@@ -31,12 +33,12 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "core/internal.h"
+#include "core/entry/entry.h"
 
 #define MAXTOK 256
 #define VAL_MAX (16384 + BIG_EXTRA)
 #define BIG_FAM 50u      /* keys of families from here on have big values */
-#define BIG_EXTRA 70000u /* ... this much bigger: written through a window (core/save.c) */
+#define BIG_EXTRA (4u << 20) /* ... this much bigger: written through a window (core/save.c) */
 #define PARENT_TAG 0xA1
 #define CHILD_TAG 0xC3
 
@@ -60,7 +62,7 @@ static void key_tokens(uint32_t *t, const struct kspec *k)
 }
 
 /* 200 .. 9199 bytes: some blobs are slab objects, most are extents; keys
- * of the big families have 70000 more (a reservation's window). */
+ * of the big families have 4 MiB more (a reservation's window). */
 static size_t val_len(uint64_t seed, const uint32_t *t)
 {
 	size_t len = 200 + (size_t)(seed % 9000);
@@ -113,10 +115,10 @@ static void test_cfg(kvshm_config *c, uint32_t wait_ms, uint64_t ram_quota)
 
 struct listing {
 	uint64_t n, footprint, ready, reserved;
-	uint64_t parent, child;        /* entries by model */
-	uint64_t parent_bad_ref;       /* parent entries whose refcount != want_parent_ref */
+	uint64_t parent, child;  /* entries by model */
+	uint64_t parent_bad_ref; /* parent entries whose refcount != want_parent_ref */
 	uint32_t want_parent_ref;
-	uint64_t refs;                 /* sum of refcounts */
+	uint64_t refs; /* sum of refcounts */
 };
 
 static int list_cb(const kvshm_entry_info *e, void *p)
@@ -163,7 +165,7 @@ static void sweep_check(kvshm *h, const char *when, int iter)
 static void assert_quiet(kvshm *h, const struct listing *l, const char *when, int iter)
 {
 	kvshm_stats st;
-	assert_int_equal(kvshm_stats_get(h, &st), 0);
+	assert_int_equal(kvshm_stats_get(h, &st, sizeof(st)), 0);
 	if (st.entries_reserved != 0 || l->reserved != 0)
 		fail_msg("%s %d: %llu reservations left", when, iter, (unsigned long long)st.entries_reserved);
 	if (st.writer_slots_used != 0)
@@ -193,10 +195,20 @@ static const struct kspec pkeys[] = {
 /* The child's keys (model CHILD_TAG, so a filter finds them). */
 enum { CK1, CK2, CK3, CK4, CK5, CK6, CK7, CK8, CK9, CK_GPIN, CK_GRES, CK_BIG, CK_BIG2, CK_BAD, NCK };
 static const struct kspec ckeys[NCK] = {
-	[CK1] = {10, 0, 50},  [CK2] = {11, 0, 64},  [CK3] = {12, 0, 70},  [CK4] = {11, 0, 90},
-	[CK5] = {13, 0, 20},  [CK6] = {14, 0, 37},  [CK7] = {15, 1, 77},  [CK8] = {16, 2, 120},
-	[CK9] = {17, 0, 45},  [CK_GPIN] = {18, 0, 60}, [CK_GRES] = {19, 0, 99},
-	[CK_BIG] = {BIG_FAM + 1, 0, 30}, [CK_BIG2] = {BIG_FAM + 2, 0, 31}, [CK_BAD] = {20, 0, 41},
+	[CK1] = {10, 0, 50},
+	[CK2] = {11, 0, 64},
+	[CK3] = {12, 0, 70},
+	[CK4] = {11, 0, 90},
+	[CK5] = {13, 0, 20},
+	[CK6] = {14, 0, 37},
+	[CK7] = {15, 1, 77},
+	[CK8] = {16, 2, 120},
+	[CK9] = {17, 0, 45},
+	[CK_GPIN] = {18, 0, 60},
+	[CK_GRES] = {19, 0, 99},
+	[CK_BIG] = {BIG_FAM + 1, 0, 30},
+	[CK_BIG2] = {BIG_FAM + 2, 0, 31},
+	[CK_BAD] = {20, 0, 41},
 };
 
 /* Flip a byte of k's stored value behind the library's back (through its
@@ -334,8 +346,8 @@ static int scenario(void *p)
 
 	/* copy-out */
 	key_tokens(t, &ckeys[CK1]);
-	if (kvshm_lookup_copy(h, &cm, t, ckeys[CK1].n, 0, buf, sizeof(buf), &len, &nt) < 0 ||
-	    nt != ckeys[CK1].n || !val_ok(buf, len, &cm, t, nt))
+	if (kvshm_lookup_copy(h, &cm, t, ckeys[CK1].n, 0, buf, sizeof(buf), &len, &nt) < 0 || nt != ckeys[CK1].n ||
+	    !val_ok(buf, len, &cm, t, nt))
 		return 23;
 
 	/* a value corrupted behind the library's back: copy-out rejects it
@@ -389,7 +401,7 @@ static int scenario(void *p)
 		return 44;
 	if (kvshm_evict_bytes(h, 3 * 4096, KVSHM_TIER_BIT(KVSHM_TIER_RAM), &freed, &count) < 0 || count == 0)
 		return 31;
-	if (kvshm_gc(h, &freed, &count) < 0)
+	if (kvshm_prune(h, 0, NULL) < 0)
 		return 32;
 
 	/* delete by filter: every child entry */
@@ -430,7 +442,7 @@ struct baseline {
 static void take_baseline(kvshm *h, struct baseline *b)
 {
 	kvshm_stats st;
-	assert_int_equal(kvshm_stats_get(h, &st), 0);
+	assert_int_equal(kvshm_stats_get(h, &st, sizeof(st)), 0);
 	b->data_free = st.data_free_bytes;
 	b->tier_bytes = st.tier_bytes[KVSHM_TIER_RAM];
 	kvshm__slab_stats(h->seg, h->slab, &b->slab);
@@ -581,7 +593,7 @@ static void test_every_core_crash_point(void **st)
  * waits to be killed. */
 struct tctx {
 	char name[64];
-	int fd;               /* write end of the parent's pipe */
+	int fd; /* write end of the parent's pipe */
 	const struct kspec *keys;
 	int nkeys;
 	uint8_t tag;
@@ -716,12 +728,12 @@ static void test_kill_before_publish(void **st)
 	test_cfg(&cfg, 1, 0);
 	assert_int_equal(kvshm_open(c.name, &cfg, KVSHM_OPEN_CREATE | KVSHM_OPEN_EXCL, &h), 0);
 	assert_int_equal(put_key(h, &m, &keys[1]), 0);
-	assert_int_equal(kvshm_stats_get(h, &s0), 0);
+	assert_int_equal(kvshm_stats_get(h, &s0, sizeof(s0)), 0);
 
 	pid_t pid = fork_told(reserve_and_wait, &c, &rfd);
 	hear(rfd);
 	close(rfd);
-	assert_int_equal(kvshm_stats_get(h, &s1), 0);
+	assert_int_equal(kvshm_stats_get(h, &s1, sizeof(s1)), 0);
 	assert_int_equal(s1.entries_reserved, 1);
 	assert_true(s1.tier_bytes[KVSHM_TIER_RAM] > s0.tier_bytes[KVSHM_TIER_RAM]);
 	assert_int_equal(put_key(h, &m, &keys[0]), KVSHM_EINPROGRESS);
@@ -734,7 +746,7 @@ static void test_kill_before_publish(void **st)
 	assert_int_equal(kvshm__sweep(h), 1);
 	if (kvshm_check(h, 0) != 0)
 		fail_msg("check after the writer died: %s", kvshm_last_error());
-	assert_int_equal(kvshm_stats_get(h, &s1), 0);
+	assert_int_equal(kvshm_stats_get(h, &s1, sizeof(s1)), 0);
 	assert_int_equal(s1.entries_reserved, 0);
 	assert_int_equal(s1.tier_bytes[KVSHM_TIER_RAM], s0.tier_bytes[KVSHM_TIER_RAM]);
 	assert_int_equal(s1.tier_entries[KVSHM_TIER_RAM], s0.tier_entries[KVSHM_TIER_RAM]);
@@ -756,7 +768,7 @@ struct kctx {
 	int op;
 };
 
-static const struct kspec victim = {40, 0, 50};   /* saved by the parent, model VICTIM_TAG */
+static const struct kspec victim = {40, 0, 50}; /* saved by the parent, model VICTIM_TAG */
 #define VICTIM_TAG 0x5e
 
 static int killed_child(void *p)
@@ -881,7 +893,7 @@ struct wctx2 {
 	int fd;
 };
 
-static const struct kspec wkey = {50, 0, 96};   /* being saved by the writer */
+static const struct kspec wkey = {50, 0, 96};    /* being saved by the writer */
 static const struct kspec wquery = {50, 0, 128}; /* the reader's prompt */
 
 static int dying_writer(void *p)
@@ -924,7 +936,8 @@ static int waiting_reader(void *p)
 		return 3;
 	}
 	/* Released by the reclaim, not by the 20 s wait running out. */
-	if (kvshm_stats_get(h, &st) < 0 || st.counters[KVSHM_C_waits] < 1 || st.counters[KVSHM_C_wait_timeouts] != 0)
+	if (kvshm_stats_get(h, &st, sizeof(st)) < 0 || st.counters[KVSHM_C_waits] < 1 ||
+	    st.counters[KVSHM_C_wait_timeouts] != 0)
 		return 4;
 	kvshm_close(h);
 	return 0;
@@ -955,7 +968,7 @@ static void test_waiter_released_by_reclaim(void **st)
 	pid_t reader = th_fork(waiting_reader, &c);
 	/* Until the reader is waiting (the counter says so); then kill. */
 	for (int i = 0;; i++) {
-		assert_int_equal(kvshm_stats_get(h, &s), 0);
+		assert_int_equal(kvshm_stats_get(h, &s, sizeof(s)), 0);
 		if (s.counters[KVSHM_C_waits] >= 1)
 			break;
 		int ws;
@@ -1105,7 +1118,7 @@ static int worker(void *p)
 				return th_bad_err("evict", err);
 			atomic_fetch_add(&c->sh->evicted, n);
 		} else if (op < 88) {
-			if ((err = kvshm_gc(h, NULL, NULL)) < 0)
+			if ((err = kvshm_prune(h, 0, NULL)) < 0)
 				return th_bad_err("gc", err);
 		} else {
 			/* re-verify and drop a held pin: its bytes never moved */

@@ -28,8 +28,7 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "core/file.h" /* the format, paths and TDB index (tests link the internal library) */
-
+#include "core/tier/file.h" /* the format, paths and TDB index (tests link the internal library) */
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
@@ -79,8 +78,8 @@ struct fx {
 	char name[64];
 	char base[256]; /* mkdtemp'd; the disk tier lives in it */
 	char disk[300];
-	char rf[256];   /* ram_file tier on /dev/shm */
-	char mnt[300];  /* a mount made by the test, if any */
+	char rf[256];  /* ram_file tier on /dev/shm */
+	char mnt[300]; /* a mount made by the test, if any */
 	kvshm *h;
 };
 
@@ -153,7 +152,7 @@ static const char *tier_dir(const struct fx *f, int tier)
 
 static void key_of(kvshm *h, const kvshm_model *m, const uint32_t *t, size_t n, uint8_t key[16])
 {
-	kvshm__h128 k = kvshm__key_of(h, m, t, n);
+	kvshm__h128 k = kvshm__key_of(&h->kc, m, t, n);
 	memcpy(key, &k, 16);
 }
 
@@ -246,7 +245,7 @@ static uint64_t ram_footprint(size_t n, size_t len)
 }
 
 /* ======================================================================
- * The format (core/fileformat.c) and CRC32C
+ * The format (core/tier/fileformat.c) and CRC32C
  * ====================================================================== */
 
 /* A cache file for (m, t[0..n), key) holding len bytes from seed. */
@@ -342,7 +341,7 @@ static int check_buf(const kvshm *h, const char *path, const uint8_t *buf, size_
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	assert_true(fd >= 0);
 	struct kvshm__fmeta m;
-	int err = kvshm__file_read_meta(h, fd, path, &m);
+	int err = kvshm__file_read_meta(h ? &h->kc : NULL, fd, path, &m);
 	if (err == 0) {
 		err = kvshm__file_check_payload(fd, path, &m);
 		if (err == 0 && out)
@@ -460,7 +459,7 @@ static void test_format_corruption(void **state)
 		assert_int_equal(ftruncate(fd, (off_t)l), 0);
 		if (l && pwrite(fd, b + l - 1, 1, (off_t)l - 1) != 1)
 			fail();
-		int r = kvshm__file_read_meta(h, fd, path, &mm);
+		int r = kvshm__file_read_meta(h ? &h->kc : NULL, fd, path, &mm);
 		if (r != KVSHM_EBADFILE)
 			print_error("truncated at %zu of %zu: %s\n", l, size, kvshm_err_name(r));
 		assert_int_equal(r, KVSHM_EBADFILE);
@@ -472,7 +471,7 @@ static void test_format_corruption(void **state)
 		struct kvshm__fmeta mm;
 		assert_int_equal(pwrite(fd, b, size, 0), (ssize_t)size);
 		assert_int_equal(ftruncate(fd, (off_t)(size + extra[i])), 0);
-		TH_FAILS(kvshm__file_read_meta(h, fd, path, &mm), KVSHM_EBADFILE);
+		TH_FAILS(kvshm__file_read_meta(h ? &h->kc : NULL, fd, path, &mm), KVSHM_EBADFILE);
 	}
 
 	/* Every byte of header and tags, flipped three ways: the meta CRC (or
@@ -485,7 +484,7 @@ static void test_format_corruption(void **state)
 			struct kvshm__fmeta mm;
 			uint8_t x = b[i] ^ masks[k];
 			assert_int_equal(pwrite(fd, &x, 1, (off_t)i), 1);
-			int r = kvshm__file_read_meta(h, fd, path, &mm);
+			int r = kvshm__file_read_meta(h ? &h->kc : NULL, fd, path, &mm);
 			if (r != KVSHM_EBADFILE)
 				print_error("byte %zu ^ 0x%02x accepted: %s\n", i, masks[k], kvshm_err_name(r));
 			assert_int_equal(r, KVSHM_EBADFILE);
@@ -496,12 +495,12 @@ static void test_format_corruption(void **state)
 	/* Every payload byte with one bit flipped: the header still reads,
 	 * the payload CRC refuses it. */
 	struct kvshm__fmeta good;
-	TH_OK(kvshm__file_read_meta(h, fd, path, &good));
+	TH_OK(kvshm__file_read_meta(h ? &h->kc : NULL, fd, path, &good));
 	for (size_t i = 0; i < len; i++) {
 		struct kvshm__fmeta mm;
 		uint8_t x = b[off + i] ^ (uint8_t)(1u << (i % 8));
 		assert_int_equal(pwrite(fd, &x, 1, (off_t)(off + i)), 1);
-		TH_OK(kvshm__file_read_meta(h, fd, path, &mm));
+		TH_OK(kvshm__file_read_meta(h ? &h->kc : NULL, fd, path, &mm));
 		kvshm__fmeta_free(&mm);
 		int r = kvshm__file_check_payload(fd, path, &good);
 		if (r != KVSHM_EBADFILE)
@@ -517,13 +516,13 @@ static void test_format_corruption(void **state)
 	uint8_t *c = malloc(size);
 	assert_non_null(c);
 	struct kvshm__fhdr hh;
-#define EDIT(stmt)                                 \
-	do {                                       \
-		memcpy(c, b, size);                \
-		hh = hdr_of(c);                    \
-		stmt;                              \
-		hdr_set(c, &hh);                   \
-		fix_crc(c);                        \
+#define EDIT(stmt)                  \
+	do {                        \
+		memcpy(c, b, size); \
+		hh = hdr_of(c);     \
+		stmt;               \
+		hdr_set(c, &hh);    \
+		fix_crc(c);         \
 	} while (0)
 	EDIT(hh.magic[0] = 'X');
 	TH_FAILS(check_buf(h, path, c, size, NULL), KVSHM_EBADFILE);
@@ -648,8 +647,8 @@ static void test_crc32c(void **state)
 		/* Continuation: crc(a ‖ b) == crc(crc(a), b). */
 		size_t cut = len ? (size_t)(rng_next(&x) % len) : 0;
 		assert_int_equal(kvshm__crc32c(kvshm__crc32c(seed, buf + align, cut), buf + align + cut, len - cut), a);
-		assert_int_equal(kvshm__crc32c_sw(kvshm__crc32c_sw(seed, buf + align, cut), buf + align + cut, len - cut),
-				 a);
+		assert_int_equal(
+			kvshm__crc32c_sw(kvshm__crc32c_sw(seed, buf + align, cut), buf + align + cut, len - cut), a);
 	}
 	free(buf);
 }
@@ -1097,7 +1096,7 @@ static void test_expiry(void **state)
 		TH_OK(kvshm_reserve(h, &m, t, 32, 20000, &o, &r));
 		th_val_fill(r.data, 20000, 1);
 		th_sleep_ms(60);
-		TH_OK(kvshm_gc(h, NULL, NULL));
+		TH_OK(kvshm_prune(h, 0, NULL));
 		TH_FAILS(kvshm_publish(h, &r), KVSHM_EEXPIRED);
 		assert_null(r.data);
 		assert_int_equal(tmp_files(tier_dir(f, tier)), 0);
@@ -1166,7 +1165,7 @@ static int stall_child(void *p)
 	uint8_t key[16] = {0};
 	uint64_t n = 0;
 	/* Reopen the inherited index now, before the parent's transaction. */
-	if (kvshm__tier_idx(a->h, KVSHM_TIER_DISK, &ix) < 0 || kvshm__idx_get(ix, key, &row) != KVSHM_ENOTFOUND)
+	if (kvshm__file_index(a->h, KVSHM_TIER_DISK, &ix) < 0 || kvshm__idx_get(ix, key, &row) != KVSHM_ENOTFOUND)
 		return 1;
 	th_write_byte(a->to_parent, 'r');
 	if (th_read_byte(a->from_parent, 60000) != 'g')
@@ -1200,7 +1199,7 @@ static void test_no_expiry_while_committing(void **state)
 	kvshm *h = open_fx(f, &c);
 	struct kvshm__idx *ix;
 	char path[512];
-	TH_OK(kvshm__tier_idx(h, KVSHM_TIER_DISK, &ix));
+	TH_OK(kvshm__file_index(h, KVSHM_TIER_DISK, &ix));
 	for (int what = STALL_SAVE; what <= STALL_DELETE; what++) {
 		kvshm_model m = th_model_of(20 + (unsigned)what);
 		uint32_t t[32];
@@ -1226,7 +1225,7 @@ static void test_no_expiry_while_committing(void **state)
 			th_sleep_ms(1);
 		}
 		th_sleep_ms(60); /* three times the TTL */
-		TH_OK(kvshm_gc(h, NULL, NULL));
+		TH_OK(kvshm_prune(h, 0, NULL));
 		struct estates s = states_of(h, &m, KVSHM_TIER_DISK);
 		assert_int_equal(s.n, 1);
 		assert_int_equal(s.expired, 0);
@@ -1297,7 +1296,7 @@ static void test_expired_writer_cleaned_up(void **state)
 		assert_true(pid > 0);
 		th_expect_byte(c2p[0], 'r', 60000, pid, "child");
 		th_sleep_ms(60);
-		TH_OK(kvshm_gc(h, NULL, NULL));
+		TH_OK(kvshm_prune(h, 0, NULL));
 		assert_int_equal(states_of(h, &m, KVSHM_TIER_DISK).expired, 1);
 		/* The key is free for another writer: us. */
 		TH_OK(th_put_val(h, &m, t, 32, 7000, 5, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
@@ -1640,16 +1639,16 @@ static void test_reconcile_temps_and_invalid(void **state)
 	memset(k2, 0x5c, 16);
 	kvshm__key_hex(k2, hx);
 	snprintf(rel, sizeof(rel), "5c/%s.kvc", hx);
-	plant(f->disk, rel, junk, sizeof(junk));  /* invalid content */
+	plant(f->disk, rel, junk, sizeof(junk)); /* invalid content */
 	k2[15] = 0x11;
 	kvshm__key_hex(k2, hx);
 	snprintf(rel, sizeof(rel), "5c/%s.kvc", hx);
-	plant(f->disk, rel, valid, len1);         /* a valid file under another key's name */
+	plant(f->disk, rel, valid, len1); /* a valid file under another key's name */
 	kvshm__key_hex(key, hx);
 	snprintf(rel, sizeof(rel), "%02x/README", key[0]);
-	plant(f->disk, rel, valid, len1);         /* not a key name */
+	plant(f->disk, rel, valid, len1); /* not a key name */
 	snprintf(rel, sizeof(rel), "%02x/%s.kvc", (uint8_t)(key[0] + 1), hx);
-	plant(f->disk, rel, valid, len1);         /* the right name in the wrong directory */
+	plant(f->disk, rel, valid, len1); /* the right name in the wrong directory */
 	char upper[33];
 	for (int i = 0; i < 33; i++)
 		upper[i] = (char)(hx[i] >= 'a' && hx[i] <= 'f' ? hx[i] - 32 : hx[i]);
@@ -1684,8 +1683,8 @@ static void test_reconcile_temps_and_invalid(void **state)
 	/* A second pass finds nothing to do. */
 	TH_OK(kvshm_reconcile(h, KVSHM_TIER_DISK, &rep));
 	assert_int_equal(rep.files, 4);
-	assert_int_equal(rep.temps_removed + rep.invalid_removed + rep.adopted + rep.rows_added +
-				 rep.rows_dropped + rep.entries_dropped,
+	assert_int_equal(rep.temps_removed + rep.invalid_removed + rep.adopted + rep.rows_added + rep.rows_dropped +
+				 rep.entries_dropped,
 			 0);
 	finish(f);
 }
@@ -2315,7 +2314,7 @@ static void test_directories_created(void **state)
 		assert_true(exists(p));
 	}
 	kvshm_config got;
-	TH_OK(kvshm_get_config(h, &got));
+	TH_OK(kvshm_config_get(h, &got));
 	assert_string_equal(got.disk_dir, f->disk);
 	assert_string_equal(got.ram_file_dir, f->rf);
 	kvshm_model m = th_model_of(18);
@@ -2493,7 +2492,7 @@ static void test_default_disk_quota(void **state)
 	c.disk_dir = sub;
 	kvshm *h = open_fx(f, &c);
 	kvshm_stats s;
-	TH_OK(kvshm_stats_get(h, &s));
+	TH_OK(kvshm_stats_get(h, &s, sizeof(s)));
 	uint64_t q = s.tier_quota[KVSHM_TIER_DISK];
 	print_message("default disk quota on a 64 MiB tmpfs: %llu bytes\n", (unsigned long long)q);
 	assert_true(q > 24 * TH_MIB && q <= 32 * TH_MIB);

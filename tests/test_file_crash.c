@@ -38,6 +38,8 @@
  * Environment: KVSHM_FILE_CRASH_STRIDE=1 runs the "*@N" enumeration over
  * every hit (a few minutes); KVSHM_TEST_SEED fixes the stride offset and
  * the campaign's randomness; KVSHM_TEST_FILTER (a glob) selects tests.
+ * Not the RAM tier's protocols (tests/test_core_crash.c) nor the long
+ * campaign (make crashtest).
  */
 #include <dirent.h>
 #include <fcntl.h>
@@ -55,7 +57,7 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "core/file.h"
+#include "core/tier/file.h"
 
 #define KIB 1024u
 #define MAXTOK 256
@@ -91,33 +93,35 @@ static void key_tokens(uint32_t *t, uint8_t tag, uint32_t n)
 
 /* The child's keys. */
 enum {
-	K_D1,  /* disk, put, 300 B */
-	K_F1,  /* ram_file, reserve → publish, 5000 B */
-	K_F2,  /* ram_file, put, 70000 B (many pages) */
-	K_D2,  /* disk, reserve → publish over a valid file already at its final path */
-	K_D3,  /* disk, put, 1 B */
-	K_FC,  /* ram_file, reserved, half-filled, cancelled */
-	K_R1,  /* ram, 24000 B each: the small quota evicts and demotes into disk */
+	K_D1, /* disk, put, 300 B */
+	K_F1, /* ram_file, reserve → publish, 5000 B */
+	K_F2, /* ram_file, put, 70000 B (many pages) */
+	K_D2, /* disk, reserve → publish over a valid file already at its final path */
+	K_D3, /* disk, put, 1 B */
+	K_FC, /* ram_file, reserved, half-filled, cancelled */
+	K_R1, /* ram, 24000 B each: the small quota evicts and demotes into disk */
 	K_R2,
 	K_R3,
 	K_R4,
-	K_G1,  /* disk: a grandchild dies half-way through filling it; saved again */
-	K_G2,  /* ram_file: a grandchild dies just after linking it; adopted by reclaim */
-	K_AD,  /* ram_file: a valid file planted in the directory, adopted by reconcile */
-	K_A2,  /* disk: planted, adopted by a grandchild that dies reconciling */
+	K_G1, /* disk: a grandchild dies half-way through filling it; saved again */
+	K_G2, /* ram_file: a grandchild dies just after linking it; adopted by reclaim */
+	K_AD, /* ram_file: a valid file planted in the directory, adopted by reconcile */
+	K_A2, /* disk: planted, adopted by a grandchild that dies reconciling */
 	NCK
 };
 static const struct fkey ckeys[NCK] = {
-	[K_D1] = {20, 300, DISK},     [K_F1] = {37, 5000, RFILE},  [K_F2] = {50, 70000, RFILE},
-	[K_D2] = {64, 9000, DISK},    [K_D3] = {70, 1, DISK},      [K_FC] = {45, 6000, RFILE},
-	[K_R1] = {80, 24000, RAM},    [K_R2] = {88, 24000, RAM},   [K_R3] = {96, 24000, RAM},
-	[K_R4] = {110, 24000, RAM},   [K_G1] = {120, 7000, DISK},  [K_G2] = {130, 3000, RFILE},
-	[K_AD] = {150, 2500, RFILE},  [K_A2] = {160, 4000, DISK},
+	[K_D1] = {20, 300, DISK},    [K_F1] = {37, 5000, RFILE}, [K_F2] = {50, 70000, RFILE},
+	[K_D2] = {64, 9000, DISK},   [K_D3] = {70, 1, DISK},     [K_FC] = {45, 6000, RFILE},
+	[K_R1] = {80, 24000, RAM},   [K_R2] = {88, 24000, RAM},  [K_R3] = {96, 24000, RAM},
+	[K_R4] = {110, 24000, RAM},  [K_G1] = {120, 7000, DISK}, [K_G2] = {130, 3000, RFILE},
+	[K_AD] = {150, 2500, RFILE}, [K_A2] = {160, 4000, DISK},
 };
 /* The parent's keys, pinned by the parent for the whole enumeration. */
 enum { P_DISK, P_RFILE, P_RAM, NPK };
 static const struct fkey pkeys[NPK] = {
-	[P_DISK] = {24, 4000, DISK}, [P_RFILE] = {33, 12000, RFILE}, [P_RAM] = {40, 2000, RAM},
+	[P_DISK] = {24, 4000, DISK},
+	[P_RFILE] = {33, 12000, RFILE},
+	[P_RAM] = {40, 2000, RAM},
 };
 
 static const struct fkey *spec_of(uint8_t tag, uint32_t n, int *id)
@@ -315,7 +319,7 @@ static int file_exact(kvshm *h, const char *path, value_fn value_ok, uint8_t *ta
 		snprintf(why, wlen, "%s: %s", path, strerror(errno));
 		return -1;
 	}
-	int err = kvshm__file_read_meta(h, fd, path, &m);
+	int err = kvshm__file_read_meta(h ? &h->kc : NULL, fd, path, &m);
 	if (err == 0 && (err = kvshm__file_check_payload(fd, path, &m)) < 0)
 		kvshm__fmeta_free(&m);
 	close(fd);
@@ -331,8 +335,8 @@ static int file_exact(kvshm *h, const char *path, value_fn value_ok, uint8_t *ta
 	bool ok = named && (buf = th_read_file(path, &len)) != NULL && len == m.file_size &&
 		  value_ok(&m.model, m.tokens, m.ntokens, buf + m.payload_off, m.payload_len);
 	if (!ok)
-		snprintf(why, wlen, "%s: does not hold its key's exact bytes (tag %02x, %u tokens, %llu bytes)", path, tag,
-			 m.ntokens, (unsigned long long)m.payload_len);
+		snprintf(why, wlen, "%s: does not hold its key's exact bytes (tag %02x, %u tokens, %llu bytes)", path,
+			 tag, m.ntokens, (unsigned long long)m.payload_len);
 	if (tag_out)
 		*tag_out = tag;
 	if (n_out)
@@ -592,18 +596,18 @@ static int scenario(void *p)
 	if (kvshm_unpin(h, &pin) < 0 || kvshm_unpin(h, &pin2) < 0)
 		return 23;
 	key_tokens(t, CHILD_TAG, 60); /* the longest stored prefix: K_F2 (50) */
-	if (kvshm_lookup(h, &cm, t, 60, 0, &pin) < 0 || pin.ntokens != ckeys[K_F2].n ||
-	    pin.kind != KVSHM_HIT_PREFIX || !val_ok(pin.data, pin.len, CHILD_TAG, (uint32_t)pin.ntokens))
+	if (kvshm_lookup(h, &cm, t, 60, 0, &pin) < 0 || pin.ntokens != ckeys[K_F2].n || pin.kind != KVSHM_HIT_PREFIX ||
+	    !val_ok(pin.data, pin.len, CHILD_TAG, (uint32_t)pin.ntokens))
 		return 24;
 	if (kvshm_unpin(h, &pin) < 0)
 		return 25;
 	key_tokens(t, CHILD_TAG, ckeys[K_F2].n);
-	if (kvshm_lookup_copy(h, &cm, t, ckeys[K_F2].n, 0, buf, sizeof(buf), &len, &nt) < 0 ||
-	    nt != ckeys[K_F2].n || !val_ok(buf, len, CHILD_TAG, ckeys[K_F2].n))
+	if (kvshm_lookup_copy(h, &cm, t, ckeys[K_F2].n, 0, buf, sizeof(buf), &len, &nt) < 0 || nt != ckeys[K_F2].n ||
+	    !val_ok(buf, len, CHILD_TAG, ckeys[K_F2].n))
 		return 26;
 	key_tokens(t, CHILD_TAG, ckeys[K_D3].n);
-	if (kvshm_lookup_copy(h, &cm, t, ckeys[K_D3].n, 0, buf, sizeof(buf), &len, &nt) < 0 ||
-	    nt != ckeys[K_D3].n || !val_ok(buf, len, CHILD_TAG, ckeys[K_D3].n))
+	if (kvshm_lookup_copy(h, &cm, t, ckeys[K_D3].n, 0, buf, sizeof(buf), &len, &nt) < 0 || nt != ckeys[K_D3].n ||
+	    !val_ok(buf, len, CHILD_TAG, ckeys[K_D3].n))
 		return 27;
 
 	/* A promotion pass: RAM has room, so hot file entries are copied up. */
@@ -693,7 +697,7 @@ struct fstate {
 	kvshm_pin pins[NPK];
 	struct kvshm__slab_stats slab0;
 	uint64_t tier_bytes0[KVSHM_NTIERS];
-	uint64_t orphans;    /* unindexed cache files left by deaths, removed by the reset */
+	uint64_t orphans;     /* unindexed cache files left by deaths, removed by the reset */
 	uint64_t eexist_seen; /* surviving runs whose K_D2 file is the planted one */
 };
 
@@ -842,7 +846,8 @@ static void verify_and_reset(struct fstate *fs, const char *spec, int iter, bool
 		uint8_t *b = NULL;
 		size_t blen = 0;
 		snprintf(path, sizeof(path), "%s/%s", c->disk, c->tpl_d2.rel);
-		if ((b = th_read_file(path, &blen)) != NULL && blen == c->tpl_d2.len && memcmp(b, c->tpl_d2.data, blen) == 0)
+		if ((b = th_read_file(path, &blen)) != NULL && blen == c->tpl_d2.len &&
+		    memcmp(b, c->tpl_d2.data, blen) == 0)
 			fs->eexist_seen++;
 		free(b);
 	}
@@ -863,7 +868,7 @@ static void verify_and_reset(struct fstate *fs, const char *spec, int iter, bool
 				 sn.e[i].refcount);
 	kvshm_stats st;
 	struct kvshm__slab_stats sl;
-	assert_int_equal(kvshm_stats_get(h, &st), 0);
+	assert_int_equal(kvshm_stats_get(h, &st, sizeof(st)), 0);
 	kvshm__slab_stats(h->seg, h->slab, &sl);
 	if (st.entries_reserved || st.writer_slots_used || st.procs_live != 1)
 		fail_msg("%s: %llu reservations, %u writer units, %u live processes after the reset", spec,
@@ -872,7 +877,8 @@ static void verify_and_reset(struct fstate *fs, const char *spec, int iter, bool
 		if (st.tier_bytes[t] != fs->tier_bytes0[t])
 			fail_msg("%s: tier %s holds %llu bytes after the reset, %llu before", spec, kvshm__tier_name(t),
 				 (unsigned long long)st.tier_bytes[t], (unsigned long long)fs->tier_bytes0[t]);
-	if (sl.nallocs != fs->slab0.nallocs || sl.req_bytes != fs->slab0.req_bytes || sl.free_pages != fs->slab0.free_pages)
+	if (sl.nallocs != fs->slab0.nallocs || sl.req_bytes != fs->slab0.req_bytes ||
+	    sl.free_pages != fs->slab0.free_pages)
 		fail_msg("%s: slab after the reset: %llu allocations (%llu before), %llu free pages (%llu)", spec,
 			 (unsigned long long)sl.nallocs, (unsigned long long)fs->slab0.nallocs,
 			 (unsigned long long)sl.free_pages, (unsigned long long)fs->slab0.free_pages);
@@ -1082,7 +1088,7 @@ static void test_every_file_crash_point(void **st)
 		assert_int_equal(fs->pins[i].tier, pkeys[i].tier);
 	}
 	kvshm_stats s0;
-	assert_int_equal(kvshm_stats_get(fs->h, &s0), 0);
+	assert_int_equal(kvshm_stats_get(fs->h, &s0, sizeof(s0)), 0);
 	memcpy(fs->tier_bytes0, s0.tier_bytes, sizeof(fs->tier_bytes0));
 	kvshm__slab_stats(fs->h->seg, fs->h->slab, &fs->slab0);
 	assert_int_equal(plant(fs->c.disk, fs->c.tpl_d2.rel, fs->c.tpl_d2.data, fs->c.tpl_d2.len), 0);
@@ -1468,7 +1474,7 @@ static void diagnose(kvshm *h, const char *disk, const char *rf)
 	for (int t = RFILE; t <= DISK; t++) {
 		struct kvshm__idx *ix = NULL;
 		struct diagrows d = {l, t, t == DISK ? disk : rf};
-		if (kvshm__tier_idx(h, t, &ix) == 0)
+		if (kvshm__file_index(h, t, &ix) == 0)
 			kvshm__idx_each(ix, diag_row, &d);
 		for (size_t i = 0; i < l->n; i++) {
 			struct kvshm__irow row;
@@ -1558,7 +1564,8 @@ static void test_random_campaign(void **st)
 			if (all)
 				break;
 			if (i > 20000)
-				fail_msg("campaign kill %d: the survivors did not pause (seed %llu)", k, (unsigned long long)seed);
+				fail_msg("campaign kill %d: the survivors did not pause (seed %llu)", k,
+					 (unsigned long long)seed);
 			usleep(250);
 		}
 		if (kvshm_sweep(h) < 0)
@@ -1611,7 +1618,8 @@ static void test_random_campaign(void **st)
 					if (r < 0)
 						fail_msg("campaign: get: %s", kvshm_err_name(r));
 					if (!camp_ok(pin.data, pin.len, &m, t, n))
-						fail_msg("campaign: key %u/%u/%u: wrong bytes (tier %d)", f, v, n, pin.tier);
+						fail_msg("campaign: key %u/%u/%u: wrong bytes (tier %d)", f, v, n,
+							 pin.tier);
 					assert_int_equal(kvshm_unpin(h, &pin), 0);
 					found++;
 				}
@@ -1620,7 +1628,7 @@ static void test_random_campaign(void **st)
 	each_cache_file(fs->c.disk, camp_scan_file, &cs);
 	each_cache_file(fs->c.rf, camp_scan_file, &cs);
 	kvshm_stats s;
-	assert_int_equal(kvshm_stats_get(h, &s), 0);
+	assert_int_equal(kvshm_stats_get(h, &s, sizeof(s)), 0);
 	printf("file campaign: %d kills in %.1f s, %llu ops, %llu saves (%llu to files), %llu cancels, %llu loads, "
 	       "%llu reads verified, %llu evicted, %llu demotions; %llu keys found, %llu cache files verified\n",
 	       kills, secs, (unsigned long long)sh->ops, (unsigned long long)sh->saves,
@@ -1629,6 +1637,9 @@ static void test_random_campaign(void **st)
 	       (unsigned long long)s.counters[KVSHM_C_demotions], (unsigned long long)found,
 	       (unsigned long long)cs.files);
 	assert_true(sh->verified > 0 && sh->file_saves > 0);
+	/* A read-back that found nothing checked nothing. */
+	if (found == 0)
+		fail_msg("campaign: the read-back found no key at all (seed %llu)", (unsigned long long)seed);
 	release_fs(fs, true);
 	munmap(sh, sizeof(*sh));
 }
@@ -1746,7 +1757,7 @@ static void test_reaper_cleans_file_saves(void **st)
 	assert_no_temps(fs, "reaper cleanup", 0);
 	assert_int_equal(th_log_count(hits, "file.reclaim.decided"), 2);
 	kvshm_stats s;
-	assert_int_equal(kvshm_stats_get(h, &s), 0);
+	assert_int_equal(kvshm_stats_get(h, &s, sizeof(s)), 0);
 	assert_true(s.counters[KVSHM_C_reclaims] >= 2);
 
 	assert_int_equal(kill(reaper_pid, SIGTERM), 0);

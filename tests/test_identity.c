@@ -118,7 +118,7 @@ static int worker(struct th_kid *k)
 		fflush(stderr);
 		pid_t g = fork();
 		if (g == 0) {
-			if (kvshm_stats_get(h, &st) < 0) /* binds a slot of its own */
+			if (kvshm_stats_get(h, &st, sizeof(st)) < 0) /* binds a slot of its own */
 				_exit(5);
 			(void)!write(p[1], "g", 1);
 			for (;;)
@@ -223,9 +223,10 @@ static void wait_pin_reclaimed(kvshm *h, uint64_t reclaims, const char *log, pid
 	uint64_t deadline = th_now_ms() + DEADLINE_MS;
 	while (refcount(h) != 0 || th_counter(h, KVSHM_C_reclaimed_pins) < reclaims) {
 		if (th_now_ms() > deadline) {
-			print_error("the pin of dead pid %d was not reclaimed (refcount %u, %llu pins reclaimed, want %llu)\n",
-				    (int)dead, refcount(h), (unsigned long long)th_counter(h, KVSHM_C_reclaimed_pins),
-				    (unsigned long long)reclaims);
+			print_error(
+				"the pin of dead pid %d was not reclaimed (refcount %u, %llu pins reclaimed, want %llu)\n",
+				(int)dead, refcount(h), (unsigned long long)th_counter(h, KVSHM_C_reclaimed_pins),
+				(unsigned long long)reclaims);
 			th_dump_file(log);
 			fail();
 		}
@@ -638,8 +639,9 @@ static void test_reaper_leaked_lock_descriptor(void **st)
 		th_sleep_ms(1000);
 		uint64_t cpu = cpu_ticks(rp) - cpu0, ms = th_now_ms() - t0;
 		long hz = sysconf(_SC_CLK_TCK);
-		print_message("  reaper CPU while a dead worker's pid and lock live on: %llu ticks of %ld/s in %llu ms\n",
-			      (unsigned long long)cpu, hz, (unsigned long long)ms);
+		print_message(
+			"  reaper CPU while a dead worker's pid and lock live on: %llu ticks of %ld/s in %llu ms\n",
+			(unsigned long long)cpu, hz, (unsigned long long)ms);
 		assert_true(cpu * 1000 < (uint64_t)hz * ms / 4); /* under a quarter of a CPU: no spin */
 		assert_int_equal(refcount(h), 1);
 		assert_true(proc_of(h, k.pid, NULL));

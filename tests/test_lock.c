@@ -3,6 +3,7 @@
  * abort, rollback after an owner dies mid-section, a repairer that dies
  * mid-repair, a corrupt journal refused, the owner pid stamp, lock-order
  * enforcement, futex timeouts and wakeups.
+ * Not the structures the locks guard (their own tests).
  */
 #include <signal.h>
 #include <stdio.h>
@@ -253,8 +254,8 @@ static int acquire_and_release(void *p)
 static void test_repairer_dies(void **st)
 {
 	struct fix *f = *st;
-	const char *points[] = {"lock.rollback.step@1", "lock.rollback.step@3",
-				"lock.recover.rolled_back@1", "lock.recover.repaired@1"};
+	const char *points[] = {"lock.rollback.step@1", "lock.rollback.step@3", "lock.recover.rolled_back@1",
+				"lock.recover.repaired@1"};
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(points); i++) {
 		reset(f);
 		assert_int_equal(th_wait(th_fork(die_holding, f)), 128 + SIGKILL);

@@ -10,6 +10,7 @@
  * so a hit tells which entry answered. Caches have 16-token chunks (chain
  * boundaries 1, 2, 4, 8, 16, 32, 48, 64, ...) and the default minimum of
  * 64 tokens unless a test says otherwise. No assertion depends on timing.
+ * Not ordinary lookups (tests/test_cache.c).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +18,7 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "core/internal.h" /* kvshm__test_force_hash, kvshm__bidx, the marker table */
+#include "core/entry/entry.h" /* kvshm__test_force_hash, kvshm__bidx, the marker table */
 
 #define MAXT 512
 #define VLEN(n) (600 + (size_t)(n)) /* value bytes of an n-token entry */
@@ -98,7 +99,7 @@ static void test_longer_than_query(void **st)
 		 * levels; here each level has at most one chained entry, and
 		 * a marker set holds at most 8 candidates. */
 		uint64_t probes = th_counter(h, KVSHM_C_probes) - p0;
-		assert_true(probes <= 2 * (kvshm__bidx(h->cfg, q) + 1) * (1 + KVSHM_MARK_WAYS));
+		assert_true(probes <= 2 * (kvshm__bidx(&h->kc, q) + 1) * (1 + KVSHM_MARK_WAYS));
 	}
 	kvshm_stats s1 = th_stats_of(h);
 	assert_int_equal(s1.counters[KVSHM_C_hits_partial] - s0.counters[KVSHM_C_hits_partial], want_partial);
@@ -174,7 +175,7 @@ static void test_minimum(void **st)
 	uint32_t e[MAXT], f[MAXT], q[MAXT];
 	th_cfg_small(&c, 0);
 	kvshm *h = th_create_cache(name, sizeof(name), "pmin", &c);
-	TH_OK(kvshm_get_config(h, &got));
+	TH_OK(kvshm_config_get(h, &got));
 	assert_int_equal(got.partial_min_tokens, 64); /* the default */
 	kvshm_model m = th_model_of(3);
 	th_toks_of(e, 300, 1);
@@ -191,7 +192,7 @@ static void test_minimum(void **st)
 	th_cfg_small(&c, 0);
 	c.partial_min_tokens = 32;
 	h = th_create_cache(name2, sizeof(name2), "pmin32", &c);
-	TH_OK(kvshm_get_config(h, &got));
+	TH_OK(kvshm_config_get(h, &got));
 	assert_int_equal(got.partial_min_tokens, 32);
 	TH_OK(kvshm_config_validate(&got));
 	put(h, &m, e, 200, 1, RAM);
@@ -207,7 +208,7 @@ static void test_minimum(void **st)
 	c.partial_min_tokens = 0;
 	TH_OK(kvshm_config_validate(&c));
 	h = th_create_cache(name2, sizeof(name2), "pmin0", &c);
-	TH_OK(kvshm_get_config(h, &got));
+	TH_OK(kvshm_config_get(h, &got));
 	assert_int_equal(got.partial_min_tokens, 64);
 	th_finish(h, name2);
 	c.partial_min_tokens = KVSHM_MAX_TOKENS + 1;
@@ -270,9 +271,9 @@ static void test_full_preferred(void **st)
 	kvshm *h = th_create_cache(name, sizeof(name), "pfull", &c);
 	kvshm_model m = th_model_of(5);
 	th_toks_of(q, 300, 1);
-	put(h, &m, q, 100, 30, RAM);  /* a prefix of the query */
+	put(h, &m, q, 100, 30, RAM); /* a prefix of the query */
 	toks(t, MAXT, 1, 100, 2);
-	put(h, &m, t, 200, 31, RAM);  /* the same 100 tokens, then more */
+	put(h, &m, t, 200, 31, RAM); /* the same 100 tokens, then more */
 	expect_hit(h, &m, q, 250, P, KVSHM_HIT_PREFIX, 100, 100, 30, RAM);
 	/* The query ends inside the longer one: still the ordinary hit. */
 	toks(t, MAXT, 1, 100, 2);
@@ -397,8 +398,8 @@ static void test_forced_collision(void **st)
 				assert_int_equal(p.ntokens, common);
 				assert_true(common >= 64 || common == lens[el]);
 				assert_int_equal(p.kind, common < lens[el] ? KVSHM_HIT_PARTIAL
-							   : common == qs[i] ? KVSHM_HIT_EXACT
-									     : KVSHM_HIT_PREFIX);
+							 : common == qs[i] ? KVSHM_HIT_EXACT
+									   : KVSHM_HIT_PREFIX);
 				TH_OK(kvshm_unpin(h, &p));
 			}
 		}
@@ -522,7 +523,8 @@ static void test_garbage_markers(void **st)
 		put(h, &m, e, 180 + (size_t)round, 70 + (uint32_t)round, RAM);
 		TH_OK(kvshm_lookup(h, &m, e, 100, P, &p));
 		assert_int_equal(p.ntokens, 100);
-		assert_true(th_val_ok(p.data, p.len, p.stored_ntokens == 200 ? 60 : 70 + (uint32_t)(p.stored_ntokens - 180)));
+		assert_true(th_val_ok(p.data, p.len,
+				      p.stored_ntokens == 200 ? 60 : 70 + (uint32_t)(p.stored_ntokens - 180)));
 		TH_OK(kvshm_unpin(h, &p));
 		th_check_ok(h); /* nothing in the table for the checker to mind */
 	}

@@ -3,6 +3,7 @@
  * token counts. Defaults, trimming and alignment at every edge, the cold
  * window, continued and finish saves, and validation naming each broken
  * invariant; a broken policy also fails kvshm_config_validate.
+ * Not saving itself (tests/test_cache.c, tests/test_file.c).
  */
 #include <stdint.h>
 #include <string.h>
@@ -170,9 +171,9 @@ static void test_policy_validate(void **st)
 		kvshm_policy p;
 		const char *names;
 	} bad[] = {
-		{{512, 511, 30000, 2048, 32, 2048}, "cold_min_tokens"},  /* cold_min < min */
-		{{512, 1000, 999, 2048, 32, 2048}, "cold_max_tokens"},   /* cold_max < cold_min */
-		{{0, 0, 0, 0, 0, 1}, "continued_interval"},              /* interval 0 */
+		{{512, 511, 30000, 2048, 32, 2048}, "cold_min_tokens"},    /* cold_min < min */
+		{{512, 1000, 999, 2048, 32, 2048}, "cold_max_tokens"},     /* cold_max < cold_min */
+		{{0, 0, 0, 0, 0, 1}, "continued_interval"},                /* interval 0 */
 		{{512, 512, 30000, 2048, 32, 0}, "boundary_align_tokens"}, /* align 0 */
 		{{UINT32_MAX, 0, 0, 1, 0, 1}, "cold_min_tokens"},
 	};
@@ -202,12 +203,9 @@ static void test_policy_validate(void **st)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_policy_defaults),
-		cmocka_unit_test(test_policy_trim),
-		cmocka_unit_test(test_policy_cold),
-		cmocka_unit_test(test_policy_continued),
-		cmocka_unit_test(test_policy_finish),
-		cmocka_unit_test(test_policy_validate),
+		cmocka_unit_test(test_policy_defaults), cmocka_unit_test(test_policy_trim),
+		cmocka_unit_test(test_policy_cold),     cmocka_unit_test(test_policy_continued),
+		cmocka_unit_test(test_policy_finish),   cmocka_unit_test(test_policy_validate),
 	};
 	return cmocka_run_group_tests_name("policy", tests, NULL, NULL);
 }

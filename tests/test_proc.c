@@ -196,9 +196,7 @@ static unsigned long long stat_starttime(pid_t pid)
 	assert_non_null(p);
 	unsigned long long v = 0;
 	/* Fields 3..21, then 22. */
-	int got = sscanf(p + 2,
-			 "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
-			 &v);
+	int got = sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu", &v);
 	assert_int_equal(got, 1);
 	return v;
 }
@@ -417,7 +415,7 @@ static void test_sweep_reclaims_other_identity(void **state)
 	if (sl->ident == KVSHM_IDENT_PIDFS) {
 		sl->start_time += 1; /* the same pidfs inode: still us */
 		assert_int_equal(tseg_sweep(&fx->t), 0);
-		sl->pidfs_ino += 1;  /* another process's inode */
+		sl->pidfs_ino += 1; /* another process's inode */
 	} else {
 		kvshm__slotlock_drop(fx->t.seg, idx); /* as our death would */
 		assert_int_equal(kvshm__slotlock_held(fx->t.seg, idx), 0);
@@ -960,8 +958,8 @@ static void test_take_dead_rechecks_reclaimer_under_lock(void **state)
 /* ---- killed at every crash point --------------------------------------------------------- */
 
 static const char *const proc_points[] = {
-	"proc.claim.locked",     "proc.claim.filled",     "proc.claim.done",
-	"proc.release.cleared",  "proc.take_dead.taken",  "proc.sweep.reclaimed",
+	"proc.claim.locked",    "proc.claim.filled",    "proc.claim.done",
+	"proc.release.cleared", "proc.take_dead.taken", "proc.sweep.reclaimed",
 };
 
 /* Child: claim a slot and give it back. */
@@ -990,8 +988,8 @@ static void test_crash_points(void **state)
 	static const struct {
 		const char *point;
 		int (*fn)(void *);
-		int swept;   /* slots the parent's sweep must reclaim */
-		bool locked; /* died holding the table lock */
+		int swept;          /* slots the parent's sweep must reclaim */
+		bool locked;        /* died holding the table lock */
 		bool lock_identity; /* a step of the slot-lock identity only */
 	} cases[] = {
 		{"proc.claim.locked", crash_claim_release, 0, true, true},

@@ -1,6 +1,7 @@
 /*
  * tests/test_reaper.c — issue 4's acceptance: the reaper, the pressure
- * scheduler, prune, promotion decisions and the kvshm-reaper daemon.
+ * scheduler, prune and the kvshm-reaper daemon (promotion plans have their
+ * own program, tests/test_promote.c).
  *
  * The tests run the REAL daemon: "$KVSHM_BIN_DIR/kvshm-reaper" (tests/run.sh
  * exports it; build/tst/bin when unset), the same variant as this program,
@@ -17,8 +18,7 @@
  *   - The scheduler with a scripted pressure source (a shell script that
  *     cats a file this test writes), in-process and in the daemon; sources;
  *     configuration errors.
- *   - Prune (expired reservations, max age), promotion plans (pure), SIGHUP
- *     reload, SIGTERM.
+ *   - Prune (expired reservations, max age), SIGHUP reload, SIGTERM.
  *
  * Forked children only _exit(code) or die; the parent asserts. Nothing is
  * asserted about latency: every wait polls with a generous deadline (the
@@ -51,12 +51,12 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "core/internal.h" /* backdating entries for the max-age prune */
+#include "core/entry/entry.h" /* backdating entries for the max-age prune */
 
-#define NTOK 24             /* tokens per key */
-#define DEADLINE_MS 20000   /* generous: a shared 2-core machine, sanitizers */
-#define START_MS 30000      /* a daemon to start serving */
-#define PLEN 256            /* our paths: G.dir (< 64) + a leaf */
+#define NTOK 24           /* tokens per key */
+#define DEADLINE_MS 20000 /* generous: a shared 2-core machine, sanitizers */
+#define START_MS 30000    /* a daemon to start serving */
+#define PLEN 256          /* our paths: G.dir (< 64) + a leaf */
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
@@ -163,7 +163,7 @@ static kvshm__h128 key_of_fam(kvshm *h, unsigned fam)
 	kvshm_model m = th_model_of(1);
 	uint32_t t[NTOK];
 	th_toks_of(t, NTOK, fam);
-	return kvshm__key_of(h, &m, t, NTOK);
+	return kvshm__key_of(&h->kc, &m, t, NTOK);
 }
 
 static void print_stats(const char *what, const kvshm_stats *s)
@@ -304,8 +304,8 @@ static pid_t start_worker(struct wk *w)
 
 static struct wk full_worker(const char *name, int id)
 {
-	struct wk w = {.id = id, .nput = 3, .npin = 2, .pin_shared = true, .reserve = true, .writer = true,
-		       .len = 20000};
+	struct wk w = {
+		.id = id, .nput = 3, .npin = 2, .pin_shared = true, .reserve = true, .writer = true, .len = 20000};
 	snprintf(w.name, sizeof(w.name), "%s", name);
 	return w;
 }
@@ -408,8 +408,7 @@ static void test_reaper_reclaims_killed_workers(void **st)
 	kvshm_stats s2 = th_stats_of(h);
 	assert_int_equal(s2.counters[KVSHM_C_reclaims] - s1.counters[KVSHM_C_reclaims], NW);
 	assert_int_equal(s2.counters[KVSHM_C_reclaimed_pins] - s1.counters[KVSHM_C_reclaimed_pins], NW * 3);
-	assert_int_equal(s2.counters[KVSHM_C_reclaimed_reservations] - s1.counters[KVSHM_C_reclaimed_reservations],
-			 NW);
+	assert_int_equal(s2.counters[KVSHM_C_reclaimed_reservations] - s1.counters[KVSHM_C_reclaimed_reservations], NW);
 	assert_int_equal(s2.counters[KVSHM_C_reclaimed_sem] - s1.counters[KVSHM_C_reclaimed_sem], NW);
 	assert_true(s2.counters[KVSHM_C_reclaimed_allocs] - s1.counters[KVSHM_C_reclaimed_allocs] >= NW);
 	/* What was published stays; the reserved keys are free again. */
@@ -579,8 +578,8 @@ static void test_second_reaper_refused(void **st)
 
 	/* A refused reaper changes nothing, not even the scheduler settings it
 	 * was given. */
-	pid_t rc = SPAWN(logc, NULL, "--poll-ms", "20", "--scheduler", "--pressure", "system", "--high", "0.6",
-			 "--low", "0.5", "--interval", "100", name);
+	pid_t rc = SPAWN(logc, NULL, "--poll-ms", "20", "--scheduler", "--pressure", "system", "--high", "0.6", "--low",
+			 "0.5", "--interval", "100", name);
 	code = th_reap_within(rc, START_MS);
 	if (code != 2)
 		th_dump_file(logc);
@@ -695,7 +694,7 @@ static void test_no_reaper_inline(void **st)
 	assert_int_equal(s.counters[KVSHM_C_reclaimed_sem], 2);
 	th_check_ok(h);
 	TH_OK(kvshm_writer_release(h));
-	TH_FAILS(kvshm_writer_release(h), -ENOENT);
+	TH_FAILS(kvshm_writer_release(h), KVSHM_ENOTFOUND);
 	th_finish(h, name);
 	G.passed = true;
 }
@@ -909,9 +908,8 @@ static void test_sched_invalid(void **st)
 		int which;
 		const char *reason;
 	} cases[] = {
-		{0, "low < high"}, {1, "low < high"}, {2, "low < high"}, {3, "low < high"},
-		{4, "interval"},   {5, "command"},    {6, "tiers"},      {7, "source"},
-		{8, "tiers"},
+		{0, "low < high"}, {1, "low < high"}, {2, "low < high"}, {3, "low < high"}, {4, "interval"},
+		{5, "command"},    {6, "tiers"},      {7, "source"},     {8, "tiers"},
 	};
 	th_cfg_small(&c, 8);
 	kvshm *h = th_create_cache(name, sizeof(name), "schedbad", &c);
@@ -924,15 +922,34 @@ static void test_sched_invalid(void **st)
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(cases); i++) {
 		sc = good;
 		switch (cases[i].which) {
-		case 0: sc.low_watermark = 0.8; break;       /* low == high */
-		case 1: sc.low_watermark = 0.9; break;       /* low > high */
-		case 2: sc.high_watermark = 1.5; break;      /* high > 1 */
-		case 3: sc.low_watermark = -0.1; break;      /* low < 0 */
-		case 4: sc.interval_ms = 0; break;
-		case 5: sc.source = KVSHM_PRESSURE_COMMAND; sc.command[0] = '\0'; break;
-		case 6: sc.tiers = 0; break;
-		case 7: sc.source = 42; break;
-		case 8: sc.tiers = 8; break;
+		case 0:
+			sc.low_watermark = 0.8;
+			break; /* low == high */
+		case 1:
+			sc.low_watermark = 0.9;
+			break; /* low > high */
+		case 2:
+			sc.high_watermark = 1.5;
+			break; /* high > 1 */
+		case 3:
+			sc.low_watermark = -0.1;
+			break; /* low < 0 */
+		case 4:
+			sc.interval_ms = 0;
+			break;
+		case 5:
+			sc.source = KVSHM_PRESSURE_COMMAND;
+			sc.command[0] = '\0';
+			break;
+		case 6:
+			sc.tiers = 0;
+			break;
+		case 7:
+			sc.source = 42;
+			break;
+		case 8:
+			sc.tiers = 8;
+			break;
 		}
 		TH_FAILS(kvshm_sched_validate(&sc), KVSHM_ECONFIG);
 		if (!strstr(kvshm_last_error(), cases[i].reason))
@@ -1269,7 +1286,7 @@ static void test_prune_max_age(void **st)
 	char name[64], log[PLEN];
 	kvshm_config c;
 	kvshm_pin p;
-	uint64_t expired = 9, aged = 9;
+	kvshm_prune_report pr = {9, 9, 9, 9};
 	th_cfg_small(&c, 8);
 	kvshm *h = th_create_cache(name, sizeof(name), "maxage", &c);
 	for (unsigned f = 1; f <= 5; f++)
@@ -1278,23 +1295,23 @@ static void test_prune_max_age(void **st)
 		backdate(h, f, 7200); /* 1..3 are two hours old, 4 and 5 new */
 	TH_OK(pin_fam(h, 3, &p));
 	/* max_age 0: nothing is old. */
-	TH_OK(kvshm_prune(h, 0, &expired, &aged));
-	assert_int_equal(expired, 0);
-	assert_int_equal(aged, 0);
+	TH_OK(kvshm_prune(h, 0, &pr));
+	assert_int_equal(pr.expired, 0);
+	assert_int_equal(pr.aged, 0);
 	assert_int_equal(th_ram_entries(h), 5);
 	/* An hour: 1 and 2 go; 3 is pinned; 4 and 5 are young. */
-	TH_OK(kvshm_prune(h, 3600, &expired, &aged));
-	assert_int_equal(aged, 2);
+	TH_OK(kvshm_prune(h, 3600, &pr));
+	assert_int_equal(pr.aged, 2);
 	assert_false(has_fam(h, 1));
 	assert_false(has_fam(h, 2));
 	for (unsigned f = 3; f <= 5; f++)
 		assert_true(has_fam(h, f));
-	TH_OK(kvshm_prune(h, 3600, NULL, &aged));
-	assert_int_equal(aged, 0);
+	TH_OK(kvshm_prune(h, 3600, &pr));
+	assert_int_equal(pr.aged, 0);
 	th_check_ok(h);
 	TH_OK(kvshm_unpin(h, &p));
-	TH_OK(kvshm_prune(h, 3600, NULL, &aged));
-	assert_int_equal(aged, 1);
+	TH_OK(kvshm_prune(h, 3600, &pr));
+	assert_int_equal(pr.aged, 1);
 	assert_false(has_fam(h, 3));
 
 	/* The daemon's --max-age, at its prune pass. */
@@ -1317,110 +1334,7 @@ static void test_prune_max_age(void **st)
 	G.passed = true;
 }
 
-/* ---- 7. promotion plans ---------------------------------------------------------------------------------------- */
-
-#define NONE UINT32_MAX
-
-static size_t plan(const kvshm_promote_cand *res, size_t nres, const kvshm_promote_cand *cands, size_t ncand,
-		   uint64_t free_bytes, size_t max_moves, uint32_t *pro, uint32_t *dem)
-{
-	kvshm_promote_config c;
-	kvshm_promote_config_init(&c);
-	for (size_t i = 0; i < 8; i++)
-		pro[i] = dem[i] = 0xdeadbeef;
-	return kvshm_promote_plan(&c, res, nres, cands, ncand, free_bytes, pro, dem, max_moves);
-}
-
-static void test_promote_plan(void **st)
-{
-	(void)st;
-	uint32_t pro[8], dem[8];
-	kvshm_promote_config c;
-	kvshm_promote_config_init(&c);
-	assert_true(c.floor == 0.5 && c.gap == 0.2 && c.cooldown_s == 300.0);
-	assert_null(c.scorer);
-
-	/* Free space: promoted, strongest first, nobody displaced. */
-	kvshm_promote_cand cands[] = {{0.3, 50, -1, 2}, {0.9, 100, -1, 1}};
-	assert_int_equal(plan(NULL, 0, cands, 2, 200, 8, pro, dem), 2);
-	assert_int_equal(pro[0], 1);
-	assert_int_equal(dem[0], NONE);
-	assert_int_equal(pro[1], 2);
-	assert_int_equal(dem[1], NONE);
-	/* Room for the strong one only: its bytes are taken from the free space. */
-	assert_int_equal(plan(NULL, 0, cands, 2, 120, 8, pro, dem), 1);
-	assert_int_equal(pro[0], 1);
-	assert_int_equal(plan(NULL, 0, cands, 2, 149, 8, pro, dem), 1);
-	assert_int_equal(plan(NULL, 0, cands, 2, 150, 8, pro, dem), 2);
-	/* max_moves bounds it; 0 moves nothing. */
-	assert_int_equal(plan(NULL, 0, cands, 2, 200, 1, pro, dem), 1);
-	assert_int_equal(pro[0], 1);
-	assert_int_equal(plan(NULL, 0, cands, 2, 200, 0, pro, dem), 0);
-	assert_int_equal(pro[0], 0xdeadbeef);
-
-	/* Displacement: the weakest resident under the floor, beaten by the gap. */
-	kvshm_promote_cand res[] = {{0.45, 100, -1, 11}, {0.8, 100, -1, 12}, {0.3, 100, -1, 10}};
-	kvshm_promote_cand hot[] = {{0.9, 100, -1, 1}};
-	assert_int_equal(plan(res, 3, hot, 1, 0, 8, pro, dem), 1);
-	assert_int_equal(pro[0], 1);
-	assert_int_equal(dem[0], 10);
-	/* Two hot candidates: each resident is displaced at most once, and only
-	 * those under the floor. */
-	kvshm_promote_cand hot2[] = {{0.9, 100, -1, 1}, {0.95, 100, -1, 2}, {0.99, 100, -1, 3}};
-	assert_int_equal(plan(res, 3, hot2, 3, 0, 8, pro, dem), 2);
-	assert_int_equal(pro[0], 3);
-	assert_int_equal(dem[0], 10);
-	assert_int_equal(pro[1], 2);
-	assert_int_equal(dem[1], 11);
-	assert_int_equal(plan(res, 3, hot2, 3, 0, 1, pro, dem), 1);
-
-	/* The gap not met: 0.55 < 0.4 + 0.2. Met: 0.65. */
-	kvshm_promote_cand weak_res[] = {{0.4, 100, -1, 10}};
-	kvshm_promote_cand near[] = {{0.55, 100, -1, 1}};
-	assert_int_equal(plan(weak_res, 1, near, 1, 0, 8, pro, dem), 0);
-	kvshm_promote_cand beats[] = {{0.65, 100, -1, 1}};
-	assert_int_equal(plan(weak_res, 1, beats, 1, 0, 8, pro, dem), 1);
-	assert_int_equal(dem[0], 10);
-	/* The resident above the floor stays, however hot the candidate. */
-	kvshm_promote_cand strong_res[] = {{0.6, 100, -1, 10}};
-	kvshm_promote_cand hottest[] = {{1.0, 100, -1, 1}};
-	assert_int_equal(plan(strong_res, 1, hottest, 1, 0, 8, pro, dem), 0);
-	kvshm_promote_cand at_floor[] = {{0.5, 100, -1, 10}};
-	assert_int_equal(plan(at_floor, 1, hottest, 1, 0, 8, pro, dem), 0);
-
-	/* Cooldown: a candidate moved 10 s ago stays; after 400 s it moves. */
-	kvshm_promote_cand cool_c[] = {{0.9, 100, 10.0, 1}};
-	assert_int_equal(plan(NULL, 0, cool_c, 1, 1000, 8, pro, dem), 0);
-	assert_int_equal(plan(weak_res, 1, cool_c, 1, 0, 8, pro, dem), 0);
-	cool_c[0].since_move_s = 400.0;
-	assert_int_equal(plan(NULL, 0, cool_c, 1, 1000, 8, pro, dem), 1);
-	cool_c[0].since_move_s = 0.0; /* just moved */
-	assert_int_equal(plan(NULL, 0, cool_c, 1, 1000, 8, pro, dem), 0);
-	/* ... and a resident moved recently is not displaced: the next weakest is. */
-	kvshm_promote_cand cool_r[] = {{0.1, 100, 10.0, 10}, {0.3, 100, -1, 11}};
-	assert_int_equal(plan(cool_r, 2, hot, 1, 0, 8, pro, dem), 1);
-	assert_int_equal(dem[0], 11);
-	assert_int_equal(plan(cool_r, 1, hot, 1, 0, 8, pro, dem), 0);
-
-	/* Bytes: a resident too small to make room (with the free bytes) is
-	 * passed over for the next one under the floor. */
-	kvshm_promote_cand sized_res[] = {{0.1, 50, -1, 10}, {0.2, 80, -1, 11}, {0.9, 500, -1, 12}};
-	kvshm_promote_cand sized_c[] = {{0.9, 100, -1, 1}, {0.85, 30, -1, 2}};
-	assert_int_equal(plan(sized_res, 3, sized_c, 2, 40, 8, pro, dem), 2);
-	assert_int_equal(pro[0], 1);
-	assert_int_equal(dem[0], 11); /* 40 + 80 >= 100; 20 bytes left */
-	assert_int_equal(pro[1], 2);
-	assert_int_equal(dem[1], 10); /* 30 > 20 free: displaces the 50-byte one */
-	/* No resident big enough: nothing. */
-	kvshm_promote_cand big_c[] = {{0.99, 1000, -1, 1}};
-	assert_int_equal(plan(sized_res, 2, big_c, 1, 40, 8, pro, dem), 0);
-	/* Nothing at all. */
-	assert_int_equal(plan(NULL, 0, NULL, 0, 1000, 8, pro, dem), 0);
-	assert_int_equal(plan(res, 3, NULL, 0, 1000, 8, pro, dem), 0);
-	G.passed = true;
-}
-
-/* ---- 8. SIGHUP and SIGTERM ---------------------------------------------------------------------------------------- */
+/* ---- 7. SIGHUP and SIGTERM ---------------------------------------------------------------------------------------- */
 
 static bool sched_is(kvshm *h, int enabled, double high, double low, uint32_t interval)
 {
@@ -1604,9 +1518,9 @@ static void test_idle_reaper_sleeps(void **st)
 	kvshm *h = th_create_cache(name, sizeof(name), "idle", &c);
 	tmp_path(log, sizeof(log), "reaper.log");
 	const char *variants[][3] = {
-		{"--prune-interval", "30", "--max-age=0"},     /* the scheduler disabled */
-		{"--prune-interval", "0", "--max-age=0"},      /* no prune passes either */
-		{"--scheduler", "--interval", "3600000"},      /* enabled, a check an hour */
+		{"--prune-interval", "30", "--max-age=0"}, /* the scheduler disabled */
+		{"--prune-interval", "0", "--max-age=0"},  /* no prune passes either */
+		{"--scheduler", "--interval", "3600000"},  /* enabled, a check an hour */
 	};
 	long tck = sysconf(_SC_CLK_TCK);
 	for (size_t v = 0; v < KVSHM_ARRAY_LEN(variants); v++) {
@@ -1629,7 +1543,6 @@ static void test_idle_reaper_sleeps(void **st)
 }
 
 /* ---- --syslog: every message, config errors included, goes to syslog ------------------------------------------- */
-
 
 /* Read syslog datagrams from fd into acc (appending) until it holds
  * needle, or fail after the deadline. */
@@ -1752,7 +1665,6 @@ int main(void)
 		T(test_sched_set_not_forced),
 		T(test_prune_abandoned_reservation),
 		T(test_prune_max_age),
-		T(test_promote_plan),
 		T(test_sighup_reload),
 		T(test_sighup_scheduler_keys_removed),
 		T(test_idle_reaper_sleeps),

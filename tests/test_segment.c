@@ -3,6 +3,8 @@
  * way an attach must refuse: no object, bad magic, another build's layout,
  * a truncated object, a foreign owner, a corrupt region table; offsets
  * out of bounds; names; creation races and creators killed midway.
+ * Not what lives in a segment (tests/test_proc.c, test_sem.c,
+ * test_slab.c).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -149,11 +151,11 @@ static void test_offsets_bounded(void **st)
 	th_name(name, sizeof(name), "off");
 	assert_int_equal(tseg_create(&a, name, 1 << 20, 4, 1, false), 0);
 	struct kvshm__seg *s = a.seg;
-	assert_null(kvshm__at(s, 0, 8));                 /* the null offset */
-	assert_null(kvshm__at(s, s->size, 1));           /* one past the end */
-	assert_null(kvshm__at(s, s->size - 4, 8));       /* straddles the end */
-	assert_null(kvshm__at(s, 8, UINT64_MAX));        /* length overflow */
-	assert_null(kvshm__at(s, UINT64_MAX - 2, 4));    /* offset overflow */
+	assert_null(kvshm__at(s, 0, 8));              /* the null offset */
+	assert_null(kvshm__at(s, s->size, 1));        /* one past the end */
+	assert_null(kvshm__at(s, s->size - 4, 8));    /* straddles the end */
+	assert_null(kvshm__at(s, 8, UINT64_MAX));     /* length overflow */
+	assert_null(kvshm__at(s, UINT64_MAX - 2, 4)); /* offset overflow */
 	assert_non_null(kvshm__at(s, s->size - 8, 8));
 	assert_non_null(kvshm__at(s, s->size, 0));
 	tseg_detach(&a);
@@ -225,8 +227,7 @@ static int create_child(void *p)
 static void test_creator_killed(void **st)
 {
 	(void)st;
-	const char *points[] = {"seg.create.opened", "seg.create.mapped", "seg.publish.stamped",
-				"seg.publish.linked"};
+	const char *points[] = {"seg.create.opened", "seg.create.mapped", "seg.publish.stamped", "seg.publish.linked"};
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(points); i++) {
 		struct create_arg c;
 		char spec[96];
@@ -272,16 +273,11 @@ static void test_error_wraps_previous(void **st)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_create_attach_destroy),
-		cmocka_unit_test(test_bad_magic),
-		cmocka_unit_test(test_layout_mismatch),
-		cmocka_unit_test(test_truncated),
-		cmocka_unit_test(test_foreign_uid),
-		cmocka_unit_test(test_corrupt_region_table),
-		cmocka_unit_test(test_offsets_bounded),
-		cmocka_unit_test(test_names),
-		cmocka_unit_test(test_create_race_loser),
-		cmocka_unit_test(test_creator_killed),
+		cmocka_unit_test(test_create_attach_destroy), cmocka_unit_test(test_bad_magic),
+		cmocka_unit_test(test_layout_mismatch),       cmocka_unit_test(test_truncated),
+		cmocka_unit_test(test_foreign_uid),           cmocka_unit_test(test_corrupt_region_table),
+		cmocka_unit_test(test_offsets_bounded),       cmocka_unit_test(test_names),
+		cmocka_unit_test(test_create_race_loser),     cmocka_unit_test(test_creator_killed),
 		cmocka_unit_test(test_error_wraps_previous),
 	};
 	return cmocka_run_group_tests_name("segment", tests, NULL, NULL);

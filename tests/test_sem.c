@@ -237,8 +237,7 @@ static void test_init_rejects_bad_args(void **state)
 	struct fx *fx = *state;
 	struct kvshm__sem scratch;
 	assert_int_equal(kvshm__sem_init(fx->t.seg, &scratch, fx->t.tab, 0, 0, TS_CLS_SEM, TS_RANK_SEM), -EINVAL);
-	assert_int_equal(kvshm__sem_init(fx->t.seg, &scratch, fx->t.tab, KVSHM_MAX_SEMS, 1, TS_CLS_SEM,
-					 TS_RANK_SEM),
+	assert_int_equal(kvshm__sem_init(fx->t.seg, &scratch, fx->t.tab, KVSHM_MAX_SEMS, 1, TS_CLS_SEM, TS_RANK_SEM),
 			 -EINVAL);
 }
 
@@ -391,7 +390,10 @@ static void test_two_waiters_wake_on_two_releases(void **state)
 /* ---- count rebuilt from the slot records ------------------------------------------------ */
 
 static const char *const sem_points[] = {
-	"sem.acquire.counted", "sem.acquire.done", "sem.release.unrecorded", "sem.reclaim.unrecorded",
+	"sem.acquire.counted",
+	"sem.acquire.done",
+	"sem.release.unrecorded",
+	"sem.reclaim.unrecorded",
 };
 
 /* Child: claim a slot, take a unit, give it back (dies on the way). */
@@ -447,8 +449,7 @@ static void test_repair_after_release_unrecorded(void **state)
 {
 	struct fx *fx = *state;
 	uint32_t repairs0 = fx->t.sem->lk.repairs;
-	assert_int_equal(th_run_crashing(crash_acquire_release, fx, "sem.release.unrecorded@1", NULL),
-			 128 + SIGKILL);
+	assert_int_equal(th_run_crashing(crash_acquire_release, fx, "sem.release.unrecorded@1", NULL), 128 + SIGKILL);
 	/* Unrecorded, still counted. */
 	assert_int_equal(fx->t.sem->count, 1);
 	assert_int_equal(recorded(fx), 0);

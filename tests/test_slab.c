@@ -10,6 +10,7 @@
  * at most KVSHM_SLOT_ALLOCS allocations, so tests that hold more hand them
  * to a non-slot owner (kind 2) under the process-table lock and take them
  * back before freeing.
+ * Not the cache's use of it (tests/test_cache.c).
  */
 #include <signal.h>
 #include <stdio.h>
@@ -29,7 +30,7 @@
 #define OWNER_CHILD(i) (((uint64_t)3 << 56) | (uint64_t)(i))
 
 static const uint32_t class_size[KVSHM_SLAB_NCLASSES] = {32,  48,  64,  96,   128,  192, 256,
-							  384, 512, 768, 1024, 1536, 2048};
+							 384, 512, 768, 1024, 1536, 2048};
 
 /* ---- fixture ----------------------------------------------------------------------- */
 
@@ -241,13 +242,13 @@ static void assert_disjoint(struct tseg *t, const struct alist *l)
 	for (size_t i = 0; i + 1 < l->n; i++) {
 		/* An extent starts at its page, XHDR before its bytes; an
 		 * object HDR before them. */
-		uint64_t next = l->v[i + 1].off - (kvshm__slab_footprint(t->slab, l->v[i + 1].size) >= PAGE ? XHDR : HDR);
+		uint64_t next =
+			l->v[i + 1].off - (kvshm__slab_footprint(t->slab, l->v[i + 1].size) >= PAGE ? XHDR : HDR);
 		uint64_t start = l->v[i].off - (kvshm__slab_footprint(t->slab, l->v[i].size) >= PAGE ? XHDR : HDR);
 		uint64_t end = start + kvshm__slab_footprint(t->slab, l->v[i].size);
 		if (l->v[i].off >= l->v[i + 1].off || end > next)
-			fail_msg("allocations at %llu (%llu bytes) and %llu overlap",
-				 (unsigned long long)l->v[i].off, (unsigned long long)l->v[i].size,
-				 (unsigned long long)l->v[i + 1].off);
+			fail_msg("allocations at %llu (%llu bytes) and %llu overlap", (unsigned long long)l->v[i].off,
+				 (unsigned long long)l->v[i].size, (unsigned long long)l->v[i + 1].off);
 	}
 }
 
@@ -484,10 +485,10 @@ static uint64_t rnd_size(uint64_t *s)
 	if (r < 50)
 		return 1 + rnd_next(s) % (class_size[KVSHM_SLAB_NCLASSES - 1] - HDR); /* objects */
 	if (r < 80)
-		return 1 + rnd_next(s) % (16 * PAGE);  /* small extents */
+		return 1 + rnd_next(s) % (16 * PAGE); /* small extents */
 	if (r < 96)
-		return 1 + rnd_next(s) % (64 * PAGE);  /* medium */
-	return 1 + rnd_next(s) % (300 * PAGE);     /* many pages */
+		return 1 + rnd_next(s) % (64 * PAGE); /* medium */
+	return 1 + rnd_next(s) % (300 * PAGE);        /* many pages */
 }
 
 /* req_bytes equals the sum of live requested sizes after every step; the
@@ -766,10 +767,10 @@ static void test_bogus_free(void **st)
 	fake->owner = OWNER_KEEP(1);
 	fake->size = 100 | KVSHM_AHDR_MAGIC;
 	free_ok(t, x);
-	uint64_t obj = alloc_ok(t, 100);              /* 128-byte class */
+	uint64_t obj = alloc_ok(t, 100); /* 128-byte class */
 	assert_int_equal(sl->cls[4].size, 128);
-	assert_int_equal(obj, x - XHDR + HDR + sl->cls[4].first);  /* object 0 of page 0 */
-	uint64_t ext = alloc_ok(t, 3 * PAGE - XHDR);   /* 3 pages */
+	assert_int_equal(obj, x - XHDR + HDR + sl->cls[4].first); /* object 0 of page 0 */
+	uint64_t ext = alloc_ok(t, 3 * PAGE - XHDR);              /* 3 pages */
 	uint64_t gone_obj = alloc_ok(t, 100);
 	uint64_t gone_ext = alloc_ok(t, 2 * PAGE);
 	free_ok(t, gone_obj);
@@ -1404,12 +1405,12 @@ static int crash_scenario(void *p)
 	uint64_t o0, o1, o2, o3, e1, e2, e3;
 	if (tseg_attach(&t, a->name, true) < 0)
 		return 10;
-#define A(size, out) \
+#define A(size, out)                                                    \
 	if (kvshm__slab_alloc(t.seg, t.slab, t.me, (size), &(out)) < 0) \
-		return 11
-#define F(off) \
+	return 11
+#define F(off)                                                \
 	if (kvshm__slab_free(t.seg, t.slab, t.me, (off)) < 0) \
-		return 12
+	return 12
 	A(10, o0);
 	A(1500, o1);
 	A(1500, o2);

@@ -4,6 +4,7 @@
  * cache. A thin main over kvshm_reaper_* (include/kvshm.h): option and
  * config-file parsing, signals, pidfile, process title, logging, and the
  * optional /metrics endpoint (libmicrohttpd).
+ * Not the reaper's logic, which is the library's (core/daemon/reaper.c).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -41,53 +42,52 @@ static void on_hup(int sig)
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"Usage: kvshm-reaper [OPTIONS] NAME\n"
-		"       kvshm-reaper [OPTIONS] -n NAME\n"
-		"\n"
-		"Serve the kvshm cache NAME: reclaim everything a dead process held (pins,\n"
-		"reservations, half-written memory, writer slots) within milliseconds of its\n"
-		"death, prune expired reservations, and evict under memory pressure.\n"
-		"Runs in the foreground (for systemd); stop it with SIGTERM, reload its\n"
-		"config file with SIGHUP. Only one reaper serves a cache at a time.\n"
-		"\n"
-		"Cache:\n"
-		"  -n, --name NAME         the cache (or give NAME as the argument)\n"
-		"  -c, --create            create the cache if it does not exist\n"
-		"  -s, --size BYTES        segment size when creating (default 512M)\n"
-		"      --shm-dir DIR       where segments live (default /dev/shm)\n"
-		"\n"
-		"Reaper:\n"
-		"  -f, --config FILE       read settings from FILE (key = value; re-read on SIGHUP)\n"
-		"      --poll-ms MS        longest sleep between process-table scans (50)\n"
-		"      --prune-interval S  seconds between prune passes (30)\n"
-		"      --max-age S         prune ready entries older than S seconds (0: never)\n"
-		"\n"
-		"Pressure scheduler (disabled unless --scheduler):\n"
-		"      --scheduler         enable it\n"
-		"      --pressure SOURCE   noop | system | cgroup | nvidia-smi | command (noop)\n"
-		"      --pressure-command CMD  for 'command': prints \"used total\" in bytes\n"
-		"      --high F --low F    watermarks, 0 <= low < high <= 1 (0.85, 0.75)\n"
-		"      --interval MS       between checks (5000)\n"
-		"      --min-evict BYTES   at least this much per eviction (1M)\n"
-		"      --evict-tiers LIST  all, or a comma list of ram,ram_file,disk (ram,ram_file)\n"
-		"\n"
-		"Metrics:\n"
-		"      --metrics-listen [HOST:]PORT  serve Prometheus metrics at http://HOST:PORT/metrics\n"
-		"                          (off by default; HOST 127.0.0.1 unless given, [::] for IPv6;\n"
-		"                          PORT 0 picks a free port, logged at start)\n"
-		"\n"
-		"Daemon:\n"
-		"  -p, --pidfile FILE      write our pid to FILE (and refuse if another holds it)\n"
-		"      --syslog            log to syslog instead of stderr\n"
-		"  -v, --verbose           log each tracked process (debug level)\n"
-		"  -q, --quiet             log warnings and errors only\n"
-		"  -h, --help              this help\n"
-		"  -V, --version           print the version\n"
-		"\n"
-		"Exit status: 0 after SIGTERM, 1 on a usage or configuration error, 2 when\n"
-		"another reaper already serves the cache, 3 on a runtime failure.\n"
-		"See kvshm-reaper(8).\n");
+	fprintf(f, "Usage: kvshm-reaper [OPTIONS] NAME\n"
+		   "       kvshm-reaper [OPTIONS] -n NAME\n"
+		   "\n"
+		   "Serve the kvshm cache NAME: reclaim everything a dead process held (pins,\n"
+		   "reservations, half-written memory, writer slots) within milliseconds of its\n"
+		   "death, prune expired reservations, and evict under memory pressure.\n"
+		   "Runs in the foreground (for systemd); stop it with SIGTERM, reload its\n"
+		   "config file with SIGHUP. Only one reaper serves a cache at a time.\n"
+		   "\n"
+		   "Cache:\n"
+		   "  -n, --name NAME         the cache (or give NAME as the argument)\n"
+		   "  -c, --create            create the cache if it does not exist\n"
+		   "  -s, --size BYTES        segment size when creating (default 512M)\n"
+		   "      --shm-dir DIR       where segments live (default /dev/shm)\n"
+		   "\n"
+		   "Reaper:\n"
+		   "  -f, --config FILE       read settings from FILE (key = value; re-read on SIGHUP)\n"
+		   "      --poll-ms MS        longest sleep between process-table scans (50)\n"
+		   "      --prune-interval S  seconds between prune passes (30)\n"
+		   "      --max-age S         prune ready entries older than S seconds (0: never)\n"
+		   "\n"
+		   "Pressure scheduler (disabled unless --scheduler):\n"
+		   "      --scheduler         enable it\n"
+		   "      --pressure SOURCE   noop | system | cgroup | nvidia-smi | command (noop)\n"
+		   "      --pressure-command CMD  for 'command': prints \"used total\" in bytes\n"
+		   "      --high F --low F    watermarks, 0 <= low < high <= 1 (0.85, 0.75)\n"
+		   "      --interval MS       between checks (5000)\n"
+		   "      --min-evict BYTES   at least this much per eviction (1M)\n"
+		   "      --evict-tiers LIST  all, or a comma list of ram,ram_file,disk (ram,ram_file)\n"
+		   "\n"
+		   "Metrics:\n"
+		   "      --metrics-listen [HOST:]PORT  serve Prometheus metrics at http://HOST:PORT/metrics\n"
+		   "                          (off by default; HOST 127.0.0.1 unless given, [::] for IPv6;\n"
+		   "                          PORT 0 picks a free port, logged at start)\n"
+		   "\n"
+		   "Daemon:\n"
+		   "  -p, --pidfile FILE      write our pid to FILE (and refuse if another holds it)\n"
+		   "      --syslog            log to syslog instead of stderr\n"
+		   "  -v, --verbose           log each tracked process (debug level)\n"
+		   "  -q, --quiet             log warnings and errors only\n"
+		   "  -h, --help              this help\n"
+		   "  -V, --version           print the version\n"
+		   "\n"
+		   "Exit status: 0 after SIGTERM, 1 on a usage or configuration error, 2 when\n"
+		   "another reaper already serves the cache, 3 on a runtime failure.\n"
+		   "See kvshm-reaper(8).\n");
 }
 
 /* ---- /metrics over HTTP ---------------------------------------------------------
@@ -109,10 +109,10 @@ static void usage(FILE *f)
 
 struct metrics {
 	struct MHD_Daemon *d;
-	kvshm *h;                   /* the HTTP thread's own handle (guarded by mu) */
+	kvshm *h; /* the HTTP thread's own handle (guarded by mu) */
 	const char *cache;
 	pthread_mutex_t mu;
-	kvshm_reaper_stats rs;      /* the loop's latest copy (guarded by mu) */
+	kvshm_reaper_stats rs; /* the loop's latest copy (guarded by mu) */
 };
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)
@@ -142,26 +142,32 @@ static void reaper_metrics(FILE *f, const char *cache, const kvshm_reaper_stats 
 	}
 	fprintf(f, "kvshm_reaper_reclaim_seconds_sum{cache=\"%s\"} %.9f\n", cache, (double)rs->reclaim_ns_sum / 1e9);
 	fprintf(f, "kvshm_reaper_reclaim_seconds_count{cache=\"%s\"} %" PRIu64 "\n", cache, cum);
-	fprintf(f, "# HELP kvshm_reaper_last_reclaim_seconds the latest reclaim's time from death noticed to slot free\n"
-		   "# TYPE kvshm_reaper_last_reclaim_seconds gauge\n"
-		   "kvshm_reaper_last_reclaim_seconds{cache=\"%s\"} %.9f\n",
+	fprintf(f,
+		"# HELP kvshm_reaper_last_reclaim_seconds the latest reclaim's time from death noticed to slot free\n"
+		"# TYPE kvshm_reaper_last_reclaim_seconds gauge\n"
+		"kvshm_reaper_last_reclaim_seconds{cache=\"%s\"} %.9f\n",
 		cache, (double)rs->last_reclaim_ns / 1e9);
-	fprintf(f, "# HELP kvshm_reaper_tracked_processes attached processes the reaper holds a pidfd for\n"
-		   "# TYPE kvshm_reaper_tracked_processes gauge\n"
-		   "kvshm_reaper_tracked_processes{cache=\"%s\"} %u\n",
+	fprintf(f,
+		"# HELP kvshm_reaper_tracked_processes attached processes the reaper holds a pidfd for\n"
+		"# TYPE kvshm_reaper_tracked_processes gauge\n"
+		"kvshm_reaper_tracked_processes{cache=\"%s\"} %u\n",
 		cache, rs->tracked);
-	fprintf(f, "# HELP kvshm_reaper_reclaims_total dead processes the reaper reclaimed\n"
-		   "# TYPE kvshm_reaper_reclaims_total counter\nkvshm_reaper_reclaims_total{cache=\"%s\"} %" PRIu64 "\n",
+	fprintf(f,
+		"# HELP kvshm_reaper_reclaims_total dead processes the reaper reclaimed\n"
+		"# TYPE kvshm_reaper_reclaims_total counter\nkvshm_reaper_reclaims_total{cache=\"%s\"} %" PRIu64 "\n",
 		cache, rs->reclaims);
-	fprintf(f, "# HELP kvshm_reaper_scheduler_checks_total memory-pressure checks run\n"
-		   "# TYPE kvshm_reaper_scheduler_checks_total counter\n"
-		   "kvshm_reaper_scheduler_checks_total{cache=\"%s\"} %" PRIu64 "\n",
+	fprintf(f,
+		"# HELP kvshm_reaper_scheduler_checks_total memory-pressure checks run\n"
+		"# TYPE kvshm_reaper_scheduler_checks_total counter\n"
+		"kvshm_reaper_scheduler_checks_total{cache=\"%s\"} %" PRIu64 "\n",
 		cache, rs->sched_checks);
-	fprintf(f, "# HELP kvshm_reaper_prunes_total prune passes run\n# TYPE kvshm_reaper_prunes_total counter\n"
-		   "kvshm_reaper_prunes_total{cache=\"%s\"} %" PRIu64 "\n",
+	fprintf(f,
+		"# HELP kvshm_reaper_prunes_total prune passes run\n# TYPE kvshm_reaper_prunes_total counter\n"
+		"kvshm_reaper_prunes_total{cache=\"%s\"} %" PRIu64 "\n",
 		cache, rs->prunes);
-	fprintf(f, "# HELP kvshm_reaper_loops_total reaper loops run\n# TYPE kvshm_reaper_loops_total counter\n"
-		   "kvshm_reaper_loops_total{cache=\"%s\"} %" PRIu64 "\n",
+	fprintf(f,
+		"# HELP kvshm_reaper_loops_total reaper loops run\n# TYPE kvshm_reaper_loops_total counter\n"
+		"kvshm_reaper_loops_total{cache=\"%s\"} %" PRIu64 "\n",
 		cache, rs->loops);
 }
 
@@ -280,10 +286,10 @@ static int metrics_start(struct metrics *m, const struct sockaddr_storage *ss, c
 	pthread_sigmask(SIG_BLOCK, &all, &old);
 	m->d = MHD_start_daemon(MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG |
 					(ss->ss_family == AF_INET6 ? MHD_USE_IPv6 : 0),
-				0, NULL, NULL, serve, m, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_SOCK_ADDR,
-				(const struct sockaddr *)ss, MHD_OPTION_CONNECTION_LIMIT, (unsigned)METRICS_CONNS,
-				MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)METRICS_PER_IP, MHD_OPTION_CONNECTION_TIMEOUT,
-				(unsigned)METRICS_IDLE_S, MHD_OPTION_END);
+				0, NULL, NULL, serve, m, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+				MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)ss, MHD_OPTION_CONNECTION_LIMIT,
+				(unsigned)METRICS_CONNS, MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)METRICS_PER_IP,
+				MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)METRICS_IDLE_S, MHD_OPTION_END);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	char host[NI_MAXHOST] = "?";
 	getnameinfo((const struct sockaddr *)ss, sizeof(*ss), host, sizeof(host), NULL, 0, NI_NUMERICHOST);
@@ -467,22 +473,47 @@ static int load(const char *config_path, const struct kv *given, int ngiven, str
 
 int main(int argc, char **argv, char **envp)
 {
-	enum { O_SHMDIR = 256, O_POLL, O_PRUNE, O_MAXAGE, O_SCHED, O_PRESSURE, O_PCMD, O_HIGH, O_LOW, O_INTERVAL,
-	       O_MINEVICT, O_TIERS, O_SYSLOG, O_METRICS };
+	enum {
+		O_SHMDIR = 256,
+		O_POLL,
+		O_PRUNE,
+		O_MAXAGE,
+		O_SCHED,
+		O_PRESSURE,
+		O_PCMD,
+		O_HIGH,
+		O_LOW,
+		O_INTERVAL,
+		O_MINEVICT,
+		O_TIERS,
+		O_SYSLOG,
+		O_METRICS
+	};
 	static const struct option opts[] = {
-		{"name", required_argument, NULL, 'n'},  {"create", no_argument, NULL, 'c'},
+		{"name", required_argument, NULL, 'n'},
+		{"create", no_argument, NULL, 'c'},
 		{"size", required_argument, NULL, 's'},
-		{"shm-dir", required_argument, NULL, O_SHMDIR}, {"config", required_argument, NULL, 'f'},
-		{"poll-ms", required_argument, NULL, O_POLL}, {"prune-interval", required_argument, NULL, O_PRUNE},
-		{"max-age", required_argument, NULL, O_MAXAGE}, {"scheduler", no_argument, NULL, O_SCHED},
-		{"pressure", required_argument, NULL, O_PRESSURE}, {"pressure-command", required_argument, NULL, O_PCMD},
-		{"high", required_argument, NULL, O_HIGH}, {"low", required_argument, NULL, O_LOW},
-		{"interval", required_argument, NULL, O_INTERVAL}, {"min-evict", required_argument, NULL, O_MINEVICT},
-		{"evict-tiers", required_argument, NULL, O_TIERS}, {"pidfile", required_argument, NULL, 'p'},
-		{"syslog", no_argument, NULL, O_SYSLOG}, {"verbose", no_argument, NULL, 'v'},
+		{"shm-dir", required_argument, NULL, O_SHMDIR},
+		{"config", required_argument, NULL, 'f'},
+		{"poll-ms", required_argument, NULL, O_POLL},
+		{"prune-interval", required_argument, NULL, O_PRUNE},
+		{"max-age", required_argument, NULL, O_MAXAGE},
+		{"scheduler", no_argument, NULL, O_SCHED},
+		{"pressure", required_argument, NULL, O_PRESSURE},
+		{"pressure-command", required_argument, NULL, O_PCMD},
+		{"high", required_argument, NULL, O_HIGH},
+		{"low", required_argument, NULL, O_LOW},
+		{"interval", required_argument, NULL, O_INTERVAL},
+		{"min-evict", required_argument, NULL, O_MINEVICT},
+		{"evict-tiers", required_argument, NULL, O_TIERS},
+		{"pidfile", required_argument, NULL, 'p'},
+		{"syslog", no_argument, NULL, O_SYSLOG},
+		{"verbose", no_argument, NULL, 'v'},
 		{"metrics-listen", required_argument, NULL, O_METRICS},
-		{"quiet", no_argument, NULL, 'q'},        {"help", no_argument, NULL, 'h'},
-		{"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
+		{"quiet", no_argument, NULL, 'q'},
+		{"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'},
+		{NULL, 0, NULL, 0},
 	};
 	struct settings st;
 	kvshm_config cfg;
@@ -504,36 +535,81 @@ int main(int argc, char **argv, char **envp)
 	while ((c = getopt_long(argc, argv, "n:cs:f:p:vqhV", opts, NULL)) != -1) {
 		const char *key = NULL;
 		switch (c) {
-		case 'n': name = optarg; break;
-		case 'c': create = true; break;
+		case 'n':
+			name = optarg;
+			break;
+		case 'c':
+			create = true;
+			break;
 		case 's':
 			if (tu_parse_size(optarg, "--size", &cfg.segment_bytes) < 0)
 				return 1;
 			break;
-		case O_SHMDIR: cfg.shm_dir = optarg; break;
-		case 'f': config_path = optarg; break;
-		case 'p': pidfile_path = optarg; break;
-		case O_SYSLOG: use_syslog = true; break;
+		case O_SHMDIR:
+			cfg.shm_dir = optarg;
+			break;
+		case 'f':
+			config_path = optarg;
+			break;
+		case 'p':
+			pidfile_path = optarg;
+			break;
+		case O_SYSLOG:
+			use_syslog = true;
+			break;
 		case O_METRICS:
 			if (parse_listen(optarg, &metrics_addr) < 0)
 				return 1;
 			metrics_listen = optarg;
 			break;
-		case 'v': key = "log_level"; optarg = (char *)"debug"; break;
-		case 'q': key = "log_level"; optarg = (char *)"warning"; break;
-		case 'h': usage(stdout); return 0;
-		case 'V': printf("kvshm-reaper %s\n", KVSHM_VERSION_STRING); return 0;
-		case O_POLL: key = "poll_ms"; break;
-		case O_PRUNE: key = "prune_interval"; break;
-		case O_MAXAGE: key = "max_age"; break;
-		case O_SCHED: key = "scheduler"; optarg = (char *)"1"; break;
-		case O_PRESSURE: key = "pressure"; break;
-		case O_PCMD: key = "pressure_command"; break;
-		case O_HIGH: key = "high"; break;
-		case O_LOW: key = "low"; break;
-		case O_INTERVAL: key = "interval"; break;
-		case O_MINEVICT: key = "min_evict"; break;
-		case O_TIERS: key = "evict_tiers"; break;
+		case 'v':
+			key = "log_level";
+			optarg = (char *)"debug";
+			break;
+		case 'q':
+			key = "log_level";
+			optarg = (char *)"warning";
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		case 'V':
+			printf("kvshm-reaper %s\n", KVSHM_VERSION_STRING);
+			return 0;
+		case O_POLL:
+			key = "poll_ms";
+			break;
+		case O_PRUNE:
+			key = "prune_interval";
+			break;
+		case O_MAXAGE:
+			key = "max_age";
+			break;
+		case O_SCHED:
+			key = "scheduler";
+			optarg = (char *)"1";
+			break;
+		case O_PRESSURE:
+			key = "pressure";
+			break;
+		case O_PCMD:
+			key = "pressure_command";
+			break;
+		case O_HIGH:
+			key = "high";
+			break;
+		case O_LOW:
+			key = "low";
+			break;
+		case O_INTERVAL:
+			key = "interval";
+			break;
+		case O_MINEVICT:
+			key = "min_evict";
+			break;
+		case O_TIERS:
+			key = "evict_tiers";
+			break;
 		default:
 			/* getopt has named the option. */
 			fprintf(stderr, "Try 'kvshm-reaper --help' for more information.\n");
@@ -551,7 +627,8 @@ int main(int argc, char **argv, char **envp)
 	if (optind < argc && !name)
 		name = argv[optind++];
 	if (!name || optind != argc) {
-		fprintf(stderr, "kvshm-reaper: expected exactly one cache NAME, as -n NAME or an argument (see --help)\n");
+		fprintf(stderr,
+			"kvshm-reaper: expected exactly one cache NAME, as -n NAME or an argument (see --help)\n");
 		return 1;
 	}
 	/* Syslog before the config file, so its errors go where the rest of
@@ -628,7 +705,7 @@ int main(int argc, char **argv, char **envp)
 			break;
 		}
 		kvshm_reaper_stats rs;
-		kvshm_reaper_get_stats(r, &rs);
+		kvshm_reaper_stats_get(r, &rs);
 		if (metrics.d) {
 			pthread_mutex_lock(&metrics.mu);
 			metrics.rs = rs;
@@ -668,11 +745,11 @@ int main(int argc, char **argv, char **envp)
 				continue;
 			}
 			st = ns;
-			kvshm_reaper_set_opts(r, &st.ro);
+			kvshm_reaper_opts_set(r, &st.ro);
 			tu_log_level(st.log_level);
 			if (write_sched)
-				tu_logf(LOG_NOTICE, "SIGHUP: reloaded %s (scheduler %s, high %.2f low %.2f)", config_path,
-					st.sc.enabled ? "enabled" : "disabled", st.sc.high_watermark,
+				tu_logf(LOG_NOTICE, "SIGHUP: reloaded %s (scheduler %s, high %.2f low %.2f)",
+					config_path, st.sc.enabled ? "enabled" : "disabled", st.sc.high_watermark,
 					st.sc.low_watermark);
 			else
 				tu_logf(LOG_NOTICE, "SIGHUP: reloaded %s (scheduler settings left as they are)",

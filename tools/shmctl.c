@@ -3,6 +3,8 @@
  * directory offline. A thin main over the public and administration API of
  * include/kvshm.h: argument parsing, and output for people (aligned,
  * human-readable sizes) or programs (--json), or Prometheus (metrics).
+ * Not a second implementation of anything: every figure it prints comes
+ * from the library.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -26,49 +28,48 @@ static bool json;
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"Usage: shmctl [-n NAME] [--json] COMMAND [ARGS]\n"
-		"\n"
-		"Inspect and control the kvshm cache NAME (default: $KVSHM_CACHE, else \"default\").\n"
-		"\n"
-		"Reading (all but metrics and top take --json):\n"
-		"  status                   segment, tiers, entries, processes, reaper, scheduler\n"
-		"  procs                    attached processes: pid, alive, pins, writer slots, reservations\n"
-		"  ls [--tier T] [--model HEX] [--min-size BYTES] [--sort size|hits|age|score|tokens] [--limit N]\n"
-		"                           entries\n"
-		"  show KEY                 one entry in full (KEY: 32 hex digits as ls prints them)\n"
-		"  stats                    every counter\n"
-		"  metrics                  the same in Prometheus text exposition format\n"
-		"  top [--interval S] [--count N]\n"
-		"                           a live view: rates of hits, saves, evictions, reclaims\n"
-		"\n"
-		"Checking:\n"
-		"  check [--quick]          every invariant of the segment and its files; exit 3 on a violation,\n"
-		"                           5 when only dead processes are left to reclaim\n"
-		"  fsck DIR [--repair]      offline: every file and the TDB index of a file-tier directory\n"
-		"  reconcile [--tier T]     make a file tier's files, index and entries agree now\n"
-		"\n"
-		"Changing:\n"
-		"  evict BYTES [--tiers LIST]  evict at least BYTES, lowest hit score first\n"
-		"  gc                       reclaim dead processes, expire stale reservations, bring every\n"
-		"                           tier under its quota\n"
-		"  delete [--tier T] [--model HEX] [--min-size BYTES] [--min-idle S] --yes\n"
-		"                           delete the unpinned entries matching every filter given\n"
-		"  scheduler status|enable|disable|force|set HIGH LOW\n"
-		"                           the memory-pressure scheduler (run by kvshm-reaper)\n"
-		"  destroy [--force]        remove the segment (refused while processes are attached)\n"
-		"\n"
-		"Options:\n"
-		"  -n, --name NAME          the cache\n"
-		"      --shm-dir DIR        where segments live (default /dev/shm)\n"
-		"  -j, --json               machine-readable output\n"
-		"  -h, --help               this help; -V, --version\n"
-		"\n"
-		"shmctl COMMAND --help (or shmctl help COMMAND) prints a command's own usage.\n"
-		"\n"
-		"Exit status: 0 success, 1 usage error, 2 the cache cannot be opened, 3 a check\n"
-		"found problems, 4 the operation failed, 5 a check found only processes that\n"
-		"died and are not reclaimed yet. See shmctl(1).\n");
+	fprintf(f, "Usage: shmctl [-n NAME] [--json] COMMAND [ARGS]\n"
+		   "\n"
+		   "Inspect and control the kvshm cache NAME (default: $KVSHM_CACHE, else \"default\").\n"
+		   "\n"
+		   "Reading (all but metrics and top take --json):\n"
+		   "  status                   segment, tiers, entries, processes, reaper, scheduler\n"
+		   "  procs                    attached processes: pid, alive, pins, writer slots, reservations\n"
+		   "  ls [--tier T] [--model HEX] [--min-size BYTES] [--sort size|hits|age|score|tokens] [--limit N]\n"
+		   "                           entries\n"
+		   "  show KEY                 one entry in full (KEY: 32 hex digits as ls prints them)\n"
+		   "  stats                    every counter\n"
+		   "  metrics                  the same in Prometheus text exposition format\n"
+		   "  top [--interval S] [--count N]\n"
+		   "                           a live view: rates of hits, saves, evictions, reclaims\n"
+		   "\n"
+		   "Checking:\n"
+		   "  check [--quick]          every invariant of the segment and its files; exit 3 on a violation,\n"
+		   "                           5 when only dead processes are left to reclaim\n"
+		   "  fsck DIR [--repair]      offline: every file and the TDB index of a file-tier directory\n"
+		   "  reconcile [--tier T]     make a file tier's files, index and entries agree now\n"
+		   "\n"
+		   "Changing:\n"
+		   "  evict BYTES [--tiers LIST]  evict at least BYTES, lowest hit score first\n"
+		   "  gc                       reclaim dead processes, expire stale reservations, bring every\n"
+		   "                           tier under its quota\n"
+		   "  delete [--tier T] [--model HEX] [--min-size BYTES] [--min-idle S] --yes\n"
+		   "                           delete the unpinned entries matching every filter given\n"
+		   "  scheduler status|enable|disable|force|set HIGH LOW\n"
+		   "                           the memory-pressure scheduler (run by kvshm-reaper)\n"
+		   "  destroy [--force]        remove the segment (refused while processes are attached)\n"
+		   "\n"
+		   "Options:\n"
+		   "  -n, --name NAME          the cache\n"
+		   "      --shm-dir DIR        where segments live (default /dev/shm)\n"
+		   "  -j, --json               machine-readable output\n"
+		   "  -h, --help               this help; -V, --version\n"
+		   "\n"
+		   "shmctl COMMAND --help (or shmctl help COMMAND) prints a command's own usage.\n"
+		   "\n"
+		   "Exit status: 0 success, 1 usage error, 2 the cache cannot be opened, 3 a check\n"
+		   "found problems, 4 the operation failed, 5 a check found only processes that\n"
+		   "died and are not reclaimed yet. See shmctl(1).\n");
 }
 
 /* ---- JSON output ------------------------------------------------------------------ */
@@ -104,8 +105,10 @@ static int unhex(const char *s, uint8_t *b, size_t n)
 		return -1;
 	for (size_t i = 0; i < 2 * n; i++) {
 		char c = s[i];
-		int v = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10
-						    : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
+		int v = (c >= '0' && c <= '9')   ? c - '0'
+			: (c >= 'a' && c <= 'f') ? c - 'a' + 10
+			: (c >= 'A' && c <= 'F') ? c - 'A' + 10
+						 : -1;
 		if (v < 0)
 			return -1;
 		b[i / 2] = (uint8_t)((i & 1) ? (b[i / 2] | v) : (v << 4));
@@ -128,8 +131,7 @@ static int open_cache(kvshm **h)
 		const char *dir = shm_dir && *shm_dir ? shm_dir : getenv("KVSHM_SHM_DIR");
 		fprintf(stderr, "shmctl: no cache named '%s' in %s (create it with: kvshm-reaper --create %s)\n",
 			cache_name, dir && *dir ? dir : "/dev/shm", cache_name);
-	}
-	else if (err == KVSHM_ELAYOUT)
+	} else if (err == KVSHM_ELAYOUT)
 		fprintf(stderr, "shmctl: cache '%s' was made by another build of kvshm: %s\n", cache_name,
 			kvshm_last_error());
 	else if (err == -EACCES || err == KVSHM_EFOREIGN)
@@ -204,7 +206,7 @@ static int cmd_status(kvshm *h)
 	kvshm_sched_status ss;
 	kvshm_config c;
 	char a[16], b[16], d[16];
-	if (kvshm_stats_get(h, &st) < 0 || kvshm_sched_get(h, &ss) < 0 || kvshm_get_config(h, &c) < 0 ||
+	if (kvshm_stats_get(h, &st, sizeof(st)) < 0 || kvshm_sched_get(h, &ss) < 0 || kvshm_config_get(h, &c) < 0 ||
 	    kvshm_procs(h, count_identity, &ids) < 0)
 		return fail("status");
 	uint32_t reaper = kvshm_reaper_pid(h);
@@ -242,8 +244,8 @@ static int cmd_status(kvshm *h)
 		       ",\"last_evicted_ns\":%" PRIu64 ",\"checks\":%" PRIu64 ",\"evictions\":%" PRIu64 "}}\n",
 		       ss.config.enabled ? "true" : "false", source_name(ss.config.source), ss.config.high_watermark,
 		       ss.config.low_watermark, ss.config.interval_ms, tiers, result_name(ss.last_result), ss.last_used,
-		       ss.last_total, ss.last_ratio, ss.sampled_ns, ss.last_evicted_bytes, ss.last_evicted_ns, ss.checks,
-		       ss.evictions);
+		       ss.last_total, ss.last_ratio, ss.sampled_ns, ss.last_evicted_bytes, ss.last_evicted_ns,
+		       ss.checks, ss.evictions);
 		return EX_OK;
 	}
 	printf("cache %s\n", cache_name);
@@ -261,11 +263,12 @@ static int cmd_status(kvshm *h)
 			printf("  %-10s %10s %10s %8s  %s\n", tu_tier_name(t), "-", "-", "-", "(off)");
 			continue;
 		}
-		printf("  %-10s %10s %10s %8" PRIu64 "  %s\n", tu_tier_name(t), tu_human(a, sizeof(a), st.tier_bytes[t]),
-		       hum(b, sizeof(b), st.tier_quota[t]), st.tier_entries[t], dir ? dir : "(segment)");
+		printf("  %-10s %10s %10s %8" PRIu64 "  %s\n", tu_tier_name(t),
+		       tu_human(a, sizeof(a), st.tier_bytes[t]), hum(b, sizeof(b), st.tier_quota[t]),
+		       st.tier_entries[t], dir ? dir : "(segment)");
 	}
-	printf("  processes    %u attached (with this shmctl) of %u slots; writer slots %u/%u in use\n",
-	       st.procs_live, st.procs_max, st.writer_slots_used, st.writer_slots_max);
+	printf("  processes    %u attached (with this shmctl) of %u slots; writer slots %u/%u in use\n", st.procs_live,
+	       st.procs_max, st.writer_slots_used, st.writer_slots_max);
 	if (ids.lock == 0)
 		printf("  identity     pidfs inode (a reused pid is never taken for a process that attached)\n");
 	else if (ids.pidfs == 0)
@@ -276,12 +279,12 @@ static int cmd_status(kvshm *h)
 		printf("  reaper       pid %u, alive\n", reaper);
 	else
 		printf("  reaper       none running (the cache heals on attach and when a resource runs out)\n");
-	printf("  scheduler    %s, source %s, high %.2f low %.2f, every %u ms; last %s", ss.config.enabled ? "enabled" : "disabled",
-	       source_name(ss.config.source), ss.config.high_watermark, ss.config.low_watermark, ss.config.interval_ms,
-	       result_name(ss.last_result));
+	printf("  scheduler    %s, source %s, high %.2f low %.2f, every %u ms; last %s",
+	       ss.config.enabled ? "enabled" : "disabled", source_name(ss.config.source), ss.config.high_watermark,
+	       ss.config.low_watermark, ss.config.interval_ms, result_name(ss.last_result));
 	if (ss.sampled_ns)
-		printf(" (used %s of %s, %.1f%%)", tu_human(a, sizeof(a), ss.last_used), tu_human(b, sizeof(b), ss.last_total),
-		       100.0 * ss.last_ratio);
+		printf(" (used %s of %s, %.1f%%)", tu_human(a, sizeof(a), ss.last_used),
+		       tu_human(b, sizeof(b), ss.last_total), 100.0 * ss.last_ratio);
 	printf("\n");
 	if (ss.last_evicted_ns) {
 		/* CLOCK_REALTIME ns, like the record: time(NULL) would truncate
@@ -290,8 +293,8 @@ static int cmd_status(kvshm *h)
 		clock_gettime(CLOCK_REALTIME, &now);
 		uint64_t now_ns = (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
 		uint64_t age = now_ns > ss.last_evicted_ns ? now_ns - ss.last_evicted_ns : 0;
-		printf("  last evict   %s (%" PRIu64 " entries), %.0f s ago\n", tu_human(a, sizeof(a), ss.last_evicted_bytes),
-		       ss.last_evicted_entries, (double)age / 1e9);
+		printf("  last evict   %s (%" PRIu64 " entries), %.0f s ago\n",
+		       tu_human(a, sizeof(a), ss.last_evicted_bytes), ss.last_evicted_entries, (double)age / 1e9);
 	}
 	printf("  lock repairs %" PRIu64 "\n", st.lock_repairs);
 	return EX_OK;
@@ -313,15 +316,17 @@ static int proc_row(const kvshm_proc_info *p, void *ctx)
 		       ",\"state\":\"%s\",\"alive\":%s,\"reaper\":%s,\"pins\":%u,\"writer_units\":%u,\"reservations\":%u"
 		       ",\"allocs\":%u}",
 		       (*n)++ ? "," : "", p->slot, p->pid, p->start_time, p->attach_ns, identity_of(p), p->pidfs_ino,
-		       p->state == 1 ? "live" : "dead", p->alive ? "true" : "false", p->reaper ? "true" : "false", p->pins,
-		       p->writer_units, p->reservations, p->allocs);
+		       p->state == 1 ? "live" : "dead", p->alive ? "true" : "false", p->reaper ? "true" : "false",
+		       p->pins, p->writer_units, p->reservations, p->allocs);
 		return 0;
 	}
 	(*n)++;
 	printf("%5u %8u %12" PRIu64 " %-5s %-6s %-5s %5u %7u %8u %6u%s\n", p->slot, p->pid, p->start_time,
 	       identity_of(p), p->state == 1 ? "live" : "dead", p->alive ? "yes" : "NO", p->pins, p->writer_units,
 	       p->reservations, p->allocs,
-	       p->reaper ? "  (reaper)" : p->pid == (uint32_t)getpid() ? "  (this shmctl)" : "");
+	       p->reaper                      ? "  (reaper)"
+	       : p->pid == (uint32_t)getpid() ? "  (this shmctl)"
+					      : "");
 	return 0;
 }
 
@@ -331,8 +336,8 @@ static int cmd_procs(kvshm *h)
 	if (json)
 		printf("[");
 	else
-		printf("%5s %8s %12s %-5s %-6s %-5s %5s %7s %8s %6s\n", "slot", "pid", "start", "ident", "state", "alive",
-		       "pins", "writers", "reserved", "allocs");
+		printf("%5s %8s %12s %-5s %-6s %-5s %5s %7s %8s %6s\n", "slot", "pid", "start", "ident", "state",
+		       "alive", "pins", "writers", "reserved", "allocs");
 	if (kvshm_procs(h, proc_row, &n) < 0)
 		return fail("procs");
 	if (json)
@@ -369,12 +374,28 @@ static int by_sort(const void *a, const void *b)
 	const kvshm_entry_info *x = a, *y = b;
 	double dx, dy;
 	switch (sort_key) {
-	case 1: dx = (double)x->len; dy = (double)y->len; break;
-	case 2: dx = x->hits; dy = y->hits; break;
-	case 3: dx = (double)x->idle_ns; dy = (double)y->idle_ns; break;
-	case 4: dx = x->score; dy = y->score; break;
-	case 5: dx = x->ntokens; dy = y->ntokens; break;
-	default: return memcmp(x->key, y->key, 16);
+	case 1:
+		dx = (double)x->len;
+		dy = (double)y->len;
+		break;
+	case 2:
+		dx = x->hits;
+		dy = y->hits;
+		break;
+	case 3:
+		dx = (double)x->idle_ns;
+		dy = (double)y->idle_ns;
+		break;
+	case 4:
+		dx = x->score;
+		dy = y->score;
+		break;
+	case 5:
+		dx = x->ntokens;
+		dy = y->ntokens;
+		break;
+	default:
+		return memcmp(x->key, y->key, 16);
 	}
 	return dx < dy ? 1 : dx > dy ? -1 : 0; /* descending */
 }
@@ -438,11 +459,16 @@ static int parse_filter(int argc, char **argv, kvshm_filter *f, uint8_t *fpbuf, 
 				fprintf(stderr, "shmctl: --sort is an option of ls\n");
 				return -1;
 			}
-			if (!strcmp(optarg, "size")) sort_key = 1;
-			else if (!strcmp(optarg, "hits")) sort_key = 2;
-			else if (!strcmp(optarg, "age")) sort_key = 3;
-			else if (!strcmp(optarg, "score")) sort_key = 4;
-			else if (!strcmp(optarg, "tokens")) sort_key = 5;
+			if (!strcmp(optarg, "size"))
+				sort_key = 1;
+			else if (!strcmp(optarg, "hits"))
+				sort_key = 2;
+			else if (!strcmp(optarg, "age"))
+				sort_key = 3;
+			else if (!strcmp(optarg, "score"))
+				sort_key = 4;
+			else if (!strcmp(optarg, "tokens"))
+				sort_key = 5;
 			else {
 				fprintf(stderr, "shmctl: --sort is size, hits, age, score or tokens\n");
 				return -1;
@@ -584,7 +610,7 @@ static int cmd_delete(kvshm *h, int argc, char **argv)
 static int cmd_stats(kvshm *h)
 {
 	kvshm_stats st;
-	if (kvshm_stats_get(h, &st) < 0)
+	if (kvshm_stats_get(h, &st, sizeof(st)) < 0)
 		return fail("stats");
 	if (json)
 		printf("{");
@@ -592,7 +618,8 @@ static int cmd_stats(kvshm *h)
 		if (json)
 			printf("%s\"%s\":%" PRIu64, i ? "," : "", kvshm_counter_name(i), st.counters[i]);
 		else
-			printf("%-26s %14" PRIu64 "  %s\n", kvshm_counter_name(i), st.counters[i], kvshm_counter_help(i));
+			printf("%-26s %14" PRIu64 "  %s\n", kvshm_counter_name(i), st.counters[i],
+			       kvshm_counter_help(i));
 	}
 	if (json)
 		printf(",\"lock_repairs\":%" PRIu64 ",\"lock_contended\":%" PRIu64 "}\n", st.lock_repairs,
@@ -680,10 +707,10 @@ static int cmd_fsck(int argc, char **argv)
 	if (json) {
 		printf("{\"dir\":");
 		jstr(dir);
-		printf(",\"ok\":%s,\"files\":%" PRIu64 ",\"valid\":%" PRIu64 ",\"invalid\":%" PRIu64 ",\"temps\":%" PRIu64
-		       ",\"rows\":%" PRIu64 ",\"rows_without_file\":%" PRIu64 ",\"files_without_row\":%" PRIu64
-		       ",\"removed\":%" PRIu64 ",\"adopted\":%" PRIu64 ",\"rows_dropped\":%" PRIu64
-		       ",\"index_damaged\":%s,\"keys_checked\":%s,\"first_problem\":",
+		printf(",\"ok\":%s,\"files\":%" PRIu64 ",\"valid\":%" PRIu64 ",\"invalid\":%" PRIu64
+		       ",\"temps\":%" PRIu64 ",\"rows\":%" PRIu64 ",\"rows_without_file\":%" PRIu64
+		       ",\"files_without_row\":%" PRIu64 ",\"removed\":%" PRIu64 ",\"adopted\":%" PRIu64
+		       ",\"rows_dropped\":%" PRIu64 ",\"index_damaged\":%s,\"keys_checked\":%s,\"first_problem\":",
 		       err == 0 ? "true" : "false", r.files, r.valid, r.invalid, r.temps, r.rows, r.rows_without_file,
 		       r.files_without_row, r.removed, r.adopted, r.rows_dropped, r.index_damaged ? "true" : "false",
 		       r.keys_checked ? "true" : "false");
@@ -693,10 +720,12 @@ static int cmd_fsck(int argc, char **argv)
 			printf("null");
 		printf("}\n");
 	} else {
-		printf("%s: %" PRIu64 " files, %" PRIu64 " valid, %" PRIu64 " invalid, %" PRIu64 " temporary; index %" PRIu64
-		       " rows (%" PRIu64 " without a file, %" PRIu64 " files unindexed)%s%s\n",
+		printf("%s: %" PRIu64 " files, %" PRIu64 " valid, %" PRIu64 " invalid, %" PRIu64
+		       " temporary; index %" PRIu64 " rows (%" PRIu64 " without a file, %" PRIu64
+		       " files unindexed)%s%s\n",
 		       dir, r.files, r.valid, r.invalid, r.temps, r.rows, r.rows_without_file, r.files_without_row,
-		       r.index_damaged ? ", index damaged" : "", r.keys_checked ? "" : ", keys not recomputed (no seed)");
+		       r.index_damaged ? ", index damaged" : "",
+		       r.keys_checked ? "" : ", keys not recomputed (no seed)");
 		if (repair)
 			printf("repaired: %" PRIu64 " files removed, %" PRIu64 " adopted, %" PRIu64 " rows dropped\n",
 			       r.removed, r.adopted, r.rows_dropped);
@@ -717,7 +746,7 @@ static int cmd_reconcile(kvshm *h, int argc, char **argv)
 		fprintf(stderr, "shmctl: reconcile takes only --tier T\n");
 		return EX_USAGE;
 	}
-	if (kvshm_get_config(h, &c) < 0)
+	if (kvshm_config_get(h, &c) < 0)
 		return fail("reconcile");
 	if (json)
 		printf("[");
@@ -730,14 +759,15 @@ static int cmd_reconcile(kvshm *h, int argc, char **argv)
 		if (kvshm_reconcile(h, t, &r) < 0)
 			return fail("reconcile");
 		if (json)
-			printf("%s{\"tier\":\"%s\",\"files\":%" PRIu64 ",\"adopted\":%" PRIu64 ",\"rows_added\":%" PRIu64
-			       ",\"invalid_removed\":%" PRIu64 ",\"temps_removed\":%" PRIu64 ",\"rows_dropped\":%" PRIu64
-			       ",\"entries_dropped\":%" PRIu64 ",\"repacked\":%s}",
+			printf("%s{\"tier\":\"%s\",\"files\":%" PRIu64 ",\"adopted\":%" PRIu64
+			       ",\"rows_added\":%" PRIu64 ",\"invalid_removed\":%" PRIu64 ",\"temps_removed\":%" PRIu64
+			       ",\"rows_dropped\":%" PRIu64 ",\"entries_dropped\":%" PRIu64 ",\"repacked\":%s}",
 			       n++ ? "," : "", tu_tier_name(t), r.files, r.adopted, r.rows_added, r.invalid_removed,
 			       r.temps_removed, r.rows_dropped, r.entries_dropped, r.repacked ? "true" : "false");
 		else
 			printf("%s: %" PRIu64 " files, %" PRIu64 " adopted, %" PRIu64 " rows added, %" PRIu64
-			       " invalid and %" PRIu64 " temporary removed, %" PRIu64 " rows and %" PRIu64 " entries dropped%s\n",
+			       " invalid and %" PRIu64 " temporary removed, %" PRIu64 " rows and %" PRIu64
+			       " entries dropped%s\n",
 			       tu_tier_name(t), r.files, r.adopted, r.rows_added, r.invalid_removed, r.temps_removed,
 			       r.rows_dropped, r.entries_dropped, r.repacked ? ", index repacked" : "");
 	}
@@ -777,18 +807,20 @@ static int cmd_evict(kvshm *h, int argc, char **argv)
 
 static int cmd_gc(kvshm *h)
 {
-	uint64_t freed = 0, count = 0, expired = 0;
+	kvshm_prune_report pr;
 	char a[16];
 	/* shmctl attaches without the attach sweep (so that check and procs
 	 * show what is there): gc is where it reclaims dead processes. */
 	int reclaimed = kvshm_sweep(h);
-	if (reclaimed < 0 || kvshm_prune(h, 0, &expired, NULL) < 0 || kvshm_gc(h, &freed, &count) < 0)
+	if (reclaimed < 0 || kvshm_prune(h, 0, &pr) < 0)
 		return fail("gc");
+	uint64_t freed = pr.evicted_bytes, count = pr.evicted, expired = pr.expired;
 	if (json)
 		printf("{\"reclaimed\":%d,\"expired\":%" PRIu64 ",\"freed\":%" PRIu64 ",\"entries\":%" PRIu64 "}\n",
 		       reclaimed, expired, freed, count);
 	else
-		printf("reclaimed %d dead processes; expired %" PRIu64 " reservations; evicted %" PRIu64 " entries, %s\n",
+		printf("reclaimed %d dead processes; expired %" PRIu64 " reservations; evicted %" PRIu64
+		       " entries, %s\n",
 		       reclaimed, expired, count, tu_human(a, sizeof(a), freed));
 	return EX_OK;
 }
@@ -830,8 +862,8 @@ static int cmd_scheduler(kvshm *h, int argc, char **argv)
 	if (json) {
 		printf("{\"enabled\":%s,\"source\":\"%s\",\"high\":%.4f,\"low\":%.4f,\"interval_ms\":%u,\"min_evict_bytes\":%" PRIu64
 		       ",\"tiers\":\"%s\",\"last_result\":\"%s\",\"last_used\":%" PRIu64 ",\"last_total\":%" PRIu64
-		       ",\"last_ratio\":%.4f,\"last_evicted_bytes\":%" PRIu64 ",\"checks\":%" PRIu64 ",\"evictions\":%" PRIu64
-		       ",\"last_error\":",
+		       ",\"last_ratio\":%.4f,\"last_evicted_bytes\":%" PRIu64 ",\"checks\":%" PRIu64
+		       ",\"evictions\":%" PRIu64 ",\"last_error\":",
 		       st.config.enabled ? "true" : "false", source_name(st.config.source), st.config.high_watermark,
 		       st.config.low_watermark, st.config.interval_ms, st.config.min_evict_bytes, tiers,
 		       result_name(st.last_result), st.last_used, st.last_total, st.last_ratio, st.last_evicted_bytes,
@@ -842,8 +874,8 @@ static int cmd_scheduler(kvshm *h, int argc, char **argv)
 		printf("scheduler %s: source %s%s%s, high %.2f low %.2f, every %u ms, min evict %s, tiers %s\n",
 		       st.config.enabled ? "enabled" : "disabled", source_name(st.config.source),
 		       st.config.command[0] ? " " : "", st.config.command, st.config.high_watermark,
-		       st.config.low_watermark, st.config.interval_ms, tu_human(a, sizeof(a), st.config.min_evict_bytes),
-		       tiers);
+		       st.config.low_watermark, st.config.interval_ms,
+		       tu_human(a, sizeof(a), st.config.min_evict_bytes), tiers);
 		printf("last check: %s", result_name(st.last_result));
 		if (st.sampled_ns)
 			printf(", used %s of %s (%.1f%%)", tu_human(a, sizeof(a), st.last_used),
@@ -915,13 +947,13 @@ static int cmd_top(kvshm *h, int argc, char **argv)
 	signal(SIGTERM, on_int);
 	signal(SIGHUP, on_int);
 	kvshm_stats prev, cur;
-	if (kvshm_stats_get(h, &prev) < 0)
+	if (kvshm_stats_get(h, &prev, sizeof(prev)) < 0)
 		return fail("top");
 	bool tty = isatty(STDOUT_FILENO);
 	for (uint32_t it = 0; !top_stop && (!count || it < count); it++) {
 		struct timespec ts = {(time_t)interval, (long)((interval - (double)(time_t)interval) * 1e9)};
 		nanosleep(&ts, NULL);
-		if (kvshm_stats_get(h, &cur) < 0)
+		if (kvshm_stats_get(h, &cur, sizeof(cur)) < 0)
 			return fail("top");
 		char a[16], b[16], c[16];
 #define RATE(ctr) ((double)(cur.counters[ctr] - prev.counters[ctr]) / interval)
@@ -953,8 +985,9 @@ static int cmd_top(kvshm *h, int argc, char **argv)
 		printf("%-22s %12.1f\n", "waits", RATE(KVSHM_C_waits));
 		printf("\n%-10s %10s %10s %8s\n", "tier", "bytes", "quota", "entries");
 		for (int t = 0; t < KVSHM_NTIERS; t++)
-			printf("%-10s %10s %10s %8" PRIu64 "\n", tu_tier_name(t), tu_human(a, sizeof(a), cur.tier_bytes[t]),
-			       hum(b, sizeof(b), cur.tier_quota[t]), cur.tier_entries[t]);
+			printf("%-10s %10s %10s %8" PRIu64 "\n", tu_tier_name(t),
+			       tu_human(a, sizeof(a), cur.tier_bytes[t]), hum(b, sizeof(b), cur.tier_quota[t]),
+			       cur.tier_entries[t]);
 		printf("\nprocesses %u, writer slots %u/%u, data free %s, lock repairs %" PRIu64 "\n", cur.procs_live,
 		       cur.writer_slots_used, cur.writer_slots_max, tu_human(c, sizeof(c), cur.data_free_bytes),
 		       cur.lock_repairs);
@@ -1059,12 +1092,10 @@ static bool wants_help(int argc, char **argv)
 int main(int argc, char **argv)
 {
 	enum { O_SHMDIR = 256 };
-	static const struct option opts[] = {{"name", required_argument, NULL, 'n'},
-					     {"shm-dir", required_argument, NULL, O_SHMDIR},
-					     {"json", no_argument, NULL, 'j'},
-					     {"help", no_argument, NULL, 'h'},
-					     {"version", no_argument, NULL, 'V'},
-					     {NULL, 0, NULL, 0}};
+	static const struct option opts[] = {
+		{"name", required_argument, NULL, 'n'}, {"shm-dir", required_argument, NULL, O_SHMDIR},
+		{"json", no_argument, NULL, 'j'},       {"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'},    {NULL, 0, NULL, 0}};
 	int c;
 	cache_name = getenv("KVSHM_CACHE");
 	if (!cache_name || !*cache_name)
@@ -1072,12 +1103,24 @@ int main(int argc, char **argv)
 	/* Options before the command only; the command parses the rest. */
 	while ((c = getopt_long(argc, argv, "+n:jhV", opts, NULL)) != -1) {
 		switch (c) {
-		case 'n': cache_name = optarg; break;
-		case O_SHMDIR: shm_dir = optarg; break;
-		case 'j': json = true; break;
-		case 'h': usage(stdout); return EX_OK;
-		case 'V': printf("shmctl %s\n", KVSHM_VERSION_STRING); return EX_OK;
-		default: usage(stderr); return EX_USAGE;
+		case 'n':
+			cache_name = optarg;
+			break;
+		case O_SHMDIR:
+			shm_dir = optarg;
+			break;
+		case 'j':
+			json = true;
+			break;
+		case 'h':
+			usage(stdout);
+			return EX_OK;
+		case 'V':
+			printf("shmctl %s\n", KVSHM_VERSION_STRING);
+			return EX_OK;
+		default:
+			usage(stderr);
+			return EX_USAGE;
 		}
 	}
 	if (optind >= argc) {
@@ -1103,7 +1146,8 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(cmd, "help") && ac > 1) {
 		if (ac > 2 || !(ch = find_help(av[1]))) {
-			fprintf(stderr, "shmctl: help takes one COMMAND of shmctl --help, not '%s'\n", av[ac > 2 ? 2 : 1]);
+			fprintf(stderr, "shmctl: help takes one COMMAND of shmctl --help, not '%s'\n",
+				av[ac > 2 ? 2 : 1]);
 			return EX_USAGE;
 		}
 		fputs(ch->text, stdout);
@@ -1118,8 +1162,8 @@ int main(int argc, char **argv)
 		return EX_OK;
 	}
 	/* The first five take no arguments. */
-	static const char *const known[] = {"status", "procs", "stats", "metrics", "gc", "ls", "show", "check",
-					    "evict", "delete", "scheduler", "top", "reconcile"};
+	static const char *const known[] = {"status", "procs", "stats",  "metrics",   "gc",  "ls",       "show",
+					    "check",  "evict", "delete", "scheduler", "top", "reconcile"};
 	size_t k = 0;
 	while (k < sizeof(known) / sizeof(known[0]) && strcmp(cmd, known[k]) != 0)
 		k++;

@@ -1,5 +1,6 @@
 /*
  * tools/util.c — see tools/util.h.
+ * Not cache logic: only what the tools' mains share.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -25,12 +26,30 @@ int tu_parse_size(const char *s, const char *what, uint64_t *out)
 		goto bad;
 	unsigned shift = 0;
 	switch (*end) {
-	case '\0': break;
-	case 'k': case 'K': shift = 10; end++; break;
-	case 'm': case 'M': shift = 20; end++; break;
-	case 'g': case 'G': shift = 30; end++; break;
-	case 't': case 'T': shift = 40; end++; break;
-	default: goto bad;
+	case '\0':
+		break;
+	case 'k':
+	case 'K':
+		shift = 10;
+		end++;
+		break;
+	case 'm':
+	case 'M':
+		shift = 20;
+		end++;
+		break;
+	case 'g':
+	case 'G':
+		shift = 30;
+		end++;
+		break;
+	case 't':
+	case 'T':
+		shift = 40;
+		end++;
+		break;
+	default:
+		goto bad;
 	}
 	if (*end == 'i' || *end == 'B')
 		end++;
@@ -118,7 +137,7 @@ const char *tu_human(char *buf, size_t len, uint64_t bytes)
 int tu_metrics(FILE *f, kvshm *h, const char *cache)
 {
 	kvshm_stats st;
-	int err = kvshm_stats_get(h, &st);
+	int err = kvshm_stats_get(h, &st, sizeof(st));
 	if (err < 0)
 		return err;
 	for (int i = 0; i < KVSHM_NCOUNTERS; i++) {
@@ -126,8 +145,9 @@ int tu_metrics(FILE *f, kvshm *h, const char *cache)
 			kvshm_counter_help(i), kvshm_counter_name(i));
 		fprintf(f, "kvshm_%s_total{cache=\"%s\"} %" PRIu64 "\n", kvshm_counter_name(i), cache, st.counters[i]);
 	}
-	fprintf(f, "# HELP kvshm_lock_repairs_total locks recovered from a dead holder\n"
-		   "# TYPE kvshm_lock_repairs_total counter\nkvshm_lock_repairs_total{cache=\"%s\"} %" PRIu64 "\n",
+	fprintf(f,
+		"# HELP kvshm_lock_repairs_total locks recovered from a dead holder\n"
+		"# TYPE kvshm_lock_repairs_total counter\nkvshm_lock_repairs_total{cache=\"%s\"} %" PRIu64 "\n",
 		cache, st.lock_repairs);
 	fprintf(f, "# HELP kvshm_tier_bytes bytes charged to a tier\n# TYPE kvshm_tier_bytes gauge\n");
 	for (int t = 0; t < KVSHM_NTIERS; t++)
@@ -144,11 +164,13 @@ int tu_metrics(FILE *f, kvshm *h, const char *cache)
 			st.tier_entries[t]);
 	fprintf(f, "# HELP kvshm_procs attached processes\n# TYPE kvshm_procs gauge\nkvshm_procs{cache=\"%s\"} %u\n",
 		cache, st.procs_live);
-	fprintf(f, "# HELP kvshm_data_free_bytes free bytes in the segment's data area\n"
-		   "# TYPE kvshm_data_free_bytes gauge\nkvshm_data_free_bytes{cache=\"%s\"} %" PRIu64 "\n",
+	fprintf(f,
+		"# HELP kvshm_data_free_bytes free bytes in the segment's data area\n"
+		"# TYPE kvshm_data_free_bytes gauge\nkvshm_data_free_bytes{cache=\"%s\"} %" PRIu64 "\n",
 		cache, st.data_free_bytes);
-	fprintf(f, "# HELP kvshm_writer_slots_used writer-semaphore units held\n# TYPE kvshm_writer_slots_used gauge\n"
-		   "kvshm_writer_slots_used{cache=\"%s\"} %u\n",
+	fprintf(f,
+		"# HELP kvshm_writer_slots_used writer-semaphore units held\n# TYPE kvshm_writer_slots_used gauge\n"
+		"kvshm_writer_slots_used{cache=\"%s\"} %u\n",
 		cache, st.writer_slots_used);
 	return 0;
 }

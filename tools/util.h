@@ -2,6 +2,7 @@
  * tools/util.h — what the command-line tools share: number and size
  * parsing with clear errors, human-readable sizes, and a log sink for
  * stderr or syslog.
+ * Not cache logic: everything about the cache comes from include/kvshm.h.
  */
 #ifndef KVSHM_TOOLS_UTIL_H
 #define KVSHM_TOOLS_UTIL_H

@@ -75,7 +75,7 @@ class BuildExt(build_ext):
         header = os.path.join(inc, "kvshm.h")
         if not os.path.exists(header):
             sys.exit("kvshm: %s not found (from %s)" % (header, how))
-        if not any(os.path.exists(os.path.join(lib, n)) for n in ("libkvshm.so", "libkvshm.so.0")):
+        if not any(os.path.exists(os.path.join(lib, n)) for n in ("libkvshm.so", "libkvshm.so.1")):
             sys.exit("kvshm: no libkvshm.so in %s (from %s)" % (lib, how))
         sys.path.insert(0, HERE)
         import kvshm_gen  # noqa: E402 - the generator beside this file

@@ -60,8 +60,18 @@ static struct {
 	uint64_t cache_bytes;
 	bool kills, quiet;
 } opt = {
-	.name = "demo", .workers = 4, .threads = 1, .conversations = 16, .turns = 3, .prompts = 8,
-	.branches = 4, .regens = 4, .samples = 8, .ctx = 4096, .seed = 42, .cache_bytes = 48ull << 20,
+	.name = "demo",
+	.workers = 4,
+	.threads = 1,
+	.conversations = 16,
+	.turns = 3,
+	.prompts = 8,
+	.branches = 4,
+	.regens = 4,
+	.samples = 8,
+	.ctx = 4096,
+	.seed = 42,
+	.cache_bytes = 48ull << 20,
 	.kills = true,
 };
 
@@ -95,17 +105,20 @@ static uint32_t rnd(uint64_t a, uint64_t b, uint64_t c, uint32_t lo, uint32_t hi
 /* ---- the request stream ------------------------------------------------------------------ */
 
 static const char *const words[] = {
-	"the", "cache", "worker", "model", "prompt", "state", "token", "memory", "shared", "system", "request",
-	"answer", "question", "user", "assistant", "should", "always", "never", "explain", "clearly", "briefly",
-	"with", "without", "about", "every", "process", "restore", "prefix", "reply", "context", "server",
-	"engine", "kernel", "segment", "offset", "pointer", "lock", "thread", "signal", "crash", "recover",
-	"policy", "evict", "tier", "disk", "file", "index", "hash", "key", "value", "table", "schema", "query",
-	"data", "result", "error", "latency", "throughput", "batch", "queue", "pool", "fork", "pipe", "socket",
-	"python", "rust", "function", "variable", "loop", "branch", "merge", "commit", "review", "test",
-	"weather", "travel", "recipe", "garden", "music", "history", "science", "planet", "ocean", "mountain",
-	"river", "city", "library", "book", "story", "poem", "letter", "meeting", "schedule", "budget",
-	"is", "are", "was", "and", "or", "but", "if", "then", "when", "because", "so", "that", "this", "a", "an",
-	"to", "of", "in", "on", "for", "from", "by", "as", "it", "you", "we", "they", "please", "help", "me",
+	"the",     "cache",   "worker",   "model",      "prompt",   "state",     "token",   "memory",  "shared",
+	"system",  "request", "answer",   "question",   "user",     "assistant", "should",  "always",  "never",
+	"explain", "clearly", "briefly",  "with",       "without",  "about",     "every",   "process", "restore",
+	"prefix",  "reply",   "context",  "server",     "engine",   "kernel",    "segment", "offset",  "pointer",
+	"lock",    "thread",  "signal",   "crash",      "recover",  "policy",    "evict",   "tier",    "disk",
+	"file",    "index",   "hash",     "key",        "value",    "table",     "schema",  "query",   "data",
+	"result",  "error",   "latency",  "throughput", "batch",    "queue",     "pool",    "fork",    "pipe",
+	"socket",  "python",  "rust",     "function",   "variable", "loop",      "branch",  "merge",   "commit",
+	"review",  "test",    "weather",  "travel",     "recipe",   "garden",    "music",   "history", "science",
+	"planet",  "ocean",   "mountain", "river",      "city",     "library",   "book",    "story",   "poem",
+	"letter",  "meeting", "schedule", "budget",     "is",       "are",       "was",     "and",     "or",
+	"but",     "if",      "then",     "when",       "because",  "so",        "that",    "this",    "a",
+	"an",      "to",      "of",       "in",         "on",       "for",       "from",    "by",      "as",
+	"it",      "you",     "we",       "they",       "please",   "help",      "me",
 };
 
 /* Pseudo-English of about `ntok` tokens, tokenized by the model's SPM
@@ -116,7 +129,8 @@ static size_t text_tokens(const struct llama_vocab *v, uint64_t a, uint64_t b, s
 	size_t len = 0, lim = ntok * 8 + 64;
 	char *s = malloc(lim + 32);
 	for (uint64_t i = 0; len < lim; i++) {
-		const char *w = words[mix(opt.seed * 977 + a * 131071 + b * 8191 + i) % (sizeof(words) / sizeof(words[0]))];
+		const char *w =
+			words[mix(opt.seed * 977 + a * 131071 + b * 8191 + i) % (sizeof(words) / sizeof(words[0]))];
 		len += (size_t)sprintf(s + len, "%s%s", i ? (i % 11 == 10 ? ". " : " ") : "", w);
 	}
 	int32_t n = llama_tokenize(v, s, (int32_t)len, out, (int32_t)cap, bos, false);
@@ -128,10 +142,10 @@ static size_t text_tokens(const struct llama_vocab *v, uint64_t a, uint64_t b, s
 
 struct req {
 	uint32_t conv, turn;
-	int32_t after;      /* request that must be done first, -1 none */
-	int kind;           /* 0 turn, 1 first turn of a branch, 2 regenerate */
-	uint32_t n, r;      /* prompt and reply tokens */
-	llama_token *tok;   /* n + r */
+	int32_t after;    /* request that must be done first, -1 none */
+	int kind;         /* 0 turn, 1 first turn of a branch, 2 regenerate */
+	uint32_t n, r;    /* prompt and reply tokens */
+	llama_token *tok; /* n + r */
 };
 
 static struct req *reqs;
@@ -172,7 +186,9 @@ static void build_stream(const struct llama_vocab *v)
 				continue;
 			}
 			user[c][t].t = malloc(512 * sizeof(llama_token));
-			user[c][t].n = text_tokens(v, 2, c * 64 + t, (t ? rnd(2, c, t, 20, 80) : rnd(2, c, t, 150, 400)), false, user[c][t].t, 512);
+			user[c][t].n =
+				text_tokens(v, 2, c * 64 + t, (t ? rnd(2, c, t, 20, 80) : rnd(2, c, t, 150, 400)),
+					    false, user[c][t].t, 512);
 			reply[c][t].t = malloc(128 * sizeof(llama_token));
 			reply[c][t].n = text_tokens(v, 3, c * 64 + t, rnd(3, c, t, 8, 20), false, reply[c][t].t, 128);
 		}
@@ -310,7 +326,7 @@ static const struct hist *hist_get(uint64_t hash)
 
 struct result {
 	int32_t request, worker;
-	int32_t kind;       /* 0 miss, KVSHM_HIT_* */
+	int32_t kind; /* 0 miss, KVSHM_HIT_* */
 	uint32_t restored, prefilled, stored;
 	uint64_t ttft_ns, load_ns;
 	int32_t rejected;
@@ -417,8 +433,14 @@ struct wctx {
 	bool restored_known;
 };
 
-static void bit_set(uint8_t *b, size_t i) { b[i / 8] |= (uint8_t)(1u << (i % 8)); }
-static bool bit_get(const uint8_t *b, size_t i) { return b[i / 8] >> (i % 8) & 1; }
+static void bit_set(uint8_t *b, size_t i)
+{
+	b[i / 8] |= (uint8_t)(1u << (i % 8));
+}
+static bool bit_get(const uint8_t *b, size_t i)
+{
+	return b[i / 8] >> (i % 8) & 1;
+}
 
 static void hook(void *arg, int stage, const void *data, size_t len)
 {
@@ -447,8 +469,8 @@ static void hook(void *arg, int stage, const void *data, size_t len)
 	}
 }
 
-static int decode_range(struct llama_context *ctx, struct llama_batch *b, const llama_token *tok, size_t from, size_t to,
-			bool logits)
+static int decode_range(struct llama_context *ctx, struct llama_batch *b, const llama_token *tok, size_t from,
+			size_t to, bool logits)
 {
 	b->n_tokens = 0;
 	for (size_t i = from; i < to; i++) {
@@ -551,7 +573,7 @@ static void worker(kvshm *cache, int id, int mode)
 			u = pcache_restore(&pc, ctx, q->tok, q->n, cfg.keep_tail, &res);
 		}
 		for (size_t i = u; i < MAX_CTX; i++) /* the history of what was kept */
-			w.bits[i / 8] &= (uint8_t)~(1u << (i % 8));
+			w.bits[i / 8] &= (uint8_t) ~(1u << (i % 8));
 		/* Prefill, pausing for the cold save of the aligned prefix. */
 		size_t cut = 0;
 		if (mode == MODE_KVSHM)
@@ -685,7 +707,8 @@ static int run_pool(kvshm *h, int mode, struct run *r)
 		}
 		for (uint32_t i = 0; i < opt.workers; i++) {
 			int want = atomic_load(&sh->ws[i].kill_mode), st = atomic_load(&sh->ws[i].state);
-			if ((want == KILL_IN_SAVE && st == W_SAVE_HELD) || (want == KILL_WITH_PINS && st == W_PIN_HELD)) {
+			if ((want == KILL_IN_SAVE && st == W_SAVE_HELD) ||
+			    (want == KILL_WITH_PINS && st == W_PIN_HELD)) {
 				kill(sh->ws[i].pid, SIGKILL);
 				waitpid(sh->ws[i].pid, NULL, 0);
 				int32_t rq = atomic_load(&sh->ws[i].request);
@@ -710,9 +733,9 @@ static int run_pool(kvshm *h, int mode, struct run *r)
 		done[res.request] = true;
 		inflight--;
 		if (csv_out)
-			fprintf(csv_out, "%s,%d,%d,%u,%u,%u,%d,%.3f,%.3f,%.3f\n", mode_name[mode], res.request, res.worker,
-				reqs[res.request].n, res.restored, res.stored, res.kind, res.ttft_ns / 1e6, res.load_ns / 1e6,
-				(double)(now_ns() - t0) / 1e9);
+			fprintf(csv_out, "%s,%d,%d,%u,%u,%u,%d,%.3f,%.3f,%.3f\n", mode_name[mode], res.request,
+				res.worker, reqs[res.request].n, res.restored, res.stored, res.kind, res.ttft_ns / 1e6,
+				res.load_ns / 1e6, (double)(now_ns() - t0) / 1e9);
 		r->ttft[r->done++] = res.ttft_ns;
 		r->kinds[res.kind >= 0 && res.kind < 4 ? res.kind : 0]++;
 		r->restored += res.restored;
@@ -720,8 +743,8 @@ static int run_pool(kvshm *h, int mode, struct run *r)
 		r->load_ns += res.load_ns;
 		r->rejected += (uint32_t)res.rejected;
 		if (!opt.quiet && (tty || r->done % (nreqs / 4 ? nreqs / 4 : 1) == 0 || r->done == nreqs))
-			fprintf(stderr, "%s[%s] %u/%u requests  %.1f s%s", tty ? "\r" : "", mode_name[mode], r->done, nreqs,
-				(double)(now_ns() - t0) / 1e9, tty ? "   " : "\n");
+			fprintf(stderr, "%s[%s] %u/%u requests  %.1f s%s", tty ? "\r" : "", mode_name[mode], r->done,
+				nreqs, (double)(now_ns() - t0) / 1e9, tty ? "   " : "\n");
 	}
 	r->ns = now_ns() - t0;
 	for (uint32_t i = 0; i < opt.workers; i++) {
@@ -827,37 +850,36 @@ static void replay(double *max_delta, uint32_t *checked, uint32_t *mismatches)
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"Usage: kvshm-demo --model MODEL.gguf [OPTIONS]\n"
-		"\n"
-		"A pre-forked pool of llama.cpp workers over multi-turn conversations that\n"
-		"share system prompts and branch, run three times: (a) one kvshm cache shared\n"
-		"by the pool, with one worker SIGKILLed while saving and one while holding a\n"
-		"pin; (b) a private in-process cache per worker of the same total size; (c) no\n"
-		"cache. Prints time to first token, wall time, hits by kind, tokens restored\n"
-		"and prefilled, leaks after the kills, and a from-scratch replay of sampled\n"
-		"restored requests (max |logit difference|, 0 expected).\n"
-		"\n"
-		"  -m, --model FILE          GGUF model (make demo writes one with kvshm-mkmodel)\n"
-		"  -n, --name NAME           cache name (demo)\n"
-		"  -w, --workers N           pool size (4)\n"
-		"  -T, --threads N           threads per worker (1)\n"
-		"  -c, --conversations N     conversations (16)\n"
-		"  -t, --turns N             turns per conversation (3)\n"
-		"  -p, --prompts N           distinct system prompts (8)\n"
-		"  -b, --branches N          conversations branching off another (4)\n"
-		"  -r, --regens N            turns asked again (4)\n"
-		"  -s, --cache-size BYTES    cache bytes: kvshm's RAM tier, split among the private caches (48M)\n"
-		"      --samples N           restored requests replayed from scratch (8)\n"
-		"      --seed N              request stream seed (42)\n"
-		"      --csv FILE            one row per request and run: run, request, worker, prompt tokens,\n"
-		"                            restored, stored, kind, TTFT ms, restore ms, seconds into the run\n"
-		"      --no-kills            do not kill workers\n"
-		"  -q, --quiet               no progress lines\n"
-		"  -h, --help\n"
-		"\n"
-		"Exit status: 0 when every replayed request matched (max |delta| = 0), the\n"
-		"consistency check passed and nothing leaked after the kills; 1 otherwise.\n");
+	fprintf(f, "Usage: kvshm-demo --model MODEL.gguf [OPTIONS]\n"
+		   "\n"
+		   "A pre-forked pool of llama.cpp workers over multi-turn conversations that\n"
+		   "share system prompts and branch, run three times: (a) one kvshm cache shared\n"
+		   "by the pool, with one worker SIGKILLed while saving and one while holding a\n"
+		   "pin; (b) a private in-process cache per worker of the same total size; (c) no\n"
+		   "cache. Prints time to first token, wall time, hits by kind, tokens restored\n"
+		   "and prefilled, leaks after the kills, and a from-scratch replay of sampled\n"
+		   "restored requests (max |logit difference|, 0 expected).\n"
+		   "\n"
+		   "  -m, --model FILE          GGUF model (make demo writes one with kvshm-mkmodel)\n"
+		   "  -n, --name NAME           cache name (demo)\n"
+		   "  -w, --workers N           pool size (4)\n"
+		   "  -T, --threads N           threads per worker (1)\n"
+		   "  -c, --conversations N     conversations (16)\n"
+		   "  -t, --turns N             turns per conversation (3)\n"
+		   "  -p, --prompts N           distinct system prompts (8)\n"
+		   "  -b, --branches N          conversations branching off another (4)\n"
+		   "  -r, --regens N            turns asked again (4)\n"
+		   "  -s, --cache-size BYTES    cache bytes: kvshm's RAM tier, split among the private caches (48M)\n"
+		   "      --samples N           restored requests replayed from scratch (8)\n"
+		   "      --seed N              request stream seed (42)\n"
+		   "      --csv FILE            one row per request and run: run, request, worker, prompt tokens,\n"
+		   "                            restored, stored, kind, TTFT ms, restore ms, seconds into the run\n"
+		   "      --no-kills            do not kill workers\n"
+		   "  -q, --quiet               no progress lines\n"
+		   "  -h, --help\n"
+		   "\n"
+		   "Exit status: 0 when every replayed request matched (max |delta| = 0), the\n"
+		   "consistency check passed and nothing leaked after the kills; 1 otherwise.\n");
 }
 
 static pid_t start_reaper(const char *self_dir)
@@ -879,7 +901,7 @@ static pid_t start_reaper(const char *self_dir)
 static void settle(kvshm *h, kvshm_stats *st)
 {
 	for (int i = 0; i < 500; i++) {
-		kvshm_stats_get(h, st);
+		kvshm_stats_get(h, st, sizeof(*st));
 		if (st->procs_live <= 2 && st->entries_reserved == 0 && st->writer_slots_used == 0)
 			return;
 		usleep(10000);
@@ -890,36 +912,88 @@ int main(int argc, char **argv)
 {
 	enum { O_SEED = 256, O_NOKILL, O_SAMPLES, O_CSV };
 	static const struct option lo[] = {
-		{"model", required_argument, NULL, 'm'},       {"name", required_argument, NULL, 'n'},
-		{"workers", required_argument, NULL, 'w'},     {"threads", required_argument, NULL, 'T'},
-		{"conversations", required_argument, NULL, 'c'}, {"turns", required_argument, NULL, 't'},
-		{"prompts", required_argument, NULL, 'p'},     {"branches", required_argument, NULL, 'b'},
-		{"regens", required_argument, NULL, 'r'},      {"cache-size", required_argument, NULL, 's'},
-		{"samples", required_argument, NULL, O_SAMPLES}, {"seed", required_argument, NULL, O_SEED},
+		{"model", required_argument, NULL, 'm'},
+		{"name", required_argument, NULL, 'n'},
+		{"workers", required_argument, NULL, 'w'},
+		{"threads", required_argument, NULL, 'T'},
+		{"conversations", required_argument, NULL, 'c'},
+		{"turns", required_argument, NULL, 't'},
+		{"prompts", required_argument, NULL, 'p'},
+		{"branches", required_argument, NULL, 'b'},
+		{"regens", required_argument, NULL, 'r'},
+		{"cache-size", required_argument, NULL, 's'},
+		{"samples", required_argument, NULL, O_SAMPLES},
+		{"seed", required_argument, NULL, O_SEED},
 		{"csv", required_argument, NULL, O_CSV},
-		{"no-kills", no_argument, NULL, O_NOKILL},     {"quiet", no_argument, NULL, 'q'},
-		{"help", no_argument, NULL, 'h'},              {NULL, 0, NULL, 0},
+		{"no-kills", no_argument, NULL, O_NOKILL},
+		{"quiet", no_argument, NULL, 'q'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
 	};
 	int c;
 	while ((c = getopt_long(argc, argv, "m:n:w:T:c:t:p:b:r:s:qh", lo, NULL)) != -1) {
 		switch (c) {
-		case 'm': opt.model = optarg; break;
-		case 'n': opt.name = optarg; break;
-		case 'w': if (tu_parse_u32(optarg, "--workers", 1, 64, &opt.workers) < 0) return 2; break;
-		case 'T': if (tu_parse_u32(optarg, "--threads", 1, 256, &opt.threads) < 0) return 2; break;
-		case 'c': if (tu_parse_u32(optarg, "--conversations", 1, 10000, &opt.conversations) < 0) return 2; break;
-		case 't': if (tu_parse_u32(optarg, "--turns", 1, 8, &opt.turns) < 0) return 2; break;
-		case 'p': if (tu_parse_u32(optarg, "--prompts", 1, 1000, &opt.prompts) < 0) return 2; break;
-		case 'b': if (tu_parse_u32(optarg, "--branches", 0, 10000, &opt.branches) < 0) return 2; break;
-		case 'r': if (tu_parse_u32(optarg, "--regens", 0, 10000, &opt.regens) < 0) return 2; break;
-		case 's': if (tu_parse_size(optarg, "--cache-size", &opt.cache_bytes) < 0) return 2; break;
-		case O_SAMPLES: if (tu_parse_u32(optarg, "--samples", 0, 1000, &opt.samples) < 0) return 2; break;
-		case O_SEED: if (tu_parse_u32(optarg, "--seed", 0, UINT32_MAX, &opt.seed) < 0) return 2; break;
-		case O_NOKILL: opt.kills = false; break;
-		case O_CSV: opt.csv = optarg; break;
-		case 'q': opt.quiet = true; break;
-		case 'h': usage(stdout); return 0;
-		default: usage(stderr); return 2;
+		case 'm':
+			opt.model = optarg;
+			break;
+		case 'n':
+			opt.name = optarg;
+			break;
+		case 'w':
+			if (tu_parse_u32(optarg, "--workers", 1, 64, &opt.workers) < 0)
+				return 2;
+			break;
+		case 'T':
+			if (tu_parse_u32(optarg, "--threads", 1, 256, &opt.threads) < 0)
+				return 2;
+			break;
+		case 'c':
+			if (tu_parse_u32(optarg, "--conversations", 1, 10000, &opt.conversations) < 0)
+				return 2;
+			break;
+		case 't':
+			if (tu_parse_u32(optarg, "--turns", 1, 8, &opt.turns) < 0)
+				return 2;
+			break;
+		case 'p':
+			if (tu_parse_u32(optarg, "--prompts", 1, 1000, &opt.prompts) < 0)
+				return 2;
+			break;
+		case 'b':
+			if (tu_parse_u32(optarg, "--branches", 0, 10000, &opt.branches) < 0)
+				return 2;
+			break;
+		case 'r':
+			if (tu_parse_u32(optarg, "--regens", 0, 10000, &opt.regens) < 0)
+				return 2;
+			break;
+		case 's':
+			if (tu_parse_size(optarg, "--cache-size", &opt.cache_bytes) < 0)
+				return 2;
+			break;
+		case O_SAMPLES:
+			if (tu_parse_u32(optarg, "--samples", 0, 1000, &opt.samples) < 0)
+				return 2;
+			break;
+		case O_SEED:
+			if (tu_parse_u32(optarg, "--seed", 0, UINT32_MAX, &opt.seed) < 0)
+				return 2;
+			break;
+		case O_NOKILL:
+			opt.kills = false;
+			break;
+		case O_CSV:
+			opt.csv = optarg;
+			break;
+		case 'q':
+			opt.quiet = true;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
 		}
 	}
 	if (!opt.model || optind != argc) {
@@ -992,8 +1066,10 @@ int main(int argc, char **argv)
 	for (int i = 0; i < 500 && kvshm_reaper_pid(h) == 0; i++)
 		usleep(10000);
 	if (!kvshm_reaper_pid(h))
-		fprintf(stderr, "kvshm-demo: kvshm-reaper did not start (see /tmp/kvshm-demo-reaper.%s.log); "
-				"workers will heal the cache themselves\n", opt.name);
+		fprintf(stderr,
+			"kvshm-demo: kvshm-reaper did not start (see /tmp/kvshm-demo-reaper.%s.log); "
+			"workers will heal the cache themselves\n",
+			opt.name);
 
 	printf("kvshm demo: llama.cpp %s, %s (%s)\n", llama_version(), opt.model, desc);
 	printf("%u pre-forked workers x %u thread(s); %u conversations x %u turns over %u system prompts, "
@@ -1023,8 +1099,8 @@ int main(int argc, char **argv)
 	int check = kvshm_check(h, 0);
 	char checkmsg[300];
 	strlcpy(checkmsg, check == 0 ? "every invariant holds" : kvshm_last_error(), sizeof(checkmsg));
-	uint64_t leaks = st.entries_reserved + st.writer_slots_used + (st.procs_live > 2 ? st.procs_live - 2 : 0) +
-			 (check != 0);
+	uint64_t leaks =
+		st.entries_reserved + st.writer_slots_used + (st.procs_live > 2 ? st.procs_live - 2 : 0) + (check != 0);
 	double max_delta;
 	uint32_t checked, mism;
 	replay(&max_delta, &checked, &mism);
@@ -1056,11 +1132,12 @@ int main(int argc, char **argv)
 	printf("\n");
 	uint32_t nres0 = runs[0].kinds[1] + runs[0].kinds[2] + runs[0].kinds[3];
 	uint32_t nres1 = runs[1].kinds[1] + runs[1].kinds[2] + runs[1].kinds[3];
-	printf("%-24s %13.2f ms %13.2f ms %16s\n", "restore (set_data+cut)", nres0 ? runs[0].load_ns / 1e6 / nres0 : 0.0,
-	       nres1 ? runs[1].load_ns / 1e6 / nres1 : 0.0, "-");
+	printf("%-24s %13.2f ms %13.2f ms %16s\n", "restore (set_data+cut)",
+	       nres0 ? runs[0].load_ns / 1e6 / nres0 : 0.0, nres1 ? runs[1].load_ns / 1e6 / nres1 : 0.0, "-");
 	printf("\nworkers killed (kvshm run)  %u: one while saving, one holding a pin; %u requests retried\n",
 	       runs[0].killed_in_save + runs[0].killed_with_pins, runs[0].retried);
-	printf("processes reclaimed         %" PRIu64 ": pins %" PRIu64 ", reservations %" PRIu64 ", half-written states %" PRIu64 "\n",
+	printf("processes reclaimed         %" PRIu64 ": pins %" PRIu64 ", reservations %" PRIu64
+	       ", half-written states %" PRIu64 "\n",
 	       st.counters[KVSHM_C_reclaims], st.counters[KVSHM_C_reclaimed_pins],
 	       st.counters[KVSHM_C_reclaimed_reservations], st.counters[KVSHM_C_reclaimed_allocs]);
 	printf("leaks after the kills       %" PRIu64 " (%s)\n", leaks, checkmsg);

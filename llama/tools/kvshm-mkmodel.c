@@ -121,50 +121,80 @@ out:
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"Usage: kvshm-mkmodel --vocab VOCAB.gguf -o OUT.gguf [OPTIONS]\n"
-		"\n"
-		"Write a llama-architecture GGUF with random F16 weights (N(0, 0.02), norms 1)\n"
-		"and the tokenizer of VOCAB.gguf (e.g. llama.cpp's models/ggml-vocab-llama-spm.gguf).\n"
-		"The same arguments always write the same file; another --seed is another\n"
-		"model of the same shape.\n"
-		"\n"
-		"  -L, --layers N     transformer blocks (8)\n"
-		"  -E, --embd N       embedding width (512)\n"
-		"  -F, --ff N         feed-forward width (1536)\n"
-		"  -H, --heads N      attention heads (8); embd must be a multiple\n"
-		"  -K, --kv-heads N   key/value heads (4); heads must be a multiple\n"
-		"  -C, --ctx N        trained context length (4096)\n"
-		"  -s, --seed N       weights seed (1)\n"
-		"  -q, --quiet\n"
-		"  -h, --help\n");
+	fprintf(f, "Usage: kvshm-mkmodel --vocab VOCAB.gguf -o OUT.gguf [OPTIONS]\n"
+		   "\n"
+		   "Write a llama-architecture GGUF with random F16 weights (N(0, 0.02), norms 1)\n"
+		   "and the tokenizer of VOCAB.gguf (e.g. llama.cpp's models/ggml-vocab-llama-spm.gguf).\n"
+		   "The same arguments always write the same file; another --seed is another\n"
+		   "model of the same shape.\n"
+		   "\n"
+		   "  -L, --layers N     transformer blocks (8)\n"
+		   "  -E, --embd N       embedding width (512)\n"
+		   "  -F, --ff N         feed-forward width (1536)\n"
+		   "  -H, --heads N      attention heads (8); embd must be a multiple\n"
+		   "  -K, --kv-heads N   key/value heads (4); heads must be a multiple\n"
+		   "  -C, --ctx N        trained context length (4096)\n"
+		   "  -s, --seed N       weights seed (1)\n"
+		   "  -q, --quiet\n"
+		   "  -h, --help\n");
 }
 
 int main(int argc, char **argv)
 {
 	static const struct option lo[] = {
-		{"layers", required_argument, NULL, 'L'}, {"embd", required_argument, NULL, 'E'},
-		{"ff", required_argument, NULL, 'F'},     {"heads", required_argument, NULL, 'H'},
+		{"layers", required_argument, NULL, 'L'},   {"embd", required_argument, NULL, 'E'},
+		{"ff", required_argument, NULL, 'F'},       {"heads", required_argument, NULL, 'H'},
 		{"kv-heads", required_argument, NULL, 'K'}, {"ctx", required_argument, NULL, 'C'},
-		{"seed", required_argument, NULL, 's'},   {"vocab", required_argument, NULL, 'v'},
-		{"output", required_argument, NULL, 'o'}, {"quiet", no_argument, NULL, 'q'},
-		{"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+		{"seed", required_argument, NULL, 's'},     {"vocab", required_argument, NULL, 'v'},
+		{"output", required_argument, NULL, 'o'},   {"quiet", no_argument, NULL, 'q'},
+		{"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
 	};
 	int c;
 	while ((c = getopt_long(argc, argv, "L:E:F:H:K:C:s:v:o:qh", lo, NULL)) != -1) {
 		switch (c) {
-		case 'L': if (tu_parse_u32(optarg, "--layers", 1, 256, &opt.layers) < 0) return 2; break;
-		case 'E': if (tu_parse_u32(optarg, "--embd", 8, 16384, &opt.embd) < 0) return 2; break;
-		case 'F': if (tu_parse_u32(optarg, "--ff", 8, 65536, &opt.ff) < 0) return 2; break;
-		case 'H': if (tu_parse_u32(optarg, "--heads", 1, 256, &opt.heads) < 0) return 2; break;
-		case 'K': if (tu_parse_u32(optarg, "--kv-heads", 1, 256, &opt.kv_heads) < 0) return 2; break;
-		case 'C': if (tu_parse_u32(optarg, "--ctx", 16, 1u << 20, &opt.ctx) < 0) return 2; break;
-		case 's': if (tu_parse_u32(optarg, "--seed", 0, UINT32_MAX, &opt.seed) < 0) return 2; break;
-		case 'v': opt.vocab = optarg; break;
-		case 'o': opt.out = optarg; break;
-		case 'q': opt.quiet = true; break;
-		case 'h': usage(stdout); return 0;
-		default: usage(stderr); return 2;
+		case 'L':
+			if (tu_parse_u32(optarg, "--layers", 1, 256, &opt.layers) < 0)
+				return 2;
+			break;
+		case 'E':
+			if (tu_parse_u32(optarg, "--embd", 8, 16384, &opt.embd) < 0)
+				return 2;
+			break;
+		case 'F':
+			if (tu_parse_u32(optarg, "--ff", 8, 65536, &opt.ff) < 0)
+				return 2;
+			break;
+		case 'H':
+			if (tu_parse_u32(optarg, "--heads", 1, 256, &opt.heads) < 0)
+				return 2;
+			break;
+		case 'K':
+			if (tu_parse_u32(optarg, "--kv-heads", 1, 256, &opt.kv_heads) < 0)
+				return 2;
+			break;
+		case 'C':
+			if (tu_parse_u32(optarg, "--ctx", 16, 1u << 20, &opt.ctx) < 0)
+				return 2;
+			break;
+		case 's':
+			if (tu_parse_u32(optarg, "--seed", 0, UINT32_MAX, &opt.seed) < 0)
+				return 2;
+			break;
+		case 'v':
+			opt.vocab = optarg;
+			break;
+		case 'o':
+			opt.out = optarg;
+			break;
+		case 'q':
+			opt.quiet = true;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
 		}
 	}
 	if (!opt.vocab || !opt.out || optind != argc) {
@@ -173,7 +203,8 @@ int main(int argc, char **argv)
 	}
 	if (opt.embd % opt.heads || opt.heads % opt.kv_heads || (opt.embd / opt.heads) % 2) {
 		tu_err("--embd %u, --heads %u, --kv-heads %u: embd must be a multiple of heads (with an even "
-		       "head size) and heads a multiple of kv-heads", opt.embd, opt.heads, opt.kv_heads);
+		       "head size) and heads a multiple of kv-heads",
+		       opt.embd, opt.heads, opt.kv_heads);
 		return 2;
 	}
 
@@ -245,13 +276,14 @@ int main(int argc, char **argv)
 	nt = add(t, nt, "output.weight", d, n_vocab, false);
 
 	/* Tensor descriptors only (no_alloc): the data is streamed below. */
-	struct ggml_init_params ip = {.mem_size = ggml_tensor_overhead() * (nt + 1), .mem_buffer = NULL, .no_alloc = true};
+	struct ggml_init_params ip = {
+		.mem_size = ggml_tensor_overhead() * (nt + 1), .mem_buffer = NULL, .no_alloc = true};
 	struct ggml_context *gc = ggml_init(ip);
 	uint64_t params = 0;
 	for (size_t i = 0; i < nt; i++) {
-		struct ggml_tensor *x = t[i].ne1 ? ggml_new_tensor_2d(gc, t[i].norm ? GGML_TYPE_F32 : GGML_TYPE_F16,
-								      t[i].ne0, t[i].ne1)
-						 : ggml_new_tensor_1d(gc, GGML_TYPE_F32, t[i].ne0);
+		struct ggml_tensor *x =
+			t[i].ne1 ? ggml_new_tensor_2d(gc, t[i].norm ? GGML_TYPE_F32 : GGML_TYPE_F16, t[i].ne0, t[i].ne1)
+				 : ggml_new_tensor_1d(gc, GGML_TYPE_F32, t[i].ne0);
 		ggml_set_name(x, t[i].name);
 		gguf_add_tensor(g, x);
 		params += (uint64_t)t[i].ne0 * (uint64_t)(t[i].ne1 ? t[i].ne1 : 1);

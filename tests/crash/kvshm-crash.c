@@ -53,7 +53,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core/file.h"
+#include "core/tier/file.h"
 
 #define KIB 1024ull
 #define MIB (1024ull * 1024ull)
@@ -62,7 +62,7 @@
 #define MAXW 32
 #define NHELD 6
 #define LOG_CAP (1u << 23) /* acknowledgement log records (16 B each, touched as used) */
-#define PARTIAL_MIN 32 /* the cache's partial_min_tokens: keys of a family share 48 */
+#define PARTIAL_MIN 32     /* the cache's partial_min_tokens: keys of a family share 48 */
 
 #define RAM KVSHM_TIER_RAM
 #define RFILE KVSHM_TIER_RAM_FILE
@@ -102,8 +102,8 @@ enum { R_ACK = 1, R_DEL_BEGIN = 2, R_DEL_END = 3, R_DEATH = 4 };
  * writer died before it is ignored. */
 struct rec {
 	_Atomic uint32_t kind;
-	uint32_t who;  /* worker life (spawn number) */
-	uint32_t key;  /* packed key (ACK), model tag (DEL_*) */
+	uint32_t who; /* worker life (spawn number) */
+	uint32_t key; /* packed key (ACK), model tag (DEL_*) */
 	uint32_t tier;
 };
 
@@ -368,8 +368,7 @@ static int publish_key(kvshm *h, const struct kspec *k, int tier, bool cancel)
 }
 
 /* A verified read: counts it; a wrong byte counts as torn. */
-static bool read_ok(const char *who, const void *data, size_t len, const kvshm_model *m, const uint32_t *t,
-		    size_t n)
+static bool read_ok(const char *who, const void *data, size_t len, const kvshm_model *m, const uint32_t *t, size_t n)
 {
 	atomic_fetch_add(&sh->reads, 1);
 	if (val_ok(data, len, m, t, n))
@@ -389,8 +388,7 @@ static const uint16_t rlens[] = {16, 24, 33, 47, 48, 64, 80, 97, 128, 160};
  * c and sharing exactly c tokens with the query's tokens qt? Keys of a
  * family differ only by their variant past 48 tokens, so the candidates
  * are few; a value that is not one of theirs is wrong or torn. */
-static bool partial_val_ok(const void *data, size_t len, const struct kspec *q, const uint32_t *qt, size_t c,
-			   size_t L)
+static bool partial_val_ok(const void *data, size_t len, const struct kspec *q, const uint32_t *qt, size_t c, size_t L)
 {
 	kvshm_model m = model_of(q->tag);
 	uint32_t t[MAXTOK];
@@ -423,8 +421,9 @@ static bool read_partial_ok(const char *who, const void *data, size_t len, const
 	if (partial_val_ok(data, len, q, qt, c, L))
 		return true;
 	atomic_fetch_add(&sh->torn, 1);
-	shared_fail("%s: a partial read (%zu of %zu tokens) for a %u-token query (model %02x) returned %zu bytes that are not the value of a key sharing exactly those tokens",
-		    who, c, L, q->n, q->tag, len);
+	shared_fail(
+		"%s: a partial read (%zu of %zu tokens) for a %u-token query (model %02x) returned %zu bytes that are not the value of a key sharing exactly those tokens",
+		who, c, L, q->n, q->tag, len);
 	return false;
 }
 
@@ -481,7 +480,7 @@ static int verify_file(kvshm *h, const char *path, uint8_t key[16], struct kspec
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return errno == ENOENT ? -ENOENT : 1;
-	int err = kvshm__file_read_meta(h, fd, path, &m);
+	int err = kvshm__file_read_meta(h ? &h->kc : NULL, fd, path, &m);
 	if (err < 0) {
 		close(fd);
 		if (err == -ENOENT)
@@ -550,8 +549,8 @@ static void scan_dir(kvshm *h, int tier, const char *dir, struct scan *sc)
 			int f = kvshm_find_key(h, key, tier, &info, NULL, 0);
 			if (f < 0 && access(path, F_OK) == 0) {
 				if (!sc->orphans++ && !sc->torn)
-					snprintf(sc->why, sizeof(sc->why), "%s: a cache file no entry describes (%s)", path,
-						 kvshm_err_name(f));
+					snprintf(sc->why, sizeof(sc->why), "%s: a cache file no entry describes (%s)",
+						 path, kvshm_err_name(f));
 			}
 		}
 		closedir(d);
@@ -811,7 +810,7 @@ static int check_stats(uint32_t expect, const char *when, bool strict)
 {
 	kvshm_stats st;
 	for (int a = 0; a < (strict ? 1 : 8); a++) {
-		if (kvshm_stats_get(G.h, &st) < 0) {
+		if (kvshm_stats_get(G.h, &st, sizeof(st)) < 0) {
 			pfail("%s: stats: %s", when, kvshm_last_error());
 			return -1;
 		}
@@ -906,13 +905,14 @@ static int verify_files(const char *when)
 		}
 		if (sc.torn) {
 			G.torn_found += sc.torn;
-			pfail("%s: %llu bad files in %s: %s", when, (unsigned long long)sc.torn, kvshm__tier_name(t), sc.why);
+			pfail("%s: %llu bad files in %s: %s", when, (unsigned long long)sc.torn, kvshm__tier_name(t),
+			      sc.why);
 			return -1;
 		}
 		if (sc.orphans) {
 			G.leaked += sc.orphans;
-			pfail("%s: %llu orphan files in %s: %s", when, (unsigned long long)sc.orphans, kvshm__tier_name(t),
-			      sc.why);
+			pfail("%s: %llu orphan files in %s: %s", when, (unsigned long long)sc.orphans,
+			      kvshm__tier_name(t), sc.why);
 			return -1;
 		}
 	}
@@ -926,7 +926,7 @@ static int disk_key_present(const struct kspec *k, char *why, size_t wlen)
 	uint32_t t[MAXTOK];
 	kvshm_model m = model_of(k->tag);
 	key_tokens(t, k);
-	kvshm__h128 key = kvshm__key_of(G.h, &m, t, k->n);
+	kvshm__h128 key = kvshm__key_of(&G.h->kc, &m, t, k->n);
 	kvshm_entry_info info;
 	int f = kvshm_find_key(G.h, (const uint8_t *)&key, DISK, &info, NULL, 0);
 	if (f < 0 || info.state != KVSHM_STATE_READY)
@@ -949,11 +949,11 @@ static int disk_key_present(const struct kspec *k, char *why, size_t wlen)
  * save was acknowledged, or whose worker died before it ended).
  */
 struct ackstate {
-	uint64_t pos;                    /* log records consumed */
-	uint64_t *last_ack;              /* by packed key: position + 1 of its last disk ack, 0 = none */
-	uint64_t del_end[256];           /* by model tag: log position covered by deletions */
-	uint32_t open_del[1u << 16];     /* by worker life (low 16 bits): tag + 1 of a deletion in progress */
-	uint32_t *keys;                  /* packed keys with a disk ack */
+	uint64_t pos;                /* log records consumed */
+	uint64_t *last_ack;          /* by packed key: position + 1 of its last disk ack, 0 = none */
+	uint64_t del_end[256];       /* by model tag: log position covered by deletions */
+	uint32_t open_del[1u << 16]; /* by worker life (low 16 bits): tag + 1 of a deletion in progress */
+	uint32_t *keys;              /* packed keys with a disk ack */
 	size_t nkeys, cap;
 };
 static struct ackstate AS;
@@ -1011,8 +1011,8 @@ static int verify_acked(const char *when, bool forget)
 		int r = disk_key_present(&k, why, sizeof(why));
 		if (r == 1) {
 			G.torn_found++;
-			pfail("%s: acknowledged disk save (model %02x, family %u, variant %u, %u tokens): %s", when, k.tag,
-			      k.fam, k.var, k.n, why);
+			pfail("%s: acknowledged disk save (model %02x, family %u, variant %u, %u tokens): %s", when,
+			      k.tag, k.fam, k.var, k.n, why);
 			return -1;
 		}
 		if (r == -ENOENT) {
@@ -1068,7 +1068,7 @@ static void cache_cfg(kvshm_config *c)
 	c->chunk_tokens = 16;
 	c->writer_slots = 3;
 	c->wait_ms = 5;
-	c->quota[RAM] = 128 * KIB;   /* ~20 values: eviction and demotion all the time */
+	c->quota[RAM] = 128 * KIB; /* ~20 values: eviction and demotion all the time */
 	c->quota[RFILE] = 384 * KIB;
 	c->quota[DISK] = 4ull << 30; /* never reached: disk entries go only by our deletions */
 	c->ram_file_dir = G.rf;
@@ -1108,7 +1108,10 @@ static const struct kspec sk[NSK] = {
 /* The parent's baseline entries, pinned by the parent throughout. */
 enum { PR1, PR2, PF1, PD1, NPK };
 static const struct kspec pk[NPK] = {
-	[PR1] = {TAG_P, 1, 0, 40}, [PR2] = {TAG_P, 2, 0, 130}, [PF1] = {TAG_P, 3, 0, 33}, [PD1] = {TAG_P, 4, 0, 64},
+	[PR1] = {TAG_P, 1, 0, 40},
+	[PR2] = {TAG_P, 2, 0, 130},
+	[PF1] = {TAG_P, 3, 0, 33},
+	[PD1] = {TAG_P, 4, 0, 64},
 };
 static const int pk_tier[NPK] = {RAM, RAM, RFILE, DISK};
 static kvshm_pin ppins[NPK];
@@ -1133,28 +1136,28 @@ static int sfail(int line, const char *what, int err)
 }
 
 /* Fail the scenario unless `expr` (an int) is one of the accepted values. */
-#define SCALL(expr, ...)                                                                   \
-	do {                                                                               \
-		int r_ = (expr);                                                           \
-		int ok_[] = {0, __VA_ARGS__};                                              \
-		bool good_ = false;                                                        \
-		for (size_t i_ = 0; i_ < sizeof(ok_) / sizeof(ok_[0]); i_++)              \
-			good_ |= r_ == ok_[i_];                                            \
-		if (!good_)                                                                \
-			return sfail(__LINE__, #expr, r_);                                 \
+#define SCALL(expr, ...)                                                     \
+	do {                                                                 \
+		int r_ = (expr);                                             \
+		int ok_[] = {0, __VA_ARGS__};                                \
+		bool good_ = false;                                          \
+		for (size_t i_ = 0; i_ < sizeof(ok_) / sizeof(ok_[0]); i_++) \
+			good_ |= r_ == ok_[i_];                              \
+		if (!good_)                                                  \
+			return sfail(__LINE__, #expr, r_);                   \
 	} while (0)
 /* A save: accepted results as SCALL; acknowledged when it returned 0. */
-#define SSAVE(expr, key, tier, ...)                                                        \
-	do {                                                                               \
-		int s_ = (expr);                                                           \
-		SCALL(s_, __VA_ARGS__);                                                    \
-		if (s_ == 0)                                                               \
-			ack(who, (key), (tier));                                           \
+#define SSAVE(expr, key, tier, ...)              \
+	do {                                     \
+		int s_ = (expr);                 \
+		SCALL(s_, __VA_ARGS__);          \
+		if (s_ == 0)                     \
+			ack(who, (key), (tier)); \
 	} while (0)
-#define SCHECK(cond, what)                                                                 \
-	do {                                                                               \
-		if (!(cond))                                                               \
-			return sfail(__LINE__, what, 0);                                   \
+#define SCHECK(cond, what)                               \
+	do {                                             \
+		if (!(cond))                             \
+			return sfail(__LINE__, what, 0); \
 	} while (0)
 
 /* Until the key (a dead process's reservation) is free again and saved. */
@@ -1224,7 +1227,7 @@ static int scratch_part(struct sctx *c)
 	kvshm_config cfg;
 	kvshm *s;
 	kvshm_config_init(&cfg);
-	cfg.segment_bytes = 4 * MIB;
+	cfg.segment_bytes = 16 * MIB; /* room for a value big enough for a window */
 	cfg.lazy = 1;
 	cfg.max_procs = 8;
 	cfg.shards = 1;
@@ -1255,7 +1258,7 @@ static int scratch_part(struct sctx *c)
 	/* A big value written through its reservation's window (its own
 	 * pages made writable, taken back at publish), read back whole. */
 	{
-		static uint8_t want[100000], got[100000];
+		static uint8_t want[(4 << 20) + 100000], got[(4 << 20) + 100000];
 		kvshm_reservation rv;
 		kvshm_model m0 = model_of(ek[0].tag);
 		key_tokens(t, &ek[0]);
@@ -1266,7 +1269,8 @@ static int scratch_part(struct sctx *c)
 		SCALL(kvshm_publish(s, &rv));
 		size_t len = 0;
 		SCALL(kvshm_lookup_copy(s, &m0, t, ek[0].n, 0, got, sizeof(got), &len, NULL));
-		SCHECK(len == sizeof(want) && memcmp(got, want, len) == 0, "a value written through a window reads back");
+		SCHECK(len == sizeof(want) && memcmp(got, want, len) == 0,
+		       "a value written through a window reads back");
 	}
 	/* A value corrupted behind the library's back (a byte flipped through
 	 * its own mapping): copy-out rejects it, never returns it. */
@@ -1304,8 +1308,7 @@ static int scratch_part(struct sctx *c)
 		SCALL(kvshm_reserve(s, &m6, t, ek[5].n, val_len(seed), &o, &rv));
 		fill_val(rv.data, 0, rv.len, seed);
 		usleep(10000);
-		uint64_t n = 0;
-		SCALL(kvshm_gc(s, NULL, &n));
+		SCALL(kvshm_prune(s, 0, NULL)); /* expires the slow writer's reservation */
 		SCALL(put_key(s, &ek[5], DISK));
 		SCHECK(kvshm_publish(s, &rv) == KVSHM_EEXPIRED, "the slow writer's publish is refused");
 		SCHECK(get_verify(s, &ek[5], "scenario (scratch)") == 0, "the second writer's save reads back");
@@ -1337,7 +1340,7 @@ static int scenario(kvshm *h, struct sctx *c)
 	kvshm_model cm = model_of(TAG_C), dm = model_of(TAG_D), vm = model_of(TAG_V);
 	const uint32_t who = c->who;
 
-	SCALL(kvshm_stats_get(h, &st)); /* binds the inherited handle to a slot of ours */
+	SCALL(kvshm_stats_get(h, &st, sizeof(st))); /* binds the inherited handle to a slot of ours */
 	int r = scratch_part(c);
 	if (r)
 		return r;
@@ -1438,7 +1441,8 @@ static int scenario(kvshm *h, struct sctx *c)
 			SCHECK(r == 0 || r == KVSHM_ENOTFOUND, "waiting lookup");
 			if (r == 0) {
 				SCHECK(pin.ntokens < sk[C4].n, "waiting lookup answered with an unpublished entry");
-				SCHECK(read_ok("scenario", pin.data, pin.len, &cm, t, pin.ntokens), "waited hit verifies");
+				SCHECK(read_ok("scenario", pin.data, pin.len, &cm, t, pin.ntokens),
+				       "waited hit verifies");
 				SCALL(kvshm_unpin(h, &pin));
 			}
 			SCALL(kvshm_publish(h, &rv));
@@ -1478,9 +1482,10 @@ static int scenario(kvshm *h, struct sctx *c)
 	atomic_fetch_add(&sh->deletes, count);
 	log_rec(R_DEL_END, who, TAG_V, DISK);
 
-	/* gc, prune, and reconciliation of both file tiers. */
-	SCALL(kvshm_gc(h, &freed, &count));
-	SCALL(kvshm_prune(h, 0, &freed, &count));
+	/* prune (twice: the second finds nothing), and reconciliation of both
+	 * file tiers. */
+	SCALL(kvshm_prune(h, 0, NULL));
+	SCALL(kvshm_prune(h, 0, NULL));
 	kvshm_reconcile_report rep;
 	SCALL(kvshm_reconcile(h, RFILE, &rep));
 	SCALL(kvshm_reconcile(h, DISK, &rep));
@@ -1503,7 +1508,8 @@ static int scenario(kvshm *h, struct sctx *c)
 	r = kvshm_sweep(h);
 	SCHECK(r >= 0, "sweep");
 	SCALL(kvshm_sched_get(h, &ss)); /* the lock the grandchild held: rolled back */
-	SCHECK(ss.checks != 0x5eed5eedull && ss.last_result != 77, "the dead holder's scheduler writes were rolled back");
+	SCHECK(ss.checks != 0x5eed5eedull && ss.last_result != 77,
+	       "the dead holder's scheduler writes were rolled back");
 	SSAVE(put_when_free(h, &sk[G1], RAM), &sk[G1], RAM, KVSHM_ENOSPACE);
 	SSAVE(put_when_free(h, &sk[G2], DISK), &sk[G2], DISK);
 
@@ -1580,13 +1586,14 @@ static int verify_baseline(const char *when)
 			pfail("%s: the parent's pinned entry %d changed under its pin", when, i);
 			return -1;
 		}
-		kvshm__h128 key = kvshm__key_of(G.h, &m, t, pk[i].n);
+		kvshm__h128 key = kvshm__key_of(&G.h->kc, &m, t, pk[i].n);
 		kvshm_entry_info info;
 		int r = kvshm_find_key(G.h, (const uint8_t *)&key, pk_tier[i], &info, NULL, 0);
 		if (r < 0 || info.refcount != 1 || info.state != KVSHM_STATE_READY) {
 			G.leaked++;
 			pfail("%s: the parent's pinned entry %d (%s): %s, refcount %u (want 1)", when, i,
-			      kvshm__tier_name(pk_tier[i]), r < 0 ? kvshm_err_name(r) : "present", r < 0 ? 0 : info.refcount);
+			      kvshm__tier_name(pk_tier[i]), r < 0 ? kvshm_err_name(r) : "present",
+			      r < 0 ? 0 : info.refcount);
 			return -1;
 		}
 	}
@@ -1659,7 +1666,8 @@ static int load_points(struct point **out)
 		}
 	}
 	if (!f) {
-		fprintf(stderr, "kvshm-crash: cannot read the crash-point list %s (make build/crashpoints.list, or give --points FILE)\n",
+		fprintf(stderr,
+			"kvshm-crash: cannot read the crash-point list %s (make build/crashpoints.list, or give --points FILE)\n",
 			path);
 		return -1;
 	}
@@ -1789,13 +1797,18 @@ static int systematic(void)
 				G.sys_kills++;
 				vnote("  %s: killed\n", spec);
 			} else if (st != 0) {
-				pfail("%s: the scenario ended with %d: %s", when, st, sh->failed ? sh->failure : "(no message)");
-				fprintf(stderr, "kvshm-crash: reproduce with: kvshm-crash --mode systematic --point %s\n", spec);
+				pfail("%s: the scenario ended with %d: %s", when, st,
+				      sh->failed ? sh->failure : "(no message)");
+				fprintf(stderr,
+					"kvshm-crash: reproduce with: kvshm-crash --mode systematic --point %s\n",
+					spec);
 				break;
 			}
 			unsigned flags = opt.quick ? KVSHM_CHECK_QUICK : 0;
 			if (after_run(when, flags) < 0) {
-				fprintf(stderr, "kvshm-crash: reproduce with: kvshm-crash --mode systematic --point %s\n", spec);
+				fprintf(stderr,
+					"kvshm-crash: reproduce with: kvshm-crash --mode systematic --point %s\n",
+					spec);
 				break;
 			}
 			if (only_k)
@@ -1814,8 +1827,8 @@ static int systematic(void)
 			k += p->stride;
 			if (now_s() - last_progress > 10) {
 				last_progress = now_s();
-				printf("systematic: %d/%d points done, at %s, %llu kills, %.0f s\n", done_points, np, spec,
-				       (unsigned long long)G.sys_kills, elapsed());
+				printf("systematic: %d/%d points done, at %s, %llu kills, %.0f s\n", done_points, np,
+				       spec, (unsigned long long)G.sys_kills, elapsed());
 				fflush(stdout);
 			}
 		}
@@ -1930,7 +1943,8 @@ static int rworker(kvshm *h, int slot, uint32_t who, uint64_t seed)
 		if (op < 300) {
 			/* longest-prefix lookup (half of them partial), pin held a while */
 			kvshm_pin pin;
-			unsigned fl = (rnd(&s) % 4 == 0 ? KVSHM_LOOKUP_WAIT : 0) | (rnd(&s) % 2 ? KVSHM_LOOKUP_PARTIAL : 0);
+			unsigned fl =
+				(rnd(&s) % 4 == 0 ? KVSHM_LOOKUP_WAIT : 0) | (rnd(&s) % 2 ? KVSHM_LOOKUP_PARTIAL : 0);
 			err = kvshm_lookup(h, &m, t, k.n, fl, &pin);
 			if (err == KVSHM_ENOTFOUND)
 				continue;
@@ -1948,8 +1962,8 @@ static int rworker(kvshm *h, int slot, uint32_t who, uint64_t seed)
 		} else if (op < 380) {
 			size_t len, nt;
 			bool partial = rnd(&s) % 2;
-			err = kvshm_lookup_copy(h, &m, t, k.n, partial ? KVSHM_LOOKUP_PARTIAL : 0, buf, sizeof(buf), &len,
-						&nt);
+			err = kvshm_lookup_copy(h, &m, t, k.n, partial ? KVSHM_LOOKUP_PARTIAL : 0, buf, sizeof(buf),
+						&len, &nt);
 			if (err == KVSHM_ENOTFOUND)
 				continue;
 			if (err < 0)
@@ -1983,11 +1997,12 @@ static int rworker(kvshm *h, int slot, uint32_t who, uint64_t seed)
 			else if (save_refusal(err))
 				atomic_fetch_add(&sh->saves_refused, 1);
 			else if (err < 0)
-				return werr(who, reserve ? (cancel ? "reserve/cancel" : "reserve/publish") : "put", err);
+				return werr(who, reserve ? (cancel ? "reserve/cancel" : "reserve/publish") : "put",
+					    err);
 		} else if (op < 850) {
 			unsigned mask = rnd(&s) % 3 == 0 ? KVSHM_TIER_BIT(RFILE)
-				      : rnd(&s) % 2 ? KVSHM_TIER_BIT(RAM)
-						    : KVSHM_TIER_BIT(RAM) | KVSHM_TIER_BIT(RFILE);
+					: rnd(&s) % 2    ? KVSHM_TIER_BIT(RAM)
+							 : KVSHM_TIER_BIT(RAM) | KVSHM_TIER_BIT(RFILE);
 			uint64_t n = 0;
 			if ((err = kvshm_evict_bytes(h, 1 + rnd(&s) % 40000, mask, NULL, &n)) < 0)
 				return werr(who, "evict", err);
@@ -2011,10 +2026,10 @@ static int rworker(kvshm *h, int slot, uint32_t who, uint64_t seed)
 			atomic_fetch_add(&sh->deletes, n);
 			log_rec(R_DEL_END, who, tag, DISK);
 		} else if (op < 895) {
-			if ((err = kvshm_gc(h, NULL, NULL)) < 0)
+			if ((err = kvshm_prune(h, 0, NULL)) < 0)
 				return werr(who, "gc", err);
 		} else if (op < 900) {
-			if ((err = kvshm_prune(h, 0, NULL, NULL)) < 0)
+			if ((err = kvshm_prune(h, 0, NULL)) < 0)
 				return werr(who, "prune", err);
 		} else if (op < 910) {
 			if ((err = kvshm_writer_acquire(h, 100)) == 0) {
@@ -2315,16 +2330,36 @@ static void on_signal(int sig)
 
 static int parse_args(int argc, char **argv)
 {
-	enum { O_SEED = 256, O_WORKERS, O_KILLS, O_RKILLS, O_SECONDS, O_MODE, O_SWEEP, O_QUICK, O_VERBOSE, O_POINT, O_POINTS,
-	       O_PPM, O_TTL, O_HELP };
+	enum {
+		O_SEED = 256,
+		O_WORKERS,
+		O_KILLS,
+		O_RKILLS,
+		O_SECONDS,
+		O_MODE,
+		O_SWEEP,
+		O_QUICK,
+		O_VERBOSE,
+		O_POINT,
+		O_POINTS,
+		O_PPM,
+		O_TTL,
+		O_HELP
+	};
 	static const struct option lo[] = {
-		{"seed", required_argument, NULL, O_SEED},       {"workers", required_argument, NULL, O_WORKERS},
-		{"kills", required_argument, NULL, O_KILLS},     {"seconds", required_argument, NULL, O_SECONDS},
+		{"seed", required_argument, NULL, O_SEED},
+		{"workers", required_argument, NULL, O_WORKERS},
+		{"kills", required_argument, NULL, O_KILLS},
+		{"seconds", required_argument, NULL, O_SECONDS},
 		{"random-kills", required_argument, NULL, O_RKILLS},
-		{"mode", required_argument, NULL, O_MODE},       {"sweep", no_argument, NULL, O_SWEEP},
-		{"quick", no_argument, NULL, O_QUICK},           {"verbose", no_argument, NULL, O_VERBOSE},
-		{"point", required_argument, NULL, O_POINT},     {"points", required_argument, NULL, O_POINTS},
-		{"crash-ppm", required_argument, NULL, O_PPM},   {"ttl-ms", required_argument, NULL, O_TTL},
+		{"mode", required_argument, NULL, O_MODE},
+		{"sweep", no_argument, NULL, O_SWEEP},
+		{"quick", no_argument, NULL, O_QUICK},
+		{"verbose", no_argument, NULL, O_VERBOSE},
+		{"point", required_argument, NULL, O_POINT},
+		{"points", required_argument, NULL, O_POINTS},
+		{"crash-ppm", required_argument, NULL, O_PPM},
+		{"ttl-ms", required_argument, NULL, O_TTL},
 		{"help", no_argument, NULL, O_HELP},
 		{NULL, 0, NULL, 0},
 	};
@@ -2371,19 +2406,34 @@ static int parse_args(int argc, char **argv)
 			else if (strcmp(optarg, "both") == 0)
 				opt.mode = MODE_BOTH;
 			else {
-				fprintf(stderr, "kvshm-crash: --mode is systematic, random or both, not '%s'\n", optarg);
+				fprintf(stderr, "kvshm-crash: --mode is systematic, random or both, not '%s'\n",
+					optarg);
 				return -1;
 			}
 			break;
-		case O_SWEEP: opt.sweep = true; break;
-		case O_QUICK: opt.quick = true; break;
+		case O_SWEEP:
+			opt.sweep = true;
+			break;
+		case O_QUICK:
+			opt.quick = true;
+			break;
 		case 'v':
-		case O_VERBOSE: opt.verbose = true; break;
-		case O_POINT: opt.point = optarg; break;
-		case O_POINTS: opt.points = optarg; break;
+		case O_VERBOSE:
+			opt.verbose = true;
+			break;
+		case O_POINT:
+			opt.point = optarg;
+			break;
+		case O_POINTS:
+			opt.points = optarg;
+			break;
 		case 'h':
-		case O_HELP: usage(stdout); exit(0);
-		default: usage(stderr); return -1;
+		case O_HELP:
+			usage(stdout);
+			exit(0);
+		default:
+			usage(stderr);
+			return -1;
 		}
 		if (end && *end) {
 			fprintf(stderr, "kvshm-crash: bad number '%s'\n", optarg);
@@ -2492,7 +2542,7 @@ static void cache_end(const char *phase)
 	}
 	if (G.h) {
 		kvshm_stats st;
-		if (kvshm_stats_get(G.h, &st) == 0) {
+		if (kvshm_stats_get(G.h, &st, sizeof(st)) == 0) {
 			G.repairs += st.lock_repairs;
 			G.cache_evictions += st.counters[KVSHM_C_evictions];
 			G.expired += st.counters[KVSHM_C_expired];
@@ -2501,8 +2551,8 @@ static void cache_end(const char *phase)
 		G.h = NULL;
 	}
 	if (G.failed) {
-		fprintf(stderr, "kvshm-crash: kept %s and %s for inspection; the segment is /dev/shm/kvshm.%s\n", G.base,
-			G.rfbase, G.name);
+		fprintf(stderr, "kvshm-crash: kept %s and %s for inspection; the segment is /dev/shm/kvshm.%s\n",
+			G.base, G.rfbase, G.name);
 		return;
 	}
 	kvshm_destroy(G.name, NULL, 1);
@@ -2578,12 +2628,14 @@ int main(int argc, char **argv)
 		for (int i = 0; i < np; i++)
 			known |= strlen(PTS[i].name) == len && strncmp(PTS[i].name, opt.point, len) == 0;
 		if (!known) {
-			fprintf(stderr, "kvshm-crash: --point %s: no such crash point (see make crashpoints)\n", opt.point);
+			fprintf(stderr, "kvshm-crash: --point %s: no such crash point (see make crashpoints)\n",
+				opt.point);
 			return 2;
 		}
 	}
 	if (!opt.sweep && access(G.reaper_bin, X_OK) != 0) {
-		fprintf(stderr, "kvshm-crash: %s: %s (build it, or set KVSHM_BIN_DIR)\n", G.reaper_bin, strerror(errno));
+		fprintf(stderr, "kvshm-crash: %s: %s (build it, or set KVSHM_BIN_DIR)\n", G.reaper_bin,
+			strerror(errno));
 		return 1;
 	}
 	if (setup_dirs() == 0) {
@@ -2605,10 +2657,12 @@ int main(int argc, char **argv)
 	uint64_t torn = KVSHM_MAX(G.torn_found, atomic_load(&sh->torn));
 	printf("\nkvshm-crash: %.0f s; seed %llu (rerun: %s)\n", elapsed(), (unsigned long long)opt.seed, G.rerun);
 	printf("kvshm-crash: systematic kills %llu, random kills %llu (%llu by random crash points, %llu of the reaper), %llu stalls; %llu reads verified (%llu partial), %llu saves acknowledged, %llu disk saves deleted by this program, %llu evictions and %llu expired reservations by the cache, %llu checks (%llu repeated), %llu acknowledgements unlogged\n",
-	       (unsigned long long)G.sys_kills, (unsigned long long)G.rand_kills, (unsigned long long)G.crashpoint_kills,
-	       (unsigned long long)G.reaper_kills, (unsigned long long)G.stalls, (unsigned long long)sh->reads,
-	       (unsigned long long)sh->partial_reads, (unsigned long long)sh->acks, (unsigned long long)G.deleted_by_tool, (unsigned long long)G.cache_evictions, (unsigned long long)G.expired,
-	       (unsigned long long)G.checks, (unsigned long long)G.transient, (unsigned long long)sh->log_lost);
+	       (unsigned long long)G.sys_kills, (unsigned long long)G.rand_kills,
+	       (unsigned long long)G.crashpoint_kills, (unsigned long long)G.reaper_kills, (unsigned long long)G.stalls,
+	       (unsigned long long)sh->reads, (unsigned long long)sh->partial_reads, (unsigned long long)sh->acks,
+	       (unsigned long long)G.deleted_by_tool, (unsigned long long)G.cache_evictions,
+	       (unsigned long long)G.expired, (unsigned long long)G.checks, (unsigned long long)G.transient,
+	       (unsigned long long)sh->log_lost);
 	printf("kills %llu, crash points %d/%d, leaked %llu, torn %llu, lost %llu, repairs %llu\n",
 	       (unsigned long long)G.kills, G.points_killed, G.points_total, (unsigned long long)G.leaked,
 	       (unsigned long long)torn, (unsigned long long)G.lost, (unsigned long long)G.repairs);

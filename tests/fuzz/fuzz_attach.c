@@ -30,7 +30,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "core/internal.h"
+#include "core/handle/handle.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -72,7 +72,8 @@ static int build_base(void)
 	for (int k = 0; k < 3; k++)
 		for (int i = 0; i < 40; i++)
 			toks[k][i] = (uint32_t)(k < 2 ? i + 1 : 1000 + i) + (k == 1 && i > 20 ? 7 : 0);
-	if (kvshm_put(h, &model, toks[0], 40, v, 3000, NULL) < 0 || kvshm_put(h, &model, toks[0], 20, v, 700, NULL) < 0 ||
+	if (kvshm_put(h, &model, toks[0], 40, v, 3000, NULL) < 0 ||
+	    kvshm_put(h, &model, toks[0], 20, v, 700, NULL) < 0 ||
 	    kvshm_put(h, &model, toks[1], 33, v, sizeof(v), NULL) < 0)
 		die("put");
 	/* A second handle pins an entry and holds a reservation, then its slot
@@ -144,7 +145,7 @@ static void run_one(void)
 		kvshm_lookup_copy(h, &model, toks[k], 40, 0, buf, sizeof(buf), &len, &nt);
 	}
 	kvshm_stats st;
-	kvshm_stats_get(h, &st);
+	kvshm_stats_get(h, &st, sizeof(st));
 	kvshm_put(h, &model, toks[2], 30, buf, 2000, NULL);
 	kvshm_close(h);
 }

@@ -1,9 +1,12 @@
-/* tests/fuzz/seed.c — write a valid cache file (the fuzzer's seed corpus). */
+/*
+ * tests/fuzz/seed.c — write a valid cache file (the fuzzer's seed corpus).
+ * Not a fuzz target: it only writes the corpus's first file.
+ */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/file.h"
+#include "core/tier/file.h"
 
 int main(int argc, char **argv)
 {

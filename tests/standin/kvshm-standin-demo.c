@@ -17,6 +17,7 @@
  * what they held. The same request stream then runs with no cache (the
  * all-cold baseline), and the summary compares the two and ends with the
  * consistency check and `shmctl status`.
+ * Not the real engine's demo (llama/tools/kvshm-demo.c).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -45,15 +46,25 @@ static struct {
 	const char *name;
 	const char *disk_dir;
 	uint32_t workers, conversations, turns, prompts;
-	uint32_t kv_bytes;      /* pseudo-KV bytes per token */
-	uint32_t prefill_us;    /* model time per prompt token */
-	uint32_t decode_us;     /* model time per generated token */
+	uint32_t kv_bytes;   /* pseudo-KV bytes per token */
+	uint32_t prefill_us; /* model time per prompt token */
+	uint32_t decode_us;  /* model time per generated token */
 	uint64_t segment;
 	uint64_t seed;
 	bool kills, baseline, quiet;
 } opt = {
-	.name = "demo", .workers = 4, .conversations = 32, .turns = 4, .prompts = 4, .kv_bytes = 2048,
-	.prefill_us = 200, .decode_us = 1000, .segment = 256ull << 20, .seed = 42, .kills = true, .baseline = true,
+	.name = "demo",
+	.workers = 4,
+	.conversations = 32,
+	.turns = 4,
+	.prompts = 4,
+	.kv_bytes = 2048,
+	.prefill_us = 200,
+	.decode_us = 1000,
+	.segment = 256ull << 20,
+	.seed = 42,
+	.kills = true,
+	.baseline = true,
 };
 
 static kvshm_model model;
@@ -169,8 +180,8 @@ enum { KILL_NONE, KILL_IN_SAVE, KILL_WITH_PINS };
 
 struct wstate {
 	_Atomic int state;
-	_Atomic int kill_mode;  /* the parent wants this worker to linger there */
-	_Atomic int request;    /* in flight, -1 none */
+	_Atomic int kill_mode; /* the parent wants this worker to linger there */
+	_Atomic int request;   /* in flight, -1 none */
 	pid_t pid;
 };
 
@@ -178,9 +189,9 @@ struct result {
 	int32_t request;
 	int32_t worker;
 	uint32_t prompt, matched, generated;
-	int32_t kind;           /* 0 miss, KVSHM_HIT_EXACT, KVSHM_HIT_PREFIX */
+	int32_t kind; /* 0 miss, KVSHM_HIT_EXACT, KVSHM_HIT_PREFIX */
 	int32_t tier;
-	int32_t verified;       /* 1 ok, 0 mismatch, -1 nothing restored */
+	int32_t verified; /* 1 ok, 0 mismatch, -1 nothing restored */
 	uint32_t saves_cold, saves_cont, saves_finish, save_errors;
 	uint64_t restored_bytes;
 };
@@ -222,8 +233,8 @@ static void worker(kvshm *h, int id, bool cached)
 		uint32_t c = (uint32_t)rq / opt.turns, t = (uint32_t)rq % opt.turns;
 		size_t n, rl = 0;
 		uint32_t *tok = build(c, t, &n, &rl);
-		struct result res = {.request = rq, .worker = id, .prompt = (uint32_t)n, .generated = (uint32_t)rl,
-				     .verified = -1};
+		struct result res = {
+			.request = rq, .worker = id, .prompt = (uint32_t)n, .generated = (uint32_t)rl, .verified = -1};
 		atomic_store(&me->request, rq);
 		atomic_store(&me->state, W_BUSY);
 		size_t have = 0;
@@ -238,7 +249,8 @@ static void worker(kvshm *h, int id, bool cached)
 						pause(); /* restoring into the engine... killed */
 				}
 				/* Restore: the bytes must be exactly this prefix's state. */
-				res.verified = pin.len == pin.ntokens * opt.kv_bytes && kv_verify(pin.data, tok, pin.ntokens);
+				res.verified =
+					pin.len == pin.ntokens * opt.kv_bytes && kv_verify(pin.data, tok, pin.ntokens);
 				res.restored_bytes = pin.len;
 				res.kind = pin.kind;
 				res.tier = pin.tier;
@@ -315,9 +327,8 @@ static void progress(const struct run *r, uint32_t total, uint64_t t0)
 		return;
 	uint32_t look = r->hits_exact + r->hits_prefix + r->misses;
 	fprintf(stderr, "%s[%s] %u/%u requests  hit %3.0f%%  reused %" PRIu64 "k tokens  %u saves  %.1f s   %s",
-		tty ? "\r" : "", r->label, r->done, total,
-		look ? 100.0 * (r->hits_exact + r->hits_prefix) / look : 0.0, r->reused / 1000, r->saves,
-		(double)(now_ns() - t0) / 1e9, tty ? "" : "\n");
+		tty ? "\r" : "", r->label, r->done, total, look ? 100.0 * (r->hits_exact + r->hits_prefix) / look : 0.0,
+		r->reused / 1000, r->saves, (double)(now_ns() - t0) / 1e9, tty ? "" : "\n");
 }
 
 static int run_pool(kvshm *h, bool cached, struct run *r)
@@ -363,7 +374,8 @@ static int run_pool(kvshm *h, bool cached, struct run *r)
 		for (uint32_t i = 0; i < opt.workers; i++) {
 			int want = atomic_load(&ws[i].kill_mode);
 			int st = atomic_load(&ws[i].state);
-			if ((want == KILL_IN_SAVE && st == W_SAVE_HELD) || (want == KILL_WITH_PINS && st == W_PIN_HELD)) {
+			if ((want == KILL_IN_SAVE && st == W_SAVE_HELD) ||
+			    (want == KILL_WITH_PINS && st == W_PIN_HELD)) {
 				kill(ws[i].pid, SIGKILL);
 				waitpid(ws[i].pid, NULL, 0);
 				int32_t rq = atomic_load(&ws[i].request);
@@ -436,36 +448,35 @@ static int run_pool(kvshm *h, bool cached, struct run *r)
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"Usage: kvshm-standin-demo [OPTIONS]\n"
-		"\n"
-		"A pre-forked pool of inference-like workers sharing the kvshm cache NAME:\n"
-		"multi-turn conversations over shared system prompts, the longest cached\n"
-		"prefix restored (and verified byte for byte), the rest prefilled at a\n"
-		"per-token cost, saves per the save policy; two workers are SIGKILLed\n"
-		"mid-run (one while saving, one while holding pins) and replaced; then the\n"
-		"same requests run with no cache for comparison. The cache is created\n"
-		"afresh, with a RAM tier, a ram_file tier and a disk tier, served by\n"
-		"kvshm-reaper.\n"
-		"\n"
-		"  -n, --name NAME           cache name (demo)\n"
-		"  -w, --workers N           pool size (4)\n"
-		"  -c, --conversations N     conversations (32)\n"
-		"  -t, --turns N             turns per conversation (4)\n"
-		"  -p, --prompts N           distinct system prompts (4)\n"
-		"      --kv-bytes N          pseudo-KV bytes per token (2048)\n"
-		"      --prefill-us N        model time per prompt token, us (200: 5k tokens/s)\n"
-		"      --decode-us N         model time per generated token, us (1000)\n"
-		"  -s, --size BYTES          segment size (256M)\n"
-		"      --disk-dir DIR        disk tier (/var/tmp/kvshm-demo.NAME)\n"
-		"      --seed N              request stream seed (42)\n"
-		"      --no-kills            do not kill workers\n"
-		"      --no-baseline         skip the all-cold comparison run\n"
-		"  -q, --quiet               no progress line\n"
-		"  -h, --help\n"
-		"\n"
-		"Exit status: 0 when every restore verified, the final consistency check\n"
-		"passed and nothing leaked; 1 otherwise.\n");
+	fprintf(f, "Usage: kvshm-standin-demo [OPTIONS]\n"
+		   "\n"
+		   "A pre-forked pool of inference-like workers sharing the kvshm cache NAME:\n"
+		   "multi-turn conversations over shared system prompts, the longest cached\n"
+		   "prefix restored (and verified byte for byte), the rest prefilled at a\n"
+		   "per-token cost, saves per the save policy; two workers are SIGKILLed\n"
+		   "mid-run (one while saving, one while holding pins) and replaced; then the\n"
+		   "same requests run with no cache for comparison. The cache is created\n"
+		   "afresh, with a RAM tier, a ram_file tier and a disk tier, served by\n"
+		   "kvshm-reaper.\n"
+		   "\n"
+		   "  -n, --name NAME           cache name (demo)\n"
+		   "  -w, --workers N           pool size (4)\n"
+		   "  -c, --conversations N     conversations (32)\n"
+		   "  -t, --turns N             turns per conversation (4)\n"
+		   "  -p, --prompts N           distinct system prompts (4)\n"
+		   "      --kv-bytes N          pseudo-KV bytes per token (2048)\n"
+		   "      --prefill-us N        model time per prompt token, us (200: 5k tokens/s)\n"
+		   "      --decode-us N         model time per generated token, us (1000)\n"
+		   "  -s, --size BYTES          segment size (256M)\n"
+		   "      --disk-dir DIR        disk tier (/var/tmp/kvshm-demo.NAME)\n"
+		   "      --seed N              request stream seed (42)\n"
+		   "      --no-kills            do not kill workers\n"
+		   "      --no-baseline         skip the all-cold comparison run\n"
+		   "  -q, --quiet               no progress line\n"
+		   "  -h, --help\n"
+		   "\n"
+		   "Exit status: 0 when every restore verified, the final consistency check\n"
+		   "passed and nothing leaked; 1 otherwise.\n");
 }
 
 static void rm_rf(const char *dir)
@@ -484,7 +495,7 @@ static void rm_rf(const char *dir)
 static void settle(kvshm *h, kvshm_stats *st)
 {
 	for (int i = 0; i < 500; i++) {
-		kvshm_stats_get(h, st);
+		kvshm_stats_get(h, st, sizeof(*st));
 		if (st->procs_live <= 2 && st->entries_reserved == 0 && st->writer_slots_used == 0)
 			return;
 		usleep(10000);
@@ -511,36 +522,86 @@ int main(int argc, char **argv)
 {
 	enum { O_KV = 256, O_PRE, O_DEC, O_DISK, O_SEED, O_NOKILL, O_NOBASE };
 	static const struct option lo[] = {
-		{"name", required_argument, NULL, 'n'},        {"workers", required_argument, NULL, 'w'},
-		{"conversations", required_argument, NULL, 'c'}, {"turns", required_argument, NULL, 't'},
-		{"prompts", required_argument, NULL, 'p'},     {"kv-bytes", required_argument, NULL, O_KV},
-		{"prefill-us", required_argument, NULL, O_PRE}, {"decode-us", required_argument, NULL, O_DEC},
-		{"size", required_argument, NULL, 's'},        {"disk-dir", required_argument, NULL, O_DISK},
-		{"seed", required_argument, NULL, O_SEED},     {"no-kills", no_argument, NULL, O_NOKILL},
-		{"no-baseline", no_argument, NULL, O_NOBASE},  {"quiet", no_argument, NULL, 'q'},
-		{"help", no_argument, NULL, 'h'},              {NULL, 0, NULL, 0},
+		{"name", required_argument, NULL, 'n'},
+		{"workers", required_argument, NULL, 'w'},
+		{"conversations", required_argument, NULL, 'c'},
+		{"turns", required_argument, NULL, 't'},
+		{"prompts", required_argument, NULL, 'p'},
+		{"kv-bytes", required_argument, NULL, O_KV},
+		{"prefill-us", required_argument, NULL, O_PRE},
+		{"decode-us", required_argument, NULL, O_DEC},
+		{"size", required_argument, NULL, 's'},
+		{"disk-dir", required_argument, NULL, O_DISK},
+		{"seed", required_argument, NULL, O_SEED},
+		{"no-kills", no_argument, NULL, O_NOKILL},
+		{"no-baseline", no_argument, NULL, O_NOBASE},
+		{"quiet", no_argument, NULL, 'q'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
 	};
 	int c;
 	uint32_t u;
 	while ((c = getopt_long(argc, argv, "n:w:c:t:p:s:qh", lo, NULL)) != -1) {
 		switch (c) {
-		case 'n': opt.name = optarg; break;
-		case 'w': if (tu_parse_u32(optarg, "--workers", 1, 64, &opt.workers) < 0) return 1; break;
-		case 'c': if (tu_parse_u32(optarg, "--conversations", 1, 100000, &opt.conversations) < 0) return 1; break;
-		case 't': if (tu_parse_u32(optarg, "--turns", 1, 64, &opt.turns) < 0) return 1; break;
-		case 'p': if (tu_parse_u32(optarg, "--prompts", 1, 1000, &opt.prompts) < 0) return 1; break;
-		case O_KV: if (tu_parse_u32(optarg, "--kv-bytes", 8, 1 << 20, &opt.kv_bytes) < 0) return 1;
-			opt.kv_bytes &= ~7u; break;
-		case O_PRE: if (tu_parse_u32(optarg, "--prefill-us", 0, 1000000, &opt.prefill_us) < 0) return 1; break;
-		case O_DEC: if (tu_parse_u32(optarg, "--decode-us", 0, 1000000, &opt.decode_us) < 0) return 1; break;
-		case 's': if (tu_parse_size(optarg, "--size", &opt.segment) < 0) return 1; break;
-		case O_DISK: opt.disk_dir = optarg; break;
-		case O_SEED: if (tu_parse_u32(optarg, "--seed", 0, UINT32_MAX, &u) < 0) return 1; opt.seed = u; break;
-		case O_NOKILL: opt.kills = false; break;
-		case O_NOBASE: opt.baseline = false; break;
-		case 'q': opt.quiet = true; break;
-		case 'h': usage(stdout); return 0;
-		default: usage(stderr); return 1;
+		case 'n':
+			opt.name = optarg;
+			break;
+		case 'w':
+			if (tu_parse_u32(optarg, "--workers", 1, 64, &opt.workers) < 0)
+				return 1;
+			break;
+		case 'c':
+			if (tu_parse_u32(optarg, "--conversations", 1, 100000, &opt.conversations) < 0)
+				return 1;
+			break;
+		case 't':
+			if (tu_parse_u32(optarg, "--turns", 1, 64, &opt.turns) < 0)
+				return 1;
+			break;
+		case 'p':
+			if (tu_parse_u32(optarg, "--prompts", 1, 1000, &opt.prompts) < 0)
+				return 1;
+			break;
+		case O_KV:
+			if (tu_parse_u32(optarg, "--kv-bytes", 8, 1 << 20, &opt.kv_bytes) < 0)
+				return 1;
+			opt.kv_bytes &= ~7u;
+			break;
+		case O_PRE:
+			if (tu_parse_u32(optarg, "--prefill-us", 0, 1000000, &opt.prefill_us) < 0)
+				return 1;
+			break;
+		case O_DEC:
+			if (tu_parse_u32(optarg, "--decode-us", 0, 1000000, &opt.decode_us) < 0)
+				return 1;
+			break;
+		case 's':
+			if (tu_parse_size(optarg, "--size", &opt.segment) < 0)
+				return 1;
+			break;
+		case O_DISK:
+			opt.disk_dir = optarg;
+			break;
+		case O_SEED:
+			if (tu_parse_u32(optarg, "--seed", 0, UINT32_MAX, &u) < 0)
+				return 1;
+			opt.seed = u;
+			break;
+		case O_NOKILL:
+			opt.kills = false;
+			break;
+		case O_NOBASE:
+			opt.baseline = false;
+			break;
+		case 'q':
+			opt.quiet = true;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 1;
 		}
 	}
 	char self[PATH_MAX], self_dir[PATH_MAX], disk[512], ramf[512];
@@ -580,8 +641,10 @@ int main(int argc, char **argv)
 	for (int i = 0; i < 500 && kvshm_reaper_pid(h) == 0; i++)
 		usleep(10000);
 	if (!kvshm_reaper_pid(h))
-		fprintf(stderr, "kvshm-standin-demo: kvshm-reaper did not start (see /tmp/kvshm-demo-reaper.%s.log); "
-				"workers will heal the cache themselves\n", opt.name);
+		fprintf(stderr,
+			"kvshm-standin-demo: kvshm-reaper did not start (see /tmp/kvshm-demo-reaper.%s.log); "
+			"workers will heal the cache themselves\n",
+			opt.name);
 
 	ws = mmap(NULL, sizeof(*ws) * opt.workers, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	signal(SIGPIPE, SIG_IGN);
@@ -614,8 +677,8 @@ int main(int argc, char **argv)
 	printf("\n%-26s %16s %18s\n", "", "cached run", opt.baseline ? "all-cold baseline" : "");
 	printf("%-26s %14.2f s", "wall time", (double)cached.ns / 1e9);
 	if (opt.baseline)
-		printf(" %16.2f s   (%.1fx faster, %.2f s saved)", (double)cold.ns / 1e9, (double)cold.ns / (double)cached.ns,
-		       ((double)cold.ns - (double)cached.ns) / 1e9);
+		printf(" %16.2f s   (%.1fx faster, %.2f s saved)", (double)cold.ns / 1e9,
+		       (double)cold.ns / (double)cached.ns, ((double)cold.ns - (double)cached.ns) / 1e9);
 	printf("\n%-26s %16" PRIu64, "tokens prefilled", cached.prefilled);
 	if (opt.baseline)
 		printf(" %18" PRIu64, cold.prefilled);
@@ -625,9 +688,10 @@ int main(int argc, char **argv)
 	printf("%-26s %16u   exact %u, prefix %u, miss %u: hit rate %.0f%%\n", "lookups", look, cached.hits_exact,
 	       cached.hits_prefix, cached.misses, hit);
 	printf("%-26s %16u   of %u (%u mismatches), %s restored\n", "restores verified", cached.verified_ok,
-	       cached.verified_ok + cached.verified_bad, cached.verified_bad, tu_human(a, sizeof(a), cached.restored_bytes));
-	printf("%-26s %16u   cold %" PRIu64 ", continued %" PRIu64 ", finish %" PRIu64 "; %" PRIu64
-	       " evicted, %" PRIu64 " demoted to disk, %" PRIu64 " promoted\n",
+	       cached.verified_ok + cached.verified_bad, cached.verified_bad,
+	       tu_human(a, sizeof(a), cached.restored_bytes));
+	printf("%-26s %16u   cold %" PRIu64 ", continued %" PRIu64 ", finish %" PRIu64 "; %" PRIu64 " evicted, %" PRIu64
+	       " demoted to disk, %" PRIu64 " promoted\n",
 	       "saves", cached.saves, st.counters[KVSHM_C_saves_cold], st.counters[KVSHM_C_saves_continued],
 	       st.counters[KVSHM_C_saves_finish], st.counters[KVSHM_C_evictions], st.counters[KVSHM_C_demotions],
 	       st.counters[KVSHM_C_promotions]);
@@ -660,8 +724,8 @@ int main(int argc, char **argv)
 	}
 	kvshm_close(h);
 	bool ok = cached.verified_bad == 0 && check == 0 && leaks == 0 &&
-		  (!opt.kills || (cached.killed_in_save == 1 && cached.killed_with_pins == 1 &&
-				  st.counters[KVSHM_C_reclaimed_pins] >= 1 &&
-				  st.counters[KVSHM_C_reclaimed_reservations] >= 1));
+		  (!opt.kills ||
+		   (cached.killed_in_save == 1 && cached.killed_with_pins == 1 &&
+		    st.counters[KVSHM_C_reclaimed_pins] >= 1 && st.counters[KVSHM_C_reclaimed_reservations] >= 1));
 	return ok ? 0 : 1;
 }

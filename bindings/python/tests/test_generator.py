@@ -5,6 +5,7 @@ a counter added, as other work on the C core does)."""
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sysconfig
@@ -42,12 +43,13 @@ def changed(text):
     text = sub("} kvshm_proc_info;\n", "\tint added_kind;\n\tuint64_t added_ino;\n} kvshm_proc_info;\n")
     text = sub("typedef struct kvshm_proc_info {",
                "enum { KVSHM_ADDED_ONE = 1, KVSHM_ADDED_TWO = 2 };\n\ntypedef struct kvshm_proc_info {")
-    text = sub('#define KVSHM_ERRNO_MAP(XX)                                                        \\\n',
-               '#define KVSHM_ERRNO_MAP(XX)                                                        \\\n'
-               '\tXX(ADDEDERR, -30999, "an error code added")                                  \\\n')
-    text = sub('#define KVSHM_COUNTER_MAP(XX)                                                    \\\n',
-               '#define KVSHM_COUNTER_MAP(XX)                                                    \\\n'
-               '\tXX(added_counter, "a counter added")                                        \\\n')
+    # The X-macros' first lines, however their backslashes are aligned.
+    def add_row(macro, row):
+        m = re.search(r"#define %s\(XX\)[ \t]*\\\n" % macro, text)
+        assert m, macro
+        return text[:m.end()] + "\t" + row + " \\\n" + text[m.end():]
+    text = add_row("KVSHM_ERRNO_MAP", 'XX(ADDEDERR, -30999, "an error code added")')
+    text = add_row("KVSHM_COUNTER_MAP", 'XX(added_counter, "a counter added")')
     return text
 
 

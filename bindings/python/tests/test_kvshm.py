@@ -802,9 +802,9 @@ class TestStatsCheckEvict(CacheTest):
         self.assertEqual(info["key"], e30["key"])
         self.assertEqual(list(toks), list(range(30)))
         self.assertEqual(info["model"], m2)
-        with self.assertRaises(kvshm.KvshmError) as cm:
+        with self.assertRaises(kvshm.NotFound) as cm:
             c.find_key(bytes(16))
-        self.assertEqual(cm.exception.errno, 2)  # ENOENT
+        self.assertEqual(cm.exception.code, kvshm.KVSHM_ENOTFOUND)
         self.assertEqual(c.delete(fingerprint=m1), 2)
         self.assertEqual([e["ntokens"] for e in c.list()], [30])
         self.assertEqual(c.delete(), 1)
@@ -819,9 +819,9 @@ class TestStatsCheckEvict(CacheTest):
         with c.writer():
             self.assertEqual(c.writer_count()[0], 1)
         self.assertEqual(c.writer_count()[0], 0)
-        with self.assertRaises(kvshm.KvshmError) as cm:
+        with self.assertRaises(kvshm.NotFound) as cm:
             c.writer_release()
-        self.assertEqual(cm.exception.name, "ENOENT")
+        self.assertEqual(cm.exception.name, "KVSHM_ENOTFOUND")
         c.writer_set_max(1)
         c.writer_acquire()
         with self.assertRaises(kvshm.Busy):
@@ -995,7 +995,7 @@ class TestErrors(CacheTest):
         # Every error class is a KvshmError.
         self.assertTrue(issubclass(kvshm.NotFound, kvshm.KvshmError))
         self.assertEqual(kvshm.err_name(kvshm.KVSHM_ENOTFOUND), "KVSHM_ENOTFOUND")
-        self.assertEqual(kvshm.strerror(kvshm.KVSHM_ENOTFOUND), "no entry for this key")
+        self.assertEqual(kvshm.strerror(kvshm.KVSHM_ENOTFOUND), "not found: no such entry, key, pin or writer unit")
 
     def test_closed(self):
         c, m = self.cache, self.m

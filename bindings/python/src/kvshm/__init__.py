@@ -169,7 +169,7 @@ _CLASS_NAMES = {
     "NOTFOUND": "NotFound", "EXISTS": "Exists", "INPROGRESS": "InProgress", "BADMAGIC": "BadMagic",
     "LAYOUT": "LayoutMismatch", "TRUNCATED": "Truncated", "FOREIGN": "Foreign", "CORRUPT": "Corrupt",
     "PROCFULL": "ProcFull", "NOSPACE": "NoSpace", "TOOBIG": "TooBig", "EXPIRED": "Expired",
-    "CLOSED": "Closed", "MODEL": "ModelMismatch", "BUSY": "Busy", "INIT": "Initialising",
+    "CLOSED": "Closed", "BUSY": "Busy",
     "CONFIG": "ConfigError", "PINFULL": "PinFull", "CHECK": "CheckFailed", "BADFILE": "BadFile",
     "TDB": "TdbError", "REAPER": "ReaperRunning", "UNRECLAIMED": "Unreclaimed",
 }
@@ -909,7 +909,7 @@ class Cache:
     # ---- configuration ---------------------------------------------------
 
     def config(self) -> Dict[str, Any]:
-        """The configuration the cache was created with (kvshm_get_config)."""
+        """The configuration the cache was created with (kvshm_config_get)."""
         with self._lock:
             return _config_dict(self._h().get_config())
 
@@ -1068,7 +1068,7 @@ class Cache:
                  max_tokens: int = KVSHM_MAX_TOKENS) -> Tuple[Dict[str, Any], array]:  # noqa: F821
         """The entry whose 128-bit key (hex string or 16 bytes, as list()
         shows it) is key, in tier: (entry dict, tokens as array('I')).
-        FileNotFoundError (ENOENT) when there is none."""
+        NotFound (KVSHM_ENOTFOUND) when there is none."""
         kb = bytes.fromhex(key) if isinstance(key, str) else bytes(key)
         if len(kb) != 16:
             raise ValueError("key must be 16 bytes")

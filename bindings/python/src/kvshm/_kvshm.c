@@ -48,8 +48,8 @@
 /* ---- the generated tables ----------------------------------------------- */
 
 enum gen_kind { GK_INT, GK_UINT, GK_FLOAT, GK_BOOL, GK_CHAR, GK_CSTR, GK_OPAQUE, GK_STRUCT, GK_FUNC, GK_END };
-static const char *const gen_kind_names[] = {"int", "uint", "float", "bool", "char", "cstr", "opaque", "struct",
-					     "func", "end"};
+static const char *const gen_kind_names[] = {"int",  "uint",   "float",  "bool", "char",
+					     "cstr", "opaque", "struct", "func", "end"};
 
 struct gen_field {
 	const char *name;
@@ -75,22 +75,45 @@ struct gen_const {
 };
 
 /* Type class of an expression, decided by the compiler. */
-#define GEN_KIND(x)                                                                                         \
+#define GEN_KIND(x) \
 	_Generic((x), _Bool: GK_BOOL, char: GK_CHAR, signed char: GK_INT, unsigned char: GK_UINT, short: GK_INT, \
 		 unsigned short: GK_UINT, int: GK_INT, unsigned int: GK_UINT, long: GK_INT, unsigned long: GK_UINT, \
 		 long long: GK_INT, unsigned long long: GK_UINT, float: GK_FLOAT, double: GK_FLOAT,               \
 		 char *: GK_CSTR, const char *: GK_CSTR, default: GK_OPAQUE)
 #define GEN_M(T, f) (((T *)0)->f)
-#define GEN_FIELD(T, f) {#f, offsetof(T, f), sizeof(GEN_M(T, f)), 1, 0, GEN_KIND(GEN_M(T, f)), NULL, NULL}
-#define GEN_ARRAY(T, f)                                                                          \
-	{#f, offsetof(T, f), sizeof(GEN_M(T, f)[0]), sizeof(GEN_M(T, f)) / sizeof(GEN_M(T, f)[0]), 1, \
-	 GEN_KIND(GEN_M(T, f)[0]), NULL, NULL}
-#define GEN_SUB(T, f, S) {#f, offsetof(T, f), sizeof(S), 1, 0, GK_STRUCT, gen_fields_##S, #S}
-#define GEN_FUNC(T, f) {#f, offsetof(T, f), sizeof(GEN_M(T, f)), 1, 0, GK_FUNC, NULL, NULL}
-#define GEN_END {NULL, 0, 0, 0, 0, GK_END, NULL, NULL}
-#define GEN_STRUCT(T) {#T, sizeof(T), gen_fields_##T}
-#define GEN_INT(N) {#N, (long long)(N), NULL}
-#define GEN_STR(N) {#N, 0, N}
+#define GEN_FIELD(T, f)                                                                          \
+	{                                                                                        \
+#f, offsetof(T, f), sizeof(GEN_M(T, f)), 1, 0, GEN_KIND(GEN_M(T, f)), NULL, NULL \
+	}
+#define GEN_ARRAY(T, f)                                                                                      \
+	{                                                                                                    \
+#f, offsetof(T, f), sizeof(GEN_M(T, f)[0]), sizeof(GEN_M(T, f)) / sizeof(GEN_M(T, f)[0]), 1, \
+			GEN_KIND(GEN_M(T, f)[0]), NULL, NULL                                                 \
+	}
+#define GEN_SUB(T, f, S)                                                           \
+	{                                                                          \
+#f, offsetof(T, f), sizeof(S), 1, 0, GK_STRUCT, gen_fields_##S, #S \
+	}
+#define GEN_FUNC(T, f)                                                             \
+	{                                                                          \
+#f, offsetof(T, f), sizeof(GEN_M(T, f)), 1, 0, GK_FUNC, NULL, NULL \
+	}
+#define GEN_END                                      \
+	{                                            \
+		NULL, 0, 0, 0, 0, GK_END, NULL, NULL \
+	}
+#define GEN_STRUCT(T)                         \
+	{                                     \
+#T, sizeof(T), gen_fields_##T \
+	}
+#define GEN_INT(N)                       \
+	{                                \
+#N, (long long)(N), NULL \
+	}
+#define GEN_STR(N)       \
+	{                \
+#N, 0, N \
+	}
 
 #include "kvshm_gen.h"
 
@@ -144,10 +167,18 @@ static PyObject *scalar_get(const struct gen_field *f, const char *p)
 	case GK_UINT: {
 		unsigned long long v = 0;
 		switch (f->size) {
-		case 1: v = *(const uint8_t *)p; break;
-		case 2: v = *(const uint16_t *)p; break;
-		case 4: v = *(const uint32_t *)p; break;
-		case 8: v = *(const uint64_t *)p; break;
+		case 1:
+			v = *(const uint8_t *)p;
+			break;
+		case 2:
+			v = *(const uint16_t *)p;
+			break;
+		case 4:
+			v = *(const uint32_t *)p;
+			break;
+		case 8:
+			v = *(const uint64_t *)p;
+			break;
 		}
 		return PyLong_FromUnsignedLongLong(v);
 	}
@@ -155,10 +186,18 @@ static PyObject *scalar_get(const struct gen_field *f, const char *p)
 	case GK_CHAR: {
 		long long v = 0;
 		switch (f->size) {
-		case 1: v = *(const int8_t *)p; break;
-		case 2: v = *(const int16_t *)p; break;
-		case 4: v = *(const int32_t *)p; break;
-		case 8: v = *(const int64_t *)p; break;
+		case 1:
+			v = *(const int8_t *)p;
+			break;
+		case 2:
+			v = *(const int16_t *)p;
+			break;
+		case 4:
+			v = *(const int32_t *)p;
+			break;
+		case 8:
+			v = *(const int64_t *)p;
+			break;
 		}
 		return PyLong_FromLongLong(v);
 	}
@@ -262,10 +301,18 @@ static int scalar_set(const struct gen_field *f, char *p, PyObject *v, PyObject 
 		if (int_in_range(f, v, &u) < 0)
 			return -1;
 		switch (f->size) {
-		case 1: *(uint8_t *)p = (uint8_t)u; break;
-		case 2: *(uint16_t *)p = (uint16_t)u; break;
-		case 4: *(uint32_t *)p = (uint32_t)u; break;
-		case 8: *(uint64_t *)p = (uint64_t)u; break;
+		case 1:
+			*(uint8_t *)p = (uint8_t)u;
+			break;
+		case 2:
+			*(uint16_t *)p = (uint16_t)u;
+			break;
+		case 4:
+			*(uint32_t *)p = (uint32_t)u;
+			break;
+		case 8:
+			*(uint64_t *)p = (uint64_t)u;
+			break;
 		}
 		return 0;
 	case GK_BOOL:
@@ -463,11 +510,10 @@ static int get_u64(PyObject *o, const char *what, uint64_t *out)
 typedef struct ReaperObject ReaperObject;
 
 typedef struct {
-	PyObject_HEAD
-	kvshm *h;
+	PyObject_HEAD kvshm *h;
 	ReaperObject **reapers; /* running reapers over this handle (borrowed) */
 	size_t nreapers;
-	Py_ssize_t exports;     /* buffer exports of all its leases: close refuses while > 0 */
+	Py_ssize_t exports; /* buffer exports of all its leases: close refuses while > 0 */
 } HandleObject;
 
 static PyTypeObject Handle_Type, Lease_Type, Reaper_Type;
@@ -479,13 +525,11 @@ static kvshm *live(HandleObject *self)
 	return self->h;
 }
 
-#define CALL(expr)                          \
-	({                                  \
-		int rc_;                    \
-		Py_BEGIN_ALLOW_THREADS      \
-		rc_ = (expr);               \
-		Py_END_ALLOW_THREADS        \
-		rc_;                        \
+#define CALL(expr)                                   \
+	({                                           \
+		int rc_;                             \
+		Py_BEGIN_ALLOW_THREADS rc_ = (expr); \
+		Py_END_ALLOW_THREADS rc_;            \
 	})
 
 /* ---- Lease: a pin or a reservation, exporting its bytes -------------------------- */
@@ -494,11 +538,10 @@ enum { LEASE_PIN = 0, LEASE_RES = 1 };
 enum { END_UNPIN = 0, END_PUBLISH = 1, END_CANCEL = 2, END_FORGET = 3 };
 
 typedef struct {
-	PyObject_HEAD
-	int what;          /* LEASE_PIN or LEASE_RES */
-	bool live;         /* not yet unpinned, published or cancelled */
-	bool busy;         /* being verified (the GIL released): no exports, no end */
-	pid_t pid;         /* the process that made it */
+	PyObject_HEAD int what; /* LEASE_PIN or LEASE_RES */
+	bool live;              /* not yet unpinned, published or cancelled */
+	bool busy;              /* being verified (the GIL released): no exports, no end */
+	pid_t pid;              /* the process that made it */
 	Py_ssize_t exports;
 	HandleObject *owner;
 	union {
@@ -534,7 +577,7 @@ static int lease_getbuffer(LeaseObject *l, Py_buffer *view, int flags)
 {
 	if (!l->live || !l->owner->h) {
 		PyErr_SetString(PyExc_ValueError, l->what == LEASE_PIN ? "kvshm: the pin was released"
-									: "kvshm: the reservation is finished");
+								       : "kvshm: the reservation is finished");
 		view->obj = NULL;
 		return -1;
 	}
@@ -620,8 +663,7 @@ static PyObject *lease_verify(LeaseObject *l, PyObject *unused)
 	if (!h)
 		return raise_rc_msg(KVSHM_ECLOSED, "handle is closed");
 	if (l->pid != getpid()) {
-		PyErr_Format(PyExc_ValueError, "kvshm: the pin belongs to process %ld, which made it",
-			     (long)l->pid);
+		PyErr_Format(PyExc_ValueError, "kvshm: the pin belongs to process %ld, which made it", (long)l->pid);
 		return NULL;
 	}
 	if (l->exports > 0) {
@@ -794,7 +836,7 @@ static PyObject *handle_get_config(HandleObject *self, PyObject *unused)
 	(void)unused;
 	if (!h)
 		return NULL;
-	int rc = CALL(kvshm_get_config(h, &c));
+	int rc = CALL(kvshm_config_get(h, &c));
 	if (rc < 0)
 		return raise_rc(rc);
 	return struct_to_dict(F_config, &c); /* strings copied while mapped */
@@ -854,16 +896,14 @@ static PyObject *handle_copy_bytes(HandleObject *self, PyObject *args)
 		size_t ntok = pin.ntokens;
 		int vrc = 0, urc;
 		PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)pin.len);
-		Py_BEGIN_ALLOW_THREADS
-		if (b) {
+		Py_BEGIN_ALLOW_THREADS if (b)
+		{
 			memcpy(PyBytes_AS_STRING(b), pin.data, pin.len);
 			vrc = kvshm_pin_verify(h, &pin);
 		}
 		/* a value that failed was dropped and its pin released */
 		urc = vrc == KVSHM_ECORRUPT ? 0 : kvshm_unpin(h, &pin);
-		Py_END_ALLOW_THREADS
-		if (!b)
-			goto done;
+		Py_END_ALLOW_THREADS if (!b) goto done;
 		if (vrc == KVSHM_ECORRUPT) {
 			Py_DECREF(b);
 			continue; /* never served: the next best match, if any */
@@ -1027,17 +1067,18 @@ static PyObject *handle_evict(HandleObject *self, PyObject *args)
 	return Py_BuildValue("(KK)", (unsigned long long)freed, (unsigned long long)count);
 }
 
+/* A prune with no age limit, reporting what the quota evictions freed. */
 static PyObject *handle_gc(HandleObject *self, PyObject *unused)
 {
-	uint64_t freed = 0, count = 0;
+	kvshm_prune_report pr;
 	kvshm *h = live(self);
 	(void)unused;
 	if (!h)
 		return NULL;
-	int rc = CALL(kvshm_gc(h, &freed, &count));
+	int rc = CALL(kvshm_prune(h, 0, &pr));
 	if (rc < 0)
 		return raise_rc(rc);
-	return Py_BuildValue("(KK)", (unsigned long long)freed, (unsigned long long)count);
+	return Py_BuildValue("(KK)", (unsigned long long)pr.evicted_bytes, (unsigned long long)pr.evicted);
 }
 
 /* A growable array of C records, filled by a kvshm_list/kvshm_procs
@@ -1191,7 +1232,7 @@ static PyObject *handle_stats(HandleObject *self, PyObject *unused)
 	(void)unused;
 	if (!h)
 		return NULL;
-	int rc = CALL(kvshm_stats_get(h, &st));
+	int rc = CALL(kvshm_stats_get(h, &st, sizeof(st)));
 	if (rc < 0)
 		return raise_rc(rc);
 	return struct_to_dict(F_stats, &st);
@@ -1272,14 +1313,15 @@ static PyObject *handle_sweep(HandleObject *self, PyObject *unused)
 
 static PyObject *handle_prune(HandleObject *self, PyObject *arg)
 {
-	uint64_t age, expired = 0, aged = 0;
+	uint64_t age;
+	kvshm_prune_report pr;
 	kvshm *h = live(self);
 	if (!h || get_u64(arg, "max_age_s", &age) < 0)
 		return NULL;
-	int rc = CALL(kvshm_prune(h, age, &expired, &aged));
+	int rc = CALL(kvshm_prune(h, age, &pr));
 	if (rc < 0)
 		return raise_rc(rc);
-	return Py_BuildValue("(KK)", (unsigned long long)expired, (unsigned long long)aged);
+	return Py_BuildValue("(KK)", (unsigned long long)pr.expired, (unsigned long long)pr.aged);
 }
 
 static PyObject *handle_reaper_pid(HandleObject *self, PyObject *unused)
@@ -1289,10 +1331,8 @@ static PyObject *handle_reaper_pid(HandleObject *self, PyObject *unused)
 	(void)unused;
 	if (!h)
 		return NULL;
-	Py_BEGIN_ALLOW_THREADS
-	pid = kvshm_reaper_pid(h);
-	Py_END_ALLOW_THREADS
-	return PyLong_FromUnsignedLong(pid);
+	Py_BEGIN_ALLOW_THREADS pid = kvshm_reaper_pid(h);
+	Py_END_ALLOW_THREADS return PyLong_FromUnsignedLong(pid);
 }
 
 static PyObject *handle_procs(HandleObject *self, PyObject *unused)
@@ -1412,8 +1452,7 @@ static PyObject *handle_sched_check(HandleObject *self, PyObject *arg)
 /* ---- Reaper ----------------------------------------------------------------------------- */
 
 struct ReaperObject {
-	PyObject_HEAD
-	kvshm_reaper *r;
+	PyObject_HEAD kvshm_reaper *r;
 	HandleObject *owner;
 	PyObject *log; /* callable(level, message) or None */
 	kvshm_reaper_opts o;
@@ -1457,8 +1496,7 @@ static void reaper_stop_now(ReaperObject *r)
 	if (r->r) {
 		kvshm_reaper *kr = r->r;
 		r->r = NULL;
-		Py_BEGIN_ALLOW_THREADS
-		kvshm_reaper_stop(kr);
+		Py_BEGIN_ALLOW_THREADS kvshm_reaper_stop(kr);
 		Py_END_ALLOW_THREADS
 	}
 	for (size_t i = 0; o && i < o->nreapers; i++)
@@ -1534,7 +1572,7 @@ static PyObject *reaper_stats(ReaperObject *r, PyObject *unused)
 	(void)unused;
 	if (!kr)
 		return NULL;
-	kvshm_reaper_get_stats(kr, &st);
+	kvshm_reaper_stats_get(kr, &st);
 	return struct_to_dict(F_reaper_stats, &st);
 }
 
@@ -1548,7 +1586,7 @@ static PyObject *reaper_set_opts(ReaperObject *r, PyObject *args)
 		log = r->log ? r->log : Py_None;
 	if (reaper_opts(r, od, log) < 0)
 		return NULL;
-	kvshm_reaper_set_opts(kr, &r->o);
+	kvshm_reaper_opts_set(kr, &r->o);
 	Py_RETURN_NONE;
 }
 
@@ -1796,8 +1834,8 @@ static PyObject *k_policy_trim(PyObject *mod, PyObject *args)
 	uint64_t n;
 	uint32_t trim, align;
 	(void)mod;
-	if (!PyArg_ParseTuple(args, "OOO", &no, &to, &ao) || get_u64(no, "n", &n) < 0 || get_u32(to, "trim", &trim) < 0 ||
-	    get_u32(ao, "align", &align) < 0)
+	if (!PyArg_ParseTuple(args, "OOO", &no, &to, &ao) || get_u64(no, "n", &n) < 0 ||
+	    get_u32(to, "trim", &trim) < 0 || get_u32(ao, "align", &align) < 0)
 		return NULL;
 	return PyLong_FromSize_t(kvshm_policy_trim((size_t)n, trim, align));
 }
@@ -1877,7 +1915,8 @@ static PyObject *k_model_pack(PyObject *mod, PyObject *args)
 	PyBuffer_Release(&fp);
 	PyBuffer_Release(&ctx);
 	if (!ok) {
-		PyErr_Format(PyExc_ValueError, "fingerprint and ctx_hash must be %zu bytes each", sizeof(m.fingerprint));
+		PyErr_Format(PyExc_ValueError, "fingerprint and ctx_hash must be %zu bytes each",
+			     sizeof(m.fingerprint));
 		return NULL;
 	}
 	return PyBytes_FromStringAndSize((const char *)&m, sizeof(m));
@@ -1904,8 +1943,9 @@ static PyObject *k_fields(PyObject *mod, PyObject *arg)
 	}
 	PyObject *out = PyList_New(0);
 	for (; out && f->kind != GK_END; f++) {
-		PyObject *t = Py_BuildValue("(snnnOs)", f->name, (Py_ssize_t)f->offset, (Py_ssize_t)f->size,
-					    (Py_ssize_t)f->count, f->array ? Py_True : Py_False, gen_kind_names[f->kind]);
+		PyObject *t =
+			Py_BuildValue("(snnnOs)", f->name, (Py_ssize_t)f->offset, (Py_ssize_t)f->size,
+				      (Py_ssize_t)f->count, f->array ? Py_True : Py_False, gen_kind_names[f->kind]);
 		if (!t || PyList_Append(out, t) < 0)
 			Py_CLEAR(out);
 		Py_XDECREF(t);
@@ -1963,8 +2003,15 @@ static PyMethodDef module_methods[] = {
 };
 
 static struct PyModuleDef module_def = {
-	PyModuleDef_HEAD_INIT, "kvshm._kvshm", "libkvshm, for the kvshm package (private).", -1, module_methods,
-	NULL, NULL, NULL, NULL,
+	PyModuleDef_HEAD_INIT,
+	"kvshm._kvshm",
+	"libkvshm, for the kvshm package (private).",
+	-1,
+	module_methods,
+	NULL,
+	NULL,
+	NULL,
+	NULL,
 };
 
 /* The library loaded must be the one the header described: its counter
@@ -2033,27 +2080,27 @@ PyMODINIT_FUNC PyInit__kvshm(void)
 		}
 		Py_DECREF(v);
 	}
-#define KVSHM_ERR_ROW_(name, val, msg)                                                  \
-	{                                                                               \
-		PyObject *t = Py_BuildValue("(sis)", #name, (int)KVSHM_E##name, msg);   \
-		if (!t || PyList_Append(errors, t) < 0 ||                               \
+#define KVSHM_ERR_ROW_(name, val, msg)                                                           \
+	{                                                                                        \
+		PyObject *t = Py_BuildValue("(sis)", #name, (int)KVSHM_E##name, msg);            \
+		if (!t || PyList_Append(errors, t) < 0 ||                                        \
 		    PyDict_SetItemString(consts, "KVSHM_E" #name, PyTuple_GET_ITEM(t, 1)) < 0 || \
-		    PyModule_AddObjectRef(m, "KVSHM_E" #name, PyTuple_GET_ITEM(t, 1)) < 0) { \
-			Py_XDECREF(t);                                                  \
-			goto fail;                                                      \
-		}                                                                       \
-		Py_DECREF(t);                                                           \
+		    PyModule_AddObjectRef(m, "KVSHM_E" #name, PyTuple_GET_ITEM(t, 1)) < 0) {     \
+			Py_XDECREF(t);                                                           \
+			goto fail;                                                               \
+		}                                                                                \
+		Py_DECREF(t);                                                                    \
 	}
 	KVSHM_ERRNO_MAP(KVSHM_ERR_ROW_)
 #undef KVSHM_ERR_ROW_
-#define KVSHM_CTR_ROW_(name, help)                                   \
-	{                                                            \
-		PyObject *t = Py_BuildValue("(ss)", #name, help);    \
-		if (!t || PyList_Append(counters, t) < 0) {          \
-			Py_XDECREF(t);                               \
-			goto fail;                                   \
-		}                                                    \
-		Py_DECREF(t);                                        \
+#define KVSHM_CTR_ROW_(name, help)                                \
+	{                                                         \
+		PyObject *t = Py_BuildValue("(ss)", #name, help); \
+		if (!t || PyList_Append(counters, t) < 0) {       \
+			Py_XDECREF(t);                            \
+			goto fail;                                \
+		}                                                 \
+		Py_DECREF(t);                                     \
 	}
 	KVSHM_COUNTER_MAP(KVSHM_CTR_ROW_)
 #undef KVSHM_CTR_ROW_

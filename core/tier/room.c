@@ -1,0 +1,221 @@
+/*
+ * core/tier/room.c — room under the tiers' quotas: the bytes each tier is
+ * charged, eviction by hit score (an entry at a time through its tier's
+ * drop, a RAM entry demoted first into a slower tier when configured), and
+ * the reservation a dead writer left handed to its tier. Not choosing what
+ * to promote (core/maint/promote.c) or deleting by filter (core/evict.c).
+ *
+ * HOW EVICTION CHOOSES
+ *   Every entry carries a decaying hit score: score = s0 · 2^(−Δt / T½),
+ *   where s0 was set at its last hit (old score + 1) or at publish (1), and
+ *   T½ is score_halflife_s. So a hot entry outranks one hit once, and an
+ *   entry untouched for a few half-lives outranks nothing: frecency, not
+ *   FIFO. A pass visits every shard and keeps a pool of the POOL lowest
+ *   scored candidates (ready, unpinned, in the requested tiers); the pool
+ *   is then evicted lowest first, each candidate re-checked under its
+ *   shard lock (it may have been pinned meanwhile). Passes repeat until the
+ *   target is met or a pass finds nothing. Each shard scans at most
+ *   SCAN_MAX entries per pass, from a rotating start: exact lowest-first
+ *   order for caches up to SCAN_MAX entries per shard, a sample beyond.
+ *   Pinned and reserved entries are never candidates.
+ *
+ * DEMOTION
+ *   A RAM entry evicted while a demotion tier is configured (and not
+ *   itself being evicted from) is first saved there, pinned meanwhile so it
+ *   cannot vanish, with the demotion tier's put (reason EVICT); a key
+ *   already there or being saved counts as done. Then it is dropped.
+ */
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/tier/tier.h"
+
+#define POOL 32
+#define SCAN_MAX 16384u
+
+struct cand {
+	double score;
+	uint32_t idx, gen, shard;
+};
+
+uint64_t kvshm__tier_bytes(const kvshm *h, int tier)
+{
+	uint64_t n = 0;
+	for (uint32_t s = 0; s < h->cfg->shards; s++)
+		n += __atomic_load_n(&h->shards[s].tier_bytes[tier], __ATOMIC_RELAXED);
+	return n;
+}
+
+static void pool_offer(struct cand *pool, int *n, struct cand c)
+{
+	if (*n < POOL) {
+		pool[(*n)++] = c;
+		return;
+	}
+	int worst = 0;
+	for (int i = 1; i < POOL; i++)
+		if (pool[i].score > pool[worst].score)
+			worst = i;
+	if (c.score < pool[worst].score)
+		pool[worst] = c;
+}
+
+static int by_score(const void *a, const void *b)
+{
+	double x = ((const struct cand *)a)->score, y = ((const struct cand *)b)->score;
+	return x < y ? -1 : x > y;
+}
+
+/* Save pinned RAM entry idx's value to the demotion tier. */
+static int demote(kvshm *h, uint32_t idx)
+{
+	const struct kvshm__entry *e = &h->entries[idx];
+	const struct kvshm__blob *b = kvshm__entry_blob(h, e);
+	if (!b)
+		return KVSHM_ECORRUPT;
+	struct kvshm__save sv = {.m = &b->model,
+				 .tokens = b->tokens,
+				 .n = b->ntokens,
+				 .len = e->len,
+				 .tier = h->cfg->demote_tier,
+				 .reason = KVSHM_REASON_EVICT};
+	KVSHM_CRASH_POINT("tier.demote.saving");
+	int err = kvshm__tier(sv.tier)->put(h, &sv, kvshm__blob_value(b));
+	if (err == KVSHM_EEXISTS || err == KVSHM_EINPROGRESS)
+		err = 0;
+	if (err == 0)
+		kvshm__count(h, KVSHM_C_demotions, 1);
+	return err;
+}
+
+int64_t kvshm__tier_drop(kvshm *h, uint32_t s, uint32_t idx, uint32_t gen, unsigned mask, bool demote_first)
+{
+	struct kvshm__entry *e = &h->entries[idx];
+	int dt = h->cfg->demote_tier;
+	if (demote_first && dt >= 0 && !(mask & KVSHM_TIER_BIT(dt))) {
+		int err = kvshm__shard_lock(h, s);
+		if (err < 0)
+			return err;
+		bool go = e->gen == gen && kvshm__evictable(e, mask) && e->tier == KVSHM_TIER_RAM &&
+			  kvshm__pin_locked(h, s, idx, true) == 0;
+		kvshm__shard_unlock(h, s);
+		if (go) {
+			demote(h, idx);
+			kvshm__unpin_ref(h, idx, gen, true);
+		}
+	}
+	/* An entry's tier is fixed for its life: the drop checks gen and
+	 * tier again under the lock. */
+	const struct kvshm__tier_ops *t = kvshm__tier_or_null(__atomic_load_n(&e->tier, __ATOMIC_RELAXED));
+	return t ? t->drop(h, s, idx, gen, mask) : 0;
+}
+
+int kvshm__evict(kvshm *h, uint64_t target, unsigned mask, uint64_t *freed_out, uint64_t *count_out)
+{
+	uint64_t freed = 0, count = 0;
+	static _Thread_local uint32_t rot;
+	while (freed < target) {
+		struct cand pool[POOL];
+		int np = 0;
+		uint64_t now = kvshm__now_ns();
+		for (uint32_t s = 0; s < h->cfg->shards; s++) {
+			struct kvshm__shard *sh = &h->shards[s];
+			uint32_t scan = KVSHM_MIN(sh->cap, SCAN_MAX);
+			uint32_t start = sh->cap > SCAN_MAX ? (rot += 7919) % sh->cap : 0;
+			int err = kvshm__shard_lock(h, s);
+			if (err < 0)
+				return err;
+			for (uint32_t k = 0; k < scan; k++) {
+				uint32_t idx = sh->first + (start + k) % sh->cap;
+				const struct kvshm__entry *e = &h->entries[idx];
+				if (kvshm__evictable(e, mask))
+					pool_offer(pool, &np,
+						   (struct cand){kvshm__entry_score(h, e, now), idx, e->gen, s});
+			}
+			kvshm__shard_unlock(h, s);
+		}
+		if (np == 0)
+			break;
+		qsort(pool, (size_t)np, sizeof(pool[0]), by_score);
+		uint64_t round = 0;
+		for (int i = 0; i < np && freed < target; i++) {
+			int64_t fp = kvshm__tier_drop(h, pool[i].shard, pool[i].idx, pool[i].gen, mask, true);
+			if (fp > 0) {
+				freed += (uint64_t)fp;
+				count++;
+				round++;
+			}
+		}
+		if (round == 0)
+			break;
+	}
+	kvshm__count(h, KVSHM_C_evictions, count);
+	kvshm__count(h, KVSHM_C_evicted_bytes, freed);
+	if (freed_out)
+		*freed_out = freed;
+	if (count_out)
+		*count_out = count;
+	return 0;
+}
+
+int kvshm__evict_to_quotas(kvshm *h, uint64_t *freed_out, uint64_t *count_out)
+{
+	uint64_t freed = 0, count = 0;
+	for (int t = 0; t < KVSHM_NTIERS; t++) {
+		uint64_t used = kvshm__tier_bytes(h, t), q = h->cfg->quota[t];
+		if (used > q) {
+			uint64_t f = 0, c = 0;
+			int err = kvshm__evict(h, used - q, KVSHM_TIER_BIT(t), &f, &c);
+			if (err < 0)
+				return err;
+			freed += f;
+			count += c;
+		}
+	}
+	if (freed_out)
+		*freed_out = freed;
+	if (count_out)
+		*count_out = count;
+	return 0;
+}
+
+/* Evict one unpinned ready entry of shard s, lowest score first, to free an
+ * entry slot. Returns 1 if one was evicted. */
+int kvshm__evict_one_in_shard(kvshm *h, uint32_t s)
+{
+	struct kvshm__shard *sh = &h->shards[s];
+	uint64_t now = kvshm__now_ns();
+	if (kvshm__shard_lock(h, s) < 0)
+		return 0;
+	uint32_t victim = UINT32_MAX, gen = 0;
+	double vs = 0;
+	for (uint32_t k = 0; k < sh->cap; k++) {
+		const struct kvshm__entry *e = &h->entries[sh->first + k];
+		if (e->state != KVSHM_E_READY || e->refcount)
+			continue;
+		double sc = kvshm__entry_score(h, e, now);
+		if (victim == UINT32_MAX || sc < vs) {
+			victim = sh->first + k;
+			gen = e->gen;
+			vs = sc;
+		}
+	}
+	kvshm__shard_unlock(h, s);
+	int64_t fp = victim != UINT32_MAX ? kvshm__tier_drop(h, s, victim, gen, KVSHM_TIERS_ALL, true) : 0;
+	if (fp <= 0)
+		return 0;
+	kvshm__count(h, KVSHM_C_evictions, 1);
+	kvshm__count(h, KVSHM_C_evicted_bytes, (uint64_t)fp);
+	return 1;
+}
+
+int kvshm__tier_reclaim(kvshm *h, uint32_t dead, uint32_t dead_gen, uint32_t idx)
+{
+	/* The tier, as the entry records it; the tier's reclaim checks the
+	 * reservation again under the shard lock. */
+	const struct kvshm__tier_ops *t = kvshm__tier_or_null(__atomic_load_n(&h->entries[idx].tier, __ATOMIC_RELAXED));
+	if (!t)
+		return kvshm__fail(KVSHM_ECORRUPT, "entry %u: tier %u", idx, h->entries[idx].tier);
+	return t->reclaim ? t->reclaim(h, dead, dead_gen, idx) : 0;
+}
