@@ -347,9 +347,9 @@ $(B)/bench/llama: bench/llama.c $(B)/libkvshm-llama.a $(B)/libkvshm.a $(LIB_HDRS
 
 # The remote tier's client against Redis servers it starts (and, with -c, a
 # 3-master cluster for the chunk size and slot layout figures).
-$(B)/bench/remote: bench/remote.c bench/common.h tests/redisfix.c tests/redisfix.h $(B)/libkvshm.a $(LIB_HDRS)
+$(B)/bench/remote: bench/remote.c bench/common.h tests/fixture/redis.c tests/fixture/redis.h $(B)/libkvshm.a $(LIB_HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) -Itests $< tests/redisfix.c -o $@ $(B)/libkvshm.a $(DEP_LIBS) $(LDFLAGS)
+	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) -Itests $< tests/fixture/redis.c -o $@ $(B)/libkvshm.a $(DEP_LIBS) $(LDFLAGS)
 
 bench:
 	@sh scripts/deps.sh build bench llama remote

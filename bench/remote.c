@@ -1,6 +1,6 @@
 /*
  * bench/remote.c — the remote tier's client (remote/) against real Redis
- * servers it starts (tests/redisfix.h):
+ * servers it starts (tests/fixture/redis.h):
  *
  *   1. pull: a verified pull of 1, 16 and 64 MiB (lookup excluded; every
  *      chunk's and the whole's CRC32C checked, the bytes copied into the
@@ -25,7 +25,7 @@
 #include <string.h>
 
 #include "bench/common.h"
-#include "redisfix.h"
+#include "fixture/redis.h"
 #include "remote/remote.h"
 
 static FILE *csv;

@@ -1,7 +1,7 @@
 /*
  * tests/test_remote.c — the remote tier's Redis client (remote/): URL and
  * credential parsing, CRC16 slots, CRC32C combining, the circuit breaker;
- * then against real servers started here (tests/redisfix.h): push, lookup
+ * then against real servers started here (tests/fixture/redis.h): push, lookup
  * and pull round trips over TCP and a unix socket, the namespace's shared
  * parameters, AUTH (password and ACL user), corrupt and missing chunks and
  * records, eviction under maxmemory, a forked child, deadlines with the
@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "redisfix.h"
+#include "fixture/redis.h"
 #include "remote/remote.h"
 
 /* core/crc32c.c */
