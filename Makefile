@@ -324,7 +324,7 @@ BENCH_REBUILD ?= 100000
 BENCH_CFLAGS   = $(shell $(PKG_CONFIG) --cflags hiredis libmemcached) $(shell $(PKG_CONFIG) --cflags lmdb 2>/dev/null)
 BENCH_LIBS     = $(shell $(PKG_CONFIG) --libs hiredis libmemcached) $(shell $(PKG_CONFIG) --libs lmdb 2>/dev/null || echo -llmdb)
 
-$(B)/bench/%: bench/%.c $(B)/libkvshm.a $(LIB_HDRS)
+$(B)/bench/%: bench/%.c bench/common.h $(B)/libkvshm.a $(LIB_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< -o $@ $(B)/libkvshm.a $(DEP_LIBS) $(LDFLAGS)
 $(B)/bench/figures: bench/figures.c bench/common.h $(B)/libkvshm.a $(LIB_HDRS)

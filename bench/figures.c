@@ -209,7 +209,7 @@ static void fig_prefix(void)
 	kvshm_model other = m;
 	other.quant = 4;
 	size_t vsz = 64 * 1024;
-	uint8_t *val = malloc(vsz);
+	uint8_t *val = bench_alloc(vsz);
 	uint32_t *tok = malloc(sizeof(uint32_t) * 32768), *tok2 = malloc(sizeof(uint32_t) * 32768);
 	uint64_t *samp = malloc(sizeof(uint64_t) * 200000);
 	if (!val || !tok || !tok2 || !samp)
@@ -401,7 +401,7 @@ static void fig_disk(void)
 	kvshm_model m = {.quant = 5};
 	kvshm_save_opts o = {.tier = KVSHM_TIER_DISK, .reason = KVSHM_REASON_OTHER};
 	size_t maxsz = 256 << 20;
-	uint8_t *buf = malloc(maxsz), *rbuf = malloc(maxsz);
+	uint8_t *buf = bench_alloc(maxsz), *rbuf = bench_alloc(maxsz);
 	if (!buf || !rbuf)
 		bench_die("out of memory");
 	for (size_t i = 0; i < maxsz; i += 8) {
@@ -491,7 +491,7 @@ static void fig_ram(void)
 	kvshm *h = open_cache("ram", &cfg);
 	kvshm_model m = {.quant = 6};
 	size_t maxsz = 16 << 20;
-	uint8_t *src = malloc(maxsz), *dst = malloc(maxsz);
+	uint8_t *src = bench_alloc(maxsz), *dst = bench_alloc(maxsz);
 	if (!src || !dst)
 		bench_die("out of memory");
 	for (size_t i = 0; i < maxsz; i += 8) {
@@ -661,7 +661,7 @@ static void fig_overhead(void)
 	cfg.lazy = 1;
 	kvshm *h = open_cache("ovh", &cfg);
 	kvshm_model m = {.quant = 7};
-	uint8_t *val = malloc(16 << 20);
+	uint8_t *val = bench_alloc(16 << 20);
 	uint32_t *tok = malloc(sizeof(uint32_t) * 4096);
 	if (!val || !tok)
 		bench_die("out of memory");

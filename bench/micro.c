@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "core/entry/entry.h"
+#include "bench/common.h"
 
 static double now_s(void)
 {
@@ -68,7 +69,7 @@ static void bench_lookup(kvshm *h)
 	kvshm_model m = {.quant = 1};
 	memset(m.fingerprint, 0xab, sizeof(m.fingerprint));
 	uint32_t *tok = malloc((NT + 512) * sizeof(uint32_t));
-	char *val = malloc(VAL);
+	char *val = bench_alloc(VAL);
 	for (int i = 0; i < NT + 512; i++)
 		tok[i] = (uint32_t)(i * 2654435761u);
 	memset(val, 7, VAL);
@@ -171,7 +172,7 @@ static void bench_copy(kvshm *h)
 		uint32_t tok[64];
 		for (int i = 0; i < 64; i++)
 			tok[i] = (uint32_t)(k * 100 + i);
-		char *src = malloc(sz), *dst = malloc(sz);
+		char *src = bench_alloc(sz), *dst = bench_alloc(sz);
 		memset(src, 3, sz);
 		memset(dst, 1, sz);
 		if (kvshm_put(h, &m, tok, 64, src, sz, NULL) < 0)

@@ -440,8 +440,8 @@ static void client_open(struct client *c, enum kind k)
 {
 	memset(c, 0, sizeof(*c));
 	c->kind = k;
-	c->buf = malloc(W.sz);
-	c->val = malloc(W.sz);
+	c->buf = bench_alloc(W.sz);
+	c->val = bench_alloc(W.sz);
 	if (!c->buf || !c->val)
 		bench_die("out of memory");
 	memset(c->buf, 0, W.sz);
@@ -671,7 +671,7 @@ static void client_put(struct client *c, uint32_t key)
 
 static void populate(enum kind k)
 {
-	uint8_t *v = malloc(W.sz);
+	uint8_t *v = bench_alloc(W.sz);
 	if (!v)
 		bench_die("out of memory");
 	uint64_t t0 = bench_now_ns();
