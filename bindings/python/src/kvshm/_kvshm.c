@@ -485,24 +485,35 @@ static int get_tokens(PyObject *o, struct toks *t)
 	return 0;
 }
 
+/* A C-contiguous buffer (PyBUF_* flags added) and the tokens: both
+ * acquired, for the caller to release, or neither. */
+static int get_buffer_and_tokens(PyObject *bo, int flags, Py_buffer *b, PyObject *to, struct toks *t)
+{
+	if (PyObject_GetBuffer(bo, b, PyBUF_C_CONTIGUOUS | flags) < 0)
+		return -1;
+	if (get_tokens(to, t) < 0) {
+		PyBuffer_Release(b);
+		return -1;
+	}
+	return 0;
+}
+
+/* An argument into an unsigned integer of size bytes, as a struct field of
+ * that size is set: ValueError naming `what` when it does not fit. */
+static int get_uint(PyObject *o, const char *what, size_t size, void *out)
+{
+	struct gen_field f = {.name = what, .size = size, .kind = GK_UINT};
+	return scalar_set(&f, out, o, NULL);
+}
+
 static int get_u32(PyObject *o, const char *what, uint32_t *out)
 {
-	struct gen_field f = {.name = what, .size = 4, .kind = GK_UINT};
-	unsigned long long u;
-	if (int_in_range(&f, o, &u) < 0)
-		return -1;
-	*out = (uint32_t)u;
-	return 0;
+	return get_uint(o, what, sizeof(*out), out);
 }
 
 static int get_u64(PyObject *o, const char *what, uint64_t *out)
 {
-	struct gen_field f = {.name = what, .size = 8, .kind = GK_UINT};
-	unsigned long long u;
-	if (int_in_range(&f, o, &u) < 0)
-		return -1;
-	*out = (uint64_t)u;
-	return 0;
+	return get_uint(o, what, sizeof(*out), out);
 }
 
 /* ---- Handle ------------------------------------------------------------------- */
@@ -965,14 +976,9 @@ static PyObject *handle_copy_into(HandleObject *self, PyObject *args)
 	Py_buffer b;
 	size_t len = 0, ntok = 0;
 	kvshm *h = live(self);
-	if (!h || !PyArg_ParseTuple(args, "OOIO", &mo, &to, &flags, &bo) || get_model(mo, &m) < 0)
+	if (!h || !PyArg_ParseTuple(args, "OOIO", &mo, &to, &flags, &bo) || get_model(mo, &m) < 0 ||
+	    get_buffer_and_tokens(bo, PyBUF_WRITABLE, &b, to, &t) < 0)
 		return NULL;
-	if (PyObject_GetBuffer(bo, &b, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0)
-		return NULL;
-	if (get_tokens(to, &t) < 0) {
-		PyBuffer_Release(&b);
-		return NULL;
-	}
 	int rc = CALL(kvshm_lookup_copy(h, &m, t.p, t.n, flags, b.buf, (size_t)b.len, &len, &ntok));
 	PyBuffer_Release(&t.view);
 	PyBuffer_Release(&b);
@@ -1007,14 +1013,8 @@ static PyObject *handle_put(HandleObject *self, PyObject *args)
 	Py_buffer d;
 	kvshm *h = live(self);
 	if (!h || !PyArg_ParseTuple(args, "OOOiip", &mo, &to, &dobj, &o.tier, &o.reason, &exist_ok) ||
-	    get_model(mo, &m) < 0)
+	    get_model(mo, &m) < 0 || get_buffer_and_tokens(dobj, 0, &d, to, &t) < 0)
 		return NULL;
-	if (PyObject_GetBuffer(dobj, &d, PyBUF_C_CONTIGUOUS) < 0)
-		return NULL;
-	if (get_tokens(to, &t) < 0) {
-		PyBuffer_Release(&d);
-		return NULL;
-	}
 	int rc = CALL(kvshm_put(h, &m, t.p, t.n, d.buf, (size_t)d.len, &o));
 	PyBuffer_Release(&t.view);
 	PyBuffer_Release(&d);
@@ -1794,13 +1794,21 @@ static PyObject *k_policy_validate(PyObject *mod, PyObject *arg)
 	Py_RETURN_NONE;
 }
 
-static PyObject *k_policy_cold(PyObject *mod, PyObject *args)
+/* (policy dict, a token count named what) */
+static int policy_and_count(PyObject *args, kvshm_policy *p, const char *what, uint64_t *n)
 {
 	PyObject *d, *no;
+	if (!PyArg_ParseTuple(args, "OO", &d, &no) || get_policy(d, p) < 0 || get_u64(no, what, n) < 0)
+		return -1;
+	return 0;
+}
+
+static PyObject *k_policy_cold(PyObject *mod, PyObject *args)
+{
 	kvshm_policy p;
 	uint64_t n;
 	(void)mod;
-	if (!PyArg_ParseTuple(args, "OO", &d, &no) || get_policy(d, &p) < 0 || get_u64(no, "n", &n) < 0)
+	if (policy_and_count(args, &p, "n", &n) < 0)
 		return NULL;
 	return PyLong_FromSize_t(kvshm_policy_cold(&p, (size_t)n));
 }
@@ -1819,11 +1827,10 @@ static PyObject *k_policy_continued(PyObject *mod, PyObject *args)
 
 static PyObject *k_policy_finish(PyObject *mod, PyObject *args)
 {
-	PyObject *d, *lo;
 	kvshm_policy p;
 	uint64_t l;
 	(void)mod;
-	if (!PyArg_ParseTuple(args, "OO", &d, &lo) || get_policy(d, &p) < 0 || get_u64(lo, "live_tokens", &l) < 0)
+	if (policy_and_count(args, &p, "live_tokens", &l) < 0)
 		return NULL;
 	return PyBool_FromLong(kvshm_policy_finish(&p, (size_t)l));
 }
