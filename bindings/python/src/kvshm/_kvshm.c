@@ -159,6 +159,15 @@ static PyObject *raise_rc(int rc)
 	return raise_rc_msg(rc, kvshm_last_error());
 }
 
+/* The end of a call that gives Python nothing back: None, or the
+ * exception for rc when it is negative. */
+static PyObject *none_or_raise(int rc)
+{
+	if (rc < 0)
+		return raise_rc(rc);
+	Py_RETURN_NONE;
+}
+
 /* ---- generic struct <-> dict ------------------------------------------------ */
 
 static PyObject *scalar_get(const struct gen_field *f, const char *p)
@@ -253,6 +262,15 @@ static PyObject *struct_to_dict(const struct gen_field *fields, const void *base
 		Py_DECREF(v);
 	}
 	return d;
+}
+
+/* The end of a call that filled the struct at base: it as a dict, or the
+ * exception for rc when it is negative. */
+static PyObject *dict_or_raise(int rc, const struct gen_field *fields, const void *base)
+{
+	if (rc < 0)
+		return raise_rc(rc);
+	return struct_to_dict(fields, base);
 }
 
 /* An integer that fits the field, or -1 with ValueError naming it. */
@@ -646,9 +664,7 @@ static PyObject *lease_end(LeaseObject *l, PyObject *arg)
 		rc = CALL(kvshm_publish(h, &l->u.res));
 	else
 		rc = CALL(kvshm_cancel(h, &l->u.res));
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(rc);
 }
 
 /* verify(): kvshm_pin_verify. None when the value matches its checksum;
@@ -689,9 +705,7 @@ static PyObject *lease_verify(LeaseObject *l, PyObject *unused)
 	l->busy = false;
 	if (rc == KVSHM_ECORRUPT)
 		l->live = false; /* dropped, and the pin released (zeroed) */
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(rc);
 }
 
 static PyObject *lease_info(LeaseObject *l, PyObject *unused)
@@ -828,10 +842,7 @@ static PyObject *handle_close(HandleObject *self, PyObject *unused)
 		reaper_stop_now(self->reapers[self->nreapers - 1]);
 	kvshm *h = self->h;
 	self->h = NULL;
-	int rc = CALL(kvshm_close(h));
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(CALL(kvshm_close(h)));
 }
 
 static PyObject *handle_get_closed(HandleObject *self, void *c)
@@ -848,9 +859,7 @@ static PyObject *handle_get_config(HandleObject *self, PyObject *unused)
 	if (!h)
 		return NULL;
 	int rc = CALL(kvshm_config_get(h, &c));
-	if (rc < 0)
-		return raise_rc(rc);
-	return struct_to_dict(F_config, &c); /* strings copied while mapped */
+	return dict_or_raise(rc, F_config, &c); /* strings copied while mapped */
 }
 
 /* lookup(model, tokens, flags, exact) -> Lease or None */
@@ -1233,9 +1242,7 @@ static PyObject *handle_stats(HandleObject *self, PyObject *unused)
 	if (!h)
 		return NULL;
 	int rc = CALL(kvshm_stats_get(h, &st, sizeof(st)));
-	if (rc < 0)
-		return raise_rc(rc);
-	return struct_to_dict(F_stats, &st);
+	return dict_or_raise(rc, F_stats, &st);
 }
 
 static PyObject *handle_check(HandleObject *self, PyObject *arg)
@@ -1244,10 +1251,7 @@ static PyObject *handle_check(HandleObject *self, PyObject *arg)
 	kvshm *h = live(self);
 	if (!h || get_u32(arg, "flags", &flags) < 0)
 		return NULL;
-	int rc = CALL(kvshm_check(h, flags));
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(CALL(kvshm_check(h, flags)));
 }
 
 static PyObject *handle_writer_acquire(HandleObject *self, PyObject *arg)
@@ -1256,10 +1260,7 @@ static PyObject *handle_writer_acquire(HandleObject *self, PyObject *arg)
 	kvshm *h = live(self);
 	if (!h || get_u32(arg, "timeout_ms", &ms) < 0)
 		return NULL;
-	int rc = CALL(kvshm_writer_acquire(h, ms));
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(CALL(kvshm_writer_acquire(h, ms)));
 }
 
 static PyObject *handle_writer_release(HandleObject *self, PyObject *unused)
@@ -1268,10 +1269,7 @@ static PyObject *handle_writer_release(HandleObject *self, PyObject *unused)
 	(void)unused;
 	if (!h)
 		return NULL;
-	int rc = CALL(kvshm_writer_release(h));
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(CALL(kvshm_writer_release(h)));
 }
 
 static PyObject *handle_writer_count(HandleObject *self, PyObject *unused)
@@ -1293,10 +1291,7 @@ static PyObject *handle_writer_set_max(HandleObject *self, PyObject *arg)
 	kvshm *h = live(self);
 	if (!h || get_u32(arg, "max", &n) < 0)
 		return NULL;
-	int rc = CALL(kvshm_writer_set_max(h, n));
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(CALL(kvshm_writer_set_max(h, n)));
 }
 
 static PyObject *handle_sweep(HandleObject *self, PyObject *unused)
@@ -1359,9 +1354,7 @@ static PyObject *handle_reconcile(HandleObject *self, PyObject *arg)
 		return NULL;
 	memset(&rep, 0, sizeof(rep));
 	int rc = CALL(kvshm_reconcile(h, tier, &rep));
-	if (rc < 0)
-		return raise_rc(rc);
-	return struct_to_dict(F_reconcile, &rep);
+	return dict_or_raise(rc, F_reconcile, &rep);
 }
 
 /* promote(config dict, max_moves) -> moved (the built-in scorer) */
@@ -1395,9 +1388,7 @@ static PyObject *handle_sched_get(HandleObject *self, PyObject *unused)
 	if (!h)
 		return NULL;
 	int rc = CALL(kvshm_sched_get(h, &st));
-	if (rc < 0)
-		return raise_rc(rc);
-	return struct_to_dict(F_sched_status, &st);
+	return dict_or_raise(rc, F_sched_status, &st);
 }
 
 /* sched_set(changes dict): the current configuration with changes applied */
@@ -1419,9 +1410,7 @@ static PyObject *handle_sched_set(HandleObject *self, PyObject *arg)
 	}
 	rc = CALL(kvshm_sched_set(h, &st.config));
 	Py_DECREF(keep);
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(rc);
 }
 
 static PyObject *handle_sched_force(HandleObject *self, PyObject *unused)
@@ -1430,10 +1419,7 @@ static PyObject *handle_sched_force(HandleObject *self, PyObject *unused)
 	(void)unused;
 	if (!h)
 		return NULL;
-	int rc = CALL(kvshm_sched_force(h));
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(CALL(kvshm_sched_force(h)));
 }
 
 static PyObject *handle_sched_check(HandleObject *self, PyObject *arg)
@@ -1444,9 +1430,7 @@ static PyObject *handle_sched_check(HandleObject *self, PyObject *arg)
 	if (!h || force < 0)
 		return NULL;
 	int rc = CALL(kvshm_sched_check(h, force, &st));
-	if (rc < 0)
-		return raise_rc(rc);
-	return struct_to_dict(F_sched_status, &st);
+	return dict_or_raise(rc, F_sched_status, &st);
 }
 
 /* ---- Reaper ----------------------------------------------------------------------------- */
@@ -1559,10 +1543,7 @@ static PyObject *reaper_poll(ReaperObject *r, PyObject *arg)
 	kvshm_reaper *kr = reaper_live(r);
 	if (!kr || get_u32(arg, "timeout_ms", &ms) < 0)
 		return NULL;
-	int rc = CALL(kvshm_reaper_poll(kr, ms));
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(CALL(kvshm_reaper_poll(kr, ms)));
 }
 
 static PyObject *reaper_stats(ReaperObject *r, PyObject *unused)
@@ -1698,10 +1679,7 @@ static PyObject *k_destroy(PyObject *mod, PyObject *args)
 	(void)mod;
 	if (!PyArg_ParseTuple(args, "yO&p", &name, opt_bytes, &dir, &force))
 		return NULL;
-	int rc = CALL(kvshm_destroy(name, dir, force));
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(CALL(kvshm_destroy(name, dir, force)));
 }
 
 static PyObject *k_strerror(PyObject *mod, PyObject *arg)
@@ -1758,9 +1736,7 @@ static PyObject *k_config_validate(PyObject *mod, PyObject *arg)
 	}
 	int rc = kvshm_config_validate(&c);
 	Py_DECREF(keep);
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(rc);
 }
 
 static PyObject *k_policy_default(PyObject *mod, PyObject *unused)
@@ -1788,10 +1764,7 @@ static PyObject *k_policy_validate(PyObject *mod, PyObject *arg)
 	(void)mod;
 	if (get_policy(arg, &p) < 0)
 		return NULL;
-	int rc = kvshm_policy_validate(&p);
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(kvshm_policy_validate(&p));
 }
 
 /* (policy dict, a token count named what) */
