@@ -1714,13 +1714,22 @@ static PyObject *k_set_error_factory(PyObject *mod, PyObject *arg)
 	Py_RETURN_NONE;
 }
 
-static PyObject *k_config_default(PyObject *mod, PyObject *unused)
-{
-	kvshm_config c;
-	(void)mod, (void)unused;
-	kvshm_config_init(&c);
-	return struct_to_dict(F_config, &c);
-}
+/* X_default(): kvshm_X_init's values as a dict, for each struct with an
+ * initialiser. */
+#define K_DEFAULT(X, F)                                                   \
+	static PyObject *k_##X##_default(PyObject *mod, PyObject *unused) \
+	{                                                                 \
+		kvshm_##X v;                                              \
+		(void)mod, (void)unused;                                  \
+		kvshm_##X##_init(&v);                                     \
+		return struct_to_dict(F, &v);                             \
+	}
+K_DEFAULT(config, F_config)
+K_DEFAULT(policy, F_policy)
+K_DEFAULT(sched_config, F_sched_config)
+K_DEFAULT(promote_config, F_promote_config)
+K_DEFAULT(reaper_opts, F_reaper_opts)
+#undef K_DEFAULT
 
 static PyObject *k_config_validate(PyObject *mod, PyObject *arg)
 {
@@ -1737,14 +1746,6 @@ static PyObject *k_config_validate(PyObject *mod, PyObject *arg)
 	int rc = kvshm_config_validate(&c);
 	Py_DECREF(keep);
 	return none_or_raise(rc);
-}
-
-static PyObject *k_policy_default(PyObject *mod, PyObject *unused)
-{
-	kvshm_policy p;
-	(void)mod, (void)unused;
-	kvshm_policy_init(&p);
-	return struct_to_dict(F_policy, &p);
 }
 
 static int get_policy(PyObject *d, kvshm_policy *p)
@@ -1818,30 +1819,6 @@ static PyObject *k_policy_trim(PyObject *mod, PyObject *args)
 	    get_u32(to, "trim", &trim) < 0 || get_u32(ao, "align", &align) < 0)
 		return NULL;
 	return PyLong_FromSize_t(kvshm_policy_trim((size_t)n, trim, align));
-}
-
-static PyObject *k_sched_config_default(PyObject *mod, PyObject *unused)
-{
-	kvshm_sched_config c;
-	(void)mod, (void)unused;
-	kvshm_sched_config_init(&c);
-	return struct_to_dict(F_sched_config, &c);
-}
-
-static PyObject *k_promote_config_default(PyObject *mod, PyObject *unused)
-{
-	kvshm_promote_config c;
-	(void)mod, (void)unused;
-	kvshm_promote_config_init(&c);
-	return struct_to_dict(F_promote_config, &c);
-}
-
-static PyObject *k_reaper_opts_default(PyObject *mod, PyObject *unused)
-{
-	kvshm_reaper_opts o;
-	(void)mod, (void)unused;
-	kvshm_reaper_opts_init(&o);
-	return struct_to_dict(F_reaper_opts, &o);
 }
 
 static PyObject *k_pressure_sample(PyObject *mod, PyObject *args)
