@@ -458,6 +458,18 @@ static int dict_to_struct(const struct gen_field *fields, void *base, PyObject *
 
 /* ---- arguments ---------------------------------------------------------------- */
 
+/* Set base's fields from dict (NULL: none) through dict_to_struct. Returns
+ * the list that holds the strings base now points into: release it
+ * (Py_DECREF) once the library call that reads base has returned. NULL,
+ * with the exception set, on failure. */
+static PyObject *struct_from(const struct gen_field *fields, void *base, PyObject *dict, const char *what)
+{
+	PyObject *keep = PyList_New(0);
+	if (keep && dict && dict_to_struct(fields, base, dict, keep, what) < 0)
+		Py_CLEAR(keep);
+	return keep;
+}
+
 static int get_model(PyObject *o, kvshm_model *m)
 {
 	if (!PyBytes_Check(o) || PyBytes_GET_SIZE(o) != (Py_ssize_t)sizeof(*m)) {
@@ -804,12 +816,8 @@ static PyObject *k_open(PyObject *mod, PyObject *args)
 	if (!PyArg_ParseTuple(args, "yOI", &name, &cfgd, &flags))
 		return NULL;
 	kvshm_config_init(&cfg);
-	if (!(keep = PyList_New(0)))
+	if (!(keep = struct_from(F_config, &cfg, cfgd != Py_None ? cfgd : NULL, "kvshm_config")))
 		return NULL;
-	if (cfgd != Py_None && dict_to_struct(F_config, &cfg, cfgd, keep, "kvshm_config") < 0) {
-		Py_DECREF(keep);
-		return NULL;
-	}
 	int rc = CALL(kvshm_open(name, &cfg, flags, &h));
 	Py_DECREF(keep);
 	if (rc < 0)
@@ -1135,36 +1143,37 @@ static PyObject *vec_to_list(struct vec *a, const struct gen_field *fields)
 	return out;
 }
 
-/* filter dict (fields of kvshm_filter but the pointer) + fingerprint bytes */
-static int get_filter(PyObject *fd, PyObject *fp, kvshm_filter *f, uint8_t *fpbuf, PyObject *keep)
+/* (filter dict or None, fingerprint bytes or None) -> *f: the dict sets
+ * the fields of kvshm_filter but the pointer, which points to fpbuf. Returns
+ * struct_from's list, or NULL. */
+static PyObject *get_filter(PyObject *args, kvshm_filter *f, uint8_t *fpbuf)
 {
+	PyObject *fd, *fp;
+	if (!PyArg_ParseTuple(args, "OO", &fd, &fp))
+		return NULL;
 	memset(f, 0, sizeof(*f));
-	if (fd != Py_None && dict_to_struct(F_filter, f, fd, keep, "kvshm_filter") < 0)
-		return -1;
-	if (fp != Py_None) {
+	PyObject *keep = struct_from(F_filter, f, fd != Py_None ? fd : NULL, "kvshm_filter");
+	if (keep && fp != Py_None) {
 		if (!PyBytes_Check(fp) || PyBytes_GET_SIZE(fp) != 32) {
 			PyErr_SetString(PyExc_ValueError, "fingerprint must be 32 bytes");
-			return -1;
+			Py_CLEAR(keep);
+		} else {
+			memcpy(fpbuf, PyBytes_AS_STRING(fp), 32);
+			f->fingerprint = fpbuf;
 		}
-		memcpy(fpbuf, PyBytes_AS_STRING(fp), 32);
-		f->fingerprint = fpbuf;
 	}
-	return 0;
+	return keep;
 }
 
 static PyObject *handle_list(HandleObject *self, PyObject *args)
 {
-	PyObject *fd, *fp, *keep;
 	kvshm_filter f;
 	uint8_t fpbuf[32];
 	struct vec a = {.size = sizeof(kvshm_entry_info)};
 	kvshm *h = live(self);
-	if (!h || !PyArg_ParseTuple(args, "OO", &fd, &fp) || !(keep = PyList_New(0)))
+	PyObject *keep = h ? get_filter(args, &f, fpbuf) : NULL;
+	if (!keep)
 		return NULL;
-	if (get_filter(fd, fp, &f, fpbuf, keep) < 0) {
-		Py_DECREF(keep);
-		return NULL;
-	}
 	int rc = CALL(kvshm_list(h, &f, collect_entry, &a));
 	Py_DECREF(keep);
 	if (rc < 0) {
@@ -1176,17 +1185,13 @@ static PyObject *handle_list(HandleObject *self, PyObject *args)
 
 static PyObject *handle_delete(HandleObject *self, PyObject *args)
 {
-	PyObject *fd, *fp, *keep;
 	kvshm_filter f;
 	uint8_t fpbuf[32];
 	uint64_t count = 0;
 	kvshm *h = live(self);
-	if (!h || !PyArg_ParseTuple(args, "OO", &fd, &fp) || !(keep = PyList_New(0)))
+	PyObject *keep = h ? get_filter(args, &f, fpbuf) : NULL;
+	if (!keep)
 		return NULL;
-	if (get_filter(fd, fp, &f, fpbuf, keep) < 0) {
-		Py_DECREF(keep);
-		return NULL;
-	}
 	int rc = CALL(kvshm_delete(h, &f, &count));
 	Py_DECREF(keep);
 	if (rc < 0)
@@ -1365,14 +1370,11 @@ static PyObject *handle_promote(HandleObject *self, PyObject *args)
 	uint64_t maxm;
 	size_t moved = 0;
 	kvshm *h = live(self);
-	if (!h || !PyArg_ParseTuple(args, "OO", &cd, &mo) || get_u64(mo, "max_moves", &maxm) < 0 ||
-	    !(keep = PyList_New(0)))
+	if (!h || !PyArg_ParseTuple(args, "OO", &cd, &mo) || get_u64(mo, "max_moves", &maxm) < 0)
 		return NULL;
 	kvshm_promote_config_init(&c);
-	if (cd != Py_None && dict_to_struct(F_promote_config, &c, cd, keep, "kvshm_promote_config") < 0) {
-		Py_DECREF(keep);
+	if (!(keep = struct_from(F_promote_config, &c, cd != Py_None ? cd : NULL, "kvshm_promote_config")))
 		return NULL;
-	}
 	int rc = CALL(kvshm_promote(h, &c, (size_t)maxm, &moved));
 	Py_DECREF(keep);
 	if (rc < 0)
@@ -1395,19 +1397,15 @@ static PyObject *handle_sched_get(HandleObject *self, PyObject *unused)
 static PyObject *handle_sched_set(HandleObject *self, PyObject *arg)
 {
 	kvshm_sched_status st;
-	PyObject *keep;
 	kvshm *h = live(self);
-	if (!h || !(keep = PyList_New(0)))
+	if (!h)
 		return NULL;
 	int rc = CALL(kvshm_sched_get(h, &st));
-	if (rc < 0) {
-		Py_DECREF(keep);
+	if (rc < 0)
 		return raise_rc(rc);
-	}
-	if (dict_to_struct(F_sched_config, &st.config, arg, keep, "kvshm_sched_config") < 0) {
-		Py_DECREF(keep);
+	PyObject *keep = struct_from(F_sched_config, &st.config, arg, "kvshm_sched_config");
+	if (!keep)
 		return NULL;
-	}
 	rc = CALL(kvshm_sched_set(h, &st.config));
 	Py_DECREF(keep);
 	return none_or_raise(rc);
@@ -1457,13 +1455,10 @@ static void log_trampoline(int level, const char *msg, void *ctx)
 
 static int reaper_opts(ReaperObject *r, PyObject *od, PyObject *log)
 {
-	PyObject *keep = PyList_New(0);
+	PyObject *keep = struct_from(F_reaper_opts, &r->o, od != Py_None ? od : NULL, "kvshm_reaper_opts");
 	if (!keep)
 		return -1;
-	int err = od != Py_None ? dict_to_struct(F_reaper_opts, &r->o, od, keep, "kvshm_reaper_opts") : 0;
 	Py_DECREF(keep); /* the options hold no strings */
-	if (err < 0)
-		return -1;
 	if (log != Py_None && !PyCallable_Check(log)) {
 		PyErr_SetString(PyExc_TypeError, "log must be callable(level, message)");
 		return -1;
@@ -1734,15 +1729,11 @@ K_DEFAULT(reaper_opts, F_reaper_opts)
 static PyObject *k_config_validate(PyObject *mod, PyObject *arg)
 {
 	kvshm_config c;
-	PyObject *keep = PyList_New(0);
 	(void)mod;
+	kvshm_config_init(&c);
+	PyObject *keep = struct_from(F_config, &c, arg, "kvshm_config");
 	if (!keep)
 		return NULL;
-	kvshm_config_init(&c);
-	if (dict_to_struct(F_config, &c, arg, keep, "kvshm_config") < 0) {
-		Py_DECREF(keep);
-		return NULL;
-	}
 	int rc = kvshm_config_validate(&c);
 	Py_DECREF(keep);
 	return none_or_raise(rc);
@@ -1750,13 +1741,12 @@ static PyObject *k_config_validate(PyObject *mod, PyObject *arg)
 
 static int get_policy(PyObject *d, kvshm_policy *p)
 {
-	PyObject *keep = PyList_New(0);
+	kvshm_policy_init(p);
+	PyObject *keep = struct_from(F_policy, p, d, "kvshm_policy");
 	if (!keep)
 		return -1;
-	kvshm_policy_init(p);
-	int err = dict_to_struct(F_policy, p, d, keep, "kvshm_policy");
-	Py_DECREF(keep);
-	return err;
+	Py_DECREF(keep); /* a policy holds no strings */
+	return 0;
 }
 
 static PyObject *k_policy_validate(PyObject *mod, PyObject *arg)
