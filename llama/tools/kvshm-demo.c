@@ -824,8 +824,24 @@ int main(int argc, char **argv)
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	int c;
+	const struct tu_u32_opt nums[] = {
+		{'w', "--workers", 1, 64, &opt.workers},
+		{'T', "--threads", 1, 256, &opt.threads},
+		{'c', "--conversations", 1, 10000, &opt.conversations},
+		{'t', "--turns", 1, 8, &opt.turns},
+		{'p', "--prompts", 1, 1000, &opt.prompts},
+		{'b', "--branches", 0, 10000, &opt.branches},
+		{'r', "--regens", 0, 10000, &opt.regens},
+		{O_SAMPLES, "--samples", 0, 1000, &opt.samples},
+		{O_SEED, "--seed", 0, UINT32_MAX, &opt.seed},
+		{0},
+	};
+	int c, num;
 	while ((c = getopt_long(argc, argv, "m:n:w:T:c:t:p:b:r:s:qh", lo, NULL)) != -1) {
+		if ((num = tu_parse_u32_opt(nums, c, optarg)) < 0)
+			return 2;
+		if (num > 0)
+			continue;
 		switch (c) {
 		case 'm':
 			opt.model = optarg;
@@ -833,44 +849,8 @@ int main(int argc, char **argv)
 		case 'n':
 			opt.name = optarg;
 			break;
-		case 'w':
-			if (tu_parse_u32(optarg, "--workers", 1, 64, &opt.workers) < 0)
-				return 2;
-			break;
-		case 'T':
-			if (tu_parse_u32(optarg, "--threads", 1, 256, &opt.threads) < 0)
-				return 2;
-			break;
-		case 'c':
-			if (tu_parse_u32(optarg, "--conversations", 1, 10000, &opt.conversations) < 0)
-				return 2;
-			break;
-		case 't':
-			if (tu_parse_u32(optarg, "--turns", 1, 8, &opt.turns) < 0)
-				return 2;
-			break;
-		case 'p':
-			if (tu_parse_u32(optarg, "--prompts", 1, 1000, &opt.prompts) < 0)
-				return 2;
-			break;
-		case 'b':
-			if (tu_parse_u32(optarg, "--branches", 0, 10000, &opt.branches) < 0)
-				return 2;
-			break;
-		case 'r':
-			if (tu_parse_u32(optarg, "--regens", 0, 10000, &opt.regens) < 0)
-				return 2;
-			break;
 		case 's':
 			if (tu_parse_size(optarg, "--cache-size", &opt.cache_bytes) < 0)
-				return 2;
-			break;
-		case O_SAMPLES:
-			if (tu_parse_u32(optarg, "--samples", 0, 1000, &opt.samples) < 0)
-				return 2;
-			break;
-		case O_SEED:
-			if (tu_parse_u32(optarg, "--seed", 0, UINT32_MAX, &opt.seed) < 0)
 				return 2;
 			break;
 		case O_NOKILL:

@@ -425,41 +425,30 @@ int main(int argc, char **argv)
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	int c;
+	const struct tu_u32_opt nums[] = {
+		{'w', "--workers", 1, 64, &opt.workers},
+		{'c', "--conversations", 1, 100000, &opt.conversations},
+		{'t', "--turns", 1, 64, &opt.turns},
+		{'p', "--prompts", 1, 1000, &opt.prompts},
+		{O_PRE, "--prefill-us", 0, 1000000, &opt.prefill_us},
+		{O_DEC, "--decode-us", 0, 1000000, &opt.decode_us},
+		{0},
+	};
+	int c, num;
 	uint32_t u;
 	while ((c = getopt_long(argc, argv, "n:w:c:t:p:s:qh", lo, NULL)) != -1) {
+		if ((num = tu_parse_u32_opt(nums, c, optarg)) < 0)
+			return 1;
+		if (num > 0)
+			continue;
 		switch (c) {
 		case 'n':
 			opt.name = optarg;
-			break;
-		case 'w':
-			if (tu_parse_u32(optarg, "--workers", 1, 64, &opt.workers) < 0)
-				return 1;
-			break;
-		case 'c':
-			if (tu_parse_u32(optarg, "--conversations", 1, 100000, &opt.conversations) < 0)
-				return 1;
-			break;
-		case 't':
-			if (tu_parse_u32(optarg, "--turns", 1, 64, &opt.turns) < 0)
-				return 1;
-			break;
-		case 'p':
-			if (tu_parse_u32(optarg, "--prompts", 1, 1000, &opt.prompts) < 0)
-				return 1;
 			break;
 		case O_KV:
 			if (tu_parse_u32(optarg, "--kv-bytes", 8, 1 << 20, &opt.kv_bytes) < 0)
 				return 1;
 			opt.kv_bytes &= ~7u;
-			break;
-		case O_PRE:
-			if (tu_parse_u32(optarg, "--prefill-us", 0, 1000000, &opt.prefill_us) < 0)
-				return 1;
-			break;
-		case O_DEC:
-			if (tu_parse_u32(optarg, "--decode-us", 0, 1000000, &opt.decode_us) < 0)
-				return 1;
 			break;
 		case 's':
 			if (tu_parse_size(optarg, "--size", &opt.segment) < 0)
