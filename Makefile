@@ -51,7 +51,8 @@ SAN_FLAGS    := -O1 -g -DKVSHM_TEST -fsanitize=address,undefined \
 LIB_SRCS     := $(sort $(wildcard shm/*.c core/*.c core/*/*.c remote/*.c))
 LIB_HDRS     := $(wildcard include/*.h shm/*.h core/*.h core/*/*.h remote/*.h)
 TOOL_UTIL    := tools/util.c
-TOOLS        := $(patsubst tools/%.c,%,$(filter-out $(TOOL_UTIL),$(wildcard tools/*.c)))
+TOOL_DEMO    := tools/demo.c
+TOOLS        := $(patsubst tools/%.c,%,$(filter-out $(TOOL_UTIL) $(TOOL_DEMO),$(wildcard tools/*.c)))
 TESTS        := $(patsubst tests/%.c,%,$(wildcard tests/test_*.c))
 TEST_SUPPORT := $(wildcard tests/fixture/*.c)
 TEST_HDRS    := tests/harness.h $(wildcard tests/fixture/*.h)
@@ -169,14 +170,18 @@ $(B)/bin/%: tools/%.c $(TOOL_UTIL) tools/util.h $(B)/libkvshm.a $(LIB_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm.a $(DEP_LIBS) $(TOOL_LIBS) $(LDFLAGS)
 # The stand-in demo (synthetic states, no engine): only tests/demo_test.sh
-# runs it.
-$(B)/bin/kvshm-standin-demo: tests/standin/kvshm-standin-demo.c $(TOOL_UTIL) tools/util.h $(B)/libkvshm.a $(LIB_HDRS)
+# runs it. It and kvshm-demo share the pool, the kills and the reaper
+# (tools/demo.c).
+$(B)/bin/kvshm-standin-demo: tests/standin/kvshm-standin-demo.c $(TOOL_UTIL) tools/util.h $(TOOL_DEMO) tools/demo.h \
+  $(B)/libkvshm.a $(LIB_HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm.a $(DEP_LIBS) $(LDFLAGS)
+	$(CC) $(BASE_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) $(TOOL_DEMO) -o $@ $(B)/libkvshm.a $(DEP_LIBS) $(LDFLAGS)
 # Programs over the engine: kvshm-demo (the README's demo), kvshm-mkmodel.
+$(B)/bin/kvshm-demo: TOOL_EXTRA = $(TOOL_DEMO)
+$(B)/bin/kvshm-demo: $(TOOL_DEMO) tools/demo.h
 $(B)/bin/%: llama/tools/%.c $(TOOL_UTIL) tools/util.h $(B)/libkvshm-llama.a $(B)/libkvshm.a $(LIB_HDRS) $(LLAMA_HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(BASE_CFLAGS) $(LLAMA_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) -o $@ $(B)/libkvshm-llama.a \
+	$(CC) $(BASE_CFLAGS) $(LLAMA_CFLAGS) $(REL_FLAGS) $(CFLAGS) $< $(TOOL_UTIL) $(TOOL_EXTRA) -o $@ $(B)/libkvshm-llama.a \
 	  $(B)/libkvshm.a $(DEP_LIBS) $(LLAMA_LIBS) $(LLAMA_RPATH) $(LDFLAGS)
 # Tools linked against the test libraries (crash points compiled in; and
 # sanitizers), which the tests run as real processes.

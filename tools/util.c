@@ -77,6 +77,14 @@ int tu_parse_u32(const char *s, const char *what, uint32_t min, uint32_t max, ui
 	return 0;
 }
 
+int tu_parse_u32_opt(const struct tu_u32_opt *opts, int c, const char *arg)
+{
+	for (; opts->c; opts++)
+		if (opts->c == c)
+			return tu_parse_u32(arg, opts->what, opts->min, opts->max, opts->out) < 0 ? -1 : 1;
+	return 0;
+}
+
 int tu_parse_double(const char *s, const char *what, double min, double max, double *out)
 {
 	char *end;

@@ -17,6 +17,17 @@
 int tu_parse_size(const char *s, const char *what, uint64_t *out);
 int tu_parse_u32(const char *s, const char *what, uint32_t min, uint32_t max, uint32_t *out);
 int tu_parse_double(const char *s, const char *what, double min, double max, double *out);
+/* A numeric option of a getopt loop: the value getopt_long returns for it,
+ * its name in errors, its range and where it goes. */
+struct tu_u32_opt {
+	int c;
+	const char *what;
+	uint32_t min, max;
+	uint32_t *out;
+};
+/* When c is one of opts (ended by an entry with c == 0), arg parsed into it
+ * by tu_parse_u32: 1, or -1 when invalid. 0 when c is none of them. */
+int tu_parse_u32_opt(const struct tu_u32_opt *opts, int c, const char *arg);
 /* "ram", "ram_file", "disk", "all", or a comma list → tier mask. */
 int tu_parse_tiers(const char *s, unsigned *mask);
 /* Tier name. */

@@ -29,13 +29,10 @@
  * compared with the worker's: max |Δ| is reported, 0 expected.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <libgen.h>
 #include <limits.h>
 #include <math.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -49,6 +46,7 @@
 #include <xxhash.h>
 
 #include "kvshm-llama.h"
+#include "tools/demo.h"
 #include "tools/util.h"
 
 /* ---- settings ------------------------------------------------------------------------- */
@@ -81,25 +79,9 @@ static const char *const mode_name[NMODES] = {"kvshm (shared)", "private caches"
 #define MAX_CTX 8192
 #define BITS_BYTES (MAX_CTX / 8)
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t mix(uint64_t x)
-{
-	x ^= x >> 30;
-	x *= 0xbf58476d1ce4e5b9ull;
-	x ^= x >> 27;
-	x *= 0x94d049bb133111ebull;
-	return x ^ (x >> 31);
-}
-
 static uint32_t rnd(uint64_t a, uint64_t b, uint64_t c, uint32_t lo, uint32_t hi)
 {
-	return lo + (uint32_t)(mix(opt.seed ^ mix(a * 0x9e37 + b * 0x79b9 + c * 0x85eb)) % (hi - lo + 1));
+	return lo + (uint32_t)(demo_mix(opt.seed ^ demo_mix(a * 0x9e37 + b * 0x79b9 + c * 0x85eb)) % (hi - lo + 1));
 }
 
 /* ---- the request stream ------------------------------------------------------------------ */
@@ -130,7 +112,7 @@ static size_t text_tokens(const struct llama_vocab *v, uint64_t a, uint64_t b, s
 	char *s = malloc(lim + 32);
 	for (uint64_t i = 0; len < lim; i++) {
 		const char *w =
-			words[mix(opt.seed * 977 + a * 131071 + b * 8191 + i) % (sizeof(words) / sizeof(words[0]))];
+			words[demo_mix(opt.seed * 977 + a * 131071 + b * 8191 + i) % (sizeof(words) / sizeof(words[0]))];
 		len += (size_t)sprintf(s + len, "%s%s", i ? (i % 11 == 10 ? ". " : " ") : "", w);
 	}
 	int32_t n = llama_tokenize(v, s, (int32_t)len, out, (int32_t)cap, bos, false);
@@ -250,16 +232,6 @@ static void build_stream(const struct llama_vocab *v)
 
 /* ---- shared between the parent and its workers --------------------------------------------- */
 
-enum { W_IDLE, W_BUSY, W_SAVE_HELD, W_PIN_HELD };
-enum { KILL_NONE, KILL_IN_SAVE, KILL_WITH_PINS };
-
-struct wstate {
-	_Atomic int state;
-	_Atomic int kill_mode;
-	_Atomic int request;
-	pid_t pid;
-};
-
 /* Which positions of a saved state were decoded one token at a time
  * (generated) rather than in a batch: the replay needs them. Keyed by the
  * XXH3 of the state's bytes. */
@@ -279,7 +251,7 @@ struct sample {
 };
 
 struct shared {
-	struct wstate ws[64];
+	struct demo_worker ws[64];
 	struct hist hist[NHIST];
 	_Atomic uint32_t nsamples;
 };
@@ -331,8 +303,6 @@ struct result {
 	uint64_t ttft_ns, load_ns;
 	int32_t rejected;
 };
-
-static int req_pipe[2], res_pipe[2];
 
 /* ---- a worker -------------------------------------------------------------------------------- */
 
@@ -416,10 +386,10 @@ static size_t pcache_restore(struct pcache *pc, struct llama_context *ctx, const
 	if (best < 64 || !keep)
 		return 0;
 	struct pentry *e = &pc->e[bi];
-	uint64_t t0 = now_ns();
+	uint64_t t0 = demo_now_ns();
 	if (kvshm_llama_state_load(ctx, 0, e->blob, e->len, e->n, keep) < 0)
 		return 0;
-	res->load_ns = now_ns() - t0;
+	res->load_ns = demo_now_ns() - t0;
 	e->used = ++pc->clock;
 	res->kind = best == n && e->n == n ? KVSHM_HIT_EXACT : (best == e->n ? KVSHM_HIT_PREFIX : 3);
 	res->stored = (uint32_t)e->n;
@@ -427,7 +397,7 @@ static size_t pcache_restore(struct pcache *pc, struct llama_context *ctx, const
 }
 
 struct wctx {
-	struct wstate *me;
+	struct demo_worker *me;
 	uint8_t bits[BITS_BYTES]; /* the live sequence's generated positions */
 	size_t saving_n;
 	bool restored_known;
@@ -520,11 +490,12 @@ static struct llama_model *load_model(void)
 	return m;
 }
 
-static void worker(kvshm *cache, int id, int mode)
+/* The pool's worker, in run p->mode. */
+static void worker(const struct demo_pool *p, int id)
 {
+	kvshm *cache = p->h;
+	int mode = p->mode;
 	struct wctx w = {.me = &sh->ws[id]};
-	close(req_pipe[1]);
-	close(res_pipe[0]);
 	if (kvshm_llama_backend_init(GGML_LOG_LEVEL_ERROR) < 0) {
 		fprintf(stderr, "kvshm-demo: %s\n", kvshm_llama_last_error());
 		_exit(1);
@@ -552,14 +523,14 @@ static void worker(kvshm *cache, int id, int mode)
 	struct pcache pc = {.cap_bytes = opt.cache_bytes / opt.workers};
 	struct llama_batch b = llama_batch_init(2048, 0, 1);
 	int32_t rq;
-	while (read(req_pipe[0], &rq, sizeof(rq)) == sizeof(rq) && rq >= 0) {
+	while (read(p->req[0], &rq, sizeof(rq)) == sizeof(rq) && rq >= 0) {
 		const struct req *q = &reqs[rq];
 		struct result res = {.request = rq, .worker = id};
 		atomic_store(&w.me->request, rq);
 		atomic_store(&w.me->state, W_BUSY);
 		memset(w.bits, 0, sizeof(w.bits));
 		w.restored_known = false;
-		uint64_t t0 = now_ns();
+		uint64_t t0 = demo_now_ns();
 		size_t u = 0;
 		if (mode == MODE_KVSHM) {
 			kvshm_llama_restore_info info;
@@ -593,11 +564,11 @@ static void worker(kvshm *cache, int id, int mode)
 		}
 		if (prefill(ctx, &b, q->tok, at, q->n, cp.n_batch) < 0)
 			goto fail;
-		res.ttft_ns = now_ns() - t0;
+		res.ttft_ns = demo_now_ns() - t0;
 		res.restored = (uint32_t)u;
 		res.prefilled = q->n - (uint32_t)u;
 		/* A sample of restored requests keeps its logits for the replay. */
-		if (mode == MODE_KVSHM && u && w.restored_known && mix(opt.seed + (uint64_t)rq) % 3 == 0) {
+		if (mode == MODE_KVSHM && u && w.restored_known && demo_mix(opt.seed + (uint64_t)rq) % 3 == 0) {
 			uint32_t s = atomic_fetch_add(&sh->nsamples, 1);
 			if (s < opt.samples) {
 				struct sample *sm = sample_at(s);
@@ -631,7 +602,7 @@ static void worker(kvshm *cache, int id, int mode)
 		}
 		atomic_store(&w.me->state, W_IDLE);
 		atomic_store(&w.me->request, -1);
-		if (write(res_pipe[1], &res, sizeof(res)) != sizeof(res))
+		if (write(p->res[1], &res, sizeof(res)) != sizeof(res))
 			break;
 		continue;
 fail:
@@ -657,21 +628,8 @@ struct run {
 	uint64_t *ttft;
 	uint32_t done, kinds[4], rejected;
 	uint64_t restored, prefilled, load_ns;
-	uint32_t killed_in_save, killed_with_pins, retried;
+	struct demo_kills kills;
 };
-
-static pid_t spawn(kvshm *h, int id, int mode)
-{
-	sh->ws[id].request = -1;
-	sh->ws[id].state = W_IDLE;
-	sh->ws[id].kill_mode = KILL_NONE;
-	fflush(stdout);
-	pid_t pid = fork();
-	if (pid == 0)
-		worker(h, id, mode);
-	sh->ws[id].pid = pid;
-	return pid;
-}
 
 static FILE *csv_out;
 
@@ -679,13 +637,13 @@ static int run_pool(kvshm *h, int mode, struct run *r)
 {
 	bool *done = calloc(nreqs, sizeof(bool)), *sent = calloc(nreqs, sizeof(bool));
 	r->ttft = calloc(nreqs, sizeof(uint64_t));
-	if (pipe(req_pipe) < 0 || pipe(res_pipe) < 0)
+	struct demo_pool pool = {.ws = sh->ws, .nworkers = opt.workers, .h = h, .mode = mode, .worker = worker};
+	if (demo_pool_start(&pool) < 0)
 		return -1;
-	for (uint32_t i = 0; i < opt.workers; i++)
-		spawn(h, (int)i, mode);
-	uint64_t t0 = now_ns();
-	uint32_t inflight = 0, kill_at[2] = {nreqs / 4, nreqs / 2}, next = 0;
-	int plan = 0;
+	uint64_t t0 = demo_now_ns();
+	uint32_t inflight = 0, next = 0;
+	r->kills.at[0] = nreqs / 4;
+	r->kills.at[1] = nreqs / 2;
 	bool tty = isatty(STDERR_FILENO);
 	while (r->done < nreqs) {
 		/* Dispatch ready requests in stream order, one per idle worker. */
@@ -693,49 +651,24 @@ static int run_pool(kvshm *h, int mode, struct run *r)
 			uint32_t i = (next + k) % nreqs;
 			if (sent[i] || (reqs[i].after >= 0 && !done[reqs[i].after]))
 				continue;
-			int32_t rq = (int32_t)i;
-			if (write(req_pipe[1], &rq, sizeof(rq)) != sizeof(rq))
+			if (demo_pool_send(&pool, (int32_t)i) < 0)
 				return -1;
 			sent[i] = true;
 			inflight++;
 		}
 		while (next < nreqs && sent[next])
 			next++;
-		if (mode == MODE_KVSHM && opt.kills && plan < 2 && r->done >= kill_at[plan]) {
-			atomic_store(&sh->ws[plan % opt.workers].kill_mode, plan == 0 ? KILL_IN_SAVE : KILL_WITH_PINS);
-			plan++;
-		}
-		for (uint32_t i = 0; i < opt.workers; i++) {
-			int want = atomic_load(&sh->ws[i].kill_mode), st = atomic_load(&sh->ws[i].state);
-			if ((want == KILL_IN_SAVE && st == W_SAVE_HELD) ||
-			    (want == KILL_WITH_PINS && st == W_PIN_HELD)) {
-				kill(sh->ws[i].pid, SIGKILL);
-				waitpid(sh->ws[i].pid, NULL, 0);
-				int32_t rq = atomic_load(&sh->ws[i].request);
-				if (want == KILL_IN_SAVE)
-					r->killed_in_save++;
-				else
-					r->killed_with_pins++;
-				if (rq >= 0) {
-					if (write(req_pipe[1], &rq, sizeof(rq)) != sizeof(rq))
-						return -1;
-					r->retried++;
-				}
-				spawn(h, (int)i, mode);
-			}
-		}
-		struct pollfd pfd = {.fd = res_pipe[0], .events = POLLIN};
-		if (poll(&pfd, 1, 5) <= 0)
-			continue;
+		if (demo_pool_kills(&pool, mode == MODE_KVSHM && opt.kills ? &r->kills : NULL, r->done) < 0)
+			return -1;
 		struct result res;
-		if (read(res_pipe[0], &res, sizeof(res)) != sizeof(res))
+		if (!demo_pool_result(&pool, &res, sizeof(res)))
 			continue;
 		done[res.request] = true;
 		inflight--;
 		if (csv_out)
 			fprintf(csv_out, "%s,%d,%d,%u,%u,%u,%d,%.3f,%.3f,%.3f\n", mode_name[mode], res.request,
 				res.worker, reqs[res.request].n, res.restored, res.stored, res.kind, res.ttft_ns / 1e6,
-				res.load_ns / 1e6, (double)(now_ns() - t0) / 1e9);
+				res.load_ns / 1e6, (double)(demo_now_ns() - t0) / 1e9);
 		r->ttft[r->done++] = res.ttft_ns;
 		r->kinds[res.kind >= 0 && res.kind < 4 ? res.kind : 0]++;
 		r->restored += res.restored;
@@ -744,23 +677,10 @@ static int run_pool(kvshm *h, int mode, struct run *r)
 		r->rejected += (uint32_t)res.rejected;
 		if (!opt.quiet && (tty || r->done % (nreqs / 4 ? nreqs / 4 : 1) == 0 || r->done == nreqs))
 			fprintf(stderr, "%s[%s] %u/%u requests  %.1f s%s", tty ? "\r" : "", mode_name[mode], r->done,
-				nreqs, (double)(now_ns() - t0) / 1e9, tty ? "   " : "\n");
+				nreqs, (double)(demo_now_ns() - t0) / 1e9, tty ? "   " : "\n");
 	}
-	r->ns = now_ns() - t0;
-	for (uint32_t i = 0; i < opt.workers; i++) {
-		int32_t stop = -1;
-		(void)!write(req_pipe[1], &stop, sizeof(stop));
-	}
-	int bad = 0;
-	for (uint32_t i = 0; i < opt.workers; i++) {
-		int st;
-		waitpid(sh->ws[i].pid, &st, 0);
-		bad += !WIFEXITED(st) || WEXITSTATUS(st) != 0;
-	}
-	close(req_pipe[0]);
-	close(req_pipe[1]);
-	close(res_pipe[0]);
-	close(res_pipe[1]);
+	r->ns = demo_now_ns() - t0;
+	uint32_t bad = demo_pool_stop(&pool);
 	if (!opt.quiet && tty)
 		fprintf(stderr, "\n");
 	free(done);
@@ -882,32 +802,6 @@ static void usage(FILE *f)
 		   "consistency check passed and nothing leaked after the kills; 1 otherwise.\n");
 }
 
-static pid_t start_reaper(const char *self_dir)
-{
-	char path[PATH_MAX + 16], log[128];
-	snprintf(path, sizeof(path), "%s/kvshm-reaper", self_dir);
-	pid_t pid = fork();
-	if (pid == 0) {
-		snprintf(log, sizeof(log), "/tmp/kvshm-demo-reaper.%s.log", opt.name);
-		int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-		if (fd >= 0)
-			dup2(fd, STDERR_FILENO);
-		execl(path, path, "--poll-ms", "20", opt.name, (char *)NULL);
-		_exit(127);
-	}
-	return pid;
-}
-
-static void settle(kvshm *h, kvshm_stats *st)
-{
-	for (int i = 0; i < 500; i++) {
-		kvshm_stats_get(h, st, sizeof(*st));
-		if (st->procs_live <= 2 && st->entries_reserved == 0 && st->writer_slots_used == 0)
-			return;
-		usleep(10000);
-	}
-}
-
 int main(int argc, char **argv)
 {
 	enum { O_SEED = 256, O_NOKILL, O_SAMPLES, O_CSV };
@@ -930,8 +824,24 @@ int main(int argc, char **argv)
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	int c;
+	const struct tu_u32_opt nums[] = {
+		{'w', "--workers", 1, 64, &opt.workers},
+		{'T', "--threads", 1, 256, &opt.threads},
+		{'c', "--conversations", 1, 10000, &opt.conversations},
+		{'t', "--turns", 1, 8, &opt.turns},
+		{'p', "--prompts", 1, 1000, &opt.prompts},
+		{'b', "--branches", 0, 10000, &opt.branches},
+		{'r', "--regens", 0, 10000, &opt.regens},
+		{O_SAMPLES, "--samples", 0, 1000, &opt.samples},
+		{O_SEED, "--seed", 0, UINT32_MAX, &opt.seed},
+		{0},
+	};
+	int c, num;
 	while ((c = getopt_long(argc, argv, "m:n:w:T:c:t:p:b:r:s:qh", lo, NULL)) != -1) {
+		if ((num = tu_parse_u32_opt(nums, c, optarg)) < 0)
+			return 2;
+		if (num > 0)
+			continue;
 		switch (c) {
 		case 'm':
 			opt.model = optarg;
@@ -939,44 +849,8 @@ int main(int argc, char **argv)
 		case 'n':
 			opt.name = optarg;
 			break;
-		case 'w':
-			if (tu_parse_u32(optarg, "--workers", 1, 64, &opt.workers) < 0)
-				return 2;
-			break;
-		case 'T':
-			if (tu_parse_u32(optarg, "--threads", 1, 256, &opt.threads) < 0)
-				return 2;
-			break;
-		case 'c':
-			if (tu_parse_u32(optarg, "--conversations", 1, 10000, &opt.conversations) < 0)
-				return 2;
-			break;
-		case 't':
-			if (tu_parse_u32(optarg, "--turns", 1, 8, &opt.turns) < 0)
-				return 2;
-			break;
-		case 'p':
-			if (tu_parse_u32(optarg, "--prompts", 1, 1000, &opt.prompts) < 0)
-				return 2;
-			break;
-		case 'b':
-			if (tu_parse_u32(optarg, "--branches", 0, 10000, &opt.branches) < 0)
-				return 2;
-			break;
-		case 'r':
-			if (tu_parse_u32(optarg, "--regens", 0, 10000, &opt.regens) < 0)
-				return 2;
-			break;
 		case 's':
 			if (tu_parse_size(optarg, "--cache-size", &opt.cache_bytes) < 0)
-				return 2;
-			break;
-		case O_SAMPLES:
-			if (tu_parse_u32(optarg, "--samples", 0, 1000, &opt.samples) < 0)
-				return 2;
-			break;
-		case O_SEED:
-			if (tu_parse_u32(optarg, "--seed", 0, UINT32_MAX, &opt.seed) < 0)
 				return 2;
 			break;
 		case O_NOKILL:
@@ -1000,18 +874,13 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	char self[PATH_MAX], self_dir[PATH_MAX];
-	ssize_t sl = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	self[sl > 0 ? sl : 0] = '\0';
-	strlcpy(self_dir, dirname(self), sizeof(self_dir));
-
 	/* The model's identity, once for the pool. */
-	uint64_t t0 = now_ns();
+	uint64_t t0 = demo_now_ns();
 	if (kvshm_llama_fingerprint(opt.model, fingerprint) < 0) {
 		fprintf(stderr, "kvshm-demo: %s\n", kvshm_llama_last_error());
 		return 1;
 	}
-	double fp_ms = (double)(now_ns() - t0) / 1e6;
+	double fp_ms = (double)(demo_now_ns() - t0) / 1e6;
 	if (kvshm_llama_backend_init(GGML_LOG_LEVEL_ERROR) < 0) {
 		fprintf(stderr, "kvshm-demo: %s\n", kvshm_llama_last_error());
 		return 1;
@@ -1062,14 +931,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "kvshm-demo: %s\n", kvshm_last_error());
 		return 1;
 	}
-	pid_t reaper = start_reaper(self_dir);
-	for (int i = 0; i < 500 && kvshm_reaper_pid(h) == 0; i++)
-		usleep(10000);
-	if (!kvshm_reaper_pid(h))
-		fprintf(stderr,
-			"kvshm-demo: kvshm-reaper did not start (see /tmp/kvshm-demo-reaper.%s.log); "
-			"workers will heal the cache themselves\n",
-			opt.name);
+	pid_t reaper = demo_reaper_start(h, opt.name, NULL);
 
 	printf("kvshm demo: llama.cpp %s, %s (%s)\n", llama_version(), opt.model, desc);
 	printf("%u pre-forked workers x %u thread(s); %u conversations x %u turns over %u system prompts, "
@@ -1094,13 +956,8 @@ int main(int argc, char **argv)
 		}
 
 	kvshm_stats st;
-	kvshm_sweep(h);
-	settle(h, &st);
-	int check = kvshm_check(h, 0);
 	char checkmsg[300];
-	strlcpy(checkmsg, check == 0 ? "every invariant holds" : kvshm_last_error(), sizeof(checkmsg));
-	uint64_t leaks =
-		st.entries_reserved + st.writer_slots_used + (st.procs_live > 2 ? st.procs_live - 2 : 0) + (check != 0);
+	uint64_t leaks = demo_leaks(h, &st, checkmsg, sizeof(checkmsg));
 	double max_delta;
 	uint32_t checked, mism;
 	replay(&max_delta, &checked, &mism);
@@ -1135,7 +992,7 @@ int main(int argc, char **argv)
 	printf("%-24s %13.2f ms %13.2f ms %16s\n", "restore (set_data+cut)",
 	       nres0 ? runs[0].load_ns / 1e6 / nres0 : 0.0, nres1 ? runs[1].load_ns / 1e6 / nres1 : 0.0, "-");
 	printf("\nworkers killed (kvshm run)  %u: one while saving, one holding a pin; %u requests retried\n",
-	       runs[0].killed_in_save + runs[0].killed_with_pins, runs[0].retried);
+	       runs[0].kills.in_save + runs[0].kills.with_pins, runs[0].kills.retried);
 	printf("processes reclaimed         %" PRIu64 ": pins %" PRIu64 ", reservations %" PRIu64
 	       ", half-written states %" PRIu64 "\n",
 	       st.counters[KVSHM_C_reclaims], st.counters[KVSHM_C_reclaimed_pins],
@@ -1150,15 +1007,12 @@ int main(int argc, char **argv)
 	       p50[0] > 0 ? p50[2] / p50[0] : 0.0, runs[0].ns ? (double)runs[2].ns / runs[0].ns : 0.0);
 	fflush(stdout);
 
-	if (reaper > 0) {
-		kill(reaper, SIGTERM);
-		waitpid(reaper, NULL, 0);
-	}
+	demo_reaper_stop(reaper);
 	kvshm_close(h);
 	kvshm_destroy(opt.name, NULL, 1);
 	if (csv_out)
 		fclose(csv_out);
-	bool ok = check == 0 && leaks == 0 && mism == 0 && (opt.samples == 0 || checked > 0) &&
-		  (!opt.kills || (runs[0].killed_in_save == 1 && runs[0].killed_with_pins == 1));
+	bool ok = leaks == 0 && mism == 0 && (opt.samples == 0 || checked > 0) &&
+		  (!opt.kills || (runs[0].kills.in_save == 1 && runs[0].kills.with_pins == 1));
 	return ok ? 0 : 1;
 }

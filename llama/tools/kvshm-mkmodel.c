@@ -149,37 +149,19 @@ int main(int argc, char **argv)
 		{"output", required_argument, NULL, 'o'},   {"quiet", no_argument, NULL, 'q'},
 		{"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
 	};
-	int c;
+	const struct tu_u32_opt nums[] = {
+		{'L', "--layers", 1, 256, &opt.layers},     {'E', "--embd", 8, 16384, &opt.embd},
+		{'F', "--ff", 8, 65536, &opt.ff},           {'H', "--heads", 1, 256, &opt.heads},
+		{'K', "--kv-heads", 1, 256, &opt.kv_heads}, {'C', "--ctx", 16, 1u << 20, &opt.ctx},
+		{'s', "--seed", 0, UINT32_MAX, &opt.seed},  {0},
+	};
+	int c, num;
 	while ((c = getopt_long(argc, argv, "L:E:F:H:K:C:s:v:o:qh", lo, NULL)) != -1) {
+		if ((num = tu_parse_u32_opt(nums, c, optarg)) < 0)
+			return 2;
+		if (num > 0)
+			continue;
 		switch (c) {
-		case 'L':
-			if (tu_parse_u32(optarg, "--layers", 1, 256, &opt.layers) < 0)
-				return 2;
-			break;
-		case 'E':
-			if (tu_parse_u32(optarg, "--embd", 8, 16384, &opt.embd) < 0)
-				return 2;
-			break;
-		case 'F':
-			if (tu_parse_u32(optarg, "--ff", 8, 65536, &opt.ff) < 0)
-				return 2;
-			break;
-		case 'H':
-			if (tu_parse_u32(optarg, "--heads", 1, 256, &opt.heads) < 0)
-				return 2;
-			break;
-		case 'K':
-			if (tu_parse_u32(optarg, "--kv-heads", 1, 256, &opt.kv_heads) < 0)
-				return 2;
-			break;
-		case 'C':
-			if (tu_parse_u32(optarg, "--ctx", 16, 1u << 20, &opt.ctx) < 0)
-				return 2;
-			break;
-		case 's':
-			if (tu_parse_u32(optarg, "--seed", 0, UINT32_MAX, &opt.seed) < 0)
-				return 2;
-			break;
 		case 'v':
 			opt.vocab = optarg;
 			break;

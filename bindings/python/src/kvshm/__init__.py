@@ -477,6 +477,22 @@ def validate_config(**options: Any) -> None:
 # Pins and reservations
 # ==========================================================================
 
+def _end_when_collected(obj, end) -> None:
+    """__del__ of a Pin or Reservation: end() its lease (release, cancel);
+    when that fails (its memory still viewed), leave the lease to the
+    cache, which ends it at its next call once free."""
+    lease = getattr(obj, "_lease", None)
+    if lease is None:
+        return
+    try:
+        end()
+    except Exception:
+        try:
+            obj._cache._deferred.append(lease)
+        except Exception:
+            pass
+
+
 def _release_view(obj) -> None:
     """Release obj._mv; BufferError (and a fresh view, so obj.buffer stays
     usable) while the memory is still exported or viewed."""
@@ -602,16 +618,7 @@ class Pin:
         self.release()
 
     def __del__(self):
-        lease = getattr(self, "_lease", None)
-        if lease is None:
-            return
-        try:
-            self.release()
-        except Exception:
-            try:  # still referenced: ended by the cache's next call once free
-                self._cache._deferred.append(lease)
-            except Exception:
-                pass
+        _end_when_collected(self, self.release)
 
     def __repr__(self) -> str:
         state = "released" if self._lease is None else "%d bytes" % self.len
@@ -706,16 +713,7 @@ class Reservation:
                 pass
 
     def __del__(self):
-        lease = getattr(self, "_lease", None)
-        if lease is None:
-            return
-        try:
-            self.cancel()
-        except Exception:
-            try:
-                self._cache._deferred.append(lease)
-            except Exception:
-                pass
+        _end_when_collected(self, self.cancel)
 
     def __repr__(self) -> str:
         return "<kvshm.Reservation %s, %d bytes, tier %s, reason %s>" % (

@@ -159,6 +159,15 @@ static PyObject *raise_rc(int rc)
 	return raise_rc_msg(rc, kvshm_last_error());
 }
 
+/* The end of a call that gives Python nothing back: None, or the
+ * exception for rc when it is negative. */
+static PyObject *none_or_raise(int rc)
+{
+	if (rc < 0)
+		return raise_rc(rc);
+	Py_RETURN_NONE;
+}
+
 /* ---- generic struct <-> dict ------------------------------------------------ */
 
 static PyObject *scalar_get(const struct gen_field *f, const char *p)
@@ -253,6 +262,15 @@ static PyObject *struct_to_dict(const struct gen_field *fields, const void *base
 		Py_DECREF(v);
 	}
 	return d;
+}
+
+/* The end of a call that filled the struct at base: it as a dict, or the
+ * exception for rc when it is negative. */
+static PyObject *dict_or_raise(int rc, const struct gen_field *fields, const void *base)
+{
+	if (rc < 0)
+		return raise_rc(rc);
+	return struct_to_dict(fields, base);
 }
 
 /* An integer that fits the field, or -1 with ValueError naming it. */
@@ -440,6 +458,18 @@ static int dict_to_struct(const struct gen_field *fields, void *base, PyObject *
 
 /* ---- arguments ---------------------------------------------------------------- */
 
+/* Set base's fields from dict (NULL: none) through dict_to_struct. Returns
+ * the list that holds the strings base now points into: release it
+ * (Py_DECREF) once the library call that reads base has returned. NULL,
+ * with the exception set, on failure. */
+static PyObject *struct_from(const struct gen_field *fields, void *base, PyObject *dict, const char *what)
+{
+	PyObject *keep = PyList_New(0);
+	if (keep && dict && dict_to_struct(fields, base, dict, keep, what) < 0)
+		Py_CLEAR(keep);
+	return keep;
+}
+
 static int get_model(PyObject *o, kvshm_model *m)
 {
 	if (!PyBytes_Check(o) || PyBytes_GET_SIZE(o) != (Py_ssize_t)sizeof(*m)) {
@@ -485,24 +515,35 @@ static int get_tokens(PyObject *o, struct toks *t)
 	return 0;
 }
 
+/* A C-contiguous buffer (PyBUF_* flags added) and the tokens: both
+ * acquired, for the caller to release, or neither. */
+static int get_buffer_and_tokens(PyObject *bo, int flags, Py_buffer *b, PyObject *to, struct toks *t)
+{
+	if (PyObject_GetBuffer(bo, b, PyBUF_C_CONTIGUOUS | flags) < 0)
+		return -1;
+	if (get_tokens(to, t) < 0) {
+		PyBuffer_Release(b);
+		return -1;
+	}
+	return 0;
+}
+
+/* An argument into an unsigned integer of size bytes, as a struct field of
+ * that size is set: ValueError naming `what` when it does not fit. */
+static int get_uint(PyObject *o, const char *what, size_t size, void *out)
+{
+	struct gen_field f = {.name = what, .size = size, .kind = GK_UINT};
+	return scalar_set(&f, out, o, NULL);
+}
+
 static int get_u32(PyObject *o, const char *what, uint32_t *out)
 {
-	struct gen_field f = {.name = what, .size = 4, .kind = GK_UINT};
-	unsigned long long u;
-	if (int_in_range(&f, o, &u) < 0)
-		return -1;
-	*out = (uint32_t)u;
-	return 0;
+	return get_uint(o, what, sizeof(*out), out);
 }
 
 static int get_u64(PyObject *o, const char *what, uint64_t *out)
 {
-	struct gen_field f = {.name = what, .size = 8, .kind = GK_UINT};
-	unsigned long long u;
-	if (int_in_range(&f, o, &u) < 0)
-		return -1;
-	*out = (uint64_t)u;
-	return 0;
+	return get_uint(o, what, sizeof(*out), out);
 }
 
 /* ---- Handle ------------------------------------------------------------------- */
@@ -635,9 +676,7 @@ static PyObject *lease_end(LeaseObject *l, PyObject *arg)
 		rc = CALL(kvshm_publish(h, &l->u.res));
 	else
 		rc = CALL(kvshm_cancel(h, &l->u.res));
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(rc);
 }
 
 /* verify(): kvshm_pin_verify. None when the value matches its checksum;
@@ -678,9 +717,7 @@ static PyObject *lease_verify(LeaseObject *l, PyObject *unused)
 	l->busy = false;
 	if (rc == KVSHM_ECORRUPT)
 		l->live = false; /* dropped, and the pin released (zeroed) */
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(rc);
 }
 
 static PyObject *lease_info(LeaseObject *l, PyObject *unused)
@@ -779,12 +816,8 @@ static PyObject *k_open(PyObject *mod, PyObject *args)
 	if (!PyArg_ParseTuple(args, "yOI", &name, &cfgd, &flags))
 		return NULL;
 	kvshm_config_init(&cfg);
-	if (!(keep = PyList_New(0)))
+	if (!(keep = struct_from(F_config, &cfg, cfgd != Py_None ? cfgd : NULL, "kvshm_config")))
 		return NULL;
-	if (cfgd != Py_None && dict_to_struct(F_config, &cfg, cfgd, keep, "kvshm_config") < 0) {
-		Py_DECREF(keep);
-		return NULL;
-	}
 	int rc = CALL(kvshm_open(name, &cfg, flags, &h));
 	Py_DECREF(keep);
 	if (rc < 0)
@@ -817,10 +850,7 @@ static PyObject *handle_close(HandleObject *self, PyObject *unused)
 		reaper_stop_now(self->reapers[self->nreapers - 1]);
 	kvshm *h = self->h;
 	self->h = NULL;
-	int rc = CALL(kvshm_close(h));
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(CALL(kvshm_close(h)));
 }
 
 static PyObject *handle_get_closed(HandleObject *self, void *c)
@@ -837,9 +867,7 @@ static PyObject *handle_get_config(HandleObject *self, PyObject *unused)
 	if (!h)
 		return NULL;
 	int rc = CALL(kvshm_config_get(h, &c));
-	if (rc < 0)
-		return raise_rc(rc);
-	return struct_to_dict(F_config, &c); /* strings copied while mapped */
+	return dict_or_raise(rc, F_config, &c); /* strings copied while mapped */
 }
 
 /* lookup(model, tokens, flags, exact) -> Lease or None */
@@ -965,14 +993,9 @@ static PyObject *handle_copy_into(HandleObject *self, PyObject *args)
 	Py_buffer b;
 	size_t len = 0, ntok = 0;
 	kvshm *h = live(self);
-	if (!h || !PyArg_ParseTuple(args, "OOIO", &mo, &to, &flags, &bo) || get_model(mo, &m) < 0)
+	if (!h || !PyArg_ParseTuple(args, "OOIO", &mo, &to, &flags, &bo) || get_model(mo, &m) < 0 ||
+	    get_buffer_and_tokens(bo, PyBUF_WRITABLE, &b, to, &t) < 0)
 		return NULL;
-	if (PyObject_GetBuffer(bo, &b, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0)
-		return NULL;
-	if (get_tokens(to, &t) < 0) {
-		PyBuffer_Release(&b);
-		return NULL;
-	}
 	int rc = CALL(kvshm_lookup_copy(h, &m, t.p, t.n, flags, b.buf, (size_t)b.len, &len, &ntok));
 	PyBuffer_Release(&t.view);
 	PyBuffer_Release(&b);
@@ -1007,14 +1030,8 @@ static PyObject *handle_put(HandleObject *self, PyObject *args)
 	Py_buffer d;
 	kvshm *h = live(self);
 	if (!h || !PyArg_ParseTuple(args, "OOOiip", &mo, &to, &dobj, &o.tier, &o.reason, &exist_ok) ||
-	    get_model(mo, &m) < 0)
+	    get_model(mo, &m) < 0 || get_buffer_and_tokens(dobj, 0, &d, to, &t) < 0)
 		return NULL;
-	if (PyObject_GetBuffer(dobj, &d, PyBUF_C_CONTIGUOUS) < 0)
-		return NULL;
-	if (get_tokens(to, &t) < 0) {
-		PyBuffer_Release(&d);
-		return NULL;
-	}
 	int rc = CALL(kvshm_put(h, &m, t.p, t.n, d.buf, (size_t)d.len, &o));
 	PyBuffer_Release(&t.view);
 	PyBuffer_Release(&d);
@@ -1126,36 +1143,37 @@ static PyObject *vec_to_list(struct vec *a, const struct gen_field *fields)
 	return out;
 }
 
-/* filter dict (fields of kvshm_filter but the pointer) + fingerprint bytes */
-static int get_filter(PyObject *fd, PyObject *fp, kvshm_filter *f, uint8_t *fpbuf, PyObject *keep)
+/* (filter dict or None, fingerprint bytes or None) -> *f: the dict sets
+ * the fields of kvshm_filter but the pointer, which points to fpbuf. Returns
+ * struct_from's list, or NULL. */
+static PyObject *get_filter(PyObject *args, kvshm_filter *f, uint8_t *fpbuf)
 {
+	PyObject *fd, *fp;
+	if (!PyArg_ParseTuple(args, "OO", &fd, &fp))
+		return NULL;
 	memset(f, 0, sizeof(*f));
-	if (fd != Py_None && dict_to_struct(F_filter, f, fd, keep, "kvshm_filter") < 0)
-		return -1;
-	if (fp != Py_None) {
+	PyObject *keep = struct_from(F_filter, f, fd != Py_None ? fd : NULL, "kvshm_filter");
+	if (keep && fp != Py_None) {
 		if (!PyBytes_Check(fp) || PyBytes_GET_SIZE(fp) != 32) {
 			PyErr_SetString(PyExc_ValueError, "fingerprint must be 32 bytes");
-			return -1;
+			Py_CLEAR(keep);
+		} else {
+			memcpy(fpbuf, PyBytes_AS_STRING(fp), 32);
+			f->fingerprint = fpbuf;
 		}
-		memcpy(fpbuf, PyBytes_AS_STRING(fp), 32);
-		f->fingerprint = fpbuf;
 	}
-	return 0;
+	return keep;
 }
 
 static PyObject *handle_list(HandleObject *self, PyObject *args)
 {
-	PyObject *fd, *fp, *keep;
 	kvshm_filter f;
 	uint8_t fpbuf[32];
 	struct vec a = {.size = sizeof(kvshm_entry_info)};
 	kvshm *h = live(self);
-	if (!h || !PyArg_ParseTuple(args, "OO", &fd, &fp) || !(keep = PyList_New(0)))
+	PyObject *keep = h ? get_filter(args, &f, fpbuf) : NULL;
+	if (!keep)
 		return NULL;
-	if (get_filter(fd, fp, &f, fpbuf, keep) < 0) {
-		Py_DECREF(keep);
-		return NULL;
-	}
 	int rc = CALL(kvshm_list(h, &f, collect_entry, &a));
 	Py_DECREF(keep);
 	if (rc < 0) {
@@ -1167,17 +1185,13 @@ static PyObject *handle_list(HandleObject *self, PyObject *args)
 
 static PyObject *handle_delete(HandleObject *self, PyObject *args)
 {
-	PyObject *fd, *fp, *keep;
 	kvshm_filter f;
 	uint8_t fpbuf[32];
 	uint64_t count = 0;
 	kvshm *h = live(self);
-	if (!h || !PyArg_ParseTuple(args, "OO", &fd, &fp) || !(keep = PyList_New(0)))
+	PyObject *keep = h ? get_filter(args, &f, fpbuf) : NULL;
+	if (!keep)
 		return NULL;
-	if (get_filter(fd, fp, &f, fpbuf, keep) < 0) {
-		Py_DECREF(keep);
-		return NULL;
-	}
 	int rc = CALL(kvshm_delete(h, &f, &count));
 	Py_DECREF(keep);
 	if (rc < 0)
@@ -1233,9 +1247,7 @@ static PyObject *handle_stats(HandleObject *self, PyObject *unused)
 	if (!h)
 		return NULL;
 	int rc = CALL(kvshm_stats_get(h, &st, sizeof(st)));
-	if (rc < 0)
-		return raise_rc(rc);
-	return struct_to_dict(F_stats, &st);
+	return dict_or_raise(rc, F_stats, &st);
 }
 
 static PyObject *handle_check(HandleObject *self, PyObject *arg)
@@ -1244,10 +1256,7 @@ static PyObject *handle_check(HandleObject *self, PyObject *arg)
 	kvshm *h = live(self);
 	if (!h || get_u32(arg, "flags", &flags) < 0)
 		return NULL;
-	int rc = CALL(kvshm_check(h, flags));
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(CALL(kvshm_check(h, flags)));
 }
 
 static PyObject *handle_writer_acquire(HandleObject *self, PyObject *arg)
@@ -1256,10 +1265,7 @@ static PyObject *handle_writer_acquire(HandleObject *self, PyObject *arg)
 	kvshm *h = live(self);
 	if (!h || get_u32(arg, "timeout_ms", &ms) < 0)
 		return NULL;
-	int rc = CALL(kvshm_writer_acquire(h, ms));
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(CALL(kvshm_writer_acquire(h, ms)));
 }
 
 static PyObject *handle_writer_release(HandleObject *self, PyObject *unused)
@@ -1268,10 +1274,7 @@ static PyObject *handle_writer_release(HandleObject *self, PyObject *unused)
 	(void)unused;
 	if (!h)
 		return NULL;
-	int rc = CALL(kvshm_writer_release(h));
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(CALL(kvshm_writer_release(h)));
 }
 
 static PyObject *handle_writer_count(HandleObject *self, PyObject *unused)
@@ -1293,10 +1296,7 @@ static PyObject *handle_writer_set_max(HandleObject *self, PyObject *arg)
 	kvshm *h = live(self);
 	if (!h || get_u32(arg, "max", &n) < 0)
 		return NULL;
-	int rc = CALL(kvshm_writer_set_max(h, n));
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(CALL(kvshm_writer_set_max(h, n)));
 }
 
 static PyObject *handle_sweep(HandleObject *self, PyObject *unused)
@@ -1359,9 +1359,7 @@ static PyObject *handle_reconcile(HandleObject *self, PyObject *arg)
 		return NULL;
 	memset(&rep, 0, sizeof(rep));
 	int rc = CALL(kvshm_reconcile(h, tier, &rep));
-	if (rc < 0)
-		return raise_rc(rc);
-	return struct_to_dict(F_reconcile, &rep);
+	return dict_or_raise(rc, F_reconcile, &rep);
 }
 
 /* promote(config dict, max_moves) -> moved (the built-in scorer) */
@@ -1372,14 +1370,11 @@ static PyObject *handle_promote(HandleObject *self, PyObject *args)
 	uint64_t maxm;
 	size_t moved = 0;
 	kvshm *h = live(self);
-	if (!h || !PyArg_ParseTuple(args, "OO", &cd, &mo) || get_u64(mo, "max_moves", &maxm) < 0 ||
-	    !(keep = PyList_New(0)))
+	if (!h || !PyArg_ParseTuple(args, "OO", &cd, &mo) || get_u64(mo, "max_moves", &maxm) < 0)
 		return NULL;
 	kvshm_promote_config_init(&c);
-	if (cd != Py_None && dict_to_struct(F_promote_config, &c, cd, keep, "kvshm_promote_config") < 0) {
-		Py_DECREF(keep);
+	if (!(keep = struct_from(F_promote_config, &c, cd != Py_None ? cd : NULL, "kvshm_promote_config")))
 		return NULL;
-	}
 	int rc = CALL(kvshm_promote(h, &c, (size_t)maxm, &moved));
 	Py_DECREF(keep);
 	if (rc < 0)
@@ -1395,33 +1390,25 @@ static PyObject *handle_sched_get(HandleObject *self, PyObject *unused)
 	if (!h)
 		return NULL;
 	int rc = CALL(kvshm_sched_get(h, &st));
-	if (rc < 0)
-		return raise_rc(rc);
-	return struct_to_dict(F_sched_status, &st);
+	return dict_or_raise(rc, F_sched_status, &st);
 }
 
 /* sched_set(changes dict): the current configuration with changes applied */
 static PyObject *handle_sched_set(HandleObject *self, PyObject *arg)
 {
 	kvshm_sched_status st;
-	PyObject *keep;
 	kvshm *h = live(self);
-	if (!h || !(keep = PyList_New(0)))
+	if (!h)
 		return NULL;
 	int rc = CALL(kvshm_sched_get(h, &st));
-	if (rc < 0) {
-		Py_DECREF(keep);
-		return raise_rc(rc);
-	}
-	if (dict_to_struct(F_sched_config, &st.config, arg, keep, "kvshm_sched_config") < 0) {
-		Py_DECREF(keep);
-		return NULL;
-	}
-	rc = CALL(kvshm_sched_set(h, &st.config));
-	Py_DECREF(keep);
 	if (rc < 0)
 		return raise_rc(rc);
-	Py_RETURN_NONE;
+	PyObject *keep = struct_from(F_sched_config, &st.config, arg, "kvshm_sched_config");
+	if (!keep)
+		return NULL;
+	rc = CALL(kvshm_sched_set(h, &st.config));
+	Py_DECREF(keep);
+	return none_or_raise(rc);
 }
 
 static PyObject *handle_sched_force(HandleObject *self, PyObject *unused)
@@ -1430,10 +1417,7 @@ static PyObject *handle_sched_force(HandleObject *self, PyObject *unused)
 	(void)unused;
 	if (!h)
 		return NULL;
-	int rc = CALL(kvshm_sched_force(h));
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(CALL(kvshm_sched_force(h)));
 }
 
 static PyObject *handle_sched_check(HandleObject *self, PyObject *arg)
@@ -1444,9 +1428,7 @@ static PyObject *handle_sched_check(HandleObject *self, PyObject *arg)
 	if (!h || force < 0)
 		return NULL;
 	int rc = CALL(kvshm_sched_check(h, force, &st));
-	if (rc < 0)
-		return raise_rc(rc);
-	return struct_to_dict(F_sched_status, &st);
+	return dict_or_raise(rc, F_sched_status, &st);
 }
 
 /* ---- Reaper ----------------------------------------------------------------------------- */
@@ -1473,13 +1455,10 @@ static void log_trampoline(int level, const char *msg, void *ctx)
 
 static int reaper_opts(ReaperObject *r, PyObject *od, PyObject *log)
 {
-	PyObject *keep = PyList_New(0);
+	PyObject *keep = struct_from(F_reaper_opts, &r->o, od != Py_None ? od : NULL, "kvshm_reaper_opts");
 	if (!keep)
 		return -1;
-	int err = od != Py_None ? dict_to_struct(F_reaper_opts, &r->o, od, keep, "kvshm_reaper_opts") : 0;
 	Py_DECREF(keep); /* the options hold no strings */
-	if (err < 0)
-		return -1;
 	if (log != Py_None && !PyCallable_Check(log)) {
 		PyErr_SetString(PyExc_TypeError, "log must be callable(level, message)");
 		return -1;
@@ -1559,10 +1538,7 @@ static PyObject *reaper_poll(ReaperObject *r, PyObject *arg)
 	kvshm_reaper *kr = reaper_live(r);
 	if (!kr || get_u32(arg, "timeout_ms", &ms) < 0)
 		return NULL;
-	int rc = CALL(kvshm_reaper_poll(kr, ms));
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(CALL(kvshm_reaper_poll(kr, ms)));
 }
 
 static PyObject *reaper_stats(ReaperObject *r, PyObject *unused)
@@ -1698,10 +1674,7 @@ static PyObject *k_destroy(PyObject *mod, PyObject *args)
 	(void)mod;
 	if (!PyArg_ParseTuple(args, "yO&p", &name, opt_bytes, &dir, &force))
 		return NULL;
-	int rc = CALL(kvshm_destroy(name, dir, force));
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(CALL(kvshm_destroy(name, dir, force)));
 }
 
 static PyObject *k_strerror(PyObject *mod, PyObject *arg)
@@ -1736,50 +1709,44 @@ static PyObject *k_set_error_factory(PyObject *mod, PyObject *arg)
 	Py_RETURN_NONE;
 }
 
-static PyObject *k_config_default(PyObject *mod, PyObject *unused)
-{
-	kvshm_config c;
-	(void)mod, (void)unused;
-	kvshm_config_init(&c);
-	return struct_to_dict(F_config, &c);
-}
+/* X_default(): kvshm_X_init's values as a dict, for each struct with an
+ * initialiser. */
+#define K_DEFAULT(X, F)                                                   \
+	static PyObject *k_##X##_default(PyObject *mod, PyObject *unused) \
+	{                                                                 \
+		kvshm_##X v;                                              \
+		(void)mod, (void)unused;                                  \
+		kvshm_##X##_init(&v);                                     \
+		return struct_to_dict(F, &v);                             \
+	}
+K_DEFAULT(config, F_config)
+K_DEFAULT(policy, F_policy)
+K_DEFAULT(sched_config, F_sched_config)
+K_DEFAULT(promote_config, F_promote_config)
+K_DEFAULT(reaper_opts, F_reaper_opts)
+#undef K_DEFAULT
 
 static PyObject *k_config_validate(PyObject *mod, PyObject *arg)
 {
 	kvshm_config c;
-	PyObject *keep = PyList_New(0);
 	(void)mod;
+	kvshm_config_init(&c);
+	PyObject *keep = struct_from(F_config, &c, arg, "kvshm_config");
 	if (!keep)
 		return NULL;
-	kvshm_config_init(&c);
-	if (dict_to_struct(F_config, &c, arg, keep, "kvshm_config") < 0) {
-		Py_DECREF(keep);
-		return NULL;
-	}
 	int rc = kvshm_config_validate(&c);
 	Py_DECREF(keep);
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
-}
-
-static PyObject *k_policy_default(PyObject *mod, PyObject *unused)
-{
-	kvshm_policy p;
-	(void)mod, (void)unused;
-	kvshm_policy_init(&p);
-	return struct_to_dict(F_policy, &p);
+	return none_or_raise(rc);
 }
 
 static int get_policy(PyObject *d, kvshm_policy *p)
 {
-	PyObject *keep = PyList_New(0);
+	kvshm_policy_init(p);
+	PyObject *keep = struct_from(F_policy, p, d, "kvshm_policy");
 	if (!keep)
 		return -1;
-	kvshm_policy_init(p);
-	int err = dict_to_struct(F_policy, p, d, keep, "kvshm_policy");
-	Py_DECREF(keep);
-	return err;
+	Py_DECREF(keep); /* a policy holds no strings */
+	return 0;
 }
 
 static PyObject *k_policy_validate(PyObject *mod, PyObject *arg)
@@ -1788,19 +1755,24 @@ static PyObject *k_policy_validate(PyObject *mod, PyObject *arg)
 	(void)mod;
 	if (get_policy(arg, &p) < 0)
 		return NULL;
-	int rc = kvshm_policy_validate(&p);
-	if (rc < 0)
-		return raise_rc(rc);
-	Py_RETURN_NONE;
+	return none_or_raise(kvshm_policy_validate(&p));
+}
+
+/* (policy dict, a token count named what) */
+static int policy_and_count(PyObject *args, kvshm_policy *p, const char *what, uint64_t *n)
+{
+	PyObject *d, *no;
+	if (!PyArg_ParseTuple(args, "OO", &d, &no) || get_policy(d, p) < 0 || get_u64(no, what, n) < 0)
+		return -1;
+	return 0;
 }
 
 static PyObject *k_policy_cold(PyObject *mod, PyObject *args)
 {
-	PyObject *d, *no;
 	kvshm_policy p;
 	uint64_t n;
 	(void)mod;
-	if (!PyArg_ParseTuple(args, "OO", &d, &no) || get_policy(d, &p) < 0 || get_u64(no, "n", &n) < 0)
+	if (policy_and_count(args, &p, "n", &n) < 0)
 		return NULL;
 	return PyLong_FromSize_t(kvshm_policy_cold(&p, (size_t)n));
 }
@@ -1819,11 +1791,10 @@ static PyObject *k_policy_continued(PyObject *mod, PyObject *args)
 
 static PyObject *k_policy_finish(PyObject *mod, PyObject *args)
 {
-	PyObject *d, *lo;
 	kvshm_policy p;
 	uint64_t l;
 	(void)mod;
-	if (!PyArg_ParseTuple(args, "OO", &d, &lo) || get_policy(d, &p) < 0 || get_u64(lo, "live_tokens", &l) < 0)
+	if (policy_and_count(args, &p, "live_tokens", &l) < 0)
 		return NULL;
 	return PyBool_FromLong(kvshm_policy_finish(&p, (size_t)l));
 }
@@ -1838,30 +1809,6 @@ static PyObject *k_policy_trim(PyObject *mod, PyObject *args)
 	    get_u32(to, "trim", &trim) < 0 || get_u32(ao, "align", &align) < 0)
 		return NULL;
 	return PyLong_FromSize_t(kvshm_policy_trim((size_t)n, trim, align));
-}
-
-static PyObject *k_sched_config_default(PyObject *mod, PyObject *unused)
-{
-	kvshm_sched_config c;
-	(void)mod, (void)unused;
-	kvshm_sched_config_init(&c);
-	return struct_to_dict(F_sched_config, &c);
-}
-
-static PyObject *k_promote_config_default(PyObject *mod, PyObject *unused)
-{
-	kvshm_promote_config c;
-	(void)mod, (void)unused;
-	kvshm_promote_config_init(&c);
-	return struct_to_dict(F_promote_config, &c);
-}
-
-static PyObject *k_reaper_opts_default(PyObject *mod, PyObject *unused)
-{
-	kvshm_reaper_opts o;
-	(void)mod, (void)unused;
-	kvshm_reaper_opts_init(&o);
-	return struct_to_dict(F_reaper_opts, &o);
 }
 
 static PyObject *k_pressure_sample(PyObject *mod, PyObject *args)
