@@ -6,7 +6,7 @@
  * Not for: anything about the segment. This layer knows no entry states,
  * pins, tiers or processes; it takes bytes, tokens and 16-byte boundary
  * hashes from its caller (the remote tier in core/) and hands bytes back.
- * It uses only shm/common.h (errors, clock) and core's CRC32C.
+ * It uses only shm/ (errors, clock: shm/common.h; CRC32C: shm/crc32c.h).
  *
  *   caller (core/ remote tier)
  *     │  kvshm__rm_ns_open / push / lookup / pull / delete     remote/entry.c

@@ -12,9 +12,8 @@
 
 #include "remote/remote.h"
 #include "shm/common.h"
+#include "shm/crc32c.h"
 
-/* core/crc32c.c (a leaf of core/: no cache meaning). */
-uint32_t kvshm__crc32c(uint32_t crc, const void *buf, size_t len);
 
 #define RM_SLOTS 16384
 #define RM_MAX_NODES 256     /* seeds plus the nodes slot maps name: far more than a pool has */

@@ -23,9 +23,8 @@
 #include "harness.h"
 #include "fixture/redis.h"
 #include "remote/remote.h"
+#include "shm/crc32c.h"
 
-/* core/crc32c.c */
-uint32_t kvshm__crc32c(uint32_t crc, const void *buf, size_t len);
 
 #define SLACK_MS 500  /* scheduling on a shared 2-core machine, sanitizers */
 #define LONG_MS 10000 /* a deadline that is not under test */
