@@ -151,6 +151,14 @@ int kvshm__rm_ns_use(struct kvshm__rm *rm, const char *ns, const struct kvshm__r
 	return 0;
 }
 
+int kvshm__rm_ns_get(struct kvshm__rm *rm, struct kvshm__rm_ns *out)
+{
+	int rc = need_ns(rm);
+	if (!rc)
+		*out = rm->nsp;
+	return rc;
+}
+
 int kvshm__rm_ns_check(struct kvshm__rm *rm, unsigned timeout_ms)
 {
 	char cur[128];

@@ -263,6 +263,8 @@ int kvshm__rm_ns_open(struct kvshm__rm *rm, const char *ns, const struct kvshm__
  * client of the same host: kvshm__rm_ns_open's *got), with no round trip.
  * -EINVAL when the name or the parameters are not valid. */
 int kvshm__rm_ns_use(struct kvshm__rm *rm, const char *ns, const struct kvshm__rm_ns *p);
+/* The parameters in use: 0, or -EINVAL when no namespace is set. */
+int kvshm__rm_ns_get(struct kvshm__rm *rm, struct kvshm__rm_ns *out);
 /* Re-assert the parameters (they may have been evicted): 0 when still in
  * force, -ESTALE when another host's now are (call kvshm__rm_ns_open again:
  * keys computed with the old seed are no longer shared). */
