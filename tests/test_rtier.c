@@ -319,6 +319,469 @@ static void test_single_flight(void **st)
 	th_finish(b, nb);
 }
 
+/* ---- the reaper pushes ------------------------------------------------------------------ */
+
+static pid_t spawn_reaper(kvshm *h, const char *name, const char *log)
+{
+	char path[512];
+	th_tool_path(path, sizeof(path), "kvshm-reaper");
+	const char *argv[] = {path, "-v", "--poll-ms", "20", name, NULL};
+	pid_t pid = th_spawn(argv, log, log, NULL, NULL);
+	th_wait_reaper(h, pid, log, 10000);
+	return pid;
+}
+
+static kvshm_remote_status rstatus(kvshm *h)
+{
+	kvshm_remote_status rs;
+	TH_OK(kvshm_remote_status_get(h, &rs));
+	return rs;
+}
+
+/* Wait (ms at most) until counter c of h reaches want: its value. */
+static uint64_t await_counter(kvshm *h, int c, uint64_t want, int ms)
+{
+	uint64_t deadline = th_now_ms() + (uint64_t)ms, v;
+	while ((v = th_counter(h, c)) < want && th_now_ms() < deadline)
+		th_sleep_ms(10);
+	return v;
+}
+
+/* kvshm-reaper pushes in the background with its threads, at the byte
+ * rate cap; killed in the middle, a new one resumes from the marks the
+ * segment keeps: every entry arrives, none twice more than the threads
+ * that were in flight. Host B then hits all of them. */
+static void test_reaper_pushes(void **st)
+{
+	(void)st;
+	skip_without_redis();
+	char url[200], ns[80], na[64], nb[64], log[400];
+	rf_url(&plain, url, sizeof(url), NULL);
+	unique_ns(ns, sizeof(ns), "rp");
+	kvshm_config c;
+	th_cfg_small(&c, 0);
+	c.segment_bytes = 64 * TH_MIB;
+	c.remote_push_concurrency = 2;
+	c.remote_push_bytes_per_s = 4 * TH_MIB; /* 24 MiB: about 6 s of pushing */
+	c.remote_push_reasons = (1u << KVSHM_REASON_COLD) | (1u << KVSHM_REASON_FINISH);
+	c.remote_push_min_bytes = 1000;
+	kvshm *a = host(na, sizeof(na), "rpa", url, ns, &c);
+	kvshm *b = host(nb, sizeof(nb), "rpb", url, ns, NULL);
+	kvshm_model m = th_model_of(7);
+	uint32_t t[64];
+	enum { N = 24 };
+	for (unsigned i = 0; i < N; i++) {
+		th_toks_of(t, 64, 100 + i);
+		TH_OK(th_put_val(a, &m, t, 64, TH_MIB, 700 + i, i % 3 ? KVSHM_TIER_RAM : KVSHM_TIER_RAM_FILE,
+				 i % 2 ? KVSHM_REASON_COLD : KVSHM_REASON_FINISH));
+	}
+	/* Not pushed: a reason left out, and a value under the minimum. */
+	th_toks_of(t, 64, 99);
+	TH_OK(th_put_val(a, &m, t, 64, 5000, 1, KVSHM_TIER_RAM, KVSHM_REASON_EVICT));
+	TH_OK(th_put_val(a, &m, t, 32, 500, 2, KVSHM_TIER_RAM, KVSHM_REASON_COLD));
+
+	snprintf(log, sizeof(log), "%s/rp-reaper.log", tmp);
+	pid_t r = spawn_reaper(a, na, log);
+	uint64_t got = await_counter(a, KVSHM_C_remote_pushes, 6, 20000);
+	assert_true(got >= 6);
+	kvshm_remote_status rs = rstatus(a);
+	assert_int_equal(rs.pusher_pid, (uint32_t)r);
+	assert_int_equal(rs.push_threads, 2);
+	assert_true(rs.ns_joined);
+	assert_true(rs.last_push_ns > 0);
+	/* Killed mid-run: the segment keeps what was pushed. */
+	kill(r, SIGKILL);
+	th_reap_within(r, 5000);
+	uint64_t before = th_counter(a, KVSHM_C_remote_pushes);
+	assert_true(before < N);
+	assert_int_equal(rstatus(a).pusher_pid, 0);
+	print_message("reaper killed after %llu of %d pushes\n", (unsigned long long)before, N);
+	r = spawn_reaper(a, na, log);
+	uint64_t end = await_counter(a, KVSHM_C_remote_pushes, N, 30000);
+	assert_true(end >= N && end <= N + 2); /* at most the two in flight at the kill, again */
+	th_sleep_ms(600); /* a pass or two more: nothing else to push */
+	rs = rstatus(a);
+	assert_int_equal(rs.backlog, 0);
+	assert_int_equal(th_counter(a, KVSHM_C_remote_pushes), end);
+	th_stop_reaper(a, r, log, 10000);
+	char *text = th_slurp(log);
+	assert_non_null(text);
+	assert_non_null(strstr(text, "joined"));
+	assert_non_null(strstr(text, "pushing with 2 threads"));
+	free(text);
+	/* B has every pushed entry, verified; not the ones left out. */
+	for (unsigned i = 0; i < N; i++) {
+		th_toks_of(t, 64, 100 + i);
+		th_expect_get(b, &m, t, 64, TH_MIB, 700 + i, KVSHM_TIER_RAM);
+	}
+	th_toks_of(t, 64, 99);
+	th_expect_missing(b, &m, t, 64);
+	th_expect_missing(b, &m, t, 32);
+	assert_int_equal(th_counter(b, KVSHM_C_remote_hits), N);
+	th_finish(a, na);
+	th_finish(b, nb);
+}
+
+struct holder {
+	const char *name;
+	int fd;
+};
+
+static int holder_main(void *arg)
+{
+	struct holder *ho = arg;
+	kvshm *h;
+	if (kvshm_open(ho->name, NULL, 0, &h))
+		return 10;
+	th_write_byte(ho->fd, 'u');
+	for (;;)
+		pause();
+	return 0;
+}
+
+static int slots_cb(const kvshm_proc_info *p, void *ctx)
+{
+	if (p->pid == *(uint32_t *)ctx)
+		*(uint32_t *)ctx = 0;
+	return 0;
+}
+
+/* A push stalled on the network (Redis paused for writes) holds no lock:
+ * the reaper reclaims a dead worker meanwhile in milliseconds. */
+static void test_push_never_delays_reclaim(void **st)
+{
+	(void)st;
+	skip_without_redis();
+	char url[200], ns[80], na[64], log[400];
+	rf_url(&plain, url, sizeof(url), NULL);
+	unique_ns(ns, sizeof(ns), "rr");
+	kvshm *a = host(na, sizeof(na), "rra", url, ns, NULL);
+	snprintf(log, sizeof(log), "%s/rr-reaper.log", tmp);
+	pid_t r = spawn_reaper(a, na, log);
+	kvshm_model m = th_model_of(8);
+	uint32_t t[64];
+	th_toks_of(t, 64, 8);
+	assert_int_equal(rf_ok(&plain, "CLIENT PAUSE 1500 WRITE"), 0);
+	TH_OK(th_put_val(a, &m, t, 64, 32 * TH_MIB, 8, KVSHM_TIER_RAM, KVSHM_REASON_COLD));
+	th_sleep_ms(400); /* the push thread has found it and waits on Redis */
+	int fds[2];
+	assert_int_equal(pipe(fds), 0);
+	struct holder ho = {na, fds[1]};
+	pid_t w = th_fork(holder_main, &ho);
+	th_expect_byte(fds[0], 'u', 5000, w, "holder");
+	uint64_t t0 = th_now_ms();
+	kill(w, SIGKILL);
+	th_reap_within(w, 5000);
+	uint32_t left = (uint32_t)w;
+	while (left && th_now_ms() - t0 < 5000) {
+		left = (uint32_t)w;
+		TH_OK(kvshm_procs(a, slots_cb, &left));
+		if (left)
+			th_sleep_ms(1);
+	}
+	uint64_t dt = th_now_ms() - t0;
+	print_message("reclaim during a stalled 32 MiB push: %llu ms\n", (unsigned long long)dt);
+	assert_int_equal(left, 0);
+	assert_true(dt < 200);
+	close(fds[0]);
+	close(fds[1]);
+	/* The push went through after the pause (maybe on a second pass). */
+	assert_true(await_counter(a, KVSHM_C_remote_pushes, 1, 20000) >= 1);
+	th_stop_reaper(a, r, log, 10000);
+	th_finish(a, na);
+}
+
+/* ---- Redis away, paused, slow ------------------------------------------------------------- */
+
+static int stop_local(void **st)
+{
+	(void)st;
+	if (local.pid)
+		kill(local.pid, SIGCONT);
+	rf_stop(&local);
+	th_cleanup(NULL, false);
+	return 0;
+}
+
+/* n lookups of a key B does not hold: the slowest's ms. */
+static uint64_t slowest_lookups(kvshm *b, const kvshm_model *m, const uint32_t *t, size_t n, int count)
+{
+	uint64_t worst = 0;
+	for (int i = 0; i < count; i++) {
+		kvshm_pin p;
+		uint64_t t0 = th_now_ms();
+		int r = kvshm_lookup(b, m, t, n, 0, &p);
+		uint64_t dt = th_now_ms() - t0;
+		if (r == 0)
+			kvshm_unpin(b, &p);
+		else
+			assert_int_equal(r, KVSHM_ENOTFOUND); /* never an error to handle */
+		worst = KVSHM_MAX(worst, dt);
+	}
+	return worst;
+}
+
+static int debug_sleep(void *arg)
+{
+	(void)arg;
+	redisReply *r = rf_cmd(&local, "DEBUG SLEEP 2");
+	if (r)
+		freeReplyObject(r);
+	return 0;
+}
+
+/* Redis stopped, paused or slowed while host B looks keys up: every lookup
+ * answers within the deadline (a miss, never an error), the host's breaker
+ * opens (later lookups are refused at once) and closes once Redis is back,
+ * and the counters say so. */
+static void outage(const char *how)
+{
+	char url[200], ns[80], na[64], nb[64];
+	assert_int_equal(rf_start(&local, NULL, NULL), 0);
+	rf_url(&local, url, sizeof(url), NULL);
+	unique_ns(ns, sizeof(ns), how);
+	kvshm_config c;
+	th_cfg_small(&c, 0);
+	c.segment_bytes = 32 * TH_MIB;
+	c.remote_lookup_ms = 40;
+	c.remote_breaker_failures = 3;
+	c.remote_breaker_open_ms = 300;
+	c.remote_breaker_max_ms = 600;
+	kvshm *a = host(na, sizeof(na), "oa", url, ns, &c);
+	kvshm *b = host(nb, sizeof(nb), "ob", url, ns, &c);
+	kvshm_model m = th_model_of(9);
+	uint32_t t[64], u[64];
+	th_toks_of(t, 64, 9);
+	th_toks_of(u, 64, 10);
+	TH_OK(th_put_val(a, &m, u, 32, 1000, 10, KVSHM_TIER_RAM, KVSHM_REASON_COLD));
+	TH_OK(kvshm_push(a, 0, NULL));
+	th_expect_missing(b, &m, t, 64); /* B has joined: a miss, from nowhere */
+
+	pid_t sleeper = 0;
+	if (!strcmp(how, "stopped"))
+		rf_kill(&local);
+	else if (!strcmp(how, "paused"))
+		assert_int_equal(rf_ok(&local, "CLIENT PAUSE 1500"), 0);
+	else {
+		sleeper = th_fork(debug_sleep, NULL);
+		th_sleep_ms(100); /* it is asleep */
+	}
+	uint64_t worst = slowest_lookups(b, &m, t, 64, 12);
+	kvshm_stats sb = th_stats_of(b);
+	print_message("%s: slowest lookup %llu ms; %llu remote errors (%llu timeouts), %llu trips, %llu refused\n", how,
+		      (unsigned long long)worst, (unsigned long long)sb.counters[KVSHM_C_remote_errors],
+		      (unsigned long long)sb.counters[KVSHM_C_remote_timeouts],
+		      (unsigned long long)sb.counters[KVSHM_C_remote_trips],
+		      (unsigned long long)sb.counters[KVSHM_C_remote_rejected]);
+	assert_true(worst < c.remote_lookup_ms + SLACK_MS);
+	assert_true(sb.counters[KVSHM_C_remote_errors] >= 3);
+	assert_true(sb.counters[KVSHM_C_remote_trips] >= 1);
+	assert_true(sb.counters[KVSHM_C_remote_rejected] >= 1);
+	if (strcmp(how, "stopped"))
+		assert_true(sb.counters[KVSHM_C_remote_timeouts] >= 1);
+	assert_int_equal(rstatus(b).breaker, 1);
+
+	/* Back: a new entry of A's is a hit on B once a probe closes the
+	 * breaker (within its longest open period). */
+	if (!strcmp(how, "stopped"))
+		assert_int_equal(rf_restart(&local), 0);
+	else if (sleeper)
+		th_reap_within(sleeper, 5000);
+	else
+		th_sleep_ms(1500);
+	TH_OK(th_put_val(a, &m, t, 64, 100000, 9, KVSHM_TIER_RAM, KVSHM_REASON_COLD));
+	uint64_t t0 = th_now_ms();
+	kvshm_push_report rep = {0};
+	while (kvshm_push(a, 0, &rep) < 0 && th_now_ms() - t0 < 3000)
+		th_sleep_ms(50);
+	assert_int_equal(rep.pushed, 1);
+	kvshm_pin p;
+	int r;
+	t0 = th_now_ms();
+	while ((r = kvshm_lookup(b, &m, t, 64, 0, &p)) == KVSHM_ENOTFOUND && th_now_ms() - t0 < 3000)
+		th_sleep_ms(20);
+	TH_OK(r);
+	assert_true(th_val_ok(p.data, p.len, 9));
+	TH_OK(kvshm_unpin(b, &p));
+	assert_int_equal(rstatus(b).breaker, 0);
+	assert_int_equal(th_counter(b, KVSHM_C_remote_hits), 1);
+	th_finish(a, na);
+	th_finish(b, nb);
+	rf_stop(&local);
+}
+
+static void test_redis_stopped(void **st)
+{
+	(void)st;
+	skip_without_redis();
+	outage("stopped");
+}
+
+static void test_redis_paused(void **st)
+{
+	(void)st;
+	skip_without_redis();
+	outage("paused");
+}
+
+static void test_redis_slow(void **st)
+{
+	(void)st;
+	skip_without_redis();
+	outage("slow");
+}
+
+/* ---- Redis evicting behind kvshm's back ---------------------------------------------------- */
+
+/* maxmemory far below what is pushed, allkeys-lru: records and chunks go
+ * in any order; B reads everything: verified hits or misses, never a byte
+ * of a partial entry. */
+static void test_eviction(void **st)
+{
+	(void)st;
+	skip_without_redis();
+	char url[200], ns[80], na[64], nb[64];
+	const char *extra[] = {"--maxmemory", "6mb", "--maxmemory-policy", "allkeys-lru", NULL};
+	assert_int_equal(rf_start(&local, extra, NULL), 0);
+	rf_url(&local, url, sizeof(url), NULL);
+	unique_ns(ns, sizeof(ns), "ev");
+	kvshm_config c;
+	th_cfg_small(&c, 0);
+	c.segment_bytes = 64 * TH_MIB;
+	c.remote_chunk_bytes = 64 * 1024;
+	kvshm *a = host(na, sizeof(na), "eva", url, ns, &c);
+	kvshm *b = host(nb, sizeof(nb), "evb", url, ns, &c);
+	kvshm_model m = th_model_of(11);
+	uint32_t t[64];
+	enum { N = 40 };
+	for (unsigned i = 0; i < N; i++) {
+		th_toks_of(t, 64, 200 + i);
+		TH_OK(th_put_val(a, &m, t, 64, 400000, 900 + i, KVSHM_TIER_RAM, KVSHM_REASON_COLD));
+	}
+	kvshm_push_report rep;
+	int r = kvshm_push(a, 0, &rep); /* Redis may refuse some (OOM) while it evicts */
+	print_message("eviction: pushed %llu of %d (%s)\n", (unsigned long long)rep.pushed, N,
+		      r ? kvshm_last_error() : "ok");
+	unsigned hits = 0, misses = 0;
+	for (unsigned i = 0; i < N; i++) {
+		kvshm_pin p;
+		th_toks_of(t, 64, 200 + i);
+		r = kvshm_lookup(b, &m, t, 64, 0, &p);
+		if (r == KVSHM_ENOTFOUND) {
+			misses++;
+			continue;
+		}
+		TH_OK(r);
+		assert_int_equal(p.len, 400000);
+		assert_true(th_val_ok(p.data, p.len, 900 + i)); /* never a partial entry */
+		TH_OK(kvshm_unpin(b, &p));
+		hits++;
+	}
+	char ev[32];
+	assert_int_equal(rf_info(&local, "evicted_keys", ev, sizeof(ev)), 0);
+	print_message("eviction: %u hits, %u misses, %llu pulls found a chunk gone, %s keys evicted\n", hits, misses,
+		      (unsigned long long)th_counter(b, KVSHM_C_remote_pull_failed), ev);
+	assert_true(atoll(ev) > 0);
+	assert_true(misses > 0);
+	assert_int_equal(hits, th_counter(b, KVSHM_C_remote_hits));
+	th_finish(a, na);
+	th_finish(b, nb);
+	rf_stop(&local);
+}
+
+/* ---- Redis Cluster: 3 masters, 3 replicas, a master killed mid-run --------------------------- */
+
+static void test_cluster_failover(void **st)
+{
+	(void)st;
+	skip_without_redis();
+	if (!cl.count && rf_cluster_start(&cl, 3, 1, NULL)) {
+		rf_cluster_stop(&cl);
+		fail_msg("cluster did not start");
+	}
+	char url[400], ns[80], na[64], nb[64];
+	/* Seeds: two of the masters' ports. */
+	char u0[100], u1[100];
+	rf_url(&cl.n[0], u0, sizeof(u0), NULL);
+	rf_url(&cl.n[1], u1, sizeof(u1), NULL);
+	snprintf(url, sizeof(url), "%s,%s", u0, u1);
+	unique_ns(ns, sizeof(ns), "cl");
+	kvshm_config c;
+	th_cfg_small(&c, 0);
+	c.segment_bytes = 64 * TH_MIB;
+	c.remote_chunk_bytes = 64 * 1024;
+	c.remote_lookup_ms = 60;
+	c.remote_breaker_open_ms = 100;
+	c.remote_breaker_max_ms = 400;
+	kvshm *a = host(na, sizeof(na), "cla", url, ns, &c);
+	kvshm *b = host(nb, sizeof(nb), "clb", url, ns, &c);
+	kvshm_model m = th_model_of(12);
+	uint32_t t[64];
+	enum { N = 30 };
+	for (unsigned i = 0; i < N; i++) {
+		th_toks_of(t, 64, 300 + i);
+		TH_OK(th_put_val(a, &m, t, 64, 300000, 1200 + i, KVSHM_TIER_RAM, KVSHM_REASON_COLD));
+	}
+	kvshm_push_report rep;
+	TH_OK(kvshm_push(a, 0, &rep));
+	assert_int_equal(rep.pushed, N);
+	kvshm_remote_status rs = rstatus(a);
+	assert_true(rs.ns_joined && rs.ns_spread);
+	/* A master goes: B keeps looking up (each within its deadline),
+	 * misses while the cluster fails over, hits after; never wrong data. */
+	int victim = rf_cluster_master_of(&cl, 0);
+	assert_true(victim >= 0);
+	rf_kill(&cl.n[victim]);
+	uint64_t t0 = th_now_ms(), worst = 0;
+	unsigned hits = 0, misses = 0, first_hit_after = 0;
+	bool ok_again = false;
+	for (unsigned round = 0; th_now_ms() - t0 < 20000; round++) {
+		unsigned i = round % N;
+		kvshm_pin p;
+		th_toks_of(t, 64, 300 + i);
+		/* B forgets its copy, so every lookup goes to the cluster. */
+		kvshm_filter f = {.fingerprint = m.fingerprint};
+		uint64_t deleted;
+		TH_OK(kvshm_delete(b, &f, &deleted));
+		uint64_t l0 = th_now_ms();
+		int r = kvshm_lookup(b, &m, t, 64, 0, &p);
+		worst = KVSHM_MAX(worst, th_now_ms() - l0);
+		if (r == 0) {
+			assert_true(th_val_ok(p.data, p.len, 1200 + i));
+			TH_OK(kvshm_unpin(b, &p));
+			hits++;
+		} else {
+			assert_int_equal(r, KVSHM_ENOTFOUND);
+			misses++;
+		}
+		int now_master = ok_again ? -1 : rf_cluster_master_of(&cl, 0);
+		if (!ok_again && now_master >= 0 && now_master != victim && rf_cluster_wait_ok(&cl, 1) == 0) {
+			ok_again = true;
+			first_hit_after = hits;
+			print_message("cluster ok again after %llu ms\n", (unsigned long long)(th_now_ms() - t0));
+		}
+		if (ok_again && hits >= first_hit_after + 2 * N)
+			break;
+		th_sleep_ms(5);
+	}
+	print_message("failover: %u hits, %u misses, slowest lookup %llu ms, %llu trips\n", hits, misses,
+		      (unsigned long long)worst, (unsigned long long)th_counter(b, KVSHM_C_remote_trips));
+	assert_true(ok_again);
+	assert_true(hits >= first_hit_after + 2 * N); /* every entry served after the failover */
+	assert_true(worst < c.remote_pull_ms + c.remote_lookup_ms + SLACK_MS);
+	/* New entries after the failover go and come. */
+	th_toks_of(t, 64, 399);
+	TH_OK(th_put_val(a, &m, t, 64, 300000, 1299, KVSHM_TIER_RAM, KVSHM_REASON_COLD));
+	uint64_t p0 = th_now_ms();
+	while (kvshm_push(a, 0, &rep) < 0 && th_now_ms() - p0 < 5000)
+		th_sleep_ms(50);
+	assert_int_equal(rep.pushed, 1);
+	th_expect_get(b, &m, t, 64, 300000, 1299, KVSHM_TIER_RAM);
+	th_finish(a, na);
+	th_finish(b, nb);
+	rf_cluster_stop(&cl);
+}
+
 /* ---- the group ---------------------------------------------------------------------------- */
 
 static int group_setup(void **st)
@@ -350,6 +813,13 @@ int main(void)
 		cmocka_unit_test_teardown(test_config, th_teardown_caches),
 		cmocka_unit_test_teardown(test_two_hosts, th_teardown_caches),
 		cmocka_unit_test_teardown(test_single_flight, th_teardown_caches),
+		cmocka_unit_test_teardown(test_reaper_pushes, th_teardown_caches),
+		cmocka_unit_test_teardown(test_push_never_delays_reclaim, th_teardown_caches),
+		cmocka_unit_test_teardown(test_redis_stopped, stop_local),
+		cmocka_unit_test_teardown(test_redis_paused, stop_local),
+		cmocka_unit_test_teardown(test_redis_slow, stop_local),
+		cmocka_unit_test_teardown(test_eviction, stop_local),
+		cmocka_unit_test_teardown(test_cluster_failover, th_teardown_caches),
 	};
 	const char *filter = getenv("KVSHM_TEST_FILTER");
 	if (filter)

@@ -24,9 +24,9 @@
  * segment is held across the network, and the reaper's thread does
  * nothing for the pushes). A thread that pushed nothing sleeps IDLE_MS.
  * Thread 0 also: joins the namespace and re-asserts it every NS_CHECK_MS
- * (kvshm__remote_ns_refresh: evicted parameters are written back, another
- * host's re-joined), publishes the backlog for shmctl, and logs the
- * host's breaker opening and closing. Every thread logs its pushes
+ * and whenever the breaker closes (kvshm__remote_ns_refresh: evicted or
+ * lost parameters are written back, another host's re-joined), publishes
+ * the backlog for shmctl, and logs the host's breaker opening and closing. Every thread logs its pushes
  * failing, and recovering. The rate cap is one token bucket for all.
  *
  * Not the push of one entry (core/tier/remotepush.c) nor the reaper's loop
@@ -42,7 +42,8 @@
 #include "core/daemon/daemon.h"
 
 #define IDLE_MS 250          /* a thread that found nothing to push sleeps this long */
-#define NS_CHECK_MS 30000    /* thread 0 re-asserts the namespace this often */
+#define NS_CHECK_MS 10000    /* thread 0 re-asserts the namespace this often, and when the breaker
+			      * closes (Redis back: maybe restarted empty) */
 #define MAX_THREADS 64       /* = remote_push_concurrency's bound */
 
 /* The byte-rate cap: one bucket for all the threads of a pusher (or a
@@ -256,8 +257,10 @@ static void housekeeping(struct worker *w, uint64_t *next_ns_check, int *breaker
 			plog(p, LOG_WARNING, "remote: circuit breaker open (trip %llu): lookups are local only for %llu ms",
 			     (unsigned long long)atomic_load(&b->trips),
 			     (unsigned long long)(atomic_load(&b->period_ns) / 1000000));
-		else if (state == KVSHM_RM_CLOSED && *breaker_seen >= 0)
+		else if (state == KVSHM_RM_CLOSED && *breaker_seen >= 0) {
 			plog(p, LOG_NOTICE, "remote: circuit breaker closed: Redis answers again");
+			*next_ns_check = 1; /* it may have restarted empty: the parameters again, now */
+		}
 		else
 			plog(p, LOG_INFO, "remote: circuit breaker %s", breaker_names[state]);
 		*breaker_seen = state;
@@ -339,7 +342,7 @@ KVSHM_EXTERN int kvshm_reaper_push_start(kvshm_reaper *r, kvshm *const *handles,
 				   rh->cfg->remote_push_concurrency);
 	for (unsigned i = 0; i < n; i++) {
 		if (!handles[i] || handles[i] == rh || (err = kvshm__enter(handles[i])) < 0 ||
-		    handles[i]->hdr != rh->hdr)
+		    strcmp(handles[i]->name, rh->name) || handles[i]->cfg->seed != rh->cfg->seed)
 			return kvshm__fail(-EINVAL, "push start: handle %u is not an open handle of cache '%s' of its own", i,
 					   rh->name);
 		for (unsigned k = 0; k < i; k++)

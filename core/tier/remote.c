@@ -17,8 +17,9 @@
  * HASHING
  *   Keys in Redis must be the same on every host: the boundary hashes are
  *   computed with the namespace's seed and token chunk (agreed in Redis
- *   with SET NX by the first host, remote/entry.c), not the segment's: a
- *   second hashing context (struct kvshm__keyctx) per handle.
+ *   with SET NX by the first host, remote/entry.c; see ns_join for the
+ *   seed proposed), not the segment's: a second hashing context (struct
+ *   kvshm__keyctx) per handle.
  *
  * THE HOST'S STATE (struct kvshm__remote_hdr in the cache header)
  *   - One circuit breaker for the host: every handle's client uses the one
@@ -43,7 +44,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include "core/tier/remote.h"
 
@@ -94,18 +94,28 @@ static void use_params(struct kvshm__rstate *rs, const struct kvshm__rm_ns *p, u
 	rs->joined = true;
 }
 
-/* Join by a round trip: propose a random seed, the cache's own token
- * chunk, the configured value chunk and layout; whatever is in force wins. */
+/*
+ * Join by a round trip: propose the namespace's own seed, the cache's
+ * token chunk, the configured value chunk and layout; whatever is in force
+ * wins. The proposed seed follows from the namespace's name, the same on
+ * every host: when the parameters are lost (evicted under allkeys-lru, a
+ * Redis restarted empty), the next host to join writes the same seed
+ * again, so hosts that joined before keep sharing keys with it (a random
+ * one would split the pool until every host's reaper re-joined). A seed
+ * that is not secret only matters to someone who would craft colliding
+ * prompts to overwrite others' records: a lost entry, never a wrong one
+ * (records are compared in full).
+ */
+#define NS_SEED_SALT 0x6b7673686d2d6e73ull /* "kvshm-ns" */
 static int ns_join(kvshm *h, struct kvshm__rstate *rs, bool force)
 {
 	const struct kvshm__cfg *c = h->cfg;
-	struct kvshm__rm_ns want = {.chunk = c->remote_chunk_bytes,
+	struct kvshm__rm_ns want = {.seed = XXH3_64bits_withSeed(c->remote_ns, strlen(c->remote_ns), NS_SEED_SALT),
+				    .chunk = c->remote_chunk_bytes,
 				    .tokens = c->chunk_tokens,
 				    .spread = !c->remote_hash_tag},
 			    got;
 	uint32_t seq = 0;
-	if (getrandom(&want.seed, sizeof(want.seed), 0) != sizeof(want.seed))
-		return kvshm__fail(-errno, "remote: getrandom");
 	int err = kvshm__rm_ns_open(rs->rm, c->remote_ns, &want, &got, c->remote_lookup_ms);
 	kvshm__rstate_sync(h, rs);
 	if (err < 0)
@@ -269,8 +279,14 @@ void kvshm__remote_status(kvshm *h, kvshm_remote_status *st)
 	st->breaker = (int)atomic_load(&rh->br.state);
 	st->breaker_open_left_ms = st->breaker == KVSHM_RM_OPEN && until > now ? (until - now) / 1000000 : 0;
 	st->breaker_trips = atomic_load(&rh->br.trips);
-	st->pusher_pid = atomic_load(&rh->push_pid);
-	st->push_threads = atomic_load(&rh->push_threads);
+	/* The pushing reaper's record stands while that reaper lives. */
+	uint32_t pid = atomic_load(&rh->push_pid), slot = atomic_load(&h->hdr->reaper_slot);
+	const struct kvshm__slot *sl = slot ? kvshm__proc_slot(h->seg, h->tab, slot - 1) : NULL;
+	if (pid && (pid != atomic_load(&h->hdr->reaper_pid) || !sl || sl->pid != pid ||
+		    kvshm__proc_slot_alive(h->seg, h->tab, slot - 1, NULL) != 1))
+		pid = 0;
+	st->pusher_pid = pid;
+	st->push_threads = pid ? atomic_load(&rh->push_threads) : 0;
 	st->backlog = atomic_load(&rh->push_backlog);
 	st->backlog_bytes = atomic_load(&rh->push_backlog_bytes);
 	st->last_push_ns = atomic_load(&rh->push_last_ns);
