@@ -235,9 +235,9 @@ LLAMA_TEST_MODELS := $(LLAMA_DIR)/models/test-a.gguf $(LLAMA_DIR)/models/test-b.
 
 # The crash-injection tool (docs/crash-testing.md): the test variant, crash
 # points compiled in; it reads $(B)/crashpoints.list at run time.
-$(B)/tst/crash/kvshm-crash: tests/crash/kvshm-crash.c $(B)/libkvshm-tst.a $(LIB_HDRS)
+$(B)/tst/crash/kvshm-crash: tests/crash/kvshm-crash.c tests/fixture/redis.c tests/fixture/redis.h $(B)/libkvshm-tst.a $(LIB_HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(BASE_CFLAGS) $(TST_FLAGS) $(CFLAGS) $< -o $@ $(B)/libkvshm-tst.a $(DEP_LIBS) $(LDFLAGS)
+	$(CC) $(BASE_CFLAGS) $(TST_FLAGS) $(CFLAGS) -Itests $< tests/fixture/redis.c -o $@ $(B)/libkvshm-tst.a $(DEP_LIBS) $(LDFLAGS)
 CRASH_RUN = KVSHM_BIN_DIR=$(CURDIR)/$(B)/tst/bin $(B)/tst/crash/kvshm-crash --points $(B)/crashpoints.list
 
 # The variant build runs after deps, so pkg-config finds what deps installed.

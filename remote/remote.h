@@ -368,6 +368,12 @@ size_t kvshm__rm_hint_key(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLE
 size_t kvshm__rm_chunk_key(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN], uint64_t gen, uint32_t i,
 			   char *buf, size_t bufsz);
 
+/* For tests and tools (remote/audit.c): SCAN the namespace (standalone
+ * Redis only: -ENOTSUP otherwise) and count its records and those missing
+ * a chunk (a push writes its record last: only Redis evicting or expiring
+ * a chunk makes one). */
+int kvshm__rm_audit(struct kvshm__rm *rm, uint64_t *records, uint64_t *broken, unsigned timeout_ms);
+
 /* CRC32C of A‖B from CRC32C(A), CRC32C(B) and |B| (zlib's method). */
 uint32_t kvshm__rm_crc32c_combine(uint32_t a, uint32_t b, uint64_t blen);
 

@@ -554,6 +554,39 @@ static void test_lookup_hints(void **st)
 	kvshm__rm_close(rm);
 }
 
+/* The audit counts records and those missing a chunk. */
+static void test_audit(void **st)
+{
+	(void)st;
+	skip_without_redis();
+	char url[200], ck[160];
+	rf_url(&plain, url, sizeof(url), NULL);
+	struct kvshm__rm *rm = client(url, NULL);
+	join(rm, "audit", 4096, true);
+	kvshm_model m = model(4);
+	uint32_t *tok = prompt(64, 0);
+	uint8_t v[20000], k[3][16];
+	fill(v, sizeof(v), 4);
+	for (int i = 0; i < 3; i++) {
+		mkkey(k[i], 500, (uint32_t)i);
+		push_ok(rm, k[i], &m, tok, 64, v, sizeof(v));
+	}
+	uint64_t records, broken;
+	assert_int_equal(kvshm__rm_audit(rm, &records, &broken, LONG_MS), 0);
+	assert_int_equal(records, 3);
+	assert_int_equal(broken, 0);
+	struct kvshm__rm_meta *meta;
+	assert_int_equal(kvshm__rm_lookup(rm, (const uint8_t(*)[16])k[1], 1, &m, tok, 64, 0, NULL, &meta, LONG_MS), 0);
+	kvshm__rm_chunk_key(rm, k[1], meta->gen, 2, ck, sizeof(ck));
+	assert_int_equal(int_reply(&plain, "DEL %s", ck), 1);
+	kvshm__rm_meta_free(meta);
+	assert_int_equal(kvshm__rm_audit(rm, &records, &broken, LONG_MS), 0);
+	assert_int_equal(records, 3);
+	assert_int_equal(broken, 1);
+	free(tok);
+	kvshm__rm_close(rm);
+}
+
 /* TTLs on every key; a pull refreshes them. */
 static void test_ttl_refresh(void **st)
 {
@@ -1452,6 +1485,7 @@ int main(void)
 		cmocka_unit_test(test_roundtrip_unix),
 		cmocka_unit_test(test_lookup_prefix),
 		cmocka_unit_test(test_lookup_hints),
+		cmocka_unit_test(test_audit),
 		cmocka_unit_test(test_ttl_refresh),
 		cmocka_unit_test(test_chunk_memory),
 		cmocka_unit_test(test_namespace),

@@ -319,6 +319,68 @@ static void test_single_flight(void **st)
 	th_finish(b, nb);
 }
 
+/* kvshm_lookup_copy of (m, t[0..n)): ntok tokens, len bytes from seed. */
+static void copy_ok(kvshm *h, const kvshm_model *m, const uint32_t *t, size_t n, size_t ntok, size_t len,
+		    uint32_t seed)
+{
+	static uint8_t buf[1u << 16];
+	size_t got = 0, nt = 0;
+	TH_OK(kvshm_lookup_copy(h, m, t, n, 0, buf, sizeof(buf), &got, &nt));
+	assert_int_equal(got, len);
+	assert_int_equal(nt, ntok);
+	assert_true(th_val_ok(buf, got, seed));
+}
+
+/* A remote entry longer than the local answer, whose key another handle
+ * of this host has reserved: the pull gives way (walk again) twice, and
+ * the local answer's pin of each walk is given back, not leaked. */
+static void test_longer_remote_busy(void **st)
+{
+	(void)st;
+	skip_without_redis();
+	char url[200], ns[80], na[64], nb[64];
+	rf_url(&plain, url, sizeof(url), NULL);
+	unique_ns(ns, sizeof(ns), "busy");
+	kvshm *a = host(na, sizeof(na), "bza", url, ns, NULL);
+	kvshm_config c;
+	th_cfg_small(&c, 0);
+	c.segment_bytes = 64 * TH_MIB;
+	c.remote_pull_ms = 30; /* each give-way waits this long for the sibling */
+	kvshm *b = host(nb, sizeof(nb), "bzb", url, ns, &c);
+	kvshm_model m = th_model_of(6);
+	uint32_t t[300];
+	th_toks_of(t, 300, 6);
+	TH_OK(th_put_val(a, &m, t, 300, 9000, 62, KVSHM_TIER_RAM, KVSHM_REASON_COLD));
+	TH_OK(kvshm_push(a, 0, NULL));
+	TH_OK(th_put_val(b, &m, t, 100, 7000, 61, KVSHM_TIER_RAM, KVSHM_REASON_COLD));
+	kvshm *b2;
+	TH_OK(kvshm_open(nb, NULL, 0, &b2));
+	kvshm_reservation r;
+	TH_OK(kvshm_reserve(b2, &m, t, 300, 9000, NULL, &r));
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(expect_hit(b, &m, t, 300, 0, 100, 7000, 61, KVSHM_HIT_PREFIX), KVSHM_TIER_RAM);
+		copy_ok(b, &m, t, 300, 100, 7000, 61);
+	}
+	assert_true(th_counter(b, KVSHM_C_remote_waits) >= 2);
+	struct th_coll *coll = calloc(1, sizeof(*coll));
+	assert_non_null(coll);
+	th_list(b, NULL, coll);
+	int seen = 0;
+	for (int i = 0; i < coll->n; i++)
+		if (coll->e[i].ntokens == 100) {
+			assert_int_equal(coll->e[i].refcount, 0);
+			seen++;
+		}
+	assert_int_equal(seen, 1);
+	free(coll);
+	TH_OK(kvshm_cancel(b2, &r));
+	TH_OK(kvshm_close(b2));
+	/* Its reservation gone, the pull goes through. */
+	assert_int_equal(expect_hit(b, &m, t, 300, 0, 300, 9000, 62, KVSHM_HIT_EXACT), KVSHM_TIER_RAM);
+	th_finish(a, na);
+	th_finish(b, nb);
+}
+
 /* ---- the reaper pushes ------------------------------------------------------------------ */
 
 static pid_t spawn_reaper(kvshm *h, const char *name, const char *log)
@@ -813,6 +875,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_config, th_teardown_caches),
 		cmocka_unit_test_teardown(test_two_hosts, th_teardown_caches),
 		cmocka_unit_test_teardown(test_single_flight, th_teardown_caches),
+		cmocka_unit_test_teardown(test_longer_remote_busy, th_teardown_caches),
 		cmocka_unit_test_teardown(test_reaper_pushes, th_teardown_caches),
 		cmocka_unit_test_teardown(test_push_never_delays_reclaim, th_teardown_caches),
 		cmocka_unit_test_teardown(test_redis_stopped, stop_local),

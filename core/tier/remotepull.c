@@ -145,10 +145,10 @@ static void cancel(kvshm *h, const struct kvshm__resv *rv)
 		kvshm__entry_remove_unlock(h, s, rv->idx);
 }
 
-/* Drop the walk's pin (its tier's unload too). */
+/* Drop the walk's pin (its tier's unload too), if it still holds one. */
 static void drop_local(kvshm *h, const struct kvshm__fetch *f, kvshm_pin *pin)
 {
-	if (!f->have)
+	if (!f->have || kvshm__ref_idx(pin->ref[0]) == UINT32_MAX)
 		return;
 	kvshm__unpin_ref(h, kvshm__ref_idx(pin->ref[0]), kvshm__ref_gen(pin->ref[0]), f->copy);
 	const struct kvshm__tier_ops *t = kvshm__tier_or_null(pin->tier);
@@ -280,8 +280,12 @@ int kvshm__remote_fetch(kvshm *h, const struct kvshm__fetch *f, kvshm_pin *pin)
 			kvshm__count_hit(h, pin); /* a longer answer was counted already */
 		return 0;
 	}
-	if (err == KVSHM_EINPROGRESS || err == KVSHM_EPINFULL)
+	if (err == KVSHM_EINPROGRESS || err == KVSHM_EPINFULL) {
+		/* The caller walks again (or fails): the local answer's pin,
+		 * unless publishing gave it up already, goes now. */
+		drop_local(h, f, pin);
 		return err;
+	}
 	kvshm__count(h, KVSHM_C_remote_misses, 1);
 	return KVSHM_ENOTFOUND;
 miss:
