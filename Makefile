@@ -79,7 +79,7 @@ LLAMA_SAN_OBJS := $(LLAMA_SRCS:%.c=$(B)/san/%.o)
 TST_OBJS     := $(LIB_SRCS:%.c=$(B)/tst/%.o)
 SAN_OBJS     := $(LIB_SRCS:%.c=$(B)/san/%.o)
 
-.PHONY: all lib tools llama deps engine test check install uninstall clean crashpoints demo bench fuzz crashtest layers
+.PHONY: all lib tools llama deps engine test check install uninstall clean crashpoints demo bench fuzz crashtest crashtest-quick layers
 .DEFAULT_GOAL := all
 
 all: lib tools $(if $(LLAMA_HAVE),llama)
@@ -249,7 +249,7 @@ test:
 	  $(B)/tst/crash/kvshm-crash $(LLAMA_TESTS:%=$(B)/tst/tests/%) $(LLAMA_TEST_MODELS) $(DEMO_MODEL)
 	@$(MAKE) --no-print-directory layers
 	@KVSHM_LLAMA_MODELS=$(CURDIR)/$(LLAMA_DIR)/models sh tests/run.sh $(B)/tst $(TESTS) $(LLAMA_TESTS)
-	@$(CRASH_RUN) --quick --kills 0 --random-kills 300 --seconds 120
+	@$(CRASH_RUN) $(CRASH_QUICK)
 	@sh tests/install_test.sh $(LLAMA_DIR) $(LLAMA_DIR)/models/test-a.gguf
 	@sh tests/demo_test.sh $(B)/bin
 	@sh tests/llama_demo_test.sh $(B)/bin $(DEMO_MODEL)
@@ -262,6 +262,14 @@ test:
 # lines.
 layers: $(B)/libkvshm-tst.a
 	@$(PYTHON) scripts/check-layers.py $(B)/tst
+
+# The short crash-injection run of `make test` on its own.
+CRASH_QUICK := --quick --kills 0 --random-kills 300 --seconds 120
+crashtest-quick:
+	@sh scripts/deps.sh build python metrics remote
+	@$(MAKE) --no-print-directory $(B)/libkvshm-tst.a $(TOOLS:%=$(B)/tst/bin/%) $(B)/tst/crash/kvshm-crash \
+	  $(B)/crashpoints.list
+	@$(CRASH_RUN) $(CRASH_QUICK) $(CRASH_ARGS)
 
 # The long crash-injection campaign: systematic over every crash point and
 # every hit, then random kills until 25,000 kills in all. CRASH_ARGS adds
