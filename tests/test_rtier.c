@@ -383,6 +383,49 @@ static void test_longer_remote_busy(void **st)
 
 /* ---- the reaper pushes ------------------------------------------------------------------ */
 
+/* The standard output of shmctl with args (NULL-terminated), which must
+ * exit 0; malloc'd. */
+static char *shmctl_out(const char *const *args)
+{
+	static int seq;
+	char bin[512], out[400], err[400];
+	const char *argv[16];
+	int n = 0;
+	th_tool_path(bin, sizeof(bin), "shmctl");
+	argv[n++] = bin;
+	for (int i = 0; args[i] && n < 15; i++)
+		argv[n++] = args[i];
+	argv[n] = NULL;
+	snprintf(out, sizeof(out), "%s/shmctl%d.out", tmp, seq);
+	snprintf(err, sizeof(err), "%s/shmctl%d.err", tmp, seq++);
+	pid_t pid = th_spawn(argv, out, err, NULL, NULL);
+	int code = th_reap_within(pid, 20000);
+	char *o = th_slurp(out);
+	if (code != 0) {
+		char *e = th_slurp(err);
+		print_error("shmctl %s: exit %d\n%s%s", args[0], code, o ? o : "", e ? e : "");
+		free(e);
+	}
+	assert_int_equal(code, 0);
+	assert_non_null(o);
+	return o;
+}
+#define SHMCTL_OUT(...) shmctl_out((const char *const[]){__VA_ARGS__, NULL})
+
+/* shmctl's output for cache name holds every needle (NULL-terminated). */
+static void tool_says(char *out, const char *const *needles)
+{
+	for (int i = 0; needles[i]; i++)
+		if (!strstr(out, needles[i])) {
+			print_error("wanted '%s' in:\n%s", needles[i], out);
+			fail();
+		}
+	free(out);
+}
+#define TOOL_SAYS(out, ...) tool_says(out, (const char *const[]){__VA_ARGS__, NULL})
+
+
+
 static pid_t spawn_reaper(kvshm *h, const char *name, const char *log)
 {
 	char path[512];
@@ -451,6 +494,17 @@ static void test_reaper_pushes(void **st)
 	assert_int_equal(rs.push_threads, 2);
 	assert_true(rs.ns_joined);
 	assert_true(rs.last_push_ns > 0);
+	/* What shmctl shows of it. */
+	char want[200], want2[200];
+	snprintf(want, sizeof(want), "pushing    reaper pid %d, 2 threads", (int)r);
+	TOOL_SAYS(SHMCTL_OUT("-n", na, "status"), want, "namespace ", "breaker    closed", ", cap 4");
+	snprintf(want, sizeof(want), "\"pusher_pid\":%d,\"push_threads\":2", (int)r);
+	TOOL_SAYS(SHMCTL_OUT("-n", na, "--json", "status"), "\"remote\":{\"enabled\":true", "\"joined\":true",
+		  "\"breaker\":\"closed\"", want, "\"push_concurrency\":2");
+	snprintf(want, sizeof(want), "kvshm_remote_push_threads{cache=\"%s\"} 2", na);
+	snprintf(want2, sizeof(want2), "kvshm_remote_breaker_state{cache=\"%s\"} 0", na);
+	TOOL_SAYS(SHMCTL_OUT("-n", na, "metrics"), want, want2, "kvshm_remote_pushes_total{cache=",
+		  "kvshm_remote_backlog_bytes{cache=");
 	/* Killed mid-run: the segment keeps what was pushed. */
 	kill(r, SIGKILL);
 	th_reap_within(r, 5000);
@@ -642,6 +696,15 @@ static void outage(const char *how)
 	if (strcmp(how, "stopped"))
 		assert_true(sb.counters[KVSHM_C_remote_timeouts] >= 1);
 	assert_int_equal(rstatus(b).breaker, 1);
+	/* shmctl says so (status while it is still open: 300-600 ms). */
+	char want[200];
+	snprintf(want, sizeof(want), "kvshm_remote_breaker_state{cache=\"%s\"} ", nb);
+	char *met = SHMCTL_OUT("-n", nb, "metrics");
+	assert_non_null(strstr(met, want));
+	assert_int_not_equal(strstr(met, want)[strlen(want)], '0'); /* open or half-open */
+	free(met);
+	TOOL_SAYS(SHMCTL_OUT("-n", nb, "stats"), "remote_trips", "remote_errors", "remote_rejected");
+	TOOL_SAYS(SHMCTL_OUT("-n", nb, "--json", "status"), "\"breaker_trips\":");
 
 	/* Back: a new entry of A's is a hit on B once a probe closes the
 	 * breaker (within its longest open period). */
@@ -667,6 +730,9 @@ static void outage(const char *how)
 	TH_OK(kvshm_unpin(b, &p));
 	assert_int_equal(rstatus(b).breaker, 0);
 	assert_int_equal(th_counter(b, KVSHM_C_remote_hits), 1);
+	TOOL_SAYS(SHMCTL_OUT("-n", nb, "status"), "breaker    closed");
+	snprintf(want, sizeof(want), "kvshm_remote_hits_total{cache=\"%s\"} 1", nb);
+	TOOL_SAYS(SHMCTL_OUT("-n", nb, "metrics"), want);
 	th_finish(a, na);
 	th_finish(b, nb);
 	rf_stop(&local);
