@@ -80,7 +80,7 @@ LLAMA_SAN_OBJS := $(LLAMA_SRCS:%.c=$(B)/san/%.o)
 TST_OBJS     := $(LIB_SRCS:%.c=$(B)/tst/%.o)
 SAN_OBJS     := $(LIB_SRCS:%.c=$(B)/san/%.o)
 
-.PHONY: all lib tools llama deps engine test check install uninstall clean crashpoints demo bench fuzz crashtest layers
+.PHONY: all lib tools llama deps engine test check install uninstall clean crashpoints demo bench fuzz crashtest crashtest-quick layers
 .DEFAULT_GOAL := all
 
 all: lib tools $(if $(LLAMA_HAVE),llama)
@@ -240,9 +240,9 @@ LLAMA_TEST_MODELS := $(LLAMA_DIR)/models/test-a.gguf $(LLAMA_DIR)/models/test-b.
 
 # The crash-injection tool (docs/crash-testing.md): the test variant, crash
 # points compiled in; it reads $(B)/crashpoints.list at run time.
-$(B)/tst/crash/kvshm-crash: tests/crash/kvshm-crash.c $(B)/libkvshm-tst.a $(LIB_HDRS)
+$(B)/tst/crash/kvshm-crash: tests/crash/kvshm-crash.c tests/fixture/redis.c tests/fixture/redis.h $(B)/libkvshm-tst.a $(LIB_HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(BASE_CFLAGS) $(TST_FLAGS) $(CFLAGS) $< -o $@ $(B)/libkvshm-tst.a $(DEP_LIBS) $(LDFLAGS)
+	$(CC) $(BASE_CFLAGS) $(TST_FLAGS) $(CFLAGS) -Itests $< tests/fixture/redis.c -o $@ $(B)/libkvshm-tst.a $(DEP_LIBS) $(LDFLAGS)
 CRASH_RUN = KVSHM_BIN_DIR=$(CURDIR)/$(B)/tst/bin $(B)/tst/crash/kvshm-crash --points $(B)/crashpoints.list
 
 # The variant build runs after deps, so pkg-config finds what deps installed.
@@ -254,7 +254,7 @@ test:
 	  $(B)/tst/crash/kvshm-crash $(LLAMA_TESTS:%=$(B)/tst/tests/%) $(LLAMA_TEST_MODELS) $(DEMO_MODEL)
 	@$(MAKE) --no-print-directory layers
 	@KVSHM_LLAMA_MODELS=$(CURDIR)/$(LLAMA_DIR)/models sh tests/run.sh $(B)/tst $(TESTS) $(LLAMA_TESTS)
-	@$(CRASH_RUN) --quick --kills 0 --random-kills 300 --seconds 120
+	@$(CRASH_RUN) $(CRASH_QUICK)
 	@sh tests/install_test.sh $(LLAMA_DIR) $(LLAMA_DIR)/models/test-a.gguf
 	@sh tests/demo_test.sh $(B)/bin
 	@sh tests/llama_demo_test.sh $(B)/bin $(DEMO_MODEL)
@@ -267,6 +267,14 @@ test:
 # lines.
 layers: $(B)/libkvshm-tst.a
 	@$(PYTHON) scripts/check-layers.py $(B)/tst
+
+# The short crash-injection run of `make test` on its own.
+CRASH_QUICK := --quick --kills 0 --random-kills 300 --seconds 120
+crashtest-quick:
+	@sh scripts/deps.sh build python metrics remote
+	@$(MAKE) --no-print-directory $(B)/libkvshm-tst.a $(TOOLS:%=$(B)/tst/bin/%) $(B)/tst/crash/kvshm-crash \
+	  $(B)/crashpoints.list
+	@$(CRASH_RUN) $(CRASH_QUICK) $(CRASH_ARGS)
 
 # The long crash-injection campaign: systematic over every crash point and
 # every hit, then random kills until 25,000 kills in all. CRASH_ARGS adds
@@ -374,7 +382,7 @@ bench:
 FUZZ_SECONDS ?= 60
 FUZZ_CFLAGS   = -std=c11 -D_GNU_SOURCE -Iinclude -I. -g -O1 -DKVSHM_TEST -DKVSHM_FUZZ $(DEP_CFLAGS) \
                 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
-FUZZ_SRCS    := core/tier/fileformat.c core/tier/crc32c.c core/entry/key.c shm/error.c shm/crash.c
+FUZZ_SRCS    := core/tier/fileformat.c shm/crc32c.c core/entry/key.c shm/error.c shm/crash.c
 
 $(B)/fuzz/fuzz_file: tests/fuzz/fuzz_file.c $(FUZZ_SRCS) $(LIB_HDRS)
 	@mkdir -p $(@D)

@@ -109,6 +109,8 @@ struct kvshm {
 	kvshm__reclaim_fn reclaim;
 	void *tstate[KVSHM_NTIERS];            /* each tier's process-local state for this handle, its own
 						* to define (file tiers: their TDB index, opened on first use) */
+	void *rstate;                          /* the remote tier's (core/tier/remote.c): its Redis client
+						* and the namespace's hashing, made on first use */
 	struct kvshm__hres res[KVSHM_MAX_RES]; /* reservations handed out, not yet published */
 	void *stage;               /* the staging buffer kept for small RAM reservations */
 	size_t stage_cap;          /* its bytes */

@@ -4,7 +4,8 @@
  *   ┌──────────────┐ 0
  *   │ seg header   │ shm/segment.h: magic, layout signature, region table
  *   ├──────────────┤ region CORE
- *   │ cache header │ config (immutable), striped counters, reaper record
+ *   │ cache header │ config (immutable), striped counters, reaper record,
+ *   │              │ the remote tier's host state (breaker, namespace, pusher)
  *   ├──────────────┤ region PROC
  *   │ process table│ slots + per-slot extension (pins, reservations)
  *   ├──────────────┤ region SEM
@@ -32,6 +33,8 @@
  *                               the reaper's whole life, try-locked, guards
  *                               no data: KVSHM_RANK_UNORDERED, outside the
  *                               order checks, taken through the same funnel)
+ * The remote tier's host state (struct kvshm__remote_hdr) has no lock: its
+ * words are atomics, each soft state (core/tier/remote.c says why).
  * Nesting used: shard → slab is allowed by rank but not used: blobs move
  * between an entry and a slot under the shard lock (ownership hand-over),
  * and are freed under the slab lock afterwards (see core/entry/index.c).
@@ -47,6 +50,7 @@
 #include "shm/proc.h"
 #include "shm/sem.h"
 #include "shm/slab.h"
+#include "remote/remote.h" /* the circuit breaker, kept here one per host */
 
 /* Bump on any change to a struct below, or to the meaning of a shared
  * word (2: futex words carry a waiters bit, shm/futex.c — a build that
@@ -57,8 +61,11 @@
  * time alone would reclaim a LOCK slot's live owner, or keep a reused
  * pid's; 6: the reaper lock is KVSHM_RANK_UNORDERED, taken through the lock
  * funnel — a build that took it by rank 120 would see every later lock as
- * out of order); part of the layout signature. */
-#define KVSHM_LAYOUT_VERSION 6u
+ * out of order; 7: the remote tier — its configuration, the host's
+ * remote state in the cache header, KVSHM_EF_PUSHED in an entry's flags,
+ * which a build without it would copy or clear); part of the layout
+ * signature. */
+#define KVSHM_LAYOUT_VERSION 7u
 
 enum kvshm__region_id {
 	KVSHM_R_CORE = 1,
@@ -93,6 +100,8 @@ enum kvshm__lock_class {
 #define KVSHM_MAX_RES 8u                       /* reservations one handle may hold at once */
 #define KVSHM_CTR_STRIPES 8u                   /* counter stripes: handles pick by slot index */
 #define KVSHM_MAX_CHUNK 4096u
+#define KVSHM_PULL_CLAIMS 64u /* remote pulls claimed at once per host: two keys of one
+			       * bucket only lose single-flight between them */
 
 /* ---- the pressure scheduler's control block (in the cache header) ----------- */
 
@@ -145,10 +154,60 @@ struct kvshm__cfg {
 	uint32_t verify_reuse_ms;
 	uint32_t partial_min_tokens; /* shortest partial hit; markers start below it */
 	uint32_t mark_sets;          /* marker sets (64 bytes each), power of two */
+	/* The remote tier (kvshm_config.remote_*): on when remote_urls[0]. */
+	char remote_urls[1024];           /* as given (credentials included: the segment is 0600) */
+	char remote_ns[72];               /* the namespace */
+	uint32_t remote_ttl_s;            /* seconds */
+	uint32_t remote_lookup_ms;        /* a lookup's deadline */
+	uint32_t remote_pull_ms;          /* a pull's (a push's): this plus ... */
+	uint32_t remote_pull_ms_per_mib;  /* ... this per MiB */
+	uint32_t remote_chunk_bytes;      /* proposed for a new namespace */
+	uint32_t remote_hash_tag;         /* proposed for a new namespace: 1 tag, 0 spread */
+	uint32_t remote_push_reasons;     /* mask of 1 << kvshm_reason */
+	uint32_t remote_push_concurrency; /* push threads */
+	uint64_t remote_push_min_bytes;   /* bytes */
+	uint64_t remote_push_bytes_per_s; /* bytes per second, 0: no cap */
+	uint32_t remote_breaker_failures; /* calls */
+	uint32_t remote_breaker_open_ms;  /* ms */
+	uint32_t remote_breaker_max_ms;   /* ms */
+	uint32_t remote_pad;
 };
 
 struct kvshm__ctr_stripe {
 	_Atomic uint64_t c[KVSHM_NCOUNTERS]; /* event counters, relaxed atomics */
+} KVSHM_ALIGNED;
+
+/*
+ * The remote tier's state shared by the host's processes: no lock, every
+ * word an atomic and soft state (a process killed between two writes
+ * leaves at worst a breaker a call late, or parameters to read again).
+ *   - the breaker: every handle's Redis client uses this one, so the
+ *     workers of a host trip, wait and probe together (remote/breaker.c);
+ *   - the namespace's parameters, once a process of the host has read them
+ *     from Redis: a seqlock (ns_seq odd while written, even and non-zero
+ *     when valid; the writer takes it odd with a compare-and-swap), so the
+ *     others join without a round trip and re-hash when the reaper finds
+ *     them changed (-ESTALE);
+ *   - the pusher (the reaper's push threads): who, and its backlog.
+ */
+struct kvshm__remote_hdr {
+	struct kvshm__rm_breaker br;       /* the host's circuit breaker (initialised at creation) */
+	_Atomic uint32_t ns_seq;           /* seqlock of the four words below */
+	uint32_t ns_chunk;                 /* value chunk, bytes */
+	uint64_t ns_seed;                  /* hash seed of the boundary keys */
+	uint32_t ns_tokens;                /* token chunk of the boundary keys */
+	uint32_t ns_spread;                /* 1: chunks spread over the masters */
+	_Atomic uint32_t push_pid;         /* the reaper pushing, 0 when none */
+	_Atomic uint32_t push_threads;     /* its threads */
+	_Atomic uint64_t push_backlog;     /* entries to push at its last scan */
+	_Atomic uint64_t push_backlog_bytes;
+	_Atomic uint64_t push_last_ns;     /* CLOCK_REALTIME of its last push */
+	/* Pulls in flight (core/tier/remotepull.c): claim b is the pull of a
+	 * key whose hash selects b: tag (32 bits of the hash, low bit set) |
+	 * puller's slot (16) | its gen (low 16); 0 free. A claim whose slot is
+	 * no longer that live life is stale and taken over. */
+	_Atomic uint64_t claim[KVSHM_PULL_CLAIMS];
+	_Atomic uint32_t claim_seq[KVSHM_PULL_CLAIMS]; /* futex: bumped when claim b is released */
 } KVSHM_ALIGNED;
 
 struct kvshm__cache_hdr {
@@ -166,6 +225,7 @@ struct kvshm__cache_hdr {
 	_Atomic uint32_t reaper_pid;     /* 0 when none: written by the reaper */
 	_Atomic uint32_t reaper_slot;    /* its process slot + 1 */
 	_Atomic uint64_t reaper_beat_ns; /* CLOCK_MONOTONIC of its last loop */
+	struct kvshm__remote_hdr remote; /* the remote tier's host state (no lock: see above) */
 } KVSHM_ALIGNED;
 
 /* ---- process-slot extension (region PROC) -------------------------------------- */
@@ -262,6 +322,7 @@ struct kvshm__entry {
 			     * or LINKED finishes (or dies); it never expires */
 #define KVSHM_EF_LOADING 4u /* a file load is verifying it: owner/owner_gen say who */
 #define KVSHM_EF_BAD 8u     /* failed verification: no new pins, removed at the last unpin */
+#define KVSHM_EF_PUSHED 16u /* in the remote tier: pushed, or pulled from it (not pushed again) */
 
 /* The owner word of a blob allocation held by an entry. */
 #define KVSHM_OWNER_ENTRY_KIND 2u

@@ -127,6 +127,29 @@ static const struct kvshm__tier_ops *tier_of_pin(kvshm *h, kvshm_pin *pin, bool 
 	return t;
 }
 
+/*
+ * After the local walk (err: 0 with *pin, or KVSHM_ENOTFOUND): the remote
+ * tier, when the cache has one, for a miss or for more than the local
+ * answer serves (core/tier/remotepull.c). 0: *pin is now a pulled entry's;
+ * KVSHM_EINPROGRESS: another process of this host pulled the key
+ * meanwhile, walk again; otherwise err as it was (Redis never makes a
+ * lookup fail).
+ */
+static int remote_after_walk(kvshm *h, const struct kvshm__query *q, unsigned flags, int err, kvshm_pin *pin)
+{
+	if ((err != 0 && err != KVSHM_ENOTFOUND) || !kvshm__remote_on(h) || (err == 0 && pin->ntokens >= q->n))
+		return err;
+	struct kvshm__fetch f = {.m = q->m,
+				 .tokens = q->tokens,
+				 .n = q->n,
+				 .exact = q->exact,
+				 .partial = flags & KVSHM_LOOKUP_PARTIAL,
+				 .copy = q->copy,
+				 .have = err == 0 ? pin->ntokens : 0};
+	int r = kvshm__tier_remote()->fetch(h, &f, pin);
+	return r == KVSHM_ENOTFOUND ? err : r;
+}
+
 static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t n, unsigned flags, bool exact,
 		  bool copy, kvshm_pin *pin)
 {
@@ -155,6 +178,8 @@ static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t
 	uint64_t deadline = kvshm__now_ns() + (uint64_t)h->cfg->wait_ms * 1000000ull;
 	bool waited = false;
 	uint32_t awaited = 0; /* the longest save waited for */
+	int remote_tries = 0; /* walks after the remote tier said another process pulled */
+again:
 	for (;;) {
 		err = partial ? kvshm__walk_partial(h, &q, pin, &wait) : walk(h, &q, pin, &wait);
 		if (err == 0) {
@@ -179,6 +204,10 @@ static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t
 			kvshm__count(h, KVSHM_C_wait_timeouts, 1);
 			q.want_wait = false; /* one last look at what is ready */
 		}
+	}
+	if (remote_tries < 2 && (err = remote_after_walk(h, &q, flags, err, pin)) == KVSHM_EINPROGRESS) {
+		remote_tries++;
+		goto again;
 	}
 	/* A wait hit ended with what it waited for, not with a shorter entry
 	 * because the save was cancelled or its writer died. */

@@ -67,6 +67,10 @@ KVSHM_EXTERN int kvshm_stats_get(kvshm *h, kvshm_stats *out, size_t size)
 	st->ncounters = KVSHM_NCOUNTERS;
 	for (int c = 0; c < KVSHM_NCOUNTERS; c++)
 		st->counters[c] = counter_sum(h, c);
+	/* The host's breaker counts these itself (it is shared, lock-free:
+	 * core/tier/remote.c). */
+	st->counters[KVSHM_C_remote_trips] = atomic_load(&h->hdr->remote.br.trips);
+	st->counters[KVSHM_C_remote_rejected] = atomic_load(&h->hdr->remote.br.rejected);
 	for (uint32_t s = 0; s < h->cfg->shards; s++) {
 		const struct kvshm__shard *sh = &h->shards[s];
 		for (int t = 0; t < KVSHM_NTIERS; t++) {
@@ -99,5 +103,16 @@ KVSHM_EXTERN int kvshm_stats_get(kvshm *h, kvshm_stats *out, size_t size)
 	st->chunk_tokens = h->cfg->chunk_tokens;
 	memset(out, 0, size);
 	memcpy(out, st, KVSHM_MIN(size, sizeof(*st)));
+	return 0;
+}
+
+KVSHM_EXTERN int kvshm_remote_status_get(kvshm *h, kvshm_remote_status *st)
+{
+	int err = kvshm__enter(h);
+	if (err < 0)
+		return err;
+	if (!st)
+		return kvshm__fail(-EINVAL, "remote status: NULL");
+	kvshm__remote_status(h, st);
 	return 0;
 }

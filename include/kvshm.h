@@ -152,6 +152,7 @@ typedef enum kvshm_reason {
 	KVSHM_REASON_OTHER = 5,
 	KVSHM_NREASONS = 6
 } kvshm_reason;
+#define KVSHM_REASONS_ALL ((1u << KVSHM_NREASONS) - 1)
 
 /* The save policy (see kvshm_policy_*): when a worker should save. */
 typedef struct kvshm_policy {
@@ -198,6 +199,40 @@ typedef struct kvshm_config {
 				      * restore, tokens (64; 0 = the default): shorter common
 				      * prefixes are not offered, and entries record markers
 				      * only from there on */
+	/*
+	 * The remote tier: entries shared by the hosts of a pool through Redis
+	 * or Redis Cluster. On when remote_urls is set. The reaper pushes
+	 * published entries in the background (kvshm_reaper_push_start); a
+	 * lookup that misses locally, or finds a shorter prefix than Redis
+	 * has, pulls the value (verified) into the RAM tier and pins it. A
+	 * Redis that is down or slow costs a lookup at most remote_lookup_ms
+	 * (plus the pull's deadline when a pull had started): it degrades to
+	 * a local answer, never to an error. README.md, "Remote tier".
+	 */
+	const char *remote_urls;          /* comma or space separated: redis://[[user]:password@]host[:port],
+					   * unix://[[user]:password@]/path; several seeds of one cluster.
+					   * A password given here is kept in the segment (mode 0600, like
+					   * the cached values): KVSHM_REDIS_PASSWORD / KVSHM_REDIS_USER in
+					   * each process's environment keep it out. No TLS (rediss://): see
+					   * README.md. NULL: no remote tier */
+	const char *remote_namespace;     /* the pool's name, 1..64 of [A-Za-z0-9._-]: every host of a
+					   * pool gives the same (required with remote_urls) */
+	uint32_t remote_ttl_s;            /* remote keys expire after this, refreshed on a hit (86400) */
+	uint32_t remote_lookup_ms;        /* deadline of a remote lookup (50) */
+	uint32_t remote_pull_ms;          /* deadline of a pull (and of a push): this (100) ... */
+	uint32_t remote_pull_ms_per_mib;  /* ... plus this per MiB of the value (20) */
+	uint32_t remote_chunk_bytes;      /* value chunk proposed for a new namespace (1 MiB - 64: what
+					   * Redis stores without rounding up); the first host's wins */
+	uint32_t remote_hash_tag;         /* proposed for a new namespace: 1 keeps an entry's chunks in
+					   * its record's cluster slot, 0 spreads them over the masters (0) */
+	uint32_t remote_push_reasons;     /* saves pushed, a mask of 1 << kvshm_reason
+					   * (KVSHM_REASONS_ALL) */
+	uint64_t remote_push_min_bytes;   /* smaller values are not pushed (0) */
+	uint32_t remote_push_concurrency; /* pushes at once, one thread, handle and connection each (2) */
+	uint64_t remote_push_bytes_per_s; /* pushing's byte rate cap (0: none) */
+	uint32_t remote_breaker_failures; /* consecutive failed calls that open the host's breaker (5) */
+	uint32_t remote_breaker_open_ms;  /* it stays open this long, doubled per failed probe (100) */
+	uint32_t remote_breaker_max_ms;   /* ... up to this (10000) */
 } kvshm_config;
 
 /* Fill cfg with the defaults above. */
@@ -476,7 +511,20 @@ KVSHM_EXTERN int kvshm_delete(kvshm *h, const kvshm_filter *f, uint64_t *count);
 	XX(promotions, "file entries copied up into RAM")                                \
 	XX(adopted, "valid files adopted into the index")                                \
 	XX(files_removed, "invalid or orphaned files removed")                           \
-	XX(rejected, "entries a reader could not use (kvshm_reject), removed")
+	XX(rejected, "entries a reader could not use (kvshm_reject), removed")                         \
+	XX(remote_lookups, "remote lookups (after a local miss, or for longer than the local hit)") \
+	XX(remote_hits, "remote lookups answered by a longer entry, pulled and pinned")              \
+	XX(remote_misses, "remote lookups that found nothing longer (or were refused, or failed)")   \
+	XX(remote_pull_bytes, "value bytes pulled and verified into RAM")                            \
+	XX(remote_pull_failed, "pulls that found a chunk missing or corrupt (remote entry deleted)") \
+	XX(remote_waits, "pulls not made: another process of the host was pulling the key")         \
+	XX(remote_pushes, "entries pushed")                                                          \
+	XX(remote_push_bytes, "value bytes pushed")                                                  \
+	XX(remote_push_failed, "pushes that failed (retried on a later pass)")                       \
+	XX(remote_errors, "remote calls that failed: transport, timeout, cluster down")              \
+	XX(remote_timeouts, "remote calls that failed by their deadline")                            \
+	XX(remote_rejected, "remote calls refused at once by the host's open circuit breaker")       \
+	XX(remote_trips, "times the host's circuit breaker opened")
 
 typedef enum kvshm_counter {
 #define KVSHM_CTR_ENUM_(name, help) KVSHM_C_##name,
@@ -835,6 +883,68 @@ KVSHM_EXTERN int kvshm_prune(kvshm *h, uint64_t max_age_s, kvshm_prune_report *r
 /* Reclaim every dead process's slot now (what the reaper does on a death,
  * for a worker when no reaper runs). Returns how many were reclaimed. */
 KVSHM_EXTERN int kvshm_sweep(kvshm *h);
+
+/* ---- the remote tier (kvshm_config.remote_urls) ---- */
+
+/* What one push pass did. */
+typedef struct kvshm_push_report {
+	uint64_t pushed;        /* entries pushed */
+	uint64_t pushed_bytes;  /* their value bytes */
+	uint64_t failed;        /* pushes that failed (left for a later pass) */
+	uint64_t backlog;       /* entries the policy would push, not pushed yet (at the scan) */
+	uint64_t backlog_bytes; /* ... their value bytes */
+} kvshm_push_report;
+/*
+ * One push pass in this thread on h: the ready entries of the local tiers
+ * that the cache's push policy selects (remote_push_reasons,
+ * remote_push_min_bytes) and that are not in Redis yet (each entry records
+ * that it was pushed, in the segment, so a restarted pusher resumes where
+ * the last one stopped; entries pulled from Redis count as pushed), oldest
+ * first, up to max (0: all). Each is pinned, pushed from its pinned bytes
+ * (verified first: a corrupt value is dropped, never spread) with no lock
+ * held across the network, marked and unpinned. rep may be NULL.
+ * KVSHM_ECONFIG when the cache has no remote tier; a Redis error ends the
+ * pass with that error (what was pushed stays pushed).
+ */
+KVSHM_EXTERN int kvshm_push(kvshm *h, size_t max, kvshm_push_report *rep);
+/*
+ * Push in the background, as the reaper of the cache: n threads, thread i
+ * with handles[i] (opened on this cache by the caller, used by nothing
+ * else until kvshm_reaper_stop, which stops the threads; the caller closes
+ * the handles after). n is the cache's remote_push_concurrency, or fewer.
+ * Pushes are bounded by remote_push_bytes_per_s together; pushing never
+ * holds a lock of the segment across the network, so reclaim is never
+ * delayed by it. The reaper's log receives state changes (the namespace
+ * joined, the breaker opening and closing, pushes failing and recovering).
+ * KVSHM_ECONFIG when the cache has no remote tier, -EINVAL for bad
+ * handles, -EALREADY when the reaper pushes already.
+ */
+KVSHM_EXTERN int kvshm_reaper_push_start(kvshm_reaper *r, kvshm *const *handles, unsigned n);
+
+/* The remote tier as shmctl status shows it. */
+typedef struct kvshm_remote_status {
+	int enabled;                      /* the cache has a remote tier */
+	char endpoints[512];              /* its seeds, credentials left out */
+	char ns[72];                      /* the namespace */
+	int ns_joined;                    /* the namespace's parameters are known on this host */
+	uint64_t ns_seed;                 /* ... its hash seed */
+	uint32_t ns_chunk_bytes;          /* ... value chunk */
+	uint32_t ns_chunk_tokens;         /* ... token chunk of its boundary hashes */
+	int ns_spread;                    /* ... chunks spread over the masters (else one slot) */
+	int breaker;                      /* the host's breaker: 0 closed, 1 open, 2 half-open */
+	uint64_t breaker_open_left_ms;    /* open: ms to the next probe */
+	uint64_t breaker_trips;           /* times it opened */
+	uint32_t pusher_pid;              /* the reaper pushing, 0 when none */
+	uint32_t push_threads;            /* its push threads */
+	uint64_t backlog, backlog_bytes;  /* entries (bytes) to push, at its last scan */
+	uint64_t last_push_ns;            /* CLOCK_REALTIME of the last push, 0 = none */
+	uint64_t ttl_s, lookup_ms, pull_ms, pull_ms_per_mib; /* the configuration */
+	uint32_t push_reasons, push_concurrency;
+	uint64_t push_min_bytes, push_bytes_per_s;
+} kvshm_remote_status;
+/* Fill *st (st->enabled 0 and nothing else when the cache has no remote
+ * tier). */
+KVSHM_EXTERN int kvshm_remote_status_get(kvshm *h, kvshm_remote_status *st);
 
 #ifdef __cplusplus
 }

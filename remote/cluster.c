@@ -125,6 +125,7 @@ int kvshm__rm_open(const char *urls, const struct kvshm__rm_opts *opts, struct k
 			goto out_free;
 	}
 	kvshm__rm_breaker_init(&rm->br, rm->opts.breaker_failures, rm->opts.breaker_open_ms, rm->opts.breaker_max_ms);
+	rm->brk = &rm->br;
 	rm->pid = getpid();
 	*out = rm;
 	return 0;
@@ -152,14 +153,20 @@ void kvshm__rm_close(struct kvshm__rm *rm)
 	free(rm);
 }
 
+void kvshm__rm_use_breaker(struct kvshm__rm *rm, struct kvshm__rm_breaker *b)
+{
+	rm->brk = b ? b : &rm->br;
+}
+
 void kvshm__rm_stats_get(struct kvshm__rm *rm, struct kvshm__rm_stats *out)
 {
+	const struct kvshm__rm_breaker *b = rm->brk;
 	*out = rm->st;
-	out->trips = rm->br.trips;
-	out->rejected = rm->br.rejected;
-	out->state = rm->br.state;
-	uint64_t now = kvshm__now_ns();
-	out->open_left_ms = rm->br.state == KVSHM_RM_OPEN && rm->br.until_ns > now ? (rm->br.until_ns - now) / 1000000 : 0;
+	out->trips = atomic_load(&b->trips);
+	out->rejected = atomic_load(&b->rejected);
+	out->state = (int)atomic_load(&b->state);
+	uint64_t now = kvshm__now_ns(), until = atomic_load(&b->until_ns);
+	out->open_left_ms = out->state == KVSHM_RM_OPEN && until > now ? (until - now) / 1000000 : 0;
 }
 
 const char *kvshm__rm_mode(struct kvshm__rm *rm)
@@ -328,11 +335,12 @@ int kvshm__rm_exec(struct kvshm__rm *rm, struct kvshm__rm_cmd *cmds, size_t n, u
 		cmds[k].reply = NULL;
 		cmds[k].sunk = false;
 	}
-	if (!kvshm__rm_breaker_allow(&rm->br, now)) {
+	if (!kvshm__rm_breaker_allow(rm->brk, now, deadline)) {
+		uint64_t until = atomic_load(&rm->brk->until_ns);
 		for (size_t k = 0; k < n; k++)
 			cmds[k].err = -EAGAIN;
 		return kvshm__fail(-EAGAIN, "remote: circuit breaker open for %llu ms more",
-				   (unsigned long long)((rm->br.until_ns - now) / 1000000));
+				   (unsigned long long)(until > now ? (until - now) / 1000000 : 0));
 	}
 	rm->st.calls++;
 
@@ -387,6 +395,6 @@ out:
 		if (rc == -ETIMEDOUT)
 			rm->st.timeouts++;
 	}
-	kvshm__rm_breaker_done(&rm->br, kvshm__now_ns(), rc == 0);
+	kvshm__rm_breaker_done(rm->brk, kvshm__now_ns(), rc == 0);
 	return rc;
 }

@@ -6,22 +6,24 @@
  * 16-byte boundary hash the caller passes, in hex; G the push's random
  * 64-bit generation, in hex:
  *
- *   <ns>:params           "kvshm-remote 1 seed=… chunk=… layout=tag|spread"
+ *   <ns>:params           "kvshm-remote 2 seed=… chunk=… tokens=… layout=tag|spread"
  *                         (SET NX, no TTL: the first host's choice wins)
  *   <ns>:{K}              the metadata record (remote/record.c), TTL
  *   <ns>:{K}:G:<i>        chunk i, layout tag: in the record's slot, TTL
  *   <ns>:K:G:<i>          chunk i, layout spread: hashed over the slots, TTL
+ *   <ns>:h:{B}            a hint: the entry K (push G) passes through
+ *                         boundary B (remote/record.c), TTL
  *
  * Protocol (numbered as it runs):
  *   push  1. SET every chunk EX ttl, one pipeline; 2. once every chunk
- *         answered OK, SET the record EX ttl GET; 3. the push it replaced
- *         (the record GET returned): UNLINK its chunks. A pusher that dies
- *         before 2 leaves chunks no record names: they expire. Chunks are
- *         named by G, so two hosts pushing one key never mix their chunks:
- *         the last record written wins.
- *   lookup  GET every boundary's record, one pipeline; a record is used
- *         only if its own CRC, its key and model match, and its tokens
- *         are a prefix of (or, partial, share a prefix with) the prompt.
+ *         answered OK, SET the record EX ttl GET; 3. one pipeline: the
+ *         push it replaced (the record GET returned): UNLINK its chunks;
+ *         and SET the hints EX ttl. A pusher that dies before 2 leaves
+ *         chunks no record names: they expire. Chunks are named by G, so
+ *         two hosts pushing one key never mix their chunks: the last
+ *         record written wins. One that dies before 3 leaves the old
+ *         chunks to their TTL, and no hints (a partial lookup may miss).
+ *   lookup  remote/lookup.c.
  *   pull  1. GETEX every chunk EX ttl (and EXPIRE the record), one
  *         pipeline; 2. each chunk's length and CRC32C checked as it
  *         arrives (remote/reply.c), the whole's by combining them;
@@ -39,12 +41,13 @@
 
 #include "remote/rm.h"
 
-#define NSREC_VERSION 1
+#define NSREC_VERSION 2
 
-static int need_ns(struct kvshm__rm *rm)
+int kvshm__rm_need_ns(struct kvshm__rm *rm)
 {
 	return rm->ns[0] ? 0 : kvshm__fail(-EINVAL, "remote: no namespace (kvshm__rm_ns_open first)");
 }
+#define need_ns kvshm__rm_need_ns
 
 static uint64_t deadline_for(struct kvshm__rm *rm, unsigned timeout_ms, uint64_t bytes)
 {
@@ -57,14 +60,37 @@ static uint64_t deadline_for(struct kvshm__rm *rm, unsigned timeout_ms, uint64_t
 
 static int nsrec_parse(const char *s, struct kvshm__rm_ns *p)
 {
-	unsigned ver, chunk;
+	unsigned ver, chunk, tokens;
 	unsigned long long seed;
 	char layout[8];
-	if (sscanf(s, "kvshm-remote %u seed=%llx chunk=%u layout=%7s", &ver, &seed, &chunk, layout) != 4 ||
-	    ver != NSREC_VERSION || chunk < KVSHM_RM_CHUNK_MIN || chunk > KVSHM_RM_CHUNK_MAX ||
-	    (strcmp(layout, "tag") && strcmp(layout, "spread")))
+	if (sscanf(s, "kvshm-remote %u seed=%llx chunk=%u tokens=%u layout=%7s", &ver, &seed, &chunk, &tokens,
+		   layout) != 5 ||
+	    ver != NSREC_VERSION || chunk < KVSHM_RM_CHUNK_MIN || chunk > KVSHM_RM_CHUNK_MAX || tokens < 1 ||
+	    tokens > KVSHM_RM_TOKENS_MAX || (strcmp(layout, "tag") && strcmp(layout, "spread")))
 		return -1;
-	*p = (struct kvshm__rm_ns){ .seed = seed, .chunk = chunk, .spread = !strcmp(layout, "spread") };
+	*p = (struct kvshm__rm_ns){ .seed = seed, .chunk = chunk, .tokens = tokens, .spread = !strcmp(layout, "spread") };
+	return 0;
+}
+
+static void nsrec_format(char *rec, size_t sz, const struct kvshm__rm_ns *p)
+{
+	snprintf(rec, sz, "kvshm-remote %u seed=%016llx chunk=%u tokens=%u layout=%s", NSREC_VERSION,
+		 (unsigned long long)p->seed, p->chunk, p->tokens ? p->tokens : KVSHM_RM_TOKENS_DEFAULT,
+		 p->spread ? "spread" : "tag");
+}
+
+/* The name and the proposed parameters: 0 or -EINVAL (reported). */
+static int ns_valid(const char *ns, const struct kvshm__rm_ns *p)
+{
+	size_t len = ns ? strlen(ns) : 0;
+	if (len < 1 || len > 64 || strspn(ns, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != len)
+		return kvshm__fail(-EINVAL, "remote namespace '%s': 1 to 64 of [A-Za-z0-9._-]", ns ? ns : "(null)");
+	if (p->chunk < KVSHM_RM_CHUNK_MIN || p->chunk > KVSHM_RM_CHUNK_MAX)
+		return kvshm__fail(-EINVAL, "remote namespace: chunk %u outside %u..%u bytes", p->chunk,
+				   KVSHM_RM_CHUNK_MIN, KVSHM_RM_CHUNK_MAX);
+	if (p->tokens > KVSHM_RM_TOKENS_MAX)
+		return kvshm__fail(-EINVAL, "remote namespace: token chunk %u outside 1..%u", p->tokens,
+				   KVSHM_RM_TOKENS_MAX);
 	return 0;
 }
 
@@ -94,16 +120,12 @@ static int nsrec_assert(struct kvshm__rm *rm, const char *ns, const char *rec, c
 int kvshm__rm_ns_open(struct kvshm__rm *rm, const char *ns, const struct kvshm__rm_ns *want,
 		      struct kvshm__rm_ns *got, unsigned timeout_ms)
 {
-	size_t len = ns ? strlen(ns) : 0;
-	if (len < 1 || len > 64 || strspn(ns, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != len)
-		return kvshm__fail(-EINVAL, "remote namespace '%s': 1 to 64 of [A-Za-z0-9._-]", ns ? ns : "(null)");
-	if (want->chunk < KVSHM_RM_CHUNK_MIN || want->chunk > KVSHM_RM_CHUNK_MAX)
-		return kvshm__fail(-EINVAL, "remote namespace: chunk %u outside %u..%u bytes", want->chunk,
-				   KVSHM_RM_CHUNK_MIN, KVSHM_RM_CHUNK_MAX);
 	char rec[128], cur[128];
-	snprintf(rec, sizeof(rec), "kvshm-remote %u seed=%016llx chunk=%u layout=%s", NSREC_VERSION,
-		 (unsigned long long)want->seed, want->chunk, want->spread ? "spread" : "tag");
-	int rc = nsrec_assert(rm, ns, rec, cur, sizeof(cur), timeout_ms);
+	int rc = ns_valid(ns, want);
+	if (rc)
+		return rc;
+	nsrec_format(rec, sizeof(rec), want);
+	rc = nsrec_assert(rm, ns, rec, cur, sizeof(cur), timeout_ms);
 	if (rc)
 		return rc;
 	struct kvshm__rm_ns p;
@@ -114,6 +136,27 @@ int kvshm__rm_ns_open(struct kvshm__rm *rm, const char *ns, const struct kvshm__
 	rm->nsp = p;
 	*got = p;
 	return 0;
+}
+
+int kvshm__rm_ns_use(struct kvshm__rm *rm, const char *ns, const struct kvshm__rm_ns *p)
+{
+	int rc = ns_valid(ns, p);
+	if (rc)
+		return rc;
+	if (!p->tokens)
+		return kvshm__fail(-EINVAL, "remote namespace '%s': parameters in force name no token chunk", ns);
+	strcpy(rm->ns, ns);
+	nsrec_format(rm->nsrec, sizeof(rm->nsrec), p);
+	rm->nsp = *p;
+	return 0;
+}
+
+int kvshm__rm_ns_get(struct kvshm__rm *rm, struct kvshm__rm_ns *out)
+{
+	int rc = need_ns(rm);
+	if (!rc)
+		*out = rm->nsp;
+	return rc;
 }
 
 int kvshm__rm_ns_check(struct kvshm__rm *rm, unsigned timeout_ms)
@@ -129,18 +172,30 @@ int kvshm__rm_ns_check(struct kvshm__rm *rm, unsigned timeout_ms)
 
 /* ---- delete ---------------------------------------------------------------------------- */
 
-/* What unlink_keys removes besides the chunks of m's push. */
-enum { CHUNKS, CHUNKS_RECORD, CHUNKS_RECORD_IF_SAME };
+#define CHUNKS RM_CHUNKS
+#define CHUNKS_RECORD RM_CHUNKS_RECORD
+#define CHUNKS_RECORD_IF_SAME RM_CHUNKS_RECORD_IF_SAME
+#define unlink_keys kvshm__rm_unlink
 
-/* The record goes only while it is still m's push (its G at byte 24): a
- * pull that found m broken must not delete the entry a newer push put
- * under the same key. */
+/* The record (or hint) goes only while it is still m's push (its G at
+ * byte 24 of either): a pull that found m broken must not delete the
+ * entry a newer push put under the same key. */
 static const char if_same_script[] =
 	"local v = redis.call('GET', KEYS[1]) "
 	"if v and string.sub(v, 25, 32) == ARGV[1] then return redis.call('UNLINK', KEYS[1]) end return 0";
 
-static int unlink_keys(struct kvshm__rm *rm, const struct kvshm__rm_meta *m, int what, uint64_t deadline)
+int kvshm__rm_unlink(struct kvshm__rm *rm, const struct kvshm__rm_meta *m, int what, uint64_t deadline)
 {
+	if (what == RM_HINT_IF_SAME) {
+		char k[KEYBUF];
+		struct kvshm__rm_cmd c;
+		size_t kl = kvshm__rm_hint_key(rm, m->key, k, sizeof(k));
+		kvshm__rm_cmd_set(&c, 3, 5, (const char *[]){ "EVAL", if_same_script, "1", k, (const char *)&m->gen },
+				  (size_t[]){ 4, sizeof(if_same_script) - 1, 1, kl, 8 });
+		int rc = kvshm__rm_exec(rm, &c, 1, deadline);
+		kvshm__rm_cmds_free(&c, 1);
+		return rc;
+	}
 	size_t n = m->nchunks + (what != CHUNKS ? 1 : 0);
 	struct kvshm__rm_cmd *c = calloc(n ? n : 1, sizeof(*c));
 	char *names = malloc((n ? n : 1) * KEYBUF);
@@ -231,10 +286,50 @@ static bool ok_reply(const struct kvshm__rm_cmd *c)
 int kvshm__rm_push(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN], const kvshm_model *model,
 		   const uint32_t *tokens, uint32_t ntokens, const void *data, size_t len, unsigned timeout_ms)
 {
+	return kvshm__rm_push_hinted(rm, key, model, tokens, ntokens, data, len, NULL, 0, timeout_ms);
+}
+
+/* Step 3: the replaced push's chunks go now, not at their TTL (a puller of
+ * it then misses, as it would have after expiry), and the hints are set.
+ * Best effort, one pipeline. */
+static void after_record(struct kvshm__rm *rm, const struct kvshm__rm_meta *m, const struct kvshm__rm_meta *old,
+			 const uint8_t (*hints)[KVSHM_RM_KEYLEN], size_t nhints, const char *ttl, uint64_t deadline)
+{
+	size_t nold = old && old->gen != m->gen ? old->nchunks : 0, n = nold + nhints;
+	if (!n)
+		return;
+	struct kvshm__rm_cmd *c = calloc(n, sizeof(*c));
+	char *names = malloc(n * KEYBUF);
+	uint8_t hint[KVSHM_RM_HINT_SIZE];
+	if (!c || !names)
+		goto out;
+	kvshm__rm_hint_encode(m, hint);
+	for (size_t i = 0; i < n; i++) {
+		char *k = names + i * KEYBUF;
+		if (i < nold) {
+			size_t kl = kvshm__rm_chunk_key(rm, old->key, old->gen, (uint32_t)i, k, KEYBUF);
+			kvshm__rm_cmd_set(&c[i], 1, 2, (const char *[]){ "UNLINK", k }, (size_t[]){ 6, kl });
+		} else {
+			size_t kl = kvshm__rm_hint_key(rm, hints[i - nold], k, KEYBUF);
+			kvshm__rm_cmd_set(&c[i], 1, 5, (const char *[]){ "SET", k, (const char *)hint, "EX", ttl },
+					  (size_t[]){ 3, kl, sizeof(hint), 2, strlen(ttl) });
+		}
+	}
+	kvshm__rm_exec(rm, c, n, deadline);
+	kvshm__rm_cmds_free(c, n);
+out:
+	free(c);
+	free(names);
+}
+
+int kvshm__rm_push_hinted(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN], const kvshm_model *model,
+			  const uint32_t *tokens, uint32_t ntokens, const void *data, size_t len,
+			  const uint8_t (*hints)[KVSHM_RM_KEYLEN], size_t nhints, unsigned timeout_ms)
+{
 	int rc = need_ns(rm);
 	if (rc)
 		return rc;
-	if (ntokens > KVSHM_MAX_TOKENS || (len && !data) || (ntokens && !tokens))
+	if (ntokens > KVSHM_MAX_TOKENS || (len && !data) || (ntokens && !tokens) || (nhints && !hints))
 		return kvshm__fail(-EINVAL, "remote push: bad arguments");
 	uint64_t deadline = deadline_for(rm, timeout_ms, len);
 	struct kvshm__rm_meta m = { .len = len, .chunk = rm->nsp.chunk, .ntokens = ntokens, .model = *model };
@@ -273,6 +368,7 @@ int kvshm__rm_push(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN], con
 		if (rc)
 			goto out_unlink;
 	}
+	KVSHM_CRASH_POINT("remote.push.chunks"); /* every chunk in, no record: they expire */
 
 	/* 2. The record, once every chunk is in. */
 	rec = kvshm__rm_record_encode(&m, &metasz);
@@ -285,14 +381,13 @@ int kvshm__rm_push(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN], con
 	if (!rc && c[0].reply->type != REDIS_REPLY_NIL && c[0].reply->type != REDIS_REPLY_STRING)
 		rc = kvshm__rm_reply_error(c[0].reply, "push SET record");
 	if (!rc) {
-		/* 3. The push this one replaced: its chunks go now, not at their TTL
-		 * (a puller of it then misses, as it would have after expiry). */
+		KVSHM_CRASH_POINT("remote.push.record"); /* in; the old chunks to their TTL, no hints */
 		struct kvshm__rm_meta *old = c[0].reply->type == REDIS_REPLY_STRING
 			? kvshm__rm_record_decode((const uint8_t *)c[0].reply->str, c[0].reply->len, key) : NULL;
-		if (old && old->gen != m.gen)
-			unlink_keys(rm, old, CHUNKS, deadline);
-		kvshm__rm_meta_free(old);
 		kvshm__rm_cmds_free(c, 1);
+		/* 3. The replaced push's chunks, the hints. */
+		after_record(rm, &m, old, hints, nhints, ttl, deadline);
+		kvshm__rm_meta_free(old);
 		rm->st.pushes++;
 		rm->st.push_bytes += len;
 		goto out;
@@ -312,87 +407,6 @@ out:
 	free(names);
 	free(c);
 	free(m.crcs);
-	return rc;
-}
-
-/* ---- lookup ---------------------------------------------------------------------------- */
-
-static size_t common_prefix(const uint32_t *a, size_t na, const uint32_t *b, size_t nb)
-{
-	size_t i = 0, n = KVSHM_MIN(na, nb);
-	while (i < n && a[i] == b[i])
-		i++;
-	return i;
-}
-
-int kvshm__rm_lookup(struct kvshm__rm *rm, const uint8_t (*keys)[KVSHM_RM_KEYLEN], size_t nkeys,
-		     const kvshm_model *model, const uint32_t *tokens, size_t n, unsigned flags, bool *found,
-		     struct kvshm__rm_meta **best, unsigned timeout_ms)
-{
-	int rc = need_ns(rm);
-	*best = NULL;
-	if (rc)
-		return rc;
-	if (!nkeys)
-		return KVSHM_ENOTFOUND;
-	uint64_t deadline = kvshm__rm_deadline(timeout_ms ? timeout_ms : rm->opts.lookup_ms);
-	struct kvshm__rm_cmd *c = calloc(nkeys, sizeof(*c));
-	char *names = malloc(nkeys * KEYBUF);
-	rc = -ENOMEM;
-	if (!c || !names)
-		goto out;
-	for (size_t i = 0; i < nkeys; i++) {
-		char *k = names + i * KEYBUF;
-		kvshm__rm_cmd_set(&c[i], 1, 2, (const char *[]){ "GET", k },
-				  (size_t[]){ 3, kvshm__rm_meta_key(rm, keys[i], k, KEYBUF) });
-	}
-	rc = kvshm__rm_exec(rm, c, nkeys, deadline);
-	if (rc)
-		goto out_free;
-	size_t nbad = 0;
-	for (size_t i = 0; i < nkeys; i++) {
-		redisReply *r = c[i].reply;
-		if (found)
-			found[i] = false;
-		if (r->type != REDIS_REPLY_STRING)
-			continue;
-		struct kvshm__rm_meta *m = kvshm__rm_record_decode((const uint8_t *)r->str, r->len, keys[i]);
-		if (!m) { /* keep its name to delete it */
-			rm->st.bad_meta++;
-			memmove(names + nbad++ * KEYBUF, names + i * KEYBUF, KEYBUF);
-			continue;
-		}
-		if (found)
-			found[i] = true;
-		size_t cp = common_prefix(m->tokens, m->ntokens, tokens, n);
-		bool serves = !memcmp(m->model.fingerprint, model->fingerprint, 32) &&
-			      !memcmp(m->model.ctx_hash, model->ctx_hash, 32) && m->model.quant == model->quant &&
-			      (flags & KVSHM_RM_PARTIAL ? cp > 0 : cp == m->ntokens && cp > 0);
-		m->matched = cp;
-		if (serves && (!*best || cp >= (*best)->matched)) {
-			kvshm__rm_meta_free(*best);
-			*best = m;
-		} else {
-			kvshm__rm_meta_free(m);
-		}
-	}
-	rm->st.lookups++;
-	rc = *best ? 0 : KVSHM_ENOTFOUND;
-	if (*best)
-		rm->st.hits++;
-	if (nbad) { /* rare: delete the corrupt records in the time left */
-		kvshm__rm_cmds_free(c, nkeys);
-		for (size_t i = 0; i < nbad; i++) {
-			char *k = names + i * KEYBUF;
-			kvshm__rm_cmd_set(&c[i], 1, 2, (const char *[]){ "UNLINK", k }, NULL);
-		}
-		kvshm__rm_exec(rm, c, nbad, deadline);
-	}
-out_free:
-	kvshm__rm_cmds_free(c, nkeys);
-out:
-	free(c);
-	free(names);
 	return rc;
 }
 

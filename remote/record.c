@@ -12,6 +12,10 @@
  *  128 tokens (4 × ntokens), chunk CRC32Cs (4 × nchunks),
  *      CRC32C of everything before it (4)
  *
+ * A hint (partial-prefix lookup: remote/lookup.c), 40 bytes:
+ *    0 "KVRH"   4 version (1)   6 reserved
+ *    8 K (16) of the entry it names   24 G (8)   32 ntokens   36 CRC32C of bytes 0..36
+ *
  * Not for: talking to Redis (remote/entry.c does, through remote/cluster.c).
  */
 #include <stdio.h>
@@ -85,6 +89,14 @@ size_t kvshm__rm_meta_key(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLE
 	char h[2 * KVSHM_RM_KEYLEN + 1];
 	hex(h, key, KVSHM_RM_KEYLEN);
 	int n = snprintf(buf, bufsz, "%s:{%s}", rm->ns, h);
+	return n < 0 ? 0 : KVSHM_MIN((size_t)n, bufsz - 1);
+}
+
+size_t kvshm__rm_hint_key(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN], char *buf, size_t bufsz)
+{
+	char h[2 * KVSHM_RM_KEYLEN + 1];
+	hex(h, key, KVSHM_RM_KEYLEN);
+	int n = snprintf(buf, bufsz, "%s:h:{%s}", rm->ns, h);
 	return n < 0 ? 0 : KVSHM_MIN((size_t)n, bufsz - 1);
 }
 
@@ -173,6 +185,41 @@ struct kvshm__rm_meta *kvshm__rm_record_decode(const uint8_t *b, size_t sz, cons
 	m.crcs = arr + m.ntokens;
 	*out = m;
 	return out;
+}
+
+/* ---- the hint ------------------------------------------------------------------------------ */
+
+#define HINT_MAGIC 0x4852564bu /* "KVRH" */
+#define HINT_VERSION 1
+
+void kvshm__rm_hint_encode(const struct kvshm__rm_meta *m, uint8_t out[KVSHM_RM_HINT_SIZE])
+{
+	uint32_t u32 = HINT_MAGIC;
+	uint16_t u16 = HINT_VERSION;
+	memset(out, 0, KVSHM_RM_HINT_SIZE);
+	memcpy(out, &u32, 4);
+	memcpy(out + 4, &u16, 2);
+	memcpy(out + 8, m->key, 16);
+	memcpy(out + 24, &m->gen, 8);
+	memcpy(out + 32, &m->ntokens, 4);
+	u32 = kvshm__crc32c(0, out, 36);
+	memcpy(out + 36, &u32, 4);
+}
+
+bool kvshm__rm_hint_decode(const uint8_t *b, size_t sz, uint8_t key[KVSHM_RM_KEYLEN], uint64_t *gen)
+{
+	uint32_t magic, crc;
+	uint16_t ver;
+	if (sz != KVSHM_RM_HINT_SIZE)
+		return false;
+	memcpy(&magic, b, 4);
+	memcpy(&ver, b + 4, 2);
+	memcpy(&crc, b + 36, 4);
+	if (magic != HINT_MAGIC || ver != HINT_VERSION || crc != kvshm__crc32c(0, b, 36))
+		return false;
+	memcpy(key, b + 8, 16);
+	memcpy(gen, b + 24, 8);
+	return true;
 }
 
 void kvshm__rm_meta_free(struct kvshm__rm_meta *m)

@@ -6,7 +6,7 @@
  * Not for: anything about the segment. This layer knows no entry states,
  * pins, tiers or processes; it takes bytes, tokens and 16-byte boundary
  * hashes from its caller (the remote tier in core/) and hands bytes back.
- * It uses only shm/common.h (errors, clock) and core's CRC32C.
+ * It uses only shm/ (errors, clock: shm/common.h; CRC32C: shm/crc32c.h).
  *
  *   caller (core/ remote tier)
  *     │  kvshm__rm_ns_open / push / lookup / pull / delete     remote/entry.c
@@ -163,26 +163,38 @@ enum { KVSHM_RM_CLOSED, KVSHM_RM_OPEN, KVSHM_RM_HALF_OPEN };
 
 /*
  * Closed: calls go through; `threshold` consecutive failures open it.
- * Open: calls are refused until `until`; then half-open lets one probe
- * through: success closes it (the period back to its first value), failure
- * opens it again for twice the period, capped. One thread at a time.
+ * Open: calls are refused until `until_ns`; then one caller claims the
+ * probe (half-open: the others are still refused until the probe's own
+ * deadline, after which another may probe): success closes it (the period
+ * back to its first value), failure opens it again for twice the period,
+ * capped. Lock-free (atomics), so one breaker can serve every thread and
+ * every process that shares it: the remote tier keeps one per host in the
+ * cache's segment (kvshm__rm_use_breaker), so workers do not each probe a
+ * dead Redis. Its words are soft state: a process killed between two of
+ * them leaves at worst a breaker that opens or closes one call late.
  */
 struct kvshm__rm_breaker {
-	int state;          /* KVSHM_RM_CLOSED / _OPEN / _HALF_OPEN */
-	unsigned failures;  /* consecutive failed calls */
-	unsigned threshold; /* failures that open it */
-	uint64_t first_ns;  /* first open period */
-	uint64_t max_ns;    /* cap of the period */
-	uint64_t period_ns; /* the current period */
-	uint64_t until_ns;  /* open until (CLOCK_MONOTONIC) */
-	uint64_t trips;     /* times it opened */
-	uint64_t rejected;  /* calls refused while open */
+	_Atomic uint32_t state;    /* KVSHM_RM_CLOSED / _OPEN / _HALF_OPEN */
+	_Atomic uint32_t failures; /* consecutive failed calls */
+	uint32_t threshold;        /* failures that open it: set at init */
+	uint32_t pad;
+	uint64_t first_ns;          /* first open period: set at init */
+	uint64_t max_ns;            /* cap of the period: set at init */
+	_Atomic uint64_t period_ns; /* the current period */
+	_Atomic uint64_t until_ns;  /* open: until (CLOCK_MONOTONIC); half-open: the probe's deadline */
+	_Atomic uint64_t trips;     /* times it opened */
+	_Atomic uint64_t rejected;  /* calls refused while open */
 };
 void kvshm__rm_breaker_init(struct kvshm__rm_breaker *b, unsigned threshold, unsigned first_ms, unsigned max_ms);
-/* May a call go out now? Counts the refusal when not. */
-bool kvshm__rm_breaker_allow(struct kvshm__rm_breaker *b, uint64_t now);
+/* May a call go out now? A call let through an open breaker is its probe,
+ * which ends by probe_deadline (CLOCK_MONOTONIC ns). Counts the refusal
+ * when not. */
+bool kvshm__rm_breaker_allow(struct kvshm__rm_breaker *b, uint64_t now, uint64_t probe_deadline);
 /* The call allowed at `now` ended: ok or failed. */
 void kvshm__rm_breaker_done(struct kvshm__rm_breaker *b, uint64_t now, bool ok);
+/* Make rm use breaker b (e.g. one in shared memory, initialised by the
+ * caller) instead of its own; NULL: its own again. */
+void kvshm__rm_use_breaker(struct kvshm__rm *rm, struct kvshm__rm_breaker *b);
 
 /* ---- counters ----------------------------------------------------------------------- */
 
@@ -206,6 +218,8 @@ struct kvshm__rm_stats {
 	uint64_t pull_missing;       /* pulls that found a chunk missing (entry deleted) */
 	uint64_t pull_corrupt;       /* pulls that found a chunk corrupt (entry deleted) */
 	uint64_t deletes;            /* entries deleted */
+	uint64_t hints_followed;     /* partial lookups that read a hinted record */
+	uint64_t hints_stale;        /* ... whose record was gone (hint deleted) */
 };
 void kvshm__rm_stats_get(struct kvshm__rm *rm, struct kvshm__rm_stats *out);
 /* "standalone", "cluster" or "unknown" (not connected yet), and the
@@ -217,13 +231,16 @@ const char *kvshm__rm_mode(struct kvshm__rm *rm);
 /*
  * A namespace's parameters, the same on every host of a pool: the first
  * host's choice is stored in Redis (<ns>:params, SET NX, no TTL) and read
- * back by every host. seed: the hash seed the boundary keys are computed
- * with (by the caller); chunk: bytes per chunk; spread: chunks hashed over
- * the cluster's slots (true) or kept in their entry's slot by a hash tag.
+ * back by every host. seed and tokens: the hash seed and the token chunk
+ * (chunk_tokens) the boundary keys are computed with (by the caller, with
+ * its own hashing), so that every host names an entry alike; chunk: bytes
+ * per value chunk; spread: chunks hashed over the cluster's slots (true)
+ * or kept in their entry's slot by a hash tag.
  */
 struct kvshm__rm_ns {
 	uint64_t seed;
 	uint32_t chunk;
+	uint32_t tokens; /* 0 when proposing: 256 */
 	bool spread;
 };
 /* 1 MiB less 64 bytes: a chunk of exactly 1 MiB costs Redis 1.25 MiB (its
@@ -234,12 +251,20 @@ struct kvshm__rm_ns {
 #define KVSHM_RM_SPREAD_DEFAULT true
 #define KVSHM_RM_CHUNK_MIN (4u << 10)
 #define KVSHM_RM_CHUNK_MAX (64u << 20)
+#define KVSHM_RM_TOKENS_DEFAULT 256u
+#define KVSHM_RM_TOKENS_MAX 4096u /* as the local tiers' chunk_tokens */
 
 /* Join (or found) namespace ns ([A-Za-z0-9._-], 1..64 chars) proposing
  * *want; *got receives the parameters in force (maybe another host's).
  * timeout_ms 0: the default. -EPROTO when the stored record is not ours. */
 int kvshm__rm_ns_open(struct kvshm__rm *rm, const char *ns, const struct kvshm__rm_ns *want,
 		      struct kvshm__rm_ns *got, unsigned timeout_ms);
+/* Use namespace ns with parameters p already read from Redis (by another
+ * client of the same host: kvshm__rm_ns_open's *got), with no round trip.
+ * -EINVAL when the name or the parameters are not valid. */
+int kvshm__rm_ns_use(struct kvshm__rm *rm, const char *ns, const struct kvshm__rm_ns *p);
+/* The parameters in use: 0, or -EINVAL when no namespace is set. */
+int kvshm__rm_ns_get(struct kvshm__rm *rm, struct kvshm__rm_ns *out);
 /* Re-assert the parameters (they may have been evicted): 0 when still in
  * force, -ESTALE when another host's now are (call kvshm__rm_ns_open again:
  * keys computed with the old seed are no longer shared). */
@@ -265,10 +290,18 @@ void kvshm__rm_meta_free(struct kvshm__rm_meta *m);
  * once every chunk is acknowledged, its metadata record. A push that fails
  * part way leaves no metadata (its chunks are unlinked when the deadline
  * allows, and expire anyway). An entry already under key is replaced
- * (last writer wins; its chunks expire). timeout_ms 0: scaled by len.
+ * (last writer wins; its chunks are unlinked). timeout_ms 0: scaled by len.
  */
 int kvshm__rm_push(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN], const kvshm_model *m,
 		   const uint32_t *tokens, uint32_t ntokens, const void *data, size_t len, unsigned timeout_ms);
+/* The same, and once the record is in, a hint under each of hints[0..nhints)
+ * (the entry's own boundary hashes short of its key, where a partial
+ * lookup of a prompt that shares only a prefix of it will look: see
+ * kvshm__rm_lookup_q). Hints are best effort: one that fails to be written
+ * is not an error. */
+int kvshm__rm_push_hinted(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN], const kvshm_model *m,
+			  const uint32_t *tokens, uint32_t ntokens, const void *data, size_t len,
+			  const uint8_t (*hints)[KVSHM_RM_KEYLEN], size_t nhints, unsigned timeout_ms);
 
 #define KVSHM_RM_PARTIAL 1u /* lookup: the longest common prefix, as KVSHM_LOOKUP_PARTIAL */
 
@@ -286,6 +319,32 @@ int kvshm__rm_lookup(struct kvshm__rm *rm, const uint8_t (*keys)[KVSHM_RM_KEYLEN
 		     struct kvshm__rm_meta **best, unsigned timeout_ms);
 
 /*
+ * The lookup in full (kvshm__rm_lookup is this with hints_from = nkeys and
+ * min_partial = 1). With PARTIAL, the same round trip also reads the hints
+ * under keys[hints_from..nkeys): an entry longer than the prompt, or one
+ * diverging from it past that boundary, is found through the hint under
+ * the deepest boundary hash it shares with the prompt; if that hint can
+ * beat the best record (its boundary is not below the best's), its record
+ * is read in a second round trip and compared in full like any other. A
+ * hint whose record is gone is deleted (while it still names that push).
+ * A record that only partly serves (it diverges, or is longer than the
+ * prompt) must share at least min_partial tokens (0: 1); at equal common
+ * prefix a record wholly inside the prompt wins.
+ */
+struct kvshm__rm_query {
+	const uint8_t (*keys)[KVSHM_RM_KEYLEN]; /* the prompt's boundary hashes, shortest first */
+	size_t nkeys;
+	size_t hints_from; /* PARTIAL: hints are read under keys[hints_from..nkeys) */
+	const kvshm_model *m;
+	const uint32_t *tokens;
+	size_t n;
+	unsigned flags;     /* KVSHM_RM_PARTIAL */
+	size_t min_partial; /* see above */
+};
+int kvshm__rm_lookup_q(struct kvshm__rm *rm, const struct kvshm__rm_query *q, bool *found,
+		       struct kvshm__rm_meta **best, unsigned timeout_ms);
+
+/*
  * Read meta's value into dst (cap >= meta->len, else -ENOBUFS): every
  * chunk in one pipeline (GETEX: its TTL refreshed, and the record's), each
  * chunk's CRC32C and the whole's verified. A chunk missing (evicted,
@@ -301,11 +360,19 @@ int kvshm__rm_delete(struct kvshm__rm *rm, const struct kvshm__rm_meta *meta, un
 /* Delete whatever entry is under key (KVSHM_ENOTFOUND when none). */
 int kvshm__rm_delete_key(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN], unsigned timeout_ms);
 
-/* Key names, for tests and tools: "<ns>:{<hex key>}" (the record) and its
- * chunk i of push gen. Return the length written (bufsz >= 160 is enough). */
+/* Key names, for tests and tools: "<ns>:{<hex key>}" (the record), its
+ * chunk i of push gen, and "<ns>:h:{<hex key>}" (a hint). Return the
+ * length written (bufsz >= 160 is enough). */
 size_t kvshm__rm_meta_key(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN], char *buf, size_t bufsz);
+size_t kvshm__rm_hint_key(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN], char *buf, size_t bufsz);
 size_t kvshm__rm_chunk_key(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLEN], uint64_t gen, uint32_t i,
 			   char *buf, size_t bufsz);
+
+/* For tests and tools (remote/audit.c): SCAN the namespace (standalone
+ * Redis only: -ENOTSUP otherwise) and count its records and those missing
+ * a chunk (a push writes its record last: only Redis evicting or expiring
+ * a chunk makes one). */
+int kvshm__rm_audit(struct kvshm__rm *rm, uint64_t *records, uint64_t *broken, unsigned timeout_ms);
 
 /* CRC32C of A‖B from CRC32C(A), CRC32C(B) and |B| (zlib's method). */
 uint32_t kvshm__rm_crc32c_combine(uint32_t a, uint32_t b, uint64_t blen);

@@ -12,9 +12,8 @@
 
 #include "remote/remote.h"
 #include "shm/common.h"
+#include "shm/crc32c.h"
 
-/* core/crc32c.c (a leaf of core/: no cache meaning). */
-uint32_t kvshm__crc32c(uint32_t crc, const void *buf, size_t len);
 
 #define RM_SLOTS 16384
 #define RM_MAX_NODES 256     /* seeds plus the nodes slot maps name: far more than a pool has */
@@ -56,7 +55,8 @@ struct kvshm__rm {
 	uint64_t refreshed_ns;  /* when it was last read */
 	uint16_t slot[RM_SLOTS]; /* node index + 1; 0: no node serves it */
 	char *rbuf;             /* RM_RBUF */
-	struct kvshm__rm_breaker br;
+	struct kvshm__rm_breaker br;   /* its own breaker ... */
+	struct kvshm__rm_breaker *brk; /* ... or a shared one (kvshm__rm_use_breaker): the one in use */
 	struct kvshm__rm_stats st;
 	char ns[65];            /* the namespace ("" until kvshm__rm_ns_open) */
 	struct kvshm__rm_ns nsp;
@@ -75,6 +75,20 @@ void kvshm__rm_sink_ahead(struct rm_node *n);
 uint8_t *kvshm__rm_record_encode(const struct kvshm__rm_meta *m, size_t *size);
 /* Decode and verify a record read under key; NULL when it is not one. */
 struct kvshm__rm_meta *kvshm__rm_record_decode(const uint8_t *b, size_t sz, const uint8_t key[KVSHM_RM_KEYLEN]);
+/* A hint: "the entry of record key K, push G, passes through this
+ * boundary" (partial-prefix lookup). Decode: false when it is not one. */
+#define KVSHM_RM_HINT_SIZE 40
+void kvshm__rm_hint_encode(const struct kvshm__rm_meta *m, uint8_t out[KVSHM_RM_HINT_SIZE]);
+bool kvshm__rm_hint_decode(const uint8_t *b, size_t sz, uint8_t key[KVSHM_RM_KEYLEN], uint64_t *gen);
+
+/* remote/entry.c: what deletes keys, for remote/lookup.c. The record goes
+ * with CHUNKS_RECORD always, with CHUNKS_RECORD_IF_SAME only while it is
+ * still m's push; HINT_IF_SAME deletes only the hint under m->key while it
+ * still names push m->gen. */
+enum { RM_CHUNKS, RM_CHUNKS_RECORD, RM_CHUNKS_RECORD_IF_SAME, RM_HINT_IF_SAME };
+int kvshm__rm_unlink(struct kvshm__rm *rm, const struct kvshm__rm_meta *m, int what, uint64_t deadline);
+/* 0 when rm has a namespace, else -EINVAL (reported). */
+int kvshm__rm_need_ns(struct kvshm__rm *rm);
 
 /* remote/net.c */
 int kvshm__rm_node_add(struct kvshm__rm *rm, const char *host, int port, const char *path);

@@ -4,13 +4,14 @@
 The layers, bottom to top (docs/architecture.md draws them):
 
     0 shm      shm/                       mechanisms with no cache meaning
-    1 base     core/layout.h core/internal.h   the segment's structs, the handle
-    2 entry    core/entry/                keys, the index, entries, pins, markers
-    3 tier     core/tier/                 the tier table and the tiers
-    4 ops      core/*.c core/ops.h        lookup, save, eviction and listing
-    5 maint    core/maint/                reclaim, reconcile, check, fsck, promote, prune
-    6 daemon   core/daemon/               the reaper, the pressure scheduler
-    7 handle   core/handle/               configuration, creating, opening, closing
+    1 remote   remote/                    the Redis client and the remote entry format
+    2 base     core/layout.h core/internal.h   the segment's structs, the handle
+    3 entry    core/entry/                keys, the index, entries, pins, markers
+    4 tier     core/tier/                 the tier table and the tiers
+    5 ops      core/*.c core/ops.h        lookup, save, eviction and listing
+    6 maint    core/maint/                reclaim, reconcile, check, fsck, promote, prune
+    7 daemon   core/daemon/               the reaper, the pusher, the pressure scheduler
+    8 handle   core/handle/               configuration, creating, opening, closing
 
 Rules, each checked here:
   - includes: a file includes project headers of its own layer or below;
@@ -19,7 +20,8 @@ Rules, each checked here:
     reference, runs from a lower layer to a higher one; a lower layer
     reaches up only through a table of function pointers filled from above
     (the tier table, lock repairs, the handle's reclaim hook);
-  - shm/ knows nothing of core/ (a special case of the two above);
+  - shm/ knows nothing of remote/ or core/, remote/ nothing of core/ (special
+    cases of the two above);
   - tools/ and llama/ use the public API only: they include no header of
     shm/ or core/, and every kvshm_* function they call is declared in
     include/kvshm.h (the administration API included);
@@ -33,7 +35,7 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NAMES = ["shm", "base", "entry", "tier", "ops", "maint", "daemon", "handle"]
+NAMES = ["shm", "remote", "base", "entry", "tier", "ops", "maint", "daemon", "handle"]
 MAX_CORE_LINES = 500
 
 
@@ -42,17 +44,19 @@ def layer_of(path):
     parts = path.split("/")
     if parts[0] == "shm":
         return 0
+    if parts[0] == "remote":
+        return 1
     if parts[0] != "core":
         return None
     if len(parts) == 2:
-        return 1 if parts[1] in ("layout.h", "internal.h") else 4
-    sub = {"entry": 2, "tier": 3, "maint": 5, "daemon": 6, "handle": 7}
+        return 2 if parts[1] in ("layout.h", "internal.h") else 5
+    sub = {"entry": 3, "tier": 4, "maint": 6, "daemon": 7, "handle": 8}
     return sub.get(parts[1])
 
 
 def library_files():
     out = []
-    for top in ("shm", "core"):
+    for top in ("shm", "remote", "core"):
         for dirpath, _, files in os.walk(os.path.join(ROOT, top)):
             for f in files:
                 if f.endswith((".c", ".h")):
@@ -128,7 +132,7 @@ def check_public_only(bad):
                 f = os.path.relpath(os.path.join(dirpath, n), ROOT)
                 text = open(os.path.join(ROOT, f)).read()
                 for inc in INCLUDE.findall(text):
-                    if inc.startswith(("core/", "shm/")):
+                    if inc.startswith(("core/", "shm/", "remote/")):
                         bad.append("%s includes %s: %s/ uses the public API only" % (f, inc, top))
                 if re.search(r"\bkvshm__(?!llama_)", text):
                     bad.append("%s names an internal kvshm__ symbol: %s/ uses the public API only" % (f, top))

@@ -23,9 +23,8 @@
 #include "harness.h"
 #include "fixture/redis.h"
 #include "remote/remote.h"
+#include "shm/crc32c.h"
 
-/* core/crc32c.c */
-uint32_t kvshm__crc32c(uint32_t crc, const void *buf, size_t len);
 
 #define SLACK_MS 500  /* scheduling on a shared 2-core machine, sanitizers */
 #define LONG_MS 10000 /* a deadline that is not under test */
@@ -286,7 +285,7 @@ static void test_breaker(void **st)
 
 	/* Failures below the threshold, then a success: still closed. */
 	for (int i = 0; i < 2; i++) {
-		assert_true(kvshm__rm_breaker_allow(&b, t));
+		assert_true(kvshm__rm_breaker_allow(&b, t, t + ms));
 		kvshm__rm_breaker_done(&b, t, false);
 	}
 	kvshm__rm_breaker_done(&b, t, true);
@@ -297,29 +296,41 @@ static void test_breaker(void **st)
 		kvshm__rm_breaker_done(&b, t, false);
 	assert_int_equal(b.state, KVSHM_RM_OPEN);
 	assert_int_equal(b.trips, 1);
-	assert_false(kvshm__rm_breaker_allow(&b, t + 99 * ms));
+	assert_false(kvshm__rm_breaker_allow(&b, t + 99 * ms, t + 100 * ms));
 	assert_int_equal(b.rejected, 1);
 	/* The probe fails: open again for 200, then 400, then 400 (the cap). */
 	uint64_t want[] = { 200, 400, 400 };
 	for (int i = 0; i < 3; i++) {
 		t = b.until_ns;
-		assert_true(kvshm__rm_breaker_allow(&b, t));
+		assert_true(kvshm__rm_breaker_allow(&b, t, t + ms));
 		assert_int_equal(b.state, KVSHM_RM_HALF_OPEN);
 		kvshm__rm_breaker_done(&b, t, false);
 		assert_int_equal(b.state, KVSHM_RM_OPEN);
 		assert_int_equal(b.until_ns - t, want[i] * ms);
-		assert_false(kvshm__rm_breaker_allow(&b, t + want[i] * ms - 1));
+		assert_false(kvshm__rm_breaker_allow(&b, t + want[i] * ms - 1, t + want[i] * ms));
 	}
 	assert_int_equal(b.trips, 4);
 	/* A good probe closes it and the period starts over. */
 	t = b.until_ns;
-	assert_true(kvshm__rm_breaker_allow(&b, t));
+	assert_true(kvshm__rm_breaker_allow(&b, t, t + ms));
 	kvshm__rm_breaker_done(&b, t, true);
 	assert_int_equal(b.state, KVSHM_RM_CLOSED);
 	assert_int_equal(b.period_ns, 100 * ms);
 	for (int i = 0; i < 3; i++)
 		kvshm__rm_breaker_done(&b, t, false);
 	assert_int_equal(b.until_ns - t, 100 * ms);
+	/* Shared (one per host): one caller claims the probe, the others are
+	 * refused until its deadline, after which a prober that died is
+	 * replaced by the next caller. */
+	t = b.until_ns;
+	assert_true(kvshm__rm_breaker_allow(&b, t, t + 50 * ms));
+	assert_false(kvshm__rm_breaker_allow(&b, t + 1, t + 60 * ms));
+	assert_false(kvshm__rm_breaker_allow(&b, t + 49 * ms, t + 60 * ms));
+	assert_true(kvshm__rm_breaker_allow(&b, t + 50 * ms, t + 90 * ms));
+	assert_int_equal(b.state, KVSHM_RM_HALF_OPEN);
+	kvshm__rm_breaker_done(&b, t + 60 * ms, true);
+	assert_int_equal(b.state, KVSHM_RM_CLOSED);
+	assert_true(kvshm__rm_breaker_allow(&b, t + 61 * ms, t + 62 * ms));
 }
 
 /* ---- standalone ----------------------------------------------------------------------- */
@@ -451,6 +462,131 @@ static void test_lookup_prefix(void **st)
 	kvshm__rm_close(rm);
 }
 
+/* Partial lookup through hints: an entry whose key is beyond every
+ * boundary of the prompt is found through the hint under the deepest
+ * boundary it shares with it, verified in full; a stale hint is deleted. */
+static void test_lookup_hints(void **st)
+{
+	(void)st;
+	skip_without_redis();
+	char url[200], hk[160];
+	rf_url(&plain, url, sizeof(url), NULL);
+	struct kvshm__rm *rm = client(url, NULL);
+	join(rm, "hint", 4096, true);
+	kvshm_model m = model(3);
+	uint32_t *tok = prompt(4096, 0);
+	/* The prompt's boundaries: keys[0..6) (100, 200, 300 ... tokens, say);
+	 * the entry (3000 tokens, the first 250 the prompt's) lives under its
+	 * own key E and passes through the prompt's boundaries 0..2. */
+	uint8_t keys[6][16], e[16], other[16];
+	for (int i = 0; i < 6; i++)
+		mkkey(keys[i], 400, (uint32_t)i);
+	mkkey(e, 401, 0);
+	mkkey(other, 402, 0);
+	uint32_t *et = prompt(3000, 0);
+	for (int i = 250; i < 3000; i++)
+		et[i] ^= 0x40000;
+	uint8_t v[3000];
+	fill(v, sizeof(v), 9);
+	assert_int_equal(kvshm__rm_push_hinted(rm, e, &m, et, 3000, v, sizeof(v), (const uint8_t(*)[16])keys, 3, LONG_MS),
+			 0);
+	const uint8_t(*kp)[16] = (const uint8_t(*)[16])keys;
+	struct kvshm__rm_meta *best;
+	struct kvshm__rm_query q = { .keys = kp, .nkeys = 6, .hints_from = 0, .m = &m, .tokens = tok, .n = 4096,
+				     .flags = KVSHM_RM_PARTIAL, .min_partial = 64 };
+	/* Not partial: the hints are not even read. */
+	struct kvshm__rm_query q0 = q;
+	q0.flags = 0;
+	assert_int_equal(kvshm__rm_lookup_q(rm, &q0, NULL, &best, LONG_MS), KVSHM_ENOTFOUND);
+	/* Partial: found through the hint under keys[2], 250 tokens served. */
+	struct kvshm__rm_stats s0, s1;
+	kvshm__rm_stats_get(rm, &s0);
+	assert_int_equal(kvshm__rm_lookup_q(rm, &q, NULL, &best, LONG_MS), 0);
+	assert_memory_equal(best->key, e, 16);
+	assert_int_equal(best->matched, 250);
+	assert_int_equal(best->ntokens, 3000);
+	uint8_t got[3000];
+	assert_int_equal(kvshm__rm_pull(rm, best, got, sizeof(got), LONG_MS), 0);
+	assert_memory_equal(got, v, sizeof(v));
+	kvshm__rm_meta_free(best);
+	kvshm__rm_stats_get(rm, &s1);
+	assert_int_equal(s1.hints_followed - s0.hints_followed, 1);
+	/* Below the minimum: not offered. */
+	q.min_partial = 251;
+	assert_int_equal(kvshm__rm_lookup_q(rm, &q, NULL, &best, LONG_MS), KVSHM_ENOTFOUND);
+	q.min_partial = 64;
+	/* Hints only under keys[3..6): none of them names it. */
+	q.hints_from = 3;
+	assert_int_equal(kvshm__rm_lookup_q(rm, &q, NULL, &best, LONG_MS), KVSHM_ENOTFOUND);
+	q.hints_from = 0;
+	/* A record under the prompt's deepest boundary that serves 300 tokens
+	 * beats the hinted entry (no second round trip: it is deeper). */
+	push_ok(rm, keys[5], &m, tok, 300, v, 100);
+	kvshm__rm_stats_get(rm, &s0);
+	assert_int_equal(kvshm__rm_lookup_q(rm, &q, NULL, &best, LONG_MS), 0);
+	assert_int_equal(best->matched, 300);
+	kvshm__rm_meta_free(best);
+	kvshm__rm_stats_get(rm, &s1);
+	assert_int_equal(s1.hints_followed, s0.hints_followed);
+	assert_int_equal(kvshm__rm_delete_key(rm, keys[5], LONG_MS), 0);
+	/* The entry is deleted: the deepest hint is found stale and deleted
+	 * (the others wait for their turn, or their TTL). */
+	assert_int_equal(kvshm__rm_delete_key(rm, e, LONG_MS), 0);
+	kvshm__rm_stats_get(rm, &s0);
+	assert_int_equal(kvshm__rm_lookup_q(rm, &q, NULL, &best, LONG_MS), KVSHM_ENOTFOUND);
+	kvshm__rm_stats_get(rm, &s1);
+	assert_int_equal(s1.hints_stale - s0.hints_stale, 1);
+	kvshm__rm_hint_key(rm, keys[2], hk, sizeof(hk));
+	assert_int_equal(int_reply(&plain, "EXISTS %s", hk), 0);
+	kvshm__rm_hint_key(rm, keys[1], hk, sizeof(hk));
+	assert_int_equal(int_reply(&plain, "EXISTS %s", hk), 1);
+	/* A hint rewritten by a newer push is not the stale one: the next
+	 * lookup follows keys[1]'s (stale too) and deletes it, not the newer
+	 * push's under keys[2]. */
+	assert_int_equal(kvshm__rm_push_hinted(rm, other, &m, et, 3000, v, sizeof(v), kp + 2, 1, LONG_MS), 0);
+	assert_int_equal(kvshm__rm_lookup_q(rm, &q, NULL, &best, LONG_MS), 0);
+	assert_memory_equal(best->key, other, 16);
+	kvshm__rm_meta_free(best);
+	kvshm__rm_hint_key(rm, keys[2], hk, sizeof(hk));
+	assert_int_equal(int_reply(&plain, "EXISTS %s", hk), 1);
+	free(tok);
+	free(et);
+	kvshm__rm_close(rm);
+}
+
+/* The audit counts records and those missing a chunk. */
+static void test_audit(void **st)
+{
+	(void)st;
+	skip_without_redis();
+	char url[200], ck[160];
+	rf_url(&plain, url, sizeof(url), NULL);
+	struct kvshm__rm *rm = client(url, NULL);
+	join(rm, "audit", 4096, true);
+	kvshm_model m = model(4);
+	uint32_t *tok = prompt(64, 0);
+	uint8_t v[20000], k[3][16];
+	fill(v, sizeof(v), 4);
+	for (int i = 0; i < 3; i++) {
+		mkkey(k[i], 500, (uint32_t)i);
+		push_ok(rm, k[i], &m, tok, 64, v, sizeof(v));
+	}
+	uint64_t records, broken;
+	assert_int_equal(kvshm__rm_audit(rm, &records, &broken, LONG_MS), 0);
+	assert_int_equal(records, 3);
+	assert_int_equal(broken, 0);
+	struct kvshm__rm_meta *meta;
+	assert_int_equal(kvshm__rm_lookup(rm, (const uint8_t(*)[16])k[1], 1, &m, tok, 64, 0, NULL, &meta, LONG_MS), 0);
+	kvshm__rm_chunk_key(rm, k[1], meta->gen, 2, ck, sizeof(ck));
+	assert_int_equal(int_reply(&plain, "DEL %s", ck), 1);
+	kvshm__rm_meta_free(meta);
+	assert_int_equal(kvshm__rm_audit(rm, &records, &broken, LONG_MS), 0);
+	assert_int_equal(records, 3);
+	assert_int_equal(broken, 1);
+	free(tok);
+	kvshm__rm_close(rm);
+}
+
 /* TTLs on every key; a pull refreshes them. */
 static void test_ttl_refresh(void **st)
 {
@@ -531,7 +667,20 @@ static void test_namespace(void **st)
 	assert_int_equal(got.seed, 1);
 	assert_int_equal(got.chunk, 65536);
 	assert_false(got.spread);
+	assert_int_equal(got.tokens, KVSHM_RM_TOKENS_DEFAULT); /* proposed 0: the default */
 	assert_int_equal(kvshm__rm_ns_check(a, LONG_MS), 0);
+	/* A third client of the same host takes the parameters as read, with
+	 * no round trip, and agrees with the store. */
+	struct kvshm__rm *d = client(url, NULL);
+	assert_int_equal(kvshm__rm_ns_use(d, "pool-1", &got), 0);
+	assert_int_equal(kvshm__rm_ns_check(d, LONG_MS), 0);
+	struct kvshm__rm_ns nochunk = got;
+	nochunk.tokens = 0;
+	assert_int_equal(kvshm__rm_ns_use(d, "pool-1", &nochunk), -EINVAL);
+	nochunk.tokens = KVSHM_RM_TOKENS_MAX + 1;
+	assert_int_equal(kvshm__rm_ns_use(d, "pool-1", &nochunk), -EINVAL);
+	assert_int_equal(kvshm__rm_ns_use(d, "a{b}", &got), -EINVAL);
+	kvshm__rm_close(d);
 	/* Evicted: the check writes it back, the same. */
 	assert_int_equal(rf_ok(&plain, "DEL pool-1:params"), 0);
 	assert_int_equal(kvshm__rm_ns_check(b, LONG_MS), 0);
@@ -1335,6 +1484,8 @@ int main(void)
 		cmocka_unit_test(test_roundtrip_tcp),
 		cmocka_unit_test(test_roundtrip_unix),
 		cmocka_unit_test(test_lookup_prefix),
+		cmocka_unit_test(test_lookup_hints),
+		cmocka_unit_test(test_audit),
 		cmocka_unit_test(test_ttl_refresh),
 		cmocka_unit_test(test_chunk_memory),
 		cmocka_unit_test(test_namespace),

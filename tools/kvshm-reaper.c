@@ -47,7 +47,8 @@ static void usage(FILE *f)
 		   "\n"
 		   "Serve the kvshm cache NAME: reclaim everything a dead process held (pins,\n"
 		   "reservations, half-written memory, writer slots) within milliseconds of its\n"
-		   "death, prune expired reservations, and evict under memory pressure.\n"
+		   "death, prune expired reservations, and evict under memory pressure; and,\n"
+		   "when the cache has a remote tier (Redis), push its entries there.\n"
 		   "Runs in the foreground (for systemd); stop it with SIGTERM, reload its\n"
 		   "config file with SIGHUP. Only one reaper serves a cache at a time.\n"
 		   "\n"
@@ -56,6 +57,11 @@ static void usage(FILE *f)
 		   "  -c, --create            create the cache if it does not exist\n"
 		   "  -s, --size BYTES        segment size when creating (default 512M)\n"
 		   "      --shm-dir DIR       where segments live (default /dev/shm)\n"
+		   "      --remote URLS       with --create: the remote tier (redis://host:port,\n"
+		   "                          unix:///path, several seeds of a cluster); credentials\n"
+		   "                          from the config file's 'remote' or KVSHM_REDIS_USER /\n"
+		   "                          KVSHM_REDIS_PASSWORD, never the command line\n"
+		   "      --remote-namespace NS  with --remote: the pool's namespace\n"
 		   "\n"
 		   "Reaper:\n"
 		   "  -f, --config FILE       read settings from FILE (key = value; re-read on SIGHUP)\n"
@@ -320,7 +326,87 @@ struct settings {
 	kvshm_sched_config sc;
 	bool sched_given;
 	int log_level;
+	/* The remote tier, for a cache this reaper creates (--create): the
+	 * config file's remote_* keys and --remote. */
+	char remote[1024];
+	char remote_ns[72];
+	kvshm_config rc; /* its numeric remote_* fields */
 };
+
+static const char *const reason_names[KVSHM_NREASONS] = {"cold", "continued", "finish", "evict", "shutdown", "other"};
+
+/* "all", or a comma list of save reasons. */
+static int parse_reasons(const char *s, uint32_t *mask)
+{
+	if (strcmp(s, "all") == 0) {
+		*mask = KVSHM_REASONS_ALL;
+		return 0;
+	}
+	char buf[128];
+	if (strlen(s) >= sizeof(buf) || !*s) {
+		tu_err("invalid remote_push_reasons '%s': all, or a comma list of cold,continued,finish,evict,shutdown,other", s);
+		return -1;
+	}
+	strcpy(buf, s);
+	*mask = 0;
+	for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+		int k = 0;
+		while (k < KVSHM_NREASONS && strcmp(t, reason_names[k]))
+			k++;
+		if (k == KVSHM_NREASONS) {
+			tu_err("invalid remote_push_reasons: unknown reason '%s' (cold,continued,finish,evict,shutdown,other)", t);
+			return -1;
+		}
+		*mask |= 1u << k;
+	}
+	return 0;
+}
+
+/* The remote tier's keys: 1 when key was one (0 or -1 returned in *rc). */
+static int apply_remote(struct settings *st, const char *key, const char *val, int *rc)
+{
+	uint64_t z;
+	kvshm_config *c = &st->rc;
+	*rc = 0;
+	if (strcmp(key, "remote") == 0) {
+		if (strlen(val) >= sizeof(st->remote))
+			*rc = -1, tu_err("remote: longer than %zu bytes", sizeof(st->remote) - 1);
+		else
+			strcpy(st->remote, val);
+	} else if (strcmp(key, "remote_namespace") == 0) {
+		if (strlen(val) >= sizeof(st->remote_ns))
+			*rc = -1, tu_err("remote_namespace: longer than %zu bytes", sizeof(st->remote_ns) - 1);
+		else
+			strcpy(st->remote_ns, val);
+	} else if (strcmp(key, "remote_ttl") == 0) {
+		*rc = tu_parse_u32(val, key, 1, UINT32_MAX, &c->remote_ttl_s);
+	} else if (strcmp(key, "remote_lookup_ms") == 0) {
+		*rc = tu_parse_u32(val, key, 1, 60000, &c->remote_lookup_ms);
+	} else if (strcmp(key, "remote_pull_ms") == 0) {
+		*rc = tu_parse_u32(val, key, 1, 600000, &c->remote_pull_ms);
+	} else if (strcmp(key, "remote_pull_ms_per_mib") == 0) {
+		*rc = tu_parse_u32(val, key, 0, 60000, &c->remote_pull_ms_per_mib);
+	} else if (strcmp(key, "remote_chunk") == 0) {
+		if ((*rc = tu_parse_size(val, key, &z)) == 0) {
+			if (z > UINT32_MAX)
+				*rc = -1, tu_err("remote_chunk: %s is too large", val);
+			c->remote_chunk_bytes = (uint32_t)z;
+		}
+	} else if (strcmp(key, "remote_hash_tag") == 0) {
+		*rc = tu_parse_u32(val, key, 0, 1, &c->remote_hash_tag);
+	} else if (strcmp(key, "remote_push_reasons") == 0) {
+		*rc = parse_reasons(val, &c->remote_push_reasons);
+	} else if (strcmp(key, "remote_push_min_size") == 0) {
+		*rc = tu_parse_size(val, key, &c->remote_push_min_bytes);
+	} else if (strcmp(key, "remote_push_concurrency") == 0) {
+		*rc = tu_parse_u32(val, key, 1, 64, &c->remote_push_concurrency);
+	} else if (strcmp(key, "remote_push_rate") == 0) {
+		*rc = tu_parse_size(val, key, &c->remote_push_bytes_per_s);
+	} else {
+		return 0;
+	}
+	return 1;
+}
 
 static int parse_source(const char *s, int *out)
 {
@@ -332,6 +418,42 @@ static int parse_source(const char *s, int *out)
 		}
 	tu_err("invalid pressure source '%s': expected noop, system, cgroup, nvidia-smi or command", s);
 	return -1;
+}
+
+/* The remote tier's pushing, when the cache has one: its own handles,
+ * one per push thread (the library's threads use nothing else). */
+static int push_start(kvshm_reaper *r, const char *name, const kvshm_config *cfg, kvshm **push, unsigned *n)
+{
+	kvshm_config c;
+	kvshm_remote_status rs;
+	kvshm *h0;
+	*n = 0;
+	if (kvshm_open(name, cfg, 0, &h0) < 0) {
+		tu_logf(LOG_ERR, "remote: %s", kvshm_last_error());
+		return -1;
+	}
+	push[(*n)++] = h0;
+	if (kvshm_config_get(h0, &c) < 0 || kvshm_remote_status_get(h0, &rs) < 0) {
+		tu_logf(LOG_ERR, "remote: %s", kvshm_last_error());
+		return -1;
+	}
+	if (!rs.enabled) {
+		kvshm_close(h0);
+		*n = 0;
+		return 0;
+	}
+	while (*n < c.remote_push_concurrency && *n < 64) {
+		if (kvshm_open(name, cfg, 0, &push[*n]) < 0) {
+			tu_logf(LOG_ERR, "remote: push handle %u: %s", *n, kvshm_last_error());
+			return -1;
+		}
+		(*n)++;
+	}
+	if (kvshm_reaper_push_start(r, push, *n) < 0) {
+		tu_logf(LOG_ERR, "remote: %s", kvshm_last_error());
+		return -1;
+	}
+	return 0;
 }
 
 /* One "key = value" setting, from the config file or an option. */
@@ -390,6 +512,9 @@ static int apply(struct settings *st, const char *key, const char *val)
 		return tu_parse_tiers(val, &st->sc.tiers);
 	/* Not a scheduler key: the scheduler settings given so far stand. */
 	st->sched_given = sched_given;
+	int rc;
+	if (apply_remote(st, key, val, &rc))
+		return rc;
 	if (strcmp(key, "log_level") == 0) {
 		if (strcmp(val, "debug") == 0)
 			st->log_level = LOG_DEBUG;
@@ -450,6 +575,7 @@ static void defaults(struct settings *st)
 	memset(st, 0, sizeof(*st));
 	kvshm_reaper_opts_init(&st->ro);
 	kvshm_sched_config_init(&st->sc);
+	kvshm_config_init(&st->rc);
 	st->log_level = LOG_INFO;
 	st->ro.log = tu_log;
 }
@@ -487,13 +613,17 @@ int main(int argc, char **argv, char **envp)
 		O_MINEVICT,
 		O_TIERS,
 		O_SYSLOG,
-		O_METRICS
+		O_METRICS,
+		O_REMOTE,
+		O_REMOTE_NS
 	};
 	static const struct option opts[] = {
 		{"name", required_argument, NULL, 'n'},
 		{"create", no_argument, NULL, 'c'},
 		{"size", required_argument, NULL, 's'},
 		{"shm-dir", required_argument, NULL, O_SHMDIR},
+		{"remote", required_argument, NULL, O_REMOTE},
+		{"remote-namespace", required_argument, NULL, O_REMOTE_NS},
 		{"config", required_argument, NULL, 'f'},
 		{"poll-ms", required_argument, NULL, O_POLL},
 		{"prune-interval", required_argument, NULL, O_PRUNE},
@@ -517,6 +647,8 @@ int main(int argc, char **argv, char **envp)
 	};
 	struct settings st;
 	kvshm_config cfg;
+	kvshm *push[64];
+	unsigned npush = 0;
 	const char *config_path = NULL, *pidfile_path = NULL, *name = NULL;
 	bool create = false, use_syslog = false;
 	const char *metrics_listen = NULL;
@@ -610,6 +742,18 @@ int main(int argc, char **argv, char **envp)
 		case O_TIERS:
 			key = "evict_tiers";
 			break;
+		case O_REMOTE:
+			if (strchr(optarg, '@')) {
+				fprintf(stderr, "kvshm-reaper: --remote: no credentials on the command line (every user "
+						"sees it): give them in the config file's 'remote = ...', or in "
+						"KVSHM_REDIS_USER / KVSHM_REDIS_PASSWORD\n");
+				return 1;
+			}
+			key = "remote";
+			break;
+		case O_REMOTE_NS:
+			key = "remote_namespace";
+			break;
 		default:
 			/* getopt has named the option. */
 			fprintf(stderr, "Try 'kvshm-reaper --help' for more information.\n");
@@ -668,6 +812,17 @@ int main(int argc, char **argv, char **envp)
 		}
 	}
 
+	if (st.remote[0]) {
+		kvshm_config keep = cfg;
+		cfg = st.rc;
+		cfg.segment_bytes = keep.segment_bytes;
+		cfg.shm_dir = keep.shm_dir;
+		cfg.remote_urls = st.remote;
+		cfg.remote_namespace = st.remote_ns[0] ? st.remote_ns : NULL;
+		if (!create)
+			tu_logf(LOG_WARNING, "remote: settings are used when --create makes the cache; an existing "
+					     "cache keeps its own");
+	}
 	kvshm *h;
 	int err = kvshm_open(name, &cfg, create ? KVSHM_OPEN_CREATE : 0, &h);
 	if (err < 0) {
@@ -689,6 +844,10 @@ int main(int argc, char **argv, char **envp)
 		goto out_stop;
 	}
 	if (metrics_listen && metrics_start(&metrics, &metrics_addr, name, &cfg) < 0) {
+		rc = 3;
+		goto out_stop;
+	}
+	if (push_start(r, name, &cfg, push, &npush) < 0) {
 		rc = 3;
 		goto out_stop;
 	}
@@ -759,6 +918,8 @@ int main(int argc, char **argv, char **envp)
 out_stop:
 	metrics_stop(&metrics);
 	kvshm_reaper_stop(r);
+	for (unsigned i = 0; i < npush; i++)
+		kvshm_close(push[i]);
 out_close:
 	kvshm_close(h);
 out_pid:

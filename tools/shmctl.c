@@ -177,6 +177,73 @@ static void tiers_text(unsigned mask, char *buf, size_t len)
 
 /* ---- status ------------------------------------------------------------------------ */
 
+static const char *breaker_name(int b)
+{
+	static const char *const n[] = {"closed", "open", "half-open"};
+	return b >= 0 && b <= 2 ? n[b] : "?";
+}
+
+/* The remote tier: a JSON object, or the text lines of status. */
+static void remote_status(const kvshm_remote_status *r)
+{
+	char a[16], b[16];
+	if (json) {
+		if (!r->enabled) {
+			printf(",\"remote\":{\"enabled\":false}");
+			return;
+		}
+		printf(",\"remote\":{\"enabled\":true,\"endpoints\":");
+		jstr(r->endpoints);
+		printf(",\"namespace\":");
+		jstr(r->ns);
+		printf(",\"joined\":%s", r->ns_joined ? "true" : "false");
+		if (r->ns_joined)
+			printf(",\"seed\":\"%016" PRIx64 "\",\"chunk_bytes\":%u,\"chunk_tokens\":%u,\"layout\":\"%s\"",
+			       r->ns_seed, r->ns_chunk_bytes, r->ns_chunk_tokens, r->ns_spread ? "spread" : "tag");
+		printf(",\"breaker\":\"%s\",\"breaker_open_left_ms\":%" PRIu64 ",\"breaker_trips\":%" PRIu64
+		       ",\"pusher_pid\":%u,\"push_threads\":%u,\"backlog\":%" PRIu64 ",\"backlog_bytes\":%" PRIu64
+		       ",\"last_push_ns\":%" PRIu64 ",\"ttl_s\":%" PRIu64 ",\"lookup_ms\":%" PRIu64 ",\"pull_ms\":%" PRIu64
+		       ",\"pull_ms_per_mib\":%" PRIu64 ",\"push_reasons\":%u,\"push_concurrency\":%u"
+		       ",\"push_min_bytes\":%" PRIu64 ",\"push_bytes_per_s\":%" PRIu64 "}",
+		       breaker_name(r->breaker), r->breaker_open_left_ms, r->breaker_trips, r->pusher_pid,
+		       r->push_threads, r->backlog, r->backlog_bytes, r->last_push_ns, r->ttl_s, r->lookup_ms,
+		       r->pull_ms, r->pull_ms_per_mib, r->push_reasons, r->push_concurrency, r->push_min_bytes,
+		       r->push_bytes_per_s);
+		return;
+	}
+	if (!r->enabled) {
+		printf("  remote       none (no remote_urls)\n");
+		return;
+	}
+	printf("  remote       %s, namespace %s", r->endpoints, r->ns);
+	if (r->ns_joined)
+		printf(" (seed %016" PRIx64 ", %s chunks %s, %u-token boundaries)\n", r->ns_seed,
+		       tu_human(a, sizeof(a), r->ns_chunk_bytes), r->ns_spread ? "spread" : "in one slot",
+		       r->ns_chunk_tokens);
+	else
+		printf(" (not joined yet)\n");
+	printf("    breaker    %s", breaker_name(r->breaker));
+	if (r->breaker == 1)
+		printf(" for %" PRIu64 " ms more", r->breaker_open_left_ms);
+	printf(", %" PRIu64 " trips; lookups within %" PRIu64 " ms, pulls %" PRIu64 " ms + %" PRIu64 " ms/MiB\n",
+	       r->breaker_trips, r->lookup_ms, r->pull_ms, r->pull_ms_per_mib);
+	if (r->pusher_pid)
+		printf("    pushing    reaper pid %u, %u threads; backlog %" PRIu64 " entries (%s)", r->pusher_pid,
+		       r->push_threads, r->backlog, tu_human(a, sizeof(a), r->backlog_bytes));
+	else
+		printf("    pushing    no reaper pushes (backlog at its last scan: %" PRIu64 " entries, %s)", r->backlog,
+		       tu_human(a, sizeof(a), r->backlog_bytes));
+	if (r->push_bytes_per_s)
+		printf(", cap %s/s", tu_human(b, sizeof(b), r->push_bytes_per_s));
+	if (r->last_push_ns) {
+		struct timespec now;
+		clock_gettime(CLOCK_REALTIME, &now);
+		uint64_t now_ns = (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
+		printf(", last push %.0f s ago", now_ns > r->last_push_ns ? (double)(now_ns - r->last_push_ns) / 1e9 : 0.0);
+	}
+	printf("\n");
+}
+
 /* Slots in use per identity kind (KVSHM_IDENTITY_PIDFS, _LOCK). */
 struct idcount {
 	uint32_t pidfs, lock;
@@ -205,9 +272,10 @@ static int cmd_status(kvshm *h)
 	kvshm_stats st;
 	kvshm_sched_status ss;
 	kvshm_config c;
+	kvshm_remote_status rs;
 	char a[16], b[16], d[16];
 	if (kvshm_stats_get(h, &st, sizeof(st)) < 0 || kvshm_sched_get(h, &ss) < 0 || kvshm_config_get(h, &c) < 0 ||
-	    kvshm_procs(h, count_identity, &ids) < 0)
+	    kvshm_procs(h, count_identity, &ids) < 0 || kvshm_remote_status_get(h, &rs) < 0)
 		return fail("status");
 	uint32_t reaper = kvshm_reaper_pid(h);
 	uint64_t entries = st.tier_entries[0] + st.tier_entries[1] + st.tier_entries[2];
@@ -241,11 +309,13 @@ static int cmd_status(kvshm *h)
 		printf(",\"scheduler\":{\"enabled\":%s,\"source\":\"%s\",\"high\":%.4f,\"low\":%.4f,\"interval_ms\":%u"
 		       ",\"tiers\":\"%s\",\"last_result\":\"%s\",\"last_used\":%" PRIu64 ",\"last_total\":%" PRIu64
 		       ",\"last_ratio\":%.4f,\"sampled_ns\":%" PRIu64 ",\"last_evicted_bytes\":%" PRIu64
-		       ",\"last_evicted_ns\":%" PRIu64 ",\"checks\":%" PRIu64 ",\"evictions\":%" PRIu64 "}}\n",
+		       ",\"last_evicted_ns\":%" PRIu64 ",\"checks\":%" PRIu64 ",\"evictions\":%" PRIu64 "}",
 		       ss.config.enabled ? "true" : "false", source_name(ss.config.source), ss.config.high_watermark,
 		       ss.config.low_watermark, ss.config.interval_ms, tiers, result_name(ss.last_result), ss.last_used,
 		       ss.last_total, ss.last_ratio, ss.sampled_ns, ss.last_evicted_bytes, ss.last_evicted_ns,
 		       ss.checks, ss.evictions);
+		remote_status(&rs);
+		printf("}\n");
 		return EX_OK;
 	}
 	printf("cache %s\n", cache_name);
@@ -297,6 +367,7 @@ static int cmd_status(kvshm *h)
 		       tu_human(a, sizeof(a), ss.last_evicted_bytes), ss.last_evicted_entries, (double)age / 1e9);
 	}
 	printf("  lock repairs %" PRIu64 "\n", st.lock_repairs);
+	remote_status(&rs);
 	return EX_OK;
 }
 

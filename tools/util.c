@@ -180,6 +180,21 @@ int tu_metrics(FILE *f, kvshm *h, const char *cache)
 		"# HELP kvshm_writer_slots_used writer-semaphore units held\n# TYPE kvshm_writer_slots_used gauge\n"
 		"kvshm_writer_slots_used{cache=\"%s\"} %u\n",
 		cache, st.writer_slots_used);
+	kvshm_remote_status rs;
+	if ((err = kvshm_remote_status_get(h, &rs)) < 0)
+		return err;
+	if (rs.enabled)
+		fprintf(f,
+			"# HELP kvshm_remote_breaker_state the host's circuit breaker to Redis: 0 closed, 1 open, 2 half-open\n"
+			"# TYPE kvshm_remote_breaker_state gauge\nkvshm_remote_breaker_state{cache=\"%s\"} %d\n"
+			"# HELP kvshm_remote_push_threads the reaper's push threads (0: nothing pushes)\n"
+			"# TYPE kvshm_remote_push_threads gauge\nkvshm_remote_push_threads{cache=\"%s\"} %u\n"
+			"# HELP kvshm_remote_backlog_entries entries to push, at the pusher's last scan\n"
+			"# TYPE kvshm_remote_backlog_entries gauge\nkvshm_remote_backlog_entries{cache=\"%s\"} %" PRIu64 "\n"
+			"# HELP kvshm_remote_backlog_bytes their value bytes\n"
+			"# TYPE kvshm_remote_backlog_bytes gauge\nkvshm_remote_backlog_bytes{cache=\"%s\"} %" PRIu64 "\n",
+			cache, rs.breaker, cache, rs.pusher_pid ? rs.push_threads : 0, cache, rs.backlog, cache,
+			rs.backlog_bytes);
 	return 0;
 }
 

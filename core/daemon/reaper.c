@@ -47,26 +47,7 @@
 #include <syslog.h>
 #include <unistd.h>
 
-#include "core/maint/maint.h"
-
-struct track {
-	int fd;       /* pidfd, -1 when none */
-	bool polling; /* check the identity every loop (no pidfd, or a slot lock) */
-	uint32_t gen; /* slot gen being tracked, 0 = none */
-	uint32_t pid;
-};
-
-struct kvshm_reaper {
-	kvshm *h;
-	kvshm_reaper_opts o;
-	struct track *t;
-	struct pollfd *pfd;
-	uint32_t *pfd_slot;
-	uint64_t next_prune_ns, last_sched_ns, next_promote_ns;
-	bool sched_ran; /* a scheduler check has run, at last_sched_ns */
-	uint32_t seen_force;
-	kvshm_reaper_stats st;
-};
+#include "core/daemon/daemon.h"
 
 static void rlog(const kvshm_reaper *r, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void rlog(const kvshm_reaper *r, int level, const char *fmt, ...)
@@ -407,6 +388,8 @@ KVSHM_EXTERN void kvshm_reaper_stop(kvshm_reaper *r)
 	if (!r)
 		return;
 	kvshm *h = r->h;
+	kvshm__pusher_stop(r->push); /* its threads first: they log through r */
+	r->push = NULL;
 	for (uint32_t i = 0; i < h->tab->nslots; i++)
 		untrack(r, i);
 	if (!h->closed && h->fork_gen == kvshm__fork_gen()) {

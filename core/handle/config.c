@@ -10,6 +10,8 @@
 
 /* ---- configuration ------------------------------------------------------------------ */
 
+#define CFG_FAIL(...) kvshm__fail(KVSHM_ECONFIG, __VA_ARGS__)
+
 KVSHM_EXTERN void kvshm_config_init(kvshm_config *c)
 {
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -31,9 +33,68 @@ KVSHM_EXTERN void kvshm_config_init(kvshm_config *c)
 	c->evict_wait_ms = 30000;
 	c->verify_reuse_ms = 1000;
 	c->partial_min_tokens = KVSHM_PARTIAL_MIN_DEFAULT;
+	c->remote_ttl_s = 86400;
+	c->remote_lookup_ms = 50;
+	c->remote_pull_ms = 100;
+	c->remote_pull_ms_per_mib = 20;
+	c->remote_chunk_bytes = KVSHM_RM_CHUNK_DEFAULT;
+	c->remote_push_reasons = KVSHM_REASONS_ALL;
+	c->remote_push_concurrency = 2;
+	c->remote_breaker_failures = 5;
+	c->remote_breaker_open_ms = 100;
+	c->remote_breaker_max_ms = 10000;
 }
 
-#define CFG_FAIL(...) kvshm__fail(KVSHM_ECONFIG, __VA_ARGS__)
+/* The remote tier's fields: parsed and checked here, so a bad URL or
+ * namespace is a configuration error at creation, never a surprise in a
+ * worker's lookup. */
+static int validate_remote(const kvshm_config *c)
+{
+	if (!c->remote_urls) {
+		if (c->remote_namespace)
+			return CFG_FAIL("remote_namespace '%s' without remote_urls", c->remote_namespace);
+		return 0;
+	}
+	if (strlen(c->remote_urls) >= sizeof(((struct kvshm__cfg *)0)->remote_urls))
+		return CFG_FAIL("remote_urls: %zu bytes, at most %zu", strlen(c->remote_urls),
+				sizeof(((struct kvshm__cfg *)0)->remote_urls) - 1);
+	struct kvshm__rm_config rc;
+	int err = kvshm__rm_parse(c->remote_urls, &rc);
+	explicit_bzero(&rc, sizeof(rc));
+	if (err < 0) {
+		char why[512];
+		strlcpy(why, kvshm_last_error(), sizeof(why));
+		return CFG_FAIL("remote_urls: %s", why);
+	}
+	const char *ns = c->remote_namespace;
+	size_t nl = ns ? strlen(ns) : 0;
+	if (nl < 1 || nl > 64 || strspn(ns, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != nl)
+		return CFG_FAIL("remote_namespace '%s': 1 to 64 of [A-Za-z0-9._-], the same on every host of the pool",
+				ns ? ns : "(none)");
+	if (c->remote_ttl_s < 1)
+		return CFG_FAIL("remote_ttl_s must be >= 1");
+	if (c->remote_lookup_ms < 1 || c->remote_lookup_ms > 60000)
+		return CFG_FAIL("remote_lookup_ms %u: must be 1 .. 60000", c->remote_lookup_ms);
+	if (c->remote_pull_ms < 1 || c->remote_pull_ms > 600000 || c->remote_pull_ms_per_mib > 60000)
+		return CFG_FAIL("remote_pull_ms %u: must be 1 .. 600000 (remote_pull_ms_per_mib %u: <= 60000)",
+				c->remote_pull_ms, c->remote_pull_ms_per_mib);
+	if (c->remote_chunk_bytes < KVSHM_RM_CHUNK_MIN || c->remote_chunk_bytes > KVSHM_RM_CHUNK_MAX)
+		return CFG_FAIL("remote_chunk_bytes %u: must be %u .. %u", c->remote_chunk_bytes, KVSHM_RM_CHUNK_MIN,
+				KVSHM_RM_CHUNK_MAX);
+	if (c->remote_hash_tag > 1)
+		return CFG_FAIL("remote_hash_tag %u: 0 (spread) or 1 (one slot per entry)", c->remote_hash_tag);
+	if (c->remote_push_reasons & ~KVSHM_REASONS_ALL)
+		return CFG_FAIL("remote_push_reasons 0x%x: a mask of 1 << kvshm_reason (0x%x for all)",
+				c->remote_push_reasons, KVSHM_REASONS_ALL);
+	if (c->remote_push_concurrency < 1 || c->remote_push_concurrency > 64)
+		return CFG_FAIL("remote_push_concurrency %u: must be 1 .. 64", c->remote_push_concurrency);
+	if (c->remote_breaker_failures < 1 || c->remote_breaker_open_ms < 1 ||
+	    c->remote_breaker_max_ms < c->remote_breaker_open_ms)
+		return CFG_FAIL("remote_breaker_failures %u, remote_breaker_open_ms %u, remote_breaker_max_ms %u: "
+				"at least 1, 1 and the open period",
+				c->remote_breaker_failures, c->remote_breaker_open_ms, c->remote_breaker_max_ms);
+	return 0;
+}
 
 KVSHM_EXTERN int kvshm_config_validate(const kvshm_config *c)
 {
@@ -78,7 +139,7 @@ KVSHM_EXTERN int kvshm_config_validate(const kvshm_config *c)
 	int err = kvshm_policy_validate(&c->policy);
 	if (err < 0)
 		return err;
-	return 0;
+	return validate_remote(c);
 }
 
 static uint32_t next_pow2(uint32_t v)
@@ -121,6 +182,23 @@ void kvshm__config_normalise(const kvshm_config *c, struct kvshm__cfg *n)
 	n->verify_reuse_ms = c->verify_reuse_ms;
 	n->partial_min_tokens = c->partial_min_tokens ? c->partial_min_tokens : KVSHM_PARTIAL_MIN_DEFAULT;
 	n->mark_sets = kvshm__marks_sets_for(n->max_entries, c->segment_bytes);
+	if (c->remote_urls) {
+		strlcpy(n->remote_urls, c->remote_urls, sizeof(n->remote_urls));
+		strlcpy(n->remote_ns, c->remote_namespace, sizeof(n->remote_ns));
+	}
+	n->remote_ttl_s = c->remote_ttl_s;
+	n->remote_lookup_ms = c->remote_lookup_ms;
+	n->remote_pull_ms = c->remote_pull_ms;
+	n->remote_pull_ms_per_mib = c->remote_pull_ms_per_mib;
+	n->remote_chunk_bytes = c->remote_chunk_bytes;
+	n->remote_hash_tag = c->remote_hash_tag;
+	n->remote_push_reasons = c->remote_push_reasons;
+	n->remote_push_concurrency = c->remote_push_concurrency;
+	n->remote_push_min_bytes = c->remote_push_min_bytes;
+	n->remote_push_bytes_per_s = c->remote_push_bytes_per_s;
+	n->remote_breaker_failures = c->remote_breaker_failures;
+	n->remote_breaker_open_ms = c->remote_breaker_open_ms;
+	n->remote_breaker_max_ms = c->remote_breaker_max_ms;
 }
 
 KVSHM_EXTERN int kvshm_config_get(kvshm *h, kvshm_config *out)
@@ -153,5 +231,20 @@ KVSHM_EXTERN int kvshm_config_get(kvshm *h, kvshm_config *out)
 	out->evict_wait_ms = c->evict_wait_ms;
 	out->verify_reuse_ms = c->verify_reuse_ms;
 	out->partial_min_tokens = c->partial_min_tokens;
+	out->remote_urls = c->remote_urls[0] ? c->remote_urls : NULL;
+	out->remote_namespace = c->remote_urls[0] ? c->remote_ns : NULL;
+	out->remote_ttl_s = c->remote_ttl_s;
+	out->remote_lookup_ms = c->remote_lookup_ms;
+	out->remote_pull_ms = c->remote_pull_ms;
+	out->remote_pull_ms_per_mib = c->remote_pull_ms_per_mib;
+	out->remote_chunk_bytes = c->remote_chunk_bytes;
+	out->remote_hash_tag = c->remote_hash_tag;
+	out->remote_push_reasons = c->remote_push_reasons;
+	out->remote_push_concurrency = c->remote_push_concurrency;
+	out->remote_push_min_bytes = c->remote_push_min_bytes;
+	out->remote_push_bytes_per_s = c->remote_push_bytes_per_s;
+	out->remote_breaker_failures = c->remote_breaker_failures;
+	out->remote_breaker_open_ms = c->remote_breaker_open_ms;
+	out->remote_breaker_max_ms = c->remote_breaker_max_ms;
 	return 0;
 }

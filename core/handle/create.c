@@ -49,6 +49,8 @@ uint64_t kvshm__layout_sig(void)
 		KVSHM_CTR_STRIPES,
 		offsetof(struct kvshm__entry, csum),
 		offsetof(struct kvshm__cache_hdr, reaper_lk),
+		offsetof(struct kvshm__cache_hdr, remote),
+		sizeof(struct kvshm__remote_hdr),
 		sizeof(struct kvshm__markset),
 		KVSHM_MARK_WAYS,
 	};
@@ -121,6 +123,8 @@ int kvshm__cache_create(const char *name, const kvshm_config *c, struct kvshm__s
 		goto out_fail;
 	if ((err = kvshm__sched_init(&hdr->sched)) < 0)
 		goto out_fail;
+	kvshm__rm_breaker_init(&hdr->remote.br, n.remote_breaker_failures, n.remote_breaker_open_ms,
+			       n.remote_breaker_max_ms);
 
 	uint64_t psize = kvshm__proc_region_size(n.max_procs, sizeof(struct kvshm__slotx));
 	if ((err = place(s, c, KVSHM_R_PROC, psize, 4096, &off)) < 0)

@@ -31,6 +31,7 @@
 #define KVSHM_CORE_TIER_FILE_H
 
 #include "core/tier/tier.h"
+#include "shm/crc32c.h" /* the payloads' checksum */
 
 #define KVSHM_FILE_MAGIC "KVSHMF\1" /* 8 bytes with the NUL */
 #define KVSHM_FILE_VERSION 1u
@@ -174,13 +175,6 @@ void kvshm__file_ready_locked(kvshm *h, uint32_t s, uint32_t idx, const struct k
 /* fsync the directory holding path; create path's parent directory. */
 int kvshm__fsync_dir_of(const char *path);
 int kvshm__mkdir_parent(const char *path);
-
-/* ---- CRC32C (core/tier/crc32c.c) -------------------------------------------------------- */
-
-/* CRC32C of buf continuing from crc (start with 0). Hardware when there. */
-uint32_t kvshm__crc32c(uint32_t crc, const void *buf, size_t len);
-uint32_t kvshm__crc32c_sw(uint32_t crc, const void *buf, size_t len);
-bool kvshm__crc32c_hw_available(void);
 
 /* ---- the file tiers' table entries (core/tier/file*.c) ---------------------------------- */
 

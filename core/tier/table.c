@@ -2,8 +2,10 @@
  * core/tier/table.c — the registry of tiers: which table serves tier t
  * (kvshm_tier's values, fastest first), and the few things asked of every
  * tier at once (names, whether one is on, default quotas, the seed at
- * creation, closing a handle). Not any tier's own behaviour, which is in
- * its file (core/tier/ram.c, core/tier/file*.c).
+ * creation, closing a handle); and the remote tier's table, which is not
+ * a kvshm_tier (it keeps no segment entry). Not any tier's own behaviour,
+ * which is in its file (core/tier/ram.c, core/tier/file*.c,
+ * core/tier/remote*.c).
  */
 #include "core/tier/tier.h"
 
@@ -59,4 +61,15 @@ void kvshm__tiers_close(kvshm *h)
 	for (int t = 0; t < KVSHM_NTIERS; t++)
 		if (tiers[t]->close)
 			tiers[t]->close(h, t);
+	kvshm__remote_ops.close(h, KVSHM_NTIERS);
+}
+
+const struct kvshm__tier_ops *kvshm__tier_remote(void)
+{
+	return &kvshm__remote_ops;
+}
+
+bool kvshm__remote_on(const kvshm *h)
+{
+	return kvshm__remote_ops.enabled(h->cfg, KVSHM_NTIERS);
 }

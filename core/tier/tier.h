@@ -14,6 +14,10 @@
  *                                   segment's data area
  *   ram_file  core/tier/file*.c     one file per entry on a tmpfs, with a
  *   disk        (one implementation)  TDB index; disk also fsyncs (durable)
+ *   remote    core/tier/remote*.c   Redis, shared by the hosts of a pool: no
+ *                                   entry in the segment (not a kvshm_tier);
+ *                                   a pull lands in RAM, a push leaves from
+ *                                   any local tier (fetch, push below)
  *
  * A new tier is a new file that fills the table, plus its line in
  * core/tier/table.c; nothing above this layer changes.
@@ -33,6 +37,17 @@ struct kvshm__save {
 	size_t n;   /* tokens */
 	size_t len; /* value bytes */
 	int tier, reason;
+};
+
+/* A lookup as the remote tier's fetch is asked it, after the local walk. */
+struct kvshm__fetch {
+	const kvshm_model *m;
+	const uint32_t *tokens;
+	size_t n;
+	bool exact;   /* kvshm_get: only an entry of exactly n tokens */
+	bool partial; /* KVSHM_LOOKUP_PARTIAL */
+	bool copy;    /* pin with the copy-out record */
+	size_t have;  /* tokens the local answer serves (the pin given holds it), 0: a miss */
 };
 
 /* A value a tier holds that the segment does not know yet (adopt). */
@@ -119,6 +134,21 @@ struct kvshm__tier_ops {
 	 * being saved or dropped, -ENOENT when it is gone. NULL: the tier
 	 * holds nothing the segment does not know. */
 	int (*adopt)(kvshm *h, int tier, const struct kvshm__stored *v);
+
+	/* ---- a remote tier's own (NULL in the local tiers' tables) ---- */
+	/* After the local walk (f->have tokens answered; pin holds them when
+	 * have > 0): find a longer answer remotely, pull it into a new RAM
+	 * entry (verified), publish it and pin it into *pin, dropping the
+	 * local pin. 0: *pin is the pulled entry's; KVSHM_ENOTFOUND: nothing
+	 * longer (or Redis unreachable: never an error the caller must
+	 * handle), *pin untouched; KVSHM_EINPROGRESS: another process of the
+	 * host pulled (or is pulling) that key, waited for: walk again. */
+	int (*fetch)(kvshm *h, const struct kvshm__fetch *f, kvshm_pin *pin);
+	/* Push ready entry idx (life gen) of any local tier: pin, load and
+	 * verify, push with no lock held, mark it KVSHM_EF_PUSHED, unpin.
+	 * 1 pushed (*bytes its value), 0 nothing to do (gone, bad, pushed
+	 * already), or an error. */
+	int (*push)(kvshm *h, uint32_t idx, uint32_t gen, uint64_t *bytes);
 };
 
 /* ---- the registry (core/tier/table.c) ------------------------------------------------- */
@@ -139,6 +169,17 @@ int kvshm__tiers_prepare(struct kvshm__cfg *n);
 void kvshm__tiers_close(kvshm *h);
 
 extern const struct kvshm__tier_ops kvshm__ram_ops, kvshm__ram_file_ops, kvshm__disk_ops;
+
+/* The remote tier's table (not a kvshm_tier: it keeps no segment entry),
+ * and whether h's cache has one. */
+const struct kvshm__tier_ops *kvshm__tier_remote(void);
+bool kvshm__remote_on(const kvshm *h);
+extern const struct kvshm__tier_ops kvshm__remote_ops;
+/* The remote tier as kvshm_remote_status_get reports it (core/tier/remote.c). */
+void kvshm__remote_status(kvshm *h, kvshm_remote_status *st);
+/* Join the namespace now (or re-assert it: the reaper's check) and share
+ * its parameters with the host's processes; -ESTALE handled (re-joined). */
+int kvshm__remote_ns_refresh(kvshm *h);
 
 /* ---- the handle's records of its reservations (core/tier/hres.c) ---------------------- */
 

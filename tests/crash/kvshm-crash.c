@@ -27,6 +27,20 @@
  *   save is logged and, for the disk tier, must still be there at every
  *   checkpoint (workers parked) and at the end.
  *
+ * THE REMOTE TIER: the program starts its own redis-server (skipping the
+ * remote tier, and saying so, where none is installed). SYSTEMATIC: each
+ * run's scenario also makes two scratch caches standing for two hosts
+ * that share a namespace of it; one pushes (every step of a push is a
+ * kill site), the other pulls (exact, prefix, partial through a hint, a
+ * pull another process has claimed: every step of a pull is one). After
+ * every run both caches are swept and checked, and the namespace audited:
+ * no record in Redis may name a chunk that is not there. RANDOM: the
+ * cache has the remote tier too; the reaper pushes in the background (and
+ * is killed now and then: its pushes with it), workers' misses pull (and
+ * die at random crash-point hits in them), every pulled value is verified
+ * against its key like any read, and the namespace is audited at every
+ * checkpoint.
+ *
  * Both process identities are under fire: the scenario's second handle and
  * every odd-numbered random worker claim their slots by the slot lock
  * (KVSHM_TEST_IDENTITY=lock), the rest by the kernel's identity (the pidfs
@@ -54,6 +68,7 @@
 #include <unistd.h>
 
 #include "core/tier/file.h"
+#include "fixture/redis.h"
 
 #define KIB 1024ull
 #define MIB (1024ull * 1024ull)
@@ -142,7 +157,19 @@ static struct {
 	bool failed;
 	volatile sig_atomic_t interrupted;
 	uint32_t next_who;
+	struct rf_server redis; /* the remote tier's Redis (pid 0: none installed) */
+	char redis_url[200];
+	uint64_t remote_runs, remote_records; /* runs whose namespace was audited, records seen */
+	uint64_t remote_pushes, remote_pulls;  /* the random phase's (its cache's counters) */
+	char rns[64];          /* the phase cache's namespace ("" when it has no remote tier) */
+	uint32_t push_handles; /* handles its reaper opens to push (0 without a remote tier) */
 } G;
+
+/* Processes the reaper attaches: its own handle, and one per push thread. */
+static uint32_t reaper_procs(void)
+{
+	return G.reaper > 0 ? 1 + G.push_handles : 0;
+}
 
 static double now_s(void)
 {
@@ -1125,6 +1152,7 @@ static const struct kspec ek[6] = {
 
 struct sctx {
 	char scratch[96], scratch_dir[400];
+	char ra[96], rb[96], rns[64]; /* the remote part's two caches and namespace */
 	uint32_t who;
 };
 
@@ -1319,6 +1347,139 @@ static int scratch_part(struct sctx *c)
 	return 0;
 }
 
+static int open_by_slot_lock(const char *name, kvshm **h);
+
+/* ---- the remote tier: two hosts of one namespace ------------------------------------- */
+
+#define TAG_R 0xB7 /* the remote part's keys */
+enum { R1, R2, R2Q, R3, NRK };
+static const struct kspec rk[NRK] = {
+	[R1] = {TAG_R, 1, 0, 40},
+	[R2] = {TAG_R, 2, 0, 100},
+	[R2Q] = {TAG_R, 2, 1, 90}, /* shares R2's first 48 tokens, then not */
+	[R3] = {TAG_R, 3, 0, 64},
+};
+
+static void remote_cfg(kvshm_config *cfg, const char *ns)
+{
+	kvshm_config_init(cfg);
+	cfg->segment_bytes = 8 * MIB;
+	cfg->lazy = 1;
+	cfg->max_procs = 8;
+	cfg->shards = 2;
+	cfg->max_entries = 64;
+	cfg->chunk_tokens = 16;
+	cfg->partial_min_tokens = PARTIAL_MIN;
+	cfg->remote_urls = G.redis_url;
+	cfg->remote_namespace = ns;
+	cfg->remote_ttl_s = 900;
+	cfg->remote_chunk_bytes = 4096; /* values of several chunks */
+	cfg->remote_lookup_ms = 3000;   /* a loaded machine: no deadline is under test here */
+	cfg->remote_pull_ms = 3000;
+}
+
+/* The grandchild of the claim: another process of host B that "pulls" R3
+ * (its claim is written by the scenario), gives the claim up after a
+ * while, and wakes the waiter. */
+static int release_claim_later(_Atomic uint64_t *word, _Atomic uint32_t *seq)
+{
+	unsetenv("KVSHM_CRASH");
+	unsetenv("KVSHM_CRASH_LOG");
+	kvshm__crash_reset();
+	usleep(20000);
+	atomic_store(word, 0);
+	kvshm__futex_bump_wake(seq, INT32_MAX);
+	return 0;
+}
+
+/* A pushes R1, R2 and R3 (remote.push.*); B pulls R2 partly through a
+ * hint, R1 exactly, a prefix of R2, and R3 after waiting for a claim of
+ * its pull by another process of its host (remote.pull.*). Every hit
+ * verified; a miss is allowed (a pull may lose a race with nothing), a
+ * wrong byte never. */
+static int remote_part(struct sctx *c)
+{
+	if (!G.redis_url[0])
+		return 0;
+	kvshm_config cfg;
+	kvshm *a, *b, *b2;
+	kvshm_pin pin;
+	uint32_t t[MAXTOK];
+	static uint8_t buf[VAL_MAX];
+	size_t len, nt;
+	const uint32_t who = c->who;
+	kvshm_model rm = model_of(TAG_R);
+	remote_cfg(&cfg, c->rns);
+	SCALL(kvshm_open(c->ra, &cfg, KVSHM_OPEN_CREATE | KVSHM_OPEN_EXCL, &a));
+	SCALL(kvshm_open(c->rb, &cfg, KVSHM_OPEN_CREATE | KVSHM_OPEN_EXCL, &b));
+	SCALL(open_by_slot_lock(c->rb, &b2));
+	SSAVE(put_key(a, &rk[R1], RAM), &rk[R1], RAM);
+	SSAVE(put_key(a, &rk[R2], RAM), &rk[R2], RAM);
+	SSAVE(put_key(a, &rk[R3], RAM), &rk[R3], RAM);
+	kvshm_push_report rep;
+	SCALL(kvshm_push(a, 0, &rep));
+	SCHECK(rep.pushed == 3 && rep.backlog == 0, "A pushed its three entries");
+
+	/* Partial, through R2's hint under the boundary the query shares. */
+	key_tokens(t, &rk[R2Q]);
+	int r = kvshm_lookup(b, &rm, t, rk[R2Q].n, KVSHM_LOOKUP_PARTIAL, &pin);
+	SCHECK(r == 0 || r == KVSHM_ENOTFOUND, "remote partial lookup");
+	if (r == 0) {
+		SCHECK(pin.kind == KVSHM_HIT_PARTIAL && pin.ntokens == 48 && pin.stored_ntokens == rk[R2].n,
+		       "remote partial lookup answered by R2");
+		SCHECK(pin_ok("scenario (remote)", &pin, &rk[R2Q], t), "remote partial hit verifies");
+		SCALL(kvshm_unpin(b, &pin));
+	}
+	/* Exact, copied out; a prefix (R2 is local now, or pulled now). */
+	key_tokens(t, &rk[R1]);
+	r = kvshm_lookup_copy(b, &rm, t, rk[R1].n, 0, buf, sizeof(buf), &len, &nt);
+	SCHECK(r == 0 || r == KVSHM_ENOTFOUND, "remote copy-out");
+	if (r == 0)
+		SCHECK(nt == rk[R1].n && read_ok("scenario (remote)", buf, len, &rm, t, nt), "remote copy-out verifies");
+	struct kspec q = rk[R2];
+	q.n = 120;
+	key_tokens(t, &q);
+	r = kvshm_lookup(b, &rm, t, q.n, 0, &pin);
+	SCHECK(r == 0 || r == KVSHM_ENOTFOUND, "remote prefix lookup");
+	if (r == 0) {
+		SCHECK(pin.ntokens == rk[R2].n && read_ok("scenario (remote)", pin.data, pin.len, &rm, t, pin.ntokens),
+		       "remote prefix hit verifies");
+		SCALL(kvshm_unpin(b, &pin));
+	}
+	/* R3: another process of host B holds its pull's claim, releases it
+	 * a little later; our lookup waits for it, then pulls. */
+	key_tokens(t, &rk[R3]);
+	kvshm__h128 key = kvshm__key_of(&b->kc, &rm, t, rk[R3].n);
+	unsigned bk = (unsigned)(key.lo % KVSHM_PULL_CLAIMS);
+	uint64_t word = ((uint64_t)((uint32_t)(key.hi >> 32) | 1u) << 32) | (uint64_t)(b2->me & 0xffff) << 16 |
+			(b2->me_gen & 0xffff);
+	atomic_store(&b->hdr->remote.claim[bk], word);
+	fflush(stdout);
+	fflush(stderr);
+	pid_t g = fork();
+	if (g == 0)
+		_exit(release_claim_later(&b->hdr->remote.claim[bk], &b->hdr->remote.claim_seq[bk]));
+	SCHECK(g > 0, "fork the claim's holder");
+	r = kvshm_get(b, &rm, t, rk[R3].n, 0, &pin);
+	SCHECK(wait_status(g, true) == 0, "the claim's holder ended");
+	SCHECK(r == 0 || r == KVSHM_ENOTFOUND, "remote lookup after a claim");
+	if (r == 0) {
+		SCHECK(read_ok("scenario (remote)", pin.data, pin.len, &rm, t, rk[R3].n), "remote hit verifies");
+		SCALL(kvshm_unpin(b, &pin));
+	}
+	/* Pulled entries are not pushed back. */
+	SCALL(kvshm_push(b, 0, &rep));
+	SCHECK(rep.pushed == 0, "pulled entries are not pushed again");
+	SCALL(kvshm_check(a, 0));
+	SCALL(kvshm_check(b, 0));
+	SCALL(kvshm_close(b2));
+	SCALL(kvshm_close(a));
+	SCALL(kvshm_close(b));
+	SCALL(kvshm_destroy(c->ra, NULL, 0));
+	SCALL(kvshm_destroy(c->rb, NULL, 0));
+	return 0;
+}
+
 /* kvshm_open whose slot names its owner by the slot lock. */
 static int open_by_slot_lock(const char *name, kvshm **h)
 {
@@ -1343,6 +1504,8 @@ static int scenario(kvshm *h, struct sctx *c)
 	SCALL(kvshm_stats_get(h, &st, sizeof(st))); /* binds the inherited handle to a slot of ours */
 	int r = scratch_part(c);
 	if (r)
+		return r;
+	if ((r = remote_part(c)))
 		return r;
 	/* The second handle names its owner by the slot lock (the fallback
 	 * identity), the first by the kernel's. */
@@ -1536,10 +1699,74 @@ static int scenario(kvshm *h, struct sctx *c)
 
 /* ---- the parent's side of the systematic phase ------------------------------------- */
 
+/* Audit namespace ns in the run's Redis: no record may name a chunk that
+ * is not there (a push writes its record last). */
+static int remote_audit(const char *ns, const char *when)
+{
+	struct kvshm__rm *rm;
+	struct kvshm__rm_ns want = {.seed = 1, .chunk = KVSHM_RM_CHUNK_MIN, .tokens = 16, .spread = true}, got;
+	uint64_t records = 0, broken = 0;
+	if (kvshm__rm_open(G.redis_url, NULL, &rm) < 0) {
+		pfail("%s: remote audit: %s", when, kvshm_last_error());
+		return -1;
+	}
+	/* Joined as the caches did (their parameters, if any host wrote them). */
+	int err = kvshm__rm_ns_open(rm, ns, &want, &got, 10000);
+	if (err == 0)
+		err = kvshm__rm_audit(rm, &records, &broken, 30000);
+	kvshm__rm_close(rm);
+	if (err < 0) {
+		pfail("%s: remote audit of '%s': %s", when, ns, kvshm_last_error());
+		return -1;
+	}
+	G.remote_runs++;
+	G.remote_records += records;
+	if (broken) {
+		G.torn_found++;
+		pfail("%s: namespace '%s': %llu of %llu records name a chunk that is not there", when, ns,
+		      (unsigned long long)broken, (unsigned long long)records);
+		return -1;
+	}
+	return 0;
+}
+
+/* After a run: the remote part's caches (if a kill left them) swept,
+ * checked and destroyed; its namespace audited. */
+static int remote_after(const struct sctx *c, const char *when)
+{
+	if (!G.redis_url[0])
+		return 0;
+	const char *names[2] = {c->ra, c->rb};
+	for (int i = 0; i < 2; i++) {
+		kvshm *h;
+		if (kvshm_open(names[i], NULL, 0, &h) < 0)
+			continue; /* never made, or destroyed by the scenario */
+		int err = 0;
+		for (int tries = 0; tries < 50; tries++) {
+			kvshm_sweep(h);
+			if ((err = kvshm_check(h, 0)) != KVSHM_EUNRECLAIMED)
+				break;
+			usleep(10000);
+		}
+		if (err < 0) {
+			G.leaked++;
+			pfail("%s: remote part's cache %s: %s", when, names[i], kvshm_last_error());
+		}
+		kvshm_close(h);
+		kvshm_destroy(names[i], NULL, 1);
+		if (err < 0)
+			return -1;
+	}
+	return remote_audit(c->rns, when);
+}
+
 static int run_scenario(const char *spec, const char *log, uint32_t run, struct sctx *c)
 {
 	snprintf(c->scratch, sizeof(c->scratch), "%s-s%u", G.name, run);
 	snprintf(c->scratch_dir, sizeof(c->scratch_dir), "%s/scratch-%u", G.base, run);
+	snprintf(c->ra, sizeof(c->ra), "%s-ra%u", G.name, run);
+	snprintf(c->rb, sizeof(c->rb), "%s-rb%u", G.name, run);
+	snprintf(c->rns, sizeof(c->rns), "kvcrash-%d-%u", (int)getpid(), run);
 	c->who = ++G.next_who;
 	fflush(stdout);
 	fflush(stderr);
@@ -1571,6 +1798,8 @@ static int run_scenario(const char *spec, const char *log, uint32_t run, struct 
 		log_rec(R_DEATH, c->who, 0, 0);
 	kvshm_destroy(c->scratch, NULL, 1);
 	rm_rf(c->scratch_dir);
+	if (remote_after(c, spec ? spec : "census") < 0)
+		return -1;
 	return st;
 }
 
@@ -1604,7 +1833,7 @@ static int verify_baseline(const char *when)
  * entries are deleted so that the next run starts from the baseline. */
 static int after_run(const char *when, unsigned flags)
 {
-	uint32_t expect = 1 + (G.reaper > 0);
+	uint32_t expect = 1 + reaper_procs();
 	if (verify_quiet(expect, flags, when, true) < 0 || verify_baseline(when) < 0)
 		return -1;
 	static const uint8_t tags[] = {TAG_C, TAG_D, TAG_V};
@@ -1842,7 +2071,7 @@ static int systematic(void)
 		int missed = 0;
 		char list[1024] = "";
 		for (int i = 0; i < np; i++) {
-			if (pts[i].kills)
+			if (pts[i].kills || (!G.redis_url[0] && !strncmp(pts[i].name, "remote.", 7)))
 				continue;
 			missed++;
 			if (strlen(list) + strlen(pts[i].name) + 3 < sizeof(list))
@@ -2156,9 +2385,11 @@ static int checkpoint(bool final, const char *when)
 			usleep(500);
 		}
 	}
-	uint32_t expect = 1 + (G.reaper > 0) + live_workers();
+	uint32_t expect = 1 + reaper_procs() + live_workers();
 	unsigned flags = opt.quick && !final ? KVSHM_CHECK_QUICK : 0;
 	int r = verify_quiet(expect, flags, when, false);
+	if (r == 0 && G.rns[0])
+		r = remote_audit(G.rns, when);
 	atomic_store(&sh->pause, 0);
 	vnote("  %s: %s (%llu kills, %.0f s)\n", when, r == 0 ? "ok" : "FAILED", (unsigned long long)G.kills,
 	      elapsed());
@@ -2481,8 +2712,24 @@ static int setup_dirs(void)
 	return 0;
 }
 
+/* The remote tier's Redis for the whole run, when one is installed. */
+static int start_redis(void)
+{
+	if (!rf_available()) {
+		printf("kvshm-crash: no redis-server (scripts/deps.sh remote): the remote tier is not under test, its crash points are skipped\n");
+		return 0;
+	}
+	if (rf_start(&G.redis, NULL, NULL) < 0) {
+		pfail("redis-server did not start");
+		return -1;
+	}
+	rf_url(&G.redis, G.redis_url, sizeof(G.redis_url), NULL);
+	printf("kvshm-crash: remote tier on %s\n", G.redis_url);
+	return 0;
+}
+
 /* A fresh cache for a phase, served by a fresh reaper (unless --sweep). */
-static int cache_begin(const char *phase, uint32_t ttl_ms)
+static int cache_begin(const char *phase, uint32_t ttl_ms, bool remote)
 {
 	kvshm_config cfg;
 	snprintf(G.rf, sizeof(G.rf), "%s/%s", G.rfbase, phase);
@@ -2491,6 +2738,21 @@ static int cache_begin(const char *phase, uint32_t ttl_ms)
 	cache_cfg(&cfg);
 	if (ttl_ms)
 		cfg.reservation_ttl_ms = ttl_ms;
+	G.rns[0] = '\0';
+	G.push_handles = 0;
+	if (remote && G.redis_url[0]) {
+		/* The remote tier: the reaper pushes with one thread, the
+		 * workers' misses pull. */
+		snprintf(G.rns, sizeof(G.rns), "kvcrash-%d-%s", (int)getpid(), phase);
+		cfg.remote_urls = G.redis_url;
+		cfg.remote_namespace = G.rns;
+		cfg.remote_ttl_s = 900;
+		cfg.remote_chunk_bytes = 4096;
+		cfg.remote_push_concurrency = 1;
+		cfg.remote_lookup_ms = 1000;
+		cfg.remote_pull_ms = 1000;
+		G.push_handles = 1;
+	}
 	if (kvshm_open(G.name, &cfg, KVSHM_OPEN_CREATE | KVSHM_OPEN_EXCL, &G.h) < 0) {
 		pfail("create the cache: %s", kvshm_last_error());
 		return -1;
@@ -2546,6 +2808,8 @@ static void cache_end(const char *phase)
 			G.repairs += st.lock_repairs;
 			G.cache_evictions += st.counters[KVSHM_C_evictions];
 			G.expired += st.counters[KVSHM_C_expired];
+			G.remote_pushes += st.counters[KVSHM_C_remote_pushes];
+			G.remote_pulls += st.counters[KVSHM_C_remote_hits];
 		}
 		kvshm_close(G.h);
 		G.h = NULL;
@@ -2638,19 +2902,20 @@ int main(int argc, char **argv)
 			strerror(errno));
 		return 1;
 	}
-	if (setup_dirs() == 0) {
-		if ((opt.mode & MODE_SYS) && cache_begin("systematic", 0) == 0) {
+	if (setup_dirs() == 0 && start_redis() == 0) {
+		if ((opt.mode & MODE_SYS) && cache_begin("systematic", 0, false) == 0) {
 			if (baseline() == 0) {
 				systematic();
 				unpin_baseline();
 			}
 			cache_end("systematic");
 		}
-		if ((opt.mode & MODE_RAND) && !G.failed && !G.interrupted && cache_begin("random", opt.ttl_ms) == 0) {
+		if ((opt.mode & MODE_RAND) && !G.failed && !G.interrupted && cache_begin("random", opt.ttl_ms, true) == 0) {
 			random_phase();
 			cache_end("random");
 		}
 	}
+	rf_stop(&G.redis);
 	if (G.interrupted && !G.failed)
 		pfail("interrupted");
 
@@ -2663,6 +2928,10 @@ int main(int argc, char **argv)
 	       (unsigned long long)G.deleted_by_tool, (unsigned long long)G.cache_evictions,
 	       (unsigned long long)G.expired, (unsigned long long)G.checks, (unsigned long long)G.transient,
 	       (unsigned long long)sh->log_lost);
+	if (G.redis_url[0])
+		printf("kvshm-crash: remote tier: %llu namespaces audited, %llu records, none naming a missing chunk; random phase: %llu pushes, %llu pulls\n",
+		       (unsigned long long)G.remote_runs, (unsigned long long)G.remote_records,
+		       (unsigned long long)G.remote_pushes, (unsigned long long)G.remote_pulls);
 	printf("kills %llu, crash points %d/%d, leaked %llu, torn %llu, lost %llu, repairs %llu\n",
 	       (unsigned long long)G.kills, G.points_killed, G.points_total, (unsigned long long)G.leaked,
 	       (unsigned long long)torn, (unsigned long long)G.lost, (unsigned long long)G.repairs);
