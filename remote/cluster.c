@@ -141,6 +141,7 @@ void kvshm__rm_close(struct kvshm__rm *rm)
 		return;
 	for (int i = 0; rm->nodes && i < rm->nnodes; i++) {
 		kvshm__rm_node_drop(rm, i);
+		kvshm__rm_node_forget(&rm->nodes[i]);
 		free(rm->nodes[i].iov);
 		if (rm->nodes[i].hdr) /* it held an AUTH */
 			explicit_bzero(rm->nodes[i].hdr, rm->nodes[i].hdr_cap);

@@ -319,6 +319,50 @@ static void test_single_flight(void **st)
 	th_finish(b, nb);
 }
 
+/* A puller killed right after claiming the host's pull of a key, with no
+ * reaper to reclaim its slot: a sibling looking the key up sees the
+ * claimer is dead within a wait slice and pulls itself, long before the
+ * pull deadline (20 s here) it would otherwise sleep through, twice. */
+static void test_dead_claimer(void **st)
+{
+	(void)st;
+	skip_without_redis();
+	char url[200], ns[80], na[64], nb[64];
+	rf_url(&plain, url, sizeof(url), NULL);
+	unique_ns(ns, sizeof(ns), "dc");
+	kvshm_config c;
+	th_cfg_small(&c, 0);
+	c.segment_bytes = 64 * TH_MIB;
+	c.remote_pull_ms = 20000;
+	kvshm *a = host(na, sizeof(na), "dca", url, ns, &c);
+	th_cfg_small(&c, 0);
+	c.segment_bytes = 64 * TH_MIB;
+	c.remote_pull_ms = 20000;
+	kvshm *b = host(nb, sizeof(nb), "dcb", url, ns, &c);
+	kvshm_model m = th_model_of(5);
+	uint32_t t[64];
+	th_toks_of(t, 64, 5);
+	TH_OK(th_put_val(a, &m, t, 64, 24u << 20, 55, KVSHM_TIER_RAM, KVSHM_REASON_COLD));
+	TH_OK(kvshm_push(a, 0, NULL));
+	struct sf s = {nb, 0};
+	int r = th_run_crashing(sf_child, &s, "remote.pull.claimed@1", NULL);
+	assert_true(r != 0); /* it died holding the claim */
+	/* b's handle was open before the death: no attach sweeps the slot. */
+	uint64_t t0 = th_now_ms();
+	kvshm_pin p;
+	TH_OK(kvshm_lookup(b, &m, t, 64, 0, &p));
+	uint64_t took_ms = th_now_ms() - t0;
+	print_message("dead claimer: sibling hit after %llu ms (pull deadline 20000 ms)\n", (unsigned long long)took_ms);
+	assert_int_equal(p.len, 24u << 20);
+	assert_true(th_val_ok(p.data, p.len, 55));
+	TH_OK(kvshm_unpin(b, &p));
+	assert_true(took_ms < 5000);
+	assert_int_equal(th_counter(b, KVSHM_C_remote_hits), 1);
+	assert_true(kvshm_sweep(b) >= 1); /* the dead puller's slot */
+	th_finish(a, na);
+	th_finish(b, nb);
+}
+
 /* kvshm_lookup_copy of (m, t[0..n)): ntok tokens, len bytes from seed. */
 static void copy_ok(kvshm *h, const kvshm_model *m, const uint32_t *t, size_t n, size_t ntok, size_t len,
 		    uint32_t seed)
@@ -941,6 +985,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_config, th_teardown_caches),
 		cmocka_unit_test_teardown(test_two_hosts, th_teardown_caches),
 		cmocka_unit_test_teardown(test_single_flight, th_teardown_caches),
+		cmocka_unit_test_teardown(test_dead_claimer, th_teardown_caches),
 		cmocka_unit_test_teardown(test_longer_remote_busy, th_teardown_caches),
 		cmocka_unit_test_teardown(test_reaper_pushes, th_teardown_caches),
 		cmocka_unit_test_teardown(test_push_never_delays_reclaim, th_teardown_caches),
