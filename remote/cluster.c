@@ -336,6 +336,14 @@ int kvshm__rm_exec(struct kvshm__rm *rm, struct kvshm__rm_cmd *cmds, size_t n, u
 		cmds[k].reply = NULL;
 		cmds[k].sunk = false;
 	}
+	if (now >= deadline) {
+		/* No time left before anything is sent (a cleanup after a slow
+		 * step): not Redis's failure — no breaker report, no connection
+		 * dropped for it. */
+		for (size_t k = 0; k < n; k++)
+			cmds[k].err = -ETIMEDOUT;
+		return kvshm__fail(-ETIMEDOUT, "remote: no time left for the call");
+	}
 	if (!kvshm__rm_breaker_allow(rm->brk, now, deadline)) {
 		uint64_t until = atomic_load(&rm->brk->until_ns);
 		for (size_t k = 0; k < n; k++)

@@ -339,7 +339,10 @@ static void deliver(struct kvshm__rm_cmd *c, redisReply *r)
 }
 
 /* Fail what node i still owes, and drop its connection. */
-static void node_fail(struct kvshm__rm *rm, int i, struct kvshm__rm_cmd *cmds, int err)
+/* Fail node i's waiting commands with err; the connection is dropped
+ * (its stream may be mid-command or mid-reply) unless this round wrote
+ * nothing to it and drop_sent_only: then it is as clean as before. */
+static void node_fail(struct kvshm__rm *rm, int i, struct kvshm__rm_cmd *cmds, int err, bool drop_sent_only)
 {
 	struct rm_node *n = &rm->nodes[i];
 	for (size_t k = n->qhead; k < n->qlen; k++)
@@ -347,6 +350,8 @@ static void node_fail(struct kvshm__rm *rm, int i, struct kvshm__rm_cmd *cmds, i
 			cmds[n->q[k]].err = err;
 	n->qhead = n->qlen = 0;
 	n->niov = n->iov_at = 0;
+	if (drop_sent_only && !n->sent)
+		return;
 	kvshm__rm_node_drop(rm, i);
 	rm->stale = true;
 }
@@ -359,6 +364,7 @@ static int node_send(struct rm_node *n)
 		ssize_t w = sendmsg(n->ctx->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
 		if (w < 0)
 			return errno == EAGAIN || errno == EINTR ? 0 : -errno;
+		n->sent = true;
 		size_t left = (size_t)w;
 		while (left && n->iov_at < n->niov) {
 			struct iovec *v = &n->iov[n->iov_at];
@@ -417,6 +423,7 @@ void kvshm__rm_round(struct kvshm__rm *rm, struct kvshm__rm_cmd *cmds, size_t n,
 	for (int i = 0; i < rm->nnodes; i++) {
 		struct rm_node *nd = &rm->nodes[i];
 		nd->niov = nd->iov_at = nd->qlen = nd->qhead = 0;
+		nd->sent = false;
 		nd->cmds = cmds;
 		if (!cnt[i])
 			continue;
@@ -452,7 +459,7 @@ void kvshm__rm_round(struct kvshm__rm *rm, struct kvshm__rm_cmd *cmds, size_t n,
 		if (now >= deadline) {
 			for (int f = 0; f < nfds; f++)
 				if (pf[f].fd >= 0)
-					node_fail(rm, who[f], cmds, -ETIMEDOUT);
+					node_fail(rm, who[f], cmds, -ETIMEDOUT, true);
 			kvshm__fail(-ETIMEDOUT, "remote: deadline passed with replies outstanding");
 			break;
 		}
@@ -462,7 +469,7 @@ void kvshm__rm_round(struct kvshm__rm *rm, struct kvshm__rm_cmd *cmds, size_t n,
 		if (pr < 0 && errno != EINTR) {
 			for (int f = 0; f < nfds; f++)
 				if (pf[f].fd >= 0)
-					node_fail(rm, who[f], cmds, -errno);
+					node_fail(rm, who[f], cmds, -errno, false);
 			break;
 		}
 		for (int f = 0; pr > 0 && f < nfds; f++) {
@@ -475,7 +482,7 @@ void kvshm__rm_round(struct kvshm__rm *rm, struct kvshm__rm_cmd *cmds, size_t n,
 			if (!rc && (pf[f].revents & (POLLIN | POLLHUP | POLLERR)))
 				rc = node_recv(rm, nd, cmds);
 			if (rc)
-				node_fail(rm, who[f], cmds, rc);
+				node_fail(rm, who[f], cmds, rc, false);
 		}
 	}
 }

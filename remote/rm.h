@@ -43,6 +43,7 @@ struct rm_node {
 	size_t hdr_cap;
 	size_t *q;
 	size_t qlen, qhead, qcap;
+	bool sent; /* this round wrote to the socket (else, at the deadline, the stream is still clean) */
 	struct kvshm__rm_cmd *cmds; /* the round's commands, that q indexes */
 };
 

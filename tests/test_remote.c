@@ -461,6 +461,36 @@ static void test_roundtrip_name(void **st)
 	kvshm__rm_close(rm);
 }
 
+/* A call made with no time left (a cleanup after a slow step) fails
+ * with -ETIMEDOUT before anything is sent: the connection stays, and the
+ * breaker does not count it (ten of them would open it otherwise). */
+static void test_no_time_left(void **st)
+{
+	(void)st;
+	skip_without_redis();
+	char url[200];
+	rf_url(&plain, url, sizeof(url), NULL);
+	struct kvshm__rm *rm = client(url, NULL);
+	join(rm, "notime", 4096, false);
+	struct kvshm__rm_stats s0, s1;
+	kvshm__rm_stats_get(rm, &s0);
+	struct kvshm__rm_cmd c;
+	for (int i = 0; i < 10; i++) {
+		kvshm__rm_cmd_set(&c, 0, 1, (const char *[]){ "PING" }, NULL);
+		assert_int_equal(kvshm__rm_exec(rm, &c, 1, kvshm__now_ns() - 1), -ETIMEDOUT);
+		kvshm__rm_cmds_free(&c, 1);
+	}
+	kvshm__rm_cmd_set(&c, 0, 1, (const char *[]){ "PING" }, NULL);
+	assert_int_equal(kvshm__rm_exec(rm, &c, 1, kvshm__rm_deadline(LONG_MS)), 0);
+	kvshm__rm_cmds_free(&c, 1);
+	kvshm__rm_stats_get(rm, &s1);
+	assert_int_equal(s1.state, KVSHM_RM_CLOSED);
+	assert_int_equal(s1.trips, s0.trips);
+	assert_int_equal(s1.errors, s0.errors);
+	assert_int_equal(s1.connects, s0.connects);
+	kvshm__rm_close(rm);
+}
+
 static void test_roundtrip_unix(void **st)
 {
 	(void)st;
@@ -1568,6 +1598,7 @@ int main(void)
 		cmocka_unit_test(test_roundtrip_tcp),
 		cmocka_unit_test(test_roundtrip_unix),
 		cmocka_unit_test(test_roundtrip_name),
+		cmocka_unit_test(test_no_time_left),
 		cmocka_unit_test(test_lookup_prefix),
 		cmocka_unit_test(test_lookup_hints),
 		cmocka_unit_test(test_audit),
