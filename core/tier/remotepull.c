@@ -269,6 +269,10 @@ static int pull(kvshm *h, struct kvshm__rstate *rs, const struct kvshm__fetch *f
 	if (m->len > h->cfg->quota[KVSHM_TIER_RAM])
 		return KVSHM_ENOTFOUND; /* could never fit here: no claim, no deadline scaled by it */
 	uint64_t deadline = kvshm__now_ns() + (uint64_t)kvshm__remote_call_ms(h, m->len) * 1000000ull;
+	if (f->by && f->by[1])
+		deadline = KVSHM_MIN(deadline, f->by[1]); /* a second try: what the first left */
+	else if (f->by)
+		f->by[1] = deadline;
 	unsigned b = 0;
 	uint64_t mine = 0;
 	int c = claim(h, kvshm__key_of(&h->kc, &m->model, m->tokens, m->ntokens), deadline, &b, &mine);
@@ -288,13 +292,19 @@ int kvshm__remote_fetch(kvshm *h, const struct kvshm__fetch *f, kvshm_pin *pin)
 	int err;
 
 	kvshm__count(h, KVSHM_C_remote_lookups, 1);
+	uint64_t now = kvshm__now_ns();
+	if (f->by && !f->by[0])
+		f->by[0] = now + (uint64_t)h->cfg->remote_lookup_ms * 1000000ull;
+	if (f->by && now >= f->by[0])
+		goto miss; /* this lookup spent its remote budget on an earlier try */
+	unsigned ms = f->by ? (unsigned)KVSHM_MAX((f->by[0] - now) / 1000000ull, 1ull) : h->cfg->remote_lookup_ms;
 	if (kvshm__remote_refused(h) || !(rs = kvshm__rstate(h)))
 		goto miss;
 	if (kvshm__keyhash(&rs->kc, f->m, f->tokens, f->n, &kh) < 0)
 		goto miss;
 	struct kvshm__rm_query q;
 	query_of(h, rs, f, &kh, &q);
-	err = kvshm__rm_lookup_q(rs->rm, &q, NULL, &best, h->cfg->remote_lookup_ms);
+	err = kvshm__rm_lookup_q(rs->rm, &q, NULL, &best, ms);
 	kvshm__rstate_sync(h, rs);
 	kvshm__keyhash_free(&kh);
 	if (err < 0 || !longer(f, best))
