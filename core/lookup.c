@@ -135,7 +135,8 @@ static const struct kvshm__tier_ops *tier_of_pin(kvshm *h, kvshm_pin *pin, bool 
  * meanwhile, walk again; otherwise err as it was (Redis never makes a
  * lookup fail).
  */
-static int remote_after_walk(kvshm *h, const struct kvshm__query *q, unsigned flags, int err, kvshm_pin *pin)
+static int remote_after_walk(kvshm *h, const struct kvshm__query *q, unsigned flags, int err, kvshm_pin *pin,
+			     uint64_t by[2])
 {
 	if ((err != 0 && err != KVSHM_ENOTFOUND) || !kvshm__remote_on(h) || (err == 0 && pin->ntokens >= q->n))
 		return err;
@@ -145,7 +146,8 @@ static int remote_after_walk(kvshm *h, const struct kvshm__query *q, unsigned fl
 				 .exact = q->exact,
 				 .partial = flags & KVSHM_LOOKUP_PARTIAL,
 				 .copy = q->copy,
-				 .have = err == 0 ? pin->ntokens : 0};
+				 .have = err == 0 ? pin->ntokens : 0,
+				 .by = by};
 	int r = kvshm__tier_remote()->fetch(h, &f, pin);
 	return r == KVSHM_ENOTFOUND ? err : r;
 }
@@ -179,6 +181,7 @@ static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t
 	bool waited = false;
 	uint32_t awaited = 0; /* the longest save waited for */
 	int remote_tries = 0; /* walks after the remote tier said another process pulled */
+	uint64_t remote_by[2] = {0, 0}; /* the remote tier's budget for this lookup (struct kvshm__fetch) */
 again:
 	for (;;) {
 		err = partial ? kvshm__walk_partial(h, &q, pin, &wait) : walk(h, &q, pin, &wait);
@@ -205,7 +208,7 @@ again:
 			q.want_wait = false; /* one last look at what is ready */
 		}
 	}
-	if (remote_tries < 2 && (err = remote_after_walk(h, &q, flags, err, pin)) == KVSHM_EINPROGRESS) {
+	if (remote_tries < 2 && (err = remote_after_walk(h, &q, flags, err, pin, remote_by)) == KVSHM_EINPROGRESS) {
 		remote_tries++;
 		goto again;
 	}

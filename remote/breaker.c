@@ -11,8 +11,8 @@
  * Lock-free: the probe is claimed by a compare-and-swap on until_ns, so of
  * all the threads and processes sharing one breaker (the remote tier puts
  * one per host in the segment) exactly one probes; the rest stay refused
- * until the probe's deadline, after which a prober that died or hung is
- * replaced by the next caller.
+ * until the probe's deadline (at most the first period), after which a
+ * prober that died or hung is replaced by the next caller.
  *
  * Not for: timing calls or deciding what a failure is (the caller says:
  * remote/cluster.c counts a batch that did not get every reply).
@@ -38,8 +38,14 @@ bool kvshm__rm_breaker_allow(struct kvshm__rm_breaker *b, uint64_t now, uint64_t
 {
 	if (atomic_load(&b->state) == KVSHM_RM_CLOSED)
 		return true;
+	/* The probe holds the claim until its deadline, but never longer than
+	 * the first period: a push of a large value (its deadline scaled by
+	 * size) or a prober killed mid-call must not keep every worker of the
+	 * host refused for seconds after Redis is back. A probe that outlives
+	 * its claim still reports; meanwhile the next caller may probe too. */
+	uint64_t claim = KVSHM_MIN(probe_deadline, now + b->first_ns);
 	uint64_t until = atomic_load(&b->until_ns);
-	if (now >= until && atomic_compare_exchange_strong(&b->until_ns, &until, KVSHM_MAX(probe_deadline, now + 1))) {
+	if (now >= until && atomic_compare_exchange_strong(&b->until_ns, &until, KVSHM_MAX(claim, now + 1))) {
 		atomic_store(&b->state, KVSHM_RM_HALF_OPEN);
 		return true; /* the probe */
 	}

@@ -141,6 +141,7 @@ void kvshm__rm_close(struct kvshm__rm *rm)
 		return;
 	for (int i = 0; rm->nodes && i < rm->nnodes; i++) {
 		kvshm__rm_node_drop(rm, i);
+		kvshm__rm_node_forget(&rm->nodes[i]);
 		free(rm->nodes[i].iov);
 		if (rm->nodes[i].hdr) /* it held an AUTH */
 			explicit_bzero(rm->nodes[i].hdr, rm->nodes[i].hdr_cap);
@@ -334,6 +335,14 @@ int kvshm__rm_exec(struct kvshm__rm *rm, struct kvshm__rm_cmd *cmds, size_t n, u
 		cmds[k].ask = -1;
 		cmds[k].reply = NULL;
 		cmds[k].sunk = false;
+	}
+	if (now >= deadline) {
+		/* No time left before anything is sent (a cleanup after a slow
+		 * step): not Redis's failure — no breaker report, no connection
+		 * dropped for it. */
+		for (size_t k = 0; k < n; k++)
+			cmds[k].err = -ETIMEDOUT;
+		return kvshm__fail(-ETIMEDOUT, "remote: no time left for the call");
 	}
 	if (!kvshm__rm_breaker_allow(rm->brk, now, deadline)) {
 		uint64_t until = atomic_load(&rm->brk->until_ns);

@@ -2,8 +2,8 @@
  * remote/net.c — connections to Redis nodes, and one round of pipelined
  * traffic over them under a deadline.
  *
- * hiredis 0.14 makes the connection (redisConnect*WithTimeout: resolution,
- * a connect bounded by the time left, TCP_NODELAY) and parses replies (its
+ * hiredis 0.14 makes the connection (redisConnect*WithTimeout: a connect
+ * bounded by the time left, TCP_NODELAY) and parses replies (its
  * redisReader). Sending and receiving are done here, never by hiredis's
  * blocking calls, whose socket timeouts bound each read() rather than the
  * call: every send and receive is MSG_DONTWAIT, and the only wait is
@@ -20,10 +20,18 @@
  *      replies is dropped (its stream is mid-reply: unusable) and its
  *      commands get -ETIMEDOUT. Connections are made again lazily.
  *
+ * A host name is resolved here first, by getaddrinfo_a under the same
+ * deadline (hiredis would call getaddrinfo, which a slow resolver can
+ * hold for seconds); a resolution the deadline cut short goes on in the
+ * background, and the next connect finds its answer.
+ *
  * Not for: routing, redirections, slot maps (remote/cluster.c) or what the
  * commands mean (remote/entry.c).
  */
+#include <arpa/inet.h>
 #include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,7 +71,102 @@ void kvshm__rm_node_drop(struct kvshm__rm *rm, int i)
 	if (n->ctx) {
 		redisFree(n->ctx);
 		n->ctx = NULL;
+		n->addr[0] = '\0'; /* resolved again: a failover may move a name */
 	}
+}
+
+/* ---- resolution under a deadline ------------------------------------------------------ */
+
+struct rm_resolve {
+	struct gaicb cb;
+	struct addrinfo hints;
+	pid_t pid; /* the process whose resolver thread answers it */
+	char name[256];
+};
+
+/* A resolution is freed only once it has ended: the resolver thread
+ * writes into it until then (a forked child's copy has no thread: it is
+ * dropped, its memory let go without asking glibc about it). */
+void kvshm__rm_node_forget(struct rm_node *n)
+{
+	struct rm_resolve *r = n->gai;
+	if (!r)
+		return;
+	if (r->pid == getpid()) {
+		if (gai_error(&r->cb) == EAI_INPROGRESS && gai_cancel(&r->cb) != EAI_CANCELED)
+			return; /* still running: left to finish (a few hundred bytes, once) */
+		if (r->cb.ar_result)
+			freeaddrinfo(r->cb.ar_result);
+	}
+	free(r);
+	n->gai = NULL;
+}
+
+static bool numeric(const char *host)
+{
+	unsigned char buf[sizeof(struct in6_addr)];
+	return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
+}
+
+/* n->addr from n->host before the deadline: 0, -ETIMEDOUT (the resolution
+ * goes on) or -EHOSTUNREACH. */
+static int resolve(struct rm_node *n, uint64_t deadline)
+{
+	if (n->addr[0])
+		return 0;
+	if (numeric(n->host)) {
+		strlcpy(n->addr, n->host, sizeof(n->addr));
+		return 0;
+	}
+	if (n->gai && n->gai->pid != getpid())
+		kvshm__rm_node_forget(n);
+	if (!n->gai) {
+		struct rm_resolve *r = calloc(1, sizeof(*r));
+		if (!r)
+			return kvshm__fail(-ENOMEM, "remote: resolving %s", n->host);
+		r->pid = getpid();
+		strlcpy(r->name, n->host, sizeof(r->name));
+		r->hints.ai_family = AF_UNSPEC;
+		r->hints.ai_socktype = SOCK_STREAM;
+		r->cb.ar_name = r->name;
+		r->cb.ar_request = &r->hints;
+		struct gaicb *list[1] = { &r->cb };
+		int e = getaddrinfo_a(GAI_NOWAIT, list, 1, NULL);
+		if (e) {
+			free(r);
+			return kvshm__fail(-EHOSTUNREACH, "remote: resolving %s: %s", n->host, gai_strerror(e));
+		}
+		n->gai = r;
+	}
+	const struct gaicb *wait[1] = { &n->gai->cb };
+	for (;;) {
+		int e = gai_error(&n->gai->cb);
+		if (e != EAI_INPROGRESS)
+			break;
+		uint64_t now = kvshm__now_ns();
+		if (now >= deadline)
+			return kvshm__fail(-ETIMEDOUT, "remote: resolving %s: no answer in time (goes on in the background)",
+					   n->host);
+		struct timespec ts = { .tv_sec = (time_t)((deadline - now) / 1000000000ull),
+				       .tv_nsec = (long)((deadline - now) % 1000000000ull) };
+		gai_suspend(wait, 1, &ts);
+	}
+	int e = gai_error(&n->gai->cb);
+	struct addrinfo *ai = n->gai->cb.ar_result;
+	for (struct addrinfo *a = ai; a; a = a->ai_next)
+		if (a->ai_family == AF_INET) { /* IPv4 first: "localhost" names ::1 too, where a server often is not */
+			ai = a;
+			break;
+		}
+	int rc = 0;
+	if (e || !ai)
+		rc = kvshm__fail(-EHOSTUNREACH, "remote: resolving %s: %s", n->host, e ? gai_strerror(e) : "no address");
+	else if (ai->ai_family == AF_INET)
+		inet_ntop(AF_INET, &((struct sockaddr_in *)(void *)ai->ai_addr)->sin_addr, n->addr, sizeof(n->addr));
+	else
+		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)(void *)ai->ai_addr)->sin6_addr, n->addr, sizeof(n->addr));
+	kvshm__rm_node_forget(n);
+	return rc;
 }
 
 static const char *node_name(const struct rm_node *n, char *buf, size_t sz)
@@ -109,13 +212,20 @@ int kvshm__rm_node_open(struct kvshm__rm *rm, int i, uint64_t deadline)
 		return 0;
 	if (now >= deadline)
 		return kvshm__fail(-ETIMEDOUT, "remote: no time left to connect to %s", node_name(n, name, sizeof(name)));
+	int err;
+	if (!n->path[0] && (err = resolve(n, deadline)) < 0)
+		return err;
+	now = kvshm__now_ns();
+	if (now >= deadline)
+		return kvshm__fail(-ETIMEDOUT, "remote: no time left to connect to %s", node_name(n, name, sizeof(name)));
 	uint64_t left_us = (deadline - now + 999) / 1000;
 	struct timeval tv = { .tv_sec = (time_t)(left_us / 1000000), .tv_usec = (suseconds_t)(left_us % 1000000) };
-	redisContext *c = n->path[0] ? redisConnectUnixWithTimeout(n->path, tv) : redisConnectWithTimeout(n->host, n->port, tv);
+	redisContext *c = n->path[0] ? redisConnectUnixWithTimeout(n->path, tv) : redisConnectWithTimeout(n->addr, n->port, tv);
 	if (!c)
 		return kvshm__fail(-ENOMEM, "remote: connect to %s", node_name(n, name, sizeof(name)));
 	if (c->err) {
-		int err = c->err == REDIS_ERR_IO && errno ? -errno : -ECONNREFUSED;
+		n->addr[0] = '\0';
+		err = c->err == REDIS_ERR_IO && errno ? -errno : -ECONNREFUSED;
 		if (strstr(c->errstr, "timed out") || err == -EINPROGRESS || err == -EAGAIN)
 			err = -ETIMEDOUT;
 		kvshm__fail(err, "remote: connect to %s: %s", node_name(n, name, sizeof(name)), c->errstr);
@@ -140,6 +250,10 @@ int kvshm__rm_node_open(struct kvshm__rm *rm, int i, uint64_t deadline)
 		kvshm__rm_cmd_set(&auth, 0, 2, (const char *[]){ "AUTH", rm->cfg.password }, NULL);
 	auth.to = i;
 	kvshm__rm_round(rm, &auth, 1, deadline);
+	/* The password's protocol text stays in no buffer (a later grow would
+	 * leave a copy in freed memory, a core dump would show it). */
+	if (n->hdr)
+		explicit_bzero(n->hdr, n->hdr_cap);
 	int rc = auth.err;
 	if (!rc && auth.reply->type == REDIS_REPLY_ERROR)
 		rc = kvshm__rm_reply_error(auth.reply, "AUTH");
@@ -225,7 +339,10 @@ static void deliver(struct kvshm__rm_cmd *c, redisReply *r)
 }
 
 /* Fail what node i still owes, and drop its connection. */
-static void node_fail(struct kvshm__rm *rm, int i, struct kvshm__rm_cmd *cmds, int err)
+/* Fail node i's waiting commands with err; the connection is dropped
+ * (its stream may be mid-command or mid-reply) unless this round wrote
+ * nothing to it and drop_sent_only: then it is as clean as before. */
+static void node_fail(struct kvshm__rm *rm, int i, struct kvshm__rm_cmd *cmds, int err, bool drop_sent_only)
 {
 	struct rm_node *n = &rm->nodes[i];
 	for (size_t k = n->qhead; k < n->qlen; k++)
@@ -233,6 +350,8 @@ static void node_fail(struct kvshm__rm *rm, int i, struct kvshm__rm_cmd *cmds, i
 			cmds[n->q[k]].err = err;
 	n->qhead = n->qlen = 0;
 	n->niov = n->iov_at = 0;
+	if (drop_sent_only && !n->sent)
+		return;
 	kvshm__rm_node_drop(rm, i);
 	rm->stale = true;
 }
@@ -245,6 +364,7 @@ static int node_send(struct rm_node *n)
 		ssize_t w = sendmsg(n->ctx->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
 		if (w < 0)
 			return errno == EAGAIN || errno == EINTR ? 0 : -errno;
+		n->sent = true;
 		size_t left = (size_t)w;
 		while (left && n->iov_at < n->niov) {
 			struct iovec *v = &n->iov[n->iov_at];
@@ -303,6 +423,7 @@ void kvshm__rm_round(struct kvshm__rm *rm, struct kvshm__rm_cmd *cmds, size_t n,
 	for (int i = 0; i < rm->nnodes; i++) {
 		struct rm_node *nd = &rm->nodes[i];
 		nd->niov = nd->iov_at = nd->qlen = nd->qhead = 0;
+		nd->sent = false;
 		nd->cmds = cmds;
 		if (!cnt[i])
 			continue;
@@ -338,7 +459,7 @@ void kvshm__rm_round(struct kvshm__rm *rm, struct kvshm__rm_cmd *cmds, size_t n,
 		if (now >= deadline) {
 			for (int f = 0; f < nfds; f++)
 				if (pf[f].fd >= 0)
-					node_fail(rm, who[f], cmds, -ETIMEDOUT);
+					node_fail(rm, who[f], cmds, -ETIMEDOUT, true);
 			kvshm__fail(-ETIMEDOUT, "remote: deadline passed with replies outstanding");
 			break;
 		}
@@ -348,7 +469,7 @@ void kvshm__rm_round(struct kvshm__rm *rm, struct kvshm__rm_cmd *cmds, size_t n,
 		if (pr < 0 && errno != EINTR) {
 			for (int f = 0; f < nfds; f++)
 				if (pf[f].fd >= 0)
-					node_fail(rm, who[f], cmds, -errno);
+					node_fail(rm, who[f], cmds, -errno, false);
 			break;
 		}
 		for (int f = 0; pr > 0 && f < nfds; f++) {
@@ -361,7 +482,7 @@ void kvshm__rm_round(struct kvshm__rm *rm, struct kvshm__rm_cmd *cmds, size_t n,
 			if (!rc && (pf[f].revents & (POLLIN | POLLHUP | POLLERR)))
 				rc = node_recv(rm, nd, cmds);
 			if (rc)
-				node_fail(rm, who[f], cmds, rc);
+				node_fail(rm, who[f], cmds, rc, false);
 		}
 	}
 }

@@ -170,7 +170,13 @@ struct kvshm__rm_meta *kvshm__rm_record_decode(const uint8_t *b, size_t sz, cons
 	memcpy(m.model.fingerprint, b + 56, 32);
 	memcpy(m.model.ctx_hash, b + 88, 32);
 	m.model.quant = b[120];
-	if (!m.chunk || m.ntokens > KVSHM_MAX_TOKENS || m.nchunks != (m.len + m.chunk - 1) / m.chunk ||
+	/* Every field is Redis's word, not ours: a chunk size outside what a
+	 * namespace may have, a length past KVSHM_RM_LEN_MAX or a chunk count
+	 * that does not follow from them (no overflow: len is bounded first)
+	 * is not a record (a million 1-byte chunks would cost a worker
+	 * gigabytes of commands before one byte arrived). */
+	if (m.chunk < KVSHM_RM_CHUNK_MIN || m.chunk > KVSHM_RM_CHUNK_MAX || m.len > KVSHM_RM_LEN_MAX ||
+	    m.ntokens > KVSHM_MAX_TOKENS || m.nchunks != m.len / m.chunk + (m.len % m.chunk != 0) ||
 	    sz != meta_size(m.ntokens, m.nchunks))
 		return NULL;
 	struct kvshm__rm_meta *out = malloc(sizeof(*out));

@@ -251,6 +251,9 @@ struct kvshm__rm_ns {
 #define KVSHM_RM_SPREAD_DEFAULT true
 #define KVSHM_RM_CHUNK_MIN (4u << 10)
 #define KVSHM_RM_CHUNK_MAX (64u << 20)
+/* The largest value a record may describe (1 TiB): what a record claims
+ * beyond it is not believed. */
+#define KVSHM_RM_LEN_MAX (1ull << 40)
 #define KVSHM_RM_TOKENS_DEFAULT 256u
 #define KVSHM_RM_TOKENS_MAX 4096u /* as the local tiers' chunk_tokens */
 

@@ -29,10 +29,13 @@ enum { RM_UNKNOWN, RM_STANDALONE, RM_CLUSTER };
  * order (q; RM_ASKING stands for the reply to an ASKING).
  */
 #define RM_ASKING ((size_t)-1)
+struct rm_resolve;
 struct rm_node {
 	char host[256];
 	int port;
 	char path[108];
+	char addr[46];           /* host as a numeric address ("": not resolved yet) */
+	struct rm_resolve *gai;  /* a resolution still running (remote/net.c), or NULL */
 	redisContext *ctx; /* NULL: not connected */
 	struct iovec *iov;
 	size_t niov, iov_at, iov_cap;
@@ -40,6 +43,7 @@ struct rm_node {
 	size_t hdr_cap;
 	size_t *q;
 	size_t qlen, qhead, qcap;
+	bool sent; /* this round wrote to the socket (else, at the deadline, the stream is still clean) */
 	struct kvshm__rm_cmd *cmds; /* the round's commands, that q indexes */
 };
 
@@ -94,6 +98,8 @@ int kvshm__rm_need_ns(struct kvshm__rm *rm);
 int kvshm__rm_node_add(struct kvshm__rm *rm, const char *host, int port, const char *path);
 int kvshm__rm_node_open(struct kvshm__rm *rm, int i, uint64_t deadline);
 void kvshm__rm_node_drop(struct kvshm__rm *rm, int i);
+/* Let a node's pending name resolution go (remote/net.c): before the node is freed. */
+void kvshm__rm_node_forget(struct rm_node *n);
 /* Send every command not done and without err to its node (->to, which
  * is connected) and collect the replies by the deadline. Redirections
  * (MOVED/ASK) are left for the caller: ->reply set, ->done false. */

@@ -13,8 +13,20 @@
 
 #include "remote/rm.h"
 
+/* An error naming URL url[0..len) with its credentials cut out: whatever
+ * stands between "://" and the URL's last '@' (a mistyped password may
+ * hold '/', ':' or '@' itself) is shown as "***", so neither a log nor an
+ * error string carries a password. */
 static int bad(const char *url, size_t len, const char *why)
 {
+	const char *s = memmem(url, len, "://", 3);
+	size_t from = s ? (size_t)(s - url) + 3 : 0, at = 0;
+	for (size_t i = from; i < len; i++)
+		if (url[i] == '@')
+			at = i;
+	if (at)
+		return kvshm__fail(-EINVAL, "remote URL '%.*s***%.*s': %s", (int)from, url, (int)(len - at), url + at,
+				   why);
 	return kvshm__fail(-EINVAL, "remote URL '%.*s': %s", (int)len, url, why);
 }
 

@@ -23,6 +23,7 @@
 #include "harness.h"
 #include "fixture/redis.h"
 #include "remote/remote.h"
+#include "remote/rm.h"
 #include "shm/crc32c.h"
 
 
@@ -210,6 +211,12 @@ static void test_url_parse(void **st)
 	expect_bad_url("redis://@h", "empty credentials");
 	expect_bad_url("redis://u@h", "has no password");
 	expect_bad_url("redis://h$x:1", "bad character");
+	/* An error never carries a password, however the URL is mistyped. */
+	expect_bad_url("redis://app:S3cret@redis:0", "'redis://***@redis:0'");
+	expect_bad_url("redis://app:S3/c@et@h:1/2", "'redis://***@h:1/2'");
+	assert_null(strstr(kvshm_last_error(), "S3"));
+	expect_bad_url("redis://u:p@a:1,redis://v:Secr3t@b:2", "'redis://***@b:2'");
+	assert_null(strstr(kvshm_last_error(), "Secr3t"));
 	expect_bad_url("redis://[::1:1", "IPv6");
 	char many[2048] = "";
 	for (int i = 0; i <= KVSHM_RM_MAX_SEEDS; i++)
@@ -275,6 +282,49 @@ static void test_crc_combine(void **st)
 	}
 }
 
+/* A record is believed only when every field is one a push could write:
+ * a chunk size out of range, a length past KVSHM_RM_LEN_MAX or one that
+ * overflows the chunk count is refused (checksum and all else right). */
+static void test_record_fields(void **st)
+{
+	(void)st;
+	uint32_t tok[4] = { 1, 2, 3, 4 }, crcs[3] = { 0 };
+	struct kvshm__rm_meta m = { .gen = 7, .ntokens = 4, .tokens = tok, .crcs = crcs };
+	memset(m.key, 0xab, sizeof(m.key));
+	const struct {
+		uint64_t len;
+		uint32_t chunk, nchunks;
+		bool ok;
+	} c[] = {
+		{ 3 * 4096 - 1, 4096, 3, true },
+		{ 3 * 4096, 4096, 3, true },
+		{ 3 * 4096 + 1, 4096, 3, false },          /* one chunk short */
+		{ 3, 1, 3, false },                          /* 1-byte chunks */
+		{ 3 * 2048, 2048, 3, false },                /* below KVSHM_RM_CHUNK_MIN */
+		{ UINT64_MAX - 4094, 4096, 0, false },       /* len + chunk - 1 wraps to 0 chunks */
+		{ 2 * KVSHM_RM_LEN_MAX, KVSHM_RM_CHUNK_MAX, 3, false }, /* count does not follow either */
+	};
+	for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) {
+		m.len = c[i].len;
+		m.chunk = c[i].chunk;
+		m.nchunks = c[i].nchunks;
+		size_t sz;
+		uint8_t *b = kvshm__rm_record_encode(&m, &sz);
+		assert_non_null(b);
+		struct kvshm__rm_meta *d = kvshm__rm_record_decode(b, sz, m.key);
+		if ((d != NULL) != c[i].ok)
+			print_message("case %zu: len %llu chunk %u nchunks %u %s\n", i, (unsigned long long)c[i].len,
+				      c[i].chunk, c[i].nchunks, d ? "decoded" : "refused");
+		assert_true((d != NULL) == c[i].ok);
+		if (d) {
+			assert_int_equal(d->len, c[i].len);
+			assert_memory_equal(d->tokens, tok, sizeof(tok));
+		}
+		kvshm__rm_meta_free(d);
+		free(b);
+	}
+}
+
 static void test_breaker(void **st)
 {
 	(void)st;
@@ -331,6 +381,14 @@ static void test_breaker(void **st)
 	kvshm__rm_breaker_done(&b, t + 60 * ms, true);
 	assert_int_equal(b.state, KVSHM_RM_CLOSED);
 	assert_true(kvshm__rm_breaker_allow(&b, t + 61 * ms, t + 62 * ms));
+	/* A probe with a long deadline (a large push) holds the claim for the
+	 * first period only (100 ms here), not for its hour. */
+	for (int i = 0; i < 3; i++)
+		kvshm__rm_breaker_done(&b, t, false);
+	t = b.until_ns;
+	assert_true(kvshm__rm_breaker_allow(&b, t, t + 3600000 * ms));
+	assert_false(kvshm__rm_breaker_allow(&b, t + 99 * ms, t + 200 * ms));
+	assert_true(kvshm__rm_breaker_allow(&b, t + 100 * ms, t + 200 * ms));
 }
 
 /* ---- standalone ----------------------------------------------------------------------- */
@@ -376,6 +434,61 @@ static void test_roundtrip_tcp(void **st)
 	char url[200];
 	rf_url(&plain, url, sizeof(url), NULL);
 	roundtrip(url);
+}
+
+/* A host name is resolved under the call's deadline: "localhost" works;
+ * a name nobody answers for is an error within the deadline (with a slow
+ * or unreachable resolver, getaddrinfo alone would wait seconds). */
+static void test_roundtrip_name(void **st)
+{
+	(void)st;
+	skip_without_redis();
+	char url[200];
+	snprintf(url, sizeof(url), "redis://localhost:%d", plain.port);
+	roundtrip(url);
+	struct kvshm__rm *rm = client("redis://kvshm-no-such-host.invalid:6379", NULL);
+	struct kvshm__rm_ns want = { .seed = 1, .chunk = 4096 }, got;
+	for (int i = 0; i < 3; i++) {
+		uint64_t t0 = kvshm__now_ns();
+		int rc = kvshm__rm_ns_open(rm, "x", &want, &got, 200);
+		uint64_t took = kvshm__now_ns() - t0;
+		if (rc == 0 || took > 1500 * 1000000ull)
+			print_message("try %d: rc %d after %llu ms: %s\n", i, rc, (unsigned long long)(took / 1000000),
+				      kvshm_last_error());
+		assert_true(rc < 0);
+		assert_true(took <= 1500 * 1000000ull); /* 200 ms asked; generous for a loaded machine */
+	}
+	kvshm__rm_close(rm);
+}
+
+/* A call made with no time left (a cleanup after a slow step) fails
+ * with -ETIMEDOUT before anything is sent: the connection stays, and the
+ * breaker does not count it (ten of them would open it otherwise). */
+static void test_no_time_left(void **st)
+{
+	(void)st;
+	skip_without_redis();
+	char url[200];
+	rf_url(&plain, url, sizeof(url), NULL);
+	struct kvshm__rm *rm = client(url, NULL);
+	join(rm, "notime", 4096, false);
+	struct kvshm__rm_stats s0, s1;
+	kvshm__rm_stats_get(rm, &s0);
+	struct kvshm__rm_cmd c;
+	for (int i = 0; i < 10; i++) {
+		kvshm__rm_cmd_set(&c, 0, 1, (const char *[]){ "PING" }, NULL);
+		assert_int_equal(kvshm__rm_exec(rm, &c, 1, kvshm__now_ns() - 1), -ETIMEDOUT);
+		kvshm__rm_cmds_free(&c, 1);
+	}
+	kvshm__rm_cmd_set(&c, 0, 1, (const char *[]){ "PING" }, NULL);
+	assert_int_equal(kvshm__rm_exec(rm, &c, 1, kvshm__rm_deadline(LONG_MS)), 0);
+	kvshm__rm_cmds_free(&c, 1);
+	kvshm__rm_stats_get(rm, &s1);
+	assert_int_equal(s1.state, KVSHM_RM_CLOSED);
+	assert_int_equal(s1.trips, s0.trips);
+	assert_int_equal(s1.errors, s0.errors);
+	assert_int_equal(s1.connects, s0.connects);
+	kvshm__rm_close(rm);
 }
 
 static void test_roundtrip_unix(void **st)
@@ -1480,9 +1593,12 @@ int main(void)
 		cmocka_unit_test(test_url_parse),
 		cmocka_unit_test(test_key_slot),
 		cmocka_unit_test(test_crc_combine),
+		cmocka_unit_test(test_record_fields),
 		cmocka_unit_test(test_breaker),
 		cmocka_unit_test(test_roundtrip_tcp),
 		cmocka_unit_test(test_roundtrip_unix),
+		cmocka_unit_test(test_roundtrip_name),
+		cmocka_unit_test(test_no_time_left),
 		cmocka_unit_test(test_lookup_prefix),
 		cmocka_unit_test(test_lookup_hints),
 		cmocka_unit_test(test_audit),

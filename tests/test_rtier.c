@@ -319,6 +319,50 @@ static void test_single_flight(void **st)
 	th_finish(b, nb);
 }
 
+/* A puller killed right after claiming the host's pull of a key, with no
+ * reaper to reclaim its slot: a sibling looking the key up sees the
+ * claimer is dead within a wait slice and pulls itself, long before the
+ * pull deadline (20 s here) it would otherwise sleep through, twice. */
+static void test_dead_claimer(void **st)
+{
+	(void)st;
+	skip_without_redis();
+	char url[200], ns[80], na[64], nb[64];
+	rf_url(&plain, url, sizeof(url), NULL);
+	unique_ns(ns, sizeof(ns), "dc");
+	kvshm_config c;
+	th_cfg_small(&c, 0);
+	c.segment_bytes = 64 * TH_MIB;
+	c.remote_pull_ms = 20000;
+	kvshm *a = host(na, sizeof(na), "dca", url, ns, &c);
+	th_cfg_small(&c, 0);
+	c.segment_bytes = 64 * TH_MIB;
+	c.remote_pull_ms = 20000;
+	kvshm *b = host(nb, sizeof(nb), "dcb", url, ns, &c);
+	kvshm_model m = th_model_of(5);
+	uint32_t t[64];
+	th_toks_of(t, 64, 5);
+	TH_OK(th_put_val(a, &m, t, 64, 24u << 20, 55, KVSHM_TIER_RAM, KVSHM_REASON_COLD));
+	TH_OK(kvshm_push(a, 0, NULL));
+	struct sf s = {nb, 0};
+	int r = th_run_crashing(sf_child, &s, "remote.pull.claimed@1", NULL);
+	assert_true(r != 0); /* it died holding the claim */
+	/* b's handle was open before the death: no attach sweeps the slot. */
+	uint64_t t0 = th_now_ms();
+	kvshm_pin p;
+	TH_OK(kvshm_lookup(b, &m, t, 64, 0, &p));
+	uint64_t took_ms = th_now_ms() - t0;
+	print_message("dead claimer: sibling hit after %llu ms (pull deadline 20000 ms)\n", (unsigned long long)took_ms);
+	assert_int_equal(p.len, 24u << 20);
+	assert_true(th_val_ok(p.data, p.len, 55));
+	TH_OK(kvshm_unpin(b, &p));
+	assert_true(took_ms < 5000);
+	assert_int_equal(th_counter(b, KVSHM_C_remote_hits), 1);
+	assert_true(kvshm_sweep(b) >= 1); /* the dead puller's slot */
+	th_finish(a, na);
+	th_finish(b, nb);
+}
+
 /* kvshm_lookup_copy of (m, t[0..n)): ntok tokens, len bytes from seed. */
 static void copy_ok(kvshm *h, const kvshm_model *m, const uint32_t *t, size_t n, size_t ntok, size_t len,
 		    uint32_t seed)
@@ -563,7 +607,7 @@ static int slots_cb(const kvshm_proc_info *p, void *ctx)
 }
 
 /* A push stalled on the network (Redis paused for writes) holds no lock:
- * the reaper reclaims a dead worker meanwhile in milliseconds. */
+ * the reaper reclaims a dead worker meanwhile, before the push is done. */
 static void test_push_never_delays_reclaim(void **st)
 {
 	(void)st;
@@ -577,7 +621,7 @@ static void test_push_never_delays_reclaim(void **st)
 	kvshm_model m = th_model_of(8);
 	uint32_t t[64];
 	th_toks_of(t, 64, 8);
-	assert_int_equal(rf_ok(&plain, "CLIENT PAUSE 1500 WRITE"), 0);
+	assert_int_equal(rf_ok(&plain, "CLIENT PAUSE 4000 WRITE"), 0);
 	TH_OK(th_put_val(a, &m, t, 64, 32 * TH_MIB, 8, KVSHM_TIER_RAM, KVSHM_REASON_COLD));
 	th_sleep_ms(400); /* the push thread has found it and waits on Redis */
 	int fds[2];
@@ -596,9 +640,13 @@ static void test_push_never_delays_reclaim(void **st)
 			th_sleep_ms(1);
 	}
 	uint64_t dt = th_now_ms() - t0;
-	print_message("reclaim during a stalled 32 MiB push: %llu ms\n", (unsigned long long)dt);
+	uint64_t pushed = th_counter(a, KVSHM_C_remote_pushes);
+	print_message("reclaim during a stalled 32 MiB push: %llu ms (pushes done by then: %llu)\n",
+		      (unsigned long long)dt, (unsigned long long)pushed);
 	assert_int_equal(left, 0);
-	assert_true(dt < 200);
+	/* Not a timing bound (make bench measures reclaim latency): the dead
+	 * worker was reclaimed while the push was still stalled on Redis. */
+	assert_int_equal(pushed, 0);
 	close(fds[0]);
 	close(fds[1]);
 	/* The push went through after the pause (maybe on a second pass). */
@@ -941,6 +989,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_config, th_teardown_caches),
 		cmocka_unit_test_teardown(test_two_hosts, th_teardown_caches),
 		cmocka_unit_test_teardown(test_single_flight, th_teardown_caches),
+		cmocka_unit_test_teardown(test_dead_claimer, th_teardown_caches),
 		cmocka_unit_test_teardown(test_longer_remote_busy, th_teardown_caches),
 		cmocka_unit_test_teardown(test_reaper_pushes, th_teardown_caches),
 		cmocka_unit_test_teardown(test_push_never_delays_reclaim, th_teardown_caches),

@@ -89,12 +89,36 @@ static void wait_sibling(kvshm *h, uint32_t s, uint32_t seq, uint64_t deadline_n
 
 enum { CLAIM_OURS, CLAIM_NONE, CLAIM_WAITED };
 
-/* Is claim word w of a process slot no longer in that life? */
-static bool stale(const kvshm *h, uint64_t w)
+/* Is claim word w of a process slot no longer in that life? With alive,
+ * also when its owner is dead but not yet reclaimed (a pidfd or the slot
+ * lock says: a system call, so only while waiting, not on every claim). */
+static bool stale(const kvshm *h, uint64_t w, bool alive)
 {
-	const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, (uint32_t)(w >> 16) & 0xffff);
-	return !sl || __atomic_load_n(&sl->state, __ATOMIC_ACQUIRE) != KVSHM_SLOT_LIVE ||
-	       (__atomic_load_n(&sl->gen, __ATOMIC_RELAXED) & 0xffff) != (w & 0xffff);
+	uint32_t idx = (uint32_t)(w >> 16) & 0xffff;
+	const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, idx);
+	if (!sl || __atomic_load_n(&sl->state, __ATOMIC_ACQUIRE) != KVSHM_SLOT_LIVE ||
+	    (__atomic_load_n(&sl->gen, __ATOMIC_RELAXED) & 0xffff) != (w & 0xffff))
+		return true;
+	return alive && kvshm__proc_slot_alive(h->seg, h->tab, idx, NULL) == 0;
+}
+
+/* Wait for claim b to move from cur, in slices: a claimer killed
+ * mid-pull wakes nobody, and with no reaper running its slot stays LIVE,
+ * so each slice looks whether it still lives. Returns when the claim
+ * moved or went stale, or at the deadline. */
+#define CLAIM_SLICE_NS (10 * 1000000ull)
+static void wait_claim(kvshm *h, unsigned b, uint64_t cur, uint32_t seq, uint64_t deadline)
+{
+	struct kvshm__remote_hdr *rh = &h->hdr->remote;
+	for (;;) {
+		uint64_t now = kvshm__now_ns();
+		if (now >= deadline)
+			return;
+		if (kvshm__futex_wait(&rh->claim_seq[b], seq, KVSHM_MIN(deadline, now + CLAIM_SLICE_NS)) != -ETIMEDOUT)
+			return;
+		if (atomic_load(&rh->claim[b]) != cur || stale(h, cur, true))
+			return;
+	}
 }
 
 static int claim(kvshm *h, kvshm__h128 key, uint64_t deadline, unsigned *bucket, uint64_t *word)
@@ -106,7 +130,7 @@ static int claim(kvshm *h, kvshm__h128 key, uint64_t deadline, unsigned *bucket,
 	for (int tries = 0; tries < 4; tries++) {
 		uint32_t seq = atomic_load(&rh->claim_seq[b]);
 		uint64_t cur = atomic_load(&rh->claim[b]);
-		if (cur == 0 || stale(h, cur)) {
+		if (cur == 0 || stale(h, cur, tries > 0)) {
 			if (atomic_compare_exchange_strong(&rh->claim[b], &cur, mine)) {
 				*bucket = b;
 				*word = mine;
@@ -119,7 +143,9 @@ static int claim(kvshm *h, kvshm__h128 key, uint64_t deadline, unsigned *bucket,
 			return CLAIM_NONE; /* another key's pull holds the bucket */
 		kvshm__count(h, KVSHM_C_remote_waits, 1);
 		KVSHM_CRASH_POINT("remote.pull.wait");
-		kvshm__futex_wait(&rh->claim_seq[b], seq, deadline);
+		wait_claim(h, b, cur, seq, deadline);
+		if (atomic_load(&rh->claim[b]) == cur && stale(h, cur, true))
+			continue; /* its claimer died: take the pull over */
 		return CLAIM_WAITED;
 	}
 	return CLAIM_NONE;
@@ -240,7 +266,13 @@ static int pull(kvshm *h, struct kvshm__rstate *rs, const struct kvshm__fetch *f
 {
 	if (m->len == 0 || m->ntokens == 0)
 		return KVSHM_ENOTFOUND; /* a cache entry always has tokens and bytes: not one of ours */
+	if (m->len > h->cfg->quota[KVSHM_TIER_RAM])
+		return KVSHM_ENOTFOUND; /* could never fit here: no claim, no deadline scaled by it */
 	uint64_t deadline = kvshm__now_ns() + (uint64_t)kvshm__remote_call_ms(h, m->len) * 1000000ull;
+	if (f->by && f->by[1])
+		deadline = KVSHM_MIN(deadline, f->by[1]); /* a second try: what the first left */
+	else if (f->by)
+		f->by[1] = deadline;
 	unsigned b = 0;
 	uint64_t mine = 0;
 	int c = claim(h, kvshm__key_of(&h->kc, &m->model, m->tokens, m->ntokens), deadline, &b, &mine);
@@ -260,13 +292,19 @@ int kvshm__remote_fetch(kvshm *h, const struct kvshm__fetch *f, kvshm_pin *pin)
 	int err;
 
 	kvshm__count(h, KVSHM_C_remote_lookups, 1);
+	uint64_t now = kvshm__now_ns();
+	if (f->by && !f->by[0])
+		f->by[0] = now + (uint64_t)h->cfg->remote_lookup_ms * 1000000ull;
+	if (f->by && now >= f->by[0])
+		goto miss; /* this lookup spent its remote budget on an earlier try */
+	unsigned ms = f->by ? (unsigned)KVSHM_MAX((f->by[0] - now) / 1000000ull, 1ull) : h->cfg->remote_lookup_ms;
 	if (kvshm__remote_refused(h) || !(rs = kvshm__rstate(h)))
 		goto miss;
 	if (kvshm__keyhash(&rs->kc, f->m, f->tokens, f->n, &kh) < 0)
 		goto miss;
 	struct kvshm__rm_query q;
 	query_of(h, rs, f, &kh, &q);
-	err = kvshm__rm_lookup_q(rs->rm, &q, NULL, &best, h->cfg->remote_lookup_ms);
+	err = kvshm__rm_lookup_q(rs->rm, &q, NULL, &best, ms);
 	kvshm__rstate_sync(h, rs);
 	kvshm__keyhash_free(&kh);
 	if (err < 0 || !longer(f, best))

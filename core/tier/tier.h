@@ -48,6 +48,11 @@ struct kvshm__fetch {
 	bool partial; /* KVSHM_LOOKUP_PARTIAL */
 	bool copy;    /* pin with the copy-out record */
 	size_t have;  /* tokens the local answer serves (the pin given holds it), 0: a miss */
+	/* One kvshm_lookup's remote budget, kept by the caller across its
+	 * fetches (CLOCK_MONOTONIC ns, 0 = not started): [0] the lookups'
+	 * (remote_lookup_ms from the first), [1] the pulls' (the first pull's
+	 * size-scaled deadline). A second fetch never gets fresh time. */
+	uint64_t *by;
 };
 
 /* A value a tier holds that the segment does not know yet (adopt). */
