@@ -382,7 +382,7 @@ bench:
 FUZZ_SECONDS ?= 60
 FUZZ_CFLAGS   = -std=c11 -D_GNU_SOURCE -Iinclude -I. -g -O1 -DKVSHM_TEST -DKVSHM_FUZZ $(DEP_CFLAGS) \
                 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
-FUZZ_SRCS    := core/tier/fileformat.c core/tier/crc32c.c core/entry/key.c shm/error.c shm/crash.c
+FUZZ_SRCS    := core/tier/fileformat.c core/tier/crc32c.c core/entry/key.c core/entry/xxpass.c shm/error.c shm/crash.c
 
 $(B)/fuzz/fuzz_file: tests/fuzz/fuzz_file.c $(FUZZ_SRCS) $(LIB_HDRS)
 	@mkdir -p $(@D)

@@ -58,6 +58,7 @@ struct kvshm__fmeta;
  * can be recomputed offline (kvshm_fsck) without a handle. */
 struct kvshm__keyctx {
 	uint32_t chunk_tokens;
+	uint32_t npow; /* short boundaries: powers of two below chunk_tokens */
 	uint8_t secret[KVSHM_HASH_SECRET];
 };
 

@@ -57,8 +57,10 @@
  * time alone would reclaim a LOCK slot's live owner, or keep a reused
  * pid's; 6: the reaper lock is KVSHM_RANK_UNORDERED, taken through the lock
  * funnel — a build that took it by rank 120 would see every later lock as
- * out of order); part of the layout signature. */
-#define KVSHM_LAYOUT_VERSION 6u
+ * out of order; 7: boundary hashes are XXH3-128 of the model's hash and the
+ * prefix, core/entry/key.c — a build that chained segment by segment would
+ * probe other buckets); part of the layout signature. */
+#define KVSHM_LAYOUT_VERSION 7u
 
 enum kvshm__region_id {
 	KVSHM_R_CORE = 1,

@@ -52,13 +52,13 @@ static int walk(kvshm *h, const struct kvshm__query *q, kvshm_pin *pin, struct k
 {
 	const struct kvshm__keyctx *kc = &h->kc;
 	size_t top = kvshm__bidx(kc, q->n);
-	size_t low = q->exact ? top : 0;
+	size_t low = q->exact ? top : 1; /* no entry chains at boundary 0 (keys have a token or more) */
 	uint64_t probes = 0;
 	int err = KVSHM_ENOTFOUND;
 
 	*wait = (struct kvshm__cand){UINT32_MAX, 0, 0, 0};
 	for (size_t j = top + 1; j-- > low;) {
-		kvshm__h128 t = q->kh->h[j];
+		kvshm__h128 t = kvshm__kh(q->kh, j);
 		uint32_t s = kvshm__shard_of(h, t);
 		struct kvshm__shard *sh = &h->shards[s];
 		uint32_t best = UINT32_MAX, best_n = 0;
@@ -143,7 +143,7 @@ static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t
 		return kvshm__fail(-EINVAL, "lookup: unknown flags 0x%x", flags & ~known);
 	if (exact && partial)
 		return kvshm__fail(-EINVAL, "get: KVSHM_LOOKUP_PARTIAL asks for a prefix; use kvshm_lookup");
-	if ((err = kvshm__keyhash(&h->kc, m, tokens, n, &kh)) < 0)
+	if ((err = kvshm__keyhash(&h->kc, m, tokens, n, false, &kh)) < 0)
 		return err;
 	struct kvshm__query q = {.kh = &kh,
 				 .m = m,
@@ -152,7 +152,7 @@ static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t
 				 .exact = exact,
 				 .copy = copy,
 				 .want_wait = (flags & KVSHM_LOOKUP_WAIT) && h->cfg->wait_ms > 0};
-	uint64_t deadline = kvshm__now_ns() + (uint64_t)h->cfg->wait_ms * 1000000ull;
+	uint64_t deadline = 0; /* set when a wait begins */
 	bool waited = false;
 	uint32_t awaited = 0; /* the longest save waited for */
 	for (;;) {
@@ -172,6 +172,7 @@ static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t
 		/* A longer match is being written: wait for its shard to move. */
 		if (!waited) {
 			waited = true;
+			deadline = kvshm__now_ns() + (uint64_t)h->cfg->wait_ms * 1000000ull;
 			kvshm__count(h, KVSHM_C_waits, 1);
 		}
 		KVSHM_CRASH_POINT("lookup.wait");

@@ -9,6 +9,7 @@
 #ifndef KVSHM_CORE_ENTRY_ENTRY_H
 #define KVSHM_CORE_ENTRY_ENTRY_H
 
+#include "core/entry/xxpass.h"
 #include "core/internal.h"
 
 /* ---- the handle's slot, the sweep (core/entry/handle.c) ---------------------------------- */
@@ -27,19 +28,37 @@ typedef struct {
 } kvshm__h128;
 
 /*
- * Chunk-boundary hashes of a token sequence (see core/entry/key.c): h[j] depends
- * on the model and the first j·C tokens, for j = 0 .. n/C; and the key
- * hash of the whole sequence.
+ * The boundary hashes of a token sequence (see core/entry/key.c): h[j]
+ * depends on the model and the first kvshm__bound(j) tokens, for j = 0 ..
+ * nb - 1; and the key hash of the whole sequence. kvshm__keyhash makes one
+ * pass over the tokens; each h[j] is digested when first asked for
+ * (kvshm__kh), so a lookup pays for the boundaries it probes. The tokens
+ * must stay where they are until kvshm__keyhash_free.
  */
+#define KVSHM_KH_STACK 48 /* boundaries kept on the stack: ~10k tokens at C = 256 */
 struct kvshm__keyhash {
-	kvshm__h128 *h;         /* n/C + 1 boundary hashes */
-	size_t nb;              /* entries in h */
-	kvshm__h128 key;        /* hash of model ‖ all n tokens */
-	kvshm__h128 stack[160]; /* storage for sequences up to ~38k tokens at C = 256 */
+	const struct kvshm__keyctx *kc;
+	const uint32_t *tokens;
+	size_t n;                /* tokens */
+	size_t nb;               /* boundaries 0 .. nb - 1 (the last: the largest <= n) */
+	kvshm__h128 M;           /* h[0]: the model's hash, the prefix of every other */
+	kvshm__h128 key;         /* hash of model ‖ all n tokens (when asked for) */
+	kvshm__h128 *h;          /* h[j], valid where hv[j] */
+	uint8_t *hv;             /* h[j] digested */
+	struct kvshm__xxcut *cut; /* nb + 1 pass states: a boundary's (past the short ones),
+				   * then the key's (core/entry/xxpass.h) */
+	void *heap;              /* the arrays when the stack's are too small */
+	kvshm__h128 stack[KVSHM_KH_STACK];
+	uint8_t stack_hv[KVSHM_KH_STACK];
+	struct kvshm__xxcut stack_cut[KVSHM_KH_STACK + 1];
 };
 
+/* Hash model and tokens[0..n) for lookups (want_key false: the boundaries
+ * only) or for a save (want_key: the key hash too). */
 int kvshm__keyhash(const struct kvshm__keyctx *kc, const kvshm_model *m, const uint32_t *tokens, size_t n,
-		   struct kvshm__keyhash *kh);
+		   bool want_key, struct kvshm__keyhash *kh);
+/* Boundary hash j (< kh->nb), digested on first use. */
+kvshm__h128 kvshm__kh(struct kvshm__keyhash *kh, size_t j);
 /* A hashing context for a cache's seed and chunk size (a handle's, at
  * open; or a directory's, offline). */
 void kvshm__keyctx_init(struct kvshm__keyctx *kc, uint64_t seed, uint32_t chunk_tokens);
@@ -165,7 +184,7 @@ uint32_t kvshm__marks_sets_for(uint32_t max_entries, uint64_t segment_bytes);
 /* Record markers for entry idx (life gen) of n tokens, whose boundary
  * hashes are kh (kvshm__keyhash of its key): one per non-terminal boundary
  * that can reach partial_min_tokens. No lock; hints only. */
-void kvshm__marks_add(kvshm *h, const struct kvshm__keyhash *kh, size_t n, uint32_t idx, uint32_t gen);
+void kvshm__marks_add(kvshm *h, struct kvshm__keyhash *kh, size_t n, uint32_t idx, uint32_t gen);
 /* The markers of boundary hash t (its set's ways with t's tag, the entry
  * index bounds-checked, duplicates dropped): how many, with their entry
  * indexes and low gen bits (gen & KVSHM_MARK_GEN_MASK). Hints only. */
