@@ -114,6 +114,7 @@ struct kvshm {
 	void *stage;               /* the staging buffer kept for small RAM reservations */
 	size_t stage_cap;          /* its bytes */
 	bool stage_busy;           /* a reservation is using it */
+	uint64_t rng;              /* xorshift state: which hits update the score (core/entry/pin.c) */
 	char name[KVSHM_NAME_MAX];
 };
 

@@ -77,6 +77,10 @@ kvshm__h128 kvshm__term_of(const struct kvshm__keyctx *kc, const kvshm_model *m,
 /* Test builds: force every hash to this value (0 = off), to prove that a
  * hash collision never returns another key's entry. */
 void kvshm__test_force_hash(uint64_t v);
+/* Test builds: called by a pin taken without the lock after the lookup
+ * chose entry idx, before its record is written — a removal made here is
+ * one that raced the pin and won (the pin backs out). */
+extern void (*kvshm__test_before_pin)(kvshm *h, uint32_t idx);
 #endif
 
 /* ---- the index: shards, chains, entries (core/entry/index.c, core/entry/entry.c) ---------- */
@@ -111,6 +115,11 @@ int kvshm__shard_repair(struct kvshm__seg *seg, struct kvshm__lock *lk, void *ct
 /* Does entry e hold exactly key (m, tokens[0..n))? Compares everything. */
 bool kvshm__entry_matches(const kvshm *h, const struct kvshm__entry *e, const kvshm_model *m, const uint32_t *tokens,
 			  size_t n);
+/* The same for an entry read without its lock: 1, 0, or -1 when its blob
+ * does not look like one (changing under us, or damaged: the caller looks
+ * again under the lock, which tells). Never reads outside the segment. */
+int kvshm__entry_matches_racy(const kvshm *h, const struct kvshm__entry *e, const kvshm_model *m,
+			      const uint32_t *tokens, size_t n);
 
 /*
  * Take entry idx (unpinned) out of shard s (lock held): unlink it, clear
@@ -155,12 +164,36 @@ void kvshm__info_of(const kvshm *h, const struct kvshm__entry *e, uint64_t now, 
 
 /* ---- reservation records, pins (core/entry/resv.c, core/entry/pin.c) ------------------ */
 
+/* Pins (core/entry/pin.c): records in the pinner's slot, no count on the
+ * entry. Pin a READY entry found without the lock: 0, KVSHM_EPINFULL, or
+ * -EAGAIN when it went (or was flagged) meanwhile and nothing is held. */
+int kvshm__pin_try(kvshm *h, uint32_t idx, uint32_t gen, bool copy);
+/* Is pin record k of slot x empty, or a pin of a READY entry in that life
+ * below the slot's high-water mark? (The checker's question; racy.) */
+bool kvshm__pinrec_ok(const kvshm *h, const struct kvshm__slotx *x, unsigned k);
+/* Pins of (idx, gen) recorded in any slot now (racy: for listing). */
+uint32_t kvshm__entry_pins(const kvshm *h, uint32_t idx, uint32_t gen);
+/* Make READY entry idx of shard s (lock held) ours to remove: marks it
+ * DYING and looks for pins; false (DYING cleared) when one is held. The
+ * caller must remove or hide the entry before it unlocks. Every removal
+ * of a READY entry goes through here (kvshm__entry_remove_locked does). */
+bool kvshm__entry_claim_locked(kvshm *h, uint32_t s, uint32_t idx);
+/* The entries pinned when it was taken (a racy snapshot, sorted): what
+ * eviction passes over without trying. */
+struct kvshm__pinset {
+	uint64_t *v; /* idx << 32 | gen */
+	size_t n;
+};
+int kvshm__pinset_take(const kvshm *h, struct kvshm__pinset *ps);
+bool kvshm__pinset_has(const struct kvshm__pinset *ps, uint32_t idx, uint32_t gen);
+void kvshm__pinset_free(struct kvshm__pinset *ps);
+
 /* A new token for a reservation. */
 uint64_t kvshm__token(kvshm *h);
 /* Our reservation's entry with its shard locked, or NULL (lock not held). */
 struct kvshm__entry *kvshm__resv_lock(kvshm *h, const kvshm_reservation *r, uint32_t *s, int *err);
-/* Pin entry idx of shard s (lock held) in our slot; copy = the copy-out
- * record. Unpin by index and gen. */
+/* Pin READY entry idx of shard s (lock held) in our slot; copy = the
+ * copy-out record. Unpin by index and gen (no lock). */
 int kvshm__pin_locked(kvshm *h, uint32_t s, uint32_t idx, bool copy);
 int kvshm__unpin_ref(kvshm *h, uint32_t idx, uint32_t gen, bool copy);
 /* Drop every pin our pin record i counts, in one section (close). */
