@@ -3,8 +3,8 @@
  * (bench/micro.c takes bench_alloc): clocks, aligned value buffers, a
  * seeded PRNG, a zipfian key sampler, latency samples and their
  * percentiles, the "touch" every get applies to the bytes it got, number
- * formatting and a CSV writer. Header-only (static functions), so each
- * benchmark stays one translation unit.
+ * formatting, a CSV writer and the targets' rows (bench_target). Header-only
+ * (static functions), so each benchmark stays one translation unit.
  * Not a benchmark itself: no kvshm call lives here.
  */
 #ifndef KVSHM_BENCH_COMMON_H
@@ -16,6 +16,7 @@
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -343,6 +344,29 @@ static BENCH_UNUSED FILE *bench_csv_open(const char *path, const char *header)
 		bench_die("cannot write %s: %s", path, strerror(errno));
 	fprintf(f, "%s\n", header);
 	return f;
+}
+
+/*
+ * A target of issue 18 (docs/benchmarks.md, "Targets"): the program that
+ * measures it prints the row where it measures it, and appends it to the
+ * file named by $KVSHM_BENCH_TARGETS (make bench: build/bench/targets.tsv),
+ * which `make bench` prints as one table at its end. Columns: figure, the
+ * value before the work on the issue (as the issue gives it), this run's
+ * value, the target, met or MISSED.
+ */
+static BENCH_UNUSED void bench_target(const char *figure, const char *before, const char *now, const char *target,
+				      bool met)
+{
+	printf("  target: %s: %s (before: %s)  [target %s: %s]\n", figure, now, before, target, met ? "met" : "MISSED");
+	fflush(stdout);
+	const char *path = getenv("KVSHM_BENCH_TARGETS");
+	if (!path || !*path)
+		return;
+	FILE *f = fopen(path, "a");
+	if (!f)
+		bench_die("cannot append to %s: %s", path, strerror(errno));
+	fprintf(f, "%s\t%s\t%s\t%s\t%s\n", figure, before, now, target, met ? "met" : "MISSED");
+	fclose(f);
 }
 
 #endif

@@ -140,23 +140,33 @@ static void bench_lookup(kvshm *h)
 		}
 		free(q);
 	}
-	/* A short key (16 tokens), as a key-value store would see it. */
+	/* A short key (16 tokens), as a key-value store would see it: the
+	 * median of 5 rounds (a round that another job on this shared
+	 * machine interrupted does not move it). */
 	{
 		uint32_t k16[16];
 		for (int i = 0; i < 16; i++)
 			k16[i] = (uint32_t)(i * 7 + 3);
 		if (kvshm_put(h, &m, k16, 16, val, 4096, NULL) < 0)
 			die("put");
-		int N = 200000;
+		enum { ROUNDS16 = 5, N16 = 200000 };
+		uint64_t round_ns[ROUNDS16];
 		kvshm_pin pin;
-		double t0 = now_s();
-		for (int i = 0; i < N; i++) {
-			if (kvshm_lookup(h, &m, k16, 16, 0, &pin) < 0)
-				die("lookup");
-			kvshm_unpin(h, &pin);
+		for (int r = 0; r < ROUNDS16; r++) {
+			uint64_t t0 = kvshm__now_ns();
+			for (int i = 0; i < N16; i++) {
+				if (kvshm_lookup(h, &m, k16, 16, 0, &pin) < 0)
+					die("lookup");
+				kvshm_unpin(h, &pin);
+			}
+			round_ns[r] = kvshm__now_ns() - t0;
 		}
-		double ns = (now_s() - t0) / N * 1e9;
+		qsort(round_ns, ROUNDS16, sizeof(round_ns[0]), bench_cmp_u64);
+		double ns = (double)round_ns[ROUNDS16 / 2] / N16;
 		printf("%-44s %10.0f %10.0f\n", "16-token key, exact hit + pin + unpin", ns, 1e9 / ns);
+		char now[32];
+		snprintf(now, sizeof(now), "%.0f ns", ns);
+		bench_target("16-token exact hit + pin + unpin", "299 ns", now, "<= 120 ns", ns <= 120);
 	}
 	free(tok);
 	free(val);

@@ -58,6 +58,7 @@ struct kvshm__fmeta;
  * can be recomputed offline (kvshm_fsck) without a handle. */
 struct kvshm__keyctx {
 	uint32_t chunk_tokens;
+	uint32_t npow; /* short boundaries: powers of two below chunk_tokens */
 	uint8_t secret[KVSHM_HASH_SECRET];
 };
 
@@ -115,6 +116,7 @@ struct kvshm {
 	void *stage;               /* the staging buffer kept for small RAM reservations */
 	size_t stage_cap;          /* its bytes */
 	bool stage_busy;           /* a reservation is using it */
+	uint64_t rng;              /* xorshift state: which hits update the score (core/entry/pin.c) */
 	char name[KVSHM_NAME_MAX];
 };
 

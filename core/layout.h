@@ -63,9 +63,14 @@
  * funnel — a build that took it by rank 120 would see every later lock as
  * out of order; 7: the remote tier — its configuration, the host's
  * remote state in the cache header, KVSHM_EF_PUSHED in an entry's flags,
- * which a build without it would copy or clear); part of the layout
- * signature. */
-#define KVSHM_LAYOUT_VERSION 7u
+ * which a build without it would copy or clear; 8: boundary hashes are
+ * XXH3-128 of the model's hash and the prefix, core/entry/key.c — a build
+ * that chained segment by segment would probe other buckets; 9: pins are
+ * records in the pinner's slot only, taken without the shard lock,
+ * entries have no refcount and are cache-line aligned, core/entry/pin.c —
+ * a build that pinned by refcount under the lock would remove entries
+ * pinned by this one); part of the layout signature. */
+#define KVSHM_LAYOUT_VERSION 9u
 
 enum kvshm__region_id {
 	KVSHM_R_CORE = 1,
@@ -96,7 +101,7 @@ enum kvshm__lock_class {
 
 #define KVSHM_MAX_SHARDS 64u                   /* ranks 20..83 stay below the semaphore's */
 #define KVSHM_MAX_PINS 64u                     /* pins one handle may hold at once */
-#define KVSHM_PIN_RECORDS (KVSHM_MAX_PINS + 1) /* + one kept for copy-out */
+#define KVSHM_PIN_RECORDS (KVSHM_MAX_PINS + 1) /* + one kept for copy-out (the first) */
 #define KVSHM_MAX_RES 8u                       /* reservations one handle may hold at once */
 #define KVSHM_CTR_STRIPES 8u                   /* counter stripes: handles pick by slot index */
 #define KVSHM_MAX_CHUNK 4096u
@@ -230,12 +235,14 @@ struct kvshm__cache_hdr {
 
 /* ---- process-slot extension (region PROC) -------------------------------------- */
 
-/* A pin: `count` pins of entry `entry` (index) in its life `gen`. Guarded
- * by the lock of the entry's shard; count 0 = unused record. */
+/* A pin: `count` pins of entry `entry` (index) in its life `gen`; count
+ * 0 = unused record. Written by the slot's owner alone, without a lock
+ * (core/entry/pin.c), read by removers looking for pins; a dead owner's
+ * records are cleared by its reclaimer. */
 struct kvshm__pinrec {
-	uint32_t entry;
-	uint32_t gen;
-	uint32_t count;
+	_Atomic uint32_t entry;
+	_Atomic uint32_t gen;
+	_Atomic uint32_t count;
 	uint32_t pad;
 };
 
@@ -246,8 +253,13 @@ struct kvshm__resrec {
 	uint32_t gen;
 };
 
+#define KVSHM_PIN_COPY 0u /* the record kept for copy-out; pins use 1 .. KVSHM_MAX_PINS */
+
 struct kvshm__slotx {
-	struct kvshm__pinrec pins[KVSHM_PIN_RECORDS]; /* the last is copy-out's own */
+	_Atomic uint32_t pin_hw; /* records [0, pin_hw) may be in use: owner only (a remover
+				  * looks no further) */
+	uint32_t pad0[3];
+	struct kvshm__pinrec pins[KVSHM_PIN_RECORDS]; /* [KVSHM_PIN_COPY] is copy-out's own */
 	struct kvshm__resrec res[KVSHM_MAX_RES];
 	uint32_t reconciling; /* tier bits of reconciliations in progress: a dead
 			       * reconciler's are finished by its reclaimer */
@@ -270,45 +282,65 @@ struct kvshm__shard {
 	uint32_t tier_entries[KVSHM_NTIERS]; /* entries per tier: lk */
 	_Atomic uint32_t seq;                /* futex: bumped when an entry here is
 					      * published, cancelled or removed */
+	/* A sequence lock over the chains, for lookups that walk them without
+	 * lk: odd while a chain or the free list is being changed (lk held),
+	 * bumped again after; a reader whose walk saw it change looks again.
+	 * A changer that died leaves it odd: the repair makes it even. Its own
+	 * cache line, so lookups do not read the line savers write. */
+	_Alignas(KVSHM_CACHELINE) _Atomic uint32_t chain_seq;
 } KVSHM_ALIGNED;
 
 enum { KVSHM_E_FREE = 0, KVSHM_E_RESERVED = 1, KVSHM_E_READY = 2, KVSHM_E_EXPIRED = 3 };
 
 /*
- * An entry. `term` is the hash of its model and first floor(n/C)·C tokens
- * (C = chunk_tokens): the bucket it chains in, the key a prefix lookup
- * probes at that chunk boundary. All fields are guarded by the shard lock.
+ * An entry. `term` is the hash of its model and first b tokens (b its
+ * largest chain boundary, core/entry/key.c): the bucket it chains in, the
+ * key a prefix lookup probes at that boundary. All fields are written under
+ * the shard lock (journaled); lookups also read them without it (core/
+ * lookup.c), so the first cache line holds everything a hit reads and
+ * nothing a hit writes but the sampled hit score.
+ *
+ * PINS are not counted here. A pin is a record in the pinner's process
+ * slot (struct kvshm__pinrec: entry, gen, count), written by its owner
+ * alone, with no lock; removing a ready entry first marks it DYING and
+ * then looks for a record naming it in every slot (core/entry/pin.c). The
+ * records are the only truth, so a process killed between any two
+ * instructions of a pin or an unpin leaves nothing to recount: reclaim
+ * clears its records.
  */
 struct kvshm__entry {
-	uint64_t term[2];  /* chunk-boundary hash: chain key */
-	uint64_t key[2];   /* hash of the whole key (model + all tokens) */
-	uint32_t next;     /* bucket chain or free list: entry index + 1 */
-	uint32_t state;    /* KVSHM_E_* */
-	uint32_t gen;      /* bumped every time the entry is freed */
-	uint32_t refcount; /* pins, = sum of live slots' pin records */
+	/* line 0: what a lookup reads */
+	uint64_t term[2]; /* chain boundary hash: chain key */
+	uint32_t next;    /* bucket chain or free list: entry index + 1 */
+	uint32_t state;   /* KVSHM_E_* */
+	uint32_t gen;     /* bumped every time the entry is freed */
 	uint32_t ntokens;
+	uint32_t flags; /* KVSHM_EF_* (a whole word, so it can be journaled) */
 	uint8_t tier;   /* kvshm_tier */
 	uint8_t reason; /* kvshm_reason */
 	uint16_t spare;
-	uint32_t flags; /* KVSHM_EF_* (a whole word, so it can be journaled) */
+	uint64_t blob;       /* slab offset of the blob (kvshm__blob) */
+	uint64_t len;        /* value bytes */
 	uint32_t spare2;
-	uint64_t blob;        /* slab offset of the blob (kvshm__blob) */
-	uint64_t len;         /* value bytes */
+	uint32_t score_bits; /* float: decayed hit score at last_ns (sampled, core/entry/pin.c) */
+	/* line 1 */
+	uint64_t key[2];      /* hash of the whole key (model + all tokens) */
 	uint64_t footprint;   /* bytes charged to the tier */
 	uint32_t owner;       /* RESERVED/EXPIRED: writer's slot index */
 	uint32_t owner_gen;   /* ... and that slot's gen */
 	uint64_t token;       /* RESERVED: the writer's token */
 	uint64_t deadline_ns; /* RESERVED: CLOCK_MONOTONIC expiry */
 	uint64_t created_ns;  /* CLOCK_REALTIME of the reservation */
-	uint64_t last_ns;     /* CLOCK_MONOTONIC of the last hit or the publish */
-	uint32_t hits;        /* lookups answered */
-	uint32_t score_bits;  /* float: decayed hit score at last_ns */
-	uint64_t csum;        /* RAM: XXH3-64 of the value; files: payload CRC32C */
-	uint64_t moved_ns;    /* CLOCK_MONOTONIC of its last tier change, 0 = never */
+	uint64_t last_ns;     /* CLOCK_MONOTONIC of the last sampled hit or the publish */
+	/* line 2 */
+	uint32_t hits;     /* lookups answered (sampled: added in steps, core/entry/pin.c) */
+	uint32_t spare3;
+	uint64_t csum;     /* RAM: XXH3-64 of the value; files: payload CRC32C */
+	uint64_t moved_ns; /* CLOCK_MONOTONIC of its last tier change, 0 = never */
 	/* File tiers: the last full verification of the file (inode, ctime,
 	 * CLOCK_MONOTONIC time), shared by loads within verify_reuse_ms. */
 	uint64_t vino, vctime_ns, vtime_ns;
-};
+} KVSHM_ALIGNED;
 
 /* entry->flags */
 #define KVSHM_EF_STAGE_MASK 3u /* file reservations: how far the writer got */
@@ -323,6 +355,10 @@ struct kvshm__entry {
 #define KVSHM_EF_LOADING 4u /* a file load is verifying it: owner/owner_gen say who */
 #define KVSHM_EF_BAD 8u     /* failed verification: no new pins, removed at the last unpin */
 #define KVSHM_EF_PUSHED 16u /* in the remote tier: pushed, or pulled from it (not pushed again) */
+#define KVSHM_EF_DYING \
+	32u /* being removed: no new pins. Set by kvshm__entry_claim_locked, which then
+	     * looks for pins; only inside that critical section (it removes the entry, or
+	     * clears the flag, before it unlocks) */
 
 /* The owner word of a blob allocation held by an entry. */
 #define KVSHM_OWNER_ENTRY_KIND 2u

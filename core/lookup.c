@@ -7,13 +7,25 @@
  *   if it chains under the query's hash at the largest chain boundary b_j <=
  *   L (core/entry/key.c: boundaries 0, 1, 2, 4, ... below the chunk size C, then
  *   every multiple of C). So we probe the query's boundaries from the
- *   largest down: at each we lock the shard of h[j], walk its chain, and
- *   among the ready entries whose term equals h[j] and whose model and tokens
+ *   largest down: at each we walk the chain of h[j] in its shard, and among
+ *   the ready entries whose term equals h[j] and whose model and tokens
  *   equal the query's first L tokens, keep the longest. The first boundary
  *   with a match gives the answer, since every entry at a higher one is
  *   longer than any at a lower one. Cost: at most log2(C) + n/C + 1 probes,
  *   each a short chain walk; the full comparison runs only on candidates
  *   whose 128-bit term matched.
+ *
+ * WITHOUT THE SHARD LOCK
+ *   A level is first walked without the lock: the shard's chain sequence
+ *   (odd while a chain changes) says whether the walk saw one state of the
+ *   chains, and the match found is pinned by a record in our own slot,
+ *   which the pin then checks against the entry (same life, READY, not
+ *   being removed: core/entry/pin.c). A miss stands only if the sequence
+ *   did not move; a hit stands only if the pin's check passed. Anything
+ *   else — the chains kept moving, a blob that does not look like one, a
+ *   save in progress the caller may wait for — is decided by the same walk
+ *   under the lock, as before. A lookup that hits writes nothing but its
+ *   own slot's record and, now and then, the entry's hit score.
  *
  * SINGLE-FLIGHT
  *   With KVSHM_LOOKUP_WAIT, a reserved (being written) entry that would
@@ -42,70 +54,170 @@ static int check_args(const kvshm_model *m, const uint32_t *tokens, size_t n)
 	return 0;
 }
 
+enum { LEVEL_MISS = 1, LEVEL_LOCKED, LEVEL_WAIT };
+
 /*
- * One walk down the levels. On a ready match, pins it (pin != NULL) and
- * returns 0. Otherwise returns KVSHM_ENOTFOUND, with *wait naming the
- * longest matching reservation longer than anything ready (idx UINT32_MAX
- * when there is none or want_wait is false).
+ * Level j (hash t) without the shard lock: the chain walked under the
+ * shard's chain sequence lock, the best ready match pinned by its record
+ * (core/entry/pin.c). 0 when pinned (pin filled), LEVEL_MISS when the
+ * level has no match, LEVEL_LOCKED when the locked walk must decide (a
+ * save in progress may be waited for, the chains kept changing, a blob
+ * looked wrong), or a negative error.
+ */
+static int level_fast(kvshm *h, const struct kvshm__query *q, size_t j, kvshm__h128 t, kvshm_pin *pin,
+		      uint64_t *probes)
+{
+	const struct kvshm__cfg *c = h->cfg;
+	uint32_t s = kvshm__shard_of(h, t);
+	struct kvshm__shard *sh = &h->shards[s];
+	uint32_t first = s * c->entries_per_shard, cap = c->entries_per_shard;
+	const uint32_t *head = &h->buckets[(uint64_t)s * c->buckets_per_shard + (t.lo & (c->buckets_per_shard - 1))];
+
+	for (int tries = 0; tries < 3; tries++) {
+		uint32_t v = atomic_load_explicit(&sh->chain_seq, memory_order_acquire);
+		if (v & 1)
+			return LEVEL_LOCKED; /* being changed, or its changer died: the lock tells */
+		uint32_t best = UINT32_MAX, best_n = 0, best_gen = 0, best_tier = 0;
+		uint32_t cur = __atomic_load_n(head, __ATOMIC_ACQUIRE);
+		for (uint32_t guard = 0; cur && guard <= cap; guard++) {
+			uint32_t idx = cur - 1;
+			if (idx - first >= cap)
+				return LEVEL_LOCKED; /* a torn or corrupt link */
+			const struct kvshm__entry *e = &h->entries[idx];
+			uint32_t gen = __atomic_load_n(&e->gen, __ATOMIC_ACQUIRE);
+			uint32_t st = __atomic_load_n(&e->state, __ATOMIC_ACQUIRE);
+			cur = __atomic_load_n(&e->next, __ATOMIC_ACQUIRE);
+			(*probes)++;
+			if (__atomic_load_n(&e->term[0], __ATOMIC_RELAXED) != t.lo ||
+			    __atomic_load_n(&e->term[1], __ATOMIC_RELAXED) != t.hi)
+				continue;
+			uint32_t n = __atomic_load_n(&e->ntokens, __ATOMIC_RELAXED);
+			uint32_t fl = __atomic_load_n(&e->flags, __ATOMIC_RELAXED);
+			if (n > q->n || kvshm__bidx(&h->kc, n) != j || (q->exact && n != q->n) || (fl & KVSHM_EF_BAD))
+				continue;
+			if (fl & KVSHM_EF_DYING)
+				return LEVEL_LOCKED; /* a removal that may yet back off: the lock tells */
+			if (st == KVSHM_E_RESERVED && q->want_wait && n > best_n)
+				return LEVEL_LOCKED; /* a longer save in progress: wait for it? */
+			if (st != KVSHM_E_READY)
+				continue;
+			/* Longest first; at equal length, the fastest tier. */
+			uint32_t tier = __atomic_load_n(&e->tier, __ATOMIC_RELAXED);
+			if (!(n > best_n || (n == best_n && best != UINT32_MAX && tier < best_tier)))
+				continue;
+			int m = kvshm__entry_matches_racy(h, e, q->m, q->tokens, n);
+			if (m < 0)
+				return LEVEL_LOCKED;
+			if (m) {
+				best = idx;
+				best_n = n;
+				best_gen = gen;
+				best_tier = tier;
+			}
+		}
+		/* The walk saw one state of the chains only if the sequence did
+		 * not move: else a miss may be false, or a longer match missed. */
+		atomic_thread_fence(memory_order_acquire);
+		if (cur != 0 || atomic_load_explicit(&sh->chain_seq, memory_order_relaxed) != v)
+			continue;
+		if (best == UINT32_MAX)
+			return LEVEL_MISS;
+		int err = kvshm__pin_try(h, best, best_gen, q->copy);
+		if (err == 0) {
+			kvshm__pin_fill(h, best, best_n, q->n, pin);
+			return 0;
+		}
+		if (err != -EAGAIN)
+			return err;
+		/* It went (or was flagged bad) since the walk saw it: again. */
+	}
+	return LEVEL_LOCKED;
+}
+
+/* Level j under the shard lock: 0 when pinned, LEVEL_MISS to go on down,
+ * LEVEL_WAIT when a longer save is in progress (*wait names it), or a
+ * negative error. */
+static int level_locked(kvshm *h, const struct kvshm__query *q, size_t j, kvshm__h128 t, kvshm_pin *pin,
+			struct kvshm__cand *wait, uint64_t *probes)
+{
+	uint32_t s = kvshm__shard_of(h, t);
+	struct kvshm__shard *sh = &h->shards[s];
+	uint32_t best = UINT32_MAX, best_n = 0;
+	int err;
+
+	if ((err = kvshm__shard_lock(h, s)) < 0)
+		return err;
+	uint32_t cur = h->buckets[(uint64_t)s * sh->nbuckets + (t.lo & (sh->nbuckets - 1))];
+	for (uint32_t guard = 0; cur && guard <= sh->cap; guard++) {
+		const struct kvshm__entry *e = kvshm__entry_at(h, cur - 1);
+		if (!e || cur - 1 - sh->first >= sh->cap)
+			break; /* corrupt link: stop here, the checker reports it */
+		uint32_t idx = cur - 1;
+		cur = e->next;
+		(*probes)++;
+		if (e->term[0] != t.lo || e->term[1] != t.hi || e->ntokens > q->n || kvshm__bidx(&h->kc, e->ntokens) != j ||
+		    (q->exact && e->ntokens != q->n) || (e->flags & KVSHM_EF_BAD))
+			continue;
+		if (e->state == KVSHM_E_READY) {
+			/* Longest first; at equal length, the fastest tier. */
+			bool better = e->ntokens > best_n ||
+				      (e->ntokens == best_n && best != UINT32_MAX && e->tier < h->entries[best].tier);
+			if (better && kvshm__entry_matches(h, e, q->m, q->tokens, e->ntokens)) {
+				best = idx;
+				best_n = e->ntokens;
+			}
+		} else if (e->state == KVSHM_E_RESERVED && q->want_wait && e->ntokens > best_n &&
+			   (wait->idx == UINT32_MAX || e->ntokens > wait->ntokens) &&
+			   kvshm__entry_matches(h, e, q->m, q->tokens, e->ntokens)) {
+			*wait = (struct kvshm__cand){idx, s, e->ntokens,
+						     atomic_load_explicit(&sh->seq, memory_order_acquire)};
+		}
+	}
+	if (best != UINT32_MAX && (wait->idx == UINT32_MAX || wait->ntokens <= best_n)) {
+		wait->idx = UINT32_MAX;
+		err = kvshm__pin_locked(h, s, best, q->copy);
+		if (err == 0)
+			kvshm__pin_fill(h, best, best_n, q->n, pin);
+		kvshm__shard_unlock(h, s);
+		return err;
+	}
+	kvshm__shard_unlock(h, s);
+	return best != UINT32_MAX ? LEVEL_WAIT : LEVEL_MISS;
+}
+
+/*
+ * One walk down the levels, each without the lock first (level_fast) and
+ * under it when that cannot decide. On a ready match, pins it and returns
+ * 0. Otherwise returns KVSHM_ENOTFOUND, with *wait naming the longest
+ * matching reservation longer than anything ready (idx UINT32_MAX when
+ * there is none or want_wait is false). Once a level names a save to wait
+ * for, the levels below are walked under the lock: a shorter ready match
+ * there does not end the wait.
  */
 static int walk(kvshm *h, const struct kvshm__query *q, kvshm_pin *pin, struct kvshm__cand *wait)
 {
-	const struct kvshm__keyctx *kc = &h->kc;
-	size_t top = kvshm__bidx(kc, q->n);
-	size_t low = q->exact ? top : 0;
+	size_t top = kvshm__bidx(&h->kc, q->n);
+	size_t low = q->exact ? top : 1; /* no entry chains at boundary 0 (keys have a token or more) */
 	uint64_t probes = 0;
 	int err = KVSHM_ENOTFOUND;
 
 	*wait = (struct kvshm__cand){UINT32_MAX, 0, 0, 0};
 	for (size_t j = top + 1; j-- > low;) {
-		kvshm__h128 t = q->kh->h[j];
-		uint32_t s = kvshm__shard_of(h, t);
-		struct kvshm__shard *sh = &h->shards[s];
-		uint32_t best = UINT32_MAX, best_n = 0;
-
-		if ((err = kvshm__shard_lock(h, s)) < 0)
-			goto out;
-		uint32_t cur = h->buckets[(uint64_t)s * sh->nbuckets + (t.lo & (sh->nbuckets - 1))];
-		for (uint32_t guard = 0; cur && guard <= sh->cap; guard++) {
-			const struct kvshm__entry *e = kvshm__entry_at(h, cur - 1);
-			if (!e || cur - 1 - sh->first >= sh->cap)
-				break; /* corrupt link: stop here, the checker reports it */
-			uint32_t idx = cur - 1;
-			cur = e->next;
-			probes++;
-			if (e->term[0] != t.lo || e->term[1] != t.hi || e->ntokens > q->n ||
-			    kvshm__bidx(kc, e->ntokens) != j || (q->exact && e->ntokens != q->n) ||
-			    (e->flags & KVSHM_EF_BAD))
-				continue;
-			if (e->state == KVSHM_E_READY) {
-				/* Longest first; at equal length, the fastest tier. */
-				bool better = e->ntokens > best_n || (e->ntokens == best_n && best != UINT32_MAX &&
-								      e->tier < h->entries[best].tier);
-				if (better && kvshm__entry_matches(h, e, q->m, q->tokens, e->ntokens)) {
-					best = idx;
-					best_n = e->ntokens;
-				}
-			} else if (e->state == KVSHM_E_RESERVED && q->want_wait && e->ntokens > best_n &&
-				   (wait->idx == UINT32_MAX || e->ntokens > wait->ntokens) &&
-				   kvshm__entry_matches(h, e, q->m, q->tokens, e->ntokens)) {
-				*wait = (struct kvshm__cand){idx, s, e->ntokens,
-							     atomic_load_explicit(&sh->seq, memory_order_acquire)};
-			}
-		}
-		if (best != UINT32_MAX && (wait->idx == UINT32_MAX || wait->ntokens <= best_n)) {
-			wait->idx = UINT32_MAX;
-			err = pin ? kvshm__pin_locked(h, s, best, q->copy) : 0;
-			if (err == 0 && pin)
-				kvshm__pin_fill(h, best, best_n, q->n, pin);
-			kvshm__shard_unlock(h, s);
-			if (err == 0)
-				kvshm__count_hit(h, pin);
+		kvshm__h128 t = kvshm__kh(q->kh, j);
+		int r = wait->idx == UINT32_MAX ? level_fast(h, q, j, t, pin, &probes) : LEVEL_LOCKED;
+		if (r == LEVEL_LOCKED)
+			r = level_locked(h, q, j, t, pin, wait, &probes);
+		if (r == 0) {
+			kvshm__count_hit(h, pin);
+			err = 0;
 			goto out;
 		}
-		kvshm__shard_unlock(h, s);
-		if (best != UINT32_MAX)
+		if (r < 0) {
+			err = r;
+			goto out;
+		}
+		if (r == LEVEL_WAIT)
 			break; /* a longer save is in progress: the caller waits */
-		err = KVSHM_ENOTFOUND;
 	}
 	err = KVSHM_ENOTFOUND;
 out:
@@ -168,7 +280,7 @@ static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t
 		return kvshm__fail(-EINVAL, "lookup: unknown flags 0x%x", flags & ~known);
 	if (exact && partial)
 		return kvshm__fail(-EINVAL, "get: KVSHM_LOOKUP_PARTIAL asks for a prefix; use kvshm_lookup");
-	if ((err = kvshm__keyhash(&h->kc, m, tokens, n, &kh)) < 0)
+	if ((err = kvshm__keyhash(&h->kc, m, tokens, n, false, &kh)) < 0)
 		return err;
 	struct kvshm__query q = {.kh = &kh,
 				 .m = m,
@@ -177,7 +289,7 @@ static int lookup(kvshm *h, const kvshm_model *m, const uint32_t *tokens, size_t
 				 .exact = exact,
 				 .copy = copy,
 				 .want_wait = (flags & KVSHM_LOOKUP_WAIT) && h->cfg->wait_ms > 0};
-	uint64_t deadline = kvshm__now_ns() + (uint64_t)h->cfg->wait_ms * 1000000ull;
+	uint64_t deadline = 0; /* set when a wait begins */
 	bool waited = false;
 	uint32_t awaited = 0; /* the longest save waited for */
 	int remote_tries = 0; /* walks after the remote tier said another process pulled */
@@ -200,6 +312,7 @@ again:
 		/* A longer match is being written: wait for its shard to move. */
 		if (!waited) {
 			waited = true;
+			deadline = kvshm__now_ns() + (uint64_t)h->cfg->wait_ms * 1000000ull;
 			kvshm__count(h, KVSHM_C_waits, 1);
 		}
 		KVSHM_CRASH_POINT("lookup.wait");

@@ -29,7 +29,7 @@ struct kvshm__cand {
 
 /* A lookup as the walks see it (core/lookup.c, core/partial.c). */
 struct kvshm__query {
-	const struct kvshm__keyhash *kh; /* the query's boundary hashes */
+	struct kvshm__keyhash *kh; /* the query's boundary hashes (digested as probed) */
 	const kvshm_model *m;
 	const uint32_t *tokens;
 	size_t n;

@@ -169,7 +169,7 @@ static int level(kvshm *h, size_t j, const struct kvshm__query *q, struct best *
 		 struct kvshm__cand *wait, uint64_t *probes)
 {
 	size_t lo = kvshm__bound(&h->kc, j);
-	kvshm__h128 t = q->kh->h[j];
+	kvshm__h128 t = kvshm__kh(q->kh, j);
 	uint32_t s = kvshm__shard_of(h, t);
 	struct kvshm__shard *sh = &h->shards[s];
 	int err;
@@ -243,7 +243,7 @@ int kvshm__walk_partial(kvshm *h, const struct kvshm__query *q, kvshm_pin *pin, 
 		for (int tries = 0; r == LEVEL_RETRY && tries < 4; tries++) {
 			struct best best = {UINT32_MAX, 0, 0, 0, 0, false};
 			if (marked)
-				from_markers(h, q->kh->h[j], q, kvshm__bound(&h->kc, j), &best, &probes);
+				from_markers(h, kvshm__kh(q->kh, j), q, kvshm__bound(&h->kc, j), &best, &probes);
 			r = level(h, j, q, &best, pin, wait, &probes);
 		}
 		if (r <= 0) {

@@ -34,7 +34,7 @@ KVSHM_EXTERN int kvshm_reject(kvshm *h, kvshm_pin *pin)
 	 * pin naming someone else's entry changes nothing. */
 	const struct kvshm__slotx *x = kvshm__slotx(h, h->me);
 	bool ours = false, marked = false;
-	for (unsigned i = 0; i < KVSHM_MAX_PINS && !ours; i++)
+	for (unsigned i = KVSHM_PIN_COPY + 1; i < KVSHM_PIN_RECORDS && !ours; i++)
 		ours = x->pins[i].count && x->pins[i].entry == idx && x->pins[i].gen == gen;
 	if (!ours) {
 		kvshm__shard_unlock(h, s);

@@ -181,14 +181,16 @@ void kvshm__jset32(struct kvshm__seg *s, struct kvshm__lock *lk, uint32_t *p, ui
 {
 	jrecord(s, lk, p, 4, __atomic_load_n(p, __ATOMIC_RELAXED));
 	KVSHM_CRASH_POINT("lock.jset");
-	__atomic_store_n(p, v, __ATOMIC_RELAXED);
+	/* Release: a reader without the lock that sees this word sees every
+	 * write of the section before it (free on x86). */
+	__atomic_store_n(p, v, __ATOMIC_RELEASE);
 }
 
 void kvshm__jset64(struct kvshm__seg *s, struct kvshm__lock *lk, uint64_t *p, uint64_t v)
 {
 	jrecord(s, lk, p, 8, __atomic_load_n(p, __ATOMIC_RELAXED));
 	KVSHM_CRASH_POINT("lock.jset");
-	__atomic_store_n(p, v, __ATOMIC_RELAXED);
+	__atomic_store_n(p, v, __ATOMIC_RELEASE);
 }
 
 int kvshm__lock_rollback(struct kvshm__seg *s, struct kvshm__lock *lk)

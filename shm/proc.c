@@ -139,6 +139,9 @@ int kvshm__proc_claim(struct kvshm__seg *s, struct kvshm__proctab *tab, uint32_t
 		kvshm__jset32(s, &tab->lk, &sl->flags, flags);
 		kvshm__jset32(s, &tab->lk, &sl->reclaimer, 0);
 		KVSHM_CRASH_POINT("proc.claim.filled");
+		/* Not journaled: a high-water mark a rollback need not lower. */
+		if (atomic_load_explicit(&tab->hw, memory_order_relaxed) < i + 1)
+			atomic_store_explicit(&tab->hw, i + 1, memory_order_release);
 		kvshm__jset32(s, &tab->lk, &sl->state, KVSHM_SLOT_LIVE);
 		*idx = i;
 		*gen = sl->gen;

@@ -52,10 +52,18 @@ struct kvshm__proctab {
 	uint32_t stride;       /* bytes per slot incl. extension, immutable */
 	uint64_t slots_off;    /* offset of slot 0, immutable */
 	_Atomic uint32_t seq;  /* bumped (futex) on every claim, death and release */
-	uint32_t pad;
+	_Atomic uint32_t hw;   /* 1 + the highest slot index ever claimed (never lowered): a scan of
+				* the slots in use stops there; raised before a slot goes LIVE */
 	_Atomic uint64_t claims;   /* total claims (event counter, inspection only) */
 	_Atomic uint64_t reclaims; /* dead slots reclaimed (event counter) */
 } KVSHM_ALIGNED;
+
+/* Slots [0, n) hold every slot ever claimed (tab->hw, bounds-checked). */
+static inline uint32_t kvshm__proc_hw(const struct kvshm__proctab *tab)
+{
+	uint32_t n = atomic_load_explicit(&tab->hw, memory_order_acquire);
+	return n < tab->nslots ? n : tab->nslots;
+}
 
 /* Bytes a table of nslots with ext_size-byte extensions needs. */
 uint64_t kvshm__proc_region_size(uint32_t nslots, uint32_t ext_size);

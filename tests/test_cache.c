@@ -881,6 +881,70 @@ __attribute__((noinline)) static void poison_stack(uint64_t seed)
 	__asm__ volatile("" : : "r"(buf) : "memory");
 }
 
+/* Every boundary hash is plain XXH3-128 of the model's hash and that many
+ * tokens, whether it came from the one pass (past 56 tokens) or a call of
+ * its own, digested lazily or not, with or without the key; the key is
+ * none of them and is what key_of says. */
+static void test_boundary_hashes(void **st)
+{
+	(void)st;
+	static const uint32_t chunks[] = {1, 5, 16, 64, 256};
+	static const size_t lens[] = {1, 2, 3, 55, 56, 57, 58, 63, 64, 65, 200, 255, 256, 257, 511, 1024, 1030, 3000};
+	struct kvshm__keyctx kc;
+	kvshm_model m = th_model_of(44);
+	uint32_t *t = malloc(3000 * sizeof(uint32_t));
+	uint8_t *buf = malloc(16 + 3000 * 4);
+	assert_non_null(t);
+	assert_non_null(buf);
+	th_toks_of(t, 3000, 21);
+	for (size_t c = 0; c < KVSHM_ARRAY_LEN(chunks); c++) {
+		kvshm__keyctx_init(&kc, 0x5eed + c, chunks[c]);
+		XXH128_hash_t M = XXH3_128bits_withSecret(&m, sizeof(m), kc.secret, sizeof(kc.secret));
+		for (size_t i = 0; i < KVSHM_ARRAY_LEN(lens); i++) {
+			size_t n = lens[i];
+			struct kvshm__keyhash a, b;
+			TH_OK(kvshm__keyhash(&kc, &m, t, n, true, &a));
+			TH_OK(kvshm__keyhash(&kc, &m, t, n, false, &b));
+			assert_int_equal(a.nb, kvshm__bidx(&kc, n) + 1);
+			assert_int_equal(a.M.lo, M.low64);
+			assert_int_equal(a.M.hi, M.high64);
+			memcpy(buf, &M, 16);
+			/* b digests from the longest down (as a lookup probes), a in order. */
+			for (size_t j = b.nb; j-- > 0;)
+				(void)kvshm__kh(&b, j);
+			for (size_t j = 0; j < a.nb; j++) {
+				size_t bj = kvshm__bound(&kc, j);
+				kvshm__h128 h = kvshm__kh(&a, j);
+				memcpy(buf + 16, t, 4 * bj);
+				XXH128_hash_t want =
+					j ? XXH3_128bits_withSecret(buf, 16 + 4 * bj, kc.secret, sizeof(kc.secret)) : M;
+				if (h.lo != want.low64 || h.hi != want.high64)
+					print_error("chunk %u, %zu tokens: boundary %zu (%zu tokens) differs\n", chunks[c], n,
+						    j, bj);
+				assert_int_equal(h.lo, want.low64);
+				assert_int_equal(h.hi, want.high64);
+				assert_int_equal(kvshm__kh(&b, j).lo, h.lo);
+				assert_int_equal(kvshm__kh(&b, j).hi, h.hi);
+				assert_false(a.key.lo == h.lo && a.key.hi == h.hi);
+			}
+			kvshm__h128 k = kvshm__key_of(&kc, &m, t, n), term = kvshm__term_of(&kc, &m, t, n);
+			assert_int_equal(k.lo, a.key.lo);
+			assert_int_equal(k.hi, a.key.hi);
+			assert_int_equal(term.lo, kvshm__kh(&a, a.nb - 1).lo);
+			assert_int_equal(term.hi, kvshm__kh(&a, a.nb - 1).hi);
+			/* The key depends on every token, also past the last boundary. */
+			t[n - 1] ^= 1;
+			kvshm__h128 k2 = kvshm__key_of(&kc, &m, t, n);
+			t[n - 1] ^= 1;
+			assert_false(k2.lo == k.lo && k2.hi == k.hi);
+			kvshm__keyhash_free(&a);
+			kvshm__keyhash_free(&b);
+		}
+	}
+	free(t);
+	free(buf);
+}
+
 /* Key hashes are a function of seed, model and tokens alone: an entry
  * saved on a scrubbed stack is found, refused as a duplicate and verified
  * by the checker on a poisoned one. */
@@ -2558,6 +2622,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_model_identity, th_teardown_caches),
 		cmocka_unit_test_teardown(test_token_mismatch, th_teardown_caches),
 		cmocka_unit_test_teardown(test_forced_collision, force_off),
+		cmocka_unit_test_teardown(test_boundary_hashes, th_teardown_caches),
 		cmocka_unit_test_teardown(test_hash_stale_stack, th_teardown_caches),
 		cmocka_unit_test_teardown(test_pin_survives_eviction, th_teardown_caches),
 		cmocka_unit_test_teardown(test_evict_skips_pinned, th_teardown_caches),

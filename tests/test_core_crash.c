@@ -34,6 +34,7 @@
 
 #include "harness.h"
 #include "core/entry/entry.h"
+#include "core/tier/tier.h"
 
 #define MAXTOK 256
 #define VAL_MAX (16384 + BIG_EXTRA)
@@ -193,7 +194,7 @@ static const struct kspec pkeys[] = {
 #define NPK (sizeof(pkeys) / sizeof(pkeys[0]))
 
 /* The child's keys (model CHILD_TAG, so a filter finds them). */
-enum { CK1, CK2, CK3, CK4, CK5, CK6, CK7, CK8, CK9, CK_GPIN, CK_GRES, CK_BIG, CK_BIG2, CK_BAD, NCK };
+enum { CK1, CK2, CK3, CK4, CK5, CK6, CK7, CK8, CK9, CK_GPIN, CK_GRES, CK_BIG, CK_BIG2, CK_BAD, CK_RACE, NCK };
 static const struct kspec ckeys[NCK] = {
 	[CK1] = {10, 0, 50},
 	[CK2] = {11, 0, 64},
@@ -209,7 +210,17 @@ static const struct kspec ckeys[NCK] = {
 	[CK_BIG] = {BIG_FAM + 1, 0, 30},
 	[CK_BIG2] = {BIG_FAM + 2, 0, 31},
 	[CK_BAD] = {20, 0, 41},
+	[CK_RACE] = {21, 0, 44},
 };
+
+/* Test hook (core/entry/pin.c): the entry a lock-free pin is about to
+ * record is removed first, as by a remover that won the race; the pin
+ * must back out (lookup.pin.backed_out) and the lookup miss. Once. */
+static void remove_before_pin(kvshm *h, uint32_t idx)
+{
+	kvshm__test_before_pin = NULL;
+	kvshm__tier_drop(h, idx / h->cfg->entries_per_shard, idx, h->entries[idx].gen, KVSHM_TIERS_ALL, false);
+}
 
 /* Flip a byte of k's stored value behind the library's back (through its
  * own writable mapping: what a stray write or a bit flip would do). */
@@ -349,6 +360,16 @@ static int scenario(void *p)
 	if (kvshm_lookup_copy(h, &cm, t, ckeys[CK1].n, 0, buf, sizeof(buf), &len, &nt) < 0 || nt != ckeys[CK1].n ||
 	    !val_ok(buf, len, &cm, t, nt))
 		return 23;
+
+	/* a pin that loses the race with a removal backs out */
+	if (put_key(h, &cm, &ckeys[CK_RACE]) < 0)
+		return 49;
+	key_tokens(t, &ckeys[CK_RACE]);
+	kvshm__test_before_pin = remove_before_pin;
+	err = kvshm_get(h, &cm, t, ckeys[CK_RACE].n, 0, &pin);
+	kvshm__test_before_pin = NULL;
+	if (err != KVSHM_ENOTFOUND)
+		return 50;
 
 	/* a value corrupted behind the library's back: copy-out rejects it
 	 * (never returned) and the entry goes */

@@ -1565,17 +1565,30 @@ static void test_check(void **st)
 	kvshm__shard_unlock(h, s);
 	check_healthy(&p);
 
-	/* A refcount without a pin record, on a disk entry and a RAM one. */
+	/* A pin record of a live slot naming an entry in another life, and
+	 * an entry left DYING, on a disk entry and a RAM one. */
 	const unsigned fams[] = {5, 23};
 	for (size_t i = 0; i < KVSHM_ARRAY_LEN(fams); i++) {
 		entry_of(h, fams[i], &s, &idx);
+		struct kvshm__slotx *x = kvshm__slotx(h, h->me);
+		struct kvshm__pinrec *r = &x->pins[KVSHM_PIN_RECORDS - 1];
+		atomic_store(&r->entry, idx);
+		atomic_store(&r->gen, h->entries[idx].gen + 1);
+		atomic_store(&r->count, 1);
+		atomic_store(&x->pin_hw, KVSHM_PIN_RECORDS);
+		snprintf(needle, sizeof(needle), "pins entry %u gen %u (record %u", idx, h->entries[idx].gen + 1,
+			 KVSHM_PIN_RECORDS - 1);
+		check_violation(&p, needle);
+		atomic_store(&r->count, 0);
+		atomic_store(&x->pin_hw, 0);
+		check_healthy(&p);
 		TH_OK(kvshm__shard_lock(h, s));
-		h->entries[idx].refcount++;
+		h->entries[idx].flags |= KVSHM_EF_DYING;
 		kvshm__shard_unlock(h, s);
-		snprintf(needle, sizeof(needle), "entry %u: refcount 1 but 0 pins recorded", idx);
+		snprintf(needle, sizeof(needle), "entry %u: marked DYING outside a critical section", idx);
 		check_violation(&p, needle);
 		TH_OK(kvshm__shard_lock(h, s));
-		h->entries[idx].refcount--;
+		h->entries[idx].flags &= ~KVSHM_EF_DYING;
 		kvshm__shard_unlock(h, s);
 		check_healthy(&p);
 	}

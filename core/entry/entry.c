@@ -26,33 +26,45 @@ struct kvshm__blob *kvshm__entry_blob(const kvshm *h, const struct kvshm__entry 
 
 const struct kvshm__blob *kvshm__entry_blob_quick(const kvshm *h, const struct kvshm__entry *e)
 {
-	uint64_t vlen = e->tier == KVSHM_TIER_RAM ? e->len : 0;
-	if (e->blob % 16) /* every allocation is 16-byte aligned */
+	/* Each field read once: lookups read entries that may be changing. */
+	uint64_t off = __atomic_load_n(&e->blob, __ATOMIC_RELAXED), len = __atomic_load_n(&e->len, __ATOMIC_RELAXED);
+	uint32_t nt = __atomic_load_n(&e->ntokens, __ATOMIC_RELAXED);
+	uint64_t vlen = __atomic_load_n(&e->tier, __ATOMIC_RELAXED) == KVSHM_TIER_RAM ? len : 0;
+	if (off % 16 || vlen > h->seg->size) /* every allocation is 16-byte aligned */
 		return NULL;
-	const struct kvshm__blob *b = kvshm__at(h->seg, e->blob, kvshm__blob_size(e->ntokens, vlen));
-	if (!b || b->magic != KVSHM_BLOB_MAGIC || b->ntokens != e->ntokens || b->len != vlen ||
-	    !kvshm__blob_voff_ok(b->ntokens, b->voff) || !kvshm__in_view(h->seg, e->blob, b->voff + vlen))
+	const struct kvshm__blob *b = kvshm__at(h->seg, off, kvshm__blob_size(nt, vlen));
+	if (!b || b->magic != KVSHM_BLOB_MAGIC || b->ntokens != nt || b->len != vlen)
+		return NULL;
+	uint32_t voff = b->voff;
+	if (!kvshm__blob_voff_ok(nt, voff) || !kvshm__in_view(h->seg, off, voff + vlen))
 		return NULL;
 	return b;
+}
+
+int kvshm__entry_matches_racy(const kvshm *h, const struct kvshm__entry *e, const kvshm_model *m,
+			      const uint32_t *tokens, size_t n)
+{
+	if (__atomic_load_n(&e->ntokens, __ATOMIC_RELAXED) != n)
+		return 0;
+	const struct kvshm__blob *b = kvshm__entry_blob_quick(h, e);
+	if (!b || b->ntokens != n)
+		return -1;
+	/* Cheapest differences first: the tail, the model, then the rest. */
+	size_t tail = n - kvshm__bound(&h->kc, kvshm__bidx(&h->kc, n));
+	if (tail && memcmp(b->tokens + n - tail, tokens + n - tail, tail * sizeof(uint32_t)) != 0)
+		return 0;
+	if (memcmp(&b->model, m, sizeof(*m)) != 0)
+		return 0;
+	return memcmp(b->tokens, tokens, (n - tail) * sizeof(uint32_t)) == 0;
 }
 
 bool kvshm__entry_matches(const kvshm *h, const struct kvshm__entry *e, const kvshm_model *m, const uint32_t *tokens,
 			  size_t n)
 {
-	if (e->ntokens != n)
-		return false;
-	const struct kvshm__blob *b = kvshm__entry_blob_quick(h, e);
-	if (!b) {
+	int r = kvshm__entry_matches_racy(h, e, m, tokens, n);
+	if (r < 0)
 		kvshm__count(h, KVSHM_C_corrupt_rejected, 1);
-		return false;
-	}
-	/* Cheapest differences first: the tail, the model, then the rest. */
-	size_t tail = n - kvshm__bound(&h->kc, kvshm__bidx(&h->kc, n));
-	if (tail && memcmp(b->tokens + n - tail, tokens + n - tail, tail * sizeof(uint32_t)) != 0)
-		return false;
-	if (memcmp(&b->model, m, sizeof(*m)) != 0)
-		return false;
-	return memcmp(b->tokens, tokens, (n - tail) * sizeof(uint32_t)) == 0;
+	return r > 0;
 }
 
 double kvshm__entry_score(const kvshm *h, const struct kvshm__entry *e, uint64_t now_ns)
@@ -79,7 +91,7 @@ void kvshm__info_of(const kvshm *h, const struct kvshm__entry *e, uint64_t now, 
 	i->len = e->len;
 	i->footprint = e->footprint;
 	i->ntokens = e->ntokens;
-	i->refcount = e->refcount;
+	i->refcount = kvshm__entry_pins(h, (uint32_t)(e - h->entries), e->gen);
 	i->hits = e->hits;
 	i->reason = e->reason;
 	i->score = kvshm__entry_score(h, e, now);

@@ -9,6 +9,7 @@
 #ifndef KVSHM_CORE_ENTRY_ENTRY_H
 #define KVSHM_CORE_ENTRY_ENTRY_H
 
+#include "core/entry/xxpass.h"
 #include "core/internal.h"
 
 /* ---- the handle's slot, the sweep (core/entry/handle.c) ---------------------------------- */
@@ -27,19 +28,37 @@ typedef struct {
 } kvshm__h128;
 
 /*
- * Chunk-boundary hashes of a token sequence (see core/entry/key.c): h[j] depends
- * on the model and the first j·C tokens, for j = 0 .. n/C; and the key
- * hash of the whole sequence.
+ * The boundary hashes of a token sequence (see core/entry/key.c): h[j]
+ * depends on the model and the first kvshm__bound(j) tokens, for j = 0 ..
+ * nb - 1; and the key hash of the whole sequence. kvshm__keyhash makes one
+ * pass over the tokens; each h[j] is digested when first asked for
+ * (kvshm__kh), so a lookup pays for the boundaries it probes. The tokens
+ * must stay where they are until kvshm__keyhash_free.
  */
+#define KVSHM_KH_STACK 48 /* boundaries kept on the stack: ~10k tokens at C = 256 */
 struct kvshm__keyhash {
-	kvshm__h128 *h;         /* n/C + 1 boundary hashes */
-	size_t nb;              /* entries in h */
-	kvshm__h128 key;        /* hash of model ‖ all n tokens */
-	kvshm__h128 stack[160]; /* storage for sequences up to ~38k tokens at C = 256 */
+	const struct kvshm__keyctx *kc;
+	const uint32_t *tokens;
+	size_t n;                /* tokens */
+	size_t nb;               /* boundaries 0 .. nb - 1 (the last: the largest <= n) */
+	kvshm__h128 M;           /* h[0]: the model's hash, the prefix of every other */
+	kvshm__h128 key;         /* hash of model ‖ all n tokens (when asked for) */
+	kvshm__h128 *h;          /* h[j], valid where hv[j] */
+	uint8_t *hv;             /* h[j] digested */
+	struct kvshm__xxcut *cut; /* nb + 1 pass states: a boundary's (past the short ones),
+				   * then the key's (core/entry/xxpass.h) */
+	void *heap;              /* the arrays when the stack's are too small */
+	kvshm__h128 stack[KVSHM_KH_STACK];
+	uint8_t stack_hv[KVSHM_KH_STACK];
+	struct kvshm__xxcut stack_cut[KVSHM_KH_STACK + 1];
 };
 
+/* Hash model and tokens[0..n) for lookups (want_key false: the boundaries
+ * only) or for a save (want_key: the key hash too). */
 int kvshm__keyhash(const struct kvshm__keyctx *kc, const kvshm_model *m, const uint32_t *tokens, size_t n,
-		   struct kvshm__keyhash *kh);
+		   bool want_key, struct kvshm__keyhash *kh);
+/* Boundary hash j (< kh->nb), digested on first use. */
+kvshm__h128 kvshm__kh(struct kvshm__keyhash *kh, size_t j);
 /* A hashing context for a cache's seed and chunk size (a handle's, at
  * open; or a directory's, offline). */
 void kvshm__keyctx_init(struct kvshm__keyctx *kc, uint64_t seed, uint32_t chunk_tokens);
@@ -58,6 +77,10 @@ kvshm__h128 kvshm__term_of(const struct kvshm__keyctx *kc, const kvshm_model *m,
 /* Test builds: force every hash to this value (0 = off), to prove that a
  * hash collision never returns another key's entry. */
 void kvshm__test_force_hash(uint64_t v);
+/* Test builds: called by a pin taken without the lock after the lookup
+ * chose entry idx, before its record is written — a removal made here is
+ * one that raced the pin and won (the pin backs out). */
+extern void (*kvshm__test_before_pin)(kvshm *h, uint32_t idx);
 #endif
 
 /* ---- the index: shards, chains, entries (core/entry/index.c, core/entry/entry.c) ---------- */
@@ -92,6 +115,11 @@ int kvshm__shard_repair(struct kvshm__seg *seg, struct kvshm__lock *lk, void *ct
 /* Does entry e hold exactly key (m, tokens[0..n))? Compares everything. */
 bool kvshm__entry_matches(const kvshm *h, const struct kvshm__entry *e, const kvshm_model *m, const uint32_t *tokens,
 			  size_t n);
+/* The same for an entry read without its lock: 1, 0, or -1 when its blob
+ * does not look like one (changing under us, or damaged: the caller looks
+ * again under the lock, which tells). Never reads outside the segment. */
+int kvshm__entry_matches_racy(const kvshm *h, const struct kvshm__entry *e, const kvshm_model *m,
+			      const uint32_t *tokens, size_t n);
 
 /*
  * Take entry idx (unpinned) out of shard s (lock held): unlink it, clear
@@ -136,12 +164,36 @@ void kvshm__info_of(const kvshm *h, const struct kvshm__entry *e, uint64_t now, 
 
 /* ---- reservation records, pins (core/entry/resv.c, core/entry/pin.c) ------------------ */
 
+/* Pins (core/entry/pin.c): records in the pinner's slot, no count on the
+ * entry. Pin a READY entry found without the lock: 0, KVSHM_EPINFULL, or
+ * -EAGAIN when it went (or was flagged) meanwhile and nothing is held. */
+int kvshm__pin_try(kvshm *h, uint32_t idx, uint32_t gen, bool copy);
+/* Is pin record k of slot x empty, or a pin of a READY entry in that life
+ * below the slot's high-water mark? (The checker's question; racy.) */
+bool kvshm__pinrec_ok(const kvshm *h, const struct kvshm__slotx *x, unsigned k);
+/* Pins of (idx, gen) recorded in any slot now (racy: for listing). */
+uint32_t kvshm__entry_pins(const kvshm *h, uint32_t idx, uint32_t gen);
+/* Make READY entry idx of shard s (lock held) ours to remove: marks it
+ * DYING and looks for pins; false (DYING cleared) when one is held. The
+ * caller must remove or hide the entry before it unlocks. Every removal
+ * of a READY entry goes through here (kvshm__entry_remove_locked does). */
+bool kvshm__entry_claim_locked(kvshm *h, uint32_t s, uint32_t idx);
+/* The entries pinned when it was taken (a racy snapshot, sorted): what
+ * eviction passes over without trying. */
+struct kvshm__pinset {
+	uint64_t *v; /* idx << 32 | gen */
+	size_t n;
+};
+int kvshm__pinset_take(const kvshm *h, struct kvshm__pinset *ps);
+bool kvshm__pinset_has(const struct kvshm__pinset *ps, uint32_t idx, uint32_t gen);
+void kvshm__pinset_free(struct kvshm__pinset *ps);
+
 /* A new token for a reservation. */
 uint64_t kvshm__token(kvshm *h);
 /* Our reservation's entry with its shard locked, or NULL (lock not held). */
 struct kvshm__entry *kvshm__resv_lock(kvshm *h, const kvshm_reservation *r, uint32_t *s, int *err);
-/* Pin entry idx of shard s (lock held) in our slot; copy = the copy-out
- * record. Unpin by index and gen. */
+/* Pin READY entry idx of shard s (lock held) in our slot; copy = the
+ * copy-out record. Unpin by index and gen (no lock). */
 int kvshm__pin_locked(kvshm *h, uint32_t s, uint32_t idx, bool copy);
 int kvshm__unpin_ref(kvshm *h, uint32_t idx, uint32_t gen, bool copy);
 /* Drop every pin our pin record i counts, in one section (close). */
@@ -165,7 +217,7 @@ uint32_t kvshm__marks_sets_for(uint32_t max_entries, uint64_t segment_bytes);
 /* Record markers for entry idx (life gen) of n tokens, whose boundary
  * hashes are kh (kvshm__keyhash of its key): one per non-terminal boundary
  * that can reach partial_min_tokens. No lock; hints only. */
-void kvshm__marks_add(kvshm *h, const struct kvshm__keyhash *kh, size_t n, uint32_t idx, uint32_t gen);
+void kvshm__marks_add(kvshm *h, struct kvshm__keyhash *kh, size_t n, uint32_t idx, uint32_t gen);
 /* The markers of boundary hash t (its set's ways with t's tag, the entry
  * index bounds-checked, duplicates dropped): how many, with their entry
  * indexes and low gen bits (gen & KVSHM_MARK_GEN_MASK). Hints only. */

@@ -9,10 +9,14 @@
  * so a hash collision costs a comparison, never a wrong answer.
  *
  * Every change happens under the shard's lock through the undo journal
- * (shm/lock.h), including the writes to process-slot records (pins,
- * reservations) that point into the shard, so a process killed mid-change
- * is rolled back exactly by the next locker. The shard repair routine has
- * nothing left to recompute; it only counts.
+ * (shm/lock.h), including the writes to process-slot reservation records
+ * that point into the shard, so a process killed mid-change is rolled back
+ * exactly by the next locker. Lookups walk the chains without the lock
+ * (core/lookup.c), so a change of a chain or of the free list is bracketed
+ * by the shard's chain sequence lock, and removing a ready entry first
+ * claims it from any pinner (core/entry/pin.c). The shard repair routine
+ * has nothing left to recompute: it evens the chain sequence and wakes
+ * waiters.
  *
  * Not reading an entry (core/entry/entry.c), pins (core/entry/pin.c) or
  * what a tier keeps of an entry's value (core/tier/).
@@ -27,8 +31,31 @@ int kvshm__shard_lock(kvshm *h, uint32_t s)
 	return kvshm__lock_acquire(h->seg, &h->shards[s].lk, NULL);
 }
 
+/*
+ * The chain sequence lock (struct kvshm__shard.chain_seq), lk held: made
+ * odd before the first change of a chain or of the free list in a critical
+ * section, and even again only when the section ends (the unlock, or the
+ * repair after a dead holder's rollback). So a rollback — the section's own
+ * (kvshm__lock_rollback) or the next locker's — always runs while it is
+ * odd, and a lookup that walked the chains meanwhile looks again.
+ */
+static inline void chains_changing(struct kvshm__shard *sh)
+{
+	if (atomic_load_explicit(&sh->chain_seq, memory_order_relaxed) & 1)
+		return;
+	atomic_fetch_add_explicit(&sh->chain_seq, 1, memory_order_relaxed);
+	atomic_thread_fence(memory_order_release);
+}
+
+static inline void chains_changed(struct kvshm__shard *sh)
+{
+	if (atomic_load_explicit(&sh->chain_seq, memory_order_relaxed) & 1)
+		atomic_fetch_add_explicit(&sh->chain_seq, 1, memory_order_release);
+}
+
 void kvshm__shard_unlock(kvshm *h, uint32_t s)
 {
+	chains_changed(&h->shards[s]);
 	kvshm__lock_release(h->seg, &h->shards[s].lk);
 }
 
@@ -38,6 +65,9 @@ int kvshm__shard_repair(struct kvshm__seg *seg, struct kvshm__lock *lk, void *ct
 	kvshm *h = ctx;
 	if (!h || lk->arg >= h->cfg->shards)
 		return kvshm__fail(KVSHM_ECORRUPT, "shard lock %u", lk->arg);
+	/* A changer that died left the chain sequence odd; the rollback has
+	 * put the chains back, which lookups learn from the bump. */
+	chains_changed(&h->shards[lk->arg]);
 	/* Wake waiters: a reservation may have vanished with its writer. */
 	kvshm__futex_bump_wake(&h->shards[lk->arg].seq, INT32_MAX);
 	return 0;
@@ -73,7 +103,6 @@ int kvshm__entry_new_locked(kvshm *h, uint32_t s, const struct kvshm__newentry *
 	e->term[1] = ne->term.hi;
 	e->key[0] = ne->key.lo;
 	e->key[1] = ne->key.hi;
-	e->refcount = 0;
 	e->ntokens = ne->ntokens;
 	e->tier = ne->tier;
 	e->reason = ne->reason;
@@ -96,6 +125,7 @@ int kvshm__entry_new_locked(kvshm *h, uint32_t s, const struct kvshm__newentry *
 	e->moved_ns = 0;
 	e->vino = e->vctime_ns = e->vtime_ns = 0;
 	uint32_t *head = &h->buckets[(uint64_t)s * sh->nbuckets + (ne->term.lo & (sh->nbuckets - 1))];
+	chains_changing(sh);
 	kvshm__jset32(seg, lk, &sh->free_head, e->next);
 	kvshm__jset32(seg, lk, &e->next, *head);
 	kvshm__jset32(seg, lk, head, idx + 1);
@@ -182,10 +212,18 @@ uint64_t kvshm__entry_remove_locked(kvshm *h, uint32_t s, uint32_t idx, uint32_t
 	uint64_t blob = e->blob;
 	uint32_t gen = e->gen;
 
-	/* The blob first: if it cannot be taken, nothing changes. */
-	if (kvshm__slab_take_locked(seg, lk, h->slab, to, blob, KVSHM_OWNER_ENTRY(idx, gen)) < 0)
+	/* A ready entry only when nobody pins it (a claim of this section
+	 * made it DYING already, or this one does). */
+	if (e->state == KVSHM_E_READY && !(e->flags & KVSHM_EF_DYING) && !kvshm__entry_claim_locked(h, s, idx))
 		return 0;
+	/* The blob first: if it cannot be taken, nothing changes. */
+	if (kvshm__slab_take_locked(seg, lk, h->slab, to, blob, KVSHM_OWNER_ENTRY(idx, gen)) < 0) {
+		if (e->flags & KVSHM_EF_DYING)
+			kvshm__jset32(seg, lk, &e->flags, e->flags & ~KVSHM_EF_DYING);
+		return 0;
+	}
 	KVSHM_CRASH_POINT("index.remove.blob_taken");
+	chains_changing(sh);
 
 	/* Unlink from its chain. */
 	kvshm__h128 term = {e->term[0], e->term[1]};
@@ -217,7 +255,6 @@ uint64_t kvshm__entry_remove_locked(kvshm *h, uint32_t s, uint32_t idx, uint32_t
 	kvshm__jset32(seg, lk, &sh->used, sh->used - 1);
 	kvshm__jset32(seg, lk, &e->state, KVSHM_E_FREE);
 	kvshm__jset32(seg, lk, &e->gen, gen + 1);
-	kvshm__jset32(seg, lk, &e->refcount, 0);
 	kvshm__jset32(seg, lk, &e->next, sh->free_head);
 	kvshm__jset32(seg, lk, &sh->free_head, idx + 1);
 	KVSHM_CRASH_POINT("index.remove.freed");
@@ -227,6 +264,11 @@ uint64_t kvshm__entry_remove_locked(kvshm *h, uint32_t s, uint32_t idx, uint32_t
 int kvshm__entry_remove_unlock(kvshm *h, uint32_t s, uint32_t idx)
 {
 	assert(kvshm__lock_held(&h->shards[s].lk));
+	const struct kvshm__entry *e = &h->entries[idx];
+	if (e->state == KVSHM_E_READY && !kvshm__entry_claim_locked(h, s, idx)) {
+		kvshm__shard_unlock(h, s);
+		return KVSHM_EBUSY; /* pinned: its last unpin removes it, if it must go */
+	}
 	uint64_t blob = kvshm__entry_remove_locked(h, s, idx, h->me);
 	kvshm__shard_unlock(h, s);
 	kvshm__futex_bump_wake(&h->shards[s].seq, INT32_MAX);

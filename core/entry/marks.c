@@ -127,7 +127,7 @@ static void mark_put(kvshm *h, kvshm__h128 t, uint32_t idx, uint32_t gen)
 	}
 }
 
-void kvshm__marks_add(kvshm *h, const struct kvshm__keyhash *kh, size_t n, uint32_t idx, uint32_t gen)
+void kvshm__marks_add(kvshm *h, struct kvshm__keyhash *kh, size_t n, uint32_t idx, uint32_t gen)
 {
 	const struct kvshm__cfg *c = h->cfg;
 	size_t term = kvshm__bidx(&h->kc, n);
@@ -137,7 +137,7 @@ void kvshm__marks_add(kvshm *h, const struct kvshm__keyhash *kh, size_t n, uint3
 	for (size_t k = 1; k < term; k++) {
 		if (kvshm__bound(&h->kc, k + 1) <= c->partial_min_tokens)
 			continue;
-		mark_put(h, kh->h[k], idx, gen);
+		mark_put(h, kvshm__kh(kh, k), idx, gen);
 		if (first) {
 			first = false;
 			KVSHM_CRASH_POINT("marks.add.partway");

@@ -150,6 +150,7 @@ KVSHM_EXTERN int kvshm_open(const char *name, const kvshm_config *cfg_in, unsign
 		goto out_detach;
 	register_repairs(h);
 	kvshm__keyctx_init(&h->kc, h->cfg->seed, h->cfg->chunk_tokens);
+	h->rng = (kvshm__now_ns() ^ (uint64_t)(uintptr_t)h) | 1;
 	if ((err = kvshm__claim(h)) < 0)
 		goto out_detach;
 	KVSHM_CRASH_POINT("cache.open.claimed");
@@ -213,8 +214,9 @@ static int release_all(kvshm *h)
 		}
 		kvshm__futex_bump_wake(&h->shards[s].seq, INT32_MAX);
 	}
-	/* The copy-out record (the last) is never held between calls. */
-	for (unsigned i = 0; i < KVSHM_MAX_PINS; i++) {
+	/* Every record, the copy-out one too (a close from another thread's
+	 * point of view can come mid-call; normally it holds nothing). */
+	for (unsigned i = 0; i < KVSHM_PIN_RECORDS; i++) {
 		int r = kvshm__unpin_record(h, i);
 		if (r < 0 && !first)
 			first = r;

@@ -11,7 +11,11 @@
  *     cycles, each chained entry in the bucket of its term; each entry's
  *     term and key recomputed from its blob; tier bytes, entry and
  *     reservation counts equal the sums over entries;
- *   - every refcount equals the pins recorded in slots;
+ *   - every pin record of a live slot names a ready entry in that life and
+ *     lies below its slot's high-water mark (pins are taken without the
+ *     shard lock, so a record that is only on its way in or out is looked
+ *     at again for a while before it counts); no entry is DYING outside a
+ *     critical section;
  *   - every reservation has an owner slot (live, or dead and not yet
  *     reclaimed) that records it;
  *   - every slot in use names its owner by a valid identity; free slots
@@ -36,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/maint/maint.h"
@@ -106,14 +111,40 @@ static int alloc_owner_ok(uint64_t off, uint64_t owner, uint64_t size, void *p)
 	return 0;
 }
 
+/*
+ * Pin record k of live slot i is not a pin of a ready entry. Pins are taken
+ * and given back without the shard lock, so a pinner that found the entry
+ * going is backing out right now: look again for up to PIN_SETTLE_MS
+ * before calling it a violation (a pinner stopped in between for longer
+ * is reported: there is nothing to tell it from a stray record by).
+ */
+#define PIN_SETTLE_MS 200
+static int pin_settles(kvshm *h, uint32_t i, const struct kvshm__slotx *x, unsigned k)
+{
+	for (int t = 0; t < PIN_SETTLE_MS; t++) {
+		struct timespec ts = {0, 1000000};
+		nanosleep(&ts, NULL);
+		if (kvshm__pinrec_ok(h, x, k))
+			return 0;
+	}
+	const struct kvshm__pinrec *r = &x->pins[k];
+	return V("slot %u pins entry %u gen %u (record %u, high-water %u), which is not that ready entry", i,
+		 atomic_load_explicit(&r->entry, memory_order_relaxed), atomic_load_explicit(&r->gen, memory_order_relaxed),
+		 k, atomic_load_explicit(&x->pin_hw, memory_order_relaxed));
+}
+
 /* alive[i]: the owner of slot i answered to its identity (or could not be
  * judged) when gens[i] was its gen, before the locks were taken. */
-static int check_slots(kvshm *h, const uint8_t *alive, const uint32_t *gens, uint32_t *pins, struct gone *g)
+static int check_slots(kvshm *h, const uint8_t *alive, const uint32_t *gens, struct gone *g)
 {
+	int err;
 	for (uint32_t i = 0; i < h->tab->nslots; i++) {
 		const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, i);
 		const struct kvshm__slotx *x = kvshm__slotx(h, i);
 		if (sl->state != KVSHM_SLOT_FREE) {
+			if (i >= kvshm__proc_hw(h->tab))
+				return V("slot %u is in use above the table's high-water mark %u", i,
+					 kvshm__proc_hw(h->tab));
 			if (sl->ident != KVSHM_IDENT_PIDFS && sl->ident != KVSHM_IDENT_LOCK)
 				return V("slot %u: identity kind %u is none of pidfs inode (%u) and slot lock (%u)", i,
 					 sl->ident, KVSHM_IDENT_PIDFS, KVSHM_IDENT_LOCK);
@@ -121,21 +152,28 @@ static int check_slots(kvshm *h, const uint8_t *alive, const uint32_t *gens, uin
 				return V("slot %u: identity kind %u with pidfs inode %llu", i, sl->ident,
 					 (unsigned long long)sl->pidfs_ino);
 		}
-		if (sl->state == KVSHM_SLOT_LIVE && sl->gen == gens[i] && !alive[i])
+		bool gone = false;
+		if (sl->state == KVSHM_SLOT_LIVE && sl->gen == gens[i] && !alive[i]) {
 			gone_note(g, i, sl->pid, "not reclaimed");
-		else if (sl->state == KVSHM_SLOT_DEAD)
+			gone = true;
+		} else if (sl->state == KVSHM_SLOT_DEAD) {
 			gone_note(g, i, sl->pid, "its reclaim has not finished");
+			gone = true;
+		}
 		for (unsigned k = 0; k < KVSHM_PIN_RECORDS; k++) {
 			const struct kvshm__pinrec *r = &x->pins[k];
-			if (!r->count)
+			uint32_t c = atomic_load_explicit(&r->count, memory_order_acquire);
+			if (!c)
 				continue;
 			if (sl->state == KVSHM_SLOT_FREE)
-				return V("free slot %u still records %u pins", i, r->count);
-			const struct kvshm__entry *e = kvshm__entry_at(h, r->entry);
-			if (!e || e->gen != r->gen || e->state != KVSHM_E_READY)
-				return V("slot %u pins entry %u gen %u, which is not that ready entry", i, r->entry,
-					 r->gen);
-			pins[r->entry] += r->count;
+				return V("free slot %u still records %u pins", i, c);
+			if (!kvshm__entry_at(h, atomic_load_explicit(&r->entry, memory_order_relaxed)))
+				return V("slot %u pins entry %u, which does not exist", i,
+					 atomic_load_explicit(&r->entry, memory_order_relaxed));
+			/* A dead pinner's records (one may be half taken) are its
+			 * reclaimer's to clear: work left, counted above. */
+			if (!gone && !kvshm__pinrec_ok(h, x, k) && (err = pin_settles(h, i, x, k)) < 0)
+				return err;
 		}
 		for (unsigned k = 0; k < KVSHM_MAX_RES; k++) {
 			const struct kvshm__resrec *r = &x->res[k];
@@ -152,6 +190,8 @@ static int check_slots(kvshm *h, const uint8_t *alive, const uint32_t *gens, uin
 		if (sl->state == KVSHM_SLOT_FREE) {
 			if (x->reconciling)
 				return V("free slot %u is marked reconciling", i);
+			if (atomic_load_explicit(&x->pin_hw, memory_order_relaxed))
+				return V("free slot %u has a pin high-water mark", i);
 			for (unsigned k = 0; k < KVSHM_MAX_SEMS; k++)
 				if (sl->sem_held[k])
 					return V("free slot %u holds writer-semaphore units", i);
@@ -163,8 +203,8 @@ static int check_slots(kvshm *h, const uint8_t *alive, const uint32_t *gens, uin
 	return 0;
 }
 
-static int check_entry(kvshm *h, uint32_t s, uint32_t idx, unsigned flags, const uint32_t *pins, uint64_t *tb,
-		       uint32_t *te, uint32_t *reserved, struct fents *files)
+static int check_entry(kvshm *h, uint32_t s, uint32_t idx, unsigned flags, uint64_t *tb, uint32_t *te,
+		       uint32_t *reserved, struct fents *files)
 {
 	const struct kvshm__entry *e = &h->entries[idx];
 	const struct kvshm__blob *b = kvshm__entry_blob(h, e);
@@ -186,12 +226,10 @@ static int check_entry(kvshm *h, uint32_t s, uint32_t idx, unsigned flags, const
 		return V("entry %u: hashes do not match its model and tokens", idx);
 	if (kvshm__shard_of(h, term) != s)
 		return V("entry %u: lives in shard %u but hashes to shard %u", idx, s, kvshm__shard_of(h, term));
-	if (e->refcount != pins[idx])
-		return V("entry %u: refcount %u but %u pins recorded in slots", idx, e->refcount, pins[idx]);
+	if (e->flags & KVSHM_EF_DYING)
+		return V("entry %u: marked DYING outside a critical section", idx);
 	if (e->state == KVSHM_E_RESERVED || e->state == KVSHM_E_EXPIRED) {
 		(*reserved)++;
-		if (e->refcount)
-			return V("entry %u: reserved yet pinned", idx);
 		const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, e->owner);
 		const struct kvshm__slotx *x = kvshm__slotx(h, e->owner);
 		/* A DEAD owner is gone, not reclaimed yet: check_slots counts it. */
@@ -221,7 +259,7 @@ static int check_entry(kvshm *h, uint32_t s, uint32_t idx, unsigned flags, const
 	return 0;
 }
 
-static int check_shard(kvshm *h, uint32_t s, unsigned flags, const uint32_t *pins, uint8_t *seen, struct fents *files)
+static int check_shard(kvshm *h, uint32_t s, unsigned flags, uint8_t *seen, struct fents *files)
 {
 	const struct kvshm__shard *sh = &h->shards[s];
 	uint64_t tb[KVSHM_NTIERS] = {0};
@@ -251,7 +289,7 @@ static int check_shard(kvshm *h, uint32_t s, unsigned flags, const uint32_t *pin
 			if ((e->term[0] & (sh->nbuckets - 1)) != b)
 				return V("shard %u: entry %u chained in bucket %u, belongs in %llu", s, idx, b,
 					 (unsigned long long)(e->term[0] & (sh->nbuckets - 1)));
-			if ((err = check_entry(h, s, idx, flags, pins, tb, te, &reserved, files)) < 0)
+			if ((err = check_entry(h, s, idx, flags, tb, te, &reserved, files)) < 0)
 				return err;
 			chained++;
 		}
@@ -386,7 +424,6 @@ KVSHM_EXTERN int kvshm_check(kvshm *h, unsigned flags)
 	if (err < 0)
 		return err;
 	const struct kvshm__cfg *c = h->cfg;
-	uint32_t *pins = calloc(c->max_entries, sizeof(uint32_t));
 	uint8_t *seen = calloc(c->max_entries, 1);
 	uint8_t *alive = calloc(h->tab->nslots, 1);
 	uint32_t *gens = calloc(h->tab->nslots, sizeof(uint32_t));
@@ -394,7 +431,7 @@ KVSHM_EXTERN int kvshm_check(kvshm *h, unsigned flags)
 	uint32_t held = 0;
 	bool tab_held = false, sem_held = false, slab_held = false;
 	struct fents files = {0};
-	if (!pins || !seen || !alive || !gens) {
+	if (!seen || !alive || !gens) {
 		err = kvshm__fail(-ENOMEM, "check");
 		goto out;
 	}
@@ -422,11 +459,11 @@ KVSHM_EXTERN int kvshm_check(kvshm *h, unsigned flags)
 	struct ctx cx = {h, 0};
 	if ((err = kvshm__slab_verify_locked(h->seg, h->slab, alloc_owner_ok, &cx)) < 0)
 		goto out;
-	if ((err = check_slots(h, alive, gens, pins, &gone)) < 0)
+	if ((err = check_slots(h, alive, gens, &gone)) < 0)
 		goto out;
 	uint64_t live_entries = 0;
 	for (uint32_t s = 0; s < c->shards; s++) {
-		if ((err = check_shard(h, s, flags, pins, seen, &files)) < 0)
+		if ((err = check_shard(h, s, flags, seen, &files)) < 0)
 			goto out;
 		live_entries += h->shards[s].used;
 	}
@@ -453,7 +490,6 @@ out:
 		err = kvshm__fail(KVSHM_EUNRECLAIMED, "%s; and %u more slots whose owner is gone", gone.first,
 				  gone.n - 1);
 	free(files.v);
-	free(pins);
 	free(seen);
 	free(alive);
 	free(gens);

@@ -30,8 +30,8 @@ static int drop_aged(kvshm *h, uint64_t max_age_s, uint64_t *aged)
 					continue;
 				if ((err = kvshm__shard_lock(h, s)) < 0)
 					goto out;
-				bool old = e->state == KVSHM_E_READY && e->refcount == 0 && now > e->created_ns &&
-					   now - e->created_ns > age_ns;
+				/* Pinned ones stay: the drop's claim sees their pins. */
+				bool old = e->state == KVSHM_E_READY && now > e->created_ns && now - e->created_ns > age_ns;
 				uint32_t gen = e->gen;
 				kvshm__shard_unlock(h, s);
 				if (old && kvshm__tier_drop(h, s, idx, gen, KVSHM_TIERS_ALL, false) > 0)

@@ -7,8 +7,9 @@
  * under the lock that guards it and clears the record in the same journaled
  * critical section.
  *
- *   1. pins: each pin record's count comes off its entry's refcount (an
- *      entry flagged bad goes with its last pin);
+ *   1. pins: each pin record is cleared (pins are records in the pinner's
+ *      slot and nothing else: core/entry/pin.c); an entry flagged bad goes
+ *      with its last pin;
  *   2. reservations: the RESERVED/EXPIRED entry is removed and its blob
  *      handed to the dead slot's own allocation records;
  *   3. allocations: every allocation the dead slot still owns is freed
@@ -39,44 +40,56 @@ static int lock_shard_dead(kvshm *h, uint32_t s, const struct kvshm__slot *sl, u
 	return 0;
 }
 
+/*
+ * Step 1. A record with a count is a pin (or one being taken or given back,
+ * core/entry/pin.c): a file load it was verifying is let go (under the
+ * lock, before the count, so a reclaimer that dies in between finds the
+ * record and does it again), then the count is cleared. A record without
+ * a count still names what its last pin named, so a pinner that died
+ * between giving back the last pin of an entry flagged bad and removing
+ * the entry is finished here too: every record's entry, if it is that life
+ * of a bad ready entry that nobody pins now, is removed (its blob to the
+ * dead slot's records, freed in step 3). Removing a bad entry that nobody
+ * pins is always right, so a record that names it by chance does no harm.
+ */
 static int drop_pins(kvshm *h, uint32_t idx, uint32_t gen, struct kvshm__slotx *x)
 {
 	const struct kvshm__slot *sl = kvshm__proc_slot(h->seg, h->tab, idx);
 	for (unsigned i = 0; i < KVSHM_PIN_RECORDS; i++) {
 		struct kvshm__pinrec *r = &x->pins[i];
-		if (!__atomic_load_n(&r->count, __ATOMIC_RELAXED))
-			continue;
-		uint32_t e_idx = r->entry;
+		uint32_t n = atomic_load_explicit(&r->count, memory_order_acquire);
+		uint32_t e_idx = atomic_load_explicit(&r->entry, memory_order_relaxed);
+		uint32_t e_gen = atomic_load_explicit(&r->gen, memory_order_relaxed);
 		struct kvshm__entry *e = kvshm__entry_at(h, e_idx);
 		uint32_t s = e_idx / h->cfg->entries_per_shard;
-		if (!e || s >= h->cfg->shards) {
-			/* A record naming no entry: nothing to give back. */
-			__atomic_store_n(&r->count, 0, __ATOMIC_RELAXED);
-			continue;
-		}
-		int err = lock_shard_dead(h, s, sl, gen);
-		if (err < 0)
-			return err;
-		uint32_t n = r->count;
+		bool named = e && s < h->cfg->shards;
+		int err;
 		if (n) {
-			if (e->gen == r->gen && e->state != KVSHM_E_FREE)
-				kvshm__jset32(h->seg, &h->shards[s].lk, &e->refcount,
-					      e->refcount >= n ? e->refcount - n : 0);
-			/* It died verifying a file load: let the next loader do it. */
-			if (e->gen == r->gen && (e->flags & KVSHM_EF_LOADING) && e->owner == idx && e->owner_gen == gen)
-				kvshm__jset32(h->seg, &h->shards[s].lk, &e->flags, e->flags & ~KVSHM_EF_LOADING);
+			if (named) {
+				if ((err = lock_shard_dead(h, s, sl, gen)) < 0)
+					return err;
+				if (e->gen == e_gen && (e->flags & KVSHM_EF_LOADING) && e->owner == idx &&
+				    e->owner_gen == gen)
+					kvshm__jset32(h->seg, &h->shards[s].lk, &e->flags,
+						      e->flags & ~KVSHM_EF_LOADING);
+				kvshm__shard_unlock(h, s);
+			}
 			KVSHM_CRASH_POINT("reclaim.pin.uncounted");
-			kvshm__jset32(h->seg, &h->shards[s].lk, &r->count, 0);
-			/* It died rejecting a corrupt entry between flagging it and
-			 * unpinning: the last pin gone, the entry goes (its blob to
-			 * the dead slot's records, freed in step 3). */
-			if (e->gen == r->gen && (e->flags & KVSHM_EF_BAD) && e->refcount == 0 &&
-			    e->state == KVSHM_E_READY)
-				kvshm__entry_remove_locked(h, s, e_idx, idx);
+			atomic_store_explicit(&r->count, 0, memory_order_release);
+			kvshm__count(h, KVSHM_C_reclaimed_pins, n);
 		}
+		/* Our records are gone (fenced) before the removal looks for pins. */
+		atomic_thread_fence(memory_order_seq_cst);
+		if (!named || __atomic_load_n(&e->gen, __ATOMIC_ACQUIRE) != e_gen ||
+		    !(__atomic_load_n(&e->flags, __ATOMIC_ACQUIRE) & KVSHM_EF_BAD))
+			continue;
+		if ((err = lock_shard_dead(h, s, sl, gen)) < 0)
+			return err;
+		if (e->gen == e_gen && (e->flags & KVSHM_EF_BAD) && e->state == KVSHM_E_READY)
+			kvshm__entry_remove_locked(h, s, e_idx, idx); /* refused while pinned: that unpin removes it */
 		kvshm__shard_unlock(h, s);
-		kvshm__count(h, KVSHM_C_reclaimed_pins, n);
 	}
+	atomic_store_explicit(&x->pin_hw, 0, memory_order_relaxed);
 	return 0;
 }
 

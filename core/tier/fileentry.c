@@ -125,17 +125,20 @@ static bool hide_locked(kvshm *h, uint32_t s, uint32_t idx)
 	for (unsigned i = 0; x && i < KVSHM_MAX_RES && !rec; i++)
 		if (!x->res[i].entry)
 			rec = &x->res[i];
-	if (!rec || e->state != KVSHM_E_READY || e->tier == KVSHM_TIER_RAM || e->refcount)
+	if (!rec || e->state != KVSHM_E_READY || e->tier == KVSHM_TIER_RAM || !kvshm__entry_claim_locked(h, s, idx))
 		return false;
 	kvshm__jset32(seg, lk, &e->owner, h->me);
 	kvshm__jset32(seg, lk, &e->owner_gen, h->me_gen);
 	kvshm__jset64(seg, lk, &e->token, kvshm__token(h));
 	kvshm__jset64(seg, lk, &e->deadline_ns, kvshm__now_ns() + (uint64_t)h->cfg->reservation_ttl_ms * 1000000ull);
-	kvshm__jset32(seg, lk, &e->flags, (e->flags & ~KVSHM_EF_STAGE_MASK) | KVSHM_EF_STAGE_LINKED);
 	kvshm__jset32(seg, lk, &rec->gen, e->gen);
 	kvshm__jset32(seg, lk, &rec->entry, idx + 1);
 	kvshm__jset32(seg, lk, &sh->reserved, sh->reserved + 1);
 	kvshm__jset32(seg, lk, &e->state, KVSHM_E_RESERVED);
+	/* Not READY any more, so DYING (the claim's) has done its work; cleared
+	 * only now, after the state, for pinners reading without the lock
+	 * (core/entry/pin.c, pinnable). */
+	kvshm__jset32(seg, lk, &e->flags, (e->flags & ~(KVSHM_EF_STAGE_MASK | KVSHM_EF_DYING)) | KVSHM_EF_STAGE_LINKED);
 	return true;
 }
 

@@ -47,9 +47,9 @@ int kvshm__reserve_entry(kvshm *h, const struct kvshm__save *sv, uint64_t voff, 
 			"reserve: value of %llu bytes (%llu charged) exceeds the %s tier (quota %llu, capacity %llu)",
 			(unsigned long long)len, (unsigned long long)fp, kvshm__tier_name(tier),
 			(unsigned long long)quota, (unsigned long long)kvshm__slab_max_alloc(h->slab));
-	if ((err = kvshm__keyhash(&h->kc, m, tokens, n, &kh)) < 0)
+	if ((err = kvshm__keyhash(&h->kc, m, tokens, n, true, &kh)) < 0)
 		return err;
-	kvshm__h128 term = kh.h[kh.nb - 1];
+	kvshm__h128 term = kvshm__kh(&kh, kh.nb - 1);
 	uint32_t s = kvshm__shard_of(h, term);
 	struct kvshm__shard *sh = &h->shards[s];
 
@@ -163,10 +163,10 @@ int kvshm__entry_adopt(kvshm *h, int tier, const struct kvshm__stored *v,
 		       bool (*present)(kvshm *h, int tier, const struct kvshm__stored *v))
 {
 	struct kvshm__keyhash kh;
-	int err = kvshm__keyhash(&h->kc, &v->model, v->tokens, v->ntokens, &kh);
+	int err = kvshm__keyhash(&h->kc, &v->model, v->tokens, v->ntokens, true, &kh);
 	if (err < 0)
 		return err;
-	kvshm__h128 term = kh.h[kh.nb - 1];
+	kvshm__h128 term = kvshm__kh(&kh, kh.nb - 1);
 	uint32_t s = kvshm__shard_of(h, term);
 	uint64_t size = kvshm__blob_size(v->ntokens, 0), blob = 0;
 	if ((err = kvshm__shard_lock(h, s)) < 0)

@@ -98,7 +98,7 @@ int64_t kvshm__tier_drop(kvshm *h, uint32_t s, uint32_t idx, uint32_t gen, unsig
 		if (err < 0)
 			return err;
 		bool go = e->gen == gen && kvshm__evictable(e, mask) && e->tier == KVSHM_TIER_RAM &&
-			  kvshm__pin_locked(h, s, idx, true) == 0;
+			  !(e->flags & KVSHM_EF_BAD) && kvshm__pin_locked(h, s, idx, true) == 0;
 		kvshm__shard_unlock(h, s);
 		if (go) {
 			demote(h, idx);
@@ -117,24 +117,30 @@ int kvshm__evict(kvshm *h, uint64_t target, unsigned mask, uint64_t *freed_out, 
 	static _Thread_local uint32_t rot;
 	while (freed < target) {
 		struct cand pool[POOL];
+		struct kvshm__pinset pinned;
 		int np = 0;
 		uint64_t now = kvshm__now_ns();
+		int err = kvshm__pinset_take(h, &pinned);
+		if (err < 0)
+			return err;
 		for (uint32_t s = 0; s < h->cfg->shards; s++) {
 			struct kvshm__shard *sh = &h->shards[s];
 			uint32_t scan = KVSHM_MIN(sh->cap, SCAN_MAX);
 			uint32_t start = sh->cap > SCAN_MAX ? (rot += 7919) % sh->cap : 0;
-			int err = kvshm__shard_lock(h, s);
-			if (err < 0)
+			if ((err = kvshm__shard_lock(h, s)) < 0) {
+				kvshm__pinset_free(&pinned);
 				return err;
+			}
 			for (uint32_t k = 0; k < scan; k++) {
 				uint32_t idx = sh->first + (start + k) % sh->cap;
 				const struct kvshm__entry *e = &h->entries[idx];
-				if (kvshm__evictable(e, mask))
+				if (kvshm__evictable(e, mask) && !kvshm__pinset_has(&pinned, idx, e->gen))
 					pool_offer(pool, &np,
 						   (struct cand){kvshm__entry_score(h, e, now), idx, e->gen, s});
 			}
 			kvshm__shard_unlock(h, s);
 		}
+		kvshm__pinset_free(&pinned);
 		if (np == 0)
 			break;
 		qsort(pool, (size_t)np, sizeof(pool[0]), by_score);
@@ -186,13 +192,18 @@ int kvshm__evict_one_in_shard(kvshm *h, uint32_t s)
 {
 	struct kvshm__shard *sh = &h->shards[s];
 	uint64_t now = kvshm__now_ns();
-	if (kvshm__shard_lock(h, s) < 0)
+	struct kvshm__pinset pinned;
+	if (kvshm__pinset_take(h, &pinned) < 0)
 		return 0;
+	if (kvshm__shard_lock(h, s) < 0) {
+		kvshm__pinset_free(&pinned);
+		return 0;
+	}
 	uint32_t victim = UINT32_MAX, gen = 0;
 	double vs = 0;
 	for (uint32_t k = 0; k < sh->cap; k++) {
 		const struct kvshm__entry *e = &h->entries[sh->first + k];
-		if (e->state != KVSHM_E_READY || e->refcount)
+		if (e->state != KVSHM_E_READY || kvshm__pinset_has(&pinned, sh->first + k, e->gen))
 			continue;
 		double sc = kvshm__entry_score(h, e, now);
 		if (victim == UINT32_MAX || sc < vs) {
@@ -202,6 +213,7 @@ int kvshm__evict_one_in_shard(kvshm *h, uint32_t s)
 		}
 	}
 	kvshm__shard_unlock(h, s);
+	kvshm__pinset_free(&pinned);
 	int64_t fp = victim != UINT32_MAX ? kvshm__tier_drop(h, s, victim, gen, KVSHM_TIERS_ALL, true) : 0;
 	if (fp <= 0)
 		return 0;

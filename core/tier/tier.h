@@ -227,11 +227,14 @@ int kvshm__entry_adopt(kvshm *h, int tier, const struct kvshm__stored *v,
 
 /* ---- room under quotas, drops, demotion (core/tier/room.c) ---------------------------- */
 
-/* Can entry e be evicted from a tier of mask? Ready, unpinned, not being loaded. */
+/* Could entry e be evicted from a tier of mask? Ready, in one of those
+ * tiers, not being loaded. Whether it is pinned only its removal can tell
+ * (kvshm__entry_claim_locked, which every removal of a ready entry runs);
+ * passes that choose among many skip what a kvshm__pinset says is pinned. */
 static inline bool kvshm__evictable(const struct kvshm__entry *e, unsigned mask)
 {
-	return e->state == KVSHM_E_READY && e->refcount == 0 && e->tier < KVSHM_NTIERS &&
-	       (mask & KVSHM_TIER_BIT(e->tier)) && !(e->flags & KVSHM_EF_LOADING);
+	return e->state == KVSHM_E_READY && e->tier < KVSHM_NTIERS && (mask & KVSHM_TIER_BIT(e->tier)) &&
+	       !(e->flags & (KVSHM_EF_LOADING | KVSHM_EF_DYING));
 }
 
 /* Bytes currently charged to a tier (sum over shards; racy read). */

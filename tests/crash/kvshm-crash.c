@@ -1489,6 +1489,15 @@ static int open_by_slot_lock(const char *name, kvshm **h)
 	return r;
 }
 
+/* Test hook (core/entry/pin.c): the entry a lock-free pin is about to
+ * record is removed first, as by a remover that won the race; the pin
+ * backs out (lookup.pin.backed_out). Once. */
+static void remove_before_pin(kvshm *h, uint32_t idx)
+{
+	kvshm__test_before_pin = NULL;
+	kvshm__tier_drop(h, idx / h->cfg->entries_per_shard, idx, h->entries[idx].gen, KVSHM_TIERS_ALL, false);
+}
+
 static int scenario(kvshm *h, struct sctx *c)
 {
 	kvshm *h2;
@@ -1555,6 +1564,12 @@ static int scenario(kvshm *h, struct sctx *c)
 		SCALL(kvshm_unpin(h, &pin));
 		SCALL(kvshm_unpin(h, &pin2));
 	}
+	/* A pin that loses the race with a removal of its entry backs out. */
+	key_tokens(t, &sk[C1]);
+	kvshm__test_before_pin = remove_before_pin;
+	r = kvshm_get(h, &cm, t, sk[C1].n, 0, &pin);
+	kvshm__test_before_pin = NULL;
+	SCHECK(r == KVSHM_ENOTFOUND, "a pin that lost the race with a removal");
 	key_tokens(t, &sk[F2]);
 	r = kvshm_lookup_copy(h, &cm, t, sk[F2].n, 0, buf, sizeof(buf), &len, &nt);
 	SCHECK(r == 0 || r == KVSHM_ENOTFOUND, "copy-out");
