@@ -162,7 +162,8 @@ static int scan(kvshm *h, unsigned part, unsigned nparts, struct cand **out, siz
 		rep->backlog++;
 		rep->backlog_bytes += len;
 	}
-	qsort(v, n, sizeof(*v), by_age);
+	if (n > 1) /* qsort(NULL, 0) is undefined */
+		qsort(v, n, sizeof(*v), by_age);
 	*out = v;
 	*nout = n;
 	return 0;

@@ -52,10 +52,12 @@
 
 /* The levels to read: from that of `have` (0 on a miss) to the prompt's. */
 static void query_of(kvshm *h, const struct kvshm__rstate *rs, const struct kvshm__fetch *f,
-		     const struct kvshm__keyhash *kh, struct kvshm__rm_query *q)
+		     struct kvshm__keyhash *kh, struct kvshm__rm_query *q)
 {
 	size_t top = kh->nb - 1;
 	size_t from = f->exact ? top : f->have ? kvshm__bidx(&rs->kc, f->have) : 0;
+	for (size_t j = from; j <= top; j++)
+		kvshm__kh(kh, j); /* every level asked for, digested */
 	*q = (struct kvshm__rm_query){.keys = (const uint8_t(*)[KVSHM_RM_KEYLEN])(kh->h + from),
 				      .nkeys = top + 1 - from,
 				      .m = f->m,
@@ -300,7 +302,7 @@ int kvshm__remote_fetch(kvshm *h, const struct kvshm__fetch *f, kvshm_pin *pin)
 	unsigned ms = f->by ? (unsigned)KVSHM_MAX((f->by[0] - now) / 1000000ull, 1ull) : h->cfg->remote_lookup_ms;
 	if (kvshm__remote_refused(h) || !(rs = kvshm__rstate(h)))
 		goto miss;
-	if (kvshm__keyhash(&rs->kc, f->m, f->tokens, f->n, &kh) < 0)
+	if (kvshm__keyhash(&rs->kc, f->m, f->tokens, f->n, false, &kh) < 0)
 		goto miss;
 	struct kvshm__rm_query q;
 	query_of(h, rs, f, &kh, &q);

@@ -65,11 +65,13 @@ static void mark(kvshm *h, uint32_t s, uint32_t idx, uint32_t gen)
 static int send(kvshm *h, struct kvshm__rstate *rs, const kvshm_pin *pin, const struct kvshm__blob *b)
 {
 	struct kvshm__keyhash kh;
-	int err = kvshm__keyhash(&rs->kc, &b->model, b->tokens, b->ntokens, &kh);
+	int err = kvshm__keyhash(&rs->kc, &b->model, b->tokens, b->ntokens, false, &kh);
 	if (err < 0)
 		return err;
 	size_t top = kh.nb - 1, from = kvshm__remote_hint_level(&rs->kc, h->cfg->partial_min_tokens);
 	from = KVSHM_MAX(from, (size_t)1); /* h[0] (the model alone) leads to everything: no hint */
+	for (size_t j = KVSHM_MIN(from, top); j <= top; j++)
+		kvshm__kh(&kh, j); /* the key and the hints, digested */
 	size_t nh = top > from ? top - from : 0;
 	err = kvshm__rm_push_hinted(rs->rm, (const uint8_t *)&kh.h[top], &b->model, b->tokens, b->ntokens, pin->data,
 				    pin->len, (const uint8_t(*)[KVSHM_RM_KEYLEN])(kh.h + from), nh,
