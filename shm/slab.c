@@ -171,6 +171,16 @@ static uint64_t pages_for(const struct kvshm__slab *sl, uint64_t size)
 	return (size + KVSHM_EXT_DATA + sl->page_size - 1) >> sl->page_shift;
 }
 
+uint64_t kvshm__slab_sure_run(const struct kvshm__slab *sl, uint64_t size)
+{
+	uint64_t n = pages_for(sl, size);
+	if (n < 16)
+		return n;
+	unsigned fl = 63u - (unsigned)__builtin_clzll(n);
+	uint64_t step = 1ull << (fl - 3u), lo = n & ~(step - 1);
+	return lo == n ? n : lo + step; /* the smallest run of bin_fit(n) */
+}
+
 bool kvshm__slab_is_extent(const struct kvshm__slab *sl, uint64_t size)
 {
 	return class_for(sl, size) < 0;
@@ -741,6 +751,31 @@ int kvshm__slab_reclaim(struct kvshm__seg *s, struct kvshm__slab *sl, uint32_t i
 			return err;
 	}
 	return freed;
+}
+
+int kvshm__slab_runs(struct kvshm__seg *s, struct kvshm__slab *sl, kvshm__run_fn fn, void *ctx)
+{
+	int err = begin(s, sl);
+	if (err < 0)
+		return err;
+	for (uint64_t p = 0; p < sl->npages && !walked_off;) {
+		const struct kvshm__pte *h = pte(s, sl, p);
+		uint64_t n = 1, owner = KVSHM_RUN_FIXED;
+		if (h->kind == KVSHM_PTE_FREE || h->kind == KVSHM_PTE_EXT) {
+			n = h->n ? KVSHM_MIN((uint64_t)h->n, sl->npages - p) : 1;
+			owner = KVSHM_RUN_FREE;
+			if (h->kind == KVSHM_PTE_EXT) {
+				const struct kvshm__ahdr *a = (const void *)((const uint8_t *)page_at(s, sl, p) +
+									     KVSHM_EXT_DATA - KVSHM_AHDR_SIZE);
+				owner = a->owner;
+			}
+		}
+		if ((err = fn(p, n, owner, ctx)) != 0)
+			break;
+		p += n;
+	}
+	int f = finish(s, sl, "runs");
+	return err < 0 ? err : f;
 }
 
 void kvshm__slab_stats(struct kvshm__seg *s, struct kvshm__slab *sl, struct kvshm__slab_stats *st)

@@ -130,6 +130,9 @@ int kvshm__slab_check_geometry(const struct kvshm__seg *s, const struct kvshm__s
 
 /* Largest request kvshm__slab_alloc can ever satisfy. */
 uint64_t kvshm__slab_max_alloc(const struct kvshm__slab *sl);
+/* Pages a free run must have for an extent of size bytes to be sure to
+ * come from it (a run in a lower bin may not be looked at). */
+uint64_t kvshm__slab_sure_run(const struct kvshm__slab *sl, uint64_t size);
 /* Is an allocation of `size` an extent (whole pages of its own, its bytes
  * starting KVSHM_EXT_DATA into its first page)? */
 bool kvshm__slab_is_extent(const struct kvshm__slab *sl, uint64_t size);
@@ -187,6 +190,14 @@ int kvshm__slab_rebuild_locked(struct kvshm__seg *s, struct kvshm__slab *sl);
  * verification fails. */
 int kvshm__slab_repair(struct kvshm__seg *s, struct kvshm__lock *lk, void *ctx);
 
+/* The data area as runs, in page order, under the slab lock: fn(first
+ * page, pages, owner) for each free run (owner KVSHM_RUN_FREE), extent (the
+ * owner word of its allocation) and slab page (KVSHM_RUN_FIXED: objects of
+ * many owners). A non-zero return from fn ends the walk and is returned. */
+#define KVSHM_RUN_FREE 0ull
+#define KVSHM_RUN_FIXED (~0ull)
+typedef int (*kvshm__run_fn)(uint64_t page, uint64_t npages, uint64_t owner, void *ctx);
+int kvshm__slab_runs(struct kvshm__seg *s, struct kvshm__slab *sl, kvshm__run_fn fn, void *ctx);
 void kvshm__slab_stats(struct kvshm__seg *s, struct kvshm__slab *sl, struct kvshm__slab_stats *st);
 
 /*

@@ -1617,6 +1617,61 @@ static void test_quota_never_exceeded(void **st)
 }
 
 /* Frecency, not FIFO: hit entries outlive never-hit ones. */
+/*
+ * A large value into a fragmented RAM tier: every other small entry
+ * deleted, so the free pages are holes between entries. Eviction by
+ * placement (core/tier/room.c) evicts the cheapest window around holes —
+ * far fewer bytes than the value's footprint here — and never an entry
+ * pinned inside a window; the cache stays consistent.
+ */
+static void test_evict_by_placement(void **st)
+{
+	(void)st;
+	char name[64];
+	kvshm_config c;
+	const size_t small = 60000, big = 300000; /* 15 and 74 pages of 4 KiB */
+	th_cfg_small(&c, 0);
+	kvshm *h = th_create_cache(name, sizeof(name), "place", &c);
+	kvshm_model keep = th_model_of(12), gone = th_model_of(13);
+	uint32_t t[8];
+	kvshm_stats s;
+	unsigned n = 0;
+	for (;; n++) {
+		TH_OK(kvshm_stats_get(h, &s, sizeof(s)));
+		if (s.data_free_bytes < 2 * small + 65536)
+			break;
+		th_toks_of(t, 8, n);
+		TH_OK(th_put_val(h, n % 2 ? &gone : &keep, t, 8, small, n, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	}
+	assert_true(n > 100);
+	kvshm_filter f = {.fingerprint = gone.fingerprint};
+	uint64_t cnt;
+	TH_OK(kvshm_delete(h, &f, &cnt));
+	assert_int_equal(cnt, n / 2);
+	/* Pin every fourth survivor: windows must pass over them. */
+	kvshm_pin pins[64];
+	unsigned np = 0;
+	for (unsigned i = 0; i < n && np < 64; i += 8) {
+		th_toks_of(t, 8, i);
+		TH_OK(kvshm_get(h, &keep, t, 8, 0, &pins[np++]));
+	}
+	TH_OK(kvshm_stats_get(h, &s, sizeof(s)));
+	assert_true(s.data_largest_free < big);
+	uint64_t ev0 = s.counters[KVSHM_C_evicted_bytes];
+	th_toks_of(t, 8, 100000);
+	TH_OK(th_put_val(h, &keep, t, 8, big, 7, KVSHM_TIER_RAM, KVSHM_REASON_OTHER));
+	TH_OK(kvshm_stats_get(h, &s, sizeof(s)));
+	uint64_t ev = s.counters[KVSHM_C_evicted_bytes] - ev0, need = footprint_of(8, big);
+	if (ev > need + need / 4)
+		fail_msg("evicted %llu bytes for a value of %llu", (unsigned long long)ev, (unsigned long long)need);
+	for (unsigned i = 0; i < np; i++) {
+		assert_true(th_val_ok(pins[i].data, small, i * 8));
+		TH_OK(kvshm_unpin(h, &pins[i]));
+	}
+	th_check_ok(h);
+	TH_OK(kvshm_close(h));
+}
+
 static void test_eviction_order(void **st)
 {
 	(void)st;
@@ -2635,6 +2690,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_close_releases, th_teardown_caches),
 		cmocka_unit_test_teardown(test_expiry, th_teardown_caches),
 		cmocka_unit_test_teardown(test_quota_never_exceeded, th_teardown_caches),
+		cmocka_unit_test_teardown(test_evict_by_placement, th_teardown_caches),
 		cmocka_unit_test_teardown(test_eviction_order, th_teardown_caches),
 		cmocka_unit_test_teardown(test_nospace_when_pinned, th_teardown_caches),
 		cmocka_unit_test_teardown(test_entry_capacity, th_teardown_caches),

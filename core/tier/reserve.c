@@ -8,7 +8,9 @@
  *      unpinned entries;
  *   3. allocate the blob (owned by our process slot, so a death here frees
  *      it) and write model and tokens into it — and, for a tier that keeps
- *      the value in the blob (RAM), room for the value after them;
+ *      the value in the blob (RAM), room for the value after them; when no
+ *      run is long enough, evict the cheapest window of RAM entries around
+ *      free pages (core/tier/room.c), by score if there is none;
  *   4. under the shard lock take a free entry and chain it RESERVED with our
  *      slot, a token and a deadline; hand the blob to the entry; record the
  *      reservation in our slot; charge the tier. One journaled section.
@@ -82,8 +84,14 @@ int kvshm__reserve_entry(kvshm *h, const struct kvshm__save *sv, uint64_t voff, 
 		 * is backed already. */
 		if (err != KVSHM_ENOSPACE && err != -ENOSPC)
 			break;
+		/* An extent needs its pages in one run: evict where they sit
+		 * (core/tier/room.c), by score only if no window has them. */
 		uint64_t freed = 0;
-		kvshm__evict(h, kvshm__slab_footprint(h->slab, size), KVSHM_TIER_BIT(KVSHM_TIER_RAM), &freed, NULL);
+		if (kvshm__slab_is_extent(h->slab, size))
+			kvshm__evict_for_run(h, size, &freed);
+		if (freed == 0)
+			kvshm__evict(h, kvshm__slab_footprint(h->slab, size), KVSHM_TIER_BIT(KVSHM_TIER_RAM), &freed,
+				     NULL);
 		if (freed == 0)
 			break;
 	}

@@ -19,6 +19,23 @@
  *   order for caches up to SCAN_MAX entries per shard, a sample beyond.
  *   Pinned and reserved entries are never candidates.
  *
+ * EVICTION BY PLACEMENT (kvshm__evict_for_run)
+ *   A RAM value that needs an extent of P pages when the free pages would
+ *   do in number but not in one run: evicting by score alone frees pages
+ *   wherever the coldest entries sit, and takes many entries before two
+ *   holes touch. Instead the data area is walked in page order
+ *   (kvshm__slab_runs) as runs — free; the extent of a RAM entry that could
+ *   go (ready, not pinned by the snapshot, not being loaded); or fixed (a
+ *   page of small objects, an extent being written, anything else) — and
+ *   every window of consecutive runs starting at a run, with P pages (or
+ *   the few more that make the allocator sure to find the run:
+ *   kvshm__slab_sure_run) and no fixed run, is a candidate. Its cost is
+ *   the sum over its entries of (score + 1) · pages: bytes evicted,
+ *   weighted by what they are worth. The cheapest window's entries are
+ *   dropped (demoted first, as below).
+ *   Two pointers over the runs: O(runs). No window: the caller falls back
+ *   to eviction by score.
+ *
  * DEMOTION
  *   A RAM entry evicted while a demotion tier is configured (and not
  *   itself being evicted from) is first saved there, pinned meanwhile so it
@@ -230,4 +247,107 @@ int kvshm__tier_reclaim(kvshm *h, uint32_t dead, uint32_t dead_gen, uint32_t idx
 	if (!t)
 		return kvshm__fail(KVSHM_ECORRUPT, "entry %u: tier %u", idx, h->entries[idx].tier);
 	return t->reclaim ? t->reclaim(h, dead, dead_gen, idx) : 0;
+}
+
+/* ---- eviction by placement ------------------------------------------------------------------- */
+
+enum { RUN_FREE, RUN_ENTRY, RUN_FIXED };
+
+struct run {
+	uint64_t n;              /* pages */
+	double cost;             /* RUN_ENTRY: (score + 1) · pages; else 0 */
+	uint32_t idx, gen, kind; /* the entry (RUN_ENTRY); RUN_* */
+};
+
+struct runs {
+	kvshm *h;
+	const struct kvshm__pinset *pinned;
+	uint64_t now;
+	struct run *v;
+	size_t n, cap;
+};
+
+static int run_cb(uint64_t page, uint64_t n, uint64_t owner, void *ctx)
+{
+	struct runs *rs = ctx;
+	(void)page; /* the runs come in page order, each after the last */
+	if (rs->n == rs->cap) {
+		size_t cap = rs->cap ? rs->cap * 2 : 1024;
+		struct run *v = realloc(rs->v, cap * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		rs->v = v;
+		rs->cap = cap;
+	}
+	struct run r = {n, 0, 0, 0, owner == KVSHM_RUN_FREE ? RUN_FREE : RUN_FIXED};
+	if (KVSHM_OWNER_KIND(owner) == KVSHM_OWNER_ENTRY_KIND && owner != KVSHM_RUN_FIXED) {
+		uint32_t idx = (uint32_t)(owner >> 32) & 0xffffffu, gen = (uint32_t)owner;
+		const struct kvshm__entry *e = kvshm__entry_at(rs->h, idx);
+		/* Read without the shard lock (the slab's is held): a choice only,
+		 * the drop checks again. */
+		if (e && __atomic_load_n(&e->gen, __ATOMIC_ACQUIRE) == gen &&
+		    kvshm__evictable(e, KVSHM_TIER_BIT(KVSHM_TIER_RAM)) && !kvshm__pinset_has(rs->pinned, idx, gen))
+			r = (struct run){n, (kvshm__entry_score(rs->h, e, rs->now) + 1.0) * (double)n, idx, gen,
+					 RUN_ENTRY};
+	}
+	rs->v[rs->n++] = r;
+	return 0;
+}
+
+int kvshm__evict_for_run(kvshm *h, uint64_t size, uint64_t *freed_out)
+{
+	struct runs rs = {.h = h, .now = kvshm__now_ns()};
+	struct kvshm__pinset pinned;
+	uint64_t need = kvshm__slab_sure_run(h->slab, size), freed = 0, count = 0;
+	*freed_out = 0;
+	int err = kvshm__pinset_take(h, &pinned);
+	if (err < 0)
+		return err;
+	rs.pinned = &pinned;
+	err = kvshm__slab_runs(h->seg, h->slab, run_cb, &rs);
+	kvshm__pinset_free(&pinned);
+	if (err < 0)
+		goto out;
+	/* The cheapest window [best, best_end) of whole runs holding need pages. */
+	size_t best = SIZE_MAX, best_end = 0, j = 0;
+	double best_cost = 0, cost = 0;
+	uint64_t pages = 0;
+	for (size_t i = 0; i < rs.n; i++) {
+		if (j <= i) {
+			j = i;
+			pages = 0;
+			cost = 0;
+		}
+		while (pages < need && j < rs.n && rs.v[j].kind != RUN_FIXED) {
+			pages += rs.v[j].n;
+			cost += rs.v[j].cost;
+			j++;
+		}
+		if (pages >= need && (best == SIZE_MAX || cost < best_cost)) {
+			best = i;
+			best_end = j;
+			best_cost = cost;
+		}
+		if (j > i) {
+			pages -= rs.v[i].n;
+			cost -= rs.v[i].cost;
+		}
+	}
+	for (size_t i = best; best != SIZE_MAX && i < best_end; i++) {
+		const struct run *r = &rs.v[i];
+		if (r->kind != RUN_ENTRY)
+			continue;
+		int64_t fp = kvshm__tier_drop(h, r->idx / h->cfg->entries_per_shard, r->idx, r->gen,
+					      KVSHM_TIER_BIT(KVSHM_TIER_RAM), true);
+		if (fp > 0) {
+			freed += (uint64_t)fp;
+			count++;
+		}
+	}
+	kvshm__count(h, KVSHM_C_evictions, count);
+	kvshm__count(h, KVSHM_C_evicted_bytes, freed);
+	*freed_out = freed;
+out:
+	free(rs.v);
+	return err;
 }

@@ -245,6 +245,10 @@ uint64_t kvshm__tier_bytes(const kvshm *h, int tier);
 int kvshm__evict(kvshm *h, uint64_t target, unsigned mask, uint64_t *freed, uint64_t *count);
 /* Evict every tier down to its quota. */
 int kvshm__evict_to_quotas(kvshm *h, uint64_t *freed, uint64_t *count);
+/* Make a run for a RAM allocation of size bytes by evicting the cheapest
+ * window of RAM entries around free pages (core/tier/room.c); *freed = 0
+ * when no window of that many pages exists. */
+int kvshm__evict_for_run(kvshm *h, uint64_t size, uint64_t *freed);
 /* Evict one entry of shard s (the lowest scored) to free an entry: 1 when
  * one went. */
 int kvshm__evict_one_in_shard(kvshm *h, uint32_t s);
