@@ -162,7 +162,8 @@ static int scan(kvshm *h, unsigned part, unsigned nparts, struct cand **out, siz
 		rep->backlog++;
 		rep->backlog_bytes += len;
 	}
-	qsort(v, n, sizeof(*v), by_age);
+	if (n > 1) /* v is NULL when nothing was selected */
+		qsort(v, n, sizeof(*v), by_age);
 	*out = v;
 	*nout = n;
 	return 0;
