@@ -162,7 +162,7 @@ static int scan(kvshm *h, unsigned part, unsigned nparts, struct cand **out, siz
 		rep->backlog++;
 		rep->backlog_bytes += len;
 	}
-	if (n > 1) /* qsort(NULL, 0) is undefined */
+	if (n > 1) /* v is NULL when nothing was selected */
 		qsort(v, n, sizeof(*v), by_age);
 	*out = v;
 	*nout = n;
