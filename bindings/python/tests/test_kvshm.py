@@ -1358,3 +1358,86 @@ class TestExample(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+# ---------------------------------------------------------------------------
+# The remote tier from Python: a real redis-server, two caches as two hosts
+# ---------------------------------------------------------------------------
+
+class TestRemote(unittest.TestCase):
+    """remote_urls / remote_namespace in the config, Cache.push and
+    Cache.remote_status, against a redis-server this test starts on a unix
+    socket (skipped where none is installed: scripts/deps.sh remote)."""
+
+    @classmethod
+    def setUpClass(cls):
+        import shutil
+        import subprocess
+        exe = shutil.which("redis-server")
+        if not exe:
+            raise unittest.SkipTest("redis-server not installed (scripts/deps.sh remote)")
+        cls.dir = tempfile.mkdtemp(prefix="kvshm-pyredis-")
+        cls.sock = os.path.join(cls.dir, "redis.sock")
+        cls.server = subprocess.Popen(
+            [exe, "--port", "0", "--unixsocket", cls.sock, "--save", "", "--appendonly", "no",
+             "--dir", cls.dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.monotonic() + 10
+        while not os.path.exists(cls.sock):
+            if time.monotonic() > end or cls.server.poll() is not None:
+                cls.server.kill()
+                raise RuntimeError("redis-server did not come up on %s" % cls.sock)
+            time.sleep(0.02)
+
+    @classmethod
+    def tearDownClass(cls):
+        import shutil
+        cls.server.kill()
+        cls.server.wait()
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def host(self, ns, **kw):
+        name = unique_name("rmt")
+        c = kvshm.Cache.open(name, create=True, segment_bytes=16 * MIB, lazy=1,
+                             remote_urls="unix://" + self.sock, remote_namespace=ns, **kw)
+        self.addCleanup(kvshm.Cache.destroy, name, force=True)
+        self.addCleanup(c.close)
+        return c
+
+    def test_two_hosts_share_through_redis(self):
+        ns = "py-%d-%d" % (os.getpid(), next(_seq))
+        a, b = self.host(ns), self.host(ns)
+        m, data = model(3), blob(7, 300000)
+        a.put(m, range(600), data)
+        rep = a.push()
+        self.assertEqual((rep["pushed"], rep["pushed_bytes"], rep["failed"], rep["backlog"]),
+                         (1, len(data), 0, 0))
+        self.assertEqual(a.push()["pushed"], 0)  # pushed once: the entry says so
+        st = b.remote_status()
+        self.assertEqual((st["enabled"], st["ns"]), (1, ns))
+        self.assertIn(self.sock, st["endpoints"])
+        # b never saw the entry: a local miss pulls it, verified, into b's RAM.
+        with b.lookup(m, range(900)) as p:
+            self.assertEqual((p.tokens, p.kind, p.len), (600, "prefix", len(data)))
+            self.assertEqual(bytes(p.buffer), data)
+        self.assertEqual(b.stats()["remote_hits"], 1)
+        with b.get(m, range(600)) as p:  # local now: no second pull
+            self.assertEqual(bytes(p.buffer), data)
+        self.assertEqual(b.stats()["remote_hits"], 1)
+        b.check()
+
+    def test_without_a_remote_tier(self):
+        name = unique_name("nrm")
+        c = kvshm.Cache.open(name, create=True, segment_bytes=16 * MIB, lazy=1)
+        self.addCleanup(kvshm.Cache.destroy, name, force=True)
+        self.addCleanup(c.close)
+        self.assertEqual(c.remote_status()["enabled"], 0)
+        with self.assertRaises(kvshm.KvshmError) as e:
+            c.push()
+        self.assertIn("ECONFIG", str(e.exception))
+
+    def test_bad_url_names_itself(self):
+        with self.assertRaises(kvshm.KvshmError) as e:
+            kvshm.Cache.open(unique_name("bad"), create=True, segment_bytes=16 * MIB, lazy=1,
+                             remote_urls="redis://u:Secr3t@h:0", remote_namespace="x")
+        self.assertIn("port must be", str(e.exception))
+        self.assertNotIn("Secr3t", str(e.exception))

@@ -1139,6 +1139,23 @@ class Cache:
         with self._lock:
             return self._h().prune(max_age_s)
 
+    def push(self, max: int = 0) -> Dict[str, int]:
+        """One push pass into the remote tier in this thread: the ready
+        entries the cache's push policy selects and Redis lacks, oldest
+        first, up to max (0: all). Returns the kvshm_push_report as a dict
+        (pushed, pushed_bytes, failed, backlog, backlog_bytes). KvshmError
+        ECONFIG when the cache has no remote tier. The reaper does this in
+        the background; this is for tests and tools."""
+        with self._lock:
+            return self._h().push(max)
+
+    def remote_status(self) -> Dict[str, Any]:
+        """The remote tier as `shmctl status` shows it (kvshm_remote_status
+        as a dict: enabled, endpoints without credentials, namespace,
+        breaker, push backlog, configuration); enabled is 0 without one."""
+        with self._lock:
+            return self._h().remote_status()
+
     def reaper_pid(self) -> int:
         """The pid of the cache's live reaper, or 0."""
         with self._lock:

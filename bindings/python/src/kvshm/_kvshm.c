@@ -131,7 +131,7 @@ static const struct gen_field *fields_of(const char *name)
 /* The tables the extension itself uses, resolved once at import. */
 static const struct gen_field *F_config, *F_policy, *F_pin, *F_reservation, *F_entry, *F_filter, *F_stats,
 	*F_sched_config, *F_sched_status, *F_promote_config, *F_reconcile, *F_proc, *F_fsck, *F_reaper_opts,
-	*F_reaper_stats, *F_model;
+	*F_reaper_stats, *F_model, *F_push_report, *F_remote_status;
 
 /* ---- errors ---------------------------------------------------------------- */
 
@@ -1324,6 +1324,30 @@ static PyObject *handle_prune(HandleObject *self, PyObject *arg)
 	return Py_BuildValue("(KK)", (unsigned long long)pr.expired, (unsigned long long)pr.aged);
 }
 
+static PyObject *handle_push(HandleObject *self, PyObject *arg)
+{
+	uint64_t max;
+	kvshm_push_report rep;
+	kvshm *h = live(self);
+	if (!h || get_u64(arg, "max", &max) < 0)
+		return NULL;
+	if (max > SIZE_MAX)
+		return PyErr_Format(PyExc_ValueError, "max: %llu is too large", (unsigned long long)max);
+	int rc = CALL(kvshm_push(h, (size_t)max, &rep));
+	return dict_or_raise(rc, F_push_report, &rep);
+}
+
+static PyObject *handle_remote_status(HandleObject *self, PyObject *unused)
+{
+	kvshm_remote_status st;
+	kvshm *h = live(self);
+	(void)unused;
+	if (!h)
+		return NULL;
+	int rc = CALL(kvshm_remote_status_get(h, &st));
+	return dict_or_raise(rc, F_remote_status, &st);
+}
+
 static PyObject *handle_reaper_pid(HandleObject *self, PyObject *unused)
 {
 	kvshm *h = live(self);
@@ -1623,6 +1647,8 @@ static PyMethodDef handle_methods[] = {
 	{"writer_set_max", (PyCFunction)handle_writer_set_max, METH_O, NULL},
 	{"sweep", (PyCFunction)handle_sweep, METH_NOARGS, NULL},
 	{"prune", (PyCFunction)handle_prune, METH_O, NULL},
+	{"push", (PyCFunction)handle_push, METH_O, NULL},
+	{"remote_status", (PyCFunction)handle_remote_status, METH_NOARGS, NULL},
 	{"reaper_pid", (PyCFunction)handle_reaper_pid, METH_NOARGS, NULL},
 	{"procs", (PyCFunction)handle_procs, METH_NOARGS, NULL},
 	{"reconcile", (PyCFunction)handle_reconcile, METH_O, NULL},
@@ -2003,9 +2029,11 @@ PyMODINIT_FUNC PyInit__kvshm(void)
 	F_reaper_opts = fields_of("kvshm_reaper_opts");
 	F_reaper_stats = fields_of("kvshm_reaper_stats");
 	F_model = fields_of("kvshm_model");
+	F_push_report = fields_of("kvshm_push_report");
+	F_remote_status = fields_of("kvshm_remote_status");
 	if (!F_config || !F_policy || !F_pin || !F_reservation || !F_entry || !F_filter || !F_stats ||
 	    !F_sched_config || !F_sched_status || !F_promote_config || !F_reconcile || !F_proc || !F_fsck ||
-	    !F_reaper_opts || !F_reaper_stats || !F_model) {
+	    !F_reaper_opts || !F_reaper_stats || !F_model || !F_push_report || !F_remote_status) {
 		PyErr_SetString(PyExc_ImportError, "kvshm: the generated tables lack a struct the binding uses");
 		return NULL;
 	}
