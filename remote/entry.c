@@ -353,7 +353,7 @@ int kvshm__rm_push_hinted(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLE
 		const char *p = (const char *)data + (size_t)i * m.chunk;
 		size_t cl = KVSHM_MIN((size_t)m.chunk, len - (size_t)i * m.chunk);
 		m.crcs[i] = kvshm__crc32c(0, p, cl);
-		m.crc = i ? kvshm__rm_crc32c_combine(m.crc, m.crcs[i], cl) : m.crcs[i];
+		m.crc = i ? kvshm__crc32c_combine(m.crc, m.crcs[i], cl) : m.crcs[i];
 		char *k = names + (size_t)i * KEYBUF;
 		size_t kl = kvshm__rm_chunk_key(rm, key, m.gen, i, k, KEYBUF);
 		kvshm__rm_cmd_set(&c[i], 1, 5, (const char *[]){ "SET", k, p, "EX", ttl },
@@ -490,7 +490,7 @@ int kvshm__rm_pull(struct kvshm__rm *rm, const struct kvshm__rm_meta *m, void *d
 	uint32_t whole = 0;
 	for (uint32_t i = 0; i < m->nchunks; i++) {
 		size_t cl = KVSHM_MIN((uint64_t)m->chunk, m->len - (uint64_t)i * m->chunk);
-		whole = i ? kvshm__rm_crc32c_combine(whole, m->crcs[i], cl) : m->crcs[i];
+		whole = i ? kvshm__crc32c_combine(whole, m->crcs[i], cl) : m->crcs[i];
 	}
 	if (p.missing || p.corrupt || p.got != m->nchunks || (m->nchunks && whole != m->crc)) {
 		if (p.missing)

@@ -30,48 +30,6 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the record is little-
 #define META_VERSION 1
 #define META_FIXED 128
 
-/* ---- CRC32C of a concatenation (zlib's crc32_combine, Castagnoli's polynomial) ---------- */
-
-static uint32_t gf2_times(const uint32_t *mat, uint32_t vec)
-{
-	uint32_t sum = 0;
-	for (; vec; vec >>= 1, mat++)
-		if (vec & 1)
-			sum ^= *mat;
-	return sum;
-}
-
-static void gf2_square(uint32_t *sq, const uint32_t *mat)
-{
-	for (int n = 0; n < 32; n++)
-		sq[n] = gf2_times(mat, mat[n]);
-}
-
-uint32_t kvshm__rm_crc32c_combine(uint32_t a, uint32_t b, uint64_t blen)
-{
-	uint32_t even[32], odd[32];
-	if (!blen)
-		return a;
-	odd[0] = 0x82f63b78u; /* the operator for one zero bit */
-	for (int n = 1; n < 32; n++)
-		odd[n] = 1u << (n - 1);
-	gf2_square(even, odd); /* two zero bits */
-	gf2_square(odd, even); /* four */
-	do {                   /* apply len2 zero bytes to a */
-		gf2_square(even, odd);
-		if (blen & 1)
-			a = gf2_times(even, a);
-		blen >>= 1;
-		if (!blen)
-			break;
-		gf2_square(odd, even);
-		if (blen & 1)
-			a = gf2_times(odd, a);
-		blen >>= 1;
-	} while (blen);
-	return a ^ b;
-}
-
 /* ---- names ------------------------------------------------------------------------------- */
 
 static void hex(char *out, const uint8_t *p, size_t n)

@@ -377,7 +377,5 @@ size_t kvshm__rm_chunk_key(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYL
  * a chunk makes one). */
 int kvshm__rm_audit(struct kvshm__rm *rm, uint64_t *records, uint64_t *broken, unsigned timeout_ms);
 
-/* CRC32C of A‖B from CRC32C(A), CRC32C(B) and |B| (zlib's method). */
-uint32_t kvshm__rm_crc32c_combine(uint32_t a, uint32_t b, uint64_t blen);
 
 #endif

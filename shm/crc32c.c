@@ -72,8 +72,6 @@ bool kvshm__crc32c_hw_available(void)
 #endif
 }
 
-#if defined(__x86_64__)
-
 /* ---- shifting a CRC over zero bytes: GF(2) matrices ----------------------------------------- */
 
 /* mat (32 rows) times the vector vec. */
@@ -92,16 +90,45 @@ static void gf2_square(uint32_t *square, const uint32_t *mat)
 		square[n] = gf2_times(mat, mat[n]);
 }
 
-/* The operator that feeds len zero bytes (a power of two) through a CRC
- * state, as four byte-wise tables. */
-static void zeros_tables(uint32_t zeros[4][256], size_t len)
+/* odd: the operator that feeds four zero bits through a CRC state (even:
+ * two), the start of every power-of-two shift below. */
+static void gf2_four_bits(uint32_t odd[32], uint32_t even[32])
 {
-	uint32_t odd[32], even[32], *op = even;
 	odd[0] = POLY; /* one zero bit */
 	for (int n = 1; n < 32; n++)
 		odd[n] = 1u << (n - 1);
 	gf2_square(even, odd); /* two bits */
 	gf2_square(odd, even); /* four bits */
+}
+
+uint32_t kvshm__crc32c_combine(uint32_t a, uint32_t b, uint64_t blen)
+{
+	uint32_t even[32], odd[32];
+	if (!blen)
+		return a;
+	gf2_four_bits(odd, even);
+	do { /* feed blen zero bytes through a, one bit of blen per square */
+		gf2_square(even, odd);
+		if (blen & 1)
+			a = gf2_times(even, a);
+		blen >>= 1;
+		if (!blen)
+			break;
+		gf2_square(odd, even);
+		if (blen & 1)
+			a = gf2_times(odd, a);
+		blen >>= 1;
+	} while (blen);
+	return a ^ b;
+}
+
+#if defined(__x86_64__)
+/* The operator that feeds len zero bytes (a power of two) through a CRC
+ * state, as four byte-wise tables. */
+static void zeros_tables(uint32_t zeros[4][256], size_t len)
+{
+	uint32_t odd[32], even[32], *op = even;
+	gf2_four_bits(odd, even);
 	/* Each square doubles: the first makes one byte. */
 	for (;;) {
 		gf2_square(even, odd);

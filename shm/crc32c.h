@@ -19,5 +19,8 @@ uint32_t kvshm__crc32c(uint32_t crc, const void *buf, size_t len);
 /* The table version alone (tests compare the two). */
 uint32_t kvshm__crc32c_sw(uint32_t crc, const void *buf, size_t len);
 bool kvshm__crc32c_hw_available(void);
+/* CRC32C of A ‖ B from CRC32C(A), CRC32C(B) and |B| (zlib's method: B's
+ * length in zero bytes shifted through A's CRC by GF(2) matrices). */
+uint32_t kvshm__crc32c_combine(uint32_t a, uint32_t b, uint64_t blen);
 
 #endif

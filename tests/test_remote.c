@@ -278,7 +278,7 @@ static void test_crc_combine(void **st)
 	for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++) {
 		size_t a = cuts[i];
 		uint32_t ca = kvshm__crc32c(0, buf, a), cb = kvshm__crc32c(0, buf + a, sizeof(buf) - a);
-		assert_int_equal(kvshm__rm_crc32c_combine(ca, cb, sizeof(buf) - a), whole);
+		assert_int_equal(kvshm__crc32c_combine(ca, cb, sizeof(buf) - a), whole);
 	}
 }
 
