@@ -122,7 +122,7 @@ static int level_fast(kvshm *h, const struct kvshm__query *q, size_t j, kvshm__h
 			continue;
 		if (best == UINT32_MAX)
 			return LEVEL_MISS;
-		int err = kvshm__pin_try(h, best, best_gen, q->copy);
+		int err = kvshm__pin_try(h, s, v, best, best_gen, q->copy);
 		if (err == 0) {
 			kvshm__pin_fill(h, best, best_n, q->n, pin);
 			return 0;

@@ -370,6 +370,15 @@ int kvshm__lock_try(struct kvshm__seg *s, struct kvshm__lock *lk, bool *repaired
 	return after_lock(s, lk, r, repaired);
 }
 
+void kvshm__lock_commit(struct kvshm__seg *s, struct kvshm__lock *lk)
+{
+	(void)s;
+	(void)lk; /* held: the caller committed what it wrote under it */
+	atomic_signal_fence(memory_order_seq_cst);
+	atomic_store_explicit(&lk->jn, 0, memory_order_relaxed);
+	atomic_signal_fence(memory_order_seq_cst);
+}
+
 void kvshm__lock_release(struct kvshm__seg *s, struct kvshm__lock *lk)
 {
 	(void)s;

@@ -89,6 +89,9 @@ void kvshm__lock_set_patience(uint32_t look_ms, uint32_t giveup_ms);
 int kvshm__lock_try(struct kvshm__seg *s, struct kvshm__lock *lk, bool *repaired);
 /* Commit the critical section (clear the journal) and unlock. */
 void kvshm__lock_release(struct kvshm__seg *s, struct kvshm__lock *lk);
+/* Commit the critical section but keep the lock: a death from here on
+ * rolls nothing back (what the holder does next must need no undo). */
+void kvshm__lock_commit(struct kvshm__seg *s, struct kvshm__lock *lk);
 /* Discard the critical section: roll the journal back, then unlock. */
 void kvshm__lock_abort(struct kvshm__seg *s, struct kvshm__lock *lk);
 

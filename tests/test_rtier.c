@@ -363,6 +363,47 @@ static void test_dead_claimer(void **st)
 	th_finish(b, nb);
 }
 
+/* A puller killed inside the section that publishes and pins what it
+ * pulled, after the entry turned READY but before the section committed:
+ * a sibling whose lookup runs before anyone repairs the lock must not pin
+ * that entry without the lock (the repair rolls it back to the dead
+ * puller's reservation, and its reclaim frees it). The pin is taken only
+ * on a committed entry: check() passes with it held, after the sweep. */
+static void test_uncommitted_ready(void **st)
+{
+	(void)st;
+	skip_without_redis();
+	char url[200], ns[80], na[64], nb[64];
+	rf_url(&plain, url, sizeof(url), NULL);
+	unique_ns(ns, sizeof(ns), "uc");
+	kvshm *a = host(na, sizeof(na), "uca", url, ns, NULL);
+	kvshm *b = host(nb, sizeof(nb), "ucb", url, ns, NULL);
+	kvshm_model m = th_model_of(5);
+	uint32_t t[64];
+	th_toks_of(t, 64, 5);
+	TH_OK(th_put_val(a, &m, t, 64, 24u << 20, 55, KVSHM_TIER_RAM, KVSHM_REASON_COLD));
+	TH_OK(kvshm_push(a, 0, NULL));
+	struct sf s = {nb, 0};
+	int r = th_run_crashing(sf_child, &s, "lookup.pin.recorded_locked@1", NULL);
+	assert_true(r != 0); /* died holding b's shard lock, the section uncommitted */
+	kvshm_pin p;
+	int rc = kvshm_lookup(b, &m, t, 64, 0, &p);
+	assert_true(rc == 0 || rc == KVSHM_ENOTFOUND);
+	if (rc == 0) {
+		assert_int_equal(p.len, 24u << 20);
+		assert_true(th_val_ok(p.data, p.len, 55));
+	}
+	kvshm_sweep(b); /* the dead puller's slot and reservation */
+	th_check_ok(b); /* a pin held here names a committed, READY entry */
+	if (rc == 0) {
+		assert_true(th_val_ok(p.data, p.len, 55));
+		TH_OK(kvshm_unpin(b, &p));
+	}
+	th_check_ok(b);
+	th_finish(a, na);
+	th_finish(b, nb);
+}
+
 /* kvshm_lookup_copy of (m, t[0..n)): ntok tokens, len bytes from seed. */
 static void copy_ok(kvshm *h, const kvshm_model *m, const uint32_t *t, size_t n, size_t ntok, size_t len,
 		    uint32_t seed)
@@ -998,6 +1039,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_two_hosts, th_teardown_caches),
 		cmocka_unit_test_teardown(test_single_flight, th_teardown_caches),
 		cmocka_unit_test_teardown(test_dead_claimer, th_teardown_caches),
+		cmocka_unit_test_teardown(test_uncommitted_ready, th_teardown_caches),
 		cmocka_unit_test_teardown(test_longer_remote_busy, th_teardown_caches),
 		cmocka_unit_test_teardown(test_reaper_pushes, th_teardown_caches),
 		cmocka_unit_test_teardown(test_push_never_delays_reclaim, th_teardown_caches),

@@ -165,9 +165,11 @@ void kvshm__info_of(const kvshm *h, const struct kvshm__entry *e, uint64_t now, 
 /* ---- reservation records, pins (core/entry/resv.c, core/entry/pin.c) ------------------ */
 
 /* Pins (core/entry/pin.c): records in the pinner's slot, no count on the
- * entry. Pin a READY entry found without the lock: 0, KVSHM_EPINFULL, or
- * -EAGAIN when it went (or was flagged) meanwhile and nothing is held. */
-int kvshm__pin_try(kvshm *h, uint32_t idx, uint32_t gen, bool copy);
+ * entry. Pin a READY entry of shard s found without the lock by a walk
+ * under chain sequence v: 0, KVSHM_EPINFULL, or -EAGAIN when it went (or
+ * was flagged, or a section began on the shard) meanwhile and nothing is
+ * held. */
+int kvshm__pin_try(kvshm *h, uint32_t s, uint32_t v, uint32_t idx, uint32_t gen, bool copy);
 /* Is pin record k of slot x empty, or a pin of a READY entry in that life
  * below the slot's high-water mark? (The checker's question; racy.) */
 bool kvshm__pinrec_ok(const kvshm *h, const struct kvshm__slotx *x, unsigned k);

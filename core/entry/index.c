@@ -33,11 +33,14 @@ int kvshm__shard_lock(kvshm *h, uint32_t s)
 
 /*
  * The chain sequence lock (struct kvshm__shard.chain_seq), lk held: made
- * odd before the first change of a chain or of the free list in a critical
- * section, and even again only when the section ends (the unlock, or the
- * repair after a dead holder's rollback). So a rollback — the section's own
- * (kvshm__lock_rollback) or the next locker's — always runs while it is
- * odd, and a lookup that walked the chains meanwhile looks again.
+ * odd before the first change of a chain, of the free list or of an
+ * entry's readiness in a critical section, and even again only after the
+ * section is committed (kvshm__shard_unlock: commit, then even, then
+ * unlock; or the repair after a dead holder's rollback). So a rollback —
+ * the section's own (kvshm__lock_rollback) or the next locker's — always
+ * runs while it is odd, and a lookup that walked the chains (or pinned)
+ * meanwhile looks again. A holder killed after the commit leaves it odd
+ * with nothing to undo: the repair evens it.
  */
 static inline void chains_changing(struct kvshm__shard *sh)
 {
@@ -55,6 +58,8 @@ static inline void chains_changed(struct kvshm__shard *sh)
 
 void kvshm__shard_unlock(kvshm *h, uint32_t s)
 {
+	kvshm__lock_commit(h->seg, &h->shards[s].lk);
+	KVSHM_CRASH_POINT("index.unlock.committed");
 	chains_changed(&h->shards[s]);
 	kvshm__lock_release(h->seg, &h->shards[s].lk);
 }
@@ -97,7 +102,10 @@ int kvshm__entry_new_locked(kvshm *h, uint32_t s, const struct kvshm__newentry *
 	if (!sh->free_head || !e || idx - sh->first >= sh->cap || e->state != KVSHM_E_FREE)
 		return kvshm__fail(KVSHM_ECORRUPT, "shard %u: free list names entry %u", s, idx);
 	/* The entry is free: its fields are ours to fill before the state
-	 * change (journaled) makes it live. */
+	 * change (journaled) makes it live. The sequence goes odd first, and
+	 * flags is stored with release: a pinner holding an old life's gen
+	 * that reads these flags reads the newer state and gen too. */
+	chains_changing(sh);
 	uint64_t now = kvshm__now_ns();
 	e->term[0] = ne->term.lo;
 	e->term[1] = ne->term.hi;
@@ -106,7 +114,7 @@ int kvshm__entry_new_locked(kvshm *h, uint32_t s, const struct kvshm__newentry *
 	e->ntokens = ne->ntokens;
 	e->tier = ne->tier;
 	e->reason = ne->reason;
-	e->flags = ne->flags;
+	__atomic_store_n(&e->flags, ne->flags, __ATOMIC_RELEASE);
 	e->blob = ne->blob;
 	e->len = ne->len;
 	e->footprint = ne->footprint;
@@ -125,7 +133,6 @@ int kvshm__entry_new_locked(kvshm *h, uint32_t s, const struct kvshm__newentry *
 	e->moved_ns = 0;
 	e->vino = e->vctime_ns = e->vtime_ns = 0;
 	uint32_t *head = &h->buckets[(uint64_t)s * sh->nbuckets + (ne->term.lo & (sh->nbuckets - 1))];
-	chains_changing(sh);
 	kvshm__jset32(seg, lk, &sh->free_head, e->next);
 	kvshm__jset32(seg, lk, &e->next, *head);
 	kvshm__jset32(seg, lk, head, idx + 1);
@@ -159,6 +166,10 @@ void kvshm__mark_ready_locked(kvshm *h, uint32_t s, uint32_t idx, uint64_t csum,
 	float one = 1.0f;
 	uint32_t bits;
 	memcpy(&bits, &one, sizeof(bits));
+	/* Ready is a change lookups must not trust before the commit: a
+	 * rollback would make the entry RESERVED again, a dead writer's, and
+	 * its reclaim would free it under a pin taken meanwhile. */
+	chains_changing(sh);
 	kvshm__jset64(seg, lk, &e->csum, csum);
 	kvshm__jset32(seg, lk, &e->score_bits, bits);
 	kvshm__jset64(seg, lk, &e->last_ns, kvshm__now_ns());

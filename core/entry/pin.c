@@ -291,7 +291,7 @@ static inline bool pinnable(const struct kvshm__entry *e, uint32_t gen)
 
 static void drop_if_bad(kvshm *h, uint32_t idx, uint32_t gen);
 
-int kvshm__pin_try(kvshm *h, uint32_t idx, uint32_t gen, bool copy)
+int kvshm__pin_try(kvshm *h, uint32_t s, uint32_t v, uint32_t idx, uint32_t gen, bool copy)
 {
 	struct kvshm__entry *e = &h->entries[idx];
 	struct kvshm__slotx *x = kvshm__slotx(h, h->me);
@@ -304,7 +304,10 @@ int kvshm__pin_try(kvshm *h, uint32_t idx, uint32_t gen, bool copy)
 		return KVSHM_EPINFULL;
 	KVSHM_CRASH_POINT("lookup.pin.recorded");
 	atomic_thread_fence(memory_order_seq_cst);
-	if (pinnable(e, gen)) {
+	/* Still the life the walk saw, and no section has begun on the shard
+	 * since (one could yet be rolled back to a state where this life was
+	 * never committed). */
+	if (pinnable(e, gen) && atomic_load_explicit(&h->shards[s].chain_seq, memory_order_acquire) == v) {
 		note_hit(h, e);
 		return 0;
 	}
