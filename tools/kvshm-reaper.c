@@ -422,26 +422,20 @@ static int parse_source(const char *s, int *out)
 
 /* The remote tier's pushing, when the cache has one: its own handles,
  * one per push thread (the library's threads use nothing else). */
-static int push_start(kvshm_reaper *r, const char *name, const kvshm_config *cfg, kvshm **push, unsigned *n)
+static int push_start(kvshm_reaper *r, kvshm *h, const char *name, const kvshm_config *cfg, kvshm **push,
+		      unsigned *n)
 {
 	kvshm_config c;
 	kvshm_remote_status rs;
-	kvshm *h0;
 	*n = 0;
-	if (kvshm_open(name, cfg, 0, &h0) < 0) {
+	/* Asked on the reaper's own handle: a cache without a remote tier
+	 * never sees a push handle attach, not even for a moment. */
+	if (kvshm_config_get(h, &c) < 0 || kvshm_remote_status_get(h, &rs) < 0) {
 		tu_logf(LOG_ERR, "remote: %s", kvshm_last_error());
 		return -1;
 	}
-	push[(*n)++] = h0;
-	if (kvshm_config_get(h0, &c) < 0 || kvshm_remote_status_get(h0, &rs) < 0) {
-		tu_logf(LOG_ERR, "remote: %s", kvshm_last_error());
-		return -1;
-	}
-	if (!rs.enabled) {
-		kvshm_close(h0);
-		*n = 0;
+	if (!rs.enabled)
 		return 0;
-	}
 	while (*n < c.remote_push_concurrency && *n < 64) {
 		if (kvshm_open(name, cfg, 0, &push[*n]) < 0) {
 			tu_logf(LOG_ERR, "remote: push handle %u: %s", *n, kvshm_last_error());
@@ -847,7 +841,7 @@ int main(int argc, char **argv, char **envp)
 		rc = 3;
 		goto out_stop;
 	}
-	if (push_start(r, name, &cfg, push, &npush) < 0) {
+	if (push_start(r, h, name, &cfg, push, &npush) < 0) {
 		rc = 3;
 		goto out_stop;
 	}
