@@ -8,11 +8,13 @@
  *      when none comes free; evict and shutdown saves wait evict_wait_ms;
  *   2. reserve the key (core/tier/reserve.c): an entry RESERVED in the tier, owned
  *      by our slot, with a token; its footprint is the file's size;
- *   3. create <dir>/tmp/<key>.<slot>-<gen>-<token>.tmp, size it (fallocate,
- *      so a full filesystem fails here), map it: the caller writes the value
- *      straight into the page cache (stage TMP);
- *   4. publish: checksum the value (CRC32C), write header and tags, and in
- *      a durable tier (disk) fdatasync;
+ *   3. create <dir>/tmp/<key>.<slot>-<gen>-<token>.tmp; for kvshm_reserve
+ *      size it (fallocate, so a full filesystem fails here) and map it: the
+ *      caller writes the value straight into the page cache; kvshm_put
+ *      leaves it empty (stage TMP either way);
+ *   4. publish: checksum the value (CRC32C), write header and tags (put:
+ *      header, tags and the caller's buffer in one pwritev, no mapping),
+ *      and in a durable tier (disk) fdatasync;
  *   5. check the reservation is still ours (an expired one is given up) and,
  *      in the same critical section, mark it COMMIT: from here it cannot
  *      expire (kvshm__expire skips it), so no other writer can take the
