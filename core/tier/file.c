@@ -266,25 +266,42 @@ static int publish_file(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r, 
 	kvshm__file_path(h->cfg->dir[tier], key, final, sizeof(final));
 
 	/* 4. Checksum, header and tags, synced when durable. The blob's model
-	 * and tokens are ours and immutable while reserved. */
+	 * and tokens are ours and immutable while reserved. What is written
+	 * is what the index row and the entry will describe once our file is
+	 * in place (written), so it is not read back. */
+	struct kvshm__fmeta written;
+	memset(&written, 0, sizeof(written));
+	uint32_t crc = kvshm__crc32c(0, data ? data : map + payload_off, r->len);
+	uint8_t *hdr = data ? malloc(payload_off) : map;
+	written.tokens = malloc(4ull * n);
+	if (!hdr || !written.tokens) {
+		if (data)
+			free(hdr);
+		err = kvshm__fail(-ENOMEM, "header of %s", tmp);
+		goto fail;
+	}
+	kvshm__file_encode(hdr, &b->model, b->tokens, n, key, r->len, crc, (uint8_t)reason, (uint8_t)tier, created);
+	struct kvshm__fhdr fh;
+	memcpy(&fh, hdr, sizeof(fh));
+	written.model = b->model;
+	written.ntokens = n;
+	memcpy(written.tokens, b->tokens, 4ull * n);
+	memcpy(written.key, key, 16);
+	written.reason = fh.reason;
+	written.tier = fh.tier;
+	written.hits = fh.hits;
+	written.payload_crc = crc;
+	written.payload_len = r->len;
+	written.payload_off = payload_off;
+	written.file_size = fsize;
+	written.created_ns = fh.created_ns;
+	written.saved_ns = fh.saved_ns;
 	if (data) {
-		uint32_t crc = kvshm__crc32c(0, data, r->len);
-		uint8_t *hdr = malloc(payload_off);
-		if (!hdr) {
-			err = kvshm__fail(-ENOMEM, "header of %s", tmp);
-			goto fail;
-		}
-		kvshm__file_encode(hdr, &b->model, b->tokens, n, key, r->len, crc, (uint8_t)reason, (uint8_t)tier,
-				   created);
 		err = write_tmp(fd, tmp, hdr, payload_off, data, r->len);
 		free(hdr);
 		if (err < 0)
 			goto fail;
 		KVSHM_CRASH_POINT("save.put.copied");
-	} else {
-		uint32_t crc = kvshm__crc32c(0, map + payload_off, r->len);
-		kvshm__file_encode(map, &b->model, b->tokens, n, key, r->len, crc, (uint8_t)reason, (uint8_t)tier,
-				   created);
 	}
 	if (durable && fdatasync(fd) < 0) {
 		err = kvshm__fail(-errno, "fdatasync %s", tmp);
@@ -311,32 +328,31 @@ static int publish_file(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r, 
 	}
 	KVSHM_CRASH_POINT("file.publish.committed");
 
-	/* 6. Link into place. */
-	struct kvshm__fmeta meta;
+	/* 6. Link into place. meta: what the file in place holds (ours as
+	 * written, or a valid copy that was there first, as validated). */
+	struct kvshm__fmeta meta = written;
+	memset(&written, 0, sizeof(written));
 	if ((err = kvshm__mkdir_parent(final)) < 0)
-		goto fail;
+		goto fail_meta;
 	if (link(tmp, final) < 0) {
 		if (errno != EEXIST) {
 			err = kvshm__fail(-errno, "link %s", final);
-			goto fail;
+			goto fail_meta;
 		}
 		struct kvshm__fmeta old;
 		if (kvshm__file_validate(h, final, key, true, &old) == 0) {
-			kvshm__fmeta_free(&old); /* a valid copy is already there: keep it */
+			kvshm__fmeta_free(&meta); /* a valid copy is already there: keep it */
+			meta = old;
 		} else if (rename(tmp, final) < 0) {
 			err = kvshm__fail(-errno, "replace invalid %s", final);
-			goto fail;
+			goto fail_meta;
 		}
 	}
 	KVSHM_CRASH_POINT("file.publish.linked");
 	if (durable && (err = kvshm__fsync_dir_of(final)) < 0) {
 		err = kvshm__fail(err, "fsync the directory of %s", final);
-		goto fail;
+		goto fail_meta;
 	}
-	/* The file in place is what the index describes (ours, or a valid
-	 * copy that was there first). */
-	if ((err = kvshm__file_validate(h, final, key, false, &meta)) < 0)
-		goto fail;
 
 	/* 7. Marked: from here a dead writer's file is adopted, not removed. */
 	if ((e = kvshm__resv_lock(h, r, &s, &err)) != NULL) {
@@ -371,7 +387,11 @@ static int publish_file(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r, 
 	memset(r, 0, sizeof(*r));
 	return 0;
 
+fail_meta:
+	kvshm__fmeta_free(&meta);
+	goto fail;
 fail:
+	kvshm__fmeta_free(&written);
 	abandon(h, idx, gen, token, tmp, fd, map, fsize);
 	memset(r, 0, sizeof(*r));
 	return err;
