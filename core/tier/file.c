@@ -8,11 +8,13 @@
  *      when none comes free; evict and shutdown saves wait evict_wait_ms;
  *   2. reserve the key (core/tier/reserve.c): an entry RESERVED in the tier, owned
  *      by our slot, with a token; its footprint is the file's size;
- *   3. create <dir>/tmp/<key>.<slot>-<gen>-<token>.tmp, size it (fallocate,
- *      so a full filesystem fails here), map it: the caller writes the value
- *      straight into the page cache (stage TMP);
- *   4. publish: checksum the value (CRC32C), write header and tags, and in
- *      a durable tier (disk) fdatasync;
+ *   3. create <dir>/tmp/<key>.<slot>-<gen>-<token>.tmp; for kvshm_reserve
+ *      size it (fallocate, so a full filesystem fails here) and map it: the
+ *      caller writes the value straight into the page cache; kvshm_put
+ *      leaves it empty (stage TMP either way);
+ *   4. publish: checksum the value (CRC32C), write header and tags (put:
+ *      header, tags and the caller's buffer in one pwritev, no mapping),
+ *      and in a durable tier (disk) fdatasync;
  *   5. check the reservation is still ours (an expired one is given up) and,
  *      in the same critical section, mark it COMMIT: from here it cannot
  *      expire (kvshm__expire skips it), so no other writer can take the
@@ -34,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "core/tier/file.h"
@@ -84,7 +87,11 @@ static void abandon(kvshm *h, uint32_t idx, uint32_t gen, uint64_t token, const 
 	kvshm__sem_release(h->seg, h->sem, h->me);
 }
 
-static int file_reserve(kvshm *h, const struct kvshm__save *sv, struct kvshm__hres *hr, kvshm_reservation *r)
+/* mapped: the caller writes the value into a mapping of the sized file
+ * (kvshm_reserve); else (kvshm_put) the temporary file is created empty and
+ * publish writes it with pwritev from the caller's buffer. */
+static int reserve_file(kvshm *h, const struct kvshm__save *sv, struct kvshm__hres *hr, kvshm_reservation *r,
+			bool mapped)
 {
 	size_t n = sv->n, len = sv->len;
 	int tier = sv->tier, reason = sv->reason;
@@ -127,6 +134,8 @@ static int file_reserve(kvshm *h, const struct kvshm__save *sv, struct kvshm__hr
 		goto fail;
 	}
 	KVSHM_CRASH_POINT("file.reserve.created");
+	if (!mapped)
+		goto staged;
 	if (ftruncate(fd, (off_t)fsize) < 0) {
 		err = kvshm__fail(-errno, "size %s to %llu bytes", tmp, (unsigned long long)fsize);
 		goto fail;
@@ -143,6 +152,7 @@ static int file_reserve(kvshm *h, const struct kvshm__save *sv, struct kvshm__hr
 		err = kvshm__fail(-errno, "map %s", tmp);
 		goto fail;
 	}
+staged:;
 	uint32_t s = rv.shard;
 	if ((err = kvshm__shard_lock(h, s)) < 0)
 		goto fail;
@@ -153,7 +163,7 @@ static int file_reserve(kvshm *h, const struct kvshm__save *sv, struct kvshm__hr
 	kvshm__shard_unlock(h, s);
 	KVSHM_CRASH_POINT("file.reserve.mapped");
 
-	r->data = map + payload_off;
+	r->data = map ? map + payload_off : NULL;
 	r->len = len;
 	kvshm__resv_set_refs(r, rv.idx, rv.gen, rv.token, reason, tier);
 	struct file_res fres = {.fd = fd, .map = map, .map_len = fsize};
@@ -164,6 +174,41 @@ static int file_reserve(kvshm *h, const struct kvshm__save *sv, struct kvshm__hr
 fail:
 	abandon(h, rv.idx, rv.gen, rv.token, fd >= 0 ? tmp : NULL, fd, map, fsize);
 	return err;
+}
+
+static int file_reserve(kvshm *h, const struct kvshm__save *sv, struct kvshm__hres *hr, kvshm_reservation *r)
+{
+	return reserve_file(h, sv, hr, r, true);
+}
+
+/* Write header, tags and the caller's value to the empty temporary file in
+ * one pwritev: no mapping, so no page faults and no zero-fill of the
+ * fallocated extents the mapping would first touch. */
+static int write_tmp(int fd, const char *tmp, const void *hdr, uint64_t hdr_len, const void *data, uint64_t len)
+{
+	struct iovec iov[2] = {{(void *)hdr, hdr_len}, {(void *)data, len}};
+	uint64_t off = 0, total = hdr_len + len;
+	int i = 0;
+	while (off < total) {
+		ssize_t w = pwritev(fd, iov + i, 2 - i, (off_t)off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return kvshm__fail(-errno, "write %s", tmp);
+		if (w == 0)
+			return kvshm__fail(-EIO, "write %s: no progress", tmp);
+		off += (uint64_t)w;
+		while (i < 2 && (uint64_t)w >= iov[i].iov_len) {
+			w -= (ssize_t)iov[i].iov_len;
+			iov[i].iov_len = 0;
+			i++;
+		}
+		if (i < 2) {
+			iov[i].iov_base = (uint8_t *)iov[i].iov_base + w;
+			iov[i].iov_len -= (size_t)w;
+		}
+	}
+	return 0;
 }
 
 static int file_cancel(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
@@ -186,7 +231,9 @@ static int file_cancel(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
 	return 0;
 }
 
-static int file_publish(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
+/* data: kvshm_put's value, written here with pwritev (the reservation has
+ * no mapping); NULL: the caller wrote it into the mapping. */
+static int publish_file(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r, const void *data)
 {
 	struct file_res fres = res_of(hr);
 	uint32_t idx = kvshm__ref_idx(hr->ref0), gen = kvshm__ref_gen(hr->ref0), s;
@@ -219,9 +266,43 @@ static int file_publish(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
 	kvshm__file_path(h->cfg->dir[tier], key, final, sizeof(final));
 
 	/* 4. Checksum, header and tags, synced when durable. The blob's model
-	 * and tokens are ours and immutable while reserved. */
-	uint32_t crc = kvshm__crc32c(0, map + payload_off, r->len);
-	kvshm__file_encode(map, &b->model, b->tokens, n, key, r->len, crc, (uint8_t)reason, (uint8_t)tier, created);
+	 * and tokens are ours and immutable while reserved. What is written
+	 * is what the index row and the entry will describe once our file is
+	 * in place (written), so it is not read back. */
+	struct kvshm__fmeta written;
+	memset(&written, 0, sizeof(written));
+	uint32_t crc = kvshm__crc32c(0, data ? data : map + payload_off, r->len);
+	uint8_t *hdr = data ? malloc(payload_off) : map;
+	written.tokens = malloc(4ull * n);
+	if (!hdr || !written.tokens) {
+		if (data)
+			free(hdr);
+		err = kvshm__fail(-ENOMEM, "header of %s", tmp);
+		goto fail;
+	}
+	kvshm__file_encode(hdr, &b->model, b->tokens, n, key, r->len, crc, (uint8_t)reason, (uint8_t)tier, created);
+	struct kvshm__fhdr fh;
+	memcpy(&fh, hdr, sizeof(fh));
+	written.model = b->model;
+	written.ntokens = n;
+	memcpy(written.tokens, b->tokens, 4ull * n);
+	memcpy(written.key, key, 16);
+	written.reason = fh.reason;
+	written.tier = fh.tier;
+	written.hits = fh.hits;
+	written.payload_crc = crc;
+	written.payload_len = r->len;
+	written.payload_off = payload_off;
+	written.file_size = fsize;
+	written.created_ns = fh.created_ns;
+	written.saved_ns = fh.saved_ns;
+	if (data) {
+		err = write_tmp(fd, tmp, hdr, payload_off, data, r->len);
+		free(hdr);
+		if (err < 0)
+			goto fail;
+		KVSHM_CRASH_POINT("save.put.copied");
+	}
 	if (durable && fdatasync(fd) < 0) {
 		err = kvshm__fail(-errno, "fdatasync %s", tmp);
 		goto fail;
@@ -247,32 +328,31 @@ static int file_publish(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
 	}
 	KVSHM_CRASH_POINT("file.publish.committed");
 
-	/* 6. Link into place. */
-	struct kvshm__fmeta meta;
+	/* 6. Link into place. meta: what the file in place holds (ours as
+	 * written, or a valid copy that was there first, as validated). */
+	struct kvshm__fmeta meta = written;
+	memset(&written, 0, sizeof(written));
 	if ((err = kvshm__mkdir_parent(final)) < 0)
-		goto fail;
+		goto fail_meta;
 	if (link(tmp, final) < 0) {
 		if (errno != EEXIST) {
 			err = kvshm__fail(-errno, "link %s", final);
-			goto fail;
+			goto fail_meta;
 		}
 		struct kvshm__fmeta old;
 		if (kvshm__file_validate(h, final, key, true, &old) == 0) {
-			kvshm__fmeta_free(&old); /* a valid copy is already there: keep it */
+			kvshm__fmeta_free(&meta); /* a valid copy is already there: keep it */
+			meta = old;
 		} else if (rename(tmp, final) < 0) {
 			err = kvshm__fail(-errno, "replace invalid %s", final);
-			goto fail;
+			goto fail_meta;
 		}
 	}
 	KVSHM_CRASH_POINT("file.publish.linked");
 	if (durable && (err = kvshm__fsync_dir_of(final)) < 0) {
 		err = kvshm__fail(err, "fsync the directory of %s", final);
-		goto fail;
+		goto fail_meta;
 	}
-	/* The file in place is what the index describes (ours, or a valid
-	 * copy that was there first). */
-	if ((err = kvshm__file_validate(h, final, key, false, &meta)) < 0)
-		goto fail;
 
 	/* 7. Marked: from here a dead writer's file is adopted, not removed. */
 	if ((e = kvshm__resv_lock(h, r, &s, &err)) != NULL) {
@@ -307,10 +387,19 @@ static int file_publish(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
 	memset(r, 0, sizeof(*r));
 	return 0;
 
+fail_meta:
+	kvshm__fmeta_free(&meta);
+	goto fail;
 fail:
+	kvshm__fmeta_free(&written);
 	abandon(h, idx, gen, token, tmp, fd, map, fsize);
 	memset(r, 0, sizeof(*r));
 	return err;
+}
+
+static int file_publish(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r)
+{
+	return publish_file(h, hr, r, NULL);
 }
 
 /* The process-local side of a reservation (close, a forked child). */
@@ -333,13 +422,11 @@ static int file_put(kvshm *h, const struct kvshm__save *sv, const void *data)
 	if (!hr)
 		return kvshm__fail(KVSHM_EBUSY, "reserve: this handle already holds %u reservations", KVSHM_MAX_RES);
 	memset(&r, 0, sizeof(r));
-	int err = file_reserve(h, sv, hr, &r);
+	int err = reserve_file(h, sv, hr, &r, false);
 	if (err < 0)
 		return err;
 	kvshm__hres_record(hr, sv->tier, sv->reason, &r);
-	memcpy(r.data, data, sv->len);
-	KVSHM_CRASH_POINT("save.put.copied");
-	err = file_publish(h, hr, &r);
+	err = publish_file(h, hr, &r, data); /* writes the value (crash point save.put.copied) */
 	memset(hr, 0, sizeof(*hr));
 	return err;
 }

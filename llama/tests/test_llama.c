@@ -530,8 +530,15 @@ static void test_killed_in_get_data(void **st)
 		int stt;
 		waitpid(pid, &stt, 0);
 		th_untrack(pid);
-		assert_true(WIFSIGNALED(stt));
-		inside = atomic_load(&sh->flag) == 1; /* reserved, never written through */
+		/* On a loaded machine the child can finish its save and exit
+		 * before the kill lands: that is the "got to the end" case. */
+		if (WIFEXITED(stt)) {
+			assert_int_equal(WEXITSTATUS(stt), 0);
+			assert_int_equal(atomic_load(&sh->flag), 2);
+		} else {
+			assert_true(WIFSIGNALED(stt));
+		}
+		inside = WIFSIGNALED(stt) && atomic_load(&sh->flag) == 1; /* reserved, never written through */
 		if (!inside) {
 			/* It got to the end first: start again from a clean cache. */
 			kvshm_filter f = {0};
