@@ -284,6 +284,40 @@ static int sf_child(void *arg)
 	return 0;
 }
 
+/* Hosts A and B of a fresh namespace on the plain server (remote_pull_ms
+ * pull_ms on both; 0: the default), A holding the 24 MiB entry sf_child
+ * looks up (model 5, 64 tokens, value seed 55), pushed. */
+struct sfpair {
+	char na[64], nb[64];
+	kvshm *a, *b;
+	kvshm_model m;
+	uint32_t t[64];
+};
+
+static void sf_pair(struct sfpair *p, const char *what, unsigned pull_ms)
+{
+	char url[200], ns[80], wa[16], wb[16];
+	kvshm_config c;
+	rf_url(&plain, url, sizeof(url), NULL);
+	unique_ns(ns, sizeof(ns), what);
+	snprintf(wa, sizeof(wa), "%sa", what);
+	snprintf(wb, sizeof(wb), "%sb", what);
+	th_cfg_small(&c, 0);
+	c.segment_bytes = 64 * TH_MIB;
+	if (pull_ms)
+		c.remote_pull_ms = pull_ms;
+	p->a = host(p->na, sizeof(p->na), wa, url, ns, &c);
+	th_cfg_small(&c, 0);
+	c.segment_bytes = 64 * TH_MIB;
+	if (pull_ms)
+		c.remote_pull_ms = pull_ms;
+	p->b = host(p->nb, sizeof(p->nb), wb, url, ns, &c);
+	p->m = th_model_of(5);
+	th_toks_of(p->t, 64, 5);
+	TH_OK(th_put_val(p->a, &p->m, p->t, 64, 24u << 20, 55, KVSHM_TIER_RAM, KVSHM_REASON_COLD));
+	TH_OK(kvshm_push(p->a, 0, NULL));
+}
+
 /* Four processes of one host look the same remote key up at once: one
  * pulls it, the others wait for it and hit it locally; every one gets the
  * verified value. */
@@ -291,17 +325,10 @@ static void test_single_flight(void **st)
 {
 	(void)st;
 	skip_without_redis();
-	char url[200], ns[80], na[64], nb[64];
-	rf_url(&plain, url, sizeof(url), NULL);
-	unique_ns(ns, sizeof(ns), "sf");
-	kvshm *a = host(na, sizeof(na), "sfa", url, ns, NULL);
-	kvshm *b = host(nb, sizeof(nb), "sfb", url, ns, NULL);
-	kvshm_model m = th_model_of(5);
-	uint32_t t[64];
-	th_toks_of(t, 64, 5);
-	TH_OK(th_put_val(a, &m, t, 64, 24u << 20, 55, KVSHM_TIER_RAM, KVSHM_REASON_COLD));
-	TH_OK(kvshm_push(a, 0, NULL));
-	struct sf s = {nb, 0};
+	struct sfpair p;
+	sf_pair(&p, "sf", 0);
+	kvshm *b = p.b;
+	struct sf s = {p.nb, 0};
 	pid_t kids[4];
 	for (int i = 0; i < 4; i++)
 		kids[i] = th_fork(sf_child, &s);
@@ -315,8 +342,8 @@ static void test_single_flight(void **st)
 	print_message("single flight: 1 pull, %llu waits, %llu remote lookups\n",
 		      (unsigned long long)th_counter(b, KVSHM_C_remote_waits),
 		      (unsigned long long)th_counter(b, KVSHM_C_remote_lookups));
-	th_finish(a, na);
-	th_finish(b, nb);
+	th_finish(p.a, p.na);
+	th_finish(p.b, p.nb);
 }
 
 /* A puller killed right after claiming the host's pull of a key, with no
@@ -327,30 +354,16 @@ static void test_dead_claimer(void **st)
 {
 	(void)st;
 	skip_without_redis();
-	char url[200], ns[80], na[64], nb[64];
-	rf_url(&plain, url, sizeof(url), NULL);
-	unique_ns(ns, sizeof(ns), "dc");
-	kvshm_config c;
-	th_cfg_small(&c, 0);
-	c.segment_bytes = 64 * TH_MIB;
-	c.remote_pull_ms = 20000;
-	kvshm *a = host(na, sizeof(na), "dca", url, ns, &c);
-	th_cfg_small(&c, 0);
-	c.segment_bytes = 64 * TH_MIB;
-	c.remote_pull_ms = 20000;
-	kvshm *b = host(nb, sizeof(nb), "dcb", url, ns, &c);
-	kvshm_model m = th_model_of(5);
-	uint32_t t[64];
-	th_toks_of(t, 64, 5);
-	TH_OK(th_put_val(a, &m, t, 64, 24u << 20, 55, KVSHM_TIER_RAM, KVSHM_REASON_COLD));
-	TH_OK(kvshm_push(a, 0, NULL));
-	struct sf s = {nb, 0};
+	struct sfpair pp;
+	sf_pair(&pp, "dc", 20000);
+	kvshm *b = pp.b;
+	struct sf s = {pp.nb, 0};
 	int r = th_run_crashing(sf_child, &s, "remote.pull.claimed@1", NULL);
 	assert_true(r != 0); /* it died holding the claim */
 	/* b's handle was open before the death: no attach sweeps the slot. */
 	uint64_t t0 = th_now_ms();
 	kvshm_pin p;
-	TH_OK(kvshm_lookup(b, &m, t, 64, 0, &p));
+	TH_OK(kvshm_lookup(b, &pp.m, pp.t, 64, 0, &p));
 	uint64_t took_ms = th_now_ms() - t0;
 	print_message("dead claimer: sibling hit after %llu ms (pull deadline 20000 ms)\n", (unsigned long long)took_ms);
 	assert_int_equal(p.len, 24u << 20);
@@ -359,8 +372,8 @@ static void test_dead_claimer(void **st)
 	assert_true(took_ms < 5000);
 	assert_int_equal(th_counter(b, KVSHM_C_remote_hits), 1);
 	assert_true(kvshm_sweep(b) >= 1); /* the dead puller's slot */
-	th_finish(a, na);
-	th_finish(b, nb);
+	th_finish(pp.a, pp.na);
+	th_finish(pp.b, pp.nb);
 }
 
 /* A puller killed inside the section that publishes and pins what it
@@ -373,21 +386,14 @@ static void test_uncommitted_ready(void **st)
 {
 	(void)st;
 	skip_without_redis();
-	char url[200], ns[80], na[64], nb[64];
-	rf_url(&plain, url, sizeof(url), NULL);
-	unique_ns(ns, sizeof(ns), "uc");
-	kvshm *a = host(na, sizeof(na), "uca", url, ns, NULL);
-	kvshm *b = host(nb, sizeof(nb), "ucb", url, ns, NULL);
-	kvshm_model m = th_model_of(5);
-	uint32_t t[64];
-	th_toks_of(t, 64, 5);
-	TH_OK(th_put_val(a, &m, t, 64, 24u << 20, 55, KVSHM_TIER_RAM, KVSHM_REASON_COLD));
-	TH_OK(kvshm_push(a, 0, NULL));
-	struct sf s = {nb, 0};
+	struct sfpair pp;
+	sf_pair(&pp, "uc", 0);
+	kvshm *b = pp.b;
+	struct sf s = {pp.nb, 0};
 	int r = th_run_crashing(sf_child, &s, "lookup.pin.recorded_locked@1", NULL);
 	assert_true(r != 0); /* died holding b's shard lock, the section uncommitted */
 	kvshm_pin p;
-	int rc = kvshm_lookup(b, &m, t, 64, 0, &p);
+	int rc = kvshm_lookup(b, &pp.m, pp.t, 64, 0, &p);
 	assert_true(rc == 0 || rc == KVSHM_ENOTFOUND);
 	if (rc == 0) {
 		assert_int_equal(p.len, 24u << 20);
@@ -400,8 +406,8 @@ static void test_uncommitted_ready(void **st)
 		TH_OK(kvshm_unpin(b, &p));
 	}
 	th_check_ok(b);
-	th_finish(a, na);
-	th_finish(b, nb);
+	th_finish(pp.a, pp.na);
+	th_finish(pp.b, pp.nb);
 }
 
 /* kvshm_lookup_copy of (m, t[0..n)): ntok tokens, len bytes from seed. */
