@@ -40,7 +40,7 @@ KVSHM_EXTERN int kvshm_procs(kvshm *h, int (*fn)(const kvshm_proc_info *p, void 
 		p.pidfs_ino = sl->pidfs_ino;
 		p.alive = kvshm__proc_slot_alive(h->seg, h->tab, i, NULL) == 1;
 		for (unsigned k = 0; k < KVSHM_PIN_RECORDS; k++)
-			p.pins += __atomic_load_n(&x->pins[k].count, __ATOMIC_RELAXED);
+			p.pins += atomic_load_explicit(&x->pins[k].count, memory_order_relaxed);
 		for (unsigned k = 0; k < KVSHM_MAX_SEMS; k++)
 			p.writer_units += __atomic_load_n(&sl->sem_held[k], __ATOMIC_RELAXED);
 		for (unsigned k = 0; k < KVSHM_MAX_RES; k++)
