@@ -2480,6 +2480,141 @@ static void test_enospc(void **state)
 /* The disk tier's default quota is half the free space of the filesystem
  * the directory is on, also when the directory does not exist yet (it is
  * measured on its nearest existing ancestor, not guessed). */
+/* ---- durable names: which directories a disk save syncs ------------------------------- */
+
+#define MAX_SYNCED 64
+static char synced[MAX_SYNCED][320];
+static int nsynced;
+
+static void note_dir_sync(const char *dir)
+{
+	if (nsynced < MAX_SYNCED)
+		strlcpy(synced[nsynced++], dir, sizeof(synced[0]));
+}
+
+static int synced_count(const char *dir)
+{
+	int n = 0;
+	for (int i = 0; i < nsynced; i++)
+		n += strcmp(synced[i], dir) == 0;
+	return n;
+}
+
+/* The fan-out directory (<disk>/xx) holding the single .kvc file there is
+ * (NULL when there is none or more than one). */
+static bool only_file(const char *disk, char *fan, size_t fanlen, char *file, size_t filelen)
+{
+	int found = 0;
+	for (unsigned i = 0; i < 256; i++) {
+		char d[400];
+		snprintf(d, sizeof(d), "%s/%02x", disk, i);
+		DIR *dd = opendir(d);
+		if (!dd)
+			continue;
+		struct dirent *de;
+		while ((de = readdir(dd)) != NULL) {
+			if (!strstr(de->d_name, ".kvc"))
+				continue;
+			found++;
+			snprintf(fan, fanlen, "%s", d);
+			snprintf(file, filelen, "%s/%s", d, de->d_name);
+		}
+		closedir(dd);
+	}
+	return found == 1;
+}
+
+struct crash_put {
+	const char *name;
+	uint32_t tok[16];
+	kvshm_model m;
+};
+
+/* A child saving one 64 KiB value to disk, killed by its KVSHM_CRASH. */
+static int put_and_die(void *p)
+{
+	struct crash_put *c = p;
+	kvshm *h;
+	if (kvshm_open(c->name, NULL, 0, &h) < 0)
+		return 1;
+	if (th_put_val(h, &c->m, c->tok, 16, 65536, 7, KVSHM_TIER_DISK, KVSHM_REASON_OTHER) < 0)
+		return 2;
+	return 3; /* the crash point was not reached */
+}
+
+/*
+ * A disk save's names are durable when it is acknowledged: the 256 fan-out
+ * directories are made with the tier's directory and synced by one fsync
+ * of it; a save links its file, syncs it, then fsyncs its fan-out
+ * directory; a fan-out directory an operator removed is made again and its
+ * own name synced (the tier directory's fsync) before the save's. A writer
+ * killed after its link but before its syncs (file.publish.synced) leaves
+ * the file linked; reclaim syncs it before adopting it.
+ */
+static void test_durable_names(void **state)
+{
+	struct fx *f = *state;
+	kvshm_config c;
+	char fan[400], file[600];
+	nsynced = 0;
+	kvshm__test_on_dir_sync = note_dir_sync;
+	cfg_files(&c, f, false, true);
+	kvshm *h = open_fx(f, &c);
+	assert_int_equal(count_dir(f->disk), 256 + 2); /* fan-out, tmp, index.tdb */
+	assert_int_equal(synced_count(f->disk), 1);
+
+	/* A save: its fan-out directory synced, the tier's not again. */
+	kvshm_model m = th_model_of(3);
+	uint32_t t[16];
+	th_toks_of(t, 16, 1);
+	nsynced = 0;
+	TH_OK(th_put_val(h, &m, t, 16, 4096, 1, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+	assert_true(only_file(f->disk, fan, sizeof(fan), file, sizeof(file)));
+	assert_int_equal(synced_count(fan), 1);
+	assert_int_equal(synced_count(f->disk), 0);
+
+	/* Every empty fan-out directory removed: the next save makes its own
+	 * again, and syncs the tier directory before its own. */
+	for (unsigned i = 0; i < 256; i++) {
+		char d[400];
+		snprintf(d, sizeof(d), "%s/%02x", f->disk, i);
+		if (strcmp(d, fan) != 0)
+			assert_int_equal(rmdir(d), 0);
+	}
+	unsigned fam = 2;
+	for (;; fam++) {
+		/* (a key that lands in the one directory left has nothing to make) */
+		th_toks_of(t, 16, fam);
+		nsynced = 0;
+		TH_OK(th_put_val(h, &m, t, 16, 4096, fam, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+		if (nsynced != 1 || strcmp(synced[0], fan) != 0 || fam == 6)
+			break;
+	}
+	assert_int_equal(nsynced, 2);
+	assert_string_equal(synced[0], f->disk);
+	assert_int_not_equal(strcmp(synced[1], fan), 0);
+	th_expect_get(h, &m, t, 16, 4096, fam, KVSHM_TIER_DISK);
+	th_check_ok(h);
+	finish(f);
+
+	/* Killed between its link and its syncs: the file is in place (linked
+	 * first), and reclaim syncs it, then adopts it. */
+	th_rm_rf(f->disk);
+	cfg_files(&c, f, false, true);
+	h = open_fx(f, &c);
+	struct crash_put cp = {.name = f->name, .m = th_model_of(4)};
+	th_toks_of(cp.tok, 16, 3);
+	assert_int_equal(th_run_crashing(put_and_die, &cp, "file.publish.synced@1", NULL), 128 + SIGKILL);
+	assert_true(only_file(f->disk, fan, sizeof(fan), file, sizeof(file)));
+	nsynced = 0;
+	assert_int_equal(kvshm_sweep(h), 1);
+	assert_int_equal(synced_count(fan), 1);
+	th_expect_get(h, &cp.m, cp.tok, 16, 65536, 7, KVSHM_TIER_DISK);
+	th_check_ok(h);
+	kvshm__test_on_dir_sync = NULL;
+	finish(f);
+}
+
 static void test_default_disk_quota(void **state)
 {
 	struct fx *f = *state;
@@ -2534,6 +2669,7 @@ int main(void)
 		T(test_read_only_directory),
 		T(test_enospc),
 		T(test_default_disk_quota),
+		T(test_durable_names),
 	};
 	/* KVSHM_TEST_FILTER=test_expiry (a cmocka pattern) runs a subset. */
 	const char *filter = getenv("KVSHM_TEST_FILTER");

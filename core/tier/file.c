@@ -13,16 +13,19 @@
  *      caller writes the value straight into the page cache; kvshm_put
  *      leaves it empty (stage TMP either way);
  *   4. publish: checksum the value (CRC32C), write header and tags (put:
- *      header, tags and the caller's buffer in one pwritev, no mapping),
- *      and in a durable tier (disk) fdatasync;
+ *      header, tags and the caller's buffer in one pwritev, no mapping);
  *   5. check the reservation is still ours (an expired one is given up) and,
  *      in the same critical section, mark it COMMIT: from here it cannot
  *      expire (kvshm__expire skips it), so no other writer can take the
- *      key over while this one links and indexes its file;
+ *      key over while this one links, syncs and indexes its file;
  *   6. link the temporary file to its final name (EEXIST: a valid existing
- *      file is kept, an invalid one replaced), fsync the directory (durable);
- *   7. mark the entry LINKED; 8. store its index row (TDB); 9. unlink the
- *      temporary name; 10. mark it READY and release the writer unit.
+ *      file is kept, an invalid one replaced);
+ *   7. in a durable tier (disk) fdatasync the file, then fsync its
+ *      directory: after the link, so one journal commit carries the data
+ *      and the name (the directory's fsync finds it done); a file that
+ *      cannot be synced is unlinked again and the save fails;
+ *   8. mark the entry LINKED; 9. store its index row (TDB); 10. unlink the
+ *      temporary name; 11. mark it READY and release the writer unit.
  *
  * The two file tiers differ only in their tables (below): ram_file's
  * files live on a tmpfs, whose contents a reboot loses anyway, so it
@@ -265,7 +268,7 @@ static int publish_file(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r, 
 	kvshm__tmp_path(h->cfg->dir[tier], key, h->me, h->me_gen, token, tmp, sizeof(tmp));
 	kvshm__file_path(h->cfg->dir[tier], key, final, sizeof(final));
 
-	/* 4. Checksum, header and tags, synced when durable. The blob's model
+	/* 4. Checksum, header and tags (synced at step 7). The blob's model
 	 * and tokens are ours and immutable while reserved. What is written
 	 * is what the index row and the entry will describe once our file is
 	 * in place (written), so it is not read back. */
@@ -303,13 +306,8 @@ static int publish_file(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r, 
 			goto fail;
 		KVSHM_CRASH_POINT("save.put.copied");
 	}
-	if (durable && fdatasync(fd) < 0) {
-		err = kvshm__fail(-errno, "fdatasync %s", tmp);
-		goto fail;
-	}
 	kvshm__unmap_guarded(map, fsize);
 	map = NULL;
-	KVSHM_CRASH_POINT("file.publish.synced");
 
 	/* 5. Still ours, and not expired? Then committing: from here the
 	 * reservation does not expire, so no other writer can take the key
@@ -332,9 +330,17 @@ static int publish_file(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r, 
 	 * written, or a valid copy that was there first, as validated). */
 	struct kvshm__fmeta meta = written;
 	memset(&written, 0, sizeof(written));
-	if ((err = kvshm__mkdir_parent(final)) < 0)
-		goto fail_meta;
-	if (link(tmp, final) < 0) {
+	bool ours = true; /* the final name is our file (not a valid copy that was there first) */
+	/* The fan-out directory exists (made with the tier's directory) unless
+	 * an operator removed it: then it is made again, synced, and the link
+	 * retried. */
+	int lr = link(tmp, final);
+	if (lr < 0 && errno == ENOENT) {
+		if ((err = kvshm__mkdir_parent(final, durable)) < 0)
+			goto fail_meta;
+		lr = link(tmp, final);
+	}
+	if (lr < 0) {
 		if (errno != EEXIST) {
 			err = kvshm__fail(-errno, "link %s", final);
 			goto fail_meta;
@@ -343,18 +349,30 @@ static int publish_file(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r, 
 		if (kvshm__file_validate(h, final, key, true, &old) == 0) {
 			kvshm__fmeta_free(&meta); /* a valid copy is already there: keep it */
 			meta = old;
+			ours = false;
 		} else if (rename(tmp, final) < 0) {
 			err = kvshm__fail(-errno, "replace invalid %s", final);
 			goto fail_meta;
 		}
 	}
 	KVSHM_CRASH_POINT("file.publish.linked");
+
+	/* 7. Durable (disk): the file's data, then its name. Synced after the
+	 * link so that one journal commit carries both (the directory's fsync
+	 * then finds its change committed); the save is acknowledged only
+	 * after both. A power loss in between can leave the name over a torn
+	 * file, which no load accepts (payload CRC32C), as after any crash. */
+	if (durable && ours && fdatasync(fd) < 0) {
+		err = kvshm__fail(-errno, "fdatasync %s", final);
+		goto fail_linked;
+	}
+	KVSHM_CRASH_POINT("file.publish.synced");
 	if (durable && (err = kvshm__fsync_dir_of(final)) < 0) {
 		err = kvshm__fail(err, "fsync the directory of %s", final);
-		goto fail_meta;
+		goto fail_linked;
 	}
 
-	/* 7. Marked: from here a dead writer's file is adopted, not removed. */
+	/* 8. Marked: from here a dead writer's file is adopted, not removed. */
 	if ((e = kvshm__resv_lock(h, r, &s, &err)) != NULL) {
 		kvshm__jset32(h->seg, &h->shards[s].lk, &e->flags,
 			      (e->flags & ~KVSHM_EF_STAGE_MASK) | KVSHM_EF_STAGE_LINKED);
@@ -362,12 +380,12 @@ static int publish_file(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r, 
 	}
 	KVSHM_CRASH_POINT("file.publish.marked");
 
-	/* 8. Announce: the index row, then the entry. */
+	/* 9. Announce: the index row, then the entry. */
 	struct kvshm__irow row;
 	kvshm__irow_of(&row, &meta, tier);
 	err = kvshm__idx_put(ix, key, &row);
 	KVSHM_CRASH_POINT("file.publish.indexed");
-	/* 9. The temporary name goes while the reservation still names it: a
+	/* 10. The temporary name goes while the reservation still names it: a
 	 * READY entry records no writer, so a death after the mark would
 	 * leave it behind for good. */
 	unlink(tmp);
@@ -378,7 +396,7 @@ static int publish_file(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r, 
 		kvshm__futex_bump_wake(&h->shards[s].seq, INT32_MAX);
 	}
 	kvshm__fmeta_free(&meta);
-	/* 10. Done with the writer unit. */
+	/* 11. Done with the writer unit. */
 	close(fd);
 	kvshm__sem_release(h->seg, h->sem, h->me);
 	if (err < 0)
@@ -387,6 +405,11 @@ static int publish_file(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r, 
 	memset(r, 0, sizeof(*r));
 	return 0;
 
+fail_linked:
+	/* Our file is in place but not known durable: it goes (a valid copy
+	 * that was there first stays). */
+	if (ours)
+		unlink(final);
 fail_meta:
 	kvshm__fmeta_free(&meta);
 	goto fail;

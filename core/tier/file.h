@@ -172,9 +172,16 @@ int kvshm__file_validate(kvshm *h, const char *path, const uint8_t key[16], bool
  * a valid copy of the key that was there first, whose value may have
  * another length than the one reserved (shard lock held). */
 void kvshm__file_ready_locked(kvshm *h, uint32_t s, uint32_t idx, const struct kvshm__fmeta *m);
-/* fsync the directory holding path; create path's parent directory. */
+/* fsync the directory holding path. */
 int kvshm__fsync_dir_of(const char *path);
-int kvshm__mkdir_parent(const char *path);
+/* Create path's parent directory unless it exists; durable: a directory
+ * made now has its own name synced (fsync of its parent) before this
+ * returns. */
+int kvshm__mkdir_parent(const char *path, bool durable);
+#ifdef KVSHM_TEST
+/* Called with every directory about to be fsync'd (tests). */
+extern void (*kvshm__test_on_dir_sync)(const char *dir);
+#endif
 
 /* ---- the file tiers' table entries (core/tier/file*.c) ---------------------------------- */
 

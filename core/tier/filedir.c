@@ -68,6 +68,30 @@ static int mkdir_p(const char *dir)
 	return 0;
 }
 
+static int fsync_dir(const char *dir);
+
+/*
+ * The 256 fan-out directories (<dir>/00 ... <dir>/ff, by the key's first
+ * byte), made once, in order, and their names synced by one fsync of dir:
+ * a save then never creates a directory whose own name is not yet durable
+ * (kvshm__mkdir_parent still makes one an operator removed, and syncs it).
+ * "ff" present means a run finished.
+ */
+static int make_fanout(const char *dir)
+{
+	char sub[300];
+	snprintf(sub, sizeof(sub), "%s/ff", dir);
+	if (access(sub, F_OK) == 0)
+		return 0;
+	for (unsigned i = 0; i < 256; i++) {
+		snprintf(sub, sizeof(sub), "%s/%02x", dir, i);
+		if (mkdir(sub, 0700) < 0 && errno != EEXIST)
+			return kvshm__fail(-errno, "create directory %s", sub);
+	}
+	int err = fsync_dir(dir);
+	return err < 0 ? kvshm__fail(err, "fsync directory %s", dir) : 0;
+}
+
 static int prepare_dir(const char *dir)
 {
 	char tmp[300];
@@ -79,7 +103,7 @@ static int prepare_dir(const char *dir)
 		return kvshm__fail(-errno, "create directory %s", tmp);
 	if (access(dir, W_OK) < 0)
 		return kvshm__fail(-errno, "file tier directory %s is not writable", dir);
-	return 0;
+	return make_fanout(dir);
 }
 
 int kvshm__file_prepare(struct kvshm__cfg *n, int t)
@@ -182,14 +206,17 @@ void kvshm__file_ready_locked(kvshm *h, uint32_t s, uint32_t idx, const struct k
 	kvshm__mark_ready_locked(h, s, idx, m->payload_crc, m->file_size);
 }
 
-int kvshm__fsync_dir_of(const char *path)
+#ifdef KVSHM_TEST
+void (*kvshm__test_on_dir_sync)(const char *dir);
+#endif
+
+/* fsync directory dir. */
+static int fsync_dir(const char *dir)
 {
-	char dir[512];
-	strlcpy(dir, path, sizeof(dir));
-	char *slash = strrchr(dir, '/');
-	if (!slash)
-		return 0;
-	*slash = '\0';
+#ifdef KVSHM_TEST
+	if (kvshm__test_on_dir_sync)
+		kvshm__test_on_dir_sync(dir);
+#endif
 	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
@@ -198,15 +225,36 @@ int kvshm__fsync_dir_of(const char *path)
 	return r;
 }
 
-int kvshm__mkdir_parent(const char *path)
+int kvshm__fsync_dir_of(const char *path)
 {
 	char dir[512];
 	strlcpy(dir, path, sizeof(dir));
 	char *slash = strrchr(dir, '/');
-	if (slash) {
-		*slash = '\0';
-		if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-			return kvshm__fail(-errno, "create directory %s", dir);
+	if (!slash)
+		return 0;
+	*slash = '\0';
+	return fsync_dir(dir);
+}
+
+int kvshm__mkdir_parent(const char *path, bool durable)
+{
+	char dir[512];
+	strlcpy(dir, path, sizeof(dir));
+	char *slash = strrchr(dir, '/');
+	if (!slash)
+		return 0;
+	*slash = '\0';
+	if (mkdir(dir, 0700) < 0) {
+		if (errno == EEXIST)
+			return 0;
+		return kvshm__fail(-errno, "create directory %s", dir);
+	}
+	/* Made now: its own name must be durable before any file in it is
+	 * (the save's directory fsync covers the file's name, not this one). */
+	if (durable) {
+		int err = kvshm__fsync_dir_of(dir);
+		if (err < 0)
+			return kvshm__fail(err, "fsync the parent of new directory %s", dir);
 	}
 	return 0;
 }

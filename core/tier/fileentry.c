@@ -16,12 +16,24 @@
  * Not the save pipeline itself (core/tier/file.c) or loads (fileread.c).
  */
 #include <assert.h>
+#include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "core/tier/file.h"
 
 /* ---- dead writers -------------------------------------------------------------------- */
+
+/* fdatasync the file at path, then fsync its directory. */
+static int sync_file(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int err = fdatasync(fd) < 0 ? -errno : 0;
+	close(fd);
+	return err < 0 ? err : kvshm__fsync_dir_of(path);
+}
 
 int kvshm__file_reclaim(kvshm *h, uint32_t dead, uint32_t dead_gen, uint32_t idx)
 {
@@ -54,6 +66,13 @@ int kvshm__file_reclaim(kvshm *h, uint32_t dead, uint32_t dead_gen, uint32_t idx
 	struct kvshm__fmeta meta;
 	bool adopt = false;
 	int v = expired ? -ENOENT : kvshm__file_validate(h, final, key, true, &meta);
+	/* A writer that died between its link and its syncs (publish, step
+	 * 7) left a file whose data or name may not be durable yet: synced
+	 * here before it is adopted, or it goes. */
+	if (v == 0 && kvshm__tier(tier)->durable && (v = sync_file(final)) < 0) {
+		kvshm__fmeta_free(&meta);
+		v = v == -ENOENT ? -EIO : v;
+	}
 	if (v == 0) {
 		struct kvshm__irow row;
 		kvshm__irow_of(&row, &meta, tier);
