@@ -54,8 +54,10 @@
  * on SIGINT/SIGTERM; PR_SET_PDEATHSIG covers a SIGKILL of the bench, and
  * the next run removes what a killed one left in /tmp and /dev/shm).
  *
- *   peers [-t MS] [-o CSV] [-z BYTES] [-s STORE] [-m get|put|getonly] [-p PROCS]
- *   (-z/-s/-m/-p select a subset, e.g. for perf record)
+ *   peers [-t MS] [-o CSV] [-z BYTES] [-s STORE] [-m get|put|getonly] [-p PROCS] [-H]
+ *   (-z/-s/-m/-p select a subset, e.g. for perf record; -H puts kvshm's
+ *   segment and LMDB's environments on a tmpfs of 2 MiB pages it mounts,
+ *   huge=within_size: what both stores do when the TLB is not the limit)
  */
 #include <dirent.h>
 #include <fcntl.h>
@@ -63,6 +65,8 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -116,7 +120,8 @@ static const char *const KIND_ID[NKINDS] = {"memcpy",    "kvshm-zc", "kvshm-copy
 
 static struct {
 	char tmpdir[64];                    /* sockets, server logs */
-	char lmdbroot[128];                 /* LMDB environments (on /dev/shm) */
+	char lmdbroot[128];                 /* LMDB environments (on /dev/shm, or the huge tmpfs) */
+	char hugedir[96];                   /* -H: a tmpfs mounted huge=within_size, for both stores */
 	char redis_sock[100], mc_sock[100]; /* fit sockaddr_un.sun_path */
 	pid_t redis_pid, mc_pid;
 	pid_t clients[NKINDS][MAX_PROCS]; /* live clients of each store, during a figure */
@@ -212,7 +217,11 @@ static void cleanup(void)
 		nftw(W.tmpdir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
 	if (W.lmdbroot[0])
 		nftw(W.lmdbroot, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-	W.tmpdir[0] = W.lmdbroot[0] = 0;
+	if (W.hugedir[0] && umount2(W.hugedir, 0) < 0)
+		umount2(W.hugedir, MNT_DETACH);
+	if (W.tmpdir[0])
+		nftw(W.tmpdir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	W.tmpdir[0] = W.lmdbroot[0] = W.hugedir[0] = 0;
 }
 
 static void on_signal(int sig)
@@ -1257,8 +1266,9 @@ static void destroy_stale(const char *file)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: peers [-t MS] [-o CSV] [-z BYTES] [-s STORE] [-m get|put|getonly] [-p PROCS]\n"
-			"  stores: memcpy kvshm-zc kvshm-copy lmdb-zc lmdb-copy redis memcached\n");
+	fprintf(stderr, "usage: peers [-t MS] [-o CSV] [-z BYTES] [-s STORE] [-m get|put|getonly] [-p PROCS] [-H]\n"
+			"  stores: memcpy kvshm-zc kvshm-copy lmdb-zc lmdb-copy redis memcached\n"
+			"  -H: kvshm's segment and LMDB's environments on a tmpfs mounted huge=within_size (root)\n");
 	exit(2);
 }
 
@@ -1270,7 +1280,8 @@ int main(int argc, char **argv)
 	int only_procs = 0, opt;
 	unsigned ms = 1000;
 	W.csv_path = "build/bench/results.csv";
-	while ((opt = getopt(argc, argv, "t:o:z:s:m:p:h")) != -1) {
+	bool huge = false;
+	while ((opt = getopt(argc, argv, "t:o:z:s:m:p:Hh")) != -1) {
 		switch (opt) {
 		case 't':
 			ms = (unsigned)atoi(optarg);
@@ -1289,6 +1300,9 @@ int main(int argc, char **argv)
 			break;
 		case 'p':
 			only_procs = atoi(optarg);
+			break;
+		case 'H':
+			huge = true;
 			break;
 		default:
 			usage();
@@ -1326,7 +1340,20 @@ int main(int argc, char **argv)
 	bench_sweep_stale("/dev/shm", "kvshm.bench-peers-", destroy_stale);
 	snprintf(W.tmpdir, sizeof(W.tmpdir), "/tmp/kvshm-bench.%d.XXXXXX", (int)getpid());
 	snprintf(W.lmdbroot, sizeof(W.lmdbroot), "/dev/shm/kvshm-bench-lmdb.%d.XXXXXX", (int)getpid());
-	if (!mkdtemp(W.tmpdir) || !mkdtemp(W.lmdbroot))
+	if (!mkdtemp(W.tmpdir))
+		bench_die("mkdtemp: %s", strerror(errno));
+	if (huge) {
+		/* Both in-process stores on 2 MiB pages: kvshm's segment (its
+		 * processes find it through KVSHM_SHM_DIR) and LMDB's files. The
+		 * targets table is for the default pages: not written here. */
+		snprintf(W.hugedir, sizeof(W.hugedir), "%s/huge", W.tmpdir);
+		if (mkdir(W.hugedir, 0700) < 0 || mount("tmpfs", W.hugedir, "tmpfs", 0, "huge=within_size,size=50%") < 0)
+			bench_die("-H: mount a tmpfs with huge=within_size at %s: %s", W.hugedir, strerror(errno));
+		setenv("KVSHM_SHM_DIR", W.hugedir, 1);
+		unsetenv("KVSHM_BENCH_TARGETS");
+		snprintf(W.lmdbroot, sizeof(W.lmdbroot), "%s/lmdb.XXXXXX", W.hugedir);
+	}
+	if (!mkdtemp(W.lmdbroot))
 		bench_die("mkdtemp: %s", strerror(errno));
 	if (W.use[K_REDIS])
 		start_redis();
@@ -1339,9 +1366,10 @@ int main(int argc, char **argv)
 	       "zipf %.2f, touch = first and last 64 B of every value)\n",
 	       (unsigned)(W.dur_ns / 1000000), ROUNDS, ZIPF_S);
 	printf("  redis %s (hiredis %d.%d.%d, unix socket), memcached %s (libmemcached %s, unix socket), "
-	       "lmdb %d.%d.%d (/dev/shm, MDB_NOSYNC)\n",
+	       "lmdb %d.%d.%d (%s, MDB_NOSYNC)\n",
 	       W.redis_ver[0] ? W.redis_ver : "-", HIREDIS_MAJOR, HIREDIS_MINOR, HIREDIS_PATCH,
-	       W.mc_ver[0] ? W.mc_ver : "-", LIBMEMCACHED_VERSION_STRING, maj, min, pat);
+	       W.mc_ver[0] ? W.mc_ver : "-", LIBMEMCACHED_VERSION_STRING, maj, min, pat,
+	       huge ? "a huge=within_size tmpfs, as kvshm's segment" : "/dev/shm");
 	char la[64];
 	printf("  latencies in us (clock_gettime around each op); ratio columns: kvshm zero-copy (resp. copy-out) "
 	       "ops/s divided by the row's ops/s;\n  miss column: gets that missed [/ kvshm puts refused while "

@@ -155,6 +155,9 @@ int kvshm__seg_view_protect(struct kvshm__seg *s, uint64_t off, uint64_t len, bo
  * landing in a neighbouring mapping. NULL (errno set) on failure.
  */
 #define KVSHM_GUARD_BYTES (64u * 1024u)
+/* Mappings of at least this size start at an address congruent to their
+ * file offset modulo it (a huge page: kvshm__map_guarded). */
+#define KVSHM_HUGE_ALIGN ((size_t)2 << 20)
 /* The system's page size (the unit of mmap and mprotect). */
 size_t kvshm__sys_page(void);
 void *kvshm__map_guarded(size_t len, int prot, int fd, off_t off);
