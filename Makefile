@@ -383,6 +383,8 @@ bench:
 	echo "bench: load average at the start: $$(cut -d' ' -f1-3 /proc/loadavg)"; \
 	$(B)/bench/micro && $(B)/bench/reclaim && \
 	$(B)/bench/peers -t $(BENCH_MS) -o $(B)/bench/results.csv && \
+	{ $(B)/bench/peers -H -m getonly -z 4096 -t $(BENCH_MS) -o $(B)/bench/results-huge.csv || \
+	  echo "peers -H: skipped (mounting a tmpfs with huge=within_size needs root and THP)"; } && \
 	$(B)/bench/figures -n $(BENCH_REBUILD) -o $(B)/bench/kvshm-figures.csv && \
 	echo && $(B)/bench/llama -o $(B)/bench/llama.csv $(DEMO_MODEL) $(BENCH_MODEL) && \
 	$(B)/bench/remote -c -o $(B)/bench/remote.csv && \

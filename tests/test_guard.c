@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -507,6 +508,28 @@ static long pmd_mapped_kb(const void *addr)
 	return kb;
 }
 
+/* kB of the file at path that a 2 MiB-aligned mapping of its first len
+ * bytes, made here and touched, gets mapped by huge pages: what the kernel
+ * can do for this file (0 when it gave the file no huge pages). */
+static long reference_pmd_kb(const char *path, size_t len)
+{
+	const size_t two = 2u << 20;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	assert_true(fd >= 0);
+	uint8_t *r = mmap(NULL, len + two, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	assert_true(r != MAP_FAILED);
+	uint8_t *at = (uint8_t *)(((uintptr_t)r + two - 1) & ~(uintptr_t)(two - 1));
+	assert_true(mmap(at, len, PROT_READ, MAP_SHARED | MAP_FIXED, fd, 0) != MAP_FAILED);
+	close(fd);
+	volatile uint8_t sink = 0;
+	for (size_t off = 0; off < len; off += 4096)
+		sink ^= at[off];
+	(void)sink;
+	long kb = pmd_mapped_kb(at);
+	munmap(r, len + two);
+	return kb;
+}
+
 /*
  * kvshm__map_guarded places a mapping of 2 MiB or more at an address
  * congruent to its file offset modulo 2 MiB, so a segment on a tmpfs
@@ -544,9 +567,14 @@ static void test_huge_pages(void **st)
 		sink ^= sg->base[off];
 	(void)sink;
 	long kb = pmd_mapped_kb(sg->base);
-	print_message("segment of %" PRIu64 " MiB on a huge=within_size tmpfs: %ld kB mapped by huge pages\n",
-		      sg->size >> 20, kb);
-	assert_true(kb >= 2048);
+	long ref = reference_pmd_kb(sg->path, sg->size & ~(uint64_t)((2u << 20) - 1));
+	print_message("segment of %" PRIu64 " MiB on a huge=within_size tmpfs: %ld kB mapped by huge pages "
+		      "(an aligned mapping made by the test: %ld kB)\n",
+		      sg->size >> 20, kb, ref);
+	/* The kernel may have had no huge page to give (fragmented memory):
+	 * then only the placement is checked. */
+	if (ref >= 2048)
+		assert_true(kb >= ref / 2);
 	/* The guards are still there. */
 	assert_int_equal(run_writer(h, &m, t, 8, 0, W_PIN_FIRST), 128 + SIGSEGV);
 	assert_int_equal(run_writer(h, &m, t, 8, 0, W_PIN_PAST), 128 + SIGSEGV);
