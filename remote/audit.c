@@ -58,6 +58,23 @@ out:
 	return rc;
 }
 
+#ifdef KVSHM_TEST
+void (*kvshm__test_audit_read)(const uint8_t *key);
+#endif
+
+/* GET the record named name (key its key): 0 with *out, NULL when absent or not a record. */
+static int get_record(struct kvshm__rm *rm, const char *name, size_t len, const uint8_t *key,
+		      struct kvshm__rm_meta **out, uint64_t deadline)
+{
+	struct kvshm__rm_cmd get;
+	kvshm__rm_cmd_set(&get, 1, 2, (const char *[]){ "GET", name }, (size_t[]){ 3, len });
+	int rc = kvshm__rm_exec(rm, &get, 1, deadline);
+	*out = !rc && get.reply->type == REDIS_REPLY_STRING
+		? kvshm__rm_record_decode((const uint8_t *)get.reply->str, get.reply->len, key) : NULL;
+	kvshm__rm_cmds_free(&get, 1);
+	return rc;
+}
+
 int kvshm__rm_audit(struct kvshm__rm *rm, uint64_t *records, uint64_t *broken, unsigned timeout_ms)
 {
 	int rc = kvshm__rm_need_ns(rm);
@@ -92,22 +109,38 @@ int kvshm__rm_audit(struct kvshm__rm *rm, uint64_t *records, uint64_t *broken, u
 			if (k->type != REDIS_REPLY_STRING || k->len != plen + 2 * KVSHM_RM_KEYLEN + 1 ||
 			    unhex(k->str + plen, key, KVSHM_RM_KEYLEN))
 				continue;
-			struct kvshm__rm_cmd get;
-			kvshm__rm_cmd_set(&get, 1, 2, (const char *[]){ "GET", k->str }, (size_t[]){ 3, k->len });
-			if ((rc = kvshm__rm_exec(rm, &get, 1, deadline)))
+			struct kvshm__rm_meta *m;
+			if ((rc = get_record(rm, k->str, k->len, key, &m, deadline)))
 				break;
-			struct kvshm__rm_meta *m = get.reply->type == REDIS_REPLY_STRING
-				? kvshm__rm_record_decode((const uint8_t *)get.reply->str, get.reply->len, key) : NULL;
-			kvshm__rm_cmds_free(&get, 1);
 			if (!m)
 				continue; /* expired since the SCAN, or not a record */
 			(*records)++;
-			int there = chunks_there(rm, m, deadline);
+#ifdef KVSHM_TEST
+			if (kvshm__test_audit_read)
+				kvshm__test_audit_read(key);
+#endif
+			/* A record found with a chunk missing is broken only if it is
+			 * still in place afterwards: a push running meanwhile (the
+			 * reaper's, say) replaces the record, then unlinks the chunks
+			 * of the one it replaced, which may be the one just read. */
+			for (int tries = 0; m && tries < 8; tries++) {
+				int there = chunks_there(rm, m, deadline);
+				if (there != 0) {
+					rc = there < 0 ? there : 0;
+					break;
+				}
+				struct kvshm__rm_meta *now;
+				if ((rc = get_record(rm, k->str, k->len, key, &now, deadline)))
+					break;
+				bool same = now && now->gen == m->gen;
+				kvshm__rm_meta_free(m);
+				m = now;
+				if (same) {
+					(*broken)++;
+					break;
+				}
+			}
 			kvshm__rm_meta_free(m);
-			if (there < 0)
-				rc = there;
-			else if (!there)
-				(*broken)++;
 		}
 		kvshm__rm_cmds_free(&scan, 1);
 	} while (!rc && strcmp(cursor, "0"));

@@ -24,12 +24,16 @@
  *         record written wins. One that dies before 3 leaves the old
  *         chunks to their TTL, and no hints (a partial lookup may miss).
  *   lookup  remote/lookup.c.
- *   pull  1. GETEX every chunk EX ttl (and EXPIRE the record), one
- *         pipeline; 2. each chunk's length and CRC32C checked as it
- *         arrives (remote/reply.c), the whole's by combining them;
- *         3. anything missing or wrong: UNLINK the chunks, and the record
- *         while it is still this push's; report a miss. The caller never
- *         sees a byte of a value that did not verify whole.
+ *   pull  1. GETEX every chunk EX ttl (and EXPIRE the record while it is
+ *         still this push's), one pipeline; 2. each chunk's length and
+ *         CRC32C checked as it arrives (remote/reply.c), the whole's by
+ *         combining them; 3. anything missing or wrong: UNLINK the record
+ *         while it is still this push's, then (a second call) the chunks;
+ *         report a miss. The caller never sees a byte of a value that did
+ *         not verify whole.
+ *   A record is removed before its chunks, and a push whose record SET got
+ *   no answer leaves its chunks in place: nothing a process killed at any
+ *   point, or a deadline, leaves behind is a record naming a missing chunk.
  *
  * Not for: computing the boundary hashes (the caller's, with the
  * namespace's seed), or anything local (pins, tiers, the segment).
@@ -184,6 +188,12 @@ static const char if_same_script[] =
 	"local v = redis.call('GET', KEYS[1]) "
 	"if v and string.sub(v, 25, 32) == ARGV[1] then return redis.call('UNLINK', KEYS[1]) end return 0";
 
+/* A pull refreshes the record's TTL only while it is still the pulled
+ * push's: a newer push's record must not outlive its own chunks. */
+static const char expire_if_same_script[] =
+	"local v = redis.call('GET', KEYS[1]) "
+	"if v and string.sub(v, 25, 32) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end return 0";
+
 int kvshm__rm_unlink(struct kvshm__rm *rm, const struct kvshm__rm_meta *m, int what, uint64_t deadline)
 {
 	if (what == RM_HINT_IF_SAME) {
@@ -202,10 +212,18 @@ int kvshm__rm_unlink(struct kvshm__rm *rm, const struct kvshm__rm_meta *m, int w
 	int rc = -ENOMEM;
 	if (!c || !names)
 		goto out;
+	/* The record first, then its chunks (the mirror of a push), in two
+	 * calls (a cluster sends one call's commands to their nodes at once):
+	 * a deleter that dies part-way, or a call cut short, leaves chunks
+	 * that no record names (they expire), never a record naming a missing
+	 * chunk. */
+	size_t first = what != CHUNKS ? 1 : 0;
+	rc = 0;
 	for (size_t i = 0; i < n; i++) {
 		char *k = names + i * KEYBUF;
-		if (i < m->nchunks) {
-			size_t kl = kvshm__rm_chunk_key(rm, m->key, m->gen, (uint32_t)i, k, KEYBUF);
+		if (i >= first) {
+			uint32_t ci = (uint32_t)(i - first);
+			size_t kl = kvshm__rm_chunk_key(rm, m->key, m->gen, ci, k, KEYBUF);
 			kvshm__rm_cmd_set(&c[i], 1, 2, (const char *[]){ "UNLINK", k }, (size_t[]){ 6, kl });
 			continue;
 		}
@@ -216,10 +234,16 @@ int kvshm__rm_unlink(struct kvshm__rm *rm, const struct kvshm__rm_meta *m, int w
 			kvshm__rm_cmd_set(&c[i], 3, 5, (const char *[]){ "EVAL", if_same_script, "1", k, (const char *)&m->gen },
 					  (size_t[]){ 4, sizeof(if_same_script) - 1, 1, kl, 8 });
 	}
-	rc = kvshm__rm_exec(rm, c, n, deadline);
-	for (size_t i = 0; !rc && i < n; i++)
-		if (c[i].reply->type == REDIS_REPLY_ERROR)
-			rc = kvshm__rm_reply_error(c[i].reply, c[i].argv[0]);
+	for (size_t from = 0; from < n && !rc;) {
+		size_t cnt = from < first ? first : n - from;
+		rc = kvshm__rm_exec(rm, c + from, cnt, deadline);
+		for (size_t i = from; !rc && i < from + cnt; i++)
+			if (c[i].reply->type == REDIS_REPLY_ERROR)
+				rc = kvshm__rm_reply_error(c[i].reply, c[i].argv[0]);
+		from += cnt;
+		if (!rc && from == first && from < n)
+			KVSHM_CRASH_POINT("remote.delete.record"); /* the record gone, its chunks to go */
+	}
 	kvshm__rm_cmds_free(c, n);
 out:
 	free(c);
@@ -378,7 +402,14 @@ int kvshm__rm_push_hinted(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLE
 	kvshm__rm_cmd_set(&c[0], 1, 6, (const char *[]){ "SET", mk, (const char *)rec, "EX", ttl, "GET" },
 			  (size_t[]){ 3, kvshm__rm_meta_key(rm, key, mk, sizeof(mk)), metasz, 2, strlen(ttl), 3 });
 	rc = kvshm__rm_exec(rm, c, 1, deadline);
-	if (!rc && c[0].reply->type != REDIS_REPLY_NIL && c[0].reply->type != REDIS_REPLY_STRING)
+	if (rc) {
+		/* No answer (a deadline, a dropped connection): the record may be
+		 * in, naming these chunks, so they stay (their TTL, or the next
+		 * push of the key, removes them). */
+		kvshm__rm_cmds_free(c, 1);
+		goto out;
+	}
+	if (c[0].reply->type != REDIS_REPLY_NIL && c[0].reply->type != REDIS_REPLY_STRING)
 		rc = kvshm__rm_reply_error(c[0].reply, "push SET record");
 	if (!rc) {
 		KVSHM_CRASH_POINT("remote.push.record"); /* in; the old chunks to their TTL, no hints */
@@ -479,7 +510,9 @@ int kvshm__rm_pull(struct kvshm__rm *rm, const struct kvshm__rm_meta *m, void *d
 			c[i].sink_len = KVSHM_MIN((uint64_t)m->chunk, m->len - (uint64_t)i * m->chunk);
 		} else {
 			size_t kl = kvshm__rm_meta_key(rm, m->key, k, KEYBUF);
-			kvshm__rm_cmd_set(&c[i], 1, 3, (const char *[]){ "EXPIRE", k, ttl }, (size_t[]){ 6, kl, strlen(ttl) });
+			kvshm__rm_cmd_set(&c[i], 3, 6,
+					  (const char *[]){ "EVAL", expire_if_same_script, "1", k, (const char *)&m->gen, ttl },
+					  (size_t[]){ 4, sizeof(expire_if_same_script) - 1, 1, kl, 8, strlen(ttl) });
 		}
 	}
 	rc = kvshm__rm_exec(rm, c, n, deadline);

@@ -373,9 +373,16 @@ size_t kvshm__rm_chunk_key(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYL
 
 /* For tests and tools (remote/audit.c): SCAN the namespace (standalone
  * Redis only: -ENOTSUP otherwise) and count its records and those missing
- * a chunk (a push writes its record last: only Redis evicting or expiring
- * a chunk makes one). */
+ * a chunk (a push writes its record last and a delete removes it first:
+ * only Redis evicting or expiring a chunk makes one). A record found
+ * missing a chunk is read again: one a push replaced meanwhile is not
+ * counted (the new one is checked instead). */
 int kvshm__rm_audit(struct kvshm__rm *rm, uint64_t *records, uint64_t *broken, unsigned timeout_ms);
+#ifdef KVSHM_TEST
+/* Tests: called by the audit with each record's key right after reading it
+ * (a push of that key made here is one that raced the audit). */
+extern void (*kvshm__test_audit_read)(const uint8_t *key);
+#endif
 
 
 #endif

@@ -700,6 +700,102 @@ static void test_audit(void **st)
 	kvshm__rm_close(rm);
 }
 
+/* The audit racing a push that replaces a record it has just read (the
+ * replaced push's chunks go): not a broken record. */
+static struct race {
+	struct kvshm__rm *rm;
+	uint8_t key[16];
+	const kvshm_model *m;
+	const uint32_t *tok;
+	const uint8_t *v;
+	size_t len;
+	int fired;
+} race;
+
+static void push_while_audited(const uint8_t *key)
+{
+	if (race.fired || memcmp(key, race.key, 16) != 0)
+		return;
+	race.fired = 1;
+	push_ok(race.rm, race.key, race.m, race.tok, 64, race.v, race.len);
+}
+
+static int delete_and_die(void *arg)
+{
+	struct kvshm__rm_meta *meta = arg;
+	char url[200];
+	rf_url(&plain, url, sizeof(url), NULL);
+	struct kvshm__rm *rm = client(url, NULL);
+	join(rm, "raced", 4096, false);
+	kvshm__rm_delete(rm, meta, LONG_MS);
+	return 3; /* not killed */
+}
+
+/*
+ * What a record may never be left naming — a chunk that is not there — is
+ * not made by the races around it: an audit that reads a record a push then
+ * replaces sees the new record, not a broken one; a pull of a replaced
+ * record does not lengthen the new record's TTL beyond its chunks'; a
+ * deleter killed between its two calls (remote.delete.record) has removed
+ * the record and left only chunks no record names.
+ */
+static void test_record_races(void **st)
+{
+	(void)st;
+	skip_without_redis();
+	char url[200], mk[160], ck[160];
+	rf_url(&plain, url, sizeof(url), NULL);
+	struct kvshm__rm_opts o;
+	kvshm__rm_opts_init(&o);
+	o.ttl_s = 1000;
+	struct kvshm__rm *rm = client(url, &o);
+	join(rm, "raced", 4096, false);
+	kvshm_model m = model(9);
+	uint32_t *tok = prompt(64, 0);
+	uint8_t k[16], va[20000], vb[20000];
+	fill(va, sizeof(va), 11);
+	fill(vb, sizeof(vb), 12);
+	mkkey(k, 900, 0);
+	push_ok(rm, k, &m, tok, 64, va, sizeof(va));
+
+	/* The audit and a replacing push. */
+	race = (struct race){.rm = rm, .m = &m, .tok = tok, .v = vb, .len = sizeof(vb)};
+	memcpy(race.key, k, 16);
+	kvshm__test_audit_read = push_while_audited;
+	uint64_t records, broken;
+	assert_int_equal(kvshm__rm_audit(rm, &records, &broken, LONG_MS), 0);
+	kvshm__test_audit_read = NULL;
+	assert_int_equal(race.fired, 1);
+	assert_int_equal(records, 1);
+	assert_int_equal(broken, 0);
+
+	/* A pull of the replaced record: a miss, and the record in place keeps
+	 * its own TTL. */
+	struct kvshm__rm_meta *old, *cur;
+	assert_int_equal(kvshm__rm_lookup(rm, (const uint8_t(*)[16])k, 1, &m, tok, 64, 0, NULL, &old, LONG_MS), 0);
+	push_ok(rm, k, &m, tok, 64, va, sizeof(va));
+	kvshm__rm_meta_key(rm, k, mk, sizeof(mk));
+	assert_int_equal(rf_ok(&plain, "EXPIRE %s 50", mk), 0);
+	uint8_t got[20000];
+	assert_int_equal(kvshm__rm_pull(rm, old, got, sizeof(got), LONG_MS), KVSHM_ENOTFOUND);
+	long long t = int_reply(&plain, "TTL %s", mk);
+	assert_true(t > 0 && t <= 50);
+	kvshm__rm_meta_free(old);
+
+	/* A deleter killed between the record and the chunks. */
+	assert_int_equal(kvshm__rm_lookup(rm, (const uint8_t(*)[16])k, 1, &m, tok, 64, 0, NULL, &cur, LONG_MS), 0);
+	assert_int_equal(th_run_crashing(delete_and_die, cur, "remote.delete.record@1", NULL), 128 + SIGKILL);
+	assert_int_equal(int_reply(&plain, "EXISTS %s", mk), 0);
+	kvshm__rm_chunk_key(rm, k, cur->gen, 0, ck, sizeof(ck));
+	assert_int_equal(int_reply(&plain, "EXISTS %s", ck), 1);
+	assert_int_equal(kvshm__rm_audit(rm, &records, &broken, LONG_MS), 0);
+	assert_int_equal(records, 0);
+	assert_int_equal(broken, 0);
+	kvshm__rm_meta_free(cur);
+	free(tok);
+	kvshm__rm_close(rm);
+}
+
 /* TTLs on every key; a pull refreshes them. */
 static void test_ttl_refresh(void **st)
 {
@@ -1602,6 +1698,7 @@ int main(void)
 		cmocka_unit_test(test_lookup_prefix),
 		cmocka_unit_test(test_lookup_hints),
 		cmocka_unit_test(test_audit),
+		cmocka_unit_test(test_record_races),
 		cmocka_unit_test(test_ttl_refresh),
 		cmocka_unit_test(test_chunk_memory),
 		cmocka_unit_test(test_namespace),
