@@ -68,6 +68,8 @@
 #include <unistd.h>
 
 #include "core/tier/file.h"
+#include "core/tier/remote.h"
+#include "remote/remote.h"
 #include "fixture/redis.h"
 
 #define KIB 1024ull
@@ -1352,13 +1354,51 @@ static int open_by_slot_lock(const char *name, kvshm **h);
 /* ---- the remote tier: two hosts of one namespace ------------------------------------- */
 
 #define TAG_R 0xB7 /* the remote part's keys */
-enum { R1, R2, R2Q, R3, NRK };
+enum { R1, R2, R2Q, R3, R4, NRK };
 static const struct kspec rk[NRK] = {
 	[R1] = {TAG_R, 1, 0, 40},
 	[R2] = {TAG_R, 2, 0, 100},
 	[R2Q] = {TAG_R, 2, 1, 90}, /* shares R2's first 48 tokens, then not */
 	[R3] = {TAG_R, 3, 0, 64},
+	[R4] = {TAG_R, 4, 0, 56},
 };
+
+/* Damage chunk 0 of k's entry in Redis behind the caches' backs (a byte
+ * appended: its length and CRC no longer match the record), through host
+ * h's client and namespace. A damaged chunk, unlike a missing one, is
+ * still there for the audit: a run killed before the pull deleted the
+ * entry leaves no record naming a missing chunk. */
+static int damage_remote_chunk(kvshm *h, const struct kspec *k)
+{
+	uint32_t t[MAXTOK];
+	kvshm_model m = model_of(k->tag);
+	key_tokens(t, k);
+	struct kvshm__rstate *rs = kvshm__rstate(h);
+	if (!rs)
+		return -1;
+	struct kvshm__keyhash kh;
+	int r = kvshm__keyhash(&rs->kc, &m, t, k->n, false, &kh);
+	if (r < 0)
+		return r;
+	kvshm__h128 top = kvshm__kh(&kh, kh.nb - 1);
+	kvshm__keyhash_free(&kh);
+	uint8_t key[KVSHM_RM_KEYLEN];
+	memcpy(key, &top, sizeof(key));
+	struct kvshm__rm_meta *meta;
+	if ((r = kvshm__rm_lookup(rs->rm, (const uint8_t(*)[KVSHM_RM_KEYLEN])key, 1, &m, t, k->n, 0, NULL, &meta,
+				  10000)) < 0)
+		return r;
+	char ck[200];
+	size_t kl = kvshm__rm_chunk_key(rs->rm, key, meta->gen, 0, ck, sizeof(ck));
+	struct kvshm__rm_cmd c;
+	kvshm__rm_cmd_set(&c, 1, 3, (const char *[]){"APPEND", ck, "x"}, (size_t[]){6, kl, 1});
+	r = kvshm__rm_exec(rs->rm, &c, 1, kvshm__rm_deadline(10000));
+	if (!r && (!c.reply || c.reply->type != REDIS_REPLY_INTEGER || c.reply->integer < 2))
+		r = -ENOENT; /* it was not there: APPEND made it */
+	kvshm__rm_cmds_free(&c, 1);
+	kvshm__rm_meta_free(meta);
+	return r;
+}
 
 static void remote_cfg(kvshm_config *cfg, const char *ns)
 {
@@ -1394,7 +1434,9 @@ static int release_claim_later(_Atomic uint64_t *word, _Atomic uint32_t *seq)
 
 /* A pushes R1, R2 and R3 (remote.push.*); B pulls R2 partly through a
  * hint, R1 exactly, a prefix of R2, and R3 after waiting for a claim of
- * its pull by another process of its host (remote.pull.*). Every hit
+ * its pull by another process of its host (remote.pull.*); A pushes R4,
+ * one of its chunks is damaged, and B's pull of it deletes it
+ * (remote.delete.*, a miss). Every hit
  * verified; a miss is allowed (a pull may lose a race with nothing), a
  * wrong byte never. */
 static int remote_part(struct sctx *c)
@@ -1467,6 +1509,16 @@ static int remote_part(struct sctx *c)
 		SCHECK(read_ok("scenario (remote)", pin.data, pin.len, &rm, t, rk[R3].n), "remote hit verifies");
 		SCALL(kvshm_unpin(b, &pin));
 	}
+	/* R4: a chunk damaged behind the caches' backs. B's pull finds it
+	 * wrong: a miss, and the remote entry deleted, its record before its
+	 * chunks (remote.delete.record). */
+	SSAVE(put_key(a, &rk[R4], RAM), &rk[R4], RAM);
+	SCALL(kvshm_push(a, 0, &rep));
+	SCHECK(rep.pushed == 1, "A pushed R4");
+	SCALL(damage_remote_chunk(b, &rk[R4]));
+	key_tokens(t, &rk[R4]);
+	r = kvshm_get(b, &rm, t, rk[R4].n, 0, &pin);
+	SCHECK(r == KVSHM_ENOTFOUND, "a remote entry with a damaged chunk is a miss");
 	/* Pulled entries are not pushed back. */
 	SCALL(kvshm_push(b, 0, &rep));
 	SCHECK(rep.pushed == 0, "pulled entries are not pushed again");
