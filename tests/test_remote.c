@@ -700,6 +700,19 @@ static void test_audit(void **st)
 	kvshm__rm_close(rm);
 }
 
+/* A client of the plain server whose keys live 1000 s, joined to ns (chunks of 4096 bytes). */
+static struct kvshm__rm *ttl1000_client(const char *ns)
+{
+	char url[200];
+	rf_url(&plain, url, sizeof(url), NULL);
+	struct kvshm__rm_opts o;
+	kvshm__rm_opts_init(&o);
+	o.ttl_s = 1000;
+	struct kvshm__rm *rm = client(url, &o);
+	join(rm, ns, 4096, false);
+	return rm;
+}
+
 /* The audit racing a push that replaces a record it has just read (the
  * replaced push's chunks go): not a broken record. */
 static struct race {
@@ -743,13 +756,8 @@ static void test_record_races(void **st)
 {
 	(void)st;
 	skip_without_redis();
-	char url[200], mk[160], ck[160];
-	rf_url(&plain, url, sizeof(url), NULL);
-	struct kvshm__rm_opts o;
-	kvshm__rm_opts_init(&o);
-	o.ttl_s = 1000;
-	struct kvshm__rm *rm = client(url, &o);
-	join(rm, "raced", 4096, false);
+	char mk[160], ck[160];
+	struct kvshm__rm *rm = ttl1000_client("raced");
 	kvshm_model m = model(9);
 	uint32_t *tok = prompt(64, 0);
 	uint8_t k[16], va[20000], vb[20000];
@@ -801,13 +809,8 @@ static void test_ttl_refresh(void **st)
 {
 	(void)st;
 	skip_without_redis();
-	char url[200], mk[160], ck[160];
-	rf_url(&plain, url, sizeof(url), NULL);
-	struct kvshm__rm_opts o;
-	kvshm__rm_opts_init(&o);
-	o.ttl_s = 1000;
-	struct kvshm__rm *rm = client(url, &o);
-	join(rm, "ttl", 4096, false);
+	char mk[160], ck[160];
+	struct kvshm__rm *rm = ttl1000_client("ttl");
 	kvshm_model m = model(3);
 	uint32_t *tok = prompt(50, 0);
 	uint8_t k[16], v[10000];
