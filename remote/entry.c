@@ -402,12 +402,17 @@ int kvshm__rm_push_hinted(struct kvshm__rm *rm, const uint8_t key[KVSHM_RM_KEYLE
 	kvshm__rm_cmd_set(&c[0], 1, 6, (const char *[]){ "SET", mk, (const char *)rec, "EX", ttl, "GET" },
 			  (size_t[]){ 3, kvshm__rm_meta_key(rm, key, mk, sizeof(mk)), metasz, 2, strlen(ttl), 3 });
 	rc = kvshm__rm_exec(rm, c, 1, deadline);
-	if (rc) {
-		/* No answer (a deadline, a dropped connection): the record may be
-		 * in, naming these chunks, so they stay (their TTL, or the next
-		 * push of the key, removes them). */
+	if (rc && !c[0].reply && (rc == -ETIMEDOUT || rc == -ECONNRESET || rc == -EPIPE || rc == -EIO)) {
+		/* Sent, perhaps, with no answer (a deadline, a dropped
+		 * connection): the record may be in, naming these chunks, so they
+		 * stay (their TTL, or the next push of the key, removes them).
+		 * Any other failure is known not to have stored it. */
 		kvshm__rm_cmds_free(c, 1);
 		goto out;
+	}
+	if (rc) {
+		kvshm__rm_cmds_free(c, 1);
+		goto out_unlink;
 	}
 	if (c[0].reply->type != REDIS_REPLY_NIL && c[0].reply->type != REDIS_REPLY_STRING)
 		rc = kvshm__rm_reply_error(c[0].reply, "push SET record");

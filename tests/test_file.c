@@ -990,6 +990,26 @@ static void test_duplicates_and_tier_preference(void **state)
 /* A valid file for the key is already at the final path but the segment
  * does not know it (a save after the segment was lost, the file adopted by
  * reconciliation; or put back behind the cache's back). */
+/* ---- durable names: which directories a disk save syncs ------------------------------- */
+
+#define MAX_SYNCED 64
+static char synced[MAX_SYNCED][320];
+static int nsynced;
+
+static void note_dir_sync(const char *dir)
+{
+	if (nsynced < MAX_SYNCED)
+		strlcpy(synced[nsynced++], dir, sizeof(synced[0]));
+}
+
+static int synced_count(const char *dir)
+{
+	int n = 0;
+	for (int i = 0; i < nsynced; i++)
+		n += strcmp(synced[i], dir) == 0;
+	return n;
+}
+
 static void test_existing_file_at_final_path(void **state)
 {
 	struct fx *f = *state;
@@ -1021,7 +1041,11 @@ static void test_existing_file_at_final_path(void **state)
 	assert_int_equal(n, 1);
 	assert_false(exists(path));
 	TH_OK(th_write_file(path, copy, len));
+	nsynced = 0;
+	kvshm__test_on_sync = note_dir_sync;
 	TH_OK(th_put_val(h, &m, t, 32, 10000, 1, KVSHM_TIER_DISK, KVSHM_REASON_OTHER));
+	kvshm__test_on_sync = NULL;
+	assert_int_equal(synced_count(path), 1); /* the copy kept is synced (its writer may have died before) */
 	th_expect_get(h, &m, t, 32, 10000, 1, KVSHM_TIER_DISK);
 	assert_int_equal(tmp_files(f->disk), 0);
 	th_check_ok(h);
@@ -2480,26 +2504,6 @@ static void test_enospc(void **state)
 /* The disk tier's default quota is half the free space of the filesystem
  * the directory is on, also when the directory does not exist yet (it is
  * measured on its nearest existing ancestor, not guessed). */
-/* ---- durable names: which directories a disk save syncs ------------------------------- */
-
-#define MAX_SYNCED 64
-static char synced[MAX_SYNCED][320];
-static int nsynced;
-
-static void note_dir_sync(const char *dir)
-{
-	if (nsynced < MAX_SYNCED)
-		strlcpy(synced[nsynced++], dir, sizeof(synced[0]));
-}
-
-static int synced_count(const char *dir)
-{
-	int n = 0;
-	for (int i = 0; i < nsynced; i++)
-		n += strcmp(synced[i], dir) == 0;
-	return n;
-}
-
 /* The fan-out directory (<disk>/xx) holding the single .kvc file there is
  * (NULL when there is none or more than one). */
 static bool only_file(const char *disk, char *fan, size_t fanlen, char *file, size_t filelen)
@@ -2557,11 +2561,12 @@ static void test_durable_names(void **state)
 	kvshm_config c;
 	char fan[400], file[600];
 	nsynced = 0;
-	kvshm__test_on_dir_sync = note_dir_sync;
+	kvshm__test_on_sync = note_dir_sync;
 	cfg_files(&c, f, false, true);
 	kvshm *h = open_fx(f, &c);
 	assert_int_equal(count_dir(f->disk), 256 + 2); /* fan-out, tmp, index.tdb */
-	assert_int_equal(synced_count(f->disk), 1);
+	assert_true(synced_count(f->disk) >= 1);       /* the fan-out's names */
+	assert_true(synced_count(f->base) >= 1);       /* the tier directory's own */
 
 	/* A save: its fan-out directory synced, the tier's not again. */
 	kvshm_model m = th_model_of(3);
@@ -2597,22 +2602,27 @@ static void test_durable_names(void **state)
 	th_check_ok(h);
 	finish(f);
 
-	/* Killed between its link and its syncs: the file is in place (linked
-	 * first), and reclaim syncs it, then adopts it. */
-	th_rm_rf(f->disk);
-	cfg_files(&c, f, false, true);
-	h = open_fx(f, &c);
-	struct crash_put cp = {.name = f->name, .m = th_model_of(4)};
-	th_toks_of(cp.tok, 16, 3);
-	assert_int_equal(th_run_crashing(put_and_die, &cp, "file.publish.synced@1", NULL), 128 + SIGKILL);
-	assert_true(only_file(f->disk, fan, sizeof(fan), file, sizeof(file)));
-	nsynced = 0;
-	assert_int_equal(kvshm_sweep(h), 1);
-	assert_int_equal(synced_count(fan), 1);
-	th_expect_get(h, &cp.m, cp.tok, 16, 65536, 7, KVSHM_TIER_DISK);
-	th_check_ok(h);
-	kvshm__test_on_dir_sync = NULL;
-	finish(f);
+	/* Killed right after its link (nothing synced yet) and after its
+	 * file's sync: either way the file is in place (linked first), and
+	 * reclaim syncs it (data, then its directory) before adopting it. */
+	static const char *const kill_at[] = {"file.publish.linked@1", "file.publish.synced@1"};
+	for (int k = 0; k < 2; k++) {
+		th_rm_rf(f->disk);
+		cfg_files(&c, f, false, true);
+		h = open_fx(f, &c);
+		struct crash_put cp = {.name = f->name, .m = th_model_of(4)};
+		th_toks_of(cp.tok, 16, 3);
+		assert_int_equal(th_run_crashing(put_and_die, &cp, kill_at[k], NULL), 128 + SIGKILL);
+		assert_true(only_file(f->disk, fan, sizeof(fan), file, sizeof(file)));
+		nsynced = 0;
+		assert_int_equal(kvshm_sweep(h), 1);
+		assert_int_equal(synced_count(file), 1);
+		assert_int_equal(synced_count(fan), 1);
+		th_expect_get(h, &cp.m, cp.tok, 16, 65536, 7, KVSHM_TIER_DISK);
+		th_check_ok(h);
+		finish(f);
+	}
+	kvshm__test_on_sync = NULL;
 }
 
 static void test_default_disk_quota(void **state)

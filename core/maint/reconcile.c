@@ -127,10 +127,18 @@ static bool has_valid_file(kvshm *h, const char *dir, const uint8_t key[16])
  * a segment entry (if the segment lacks one). False when it has neither
  * and gets neither: the segment has no room for it (it stays unindexed,
  * and a row it had is dropped), or it is gone. */
-static bool index_file(kvshm *h, struct kvshm__idx *ix, int tier, const uint8_t key[16], const struct kvshm__fmeta *m,
-		       kvshm_reconcile_report *rep)
+static bool index_file(kvshm *h, struct kvshm__idx *ix, int tier, const char *path, const uint8_t key[16],
+		       const struct kvshm__fmeta *m, kvshm_reconcile_report *rep)
 {
 	struct kvshm__irow row;
+	bool indexed = kvshm__idx_get(ix, key, &row) == 0 && row.file_size == m->file_size &&
+		       row.payload_len == m->payload_len && row.crc == m->payload_crc;
+	/* A file no row describes may be one a writer linked and died before
+	 * syncing (core/tier/file.c, step 7): in a durable tier it is synced
+	 * before it is adopted, or left alone. (A row is written only after
+	 * its file's syncs.) */
+	if (!indexed && kvshm__tier(tier)->durable && kvshm__file_sync(path) < 0)
+		return false;
 	/* The segment first. A reserved entry of the key is a writer
 	 * publishing this file or a remover deleting it (core/tier/file*.c): the
 	 * row is theirs to write; one stored here after a remover deleted it
@@ -143,8 +151,7 @@ static bool index_file(kvshm *h, struct kvshm__idx *ix, int tier, const uint8_t 
 		return true;
 	if (a < 0) /* no room for its entry, or removed since the scan read it */
 		return false;
-	if (kvshm__idx_get(ix, key, &row) != 0 || row.file_size != m->file_size || row.payload_len != m->payload_len ||
-	    row.crc != m->payload_crc) {
+	if (!indexed) {
 		kvshm__irow_of(&row, m, tier);
 		if (kvshm__idx_put(ix, key, &row) == 0)
 			rep->rows_added++;
@@ -262,7 +269,7 @@ static int reconcile(kvshm *h, int tier, kvshm_reconcile_report *rep_out)
 					kvshm__idx_del(ix, key);
 				continue;
 			}
-			bool indexed = index_file(h, ix, tier, key, &m, &rep);
+			bool indexed = index_file(h, ix, tier, path, key, &m, &rep);
 			kvshm__fmeta_free(&m);
 			if (indexed && ks_add(&valid, key) < 0) {
 				closedir(d);
@@ -281,7 +288,8 @@ static int reconcile(kvshm *h, int tier, kvshm_reconcile_report *rep_out)
 				rep.invalid_removed++;
 			continue;
 		}
-		int e = index_file(h, ix, tier, m.key, &m, &rep) ? ks_add(&valid, m.key) : 0;
+		kvshm__file_path(dir, m.key, path, sizeof(path));
+		int e = index_file(h, ix, tier, path, m.key, &m, &rep) ? ks_add(&valid, m.key) : 0;
 		kvshm__fmeta_free(&m);
 		if (e < 0) {
 			err = kvshm__fail(-ENOMEM, "reconcile");

@@ -366,8 +366,14 @@ static int publish_file(kvshm *h, struct kvshm__hres *hr, kvshm_reservation *r, 
 		err = kvshm__fail(-errno, "fdatasync %s", final);
 		goto fail_linked;
 	}
+	/* A valid copy that was there first may be one a writer linked and
+	 * died before syncing: synced too, before this save counts on it. */
+	if (durable && !ours && (err = kvshm__file_sync(final)) < 0) {
+		err = kvshm__fail(err, "sync %s", final);
+		goto fail_linked;
+	}
 	KVSHM_CRASH_POINT("file.publish.synced");
-	if (durable && (err = kvshm__fsync_dir_of(final)) < 0) {
+	if (durable && ours && (err = kvshm__fsync_dir_of(final)) < 0) { /* (file_sync did it for a copy) */
 		err = kvshm__fail(err, "fsync the directory of %s", final);
 		goto fail_linked;
 	}

@@ -174,13 +174,17 @@ int kvshm__file_validate(kvshm *h, const char *path, const uint8_t key[16], bool
 void kvshm__file_ready_locked(kvshm *h, uint32_t s, uint32_t idx, const struct kvshm__fmeta *m);
 /* fsync the directory holding path. */
 int kvshm__fsync_dir_of(const char *path);
+/* fdatasync the file at path, then fsync its directory: what a durable
+ * tier does before it adopts a file a save may have linked unsynced. */
+int kvshm__file_sync(const char *path);
 /* Create path's parent directory unless it exists; durable: a directory
  * made now has its own name synced (fsync of its parent) before this
  * returns. */
 int kvshm__mkdir_parent(const char *path, bool durable);
 #ifdef KVSHM_TEST
-/* Called with every directory about to be fsync'd (tests). */
-extern void (*kvshm__test_on_dir_sync)(const char *dir);
+/* Called with every directory about to be fsync'd, and every file about
+ * to be synced by kvshm__file_sync (tests). */
+extern void (*kvshm__test_on_sync)(const char *dir);
 #endif
 
 /* ---- the file tiers' table entries (core/tier/file*.c) ---------------------------------- */

@@ -72,14 +72,15 @@ static int fsync_dir(const char *dir);
 
 /*
  * The 256 fan-out directories (<dir>/00 ... <dir>/ff, by the key's first
- * byte), made once, in order, and their names synced by one fsync of dir:
- * a save then never creates a directory whose own name is not yet durable
- * (kvshm__mkdir_parent still makes one an operator removed, and syncs it).
- * "ff" present means a run finished.
+ * byte), made once, in order ("ff" present: a run finished), so that a
+ * save never creates a directory (kvshm__mkdir_parent still makes one an
+ * operator removed). Their names, and dir's own, are synced by
+ * prepare_dir on every open, made now or by a process that may have died
+ * before its fsync.
  */
 static int make_fanout(const char *dir)
 {
-	char sub[300];
+	char sub[320];
 	snprintf(sub, sizeof(sub), "%s/ff", dir);
 	if (access(sub, F_OK) == 0)
 		return 0;
@@ -88,8 +89,16 @@ static int make_fanout(const char *dir)
 		if (mkdir(sub, 0700) < 0 && errno != EEXIST)
 			return kvshm__fail(-errno, "create directory %s", sub);
 	}
+	return 0;
+}
+
+/* fsync dir and the directory holding it (its own name). */
+static int sync_names(const char *dir)
+{
 	int err = fsync_dir(dir);
-	return err < 0 ? kvshm__fail(err, "fsync directory %s", dir) : 0;
+	if (err == 0)
+		err = kvshm__fsync_dir_of(dir);
+	return err < 0 ? kvshm__fail(err, "fsync directory %s (or its parent)", dir) : 0;
 }
 
 static int prepare_dir(const char *dir)
@@ -103,7 +112,9 @@ static int prepare_dir(const char *dir)
 		return kvshm__fail(-errno, "create directory %s", tmp);
 	if (access(dir, W_OK) < 0)
 		return kvshm__fail(-errno, "file tier directory %s is not writable", dir);
-	return make_fanout(dir);
+	if ((err = make_fanout(dir)) < 0)
+		return err;
+	return sync_names(dir);
 }
 
 int kvshm__file_prepare(struct kvshm__cfg *n, int t)
@@ -207,15 +218,15 @@ void kvshm__file_ready_locked(kvshm *h, uint32_t s, uint32_t idx, const struct k
 }
 
 #ifdef KVSHM_TEST
-void (*kvshm__test_on_dir_sync)(const char *dir);
+void (*kvshm__test_on_sync)(const char *dir);
 #endif
 
 /* fsync directory dir. */
 static int fsync_dir(const char *dir)
 {
 #ifdef KVSHM_TEST
-	if (kvshm__test_on_dir_sync)
-		kvshm__test_on_dir_sync(dir);
+	if (kvshm__test_on_sync)
+		kvshm__test_on_sync(dir);
 #endif
 	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
@@ -244,13 +255,11 @@ int kvshm__mkdir_parent(const char *path, bool durable)
 	if (!slash)
 		return 0;
 	*slash = '\0';
-	if (mkdir(dir, 0700) < 0) {
-		if (errno == EEXIST)
-			return 0;
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
 		return kvshm__fail(-errno, "create directory %s", dir);
-	}
-	/* Made now: its own name must be durable before any file in it is
-	 * (the save's directory fsync covers the file's name, not this one). */
+	/* Made now, or by another process that may not have synced it yet:
+	 * its own name must be durable before any file in it is (the save's
+	 * directory fsync covers the file's name, not this one). */
 	if (durable) {
 		int err = kvshm__fsync_dir_of(dir);
 		if (err < 0)

@@ -24,9 +24,12 @@
 
 /* ---- dead writers -------------------------------------------------------------------- */
 
-/* fdatasync the file at path, then fsync its directory. */
-static int sync_file(const char *path)
+int kvshm__file_sync(const char *path)
 {
+#ifdef KVSHM_TEST
+	if (kvshm__test_on_sync)
+		kvshm__test_on_sync(path);
+#endif
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
@@ -69,7 +72,7 @@ int kvshm__file_reclaim(kvshm *h, uint32_t dead, uint32_t dead_gen, uint32_t idx
 	/* A writer that died between its link and its syncs (publish, step
 	 * 7) left a file whose data or name may not be durable yet: synced
 	 * here before it is adopted, or it goes. */
-	if (v == 0 && kvshm__tier(tier)->durable && (v = sync_file(final)) < 0) {
+	if (v == 0 && kvshm__tier(tier)->durable && (v = kvshm__file_sync(final)) < 0) {
 		kvshm__fmeta_free(&meta);
 		v = v == -ENOENT ? -EIO : v;
 	}
