@@ -184,7 +184,7 @@ int kvshm__mkdir_parent(const char *path, bool durable);
 #ifdef KVSHM_TEST
 /* Called with every directory about to be fsync'd, and every file about
  * to be synced by kvshm__file_sync (tests). */
-extern void (*kvshm__test_on_sync)(const char *dir);
+extern void (*kvshm__test_on_sync)(const char *path);
 #endif
 
 /* ---- the file tiers' table entries (core/tier/file*.c) ---------------------------------- */

@@ -218,22 +218,33 @@ void kvshm__file_ready_locked(kvshm *h, uint32_t s, uint32_t idx, const struct k
 }
 
 #ifdef KVSHM_TEST
-void (*kvshm__test_on_sync)(const char *dir);
+void (*kvshm__test_on_sync)(const char *path);
 #endif
 
-/* fsync directory dir. */
-static int fsync_dir(const char *dir)
+/* Sync what path names: a directory (fsync) or a file (fdatasync). */
+static int sync_path(const char *path, bool dir)
 {
 #ifdef KVSHM_TEST
 	if (kvshm__test_on_sync)
-		kvshm__test_on_sync(dir);
+		kvshm__test_on_sync(path);
 #endif
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | (dir ? O_DIRECTORY : 0));
 	if (fd < 0)
 		return -errno;
-	int r = fsync(fd) < 0 ? -errno : 0;
+	int r = (dir ? fsync(fd) : fdatasync(fd)) < 0 ? -errno : 0;
 	close(fd);
 	return r;
+}
+
+static int fsync_dir(const char *dir)
+{
+	return sync_path(dir, true);
+}
+
+int kvshm__file_sync(const char *path)
+{
+	int err = sync_path(path, false);
+	return err < 0 ? err : kvshm__fsync_dir_of(path);
 }
 
 int kvshm__fsync_dir_of(const char *path)

@@ -16,27 +16,12 @@
  * Not the save pipeline itself (core/tier/file.c) or loads (fileread.c).
  */
 #include <assert.h>
-#include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "core/tier/file.h"
 
 /* ---- dead writers -------------------------------------------------------------------- */
-
-int kvshm__file_sync(const char *path)
-{
-#ifdef KVSHM_TEST
-	if (kvshm__test_on_sync)
-		kvshm__test_on_sync(path);
-#endif
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	int err = fdatasync(fd) < 0 ? -errno : 0;
-	close(fd);
-	return err < 0 ? err : kvshm__fsync_dir_of(path);
-}
 
 int kvshm__file_reclaim(kvshm *h, uint32_t dead, uint32_t dead_gen, uint32_t idx)
 {
